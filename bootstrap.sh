@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Installs everything mirrorseed, its demo and its test suite need on a fresh Debian 12 machine (run as root):
+# system packages from Debian, Python packages into ./.venv. Safe to run again.
+set -euo pipefail
+cd "$(dirname "$(readlink -f "$0")")"
+export DEBIAN_FRONTEND=noninteractive
+SYSTEM_PACKAGES=(aria2 gnupg dpkg-dev apt-utils zstd fakeroot python3 python3-venv python3-pip jq ca-certificates)
+missing=()
+for pkg in "${SYSTEM_PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+done
+if ((${#missing[@]})); then
+  apt-get update
+  apt-get install -y --no-install-recommends "${missing[@]}"
+fi
+PYTHON=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+  "$PYTHON" -m venv .venv
+fi
+.venv/bin/python -m pip install --quiet --upgrade pip
+.venv/bin/python -m pip install --quiet --group dev -e . 2>/dev/null || {
+  # pip < 25.1 has no --group: install the dev group from pyproject.toml by hand
+  .venv/bin/python -m pip install --quiet -e .
+  .venv/bin/python - <<'PY' | xargs .venv/bin/python -m pip install --quiet
+import tomllib
+print("\n".join(tomllib.load(open("pyproject.toml", "rb"))["dependency-groups"]["dev"]))
+PY
+}
+echo "bootstrap: system packages and .venv ready" >&2

@@ -1,0 +1,218 @@
+"""One frozen Settings; precedence: defaults < mirror.toml < MIRRORSEED_* env < task flags."""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from pipeline.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+ENV_PREFIX = "MIRRORSEED_"
+FORMATS = ("auto", "debian", "arch", "flat")
+_DURATION = re.compile(r"^\s*(\d+)\s*([smhdw])\s*$")
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def parse_duration(text: str, *, name: str) -> timedelta:
+    """'7d', '12h', '30m', '45s', '2w' -> timedelta."""
+    match = _DURATION.match(text)
+    if not match:
+        raise ConfigError(f"{name}: {text!r} is not a duration; write it like 7d, 12h, 30m or 45s")
+    return timedelta(seconds=int(match.group(1)) * _UNITS[match.group(2)])
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything one run needs. Built once by load_settings(), passed explicitly, never mutated."""
+
+    snapshot: Path | None = None
+    format: str = "auto"
+    dest: str = "./public"
+    public_url: str | None = None
+    repo: str = "mirror"
+    webseeds: tuple[str, ...] = ()
+    trackers: tuple[str, ...] = ()
+    key: str | None = None
+    gnupghome: Path | None = None
+    suites: tuple[str, ...] = ()
+    components: tuple[str, ...] = ()
+    architectures: tuple[str, ...] = ()
+    upstream_keyring: Path | None = None
+    sync_lock: tuple[Path, ...] = ()
+    expires_after: timedelta = timedelta(days=7)
+    resign_before: timedelta | None = None
+    key_valid_margin: timedelta = timedelta(days=7)
+    templates_dir: Path | None = None
+    workers: int = 2
+    dry_run: bool = False
+    metrics: Path | None = None
+    sources: Mapping[str, str] = field(default_factory=dict, compare=False)
+
+    @property
+    def effective_resign_before(self) -> timedelta:
+        return self.resign_before if self.resign_before is not None else self.expires_after / 2
+
+
+_PATH_FIELDS = {"snapshot", "gnupghome", "upstream_keyring", "templates_dir", "metrics"}
+_LIST_FIELDS = {"webseeds", "trackers", "suites", "components", "architectures", "sync_lock"}
+_DURATION_FIELDS = {"expires_after", "resign_before", "key_valid_margin"}
+_BOOL_FIELDS = {"dry_run"}
+_INT_FIELDS = {"workers"}
+_FIELD_NAMES = {f.name for f in fields(Settings)} - {"sources"}
+
+
+def _coerce(name: str, value: Any, origin: str, base: Path) -> Any:
+    where = f"{origin}: {name}"
+    if value is None:
+        return None
+    if name in _LIST_FIELDS:
+        if isinstance(value, str):
+            items = [v for v in re.split(r"[\s,]+", value) if v]
+        elif isinstance(value, list | tuple) and all(isinstance(v, str) for v in value):
+            items = list(value)
+        else:
+            raise ConfigError(f"{where} must be a list of strings")
+        if name == "sync_lock":
+            return tuple(_as_path(v, base) for v in items)
+        return tuple(items)
+    if name in _PATH_FIELDS:
+        if not isinstance(value, str | Path):
+            raise ConfigError(f"{where} must be a path string")
+        return _as_path(str(value), base)
+    if name in _DURATION_FIELDS:
+        if isinstance(value, timedelta):
+            return value
+        if not isinstance(value, str):
+            raise ConfigError(f"{where} must be a duration string such as 7d")
+        return parse_duration(value, name=where)
+    if name in _BOOL_FIELDS:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("1", "true", "yes", "0", "false", "no"):
+            return value.lower() in ("1", "true", "yes")
+        raise ConfigError(f"{where} must be true or false")
+    if name in _INT_FIELDS:
+        try:
+            number = int(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{where} must be a whole number") from None
+        if number < 1:
+            raise ConfigError(f"{where} must be at least 1")
+        return number
+    if not isinstance(value, str):
+        raise ConfigError(f"{where} must be a string")
+    return value
+
+
+def _as_path(text: str, base: Path) -> Path:
+    path = Path(text).expanduser()
+    return path if path.is_absolute() else (base / path)
+
+
+def _read_file(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as handle:
+            data = tomllib.load(handle)
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such settings file; pass an existing --config FILE") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML ({exc}); fix the file") from None
+    section = data.get("mirrorseed", data)
+    if not isinstance(section, dict):
+        raise ConfigError(f"{path}: [mirrorseed] must be a table")
+    unknown = sorted(set(section) - _FIELD_NAMES - {"mirrors"})
+    if unknown:
+        raise ConfigError(f"{path}: unknown setting(s) {', '.join(unknown)}; see README for the names")
+    return {k: v for k, v in section.items() if k in _FIELD_NAMES}
+
+
+def load_settings(
+    *,
+    config_file: Path | None = None,
+    flags: Mapping[str, Any] | None = None,
+    environ: Mapping[str, str] | None = None,
+    cwd: Path | None = None,
+    default_config: bool = True,
+) -> Settings:
+    """Merge defaults < settings file < MIRRORSEED_* environment < flags, validate, and return Settings.
+
+    `config_file` None means `./mirror.toml` if it exists (when `default_config`). Flag values that are
+    None (or empty tuples) are "not given". Secrets never pass through here.
+    """
+    environ = os.environ if environ is None else environ
+    cwd = Path.cwd() if cwd is None else cwd
+    values: dict[str, Any] = {}
+    sources: dict[str, str] = {}
+
+    file_path = config_file
+    if file_path is None and default_config and (cwd / "mirror.toml").is_file():
+        file_path = cwd / "mirror.toml"
+    if file_path is not None:
+        file_path = _as_path(str(file_path), cwd)
+        for name, raw in _read_file(file_path).items():
+            values[name] = _coerce(name, raw, str(file_path), file_path.parent)
+            sources[name] = str(file_path)
+
+    for name in sorted(_FIELD_NAMES):
+        env_name = ENV_PREFIX + name.upper()
+        if env_name in environ and environ[env_name] != "":
+            values[name] = _coerce(name, environ[env_name], env_name, cwd)
+            sources[name] = env_name
+
+    for name, raw in (flags or {}).items():
+        if name not in _FIELD_NAMES:
+            raise ConfigError(f"--{name.replace('_', '-')}: not a setting")
+        if raw is None or raw == () or raw == [] or raw is False and name in _BOOL_FIELDS:
+            continue
+        values[name] = _coerce(name, raw, "--" + name.replace("_", "-"), cwd)
+        sources[name] = "flag"
+
+    if "gnupghome" not in values and environ.get("GNUPGHOME"):
+        values["gnupghome"] = Path(environ["GNUPGHOME"])
+        sources["gnupghome"] = "GNUPGHOME"
+
+    settings = Settings(**values, sources=sources)
+    _validate(settings)
+    for name, origin in sorted(sources.items()):
+        log.debug("setting %s set by %s", name, origin)
+    return settings
+
+
+def _validate(settings: Settings) -> None:
+    if settings.format not in FORMATS:
+        raise ConfigError(f"format: {settings.format!r} is not one of {', '.join(FORMATS)}")
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", settings.repo):
+        raise ConfigError(f"repo: {settings.repo!r} must be 1-64 letters, digits, '.', '_' or '-'")
+    for url in (*settings.webseeds, *((settings.public_url,) if settings.public_url else ())):
+        if not re.match(r"^https?://[^/\s]+", url):
+            raise ConfigError(f"{url!r}: a webseed or public URL must start with http:// or https://")
+    for url in settings.trackers:
+        if not re.match(r"^(https?|udp)://[^/\s]+", url):
+            raise ConfigError(f"{url!r}: a tracker URL must start with http://, https:// or udp://")
+    if settings.expires_after < timedelta(hours=1):
+        raise ConfigError("expires_after: must be at least 1h")
+    if settings.effective_resign_before >= settings.expires_after:
+        raise ConfigError("resign_before: must be shorter than expires_after")
+
+
+def require_release_inputs(settings: Settings) -> None:
+    """`invoke release` needs a snapshot, a key and a public URL; refuse in one line otherwise."""
+    if settings.snapshot is None:
+        raise ConfigError(
+            "no snapshot configured: pass --snapshot DIR or --config mirror.toml (invoke demo runs the demo)"
+        )
+    if settings.key is None:
+        raise ConfigError("no signing key configured: pass --key FINGERPRINT or set key in mirror.toml")
+    if settings.public_url is None:
+        raise ConfigError(
+            "no public URL configured: pass --public-url URL (where the destination is readable over HTTP)"
+        )

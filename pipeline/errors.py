@@ -1,0 +1,39 @@
+"""The one exception tree. Messages name the offending file/key first and end with what to do."""
+
+from __future__ import annotations
+
+
+class PipelineError(Exception):
+    """Base of every error mirrorseed reports as one line and a non-zero exit code."""
+
+    exit_code = 1
+
+
+class ConfigError(PipelineError):
+    """Settings are missing, contradictory or malformed."""
+
+    exit_code = 2
+
+
+class SnapshotError(PipelineError):
+    """The snapshot is unreadable, inconsistent with its own metadata, or unsafe to publish."""
+
+    exit_code = 3
+
+
+class SigningError(PipelineError):
+    """The signing key is missing, expired, expiring too soon, or gpg failed."""
+
+    exit_code = 4
+
+
+class StorageError(PipelineError):
+    """The destination cannot be read or written."""
+
+    exit_code = 5
+
+
+class PublishConflictError(StorageError):
+    """Another run changed the pointer since this run started (compare-and-swap lost)."""
+
+    exit_code = 6

@@ -1,0 +1,226 @@
+"""Typed frozen values passed between the stages. No stage shares mutable state with another."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Protocol
+
+SnapshotFormat = Literal["debian", "arch", "flat"]
+
+
+class Progress(Protocol):
+    """Progress sink injected into long stages; library code never prints."""
+
+    def start(self, stage: str, total: int, unit: str = "files") -> None: ...
+
+    def advance(self, count: int = 1, nbytes: int = 0) -> None: ...
+
+    def finish(self) -> None: ...
+
+
+class NullProgress:
+    """A Progress that reports nothing (default for library calls and tests)."""
+
+    def start(self, stage: str, total: int, unit: str = "files") -> None:
+        return None
+
+    def advance(self, count: int = 1, nbytes: int = 0) -> None:
+        return None
+
+    def finish(self) -> None:
+        return None
+
+
+@dataclass(frozen=True)
+class SignatureRef:
+    """A detached upstream signature that ships beside a package (Arch `.sig`)."""
+
+    path: str
+    size: int
+    sha256: str
+
+
+@dataclass(frozen=True)
+class FileEntry:
+    """One file of the snapshot to publish.
+
+    `path` is the repo path: relative, '/'-separated, valid UTF-8 and NFC; the mirrors serve it at
+    `<base>/<path>`. `source` is the absolute on-disk file to read (inside the snapshot root; a symlink
+    inside the root is already resolved to its target here). `expected_size`/`expected_sha256` come from
+    the repository's own metadata (Debian `Packages`), None for flat snapshots.
+    """
+
+    path: str
+    source: Path
+    size: int
+    mtime_ns: int
+    expected_sha256: str | None = None
+    name: str | None = None
+    version: str | None = None
+    arch: str | None = None
+    description: str | None = None
+    signature: SignatureRef | None = None
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """What a scan found: the files to publish, sorted by path, unique."""
+
+    root: Path
+    format: SnapshotFormat
+    files: tuple[FileEntry, ...]
+    suites: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class HashedFile:
+    """A file hashed in one read: whole-file SHA-256 and the v1 piece SHA-1s for `piece_size`.
+
+    `pieces` is the concatenation of the 20-byte SHA-1 digests (b"" for a zero-length file).
+    """
+
+    entry: FileEntry
+    sha256: str
+    piece_size: int
+    pieces: bytes
+
+
+@dataclass(frozen=True)
+class Artifact:
+    """One object to publish: destination key (relative, '/'-separated), bytes and HTTP headers."""
+
+    key: str
+    data: bytes
+    content_type: str
+    cache_control: str
+
+
+@dataclass(frozen=True)
+class PackageRecord:
+    """One package as the index lists it (DESIGN section 5)."""
+
+    path: str
+    size: int
+    sha256: str
+    infohash: str | None
+    piece_size: int | None
+    torrent: str | None
+    metalink: str
+    magnet: str | None
+    name: str | None = None
+    version: str | None = None
+    arch: str | None = None
+    signature: SignatureRef | None = None
+    description: str | None = field(default=None, compare=False)
+
+    def to_json(self) -> dict[str, Any]:
+        doc: dict[str, Any] = {
+            "path": self.path,
+            "size": self.size,
+            "sha256": self.sha256,
+            "infohash": self.infohash,
+            "piece_size": self.piece_size,
+            "torrent": self.torrent,
+            "metalink": self.metalink,
+            "magnet": self.magnet,
+            "signature": None
+            if self.signature is None
+            else {"path": self.signature.path, "size": self.signature.size, "sha256": self.signature.sha256},
+        }
+        for key in ("name", "version", "arch"):
+            value = getattr(self, key)
+            if value is not None:
+                doc[key] = value
+        return doc
+
+    @staticmethod
+    def from_json(doc: dict[str, Any]) -> PackageRecord:
+        sig = doc.get("signature")
+        return PackageRecord(
+            path=doc["path"],
+            size=doc["size"],
+            sha256=doc["sha256"],
+            infohash=doc["infohash"],
+            piece_size=doc["piece_size"],
+            torrent=doc["torrent"],
+            metalink=doc["metalink"],
+            magnet=doc["magnet"],
+            name=doc.get("name"),
+            version=doc.get("version"),
+            arch=doc.get("arch"),
+            signature=None if sig is None else SignatureRef(sig["path"], sig["size"], sig["sha256"]),
+        )
+
+
+@dataclass(frozen=True)
+class BuiltPackages:
+    """Output of the build stage: one record per package and the torrents/metalinks to publish."""
+
+    records: tuple[PackageRecord, ...]
+    artifacts: tuple[Artifact, ...]
+
+
+@dataclass(frozen=True)
+class IndexRef:
+    """The pointer's description of the compressed index object."""
+
+    path: str
+    size: int
+    uncompressed_size: int
+    sha256: str
+
+
+@dataclass(frozen=True)
+class Pointer:
+    """The signed pointer payload (DESIGN section 5)."""
+
+    repo: str
+    sequence: int
+    generated: str
+    expires: str
+    index: IndexRef
+    index_torrent: str
+    infohash: str
+    magnet: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "format": "mirrorseed-pointer/1",
+            "repo": self.repo,
+            "sequence": self.sequence,
+            "generated": self.generated,
+            "expires": self.expires,
+            "index": {
+                "path": self.index.path,
+                "size": self.index.size,
+                "uncompressed_size": self.index.uncompressed_size,
+                "sha256": self.index.sha256,
+            },
+            "index_torrent": self.index_torrent,
+            "infohash": self.infohash,
+            "magnet": self.magnet,
+        }
+
+    @staticmethod
+    def from_json(doc: dict[str, Any]) -> Pointer:
+        idx = doc["index"]
+        return Pointer(
+            repo=doc["repo"],
+            sequence=doc["sequence"],
+            generated=doc["generated"],
+            expires=doc["expires"],
+            index=IndexRef(idx["path"], idx["size"], idx["uncompressed_size"], idx["sha256"]),
+            index_torrent=doc["index_torrent"],
+            infohash=doc["infohash"],
+            magnet=doc["magnet"],
+        )
+
+
+@dataclass(frozen=True)
+class KeyInfo:
+    """The signing key as checked before signing."""
+
+    fingerprint: str
+    uids: tuple[str, ...]
+    expires: int | None  # epoch seconds, None = never
