@@ -1,0 +1,94 @@
+"""The run report: what changed, what was written, time per stage; as JSON and as a Prometheus textfile."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class RunReport:
+    action: str  # "publish" | "resign" | "noop"
+    sequence: int
+    dry_run: bool
+    files: int
+    bytes_hashed: int
+    files_hashed: int
+    new: tuple[str, ...]
+    changed: tuple[str, ...]
+    removed: tuple[str, ...]
+    unchanged: int
+    objects_put: int
+    objects_skipped: int
+    bytes_put: int
+    planned_keys: tuple[str, ...]
+    pointer_expires: str
+    pointer_expires_epoch: int
+    key_fingerprint: str
+    key_expires_epoch: int | None
+    stages: tuple[tuple[str, float], ...]
+    destination: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "action": self.action,
+            "sequence": self.sequence,
+            "dry_run": self.dry_run,
+            "destination": self.destination,
+            "files": self.files,
+            "files_hashed": self.files_hashed,
+            "bytes_hashed": self.bytes_hashed,
+            "packages": {
+                "new": list(self.new),
+                "changed": list(self.changed),
+                "removed": list(self.removed),
+                "unchanged": self.unchanged,
+            },
+            "objects": {"put": self.objects_put, "skipped": self.objects_skipped, "bytes_put": self.bytes_put},
+            "planned_keys": list(self.planned_keys),
+            "pointer_expires": self.pointer_expires,
+            "key": {"fingerprint": self.key_fingerprint, "expires_epoch": self.key_expires_epoch},
+            "stages": {name: round(seconds, 6) for name, seconds in self.stages},
+        }
+
+    def summary_lines(self) -> list[str]:
+        verb = {"publish": "published", "resign": "re-signed", "noop": "unchanged, nothing written"}[self.action]
+        if self.dry_run:
+            verb = f"would be {verb}" if self.action != "noop" else verb
+        lines = [
+            f"sequence {self.sequence}: {verb}; pointer valid until {self.pointer_expires}",
+            f"packages: {len(self.new)} new, {len(self.changed)} changed, {self.unchanged} unchanged, "
+            f"{len(self.removed)} removed ({self.files} in the snapshot)",
+            f"hashed: {self.files_hashed} files, {self.bytes_hashed / 1e6:.1f} MB",
+            f"objects: {self.objects_put} {'to put' if self.dry_run else 'put'} "
+            f"({self.bytes_put / 1e3:.1f} kB), {self.objects_skipped} unchanged",
+            "time: " + ", ".join(f"{name} {seconds:.2f}s" for name, seconds in self.stages),
+        ]
+        return lines
+
+    def to_prometheus(self) -> str:
+        """Prometheus textfile-collector format (DESIGN section 6)."""
+        out = [
+            "# HELP mirrorseed_stage_duration_seconds Time spent per stage of the last run.",
+            "# TYPE mirrorseed_stage_duration_seconds gauge",
+        ]
+        out += [f'mirrorseed_stage_duration_seconds{{stage="{n}"}} {s:.6f}' for n, s in self.stages]
+        gauges = [
+            ("files_hashed", "Files hashed by the last run.", self.files_hashed),
+            ("bytes_hashed", "Bytes hashed by the last run.", self.bytes_hashed),
+            ("objects_put", "Objects written by the last run.", self.objects_put),
+            ("objects_skipped", "Objects already present and skipped.", self.objects_skipped),
+            ("pointer_sequence", "Sequence of the current pointer.", self.sequence),
+            ("pointer_expiry_timestamp_seconds", "When the current pointer expires.", self.pointer_expires_epoch),
+        ]
+        if self.key_expires_epoch is not None:
+            gauges.append(
+                ("signing_key_expiry_timestamp_seconds", "When the signing key expires.", self.key_expires_epoch)
+            )
+        for name, help_text, value in gauges:
+            out += [
+                f"# HELP mirrorseed_{name} {help_text}",
+                f"# TYPE mirrorseed_{name} gauge",
+                f"mirrorseed_{name} {value}",
+            ]
+        return "\n".join(out) + "\n"

@@ -1,0 +1,431 @@
+"""release(): composes the stages in their fixed order and returns a RunReport.
+
+scan -> hash -> build -> (read current publication) -> decide -> index + sign -> render -> publish
+Only `publish` writes to the destination, and only after every check has passed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+from pathlib import Path
+
+from pipeline.config import Settings, require_release_inputs
+from pipeline.errors import PipelineError, StorageError
+from pipeline.hashing import hash_files, piece_size_for
+from pipeline.index import (
+    Decision,
+    decide,
+    decode_index,
+    decode_pointer,
+    encode_index,
+    encode_pointer,
+    index_document,
+    index_key,
+    index_torrent_key,
+    rfc3339,
+)
+from pipeline.model import Artifact, IndexRef, NullProgress, PackageRecord, Pointer, Progress
+from pipeline.objects import make_artifact
+from pipeline.publish import Publication, publish
+from pipeline.render import ListingInput, render_listings
+from pipeline.report import RunReport
+from pipeline.signing import Signer, verify_signed_message
+from pipeline.snapshot import ScanSpec, scan_snapshot
+from pipeline.storage import Storage, open_storage
+from pipeline.torrents import BuildSpec, build_packages, build_torrent, hash_pieces_of_bytes
+from pipeline.urls import join_url, magnet_uri
+
+log = logging.getLogger(__name__)
+
+POINTER_KEY = "latest.asc"
+
+
+@dataclass(frozen=True)
+class CurrentPublication:
+    """What `latest.asc` in the destination names when the run starts."""
+
+    pointer: Pointer
+    etag: str
+    records: tuple[PackageRecord, ...]
+    webseeds: tuple[str, ...]
+    trackers: tuple[str, ...]
+
+
+class StageClock:
+    """Wall time per stage, in order."""
+
+    def __init__(self) -> None:
+        self.stages: list[tuple[str, float]] = []
+
+    @contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.stages.append((name, time.perf_counter() - start))
+
+
+@contextmanager
+def _public_keyring(signer: Signer) -> Iterator[Path]:
+    _, binary = signer.export_public_key()
+    with tempfile.TemporaryDirectory(prefix="mirrorseed-keyring-") as tmp:
+        path = Path(tmp) / "signing-key.gpg"
+        path.write_bytes(binary)
+        yield path
+
+
+def read_current(storage: Storage, *, repo: str, keyring: Path, fingerprint: str) -> CurrentPublication | None:
+    """Read and verify the current pointer and the index it names; None on a fresh destination."""
+    stored = storage.get(POINTER_KEY)
+    if stored is None:
+        return None
+    try:
+        payload = verify_signed_message(stored.data, keyring=keyring, fingerprint=fingerprint)
+    except PipelineError as exc:
+        raise StorageError(
+            f"{POINTER_KEY}: the destination's pointer does not verify with key {fingerprint} ({exc}); "
+            "publish to a fresh destination or restore the previous key"
+        ) from exc
+    pointer = decode_pointer(payload)
+    if pointer.repo != repo:
+        raise StorageError(
+            f"{POINTER_KEY}: the destination holds repo {pointer.repo!r}, not {repo!r}; check --dest and repo"
+        )
+    index_object = storage.get(pointer.index.path)
+    if index_object is None:
+        raise StorageError(f"{pointer.index.path}: named by {POINTER_KEY} but missing from the destination")
+    if index_object.info.size != pointer.index.size or _sha256(index_object.data) != pointer.index.sha256:
+        raise StorageError(f"{pointer.index.path}: size or SHA-256 differs from {POINTER_KEY}; the index was altered")
+    doc = decode_index(index_object.data, uncompressed_size=pointer.index.uncompressed_size)
+    return CurrentPublication(
+        pointer=pointer,
+        etag=stored.info.etag,
+        records=tuple(PackageRecord.from_json(p) for p in doc["packages"]),
+        webseeds=tuple(doc["webseeds"]),
+        trackers=tuple(doc["trackers"]),
+    )
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+@dataclass(frozen=True)
+class IndexObjects:
+    pointer: Pointer
+    artifacts: tuple[Artifact, ...]
+
+
+def build_index_objects(
+    *,
+    settings: Settings,
+    public_url: str,
+    sequence: int,
+    generated: datetime,
+    expires: datetime,
+    records: Sequence[PackageRecord],
+    signer: Signer,
+) -> IndexObjects:
+    """The compressed index, its detached signature, its multi-file torrent, and the pointer naming them."""
+    doc = index_document(
+        repo=settings.repo,
+        sequence=sequence,
+        generated=generated,
+        webseeds=settings.webseeds,
+        trackers=settings.trackers,
+        packages=records,
+    )
+    encoded = encode_index(doc)
+    signature = signer.sign_detached(encoded.data)
+    zst_key = index_key(sequence, encoded.sha256)
+    torrent_key = index_torrent_key(sequence, encoded.sha256)
+    name = zst_key.split("/")[1]
+    piece_size = piece_size_for(len(encoded.data) + len(signature))
+    torrent, infohash = build_torrent(
+        name=name,
+        files=[("index.json.zst", len(encoded.data)), ("index.json.zst.sig", len(signature))],
+        length=None,
+        piece_size=piece_size,
+        pieces=hash_pieces_of_bytes([encoded.data, signature], piece_size),
+        webseeds=[join_url(public_url, "index") + "/"],
+        trackers=settings.trackers,
+    )
+    pointer = Pointer(
+        repo=settings.repo,
+        sequence=sequence,
+        generated=rfc3339(generated),
+        expires=rfc3339(expires),
+        index=IndexRef(zst_key, encoded.size, encoded.uncompressed_size, encoded.sha256),
+        index_torrent=torrent_key,
+        infohash=infohash,
+        magnet=magnet_uri(
+            infohash=infohash,
+            name=name,
+            trackers=settings.trackers,
+            webseeds=[join_url(public_url, "index") + "/"],
+            torrent_url=join_url(public_url, torrent_key),
+        ),
+    )
+    artifacts = (
+        make_artifact(zst_key, encoded.data),
+        make_artifact(zst_key + ".sig", signature),
+        make_artifact(torrent_key, torrent),
+    )
+    return IndexObjects(pointer, artifacts)
+
+
+def _changes(
+    current: CurrentPublication | None, records: Sequence[PackageRecord]
+) -> tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...], int]:
+    before = {r.path: r for r in current.records} if current else {}
+    after = {r.path: r for r in records}
+    new = tuple(sorted(p for p in after if p not in before))
+    removed = tuple(sorted(p for p in before if p not in after))
+    changed = tuple(sorted(p for p in after if p in before and before[p] != after[p]))
+    unchanged = len(after) - len(new) - len(changed)
+    return new, changed, removed, unchanged
+
+
+def release(
+    settings: Settings,
+    *,
+    progress: Progress | None = None,
+    now: Callable[[], datetime] | None = None,
+) -> RunReport:
+    """The operator's job: publish `settings.snapshot` to `settings.dest` (or plan it, with dry_run)."""
+    require_release_inputs(settings)
+    assert settings.snapshot is not None and settings.key is not None and settings.public_url is not None
+    progress = progress or NullProgress()
+    clock = StageClock()
+    started = (now or (lambda: datetime.now(UTC)))().replace(microsecond=0)
+    expires = started + settings.expires_after
+    public_url = settings.public_url.rstrip("/")
+
+    with clock.stage("start-up"):
+        storage = open_storage(settings.dest)
+        signer = Signer(gnupghome=settings.gnupghome, key=settings.key)
+        key_info = signer.check_key(must_be_valid_until=expires + settings.key_valid_margin)
+
+    with clock.stage("scan"):
+        snapshot = scan_snapshot(
+            ScanSpec(
+                root=settings.snapshot,
+                format=settings.format,
+                suites=settings.suites,
+                components=settings.components,
+                architectures=settings.architectures,
+                upstream_keyring=settings.upstream_keyring,
+                sync_lock=settings.sync_lock,
+            )
+        )
+    with clock.stage("hash"):
+        hashed = hash_files(snapshot.files, workers=settings.workers, progress=progress)
+    with clock.stage("build"):
+        built = build_packages(
+            hashed, BuildSpec(webseeds=settings.webseeds, trackers=settings.trackers, public_url=public_url)
+        )
+
+    with clock.stage("read-current"), _public_keyring(signer) as keyring:
+        current = read_current(storage, repo=settings.repo, keyring=keyring, fingerprint=key_info.fingerprint)
+    decision: Decision = decide(
+        current=current.pointer if current else None,
+        current_records=current.records if current else None,
+        current_webseeds=current.webseeds if current else (),
+        current_trackers=current.trackers if current else (),
+        records=built.records,
+        webseeds=settings.webseeds,
+        trackers=settings.trackers,
+        now=started,
+        resign_before=settings.effective_resign_before,
+    )
+    new, changed, removed, unchanged = _changes(current, built.records)
+    bytes_hashed = sum(h.entry.size for h in hashed)
+
+    def report(pointer: Pointer, *, put: int, skipped: int, put_bytes: int, keys: tuple[str, ...]) -> RunReport:
+        return RunReport(
+            action=decision.action,
+            sequence=pointer.sequence,
+            dry_run=settings.dry_run,
+            files=len(snapshot.files),
+            bytes_hashed=bytes_hashed,
+            files_hashed=len(hashed),
+            new=new,
+            changed=changed,
+            removed=removed,
+            unchanged=unchanged,
+            objects_put=put,
+            objects_skipped=skipped,
+            bytes_put=put_bytes,
+            planned_keys=keys,
+            pointer_expires=pointer.expires,
+            pointer_expires_epoch=int(datetime.fromisoformat(pointer.expires).timestamp()),
+            key_fingerprint=key_info.fingerprint,
+            key_expires_epoch=key_info.expires,
+            stages=tuple(clock.stages),
+            destination=storage.url,
+        )
+
+    if decision.action == "noop":
+        assert current is not None
+        return report(current.pointer, put=0, skipped=0, put_bytes=0, keys=())
+
+    with clock.stage("sign"):
+        if decision.action == "resign":
+            assert current is not None
+            pointer = replace(current.pointer, generated=rfc3339(started), expires=rfc3339(expires))
+            index_artifacts: tuple[Artifact, ...] = ()
+        else:
+            objects = build_index_objects(
+                settings=settings,
+                public_url=public_url,
+                sequence=decision.sequence,
+                generated=started,
+                expires=expires,
+                records=built.records,
+                signer=signer,
+            )
+            pointer, index_artifacts = objects.pointer, objects.artifacts
+        pointer_artifact = make_artifact(POINTER_KEY, signer.sign_message(encode_pointer(pointer)))
+        key_asc, key_gpg = signer.export_public_key()
+
+    with clock.stage("render"):
+        listings = render_listings(
+            ListingInput(
+                repo=settings.repo,
+                snapshot_format=snapshot.format,
+                public_url=public_url,
+                pointer=pointer,
+                fingerprint=key_info.fingerprint,
+                records=built.records,
+                webseeds=settings.webseeds,
+                templates_dir=settings.templates_dir,
+            )
+        )
+
+    with clock.stage("publish"):
+        result = publish(
+            storage,
+            Publication(
+                content=built.artifacts
+                + (make_artifact("signing-key.asc", key_asc), make_artifact("signing-key.gpg", key_gpg)),
+                immutable=index_artifacts,
+                pointer=pointer_artifact,
+                pointer_etag=current.etag if current else None,
+                listings=listings,
+            ),
+            dry_run=settings.dry_run,
+            progress=progress,
+        )
+    return report(
+        pointer,
+        put=len(result.plan.put),
+        skipped=len(result.plan.skip),
+        put_bytes=result.plan.put_bytes,
+        keys=tuple(a.key for a in result.plan.put),
+    )
+
+
+DEMO_PUBLIC_PORT = 8780
+DEMO_MIRROR_PORT = 8781
+
+
+@dataclass(frozen=True)
+class DemoResult:
+    report: RunReport
+    recipe: str
+    fetched: str
+    public_url: str
+    mirror_url: str
+
+
+def run_demo(
+    *,
+    cache_dir: Path,
+    dest: Path,
+    serve: bool = False,
+    progress: Progress | None = None,
+    announce: Callable[[str], None] = lambda line: None,
+    wait: Callable[[], None] | None = None,
+    public_port: int = DEMO_PUBLIC_PORT,
+    mirror_port: int = DEMO_MIRROR_PORT,
+) -> DemoResult:
+    """`invoke demo`: demo snapshot + demo key -> publish to `dest` through release() -> serve both on
+    loopback -> run the front page's user recipe (aria2c, gpgv, sha256sum) in a scratch dir -> check it."""
+    import subprocess
+
+    from pipeline.demo import build_demo_snapshot, demo_key
+    from pipeline.render import user_recipe
+    from pipeline.serve import serve_directory
+
+    public_url = f"http://127.0.0.1:{public_port}"
+    mirror_url = f"http://127.0.0.1:{mirror_port}"
+    announce(f"demo: building the demo Debian snapshot in {cache_dir} (cached after the first run)")
+    snapshot = build_demo_snapshot(cache_dir)
+    with demo_key(cache_dir) as key:
+        settings = Settings(
+            snapshot=snapshot.root,
+            format="debian",
+            dest=str(dest),
+            public_url=public_url,
+            repo="demo",
+            webseeds=(mirror_url,),
+            key=key.fingerprint,
+            gnupghome=key.gnupghome,
+        )
+        announce(f"demo: publishing {snapshot.package_count} packages to {dest} with DEMO key {key.fingerprint}")
+        report = release(settings, progress=progress)
+        with _public_keyring(Signer(gnupghome=key.gnupghome, key=key.fingerprint)) as keyring:
+            current = read_current(open_storage(str(dest)), repo="demo", keyring=keyring, fingerprint=key.fingerprint)
+    assert current is not None
+    listing = ListingInput(
+        repo="demo",
+        snapshot_format="debian",
+        public_url=public_url,
+        pointer=current.pointer,
+        fingerprint=report.key_fingerprint,
+        records=current.records,
+        webseeds=current.webseeds,
+    )
+    example = next((r for r in current.records if r.torrent is not None and "+" in r.path), None)
+    example = example or next(r for r in current.records if r.torrent is not None)
+    recipe = user_recipe(listing, example)
+    try:
+        servers = (serve_directory(dest, port=public_port), serve_directory(snapshot.root, port=mirror_port))
+    except OSError as exc:
+        raise PipelineError(
+            f"127.0.0.1:{public_port}/{mirror_port}: cannot listen ({exc.strerror}); stop the other demo and retry"
+        ) from exc
+    with servers[0], servers[1]:
+        announce(f"demo: destination served at {public_url}/index.html, mirror at {mirror_url}/")
+        announce(f"demo: fetching {example.path} with aria2 exactly as the front page says")
+        with tempfile.TemporaryDirectory(prefix="mirrorseed-demo-user-") as scratch:
+            done = subprocess.run(
+                ["bash", "-c", recipe], cwd=scratch, capture_output=True, text=True, timeout=300, check=False
+            )
+            if done.returncode != 0:
+                tail = " | ".join((done.stdout + done.stderr).strip().splitlines()[-5:])
+                raise PipelineError(f"demo: the user recipe failed (exit {done.returncode}): {tail}")
+            fetched = Path(scratch) / "packages" / example.path.rsplit("/", 1)[-1]
+            if not fetched.is_file() or _sha256(fetched.read_bytes()) != example.sha256:
+                raise PipelineError(f"demo: {fetched.name} was not fetched intact by the recipe")
+        announce(f"demo: fetched {example.path} ({example.size} bytes), SHA-256 matches the signed index")
+        if serve:
+            announce("demo: serving until Ctrl-C")
+            (wait or _wait_forever)()
+    return DemoResult(report, recipe, example.path, public_url, mirror_url)
+
+
+def _wait_forever() -> None:
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        return

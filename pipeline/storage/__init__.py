@@ -1,0 +1,72 @@
+"""The narrow Storage protocol and `open_storage(url)`, which picks an implementation by URL scheme."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+from urllib.parse import unquote, urlparse
+
+from pipeline.errors import ConfigError, StorageError
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    """What the destination knows of one object: its key, size and ETag (local: SHA-256 of the bytes)."""
+
+    key: str
+    size: int
+    etag: str
+
+
+@dataclass(frozen=True)
+class StoredObject:
+    info: ObjectInfo
+    data: bytes
+
+
+class Storage(Protocol):
+    """Put/get/head/list/delete and one conditional put; keys are relative '/'-separated paths."""
+
+    @property
+    def url(self) -> str: ...
+
+    def get(self, key: str) -> StoredObject | None: ...
+
+    def head(self, key: str) -> ObjectInfo | None: ...
+
+    def put(self, key: str, data: bytes, *, content_type: str, cache_control: str) -> ObjectInfo: ...
+
+    def put_conditional(
+        self, key: str, data: bytes, *, content_type: str, cache_control: str, if_match: str | None
+    ) -> ObjectInfo:
+        """Write only if the object's ETag is still `if_match` (None: only if the key does not exist).
+
+        Raises PublishConflictError when the condition does not hold.
+        """
+        ...
+
+    def list(self, prefix: str = "") -> list[ObjectInfo]: ...
+
+    def delete(self, key: str) -> None: ...
+
+
+def check_key(key: str) -> str:
+    """Refuse keys that could escape the destination or be ambiguous."""
+    parts = key.split("/")
+    if not key or key.startswith("/") or "\\" in key or any(p in ("", ".", "..") for p in parts):
+        raise StorageError(f"{key!r}: not a valid object key (relative, '/'-separated, no '..')")
+    return key
+
+
+def open_storage(url: str) -> Storage:
+    """`./public`, `/abs/dir`, `file:///dir` -> LocalStorage; `s3://bucket/prefix` -> S3 (a later issue)."""
+    parsed = urlparse(url)
+    if parsed.scheme in ("", "file"):
+        from pipeline.storage.local import LocalStorage
+
+        path = Path(unquote(parsed.path)) if parsed.scheme == "file" else Path(url)
+        return LocalStorage(path)
+    if parsed.scheme == "s3":
+        raise ConfigError(f"{url}: s3:// destinations are not supported yet; publish to a local folder")
+    raise ConfigError(f"{url}: unknown destination scheme {parsed.scheme!r}; use a path, file:///dir or s3://")

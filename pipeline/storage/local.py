@@ -1,0 +1,119 @@
+"""LocalStorage: a folder. Writes are atomic (temp file + rename); the conditional put holds a lock file."""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import os
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from pipeline.errors import PublishConflictError, StorageError
+from pipeline.storage import ObjectInfo, StoredObject, check_key
+
+LOCK_NAME = ".mirrorseed.lock"
+
+
+class LocalStorage:
+    """Objects are files under `root`; the ETag of a file is the SHA-256 of its bytes."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root.absolute()
+        for parent in (self.root, *self.root.parents):
+            if parent.exists():
+                if not parent.is_dir():
+                    raise StorageError(
+                        f"{parent}: is not a directory, so the destination {self.root} cannot be created; "
+                        "pass a --dest under a directory"
+                    )
+                break
+
+    @property
+    def url(self) -> str:
+        return self.root.as_uri()
+
+    def _path(self, key: str) -> Path:
+        return self.root.joinpath(*check_key(key).split("/"))
+
+    def get(self, key: str) -> StoredObject | None:
+        try:
+            data = self._path(key).read_bytes()
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise StorageError(f"{self._path(key)}: cannot read ({exc.strerror})") from exc
+        return StoredObject(ObjectInfo(key, len(data), hashlib.sha256(data).hexdigest()), data)
+
+    def head(self, key: str) -> ObjectInfo | None:
+        stored = self.get(key)
+        return None if stored is None else stored.info
+
+    def put(self, key: str, data: bytes, *, content_type: str, cache_control: str) -> ObjectInfo:
+        path = self._path(key)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+            try:
+                with os.fdopen(fd, "wb") as handle:
+                    handle.write(data)
+                    handle.flush()
+                    os.fsync(handle.fileno())
+                os.chmod(tmp, 0o644)
+                os.replace(tmp, path)
+            except BaseException:
+                Path(tmp).unlink(missing_ok=True)
+                raise
+        except OSError as exc:
+            raise StorageError(f"{path}: cannot write ({exc.strerror}); check the destination") from exc
+        return ObjectInfo(key, len(data), hashlib.sha256(data).hexdigest())
+
+    @contextmanager
+    def _lock(self) -> Iterator[None]:
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            handle = (self.root / LOCK_NAME).open("a")
+        except OSError as exc:
+            raise StorageError(f"{self.root / LOCK_NAME}: cannot open lock file ({exc.strerror})") from exc
+        with handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+    def put_conditional(
+        self, key: str, data: bytes, *, content_type: str, cache_control: str, if_match: str | None
+    ) -> ObjectInfo:
+        with self._lock():
+            current = self.head(key)
+            if if_match is None and current is not None:
+                raise PublishConflictError(f"{key}: already exists in {self.root}; another run published it first")
+            if if_match is not None and (current is None or current.etag != if_match):
+                raise PublishConflictError(
+                    f"{key}: changed in {self.root} since this run started; another run published first, run again"
+                )
+            return self.put(key, data, content_type=content_type, cache_control=cache_control)
+
+    def list(self, prefix: str = "") -> list[ObjectInfo]:
+        found: list[ObjectInfo] = []
+        if not self.root.is_dir():
+            return found
+        for dirpath, dirnames, filenames in os.walk(self.root):
+            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+            for name in sorted(filenames):
+                if name.startswith("."):
+                    continue
+                rel = os.path.relpath(os.path.join(dirpath, name), self.root).replace(os.sep, "/")
+                if rel.startswith(prefix):
+                    info = self.head(rel)
+                    if info is not None:
+                        found.append(info)
+        return found
+
+    def delete(self, key: str) -> None:
+        try:
+            self._path(key).unlink(missing_ok=True)
+        except OSError as exc:
+            raise StorageError(f"{self._path(key)}: cannot delete ({exc.strerror})") from exc

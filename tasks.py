@@ -1,0 +1,165 @@
+"""mirrorseed's CLI (invoke). Thin: each task parses flags, builds Settings, calls one pipeline function.
+
+PipelineError becomes invoke.Exit(one line, code) in exactly one place: `_pipeline_errors`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from invoke import Collection, Context, Exit, task
+
+ROOT = Path(__file__).resolve().parent
+
+
+@contextmanager
+def _pipeline_errors(verbose: bool = False) -> Iterator[None]:
+    """The one error handler: known errors -> `ClassName: message` and their exit code; others keep the traceback."""
+    from pipeline.errors import PipelineError
+
+    logging.basicConfig(
+        stream=sys.stderr, level=logging.DEBUG if verbose else logging.WARNING, format="mirrorseed: %(message)s"
+    )
+    try:
+        yield
+    except PipelineError as exc:
+        if verbose:
+            logging.getLogger("mirrorseed").exception("failed")
+        message = " ".join(str(exc).split())
+        raise Exit(f"{type(exc).__name__}: {message}", code=exc.exit_code) from None
+
+
+def _settings(config: str | None, flags: dict[str, Any]) -> Any:
+    from pipeline.config import load_settings
+
+    return load_settings(config_file=Path(config) if config else None, flags=flags)
+
+
+@task(
+    iterable=["webseed", "tracker"],
+    help={
+        "config": "settings file (TOML); default ./mirror.toml if present",
+        "snapshot": "the repository snapshot directory",
+        "format": "debian | arch | flat | auto",
+        "dest": "destination: a local path, file:///dir (s3:// in a later release)",
+        "public_url": "where the destination is readable over HTTP(S)",
+        "webseed": "base URL of an HTTP mirror of the snapshot (repeatable)",
+        "tracker": "tracker announce URL (repeatable)",
+        "key": "signing key fingerprint in $GNUPGHOME",
+        "repo": "repository name used in the pointer and index",
+        "dry_run": "do everything but write to the destination; print the upload plan",
+        "json": "print the run report as JSON on stdout",
+        "metrics": "write a Prometheus textfile here",
+        "resign_before": "re-sign the pointer when less than this validity is left (e.g. 3d)",
+        "expires_after": "pointer validity (default 7d)",
+        "verbose": "debug logging and tracebacks",
+    },
+)
+def release(
+    c: Context,
+    config: str | None = None,
+    snapshot: str | None = None,
+    format: str | None = None,
+    dest: str | None = None,
+    public_url: str | None = None,
+    webseed: list[str] | None = None,
+    tracker: list[str] | None = None,
+    key: str | None = None,
+    repo: str | None = None,
+    dry_run: bool = False,
+    json_: bool = False,
+    metrics: str | None = None,
+    resign_before: str | None = None,
+    expires_after: str | None = None,
+    verbose: bool = False,
+) -> None:
+    """Publish a snapshot: per-package torrents + metalinks, signed index and pointer, listings."""
+    with _pipeline_errors(verbose):
+        from pipeline.progress import StderrProgress
+        from pipeline.run import release as run_release
+
+        settings = _settings(
+            config,
+            {
+                "snapshot": snapshot,
+                "format": format,
+                "dest": dest,
+                "public_url": public_url,
+                "webseeds": tuple(webseed or ()),
+                "trackers": tuple(tracker or ()),
+                "key": key,
+                "repo": repo,
+                "dry_run": dry_run,
+                "metrics": metrics,
+                "resign_before": resign_before,
+                "expires_after": expires_after,
+            },
+        )
+        report = run_release(settings, progress=StderrProgress())
+        _emit(report, as_json=json_, metrics=settings.metrics)
+
+
+def _emit(report: Any, *, as_json: bool, metrics: Path | None) -> None:
+    if metrics is not None:
+        from pipeline.storage.local import LocalStorage
+
+        LocalStorage(metrics.parent).put(
+            metrics.name, report.to_prometheus().encode(), content_type="text/plain", cache_control="no-cache"
+        )
+    if as_json:
+        print(json.dumps(report.to_json(), indent=2, sort_keys=True))
+    else:
+        for line in report.summary_lines():
+            print(line, file=sys.stderr)
+        if report.dry_run:
+            for key in report.planned_keys:
+                print(f"put {key}")
+
+
+@task(
+    help={
+        "serve": "keep the mirror and destination servers up until Ctrl-C",
+        "dest": "where to publish (default ./public)",
+        "verbose": "debug logging and tracebacks",
+    }
+)
+def demo(c: Context, serve: bool = False, dest: str = "public", verbose: bool = False) -> None:
+    """Build the demo Debian snapshot and key, publish to ./public, fetch one package with aria2 as users do."""
+    with _pipeline_errors(verbose):
+        from pipeline.progress import StderrProgress
+        from pipeline.run import run_demo
+
+        def announce(line: str) -> None:
+            print(line, file=sys.stderr, flush=True)
+
+        result = run_demo(
+            cache_dir=ROOT / ".demo",
+            dest=Path(dest) if os.path.isabs(dest) else ROOT / dest,
+            serve=serve,
+            progress=StderrProgress(),
+            announce=announce,
+        )
+        print(result.recipe)
+
+
+@task(help={"k": "only run tests matching this expression", "fast": "skip lint and type checks"})
+def test(c: Context, k: str | None = None, fast: bool = False) -> None:
+    """The whole suite: ruff (lint + format check), mypy --strict on pipeline/, pytest (unit + integration)."""
+    py = sys.executable
+    with c.cd(str(ROOT)):
+        if not fast:
+            c.run(f"{py} -m ruff check .", echo=True)
+            c.run(f"{py} -m ruff format --check .", echo=True)
+            c.run(f"{py} -m mypy pipeline", echo=True)
+        selection = f" -k {k!r}" if k else ""
+        c.run(f"{py} -m pytest -q -ra{selection}", echo=True, pty=False)
+
+
+ns = Collection(release, demo, test)
