@@ -82,7 +82,7 @@ def _coerce(name: str, value: Any, origin: str, base: Path) -> Any:
         else:
             raise ConfigError(f"{where} must be a list of strings")
         if name == "sync_lock":
-            return tuple(_as_path(v, base) for v in items)
+            return tuple(Path(v) for v in items)  # relative paths resolve against the snapshot root
         return tuple(items)
     if name in _PATH_FIELDS:
         if not isinstance(value, str | Path):

@@ -51,6 +51,4 @@ def cache_control_for(key: str) -> str:
 
 def make_artifact(key: str, data: bytes) -> Artifact:
     """An Artifact with the headers DESIGN section 4 prescribes for `key`."""
-    return Artifact(
-        key=key, data=data, content_type=content_type_for(key), cache_control=cache_control_for(key)
-    )
+    return Artifact(key=key, data=data, content_type=content_type_for(key), cache_control=cache_control_for(key))

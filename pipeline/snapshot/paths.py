@@ -18,12 +18,19 @@ from pipeline.errors import SnapshotError
 
 _RENAME_HINT = "rename it (valid UTF-8, NFC, no control characters or backslashes) and run again"
 _UNSAFE_ASCII = re.compile(rb"[\x00-\x1f\x7f\\]")
+_UNSAFE_ASCII_TEXT = re.compile(r"[\x00-\x1f\x7f\\]")
+_CONTROL_OR_BACKSLASH = "control character or backslash in name"
 _LINE_BREAKING_CATEGORIES = frozenset({"Cc", "Zl", "Zp"})
 
 
 def shown(text: str) -> str:
     """`text` as it can appear in a one-line message: itself if printable, else its escaped repr."""
     return text if text.isprintable() else repr(text)
+
+
+def escaped(text: str) -> str:
+    """`text` itself if it is printable ASCII, else its `ascii()` form (shows NFD and odd characters)."""
+    return text if text.isascii() and text.isprintable() else ascii(text)
 
 
 def join_rel(parent: str, name: str) -> str:
@@ -38,7 +45,7 @@ def decode_name(raw: bytes, parent: str) -> str:
     """
     if raw.isascii():
         if _UNSAFE_ASCII.search(raw):
-            _refuse(join_rel(parent, repr(raw.decode("ascii"))), "control character or backslash in name")
+            _refuse(join_rel(parent, ascii(raw.decode("ascii"))), _CONTROL_OR_BACKSLASH)
         return raw.decode("ascii")
     try:
         name = raw.decode("utf-8")
@@ -49,11 +56,21 @@ def decode_name(raw: bytes, parent: str) -> str:
 
 
 def check_component(name: str, parent: str) -> None:
-    """Refuse a decoded name component that is not NFC or holds control characters or backslashes."""
+    """Refuse an on-disk name component that is not NFC or holds control characters or backslashes."""
+    problem = component_problem(name)
+    if problem is not None:
+        _refuse(join_rel(parent, ascii(name)), problem)
+
+
+def component_problem(name: str) -> str | None:
+    """Why a decoded name component is not a safe repo-path component, or None."""
+    if name.isascii():  # fast path: ASCII is always NFC
+        return _CONTROL_OR_BACKSLASH if _UNSAFE_ASCII_TEXT.search(name) else None
     if "\\" in name or any(unicodedata.category(char) in _LINE_BREAKING_CATEGORIES for char in name):
-        _refuse(join_rel(parent, repr(name)), "control character or backslash in name")
+        return _CONTROL_OR_BACKSLASH
     if not unicodedata.is_normalized("NFC", name):
-        _refuse(join_rel(parent, repr(name)), "name is not in Unicode NFC form")
+        return "name is not in Unicode NFC form"
+    return None
 
 
 def check_repo_path(path: str, where: str) -> str:
@@ -62,20 +79,15 @@ def check_repo_path(path: str, where: str) -> str:
     Refuses absolute paths, empty, '.' and '..' components, backslashes, control characters and
     non-NFC names. `where` names the metadata file, for the message.
     """
-    if not path or path.startswith("/"):
-        raise SnapshotError(
-            f"{shown(path)}: absolute or empty path in {where}; the repository metadata is unsafe, "
-            "fix or re-sync the mirror"
-        )
-    parent = ""
+    problem = "absolute or empty path" if not path or path.startswith("/") else None
     for component in path.split("/"):
-        if component in ("", ".", ".."):
-            raise SnapshotError(
-                f"{shown(path)}: '{component}' path component in {where}; the repository metadata is "
-                "unsafe, fix or re-sync the mirror"
-            )
-        check_component(component, parent)
-        parent = join_rel(parent, component)
+        if problem is None and component in ("", ".", ".."):
+            problem = f"{component!r} path component"
+        problem = problem or component_problem(component)
+    if problem is not None:
+        raise SnapshotError(
+            f"{escaped(path)}: {problem} in {where}; the repository metadata is unsafe, fix or re-sync the mirror"
+        )
     return path
 
 
@@ -84,9 +96,7 @@ def resolve_link_inside(link: bytes, root_real: bytes, rel: str) -> bytes:
     try:
         target = os.path.realpath(link, strict=True)
     except FileNotFoundError:
-        raise SnapshotError(
-            f"{shown(rel)}: dangling symlink; remove it or fix its target and run again"
-        ) from None
+        raise SnapshotError(f"{shown(rel)}: dangling symlink; remove it or fix its target and run again") from None
     except OSError as exc:
         raise SnapshotError(
             f"{shown(rel)}: symlink cannot be resolved ({exc.strerror or 'symlink loop'}); "

@@ -60,7 +60,7 @@ def test_user_fetches_and_verifies_everything_with_aria2_and_gpgv(
     user.mkdir()
     # 1. the pointer, verified with gpgv and the published binary key
     subprocess.run(
-        aria2_command("-d", str(user), f"{public_url}/latest.asc", f"{public_url}/signing-key.gpg"),
+        aria2_command("-Z", "-d", str(user), f"{public_url}/latest.asc", f"{public_url}/signing-key.gpg"),
         check=True,
         timeout=120,
         capture_output=True,
@@ -108,7 +108,7 @@ def test_user_fetches_and_verifies_everything_with_aria2_and_gpgv(
     wanted = [plus, tilde, hello]
     urls = [f"{public_url}/{records[p]['torrent']}".replace("+", "%2B") for p in wanted]
     subprocess.run(
-        aria2_command("-d", str(user / "pkgs"), "--follow-torrent=mem", *urls),
+        aria2_command("-Z", "-d", str(user / "pkgs"), "--follow-torrent=mem", *urls),
         check=True,
         timeout=180,
         capture_output=True,

@@ -1,0 +1,565 @@
+"""Debian snapshots: the published set is exactly the files the selected `Packages` indexes list.
+
+Layout read: `dists/<suite>/{InRelease,Release,Release.gpg}` and
+`dists/<suite>/<component>/binary-<arch>/Packages{,.xz,.gz}`. Each used `Packages` file is checked
+against the `SHA256` list of its `Release` (when listed; always required when the Release is verified
+with an upstream keyring). Package files are only stat'ed (one `lstat` each); their SHA-256 is
+checked later, by the hashing stage, against `FileEntry.expected_sha256`.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import logging
+import lzma
+import os
+import re
+import stat
+import subprocess
+import tempfile
+import zlib
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from debian import deb822
+
+from pipeline.errors import ConfigError, SnapshotError
+from pipeline.model import FileEntry
+from pipeline.snapshot.paths import (
+    as_path,
+    check_repo_path,
+    decode_name,
+    resolve_link_inside,
+    shown,
+)
+
+log = logging.getLogger(__name__)
+
+PACKAGES_NAMES = ("Packages", "Packages.xz", "Packages.gz")  # preference order
+_PACKAGES_FIELDS = ["Package", "Version", "Architecture", "Description", "Filename", "Size", "SHA256"]  # order used
+_SHA256 = re.compile(r"[0-9a-fA-F]{64}")
+_ARCH = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+_MAX_LISTED_PROBLEMS = 20
+_GPGV_TIMEOUT_SECONDS = 120
+_RESYNC = "re-sync the mirror"
+
+
+@dataclass(frozen=True)
+class DebianSelection:
+    """What the operator asked for; empty tuples mean everything found."""
+
+    suites: tuple[str, ...] = ()
+    components: tuple[str, ...] = ()
+    architectures: tuple[str, ...] = ()
+    upstream_keyring: Path | None = None
+
+
+@dataclass(frozen=True)
+class DebianScan:
+    """The files to publish (sorted by repo path, unique) and the suites they come from."""
+
+    files: tuple[FileEntry, ...]
+    suites: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Checksum:
+    size: int
+    sha256: str
+
+
+@dataclass(frozen=True)
+class ReleaseInfo:
+    """The (verified, when a keyring is given) Release of one suite."""
+
+    suite: str
+    shown_path: str
+    components: tuple[str, ...]
+    architectures: tuple[str, ...]
+    checksums: Mapping[str, Checksum]  # name relative to dists/<suite>/ -> size and SHA-256
+
+
+@dataclass(frozen=True)
+class PackagesIndex:
+    """One `Packages` file on disk, for (suite, component, architecture)."""
+
+    rel: str
+    suite: str
+    component: str
+    architecture: str
+
+
+@dataclass(frozen=True)
+class ListedFile:
+    """A package file as a `Packages` stanza describes it."""
+
+    path: str
+    size: int
+    sha256: str
+    name: str | None
+    version: str | None
+    arch: str | None
+    description: str | None
+    listed_in: str
+
+
+@dataclass(frozen=True)
+class _Located:
+    real: bytes
+    status: os.stat_result
+    source: Path  # the same path as `real`
+
+
+def scan_debian(root_real: bytes, selection: DebianSelection) -> DebianScan:
+    """Read the selected Packages indexes and stat every file they list."""
+    tree = _Tree(root_real)
+    suite_names = _select_suites(tree, selection.suites)
+    releases = [_read_release(tree, suite, selection.upstream_keyring) for suite in suite_names]
+    indexes = _select_indexes(tree, releases, selection)
+    listed = _collect_listed(tree, releases, indexes, selection.upstream_keyring is not None)
+    files = _locate_all(tree, listed)
+    log.info("debian scan: %d suites, %d Packages files, %d package files", len(releases), len(indexes), len(files))
+    return DebianScan(files=files, suites=tuple(suite_names))
+
+
+# --- the tree: containment-checked file-system access with one lstat per file -------------------
+
+
+class _Tree:
+    """Looks up repo paths under the real root; symlinks are followed only inside the root."""
+
+    def __init__(self, root_real: bytes) -> None:
+        self.root = root_real
+        self._dirs: dict[str, bytes | None] = {"": root_real}
+        self._dir_paths: dict[bytes, Path] = {}
+
+    def real_dir(self, rel: str) -> bytes | None:
+        """Real path of the directory `rel`, or None when it does not exist (cached per directory)."""
+        if rel in self._dirs:
+            return self._dirs[rel]
+        parent, _, name = rel.rpartition("/")
+        parent_real = self.real_dir(parent)
+        found = None if parent_real is None else self._lookup(parent_real, name, rel)
+        real = found.real if found is not None and stat.S_ISDIR(found.status.st_mode) else None
+        self._dirs[rel] = real
+        return real
+
+    def locate(self, rel: str) -> _Located | None:
+        """The file or directory at `rel` (symlinks resolved), or None when it does not exist."""
+        parent, _, name = rel.rpartition("/")
+        parent_real = self.real_dir(parent)
+        return None if parent_real is None else self._lookup(parent_real, name, rel)
+
+    def is_file(self, rel: str) -> bool:
+        found = self.locate(rel)
+        return found is not None and stat.S_ISREG(found.status.st_mode)
+
+    def read(self, rel: str) -> bytes:
+        try:
+            with open(self.real_file(rel), "rb") as handle:
+                return handle.read()
+        except OSError as exc:
+            raise SnapshotError(f"{shown(rel)}: cannot read ({exc.strerror}); fix its permissions") from None
+
+    def real_file(self, rel: str) -> bytes:
+        found = self.locate(rel)
+        if found is None or not stat.S_ISREG(found.status.st_mode):
+            raise SnapshotError(f"{shown(rel)}: missing or not a regular file; {_RESYNC}")
+        return found.real
+
+    def _lookup(self, parent_real: bytes, name: str, rel: str) -> _Located | None:
+        encoded = name.encode("utf-8")
+        path = parent_real + b"/" + encoded
+        try:
+            status = os.lstat(path)
+            if stat.S_ISLNK(status.st_mode):
+                target = resolve_link_inside(path, self.root, rel)
+                return _Located(target, os.stat(target), as_path(target))
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        except OSError as exc:
+            raise SnapshotError(f"{shown(rel)}: cannot stat ({exc.strerror}); fix its permissions") from None
+        return _Located(path, status, self._dir_path(parent_real) / os.fsdecode(encoded))
+
+    def _dir_path(self, real: bytes) -> Path:
+        """A Path per real directory, so that a file's Path parses one component, not the whole path."""
+        path = self._dir_paths.get(real)
+        if path is None:
+            path = self._dir_paths[real] = as_path(real)
+        return path
+
+
+# --- suites and Release files --------------------------------------------------------------------
+
+
+def _select_suites(tree: _Tree, requested: tuple[str, ...]) -> list[str]:
+    found = _discover_suites(tree)
+    if not found:
+        raise SnapshotError(
+            f"{os.fsdecode(tree.root)}/dists: no suite with a Release or InRelease file; "
+            "pass the right --snapshot, or --format flat"
+        )
+    if not requested:
+        return [name for name, is_alias in found.items() if not is_alias]
+    unknown = [suite for suite in requested if suite not in found]
+    if unknown:
+        raise ConfigError(
+            f"suites: {', '.join(map(repr, unknown))} not found under dists/; available: {', '.join(found)}"
+        )
+    return list(dict.fromkeys(requested))
+
+
+def _discover_suites(tree: _Tree) -> dict[str, bool]:
+    """Suite name -> whether it is only a symlink alias of another suite found (stable -> bookworm)."""
+    dists_real = tree.real_dir("dists")
+    if dists_real is None:
+        raise SnapshotError(
+            f"{os.fsdecode(tree.root)}/dists: not found; this is not a Debian snapshot, "
+            "pass the right --snapshot or --format flat"
+        )
+    with os.scandir(dists_real) as entries:
+        names = sorted(decode_name(entry.name, "dists") for entry in entries if not entry.name.startswith(b"."))
+    suites: dict[str, tuple[bytes, bool]] = {}
+    for name in names:
+        real = tree.real_dir(f"dists/{name}")
+        if real is None or not any(tree.is_file(f"dists/{name}/{f}") for f in ("InRelease", "Release")):
+            continue
+        suites[name] = (real, os.path.islink(dists_real + b"/" + name.encode("utf-8")))
+    plain_dirs = {real for real, is_link in suites.values() if not is_link}
+    return {name: is_link and real in plain_dirs for name, (real, is_link) in suites.items()}
+
+
+def _read_release(tree: _Tree, suite: str, keyring: Path | None) -> ReleaseInfo:
+    base = f"dists/{suite}"
+    if keyring is not None:
+        shown_path, data = _read_verified_release(tree, base, keyring)
+    else:
+        shown_path = f"{base}/Release" if tree.is_file(f"{base}/Release") else f"{base}/InRelease"
+        data = tree.read(shown_path)
+    release = deb822.Release(_decode_utf8(data, shown_path))  # strips an unverified InRelease's armor
+    return ReleaseInfo(
+        suite=suite,
+        shown_path=shown_path,
+        components=tuple(str(release.get("Components", "")).split()),
+        architectures=tuple(str(release.get("Architectures", "")).split()),
+        checksums=_release_checksums(release, shown_path),
+    )
+
+
+def _release_checksums(release: deb822.Release, shown_path: str) -> dict[str, Checksum]:
+    checksums: dict[str, Checksum] = {}
+    for line in release.get("SHA256", []):
+        try:
+            checksum = Checksum(size=int(line["size"]), sha256=str(line["sha256"]).lower())
+        except (KeyError, ValueError):
+            raise SnapshotError(f"{shown_path}: malformed SHA256 line; {_RESYNC}") from None
+        checksums[str(line["name"])] = checksum
+    return checksums
+
+
+def _read_verified_release(tree: _Tree, base: str, keyring: Path) -> tuple[str, bytes]:
+    """The signed Release text, verified with gpgv and the upstream keyring: InRelease first."""
+    if tree.is_file(f"{base}/InRelease"):
+        in_release = f"{base}/InRelease"
+        return in_release, _gpgv_clearsigned(tree.real_file(in_release), keyring, in_release)
+    if tree.is_file(f"{base}/Release") and tree.is_file(f"{base}/Release.gpg"):
+        data = tree.read(f"{base}/Release")
+        signature = f"{base}/Release.gpg"
+        _gpgv_detached(tree.real_file(signature), data, keyring, signature)
+        return f"{base}/Release", data
+    raise SnapshotError(
+        f"{base}/InRelease: missing, and no Release.gpg either, so the suite cannot be verified with "
+        f"upstream_keyring; {_RESYNC} or unset upstream_keyring"
+    )
+
+
+# --- gpgv ---------------------------------------------------------------------------------------
+
+
+def _gpgv_clearsigned(in_release: bytes, keyring: Path, shown_path: str) -> bytes:
+    with tempfile.TemporaryDirectory(prefix="mirrorseed-gpgv-") as scratch:
+        output = Path(scratch) / "Release"
+        _run_gpgv(["--output", str(output), os.fsdecode(in_release)], None, keyring, shown_path)
+        return output.read_bytes()
+
+
+def _gpgv_detached(signature: bytes, data: bytes, keyring: Path, shown_path: str) -> None:
+    _run_gpgv([os.fsdecode(signature), "-"], data, keyring, shown_path)
+
+
+def _run_gpgv(arguments: list[str], stdin: bytes | None, keyring: Path, shown_path: str) -> None:
+    command = ["gpgv", "--status-fd", "1", "--keyring", str(keyring.absolute()), *arguments]
+    try:
+        completed = subprocess.run(
+            command, input=stdin, capture_output=True, timeout=_GPGV_TIMEOUT_SECONDS, check=False
+        )
+    except FileNotFoundError:
+        raise ConfigError("gpgv: not installed; install gpgv to verify with upstream_keyring") from None
+    except subprocess.TimeoutExpired:
+        raise SnapshotError(f"{shown_path}: gpgv timed out; run again") from None
+    problem = signature_problem(completed.returncode, completed.stdout.decode("utf-8", "replace"))
+    if problem is not None:
+        raise SnapshotError(
+            f"{shown_path}: signature not accepted ({problem}) with keyring {keyring}; {_RESYNC}, or check "
+            "upstream_keyring (a binary keyring: gpg --dearmor an .asc key)"
+        )
+
+
+def signature_problem(returncode: int, status_text: str) -> str | None:
+    """Why gpgv's `--status-fd` output does not show a good signature, or None when it does.
+
+    Like apt: at least one GOODSIG with its VALIDSIG, no bad, expired or revoked signature; other
+    signatures by keys absent from the keyring (ERRSIG + NO_PUBKEY, gpgv exit 2) are tolerated.
+    """
+    keywords = [line.split()[1] for line in status_text.splitlines() if line.startswith("[GNUPG:] ")]
+    rejected = [word for word in keywords if word in ("BADSIG", "EXPSIG", "EXPKEYSIG", "REVKEYSIG")]
+    if rejected:
+        return ", ".join(rejected)
+    if "GOODSIG" not in keywords or "VALIDSIG" not in keywords:
+        missing_key = "NO_PUBKEY" in keywords
+        return "no signature by a key in the keyring" if missing_key else "no valid signature"
+    unknown_key_only = keywords.count("ERRSIG") == keywords.count("NO_PUBKEY")
+    if returncode != 0 and not (returncode == 2 and unknown_key_only):
+        return f"gpgv exit status {returncode}"
+    return None
+
+
+# --- which Packages files -----------------------------------------------------------------------
+
+
+def _select_indexes(tree: _Tree, releases: list[ReleaseInfo], selection: DebianSelection) -> list[PackagesIndex]:
+    available = [index for release in releases for index in _available_indexes(tree, release)]
+    components = _chosen("components", selection.components, [i.component for i in available], releases)
+    architectures = _chosen("architectures", selection.architectures, [i.architecture for i in available], releases)
+    if selection.architectures and "all" in {i.architecture for i in available}:
+        architectures.add("all")
+    chosen = [i for i in available if i.component in components and i.architecture in architectures]
+    if not chosen:
+        raise SnapshotError(
+            f"{os.fsdecode(tree.root)}/dists: no Packages file for the selected suites, components and "
+            f"architectures; {_RESYNC} or change the selection"
+        )
+    return chosen
+
+
+def _chosen(setting: str, requested: tuple[str, ...], found: list[str], releases: list[ReleaseInfo]) -> set[str]:
+    existing = list(dict.fromkeys(found))
+    unknown = [value for value in requested if value not in existing]
+    if unknown:
+        suites = ", ".join(release.suite for release in releases)
+        raise ConfigError(
+            f"{setting}: {', '.join(map(repr, unknown))} not in the snapshot (suites {suites}); "
+            f"available: {', '.join(sorted(existing)) or 'none'}"
+        )
+    return set(requested or existing)
+
+
+def _available_indexes(tree: _Tree, release: ReleaseInfo) -> list[PackagesIndex]:
+    """The (component, architecture) pairs of one suite that have a Packages file on disk.
+
+    A pair with no file is skipped (mirrors often carry a subset of the components and architectures
+    upstream has), unless its Release lists one while the component directory and that architecture
+    are on disk: that is a half-synced mirror.
+    """
+    base = f"dists/{release.suite}"
+    components = release.components or _disk_components(tree, base)
+    architectures = release.architectures or _disk_architectures(tree, base, components)
+    found: list[PackagesIndex] = []
+    listed_but_missing: list[tuple[str, str]] = []
+    for component in components:
+        check_repo_path(component, release.shown_path)
+        for arch in architectures:
+            if not _ARCH.fullmatch(arch):
+                raise SnapshotError(f"{release.shown_path}: bad architecture {arch!r}; {_RESYNC}")
+            names = [f"{component}/binary-{arch}/{name}" for name in PACKAGES_NAMES]
+            on_disk = next((name for name in names if tree.is_file(f"{base}/{name}")), None)
+            if on_disk is not None:
+                found.append(PackagesIndex(f"{base}/{on_disk}", release.suite, component, arch))
+            elif any(name in release.checksums for name in names):
+                listed_but_missing.append((component, arch))
+    _refuse_half_synced(tree, release, found, listed_but_missing)
+    return found
+
+
+def _refuse_half_synced(
+    tree: _Tree, release: ReleaseInfo, found: list[PackagesIndex], listed_but_missing: list[tuple[str, str]]
+) -> None:
+    architectures_on_disk = {index.architecture for index in found}
+    base = f"dists/{release.suite}"
+    for component, arch in listed_but_missing:
+        if arch in architectures_on_disk and tree.real_dir(f"{base}/{component}") is not None:
+            raise SnapshotError(
+                f"{shown(base)}/{shown(component)}/binary-{arch}/Packages: listed in {release.shown_path} "
+                f"but missing (no Packages, Packages.xz or Packages.gz); {_RESYNC}"
+            )
+
+
+def _disk_components(tree: _Tree, base: str) -> tuple[str, ...]:
+    return tuple(
+        name
+        for name in _subdirectories(tree, base)
+        if any(n.startswith("binary-") for n in _subdirectories(tree, f"{base}/{name}"))
+    )
+
+
+def _disk_architectures(tree: _Tree, base: str, components: Iterable[str]) -> tuple[str, ...]:
+    archs = {
+        name.removeprefix("binary-")
+        for component in components
+        for name in _subdirectories(tree, f"{base}/{component}")
+        if name.startswith("binary-")
+    }
+    return tuple(sorted(archs))
+
+
+def _subdirectories(tree: _Tree, rel: str) -> list[str]:
+    real = tree.real_dir(rel)
+    if real is None:
+        return []
+    with os.scandir(real) as entries:
+        names = [decode_name(e.name, rel) for e in entries if not e.name.startswith(b".")]
+    return sorted(name for name in names if tree.real_dir(f"{rel}/{name}") is not None)
+
+
+# --- Packages contents --------------------------------------------------------------------------
+
+
+def _collect_listed(
+    tree: _Tree, releases: list[ReleaseInfo], indexes: list[PackagesIndex], signed: bool
+) -> dict[str, ListedFile]:
+    release_of = {release.suite: release for release in releases}
+    listed: dict[str, ListedFile] = {}
+    for index in indexes:
+        text = _read_packages_text(tree, index, release_of[index.suite], signed)
+        for item in _parse_packages(text, index.rel):
+            previous = listed.setdefault(item.path, item)
+            if (previous.size, previous.sha256) != (item.size, item.sha256):
+                raise SnapshotError(
+                    f"{shown(item.path)}: listed with different Size/SHA256 in {previous.listed_in} and "
+                    f"{item.listed_in}; {_RESYNC}"
+                )
+    return listed
+
+
+def _read_packages_text(tree: _Tree, index: PackagesIndex, release: ReleaseInfo, signed: bool) -> str:
+    raw = tree.read(index.rel)
+    data = _decompress(raw, index.rel)
+    in_release = index.rel.removeprefix(f"dists/{index.suite}/")
+    uncompressed_name = in_release.rsplit("/", 1)[0] + "/Packages"
+    checked = _check_against_release(in_release, raw, index.rel, release)
+    if in_release != uncompressed_name:
+        decompressed = f"{index.rel} (decompressed)"
+        checked = _check_against_release(uncompressed_name, data, decompressed, release) or checked
+    if signed and not checked:
+        raise SnapshotError(f"{index.rel}: not listed in the signed {release.shown_path}; {_RESYNC}")
+    return _decode_utf8(data, index.rel)
+
+
+def _check_against_release(name: str, data: bytes, shown_path: str, release: ReleaseInfo) -> bool:
+    """Compare `data` with the Release's SHA256 line for `name`; False when the Release has none."""
+    expected = release.checksums.get(name)
+    if expected is None:
+        return False
+    actual = Checksum(size=len(data), sha256=hashlib.sha256(data).hexdigest())
+    if actual != expected:
+        raise SnapshotError(
+            f"{shown_path}: size/SHA256 ({actual.size}, {actual.sha256[:16]}…) differ from "
+            f"{release.shown_path} ({expected.size}, {expected.sha256[:16]}…); {_RESYNC}"
+        )
+    return True
+
+
+def _decompress(raw: bytes, rel: str) -> bytes:
+    try:
+        if rel.endswith(".xz"):
+            return lzma.decompress(raw)
+        if rel.endswith(".gz"):
+            return gzip.decompress(raw)
+    except (lzma.LZMAError, OSError, EOFError, zlib.error) as exc:
+        raise SnapshotError(f"{rel}: cannot decompress ({exc}); {_RESYNC}") from None
+    return raw
+
+
+def _decode_utf8(data: bytes, rel: str) -> str:
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise SnapshotError(f"{rel}: not valid UTF-8 (byte {exc.start}); {_RESYNC}") from None
+
+
+def _parse_packages(text: str, rel: str) -> list[ListedFile]:
+    stanzas = deb822.Deb822.iter_paragraphs(text.splitlines(keepends=True), fields=_PACKAGES_FIELDS, use_apt_pkg=False)
+    return [_listed_file(stanza, rel) for stanza in stanzas if stanza]
+
+
+def _listed_file(stanza: deb822.Deb822, rel: str) -> ListedFile:
+    package, version, arch, description, filename, size_text, sha256 = (
+        str(stanza.get(field) or "")
+        for field in _PACKAGES_FIELDS  # one lookup per field: get() is slow
+    )
+    missing = [field for field, value in (("Filename", filename), ("Size", size_text), ("SHA256", sha256)) if not value]
+    if missing:
+        raise SnapshotError(f"{rel}: stanza {package!r} lacks {', '.join(missing)}; {_RESYNC}")
+    if not size_text.strip().isdigit() or not _SHA256.fullmatch(sha256.strip()):
+        raise SnapshotError(f"{rel}: stanza {package!r} has a malformed Size or SHA256; {_RESYNC}")
+    synopsis = description.split("\n", 1)[0].strip()
+    return ListedFile(
+        path=check_repo_path(filename.strip(), rel),
+        size=int(size_text),
+        sha256=sha256.strip().lower(),
+        name=package.strip() or None,
+        version=version.strip() or None,
+        arch=arch.strip() or None,
+        description=synopsis or None,
+        listed_in=rel,
+    )
+
+
+# --- the package files on disk -----------------------------------------------------------------
+
+
+def _locate_all(tree: _Tree, listed: dict[str, ListedFile]) -> tuple[FileEntry, ...]:
+    files: list[FileEntry] = []
+    problems: list[str] = []
+    for path in sorted(listed):
+        item = listed[path]
+        found = tree.locate(path)
+        if found is None:
+            problems.append(f"{shown(path)}: missing")
+        elif not stat.S_ISREG(found.status.st_mode):
+            problems.append(f"{shown(path)}: not a regular file")
+        elif found.status.st_size != item.size:
+            problems.append(
+                f"{shown(path)}: size {found.status.st_size} != Packages Size {item.size} ({item.listed_in})"
+            )
+        else:
+            files.append(_file_entry(item, found))
+    if problems:
+        raise SnapshotError(_problems_line(problems))
+    return tuple(files)
+
+
+def _problems_line(problems: list[str]) -> str:
+    shown_problems = problems[:_MAX_LISTED_PROBLEMS]
+    more = len(problems) - len(shown_problems)
+    tail = f"; and {more} more" if more else ""
+    return (
+        f"{'; '.join(shown_problems)}{tail}: {len(problems)} file(s) listed in Packages are missing or "
+        f"have the wrong size; {_RESYNC}"
+    )
+
+
+def _file_entry(item: ListedFile, found: _Located) -> FileEntry:
+    return FileEntry(
+        path=item.path,
+        source=found.source,
+        size=found.status.st_size,
+        mtime_ns=found.status.st_mtime_ns,
+        expected_sha256=item.sha256,
+        name=item.name,
+        version=item.version,
+        arch=item.arch,
+        description=item.description,
+    )

@@ -1,0 +1,257 @@
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pipeline import hashing
+from pipeline.errors import SnapshotError
+from pipeline.hashing import hash_files, piece_size_for
+from pipeline.model import FileEntry, Progress
+
+GOLDEN = Path(__file__).parent.parent / "golden" / "piece_sizes.json"
+KiB = 1024
+MiB = 1024 * KiB
+
+
+def make_entry(root: Path, rel: str, data: bytes, expected_sha256: str | None = None) -> FileEntry:
+    source = root / rel
+    source.parent.mkdir(parents=True, exist_ok=True)
+    source.write_bytes(data)
+    st = source.stat()
+    return FileEntry(path=rel, source=source, size=st.st_size, mtime_ns=st.st_mtime_ns, expected_sha256=expected_sha256)
+
+
+def reference(data: bytes) -> tuple[str, int, bytes]:
+    """sha256, piece size, pieces computed the obvious way over the whole content."""
+    piece = piece_size_for(len(data))
+    pieces = b"".join(hashlib.sha1(data[i : i + piece]).digest() for i in range(0, len(data), piece))
+    return hashlib.sha256(data).hexdigest(), piece, pieces
+
+
+def test_piece_size_golden_table() -> None:
+    table = json.loads(GOLDEN.read_text())["table"]
+    assert len(table) >= 20
+    for size, piece in table.items():
+        assert piece_size_for(int(size)) == piece, size
+
+
+@pytest.mark.parametrize("size", [0, 1, 2**14, 2**24, 2**24 + 1, 2**30, 17 * 2**30, 2**40, 12345678901])
+def test_piece_size_rules(size: int) -> None:
+    piece = piece_size_for(size)
+    assert piece & (piece - 1) == 0
+    assert 16 * KiB <= piece <= 16 * MiB
+    if piece < 16 * MiB:
+        assert -(-size // piece) <= 1024
+    if piece > 16 * KiB:
+        assert -(-size // (piece // 2)) > 1024  # the next smaller power of two gives too many pieces
+
+
+def test_piece_size_rejects_negative() -> None:
+    with pytest.raises(ValueError):
+        piece_size_for(-1)
+
+
+SIZES = [0, 1, 16 * KiB - 1, 16 * KiB, 16 * KiB + 1, 3 * MiB + 17, 16 * MiB + 1]
+
+
+@pytest.mark.parametrize("buffer_size", [hashing.READ_BUFFER_SIZE, 5000, 40 * KiB])
+def test_pieces_and_sha256_match_hashlib(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, buffer_size: int) -> None:
+    # Small odd buffers make pieces straddle reads; the default exercises whole pieces per read.
+    monkeypatch.setattr(hashing, "READ_BUFFER_SIZE", buffer_size)
+    rng = random.Random(1)
+    entries = [make_entry(tmp_path, f"pool/f{size}.deb", rng.randbytes(size)) for size in SIZES]
+    hashed = hash_files(entries, workers=1)
+    assert [h.entry for h in hashed] == entries
+    for entry, h in zip(entries, hashed, strict=True):
+        sha256, piece, pieces = reference(entry.source.read_bytes())
+        assert (h.sha256, h.piece_size, h.pieces) == (sha256, piece, pieces), entry.path
+    assert hashed[0].pieces == b"" and hashed[0].piece_size == 16 * KiB
+    assert hashed[-1].piece_size == 32 * KiB
+
+
+def spy_pool(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Record the number of files each time the process pool is used."""
+    calls: list[int] = []
+    real = hashing._hash_in_pool
+
+    def spy(files: Sequence[FileEntry], workers: int, results: list[Any], progress: Progress) -> None:
+        calls.append(len(files))
+        real(files, workers, results, progress)
+
+    monkeypatch.setattr(hashing, "_hash_in_pool", spy)
+    return calls
+
+
+def test_small_inputs_are_hashed_in_process(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    entries = [make_entry(tmp_path, f"p/{i}", b"x" * 1000) for i in range(100)]
+    pool_calls = spy_pool(monkeypatch)
+    hash_files(entries, workers=2)
+    assert pool_calls == []
+
+
+@pytest.fixture
+def force_pool(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Use the process pool even for the few small files of a unit test (decided in the parent)."""
+    monkeypatch.setattr(hashing, "POOL_MIN_FILES", 2)
+    monkeypatch.setattr(hashing, "POOL_MIN_BYTES", 1)
+
+
+@pytest.mark.usefixtures("force_pool")
+def test_parallel_equals_serial_and_keeps_order(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    rng = random.Random(2)
+    sizes = [rng.choice([0, 1, 100, 20_000, 70_000, 300_000]) for _ in range(90)] + [5 * MiB, 2 * MiB]
+    rng.shuffle(sizes)
+    entries = [make_entry(tmp_path, f"pool/{i:03d}.deb", rng.randbytes(size)) for i, size in enumerate(sizes)]
+    monkeypatch.setattr(hashing, "BATCH_MAX_FILES", 7)  # several batches per worker
+    pool_calls = spy_pool(monkeypatch)
+    serial = hash_files(entries, workers=1)
+    assert pool_calls == []
+    parallel = hash_files(entries, workers=2)
+    assert pool_calls == [len(entries)]
+    assert parallel == serial
+    assert [h.entry.path for h in parallel] == [e.path for e in entries]
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.calls: list[tuple[object, ...]] = []
+
+    def start(self, stage: str, total: int, unit: str = "files") -> None:
+        self.calls.append(("start", stage, total, unit))
+
+    def advance(self, count: int = 1, nbytes: int = 0) -> None:
+        self.calls.append(("advance", count, nbytes))
+
+    def finish(self) -> None:
+        self.calls.append(("finish",))
+
+
+@pytest.mark.usefixtures("force_pool")
+@pytest.mark.parametrize("workers", [1, 2])
+def test_progress(tmp_path: Path, workers: int) -> None:
+    count = 70 if workers == 2 else 3
+    entries = [make_entry(tmp_path, f"p/{i}", b"x" * i) for i in range(count)]
+    progress = Recorder()
+    hash_files(entries, workers=workers, progress=progress)
+    assert progress.calls[0] == ("start", "hash", count, "files")
+    assert progress.calls[-1] == ("finish",)
+    advances = progress.calls[1:-1]
+    assert len(advances) == count
+    assert sum(a[1] for a in advances) == count  # type: ignore[misc]
+    assert sum(a[2] for a in advances) == sum(range(count))  # type: ignore[misc]
+
+
+def test_expected_sha256_mismatches_are_collected(tmp_path: Path) -> None:
+    good = make_entry(tmp_path, "pool/good.deb", b"good", hashlib.sha256(b"good").hexdigest())
+    bad1 = make_entry(tmp_path, "pool/bad1.deb", b"one", expected_sha256="0" * 64)
+    bad2 = make_entry(tmp_path, "pool/bad2.deb", b"two", expected_sha256="f" * 64)
+    with pytest.raises(SnapshotError) as info:
+        hash_files([bad1, good, bad2], workers=1)
+    message = str(info.value)
+    assert "\n" not in message
+    assert message.startswith("pool/bad1.deb: SHA-256 ")
+    assert f"{hashlib.sha256(b'two').hexdigest()} != Packages SHA256 {'f' * 64}" in message
+    assert "pool/bad2.deb" in message and "pool/good.deb" not in message
+    assert message.endswith("re-sync the mirror")
+
+
+def test_many_mismatches_are_truncated(tmp_path: Path) -> None:
+    entries = [make_entry(tmp_path, f"pool/{i:02d}.deb", b"%d" % i, expected_sha256="0" * 64) for i in range(25)]
+    with pytest.raises(SnapshotError) as info:
+        hash_files(entries, workers=1)
+    message = str(info.value)
+    assert "pool/19.deb" in message and "pool/20.deb" not in message
+    assert "and 5 more; re-sync the mirror" in message
+
+
+def test_expected_sha256_uppercase_accepted(tmp_path: Path) -> None:
+    entry = make_entry(tmp_path, "a.deb", b"a", expected_sha256=hashlib.sha256(b"a").hexdigest().upper())
+    assert hash_files([entry])[0].sha256 == hashlib.sha256(b"a").hexdigest()
+
+
+def test_size_differs_from_scan(tmp_path: Path) -> None:
+    entry = make_entry(tmp_path, "pool/grown.deb", b"0123456789")
+    entry.source.write_bytes(b"0123456789abc")
+    with pytest.raises(SnapshotError, match=r"^pool/grown\.deb: .*changed since the scan"):
+        hash_files([entry], workers=1)
+
+
+def test_file_grows_during_read(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    entry = make_entry(tmp_path, "pool/growing.deb", b"x" * 50_000)
+    real_fstat = os.fstat
+
+    def fstat_then_append(fd: int) -> os.stat_result:
+        result = real_fstat(fd)
+        with open(entry.source, "ab") as f:  # appended after the first fstat, before reading
+            f.write(b"more")
+        monkeypatch.setattr(os, "fstat", real_fstat)
+        return result
+
+    monkeypatch.setattr(os, "fstat", fstat_then_append)
+    with pytest.raises(SnapshotError, match=r"^pool/growing\.deb: "):
+        hash_files([entry], workers=1)
+
+
+def test_file_touched_while_hashed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    entry = make_entry(tmp_path, "pool/touched.deb", b"y" * 70_000)
+    real_fstat = os.fstat
+
+    def fstat_then_touch(fd: int) -> os.stat_result:
+        result = real_fstat(fd)
+        os.utime(entry.source, ns=(entry.mtime_ns + 10**9, entry.mtime_ns + 10**9))
+        monkeypatch.setattr(os, "fstat", real_fstat)
+        return result
+
+    monkeypatch.setattr(os, "fstat", fstat_then_touch)
+    with pytest.raises(SnapshotError, match=r"^pool/touched\.deb: changed while it was hashed"):
+        hash_files([entry], workers=1)
+
+
+def test_file_replaced_by_rename_while_hashed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """rsync's way: a new file renamed over the old one; the open descriptor still reads the old inode."""
+    entry = make_entry(tmp_path, "pool/renamed.deb", b"old" * 10_000)
+    real_fstat = os.fstat
+
+    def fstat_then_replace(fd: int) -> os.stat_result:
+        result = real_fstat(fd)
+        fresh = entry.source.with_name(".renamed.deb.tmp")
+        fresh.write_bytes(b"new" * 10_000)
+        os.replace(fresh, entry.source)
+        monkeypatch.setattr(os, "fstat", real_fstat)
+        return result
+
+    monkeypatch.setattr(os, "fstat", fstat_then_replace)
+    with pytest.raises(SnapshotError, match=r"^pool/renamed\.deb: changed while it was hashed"):
+        hash_files([entry], workers=1)
+
+
+def test_missing_file_names_path(tmp_path: Path) -> None:
+    entry = FileEntry(path="pool/gone.deb", source=tmp_path / "gone.deb", size=3, mtime_ns=0)
+    with pytest.raises(SnapshotError, match=r"^pool/gone\.deb: cannot open"):
+        hash_files([entry], workers=1)
+
+
+@pytest.mark.usefixtures("force_pool")
+def test_error_in_pool_worker_names_path(tmp_path: Path) -> None:
+    entries = [make_entry(tmp_path, f"p/{i:03d}", b"z" * 100) for i in range(70)]
+    entries[33] = FileEntry(path="p/bad", source=entries[33].source, size=99, mtime_ns=0)
+    with pytest.raises(SnapshotError, match=r"^p/bad: "):
+        hash_files(entries, workers=2)
+
+
+def test_directory_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "d").mkdir()
+    entry = FileEntry(path="d", source=tmp_path / "d", size=0, mtime_ns=0)
+    with pytest.raises(SnapshotError, match=r"^d: "):
+        hash_files([entry], workers=1)
+
+
+def test_empty_input() -> None:
+    assert hash_files([], workers=2) == ()

@@ -1,0 +1,491 @@
+"""Debian snapshots: a tiny archive written by hand (pool files, Packages, Release, InRelease)."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import lzma
+import os
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from pipeline.errors import ConfigError, SnapshotError
+from pipeline.snapshot import ScanSpec, scan_snapshot
+from pipeline.snapshot.debian import signature_problem
+
+
+@dataclass(frozen=True)
+class Pkg:
+    name: str
+    version: str
+    arch: str
+    component: str = "main"
+    data: bytes = b""
+    filename: str | None = None
+    size: int | None = None  # override the Size written into Packages
+
+    @property
+    def path(self) -> str:
+        if self.filename is not None:
+            return self.filename
+        return f"pool/{self.component}/{self.name[0]}/{self.name}/{self.name}_{self.version}_{self.arch}.deb"
+
+    @property
+    def content(self) -> bytes:
+        return self.data or f"{self.name} {self.version} {self.arch}".encode()
+
+
+def stanza(pkg: Pkg, content: bytes | None = None) -> str:
+    data = pkg.content if content is None else content
+    return (
+        f"Package: {pkg.name}\nVersion: {pkg.version}\nArchitecture: {pkg.arch}\n"
+        f"Maintainer: Someone <someone@example.org>\n"
+        f"Filename: {pkg.path}\nSize: {pkg.size if pkg.size is not None else len(data)}\n"
+        f"SHA256: {hashlib.sha256(data).hexdigest()}\n"
+        f"Description: {pkg.name} synopsis\n long description of {pkg.name}\n .\n more\n"
+    )
+
+
+def write_archive(
+    root: Path,
+    suite: str,
+    packages: list[Pkg],
+    *,
+    architectures: tuple[str, ...] = ("amd64", "all"),
+    components: tuple[str, ...] = ("main",),
+    compression: str = "",
+    write_pool: bool = True,
+) -> Path:
+    """Pool files, one Packages per (component, arch) and a Release listing their hashes."""
+    release_lines: list[str] = []
+    for component in components:
+        for arch in architectures:
+            chosen = [p for p in packages if p.component == component and p.arch == arch]
+            text = "\n".join(stanza(p) for p in chosen).encode()
+            directory = root / "dists" / suite / component / f"binary-{arch}"
+            directory.mkdir(parents=True, exist_ok=True)
+            variants = {"Packages": text}
+            if compression == "xz":
+                variants["Packages.xz"] = lzma.compress(text)
+            if compression == "gz":
+                variants["Packages.gz"] = gzip.compress(text)
+            for name, data in variants.items():
+                if not compression or name != "Packages":
+                    (directory / name).write_bytes(data)
+                digest = hashlib.sha256(data).hexdigest()
+                release_lines.append(f" {digest} {len(data):>8} {component}/binary-{arch}/{name}")
+    if write_pool:
+        for pkg in packages:
+            target = root / pkg.path
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(pkg.content)
+    release = root / "dists" / suite / "Release"
+    release.write_text(
+        f"Origin: Test\nSuite: {suite}\nCodename: {suite}\n"
+        f"Architectures: {' '.join(a for a in architectures)}\nComponents: {' '.join(components)}\n"
+        "SHA256:\n" + "\n".join(release_lines) + "\n"
+    )
+    return release
+
+
+HELLO = Pkg("hello", "2.10-3", "amd64")
+HELLO_DOC = Pkg("hello-doc", "2.10-3", "all")
+
+
+def scan(root: Path, **options: object) -> dict[str, object]:
+    snapshot = scan_snapshot(ScanSpec(root=root, **options))  # type: ignore[arg-type]
+    assert snapshot.format == "debian"
+    return {entry.path: entry for entry in snapshot.files}
+
+
+def scan_error(root: Path, **options: object) -> str:
+    with pytest.raises(SnapshotError) as caught:
+        scan_snapshot(ScanSpec(root=root, **options))  # type: ignore[arg-type]
+    message = str(caught.value)
+    assert "\n" not in message
+    return message
+
+
+def test_entries_carry_packages_metadata(tmp_path: Path) -> None:
+    write_archive(tmp_path, "bookworm", [HELLO, HELLO_DOC])
+    (tmp_path / "pool" / "main" / "unlisted.deb").write_bytes(b"not in Packages")
+
+    snapshot = scan_snapshot(ScanSpec(root=tmp_path))
+
+    assert snapshot.format == "debian" and snapshot.suites == ("bookworm",)
+    assert [entry.path for entry in snapshot.files] == [HELLO_DOC.path, HELLO.path]
+    hello = snapshot.files[1]
+    assert hello.source == (tmp_path / HELLO.path).resolve()
+    assert hello.size == len(HELLO.content)
+    assert hello.expected_sha256 == hashlib.sha256(HELLO.content).hexdigest()
+    assert (hello.name, hello.version, hello.arch) == ("hello", "2.10-3", "amd64")
+    assert hello.description == "hello synopsis"
+
+
+@pytest.mark.parametrize("compression", ["xz", "gz"])
+def test_compressed_packages_only(tmp_path: Path, compression: str) -> None:
+    write_archive(tmp_path, "bookworm", [HELLO, HELLO_DOC], compression=compression)
+    assert not (tmp_path / "dists/bookworm/main/binary-amd64/Packages").exists()
+
+    assert sorted(scan(tmp_path)) == sorted([HELLO.path, HELLO_DOC.path])
+
+
+def test_uncompressed_packages_is_preferred(tmp_path: Path) -> None:
+    write_archive(tmp_path, "bookworm", [HELLO, HELLO_DOC])
+    (tmp_path / "dists/bookworm/main/binary-amd64/Packages.xz").write_bytes(b"garbage, never read")
+
+    assert sorted(scan(tmp_path)) == sorted([HELLO.path, HELLO_DOC.path])
+
+
+def filtered_archive(root: Path) -> dict[str, Pkg]:
+    pkgs = {
+        "stable-main-amd64": Pkg("a", "1", "amd64"),
+        "stable-main-arm64": Pkg("b", "1", "arm64"),
+        "stable-main-all": Pkg("c", "1", "all"),
+        "stable-contrib-amd64": Pkg("d", "1", "amd64", component="contrib"),
+    }
+    write_archive(
+        root,
+        "stable",
+        list(pkgs.values()),
+        architectures=("amd64", "arm64", "all"),
+        components=("main", "contrib"),
+    )
+    pkgs["testing-main-amd64"] = Pkg("e", "2", "amd64")
+    write_archive(root, "testing", [pkgs["testing-main-amd64"]], architectures=("amd64",))
+    return pkgs
+
+
+def test_suite_component_and_architecture_filters(tmp_path: Path) -> None:
+    pkgs = filtered_archive(tmp_path)
+
+    def paths(*keys: str) -> list[str]:
+        return sorted(pkgs[key].path for key in keys)
+
+    assert sorted(scan(tmp_path)) == paths(*pkgs)
+    assert sorted(scan(tmp_path, suites=("testing",))) == paths("testing-main-amd64")
+    assert sorted(scan(tmp_path, components=("contrib",))) == paths("stable-contrib-amd64")
+    assert sorted(scan(tmp_path, suites=("stable",), architectures=("arm64",))) == paths(
+        "stable-main-arm64", "stable-main-all"
+    )
+
+
+@pytest.mark.parametrize(
+    ("setting", "value", "available"),
+    [
+        ("suites", ("sid",), "available: stable, testing"),
+        ("components", ("non-free",), "available: contrib, main"),
+        ("architectures", ("riscv64",), "available: all, amd64, arm64"),
+    ],
+)
+def test_unknown_selection_is_a_config_error_listing_what_exists(
+    tmp_path: Path, setting: str, value: tuple[str, ...], available: str
+) -> None:
+    filtered_archive(tmp_path)
+
+    with pytest.raises(ConfigError) as caught:
+        scan_snapshot(ScanSpec(root=tmp_path, **{setting: value}))  # type: ignore[arg-type]
+
+    assert str(caught.value).startswith(f"{setting}: {value[0]!r} not")
+    assert available in str(caught.value)
+
+
+def test_missing_and_truncated_files_are_all_named_in_one_error(tmp_path: Path) -> None:
+    gone, short = Pkg("gone", "1", "amd64"), Pkg("short", "1", "amd64")
+    write_archive(tmp_path, "bookworm", [HELLO, gone, short])
+    (tmp_path / gone.path).unlink()
+    (tmp_path / short.path).write_bytes(b"tr")
+
+    message = scan_error(tmp_path)
+
+    assert message.startswith(f"{gone.path}: missing; {short.path}: size 2 != Packages Size {len(short.content)}")
+    assert "(dists/bookworm/main/binary-amd64/Packages)" in message
+    assert HELLO.path not in message
+    assert message.endswith("re-sync the mirror")
+
+
+def test_many_problems_are_truncated(tmp_path: Path) -> None:
+    pkgs = [Pkg(f"p{i:02}", "1", "amd64") for i in range(25)]
+    write_archive(tmp_path, "bookworm", pkgs, write_pool=False)
+
+    message = scan_error(tmp_path)
+
+    assert "and 5 more" in message and pkgs[19].path in message and pkgs[20].path not in message
+
+
+def test_sync_lock_refuses(tmp_path: Path) -> None:
+    write_archive(tmp_path, "bookworm", [HELLO])
+    (tmp_path / "Archive-Update-in-Progress-mirror1").touch()
+
+    message = scan_error(tmp_path, sync_lock=(Path("Archive-Update-in-Progress-*"),))
+
+    assert message.endswith("a sync is in progress (lock file exists); run again after the sync finishes")
+    assert "Archive-Update-in-Progress-mirror1" in message
+
+
+def test_packages_not_matching_release_hash_fails(tmp_path: Path) -> None:
+    write_archive(tmp_path, "bookworm", [HELLO, HELLO_DOC])
+    packages = tmp_path / "dists/bookworm/main/binary-amd64/Packages"
+    packages.write_bytes(packages.read_bytes() + b"\n")
+
+    message = scan_error(tmp_path)
+
+    assert message.startswith("dists/bookworm/main/binary-amd64/Packages: size/SHA256")
+    assert "dists/bookworm/Release" in message
+
+
+def test_compressed_packages_with_wrong_content_fails(tmp_path: Path) -> None:
+    write_archive(tmp_path, "bookworm", [HELLO, HELLO_DOC], compression="xz")
+    release = tmp_path / "dists/bookworm/Release"
+    packages_xz = tmp_path / "dists/bookworm/main/binary-amd64/Packages.xz"
+    other = lzma.compress(stanza(Pkg("evil", "1", "amd64")).encode())
+    packages_xz.write_bytes(other)  # the uncompressed SHA256 line in Release no longer matches
+    lines = [
+        line
+        if not line.endswith(" main/binary-amd64/Packages.xz")
+        else f" {hashlib.sha256(other).hexdigest()} {len(other)} main/binary-amd64/Packages.xz"
+        for line in release.read_text().splitlines()
+    ]
+    release.write_text("\n".join(lines) + "\n")
+
+    assert scan_error(tmp_path).startswith("dists/bookworm/main/binary-amd64/Packages.xz (decompressed)")
+
+
+def test_release_listing_a_missing_packages_file_fails(tmp_path: Path) -> None:
+    write_archive(
+        tmp_path, "bookworm", [HELLO, Pkg("x", "1", "amd64", component="contrib")], components=("main", "contrib")
+    )
+    (tmp_path / "dists/bookworm/contrib/binary-amd64/Packages").unlink()
+
+    assert scan_error(tmp_path).startswith("dists/bookworm/contrib/binary-amd64/Packages: listed in")
+
+
+def test_mirror_of_a_subset_of_architectures_is_accepted(tmp_path: Path) -> None:
+    write_archive(tmp_path, "bookworm", [HELLO, Pkg("z", "1", "s390x")], architectures=("amd64", "s390x"))
+    shutil.rmtree(tmp_path / "dists/bookworm/main/binary-s390x")
+
+    assert list(scan(tmp_path)) == [HELLO.path]
+
+
+@pytest.mark.parametrize("filename", ["../outside.deb", "pool/../../outside.deb", "/etc/passwd", "pool\\x.deb"])
+def test_unsafe_filename_is_refused(tmp_path: Path, filename: str) -> None:
+    write_archive(
+        tmp_path / "root", "bookworm", [HELLO, Pkg("evil", "1", "amd64", filename=filename)], write_pool=False
+    )
+    (tmp_path / "outside.deb").write_bytes(b"x")
+
+    message = scan_error(tmp_path / "root")
+
+    assert "dists/bookworm/main/binary-amd64/Packages" in message
+    assert "metadata is unsafe" in message and "missing" not in message
+
+
+def test_symlinked_pool_escaping_the_root_is_refused(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    write_archive(root, "bookworm", [HELLO, HELLO_DOC])
+    shutil.move(root / "pool", tmp_path / "elsewhere")
+    (root / "pool").symlink_to(tmp_path / "elsewhere")
+
+    assert scan_error(root).startswith("pool: symlink points outside the snapshot")
+
+
+def test_symlinks_inside_the_root_are_followed(tmp_path: Path) -> None:
+    write_archive(tmp_path, "bookworm", [HELLO, HELLO_DOC])
+    (tmp_path / "store").mkdir()
+    real = shutil.move(tmp_path / HELLO.path, tmp_path / "store" / "hello.deb")
+    (tmp_path / HELLO.path).symlink_to(real)
+    (tmp_path / "dists" / "stable").symlink_to("bookworm")  # an alias suite is not scanned twice
+
+    snapshot = scan_snapshot(ScanSpec(root=tmp_path))
+
+    assert snapshot.suites == ("bookworm",)
+    entries = {entry.path: entry for entry in snapshot.files}
+    assert entries[HELLO.path].source == Path(real).resolve()
+    assert sorted(scan(tmp_path, suites=("stable",))) == sorted([HELLO.path, HELLO_DOC.path])
+
+
+def test_same_file_in_two_suites_is_listed_once(tmp_path: Path) -> None:
+    write_archive(tmp_path, "bookworm", [HELLO, HELLO_DOC])
+    write_archive(tmp_path, "trixie", [HELLO])
+
+    snapshot = scan_snapshot(ScanSpec(root=tmp_path))
+
+    assert snapshot.suites == ("bookworm", "trixie")
+    assert [entry.path for entry in snapshot.files] == [HELLO_DOC.path, HELLO.path]
+
+
+def test_same_filename_with_different_hash_in_two_suites_fails(tmp_path: Path) -> None:
+    write_archive(tmp_path, "bookworm", [HELLO])
+    write_archive(tmp_path, "trixie", [Pkg("hello", "2.10-3", "amd64", data=b"other bytes")], write_pool=False)
+
+    message = scan_error(tmp_path)
+
+    assert message.startswith(f"{HELLO.path}: listed with different Size/SHA256")
+
+
+def test_stanza_without_sha256_fails(tmp_path: Path) -> None:
+    write_archive(tmp_path, "bookworm", [HELLO])
+    packages = tmp_path / "dists/bookworm/main/binary-amd64/Packages"
+    text = "".join(line for line in packages.read_text().splitlines(keepends=True) if not line.startswith("SHA256"))
+    packages.write_text(text)
+    (tmp_path / "dists/bookworm/Release").write_text("Suite: bookworm\nComponents: main\nArchitectures: amd64\n")
+
+    assert "lacks SHA256" in scan_error(tmp_path)
+
+
+def test_forced_debian_on_a_non_debian_tree_fails(tmp_path: Path) -> None:
+    (tmp_path / "a.deb").write_bytes(b"x")
+
+    assert "dists: not found" in scan_error(tmp_path, format="debian")
+
+
+# --- upstream keyring ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SnapshotGpg:
+    home: str
+    keyring: Path
+    signer: str
+    stranger: str
+
+    def run(self, *args: str) -> None:
+        env = {**os.environ, "GNUPGHOME": self.home}
+        subprocess.run(["gpg", "--batch", "--quiet", *args], env=env, check=True, capture_output=True)
+
+
+@pytest.fixture(scope="module")
+def snapshot_gpg() -> Iterator[SnapshotGpg]:
+    home = tempfile.mkdtemp(prefix="g", dir="/tmp")  # short: gpg-agent's socket path is limited
+    gpg = SnapshotGpg(home, Path(home) / "upstream.gpg", "t@example.org", "o@example.org")
+    try:
+        for uid in ("Test <t@example.org>", "Other <o@example.org>"):
+            gpg.run("--passphrase", "", "--quick-gen-key", uid, "ed25519", "sign", "1d")
+        gpg.run("--output", str(gpg.keyring), "--export", gpg.signer)
+        yield gpg
+    finally:
+        subprocess.run(["gpgconf", "--kill", "gpg-agent"], env={**os.environ, "GNUPGHOME": home}, check=False)
+        shutil.rmtree(home, ignore_errors=True)
+
+
+def clearsign(gpg: SnapshotGpg, release: Path, signer: str) -> Path:
+    in_release = release.with_name("InRelease")
+    gpg.run("--local-user", signer, "--output", str(in_release), "--clearsign", str(release))
+    return in_release
+
+
+def test_signed_in_release_is_verified_and_its_signed_text_used(tmp_path: Path, snapshot_gpg: SnapshotGpg) -> None:
+    release = write_archive(tmp_path, "bookworm", [HELLO, HELLO_DOC])
+    clearsign(snapshot_gpg, release, snapshot_gpg.signer)
+    release.write_text("Suite: bookworm\nComponents: main\nArchitectures: amd64\nSHA256:\n 00 1 x\n")  # ignored
+
+    assert sorted(scan(tmp_path, upstream_keyring=snapshot_gpg.keyring)) == sorted([HELLO.path, HELLO_DOC.path])
+
+
+def test_tampered_in_release_fails(tmp_path: Path, snapshot_gpg: SnapshotGpg) -> None:
+    in_release = clearsign(snapshot_gpg, write_archive(tmp_path, "bookworm", [HELLO]), snapshot_gpg.signer)
+    in_release.write_text(in_release.read_text().replace("Origin: Test", "Origin: Evil"))
+
+    message = scan_error(tmp_path, upstream_keyring=snapshot_gpg.keyring)
+
+    assert message.startswith("dists/bookworm/InRelease: signature not accepted (BADSIG)")
+
+
+def test_in_release_signed_by_another_key_fails(tmp_path: Path, snapshot_gpg: SnapshotGpg) -> None:
+    clearsign(snapshot_gpg, write_archive(tmp_path, "bookworm", [HELLO]), snapshot_gpg.stranger)
+
+    message = scan_error(tmp_path, upstream_keyring=snapshot_gpg.keyring)
+
+    assert message.startswith("dists/bookworm/InRelease: signature not accepted (no signature by a key")
+
+
+def test_detached_release_gpg_is_verified(tmp_path: Path, snapshot_gpg: SnapshotGpg) -> None:
+    release = write_archive(tmp_path, "bookworm", [HELLO])
+    signature = release.with_name("Release.gpg")
+    snapshot_gpg.run("--local-user", snapshot_gpg.signer, "--output", str(signature), "--detach-sign", str(release))
+    assert list(scan(tmp_path, upstream_keyring=snapshot_gpg.keyring)) == [HELLO.path]
+
+    release.write_text(release.read_text() + "Label: changed\n")
+
+    assert "signature not accepted" in scan_error(tmp_path, upstream_keyring=snapshot_gpg.keyring)
+
+
+def test_keyring_requires_a_signature(tmp_path: Path, snapshot_gpg: SnapshotGpg) -> None:
+    write_archive(tmp_path, "bookworm", [HELLO])
+
+    assert scan_error(tmp_path, upstream_keyring=snapshot_gpg.keyring).startswith("dists/bookworm/InRelease: missing")
+
+
+def test_signed_release_must_list_the_packages_file(tmp_path: Path, snapshot_gpg: SnapshotGpg) -> None:
+    release = write_archive(tmp_path, "bookworm", [HELLO])
+    release.write_text("Suite: bookworm\nComponents: main\nArchitectures: amd64\n")
+    clearsign(snapshot_gpg, release, snapshot_gpg.signer)
+
+    message = scan_error(tmp_path, upstream_keyring=snapshot_gpg.keyring)
+
+    assert message.startswith("dists/bookworm/main/binary-amd64/Packages: not listed in the signed")
+
+
+def test_missing_keyring_file_is_a_config_error(tmp_path: Path) -> None:
+    write_archive(tmp_path, "bookworm", [HELLO])
+
+    with pytest.raises(ConfigError, match="upstream_keyring"):
+        scan_snapshot(ScanSpec(root=tmp_path, upstream_keyring=tmp_path / "nope.gpg"))
+
+
+def test_signature_status_rules() -> None:
+    good = "[GNUPG:] GOODSIG AB Test\n[GNUPG:] VALIDSIG FPR 2026-01-01 0 0 4 0 22 8 01 FPR\n"
+    unknown_second = "[GNUPG:] ERRSIG CD 22 8 01 0 9 FPR2\n[GNUPG:] NO_PUBKEY CD\n"
+    assert signature_problem(0, good) is None
+    assert signature_problem(2, good + unknown_second) is None
+    assert signature_problem(0, good + "[GNUPG:] EXPKEYSIG AB Test\n") == "EXPKEYSIG"
+    assert signature_problem(2, good + "[GNUPG:] ERRSIG CD 22 8 01 0 4 -\n") == "gpgv exit status 2"
+    assert signature_problem(0, "[GNUPG:] GOODSIG AB Test\n") == "no valid signature"
+    assert signature_problem(0, "gpgv: [GNUPG:] GOODSIG spoofed\n") == "no valid signature"
+
+
+@pytest.mark.skipif(
+    shutil.which("dpkg-deb") is None or shutil.which("apt-ftparchive") is None, reason="needs dpkg-deb, apt-ftparchive"
+)
+def test_archive_made_by_dpkg_deb_and_apt_ftparchive(tmp_path: Path) -> None:
+    package_dir = tmp_path / "build" / "DEBIAN"
+    package_dir.mkdir(parents=True)
+    (package_dir / "control").write_text(
+        "Package: tiny\nVersion: 1.0-1\nArchitecture: amd64\nMaintainer: T <t@example.org>\n"
+        "Description: a tiny <b>test</b> package\n Longer text.\n"
+    )
+    root = tmp_path / "mirror"
+    deb = root / "pool" / "main" / "t" / "tiny" / "tiny_1.0-1_amd64.deb"
+    deb.parent.mkdir(parents=True)
+    subprocess.run(
+        ["dpkg-deb", "--root-owner-group", "-Zxz", "--build", str(tmp_path / "build"), str(deb)],
+        check=True,
+        capture_output=True,
+    )
+    binary = root / "dists" / "stable" / "main" / "binary-amd64"
+    binary.mkdir(parents=True)
+    packages = subprocess.run(["apt-ftparchive", "packages", "pool"], cwd=root, check=True, capture_output=True).stdout
+    (binary / "Packages.xz").write_bytes(lzma.compress(packages))
+    (binary / "Packages.gz").write_bytes(gzip.compress(packages))
+    options = ["-o", "APT::FTPArchive::Release::Components=main", "-o", "APT::FTPArchive::Release::Architectures=amd64"]
+    release = subprocess.run(
+        ["apt-ftparchive", *options, "release", "."], cwd=root / "dists" / "stable", check=True, capture_output=True
+    ).stdout
+    (root / "dists" / "stable" / "Release").write_bytes(release)
+
+    (entry,) = scan_snapshot(ScanSpec(root=root)).files
+
+    assert entry.path == "pool/main/t/tiny/tiny_1.0-1_amd64.deb"
+    assert entry.expected_sha256 == hashlib.sha256(deb.read_bytes()).hexdigest()
+    assert (entry.name, entry.version, entry.arch, entry.description) == (
+        "tiny",
+        "1.0-1",
+        "amd64",
+        "a tiny <b>test</b> package",
+    )
