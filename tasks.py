@@ -146,6 +146,9 @@ def demo(c: Context, serve: bool = False, dest: str = "public", verbose: bool = 
             progress=StderrProgress(),
             announce=announce,
         )
+        for line in result.report.summary_lines():
+            announce(f"demo: {line}")
+        announce("demo: the user recipe (also on the front page):")
         print(result.recipe)
 
 
