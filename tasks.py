@@ -59,6 +59,8 @@ def _settings(config: str | None, flags: dict[str, Any]) -> Any:
         "metrics": "write a Prometheus textfile here",
         "resign_before": "re-sign the pointer when less than this validity is left (e.g. 3d)",
         "expires_after": "pointer validity (default 7d)",
+        "state": "SQLite state cache (default ~/.cache/mirrorseed/<repo>.sqlite)",
+        "workers": "hashing processes (default 2)",
         "verbose": "debug logging and tracebacks",
     },
 )
@@ -78,6 +80,8 @@ def release(
     metrics: str | None = None,
     resign_before: str | None = None,
     expires_after: str | None = None,
+    state: str | None = None,
+    workers: int | None = None,
     verbose: bool = False,
 ) -> None:
     """Publish a snapshot: per-package torrents + metalinks, signed index and pointer, listings."""
@@ -100,6 +104,8 @@ def release(
                 "metrics": metrics,
                 "resign_before": resign_before,
                 "expires_after": expires_after,
+                "state": state,
+                "workers": workers,
             },
         )
         report = run_release(settings, progress=StderrProgress())

@@ -52,17 +52,26 @@ class Settings:
     resign_before: timedelta | None = None
     key_valid_margin: timedelta = timedelta(days=7)
     templates_dir: Path | None = None
+    state: Path | None = None
     workers: int = 2
     dry_run: bool = False
     metrics: Path | None = None
     sources: Mapping[str, str] = field(default_factory=dict, compare=False)
 
     @property
+    def state_path(self) -> Path:
+        """The SQLite state cache: `state` if set, else ~/.cache/mirrorseed/<repo>.sqlite (XDG_CACHE_HOME honoured)."""
+        if self.state is not None:
+            return self.state
+        cache_home = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+        return Path(cache_home) / "mirrorseed" / f"{self.repo}.sqlite"
+
+    @property
     def effective_resign_before(self) -> timedelta:
         return self.resign_before if self.resign_before is not None else self.expires_after / 2
 
 
-_PATH_FIELDS = {"snapshot", "gnupghome", "upstream_keyring", "templates_dir", "metrics"}
+_PATH_FIELDS = {"snapshot", "gnupghome", "upstream_keyring", "templates_dir", "metrics", "state"}
 _LIST_FIELDS = {"webseeds", "trackers", "suites", "components", "architectures", "sync_lock"}
 _DURATION_FIELDS = {"expires_after", "resign_before", "key_valid_margin"}
 _BOOL_FIELDS = {"dry_run"}

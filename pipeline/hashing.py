@@ -12,7 +12,7 @@ import logging
 import multiprocessing
 import os
 import stat
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 
 from pipeline.errors import SnapshotError
@@ -186,7 +186,11 @@ def _hash_in_pool(files: Sequence[FileEntry], workers: int, results: list[_Resul
 
 
 def hash_files(
-    files: Sequence[FileEntry], *, workers: int = 2, progress: Progress | None = None
+    files: Sequence[FileEntry],
+    *,
+    workers: int = 2,
+    progress: Progress | None = None,
+    verify_expected: bool = True,
 ) -> tuple[HashedFile, ...]:
     """Hash `files` (each read once) and return one HashedFile per entry, in input order.
 
@@ -211,18 +215,25 @@ def hash_files(
     sink.finish()
 
     hashed: list[HashedFile] = []
-    mismatches: list[str] = []
     for entry, result in zip(files, results, strict=True):
         assert result is not None
         _, sha256, pieces = result
-        want = entry.expected_sha256
-        if want is not None and sha256 != want.lower():
-            mismatches.append(f"{entry.path}: SHA-256 {sha256} != Packages SHA256 {want}")
         hashed.append(HashedFile(entry=entry, sha256=sha256, piece_size=piece_size_for(entry.size), pieces=pieces))
+    if verify_expected:
+        check_expected((item.entry, item.sha256) for item in hashed)
+    return tuple(hashed)
+
+
+def check_expected(found: Iterable[tuple[FileEntry, str]]) -> None:
+    """Raise one SnapshotError naming every file whose SHA-256 differs from the repository metadata."""
+    mismatches = [
+        f"{entry.path}: SHA-256 {sha256} != Packages SHA256 {entry.expected_sha256}"
+        for entry, sha256 in found
+        if entry.expected_sha256 is not None and sha256 != entry.expected_sha256.lower()
+    ]
     if mismatches:
         shown = mismatches[:MAX_REPORTED_MISMATCHES]
         more = len(mismatches) - len(shown)
         if more:
             shown.append(f"… and {more} more")
         raise SnapshotError("; ".join(shown) + "; re-sync the mirror")
-    return tuple(hashed)

@@ -55,6 +55,8 @@ class FileEntry:
     source: Path
     size: int
     mtime_ns: int
+    dev: int = 0
+    inode: int = 0
     expected_sha256: str | None = None
     name: str | None = None
     version: str | None = None
@@ -84,6 +86,19 @@ class HashedFile:
     sha256: str
     piece_size: int
     pieces: bytes
+
+
+@dataclass(frozen=True)
+class FileDigest:
+    """What a package record needs of a file's content, without its piece hashes.
+
+    From this run's hashing or from the state cache; `infohash` is None for a zero-length file.
+    """
+
+    entry: FileEntry
+    sha256: str
+    piece_size: int
+    infohash: str | None
 
 
 @dataclass(frozen=True)

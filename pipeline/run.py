@@ -18,7 +18,7 @@ from pathlib import Path
 
 from pipeline.config import Settings, require_release_inputs
 from pipeline.errors import PipelineError, StorageError
-from pipeline.hashing import hash_files, piece_size_for
+from pipeline.hashing import check_expected, hash_files, piece_size_for
 from pipeline.index import (
     Decision,
     decide,
@@ -31,15 +31,22 @@ from pipeline.index import (
     index_torrent_key,
     rfc3339,
 )
-from pipeline.model import Artifact, IndexRef, NullProgress, PackageRecord, Pointer, Progress
+from pipeline.model import Artifact, FileDigest, FileEntry, IndexRef, NullProgress, PackageRecord, Pointer, Progress
 from pipeline.objects import make_artifact
 from pipeline.publish import Publication, publish
-from pipeline.render import ListingInput, render_listings
 from pipeline.report import RunReport
 from pipeline.signing import Signer, verify_signed_message
 from pipeline.snapshot import ScanSpec, scan_snapshot
+from pipeline.state import StateCache, StateRow
 from pipeline.storage import Storage, open_storage
-from pipeline.torrents import BuildSpec, build_packages, build_torrent, hash_pieces_of_bytes
+from pipeline.torrents import (
+    BuildSpec,
+    build_torrent,
+    digest_of,
+    hash_pieces_of_bytes,
+    package_artifacts,
+    package_records,
+)
 from pipeline.urls import join_url, magnet_uri
 
 log = logging.getLogger(__name__)
@@ -116,6 +123,41 @@ def read_current(storage: Storage, *, repo: str, keyring: Path, fingerprint: str
 
 def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
+
+
+@dataclass(frozen=True)
+class Digests:
+    """Every file's digest, and the piece hashes of the files hashed in this run."""
+
+    digests: tuple[FileDigest, ...]
+    fresh_pieces: dict[str, bytes]
+    files_hashed: int
+    bytes_hashed: int
+
+
+def digest_files(files: Sequence[FileEntry], state: StateCache, *, workers: int, progress: Progress) -> Digests:
+    """Hash only the files whose stat key the state cache does not know; remember what was hashed."""
+    cached = state.lookup(files)
+    misses = [entry for entry in files if entry.path not in cached]
+    hashed = hash_files(misses, workers=workers, progress=progress, verify_expected=False)
+    fresh = [digest_of(item) for item in hashed]
+    state.store(
+        StateRow(d.entry, d.sha256, d.piece_size, d.infohash, item.pieces)
+        for d, item in zip(fresh, hashed, strict=True)
+    )
+    state.forget_except(entry.path for entry in files)
+    digests = [
+        FileDigest(entry, cached[entry.path].sha256, cached[entry.path].piece_size, cached[entry.path].infohash)
+        for entry in files
+        if entry.path in cached
+    ] + fresh
+    check_expected((d.entry, d.sha256) for d in digests)
+    return Digests(
+        digests=tuple(digests),
+        fresh_pieces={item.entry.path: item.pieces for item in hashed},
+        files_hashed=len(hashed),
+        bytes_hashed=sum(entry.size for entry in misses),
+    )
 
 
 @dataclass(frozen=True)
@@ -208,6 +250,7 @@ def release(
     started = (now or (lambda: datetime.now(UTC)))().replace(microsecond=0)
     expires = started + settings.expires_after
     public_url = settings.public_url.rstrip("/")
+    spec = BuildSpec(webseeds=settings.webseeds, trackers=settings.trackers, public_url=public_url)
 
     with clock.stage("start-up"):
         storage = open_storage(settings.dest)
@@ -226,56 +269,63 @@ def release(
                 sync_lock=settings.sync_lock,
             )
         )
-    with clock.stage("hash"):
-        hashed = hash_files(snapshot.files, workers=settings.workers, progress=progress)
-    with clock.stage("build"):
-        built = build_packages(
-            hashed, BuildSpec(webseeds=settings.webseeds, trackers=settings.trackers, public_url=public_url)
+    with StateCache.open(settings.state_path, repo=settings.repo) as state:
+        with clock.stage("hash"):
+            digested = digest_files(snapshot.files, state, workers=settings.workers, progress=progress)
+        with clock.stage("build"):
+            records = package_records(digested.digests, spec)
+
+        with clock.stage("read-current"), _public_keyring(signer) as keyring:
+            current = read_current(storage, repo=settings.repo, keyring=keyring, fingerprint=key_info.fingerprint)
+        decision: Decision = decide(
+            current=current.pointer if current else None,
+            current_records=current.records if current else None,
+            current_webseeds=current.webseeds if current else (),
+            current_trackers=current.trackers if current else (),
+            records=records,
+            webseeds=settings.webseeds,
+            trackers=settings.trackers,
+            now=started,
+            resign_before=settings.effective_resign_before,
         )
+        new, changed, removed, unchanged = _changes(current, records)
 
-    with clock.stage("read-current"), _public_keyring(signer) as keyring:
-        current = read_current(storage, repo=settings.repo, keyring=keyring, fingerprint=key_info.fingerprint)
-    decision: Decision = decide(
-        current=current.pointer if current else None,
-        current_records=current.records if current else None,
-        current_webseeds=current.webseeds if current else (),
-        current_trackers=current.trackers if current else (),
-        records=built.records,
-        webseeds=settings.webseeds,
-        trackers=settings.trackers,
-        now=started,
-        resign_before=settings.effective_resign_before,
-    )
-    new, changed, removed, unchanged = _changes(current, built.records)
-    bytes_hashed = sum(h.entry.size for h in hashed)
+        def report(pointer: Pointer, *, put: int, skipped: int, put_bytes: int, keys: tuple[str, ...]) -> RunReport:
+            return RunReport(
+                action=decision.action,
+                sequence=pointer.sequence,
+                dry_run=settings.dry_run,
+                files=len(snapshot.files),
+                bytes_hashed=digested.bytes_hashed,
+                files_hashed=digested.files_hashed,
+                new=new,
+                changed=changed,
+                removed=removed,
+                unchanged=unchanged,
+                objects_put=put,
+                objects_skipped=skipped,
+                bytes_put=put_bytes,
+                planned_keys=keys,
+                pointer_expires=pointer.expires,
+                pointer_expires_epoch=int(datetime.fromisoformat(pointer.expires).timestamp()),
+                key_fingerprint=key_info.fingerprint,
+                key_expires_epoch=key_info.expires,
+                stages=tuple(clock.stages),
+                destination=storage.url,
+            )
 
-    def report(pointer: Pointer, *, put: int, skipped: int, put_bytes: int, keys: tuple[str, ...]) -> RunReport:
-        return RunReport(
-            action=decision.action,
-            sequence=pointer.sequence,
-            dry_run=settings.dry_run,
-            files=len(snapshot.files),
-            bytes_hashed=bytes_hashed,
-            files_hashed=len(hashed),
-            new=new,
-            changed=changed,
-            removed=removed,
-            unchanged=unchanged,
-            objects_put=put,
-            objects_skipped=skipped,
-            bytes_put=put_bytes,
-            planned_keys=keys,
-            pointer_expires=pointer.expires,
-            pointer_expires_epoch=int(datetime.fromisoformat(pointer.expires).timestamp()),
-            key_fingerprint=key_info.fingerprint,
-            key_expires_epoch=key_info.expires,
-            stages=tuple(clock.stages),
-            destination=storage.url,
-        )
+        if decision.action == "noop":
+            assert current is not None
+            return report(current.pointer, put=0, skipped=0, put_bytes=0, keys=())
 
-    if decision.action == "noop":
-        assert current is not None
-        return report(current.pointer, put=0, skipped=0, put_bytes=0, keys=())
+        with clock.stage("build"):
+            # Torrents and metalinks only for records the current index does not already hold: the
+            # objects of every record it holds are in the destination (published before its pointer).
+            published = {r.path: r for r in current.records} if current else {}
+            to_build = [r for r in records if published.get(r.path) != r]
+            package_objects = package_artifacts(
+                ((r, digested.fresh_pieces.get(r.path) or _cached_pieces(state, r)) for r in to_build), spec
+            )
 
     with clock.stage("sign"):
         if decision.action == "resign":
@@ -289,7 +339,7 @@ def release(
                 sequence=decision.sequence,
                 generated=started,
                 expires=expires,
-                records=built.records,
+                records=records,
                 signer=signer,
             )
             pointer, index_artifacts = objects.pointer, objects.artifacts
@@ -297,6 +347,8 @@ def release(
         key_asc, key_gpg = signer.export_public_key()
 
     with clock.stage("render"):
+        from pipeline.render import ListingInput, render_listings  # lazy: jinja2 only when there is a page to write
+
         listings = render_listings(
             ListingInput(
                 repo=settings.repo,
@@ -304,7 +356,7 @@ def release(
                 public_url=public_url,
                 pointer=pointer,
                 fingerprint=key_info.fingerprint,
-                records=built.records,
+                records=records,
                 webseeds=settings.webseeds,
                 templates_dir=settings.templates_dir,
             )
@@ -314,7 +366,7 @@ def release(
         result = publish(
             storage,
             Publication(
-                content=built.artifacts
+                content=package_objects
                 + (make_artifact("signing-key.asc", key_asc), make_artifact("signing-key.gpg", key_gpg)),
                 immutable=index_artifacts,
                 pointer=pointer_artifact,
@@ -331,6 +383,10 @@ def release(
         put_bytes=result.plan.put_bytes,
         keys=tuple(a.key for a in result.plan.put),
     )
+
+
+def _cached_pieces(state: StateCache, record: PackageRecord) -> bytes:
+    return state.pieces(record.path) if record.size > 0 else b""
 
 
 DEMO_PUBLIC_PORT = 8780
@@ -362,7 +418,7 @@ def run_demo(
     import subprocess
 
     from pipeline.demo import build_demo_snapshot, demo_key
-    from pipeline.render import user_recipe
+    from pipeline.render import ListingInput, user_recipe
     from pipeline.serve import serve_directory
 
     public_url = f"http://127.0.0.1:{public_port}"

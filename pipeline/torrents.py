@@ -19,10 +19,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 from urllib.parse import quote, urlsplit
 
-import torf
-
 from pipeline.errors import ConfigError, SnapshotError
-from pipeline.model import Artifact, BuiltPackages, HashedFile, PackageRecord
+from pipeline.model import Artifact, BuiltPackages, FileDigest, HashedFile, PackageRecord
 from pipeline.objects import make_artifact
 from pipeline.urls import join_url, magnet_uri, webseed_dir_url
 
@@ -118,6 +116,8 @@ def build_torrent(
                 raise ValueError(f"{path!r}: not a relative '/'-separated path")
             entries.append({"length": size, "path": segments})
         info["files"] = entries
+    import torf  # lazy: a no-change run never builds a torrent and should not pay for importing torf
+
     try:
         torrent = torf.Torrent(
             trackers=list(trackers) or None,
@@ -162,6 +162,10 @@ def _announce_prefix(trackers: Sequence[str]) -> bytes:
     return out + _bstr("created by") + _bstr(CREATED_BY)
 
 
+def _info_bytes(*, name: str, length: int, piece_size: int, pieces: bytes) -> bytes:
+    return b"d6:lengthi%de4:name%s12:piece lengthi%de6:pieces%se" % (length, _bstr(name), piece_size, _bstr(pieces))
+
+
 def _package_torrent(
     *, prefix: bytes, name: str, length: int, piece_size: int, pieces: bytes, url_list: Sequence[str]
 ) -> tuple[bytes, str]:
@@ -170,12 +174,7 @@ def _package_torrent(
         raise ValueError(f"{name}: invalid length {length} or piece size {piece_size}")
     if len(pieces) != _DIGEST_SIZE * math.ceil(length / piece_size):
         raise ValueError(f"{name}: {len(pieces)} bytes of piece hashes for {length} bytes / {piece_size}")
-    info = b"d6:lengthi%de4:name%s12:piece lengthi%de6:pieces%se" % (
-        length,
-        _bstr(name),
-        piece_size,
-        _bstr(pieces),
-    )
+    info = _info_bytes(name=name, length=length, piece_size=piece_size, pieces=pieces)
     data = b"d" + prefix + b"4:info" + info
     if url_list:
         data += b"8:url-list" + _blist(url_list)
@@ -230,11 +229,17 @@ def metalink_key(path: str) -> str:
     return f"metalinks/{path}.meta4"
 
 
-def build_packages(hashed: Sequence[HashedFile], spec: BuildSpec) -> BuiltPackages:
-    """One PackageRecord, `.torrent` (non-empty files only) and `.meta4` per hashed file, in path order.
+@dataclass(frozen=True)
+class _Urls:
+    """The per-run URL facts, checked once."""
 
-    Artifacts come per package, torrent then metalink. Deterministic: same inputs, same bytes.
-    """
+    webseeds: tuple[str, ...]
+    trackers: tuple[str, ...]
+    prefix: bytes
+    public_url: str
+
+
+def _urls(spec: BuildSpec) -> _Urls:
     for url in spec.webseeds:
         _check_url(url, "webseed")
         _check_base(url, "webseed")
@@ -243,68 +248,63 @@ def build_packages(hashed: Sequence[HashedFile], spec: BuildSpec) -> BuiltPackag
     _check_url(spec.public_url, "public")
     _check_base(spec.public_url, "public")
     trackers = tuple(_unique(spec.trackers))
-    prefix = _announce_prefix(trackers)
+    return _Urls(tuple(spec.webseeds), trackers, _announce_prefix(trackers), spec.public_url)
 
+
+def _url_list(urls: _Urls, path: str) -> list[str]:
+    # BEP 19 directory form per mirror; the full file URL is that plus the encoded name, which is
+    # join_url(base, path) by construction (quoting the directory once per file, not twice).
+    return _unique(webseed_dir_url(base, path) for base in urls.webseeds)
+
+
+def infohash_for(*, name: str, length: int, piece_size: int, pieces: bytes) -> str:
+    """The v1 infohash of the single-file torrent `package_artifacts` writes for these facts."""
+    return hashlib.sha1(_info_bytes(name=name, length=length, piece_size=piece_size, pieces=pieces)).hexdigest()
+
+
+def digest_of(item: HashedFile) -> FileDigest:
+    """A hashed file reduced to what its record needs (the infohash instead of the pieces)."""
+    entry = item.entry
+    infohash = None
+    if entry.size > 0:
+        name = entry.path.rpartition("/")[2]
+        infohash = infohash_for(name=name, length=entry.size, piece_size=item.piece_size, pieces=item.pieces)
+    return FileDigest(entry=entry, sha256=item.sha256, piece_size=item.piece_size, infohash=infohash)
+
+
+def package_records(digests: Sequence[FileDigest], spec: BuildSpec) -> tuple[PackageRecord, ...]:
+    """One PackageRecord per file, in path order. Cheap: no piece hashes needed, nothing serialised."""
+    urls = _urls(spec)
     records: list[PackageRecord] = []
-    artifacts: list[Artifact] = []
     previous: str | None = None
-    for item in sorted(hashed, key=lambda h: h.entry.path):
-        entry = item.entry
+    for digest in sorted(digests, key=lambda d: d.entry.path):
+        entry = digest.entry
         path = entry.path
         if path == previous:
             raise SnapshotError(f"{path}: listed twice in the snapshot; fix the scan input and re-run")
         previous = path
-        name = path.rpartition("/")[2]
-        meta_key = metalink_key(path)
-        infohash: str | None = None
-        piece_size: int | None = None
         key: str | None = None
         magnet: str | None = None
-        torrent_url: str | None = None
-        # BEP 19 directory form per mirror; the full file URL is that plus the encoded name, which is
-        # join_url(base, path) by construction (quoting the directory once per file, not twice).
-        url_list = _unique(webseed_dir_url(base, path) for base in spec.webseeds)
-        encoded_name = quote(name, safe="")
         if entry.size > 0:
-            data, infohash = _package_torrent(
-                prefix=prefix,
-                name=name,
-                length=entry.size,
-                piece_size=item.piece_size,
-                pieces=item.pieces,
-                url_list=url_list,
-            )
-            piece_size = item.piece_size
+            assert digest.infohash is not None
             key = torrent_key(path)
-            torrent_url = join_url(spec.public_url, key)
             magnet = magnet_uri(
-                infohash=infohash,
-                name=name,
+                infohash=digest.infohash,
+                name=path.rpartition("/")[2],
                 size=entry.size,
-                trackers=trackers,
-                webseeds=url_list,
-                torrent_url=torrent_url,
+                trackers=urls.trackers,
+                webseeds=_url_list(urls, path),
+                torrent_url=join_url(urls.public_url, key),
             )
-            artifacts.append(make_artifact(key, data))
-        metalink = build_metalink(
-            name=name,
-            size=entry.size,
-            sha256=item.sha256,
-            piece_size=piece_size,
-            pieces=item.pieces if entry.size > 0 else b"",
-            urls=[url + encoded_name for url in url_list],
-            torrent_url=torrent_url,
-        )
-        artifacts.append(make_artifact(meta_key, metalink))
         records.append(
             PackageRecord(
                 path=path,
                 size=entry.size,
-                sha256=item.sha256,
-                infohash=infohash,
-                piece_size=piece_size,
+                sha256=digest.sha256,
+                infohash=digest.infohash if entry.size > 0 else None,
+                piece_size=digest.piece_size if entry.size > 0 else None,
                 torrent=key,
-                metalink=meta_key,
+                metalink=metalink_key(path),
                 magnet=magnet,
                 name=entry.name,
                 version=entry.version,
@@ -313,7 +313,55 @@ def build_packages(hashed: Sequence[HashedFile], spec: BuildSpec) -> BuiltPackag
                 description=entry.description,
             )
         )
-    return BuiltPackages(records=tuple(records), artifacts=tuple(artifacts))
+    return tuple(records)
+
+
+def package_artifacts(items: Iterable[tuple[PackageRecord, bytes]], spec: BuildSpec) -> tuple[Artifact, ...]:
+    """The `.torrent` (non-empty files) and `.meta4` of each (record, piece hashes), in the given order."""
+    urls = _urls(spec)
+    artifacts: list[Artifact] = []
+    for record, pieces in items:
+        path = record.path
+        name = path.rpartition("/")[2]
+        url_list = _url_list(urls, path)
+        torrent_url: str | None = None
+        if record.torrent is not None:
+            assert record.piece_size is not None
+            data, infohash = _package_torrent(
+                prefix=urls.prefix,
+                name=name,
+                length=record.size,
+                piece_size=record.piece_size,
+                pieces=pieces,
+                url_list=url_list,
+            )
+            if infohash != record.infohash:
+                raise ValueError(f"{path}: piece hashes do not match the recorded infohash {record.infohash}")
+            torrent_url = join_url(urls.public_url, record.torrent)
+            artifacts.append(make_artifact(record.torrent, data))
+        encoded_name = quote(name, safe="")
+        metalink = build_metalink(
+            name=name,
+            size=record.size,
+            sha256=record.sha256,
+            piece_size=record.piece_size,
+            pieces=pieces if record.size > 0 else b"",
+            urls=[url + encoded_name for url in url_list],
+            torrent_url=torrent_url,
+        )
+        artifacts.append(make_artifact(record.metalink, metalink))
+    return tuple(artifacts)
+
+
+def build_packages(hashed: Sequence[HashedFile], spec: BuildSpec) -> BuiltPackages:
+    """One PackageRecord, `.torrent` (non-empty files only) and `.meta4` per hashed file, in path order.
+
+    Artifacts come per package, torrent then metalink. Deterministic: same inputs, same bytes.
+    """
+    records = package_records([digest_of(item) for item in hashed], spec)
+    pieces = {item.entry.path: item.pieces for item in hashed}
+    artifacts = package_artifacts(((record, pieces[record.path]) for record in records), spec)
+    return BuiltPackages(records=records, artifacts=artifacts)
 
 
 def hash_pieces_of_bytes(chunks: Sequence[bytes], piece_size: int) -> bytes:

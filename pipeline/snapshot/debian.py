@@ -557,6 +557,8 @@ def _file_entry(item: ListedFile, found: _Located) -> FileEntry:
         source=found.source,
         size=found.status.st_size,
         mtime_ns=found.status.st_mtime_ns,
+        dev=found.status.st_dev,
+        inode=found.status.st_ino,
         expected_sha256=item.sha256,
         name=item.name,
         version=item.version,

@@ -102,4 +102,11 @@ def _lstat(entry: os.DirEntry[bytes], rel: str) -> os.stat_result:
 
 
 def _file_entry(rel: str, source: Path, status: os.stat_result) -> FileEntry:
-    return FileEntry(path=rel, source=source, size=status.st_size, mtime_ns=status.st_mtime_ns)
+    return FileEntry(
+        path=rel,
+        source=source,
+        size=status.st_size,
+        mtime_ns=status.st_mtime_ns,
+        dev=status.st_dev,
+        inode=status.st_ino,
+    )
