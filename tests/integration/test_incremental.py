@@ -1,0 +1,169 @@
+"""Re-runs cost what changed: the state cache, change detection against the published index, lazy imports."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+import pipeline.hashing
+import pipeline.run
+from pipeline.config import Settings
+from pipeline.run import release
+from tests.integration.conftest import SigningKey, run_cli, tree_state
+
+pytestmark = pytest.mark.integration
+
+
+def make_flat(root: Path, count: int = 12) -> None:
+    for i in range(count):
+        path = root / f"dir{i % 3}" / f"file-{i:02d}.bin"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(bytes([i]) * (40_000 + 997 * i))
+
+
+def settings(snapshot: Path, dest: Path, key: SigningKey, state: Path) -> Settings:
+    return Settings(
+        snapshot=snapshot,
+        format="flat",
+        dest=str(dest),
+        public_url="http://127.0.0.1:9/pub",
+        repo="incr",
+        webseeds=("http://127.0.0.1:9/mirror",),
+        key=key.fingerprint,
+        gnupghome=key.gnupghome,
+        state=state,
+    )
+
+
+def forbid_reading_and_building(monkeypatch: pytest.MonkeyPatch) -> None:
+    def no_read(*args: object, **kwargs: object) -> object:
+        raise AssertionError("a file was read although its stat key is cached")
+
+    def no_build(*args: object, **kwargs: object) -> object:
+        raise AssertionError("a torrent was rebuilt on a no-change run")
+
+    monkeypatch.setattr(pipeline.hashing, "_hash_one", no_read)
+    monkeypatch.setattr(pipeline.run, "package_artifacts", no_build)
+
+
+def test_no_change_reads_nothing_builds_nothing_writes_nothing(
+    signing_key: SigningKey, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    snap, dest, state = tmp_path / "snap", tmp_path / "dest", tmp_path / "state.sqlite"
+    make_flat(snap)
+    first = release(settings(snap, dest, signing_key, state))
+    assert first.action == "publish" and first.files_hashed == 12
+    before = tree_state(dest)
+
+    forbid_reading_and_building(monkeypatch)
+    again = release(settings(snap, dest, signing_key, state))
+    assert again.action == "noop"
+    assert again.files_hashed == 0 and again.bytes_hashed == 0 and again.objects_put == 0
+    assert tree_state(dest) == before
+
+
+def test_one_added_one_changed_one_removed(signing_key: SigningKey, tmp_path: Path) -> None:
+    snap, dest, state = tmp_path / "snap", tmp_path / "dest", tmp_path / "state.sqlite"
+    make_flat(snap)
+    release(settings(snap, dest, signing_key, state))
+    old_torrent = (dest / "torrents/dir1/file-04.bin.torrent").read_bytes()
+    untouched = (dest / "torrents/dir2/file-05.bin.torrent").stat().st_mtime_ns
+
+    (snap / "dir0" / "added.bin").write_bytes(b"new" * 5000)
+    (snap / "dir1" / "file-04.bin").write_bytes(b"changed" * 7000)
+    (snap / "dir2" / "file-08.bin").unlink()
+    report = release(settings(snap, dest, signing_key, state))
+
+    assert report.action == "publish" and report.sequence == 2
+    assert report.new == ("dir0/added.bin",)
+    assert report.changed == ("dir1/file-04.bin",)
+    assert report.removed == ("dir2/file-08.bin",)
+    assert report.unchanged == 10
+    assert report.files_hashed == 2  # the added and the changed file, nothing else
+    assert (dest / "torrents/dir0/added.bin.torrent").is_file()
+    assert (dest / "torrents/dir1/file-04.bin.torrent").read_bytes() != old_torrent
+    assert (dest / "torrents/dir2/file-05.bin.torrent").stat().st_mtime_ns == untouched
+    assert not any(k.startswith("torrents/dir2/file-05") for k in report.planned_keys)
+
+
+def test_lost_cache_costs_hashing_never_a_republish_and_output_is_identical(
+    signing_key: SigningKey, tmp_path: Path
+) -> None:
+    snap, state = tmp_path / "snap", tmp_path / "state.sqlite"
+    make_flat(snap)
+    release(settings(snap, tmp_path / "a", signing_key, state))
+    state.unlink()
+    again = release(settings(snap, tmp_path / "a", signing_key, state))
+    assert again.action == "noop" and again.files_hashed == 12
+
+    # a second destination built from a warm cache: torrents and metalinks byte-identical to the cold one
+    release(settings(snap, tmp_path / "b", signing_key, state))
+
+    def artifacts(root: Path) -> dict[str, bytes]:
+        return {
+            str(p.relative_to(root)): p.read_bytes()
+            for p in root.rglob("*")
+            if p.is_file() and str(p.relative_to(root)).startswith(("torrents/", "metalinks/"))
+        }
+
+    assert artifacts(tmp_path / "a") and artifacts(tmp_path / "a") == artifacts(tmp_path / "b")
+
+
+@pytest.mark.parametrize("garbage", [b"this is not a database" * 100, b"foreign"])
+def test_corrupt_or_foreign_cache_is_reported_in_one_line_and_rebuilt(
+    signing_key: SigningKey, tmp_path: Path, garbage: bytes
+) -> None:
+    snap, dest, state = tmp_path / "snap", tmp_path / "dest", tmp_path / "state.sqlite"
+    make_flat(snap, 4)
+    if garbage == b"foreign":
+        import sqlite3
+
+        with sqlite3.connect(state) as db:
+            db.execute("CREATE TABLE something (x)")
+    else:
+        state.write_bytes(garbage)
+    args = [
+        "release", "--snapshot", str(snap), "--format", "flat", "--dest", str(dest), "--key",
+        signing_key.fingerprint, "--public-url", "http://127.0.0.1:9/pub", "--repo", "incr", "--state", str(state),
+        "--json",
+    ]  # fmt: skip
+    done = run_cli(*args, env={"GNUPGHOME": str(signing_key.gnupghome)})
+    assert done.returncode == 0, done.stderr
+    warnings = [line for line in done.stderr.splitlines() if "state cache" in line]
+    assert len(warnings) == 1 and str(state) in warnings[0]
+    assert json.loads(done.stdout)["files_hashed"] == 4
+    rerun = run_cli(*args, env={"GNUPGHOME": str(signing_key.gnupghome)})
+    assert json.loads(rerun.stdout)["files_hashed"] == 0 and "state cache" not in rerun.stderr
+
+
+def test_a_no_change_run_imports_neither_torf_nor_jinja2_nor_boto3(signing_key: SigningKey, tmp_path: Path) -> None:
+    snap, dest, state = tmp_path / "snap", tmp_path / "dest", tmp_path / "state.sqlite"
+    make_flat(snap, 3)
+    release(settings(snap, dest, signing_key, state))
+    script = textwrap.dedent(
+        f"""
+        import json, sys
+        from pathlib import Path
+        from pipeline.config import Settings
+        from pipeline.run import release
+        report = release(Settings(snapshot=Path({str(snap)!r}), format="flat", dest={str(dest)!r},
+                                  public_url="http://127.0.0.1:9/pub", repo="incr",
+                                  webseeds=("http://127.0.0.1:9/mirror",), key={signing_key.fingerprint!r},
+                                  gnupghome=Path({str(signing_key.gnupghome)!r}), state=Path({str(state)!r})))
+        heavy = sorted(m for m in ("torf", "jinja2", "boto3", "botocore") if m in sys.modules)
+        print(json.dumps({{"action": report.action, "heavy": heavy}}))
+        """
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True, text=True, timeout=120, check=True, env=dict(os.environ),
+        cwd=Path(__file__).resolve().parents[2],
+    )  # fmt: skip
+    result = json.loads(done.stdout)
+    assert result == {"action": "noop", "heavy": []}

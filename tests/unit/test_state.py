@@ -1,0 +1,71 @@
+"""pipeline.state: what counts as unchanged, forgetting removed paths, refusing foreign files."""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from pipeline.model import FileEntry
+from pipeline.state import CachedFile, StateCache, StateRow
+
+
+def entry(path: str = "pool/a.deb", **changes: int) -> FileEntry:
+    base = FileEntry(path=path, source=Path("/x") / path, size=100, mtime_ns=5, dev=1, inode=2)
+    return replace(base, **changes)  # type: ignore[arg-type]
+
+
+def row(e: FileEntry, sha: str = "a" * 64) -> StateRow:
+    return StateRow(e, sha, 16384, "b" * 40, b"\x01" * 20)
+
+
+def test_hit_only_when_dev_inode_size_and_mtime_all_match(tmp_path: Path) -> None:
+    with StateCache.open(tmp_path / "s.sqlite", repo="r") as state:
+        state.store([row(entry())])
+        assert state.lookup([entry()]) == {"pool/a.deb": CachedFile("a" * 64, 16384, "b" * 40)}
+        for change in ({"dev": 9}, {"inode": 9}, {"size": 101}, {"mtime_ns": 6}):
+            assert state.lookup([entry(**change)]) == {}, change
+        assert state.pieces("pool/a.deb") == b"\x01" * 20
+
+
+def test_store_replaces_and_forget_drops_removed_paths(tmp_path: Path) -> None:
+    with StateCache.open(tmp_path / "s.sqlite", repo="r") as state:
+        state.store([row(entry()), row(entry("pool/b.deb"))])
+        state.store([row(entry(mtime_ns=7), sha="c" * 64)])
+        assert state.lookup([entry(mtime_ns=7)])["pool/a.deb"].sha256 == "c" * 64
+        assert state.forget_except(["pool/a.deb"]) == 1
+        assert state.lookup([entry("pool/b.deb")]) == {}
+        with pytest.raises(KeyError):
+            state.pieces("pool/b.deb")
+
+
+def test_survives_reopen(tmp_path: Path) -> None:
+    with StateCache.open(tmp_path / "s.sqlite", repo="r") as state:
+        state.store([row(entry())])
+    with StateCache.open(tmp_path / "s.sqlite", repo="r") as state:
+        assert "pool/a.deb" in state.lookup([entry()])
+
+
+@pytest.mark.parametrize("kind", ["garbage", "other-repo", "other-tables"])
+def test_foreign_or_corrupt_file_is_logged_once_and_replaced(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, kind: str
+) -> None:
+    path = tmp_path / "s.sqlite"
+    if kind == "garbage":
+        path.write_bytes(b"\x00garbage" * 512)
+    elif kind == "other-repo":
+        with StateCache.open(path, repo="other") as state:
+            state.store([row(entry())])
+    else:
+        with sqlite3.connect(path) as db:
+            db.execute("CREATE TABLE unrelated (x)")
+    with caplog.at_level(logging.WARNING, logger="pipeline.state"):
+        with StateCache.open(path, repo="r") as state:
+            assert state.lookup([entry()]) == {}
+            state.store([row(entry())])
+    assert len(caplog.records) == 1 and str(path) in caplog.records[0].getMessage()
+    with StateCache.open(path, repo="r") as state:
+        assert "pool/a.deb" in state.lookup([entry()])
