@@ -54,6 +54,17 @@ class Settings:
     templates_dir: Path | None = None
     state: Path | None = None
     workers: int = 2
+    # S3 destinations (s3://bucket/prefix); credentials come from the standard AWS chain (env, profile)
+    s3_endpoint_url: str | None = None
+    s3_region: str | None = None
+    s3_addressing_style: str = "auto"
+    s3_profile: str | None = None
+    s3_max_attempts: int = 8
+    s3_connect_timeout: int = 10
+    s3_read_timeout: int = 60
+    upload_concurrency: int = 8
+    retention: timedelta = timedelta(days=14)
+    no_cas: bool = False
     dry_run: bool = False
     metrics: Path | None = None
     sources: Mapping[str, str] = field(default_factory=dict, compare=False)
@@ -73,9 +84,9 @@ class Settings:
 
 _PATH_FIELDS = {"snapshot", "gnupghome", "upstream_keyring", "templates_dir", "metrics", "state"}
 _LIST_FIELDS = {"webseeds", "trackers", "suites", "components", "architectures", "sync_lock"}
-_DURATION_FIELDS = {"expires_after", "resign_before", "key_valid_margin"}
-_BOOL_FIELDS = {"dry_run"}
-_INT_FIELDS = {"workers"}
+_DURATION_FIELDS = {"expires_after", "resign_before", "key_valid_margin", "retention"}
+_BOOL_FIELDS = {"dry_run", "no_cas"}
+_INT_FIELDS = {"workers", "s3_max_attempts", "s3_connect_timeout", "s3_read_timeout", "upload_concurrency"}
 _FIELD_NAMES = {f.name for f in fields(Settings)} - {"sources"}
 
 
@@ -211,6 +222,10 @@ def _validate(settings: Settings) -> None:
         raise ConfigError("expires_after: must be at least 1h")
     if settings.effective_resign_before >= settings.expires_after:
         raise ConfigError("resign_before: must be shorter than expires_after")
+    if settings.s3_addressing_style not in ("auto", "path", "virtual"):
+        raise ConfigError(f"s3_addressing_style: {settings.s3_addressing_style!r} is not auto, path or virtual")
+    if settings.retention < settings.expires_after:
+        raise ConfigError("retention: must be at least expires_after (objects of a valid pointer are kept)")
 
 
 def require_release_inputs(settings: Settings) -> None:
