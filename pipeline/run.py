@@ -253,7 +253,7 @@ def release(
     spec = BuildSpec(webseeds=settings.webseeds, trackers=settings.trackers, public_url=public_url)
 
     with clock.stage("start-up"):
-        storage = open_storage(settings.dest)
+        storage = open_storage(settings.dest, settings)
         signer = Signer(gnupghome=settings.gnupghome, key=settings.key)
         key_info = signer.check_key(must_be_valid_until=expires + settings.key_valid_margin)
 

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 from urllib.parse import unquote, urlparse
 
 from pipeline.errors import ConfigError, StorageError
+from pipeline.model import Artifact
+
+if TYPE_CHECKING:
+    from pipeline.config import Settings
 
 
 @dataclass(frozen=True)
@@ -46,6 +51,10 @@ class Storage(Protocol):
         """
         ...
 
+    def put_many(self, artifacts: Sequence[Artifact]) -> None:
+        """Unconditional puts of many objects (S3: a bounded pool of parallel uploads)."""
+        ...
+
     def list(self, prefix: str = "") -> list[ObjectInfo]: ...
 
     def delete(self, key: str) -> None: ...
@@ -59,8 +68,9 @@ def check_key(key: str) -> str:
     return key
 
 
-def open_storage(url: str) -> Storage:
-    """`./public`, `/abs/dir`, `file:///dir` -> LocalStorage; `s3://bucket/prefix` -> S3 (a later issue)."""
+def open_storage(url: str, settings: Settings | None = None) -> Storage:
+    """`./public`, `/abs/dir`, `file:///dir` -> LocalStorage; `s3://bucket/prefix` -> S3Storage (boto3,
+    configured from `settings`' s3_* fields and the standard AWS credential chain)."""
     parsed = urlparse(url)
     if parsed.scheme in ("", "file"):
         from pipeline.storage.local import LocalStorage
@@ -68,5 +78,7 @@ def open_storage(url: str) -> Storage:
         path = Path(unquote(parsed.path)) if parsed.scheme == "file" else Path(url)
         return LocalStorage(path)
     if parsed.scheme == "s3":
-        raise ConfigError(f"{url}: s3:// destinations are not supported yet; publish to a local folder")
+        from pipeline.storage.s3 import S3Storage  # lazy: boto3 only for S3 destinations
+
+        return S3Storage.from_url(url, settings)
     raise ConfigError(f"{url}: unknown destination scheme {parsed.scheme!r}; use a path, file:///dir or s3://")

@@ -6,11 +6,12 @@ import fcntl
 import hashlib
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
 from pipeline.errors import PublishConflictError, StorageError
+from pipeline.model import Artifact
 from pipeline.storage import ObjectInfo, StoredObject, check_key
 
 LOCK_NAME = ".mirrorseed.lock"
@@ -95,6 +96,12 @@ class LocalStorage:
                     f"{key}: changed in {self.root} since this run started; another run published first, run again"
                 )
             return self.put(key, data, content_type=content_type, cache_control=cache_control)
+
+    def put_many(self, artifacts: Sequence[Artifact]) -> None:
+        for artifact in artifacts:
+            self.put(
+                artifact.key, artifact.data, content_type=artifact.content_type, cache_control=artifact.cache_control
+            )
 
     def list(self, prefix: str = "") -> list[ObjectInfo]:
         found: list[ObjectInfo] = []
