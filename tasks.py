@@ -127,6 +127,8 @@ def _emit(report: Any, *, as_json: bool, metrics: Path | None) -> None:
         if report.dry_run:
             for key in report.planned_keys:
                 print(f"put {key}")
+            for key in report.deleted_keys:
+                print(f"delete {key}")
 
 
 @task(
@@ -171,4 +173,32 @@ def test(c: Context, k: str | None = None, fast: bool = False) -> None:
         c.run(f"{py} -m pytest -q -ra{selection}", echo=True, pty=False)
 
 
-ns = Collection(release, demo, test)
+@task(
+    help={
+        "files": "corpus size in files (default 3000), drawn from ../shared/data with a fixed seed",
+        "total_gb": "cap on the corpus bytes; sizes are scaled down proportionally above it (default 4)",
+        "runs": "timed runs per row, after one warm-up; the table shows medians (default 5)",
+        "out": "JSON results file (default .bench/results.json)",
+        "quick": "skip coreutils, torf CLI and transmission-create, and install nothing",
+    }
+)
+def bench(
+    c: Context, files: int = 3000, total_gb: float = 4.0, runs: int = 5, out: str | None = None, quick: bool = False
+) -> None:
+    """Benchmark: hashlib ceiling, peers and mirrorseed (full, no-change, 1%-changed) on one corpus; print the table."""
+    with _pipeline_errors():
+        from pipeline.bench import BenchOptions, run_bench
+
+        def announce(line: str) -> None:
+            print(line, file=sys.stderr, flush=True)
+
+        out_path = None if out is None else Path(out) if os.path.isabs(out) else Path.cwd() / out
+        result = run_bench(
+            BenchOptions(repo_root=ROOT, files=files, total_gb=total_gb, runs=runs, out=out_path, quick=quick),
+            announce=announce,
+        )
+        print(result.table)
+        announce(f"bench: results in {result.json_path}")
+
+
+ns = Collection(release, demo, test, bench)

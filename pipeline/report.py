@@ -8,7 +8,7 @@ from typing import Any
 
 @dataclass(frozen=True)
 class RunReport:
-    action: str  # "publish" | "resign" | "noop"
+    action: str  # "publish" | "resign" | "finish" | "noop"
     sequence: int
     dry_run: bool
     files: int
@@ -22,6 +22,7 @@ class RunReport:
     objects_skipped: int
     bytes_put: int
     planned_keys: tuple[str, ...]
+    deleted_keys: tuple[str, ...]
     pointer_expires: str
     pointer_expires_epoch: int
     key_fingerprint: str
@@ -44,15 +45,26 @@ class RunReport:
                 "removed": list(self.removed),
                 "unchanged": self.unchanged,
             },
-            "objects": {"put": self.objects_put, "skipped": self.objects_skipped, "bytes_put": self.bytes_put},
+            "objects": {
+                "put": self.objects_put,
+                "skipped": self.objects_skipped,
+                "deleted": len(self.deleted_keys),
+                "bytes_put": self.bytes_put,
+            },
             "planned_keys": list(self.planned_keys),
+            "deleted_keys": list(self.deleted_keys),
             "pointer_expires": self.pointer_expires,
             "key": {"fingerprint": self.key_fingerprint, "expires_epoch": self.key_expires_epoch},
             "stages": {name: round(seconds, 6) for name, seconds in self.stages},
         }
 
     def summary_lines(self) -> list[str]:
-        verb = {"publish": "published", "resign": "re-signed", "noop": "unchanged, nothing written"}[self.action]
+        verb = {
+            "publish": "published",
+            "resign": "re-signed",
+            "finish": "completed (listings and retention of an interrupted run)",
+            "noop": "unchanged, nothing written",
+        }[self.action]
         if self.dry_run:
             verb = f"would be {verb}" if self.action != "noop" else verb
         lines = [
@@ -61,7 +73,8 @@ class RunReport:
             f"{len(self.removed)} removed ({self.files} in the snapshot)",
             f"hashed: {self.files_hashed} files, {self.bytes_hashed / 1e6:.1f} MB",
             f"objects: {self.objects_put} {'to put' if self.dry_run else 'put'} "
-            f"({self.bytes_put / 1e3:.1f} kB), {self.objects_skipped} unchanged",
+            f"({self.bytes_put / 1e3:.1f} kB), {self.objects_skipped} unchanged, "
+            f"{len(self.deleted_keys)} {'to delete' if self.dry_run else 'deleted'} (retention)",
             "time: " + ", ".join(f"{name} {seconds:.2f}s" for name, seconds in self.stages),
         ]
         return lines
@@ -78,6 +91,7 @@ class RunReport:
             ("bytes_hashed", "Bytes hashed by the last run.", self.bytes_hashed),
             ("objects_put", "Objects written by the last run.", self.objects_put),
             ("objects_skipped", "Objects already present and skipped.", self.objects_skipped),
+            ("objects_deleted", "Objects deleted by retention.", len(self.deleted_keys)),
             ("pointer_sequence", "Sequence of the current pointer.", self.sequence),
             ("pointer_expiry_timestamp_seconds", "When the current pointer expires.", self.pointer_expires_epoch),
         ]

@@ -33,7 +33,7 @@ from pipeline.index import (
 )
 from pipeline.model import Artifact, FileDigest, FileEntry, IndexRef, NullProgress, PackageRecord, Pointer, Progress
 from pipeline.objects import make_artifact
-from pipeline.publish import Publication, publish
+from pipeline.publish import Publication, is_complete, publish
 from pipeline.report import RunReport
 from pipeline.signing import Signer, verify_signed_message
 from pipeline.snapshot import ScanSpec, scan_snapshot
@@ -60,6 +60,7 @@ class CurrentPublication:
 
     pointer: Pointer
     etag: str
+    pointer_sha256: str
     records: tuple[PackageRecord, ...]
     webseeds: tuple[str, ...]
     trackers: tuple[str, ...]
@@ -115,6 +116,7 @@ def read_current(storage: Storage, *, repo: str, keyring: Path, fingerprint: str
     return CurrentPublication(
         pointer=pointer,
         etag=stored.info.etag,
+        pointer_sha256=_sha256(stored.data),
         records=tuple(PackageRecord.from_json(p) for p in doc["packages"]),
         webseeds=tuple(doc["webseeds"]),
         trackers=tuple(doc["trackers"]),
@@ -254,6 +256,9 @@ def release(
 
     with clock.stage("start-up"):
         storage = open_storage(settings.dest, settings)
+        probe = getattr(storage, "probe_conditional_writes", None)
+        if probe is not None and not settings.no_cas and not settings.dry_run:
+            probe()
         signer = Signer(gnupghome=settings.gnupghome, key=settings.key)
         key_info = signer.check_key(must_be_valid_until=expires + settings.key_valid_margin)
 
@@ -289,10 +294,23 @@ def release(
             resign_before=settings.effective_resign_before,
         )
         new, changed, removed, unchanged = _changes(current, records)
+        action: str = decision.action
+        if action == "noop":
+            assert current is not None
+            if not is_complete(storage, current.pointer_sha256):
+                action = "finish"  # a run committed this pointer but died before its listings: finish them
 
-        def report(pointer: Pointer, *, put: int, skipped: int, put_bytes: int, keys: tuple[str, ...]) -> RunReport:
+        def report(
+            pointer: Pointer,
+            *,
+            put: int,
+            skipped: int,
+            put_bytes: int,
+            keys: tuple[str, ...],
+            deleted: tuple[str, ...] = (),
+        ) -> RunReport:
             return RunReport(
-                action=decision.action,
+                action=action,
                 sequence=pointer.sequence,
                 dry_run=settings.dry_run,
                 files=len(snapshot.files),
@@ -306,6 +324,7 @@ def release(
                 objects_skipped=skipped,
                 bytes_put=put_bytes,
                 planned_keys=keys,
+                deleted_keys=deleted,
                 pointer_expires=pointer.expires,
                 pointer_expires_epoch=int(datetime.fromisoformat(pointer.expires).timestamp()),
                 key_fingerprint=key_info.fingerprint,
@@ -314,7 +333,7 @@ def release(
                 destination=storage.url,
             )
 
-        if decision.action == "noop":
+        if action == "noop":
             assert current is not None
             return report(current.pointer, put=0, skipped=0, put_bytes=0, keys=())
 
@@ -328,10 +347,14 @@ def release(
             )
 
     with clock.stage("sign"):
-        if decision.action == "resign":
+        index_artifacts: tuple[Artifact, ...] = ()
+        pointer_artifact: Artifact | None = None
+        if action == "finish":
+            assert current is not None
+            pointer, pointer_sha256 = current.pointer, current.pointer_sha256
+        elif action == "resign":
             assert current is not None
             pointer = replace(current.pointer, generated=rfc3339(started), expires=rfc3339(expires))
-            index_artifacts: tuple[Artifact, ...] = ()
         else:
             objects = build_index_objects(
                 settings=settings,
@@ -343,7 +366,9 @@ def release(
                 signer=signer,
             )
             pointer, index_artifacts = objects.pointer, objects.artifacts
-        pointer_artifact = make_artifact(POINTER_KEY, signer.sign_message(encode_pointer(pointer)))
+        if action != "finish":
+            pointer_artifact = make_artifact(POINTER_KEY, signer.sign_message(encode_pointer(pointer)))
+            pointer_sha256 = _sha256(pointer_artifact.data)
         key_asc, key_gpg = signer.export_public_key()
 
     with clock.stage("render"):
@@ -362,6 +387,13 @@ def release(
             )
         )
 
+    index_keys = (pointer.index.path, pointer.index.path + ".sig", pointer.index_torrent)
+    referenced = frozenset(
+        [r.metalink for r in records]
+        + [r.torrent for r in records if r.torrent is not None]
+        + [a.key for a in listings]
+        + [*index_keys, POINTER_KEY, "signing-key.asc", "signing-key.gpg"]
+    )
     with clock.stage("publish"):
         result = publish(
             storage,
@@ -372,9 +404,14 @@ def release(
                 pointer=pointer_artifact,
                 pointer_etag=current.etag if current else None,
                 listings=listings,
+                referenced=referenced,
+                pointer_sha256=pointer_sha256,
             ),
             dry_run=settings.dry_run,
             progress=progress,
+            now=started,
+            retention=settings.retention,
+            use_cas=not settings.no_cas,
         )
     return report(
         pointer,
@@ -382,6 +419,7 @@ def release(
         skipped=len(result.plan.skip),
         put_bytes=result.plan.put_bytes,
         keys=tuple(a.key for a in result.plan.put),
+        deleted=result.plan.delete,
     )
 
 

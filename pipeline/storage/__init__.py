@@ -17,11 +17,12 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class ObjectInfo:
-    """What the destination knows of one object: its key, size and ETag (local: SHA-256 of the bytes)."""
+    """What a listing tells of one object: key, size, ETag (opaque; changes with every write) and mtime."""
 
     key: str
     size: int
     etag: str
+    modified: float | None = None  # epoch seconds
 
 
 @dataclass(frozen=True)
@@ -51,8 +52,14 @@ class Storage(Protocol):
         """
         ...
 
-    def put_many(self, artifacts: Sequence[Artifact]) -> None:
-        """Unconditional puts of many objects (S3: a bounded pool of parallel uploads)."""
+    def put_many(self, artifacts: Sequence[Artifact]) -> list[ObjectInfo]:
+        """Unconditional puts of many objects (S3: a bounded pool of parallel uploads), infos in input order."""
+        ...
+
+    def same_content(self, info: ObjectInfo, data: bytes) -> bool:
+        """Whether the stored object `info` (from a listing) holds exactly `data`, without trusting a manifest.
+
+        Local: compare the file; S3: the ETag is the MD5 of a single-part upload."""
         ...
 
     def list(self, prefix: str = "") -> list[ObjectInfo]: ...

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import fcntl
-import hashlib
 import os
 import tempfile
 from collections.abc import Iterator, Sequence
@@ -17,8 +16,13 @@ from pipeline.storage import ObjectInfo, StoredObject, check_key
 LOCK_NAME = ".mirrorseed.lock"
 
 
+def _etag(status: os.stat_result) -> str:
+    # Every write is a new file renamed into place, so (inode, mtime, size) changes with every write.
+    return f"{status.st_ino:x}-{status.st_mtime_ns:x}-{status.st_size:x}"
+
+
 class LocalStorage:
-    """Objects are files under `root`; the ETag of a file is the SHA-256 of its bytes."""
+    """Objects are files under `root`; the ETag is derived from the file's stat (cheap to list)."""
 
     def __init__(self, root: Path) -> None:
         self.root = root.absolute()
@@ -39,17 +43,31 @@ class LocalStorage:
         return self.root.joinpath(*check_key(key).split("/"))
 
     def get(self, key: str) -> StoredObject | None:
+        path = self._path(key)
         try:
-            data = self._path(key).read_bytes()
-        except FileNotFoundError:
+            with path.open("rb") as handle:
+                status = os.fstat(handle.fileno())
+                data = handle.read()
+        except (FileNotFoundError, NotADirectoryError):
             return None
         except OSError as exc:
-            raise StorageError(f"{self._path(key)}: cannot read ({exc.strerror})") from exc
-        return StoredObject(ObjectInfo(key, len(data), hashlib.sha256(data).hexdigest()), data)
+            raise StorageError(f"{path}: cannot read ({exc.strerror})") from exc
+        return StoredObject(ObjectInfo(key, len(data), _etag(status), status.st_mtime), data)
 
     def head(self, key: str) -> ObjectInfo | None:
-        stored = self.get(key)
-        return None if stored is None else stored.info
+        try:
+            status = self._path(key).stat()
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        except OSError as exc:
+            raise StorageError(f"{self._path(key)}: cannot stat ({exc.strerror})") from exc
+        return ObjectInfo(key, status.st_size, _etag(status), status.st_mtime)
+
+    def same_content(self, info: ObjectInfo, data: bytes) -> bool:
+        if info.size != len(data):
+            return False
+        stored = self.get(info.key)
+        return stored is not None and stored.info.etag == info.etag and stored.data == data
 
     def put(self, key: str, data: bytes, *, content_type: str, cache_control: str) -> ObjectInfo:
         path = self._path(key)
@@ -66,9 +84,10 @@ class LocalStorage:
             except BaseException:
                 Path(tmp).unlink(missing_ok=True)
                 raise
+            status = path.stat()
         except OSError as exc:
             raise StorageError(f"{path}: cannot write ({exc.strerror}); check the destination") from exc
-        return ObjectInfo(key, len(data), hashlib.sha256(data).hexdigest())
+        return ObjectInfo(key, status.st_size, _etag(status), status.st_mtime)
 
     @contextmanager
     def _lock(self) -> Iterator[None]:
@@ -97,26 +116,26 @@ class LocalStorage:
                 )
             return self.put(key, data, content_type=content_type, cache_control=cache_control)
 
-    def put_many(self, artifacts: Sequence[Artifact]) -> None:
-        for artifact in artifacts:
-            self.put(
-                artifact.key, artifact.data, content_type=artifact.content_type, cache_control=artifact.cache_control
-            )
+    def put_many(self, artifacts: Sequence[Artifact]) -> list[ObjectInfo]:
+        return [self.put(a.key, a.data, content_type=a.content_type, cache_control=a.cache_control) for a in artifacts]
 
     def list(self, prefix: str = "") -> list[ObjectInfo]:
         found: list[ObjectInfo] = []
         if not self.root.is_dir():
             return found
         for dirpath, dirnames, filenames in os.walk(self.root):
-            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+            dirnames[:] = sorted(dirnames)
             for name in sorted(filenames):
-                if name.startswith("."):
-                    continue
-                rel = os.path.relpath(os.path.join(dirpath, name), self.root).replace(os.sep, "/")
+                if name == LOCK_NAME or (name.startswith(".") and name.endswith(".tmp")):
+                    continue  # the lock file, and temp files of a write in progress
+                full = os.path.join(dirpath, name)
+                rel = os.path.relpath(full, self.root).replace(os.sep, "/")
                 if rel.startswith(prefix):
-                    info = self.head(rel)
-                    if info is not None:
-                        found.append(info)
+                    try:
+                        status = os.stat(full)
+                    except FileNotFoundError:
+                        continue
+                    found.append(ObjectInfo(rel, status.st_size, _etag(status), status.st_mtime))
         return found
 
     def delete(self, key: str) -> None:

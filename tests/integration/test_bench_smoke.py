@@ -1,0 +1,75 @@
+"""`invoke bench` works end to end on a tiny corpus: correctness of the harness only, never a timing threshold.
+
+`--quick` skips coreutils, the torf CLI and transmission-create and installs nothing (mktorrent is timed only
+if it is already installed), so this stays fast and needs no registry. The corpus, work files and demo key go
+to a temporary cache (`MIRRORSEED_BENCH_CACHE`), the results to a temporary JSON file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from pipeline.bench import distribution_path
+
+pytestmark = pytest.mark.integration
+
+ROOT = Path(__file__).resolve().parents[2]
+MIRRORSEED_ROWS = ("mirrorseed-full", "mirrorseed-noop", "mirrorseed-changed", "mirrorseed-noop-1")
+
+
+def test_bench_quick_smoke(tmp_path: Path) -> None:
+    if not distribution_path(ROOT).is_file():
+        pytest.skip(f"{distribution_path(ROOT)} is missing (the benchmark needs ../shared beside the repository)")
+    out = tmp_path / "results.json"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MIRRORSEED_")}
+    env.pop("GNUPGHOME", None)
+    env["MIRRORSEED_BENCH_CACHE"] = str(tmp_path / "cache")
+    done = subprocess.run(
+        [sys.executable, "-m", "invoke", "--search-root", str(ROOT), "bench"]
+        + ["--files", "50", "--total-gb", "0.05", "--runs", "1", "--quick", "--out", str(out)],
+        cwd=tmp_path,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    doc = json.loads(out.read_text())
+    rows = {row["key"]: row for row in doc["rows"]}
+
+    assert doc["corpus"]["files"] == 50 and 0 < doc["corpus"]["bytes"] <= 50_000_000
+    assert doc["machine"]["nproc"] >= 1 and doc["machine"]["python"]
+    for key in ("ceiling-1", "ceiling-2", "walk", "walk-1", "torf-api", *MIRRORSEED_ROWS):
+        row = rows[key]
+        assert row["status"] == "ok", (key, row["reason"])
+        assert len(row["runs"]) == 1
+        assert row["median_wall_s"] > 0 and row["peak_rss_bytes"] > 0, key
+    for key in MIRRORSEED_ROWS:
+        stages = rows[key]["runs"][0]["stages"]
+        assert stages and sum(stages.values()) > 0, key
+    assert [r["action"] for r in rows["mirrorseed-full"]["runs"]] == ["publish"]
+    assert [r["action"] for r in rows["mirrorseed-noop"]["runs"]] == ["noop"]
+    assert [r["changed_files"] for r in rows["mirrorseed-changed"]["runs"]] == [1]
+    for key in ("torf-cli", "transmission-create", "coreutils"):
+        assert rows[key]["status"] == "skipped"
+
+    ratios = doc["ratios"]
+    for name in ("core_stages_over_ceiling_2", "speedup_vs_torf_api", "noop_wall_s", "changed_limit_s", "peak_rss_mb"):
+        assert isinstance(ratios[name], float) and ratios[name] > 0, name
+    assert "noop_per_file_over_walk" in ratios  # None when the walk's difference is below timer noise
+    assert len(doc["targets"]) == 7
+    assert all(t["result"] in ("PASS", "MISS", "n/a") for t in doc["targets"])
+    assert sum(t["result"] != "n/a" for t in doc["targets"]) >= 6
+
+    # the corpus is left as built (the 1%-changed run's edits are undone)
+    corpus = Path(doc["corpus"]["path"])
+    assert (corpus / "complete.json").is_file() and not (corpus / "dirty.json").exists()
+    assert "| target (issue 3) |" in done.stdout and doc["table"] in done.stdout

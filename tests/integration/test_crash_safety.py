@@ -1,0 +1,115 @@
+"""A run killed (SIGKILL) at each fault point of the publish stage leaves the old or the new publication, complete.
+
+A client only ever sees a pointer whose index, torrents and metalinks all exist and agree; re-running finishes
+the publication without re-uploading what is already there.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import signal
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import torf
+import zstandard
+
+from pipeline.demo import DebSpec, build_debian_repo
+from pipeline.signing import verify_signed_message
+from tests.integration.conftest import PACKAGES, SigningKey, run_cli
+
+pytestmark = pytest.mark.integration
+
+Fetch = Callable[[str], bytes | None]
+
+FAULT_POINTS = ["content:1", "content:3", "index", "pointer", "listings", "delete"]
+
+
+def client_view(fetch: Fetch, key: SigningKey) -> int:
+    """What a user sees: verify latest.asc, the index it names, and every object the index names. -> sequence."""
+    signed = fetch("latest.asc")
+    assert signed is not None, "latest.asc missing"
+    pointer = json.loads(verify_signed_message(signed, keyring=key.keyring, fingerprint=key.fingerprint))
+    index_zst = fetch(pointer["index"]["path"])
+    assert index_zst is not None, pointer["index"]["path"]
+    assert hashlib.sha256(index_zst).hexdigest() == pointer["index"]["sha256"]
+    assert fetch(pointer["index"]["path"] + ".sig") is not None
+    assert fetch(pointer["index_torrent"]) is not None
+    index = json.loads(zstandard.ZstdDecompressor().decompress(index_zst))
+    for record in index["packages"]:
+        assert fetch(record["metalink"]) is not None, record["metalink"]
+        if record["torrent"] is not None:
+            torrent = fetch(record["torrent"])
+            assert torrent is not None, record["torrent"]
+            assert torf.Torrent.read_stream(io.BytesIO(torrent)).infohash == record["infohash"], record["path"]
+    sequence: int = pointer["sequence"]
+    return sequence
+
+
+def release_args(snapshot: Path, dest: str, key: SigningKey) -> list[str]:
+    return [
+        "release", "--snapshot", str(snapshot), "--dest", dest, "--key", key.fingerprint, "--repo", "crash",
+        "--public-url", "http://127.0.0.1:9/pub", "--webseed", "http://127.0.0.1:9/mirror", "--json",
+    ]  # fmt: skip
+
+
+def crash_and_recover(
+    debian_repo: Path, dest: str, fetch: Fetch, key: SigningKey, fault: str, env: dict[str, str]
+) -> None:
+    env = {**env, "GNUPGHOME": str(key.gnupghome)}
+    first = run_cli(*release_args(debian_repo, dest, key), env=env)
+    assert first.returncode == 0, first.stderr
+    assert client_view(fetch, key) == 1
+
+    # the next sync: two packages added, one removed -> a run that is killed at `fault`
+    for pool_deb in debian_repo.glob("pool/**/tilde-demo_*.deb"):
+        pool_deb.unlink()
+    build_debian_repo(
+        debian_repo,
+        (
+            *[p for p in PACKAGES if p.name != "tilde-demo"],
+            DebSpec(name="added-one", version="1.0-1", description="new"),
+            DebSpec(name="added-two", version="2.0-1", description="new too"),
+        ),
+    )
+    killed = run_cli(*release_args(debian_repo, dest, key), env={**env, "MIRRORSEED_FAULT": fault})
+    assert killed.returncode in (-signal.SIGKILL, 128 + signal.SIGKILL), (killed.returncode, killed.stderr)
+    seen = client_view(fetch, key)
+    assert seen == (1 if fault.startswith(("content", "index", "pointer")) else 2)
+
+    rerun = run_cli(*release_args(debian_repo, dest, key), env=env)
+    assert rerun.returncode == 0, rerun.stderr
+    report = json.loads(rerun.stdout)
+    assert client_view(fetch, key) == 2
+    if fault in ("index", "pointer"):
+        # every torrent and metalink went up before the kill: none is uploaded again
+        assert not [k for k in report["planned_keys"] if k.startswith(("torrents/", "metalinks/"))]
+    if fault.startswith("content"):
+        uploaded = int(fault.split(":")[1])
+        again = [k for k in report["planned_keys"] if k.startswith(("torrents/", "metalinks/"))]
+        assert len(again) == 2 * 2 - uploaded  # two new packages: a torrent and a metalink each
+    if fault in ("listings", "delete"):
+        assert report["action"] == "finish" and report["sequence"] == 2
+        assert not [k for k in report["planned_keys"] if k.startswith(("torrents/", "metalinks/", "index/"))]
+    front = fetch("index.html")
+    assert front is not None and b"Index sequence 2," in front
+    browse = fetch("browse/pool/main/a/added-one/index.html")
+    assert browse is not None and b"added-one" in browse
+    final = run_cli(*release_args(debian_repo, dest, key), env=env)
+    assert json.loads(final.stdout)["action"] == "noop"
+
+
+@pytest.mark.parametrize("fault", FAULT_POINTS)
+def test_local_destination_survives_a_kill_at_every_point(
+    debian_repo: Path, signing_key: SigningKey, tmp_path: Path, fault: str
+) -> None:
+    dest = tmp_path / "dest"
+
+    def fetch(key: str) -> bytes | None:
+        path = dest / key
+        return path.read_bytes() if path.is_file() else None
+
+    crash_and_recover(debian_repo, str(dest), fetch, signing_key, fault, env={})

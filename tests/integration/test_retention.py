@@ -1,0 +1,55 @@
+"""Retention: objects a publication of the last `retention` reaches are kept; older ones go after the commit."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from pipeline.config import Settings
+from pipeline.run import release
+from tests.integration.conftest import SigningKey
+
+pytestmark = pytest.mark.integration
+T0 = datetime(2026, 11, 1, tzinfo=UTC)
+
+
+def test_unreferenced_objects_are_kept_for_the_retention_window_then_deleted(
+    signing_key: SigningKey, tmp_path: Path
+) -> None:
+    snap, dest = tmp_path / "snap", tmp_path / "dest"
+    snap.mkdir()
+    for name in ("a", "b", "c"):
+        (snap / name).mkdir()
+        (snap / name / f"{name}.bin").write_bytes(name.encode() * 30_000)
+    settings = Settings(
+        snapshot=snap, format="flat", dest=str(dest), public_url="http://127.0.0.1:9/pub", repo="ret",
+        key=signing_key.fingerprint, gnupghome=signing_key.gnupghome, state=tmp_path / "state.sqlite",
+    )  # fmt: skip
+    first = release(settings, now=lambda: T0)
+    first_index = dest / (first.planned_keys and next(k for k in first.planned_keys if k.endswith(".json.zst")))
+    assert first_index.is_file()
+
+    (snap / "c" / "c.bin").unlink()
+    second = release(settings, now=lambda: T0 + timedelta(days=1))
+    assert second.removed == ("c/c.bin",) and second.deleted_keys == ()
+    assert (dest / "torrents/c/c.bin.torrent").is_file()  # the first index (1 day old) still names it
+    assert (dest / "browse/c/index.html").is_file()
+
+    (snap / "d.bin").write_bytes(b"d" * 5000)
+    plan = release(replace(settings, dry_run=True), now=lambda: T0 + timedelta(days=16))
+    assert "torrents/c/c.bin.torrent" in plan.deleted_keys
+    assert (dest / "torrents/c/c.bin.torrent").is_file()  # a dry run deletes nothing
+
+    third = release(settings, now=lambda: T0 + timedelta(days=16))
+    assert third.sequence == 3
+    deleted = set(third.deleted_keys)
+    assert {"torrents/c/c.bin.torrent", "metalinks/c/c.bin.meta4", "browse/c/index.html"} <= deleted
+    assert str(first_index.relative_to(dest)) in deleted  # index 1 was last current 15 days ago
+    assert not (dest / "torrents/c/c.bin.torrent").exists() and not first_index.exists()
+    # everything the current publication reaches is still there
+    for key in ("torrents/a/a.bin.torrent", "torrents/b/b.bin.torrent", "torrents/d.bin.torrent", "latest.asc"):
+        assert (dest / key).is_file(), key
+    assert not any(k.startswith(("torrents/a/", "torrents/b/", "torrents/d")) for k in deleted)
