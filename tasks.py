@@ -201,4 +201,105 @@ def bench(
         announce(f"bench: results in {result.json_path}")
 
 
-ns = Collection(release, demo, test, bench)
+@task(
+    help={
+        "public_url": "the publication's HTTP(S) base URL, as users are given it",
+        "keyring": "binary public keyring to pin, e.g. the saved signing-key.gpg",
+        "fingerprint": "pinned primary key fingerprint (default: the keyring's only primary key)",
+        "state_file": "highest sequence seen (default ~/.cache/mirrorseed/verify-<host>.json)",
+        "sample": "how many packages' webseed URLs to probe (default 20)",
+        "timeout": "seconds per network read (default 10)",
+        "json": "print the report as JSON on stdout",
+        "verbose": "debug logging and tracebacks",
+    }
+)
+def verify(
+    c: Context,
+    public_url: str | None = None,
+    keyring: str | None = None,
+    fingerprint: str | None = None,
+    state_file: str | None = None,
+    sample: str | None = None,
+    timeout: str | None = None,
+    json_: bool = False,
+    verbose: bool = False,
+) -> None:
+    """Audit a publication as a user sees it, over HTTP only: OK line, or one line per problem and exit 1."""
+    with _pipeline_errors(verbose):
+        from pipeline.errors import ConfigError
+        from pipeline.verify import VerifySpec, verify_publication
+
+        if not public_url or not keyring:
+            raise ConfigError("verify needs --public-url URL and --keyring FILE (the publication's signing-key.gpg)")
+        try:
+            sample_count = 20 if sample is None else int(sample)
+            timeout_seconds = 10.0 if timeout is None else float(timeout)
+        except ValueError:
+            raise ConfigError(f"--sample {sample!r} / --timeout {timeout!r}: give whole / decimal numbers") from None
+        report = verify_publication(
+            VerifySpec(
+                public_url=public_url,
+                keyring=Path(keyring),
+                fingerprint=fingerprint,
+                state_file=Path(state_file) if state_file else None,
+                sample=sample_count,
+                timeout=timeout_seconds,
+            )
+        )
+    if json_:
+        print(json.dumps(report.to_json(), indent=2, sort_keys=True))
+    else:
+        for line in report.lines():
+            print(line)
+    if not report.ok:
+        raise Exit(report.summary(), code=1)
+
+
+ns = Collection(release, demo, test, bench, verify)
+
+
+@task(
+    name="bootstrap",
+    auto_shortflags=False,
+    help={
+        "dest": "the S3 destination, s3://bucket[/prefix] (default: dest from the settings)",
+        "config": "settings file (TOML); default ./mirror.toml if present",
+        "s3_endpoint_url": "S3 endpoint for non-AWS stores (or MIRRORSEED_S3_ENDPOINT_URL)",
+        "s3_region": "bucket region (or MIRRORSEED_S3_REGION)",
+        "s3_profile": "AWS profile for the credentials (default: the AWS_* environment)",
+        "s3_addressing_style": "auto | path | virtual",
+        "create_bucket": "create the bucket if it does not exist",
+        "verbose": "debug logging and tracebacks",
+    },
+)
+def infra_bootstrap(
+    c: Context,
+    dest: str | None = None,
+    config: str | None = None,
+    s3_endpoint_url: str | None = None,
+    s3_region: str | None = None,
+    s3_profile: str | None = None,
+    s3_addressing_style: str | None = None,
+    create_bucket: bool = False,
+    verbose: bool = False,
+) -> None:
+    """Apply infra/ to the bucket: anonymous GetObject policy, multipart-abort lifecycle, CORS (idempotent)."""
+    with _pipeline_errors(verbose):
+        from pipeline.infra import bootstrap
+
+        settings = _settings(
+            config,
+            {
+                "dest": dest,
+                "s3_endpoint_url": s3_endpoint_url,
+                "s3_region": s3_region,
+                "s3_profile": s3_profile,
+                "s3_addressing_style": s3_addressing_style,
+            },
+        )
+        report = bootstrap(settings, infra_dir=ROOT / "infra", create_bucket=create_bucket)
+        for line in report.lines():
+            print(line)
+
+
+ns.add_collection(Collection("infra", infra_bootstrap))

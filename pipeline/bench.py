@@ -64,6 +64,11 @@ SUBSET_FILES = 100  # slow per-file peers (start-up ~0.2-0.5 s a file) run on a 
 SUBSET_ABOVE = 300  # ...this many files, extrapolated per file
 CHANGED_FRACTION = 0.01
 SAMPLE_INTERVAL_S = 0.01
+# Before each timed run, wait up to QUIET_WAIT_S for other jobs on the machine to use under QUIET_CORES; what
+# they still use during the run is measured and shown ("other load"): compare rows with little of it.
+QUIET_WAIT_S = 10.0
+QUIET_CORES = 0.15
+BUSY_LOAD = 0.25  # a run during which other jobs used this many cores is flagged
 RUN_TIMEOUT_S = 3 * 3600
 MKTORRENT_MIN_LOG2 = 15  # mktorrent 1.1 refuses pieces under 32 KiB
 
@@ -161,6 +166,14 @@ class Measurement:
     action: str | None = None
     files_hashed: int | None = None
     changed_files: int | None = None
+    cpu_s: float = 0.0
+    other_cpu_s: float = 0.0
+    steal_s: float = 0.0
+
+    @property
+    def other_load(self) -> float:
+        """Cores' worth of CPU other processes used during the run (0.5 = half a core)."""
+        return self.other_cpu_s / self.wall_s if self.wall_s > 0 else 0.0
 
     def stage_sum(self, names: Iterable[str]) -> float | None:
         present = [self.stages[n] for n in names if n in self.stages]
@@ -175,6 +188,9 @@ class Measurement:
             "action": self.action,
             "files_hashed": self.files_hashed,
             "changed_files": self.changed_files,
+            "cpu_s": round(self.cpu_s, 3),
+            "other_cpu_s": round(self.other_cpu_s, 3),
+            "steal_s": round(self.steal_s, 3),
         }
 
 
@@ -217,6 +233,10 @@ class Row:
     def peak_rss_bytes(self) -> int | None:
         return max(m.peak_rss_bytes for m in self.runs) if self.ok else None
 
+    @property
+    def median_other_load(self) -> float | None:
+        return statistics.median(m.other_load for m in self.runs) if self.ok else None
+
     def median_stage(self, name: str) -> float | None:
         values = [m.stages[name] for m in self.runs if name in m.stages]
         return statistics.median(values) if self.ok and values else None
@@ -241,6 +261,7 @@ class Row:
             "median_wall_s": _round(self.median_wall_s),
             "estimate_wall_s": _round(self.estimate_wall_s),
             "peak_rss_bytes": self.peak_rss_bytes,
+            "median_other_load_cores": _round(self.median_other_load),
             "median_stages": {n: _round(self.median_stage(n)) for n in _stage_names([self])},
             "runs": [m.to_json() for m in self.runs],
         }
@@ -610,6 +631,43 @@ class _Process:
     exit_code: int
     stdout: str
     stderr_tail: str
+    cpu_s: float  # user + system of the process and the children it reaped
+    other_cpu_s: float  # CPU the rest of the machine used meanwhile (other jobs on this shared VM)
+    steal_s: float  # time the hypervisor gave our vCPUs to someone else
+
+
+_CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def _cpu_ticks() -> tuple[int, int]:
+    """(busy, steal) clock ticks summed over all CPUs, from /proc/stat."""
+    try:
+        with open("/proc/stat", "rb") as handle:
+            fields = [int(v) for v in handle.readline().split()[1:9]]
+    except (OSError, ValueError):
+        return 0, 0
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (fields + [0] * 8)[:8]
+    return user + nice + system + irq + softirq, steal
+
+
+def _self_cpu() -> float:
+    times = os.times()
+    return times.user + times.system
+
+
+def wait_for_quiet(max_wait_s: float, *, threshold_cores: float = QUIET_CORES, window_s: float = 0.25) -> float:
+    """Wait (at most max_wait_s) until the rest of the machine uses under `threshold_cores`; returns the wait."""
+    started = time.perf_counter()
+    while True:
+        busy0, _ = _cpu_ticks()
+        self0, t0 = _self_cpu(), time.perf_counter()
+        time.sleep(window_s)
+        busy1, _ = _cpu_ticks()
+        elapsed = time.perf_counter() - t0
+        other = (busy1 - busy0) / _CLK_TCK - (_self_cpu() - self0)
+        waited = time.perf_counter() - started
+        if other / elapsed < threshold_cores or waited >= max_wait_s:
+            return waited
 
 
 def _run_process(argv: Sequence[str], *, env: Mapping[str, str], cwd: Path, scratch: Path) -> _Process:
@@ -617,6 +675,8 @@ def _run_process(argv: Sequence[str], *, env: Mapping[str, str], cwd: Path, scra
     stdout_path = scratch / "stdout"
     stderr_path = scratch / "stderr"
     with stdout_path.open("wb") as out, stderr_path.open("wb") as err:
+        busy0, steal0 = _cpu_ticks()
+        self0 = _self_cpu()
         started = time.perf_counter()
         proc = subprocess.Popen(
             list(argv), env=dict(env), cwd=cwd, stdin=subprocess.DEVNULL, stdout=out, stderr=err, start_new_session=True
@@ -626,7 +686,7 @@ def _run_process(argv: Sequence[str], *, env: Mapping[str, str], cwd: Path, scra
         timer = threading.Timer(RUN_TIMEOUT_S, _kill_group, (proc.pid,))
         timer.start()
         try:
-            _, status, _usage = os.wait4(proc.pid, 0)
+            _, status, usage = os.wait4(proc.pid, 0)
         except BaseException:
             _kill_group(proc.pid)
             proc.wait()
@@ -634,13 +694,17 @@ def _run_process(argv: Sequence[str], *, env: Mapping[str, str], cwd: Path, scra
         finally:
             timer.cancel()
         wall = time.perf_counter() - started
+        busy1, steal1 = _cpu_ticks()
         proc.returncode = os.waitstatus_to_exitcode(status)
         sampler.stop()
+    cpu = usage.ru_utime + usage.ru_stime
+    other = max(0.0, (busy1 - busy0) / _CLK_TCK - cpu - (_self_cpu() - self0))
     # Not wait4's ru_maxrss: after fork + exec it carries the forking process's (this bench's) RSS.
     peak = sampler.peak
     stderr = stderr_path.read_bytes()[-4000:].decode("utf-8", "replace")
     tail = next((line.strip() for line in reversed(stderr.splitlines()) if line.strip()), "no error output")
-    return _Process(wall, peak, proc.returncode, stdout_path.read_text("utf-8", "replace"), tail[:300])
+    stdout = stdout_path.read_text("utf-8", "replace")
+    return _Process(wall, peak, proc.returncode, stdout, tail[:300], cpu, other, (steal1 - steal0) / _CLK_TCK)
 
 
 def _kill_group(pid: int) -> None:
@@ -681,11 +745,19 @@ class _Timer:
             try:
                 if prepare is not None:
                     prepare(attempt)
+                wait_for_quiet(QUIET_WAIT_S)
                 warm(self.warm_paths)
                 done = _run_process(argv, env=env or self.env, cwd=self.cwd, scratch=self.scratch)
                 if done.exit_code != 0:
                     raise _RowFailed(f"exit {done.exit_code}: {done.stderr_tail}")
-                measurement = Measurement(done.wall_s, done.peak_rss_bytes, done.exit_code)
+                measurement = Measurement(
+                    done.wall_s,
+                    done.peak_rss_bytes,
+                    done.exit_code,
+                    cpu_s=done.cpu_s,
+                    other_cpu_s=done.other_cpu_s,
+                    steal_s=done.steal_s,
+                )
                 if parse is not None:
                     measurement = parse(measurement, done.stdout)
             except (_RowFailed, PipelineError, OSError, subprocess.SubprocessError) as exc:
@@ -698,6 +770,8 @@ class _Timer:
             extra = ""
             if measurement.action is not None:
                 extra = f", {measurement.action}, {measurement.files_hashed} files hashed"
+            if measurement.other_load >= BUSY_LOAD:
+                extra += f"; other jobs used {measurement.other_load:.2f} cores meanwhile"
             self.announce(
                 f"bench: {row.label}: {which} {measurement.wall_s:.3f} s, "
                 f"peak RSS {measurement.peak_rss_bytes / 1e6:.0f} MB{extra}"
@@ -1325,12 +1399,12 @@ def render_table(
         f"before every run; each time is a whole process, the median of {options['runs']} runs after 1 warm-up; "
         f"peak RSS is summed over the process tree (worst run). Bench took {elapsed_s / 60:.1f} min.",
         "",
-        "| row | what | s (median) | MB/s | files/s | peak RSS MB | notes |",
-        "|---|---|---:|---:|---:|---:|---|",
+        "| row | what | s (median) | MB/s | files/s | peak RSS MB | other load | notes |",
+        "|---|---|---:|---:|---:|---:|---:|---|",
     ]
     for r in rows:
         if not r.ok:
-            lines.append(f"| {r.label} | {r.what} | — | — | — | — | {r.status}: {r.reason} |")
+            lines.append(f"| {r.label} | {r.what} | — | — | — | — | — | {r.status}: {r.reason} |")
             continue
         median = r.median_wall_s
         assert median is not None
@@ -1342,8 +1416,10 @@ def render_table(
         rss = r.peak_rss_bytes or 0
         mbps = r.bytes / median / 1e6
         fps = r.files / median
+        load = r.median_other_load or 0.0
         lines.append(
-            f"| {r.label} | {r.what} | {shown} | {mbps:,.0f} | {fps:,.0f} | {rss / 1e6:.0f} | {'; '.join(notes)} |"
+            f"| {r.label} | {r.what} | {shown} | {mbps:,.0f} | {fps:,.0f} | {rss / 1e6:.0f} | {load:.2f} "
+            f"| {'; '.join(notes)} |"
         )
 
     ms_rows = [r for r in rows if r.group == "mirrorseed" and r.ok]
@@ -1390,7 +1466,9 @@ def render_table(
         "*per-file cost* = (whole-process median on this corpus − the same command's on a one-file corpus) / "
         "(files − 1), for both the no-change re-run and the bare walk; *N× faster* = peer's whole-process time / "
         "mirrorseed full build's; rows marked ~ ran on a random subset and are extrapolated per file "
-        "(their start-up per file dominates). mktorrent uses the same piece size as mirrorseed but at least 32 KiB "
+        "(their start-up per file dominates); *other load* = median cores' worth of CPU that other jobs on this "
+        "shared machine used during the runs (each run first waits up to 10 s for under 0.15): a row with much of it "
+        "is slowed by them. mktorrent uses the same piece size as mirrorseed but at least 32 KiB "
         "(its minimum); torf CLI has no piece-size flag and picks its own.",
     ]
     return "\n".join(lines) + "\n"

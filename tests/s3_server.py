@@ -26,6 +26,8 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -236,6 +238,17 @@ class SeaweedServer:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait(timeout=STOP_TIMEOUT)
+        self._remove_sockets()
+
+    def _remove_sockets(self) -> None:
+        """The Unix sockets weed leaves in the temp dir (seaweedfs-s3-<port>.sock …), for our ports only."""
+        ports = {self.base_port + i for i in range(SERVICES)} | {
+            self.base_port + GRPC_OFFSET + i for i in range(SERVICES)
+        }
+        for path in Path(tempfile.gettempdir()).glob("seaweedfs-*.sock"):
+            number = path.stem.rsplit("-", 1)[-1]
+            if number.isdigit() and int(number) in ports:
+                path.unlink(missing_ok=True)
 
     def stop(self) -> None:
         """SIGTERM, up to 10 s, then SIGKILL; a temporary data dir is removed."""
@@ -286,8 +299,14 @@ class SeaweedServer:
 
     def make_bucket(self, name: str, public_read: bool = True) -> str:
         """Create bucket `name` (AWS naming rules); public_read: anonymous s3:GetObject (infra/bucket-policy.json)."""
+        from botocore.exceptions import ClientError
+
         client = self.client()
-        client.create_bucket(Bucket=name)
+        try:
+            client.create_bucket(Bucket=name)
+        except ClientError as exc:  # a persistent data dir (demo) keeps its buckets across restarts
+            if exc.response.get("Error", {}).get("Code") != "BucketAlreadyOwnedByYou":
+                raise
         if public_read:
             policy = POLICY_FILE.read_text().replace("arn:aws:s3:::BUCKET/", f"arn:aws:s3:::{name}/")
             json.loads(policy)
@@ -301,3 +320,16 @@ class SeaweedServer:
         url = f"{self.endpoint}/{quote(bucket, safe='')}"
         prefix = prefix.strip("/")
         return url + ("/" + "/".join(quote(p, safe="") for p in prefix.split("/")) if prefix else "")
+
+
+def anonymous_request(
+    url: str, method: str = "GET", headers: dict[str, str] | None = None, data: bytes | None = None
+) -> tuple[int, dict[str, str], bytes]:
+    """One unsigned HTTP request, as a user or aria2 makes it: (status, headers, body); errors are answers too."""
+    request = urllib.request.Request(url, method=method, headers=headers or {}, data=data)
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status, dict(response.headers.items()), response.read()
+    except urllib.error.HTTPError as exc:
+        with exc:
+            return exc.code, dict(exc.headers.items()), exc.read()

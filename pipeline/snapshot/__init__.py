@@ -1,8 +1,7 @@
 """The scan stage: a snapshot directory -> `Snapshot` (the files to publish, sorted by path, unique).
 
-`scan_snapshot(ScanSpec(root=...))` picks the format adapter (`debian`, `flat`; `arch` is not
-supported yet), refuses to run while a configured sync lock exists, and only stats files: hashing
-is a later stage.
+`scan_snapshot(ScanSpec(root=...))` picks the format adapter (`debian`, `arch`, `flat`), refuses
+to run while a configured sync lock exists, and only stats files: hashing is a later stage.
 """
 
 from __future__ import annotations
@@ -18,6 +17,7 @@ from pathlib import Path
 from pipeline.config import FORMATS
 from pipeline.errors import ConfigError, SnapshotError
 from pipeline.model import FileEntry, Snapshot, SnapshotFormat
+from pipeline.snapshot.arch import ArchSelection, scan_arch
 from pipeline.snapshot.debian import PACKAGES_NAMES, DebianSelection, scan_debian
 from pipeline.snapshot.flat import scan_flat
 
@@ -33,7 +33,7 @@ _DEBIAN_SKIPPED_DIRS = frozenset({"by-hash", "i18n", "dep11", "source"})
 
 @dataclass(frozen=True)
 class ScanSpec:
-    """What to scan. Empty suites/components/architectures mean all found (Debian only)."""
+    """What to scan. Empty suites/components/architectures mean all found (Arch: suites are the repos)."""
 
     root: Path
     format: str = "auto"  # "auto" | "debian" | "arch" | "flat"
@@ -53,6 +53,14 @@ def scan_snapshot(spec: ScanSpec) -> Snapshot:
     root_bytes = os.fsencode(root_real)
     if snapshot_format == "flat":
         return _snapshot(root_real, "flat", scan_flat(root_bytes), ())
+    if snapshot_format == "arch":
+        if spec.components or spec.upstream_keyring:
+            raise ConfigError(
+                f"{root_real}: an Arch snapshot; components and upstream_keyring apply to Debian snapshots only, "
+                "remove them (select Arch repos with suites)"
+            )
+        arch = scan_arch(root_bytes, ArchSelection(repos=spec.suites, architectures=spec.architectures))
+        return _snapshot(root_real, "arch", arch.files, arch.repos)
     selection = DebianSelection(
         suites=spec.suites,
         components=spec.components,
@@ -141,9 +149,7 @@ def _resolve_format(root_real: Path, requested: str) -> SnapshotFormat:
                 "pass --format flat to publish every file as it is"
             )
     if requested == "arch":
-        raise SnapshotError(
-            f"{root_real}: the arch format is not supported yet; pass --format flat to publish the files as they are"
-        )
+        return "arch"
     return "debian" if requested == "debian" else "flat"
 
 

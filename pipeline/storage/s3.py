@@ -100,7 +100,7 @@ def make_client(settings: Settings) -> S3Client:
     from botocore.exceptions import BotoCoreError, ProfileNotFound
 
     config = Config(
-        retries={"mode": "standard", "max_attempts": settings.s3_max_attempts},
+        retries={"mode": "standard", "total_max_attempts": settings.s3_max_attempts},  # incl. the first
         connect_timeout=settings.s3_connect_timeout,
         read_timeout=settings.s3_read_timeout,
         max_pool_connections=max(10, settings.upload_concurrency + 2),
@@ -131,19 +131,25 @@ def translate_error(exc: Exception, subject: str, *, endpoint: str, bucket: str,
         ClientError,
         ConnectionClosedError,
         ConnectTimeoutError,
-        EndpointConnectionError,
         NoCredentialsError,
         PartialCredentialsError,
         ReadTimeoutError,
+        SSLError,
     )
+    from botocore.exceptions import ConnectionError as BotoConnectionError
 
     where = f"s3://{bucket}/{subject}" if subject else f"s3://{bucket}"
-    if isinstance(exc, ConnectTimeoutError | EndpointConnectionError | ReadTimeoutError | ConnectionClosedError):
-        reason = {
-            ConnectTimeoutError: "connect timed out",
-            ReadTimeoutError: "read timed out",
-            ConnectionClosedError: "connection closed",
-        }.get(type(exc), "connection failed")
+    if isinstance(exc, BotoConnectionError | ReadTimeoutError):  # refused, DNS, connect/read timeouts, TLS
+        if isinstance(exc, ConnectTimeoutError):
+            reason = "connect timed out"
+        elif isinstance(exc, ReadTimeoutError):
+            reason = "read timed out"
+        elif isinstance(exc, ConnectionClosedError):
+            reason = "connection closed"
+        elif isinstance(exc, SSLError):
+            reason = "TLS failed"
+        else:
+            reason = "connection failed"
         return StorageError(
             f"{where}: cannot reach the S3 endpoint {endpoint} ({reason} while trying to {action}); "
             "check s3_endpoint_url and the network"
@@ -203,8 +209,8 @@ class S3Storage:
         return full[len(self.prefix) + 1 :] if self.prefix else full
 
     def _error(self, exc: Exception, key: str, action: str) -> StorageError:
-        return translate_error(exc, self._key(key) if key else self.prefix, endpoint=self.endpoint,
-                               bucket=self.bucket, action=action)  # fmt: skip
+        subject = self._key(key) if key else self.prefix
+        return translate_error(exc, subject, endpoint=self.endpoint, bucket=self.bucket, action=action)
 
     # --- reads -----------------------------------------------------------------------------------------
 
@@ -307,6 +313,7 @@ class S3Storage:
         }
 
     def put(self, key: str, data: bytes, *, content_type: str, cache_control: str) -> ObjectInfo:
+        from boto3.exceptions import S3UploadFailedError
         from botocore.exceptions import BotoCoreError, ClientError
 
         args = self._put_args(key, data, content_type, cache_control)
@@ -317,6 +324,10 @@ class S3Storage:
             response = self.client.put_object(Body=data, ContentMD5=md5, **args)
         except (ClientError, BotoCoreError) as exc:
             raise self._error(exc, key, "write it") from None
+        except S3UploadFailedError as exc:  # the managed upload wraps the ClientError
+            inner = exc.__cause__ or exc.__context__
+            cause = inner if isinstance(inner, ClientError | BotoCoreError) else exc
+            raise self._error(cause, key, "write it") from None
         return ObjectInfo(key, len(data), response["ETag"], None)
 
     def _put_large(self, key: str, data: bytes, args: dict[str, Any]) -> ObjectInfo:
@@ -336,20 +347,27 @@ class S3Storage:
             raise StorageError(f"s3://{self.bucket}/{args['Key']}: missing right after its upload; check the store")
         return info
 
-    def put_conditional(
-        self, key: str, data: bytes, *, content_type: str, cache_control: str, if_match: str | None
-    ) -> ObjectInfo:
-        """A single PUT with `If-None-Match: *` (if_match None) or `If-Match: <etag>`; 412/409 -> conflict."""
-        from botocore.exceptions import BotoCoreError, ClientError
-
+    def _put_conditional_raw(
+        self, key: str, data: bytes, content_type: str, cache_control: str, if_match: str | None
+    ) -> str:
+        """One PUT with `If-None-Match: *` (if_match None) or `If-Match: <etag>`; returns the new ETag and
+        lets botocore's errors through."""
         args = self._put_args(key, data, content_type, cache_control)
         if if_match is None:
             args["IfNoneMatch"] = "*"
         else:
             args["IfMatch"] = if_match
         md5 = base64.b64encode(hashlib.md5(data, usedforsecurity=False).digest()).decode()
+        return self.client.put_object(Body=data, ContentMD5=md5, **args)["ETag"]
+
+    def put_conditional(
+        self, key: str, data: bytes, *, content_type: str, cache_control: str, if_match: str | None
+    ) -> ObjectInfo:
+        """A single PUT with `If-None-Match: *` (if_match None) or `If-Match: <etag>`; 412/409 -> conflict."""
+        from botocore.exceptions import BotoCoreError, ClientError
+
         try:
-            response = self.client.put_object(Body=data, ContentMD5=md5, **args)
+            etag = self._put_conditional_raw(key, data, content_type, cache_control, if_match)
         except ClientError as exc:
             if _error_code(exc) in _CONFLICT_CODES:
                 if if_match is None:
@@ -363,7 +381,7 @@ class S3Storage:
             raise self._error(exc, key, "write it") from None
         except BotoCoreError as exc:
             raise self._error(exc, key, "write it") from None
-        return ObjectInfo(key, len(data), response["ETag"], None)
+        return ObjectInfo(key, len(data), etag, None)
 
     def put_many(self, artifacts: Sequence[Artifact]) -> builtins.list[ObjectInfo]:
         """Parallel unconditional puts on a bounded pool sharing this client (boto3 clients are thread-safe).
@@ -415,36 +433,38 @@ class S3Storage:
         """Refuse a store that accepts but ignores If-None-Match / If-Match (publishing would not be atomic).
 
         Writes `.mirrorseed/probe-<random>` under the prefix three times (create-only, create-only again,
-        If-Match on a wrong ETag) and deletes it; the second and third writes must fail with 412.
+        If-Match on a wrong ETag) and deletes it; the second and third writes must fail with 412 (or 409).
         """
+        from botocore.exceptions import BotoCoreError, ClientError
+
         key = f"{PROBE_DIR}/probe-{secrets.token_hex(8)}"
         body = b"mirrorseed conditional-write probe\n"
-        kwargs = {"content_type": "text/plain; charset=us-ascii", "cache_control": "no-cache"}
-        unsupported = StorageError(
-            f"{self.endpoint}: the store ignores conditional writes (If-None-Match/If-Match); publishing would "
-            "not be atomic; use a store that supports them or pass --no-cas with an external lock"
-        )
-        try:
+        advice = "publishing would not be atomic; use a store that supports them or pass --no-cas with an external lock"
+
+        def written(if_match: str | None) -> bool:
             try:
-                self.put_conditional(key, body, if_match=None, **kwargs)
-            except PublishConflictError:
+                self._put_conditional_raw(key, body, "text/plain; charset=us-ascii", "no-cache", if_match)
+                return True
+            except ClientError as exc:
+                code = _error_code(exc)
+                if code in _CONFLICT_CODES:
+                    return False
+                if code in ("NotImplemented", "501"):
+                    raise StorageError(
+                        f"{self.endpoint}: the store does not implement conditional writes ({code} for "
+                        f"If-None-Match/If-Match); {advice}"
+                    ) from None
+                raise self._error(exc, key, "write the conditional-write probe") from None
+            except BotoCoreError as exc:
+                raise self._error(exc, key, "write the conditional-write probe") from None
+
+        if not written(None):
+            raise StorageError(f"{self.url}/{key}: the conditional-write probe key already exists; run again")
+        try:
+            if written(None) or written(_WRONG_ETAG):
                 raise StorageError(
-                    f"{self.url}/{key}: the conditional-write probe key already exists; run again"
-                ) from None
-            except StorageError as exc:
-                if "NotImplemented" in str(exc) or "(501" in str(exc):
-                    raise unsupported from None
-                raise
-            for if_match in (None, _WRONG_ETAG):
-                try:
-                    self.put_conditional(key, body, if_match=if_match, **kwargs)
-                except PublishConflictError:
-                    continue  # the condition was enforced
-                except StorageError as exc:
-                    if "NotImplemented" in str(exc) or "(501" in str(exc):
-                        raise unsupported from None
-                    raise
-                raise unsupported
+                    f"{self.endpoint}: the store ignores conditional writes (If-None-Match/If-Match); {advice}"
+                )
         finally:
             try:
                 self.delete(key)

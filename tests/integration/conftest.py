@@ -115,3 +115,13 @@ def tree_state(root: Path) -> dict[str, tuple[bytes, int]]:
         if path.is_file():
             state[str(path.relative_to(root))] = (path.read_bytes(), path.stat().st_mtime_ns)
     return state
+
+
+from tests.s3_server import SeaweedServer  # noqa: E402  (kept beside the fixture that uses it)
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> Iterator[SeaweedServer]:
+    """One SeaweedFS `weed mini` per test session on 127.0.0.1 (tests/s3_server.py); each test makes its own bucket."""
+    with SeaweedServer() as server:
+        yield server
