@@ -227,7 +227,7 @@ def hash_files(
 def check_expected(found: Iterable[tuple[FileEntry, str]]) -> None:
     """Raise one SnapshotError naming every file whose SHA-256 differs from the repository metadata."""
     mismatches = [
-        f"{entry.path}: SHA-256 {sha256} != Packages SHA256 {entry.expected_sha256}"
+        f"{entry.path}: SHA-256 {sha256} != repository metadata SHA-256 {entry.expected_sha256}"
         for entry, sha256 in found
         if entry.expected_sha256 is not None and sha256 != entry.expected_sha256.lower()
     ]

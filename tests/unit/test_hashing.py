@@ -157,7 +157,7 @@ def test_expected_sha256_mismatches_are_collected(tmp_path: Path) -> None:
     message = str(info.value)
     assert "\n" not in message
     assert message.startswith("pool/bad1.deb: SHA-256 ")
-    assert f"{hashlib.sha256(b'two').hexdigest()} != Packages SHA256 {'f' * 64}" in message
+    assert f"{hashlib.sha256(b'two').hexdigest()} != repository metadata SHA-256 {'f' * 64}" in message
     assert "pool/bad2.deb" in message and "pool/good.deb" not in message
     assert message.endswith("re-sync the mirror")
 

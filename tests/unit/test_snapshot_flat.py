@@ -202,12 +202,12 @@ def test_auto_never_falls_back_to_flat(tmp_path: Path) -> None:
         scan_snapshot(ScanSpec(root=tmp_path))
 
 
-def test_arch_layout_is_refused_as_not_supported_yet(tmp_path: Path) -> None:
-    write(tmp_path / "core" / "os" / "x86_64" / "core.db")
+def test_arch_layout_is_detected_and_a_bad_db_refused(tmp_path: Path) -> None:
+    write(tmp_path / "core" / "os" / "x86_64" / "core.db")  # not a tar: auto-detection must still pick arch
 
-    with pytest.raises(SnapshotError, match="arch format is not supported yet"):
+    with pytest.raises(SnapshotError, match="core.db: not a repository database"):
         scan_snapshot(ScanSpec(root=tmp_path))
-    with pytest.raises(SnapshotError, match="arch format is not supported yet"):
+    with pytest.raises(SnapshotError, match="core.db: not a repository database"):
         scan_snapshot(ScanSpec(root=tmp_path, format="arch"))
 
 
