@@ -68,6 +68,8 @@ SAMPLE_INTERVAL_S = 0.01
 # they still use during the run is measured and shown ("other load"): compare rows with little of it.
 QUIET_WAIT_S = 10.0
 QUIET_CORES = 0.15
+CHEAP_ROW_S = 1.0
+CHEAP_RUNS_FACTOR = 3
 BUSY_LOAD = 0.25  # a run during which other jobs used this many cores is flagged
 RUN_TIMEOUT_S = 3 * 3600
 MKTORRENT_MIN_LOG2 = 15  # mktorrent 1.1 refuses pieces under 32 KiB
@@ -147,7 +149,7 @@ class BenchOptions:
     total_gb: float = 4.0
     runs: int = 5
     out: Path | None = None  # JSON results; None: <repo>/.bench/results.json
-    quick: bool = False  # skip coreutils, torf CLI, transmission-create; install nothing
+    quick: bool = False  # skip coreutils, torf CLI, transmission-create; install nothing; no quiet wait
     cache_dir: Path | None = None  # None: default_cache_dir()
 
     @property
@@ -723,9 +725,14 @@ Parse = Callable[[Measurement, str], Measurement]
 
 @dataclass
 class _Timer:
-    """Runs rows: prepare (untimed) -> warm the corpus -> one timed whole process; warm-up + `runs`."""
+    """Runs rows: prepare (untimed) -> wait for a quiet machine -> warm the corpus -> one timed whole process.
+
+    One warm-up, then `runs` timed runs; a row whose warm-up took under CHEAP_ROW_S gets CHEAP_RUNS_FACTOR times
+    as many (its median would otherwise be at the mercy of a few ms of scheduling noise).
+    """
 
     runs: int
+    quiet_wait_s: float
     warm_paths: Sequence[Path]
     scratch: Path
     cwd: Path
@@ -740,13 +747,17 @@ class _Timer:
         prepare: Callable[[int], None] | None = None,
         parse: Parse | None = None,
         env: Mapping[str, str] | None = None,
+        warm_paths: Sequence[Path] | None = None,
     ) -> Row:
-        for attempt in range(self.runs + 1):
+        runs = self.runs
+        attempt = 0
+        while attempt <= runs:
             try:
                 if prepare is not None:
                     prepare(attempt)
-                wait_for_quiet(QUIET_WAIT_S)
-                warm(self.warm_paths)
+                if self.quiet_wait_s > 0:
+                    wait_for_quiet(self.quiet_wait_s)
+                warm(self.warm_paths if warm_paths is None else warm_paths)
                 done = _run_process(argv, env=env or self.env, cwd=self.cwd, scratch=self.scratch)
                 if done.exit_code != 0:
                     raise _RowFailed(f"exit {done.exit_code}: {done.stderr_tail}")
@@ -766,7 +777,9 @@ class _Timer:
                 row.runs.clear()
                 self.announce(f"bench: {row.label}: failed: {exc}")
                 return row
-            which = "warm-up" if attempt == 0 else f"run {attempt}/{self.runs}"
+            if attempt == 0 and measurement.wall_s < CHEAP_ROW_S:
+                runs = self.runs * CHEAP_RUNS_FACTOR
+            which = "warm-up" if attempt == 0 else f"run {attempt}/{runs}"
             extra = ""
             if measurement.action is not None:
                 extra = f", {measurement.action}, {measurement.files_hashed} files hashed"
@@ -778,6 +791,7 @@ class _Timer:
             )
             if attempt:
                 row.runs.append(measurement)
+            attempt += 1
         return row
 
 
@@ -1008,6 +1022,7 @@ def run_bench(options: BenchOptions, *, announce: Announce = _quiet) -> BenchRes
     planned, scale = plan_corpus(distribution, options.files, options.cap_bytes, seed)
     corpus = ensure_corpus(cache_dir, planned, scale, options.cap_bytes, seed=seed, announce=announce)
     baseline = _baseline_corpus(cache_dir, seed)
+    baseline_paths = [baseline.source(e) for e in baseline.files]
 
     tools: dict[str, Tool] = {}
     tools["mktorrent"] = _apt_tool("mktorrent", "mktorrent", install=not options.quick, announce=announce)
@@ -1023,7 +1038,7 @@ def run_bench(options: BenchOptions, *, announce: Announce = _quiet) -> BenchRes
     scratch.mkdir()
     env = {k: v for k, v in os.environ.items() if not k.startswith("MIRRORSEED_")}
     warm_paths = [corpus.source(e) for e in corpus.files]
-    timer = _Timer(options.runs, warm_paths, scratch, work, env, announce)
+    timer = _Timer(options.runs, 0.0 if options.quick else QUIET_WAIT_S, warm_paths, scratch, work, env, announce)
     n_files, n_bytes = len(corpus.files), corpus.total_bytes
     py = sys.executable
     bench_dir = options.repo_root / "bench"
@@ -1055,6 +1070,7 @@ def run_bench(options: BenchOptions, *, announce: Announce = _quiet) -> BenchRes
     timer.time_row(
         row("walk-1", "bare walk, 1-file corpus", "the same on a one-file snapshot", "floor", 1, 4096),
         [py, "-c", WALK_SCRIPT, str(baseline.root)],
+        warm_paths=baseline_paths,
     )
 
     # -- mirrorseed
@@ -1132,6 +1148,7 @@ def run_bench(options: BenchOptions, *, announce: Announce = _quiet) -> BenchRes
             prepare=base_build,
             parse=_parse_release("noop", lambda: None),
             env=ms_env,
+            warm_paths=baseline_paths,
         )
 
     # -- the peers
@@ -1396,7 +1413,8 @@ def render_table(
         f"**Corpus:** {corpus['files']:,} files, {corpus['bytes'] / 1e9:.2f} GB, names and sizes drawn from Debian "
         f"bookworm main amd64 (seed {corpus['seed']}, {scaled}; median {corpus['median_size'] / 1e3:.0f} kB, "
         f"largest {corpus['max_size'] / 1e6:.0f} MB), flat snapshot under pool paths. Page cache warmed right "
-        f"before every run; each time is a whole process, the median of {options['runs']} runs after 1 warm-up; "
+        f"before every run; each time is a whole process, the median of {options['runs']} runs after 1 warm-up "
+        f"({options['runs'] * CHEAP_RUNS_FACTOR} for rows under {CHEAP_ROW_S:g} s); "
         f"peak RSS is summed over the process tree (worst run). Bench took {elapsed_s / 60:.1f} min.",
         "",
         "| row | what | s (median) | MB/s | files/s | peak RSS MB | other load | notes |",

@@ -35,7 +35,7 @@ from pipeline.model import Artifact, FileDigest, FileEntry, IndexRef, NullProgre
 from pipeline.objects import make_artifact
 from pipeline.publish import Publication, is_complete, publish
 from pipeline.report import RunReport
-from pipeline.signing import Signer, verify_signed_message
+from pipeline.signing import Signer, verify_detached, verify_signed_message
 from pipeline.snapshot import ScanSpec, scan_snapshot
 from pipeline.state import StateCache, StateRow
 from pipeline.storage import Storage, open_storage
@@ -177,8 +177,14 @@ def build_index_objects(
     expires: datetime,
     records: Sequence[PackageRecord],
     signer: Signer,
+    existing_signature: Callable[[str, bytes], bytes | None] = lambda key, data: None,
 ) -> IndexObjects:
-    """The compressed index, its detached signature, its multi-file torrent, and the pointer naming them."""
+    """The compressed index, its detached signature, its multi-file torrent, and the pointer naming them.
+
+    `existing_signature(key, data)` returns a valid signature already published for these exact index
+    bytes (a run that died before its pointer, re-run within the same second): index objects are
+    create-only, so it is reused rather than replaced.
+    """
     doc = index_document(
         repo=settings.repo,
         sequence=sequence,
@@ -188,8 +194,8 @@ def build_index_objects(
         packages=records,
     )
     encoded = encode_index(doc)
-    signature = signer.sign_detached(encoded.data)
     zst_key = index_key(sequence, encoded.sha256)
+    signature = existing_signature(zst_key, encoded.data) or signer.sign_detached(encoded.data)
     torrent_key = index_torrent_key(sequence, encoded.sha256)
     name = zst_key.split("/")[1]
     piece_size = piece_size_for(len(encoded.data) + len(signature))
@@ -364,6 +370,7 @@ def release(
                 expires=expires,
                 records=records,
                 signer=signer,
+                existing_signature=lambda key, data: _published_signature(storage, key, data, signer),
             )
             pointer, index_artifacts = objects.pointer, objects.artifacts
         if action != "finish":
@@ -421,6 +428,20 @@ def release(
         keys=tuple(a.key for a in result.plan.put),
         deleted=result.plan.delete,
     )
+
+
+def _published_signature(storage: Storage, key: str, data: bytes, signer: Signer) -> bytes | None:
+    """The destination's signature of index `key` if it holds exactly `data` and the signature is ours."""
+    stored = storage.get(key)
+    signature = storage.get(key + ".sig") if stored is not None and stored.data == data else None
+    if signature is None:
+        return None
+    with _public_keyring(signer) as keyring:
+        try:
+            verify_detached(data, signature.data, keyring=keyring, fingerprint=signer.fingerprint)
+        except PipelineError:
+            return None
+    return signature.data
 
 
 def _cached_pieces(state: StateCache, record: PackageRecord) -> bytes:

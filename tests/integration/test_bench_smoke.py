@@ -50,14 +50,14 @@ def test_bench_quick_smoke(tmp_path: Path) -> None:
     for key in ("ceiling-1", "ceiling-2", "walk", "walk-1", "torf-api", *MIRRORSEED_ROWS):
         row = rows[key]
         assert row["status"] == "ok", (key, row["reason"])
-        assert len(row["runs"]) == 1
+        assert 1 <= len(row["runs"]) <= 3  # --runs 1; rows under a second get three times as many
         assert row["median_wall_s"] > 0 and row["peak_rss_bytes"] > 0, key
     for key in MIRRORSEED_ROWS:
         stages = rows[key]["runs"][0]["stages"]
         assert stages and sum(stages.values()) > 0, key
-    assert [r["action"] for r in rows["mirrorseed-full"]["runs"]] == ["publish"]
-    assert [r["action"] for r in rows["mirrorseed-noop"]["runs"]] == ["noop"]
-    assert [r["changed_files"] for r in rows["mirrorseed-changed"]["runs"]] == [1]
+    assert {r["action"] for r in rows["mirrorseed-full"]["runs"]} == {"publish"}
+    assert {r["action"] for r in rows["mirrorseed-noop"]["runs"]} == {"noop"}
+    assert {r["changed_files"] for r in rows["mirrorseed-changed"]["runs"]} == {1}
     for key in ("torf-cli", "transmission-create", "coreutils"):
         assert rows[key]["status"] == "skipped"
 

@@ -11,6 +11,7 @@ import io
 import json
 import signal
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -113,3 +114,44 @@ def test_local_destination_survives_a_kill_at_every_point(
         return path.read_bytes() if path.is_file() else None
 
     crash_and_recover(debian_repo, str(dest), fetch, signing_key, fault, env={})
+
+
+def test_rerun_in_the_same_second_reuses_the_orphan_index_and_its_signature(
+    debian_repo: Path, signing_key: SigningKey, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A run dies after uploading index/<seq>-<h12>/… but before its pointer; the re-run builds the same index bytes
+    (same `generated`), so the key exists: its published signature is verified and reused, nothing is overwritten."""
+    import pipeline.publish
+    from pipeline.config import Settings
+    from pipeline.run import release
+
+    settings = Settings(
+        snapshot=debian_repo, format="debian", dest=str(tmp_path / "dest"), public_url="http://127.0.0.1:9/p",
+        repo="crash", webseeds=("http://127.0.0.1:9/m",), key=signing_key.fingerprint,
+        gnupghome=signing_key.gnupghome,
+    )  # fmt: skip
+    moment = datetime(2026, 11, 20, 8, 0, tzinfo=UTC)
+    original = pipeline.publish.fault_point
+
+    def die_before_pointer(name: str, count: int = 0) -> None:
+        if name == "pointer":
+            raise KeyboardInterrupt("simulated crash")
+        original(name, count)
+
+    monkeypatch.setattr(pipeline.publish, "fault_point", die_before_pointer)
+    with pytest.raises(KeyboardInterrupt):
+        release(settings, now=lambda: moment)
+    orphans = sorted(p.relative_to(tmp_path / "dest") for p in (tmp_path / "dest" / "index").rglob("*") if p.is_file())
+    assert len(orphans) == 3 and not (tmp_path / "dest" / "latest.asc").exists()
+    signature_before = next((tmp_path / "dest" / "index").rglob("*.sig")).read_bytes()
+
+    monkeypatch.setattr(pipeline.publish, "fault_point", original)
+    report = release(settings, now=lambda: moment)
+    assert report.action == "publish" and report.sequence == 1
+    assert next((tmp_path / "dest" / "index").rglob("*.sig")).read_bytes() == signature_before
+
+    def fetch(key: str) -> bytes | None:
+        path = tmp_path / "dest" / key
+        return path.read_bytes() if path.is_file() else None
+
+    assert client_view(fetch, signing_key) == 1
