@@ -60,6 +60,8 @@ def _settings(config: str | None, flags: dict[str, Any]) -> Any:
         "resign_before": "re-sign the pointer when less than this validity is left (e.g. 3d)",
         "expires_after": "pointer validity (default 7d)",
         "state": "SQLite state cache (default ~/.cache/mirrorseed/<repo>.sqlite)",
+        "s3_endpoint_url": "S3 endpoint for s3:// destinations (AWS: leave unset)",
+        "no_cas": "publish to a store without conditional writes (only with an external lock)",
         "workers": "hashing processes (default 2)",
         "verbose": "debug logging and tracebacks",
     },
@@ -82,6 +84,8 @@ def release(
     expires_after: str | None = None,
     state: str | None = None,
     workers: int | None = None,
+    s3_endpoint_url: str | None = None,
+    no_cas: bool = False,
     verbose: bool = False,
 ) -> None:
     """Publish a snapshot: per-package torrents + metalinks, signed index and pointer, listings."""
@@ -106,6 +110,8 @@ def release(
                 "expires_after": expires_after,
                 "state": state,
                 "workers": workers,
+                "s3_endpoint_url": s3_endpoint_url,
+                "no_cas": no_cas,
             },
         )
         report = run_release(settings, progress=StderrProgress())

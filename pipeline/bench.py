@@ -66,7 +66,7 @@ CHANGED_FRACTION = 0.01
 SAMPLE_INTERVAL_S = 0.01
 # Before each timed run, wait up to QUIET_WAIT_S for other jobs on the machine to use under QUIET_CORES; what
 # they still use during the run is measured and shown ("other load"): compare rows with little of it.
-QUIET_WAIT_S = 10.0
+QUIET_WAIT_S = 5.0
 QUIET_CORES = 0.15
 CHEAP_ROW_S = 1.0
 CHEAP_RUNS_FACTOR = 3
@@ -1484,9 +1484,10 @@ def render_table(
         "*per-file cost* = (whole-process median on this corpus − the same command's on a one-file corpus) / "
         "(files − 1), for both the no-change re-run and the bare walk; *N× faster* = peer's whole-process time / "
         "mirrorseed full build's; rows marked ~ ran on a random subset and are extrapolated per file "
-        "(their start-up per file dominates); *other load* = median cores' worth of CPU that other jobs on this "
-        "shared machine used during the runs (each run first waits up to 10 s for under 0.15): a row with much of it "
-        "is slowed by them. mktorrent uses the same piece size as mirrorseed but at least 32 KiB "
+        "(their start-up per file dominates); *other load* = median cores' worth of CPU that other jobs on "
+        f"this shared machine used during the runs (each run first waits up to {QUIET_WAIT_S:g} s for under "
+        f"{QUIET_CORES:g}; coarse for runs under a second): a row with much of it is slowed by them. "
+        "mktorrent uses the same piece size as mirrorseed but at least 32 KiB "
         "(its minimum); torf CLI has no piece-size flag and picks its own.",
     ]
     return "\n".join(lines) + "\n"

@@ -274,3 +274,21 @@ def test_bad_credentials_or_bucket_fail_in_one_line_and_write_nothing(
     assert len(lines) == 1 and needle in lines[0], done.stderr
     assert s3_server.client().list_objects_v2(Bucket=bucket).get("KeyCount", 0) == 0
     assert len(PACKAGES) > 0
+
+
+def test_a_store_without_conditional_writes_is_refused_unless_no_cas(
+    s3_server: SeaweedServer, bucket: str, s3_env: dict[str, str], debian_repo: Path, signing_key: SigningKey,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    from pipeline.storage.s3 import S3Storage
+
+    def ignores(self: S3Storage) -> None:
+        raise StorageError(f"{self.endpoint}: the store ignores conditional writes (If-None-Match/If-Match)")
+
+    monkeypatch.setattr(S3Storage, "probe_conditional_writes", ignores)
+    settings = s3_settings(s3_server, bucket, debian_repo, signing_key, "http://127.0.0.1:9/m")
+    with pytest.raises(StorageError, match="ignores conditional writes"):
+        release(settings)
+    assert s3_server.client().list_objects_v2(Bucket=bucket).get("KeyCount", 0) == 0
+    assert release(replace(settings, no_cas=True)).action == "publish"
+    assert client_view(anonymous_fetch(s3_server, bucket), signing_key) == 1
