@@ -31,6 +31,20 @@ def parse_duration(text: str, *, name: str) -> timedelta:
 
 
 @dataclass(frozen=True)
+class MirrorConfig:
+    """One HTTP mirror of the snapshot (it serves `<url>/<repo path>`), from mirror.toml or --webseed."""
+
+    url: str
+    country: str | None = None  # ISO 3166-1 alpha-2, upper case
+    continent: str | None = None  # AF AN AS EU NA OC SA
+    name: str | None = None
+    contact: str | None = None
+    bandwidth: str | None = None  # free text, e.g. "10 Gbit/s"
+    lastsync: str | None = None  # path under url of a last-sync timestamp file (Debian trace, Arch lastsync)
+    priority: int = 100  # metalink <url priority>: lower first; the operator's own mirror gets 1
+
+
+@dataclass(frozen=True)
 class Settings:
     """Everything one run needs. Built once by load_settings(), passed explicitly, never mutated."""
 
@@ -65,9 +79,23 @@ class Settings:
     upload_concurrency: int = 8
     retention: timedelta = timedelta(days=14)
     no_cas: bool = False
+    # mirrors: health probes decide, per file, which mirrors are webseeds (issue on mirrors)
+    mirrors: tuple[MirrorConfig, ...] = ()
+    mirror_timeout: int = 10  # seconds per request
+    mirror_budget: int = 4000  # requests per mirror per run
+    mirror_concurrency: int = 8  # requests in flight per mirror
+    mirror_down_runs: int = 2  # a down mirror leaves torrent url-lists only after this many runs ...
+    mirror_down_after: timedelta = timedelta(hours=6)  # ... and this long
     dry_run: bool = False
     metrics: Path | None = None
     sources: Mapping[str, str] = field(default_factory=dict, compare=False)
+
+    @property
+    def all_mirrors(self) -> tuple[MirrorConfig, ...]:
+        """mirror.toml's mirrors, then each --webseed not among them (no country), by URL."""
+        known = {m.url.rstrip("/") for m in self.mirrors}
+        extra = tuple(MirrorConfig(url=u) for u in dict.fromkeys(self.webseeds) if u.rstrip("/") not in known)
+        return self.mirrors + extra
 
     @property
     def state_path(self) -> Path:
@@ -84,9 +112,60 @@ class Settings:
 
 _PATH_FIELDS = {"snapshot", "gnupghome", "upstream_keyring", "templates_dir", "metrics", "state"}
 _LIST_FIELDS = {"webseeds", "trackers", "suites", "components", "architectures", "sync_lock"}
-_DURATION_FIELDS = {"expires_after", "resign_before", "key_valid_margin", "retention"}
+_DURATION_FIELDS = {"expires_after", "resign_before", "key_valid_margin", "retention", "mirror_down_after"}
 _BOOL_FIELDS = {"dry_run", "no_cas"}
-_INT_FIELDS = {"workers", "s3_max_attempts", "s3_connect_timeout", "s3_read_timeout", "upload_concurrency"}
+_INT_FIELDS = {
+    "workers",
+    "s3_max_attempts",
+    "s3_connect_timeout",
+    "s3_read_timeout",
+    "upload_concurrency",
+    "mirror_timeout",
+    "mirror_budget",
+    "mirror_concurrency",
+    "mirror_down_runs",
+}
+_MIRROR_KEYS = {"url", "country", "continent", "name", "contact", "bandwidth", "lastsync", "priority"}
+_CONTINENTS = {"AF", "AN", "AS", "EU", "NA", "OC", "SA"}
+
+
+def _mirrors(value: Any, origin: str) -> tuple[MirrorConfig, ...]:
+    if not isinstance(value, list) or not all(isinstance(m, dict) for m in value):
+        raise ConfigError(f"{origin}: mirrors must be an array of tables ([[mirrorseed.mirrors]])")
+    out: list[MirrorConfig] = []
+    for number, item in enumerate(value, start=1):
+        where = f"{origin}: mirror {number}"
+        unknown = sorted(set(item) - _MIRROR_KEYS)
+        if unknown:
+            raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(_MIRROR_KEYS))}")
+        url = item.get("url")
+        if not isinstance(url, str) or not re.match(r"^https?://[^/\s]+", url):
+            raise ConfigError(f"{where}: url must start with http:// or https://")
+        country = item.get("country")
+        if country is not None and (not isinstance(country, str) or not re.fullmatch(r"[A-Za-z]{2}", country)):
+            raise ConfigError(f"{where}: country must be a two-letter ISO code such as DE")
+        continent = item.get("continent")
+        if continent is not None and (not isinstance(continent, str) or continent.upper() not in _CONTINENTS):
+            raise ConfigError(f"{where}: continent must be one of {', '.join(sorted(_CONTINENTS))}")
+        texts = {k: item.get(k) for k in ("name", "contact", "bandwidth", "lastsync")}
+        for key, text in texts.items():
+            if text is not None and not isinstance(text, str):
+                raise ConfigError(f"{where}: {key} must be a string")
+        priority = item.get("priority", 100)
+        if not isinstance(priority, int) or isinstance(priority, bool) or priority < 1:
+            raise ConfigError(f"{where}: priority must be a whole number >= 1")
+        out.append(
+            MirrorConfig(
+                url=url,
+                country=country.upper() if country else None,
+                continent=continent.upper() if continent else None,
+                priority=priority,
+                **texts,
+            )
+        )
+    return tuple(out)
+
+
 _FIELD_NAMES = {f.name for f in fields(Settings)} - {"sources"}
 
 
@@ -94,6 +173,10 @@ def _coerce(name: str, value: Any, origin: str, base: Path) -> Any:
     where = f"{origin}: {name}"
     if value is None:
         return None
+    if name == "mirrors":
+        if isinstance(value, tuple) and all(isinstance(m, MirrorConfig) for m in value):
+            return value
+        return _mirrors(value, origin)
     if name in _LIST_FIELDS:
         if isinstance(value, str):
             items = [v for v in re.split(r"[\s,]+", value) if v]
@@ -149,7 +232,7 @@ def _read_file(path: Path) -> dict[str, Any]:
     section = data.get("mirrorseed", data)
     if not isinstance(section, dict):
         raise ConfigError(f"{path}: [mirrorseed] must be a table")
-    unknown = sorted(set(section) - _FIELD_NAMES - {"mirrors"})
+    unknown = sorted(set(section) - _FIELD_NAMES)
     if unknown:
         raise ConfigError(f"{path}: unknown setting(s) {', '.join(unknown)}; see README for the names")
     return {k: v for k, v in section.items() if k in _FIELD_NAMES}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
@@ -72,7 +73,10 @@ class Snapshot:
     root: Path
     format: SnapshotFormat
     files: tuple[FileEntry, ...]
-    suites: tuple[str, ...] = ()
+    suites: tuple[str, ...] = ()  # Debian suites / Arch repos scanned
+    components: tuple[str, ...] = ()  # Debian components scanned
+    architectures: tuple[str, ...] = ()  # architectures scanned
+    timestamp: datetime | None = None  # when upstream produced it (Debian Release Date, Arch lastsync), aware UTC
 
 
 @dataclass(frozen=True)
@@ -230,6 +234,32 @@ class Pointer:
             infohash=doc["infohash"],
             magnet=doc["magnet"],
         )
+
+
+MirrorHealth = Literal["ok", "stale", "partial", "no-range", "down"]
+
+
+@dataclass(frozen=True)
+class MirrorStatus:
+    """One mirror as the health probes found it in this run (listings show it; metalinks use it)."""
+
+    url: str
+    country: str | None
+    continent: str | None
+    name: str | None
+    contact: str | None
+    bandwidth: str | None
+    priority: int
+    status: MirrorHealth
+    last_sync: str | None  # RFC 3339 UTC, from the mirror's last-sync file
+    lag_seconds: int | None  # how far the mirror's last sync is behind the snapshot; None if unknown
+    range_ok: bool | None  # None: not determined (e.g. down)
+    sampled: int  # files probed in this run
+    sampled_ok: int  # of those, how many held our exact bytes
+    verified_files: int  # files of the snapshot this mirror is known to hold exactly
+    total_files: int
+    webseed: bool  # named in torrent url-lists in this publication
+    detail: str  # one line: why this status
 
 
 @dataclass(frozen=True)
