@@ -8,10 +8,12 @@ What it does (issue 3, points 4-5):
   32-byte per-file header + a seeded 8 MiB block at a per-file offset). Built once under the cache directory
   (`$MIRRORSEED_BENCH_CACHE`, else `$XDG_CACHE_HOME/mirrorseed/bench`, else `~/.cache/mirrorseed/bench`),
   in a `.partial` directory renamed into place with a `complete.json` marker; rebuilt when incomplete.
-- Every timed run is a whole process started by this module; the corpus is read once right before each run
-  (this VM evicts page cache idle for ~60 s), each row is one warm-up then `--runs` runs, reported as the
-  median. Peak RSS is summed over the process tree, polled from /proc every 10 ms (processes that live less
-  than that can be missed: fine for mirrorseed's few long-lived processes, approximate for per-file loops).
+- Every timed run is a whole process started by this module; before it: `sync` (pending writeback of earlier
+  runs stays out of its time), a wait of up to 5 s for other jobs to quiet down, and one read of the corpus
+  (this VM evicts page cache idle for ~60 s); each row is one warm-up then `--runs` runs (three times as many
+  for rows under a second), reported as the median. Peak RSS is summed over the process tree, polled from
+  /proc every 10 ms (processes that live less than that can be missed: fine for mirrorseed's few long-lived
+  processes, approximate for per-file loops).
 - Rows: the hashlib ceiling with 1 and 2 processes (`bench/ceiling.py`), coreutils sha1sum + sha256sum, a
   bare `os.scandir` + `stat` walk, the peers (mktorrent, torf CLI and transmission-create one process per
   file, torf's API in one process: `bench/torf_api.py`), and mirrorseed's `invoke release --json` as a full
@@ -725,7 +727,7 @@ Parse = Callable[[Measurement, str], Measurement]
 
 @dataclass
 class _Timer:
-    """Runs rows: prepare (untimed) -> wait for a quiet machine -> warm the corpus -> one timed whole process.
+    """Runs rows: prepare (untimed) -> sync -> wait for a quiet machine -> warm the corpus -> one timed process.
 
     One warm-up, then `runs` timed runs; a row whose warm-up took under CHEAP_ROW_S gets CHEAP_RUNS_FACTOR times
     as many (its median would otherwise be at the mercy of a few ms of scheduling noise).
@@ -755,6 +757,9 @@ class _Timer:
             try:
                 if prepare is not None:
                     prepare(attempt)
+                # Flush what earlier runs and `prepare` left to write back (e.g. the previous destination's
+                # deletion, with its journal commits and discards) so it does not land in this run's time.
+                os.sync()
                 if self.quiet_wait_s > 0:
                     wait_for_quiet(self.quiet_wait_s)
                 warm(self.warm_paths if warm_paths is None else warm_paths)
@@ -784,7 +789,7 @@ class _Timer:
             if measurement.action is not None:
                 extra = f", {measurement.action}, {measurement.files_hashed} files hashed"
             if measurement.other_load >= BUSY_LOAD:
-                extra += f"; other jobs used {measurement.other_load:.2f} cores meanwhile"
+                extra += f"; {measurement.other_load:.2f} cores busy outside the run meanwhile"
             self.announce(
                 f"bench: {row.label}: {which} {measurement.wall_s:.3f} s, "
                 f"peak RSS {measurement.peak_rss_bytes / 1e6:.0f} MB{extra}"
@@ -1484,9 +1489,10 @@ def render_table(
         "*per-file cost* = (whole-process median on this corpus − the same command's on a one-file corpus) / "
         "(files − 1), for both the no-change re-run and the bare walk; *N× faster* = peer's whole-process time / "
         "mirrorseed full build's; rows marked ~ ran on a random subset and are extrapolated per file "
-        "(their start-up per file dominates); *other load* = median cores' worth of CPU that other jobs on "
-        f"this shared machine used during the runs (each run first waits up to {QUIET_WAIT_S:g} s for under "
-        f"{QUIET_CORES:g}; coarse for runs under a second): a row with much of it is slowed by them. "
+        "(their start-up per file dominates); *other load* = median cores' worth of CPU used outside the timed "
+        "process tree during the runs: other jobs on this shared machine, and kernel threads (writeback) or "
+        f"daemons (gpg-agent) the run itself caused; each run first syncs and waits up to {QUIET_WAIT_S:g} s for "
+        f"under {QUIET_CORES:g} (coarse for runs under a second). "
         "mktorrent uses the same piece size as mirrorseed but at least 32 KiB "
         "(its minimum); torf CLI has no piece-size flag and picks its own.",
     ]

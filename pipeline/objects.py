@@ -18,6 +18,7 @@ _BY_SUFFIX: tuple[tuple[str, str], ...] = (
     (".json", "application/json"),
     (".txt", "text/plain; charset=utf-8"),
     (".mirrorlist", "text/plain; charset=utf-8"),
+    (".list", "text/plain; charset=utf-8"),  # mirrors/…/<CC>.sources.list
     (".css", "text/css"),
     (".svg", "image/svg+xml"),
     (".deb", "application/vnd.debian.binary-package"),

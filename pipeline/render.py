@@ -1,27 +1,41 @@
-"""Static listings: the front page, one browse page per repository directory, the style sheet.
+"""Static listings: the front page, one browse page per repository directory, the mirror listings,
+the style sheet.
 
 Pages are rendered by jinja2 with autoescape on and StrictUndefined; every href comes from a filter
 defined here (relative to the page being rendered, each path segment percent-encoded), never from
 string concatenation in a template. The user recipe (a bash script) is rendered from
 `recipe.sh.j2` once and shown escaped on the front page, so the page and `user_recipe()` cannot
 drift apart. Output is deterministic: no wall-clock time, no tool versions.
+
+Mirror listings (issue 5, point 4; issue 6, point 3), rendered only when the run probed mirrors:
+`mirrors/index.html` (the status table), `mirrors/mirrors.json` (schemas/mirrors.schema.json) and
+lists a package manager can use: `mirrors/all.txt` and `mirrors/country/<CC>.txt` (one base URL a
+line), plus `….sources.list` (Debian: `deb <url> <suite> <components…>`, one line per mirror and
+suite; none when the snapshot names no suite) or `….mirrorlist` (Arch: pacman's
+`Server = <url>/$repo/os/$arch`). Only mirrors verified to hold this snapshot go into those lists:
+status `ok` first, then `partial` (a package manager falls back to the next server for a file one
+lacks), each group by priority then URL. `stale`, `no-range` (its files cannot be verified by a
+ranged GET) and `down` mirrors are never listed. A country gets files only when at least one of its
+mirrors is listed; a mirror without a country is in the `all` lists only.
 """
 
 from __future__ import annotations
 
+import json
 import re
 import shlex
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 import jinja2
 from jinja2.runtime import Context
 
 from pipeline.errors import ConfigError, SnapshotError
-from pipeline.model import Artifact, PackageRecord, Pointer
+from pipeline.model import Artifact, MirrorStatus, PackageRecord, Pointer
 from pipeline.objects import make_artifact
 from pipeline.urls import join_url, quote_path
 
@@ -41,7 +55,23 @@ STYLE_KEY = "style.css"
 FRONT_TEMPLATE = "front.html.j2"
 BROWSE_TEMPLATE = "browse.html.j2"
 RECIPE_TEMPLATE = "recipe.sh.j2"
+UPDATE_TEMPLATE = "update.sh.j2"
+MIRRORS_TEMPLATE = "mirrors.html.j2"
 STYLE_TEMPLATE = "style.css"
+
+MIRRORS_KEY = "mirrors/index.html"
+MIRRORS_JSON_KEY = "mirrors/mirrors.json"
+MIRRORS_FORMAT = "mirrorseed-mirrors/1"
+# Table order, and the statuses whose mirrors go into package-manager lists (in that order).
+STATUS_ORDER = ("ok", "partial", "stale", "no-range", "down")
+LISTED_STATUSES = ("ok", "partial")
+STATUS_MEANING: Mapping[str, str] = {
+    "ok": "every file sampled held this snapshot's exact bytes, and its last sync is not behind the snapshot",
+    "partial": "some files are missing or differ: a webseed only for the files verified on it",
+    "stale": "its last sync is older than the snapshot: a webseed only for files verified on it, never in the lists",
+    "no-range": "does not answer HTTP Range requests: aria2 fails on it, so never a webseed and never in the lists",
+    "down": "did not answer in this run; it leaves torrents only after staying down for several runs",
+}
 
 # Local directories the recipe downloads into (the demo checks `packages/<file name>`).
 PACKAGES_DIR = "packages"
@@ -53,6 +83,16 @@ _FINGERPRINT = re.compile(r"^(?:[0-9A-F]{40}|[0-9A-F]{64})$")
 _MAGNET = re.compile(r"^magnet:\?[A-Za-z0-9%&=:._~+-]+$")
 _URL_UNSAFE = re.compile(r"[\x00-\x20\x7f]")
 _PATH_UNSAFE = re.compile(r"[\x00-\x1f\x7f]")
+_COUNTRY = re.compile(r"^[A-Z]{2}$")
+_CONTINENTS = frozenset({"AF", "AN", "AS", "EU", "NA", "OC", "SA"})
+# A Debian suite ("bookworm", "bookworm-security", "bookworm/updates"), component, architecture or
+# Arch repository name: one word in a sources.list line.
+_WORD = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+~/-]*$")
+# What a mirror base URL's path keeps as is; everything else is percent-encoded (`$` too: pacman
+# substitutes `$repo`/`$arch` in a Server line; existing %XX escapes are kept).
+_URL_PATH_SAFE = "/%:@!&'()*+,;=-._~"
+_HOST = re.compile(r"^(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?)(?::[0-9]{1,5})?$")
+_LINE_BREAKING = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]+")
 
 
 @dataclass(frozen=True)
@@ -67,6 +107,11 @@ class ListingInput:
     records: tuple[PackageRecord, ...]
     webseeds: tuple[str, ...]
     templates_dir: Path | None = None
+    mirrors: tuple[MirrorStatus, ...] = ()  # this run's probe results; none: no mirror listings
+    suites: tuple[str, ...] = ()  # Debian suites / Arch repositories of the snapshot
+    components: tuple[str, ...] = ()  # Debian components (sources.list lines; `main` when empty)
+    architectures: tuple[str, ...] = ()
+    snapshot_time: str | None = None  # RFC 3339: when upstream produced the snapshot
 
 
 @dataclass(frozen=True)
@@ -91,6 +136,53 @@ class MirrorLink:
 
     label: str
     url: str
+
+
+@dataclass(frozen=True)
+class MirrorRow:
+    """One mirror as the listings show it: every field checked, normalised and formatted."""
+
+    url: str  # normalised base URL (mirror_base), also the href
+    label: str  # the name, or the host
+    host: str
+    country: str | None
+    continent: str | None
+    status: str
+    status_class: str
+    detail: str
+    last_sync: str | None  # YYYY-MM-DDTHH:MM:SSZ
+    lag: str  # human: "2 h 5 min"
+    range_support: str  # yes / no / unknown
+    sampled: str  # "3/4 sampled"
+    verified: str  # "10/12 verified"
+    bandwidth: str | None
+    contact: str | None
+    webseed: bool
+    priority: int
+    source: MirrorStatus
+
+
+@dataclass(frozen=True)
+class MirrorListFiles:
+    """The package-manager lists of one scope ("all" or a country code) and what each is."""
+
+    scope: str
+    count: int
+    files: tuple[tuple[str, str], ...]  # (label, key)
+
+
+@dataclass(frozen=True)
+class _Checked:
+    """A ListingInput once validated: what ends up in hrefs, lists or the shell recipe."""
+
+    public_url: str
+    fingerprint: str
+    webseeds: tuple[str, ...]
+    mirrors: tuple[MirrorRow, ...]  # sorted by URL
+    suites: tuple[str, ...]
+    components: tuple[str, ...]
+    architectures: tuple[str, ...]
+    snapshot_time: str | None
 
 
 # --- href helpers (the only way templates get an href) ------------------------------------------
@@ -124,6 +216,26 @@ def magnet_href(magnet: str) -> str:
 def mirror_links(path: str, webseeds: Iterable[str]) -> list[MirrorLink]:
     """The file at `path` on each webseed, labelled by host."""
     return [MirrorLink(label=urlsplit(base).netloc, url=join_url(base, path)) for base in webseeds]
+
+
+def mirror_list_key(scope: str, kind: str) -> str:
+    """`mirrors/all.<kind>` or `mirrors/country/<CC>.<kind>` (kind: txt, sources.list, mirrorlist)."""
+    return f"mirrors/{scope}.{kind}" if scope == "all" else f"mirrors/country/{scope}.{kind}"
+
+
+def mirror_base(url: str) -> str:
+    """A mirror's base URL as pages and lists show it: http(s)://host[:port]/path with no query,
+    fragment, credentials or trailing '/', the path percent-encoded (existing %XX kept, `$` encoded
+    so a pacman `Server` line cannot grow a variable)."""
+    checked = _check_http_url(url, "mirror")
+    parts = urlsplit(checked)
+    if "?" in checked or "#" in checked or "@" in parts.netloc:
+        raise ConfigError(f"{url!r}: a mirror URL is a base URL: no query, fragment or credentials")
+    if not _HOST.match(parts.netloc):
+        raise ConfigError(f"{url!r}: mirror host must be an ASCII name or address (use the IDNA form)")
+    if any(segment in ("", ".", "..") for segment in parts.path.split("/")[1:]):
+        raise ConfigError(f"{url!r}: mirror URL path has an empty, '.' or '..' segment")
+    return f"{parts.scheme}://{parts.netloc}{quote(parts.path, safe=_URL_PATH_SAFE).rstrip('/')}"
 
 
 # --- text filters ---------------------------------------------------------------------------------
@@ -176,6 +288,41 @@ def shell_quote(value: object) -> str:
     return shlex.quote(str(value))
 
 
+def one_line(text: str) -> str:
+    """Free text (a mirror's name, contact, detail) on one line: control characters and runs of
+    white space become one space, so a name cannot add a line to a sources.list or mirrorlist."""
+    return " ".join(_LINE_BREAKING.sub(" ", text).split())
+
+
+def duration(seconds: int | None) -> str:
+    """A mirror's lag, human: `45 s`, `12 min`, `2 h 5 min`, `3 d 4 h`; `none` when not behind."""
+    if seconds is None:
+        return "unknown"
+    if seconds <= 0:
+        return "none"
+    if seconds < 60:
+        return f"{seconds} s"
+    minutes = seconds // 60
+    if minutes < 60:
+        return f"{minutes} min"
+    hours, minutes = divmod(minutes, 60)
+    if hours < 24:
+        return f"{hours} h {minutes} min" if minutes else f"{hours} h"
+    days, hours = divmod(hours, 24)
+    return f"{days} d {hours} h" if hours else f"{days} d"
+
+
+def rfc3339(text: str, what: str) -> str:
+    """An RFC 3339 time with an offset, as `YYYY-MM-DDTHH:MM:SSZ` (UTC, whole seconds)."""
+    try:
+        when = datetime.fromisoformat(text)
+    except ValueError:
+        raise ValueError(f"{text!r}: {what} is not an RFC 3339 time") from None
+    if when.tzinfo is None or when.year < 1000:
+        raise ValueError(f"{text!r}: {what} is not an RFC 3339 time with a UTC offset")
+    return when.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
 # --- environment ---------------------------------------------------------------------------------
 
 
@@ -192,6 +339,11 @@ def _browse_href_filter(ctx: Context, directory: str) -> str:
 @jinja2.pass_context
 def _mirror_links_filter(ctx: Context, path: str) -> list[MirrorLink]:
     return mirror_links(path, ctx["webseeds"])
+
+
+@jinja2.pass_context
+def _signature_links_filter(ctx: Context, path: str) -> list[MirrorLink]:
+    return mirror_links(path, ctx["signature_bases"])
 
 
 def make_environment(templates_dir: Path | None = None) -> jinja2.Environment:
@@ -213,12 +365,14 @@ def make_environment(templates_dir: Path | None = None) -> jinja2.Environment:
         browse_href=_browse_href_filter,
         magnet_href=magnet_href,
         mirror_links=_mirror_links_filter,
+        signature_links=_signature_links_filter,
         filesize=filesize,
         bytes=exact_bytes,
         fingerprint=group_fingerprint,
         basename=basename,
         synopsis=synopsis,
         shq=shell_quote,
+        duration=duration,
     )
     return env
 
@@ -249,8 +403,56 @@ def _check_path(path: str) -> None:
         raise SnapshotError(f"{path!r}: not a clean relative repository path; fix the snapshot and re-run")
 
 
-def _checked(listing: ListingInput) -> tuple[str, str, tuple[str, ...]]:
-    """Validate what ends up in hrefs or in the shell recipe: (public_url, fingerprint, webseeds)."""
+def _words(values: Iterable[str], what: str) -> tuple[str, ...]:
+    """Suites, components, architectures: one word each (they go into sources.list lines); duplicates
+    dropped, order kept."""
+    out: list[str] = []
+    for value in values:
+        if not _WORD.match(value):
+            raise SnapshotError(f"{value!r}: {what} is not one word of letters, digits and ._+~/-; fix the snapshot")
+        if value not in out:
+            out.append(value)
+    return tuple(out)
+
+
+def _mirror_row(mirror: MirrorStatus) -> MirrorRow:
+    url = mirror_base(mirror.url)
+    if mirror.status not in STATUS_ORDER:
+        raise ValueError(f"{mirror.url}: mirror status {mirror.status!r} is not one of {', '.join(STATUS_ORDER)}")
+    if mirror.country is not None and not _COUNTRY.match(mirror.country):
+        raise ConfigError(f"{mirror.url}: country {mirror.country!r} must be a two-letter code such as DE")
+    if mirror.continent is not None and mirror.continent not in _CONTINENTS:
+        raise ConfigError(
+            f"{mirror.url}: continent {mirror.continent!r} must be one of {', '.join(sorted(_CONTINENTS))}"
+        )
+    host = urlsplit(url).netloc
+    name = one_line(mirror.name) if mirror.name is not None else ""
+    bandwidth = one_line(mirror.bandwidth) if mirror.bandwidth is not None else ""
+    contact = one_line(mirror.contact) if mirror.contact is not None else ""
+    return MirrorRow(
+        url=url,
+        label=name or host,
+        host=host,
+        country=mirror.country,
+        continent=mirror.continent,
+        status=mirror.status,
+        status_class="status-" + mirror.status,
+        detail=one_line(mirror.detail),
+        last_sync=None if mirror.last_sync is None else rfc3339(mirror.last_sync, f"{mirror.url}: last sync"),
+        lag=duration(mirror.lag_seconds),
+        range_support={True: "yes", False: "no", None: "unknown"}[mirror.range_ok],
+        sampled=f"{mirror.sampled_ok}/{mirror.sampled} sampled" if mirror.sampled else "none sampled",
+        verified=f"{mirror.verified_files}/{mirror.total_files} verified",
+        bandwidth=bandwidth or None,
+        contact=contact or None,
+        webseed=mirror.webseed,
+        priority=mirror.priority,
+        source=mirror,
+    )
+
+
+def _checked(listing: ListingInput) -> _Checked:
+    """Validate what ends up in hrefs, in the lists or in the shell recipe."""
     if listing.snapshot_format not in FORMAT_LABELS:
         raise ConfigError(f"{listing.snapshot_format!r}: unknown snapshot format; use debian, flat or arch")
     public_url = _check_http_url(listing.public_url, "public")
@@ -260,8 +462,23 @@ def _checked(listing: ListingInput) -> tuple[str, str, tuple[str, ...]]:
         _check_path(record.path)
         if record.magnet is not None:
             magnet_href(record.magnet)
+        if record.signature is not None:
+            _check_path(record.signature.path)
     magnet_href(listing.pointer.magnet)
-    return public_url, fingerprint, webseeds
+    rows = sorted((_mirror_row(m) for m in listing.mirrors), key=lambda r: r.url)
+    for first, second in zip(rows, rows[1:], strict=False):
+        if first.url == second.url:
+            raise ConfigError(f"{first.url}: mirror listed twice; keep one entry per mirror")
+    return _Checked(
+        public_url=public_url,
+        fingerprint=fingerprint,
+        webseeds=webseeds,
+        mirrors=tuple(rows),
+        suites=_words(listing.suites, "suite"),
+        components=_words(listing.components, "component"),
+        architectures=_words(listing.architectures, "architecture"),
+        snapshot_time=None if listing.snapshot_time is None else rfc3339(listing.snapshot_time, "snapshot time"),
+    )
 
 
 # --- the user recipe -------------------------------------------------------------------------------
@@ -272,15 +489,24 @@ def example_package(records: Iterable[PackageRecord]) -> PackageRecord | None:
     return next((r for r in records if r.size > 0 and r.torrent is not None), None)
 
 
+def signature_mirror(checked: _Checked) -> str | None:
+    """The HTTP mirror a recipe fetches an Arch `.sig` from: the first `ok` mirror by priority then
+    URL, else the first webseed; None when there is neither."""
+    ok = sorted((r for r in checked.mirrors if r.status == "ok"), key=lambda r: (r.priority, r.url))
+    candidates = [r.url for r in ok] + list(checked.webseeds)
+    return candidates[0] if candidates else None
+
+
 def _recipe(
     env: jinja2.Environment,
     listing: ListingInput,
     example: PackageRecord | None,
-    *,
-    public_url: str,
-    fingerprint: str,
+    checked: _Checked,
 ) -> str:
+    public_url = checked.public_url
     package: dict[str, str | None] | None = None
+    signature: dict[str, str] | None = None
+    mirror = signature_mirror(checked) if listing.snapshot_format == "arch" else None
     if example is not None:
         if example.torrent is None:
             raise ValueError(f"{example.path}: a zero-length file has no torrent; pick another example")
@@ -294,26 +520,155 @@ def _recipe(
             "file": f"{PACKAGES_DIR}/{name}",
             "metalink_file": f"{METALINK_DIR}/{name}",
         }
+        if example.signature is not None and mirror is not None:
+            _check_path(example.signature.path)
+            # pacman -U reads `<package file>.sig` beside the package, whatever the mirror calls it.
+            signature = {"url": join_url(mirror, example.signature.path), "name": f"{name}.sig"}
     context = {
         "repo": listing.repo,
         "pointer_repo": listing.pointer.repo,
         "public_url": public_url,
-        "fingerprint": fingerprint,
+        "fingerprint": checked.fingerprint,
         "flags": ARIA2_FLAGS,
         "packages_dir": PACKAGES_DIR,
         "metalink_dir": METALINK_DIR,
+        "snapshot_format": listing.snapshot_format,
         "example": package,
+        "signature": signature,
+        "signed": example is not None and example.signature is not None,
     }
     text = _render(env, RECIPE_TEMPLATE, context, listing.templates_dir)
     return text.rstrip("\n") + "\n"
 
 
+def _update_recipe(env: jinja2.Environment, listing: ListingInput, checked: _Checked) -> str | None:
+    records = sorted(listing.records, key=lambda r: r.path)
+    example = next((r for r in records if r.torrent is not None and r.size > 0 and r.name), None)
+    if listing.snapshot_format != "arch" or example is None:
+        return None
+    context = {
+        "public_url": checked.public_url,
+        "flags": ARIA2_FLAGS,
+        "packages_dir": PACKAGES_DIR,
+        "want": example.name,
+        "mirror": signature_mirror(checked),
+    }
+    return _render(env, UPDATE_TEMPLATE, context, listing.templates_dir).rstrip("\n") + "\n"
+
+
 def user_recipe(listing: ListingInput, example: PackageRecord | None) -> str:
     """The bash script the front page shows: fetch and verify the key, the pointer, the index and
-    `example` with aria2c, gpgv, zstd, sha256sum and jq. Runnable from an empty directory."""
-    public_url, fingerprint, _ = _checked(listing)
-    env = make_environment(listing.templates_dir)
-    return _recipe(env, listing, example, public_url=public_url, fingerprint=fingerprint)
+    `example` with aria2c, gpgv, zstd, sha256sum and jq (Arch: also its `.sig` over plain HTTP).
+    Runnable from an empty directory; installing is a printed instruction, never run."""
+    checked = _checked(listing)
+    return _recipe(make_environment(listing.templates_dir), listing, example, checked)
+
+
+def update_recipe(listing: ListingInput) -> str | None:
+    """Arch only (None otherwise, or when no package has a name): the bash script that fetches the
+    packages named in `WANT` (the first named package, as an example) in one `aria2c -i list.txt`
+    run (their `.torrent` URLs and `.sig` URLs, built with jq from the index `user_recipe`
+    verified), then checks each SHA-256 and prints the `pacman -U` command."""
+    checked = _checked(listing)
+    return _update_recipe(make_environment(listing.templates_dir), listing, checked)
+
+
+# --- mirror lists ----------------------------------------------------------------------------------
+
+
+def listed_mirrors(rows: Iterable[MirrorRow]) -> list[MirrorRow]:
+    """The mirrors package-manager lists name: status ok, then partial; each by priority, then URL."""
+    rank = {status: i for i, status in enumerate(LISTED_STATUSES)}
+    return sorted((r for r in rows if r.status in rank), key=lambda r: (rank[r.status], r.priority, r.url))
+
+
+def _list_header(repo: str, scope: str) -> list[str]:
+    where = "" if scope == "all" else f" in {scope}"
+    return [
+        f"# {one_line(repo)}: HTTP mirrors{where} verified by mirrorseed to hold this snapshot",
+        "# (status ok first, then partial; stale, no-range and down mirrors are left out).",
+    ]
+
+
+def url_list_text(rows: Sequence[MirrorRow]) -> str:
+    """One base URL a line, nothing else."""
+    return "".join(f"{r.url}\n" for r in rows)
+
+
+def sources_list_text(
+    repo: str, scope: str, rows: Sequence[MirrorRow], suites: Sequence[str], components: Sequence[str]
+) -> str:
+    """Debian: `deb <url> <suite> <components…>`, one line per mirror and suite."""
+    words = " ".join(components or ("main",))
+    lines = _list_header(repo, scope)
+    for row in rows:
+        lines.append(f"# {row.label}" + (f" ({row.country})" if row.country else ""))
+        lines.extend(f"deb {row.url} {suite} {words}" for suite in suites)
+    return "\n".join(lines) + "\n"
+
+
+def mirrorlist_text(repo: str, scope: str, rows: Sequence[MirrorRow]) -> str:
+    """Arch: pacman's mirrorlist, `## <name> (<CC>)` then `Server = <url>/$repo/os/$arch`."""
+    lines = _list_header(repo, scope)
+    for row in rows:
+        lines.append("")
+        lines.append(f"## {row.label}" + (f" ({row.country})" if row.country else ""))
+        lines.append(f"Server = {row.url}/$repo/os/$arch")
+    return "\n".join(lines) + "\n"
+
+
+def _mirror_lists(listing: ListingInput, checked: _Checked) -> tuple[list[MirrorListFiles], list[Artifact]]:
+    """The `all` lists (always, when there are mirrors) and one set per country with a listed mirror."""
+    listed = listed_mirrors(checked.mirrors)
+    scopes: list[tuple[str, list[MirrorRow]]] = [("all", listed)]
+    for country in sorted({r.country for r in listed if r.country is not None}):
+        scopes.append((country, [r for r in listed if r.country == country]))
+    kind = {"debian": "sources.list" if checked.suites else None, "arch": "mirrorlist"}.get(listing.snapshot_format)
+    files: list[MirrorListFiles] = []
+    artifacts: list[Artifact] = []
+    for scope, rows in scopes:
+        texts = {"txt": url_list_text(rows)}
+        if kind == "sources.list":
+            texts[kind] = sources_list_text(listing.repo, scope, rows, checked.suites, checked.components)
+        elif kind == "mirrorlist":
+            texts[kind] = mirrorlist_text(listing.repo, scope, rows)
+        for suffix, text in texts.items():
+            artifacts.append(make_artifact(mirror_list_key(scope, suffix), text.encode("utf-8")))
+        keys = tuple(("URLs" if suffix == "txt" else suffix, mirror_list_key(scope, suffix)) for suffix in texts)
+        files.append(MirrorListFiles(scope=scope, count=len(rows), files=keys))
+    return files, artifacts
+
+
+def mirrors_document(listing: ListingInput, rows: Iterable[MirrorRow], snapshot_time: str | None) -> dict[str, Any]:
+    """`mirrors/mirrors.json` (schemas/mirrors.schema.json): the table's data, mirrors by URL."""
+    return {
+        "format": MIRRORS_FORMAT,
+        "repo": listing.repo,
+        "sequence": listing.pointer.sequence,
+        "snapshot_time": snapshot_time,
+        "mirrors": [
+            {
+                "url": r.url,
+                "name": None if r.source.name is None else (one_line(r.source.name) or None),
+                "country": r.country,
+                "continent": r.continent,
+                "contact": r.contact,
+                "bandwidth": r.bandwidth,
+                "priority": r.priority,
+                "status": r.status,
+                "detail": r.detail,
+                "last_sync": r.last_sync,
+                "lag_seconds": r.source.lag_seconds,
+                "range_ok": r.source.range_ok,
+                "sampled": r.source.sampled,
+                "sampled_ok": r.source.sampled_ok,
+                "verified_files": r.source.verified_files,
+                "total_files": r.source.total_files,
+                "webseed": r.webseed,
+            }
+            for r in sorted(rows, key=lambda r: r.url)
+        ],
+    }
 
 
 # --- the listings ----------------------------------------------------------------------------------
@@ -350,34 +705,47 @@ def _crumbs(repo: str, directory: str) -> list[Crumb]:
     return crumbs
 
 
+def _table_order(row: MirrorRow) -> tuple[bool, str, int, int, str]:
+    return (row.country is None, row.country or "", STATUS_ORDER.index(row.status), row.priority, row.url)
+
+
 def render_listings(listing: ListingInput) -> tuple[Artifact, ...]:
-    """`index.html`, `browse/…/index.html` for every directory, `style.css`; sorted by key."""
-    public_url, fingerprint, webseeds = _checked(listing)
+    """`index.html`, `browse/…/index.html` for every directory, `style.css`, and when mirrors were
+    probed `mirrors/index.html`, `mirrors/mirrors.json` and the lists; sorted by key."""
+    checked = _checked(listing)
     env = make_environment(listing.templates_dir)
     where = listing.templates_dir
     records = tuple(sorted(listing.records, key=lambda r: r.path))
     example = example_package(records)
+    has_mirrors = bool(checked.mirrors)
     common: dict[str, Any] = {
         "repo": listing.repo,
         "snapshot_format": listing.snapshot_format,
         "format_label": FORMAT_LABELS[listing.snapshot_format],
-        "public_url": public_url,
+        "public_url": checked.public_url,
         "pointer": listing.pointer,
-        "fingerprint": fingerprint,
-        "webseeds": webseeds,
+        "fingerprint": checked.fingerprint,
+        "webseeds": checked.webseeds,
         "package_count": len(records),
         "total_size": sum(r.size for r in records),
+        "has_mirrors": has_mirrors,
+        # Where browse pages link an Arch `.sig` (plain HTTP, no torrent): every webseed, or else the
+        # mirror the recipe fetches it from.
+        "signature_bases": checked.webseeds or tuple(b for b in (signature_mirror(checked),) if b is not None),
     }
     artifacts: list[Artifact] = []
 
     front = {
         **common,
         "page_key": FRONT_KEY,
-        "recipe": _recipe(env, listing, example, public_url=public_url, fingerprint=fingerprint),
+        "recipe": _recipe(env, listing, example, checked),
+        "update_recipe": _update_recipe(env, listing, checked),
         "example": example,
         "flags": " ".join(ARIA2_FLAGS),
         "index_signature": listing.pointer.index.path + ".sig",
-        "mirrors": [MirrorLink(label=base, url=base + "/") for base in webseeds],
+        "mirrors": [MirrorLink(label=base, url=base + "/") for base in checked.webseeds],
+        "mirror_count": len(checked.mirrors),
+        "listed_count": len(listed_mirrors(checked.mirrors)),
     }
     artifacts.append(make_artifact(FRONT_KEY, _page(env, FRONT_TEMPLATE, front, where)))
 
@@ -393,6 +761,29 @@ def render_listings(listing: ListingInput) -> tuple[Artifact, ...]:
             "packages": node.packages,
         }
         artifacts.append(make_artifact(page["page_key"], _page(env, BROWSE_TEMPLATE, page, where)))
+
+    if has_mirrors:
+        lists, list_artifacts = _mirror_lists(listing, checked)
+        artifacts.extend(list_artifacts)
+        document = mirrors_document(listing, checked.mirrors, checked.snapshot_time)
+        artifacts.append(
+            make_artifact(MIRRORS_JSON_KEY, (json.dumps(document, sort_keys=True, indent=2) + "\n").encode("utf-8"))
+        )
+        counts = {s: sum(1 for r in checked.mirrors if r.status == s) for s in STATUS_ORDER}
+        page = {
+            **common,
+            "page_key": MIRRORS_KEY,
+            "rows": sorted(checked.mirrors, key=_table_order),
+            "lists": lists,
+            "statuses": [(s, counts[s], STATUS_MEANING[s]) for s in STATUS_ORDER],
+            "webseed_count": sum(1 for r in checked.mirrors if r.webseed),
+            "snapshot_time": checked.snapshot_time,
+            "suites": checked.suites,
+            "components": checked.components or ("main",),
+            "architectures": checked.architectures,
+            "json_key": MIRRORS_JSON_KEY,
+        }
+        artifacts.append(make_artifact(MIRRORS_KEY, _page(env, MIRRORS_TEMPLATE, page, where)))
 
     artifacts.append(make_artifact(STYLE_KEY, _style(env, where)))
     return tuple(sorted(artifacts, key=lambda a: a.key))

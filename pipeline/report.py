@@ -8,7 +8,7 @@ from typing import Any
 
 @dataclass(frozen=True)
 class RunReport:
-    action: str  # "publish" | "resign" | "finish" | "noop"
+    action: str  # "publish" | "resign" | "finish" | "refresh" | "noop"
     sequence: int
     dry_run: bool
     files: int
@@ -29,6 +29,7 @@ class RunReport:
     key_expires_epoch: int | None
     stages: tuple[tuple[str, float], ...]
     destination: str
+    mirrors: tuple[tuple[str, str, str], ...] = ()  # (url, status, detail)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -56,6 +57,7 @@ class RunReport:
             "pointer_expires": self.pointer_expires,
             "key": {"fingerprint": self.key_fingerprint, "expires_epoch": self.key_expires_epoch},
             "stages": {name: round(seconds, 6) for name, seconds in self.stages},
+            "mirrors": [{"url": u, "status": s, "detail": d} for u, s, d in self.mirrors],
         }
 
     def summary_lines(self) -> list[str]:
@@ -63,6 +65,7 @@ class RunReport:
             "publish": "published",
             "resign": "re-signed",
             "finish": "completed (listings and retention of an interrupted run)",
+            "refresh": "unchanged; metalinks and pages updated for the mirrors' status",
             "noop": "unchanged, nothing written",
         }[self.action]
         if self.dry_run:
@@ -77,6 +80,7 @@ class RunReport:
             f"{len(self.deleted_keys)} {'to delete' if self.dry_run else 'deleted'} (retention)",
             "time: " + ", ".join(f"{name} {seconds:.2f}s" for name, seconds in self.stages),
         ]
+        lines += [f"mirror {url}: {status} ({detail})" for url, status, detail in self.mirrors]
         return lines
 
     def to_prometheus(self) -> str:

@@ -7,6 +7,7 @@ Only `publish` writes to the destination, and only after every check has passed.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import tempfile
 import time
@@ -15,8 +16,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from pipeline.config import Settings, require_release_inputs
+from pipeline.config import MirrorConfig, Settings, require_release_inputs
 from pipeline.errors import PipelineError, StorageError
 from pipeline.hashing import check_expected, hash_files, piece_size_for
 from pipeline.index import (
@@ -31,7 +33,18 @@ from pipeline.index import (
     index_torrent_key,
     rfc3339,
 )
-from pipeline.model import Artifact, FileDigest, FileEntry, IndexRef, NullProgress, PackageRecord, Pointer, Progress
+from pipeline.model import (
+    Artifact,
+    FileDigest,
+    FileEntry,
+    IndexRef,
+    MirrorStatus,
+    NullProgress,
+    PackageRecord,
+    Pointer,
+    Progress,
+    Snapshot,
+)
 from pipeline.objects import make_artifact
 from pipeline.publish import Publication, is_complete, publish
 from pipeline.report import RunReport
@@ -48,6 +61,9 @@ from pipeline.torrents import (
     package_records,
 )
 from pipeline.urls import join_url, magnet_uri
+
+if TYPE_CHECKING:
+    from pipeline.mirrors import MirrorReport
 
 log = logging.getLogger(__name__)
 
@@ -67,10 +83,14 @@ class CurrentPublication:
 
 
 class StageClock:
-    """Wall time per stage, in order."""
+    """Wall time per stage, in the order stages first ran; a stage entered twice accumulates."""
 
     def __init__(self) -> None:
-        self.stages: list[tuple[str, float]] = []
+        self._seconds: dict[str, float] = {}
+
+    @property
+    def stages(self) -> list[tuple[str, float]]:
+        return list(self._seconds.items())
 
     @contextmanager
     def stage(self, name: str) -> Iterator[None]:
@@ -78,7 +98,7 @@ class StageClock:
         try:
             yield
         finally:
-            self.stages.append((name, time.perf_counter() - start))
+            self._seconds[name] = self._seconds.get(name, 0.0) + time.perf_counter() - start
 
 
 @contextmanager
@@ -189,7 +209,7 @@ def build_index_objects(
         repo=settings.repo,
         sequence=sequence,
         generated=generated,
-        webseeds=settings.webseeds,
+        webseeds=[m.url for m in settings.all_mirrors],
         trackers=settings.trackers,
         packages=records,
     )
@@ -258,7 +278,8 @@ def release(
     started = (now or (lambda: datetime.now(UTC)))().replace(microsecond=0)
     expires = started + settings.expires_after
     public_url = settings.public_url.rstrip("/")
-    spec = BuildSpec(webseeds=settings.webseeds, trackers=settings.trackers, public_url=public_url)
+    mirror_urls = tuple(m.url for m in settings.all_mirrors)
+    spec = BuildSpec(webseeds=mirror_urls, trackers=settings.trackers, public_url=public_url)
 
     with clock.stage("start-up"):
         storage = open_storage(settings.dest, settings)
@@ -283,6 +304,13 @@ def release(
     with StateCache.open(settings.state_path, repo=settings.repo) as state:
         with clock.stage("hash"):
             digested = digest_files(snapshot.files, state, workers=settings.workers, progress=progress)
+        with clock.stage("mirrors"):
+            mirror_report = _check_mirrors(settings, snapshot, digested, state, started, progress)
+            spec = replace(
+                spec,
+                webseeds_for=mirror_report.webseeds_for,
+                metalink_urls_for=mirror_report.metalink_urls_for,
+            )
         with clock.stage("build"):
             records = package_records(digested.digests, spec)
 
@@ -294,17 +322,20 @@ def release(
             current_webseeds=current.webseeds if current else (),
             current_trackers=current.trackers if current else (),
             records=records,
-            webseeds=settings.webseeds,
+            webseeds=mirror_urls,
             trackers=settings.trackers,
             now=started,
             resign_before=settings.effective_resign_before,
         )
         new, changed, removed, unchanged = _changes(current, records)
         action: str = decision.action
+        mirrors_changed = _mirror_summary(mirror_report.statuses) != _published_mirror_summary(storage)
         if action == "noop":
             assert current is not None
             if not is_complete(storage, current.pointer_sha256):
                 action = "finish"  # a run committed this pointer but died before its listings: finish them
+            elif mirrors_changed:
+                action = "refresh"  # same packages, but a mirror's status changed: metalinks and pages show it
 
         def report(
             pointer: Pointer,
@@ -337,6 +368,7 @@ def release(
                 key_expires_epoch=key_info.expires,
                 stages=tuple(clock.stages),
                 destination=storage.url,
+                mirrors=tuple((m.url, m.status, m.detail) for m in mirror_report.statuses),
             )
 
         if action == "noop":
@@ -351,11 +383,16 @@ def release(
             package_objects = package_artifacts(
                 ((r, digested.fresh_pieces.get(r.path) or _cached_pieces(state, r)) for r in to_build), spec
             )
+            if mirrors_changed and settings.all_mirrors:
+                unchanged_records = [r for r in records if published.get(r.path) == r]
+                package_objects += package_artifacts(
+                    ((r, _cached_pieces(state, r)) for r in unchanged_records), spec, metalinks_only=True
+                )
 
     with clock.stage("sign"):
         index_artifacts: tuple[Artifact, ...] = ()
         pointer_artifact: Artifact | None = None
-        if action == "finish":
+        if action in ("finish", "refresh"):
             assert current is not None
             pointer, pointer_sha256 = current.pointer, current.pointer_sha256
         elif action == "resign":
@@ -373,7 +410,7 @@ def release(
                 existing_signature=lambda key, data: _published_signature(storage, key, data, signer),
             )
             pointer, index_artifacts = objects.pointer, objects.artifacts
-        if action != "finish":
+        if action not in ("finish", "refresh"):
             pointer_artifact = make_artifact(POINTER_KEY, signer.sign_message(encode_pointer(pointer)))
             pointer_sha256 = _sha256(pointer_artifact.data)
         key_asc, key_gpg = signer.export_public_key()
@@ -389,8 +426,13 @@ def release(
                 pointer=pointer,
                 fingerprint=key_info.fingerprint,
                 records=records,
-                webseeds=settings.webseeds,
+                webseeds=mirror_urls,
                 templates_dir=settings.templates_dir,
+                mirrors=mirror_report.statuses,
+                suites=snapshot.suites,
+                components=snapshot.components,
+                architectures=snapshot.architectures,
+                snapshot_time=rfc3339(snapshot.timestamp) if snapshot.timestamp else None,
             )
         )
 
@@ -444,6 +486,42 @@ def _published_signature(storage: Storage, key: str, data: bytes, signer: Signer
     return signature.data
 
 
+def _check_mirrors(
+    settings: Settings, snapshot: Snapshot, digested: Digests, state: StateCache, now: datetime, progress: Progress
+) -> MirrorReport:
+    """Probe the mirrors (every one, --webseed included): only a mirror verified to hold a file serves it."""
+    from pipeline.mirrors import MirrorReport, ProbeLimits, check_mirrors, probe_files
+
+    if not settings.all_mirrors:
+        return MirrorReport()
+    return check_mirrors(
+        settings.all_mirrors,
+        probe_files(digested.digests),
+        pieces_of=lambda path: digested.fresh_pieces.get(path) or state.pieces(path),
+        state=state,
+        snapshot_time=snapshot.timestamp,
+        now=now,
+        limits=ProbeLimits.from_settings(settings),
+        progress=progress,
+    )
+
+
+def _mirror_summary(statuses: Sequence[MirrorStatus]) -> list[tuple[str, str, bool]]:
+    """What of the mirrors' status the published metalinks and pages depend on (not the volatile lag)."""
+    return sorted((m.url.rstrip("/"), m.status, m.webseed) for m in statuses)
+
+
+def _published_mirror_summary(storage: Storage) -> list[tuple[str, str, bool]]:
+    stored = storage.get("mirrors/mirrors.json")
+    if stored is None:
+        return []
+    try:
+        doc = json.loads(stored.data)
+        return sorted((str(m["url"]).rstrip("/"), str(m["status"]), bool(m["webseed"])) for m in doc["mirrors"])
+    except (ValueError, KeyError, TypeError):
+        return [("unreadable", "", False)]
+
+
 def _cached_pieces(state: StateCache, record: PackageRecord) -> bytes:
     return state.pieces(record.path) if record.size > 0 else b""
 
@@ -477,41 +555,14 @@ def run_demo(
     import subprocess
 
     from pipeline.demo import build_demo_snapshot, demo_key
-    from pipeline.render import ListingInput, user_recipe
+    from pipeline.render import example_package
     from pipeline.serve import serve_directory
 
     public_url = f"http://127.0.0.1:{public_port}"
     mirror_url = f"http://127.0.0.1:{mirror_port}"
     announce(f"demo: building the demo Debian snapshot in {cache_dir} (cached after the first run)")
     snapshot = build_demo_snapshot(cache_dir)
-    with demo_key(cache_dir) as key:
-        settings = Settings(
-            snapshot=snapshot.root,
-            format="debian",
-            dest=str(dest),
-            public_url=public_url,
-            repo="demo",
-            webseeds=(mirror_url,),
-            key=key.fingerprint,
-            gnupghome=key.gnupghome,
-        )
-        announce(f"demo: publishing {snapshot.package_count} packages to {dest} with DEMO key {key.fingerprint}")
-        report = release(settings, progress=progress)
-        with _public_keyring(Signer(gnupghome=key.gnupghome, key=key.fingerprint)) as keyring:
-            current = read_current(open_storage(str(dest)), repo="demo", keyring=keyring, fingerprint=key.fingerprint)
-    assert current is not None
-    listing = ListingInput(
-        repo="demo",
-        snapshot_format="debian",
-        public_url=public_url,
-        pointer=current.pointer,
-        fingerprint=report.key_fingerprint,
-        records=current.records,
-        webseeds=current.webseeds,
-    )
-    example = next((r for r in current.records if r.torrent is not None and "+" in r.path), None)
-    example = example or next(r for r in current.records if r.torrent is not None)
-    recipe = user_recipe(listing, example)
+    dest.mkdir(parents=True, exist_ok=True)
     try:
         servers = (serve_directory(dest, port=public_port), serve_directory(snapshot.root, port=mirror_port))
     except OSError as exc:
@@ -519,7 +570,34 @@ def run_demo(
             f"127.0.0.1:{public_port}/{mirror_port}: cannot listen ({exc.strerror}); stop the other demo and retry"
         ) from exc
     with servers[0], servers[1]:
-        announce(f"demo: destination served at {public_url}/index.html, mirror at {mirror_url}/")
+        announce(f"demo: mirror of the snapshot at {mirror_url}/ (probed before it becomes a webseed)")
+        with demo_key(cache_dir) as key:
+            settings = Settings(
+                snapshot=snapshot.root,
+                format="debian",
+                dest=str(dest),
+                public_url=public_url,
+                repo="demo",
+                mirrors=(
+                    MirrorConfig(
+                        url=mirror_url, country="DE", continent="EU", name="demo mirror (loopback)", priority=1
+                    ),
+                ),
+                key=key.fingerprint,
+                gnupghome=key.gnupghome,
+            )
+            announce(f"demo: publishing {snapshot.package_count} packages to {dest} with DEMO key {key.fingerprint}")
+            report = release(settings, progress=progress)
+            with _public_keyring(Signer(gnupghome=key.gnupghome, key=key.fingerprint)) as keyring:
+                current = read_current(
+                    open_storage(str(dest)), repo="demo", keyring=keyring, fingerprint=key.fingerprint
+                )
+        assert current is not None
+        example = example_package(current.records)
+        if example is None:
+            raise PipelineError("demo: the demo snapshot has no package to fetch; delete .demo/ and run again")
+        recipe = front_page_recipe((dest / "index.html").read_text(encoding="utf-8"))
+        announce(f"demo: destination served at {public_url}/index.html")
         announce(f"demo: fetching {example.path} with aria2 exactly as the front page says")
         with tempfile.TemporaryDirectory(prefix="mirrorseed-demo-user-") as scratch:
             done = subprocess.run(
@@ -536,6 +614,17 @@ def run_demo(
             announce("demo: serving until Ctrl-C")
             (wait or _wait_forever)()
     return DemoResult(report, recipe, example.path, public_url, mirror_url)
+
+
+def front_page_recipe(front_page: str) -> str:
+    """The first copy-paste recipe of a published front page, as a user copies it."""
+    import html
+    import re
+
+    found = re.search(r'<pre class="recipe"><code>(.*?)</code></pre>', front_page, re.DOTALL)
+    if found is None:
+        raise PipelineError("index.html: no recipe on the front page; check templates_dir")
+    return html.unescape(found.group(1))
 
 
 def _wait_forever() -> None:

@@ -156,6 +156,7 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 class _HTTPServer(ThreadingHTTPServer):
+    request_queue_size = 64  # aria2 and the mirror probes open many connections at once
     allow_reuse_address = True
     daemon_threads = True
 

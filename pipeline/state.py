@@ -5,13 +5,19 @@ publication changed is decided against the index the current pointer names, so a
 cache costs hashing, never a republish, and the output is the same byte for byte. A corrupt or
 foreign cache file is reported in one log line and rebuilt. ctime is not part of the key: hard-link
 snapshot rotation changes it without changing the bytes.
+
+Mirror facts live here too (pipeline.mirrors): which mirror was verified, when, to hold which path
+with which SHA-256 (`mirror_files`), and each mirror's health history for the flapping rule
+(`mirror_health`). They are a cache in the same sense: losing them costs probes, and a fact whose
+SHA-256 differs from the current file's is ignored. Their tables are created on open when missing
+(older state files gain them); tables of an unexpected shape are dropped and recreated empty.
 """
 
 from __future__ import annotations
 
 import logging
 import sqlite3
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +43,60 @@ CREATE TABLE IF NOT EXISTS files (
     pieces BLOB NOT NULL
 );
 """
+
+
+_MIRROR_TABLES = {
+    "mirror_files": (
+        "CREATE TABLE mirror_files (\n"
+        "    mirror TEXT NOT NULL,\n"
+        "    path TEXT NOT NULL,\n"
+        "    sha256 TEXT NOT NULL,\n"
+        "    verified_at TEXT NOT NULL,\n"
+        "    checks INTEGER NOT NULL,\n"
+        "    last_modified TEXT,\n"
+        "    PRIMARY KEY (mirror, path)\n"
+        ") WITHOUT ROWID",
+        ("mirror", "path", "sha256", "verified_at", "checks", "last_modified"),
+    ),
+    "mirror_health": (
+        "CREATE TABLE mirror_health (\n"
+        "    mirror TEXT PRIMARY KEY,\n"
+        "    status TEXT NOT NULL,\n"
+        "    checked_at TEXT NOT NULL,\n"
+        "    down_runs INTEGER NOT NULL,\n"
+        "    down_since TEXT,\n"
+        "    last_sync TEXT\n"
+        ")",
+        ("mirror", "status", "checked_at", "down_runs", "down_since", "last_sync"),
+    ),
+}
+
+
+@dataclass(frozen=True)
+class MirrorFact:
+    """A mirror was verified at `verified_at` (RFC 3339 UTC) to hold `path` with this SHA-256.
+
+    `checks` counts successful verifications (the probe picks another piece each time);
+    `last_modified` is the mirror's Last-Modified header, as sent, for diagnostics.
+    """
+
+    path: str
+    sha256: str
+    verified_at: str
+    checks: int = 1
+    last_modified: str | None = None
+
+
+@dataclass(frozen=True)
+class MirrorHealthRecord:
+    """A mirror's status in its last run and, while it is down, since when and for how many runs."""
+
+    mirror: str
+    status: str
+    checked_at: str  # RFC 3339 UTC
+    down_runs: int = 0  # consecutive runs that found it down (0 when it is up)
+    down_since: str | None = None  # RFC 3339 UTC: the first of those runs
+    last_sync: str | None = None  # RFC 3339 UTC, from its last-sync file
 
 
 @dataclass(frozen=True)
@@ -93,6 +153,7 @@ class StateCache:
                 db.executemany("INSERT INTO meta VALUES (?, ?)", [("format", STATE_FORMAT), ("repo", repo)])
             elif meta.get("format") != STATE_FORMAT or meta.get("repo") != repo:
                 raise _ForeignCache(f"format {meta.get('format')!r} for repo {meta.get('repo')!r}, not {repo!r}")
+            _ensure_mirror_tables(db, path)
         except BaseException:
             db.close()
             raise
@@ -167,6 +228,88 @@ class StateCache:
             self._db.executemany("DELETE FROM files WHERE path = ?", stale)
             self._db.execute("COMMIT")
         return len(stale)
+
+    # --- mirror facts (pipeline.mirrors) ---------------------------------------------------------
+
+    def mirror_facts(self, mirror: str) -> Iterator[MirrorFact]:
+        """Every verification fact kept for `mirror` (a normalised base URL), by path, streamed."""
+        query = (
+            "SELECT path, sha256, verified_at, checks, last_modified FROM mirror_files WHERE mirror = ? ORDER BY path"
+        )
+        with closing(self._db.execute(query, (mirror,))) as cursor:
+            for row in cursor:
+                yield MirrorFact(*row)
+
+    def update_mirror_facts(self, mirror: str, verified: Iterable[MirrorFact], forgotten: Iterable[str]) -> None:
+        """In one transaction: remember (or refresh) `verified` and drop the facts of the `forgotten` paths."""
+        self._db.execute("BEGIN")
+        try:
+            self._db.executemany(
+                "DELETE FROM mirror_files WHERE mirror = ? AND path = ?", ((mirror, path) for path in forgotten)
+            )
+            self._db.executemany(
+                "INSERT OR REPLACE INTO mirror_files VALUES (?, ?, ?, ?, ?, ?)",
+                ((mirror, f.path, f.sha256, f.verified_at, f.checks, f.last_modified) for f in verified),
+            )
+            self._db.execute("COMMIT")
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+
+    def forget_mirrors_except(self, mirrors: Iterable[str], paths: Iterable[str]) -> int:
+        """Drop what is kept of mirrors not in `mirrors` and facts of paths not in `paths`; returns facts dropped."""
+        self._db.execute("BEGIN")
+        try:
+            self._db.execute("CREATE TEMP TABLE IF NOT EXISTS keep_mirrors (mirror TEXT PRIMARY KEY)")
+            self._db.execute("CREATE TEMP TABLE IF NOT EXISTS keep_paths (path TEXT PRIMARY KEY)")
+            self._db.execute("DELETE FROM keep_mirrors")
+            self._db.execute("DELETE FROM keep_paths")
+            self._db.executemany("INSERT OR IGNORE INTO keep_mirrors VALUES (?)", ((m,) for m in mirrors))
+            self._db.executemany("INSERT OR IGNORE INTO keep_paths VALUES (?)", ((p,) for p in paths))
+            dropped = self._db.execute(
+                "DELETE FROM mirror_files WHERE mirror NOT IN (SELECT mirror FROM keep_mirrors)"
+                " OR path NOT IN (SELECT path FROM keep_paths)"
+            ).rowcount
+            self._db.execute("DELETE FROM mirror_health WHERE mirror NOT IN (SELECT mirror FROM keep_mirrors)")
+            self._db.execute("DELETE FROM keep_mirrors")
+            self._db.execute("DELETE FROM keep_paths")
+            self._db.execute("COMMIT")
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        return dropped
+
+    def mirror_health(self, mirror: str) -> MirrorHealthRecord | None:
+        """The health kept for `mirror` from its last run, or None if it was never probed."""
+        row = self._db.execute(
+            "SELECT mirror, status, checked_at, down_runs, down_since, last_sync FROM mirror_health WHERE mirror = ?",
+            (mirror,),
+        ).fetchone()
+        return None if row is None else MirrorHealthRecord(*row)
+
+    def store_mirror_health(self, records: Iterable[MirrorHealthRecord]) -> None:
+        self._db.execute("BEGIN")
+        try:
+            self._db.executemany(
+                "INSERT OR REPLACE INTO mirror_health VALUES (?, ?, ?, ?, ?, ?)",
+                ((r.mirror, r.status, r.checked_at, r.down_runs, r.down_since, r.last_sync) for r in records),
+            )
+            self._db.execute("COMMIT")
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+
+
+def _ensure_mirror_tables(db: sqlite3.Connection, path: Path) -> None:
+    """Create the mirror tables when missing; drop and recreate one whose columns are not the expected ones."""
+    for table, (create, columns) in _MIRROR_TABLES.items():
+        found = tuple(row[1] for row in db.execute(f"PRAGMA table_info({table})"))
+        if found == columns:
+            continue
+        if found:
+            log.warning("%s: table %s has unexpected columns; recreating it empty (costs mirror probes)", path, table)
+            db.execute(f"DROP TABLE {table}")
+        db.execute(create)
 
 
 class _ForeignCache(Exception):

@@ -14,7 +14,7 @@ from __future__ import annotations
 import hashlib
 import math
 import xml.etree.ElementTree as ET
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 from urllib.parse import quote, urlsplit
@@ -42,6 +42,10 @@ class BuildSpec:
     webseeds: tuple[str, ...]  # mirror base URLs; the mirror serves <base>/<repo path>
     trackers: tuple[str, ...]
     public_url: str  # where the destination (torrents/, metalinks/) is readable over HTTP
+    # Per-file selection from the mirror health probes; None: every webseed for every file.
+    webseeds_for: Callable[[str], Sequence[str]] | None = None
+    # (base URL, priority, country) per file for metalinks; None: the url-list, in order.
+    metalink_urls_for: Callable[[str], Sequence[tuple[str, int, str | None]]] | None = None
 
 
 # --- URL checks ---------------------------------------------------------------------------------
@@ -191,7 +195,7 @@ def build_metalink(
     sha256: str,
     piece_size: int | None,
     pieces: bytes,
-    urls: Sequence[str],
+    urls: Sequence[str | tuple[str, int, str | None]],
     torrent_url: str | None,
 ) -> bytes:
     """A Metalink v4 document (RFC 5854) for one file: size, sha-256, piece SHA-1s, mirrors, torrent.
@@ -208,8 +212,10 @@ def build_metalink(
         element = ET.SubElement(file, "pieces", length=str(piece_size), type="sha-1")
         for offset in range(0, len(pieces), _DIGEST_SIZE):
             ET.SubElement(element, "hash").text = pieces[offset : offset + _DIGEST_SIZE].hex()
-    for priority, url in enumerate(urls, start=1):
-        ET.SubElement(file, "url", priority=str(priority)).text = url
+    for position, item in enumerate(urls, start=1):
+        url, priority, location = item if isinstance(item, tuple) else (item, position, None)
+        attributes = {"priority": str(priority)} | ({"location": location.lower()} if location else {})
+        ET.SubElement(file, "url", attributes).text = url
     if torrent_url is not None:
         ET.SubElement(file, "metaurl", mediatype="torrent").text = torrent_url
     ET.indent(root)
@@ -237,6 +243,8 @@ class _Urls:
     trackers: tuple[str, ...]
     prefix: bytes
     public_url: str
+    webseeds_for: Callable[[str], Sequence[str]] | None
+    metalink_urls_for: Callable[[str], Sequence[tuple[str, int, str | None]]] | None
 
 
 def _urls(spec: BuildSpec) -> _Urls:
@@ -248,13 +256,31 @@ def _urls(spec: BuildSpec) -> _Urls:
     _check_url(spec.public_url, "public")
     _check_base(spec.public_url, "public")
     trackers = tuple(_unique(spec.trackers))
-    return _Urls(tuple(spec.webseeds), trackers, _announce_prefix(trackers), spec.public_url)
+    return _Urls(
+        tuple(spec.webseeds),
+        trackers,
+        _announce_prefix(trackers),
+        spec.public_url,
+        spec.webseeds_for,
+        spec.metalink_urls_for,
+    )
 
 
 def _url_list(urls: _Urls, path: str) -> list[str]:
     # BEP 19 directory form per mirror; the full file URL is that plus the encoded name, which is
     # join_url(base, path) by construction (quoting the directory once per file, not twice).
-    return _unique(webseed_dir_url(base, path) for base in urls.webseeds)
+    bases = urls.webseeds if urls.webseeds_for is None else urls.webseeds_for(path)
+    return _unique(webseed_dir_url(base, path) for base in bases)
+
+
+def _metalink_urls(urls: _Urls, path: str, url_list: Sequence[str]) -> list[str | tuple[str, int, str | None]]:
+    name = quote(path.rpartition("/")[2], safe="")
+    if urls.metalink_urls_for is None:
+        return [url + name for url in url_list]
+    return [
+        (webseed_dir_url(base, path) + name, priority, country)
+        for base, priority, country in urls.metalink_urls_for(path)
+    ]
 
 
 def infohash_for(*, name: str, length: int, piece_size: int, pieces: bytes) -> str:
@@ -316,8 +342,13 @@ def package_records(digests: Sequence[FileDigest], spec: BuildSpec) -> tuple[Pac
     return tuple(records)
 
 
-def package_artifacts(items: Iterable[tuple[PackageRecord, bytes]], spec: BuildSpec) -> tuple[Artifact, ...]:
-    """The `.torrent` (non-empty files) and `.meta4` of each (record, piece hashes), in the given order."""
+def package_artifacts(
+    items: Iterable[tuple[PackageRecord, bytes]], spec: BuildSpec, *, metalinks_only: bool = False
+) -> tuple[Artifact, ...]:
+    """The `.torrent` (non-empty files) and `.meta4` of each (record, piece hashes), in the given order.
+
+    `metalinks_only`: the records are unchanged but the mirrors' current status is not (metalinks show it).
+    """
     urls = _urls(spec)
     artifacts: list[Artifact] = []
     for record, pieces in items:
@@ -338,15 +369,15 @@ def package_artifacts(items: Iterable[tuple[PackageRecord, bytes]], spec: BuildS
             if infohash != record.infohash:
                 raise ValueError(f"{path}: piece hashes do not match the recorded infohash {record.infohash}")
             torrent_url = join_url(urls.public_url, record.torrent)
-            artifacts.append(make_artifact(record.torrent, data))
-        encoded_name = quote(name, safe="")
+            if not metalinks_only:
+                artifacts.append(make_artifact(record.torrent, data))
         metalink = build_metalink(
             name=name,
             size=record.size,
             sha256=record.sha256,
             piece_size=record.piece_size,
             pieces=pieces if record.size > 0 else b"",
-            urls=[url + encoded_name for url in url_list],
+            urls=_metalink_urls(urls, path, url_list),
             torrent_url=torrent_url,
         )
         artifacts.append(make_artifact(record.metalink, metalink))

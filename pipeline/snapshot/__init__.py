@@ -12,6 +12,7 @@ import logging
 import os
 import re
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 
 from pipeline.config import FORMATS
@@ -52,7 +53,7 @@ def scan_snapshot(spec: ScanSpec) -> Snapshot:
     snapshot_format = _resolve_format(root_real, spec.format)
     root_bytes = os.fsencode(root_real)
     if snapshot_format == "flat":
-        return _snapshot(root_real, "flat", scan_flat(root_bytes), ())
+        return _snapshot(root_real, "flat", scan_flat(root_bytes))
     if snapshot_format == "arch":
         if spec.components or spec.upstream_keyring:
             raise ConfigError(
@@ -60,7 +61,14 @@ def scan_snapshot(spec: ScanSpec) -> Snapshot:
                 "remove them (select Arch repos with suites)"
             )
         arch = scan_arch(root_bytes, ArchSelection(repos=spec.suites, architectures=spec.architectures))
-        return _snapshot(root_real, "arch", arch.files, arch.repos)
+        return _snapshot(
+            root_real,
+            "arch",
+            arch.files,
+            suites=arch.repos,
+            architectures=arch.architectures,
+            timestamp=arch.timestamp,
+        )
     selection = DebianSelection(
         suites=spec.suites,
         components=spec.components,
@@ -68,18 +76,41 @@ def scan_snapshot(spec: ScanSpec) -> Snapshot:
         upstream_keyring=spec.upstream_keyring,
     )
     debian = scan_debian(root_bytes, selection)
-    return _snapshot(root_real, "debian", debian.files, debian.suites)
+    return _snapshot(
+        root_real,
+        "debian",
+        debian.files,
+        suites=debian.suites,
+        components=debian.components,
+        architectures=debian.architectures,
+        timestamp=debian.timestamp,
+    )
 
 
 def _snapshot(
-    root_real: Path, snapshot_format: SnapshotFormat, files: tuple[FileEntry, ...], suites: tuple[str, ...]
+    root_real: Path,
+    snapshot_format: SnapshotFormat,
+    files: tuple[FileEntry, ...],
+    *,
+    suites: tuple[str, ...] = (),
+    components: tuple[str, ...] = (),
+    architectures: tuple[str, ...] = (),
+    timestamp: datetime | None = None,
 ) -> Snapshot:
     paths = [entry.path for entry in files]
     # The adapters guarantee sorted, unique paths; if a bug broke that, refuse rather than publish.
     if any(earlier >= later for earlier, later in itertools.pairwise(paths)):
         raise SnapshotError(f"{root_real}: scan produced unsorted or duplicate paths; report this bug")
     log.info("scanned %s (%s): %d files", root_real, snapshot_format, len(files))
-    return Snapshot(root=root_real, format=snapshot_format, files=files, suites=suites)
+    return Snapshot(
+        root=root_real,
+        format=snapshot_format,
+        files=files,
+        suites=suites,
+        components=components,
+        architectures=architectures,
+        timestamp=timestamp,
+    )
 
 
 # --- the spec ------------------------------------------------------------------------------------

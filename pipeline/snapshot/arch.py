@@ -12,6 +12,9 @@ Every `*/desc` entry of a db gives `%FILENAME%`, `%NAME%`, `%VERSION%`, `%ARCH%`
 here; their SHA-256 is checked later, by the hashing stage, against `FileEntry.expected_sha256`.
 Signatures are small: they are read here, and their size and SHA-256 go into `FileEntry.signature`.
 The `.db`, `.files` and `.sig` files themselves get no torrent.
+
+The snapshot's time is the root's `lastsync` file (epoch seconds, written by the Arch mirror sync
+script) when it is there; the mirror probes compare mirrors' own `lastsync` with it.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ import tarfile
 import zlib
 from contextlib import closing
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Protocol
 
 import zstandard
@@ -48,12 +52,14 @@ from pipeline.snapshot.paths import (
     shown,
 )
 
-__all__ = ["MAX_DB_BYTES", "MAX_SIGNATURE_BYTES", "ArchScan", "ArchSelection", "scan_arch"]
+__all__ = ["MAX_DB_BYTES", "MAX_SIGNATURE_BYTES", "ArchScan", "ArchSelection", "parse_lastsync", "scan_arch"]
 
 log = logging.getLogger(__name__)
 
 MAX_DB_BYTES = 512 * 1024 * 1024  # uncompressed tar of one repo db (Arch's extra.db: tens of MB)
 MAX_SIGNATURE_BYTES = 64 * 1024  # a detached OpenPGP signature is a few hundred bytes
+MAX_LASTSYNC_BYTES = 64  # `lastsync` holds one epoch-seconds number
+_EPOCH = re.compile(r"[0-9]{1,12}")
 _MAX_LISTED_PROBLEMS = 20
 _RESYNC = "re-sync the mirror"
 _SHA256 = re.compile(r"[0-9a-fA-F]{64}")
@@ -71,10 +77,13 @@ class ArchSelection:
 
 @dataclass(frozen=True)
 class ArchScan:
-    """The files to publish (sorted by repo path, unique) and the repos they come from."""
+    """The files to publish (sorted by repo path, unique), the repos and architectures they come from,
+    and the snapshot's time from its root `lastsync` (None when absent or unreadable)."""
 
     files: tuple[FileEntry, ...]
     repos: tuple[str, ...]
+    architectures: tuple[str, ...] = ()
+    timestamp: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -120,7 +129,42 @@ def scan_arch(root_real: bytes, selection: ArchSelection) -> ArchScan:
     files = _locate_all(root_real, chosen, listed)
     repos = tuple(dict.fromkeys(db.repo for db in chosen))
     log.info("arch scan: %d repos, %d databases, %d package files", len(repos), len(chosen), len(files))
-    return ArchScan(files=files, repos=repos)
+    architectures = tuple(sorted({db.arch for db in chosen}))
+    return ArchScan(files=files, repos=repos, architectures=architectures, timestamp=_read_lastsync(root_real))
+
+
+def parse_lastsync(data: bytes) -> datetime | None:
+    """An Arch `lastsync` file (epoch seconds, optional trailing newline) as aware UTC; None if malformed."""
+    text = data.strip().decode("ascii", "replace")
+    if not _EPOCH.fullmatch(text):
+        return None
+    seconds = int(text)
+    if seconds <= 0:
+        return None
+    try:
+        return datetime.fromtimestamp(seconds, tz=UTC)
+    except (OverflowError, OSError, ValueError):
+        return None
+
+
+def _read_lastsync(root_real: bytes) -> datetime | None:
+    """The root `lastsync` as aware UTC; a missing, non-regular or malformed file is only logged."""
+    path = root_real + b"/lastsync"
+    try:
+        if not stat.S_ISREG(os.lstat(path).st_mode):
+            log.info("lastsync: not a regular file; snapshot time unknown")
+            return None
+        with open(path, "rb") as handle:
+            data = handle.read(MAX_LASTSYNC_BYTES + 1)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        log.info("lastsync: cannot read (%s); snapshot time unknown", exc.strerror)
+        return None
+    found = parse_lastsync(data) if len(data) <= MAX_LASTSYNC_BYTES else None
+    if found is None:
+        log.info("lastsync: not epoch seconds (%r); snapshot time unknown", data[:MAX_LASTSYNC_BYTES])
+    return found
 
 
 # --- discovery and selection ---------------------------------------------------------------------

@@ -5,6 +5,10 @@ Layout read: `dists/<suite>/{InRelease,Release,Release.gpg}` and
 against the `SHA256` list of its `Release` (when listed; always required when the Release is verified
 with an upstream keyring). Package files are only stat'ed (one `lstat` each); their SHA-256 is
 checked later, by the hashing stage, against `FileEntry.expected_sha256`.
+
+The scan also reports the components and architectures of the `Packages` files it used, and the
+snapshot's time: the newest `Date:` of the selected suites' Release files (aware UTC; None when no
+Release has a parseable date). The mirror probes compare mirrors' last syncs with it.
 """
 
 from __future__ import annotations
@@ -21,6 +25,8 @@ import tempfile
 import zlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
 from pathlib import Path
 
 from debian import deb822
@@ -58,10 +64,17 @@ class DebianSelection:
 
 @dataclass(frozen=True)
 class DebianScan:
-    """The files to publish (sorted by repo path, unique) and the suites they come from."""
+    """The files to publish (sorted by repo path, unique) and the suites they come from.
+
+    `components` and `architectures` are those of the `Packages` files used (`all` only when it is the
+    only one: it is not an architecture a client selects); `timestamp` is the newest Release `Date:`.
+    """
 
     files: tuple[FileEntry, ...]
     suites: tuple[str, ...]
+    components: tuple[str, ...] = ()
+    architectures: tuple[str, ...] = ()
+    timestamp: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -79,6 +92,7 @@ class ReleaseInfo:
     components: tuple[str, ...]
     architectures: tuple[str, ...]
     checksums: Mapping[str, Checksum]  # name relative to dists/<suite>/ -> size and SHA-256
+    date: datetime | None = None  # the `Date:` field, aware UTC; None when absent or unparseable
 
 
 @dataclass(frozen=True)
@@ -121,7 +135,40 @@ def scan_debian(root_real: bytes, selection: DebianSelection) -> DebianScan:
     listed = _collect_listed(tree, releases, indexes, selection.upstream_keyring is not None)
     files = _locate_all(tree, listed)
     log.info("debian scan: %d suites, %d Packages files, %d package files", len(releases), len(indexes), len(files))
-    return DebianScan(files=files, suites=tuple(suite_names))
+    dates = [release.date for release in releases if release.date is not None]
+    return DebianScan(
+        files=files,
+        suites=tuple(suite_names),
+        components=tuple(dict.fromkeys(index.component for index in indexes)),
+        architectures=_scanned_architectures(indexes),
+        timestamp=max(dates) if dates else None,
+    )
+
+
+def _scanned_architectures(indexes: Iterable[PackagesIndex]) -> tuple[str, ...]:
+    """The architectures of the Packages files used, sorted; `all` only when there is nothing else."""
+    found = sorted({index.architecture for index in indexes})
+    real = [arch for arch in found if arch != "all"]
+    return tuple(real or found)
+
+
+def release_date(value: str | None) -> datetime | None:
+    """A Release `Date:` (RFC 2822, e.g. `Sat, 10 Jun 2023 08:53:33 UTC`) as aware UTC; None if unusable.
+
+    A date without a usable zone (a zone name other than UTC/GMT/UT/Z) is ambiguous: None.
+    """
+    text = (value or "").strip()
+    if not text:
+        return None
+    try:
+        parsed = parsedate_to_datetime(text)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if parsed.tzinfo is None:
+        if not text.endswith("-0000"):  # RFC 2822: UTC, local zone unknown
+            return None
+        parsed = parsed.replace(tzinfo=UTC)
+    return parsed.astimezone(UTC)
 
 
 # --- the tree: containment-checked file-system access with one lstat per file -------------------
@@ -239,12 +286,17 @@ def _read_release(tree: _Tree, suite: str, keyring: Path | None) -> ReleaseInfo:
         shown_path = f"{base}/Release" if tree.is_file(f"{base}/Release") else f"{base}/InRelease"
         data = tree.read(shown_path)
     release = deb822.Release(_decode_utf8(data, shown_path))  # strips an unverified InRelease's armor
+    date_text = release.get("Date")
+    date = release_date(str(date_text) if date_text is not None else None)
+    if date is None:
+        log.info("%s: no usable Date field (%r); mirror lag is unknown for this suite", shown_path, date_text)
     return ReleaseInfo(
         suite=suite,
         shown_path=shown_path,
         components=tuple(str(release.get("Components", "")).split()),
         architectures=tuple(str(release.get("Architectures", "")).split()),
         checksums=_release_checksums(release, shown_path),
+        date=date,
     )
 
 

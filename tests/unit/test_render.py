@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import html
+import json
+import os
 import posixpath
 import re
 import shutil
@@ -11,22 +13,28 @@ import subprocess
 from dataclasses import replace
 from html.parser import HTMLParser
 from pathlib import Path
+from typing import Any
 from urllib.parse import quote, unquote, urlsplit
 
 import jinja2
+import jsonschema
 import pytest
 
 from pipeline.errors import ConfigError, SnapshotError
-from pipeline.model import Artifact, IndexRef, PackageRecord, Pointer, SignatureRef
+from pipeline.model import Artifact, IndexRef, MirrorStatus, PackageRecord, Pointer, SignatureRef
+from pipeline.objects import content_type_for
 from pipeline.render import (
     ARIA2_FLAGS,
     ListingInput,
+    duration,
     example_package,
     filesize,
     group_fingerprint,
     make_environment,
     relative_href,
     render_listings,
+    rfc3339,
+    update_recipe,
     user_recipe,
 )
 
@@ -111,7 +119,7 @@ class PageParser(HTMLParser):
         self.hrefs: list[str] = []
         self.text: list[str] = []
         self.styled: list[str] = []
-        self.pre: list[str] = []
+        self.pre: list[str] = []  # the text of each <pre>, in page order
         self._in_pre = 0
 
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
@@ -123,6 +131,7 @@ class PageParser(HTMLParser):
                 self.styled.append(f"{tag} {name}")
         if tag == "pre":
             self._in_pre += 1
+            self.pre.append("")
 
     def handle_endtag(self, tag: str) -> None:
         if tag == "pre":
@@ -131,7 +140,7 @@ class PageParser(HTMLParser):
     def handle_data(self, data: str) -> None:
         self.text.append(data)
         if self._in_pre:
-            self.pre.append(data)
+            self.pre[-1] += data
 
 
 def parse(artifact: Artifact) -> PageParser:
@@ -171,6 +180,8 @@ def check_links(data: ListingInput, artifacts: tuple[Artifact, ...]) -> dict[str
         resolved[key] = set()
         for href in page.hrefs:
             scheme = urlsplit(href).scheme
+            if href == "data:,":  # the empty favicon: no /favicon.ico request, no 404
+                continue
             if scheme:
                 assert scheme in ("http", "https", "magnet"), (key, href)
                 continue
@@ -336,7 +347,7 @@ def test_front_page_content() -> None:
     assert "does not start from a magnet" in text
     example = example_package(data.records)
     assert example is not None and example.path == EVIL_PATH  # first non-empty, in path order
-    assert "".join(front.pre) == user_recipe(data, example)  # one source for page and script
+    assert front.pre == [user_recipe(data, example)]  # one source for page and script
 
 
 def test_artifacts_have_listing_headers() -> None:
@@ -538,3 +549,722 @@ def test_front_page_recipe_is_escaped_once() -> None:
     block = front.split('<pre class="recipe"><code>', 1)[1].split("</code></pre>", 1)[0]
     assert "&amp;&amp;" in block and "<" not in block
     assert html.unescape(block) == user_recipe(listing(), example_package(RECORDS))
+
+
+# --- mirror listings -------------------------------------------------------------------------------
+
+SCHEMAS = Path(__file__).resolve().parents[2] / "schemas"
+EVIL_MIRROR_NAME = "<script>alert(1)</script> Mirror & <b>co</b>"
+EVIL_CONTACT = '"><img src=x onerror=alert(1)> admin@example.org'
+SNAPSHOT_TIME = "2026-05-01T11:00:00Z"
+
+
+def mirror(url: str, status: str, country: str | None = "DE", **extra: object) -> MirrorStatus:
+    fields: dict[str, object] = {
+        "url": url,
+        "country": country,
+        "continent": None if country is None else "EU",
+        "name": None,
+        "contact": None,
+        "bandwidth": None,
+        "priority": 100,
+        "status": status,
+        "last_sync": "2026-05-01T08:55:00Z",
+        "lag_seconds": 7500,
+        "range_ok": status != "no-range",
+        "sampled": 4,
+        "sampled_ok": 4 if status == "ok" else 3,
+        "verified_files": 10,
+        "total_files": 12,
+        "webseed": status in ("ok", "partial"),
+        "detail": f"{status}: why",
+    }
+    fields.update(extra)
+    return MirrorStatus(**fields)  # type: ignore[arg-type]
+
+
+MIRRORS = (
+    mirror(
+        "https://ok.example.de/debian/",
+        "ok",
+        name=EVIL_MIRROR_NAME,
+        contact=EVIL_CONTACT,
+        bandwidth="10 Gbit/s",
+        priority=50,
+    ),
+    mirror("https://ok2.example.de/pub/debian", "ok", name="Second DE", priority=60),
+    mirror("https://partial.example.de/debian", "partial", priority=1),
+    mirror("https://stale.example.fr/debian", "stale", country="FR"),
+    mirror("http://norange.example.us/debian", "no-range", country="US", continent="NA"),
+    mirror(
+        "https://down.example.jp/debian",
+        "down",
+        country="JP",
+        continent="AS",
+        range_ok=None,
+        last_sync=None,
+        lag_seconds=None,
+        sampled=0,
+        sampled_ok=0,
+        webseed=False,
+    ),
+    mirror("https://nocountry.example.net/x", "ok", country=None, priority=100),
+)
+UNLISTED_HOSTS = ("stale.example.fr", "norange.example.us", "down.example.jp")
+
+
+def with_mirrors(fmt: str = "debian", **changes: object) -> ListingInput:
+    base: dict[str, object] = {
+        "snapshot_format": fmt,
+        "mirrors": MIRRORS,
+        "suites": ("bookworm", "bookworm-updates") if fmt == "debian" else ("core", "extra") if fmt == "arch" else (),
+        "components": ("main", "contrib") if fmt == "debian" else (),
+        "architectures": ("amd64",) if fmt == "debian" else ("x86_64",) if fmt == "arch" else (),
+        "snapshot_time": SNAPSHOT_TIME,
+    }
+    base.update(changes)
+    return listing(**base)
+
+
+def by_key(data: ListingInput) -> dict[str, Artifact]:
+    return {a.key: a for a in render_listings(data)}
+
+
+class TableParser(HTMLParser):
+    """The rows of the page's `<table class="mirrors">`: per cell its text and its elements' classes."""
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.rows: list[list[tuple[str, set[str]]]] = []
+        self._in_table = False
+        self._cell: tuple[list[str], set[str]] | None = None
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        classes = set((dict(attrs).get("class") or "").split())
+        if tag == "table":
+            self._in_table = "mirrors" in classes
+        elif self._in_table and tag == "tr":
+            self.rows.append([])
+        elif self._in_table and tag == "td":
+            self._cell = ([], classes)
+        elif self._cell is not None:
+            self._cell[1].update(classes)
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag == "table":
+            self._in_table = False
+        elif tag == "td" and self._cell is not None:
+            self.rows[-1].append((" ".join("".join(self._cell[0]).split()), self._cell[1]))
+            self._cell = None
+
+    def handle_data(self, data: str) -> None:
+        if self._cell is not None:
+            self._cell[0].append(data + " ")
+
+
+def mirror_table(artifacts: dict[str, Artifact]) -> dict[str, list[tuple[str, set[str]]]]:
+    """The status table's rows by the mirror's host."""
+    parser = TableParser()
+    parser.feed(artifacts["mirrors/index.html"].data.decode())
+    rows = [row for row in parser.rows if row]
+    hrefs = [h for h in parse(artifacts["mirrors/index.html"]).hrefs if h.startswith("http")]
+    assert len(rows) == len(MIRRORS) == len(hrefs)
+    return {urlsplit(href).netloc: row for href, row in zip(hrefs, rows, strict=True)}
+
+
+def schema_validator() -> jsonschema.Draft202012Validator:
+    schema = json.loads((SCHEMAS / "mirrors.schema.json").read_text())
+    jsonschema.Draft202012Validator.check_schema(schema)
+    return jsonschema.Draft202012Validator(schema, format_checker=jsonschema.FormatChecker())
+
+
+def list_files(artifacts: dict[str, Artifact]) -> dict[str, str]:
+    return {
+        k: a.data.decode()
+        for k, a in artifacts.items()
+        if k.startswith("mirrors/") and k.endswith((".txt", ".sources.list", ".mirrorlist"))
+    }
+
+
+def test_no_mirrors_means_no_mirror_pages() -> None:
+    artifacts = by_key(listing())
+    assert not [k for k in artifacts if k.startswith("mirrors/")]
+    assert b"mirrors/" not in artifacts["index.html"].data
+
+
+@pytest.mark.parametrize("fmt", ["debian", "arch", "flat"])
+def test_mirror_listing_keys(fmt: str) -> None:
+    keys = {k for k in by_key(with_mirrors(fmt)) if k.startswith("mirrors/")}
+    kinds = {"debian": ["txt", "sources.list"], "arch": ["txt", "mirrorlist"], "flat": ["txt"]}[fmt]
+    # DE has two ok mirrors and a partial one; FR (stale), US (no-range), JP (down) have none listed.
+    expected = {"mirrors/index.html", "mirrors/mirrors.json"}
+    expected |= {f"mirrors/all.{kind}" for kind in kinds} | {f"mirrors/country/DE.{kind}" for kind in kinds}
+    assert keys == expected
+
+
+def test_mirror_table_shows_every_status() -> None:
+    table = mirror_table(by_key(with_mirrors()))
+    expected = {
+        "ok.example.de": "ok",
+        "ok2.example.de": "ok",
+        "partial.example.de": "partial",
+        "stale.example.fr": "stale",
+        "norange.example.us": "no-range",
+        "down.example.jp": "down",
+        "nocountry.example.net": "ok",
+    }
+    for host, status in expected.items():
+        row = table[host]
+        assert len(row) == 11, row  # mirror, country, continent, status, sync, lag, range, files, bw, contact, webseed
+        text, classes = row[3]
+        assert text == f"{status} {status}: why", (host, text)
+        assert f"status-{status}" in classes and "status" in classes
+        assert row[10][0] == ("yes" if status in ("ok", "partial") else "no")
+    ok = [cell for cell, _ in table["ok.example.de"]]
+    assert ok[0] == f"{EVIL_MIRROR_NAME} ok.example.de"
+    assert ok[1:3] == ["DE", "EU"]
+    assert ok[4:8] == ["2026-05-01T08:55:00Z", "2 h 5 min", "yes", "4/4 sampled 10/12 verified"]
+    assert ok[8:10] == ["10 Gbit/s", EVIL_CONTACT]
+    down = [cell for cell, _ in table["down.example.jp"]]
+    assert down[4:8] == ["unknown", "unknown", "unknown", "none sampled 10/12 verified"]
+    assert [cell for cell, _ in table["norange.example.us"]][6] == "no"
+    assert [cell for cell, _ in table["nocountry.example.net"]][1:3] == ["–", "–"]
+    # rows by country (none last), then status, priority, URL
+    assert list(table) == [
+        "ok.example.de",
+        "ok2.example.de",
+        "partial.example.de",
+        "stale.example.fr",
+        "down.example.jp",
+        "norange.example.us",
+        "nocountry.example.net",
+    ]
+
+
+def test_mirrors_page_links_the_json_and_every_list() -> None:
+    data = with_mirrors("arch")
+    artifacts = render_listings(data)
+    resolved = check_links(data, artifacts)
+    assert resolved["mirrors/index.html"] >= {
+        "mirrors/mirrors.json",
+        "mirrors/all.txt",
+        "mirrors/all.mirrorlist",
+        "mirrors/country/DE.txt",
+        "mirrors/country/DE.mirrorlist",
+        "index.html",
+        "browse/index.html",
+        "style.css",
+    }
+    assert {"mirrors/index.html", "mirrors/mirrors.json"} <= resolved["index.html"]
+    for key, targets in resolved.items():
+        assert "mirrors/index.html" in targets, key  # the site nav
+
+
+@pytest.mark.parametrize("fmt", ["debian", "arch", "flat"])
+def test_link_check_covers_the_mirror_pages(fmt: str) -> None:
+    data = with_mirrors(fmt)
+    artifacts = render_listings(data)
+    resolved = check_links(data, artifacts)
+    assert "mirrors/index.html" in resolved
+    linked = set().union(*resolved.values())
+    assert {a.key for a in artifacts} - linked == set()  # every list and page is reachable
+    page = parse(next(a for a in artifacts if a.key == "mirrors/index.html"))
+    absolute = {h for h in page.hrefs if urlsplit(h).scheme}
+    assert absolute == {mirror_base_of(m.url) for m in MIRRORS}
+
+
+def mirror_base_of(url: str) -> str:
+    return url.rstrip("/")
+
+
+def test_link_check_catches_a_broken_link_on_the_mirrors_page(tmp_path: Path) -> None:
+    (tmp_path / "mirrors.html.j2").write_text(
+        '{% extends "base.html.j2" %}{% block content %}<a href="{{ "mirrors/country/XX.txt" | href }}">x</a>'
+        "{% endblock %}"
+    )
+    data = with_mirrors(templates_dir=tmp_path)
+    with pytest.raises(AssertionError):
+        check_links(data, render_listings(data))
+
+
+def test_mirrors_json_validates_and_holds_the_table_data() -> None:
+    artifacts = by_key(with_mirrors())
+    raw = artifacts["mirrors/mirrors.json"].data
+    doc = json.loads(raw)
+    assert raw == (json.dumps(doc, sort_keys=True, indent=2) + "\n").encode()
+    schema_validator().validate(doc)
+    assert (doc["format"], doc["repo"], doc["sequence"], doc["snapshot_time"]) == (
+        "mirrorseed-mirrors/1",
+        "demo",
+        42,
+        SNAPSHOT_TIME,
+    )
+    urls = [m["url"] for m in doc["mirrors"]]
+    assert urls == sorted(mirror_base_of(m.url) for m in MIRRORS)
+    ok = next(m for m in doc["mirrors"] if m["url"] == "https://ok.example.de/debian")
+    assert ok == {
+        "url": "https://ok.example.de/debian",
+        "name": EVIL_MIRROR_NAME,
+        "country": "DE",
+        "continent": "EU",
+        "contact": EVIL_CONTACT,
+        "bandwidth": "10 Gbit/s",
+        "priority": 50,
+        "status": "ok",
+        "detail": "ok: why",
+        "last_sync": "2026-05-01T08:55:00Z",
+        "lag_seconds": 7500,
+        "range_ok": True,
+        "sampled": 4,
+        "sampled_ok": 4,
+        "verified_files": 10,
+        "total_files": 12,
+        "webseed": True,
+    }
+    down = next(m for m in doc["mirrors"] if m["status"] == "down")
+    assert (down["last_sync"], down["lag_seconds"], down["range_ok"]) == (None, None, None)
+    assert {m["status"] for m in doc["mirrors"]} == {"ok", "partial", "stale", "no-range", "down"}
+
+
+def test_mirrors_json_without_snapshot_time_validates() -> None:
+    doc = json.loads(by_key(with_mirrors("flat", snapshot_time=None))["mirrors/mirrors.json"].data)
+    assert doc["snapshot_time"] is None
+    schema_validator().validate(doc)
+
+
+def _broken(doc: dict[str, Any], change: str) -> dict[str, Any]:
+    broken: dict[str, Any] = json.loads(json.dumps(doc))
+    first = broken["mirrors"][0]
+    match change:
+        case "extra top-level key":
+            broken["generated"] = "2026-05-01T12:00:00Z"
+        case "missing key":
+            del first["webseed"]
+        case "unknown status":
+            first["status"] = "slow"
+        case "lower-case country":
+            first["country"] = "de"
+        case "offset time":
+            first["last_sync"] = "2026-05-01T08:55:00+00:00"
+        case "trailing slash":
+            first["url"] += "/"
+        case "newline in name":
+            first["name"] = "a\nServer = http://evil"
+        case "negative count":
+            first["sampled"] = -1
+        case "wrong format":
+            broken["format"] = "mirrorseed-mirrors/2"
+        case "extra mirror key":
+            first["ip"] = "192.0.2.1"
+    return broken
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        "extra top-level key",
+        "missing key",
+        "unknown status",
+        "lower-case country",
+        "offset time",
+        "trailing slash",
+        "newline in name",
+        "negative count",
+        "wrong format",
+        "extra mirror key",
+    ],
+)
+def test_mirrors_schema_rejects_a_broken_document(change: str) -> None:
+    doc = json.loads(by_key(with_mirrors())["mirrors/mirrors.json"].data)
+    validator = schema_validator()
+    validator.validate(doc)
+    with pytest.raises(jsonschema.ValidationError):
+        validator.validate(_broken(doc, change))
+
+
+def test_debian_country_lists() -> None:
+    files = list_files(by_key(with_mirrors("debian")))
+    assert files["mirrors/country/DE.txt"] == (
+        "https://ok.example.de/debian\nhttps://ok2.example.de/pub/debian\nhttps://partial.example.de/debian\n"
+    )
+    assert files["mirrors/all.txt"] == (
+        "https://ok.example.de/debian\nhttps://ok2.example.de/pub/debian\nhttps://nocountry.example.net/x\n"
+        "https://partial.example.de/debian\n"
+    )  # ok by priority (50, 60, 100), then partial although its priority is 1
+    deb = [line for line in files["mirrors/country/DE.sources.list"].splitlines() if not line.startswith("#")]
+    assert deb == [
+        "deb https://ok.example.de/debian bookworm main contrib",
+        "deb https://ok.example.de/debian bookworm-updates main contrib",
+        "deb https://ok2.example.de/pub/debian bookworm main contrib",
+        "deb https://ok2.example.de/pub/debian bookworm-updates main contrib",
+        "deb https://partial.example.de/debian bookworm main contrib",
+        "deb https://partial.example.de/debian bookworm-updates main contrib",
+    ]
+    all_deb = [line for line in files["mirrors/all.sources.list"].splitlines() if line.startswith("deb ")]
+    assert len(all_deb) == 8 and "deb https://nocountry.example.net/x bookworm main contrib" in all_deb
+    comments = [line for line in files["mirrors/all.sources.list"].splitlines() if not line.startswith("deb ")]
+    assert all(line.startswith("# ") for line in comments)
+    assert "# nocountry.example.net" in comments and "# Second DE (DE)" in comments
+
+
+def test_debian_sources_list_defaults_to_main_and_needs_a_suite() -> None:
+    files = list_files(by_key(with_mirrors("debian", components=())))
+    assert "deb https://ok.example.de/debian bookworm main" in files["mirrors/country/DE.sources.list"].splitlines()
+    no_suite = by_key(with_mirrors("debian", suites=()))
+    assert not [k for k in no_suite if k.endswith(".sources.list")]
+    assert "mirrors/country/DE.txt" in no_suite
+    assert b"names no suite" in no_suite["mirrors/index.html"].data
+
+
+def test_arch_mirrorlist() -> None:
+    odd = mirror("https://odd.example.de/ar$ch/pkgs+x/", "ok", name="Odd\nServer = http://evil.example/", priority=10)
+    files = list_files(by_key(with_mirrors("arch", mirrors=(*MIRRORS, odd))))
+    lines = files["mirrors/country/DE.mirrorlist"].splitlines()
+    entries = [line for line in lines if line and not line.startswith("# ")]
+    assert entries == [
+        "## Odd Server = http://evil.example/ (DE)",  # a name cannot add a line
+        "Server = https://odd.example.de/ar%24ch/pkgs+x/$repo/os/$arch",
+        f"## {EVIL_MIRROR_NAME} (DE)",
+        "Server = https://ok.example.de/debian/$repo/os/$arch",
+        "## Second DE (DE)",
+        "Server = https://ok2.example.de/pub/debian/$repo/os/$arch",
+        "## partial.example.de (DE)",
+        "Server = https://partial.example.de/debian/$repo/os/$arch",
+    ]
+    servers = [line for line in files["mirrors/all.mirrorlist"].splitlines() if line.startswith("Server")]
+    assert "Server = https://nocountry.example.net/x/$repo/os/$arch" in servers and len(servers) == 5
+    assert "## nocountry.example.net" in files["mirrors/all.mirrorlist"].splitlines()
+    assert files["mirrors/country/DE.txt"].splitlines()[0] == "https://odd.example.de/ar%24ch/pkgs+x"
+
+
+@pytest.mark.parametrize("fmt", ["debian", "arch", "flat"])
+def test_unverified_mirrors_never_reach_package_manager_lists(fmt: str) -> None:
+    files = list_files(by_key(with_mirrors(fmt)))
+    assert files
+    for key, text in files.items():
+        for host in UNLISTED_HOSTS:
+            assert host not in text, (key, host)
+    assert not [k for k in files if "/FR." in k or "/US." in k or "/JP." in k]
+
+
+def test_a_mirror_without_country_is_only_in_the_all_lists() -> None:
+    files = list_files(by_key(with_mirrors("arch")))
+    holding = {k for k, text in files.items() if "nocountry.example.net" in text}
+    assert holding == {"mirrors/all.txt", "mirrors/all.mirrorlist"}
+
+
+def test_all_lists_exist_even_when_no_mirror_is_listed() -> None:
+    down = tuple(m for m in MIRRORS if m.status in ("stale", "down", "no-range"))
+    artifacts = by_key(with_mirrors("arch", mirrors=down))
+    assert artifacts["mirrors/all.txt"].data == b""
+    assert b"Server" not in artifacts["mirrors/all.mirrorlist"].data
+    assert not [k for k in artifacts if k.startswith("mirrors/country/")]
+    check_links(with_mirrors("arch", mirrors=down), tuple(artifacts.values()))
+
+
+@pytest.mark.parametrize("fmt", ["flat", "debian", "arch"])
+def test_mirror_markup_is_escaped(fmt: str) -> None:
+    artifacts = render_listings(with_mirrors(fmt))
+    for artifact in artifacts:
+        if artifact.key.endswith(".html"):
+            text = artifact.data.decode()
+            assert "<script" not in text and "<img" not in text and "<b>" not in text, artifact.key
+    parsed = pages(artifacts)
+    for key, page in parsed.items():
+        assert page.tags <= ALLOWED_TAGS, (key, page.tags - ALLOWED_TAGS)
+        assert not page.styled, (key, page.styled)
+    text = "".join(parsed["mirrors/index.html"].text)
+    assert EVIL_MIRROR_NAME in text and EVIL_CONTACT in text
+
+
+def test_front_page_links_the_mirror_pages_only_when_there_are_mirrors() -> None:
+    front = parse(by_key(with_mirrors())["index.html"])
+    assert {"mirrors/index.html", "mirrors/mirrors.json"} <= set(front.hrefs)
+    text = " ".join(" ".join(front.text).split())
+    assert "each of the 7 HTTP mirrors" in text and "only the 4 mirrors verified" in text
+    assert not [h for h in parse(by_key(listing())["index.html"]).hrefs if "mirrors/" in h]
+
+
+def test_mirror_artifacts_have_listing_headers() -> None:
+    artifacts = by_key(with_mirrors("debian")) | by_key(with_mirrors("arch"))
+    expected = {
+        "mirrors/index.html": "text/html; charset=utf-8",
+        "mirrors/mirrors.json": "application/json",
+        "mirrors/all.txt": "text/plain; charset=utf-8",
+        "mirrors/country/DE.txt": "text/plain; charset=utf-8",
+        "mirrors/all.sources.list": "text/plain; charset=utf-8",
+        "mirrors/country/DE.sources.list": "text/plain; charset=utf-8",
+        "mirrors/all.mirrorlist": "text/plain; charset=utf-8",
+        "mirrors/country/DE.mirrorlist": "text/plain; charset=utf-8",
+    }
+    for key, content_type in expected.items():
+        assert content_type_for(key) == content_type, key
+        assert artifacts[key].content_type == content_type and artifacts[key].cache_control == "no-cache", key
+    assert {k for k in artifacts if k.startswith("mirrors/")} == set(expected)
+
+
+@pytest.mark.parametrize("fmt", ["flat", "debian", "arch"])
+def test_mirror_listings_are_deterministic(fmt: str) -> None:
+    first = render_listings(with_mirrors(fmt))
+    shuffled = (*MIRRORS[3:], *reversed(MIRRORS[:3]))
+    second = render_listings(with_mirrors(fmt, mirrors=shuffled, records=tuple(reversed(RECORDS))))
+    assert first == second
+    assert [a.key for a in first] == sorted(a.key for a in first)
+
+
+def test_mirror_listings_are_the_same_under_any_prefix() -> None:
+    one = render_listings(with_mirrors("arch"))
+    other = render_listings(with_mirrors("arch", public_url="http://127.0.0.1:8780/x/y"))
+    assert {a.key for a, b in zip(one, other, strict=True) if a != b} == {"index.html"}
+
+
+def test_mirror_values_are_normalised() -> None:
+    offset = mirror("https://ok.example.de/debian", "ok", last_sync="2026-05-01T10:55:00.5+02:00")
+    doc = json.loads(
+        by_key(with_mirrors(mirrors=(offset,), snapshot_time="2026-05-01T13:00:00+02:00"))["mirrors/mirrors.json"].data
+    )
+    assert doc["snapshot_time"] == "2026-05-01T11:00:00Z"
+    assert doc["mirrors"][0]["last_sync"] == "2026-05-01T08:55:00Z"
+    assert rfc3339("2026-05-01T12:00:00Z", "x") == "2026-05-01T12:00:00Z"
+    assert [duration(n) for n in (None, -5, 0, 45, 60, 754, 3600, 7500, 86400, 90000)] == [
+        "unknown",
+        "none",
+        "none",
+        "45 s",
+        "1 min",
+        "12 min",
+        "1 h",
+        "2 h 5 min",
+        "1 d",
+        "1 d 1 h",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("change", "error"),
+    [
+        ({"url": "https://m.example/debian?x=1"}, ConfigError),
+        ({"url": "https://user:secret@m.example/debian"}, ConfigError),
+        ({"url": "ftp://m.example/debian"}, ConfigError),
+        ({"url": "https://m.example/a b"}, ConfigError),
+        ({"url": "https://m.example/a/../b"}, ConfigError),
+        ({"url": "https://m<x>.example/a"}, ConfigError),
+        ({"country": "de"}, ConfigError),
+        ({"country": "DEU"}, ConfigError),
+        ({"country": "../x"}, ConfigError),
+        ({"continent": "XX"}, ConfigError),
+        ({"status": "slow"}, ValueError),
+        ({"last_sync": "yesterday"}, ValueError),
+        ({"last_sync": "2026-05-01T10:00:00"}, ValueError),  # no offset
+    ],
+)
+def test_bad_mirror_values_are_refused(change: dict[str, object], error: type[Exception]) -> None:
+    bad = replace(MIRRORS[0], **change)  # type: ignore[arg-type]
+    with pytest.raises(error):
+        render_listings(with_mirrors(mirrors=(bad, *MIRRORS[1:])))
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"suites": ("book worm",)},
+        {"suites": ("bookworm\ndeb http://evil.example/ x main",)},
+        {"components": ("main contrib",)},
+        {"architectures": ("",)},
+    ],
+)
+def test_bad_suites_are_refused(changes: dict[str, object]) -> None:
+    with pytest.raises(SnapshotError):
+        render_listings(replace(with_mirrors(), **changes))  # type: ignore[arg-type]
+
+
+def test_a_mirror_listed_twice_is_refused() -> None:
+    twice = replace(MIRRORS[1], url=MIRRORS[1].url + "/")
+    with pytest.raises(ConfigError, match="twice"):
+        render_listings(with_mirrors(mirrors=(*MIRRORS, twice)))
+
+
+# --- Arch and Debian front pages -------------------------------------------------------------------
+
+ARCH_RECORD = next(r for r in RECORDS if r.path == ARCH)
+
+
+def test_arch_front_page_has_the_pacman_recipe() -> None:
+    data = with_mirrors("arch")
+    front = parse(by_key(data)["index.html"])
+    example = example_package(data.records)
+    recipe, update = front.pre
+    assert recipe == user_recipe(data, example)
+    assert update == update_recipe(data)
+    text = " ".join(" ".join(front.text).split())
+    assert "pacman -U" in text and "signature.path" in text and "aria2c -i list.txt" in text
+
+
+def test_arch_user_recipe_fetches_the_signature_and_prints_pacman() -> None:
+    recipe = user_recipe(with_mirrors("arch"), ARCH_RECORD)
+    name = ARCH.rpartition("/")[2]
+    # the .sig over plain HTTP from the first ok mirror by priority, saved beside the package
+    assert f"-d packages -o {name}.sig https://ok.example.de/debian/{ARCH}.sig" in recipe
+    assert ".signature.sha256 // empty" in recipe
+    assert recipe.count("sha256sum -c") == 4  # index, package, its .sig, metalink
+    assert "printf 'now: sudo pacman -U %q\\n' \"$FILE\"" in recipe
+    assert not [line for line in recipe.splitlines() if line.lstrip().startswith(("pacman", "sudo"))]
+    for line in recipe.splitlines():
+        if line.strip().startswith("aria2c"):
+            assert line.strip().startswith('aria2c "${FLAGS[@]}"'), line
+    # no mirror probed: the first webseed
+    only_webseeds = user_recipe(listing(snapshot_format="arch"), ARCH_RECORD)
+    assert f"https://mirror-a.example.net/debian/{ARCH}.sig" in only_webseeds
+
+
+def test_arch_user_recipe_without_signature_or_mirror_skips_the_sig_step() -> None:
+    unsigned = replace(ARCH_RECORD, signature=None)
+    recipe = user_recipe(listing(snapshot_format="arch"), unsigned)
+    assert "names no detached signature" in recipe and ".sig" not in recipe.replace("(.sig)", "")
+    assert "sudo pacman -U" in recipe
+    nowhere = user_recipe(listing(snapshot_format="arch", webseeds=()), ARCH_RECORD)
+    assert "no HTTP mirror is known" in nowhere and "-o " not in nowhere
+    assert recipe.count("sha256sum -c") == nowhere.count("sha256sum -c") == 3
+
+
+@pytest.mark.skipif(shutil.which("bash") is None, reason="bash not installed")
+@pytest.mark.parametrize("webseeds", [WEBSEEDS, ()])
+def test_arch_recipes_are_valid_bash(webseeds: tuple[str, ...], tmp_path: Path) -> None:
+    data = with_mirrors("arch", webseeds=webseeds, mirrors=() if not webseeds else MIRRORS)
+    odd = replace(ARCH_RECORD, path="core/os/x86_64/lib'foo++ $(x).pkg.tar.zst")
+    for name, text in [
+        ("recipe.sh", user_recipe(data, ARCH_RECORD)),
+        ("odd.sh", user_recipe(data, odd)),
+        ("update.sh", update_recipe(data)),
+    ]:
+        assert text is not None
+        script = tmp_path / name
+        script.write_text(text)
+        checked = subprocess.run(["bash", "-n", str(script)], capture_output=True, text=True, check=False)
+        assert checked.returncode == 0, (name, checked.stderr)
+    assignments = "\n".join(line for line in user_recipe(data, odd).splitlines() if re.match(r"^(PKG|FILE|SIG)=", line))
+    shown = subprocess.run(
+        ["bash", "-c", assignments + '\nprintf "%s\\n" "$PKG" "$FILE" "${SIG-}"'],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split("\n")
+    name = odd.path.rpartition("/")[2]
+    assert shown[:3] == [odd.path, f"packages/{name}", f"packages/{name}.sig" if webseeds else ""]
+
+
+def test_update_recipe_only_for_arch() -> None:
+    assert update_recipe(with_mirrors("debian")) is None
+    assert update_recipe(with_mirrors("flat")) is None
+    assert update_recipe(listing(snapshot_format="arch", records=(record("core/os/x86_64/a.pkg.tar.zst"),))) is None
+    assert len(parse(by_key(with_mirrors("debian"))["index.html"]).pre) == 1
+
+
+@pytest.mark.skipif(shutil.which("jq") is None or shutil.which("bash") is None, reason="jq or bash missing")
+def test_update_recipe_builds_the_aria2_input_file_from_the_index(tmp_path: Path) -> None:
+    """Run the update script with a stand-in aria2c: the input file lists each wanted package's
+    .torrent URL and its .sig URL (with `out=`), segments percent-encoded; checks pass; the pacman
+    command is printed."""
+    contents = {"core/os/x86_64/lib+foo 1:2-1-x86_64.pkg.tar.zst": b"pkg one", "extra/os/any/py.thing-1-any.pkg": b"2"}
+    packages = []
+    for path, data in contents.items():
+        sig = data + b" sig"
+        packages.append(
+            {
+                "path": path,
+                "size": len(data),
+                "sha256": hashlib.sha256(data).hexdigest(),
+                "torrent": f"torrents/{path}.torrent",
+                "name": path.rpartition("/")[2].split("-")[0],
+                "signature": {"path": f"{path}.sig", "size": len(sig), "sha256": hashlib.sha256(sig).hexdigest()},
+            }
+        )
+        (tmp_path / "packages").mkdir(exist_ok=True)
+        name = path.rpartition("/")[2]
+        (tmp_path / "packages" / name).write_bytes(data)
+        (tmp_path / "packages" / f"{name}.sig").write_bytes(sig)
+    packages.append({"path": "core/os/x86_64/other.pkg", "size": 1, "sha256": "0" * 64, "torrent": "t", "name": "x"})
+    (tmp_path / "index.json").write_text(json.dumps({"packages": packages}))
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    (fake / "aria2c").write_text('#!/bin/sh\nprintf "%s\\n" "$@" > aria2c.args\n')
+    (fake / "aria2c").chmod(0o755)
+    script = update_recipe(with_mirrors("arch"))
+    assert script is not None
+    script = script.replace("\nWANT=(", "\nWANT=('lib+foo 1:2' py.thing ", 1)
+    done = subprocess.run(
+        ["bash", "-c", script],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        check=False,
+        env={**os.environ, "PATH": f"{fake}:{os.environ['PATH']}"},
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert (tmp_path / "list.txt").read_text().splitlines() == [
+        f"{PUBLIC}/torrents/core/os/x86_64/lib%2Bfoo%201%3A2-1-x86_64.pkg.tar.zst.torrent",
+        "https://ok.example.de/debian/core/os/x86_64/lib%2Bfoo%201%3A2-1-x86_64.pkg.tar.zst.sig",
+        "  out=lib+foo 1:2-1-x86_64.pkg.tar.zst.sig",
+        f"{PUBLIC}/torrents/extra/os/any/py.thing-1-any.pkg.torrent",
+        "https://ok.example.de/debian/extra/os/any/py.thing-1-any.pkg.sig",
+        "  out=py.thing-1-any.pkg.sig",
+    ]
+    args = (tmp_path / "aria2c.args").read_text().splitlines()
+    assert args[: len(ARIA2_FLAGS)] == list(ARIA2_FLAGS) and args[-2:] == ["-i", "list.txt"]
+    assert done.stdout.count(": OK") == 4
+    assert "now: sudo pacman -U packages/lib+foo\\ 1:2-1-x86_64.pkg.tar.zst packages/py.thing-1-any.pkg" in done.stdout
+
+    # a file whose bytes differ from the index stops it
+    (tmp_path / "packages" / "py.thing-1-any.pkg.sig").write_bytes(b"tampered")
+    failed = subprocess.run(
+        ["bash", "-c", script],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        check=False,
+        env={**os.environ, "PATH": f"{fake}:{os.environ['PATH']}"},
+    )
+    assert failed.returncode != 0 and "now: sudo pacman" not in failed.stdout
+
+
+def test_debian_recipe_prints_the_apt_hint_and_flat_none() -> None:
+    example = next(r for r in RECORDS if r.path == HELLO)
+    debian = user_recipe(listing(), example)
+    assert 'printf \'now: sudo apt install ./%q   (or: sudo dpkg -i %q)\\n\' "$FILE" "$FILE"' in debian
+    assert ".sig" not in debian
+    flat = user_recipe(listing(snapshot_format="flat"), example)
+    assert "now:" not in flat and "pacman" not in flat and "apt install" not in flat
+    front = " ".join(" ".join(parse(by_key(listing())["index.html"]).text).split())
+    assert "sudo apt install ./packages/<file>" in front
+
+
+@pytest.mark.skipif(shutil.which("bash") is None, reason="bash not installed")
+def test_debian_install_hint_runs_and_quotes(tmp_path: Path) -> None:
+    example = next(r for r in RECORDS if r.path == ODD)
+    recipe = user_recipe(listing(), example)
+    lines = recipe.splitlines()
+    hint = next(line for line in lines if line.startswith("printf 'now:"))
+    file_line = next(line for line in lines if line.startswith("FILE="))
+    out = subprocess.run(["bash", "-c", f"{file_line}\n{hint}"], capture_output=True, text=True, check=True).stdout
+    name = ODD.rpartition("/")[2]
+    quoted = subprocess.run(
+        ["bash", "-c", 'printf %q "$0"', f"packages/{name}"], capture_output=True, text=True, check=True
+    ).stdout
+    assert out == f"now: sudo apt install ./{quoted}   (or: sudo dpkg -i {quoted})\n"
+
+
+def test_arch_browse_page_links_the_signature() -> None:
+    page_key = "browse/extra/os/x86_64/index.html"
+    hrefs = parse(by_key(with_mirrors("arch"))[page_key]).hrefs
+    assert [h for h in hrefs if h.endswith(".sig")] == [
+        f"https://mirror-a.example.net/debian/{ARCH}.sig",
+        f"http://mirror-b.example.com/pub/debian/{ARCH}.sig",
+    ]
+    # no webseed: the mirror the recipe fetches it from (first ok by priority)
+    hrefs = parse(by_key(with_mirrors("arch", webseeds=()))[page_key]).hrefs
+    assert [h for h in hrefs if h.endswith(".sig")] == [f"https://ok.example.de/debian/{ARCH}.sig"]
+    hrefs = parse(by_key(listing(snapshot_format="arch", webseeds=()))[page_key]).hrefs
+    assert not [h for h in hrefs if h.startswith("http")]
+    unsigned = tuple(replace(r, signature=None) for r in RECORDS)
+    hrefs = parse(by_key(with_mirrors("arch", records=unsigned))[page_key]).hrefs
+    assert not [h for h in hrefs if h.endswith(".sig")]

@@ -1,0 +1,1014 @@
+"""Mirror health probes and per-file webseed selection (DESIGN section 1; notes/aria2-client.md 1-2).
+
+`check_mirrors()` probes every configured HTTP mirror, concurrently across mirrors and at most
+`ProbeLimits.concurrency` requests at once within one, each request with a timeout, and at most
+`ProbeLimits.budget` requests per mirror per run:
+
+1. its last-sync file, if configured (`MirrorConfig.lastsync`: Arch `lastsync`, Debian
+   `project/trace/<host>`; at most 64 KiB read): epoch seconds, an RFC 2822 / `date -u` line or
+   RFC 3339. `lag = snapshot time - last sync`.
+2. Range support: the first ranged GET must get `206` with the right `Content-Range`. A `200` with
+   the whole body makes the mirror `no-range`: never a webseed (aria2 fails without Range).
+3. per file: HEAD (200, Content-Length = size, Last-Modified noted) and one ranged GET of one piece
+   whose SHA-1 must equal ours (the piece is chosen from the SHA-256 and the number of earlier
+   checks: reproducible, and a re-check reads another piece). Zero-length files: HEAD only.
+
+Verification is incremental: each fact (mirror, path, SHA-256, when) is kept in the state cache, so
+a run spends its budget on files not yet verified for that mirror (in a fixed order spread over the
+tree) and on a small re-check sample of verified ones, least recently verified first (to notice
+mirrors that lost files). A fact for another SHA-256 of the same path counts for nothing, and a
+probe that finds a file missing or different drops the fact. One piece checked per file is a
+sample, not proof: the client still checks every piece (aria2) and the SHA-256 (the recipes).
+
+A mirror is `down` when its first requests get no answer (refused, reset, timed out, or a body
+trickling in past 2x the timeout; at most about 2x the timeout is spent waiting for its first
+answer) or when no probe got a usable answer (e.g. every one a 5xx); `no-range`; `stale` (its last
+sync is behind the snapshot's time, or, when that time is unknown, files differ and its last sync is
+older than another mirror's); `partial` (probed files missing (4xx) or different); or `ok`. After
+ABORT_FAILURES failed probes in a row a mirror is not probed further in that run. `sampled` counts
+the probes it answered; 408/429/5xx answers are inconclusive and change no fact.
+
+A down mirror stays in torrent url-lists for the files it was verified to hold until it has been
+down for `down_runs` runs and for `down_after`, so one flaky mirror does not rewrite every torrent;
+metalinks and listings use the current status at once.
+
+All HTTP goes through `http.client` with explicit timeouts, bounded reads (never more than a piece
+for a ranged GET), at most a few redirects, and URLs from `pipeline.urls.join_url`. The state cache
+is read and written on the calling thread only; probe threads see plain values.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import heapq
+import http.client
+import logging
+import math
+import re
+import ssl
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from email.utils import parsedate_to_datetime
+from typing import Literal
+from urllib.parse import urljoin, urlsplit
+
+from pipeline.config import MirrorConfig, Settings
+from pipeline.model import FileDigest, MirrorHealth, MirrorStatus, NullProgress, Progress
+from pipeline.state import MirrorFact, MirrorHealthRecord, StateCache
+from pipeline.urls import join_url
+
+__all__ = [
+    "MirrorReport",
+    "ProbeFile",
+    "ProbeLimits",
+    "check_mirrors",
+    "choose_piece",
+    "keeps_url_lists",
+    "parse_last_sync",
+    "probe_files",
+]
+
+log = logging.getLogger(__name__)
+
+LASTSYNC_MAX_BYTES = 64 * 1024  # a last-sync file is one line (Debian traces: a few hundred bytes)
+ERROR_BODY_MAX_BYTES = 16 * 1024  # read of an error page to keep the connection; a longer one closes it
+MAX_REDIRECTS = 3
+RECHECK_SHARE = 0.05  # at most this share of the budget goes to re-checking verified files ...
+RECHECK_FRACTION = 0.01  # ... and at most this fraction of them (at least one) per run
+START_FAILURES = 2  # requests that fail before the mirror's first answer: it is down
+ANSWER_WINDOW = 2.0  # timeouts: the longest wait for a mirror's first answer
+ABORT_FAILURES = 3  # consecutive failed probes after that: stop probing it in this run
+SLOW_BODY = 2.0  # timeouts: the longest one request may take to deliver its (bounded) body
+SEQUENTIAL_PROBES = 3  # files probed one at a time first, until Range support is known
+MAX_PARALLEL_MIRRORS = 16
+USER_AGENT = "mirrorseed-probe (mirror health check)"
+_REDIRECTS = frozenset({301, 302, 303, 307, 308})
+_CONTENT_RANGE = re.compile(r"^\s*bytes\s+(\d+)-(\d+)/(\d+|\*)\s*$", re.IGNORECASE)
+_EPOCH = re.compile(r"[0-9]{1,12}(?:\.[0-9]+)?")
+_RFC3339 = re.compile(r"\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(?:\.\d+)?(?:[Zz]|[+-]\d{2}:\d{2})")
+
+
+# --- inputs and the report ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ProbeFile:
+    """A file of the snapshot as the probes need it (zero-length files too)."""
+
+    path: str
+    size: int
+    sha256: str
+    piece_size: int
+
+
+@dataclass(frozen=True)
+class ProbeLimits:
+    """Bounds of one run: per-request timeout (s), requests per mirror, requests in flight per mirror,
+    and the flapping rule (a down mirror leaves url-lists after `down_runs` runs AND `down_after`)."""
+
+    timeout: float = 10.0
+    budget: int = 4000
+    concurrency: int = 8
+    down_runs: int = 2
+    down_after: timedelta = timedelta(hours=6)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> ProbeLimits:
+        return cls(
+            timeout=float(settings.mirror_timeout),
+            budget=settings.mirror_budget,
+            concurrency=settings.mirror_concurrency,
+            down_runs=settings.mirror_down_runs,
+            down_after=settings.mirror_down_after,
+        )
+
+
+def probe_files(digests: Iterable[FileDigest]) -> tuple[ProbeFile, ...]:
+    """The ProbeFiles of the hashing stage's digests."""
+    return tuple(ProbeFile(d.entry.path, d.entry.size, d.sha256, d.piece_size) for d in digests)
+
+
+@dataclass(frozen=True)
+class MirrorReport:
+    """What the probes found: one status per configured mirror and, per file, who holds it.
+
+    `holders[path]` lists indices into `statuses` of the mirrors verified to hold that file's exact
+    bytes (this run or earlier); `url_list[i]` says whether mirror i may be named in torrent url-lists
+    in this run (never `no-range`; a down one until the flapping rule drops it), `metalink[i]` whether
+    it may be named in metalinks now (neither down nor no-range).
+    """
+
+    statuses: tuple[MirrorStatus, ...] = ()
+    holders: Mapping[str, tuple[int, ...]] = field(default_factory=dict, compare=False, repr=False)
+    url_list: tuple[bool, ...] = ()
+    metalink: tuple[bool, ...] = ()
+
+    def webseeds_for(self, path: str) -> tuple[str, ...]:
+        """Base URLs for the url-list of `path`'s torrent, sorted (aria2 sorts them anyway)."""
+        return tuple(sorted({self.statuses[i].url for i in self.holders.get(path, ()) if self.url_list[i]}))
+
+    def metalink_urls_for(self, path: str) -> tuple[tuple[str, int, str | None], ...]:
+        """(base URL, priority, country) for `path`'s metalink, by priority then URL; current status only."""
+        chosen: dict[str, tuple[str, int, str | None]] = {}
+        for i in self.holders.get(path, ()):
+            if self.metalink[i]:
+                status = self.statuses[i]
+                entry = (status.url, status.priority, status.country)
+                if status.url not in chosen or entry[1:2] < chosen[status.url][1:2]:
+                    chosen[status.url] = entry
+        return tuple(sorted(chosen.values(), key=lambda e: (e[1], e[0])))
+
+
+# --- pure helpers ------------------------------------------------------------------------------
+
+
+def parse_last_sync(data: bytes | str) -> datetime | None:
+    """A last-sync file's time as aware UTC, or None when it cannot be read as one.
+
+    Accepted (first non-empty line): epoch seconds (Arch `lastsync`), an RFC 2822 date or `date -u`
+    output (Debian trace: `Mon Nov 23 18:01:01 UTC 2026`), RFC 3339 (`2026-11-23T18:01:01Z`); a Debian
+    trace's `Date:` line is tried next. A zone other than UTC/GMT/Z or a numeric offset is ambiguous: None.
+    """
+    text = data.decode("utf-8", "replace") if isinstance(data, bytes) else data
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    if not lines:
+        return None
+    candidates = [lines[0]] + [line.partition(":")[2].strip() for line in lines[1:] if line.startswith("Date:")]
+    for candidate in candidates:
+        found = _parse_time(candidate)
+        if found is not None:
+            return found
+    return None
+
+
+def _parse_time(text: str) -> datetime | None:
+    if _EPOCH.fullmatch(text):
+        seconds = float(text)
+        if seconds <= 0:
+            return None
+        try:
+            return datetime.fromtimestamp(seconds, tz=UTC).replace(microsecond=0)
+        except (OverflowError, OSError, ValueError):
+            return None
+    if _RFC3339.fullmatch(text):
+        try:
+            parsed = datetime.fromisoformat(text.replace("z", "Z"))
+        except ValueError:
+            return None
+        return parsed.astimezone(UTC)
+    try:
+        parsed = parsedate_to_datetime(text)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if parsed.tzinfo is None:
+        if not text.endswith("-0000"):
+            return None
+        parsed = parsed.replace(tzinfo=UTC)
+    return parsed.astimezone(UTC)
+
+
+def choose_piece(sha256: str, pieces: int, check: int = 0) -> int:
+    """The piece index to fetch for a file's `check`-th verification: reproducible, spread over files."""
+    if pieces <= 1:
+        return 0
+    digest = hashlib.sha256(f"{sha256.lower()}:{check}".encode("ascii")).digest()
+    return int.from_bytes(digest[:8], "big") % pieces
+
+
+def keeps_url_lists(down_runs: int, down_since: datetime | None, now: datetime, limits: ProbeLimits) -> bool:
+    """Whether a mirror that has been down for `down_runs` consecutive runs (this one included) since
+    `down_since` still belongs in torrent url-lists: until both `limits.down_runs` and `limits.down_after`."""
+    if down_runs <= 0:
+        return True
+    elapsed = now - down_since if down_since is not None else timedelta(0)
+    return not (down_runs >= limits.down_runs and elapsed >= limits.down_after)
+
+
+def _rfc3339(moment: datetime) -> str:
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _from_rfc3339(text: str | None) -> datetime | None:
+    if not text:
+        return None
+    try:
+        parsed = datetime.fromisoformat(text)
+    except ValueError:
+        return None
+    return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)
+
+
+def _human(delta: timedelta) -> str:
+    seconds = int(delta.total_seconds())
+    days, rest = divmod(seconds, 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes, seconds = divmod(rest, 60)
+    parts = [(days, "d"), (hours, "h"), (minutes, "m"), (seconds, "s")]
+    shown = [f"{value}{unit}" for value, unit in parts if value][:2]
+    return " ".join(shown) or "0s"
+
+
+def _mirror_key(url: str) -> str:
+    return url.rstrip("/")
+
+
+# --- HTTP ---------------------------------------------------------------------------------------
+
+
+class _Failure(Exception):
+    """No HTTP answer: refused, reset, timed out, TLS or protocol error."""
+
+
+class _OverBudget(Exception):
+    """The mirror's request budget for this run is spent."""
+
+
+@dataclass(frozen=True)
+class _Response:
+    status: int
+    headers: Mapping[str, str]  # lower-case names
+    body: bytes
+
+
+class _Client:
+    """Keep-alive connections to one mirror (and hosts it redirects to), counting every request."""
+
+    def __init__(self, timeout: float, budget: int) -> None:
+        self.timeout = timeout
+        self.budget = budget
+        self.requests = 0
+        self._idle: dict[tuple[str, str], list[http.client.HTTPConnection]] = {}
+        self._lock = threading.Lock()
+        self._closed = False
+        self._tls: ssl.SSLContext | None = None
+
+    def request(self, method: str, url: str, *, headers: Mapping[str, str], max_body: int, timeout: float) -> _Response:
+        """One request, following at most MAX_REDIRECTS redirects (each one counts against the budget)."""
+        for _ in range(MAX_REDIRECTS + 1):
+            response = self._once(method, url, headers, max_body, timeout)
+            location = response.headers.get("location")
+            if response.status not in _REDIRECTS or not location:
+                return response
+            url = urljoin(url, location)
+            if urlsplit(url).scheme not in ("http", "https"):
+                raise _Failure(f"redirected to a non-HTTP URL ({url})")
+        raise _Failure(f"more than {MAX_REDIRECTS} redirects")
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            connections = [c for idle in self._idle.values() for c in idle]
+            self._idle.clear()
+        for connection in connections:
+            connection.close()
+
+    def _take(self, scheme: str, netloc: str) -> tuple[http.client.HTTPConnection, bool]:
+        with self._lock:
+            if self.requests >= self.budget:
+                raise _OverBudget
+            self.requests += 1
+            idle = self._idle.get((scheme, netloc))
+            if idle:
+                return idle.pop(), True
+        if scheme == "https":
+            if self._tls is None:
+                self._tls = ssl.create_default_context()
+            return http.client.HTTPSConnection(netloc, timeout=self.timeout, context=self._tls), False
+        return http.client.HTTPConnection(netloc, timeout=self.timeout), False
+
+    def _give_back(self, scheme: str, netloc: str, connection: http.client.HTTPConnection) -> None:
+        with self._lock:
+            if not self._closed:
+                self._idle.setdefault((scheme, netloc), []).append(connection)
+                return
+        connection.close()
+
+    def _once(self, method: str, url: str, headers: Mapping[str, str], max_body: int, timeout: float) -> _Response:
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise _Failure(f"not an http(s) URL: {url}")
+        target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        sent = {"User-Agent": USER_AGENT, **headers}
+        try:
+            connection, reused = self._take(parts.scheme, parts.netloc)
+        except http.client.HTTPException as exc:  # InvalidURL: a bad port
+            raise _Failure(_describe(exc)) from None
+        try:
+            return self._exchange(connection, parts.scheme, parts.netloc, method, target, sent, max_body, timeout)
+        except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError) as exc:
+            if not reused:
+                raise _Failure(_describe(exc)) from None
+        # a kept-alive connection the server had closed: once more on a fresh one (not counted again)
+        fresh: http.client.HTTPConnection
+        if parts.scheme == "https":
+            fresh = http.client.HTTPSConnection(parts.netloc, timeout=timeout, context=self._tls)
+        else:
+            fresh = http.client.HTTPConnection(parts.netloc, timeout=timeout)
+        try:
+            return self._exchange(fresh, parts.scheme, parts.netloc, method, target, sent, max_body, timeout)
+        except (OSError, http.client.HTTPException) as exc:
+            raise _Failure(_describe(exc)) from None
+
+    def _exchange(
+        self,
+        connection: http.client.HTTPConnection,
+        scheme: str,
+        netloc: str,
+        method: str,
+        target: str,
+        headers: Mapping[str, str],
+        max_body: int,
+        timeout: float,
+    ) -> _Response:
+        deadline = time.monotonic() + timeout * SLOW_BODY
+        keep = False
+        try:
+            connection.timeout = timeout
+            if connection.sock is not None:
+                connection.sock.settimeout(timeout)
+            connection.request(method, target, headers=dict(headers))
+            response = connection.getresponse()
+            limit = max_body if 200 <= response.status < 300 else min(max_body, ERROR_BODY_MAX_BYTES)
+            body, complete = _read_bounded(response, limit, deadline)
+            answer = _Response(response.status, {k.lower(): v for k, v in response.getheaders()}, body)
+            keep = complete and not response.will_close
+            return answer
+        except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError):
+            raise
+        except (OSError, http.client.HTTPException, ValueError) as exc:
+            raise _Failure(_describe(exc)) from None
+        finally:
+            if keep:
+                self._give_back(scheme, netloc, connection)
+            else:
+                connection.close()
+
+
+def _read_bounded(response: http.client.HTTPResponse, limit: int, deadline: float) -> tuple[bytes, bool]:
+    """At most `limit` bytes of the body; True when the whole body was read (the connection is reusable)."""
+    length = response.length if not response.chunked else None
+    want = limit if length is None else min(length, limit)
+    chunks: list[bytes] = []
+    total = 0
+    while total < want:
+        if time.monotonic() > deadline:
+            raise TimeoutError("body too slow")
+        chunk = response.read1(min(64 * 1024, want - total))  # read() would wait for all n bytes
+        if not chunk:
+            break
+        chunks.append(chunk)
+        total += len(chunk)
+    body = b"".join(chunks)
+    if length is not None and total == length:
+        response.read()  # nothing left: marks the response complete
+        return body, True
+    if length is None and total < want:  # a chunked body that ended within the limit
+        return body, response.isclosed()
+    return body, False
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, TimeoutError):
+        return "timed out"
+    if isinstance(exc, ConnectionRefusedError):
+        return "connection refused"
+    if isinstance(exc, ConnectionResetError | http.client.RemoteDisconnected):
+        return "connection reset"
+    if isinstance(exc, ssl.SSLError):
+        return f"TLS error ({exc.reason or exc})"
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror.lower()
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+
+
+# --- probing one mirror -------------------------------------------------------------------------
+
+_Kind = Literal["ok", "missing", "different", "error", "no-range", "skipped"]
+
+
+@dataclass(frozen=True)
+class _Probe:
+    order: int  # position in the mirror's plan
+    index: int  # in the files given to check_mirrors
+    path: str
+    url: str
+    size: int
+    first: int  # byte range of the chosen piece, inclusive (unused for zero-length files)
+    last: int
+    piece: int
+    expected: bytes  # that piece's SHA-1 (b"" for a zero-length file)
+    checks: int  # successful verifications before this one
+
+
+@dataclass(frozen=True)
+class _Outcome:
+    probe: _Probe
+    kind: _Kind
+    reason: str = ""
+    last_modified: str | None = None
+    range_seen: bool = False  # a ranged GET got a 206 with the Content-Range asked for
+    answered: bool = True  # False: the mirror did not answer (refused, reset, timed out)
+
+
+@dataclass(frozen=True)
+class _MirrorPlan:
+    key: str
+    base: str
+    lastsync: str | None
+    probes: tuple[_Probe, ...]
+
+
+@dataclass
+class _MirrorRun:
+    """What probing one mirror found (plain values, built on a probe thread)."""
+
+    outcomes: list[_Outcome] = field(default_factory=list)
+    last_sync: datetime | None = None
+    last_sync_problem: str | None = None
+    range_ok: bool | None = None
+    range_problem: str | None = None
+    down: str | None = None  # why it is down
+    stopped: str | None = None  # why probing stopped early, when not down
+    requests: int = 0
+
+
+class _Prober:
+    """Probes one mirror: last sync, then files one at a time until Range support is known, then in parallel."""
+
+    def __init__(self, plan: _MirrorPlan, limits: ProbeLimits) -> None:
+        self.plan = plan
+        self.limits = limits
+        self.client = _Client(limits.timeout, limits.budget)
+        self.run = _MirrorRun()
+        self._lock = threading.Lock()
+        self._answered = False
+        self._window_end = 0.0  # set when probing starts
+        self._failures = 0  # before the first answer: failed requests; after: consecutive failed probes
+        self._last_failure = ""
+        self._stop: str | None = None
+
+    def probe(self) -> _MirrorRun:
+        self._window_end = time.monotonic() + self.limits.timeout * ANSWER_WINDOW
+        try:
+            if self.plan.lastsync is not None:
+                self._last_sync(self.plan.lastsync)
+            probes = list(self.plan.probes)
+            sequential = 0
+            while probes and self._stop is None and self.run.range_ok is None and sequential < SEQUENTIAL_PROBES:
+                self._probe_and_record(probes.pop(0))
+                sequential += 1
+            if probes and self._stop is None:
+                workers = max(1, min(self.limits.concurrency, len(probes)))
+                with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="probe") as pool:
+                    for _ in pool.map(self._probe_and_record, probes):
+                        pass
+        finally:
+            self.client.close()
+        run = self.run
+        run.requests = self.client.requests
+        run.outcomes.sort(key=lambda o: o.probe.order)
+        conclusive = any(o.kind in ("ok", "missing", "different") for o in run.outcomes)
+        errors = [o for o in run.outcomes if o.kind == "error"]
+        if run.range_ok is False:
+            return run
+        if not conclusive and (self._stop is not None or errors or (not self._answered and self._last_failure)):
+            run.down = self._stop or (
+                f"all {len(errors)} probes failed ({errors[0].reason})"
+                if errors
+                else f"no answer: {self._last_failure}"
+            )
+        elif self._stop is not None:
+            run.stopped = self._stop
+        return run
+
+    # -- requests with the mirror-level bookkeeping
+
+    def _send(self, method: str, url: str, headers: Mapping[str, str], max_body: int) -> _Response:
+        with self._lock:
+            if self._stop is not None:
+                raise _OverBudget
+            timeout = self.limits.timeout
+            if not self._answered:
+                timeout = min(timeout, self._window_end - time.monotonic())
+                if timeout <= 0.01:
+                    self._stop_for(f"no answer within {ANSWER_WINDOW * self.limits.timeout:g}s ({self._last_failure})")
+                    raise _OverBudget
+        try:
+            response = self.client.request(method, url, headers=headers, max_body=max_body, timeout=timeout)
+        except _Failure as exc:
+            with self._lock:
+                self._last_failure = str(exc)
+                if not self._answered:
+                    self._failures += 1
+                    if self._failures >= START_FAILURES:
+                        self._stop_for(f"no answer: {exc} ({self._failures} attempts)")
+            raise
+        with self._lock:
+            if not self._answered:
+                self._answered = True
+                self._failures = 0
+        return response
+
+    def _stop_for(self, reason: str) -> None:
+        if self._stop is None:
+            self._stop = reason
+
+    def _probe_and_record(self, probe: _Probe) -> None:
+        outcome = _Outcome(probe, "skipped") if self._stop is not None else self._file(probe)
+        with self._lock:
+            if outcome.kind == "skipped":
+                return
+            self.run.outcomes.append(outcome)
+            if outcome.range_seen and self.run.range_ok is None:
+                self.run.range_ok = True
+            if outcome.kind == "no-range":
+                self.run.range_ok = False
+                self.run.range_problem = outcome.reason
+                self._stop_for(outcome.reason)
+            elif outcome.kind == "error":
+                if self._answered:
+                    self._failures += 1
+                    if self._failures >= ABORT_FAILURES:
+                        self._stop_for(f"stopped after {self._failures} failed probes in a row ({outcome.reason})")
+            elif self._answered:
+                self._failures = 0
+
+    # -- last sync
+
+    def _last_sync(self, lastsync: str) -> None:
+        url = join_url(self.plan.base, lastsync)
+        try:
+            response = self._send("GET", url, {}, LASTSYNC_MAX_BYTES)
+        except _Failure as exc:
+            self.run.last_sync_problem = f"last-sync file: {exc}"
+            return
+        except _OverBudget:
+            self.run.last_sync_problem = "last-sync file: not fetched"
+            return
+        if response.status != 200:
+            self.run.last_sync_problem = f"last-sync file: HTTP {response.status}"
+            return
+        found = parse_last_sync(response.body)
+        if found is None:
+            self.run.last_sync_problem = "last-sync file: not a timestamp"
+        self.run.last_sync = found
+
+    # -- one file
+
+    def _file(self, probe: _Probe) -> _Outcome:
+        try:
+            return self._check_file(probe)
+        except _Failure as exc:
+            return _Outcome(probe, "error", str(exc), answered=False)
+        except _OverBudget:
+            return _Outcome(probe, "skipped")
+
+    def _check_file(self, probe: _Probe) -> _Outcome:
+        head = self._send("HEAD", probe.url, {}, 0)
+        last_modified = head.headers.get("last-modified")
+        head_ok = head.status == 200
+        if not head_ok:
+            verdict = _status_verdict(head.status)
+            if verdict is not None:
+                return _Outcome(probe, verdict, f"HTTP {head.status}")
+            # 405/501: no HEAD here; the ranged GET's Content-Range still gives the size
+        else:
+            length = head.headers.get("content-length")
+            if length is not None and length.strip().isdigit() and int(length) != probe.size:
+                return _Outcome(probe, "different", f"size {int(length)}, expected {probe.size}", last_modified)
+        if probe.size == 0:
+            if head_ok:
+                return _Outcome(probe, "ok", "", last_modified)
+            whole = self._send("GET", probe.url, {}, 1)
+            if whole.status == 200 and not whole.body:
+                return _Outcome(probe, "ok", "", whole.headers.get("last-modified"))
+            verdict = _status_verdict(whole.status) or "different"
+            return _Outcome(probe, verdict, f"HTTP {whole.status}" if whole.status != 200 else "not empty")
+        wanted = probe.last - probe.first + 1
+        ranged = self._send("GET", probe.url, {"Range": f"bytes={probe.first}-{probe.last}"}, wanted)
+        last_modified = last_modified or ranged.headers.get("last-modified")
+        if ranged.status == 200:
+            return _Outcome(probe, "no-range", "answered a ranged GET with 200 and the whole body")
+        if ranged.status == 416:
+            return _Outcome(probe, "different", "range not satisfiable (file shorter)", last_modified)
+        if ranged.status != 206:
+            verdict = _status_verdict(ranged.status) or "error"
+            return _Outcome(probe, verdict, f"HTTP {ranged.status}", last_modified)
+        match = _CONTENT_RANGE.match(ranged.headers.get("content-range", ""))
+        if match is None:
+            return _Outcome(probe, "no-range", "answered a ranged GET with 206 but no usable Content-Range")
+        first, last, total = int(match.group(1)), int(match.group(2)), match.group(3)
+        if total != "*" and int(total) != probe.size:
+            return _Outcome(probe, "different", f"size {total}, expected {probe.size}", last_modified)
+        if (first, last) != (probe.first, probe.last):
+            return _Outcome(probe, "no-range", f"answered bytes {probe.first}-{probe.last} with {first}-{last}")
+        if len(ranged.body) != wanted:
+            return _Outcome(probe, "error", f"short body ({len(ranged.body)} of {wanted} bytes)", range_seen=True)
+        if hashlib.sha1(ranged.body).digest() != probe.expected:
+            return _Outcome(probe, "different", f"piece {probe.piece} differs", last_modified, range_seen=True)
+        return _Outcome(probe, "ok", "", last_modified, range_seen=True)
+
+
+def _status_verdict(status: int) -> _Kind | None:
+    """How an unexpected status counts: a 4xx means the file is not there, 408/429/5xx are inconclusive;
+    None for 405/501 (no HEAD: fall back to GET)."""
+    if status in (405, 501):
+        return None
+    if 400 <= status < 500 and status not in (408, 429):
+        return "missing"
+    return "error"
+
+
+# --- the run ------------------------------------------------------------------------------------
+
+
+def check_mirrors(
+    mirrors: Sequence[MirrorConfig],
+    files: Sequence[ProbeFile],
+    *,
+    pieces_of: Callable[[str], bytes],
+    state: StateCache,
+    snapshot_time: datetime | None,
+    now: datetime,
+    limits: ProbeLimits,
+    progress: Progress | None = None,
+) -> MirrorReport:
+    """Probe `mirrors` for `files` within `limits`, update the state's mirror facts and health, and return
+    one status per mirror (in the given order) with the per-file selection.
+
+    `pieces_of(path)` gives the concatenated 20-byte SHA-1 piece hashes of a file; it is called on this
+    thread only. `now` and `snapshot_time` must be aware datetimes; `now` is recorded in the state.
+    Facts of mirrors and paths not given here are dropped from the state.
+    """
+    if now.tzinfo is None or (snapshot_time is not None and snapshot_time.tzinfo is None):
+        raise ValueError("check_mirrors: now and snapshot_time must be timezone-aware")
+    sink: Progress = progress if progress is not None else NullProgress()
+    keys = list(dict.fromkeys(_mirror_key(m.url) for m in mirrors))
+    config_of = {key: [m for m in mirrors if _mirror_key(m.url) == key] for key in keys}
+    index = {f.path: i for i, f in enumerate(files)}
+    state.forget_mirrors_except(keys, index)
+
+    verified: dict[str, bytearray] = {}
+    picks: dict[str, _Pick] = {}
+    order = sorted(range(len(files)), key=lambda i: (files[i].sha256, files[i].path))
+    for key in keys:
+        verified[key], rechecks = _known(state.mirror_facts(key), files, index, limits)
+        picks[key] = _pick(key, config_of[key], files, order, verified[key], rechecks, limits)
+    plans = _plans(config_of, files, picks, pieces_of)
+
+    runs: dict[str, _MirrorRun] = {}
+    sink.start("mirrors", total=len(keys), unit="mirrors")
+    if keys:
+        with ThreadPoolExecutor(max_workers=min(len(keys), MAX_PARALLEL_MIRRORS), thread_name_prefix="mirror") as pool:
+            futures = {pool.submit(_Prober(plans[key], limits).probe): key for key in keys}
+            for future in as_completed(futures):
+                runs[futures[future]] = future.result()
+                sink.advance(1)
+    sink.finish()
+
+    stamp = _rfc3339(now)
+    newest_sync = max((r.last_sync for r in runs.values() if r.last_sync is not None), default=None)
+    health: list[MirrorHealthRecord] = []
+    results: dict[str, tuple[MirrorHealth, str, bool, bool, _MirrorRun]] = {}
+    for key in keys:
+        run = runs[key]
+        _apply(state, key, run, files, verified[key], stamp)
+        status, detail = _classify(run, snapshot_time, newest_sync)
+        record = _health(state.mirror_health(key), key, status, stamp, run)
+        health.append(record)
+        url_list = status != "no-range" and keeps_url_lists(
+            record.down_runs, _from_rfc3339(record.down_since), now, limits
+        )
+        held_count = verified[key].count(1)
+        if status in ("ok", "stale", "partial") and files:
+            verified_note = "so far" if held_count < len(files) else ""
+            detail += f"; {held_count} of {len(files)} files verified {verified_note}".rstrip()
+        if status == "down" and held_count:
+            detail += (
+                f"; kept in url-lists until down for {limits.down_runs} runs and {_human(limits.down_after)}"
+                if url_list
+                else f"; dropped from url-lists (down for {record.down_runs} runs since {record.down_since})"
+            )
+        results[key] = (status, detail, url_list, status not in ("down", "no-range"), run)
+    state.store_mirror_health(health)
+
+    statuses: list[MirrorStatus] = []
+    url_lists: list[bool] = []
+    metalinks: list[bool] = []
+    columns: list[bytearray] = []
+    for mirror in mirrors:
+        key = _mirror_key(mirror.url)
+        status, detail, url_list, metalink, run = results[key]
+        held = verified[key]
+        count = held.count(1)
+        statuses.append(_status(mirror, status, detail, run, snapshot_time, count, len(files), url_list and count > 0))
+        url_lists.append(url_list)
+        metalinks.append(metalink)
+        columns.append(held)
+    holders = _holders(files, columns)
+    for status_ in statuses:
+        requests = runs[_mirror_key(status_.url)].requests
+        log.info("mirror %s: %s (%s); %d requests", status_.url, status_.status, status_.detail, requests)
+    return MirrorReport(tuple(statuses), holders, tuple(url_lists), tuple(metalinks))
+
+
+def _known(
+    kept: Iterable[MirrorFact], files: Sequence[ProbeFile], index: Mapping[str, int], limits: ProbeLimits
+) -> tuple[bytearray, list[tuple[int, int]]]:
+    """Which files a mirror holds per the state (facts for the current SHA-256 only), and the re-check
+    sample: (file index, checks so far), non-empty files first, least recently verified first.
+
+    Facts are streamed: memory is one byte per file plus the sample, however many facts there are.
+    """
+    held = bytearray(len(files))
+
+    def matching() -> Iterator[tuple[str, int, int]]:
+        for fact in kept:
+            i = index.get(fact.path)
+            if i is not None and files[i].sha256 == fact.sha256:
+                held[i] = 1
+                yield fact.verified_at, i, fact.checks
+
+    most = max(1, int(limits.budget * RECHECK_SHARE) // 2)
+    oldest = heapq.nsmallest(
+        most, matching(), key=lambda t: (files[t[1]].size == 0, t[0], files[t[1]].sha256, files[t[1]].path)
+    )
+    goal = min(most, max(1, math.ceil(held.count(1) * RECHECK_FRACTION)))
+    return held, [(i, checks) for _, i, checks in oldest[:goal]]
+
+
+@dataclass(frozen=True)
+class _Pick:
+    """Files chosen for one mirror this run: (file index, prior checks), in probing order."""
+
+    chosen: tuple[tuple[int, int], ...]
+
+
+def _pick(
+    key: str,
+    configs: Sequence[MirrorConfig],
+    files: Sequence[ProbeFile],
+    order: Sequence[int],
+    held: bytearray,
+    rechecks: Sequence[tuple[int, int]],
+    limits: ProbeLimits,
+) -> _Pick:
+    """Unverified files first (in `order`), then the re-check sample of verified ones, within the budget."""
+    lastsync = next((c.lastsync for c in configs if c.lastsync), None)
+    budget = max(0, limits.budget - (1 if lastsync else 0))
+    reserve = min(budget, sum(1 if files[i].size == 0 else 2 for i, _ in rechecks))
+    chosen: list[tuple[int, int]] = []
+    spent = 0
+    for i in order:
+        if held[i]:
+            continue
+        cost = 1 if files[i].size == 0 else 2
+        if spent + cost > budget - reserve:
+            break
+        chosen.append((i, 0))
+        spent += cost
+    taken = 0
+    for i, checks in rechecks:
+        cost = 1 if files[i].size == 0 else 2
+        if spent + cost > budget:
+            break
+        chosen.append((i, checks))
+        spent += cost
+        taken += 1
+    first_sized = next((n for n, (i, _) in enumerate(chosen) if files[i].size > 0), 0)
+    if first_sized:  # the first ranged GET tells whether Range works: put a non-empty file first
+        chosen.insert(0, chosen.pop(first_sized))
+    log.debug("mirror %s: %d files to probe (%d re-checks)", key, len(chosen), taken)
+    return _Pick(tuple(chosen))
+
+
+def _plans(
+    config_of: Mapping[str, Sequence[MirrorConfig]],
+    files: Sequence[ProbeFile],
+    picks: Mapping[str, _Pick],
+    pieces_of: Callable[[str], bytes],
+) -> dict[str, _MirrorPlan]:
+    """Probes with their expected piece hashes; `pieces_of` is called once per file needed."""
+    wanted: dict[int, set[int]] = {}
+    piece_of: dict[tuple[int, int], int] = {}
+    for pick in picks.values():
+        for i, checks in pick.chosen:
+            f = files[i]
+            if f.size == 0:
+                continue
+            count = -(-f.size // f.piece_size)
+            piece = choose_piece(f.sha256, count, checks)
+            piece_of[(i, checks)] = piece
+            wanted.setdefault(i, set()).add(piece)
+    digests: dict[tuple[int, int], bytes] = {}
+    unusable: list[str] = []
+    for i, pieces in wanted.items():
+        try:
+            blob = pieces_of(files[i].path)
+        except (KeyError, OSError, ValueError) as exc:
+            unusable.append(f"{files[i].path} ({type(exc).__name__}: {exc})")
+            continue
+        if len(blob) != 20 * -(-files[i].size // files[i].piece_size):
+            unusable.append(f"{files[i].path} ({len(blob)} bytes of piece hashes for {files[i].size} bytes)")
+            continue
+        for piece in pieces:
+            digests[(i, piece)] = blob[20 * piece : 20 * piece + 20]
+    if unusable:
+        more = f" and {len(unusable) - 3} more" if len(unusable) > 3 else ""
+        log.warning("piece hashes unusable for %s%s; not probed this run", "; ".join(unusable[:3]), more)
+    plans: dict[str, _MirrorPlan] = {}
+    for key, pick in picks.items():
+        configs = config_of[key]
+        base = configs[0].url
+        probes: list[_Probe] = []
+        for i, checks in pick.chosen:
+            f = files[i]
+            url = join_url(base, f.path)
+            if f.size == 0:
+                probes.append(_Probe(len(probes), i, f.path, url, 0, 0, -1, 0, b"", checks))
+                continue
+            piece = piece_of[(i, checks)]
+            digest = digests.get((i, piece))
+            if digest is None:
+                continue
+            first = piece * f.piece_size
+            last = min(f.size, first + f.piece_size) - 1
+            probes.append(_Probe(len(probes), i, f.path, url, f.size, first, last, piece, digest, checks))
+        lastsync = next((c.lastsync for c in configs if c.lastsync), None)
+        plans[key] = _MirrorPlan(key, base, lastsync, tuple(probes))
+    return plans
+
+
+def _apply(
+    state: StateCache, key: str, run: _MirrorRun, files: Sequence[ProbeFile], held: bytearray, stamp: str
+) -> None:
+    """Record this run's verdicts: facts for verified files, none for missing or different ones."""
+    fresh: list[MirrorFact] = []
+    forgotten: list[str] = []
+    for outcome in run.outcomes:
+        i = outcome.probe.index
+        if outcome.kind == "ok":
+            fresh.append(
+                MirrorFact(files[i].path, files[i].sha256, stamp, outcome.probe.checks + 1, outcome.last_modified)
+            )
+            held[i] = 1
+        elif outcome.kind in ("missing", "different"):
+            if held[i]:
+                forgotten.append(files[i].path)
+            held[i] = 0
+    if fresh or forgotten:
+        state.update_mirror_facts(key, fresh, forgotten)
+
+
+def _classify(
+    run: _MirrorRun, snapshot_time: datetime | None, newest_sync: datetime | None
+) -> tuple[MirrorHealth, str]:
+    """The mirror's status and a one-line reason."""
+    if run.down is not None:
+        return "down", run.down
+    if run.range_ok is False:
+        return "no-range", f"no Range support: {run.range_problem} (aria2 needs 206 answers)"
+    probed = _answered(run)
+    ok = sum(1 for o in probed if o.kind == "ok")
+    missing = [o for o in probed if o.kind == "missing"]
+    different = [o for o in probed if o.kind == "different"]
+    errors = [o for o in run.outcomes if o.kind == "error"]
+    problems = _problems(len(probed), missing, different, errors)
+    notes = [n for n in (run.last_sync_problem, run.stopped) if n]
+    if run.last_sync is not None and snapshot_time is not None and run.last_sync < snapshot_time:
+        line = f"last sync {_rfc3339(run.last_sync)} is {_human(snapshot_time - run.last_sync)} behind the snapshot"
+        return "stale", "; ".join([line, *([problems] if missing or different else []), *notes])
+    if snapshot_time is None and different and newest_sync is not None and run.last_sync is not None:
+        if run.last_sync < newest_sync:
+            line = f"{problems}, and its last sync {_rfc3339(run.last_sync)} is older than another mirror's"
+            return "stale", "; ".join([line, *notes])
+    if missing or different:
+        return "partial", "; ".join([problems, *notes])
+    summary = f"{ok} of {len(probed)} probed files OK" if probed else "no files probed"
+    if errors:
+        summary += f", {len(errors)} inconclusive ({errors[0].reason})"
+    return "ok", "; ".join([summary, *notes])
+
+
+def _problems(
+    probed: int, missing: Sequence[_Outcome], different: Sequence[_Outcome], errors: Sequence[_Outcome]
+) -> str:
+    parts: list[str] = []
+    if missing:
+        codes = sorted({o.reason for o in missing})
+        parts.append(f"{len(missing)} of {probed} probed files missing ({', '.join(codes)})")
+    if different:
+        reason = different[0].reason + (", …" if len(different) > 1 else "")
+        lead = f"{len(different)} of {probed} probed files" if not missing else f"{len(different)}"
+        parts.append(f"{lead} different ({reason})")
+    if errors:
+        parts.append(f"{len(errors)} inconclusive ({errors[0].reason})")
+    return ", ".join(parts)
+
+
+def _answered(run: _MirrorRun) -> list[_Outcome]:
+    """The probes the mirror answered (what `sampled` counts)."""
+    return [o for o in run.outcomes if o.kind != "skipped" and o.answered]
+
+
+def _health(
+    previous: MirrorHealthRecord | None, key: str, status: MirrorHealth, stamp: str, run: _MirrorRun
+) -> MirrorHealthRecord:
+    last_sync = _rfc3339(run.last_sync) if run.last_sync is not None else None
+    if status != "down":
+        return MirrorHealthRecord(key, status, stamp, 0, None, last_sync)
+    if previous is not None and previous.down_runs > 0:
+        return MirrorHealthRecord(key, status, stamp, previous.down_runs + 1, previous.down_since or stamp, last_sync)
+    return MirrorHealthRecord(key, status, stamp, 1, stamp, last_sync)
+
+
+def _status(
+    mirror: MirrorConfig,
+    status: MirrorHealth,
+    detail: str,
+    run: _MirrorRun,
+    snapshot_time: datetime | None,
+    verified: int,
+    total: int,
+    webseed: bool,
+) -> MirrorStatus:
+    probed = _answered(run)
+    lag = None
+    if run.last_sync is not None and snapshot_time is not None:
+        lag = max(0, int((snapshot_time - run.last_sync).total_seconds()))
+    return MirrorStatus(
+        url=mirror.url,
+        country=mirror.country,
+        continent=mirror.continent,
+        name=mirror.name,
+        contact=mirror.contact,
+        bandwidth=mirror.bandwidth,
+        priority=mirror.priority,
+        status=status,
+        last_sync=_rfc3339(run.last_sync) if run.last_sync is not None else None,
+        lag_seconds=lag,
+        range_ok=run.range_ok,
+        sampled=len(probed),
+        sampled_ok=sum(1 for o in probed if o.kind == "ok"),
+        verified_files=verified,
+        total_files=total,
+        webseed=webseed,
+        detail=detail,
+    )
+
+
+def _holders(files: Sequence[ProbeFile], columns: Sequence[bytearray]) -> dict[str, tuple[int, ...]]:
+    """path -> indices of the mirrors holding it (paths nobody holds are left out)."""
+    holders: dict[str, tuple[int, ...]] = {}
+    if not columns:
+        return holders
+    width = range(len(columns))
+    for i, f in enumerate(files):
+        held = tuple(k for k in width if columns[k][i])
+        if held:
+            holders[f.path] = held
+    return holders

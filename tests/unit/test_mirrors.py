@@ -1,0 +1,320 @@
+"""pipeline.mirrors without a network: last-sync parsing, piece choice, the selection rules, the state's
+mirror tables, and the snapshot times the probes compare mirrors with (Debian Release Date, Arch lastsync)."""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from pipeline.config import MirrorConfig, Settings
+from pipeline.mirrors import (
+    MirrorReport,
+    ProbeFile,
+    ProbeLimits,
+    check_mirrors,
+    choose_piece,
+    keeps_url_lists,
+    parse_last_sync,
+    probe_files,
+)
+from pipeline.model import FileDigest, FileEntry, MirrorStatus
+from pipeline.snapshot import ScanSpec, scan_snapshot
+from pipeline.snapshot.arch import parse_lastsync
+from pipeline.snapshot.debian import release_date
+from pipeline.state import MirrorFact, MirrorHealthRecord, StateCache
+from tests.unit.test_snapshot_arch import HELLO as ARCH_HELLO
+from tests.unit.test_snapshot_arch import write_repo
+from tests.unit.test_snapshot_debian import HELLO, HELLO_DOC, Pkg, write_archive
+
+T = datetime(2026, 11, 23, 18, 1, 1, tzinfo=UTC)
+
+
+# --- last-sync files ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("1700000000\n", datetime(2023, 11, 14, 22, 13, 20, tzinfo=UTC)),  # Arch lastsync
+        (b"1700000000", datetime(2023, 11, 14, 22, 13, 20, tzinfo=UTC)),
+        ("1700000000.75\n", datetime(2023, 11, 14, 22, 13, 20, tzinfo=UTC)),
+        ("Mon Nov 23 18:01:01 UTC 2026\nDate: Mon, 23 Nov 2026 18:01:01 +0000\n", T),  # Debian trace, date -u
+        ("\n  Mon, 23 Nov 2026 19:01:01 +0100  \n", T),  # RFC 2822 with an offset
+        ("Mon, 23 Nov 2026 18:01:01 GMT", T),
+        ("Mon, 23 Nov 2026 18:01:01 -0000", T),
+        ("2026-11-23T18:01:01Z", T),  # RFC 3339
+        ("2026-11-23T13:01:01-05:00\n", T),
+        ("2026-11-23 18:01:01z", T),
+        ("garbage first line\nDate: Mon, 23 Nov 2026 18:01:01 +0000\n", T),  # a trace's Date: line
+    ],
+)
+def test_last_sync_formats(text: str | bytes, expected: datetime) -> None:
+    found = parse_last_sync(text)
+    assert found == expected and found is not None and found.tzinfo is not None
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "",
+        "\n\n",
+        "garbage",
+        "0",
+        "-5",
+        "12345678901234567890",
+        "Mon Nov 23 18:01:01 CET 2026",  # a zone name other than UTC/GMT: ambiguous
+        "Mon, 23 Nov 2026 18:01:01",  # no zone at all
+        "2026-11-23T18:01:01",  # RFC 3339 needs an offset
+        "2026-13-45T00:00:00Z",
+        b"\xff\xfe\x00",
+        "<html><body>404 Not Found</body></html>",
+    ],
+)
+def test_last_sync_garbage_is_unknown(text: str | bytes) -> None:
+    assert parse_last_sync(text) is None
+
+
+# --- piece choice -------------------------------------------------------------------------------
+
+
+def test_piece_choice_is_reproducible_in_range_and_spread() -> None:
+    shas = [f"{n:064x}" for n in range(200)]
+    first = [choose_piece(sha, 50) for sha in shas]
+    assert first == [choose_piece(sha, 50) for sha in shas]  # same inputs, same piece
+    assert all(0 <= piece < 50 for piece in first)
+    assert len(set(first)) > 25  # spread over the pieces, not always the first or last
+    assert choose_piece(shas[0], 1) == choose_piece(shas[0], 0) == 0
+    # each re-check reads another piece (over a few checks, several different ones)
+    assert len({choose_piece(shas[3], 50, check) for check in range(6)}) > 2
+    assert choose_piece(shas[3].upper(), 50) == choose_piece(shas[3], 50)
+
+
+# --- selection ----------------------------------------------------------------------------------
+
+
+def status(url: str, **changes: object) -> MirrorStatus:
+    base = MirrorStatus(
+        url=url,
+        country=None,
+        continent=None,
+        name=None,
+        contact=None,
+        bandwidth=None,
+        priority=100,
+        status="ok",
+        last_sync=None,
+        lag_seconds=None,
+        range_ok=True,
+        sampled=0,
+        sampled_ok=0,
+        verified_files=0,
+        total_files=0,
+        webseed=True,
+        detail="",
+    )
+    return replace(base, **changes)  # type: ignore[arg-type]
+
+
+def test_selection_order_and_exclusions() -> None:
+    statuses = (
+        status("http://z.example/debian", priority=1, country="DE"),
+        status("http://a.example/debian", country="FR"),
+        status("http://m.example/debian", status="no-range", range_ok=False),
+        status("http://b.example/debian", status="down"),
+        status("http://c.example/debian", priority=1, country="US"),
+        status("http://d.example/debian", status="stale"),
+    )
+    report = MirrorReport(
+        statuses=statuses,
+        holders={"pool/a.deb": (0, 1, 2, 3, 4, 5), "pool/b.deb": (1,)},
+        url_list=(True, True, False, True, True, True),
+        metalink=(True, True, False, False, True, True),
+    )
+    # url-lists: sorted by URL; no-range never; down kept (the flapping rule decided it)
+    assert report.webseeds_for("pool/a.deb") == (
+        "http://a.example/debian",
+        "http://b.example/debian",
+        "http://c.example/debian",
+        "http://d.example/debian",
+        "http://z.example/debian",
+    )
+    # metalinks: current status only, by priority then URL, with the country
+    assert report.metalink_urls_for("pool/a.deb") == (
+        ("http://c.example/debian", 1, "US"),
+        ("http://z.example/debian", 1, "DE"),
+        ("http://a.example/debian", 100, "FR"),
+        ("http://d.example/debian", 100, None),
+    )
+    assert report.webseeds_for("pool/b.deb") == ("http://a.example/debian",)
+    assert report.webseeds_for("pool/unknown.deb") == () and report.metalink_urls_for("pool/unknown.deb") == ()
+    assert MirrorReport().webseeds_for("x") == ()
+
+
+def test_same_url_twice_is_named_once_with_its_best_priority() -> None:
+    statuses = (status("http://a.example", priority=50), status("http://a.example", priority=5, country="DE"))
+    report = MirrorReport(statuses, {"p": (0, 1)}, (True, True), (True, True))
+    assert report.webseeds_for("p") == ("http://a.example",)
+    assert report.metalink_urls_for("p") == (("http://a.example", 5, "DE"),)
+
+
+@pytest.mark.parametrize(
+    "runs, hours, kept",
+    [
+        (0, 0, True),  # up
+        (1, 100, True),  # down once, long ago: one run is not enough
+        (2, 5, True),  # two runs but under 6 h
+        (2, 6, False),  # both reached
+        (5, 30, False),
+    ],
+)
+def test_flapping_rule(runs: int, hours: int, kept: bool) -> None:
+    since = T
+    limits = ProbeLimits(down_runs=2, down_after=timedelta(hours=6))
+    assert keeps_url_lists(runs, since if runs else None, since + timedelta(hours=hours), limits) is kept
+
+
+def test_limits_and_probe_files_from_pipeline_values() -> None:
+    settings = Settings(mirror_timeout=3, mirror_budget=50, mirror_concurrency=2, mirror_down_runs=4)
+    assert ProbeLimits.from_settings(settings) == ProbeLimits(3.0, 50, 2, 4, timedelta(hours=6))
+    entry = FileEntry(path="pool/a.deb", source=Path("/x"), size=5, mtime_ns=1)
+    assert probe_files([FileDigest(entry, "a" * 64, 16384, None)]) == (ProbeFile("pool/a.deb", 5, "a" * 64, 16384),)
+
+
+def test_no_mirrors_and_naive_times(tmp_path: Path) -> None:
+    files = [ProbeFile("pool/a.deb", 5, "a" * 64, 16384)]
+    with StateCache.open(tmp_path / "s.sqlite", repo="r") as state:
+        report = check_mirrors(
+            [], files, pieces_of=lambda p: b"", state=state, snapshot_time=None, now=T, limits=ProbeLimits()
+        )
+        assert report.statuses == () and report.webseeds_for("pool/a.deb") == ()
+        with pytest.raises(ValueError, match="timezone-aware"):
+            check_mirrors(
+                [MirrorConfig(url="http://127.0.0.1:9")],
+                files,
+                pieces_of=lambda p: b"",
+                state=state,
+                snapshot_time=None,
+                now=datetime(2026, 1, 1),  # noqa: DTZ001 - the point of the test
+                limits=ProbeLimits(),
+            )
+
+
+# --- state --------------------------------------------------------------------------------------
+
+
+def health(mirror: str = "http://a", **changes: object) -> MirrorHealthRecord:
+    return replace(MirrorHealthRecord(mirror, "ok", "2026-11-23T18:01:01Z"), **changes)  # type: ignore[arg-type]
+
+
+def test_state_round_trip(tmp_path: Path) -> None:
+    path = tmp_path / "s.sqlite"
+    fact = MirrorFact("pool/a.deb", "a" * 64, "2026-11-23T18:01:01Z", 2, "Mon, 23 Nov 2026 18:00:00 GMT")
+    with StateCache.open(path, repo="r") as state:
+        assert list(state.mirror_facts("http://a")) == [] and state.mirror_health("http://a") is None
+        state.update_mirror_facts("http://a", [fact, replace(fact, path="pool/b.deb")], [])
+        state.update_mirror_facts("http://b", [fact], [])
+        state.update_mirror_facts("http://a", [replace(fact, checks=3)], ["pool/b.deb"])
+        state.store_mirror_health([health(), health("http://b", status="down", down_runs=2, down_since="x")])
+    with StateCache.open(path, repo="r") as state:
+        assert list(state.mirror_facts("http://a")) == [replace(fact, checks=3)]
+        assert state.mirror_health("http://b") == health("http://b", status="down", down_runs=2, down_since="x")
+        # mirrors no longer configured and paths no longer in the snapshot are forgotten
+        assert state.forget_mirrors_except(["http://a"], ["pool/a.deb"]) == 1
+        assert list(state.mirror_facts("http://b")) == [] and state.mirror_health("http://b") is None
+        assert state.forget_mirrors_except(["http://a"], []) == 1
+        assert list(state.mirror_facts("http://a")) == [] and state.mirror_health("http://a") == health()
+
+
+def test_older_state_file_gains_the_mirror_tables_and_keeps_its_files(tmp_path: Path) -> None:
+    path = tmp_path / "s.sqlite"
+    with sqlite3.connect(path) as db:  # the state format before the mirror tables
+        db.executescript(
+            "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);"
+            "INSERT INTO meta VALUES ('format', 'mirrorseed-state/1'), ('repo', 'r');"
+            "CREATE TABLE files (path TEXT PRIMARY KEY, dev INTEGER NOT NULL, inode INTEGER NOT NULL,"
+            " size INTEGER NOT NULL, mtime_ns INTEGER NOT NULL, sha256 TEXT NOT NULL, piece_size INTEGER NOT NULL,"
+            " infohash TEXT, expected_sha256 TEXT, pieces BLOB NOT NULL);"
+            "INSERT INTO files VALUES ('pool/a.deb', 1, 2, 100, 5, 'aa', 16384, NULL, NULL, x'00');"
+        )
+    db.close()
+    with StateCache.open(path, repo="r") as state:
+        assert state.pieces("pool/a.deb") == b"\x00"
+        state.update_mirror_facts("http://a", [MirrorFact("pool/a.deb", "aa", "t")], [])
+        assert len(list(state.mirror_facts("http://a"))) == 1
+
+
+def test_mirror_table_of_another_shape_is_recreated(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    path = tmp_path / "s.sqlite"
+    with StateCache.open(path, repo="r") as state:
+        state.store_mirror_health([health()])
+    with sqlite3.connect(path) as db:
+        db.executescript("DROP TABLE mirror_files; CREATE TABLE mirror_files (mirror TEXT, path TEXT);")
+    db.close()
+    with caplog.at_level(logging.WARNING, logger="pipeline.state"):
+        with StateCache.open(path, repo="r") as state:
+            assert list(state.mirror_facts("http://a")) == []
+            state.update_mirror_facts("http://a", [MirrorFact("p", "s", "t")], [])
+            assert state.mirror_health("http://a") == health()  # the other table is kept
+    assert len(caplog.records) == 1 and "mirror_files" in caplog.records[0].getMessage()
+
+
+def test_corrupt_state_is_rebuilt_with_the_mirror_tables(tmp_path: Path) -> None:
+    path = tmp_path / "s.sqlite"
+    path.write_bytes(b"\x00garbage" * 512)
+    with StateCache.open(path, repo="r") as state:
+        state.update_mirror_facts("http://a", [MirrorFact("p", "s", "t")], [])
+        state.store_mirror_health([health()])
+    with StateCache.open(path, repo="r") as state:
+        assert [f.path for f in state.mirror_facts("http://a")] == ["p"]
+
+
+# --- the snapshot's time ------------------------------------------------------------------------
+
+
+def test_debian_snapshot_time_components_and_architectures(tmp_path: Path) -> None:
+    packages = [HELLO, HELLO_DOC, Pkg("c", "1", "amd64", component="contrib")]
+    write_archive(tmp_path, "bookworm", packages, components=("main", "contrib"))
+    release = tmp_path / "dists" / "bookworm" / "Release"
+    release.write_text("Date: Sat, 10 Jun 2023 08:53:33 UTC\n" + release.read_text())
+    snapshot = scan_snapshot(ScanSpec(root=tmp_path))
+    assert snapshot.timestamp == datetime(2023, 6, 10, 8, 53, 33, tzinfo=UTC)
+    assert snapshot.components == ("main", "contrib")
+    assert snapshot.architectures == ("amd64",)  # `all` is not an architecture a client selects
+    only_main = scan_snapshot(ScanSpec(root=tmp_path, components=("main",)))
+    assert only_main.components == ("main",)
+
+
+def test_debian_snapshot_time_is_the_newest_release_date(tmp_path: Path) -> None:
+    for suite, date in (("a", "Sat, 10 Jun 2023 08:53:33 UTC"), ("b", "Sun, 11 Jun 2023 10:00:00 +0200")):
+        write_archive(tmp_path, suite, [HELLO])
+        release = tmp_path / "dists" / suite / "Release"
+        release.write_text(f"Date: {date}\n" + release.read_text())
+    assert scan_snapshot(ScanSpec(root=tmp_path)).timestamp == datetime(2023, 6, 11, 8, 0, 0, tzinfo=UTC)
+
+
+def test_debian_release_without_usable_date(tmp_path: Path) -> None:
+    write_archive(tmp_path, "bookworm", [HELLO])
+    assert scan_snapshot(ScanSpec(root=tmp_path)).timestamp is None
+    release = tmp_path / "dists" / "bookworm" / "Release"
+    release.write_text("Date: next Tuesday\n" + release.read_text())
+    assert scan_snapshot(ScanSpec(root=tmp_path)).timestamp is None
+    assert release_date("Sat, 10 Jun 2023 08:53:33 CEST") is None
+    assert release_date("Sat, 10 Jun 2023 08:53:33 -0000") == datetime(2023, 6, 10, 8, 53, 33, tzinfo=UTC)
+
+
+def test_arch_snapshot_time_from_lastsync(tmp_path: Path) -> None:
+    write_repo(tmp_path, "core", "x86_64", [ARCH_HELLO])
+    write_repo(tmp_path, "extra", "aarch64", [replace(ARCH_HELLO, arch="aarch64")])
+    no_lastsync = scan_snapshot(ScanSpec(root=tmp_path))
+    assert no_lastsync.timestamp is None and no_lastsync.architectures == ("aarch64", "x86_64")
+    assert no_lastsync.suites == ("core", "extra") and no_lastsync.components == ()
+    (tmp_path / "lastsync").write_text("1700000000\n")
+    assert scan_snapshot(ScanSpec(root=tmp_path)).timestamp == datetime(2023, 11, 14, 22, 13, 20, tzinfo=UTC)
+    (tmp_path / "lastsync").write_text("yesterday\n")
+    assert scan_snapshot(ScanSpec(root=tmp_path)).timestamp is None
+    assert parse_lastsync(b"0") is None and parse_lastsync(b"1" * 80) is None
