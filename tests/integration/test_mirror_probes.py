@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import http.server
 import random
+import re
 import shutil
 import subprocess
 import threading
@@ -23,14 +24,15 @@ from pathlib import Path
 import pytest
 import torf
 
-from pipeline.config import MirrorConfig
+from pipeline.config import MirrorConfig, Settings
 from pipeline.hashing import hash_files
 from pipeline.mirrors import MirrorReport, ProbeFile, ProbeLimits, check_mirrors
+from pipeline.run import release
 from pipeline.serve import serve_directory
 from pipeline.snapshot import ScanSpec, scan_snapshot
 from pipeline.state import StateCache
 from pipeline.urls import webseed_dir_url
-from tests.integration.conftest import aria2_command
+from tests.integration.conftest import SigningKey, aria2_command
 from tests.mirror_servers import (
     HangingServer,
     NoRangeServer,
@@ -464,8 +466,7 @@ def test_snapshot_copy_is_untouched(farm: Farm) -> None:
 def test_aria2_downloads_through_the_selected_webseeds_with_bad_mirrors_configured(farm: Farm, tmp_path: Path) -> None:
     """Torrents whose url-lists come from the selection download with aria2 (every piece checked),
     although stale, partial, no-Range, down and hanging mirrors are all configured."""
-    if shutil.which("aria2c") is None:
-        pytest.skip("aria2c not installed (./bootstrap.sh)")
+    assert shutil.which("aria2c") is not None, "aria2c not installed: run ./bootstrap.sh"
     with StateCache.open(tmp_path / "state.sqlite", repo="t") as state:
         report = run(farm, state)
     wanted = [*STALE_ALTERED, *PARTIAL_DELETED[:1], "pool/main/libs/libstdc++6_12.2.0-14+deb12u1_amd64.deb"]
@@ -504,3 +505,53 @@ def test_a_trickling_mirror_is_bounded_too(farm: Farm, tmp_path: Path) -> None:
     assert elapsed < 3 * TIMEOUT, elapsed
     assert report.statuses[0].status == "down" and not report.statuses[0].webseed
     assert "timed out" in report.statuses[0].detail
+
+
+def test_release_with_bad_mirrors_publishes_only_exact_holders_and_aria2_downloads(
+    farm: Farm, tmp_path: Path, signing_key: SigningKey
+) -> None:
+    """Through `release`: every published url-list and metalink names only mirrors that hold the file's exact
+    bytes (never the no-Range, down or hanging one), the listings show each status, and aria2 fetches
+    packages by their published torrents with all the bad mirrors configured."""
+    dest = tmp_path / "dest"
+    settings = Settings(
+        snapshot=farm.snapshot, format="flat", dest=str(dest), public_url="http://127.0.0.1:9/pub", repo="farm",
+        mirrors=tuple(farm.mirrors), key=signing_key.fingerprint, gnupghome=signing_key.gnupghome,
+        state=tmp_path / "state.sqlite", mirror_timeout=1, mirror_concurrency=4,
+    )  # fmt: skip
+    report = release(settings)
+    statuses = {url: status for url, status, _ in report.mirrors}
+    assert statuses[farm.urls["complete"]] == "ok"
+    assert statuses[farm.no_range.url] == "no-range"
+    assert statuses[farm.down_url] == "down" and statuses[farm.hanging.url] == "down"
+    assert statuses[farm.urls["partial"]] in ("partial", "stale")
+
+    by_base = {m.url.rstrip("/"): m for m in farm.mirrors}
+    checked = 0
+    for torrent_path in (dest / "torrents").rglob("*.torrent"):
+        path = str(torrent_path.relative_to(dest / "torrents"))[: -len(".torrent")]
+        torrent = torf.Torrent.read(torrent_path)
+        for entry in torrent.webseeds:
+            base = next(b for b in by_base if entry.startswith(b + "/"))
+            root = farm.root_of(by_base[base])
+            assert root is not None, (path, entry)  # never the no-Range, down or hanging mirror
+            assert holds_exactly(root, path, farm.snapshot), (path, entry)
+            checked += 1
+        metalink = (dest / "metalinks" / (path + ".meta4")).read_text()
+        for url in re.findall(r"<url [^>]*>([^<]+)</url>", metalink):
+            base = next(b for b in by_base if url.startswith(b + "/"))
+            root = farm.root_of(by_base[base])
+            assert root is not None and holds_exactly(root, path, farm.snapshot), (path, url)
+    assert checked > 0
+    page = (dest / "mirrors" / "index.html").read_text()
+    assert all(word in page for word in ("ok", "no-range", "down"))
+
+    wanted = [p for p in ("pool/main/libs/libstdc++6_12.2.0-14+deb12u1_amd64.deb", *STALE_ALTERED)][:3]
+    torrents = [str(dest / "torrents" / (p + ".torrent")) for p in wanted]
+    done = subprocess.run(
+        aria2_command("-Z", "-d", str(tmp_path / "dl"), *torrents),
+        capture_output=True, text=True, timeout=120, check=False, stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    for path in wanted:
+        assert (tmp_path / "dl" / Path(path).name).read_bytes() == (farm.snapshot / path).read_bytes()
