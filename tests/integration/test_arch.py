@@ -19,7 +19,7 @@ import pytest
 import zstandard
 
 from pipeline.archrepo import ArchPkgSpec, build_arch_repo
-from pipeline.config import Settings
+from pipeline.config import MirrorConfig, Settings
 from pipeline.run import release
 from pipeline.serve import serve_directory
 from pipeline.signing import Signer
@@ -136,12 +136,19 @@ def test_publish_fetch_by_torrent_verify_and_install_with_pacman(
         dest=str(dest),
         public_url=public_url,
         repo="arch-test",
-        webseeds=(mirror_url,),
+        mirrors=(MirrorConfig(url=mirror_url, country="DE", continent="EU", name="test mirror", priority=1),),
         key=signing_key.fingerprint,
         gnupghome=signing_key.gnupghome,
     )
     report = release(settings)
     assert report.action == "publish" and report.files == 5
+    assert [status for _, status, _ in report.mirrors] == ["ok"]
+
+    # Arch users' listings: a pacman mirrorlist per country, the Arch recipe on the front page
+    mirrorlist = (dest / "mirrors" / "country" / "DE.mirrorlist").read_text()
+    assert f"Server = {mirror_url}/$repo/os/$arch" in mirrorlist.splitlines()
+    front = (dest / "index.html").read_text()
+    assert "pacman -U" in front and ".sig" in front and "mirrors/index.html" in front
 
     # the index: exactly the packages the dbs list, under the paths mirrors serve, with db metadata
     records = read_index(dest)
