@@ -24,8 +24,8 @@ from __future__ import annotations
 import json
 import re
 import shlex
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -108,6 +108,8 @@ class ListingInput:
     webseeds: tuple[str, ...]
     templates_dir: Path | None = None
     mirrors: tuple[MirrorStatus, ...] = ()  # this run's probe results; none: no mirror listings
+    # Per file, the mirrors verified to hold it (the torrent's url-list); None: every webseed for every file.
+    webseeds_for: Callable[[str], Sequence[str]] | None = field(default=None, compare=False)
     suites: tuple[str, ...] = ()  # Debian suites / Arch repositories of the snapshot
     components: tuple[str, ...] = ()  # Debian components (sources.list lines; `main` when empty)
     architectures: tuple[str, ...] = ()
@@ -338,7 +340,10 @@ def _browse_href_filter(ctx: Context, directory: str) -> str:
 
 @jinja2.pass_context
 def _mirror_links_filter(ctx: Context, path: str) -> list[MirrorLink]:
-    return mirror_links(path, ctx["webseeds"])
+    selected = ctx["webseeds_for"]
+    if selected is None:
+        return mirror_links(path, ctx["webseeds"])
+    return mirror_links(path, (_check_http_url(base, "webseed") for base in selected(path)))
 
 
 @jinja2.pass_context
@@ -726,6 +731,7 @@ def render_listings(listing: ListingInput) -> tuple[Artifact, ...]:
         "pointer": listing.pointer,
         "fingerprint": checked.fingerprint,
         "webseeds": checked.webseeds,
+        "webseeds_for": listing.webseeds_for,
         "package_count": len(records),
         "total_size": sum(r.size for r in records),
         "has_mirrors": has_mirrors,

@@ -426,7 +426,8 @@ def release(
                 pointer=pointer,
                 fingerprint=key_info.fingerprint,
                 records=records,
-                webseeds=mirror_urls,
+                webseeds=_webseeds_now(mirror_report, mirror_urls),
+                webseeds_for=mirror_report.webseeds_for if settings.all_mirrors else None,
                 templates_dir=settings.templates_dir,
                 mirrors=mirror_report.statuses,
                 suites=snapshot.suites,
@@ -504,6 +505,13 @@ def _check_mirrors(
         limits=ProbeLimits.from_settings(settings),
         progress=progress,
     )
+
+
+def _webseeds_now(report: MirrorReport, configured: Sequence[str]) -> tuple[str, ...]:
+    """The mirrors the listings present as webseeds: those in url-lists this run (all when none is probed)."""
+    if not report.statuses:
+        return tuple(configured)
+    return tuple(m.url for m in report.statuses if m.webseed)
 
 
 def _mirror_summary(statuses: Sequence[MirrorStatus]) -> list[tuple[str, str, bool]]:

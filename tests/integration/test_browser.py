@@ -205,6 +205,13 @@ def test_listing_page_in_chromium(
                         failures.append(f"{where}: no same-origin link ending in {ending!r} (links: {sorted(paths)})")
                 if page_name == "browse" and not any(h.startswith("magnet:") for h in hrefs):
                     failures.append(f"{where}: no magnet link")
+                if page_name == "browse":
+                    # the package's mirror links: the verified DE mirror, never the FR one (down, verified nothing)
+                    germany, france = (m.rstrip("/") + "/" for m in site.mirrors)
+                    if not any(u.startswith(germany) for u in resolved):
+                        failures.append(f"{where}: no link to the package on the verified mirror {germany}")
+                    if any(u.startswith(france) for u in resolved):
+                        failures.append(f"{where}: links the down mirror {france}, which holds nothing verified")
                 if page_name == "mirrors":
                     text = seen.page.inner_text("main")
                     if MIRROR_NAME not in text or seen.page.locator("main b").count():
