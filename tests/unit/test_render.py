@@ -715,20 +715,20 @@ def test_mirror_table_shows_every_status() -> None:
     }
     for host, status in expected.items():
         row = table[host]
-        assert len(row) == 11, row  # mirror, country, continent, status, sync, lag, range, files, bw, contact, webseed
-        text, classes = row[3]
+        assert len(row) == 11, row  # mirror, status, country, continent, sync, lag, range, files, bw, contact, webseed
+        text, classes = row[1]
         assert text == f"{status} {status}: why", (host, text)
         assert f"status-{status}" in classes and "status" in classes
         assert row[10][0] == ("yes" if status in ("ok", "partial") else "no")
     ok = [cell for cell, _ in table["ok.example.de"]]
     assert ok[0] == f"{EVIL_MIRROR_NAME} ok.example.de"
-    assert ok[1:3] == ["DE", "EU"]
+    assert ok[2:4] == ["DE", "EU"]
     assert ok[4:8] == ["2026-05-01T08:55:00Z", "2 h 5 min", "yes", "4/4 sampled 10/12 verified"]
     assert ok[8:10] == ["10 Gbit/s", EVIL_CONTACT]
     down = [cell for cell, _ in table["down.example.jp"]]
     assert down[4:8] == ["unknown", "unknown", "unknown", "none sampled 10/12 verified"]
     assert [cell for cell, _ in table["norange.example.us"]][6] == "no"
-    assert [cell for cell, _ in table["nocountry.example.net"]][1:3] == ["–", "–"]
+    assert [cell for cell, _ in table["nocountry.example.net"]][2:4] == ["–", "–"]
     # rows by country (none last), then status, priority, URL
     assert list(table) == [
         "ok.example.de",
