@@ -231,34 +231,34 @@ class S3Storage:
         info = ObjectInfo(key, len(data), response["ETag"], modified.timestamp() if modified else None)
         return StoredObject(info, data)
 
-    def head(self, key: str) -> ObjectInfo | None:
-        """None when the key is missing (S3 answers HEAD with a bare 404, so a missing bucket is None too)."""
+    def _head_object(self, key: str) -> Any:
+        """The HEAD response, or None when the key is missing (S3 answers HEAD with a bare 404, so a missing
+        bucket is None too)."""
         from botocore.exceptions import BotoCoreError, ClientError
 
         try:
-            response = self.client.head_object(Bucket=self.bucket, Key=self._key(key))
+            return self.client.head_object(Bucket=self.bucket, Key=self._key(key))
         except ClientError as exc:
             if _error_code(exc) in _MISSING_CODES:
                 return None
             raise self._error(exc, key, "read its metadata") from None
         except BotoCoreError as exc:
             raise self._error(exc, key, "read its metadata") from None
+
+    def head(self, key: str) -> ObjectInfo | None:
+        response = self._head_object(key)
+        if response is None:
+            return None
         modified = response.get("LastModified")
         return ObjectInfo(key, response["ContentLength"], response["ETag"], modified.timestamp() if modified else None)
 
     def stored_sha256(self, key: str) -> str | None:
         """The SHA-256 recorded at upload time (x-amz-meta-sha256), None if the key or the metadata is missing."""
-        from botocore.exceptions import BotoCoreError, ClientError
-
-        try:
-            response = self.client.head_object(Bucket=self.bucket, Key=self._key(key))
-        except ClientError as exc:
-            if _error_code(exc) in _MISSING_CODES:
-                return None
-            raise self._error(exc, key, "read its metadata") from None
-        except BotoCoreError as exc:
-            raise self._error(exc, key, "read its metadata") from None
-        return response.get("Metadata", {}).get("sha256")
+        response = self._head_object(key)
+        if response is None:
+            return None
+        sha256: str | None = response.get("Metadata", {}).get("sha256")
+        return sha256
 
     def same_content(self, info: ObjectInfo, data: bytes) -> bool:
         """Size, then the ETag where it is an MD5 (single-part upload), else the stored sha256 metadata,
