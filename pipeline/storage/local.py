@@ -70,15 +70,25 @@ class LocalStorage:
         return stored is not None and stored.info.etag == info.etag and stored.data == data
 
     def put(self, key: str, data: bytes, *, content_type: str, cache_control: str) -> ObjectInfo:
+        return self._write(key, data, durable=False)
+
+    def _write(self, key: str, data: bytes, *, durable: bool) -> ObjectInfo:
+        """Temp file + rename: readers see the old or the new file, never a partial one. Content and
+        listings are not fsynced one by one (thousands of small files: that would dominate a run); a
+        durable write (index, pointer) first flushes everything written before it, then itself, so a
+        power loss never leaves a pointer naming objects that did not reach the disk."""
         path = self._path(key)
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
+            if durable:
+                os.sync()
             fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
             try:
                 with os.fdopen(fd, "wb") as handle:
                     handle.write(data)
                     handle.flush()
-                    os.fsync(handle.fileno())
+                    if durable:
+                        os.fsync(handle.fileno())
                 os.chmod(tmp, 0o644)
                 os.replace(tmp, path)
             except BaseException:
@@ -114,7 +124,7 @@ class LocalStorage:
                 raise PublishConflictError(
                     f"{key}: changed in {self.root} since this run started; another run published first, run again"
                 )
-            return self.put(key, data, content_type=content_type, cache_control=cache_control)
+            return self._write(key, data, durable=True)
 
     def put_many(self, artifacts: Sequence[Artifact]) -> list[ObjectInfo]:
         return [self.put(a.key, a.data, content_type=a.content_type, cache_control=a.cache_control) for a in artifacts]
