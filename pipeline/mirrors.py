@@ -57,6 +57,7 @@ from typing import Literal
 from urllib.parse import urljoin, urlsplit
 
 from pipeline.config import MirrorConfig, Settings
+from pipeline.index import rfc3339
 from pipeline.model import FileDigest, MirrorHealth, MirrorStatus, NullProgress, Progress
 from pipeline.state import MirrorFact, MirrorHealthRecord, StateCache
 from pipeline.urls import join_url
@@ -226,10 +227,6 @@ def keeps_url_lists(down_runs: int, down_since: datetime | None, now: datetime, 
         return True
     elapsed = now - down_since if down_since is not None else timedelta(0)
     return not (down_runs >= limits.down_runs and elapsed >= limits.down_after)
-
-
-def _rfc3339(moment: datetime) -> str:
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _from_rfc3339(text: str | None) -> datetime | None:
@@ -710,7 +707,7 @@ def check_mirrors(
                 sink.advance(1)
     sink.finish()
 
-    stamp = _rfc3339(now)
+    stamp = rfc3339(now)
     newest_sync = max((r.last_sync for r in runs.values() if r.last_sync is not None), default=None)
     health: list[MirrorHealthRecord] = []
     results: dict[str, tuple[MirrorHealth, str, bool, bool, _MirrorRun]] = {}
@@ -920,11 +917,11 @@ def _classify(
     problems = _problems(len(probed), missing, different, errors)
     notes = [n for n in (run.last_sync_problem, run.stopped) if n]
     if run.last_sync is not None and snapshot_time is not None and run.last_sync < snapshot_time:
-        line = f"last sync {_rfc3339(run.last_sync)} is {_human(snapshot_time - run.last_sync)} behind the snapshot"
+        line = f"last sync {rfc3339(run.last_sync)} is {_human(snapshot_time - run.last_sync)} behind the snapshot"
         return "stale", "; ".join([line, *([problems] if missing or different else []), *notes])
     if snapshot_time is None and different and newest_sync is not None and run.last_sync is not None:
         if run.last_sync < newest_sync:
-            line = f"{problems}, and its last sync {_rfc3339(run.last_sync)} is older than another mirror's"
+            line = f"{problems}, and its last sync {rfc3339(run.last_sync)} is older than another mirror's"
             return "stale", "; ".join([line, *notes])
     if missing or different:
         return "partial", "; ".join([problems, *notes])
@@ -958,7 +955,7 @@ def _answered(run: _MirrorRun) -> list[_Outcome]:
 def _health(
     previous: MirrorHealthRecord | None, key: str, status: MirrorHealth, stamp: str, run: _MirrorRun
 ) -> MirrorHealthRecord:
-    last_sync = _rfc3339(run.last_sync) if run.last_sync is not None else None
+    last_sync = rfc3339(run.last_sync) if run.last_sync is not None else None
     if status != "down":
         return MirrorHealthRecord(key, status, stamp, 0, None, last_sync)
     if previous is not None and previous.down_runs > 0:
@@ -989,7 +986,7 @@ def _status(
         bandwidth=mirror.bandwidth,
         priority=mirror.priority,
         status=status,
-        last_sync=_rfc3339(run.last_sync) if run.last_sync is not None else None,
+        last_sync=rfc3339(run.last_sync) if run.last_sync is not None else None,
         lag_seconds=lag,
         range_ok=run.range_ok,
         sampled=len(probed),

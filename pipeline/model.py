@@ -221,20 +221,6 @@ class Pointer:
             "magnet": self.magnet,
         }
 
-    @staticmethod
-    def from_json(doc: dict[str, Any]) -> Pointer:
-        idx = doc["index"]
-        return Pointer(
-            repo=doc["repo"],
-            sequence=doc["sequence"],
-            generated=doc["generated"],
-            expires=doc["expires"],
-            index=IndexRef(idx["path"], idx["size"], idx["uncompressed_size"], idx["sha256"]),
-            index_torrent=doc["index_torrent"],
-            infohash=doc["infohash"],
-            magnet=doc["magnet"],
-        )
-
 
 MirrorHealth = Literal["ok", "stale", "partial", "no-range", "down"]
 

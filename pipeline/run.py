@@ -101,15 +101,6 @@ class StageClock:
             self._seconds[name] = self._seconds.get(name, 0.0) + time.perf_counter() - start
 
 
-@contextmanager
-def _public_keyring(signer: Signer) -> Iterator[Path]:
-    _, binary = signer.export_public_key()
-    with tempfile.TemporaryDirectory(prefix="mirrorseed-keyring-") as tmp:
-        path = Path(tmp) / "signing-key.gpg"
-        path.write_bytes(binary)
-        yield path
-
-
 def read_current(storage: Storage, *, repo: str, keyring: Path, fingerprint: str) -> CurrentPublication | None:
     """Read and verify the current pointer and the index it names; None on a fresh destination."""
     stored = storage.get(POINTER_KEY)
@@ -314,7 +305,7 @@ def release(
         with clock.stage("build"):
             records = package_records(digested.digests, spec)
 
-        with clock.stage("read-current"), _public_keyring(signer) as keyring:
+        with clock.stage("read-current"), signer.keyring() as keyring:
             current = read_current(storage, repo=settings.repo, keyring=keyring, fingerprint=key_info.fingerprint)
         decision: Decision = decide(
             current=current.pointer if current else None,
@@ -479,7 +470,7 @@ def _published_signature(storage: Storage, key: str, data: bytes, signer: Signer
     signature = storage.get(key + ".sig") if stored is not None and stored.data == data else None
     if signature is None:
         return None
-    with _public_keyring(signer) as keyring:
+    with signer.keyring() as keyring:
         try:
             verify_detached(data, signature.data, keyring=keyring, fingerprint=signer.fingerprint)
         except PipelineError:
@@ -596,7 +587,7 @@ def run_demo(
             )
             announce(f"demo: publishing {snapshot.package_count} packages to {dest} with DEMO key {key.fingerprint}")
             report = release(settings, progress=progress)
-            with _public_keyring(Signer(gnupghome=key.gnupghome, key=key.fingerprint)) as keyring:
+            with Signer(gnupghome=key.gnupghome, key=key.fingerprint).keyring() as keyring:
                 current = read_current(
                     open_storage(str(dest)), repo="demo", keyring=keyring, fingerprint=key.fingerprint
                 )

@@ -340,7 +340,7 @@ class Signer:
     def sign_detached(self, data: bytes) -> bytes:
         """A binary detached signature over exactly `data`, self-verified with gpgv."""
         signature = self._sign(data, detach=True)
-        with self._keyring() as keyring:
+        with self.keyring() as keyring:
             signer = _verify_detached(data, signature, keyring=keyring, fingerprint=self.fingerprint)
         self._check_signer(signer)
         return signature
@@ -350,7 +350,7 @@ class Signer:
         message = self._sign(data, detach=False)
         if not message.startswith(_ARMOR_MESSAGE):
             raise SigningError(f"gpg produced no armored signed message for key {self.fingerprint}")
-        with self._keyring() as keyring:
+        with self.keyring() as keyring:
             verified = _verify_message(message, keyring=keyring, fingerprint=self.fingerprint)
         if verified.payload != data:
             raise SigningError(f"self-verification failed for key {self.fingerprint}: the payload differs")
@@ -395,7 +395,8 @@ class Signer:
             raise SigningError(f"gpg could not sign with key {fpr}: {_sign_failure(result.stderr, passphrase)}")
         return data_out
 
-    def _keyring(self) -> _TempKeyring:
+    def keyring(self) -> _TempKeyring:
+        """A temporary binary keyring holding this key's public part, for gpgv (a context manager -> path)."""
         return _TempKeyring(self.export_public_key()[1])
 
     def _check_signer(self, signer: str) -> None:
