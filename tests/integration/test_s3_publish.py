@@ -21,7 +21,7 @@ from pipeline.run import read_current, release
 from pipeline.serve import serve_directory
 from pipeline.storage import open_storage
 from tests.integration.conftest import PACKAGES, SigningKey, run_cli
-from tests.integration.test_crash_safety import client_view, crash_and_recover
+from tests.integration.test_crash_safety import Fetch, client_view, crash_and_recover
 from tests.s3_server import SeaweedServer, anonymous_request
 
 pytestmark = pytest.mark.integration
@@ -58,7 +58,7 @@ def s3_settings(server: SeaweedServer, bucket: str, snapshot: Path, key: Signing
     )
 
 
-def anonymous_fetch(server: SeaweedServer, bucket: str) -> pipeline_fetch:
+def anonymous_fetch(server: SeaweedServer, bucket: str) -> Fetch:
     base = server.public_url(bucket, "pub")
 
     def fetch(key: str) -> bytes | None:
@@ -68,9 +68,6 @@ def anonymous_fetch(server: SeaweedServer, bucket: str) -> pipeline_fetch:
         return body if status == 200 else None
 
     return fetch
-
-
-pipeline_fetch = type(lambda key: None)  # a Fetch: key -> bytes | None
 
 
 def test_user_recipe_against_the_bucket(
