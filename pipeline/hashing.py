@@ -12,7 +12,7 @@ import logging
 import multiprocessing
 import os
 import stat
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 
 from pipeline.errors import SnapshotError
@@ -164,7 +164,7 @@ def _batches(files: Sequence[FileEntry]) -> list[list[_Job]]:
     return batches
 
 
-def _hash_in_pool(files: Sequence[FileEntry], workers: int, results: list[_Result | None], progress: Progress) -> None:
+def _hash_in_pool(files: Sequence[FileEntry], workers: int) -> Iterator[_Result]:
     # forkserver: workers are forked from a clean single-threaded server, never from a parent that
     # may hold threads or locks (fork), and start faster than spawn (~45 ms for two). Like spawn, it
     # re-imports the entry script as __mp_main__ in the workers: scripts need the __main__ guard.
@@ -176,13 +176,40 @@ def _hash_in_pool(files: Sequence[FileEntry], workers: int, results: list[_Resul
             while pending:
                 done, pending = wait(pending, return_when=FIRST_COMPLETED)
                 for future in done:
-                    for index, sha256, pieces in future.result():
-                        results[index] = (index, sha256, pieces)
-                        progress.advance(1, files[index].size)
-        except BaseException:
+                    yield from future.result()
+        finally:
             for future in pending:
                 future.cancel()
-            raise
+
+
+def iter_hashed(
+    files: Sequence[FileEntry], *, workers: int = 2, progress: Progress | None = None
+) -> Iterator[HashedFile]:
+    """Hash `files` (each read once), yielding one HashedFile per entry as it is done (any order).
+
+    Nothing is kept once yielded: the caller stores the piece hashes and drops them, so memory does not
+    grow with the snapshot. Raises SnapshotError if a file cannot be read, differs in size from its
+    entry, or changes while it is hashed.
+    """
+    sink: Progress = progress if progress is not None else NullProgress()
+    total_bytes = sum(entry.size for entry in files)
+    sink.start("hash", total=len(files), unit="files")
+    use_pool = workers > 1 and len(files) >= 2 and (len(files) >= POOL_MIN_FILES or total_bytes >= POOL_MIN_BYTES)
+    if use_pool:
+        log.debug("hashing %d files, %d bytes, with %d worker processes", len(files), total_bytes, workers)
+        results: Iterable[_Result] = _hash_in_pool(files, workers)
+    else:
+        log.debug("hashing %d files, %d bytes, in-process", len(files), total_bytes)
+        buffer = bytearray(READ_BUFFER_SIZE)
+        results = (
+            (index, *_hash_one(entry.path, os.fspath(entry.source), entry.size, buffer))
+            for index, entry in enumerate(files)
+        )
+    for index, sha256, pieces in results:
+        entry = files[index]
+        yield HashedFile(entry=entry, sha256=sha256, piece_size=piece_size_for(entry.size), pieces=pieces)
+        sink.advance(1, entry.size)
+    sink.finish()
 
 
 def hash_files(
@@ -197,28 +224,8 @@ def hash_files(
     Raises SnapshotError if a file cannot be read, differs in size from its entry, changes while it
     is hashed, or (all of them, in one message) if its SHA-256 differs from the repository metadata.
     """
-    sink: Progress = progress if progress is not None else NullProgress()
-    total_bytes = sum(entry.size for entry in files)
-    sink.start("hash", total=len(files), unit="files")
-    results: list[_Result | None] = [None] * len(files)
-    use_pool = workers > 1 and len(files) >= 2 and (len(files) >= POOL_MIN_FILES or total_bytes >= POOL_MIN_BYTES)
-    if use_pool:
-        log.debug("hashing %d files, %d bytes, with %d worker processes", len(files), total_bytes, workers)
-        _hash_in_pool(files, workers, results, sink)
-    else:
-        log.debug("hashing %d files, %d bytes, in-process", len(files), total_bytes)
-        buffer = bytearray(READ_BUFFER_SIZE)
-        for index, entry in enumerate(files):
-            sha256, pieces = _hash_one(entry.path, os.fspath(entry.source), entry.size, buffer)
-            results[index] = (index, sha256, pieces)
-            sink.advance(1, entry.size)
-    sink.finish()
-
-    hashed: list[HashedFile] = []
-    for entry, result in zip(files, results, strict=True):
-        assert result is not None
-        _, sha256, pieces = result
-        hashed.append(HashedFile(entry=entry, sha256=sha256, piece_size=piece_size_for(entry.size), pieces=pieces))
+    position = {id(entry): index for index, entry in enumerate(files)}
+    hashed = sorted(iter_hashed(files, workers=workers, progress=progress), key=lambda h: position[id(h.entry)])
     if verify_expected:
         check_expected((item.entry, item.sha256) for item in hashed)
     return tuple(hashed)

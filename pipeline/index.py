@@ -7,10 +7,12 @@ one-line StorageError.
 
 from __future__ import annotations
 
+import codecs
 import hashlib
+import io
 import json
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
@@ -27,9 +29,19 @@ MAX_SEQUENCE = 2**53 - 1  # clients parse JSON numbers as doubles and reject any
 # Measured on a 56-62 MB synthetic bookworm index (63,440 packages, random hashes), one core: level 6
 # compresses in ~0.4 s to the best ratio below level 16 (levels 9-15 are slower and no smaller; 16 takes
 # ~9 s, 19 ~35 s for ~15 % less). Changing it changes every index's bytes, hence its SHA-256.
+# The frame is always produced by zstd's streaming API with the size pledged up front (`_compress`):
+# for inputs larger than the window (~2 MB at level 6) a one-shot `ZstdCompressor.compress()` picks
+# slightly different matches, so the two are not interchangeable; the streaming output does not depend
+# on how the input is chunked, which lets `encode_index_stream` and `encode_index` agree byte for byte.
 ZSTD_LEVEL = 6
 
-_DECODE_STEP = 256  # compressed bytes fed per step of decode_index
+_DECODE_STEP = 256  # compressed bytes fed per step of decode_index and iter_index
+_ENCODE_BATCH = 64 * 1024  # uncompressed bytes handed to the compressor at once by encode_index_stream
+_TEXT_STEP = 16 * 1024  # decompressed bytes decoded to text at a time by iter_index
+_MAX_VALUE_CHARS = 4 * 1024 * 1024  # iter_index: longest single JSON value (a package, a header field)
+_WHITESPACE_RE = re.compile(r"[ \t\n\r]*")
+_DECODER = json.JSONDecoder()
+_HEADER_KEYS = frozenset({"format", "repo", "sequence", "generated", "webseeds", "trackers"})
 _SHA256_RE = re.compile(r"[0-9a-f]{64}")
 _INFOHASH_RE = re.compile(r"[0-9a-f]{40}")
 _RFC3339_RE = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z")
@@ -88,12 +100,102 @@ class EncodedIndex:
 def encode_index(doc: dict[str, Any]) -> EncodedIndex:
     """Canonical JSON (sorted keys, no spaces, UTF-8) in one zstd frame with content size and checksum.
 
-    Same document, same bytes: level fixed, single-threaded, no timestamps in zstd frames.
+    Same document, same bytes: level fixed, single-threaded, no timestamps in zstd frames. The bytes are
+    those of `encode_index_stream` for the same arguments (both compress through `_compress`).
     """
-    raw = json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
-    compressor = zstandard.ZstdCompressor(level=ZSTD_LEVEL, write_content_size=True, write_checksum=True)
-    data = compressor.compress(raw)
+    raw = _canonical(doc).encode("utf-8")
+    data = _compress([raw], len(raw))
     return EncodedIndex(data=data, sha256=hashlib.sha256(data).hexdigest(), size=len(data), uncompressed_size=len(raw))
+
+
+def encode_index_stream(
+    *,
+    repo: str,
+    sequence: int,
+    generated: datetime,
+    webseeds: Sequence[str],
+    trackers: Sequence[str],
+    records: Sequence[PackageRecord] | Callable[[], Iterable[PackageRecord]],
+) -> EncodedIndex:
+    """`encode_index(index_document(...))`, byte for byte, without holding the JSON or every package dict.
+
+    `records` must already be sorted by path (a repeated or out-of-order path is a SnapshotError). They
+    are read twice: once to measure the JSON (the zstd frame declares its size up front), once to
+    compress it; so pass a Sequence, or a callable returning a fresh iterable of the same records each
+    time (ValueError if the two passes differ in size). Only one package's JSON, one batch of
+    `_ENCODE_BATCH` bytes and the compressed output are in memory at a time.
+    """
+    _check_sequence(sequence)
+    if callable(records):
+        fresh = records
+    elif isinstance(records, Sequence):
+        fresh = lambda: records  # noqa: E731 - the same Sequence, read twice
+    else:
+        raise TypeError("records: pass a Sequence or a callable returning a fresh iterable (read twice)")
+    head = f'{{"format":{_canonical(INDEX_FORMAT)},"generated":{_canonical(rfc3339(generated))},"packages":['
+    tail = (
+        f'],"repo":{_canonical(repo)},"sequence":{_canonical(sequence)},'
+        f'"trackers":{_canonical(list(dict.fromkeys(trackers)))},'
+        f'"webseeds":{_canonical(list(dict.fromkeys(webseeds)))}}}'
+    )
+    head_bytes, tail_bytes = head.encode("utf-8"), tail.encode("utf-8")
+    size, count = len(head_bytes) + len(tail_bytes), 0
+    for package in _package_json(fresh()):
+        size += len(package)
+        count += 1
+    size += max(count - 1, 0)  # the commas between packages
+
+    def chunks() -> Iterator[bytes]:
+        batch = bytearray(head_bytes)
+        separator = b""
+        for package in _package_json(fresh()):
+            batch += separator
+            batch += package
+            separator = b","
+            if len(batch) >= _ENCODE_BATCH:
+                yield bytes(batch)
+                batch.clear()
+        batch += tail_bytes
+        yield bytes(batch)
+
+    data = _compress(chunks(), size)
+    return EncodedIndex(data=data, sha256=hashlib.sha256(data).hexdigest(), size=len(data), uncompressed_size=size)
+
+
+def _canonical(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def _package_json(records: Iterable[PackageRecord]) -> Iterator[bytes]:
+    """Each record's canonical JSON (UTF-8), checking that the paths strictly increase."""
+    previous: str | None = None
+    for record in records:
+        if previous is not None and record.path <= previous:
+            if record.path == previous:
+                raise SnapshotError(f"{record.path}: listed twice in the snapshot: remove the duplicate entry")
+            raise SnapshotError(f"{record.path}: comes after {previous}: pass the records sorted by path")
+        previous = record.path
+        yield _canonical(record.to_json()).encode("utf-8")
+
+
+def _compress(chunks: Iterable[bytes], size: int) -> bytes:
+    """One zstd frame (level ZSTD_LEVEL, content size `size`, checksum) of the concatenated chunks.
+
+    Streaming with the size pledged: the output depends only on the concatenation, not on the chunking.
+    """
+    compressor = zstandard.ZstdCompressor(level=ZSTD_LEVEL, write_content_size=True, write_checksum=True)
+    stream = compressor.compressobj(size=size)
+    out = io.BytesIO()  # grows in place; getvalue() then hands over its buffer without a copy
+    fed = 0
+    for chunk in chunks:
+        fed += len(chunk)
+        if fed > size:
+            break
+        out.write(stream.compress(chunk))
+    if fed != size:
+        raise ValueError(f"records: {fed} bytes of JSON on the second pass, {size} on the first: pass the same records")
+    out.write(stream.flush())
+    return out.getvalue()
 
 
 def decode_index(data: bytes, *, uncompressed_size: int) -> dict[str, Any]:
@@ -103,7 +205,24 @@ def decode_index(data: bytes, *, uncompressed_size: int) -> dict[str, Any]:
     declares its size), then the frame is decompressed in small steps, counting the output and stopping
     as soon as it passes `uncompressed_size`, since a frame may declare nothing or lie. One complete
     frame (checksum verified), nothing after it. StorageError on any mismatch.
+
+    This holds the whole document; `iter_index` reads it with bounded memory.
     """
+    _check_declared_size(data, uncompressed_size)
+    raw = bytearray()
+    for chunk in _inflate(data, uncompressed_size):
+        raw += chunk
+    try:
+        doc = json.loads(bytes(raw).decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError) as err:
+        raise StorageError(f"index: not UTF-8 JSON ({err})") from err
+    if not isinstance(doc, dict) or doc.get("format") != INDEX_FORMAT:
+        found = doc.get("format") if isinstance(doc, dict) else type(doc).__name__
+        raise StorageError(f"index: format is {found!r}, expected {INDEX_FORMAT!r}")
+    return doc
+
+
+def _check_declared_size(data: bytes, uncompressed_size: int) -> None:
     if uncompressed_size < 0:
         raise StorageError(f"index: uncompressed_size {uncompressed_size} is negative")
     try:
@@ -115,38 +234,249 @@ def decode_index(data: bytes, *, uncompressed_size: int) -> dict[str, Any]:
             f"index: the zstd frame declares {declared} bytes, the pointer says {uncompressed_size}: "
             "refusing to decompress a mismatched (possibly hostile) index"
         )
-    raw = bytearray()
+
+
+def _inflate(data: bytes, uncompressed_size: int) -> Iterator[bytes]:
+    """The decompressed bytes of one zstd frame, step by step; StorageError as soon as anything is off.
+
+    Small input steps bound each step's output (at most ~32,768:1 for RLE blocks, so ~8 MiB); the
+    output is counted and refused as soon as it passes `uncompressed_size`. After the last chunk: the
+    frame is complete (checksum verified by zstd), nothing follows it, and the size is exact.
+    """
     decompressor = zstandard.ZstdDecompressor().decompressobj()
-    consumed = 0
-    try:
-        # Small input steps bound each step's output (at most ~32,768:1 for RLE blocks, so ~8 MiB).
-        while consumed < len(data) and not decompressor.eof:
-            chunk = data[consumed : consumed + _DECODE_STEP]
-            consumed += len(chunk)
-            raw += decompressor.decompress(chunk)
-            if len(raw) > uncompressed_size:
-                raise StorageError(
-                    f"index: decompresses to more than the {uncompressed_size} bytes the pointer declares: "
-                    "refused (zstd bomb?)"
-                )
-    except zstandard.ZstdError as err:
-        raise StorageError(f"index: zstd decompression failed ({err}): the object is corrupt") from err
+    consumed = produced = 0
+    while consumed < len(data) and not decompressor.eof:
+        step = data[consumed : consumed + _DECODE_STEP]
+        consumed += len(step)
+        try:
+            chunk = decompressor.decompress(step)
+        except zstandard.ZstdError as err:
+            raise StorageError(f"index: zstd decompression failed ({err}): the object is corrupt") from err
+        produced += len(chunk)
+        if produced > uncompressed_size:
+            raise StorageError(
+                f"index: decompresses to more than the {uncompressed_size} bytes the pointer declares: "
+                "refused (zstd bomb?)"
+            )
+        if chunk:
+            yield chunk
     if not decompressor.eof:
         raise StorageError("index: the zstd frame is truncated: the object is corrupt")
     if consumed - len(decompressor.unused_data) != len(data):
         raise StorageError("index: unexpected data after the zstd frame: the object is corrupt")
-    if len(raw) != uncompressed_size:
+    if produced != uncompressed_size:
         raise StorageError(
-            f"index: decompresses to {len(raw)} bytes, the pointer declares {uncompressed_size}: refused"
+            f"index: decompresses to {produced} bytes, the pointer declares {uncompressed_size}: refused"
         )
-    try:
-        doc = json.loads(bytes(raw).decode("utf-8"))
-    except (UnicodeDecodeError, ValueError) as err:
-        raise StorageError(f"index: not UTF-8 JSON ({err})") from err
-    if not isinstance(doc, dict) or doc.get("format") != INDEX_FORMAT:
-        found = doc.get("format") if isinstance(doc, dict) else type(doc).__name__
-        raise StorageError(f"index: format is {found!r}, expected {INDEX_FORMAT!r}")
-    return doc
+
+
+def iter_index(data: bytes, *, uncompressed_size: int) -> IndexReader:
+    """Read an index with bounded memory: `reader.packages()` yields the package objects in document order.
+
+    The same checks as `decode_index`; the declared frame size is checked here, everything else while
+    iterating, as a StorageError from the iterator (a bad checksum or trailing data only at its end).
+    `reader.header` is available once the iterator is exhausted.
+    """
+    return IndexReader(data, uncompressed_size=uncompressed_size)
+
+
+class IndexReader:
+    """One pass over a compressed index, parsing one JSON value at a time.
+
+    Memory is bounded by one decompression step plus one JSON value (a package, a header field; longer
+    than `_MAX_VALUE_CHARS` characters is refused): the decompressed text is kept in a buffer that is
+    trimmed as values are consumed. Every top-level key is required, none may repeat or be unknown, and
+    `format` is checked as soon as it is read (canonical order puts it before the packages).
+    """
+
+    def __init__(self, data: bytes, *, uncompressed_size: int) -> None:
+        _check_declared_size(data, uncompressed_size)
+        self._chunks = _inflate(data, uncompressed_size)
+        self._utf8 = codecs.getincrementaldecoder("utf-8")()
+        self._raw = b""  # the decompressed chunk being decoded, from _raw_pos
+        self._raw_pos = 0
+        self._buf = ""  # decompressed text not yet consumed starts at _pos
+        self._pos = 0
+        self._offset = 0  # characters of the document dropped before _buf
+        self._eof = False
+        self._started = False
+        self._header: dict[str, Any] | None = None
+
+    def packages(self) -> Iterator[dict[str, Any]]:
+        """The package objects in document order; one pass only (RuntimeError when called again)."""
+        if self._started:
+            raise RuntimeError("index: packages() reads the index once; call iter_index again")
+        self._started = True
+        return self._parse()
+
+    @property
+    def header(self) -> dict[str, Any]:
+        """The other top-level fields, checked: format, repo, generated (str), sequence (int), webseeds and
+        trackers (lists of str). A fresh dict; RuntimeError until `packages()` was iterated to its end."""
+        if self._header is None:
+            raise RuntimeError("index: the header is known only once packages() has been iterated to its end")
+        return {key: list(value) if isinstance(value, list) else value for key, value in self._header.items()}
+
+    def _parse(self) -> Iterator[dict[str, Any]]:
+        if self._peek() != "{":
+            raise self._unexpected("a JSON object")
+        self._pos += 1
+        fields: dict[str, Any] = {}
+        if self._peek() == "}":
+            self._pos += 1
+        else:
+            while True:
+                if self._peek() != '"':
+                    raise self._unexpected("a key")
+                key = self._value()
+                if key in fields:
+                    raise StorageError(f"index: the key {key!r} appears twice")
+                if key != "packages" and key not in _HEADER_KEYS:
+                    raise StorageError(f"index: unexpected key {key!r}")
+                if self._peek() != ":":
+                    raise self._unexpected("':'")
+                self._pos += 1
+                if key == "packages":
+                    yield from self._packages()
+                    fields[key] = None
+                else:
+                    fields[key] = self._value()
+                    if key == "format" and fields[key] != INDEX_FORMAT:
+                        raise StorageError(f"index: format is {fields[key]!r}, expected {INDEX_FORMAT!r}")
+                separator = self._peek()
+                if separator not in (",", "}"):
+                    raise self._unexpected("',' or '}'")
+                self._pos += 1
+                if separator == "}":
+                    break
+        if self._peek() != "":  # also runs the frame's final checks
+            raise StorageError(f"index: unexpected data after the JSON object at character {self._where()}")
+        self._header = _index_header(fields)
+
+    def _packages(self) -> Iterator[dict[str, Any]]:
+        if self._peek() != "[":
+            raise self._unexpected("the 'packages' array")
+        self._pos += 1
+        if self._peek() == "]":
+            self._pos += 1
+            return
+        number = 0
+        while True:
+            if self._peek() != "{":
+                raise self._unexpected(f"packages[{number}] as an object")
+            package: dict[str, Any] = self._value()
+            yield package
+            number += 1
+            separator = self._peek()
+            if separator not in (",", "]"):
+                raise self._unexpected("',' or ']'")
+            self._pos += 1
+            if separator == "]":
+                return
+
+    def _value(self) -> Any:
+        """The JSON value at the next non-whitespace character, reading more text until it is complete."""
+        self._peek()
+        while True:
+            try:
+                value, end = _DECODER.raw_decode(self._buf, self._pos)
+            except json.JSONDecodeError as err:
+                incomplete = err.msg.startswith("Unterminated string") or err.pos >= len(self._buf) - 8
+                if self._eof or not incomplete:
+                    raise StorageError(
+                        f"index: not valid JSON at character {self._offset + err.pos}: {err.msg}"
+                    ) from err
+                self._read_more()
+                continue
+            except (ValueError, RecursionError) as err:
+                raise StorageError(f"index: not valid JSON at character {self._where()} ({err})") from err
+            # A number cut by the buffer's end may parse short ("12" of "123", "1.5" of "1.5e+3"): the
+            # unmatched rest is at most 2 characters ("e+"), so 3 more characters prove it complete.
+            if self._eof or len(self._buf) - end >= 3:
+                if end - self._pos > _MAX_VALUE_CHARS:
+                    raise self._too_long()
+                self._pos = end
+                return value
+            self._read_more()
+
+    def _read_more(self) -> None:
+        """Double the unconsumed text (so retrying a parse stays linear), up to just past the longest value."""
+        pending = len(self._buf) - self._pos
+        if pending > _MAX_VALUE_CHARS:
+            raise self._too_long()
+        self._fill(max(1, min(pending, _MAX_VALUE_CHARS + 1 - pending)))
+
+    def _too_long(self) -> StorageError:
+        return StorageError(
+            f"index: a JSON value at character {self._where()} is longer than {_MAX_VALUE_CHARS} characters: refused"
+        )
+
+    def _fill(self, wanted: int) -> bool:
+        """Append at least `wanted` characters of decompressed text, or up to the end of the frame (whose
+        final checks then run), dropping what was consumed; False if no text came.
+
+        zstd hands out whole blocks (up to 128 KiB); they are decoded `_TEXT_STEP` bytes at a time so the
+        text buffer holds little more than the value being parsed.
+        """
+        pieces: list[str] = []
+        got = 0
+        while got < wanted and not self._eof:
+            if self._raw_pos < len(self._raw):
+                piece = self._raw[self._raw_pos : self._raw_pos + _TEXT_STEP]
+                self._raw_pos += len(piece)
+                final = False
+            else:
+                chunk = next(self._chunks, None)
+                if chunk is not None:
+                    self._raw, self._raw_pos = chunk, 0
+                    continue
+                piece, final = b"", True
+            try:
+                text = self._utf8.decode(piece, final=final)
+            except UnicodeDecodeError as err:
+                raise StorageError(f"index: not UTF-8 ({err})") from err
+            self._eof = final
+            pieces.append(text)
+            got += len(text)
+        if got:
+            self._offset += self._pos
+            self._buf = self._buf[self._pos :] + "".join(pieces)
+            self._pos = 0
+        return got > 0
+
+    def _peek(self) -> str:
+        """The next character that is not JSON whitespace (not consumed), or "" at the end of the text."""
+        while True:
+            match = _WHITESPACE_RE.match(self._buf, self._pos)
+            self._pos = match.end() if match else self._pos
+            if self._pos < len(self._buf):
+                return self._buf[self._pos]
+            if not self._fill(1):
+                return ""
+
+    def _where(self) -> int:
+        return self._offset + self._pos
+
+    def _unexpected(self, wanted: str) -> StorageError:
+        found = self._peek()
+        if not found:
+            return StorageError(f"index: the JSON ends where {wanted} was expected: truncated")
+        return StorageError(f"index: expected {wanted} at character {self._where()}, found {found!r}")
+
+
+def _index_header(fields: dict[str, Any]) -> dict[str, Any]:
+    missing = sorted((_HEADER_KEYS | {"packages"}) - fields.keys())
+    if missing:
+        raise StorageError(f"index: missing keys {missing}")
+    problems = [*_want_str(fields, "repo", "generated"), *_want_int(fields, "sequence")]
+    problems += [
+        f"{key} is not a list of strings"
+        for key in ("webseeds", "trackers")
+        if not isinstance(fields[key], list) or not all(isinstance(item, str) for item in fields[key])
+    ]
+    if problems:
+        raise StorageError(f"index: {'; '.join(problems)}")
+    return {key: fields[key] for key in sorted(_HEADER_KEYS)}
 
 
 def _h12(sha256: str) -> str:
@@ -264,10 +594,10 @@ class Decision:
 def decide(
     *,
     current: Pointer | None,
-    current_records: Sequence[PackageRecord] | None,
+    current_fingerprints: Mapping[str, int] | None,
     current_webseeds: Sequence[str],
     current_trackers: Sequence[str],
-    records: Sequence[PackageRecord],
+    fingerprints: Mapping[str, int],
     webseeds: Sequence[str],
     trackers: Sequence[str],
     now: datetime,
@@ -275,8 +605,9 @@ def decide(
 ) -> Decision:
     """DESIGN 5: publish (sequence+1) on any change, else re-sign when expiry is near, else nothing.
 
-    Records compare by value, ignoring `description` and input order; webseeds and trackers compare as
-    sets. `current_records` None (the current index could not be read) counts as a change.
+    Records compare by their `record_fingerprints` (by value, ignoring `description` and order);
+    webseeds and trackers compare as sets. `current_fingerprints` None (the current index could not be
+    read) counts as a change.
     """
     if now.tzinfo is None:
         raise ValueError("now must be an aware datetime")
@@ -288,8 +619,8 @@ def decide(
             "rotate the signing key and reset the destination"
         )
     changed = (
-        current_records is None
-        or _by_path(current_records) != _by_path(records)
+        current_fingerprints is None
+        or current_fingerprints != fingerprints
         or set(current_webseeds) != set(webseeds)
         or set(current_trackers) != set(trackers)
     )
@@ -309,5 +640,7 @@ def decide(
     return Decision("resign", current.sequence)
 
 
-def _by_path(records: Sequence[PackageRecord]) -> list[PackageRecord]:
-    return sorted(records, key=lambda record: record.path)
+def record_fingerprints(records: Iterable[PackageRecord]) -> dict[str, int]:
+    """path -> `hash(record)`: equal records (description aside, it is not in the index) hash equal, so
+    two publications compare without keeping two lists of ~63,000 records. Within one process only."""
+    return {record.path: hash(record) for record in records}

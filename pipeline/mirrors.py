@@ -53,7 +53,7 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
-from typing import Literal
+from typing import Literal, NamedTuple
 from urllib.parse import urljoin, urlsplit
 
 from pipeline.config import MirrorConfig, Settings
@@ -96,9 +96,9 @@ _RFC3339 = re.compile(r"\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(?:\.\d+)?(?:[Zz]
 # --- inputs and the report ----------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class ProbeFile:
-    """A file of the snapshot as the probes need it (zero-length files too)."""
+class ProbeFile(NamedTuple):
+    """A file of the snapshot as the probes need it (zero-length files too). A NamedTuple: one per
+    file on every run, ~5x cheaper to build than a frozen dataclass."""
 
     path: str
     size: int

@@ -33,7 +33,7 @@ class NullProgress:
         return None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class SignatureRef:
     """A detached upstream signature that ships beside a package (Arch `.sig`)."""
 
@@ -42,7 +42,7 @@ class SignatureRef:
     sha256: str
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class FileEntry:
     """One file of the snapshot to publish.
 
@@ -79,7 +79,7 @@ class Snapshot:
     timestamp: datetime | None = None  # when upstream produced it (Debian Release Date, Arch lastsync), aware UTC
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class HashedFile:
     """A file hashed in one read: whole-file SHA-256 and the v1 piece SHA-1s for `piece_size`.
 
@@ -92,7 +92,7 @@ class HashedFile:
     pieces: bytes
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class FileDigest:
     """What a package record needs of a file's content, without its piece hashes.
 
@@ -105,7 +105,7 @@ class FileDigest:
     infohash: str | None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Artifact:
     """One object to publish: destination key (relative, '/'-separated), bytes and HTTP headers."""
 
@@ -115,7 +115,7 @@ class Artifact:
     cache_control: str
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class PackageRecord:
     """One package as the index lists it (DESIGN section 5)."""
 

@@ -13,6 +13,7 @@ compared by `Storage.same_content` (local: the bytes; S3: the single-part ETag i
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import logging
 import os
@@ -24,6 +25,7 @@ from datetime import UTC, datetime, timedelta
 from pipeline.errors import StorageError
 from pipeline.model import Artifact, NullProgress, Progress
 from pipeline.objects import NO_CACHE
+from pipeline.spool import Spool, SpooledArtifact
 from pipeline.storage import ObjectInfo, Storage
 
 log = logging.getLogger(__name__)
@@ -31,7 +33,7 @@ log = logging.getLogger(__name__)
 MANIFEST_KEY = ".mirrorseed/manifest.json"
 # Written last: the SHA-256 of the `latest.asc` whose publication (listings, retention) is complete.
 COMPLETE_KEY = ".mirrorseed/complete"
-MANIFEST_FORMAT = "mirrorseed-manifest/1"
+MANIFEST_FORMAT = "mirrorseed-manifest/2"
 # Key prefixes this tool owns in the destination; retention never deletes anything else.
 OWNED_PREFIXES = ("torrents/", "metalinks/", "index/", "browse/", "mirrors/")
 FAULT_ENV = "MIRRORSEED_FAULT"
@@ -41,27 +43,26 @@ FAULT_ENV = "MIRRORSEED_FAULT"
 class Publication:
     """Everything one run publishes, grouped by how it must be written.
 
-    `referenced` is every key the new publication reaches (including unchanged objects not re-sent).
+    The bytes of content, index objects and listings wait in `spool`; `referenced` is every key the
+    new publication reaches (including unchanged objects neither rebuilt nor re-sent).
     """
 
-    content: tuple[Artifact, ...]
-    immutable: tuple[Artifact, ...]
+    spool: Spool
+    content: tuple[SpooledArtifact, ...]
+    immutable: tuple[SpooledArtifact, ...]
     pointer: Artifact | None  # None: finish the publication the current pointer names (listings, retention)
     pointer_etag: str | None
-    listings: tuple[Artifact, ...]
+    listings: tuple[SpooledArtifact, ...]
     referenced: frozenset[str]
     pointer_sha256: str  # of the pointer bytes that are current once this publication is complete
 
 
 @dataclass(frozen=True)
 class UploadPlan:
-    put: tuple[Artifact, ...]
+    put: tuple[str, ...]  # keys, in write order
+    put_bytes: int
     skip: tuple[str, ...]
     delete: tuple[str, ...]
-
-    @property
-    def put_bytes(self) -> int:
-        return sum(len(a.data) for a in self.put)
 
 
 @dataclass(frozen=True)
@@ -70,7 +71,7 @@ class PublishResult:
     written: bool
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ManifestEntry:
     sha256: str
     etag: str
@@ -83,49 +84,57 @@ def _sha256(data: bytes) -> str:
 
 
 def load_manifest(storage: Storage, listing: dict[str, ObjectInfo]) -> dict[str, ManifestEntry]:
-    """The manifest's entries that still agree with the listing (same ETag and size); others are dropped."""
+    """The manifest's entries that still agree with the listing (same ETag and size); others are dropped.
+
+    One JSON array a line after the format line: `[key, sha256, etag, size, referenced]`, read line by
+    line (a whole-document JSON of 130,000 objects would cost ~100 MB to parse).
+    """
     stored = storage.get(MANIFEST_KEY)
     if stored is None:
         return {}
+    trusted: dict[str, ManifestEntry] = {}
+    total = 0
     try:
-        doc = json.loads(stored.data)
-        if doc.get("format") != MANIFEST_FORMAT:
-            raise ValueError(f"format {doc.get('format')!r}")
-        entries = {
-            key: ManifestEntry(str(v["sha256"]), str(v["etag"]), int(v["size"]), float(v["referenced"]))
-            for key, v in doc["objects"].items()
-        }
-    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        lines = io.BytesIO(stored.data)
+        del stored
+        found = lines.readline().rstrip(b"\n").decode("utf-8", "replace")
+        if found != MANIFEST_FORMAT:
+            raise ValueError(f"format {found[:60]!r}")
+        for line in lines:
+            if not line.strip():
+                continue
+            key, sha256, etag, size, referenced = json.loads(line)
+            total += 1
+            info = listing.get(key)
+            if info is not None and info.etag == etag and info.size == size:
+                trusted[str(key)] = ManifestEntry(str(sha256), str(etag), int(size), float(referenced))
+    except (ValueError, TypeError) as exc:
         log.warning("%s: unreadable manifest (%s); rebuilding it from the listing", MANIFEST_KEY, exc)
         return {}
-    trusted = {
-        key: entry
-        for key, entry in entries.items()
-        if key in listing and listing[key].etag == entry.etag and listing[key].size == entry.size
-    }
-    if len(trusted) < len(entries):
-        log.info("%s: %d stale entries ignored", MANIFEST_KEY, len(entries) - len(trusted))
+    if len(trusted) < total:
+        log.info("%s: %d stale entries ignored", MANIFEST_KEY, total - len(trusted))
     return trusted
 
 
 def _plan_group(
     storage: Storage,
-    artifacts: Sequence[Artifact],
+    spool: Spool,
+    refs: Sequence[SpooledArtifact],
     listing: dict[str, ObjectInfo],
     manifest: dict[str, ManifestEntry],
-) -> tuple[list[Artifact], list[str]]:
-    put: list[Artifact] = []
+) -> tuple[list[SpooledArtifact], list[str]]:
+    put: list[SpooledArtifact] = []
     skip: list[str] = []
-    for artifact in artifacts:
-        info = listing.get(artifact.key)
-        known = manifest.get(artifact.key)
+    for ref in refs:
+        info = listing.get(ref.key)
+        known = manifest.get(ref.key)
         if info is not None and (
-            (known is not None and known.sha256 == _sha256(artifact.data))
-            or (known is None and storage.same_content(info, artifact.data))
+            (known is not None and known.sha256 == ref.sha256)
+            or (known is None and info.size == ref.size and storage.same_content(info, spool.read(ref)))
         ):
-            skip.append(artifact.key)
+            skip.append(ref.key)
         else:
-            put.append(artifact)
+            put.append(ref)
     return put, skip
 
 
@@ -180,42 +189,55 @@ def publish(
     listing = {info.key: info for info in storage.list()}
     manifest = load_manifest(storage, listing)
 
-    content_put, content_skip = _plan_group(storage, publication.content, listing, manifest)
-    index_put, index_skip = _plan_group(storage, publication.immutable, listing, manifest)
-    for artifact in index_put:
-        if artifact.key in listing:
+    spool = publication.spool
+    content_put, content_skip = _plan_group(storage, spool, publication.content, listing, manifest)
+    index_put, index_skip = _plan_group(storage, spool, publication.immutable, listing, manifest)
+    for ref in index_put:
+        if ref.key in listing:
             raise StorageError(
-                f"{artifact.key}: exists in the destination with different bytes and index objects are never "
+                f"{ref.key}: exists in the destination with different bytes and index objects are never "
                 "overwritten; another publisher uses this destination, or its previous pointer was lost"
             )
-    listing_put, listing_skip = _plan_group(storage, publication.listings, listing, manifest)
+    listing_put, listing_skip = _plan_group(storage, spool, publication.listings, listing, manifest)
     delete = _expired(listing, manifest, publication.referenced, (now - retention).timestamp())
     pointer = publication.pointer
+    sent = (*content_put, *index_put, *listing_put)
     plan = UploadPlan(
-        put=(*content_put, *index_put, *((pointer,) if pointer else ()), *listing_put),
+        put=tuple(ref.key for ref in (*content_put, *index_put))
+        + ((pointer.key,) if pointer else ())
+        + tuple(ref.key for ref in listing_put),
+        put_bytes=sum(ref.size for ref in sent) + (len(pointer.data) if pointer else 0),
         skip=(*content_skip, *index_skip, *listing_skip),
         delete=tuple(delete),
     )
     if dry_run:
         return PublishResult(plan, written=False)
 
-    written: dict[str, ObjectInfo] = {}
+    # key -> SHA-256 of what this run wrote or found equal: the manifest's new entries
+    known = {ref.key: ref.sha256 for group in (publication.content, publication.immutable, publication.listings)
+             for ref in group}  # fmt: skip
+    if pointer is not None:
+        known[pointer.key] = _sha256(pointer.data)
     skipped = frozenset(plan.skip)
+    written: dict[str, ObjectInfo] = {}
     progress.start("publish", total=len(plan.put), unit="objects")
     for batch in _batches(content_put, armed=bool(os.environ.get(FAULT_ENV))):
-        for info in storage.put_many(batch):
+        for info in storage.put_many(spool.load_many(batch)):
             written[info.key] = info
-        progress.advance(len(batch), sum(len(a.data) for a in batch))
+        progress.advance(len(batch), sum(ref.size for ref in batch))
         fault_point("content", len(written))
-    _write_manifest(storage, listing, manifest, written, publication, now, skipped=skipped, referenced_now=False)
+    _write_manifest(
+        storage, listing, manifest, written, known, publication.referenced, now, skipped=skipped, referenced_now=False
+    )
 
     fault_point("index")
-    for artifact in index_put:
-        written[artifact.key] = storage.put_conditional(
+    for ref in index_put:
+        artifact = spool.load(ref)
+        written[ref.key] = storage.put_conditional(
             artifact.key, artifact.data, content_type=artifact.content_type, cache_control=artifact.cache_control,
             if_match=None,
         )  # fmt: skip
-        progress.advance(1, len(artifact.data))
+        progress.advance(1, ref.size)
 
     fault_point("pointer")
     if pointer is not None and use_cas:
@@ -232,15 +254,18 @@ def publish(
         log.info("committed %s", pointer.key)
 
     fault_point("listings")
-    for info in storage.put_many(listing_put):
-        written[info.key] = info
-    progress.advance(len(listing_put), sum(len(a.data) for a in listing_put))
+    for batch in _batches(listing_put, armed=False):
+        for info in storage.put_many(spool.load_many(batch)):
+            written[info.key] = info
+        progress.advance(len(batch), sum(ref.size for ref in batch))
 
     fault_point("delete")
     for key in delete:
         storage.delete(key)
         listing.pop(key, None)
-    _write_manifest(storage, listing, manifest, written, publication, now, skipped=skipped, referenced_now=True)
+    _write_manifest(
+        storage, listing, manifest, written, known, publication.referenced, now, skipped=skipped, referenced_now=True
+    )
     storage.put(
         COMPLETE_KEY, publication.pointer_sha256.encode() + b"\n", content_type="text/plain", cache_control=NO_CACHE
     )
@@ -248,10 +273,10 @@ def publish(
     return PublishResult(plan, written=True)
 
 
-def _batches(artifacts: Sequence[Artifact], *, armed: bool, size: int = 256) -> Iterable[list[Artifact]]:
+def _batches(refs: Sequence[SpooledArtifact], *, armed: bool, size: int = 256) -> Iterable[list[SpooledArtifact]]:
     step = 1 if armed else size  # one object at a time when a fault point may fire after the N-th
-    for start in range(0, len(artifacts), step):
-        yield list(artifacts[start : start + step])
+    for start in range(0, len(refs), step):
+        yield list(refs[start : start + step])
 
 
 def _write_manifest(
@@ -259,35 +284,40 @@ def _write_manifest(
     listing: dict[str, ObjectInfo],
     manifest: dict[str, ManifestEntry],
     written: dict[str, ObjectInfo],
-    publication: Publication,
+    known: dict[str, str],
+    referenced: frozenset[str],
     now: datetime,
     *,
     skipped: frozenset[str],
     referenced_now: bool,
 ) -> None:
-    """Record key -> SHA-256 of what the destination holds; `referenced_now` once the pointer is committed."""
-    sent = (*publication.content, *publication.immutable, *publication.listings)
-    data_by_key = {a.key: a.data for a in (*sent, *((publication.pointer,) if publication.pointer else ()))}
+    """Record key -> SHA-256 of what the destination holds; `referenced_now` once the pointer is committed.
+
+    `known` holds the SHA-256 of everything this run planned: a listed key that the manifest does not
+    know, and that this run neither wrote nor found equal, is left out (the next run compares it by
+    same_content).
+    """
     stamp = now.timestamp()
-    objects: dict[str, dict[str, object]] = {}
-    for key, info in {**listing, **written}.items():
+    body = io.BytesIO()  # written line by line: the manifest of ~130,000 objects is ~25 MB
+    body.write(MANIFEST_FORMAT.encode() + b"\n")
+    for key in sorted({*listing, *written}):
         if key == MANIFEST_KEY:
             continue
+        info = written.get(key) or listing[key]
         old = manifest.get(key)
         if key in written:
-            sha256 = _sha256(data_by_key[key])
+            sha256 = known[key]
         elif old is not None:
             sha256 = old.sha256
         elif key in skipped:  # listed, not in the manifest, and the plan found it equal to our bytes
-            sha256 = _sha256(data_by_key[key])
+            sha256 = known[key]
         else:
-            continue  # unknown content: the next run compares it by same_content
-        if referenced_now and key in publication.referenced:
-            referenced = stamp
+            continue
+        if referenced_now and key in referenced:
+            last = stamp
         elif old is not None:
-            referenced = old.referenced
+            last = old.referenced
         else:
-            referenced = info.modified if info.modified is not None else stamp
-        objects[key] = {"sha256": sha256, "etag": info.etag, "size": info.size, "referenced": referenced}
-    body = json.dumps({"format": MANIFEST_FORMAT, "objects": objects}, sort_keys=True, separators=(",", ":"))
-    storage.put(MANIFEST_KEY, body.encode(), content_type="application/json", cache_control=NO_CACHE)
+            last = info.modified if info.modified is not None else stamp
+        body.write(json.dumps([key, sha256, info.etag, info.size, last], ensure_ascii=False).encode("utf-8") + b"\n")
+    storage.put(MANIFEST_KEY, body.getvalue(), content_type="text/plain; charset=utf-8", cache_control=NO_CACHE)

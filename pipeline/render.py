@@ -24,7 +24,7 @@ from __future__ import annotations
 import json
 import re
 import shlex
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -717,6 +717,11 @@ def _table_order(row: MirrorRow) -> tuple[bool, str, int, int, str]:
 def render_listings(listing: ListingInput) -> tuple[Artifact, ...]:
     """`index.html`, `browse/…/index.html` for every directory, `style.css`, and when mirrors were
     probed `mirrors/index.html`, `mirrors/mirrors.json` and the lists; sorted by key."""
+    return tuple(sorted(iter_listings(listing), key=lambda a: a.key))
+
+
+def iter_listings(listing: ListingInput) -> Iterator[Artifact]:
+    """The pages of `render_listings`, one at a time as they are rendered (the caller spools them)."""
     checked = _checked(listing)
     env = make_environment(listing.templates_dir)
     where = listing.templates_dir
@@ -739,8 +744,6 @@ def render_listings(listing: ListingInput) -> tuple[Artifact, ...]:
         # mirror the recipe fetches it from.
         "signature_bases": checked.webseeds or tuple(b for b in (signature_mirror(checked),) if b is not None),
     }
-    artifacts: list[Artifact] = []
-
     front = {
         **common,
         "page_key": FRONT_KEY,
@@ -753,7 +756,7 @@ def render_listings(listing: ListingInput) -> tuple[Artifact, ...]:
         "mirror_count": len(checked.mirrors),
         "listed_count": len(listed_mirrors(checked.mirrors)),
     }
-    artifacts.append(make_artifact(FRONT_KEY, _page(env, FRONT_TEMPLATE, front, where)))
+    yield make_artifact(FRONT_KEY, _page(env, FRONT_TEMPLATE, front, where))
 
     tree = _tree(records)
     for directory in sorted(tree):
@@ -766,15 +769,13 @@ def render_listings(listing: ListingInput) -> tuple[Artifact, ...]:
             "subdirs": [Subdir(basename(d), d) for d in sorted(node.subdirs)],
             "packages": node.packages,
         }
-        artifacts.append(make_artifact(page["page_key"], _page(env, BROWSE_TEMPLATE, page, where)))
+        yield make_artifact(page["page_key"], _page(env, BROWSE_TEMPLATE, page, where))
 
     if has_mirrors:
         lists, list_artifacts = _mirror_lists(listing, checked)
-        artifacts.extend(list_artifacts)
+        yield from list_artifacts
         document = mirrors_document(listing, checked.mirrors, checked.snapshot_time)
-        artifacts.append(
-            make_artifact(MIRRORS_JSON_KEY, (json.dumps(document, sort_keys=True, indent=2) + "\n").encode("utf-8"))
-        )
+        yield (make_artifact(MIRRORS_JSON_KEY, (json.dumps(document, sort_keys=True, indent=2) + "\n").encode("utf-8")))
         counts = {s: sum(1 for r in checked.mirrors if r.status == s) for s in STATUS_ORDER}
         page = {
             **common,
@@ -789,10 +790,9 @@ def render_listings(listing: ListingInput) -> tuple[Artifact, ...]:
             "architectures": checked.architectures,
             "json_key": MIRRORS_JSON_KEY,
         }
-        artifacts.append(make_artifact(MIRRORS_KEY, _page(env, MIRRORS_TEMPLATE, page, where)))
+        yield make_artifact(MIRRORS_KEY, _page(env, MIRRORS_TEMPLATE, page, where))
 
-    artifacts.append(make_artifact(STYLE_KEY, _style(env, where)))
-    return tuple(sorted(artifacts, key=lambda a: a.key))
+    yield make_artifact(STYLE_KEY, _style(env, where))
 
 
 def _page(env: jinja2.Environment, template: str, context: Mapping[str, Any], where: Path | None) -> bytes:

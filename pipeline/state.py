@@ -21,12 +21,14 @@ from collections.abc import Iterable, Iterator, Sequence
 from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from pipeline.model import FileEntry
 
 log = logging.getLogger(__name__)
 
 STATE_FORMAT = "mirrorseed-state/1"
+KEPT_PUBLICATIONS = 8  # index digests remembered (a roll-back to a recent index still matches)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -99,9 +101,12 @@ class MirrorHealthRecord:
     last_sync: str | None = None  # RFC 3339 UTC, from its last-sync file
 
 
-@dataclass(frozen=True)
-class CachedFile:
-    """What the cache knows of one path whose stat key still matches."""
+class CachedFile(NamedTuple):
+    """What the cache knows of one path whose stat key still matches.
+
+    A NamedTuple (immutable, same fields and positional order as before): `lookup` makes one per file
+    of a no-change run, and a tuple is cheaper to build and hold than a frozen dataclass instance.
+    """
 
     sha256: str
     piece_size: int
@@ -169,7 +174,11 @@ class StateCache:
         self.close()
 
     def lookup(self, files: Sequence[FileEntry]) -> dict[str, CachedFile]:
-        """The cached facts of every file whose (dev, inode, size, mtime_ns) is unchanged, by path."""
+        """The cached facts of every file whose (dev, inode, size, mtime_ns) is unchanged, by path.
+
+        One pass over the table reading only the columns needed (never the piece blobs), matched against
+        a dict of the files by path: per file, one row decoded by sqlite3 and four integer compares.
+        """
         wanted = {entry.path: entry for entry in files}
         hits: dict[str, CachedFile] = {}
         query = "SELECT path, dev, inode, size, mtime_ns, sha256, piece_size, infohash FROM files"
@@ -183,7 +192,7 @@ class StateCache:
                     and entry.size == size
                     and entry.mtime_ns == mtime_ns
                 ):
-                    hits[path] = CachedFile(sha256, piece_size, infohash)
+                    hits[entry.path] = CachedFile(sha256, piece_size, infohash)  # the entry's string: one copy
         return hits
 
     def pieces(self, path: str) -> bytes:
@@ -228,6 +237,38 @@ class StateCache:
             self._db.executemany("DELETE FROM files WHERE path = ?", stale)
             self._db.execute("COMMIT")
         return len(stale)
+
+    # --- publications (pipeline.run) ---------------------------------------------------------------
+
+    def publication_inputs(self, index_sha256: str) -> str | None:
+        """The inputs digest this cache saw the index `index_sha256` built from (or verified equal to)."""
+        try:
+            row = self._db.execute("SELECT inputs FROM publications WHERE index_sha256 = ?", (index_sha256,)).fetchone()
+        except sqlite3.OperationalError:  # no such table: written by an older mirrorseed
+            return None
+        return None if row is None else str(row[0])
+
+    def remember_publication(self, index_sha256: str, inputs: str) -> None:
+        """Remember that the index `index_sha256` holds exactly what `inputs` builds (the latest few kept)."""
+        self._db.execute("BEGIN")
+        try:
+            self._db.execute(
+                "CREATE TABLE IF NOT EXISTS publications "
+                "(index_sha256 TEXT PRIMARY KEY, inputs TEXT NOT NULL, seen INTEGER NOT NULL)"
+            )
+            self._db.execute(
+                "INSERT OR REPLACE INTO publications VALUES "
+                "(?, ?, (SELECT COALESCE(MAX(seen), 0) + 1 FROM publications))",
+                (index_sha256, inputs),
+            )
+            self._db.execute(
+                "DELETE FROM publications WHERE seen <= (SELECT MAX(seen) FROM publications) - ?",
+                (KEPT_PUBLICATIONS,),
+            )
+            self._db.execute("COMMIT")
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
 
     # --- mirror facts (pipeline.mirrors) ---------------------------------------------------------
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import hashlib
 import math
 import xml.etree.ElementTree as ET
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 from urllib.parse import quote, urlsplit
@@ -349,8 +349,14 @@ def package_artifacts(
 
     `metalinks_only`: the records are unchanged but the mirrors' current status is not (metalinks show it).
     """
+    return tuple(iter_package_artifacts(items, spec, metalinks_only=metalinks_only))
+
+
+def iter_package_artifacts(
+    items: Iterable[tuple[PackageRecord, bytes]], spec: BuildSpec, *, metalinks_only: bool = False
+) -> Iterator[Artifact]:
+    """`package_artifacts`, one object at a time (the caller spools them instead of holding them)."""
     urls = _urls(spec)
-    artifacts: list[Artifact] = []
     for record, pieces in items:
         path = record.path
         name = path.rpartition("/")[2]
@@ -370,7 +376,7 @@ def package_artifacts(
                 raise ValueError(f"{path}: piece hashes do not match the recorded infohash {record.infohash}")
             torrent_url = join_url(urls.public_url, record.torrent)
             if not metalinks_only:
-                artifacts.append(make_artifact(record.torrent, data))
+                yield make_artifact(record.torrent, data)
         metalink = build_metalink(
             name=name,
             size=record.size,
@@ -380,8 +386,7 @@ def package_artifacts(
             urls=_metalink_urls(urls, path, url_list),
             torrent_url=torrent_url,
         )
-        artifacts.append(make_artifact(record.metalink, metalink))
-    return tuple(artifacts)
+        yield make_artifact(record.metalink, metalink)
 
 
 def build_packages(hashed: Sequence[HashedFile], spec: BuildSpec) -> BuiltPackages:

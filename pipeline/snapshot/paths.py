@@ -9,7 +9,6 @@ with the locale's encoding.
 from __future__ import annotations
 
 import os
-import re
 import unicodedata
 from pathlib import Path
 from typing import NoReturn
@@ -17,8 +16,6 @@ from typing import NoReturn
 from pipeline.errors import SnapshotError
 
 _RENAME_HINT = "rename it (valid UTF-8, NFC, no control characters or backslashes) and run again"
-_UNSAFE_ASCII = re.compile(rb"[\x00-\x1f\x7f\\]")
-_UNSAFE_ASCII_TEXT = re.compile(r"[\x00-\x1f\x7f\\]")
 _CONTROL_OR_BACKSLASH = "control character or backslash in name"
 _LINE_BREAKING_CATEGORIES = frozenset({"Cc", "Zl", "Zp"})
 
@@ -44,9 +41,10 @@ def decode_name(raw: bytes, parent: str) -> str:
     `parent` is the (already checked) repo path of the directory holding it, for the message.
     """
     if raw.isascii():
-        if _UNSAFE_ASCII.search(raw):
-            _refuse(join_rel(parent, ascii(raw.decode("ascii"))), _CONTROL_OR_BACKSLASH)
-        return raw.decode("ascii")
+        name = raw.decode("ascii")
+        if not is_plain_ascii(name):
+            _refuse(join_rel(parent, ascii(name)), _CONTROL_OR_BACKSLASH)
+        return name
     try:
         name = raw.decode("utf-8")
     except UnicodeDecodeError:
@@ -65,12 +63,20 @@ def check_component(name: str, parent: str) -> None:
 def component_problem(name: str) -> str | None:
     """Why a decoded name component is not a safe repo-path component, or None."""
     if name.isascii():  # fast path: ASCII is always NFC
-        return _CONTROL_OR_BACKSLASH if _UNSAFE_ASCII_TEXT.search(name) else None
+        return None if is_plain_ascii(name) else _CONTROL_OR_BACKSLASH
     if "\\" in name or any(unicodedata.category(char) in _LINE_BREAKING_CATEGORIES for char in name):
         return _CONTROL_OR_BACKSLASH
     if not unicodedata.is_normalized("NFC", name):
         return "name is not in Unicode NFC form"
     return None
+
+
+def is_plain_ascii(name: str) -> bool:
+    """True when `name` is ASCII without control characters (0x00-0x1f, 0x7f) or backslashes.
+
+    For ASCII text `str.isprintable` is exactly "no control character": three C-level tests, no regex.
+    """
+    return name.isascii() and name.isprintable() and "\\" not in name
 
 
 def check_repo_path(path: str, where: str) -> str:

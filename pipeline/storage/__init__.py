@@ -15,7 +15,7 @@ if TYPE_CHECKING:
     from pipeline.config import Settings
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ObjectInfo:
     """What a listing tells of one object: key, size, ETag (opaque; changes with every write) and mtime."""
 

@@ -49,7 +49,7 @@ def forbid_reading_and_building(monkeypatch: pytest.MonkeyPatch) -> None:
         raise AssertionError("a torrent was rebuilt on a no-change run")
 
     monkeypatch.setattr(pipeline.hashing, "_hash_one", no_read)
-    monkeypatch.setattr(pipeline.run, "package_artifacts", no_build)
+    monkeypatch.setattr(pipeline.run, "iter_package_artifacts", no_build)
 
 
 def test_no_change_reads_nothing_builds_nothing_writes_nothing(
@@ -113,6 +113,48 @@ def test_lost_cache_costs_hashing_never_a_republish_and_output_is_identical(
         }
 
     assert artifacts(tmp_path / "a") and artifacts(tmp_path / "a") == artifacts(tmp_path / "b")
+
+
+def test_no_change_run_trusts_the_state_memo_only_for_the_index_the_pointer_names(
+    signing_key: SigningKey, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    snap, dest, state = tmp_path / "snap", tmp_path / "dest", tmp_path / "state.sqlite"
+    make_flat(snap)
+    release(settings(snap, dest, signing_key, state))
+    decoded: list[str] = []
+    real_read_index = pipeline.run.read_index
+
+    def spy(storage: object, current: pipeline.run.CurrentPointer) -> object:
+        decoded.append(current.pointer.index.path)
+        return real_read_index(storage, current)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(pipeline.run, "read_index", spy)
+    assert release(settings(snap, dest, signing_key, state)).action == "noop"
+    assert decoded == []  # the state cache vouched for the published index: nothing decoded, nothing built
+
+    # Another publisher moved the pointer to an index this cache never saw: compared record by record.
+    other_state = tmp_path / "other.sqlite"
+    (snap / "dir0" / "extra.bin").write_bytes(b"extra" * 999)
+    assert release(settings(snap, dest, signing_key, other_state)).action == "publish"
+    (snap / "dir0" / "extra.bin").unlink()
+    report = release(settings(snap, dest, signing_key, state))
+    assert report.action == "publish" and report.removed == ("dir0/extra.bin",)
+    assert len(decoded) == 2 and decoded[1].startswith("index/2-")  # the first: the other state's run
+
+
+def test_one_changed_file_rewrites_only_its_own_listing_pages(signing_key: SigningKey, tmp_path: Path) -> None:
+    snap, dest, state = tmp_path / "snap", tmp_path / "dest", tmp_path / "state.sqlite"
+    make_flat(snap)
+    release(settings(snap, dest, signing_key, state))
+    untouched = (dest / "browse/dir0/index.html").stat().st_mtime_ns
+    (snap / "dir1" / "file-04.bin").write_bytes(b"changed" * 7000)
+    report = release(settings(snap, dest, signing_key, state))
+    pages = sorted(k for k in report.planned_keys if k.endswith(".html"))
+    # the front and mirrors pages name the new sequence; of the browse pages only dir1's changed
+    assert pages == ["browse/dir1/index.html", "index.html", "mirrors/index.html"]
+    assert "browse/dir0/index.html" not in report.planned_keys
+    assert (dest / "browse/dir0/index.html").stat().st_mtime_ns == untouched
+    assert not any(k.startswith(("torrents/dir0", "metalinks/dir2")) for k in report.planned_keys)
 
 
 @pytest.mark.parametrize("garbage", [b"this is not a database" * 100, b"foreign"])

@@ -15,7 +15,7 @@ import zstandard
 from pipeline.config import Settings
 from pipeline.demo import DebSpec, build_debian_repo
 from pipeline.render import ListingInput, user_recipe
-from pipeline.run import read_current, release
+from pipeline.run import published_records, read_current, release
 from pipeline.storage import open_storage
 from tests.integration.conftest import PACKAGES, SigningKey, aria2_command, tree_state
 
@@ -150,7 +150,8 @@ def test_front_page_recipe_runs_and_a_tampered_pointer_stops_it(
         open_storage(str(dest)), repo="test", keyring=signing_key.keyring, fingerprint=signing_key.fingerprint
     )
     assert current is not None
-    example = next(r for r in current.records if "+" in r.path)
+    records = published_records(open_storage(str(dest)), current.pointer)
+    example = next(r for r in records if "+" in r.path)
     recipe = user_recipe(
         ListingInput(
             repo="test",
@@ -158,7 +159,7 @@ def test_front_page_recipe_runs_and_a_tampered_pointer_stops_it(
             public_url=public_url,
             pointer=current.pointer,
             fingerprint=signing_key.fingerprint,
-            records=current.records,
+            records=records,
             webseeds=current.webseeds,
         ),
         example,

@@ -17,7 +17,7 @@ import pipeline.publish
 from pipeline.config import Settings
 from pipeline.errors import PublishConflictError, StorageError
 from pipeline.render import ListingInput, user_recipe
-from pipeline.run import read_current, release
+from pipeline.run import published_records, read_current, release
 from pipeline.serve import serve_directory
 from pipeline.storage import open_storage
 from tests.integration.conftest import PACKAGES, SigningKey, run_cli
@@ -87,10 +87,11 @@ def test_user_recipe_against_the_bucket(
         assert current is not None
         status, headers, _ = anonymous_request(settings.public_url + "/" + current.pointer.index.path, method="HEAD")
         assert headers["Content-Type"] == "application/zstd" and "immutable" in headers["Cache-Control"]
-        example = next(r for r in current.records if "+" in r.path)
+        records = published_records(open_storage(settings.dest, settings), current.pointer)
+        example = next(r for r in records if "+" in r.path)
         recipe = user_recipe(
             ListingInput(repo="s3test", snapshot_format="debian", public_url=settings.public_url,
-                         pointer=current.pointer, fingerprint=signing_key.fingerprint, records=current.records,
+                         pointer=current.pointer, fingerprint=signing_key.fingerprint, records=records,
                          webseeds=current.webseeds),
             example,
         )  # fmt: skip

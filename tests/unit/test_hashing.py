@@ -4,7 +4,7 @@ import hashlib
 import json
 import os
 import random
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +13,7 @@ import pytest
 from pipeline import hashing
 from pipeline.errors import SnapshotError
 from pipeline.hashing import hash_files, piece_size_for
-from pipeline.model import FileEntry, Progress
+from pipeline.model import FileEntry
 
 GOLDEN = Path(__file__).parent.parent / "golden" / "piece_sizes.json"
 KiB = 1024
@@ -81,9 +81,9 @@ def spy_pool(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     calls: list[int] = []
     real = hashing._hash_in_pool
 
-    def spy(files: Sequence[FileEntry], workers: int, results: list[Any], progress: Progress) -> None:
+    def spy(files: Sequence[FileEntry], workers: int) -> Iterator[Any]:
         calls.append(len(files))
-        real(files, workers, results, progress)
+        return real(files, workers)
 
     monkeypatch.setattr(hashing, "_hash_in_pool", spy)
     return calls

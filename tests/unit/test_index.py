@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import json
+import random
+import re
+import tracemalloc
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
@@ -17,15 +22,19 @@ from pipeline.index import (
     MAX_SEQUENCE,
     ZSTD_LEVEL,
     Decision,
+    EncodedIndex,
     decide,
     decode_index,
     decode_pointer,
     encode_index,
+    encode_index_stream,
     encode_pointer,
     index_document,
     index_key,
     index_torrent_key,
+    iter_index,
     parse_rfc3339,
+    record_fingerprints,
     rfc3339,
 )
 from pipeline.model import IndexRef, PackageRecord, Pointer, SignatureRef
@@ -224,6 +233,371 @@ def test_index_keys() -> None:
             index_key(seq, bad)
 
 
+# -- streaming encode and read -------------------------------------------------------------------
+
+
+@functools.cache
+def synthetic(count: int) -> tuple[PackageRecord, ...]:
+    """`count` records sorted by path, ~650 bytes of JSON each, of every shape: non-ASCII (also beyond
+    Latin-1) names, signatures, zero-length files, name/version/arch present, partly or wholly absent."""
+    rng = random.Random(count)
+    records = []
+    for i in range(count):
+        name = f"paquet-é{i % 97}-日本" if i % 4 else f"lib{i % 89}-dev"
+        path = f"pool/main/{i % 26:02d}/{i:06d}/{name}_{i}.{i % 7}-{i % 3}~ü_amd64.deb"
+        digest = f"{rng.getrandbits(256):064x}"
+        infohash = f"{rng.getrandbits(160):040x}"
+        fields: dict[str, Any] = {}
+        if i % 3:
+            fields.update(name=name, version=f"{i}.{i % 7}-{i % 3}~ü", arch="amd64")
+        elif i % 2:
+            fields.update(arch="all")
+        if i % 5 == 0:
+            fields.update(signature=SignatureRef(f"{path}.sig", 119 + i % 400, f"{rng.getrandbits(256):064x}"))
+        empty = i % 13 == 0
+        records.append(
+            PackageRecord(
+                path=path,
+                size=0 if empty else rng.randrange(1, 10**9),
+                sha256=digest,
+                infohash=None if empty else infohash,
+                piece_size=None if empty else 1 << (18 + i % 5),
+                torrent=None if empty else f"torrents/{path}.torrent",
+                metalink=f"metalinks/{path}.meta4",
+                magnet=None if empty else f"magnet:?xt=urn:btih:{infohash}&dn={name}",
+                description=f"description {i} is never in the index",
+                **fields,
+            )
+        )
+    return tuple(sorted(records, key=lambda r: r.path))
+
+
+SHAPES: dict[str, dict[str, Any]] = {
+    "empty": {"packages": (), "webseeds": [], "trackers": []},
+    "one": {"packages": (RECORDS[0],)},
+    "design": {"webseeds": ["https://a.example/", "https://b.example/", "https://a.example/"], "repo": "débian"},
+    "3000": {"packages": synthetic(3000)},
+    "6000-above-the-zstd-window": {"packages": synthetic(6000), "trackers": []},
+}
+
+
+def stream_args(**changes: Any) -> dict[str, Any]:
+    args: dict[str, Any] = {
+        "repo": "debian",
+        "sequence": 3,
+        "generated": NOW,
+        "webseeds": ["https://deb.example.org/debian/", "http://mirror.example.net/debian/"],
+        "trackers": ["udp://tracker.example.org:6969/announce"],
+        "packages": RECORDS,
+    }
+    args.update(changes)
+    return args
+
+
+def header_args(**changes: Any) -> dict[str, Any]:
+    """stream_args() without the packages: the keyword arguments encode_index_stream takes besides records."""
+    return {key: value for key, value in stream_args(**changes).items() if key != "packages"}
+
+
+def encode_streamed(args: dict[str, Any], *, as_callable: bool = False) -> EncodedIndex:
+    records = tuple(sorted(args["packages"], key=lambda r: r.path))
+    other = {key: value for key, value in args.items() if key != "packages"}
+    return encode_index_stream(**other, records=(lambda: iter(records)) if as_callable else records)
+
+
+@pytest.mark.parametrize("shape", SHAPES.values(), ids=SHAPES.keys())
+def test_encode_index_stream_is_byte_identical_to_encode_index(shape: dict[str, Any]) -> None:
+    args = stream_args(**shape)
+    doc = index_document(**args)
+    expected = encode_index(doc)
+    for as_callable in (False, True):
+        streamed = encode_streamed(args, as_callable=as_callable)
+        assert streamed == expected  # data, sha256, size, uncompressed_size
+        assert streamed.sha256 == hashlib.sha256(streamed.data).hexdigest()
+    raw = zstandard.ZstdDecompressor().decompress(expected.data)
+    assert raw == json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+    assert zstandard.frame_content_size(expected.data) == len(raw) == expected.uncompressed_size
+    assert zstandard.get_frame_parameters(expected.data).has_checksum
+
+
+def test_encode_index_bytes_do_not_depend_on_how_the_json_is_chunked() -> None:
+    """The canonical frame is zstd's streaming output with the size pledged, whatever the chunking."""
+    encoded = encode_index(index_document(**stream_args(packages=synthetic(6000))))
+    raw = zstandard.ZstdDecompressor().decompress(encoded.data)
+    rng = random.Random(7)
+    compressor = zstandard.ZstdCompressor(level=ZSTD_LEVEL, write_content_size=True, write_checksum=True)
+    stream = compressor.compressobj(size=len(raw))
+    out, at = [], 0
+    while at < len(raw):
+        step = rng.choice([1, 3, 700, 4096, 131_072, 1_000_000])
+        out.append(stream.compress(raw[at : at + step]))
+        at += step
+    assert b"".join(out) + stream.flush() == encoded.data
+
+
+def test_encode_index_stream_refuses_unsorted_repeated_and_one_shot_records() -> None:
+    ordered = sorted(RECORDS, key=lambda r: r.path)
+    with pytest.raises(SnapshotError, match="pool/main/z/zz/zz_1.0_all.deb: listed twice"):
+        encode_index_stream(**header_args(), records=[*ordered, ordered[-1]])
+    with pytest.raises(SnapshotError, match=f"{ordered[0].path}: comes after {ordered[1].path}"):
+        encode_index_stream(**header_args(), records=[ordered[1], ordered[0]])
+    with pytest.raises(TypeError, match="read twice"):
+        encode_index_stream(**header_args(), records=iter(ordered))  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="2\\^53"):
+        encode_index_stream(**header_args(sequence=0), records=ordered)
+
+
+def test_encode_index_stream_refuses_records_that_change_between_passes() -> None:
+    ordered = sorted(RECORDS, key=lambda r: r.path)
+    passes = iter([ordered, ordered[:-1]])
+    with pytest.raises(ValueError, match="second pass"):
+        encode_index_stream(**header_args(), records=lambda: next(passes))
+    passes = iter([ordered[:-1], ordered])
+    with pytest.raises(ValueError, match="second pass"):
+        encode_index_stream(**header_args(), records=lambda: next(passes))
+
+
+def read_all(data: bytes, size: int) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    reader = iter_index(data, uncompressed_size=size)
+    packages = list(reader.packages())
+    return packages, reader.header
+
+
+def frame(raw: bytes, *, content_size: bool = True) -> bytes:
+    return zstandard.ZstdCompressor(write_content_size=content_size, write_checksum=True).compress(raw)
+
+
+@pytest.mark.parametrize("shape", SHAPES.values(), ids=SHAPES.keys())
+def test_iter_index_round_trip_equals_decode_index(shape: dict[str, Any]) -> None:
+    encoded = encode_index(index_document(**stream_args(**shape)))
+    doc = decode_index(encoded.data, uncompressed_size=encoded.uncompressed_size)
+    packages, header = read_all(encoded.data, encoded.uncompressed_size)
+    assert {**header, "packages": packages} == doc
+    assert list(header) == ["format", "generated", "repo", "sequence", "trackers", "webseeds"]
+    assert [PackageRecord.from_json(p) for p in packages] == sorted(
+        shape.get("packages", RECORDS), key=lambda r: r.path
+    )
+
+
+def test_iter_index_header_only_after_the_packages_and_one_pass_only() -> None:
+    encoded = encode_index(document())
+    reader = iter_index(encoded.data, uncompressed_size=encoded.uncompressed_size)
+    with pytest.raises(RuntimeError, match="iterated to its end"):
+        _ = reader.header
+    packages = reader.packages()
+    next(packages)
+    with pytest.raises(RuntimeError, match="once"):
+        reader.packages()
+    with pytest.raises(RuntimeError, match="iterated to its end"):
+        _ = reader.header
+    assert len(list(packages)) == len(RECORDS) - 1
+    assert reader.header["sequence"] == 3
+    reader.header["webseeds"].append("mutated")  # a fresh copy each time
+    assert "mutated" not in reader.header["webseeds"]
+
+
+SPLIT_DOC: dict[str, Any] = {
+    "packages": [
+        {"path": "日本/ü.deb", "n": [1.5e300, -0.25e-2, 0, -7, 12345678901234567890, True, False, None]},
+        {"s": '\\"é😀 \n\t', "e": {}, "a": [], "x": 1e5, "y": 2.5, "z": -0.0},
+        {"path": "z", "size": 9007199254740991},
+    ],
+    "webseeds": ["https://a.example/ü/"],
+    "trackers": [],
+    "sequence": 9007199254740991,
+    "repo": "débian 😀",
+    "generated": "2026-03-01T12:00:00Z",
+    "format": "mirrorseed-index/1",
+}
+
+
+@pytest.mark.parametrize(("indent", "ascii_only"), [(None, False), (2, False), (None, True)])
+@pytest.mark.parametrize("step", [1, 2, 3, 5, 64])
+def test_iter_index_parses_text_split_anywhere(
+    monkeypatch: pytest.MonkeyPatch, indent: int | None, ascii_only: bool, step: int
+) -> None:
+    """Decompressed text arrives in arbitrary pieces: numbers, escapes and UTF-8 split across them."""
+    raw = json.dumps(SPLIT_DOC, indent=indent, ensure_ascii=ascii_only).encode()
+    data = frame(raw)
+    monkeypatch.setattr(
+        "pipeline.index._inflate", lambda data, size: (raw[i : i + step] for i in range(0, len(raw), step))
+    )
+    packages, header = read_all(data, len(raw))
+    assert {**header, "packages": packages} == json.loads(raw) == SPLIT_DOC
+
+
+def test_iter_index_accepts_whitespace_and_any_key_order() -> None:
+    raw = (" \n" + json.dumps(SPLIT_DOC, indent="\t") + "\r\n ").encode()
+    packages, header = read_all(frame(raw), len(raw))
+    assert {**header, "packages": packages} == json.loads(raw) == decode_index(frame(raw), uncompressed_size=len(raw))
+
+
+def test_iter_index_refuses_sizes_before_iterating() -> None:
+    encoded = encode_index(document())
+    with pytest.raises(StorageError, match="declares"):
+        iter_index(encoded.data, uncompressed_size=encoded.uncompressed_size - 1)
+    with pytest.raises(StorageError, match="negative"):
+        iter_index(encoded.data, uncompressed_size=-1)
+    with pytest.raises(StorageError, match="not a zstd frame"):
+        iter_index(b"not zstd at all", uncompressed_size=10)
+
+
+def test_iter_index_refuses_undeclared_zstd_bomb() -> None:
+    bomb = zstandard.ZstdCompressor(write_content_size=False).compress(b"\0" * 10_000_000)
+    with pytest.raises(StorageError, match="more than the 1000 bytes"):
+        read_all(bomb, 1000)
+    spaces = zstandard.ZstdCompressor(write_content_size=False).compress(b"{" + b" " * 10_000_000 + b"}")
+    with pytest.raises(StorageError, match="more than the 1000 bytes"):
+        read_all(spaces, 1000)
+
+
+def test_iter_index_undeclared_frame_must_have_the_exact_size() -> None:
+    raw = json.dumps(index_document(**stream_args())).encode()
+    data = frame(raw, content_size=False)
+    assert len(read_all(data, len(raw))[0]) == len(RECORDS)
+    with pytest.raises(StorageError, match="decompresses to"):
+        read_all(data, len(raw) + 1)
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        lambda d: d[:-3],  # truncated checksum
+        lambda d: d[: len(d) // 2],  # truncated frame
+        lambda d: d + b"junk",  # trailing garbage
+        lambda d: d + d,  # a second frame
+        lambda d: d[:-1] + bytes([d[-1] ^ 1]),  # wrong checksum
+        lambda d: d[:-4] + b"\0\0\0\0",
+    ],
+    ids=["truncated-checksum", "truncated-frame", "trailing-junk", "second-frame", "checksum-bit", "checksum-zero"],
+)
+def test_iter_index_refuses_corrupt_frames_late_from_the_iterator(damage: Any) -> None:
+    encoded = encode_index(index_document(**stream_args(packages=synthetic(3000))))
+    reader = iter_index(damage(encoded.data), uncompressed_size=encoded.uncompressed_size)
+    packages = reader.packages()
+    assert next(packages)["path"] == synthetic(3000)[0].path  # the damage is only found later
+    with pytest.raises(StorageError, match="^index: [^\n]*$"):
+        list(packages)
+    with pytest.raises(RuntimeError):
+        _ = reader.header
+
+
+def canonical_text(**changes: Any) -> str:
+    doc = index_document(**stream_args())
+    doc.update(changes)
+    return json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+MALFORMED: dict[str, tuple[Any, str]] = {
+    "top-level-array": (lambda: "[]", "expected a JSON object at character 0, found '\\['"),
+    "empty": (lambda: "", "ends where a JSON object was expected"),
+    "format-2": (lambda: canonical_text(format="mirrorseed-index/2"), "format is 'mirrorseed-index/2', expected"),
+    "format-number": (lambda: canonical_text(format=1), "format is 1"),
+    "packages-object": (lambda: canonical_text(packages={}), "expected the 'packages' array"),
+    "package-number": (lambda: canonical_text(packages=[{"path": "x"}, 1]), "expected packages\\[1\\] as an object"),
+    "package-array": (lambda: canonical_text(packages=[[]]), "expected packages\\[0\\] as an object"),
+    "truncated-json": (lambda: canonical_text()[:-40], "not valid JSON|truncated"),
+    "truncated-brace": (lambda: canonical_text()[:-1], "truncated"),
+    "trailing-text": (lambda: canonical_text() + "x", "unexpected data after the JSON object"),
+    "second-object": (lambda: canonical_text() + "{}", "unexpected data after the JSON object"),
+    "repeated-key": (lambda: canonical_text().replace('"repo":', '"repo":"x","repo":'), "'repo' appears twice"),
+    "repeated-packages": (
+        lambda: canonical_text().replace('"repo":', '"packages":[],"repo":'),
+        "'packages' appears twice",
+    ),
+    "unknown-key": (lambda: canonical_text(extra=1), "unexpected key 'extra'"),
+    "missing-sequence": (lambda: canonical_text().replace('"sequence":3,', ""), "missing keys \\['sequence'\\]"),
+    "missing-packages": (
+        lambda: json.dumps({k: v for k, v in json.loads(canonical_text()).items() if k != "packages"}),
+        "missing keys \\['packages'\\]",
+    ),
+    "header-types": (
+        lambda: canonical_text(sequence="3", webseeds=[1]),
+        "sequence is not an integer; webseeds is not a list of strings",
+    ),
+    "sequence-bool": (lambda: canonical_text(sequence=True), "sequence is not an integer"),
+    "repo-null": (lambda: canonical_text(repo=None), "repo is not a string"),
+    "bad-literal": (lambda: canonical_text().replace('"size":1000', '"size":tru', 1), "not valid JSON"),
+    "bad-number": (lambda: canonical_text().replace('"size":1000', '"size":1000x', 1), "not valid JSON"),
+    "bad-top-number": (lambda: canonical_text().replace('"sequence":3', '"sequence":3x'), "expected ',' or '}'"),
+    "double-comma": (lambda: canonical_text().replace(',"magnet":', ',,"magnet":', 1), "not valid JSON"),
+    "control-char": (lambda: canonical_text(repo="deb\tian").replace("\\t", "\t"), "Invalid control character"),
+    "5000-digits": (lambda: canonical_text().replace('"sequence":3', '"sequence":' + "9" * 5000), "not valid JSON"),
+    "deep-nesting": (
+        lambda: canonical_text(packages=[{"deep": "@"}]).replace('"@"', "[" * 100_000 + "]" * 100_000),
+        "not valid JSON",
+    ),
+    "endless-value": (lambda: canonical_text(repo="r" * 5_000_000), "longer than 4194304 characters"),
+}
+
+
+@pytest.mark.parametrize(("text", "message"), MALFORMED.values(), ids=MALFORMED.keys())
+def test_iter_index_refuses_malformed_json(text: Any, message: str) -> None:
+    raw = text().encode()
+    try:
+        read_all(frame(raw), len(raw))
+    except StorageError as err:
+        assert re.search(message, str(err)), str(err)[:500]
+        assert "\n" not in str(err) and len(str(err)) < 500
+    else:
+        pytest.fail("accepted")
+
+
+def test_iter_index_refuses_bad_utf8() -> None:
+    for raw in (
+        canonical_text().replace("debian", "deb\udcffian").encode("utf-8", "surrogateescape"),
+        canonical_text().encode()[:-2] + b"\xc3",  # a sequence cut by the end of the text
+    ):
+        with pytest.raises(StorageError, match="not UTF-8"):
+            read_all(frame(raw), len(raw))
+
+
+def test_iter_index_wrong_format_is_refused_before_any_package() -> None:
+    raw = canonical_text(format="mirrorseed-index/2").encode()
+    packages = iter_index(frame(raw), uncompressed_size=len(raw)).packages()
+    with pytest.raises(StorageError, match="mirrorseed-index/2"):
+        next(packages)
+
+
+def test_iter_index_memory_stays_bounded() -> None:
+    """~20,000 packages (~13 MB of JSON): reading them one by one peaks far below the JSON's size;
+    decode_index (json.loads of the whole text) holds at least the text itself."""
+    records = synthetic(20_000)
+    encoded = encode_index_stream(**header_args(), records=records)
+    assert encoded.uncompressed_size > 10_000_000
+
+    def peak(read: Any) -> int:
+        tracemalloc.start()
+        try:
+            read()
+            return tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+
+    def stream() -> None:
+        reader = iter_index(encoded.data, uncompressed_size=encoded.uncompressed_size)
+        count = sum(1 for _ in reader.packages())
+        assert count == len(records) and reader.header["repo"] == "debian"
+
+    streamed = peak(stream)
+    assert streamed < encoded.uncompressed_size / 5, streamed
+    assert streamed < 1_500_000, streamed  # ~0.45 MB: one zstd block and one package, whatever the size
+    whole = peak(lambda: decode_index(encoded.data, uncompressed_size=encoded.uncompressed_size))
+    assert whole > encoded.uncompressed_size, whole
+
+
+def test_encode_index_stream_memory_stays_below_the_json() -> None:
+    """Only compressed bytes accumulate: the peak stays well below the JSON's size."""
+    records = synthetic(20_000)
+    tracemalloc.start()
+    try:
+        encoded = encode_index_stream(**header_args(), records=records)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < encoded.uncompressed_size / 3, (peak, encoded.size, encoded.uncompressed_size)
+
+
 # -- pointer -------------------------------------------------------------------------------------
 
 
@@ -283,6 +657,9 @@ def decide_with(**changes: Any) -> Decision:
         "resign_before": timedelta(days=3),
     }
     args.update(changes)
+    current_records, records = args.pop("current_records"), args.pop("records")
+    args["current_fingerprints"] = None if current_records is None else record_fingerprints(current_records)
+    args["fingerprints"] = record_fingerprints(records)
     return decide(**args)
 
 

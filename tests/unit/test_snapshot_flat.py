@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import operator
 import os
 import socket
 from pathlib import Path
@@ -9,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from pipeline.errors import ConfigError, SnapshotError
-from pipeline.snapshot import ScanSpec, scan_snapshot
+from pipeline.snapshot import ScanSpec, flat, scan_snapshot
 
 
 def write(path: Path, data: bytes = b"x") -> Path:
@@ -235,3 +236,89 @@ def test_bad_spec_values_are_config_errors(tmp_path: Path) -> None:
         scan_snapshot(ScanSpec(root=tmp_path, format="debian", suites=("../etc",)))
     with pytest.raises(ConfigError, match="architecture"):
         scan_snapshot(ScanSpec(root=tmp_path, format="debian", architectures=("amd64 arm64",)))
+
+
+# --- the fast walk gives what the plain one gave ------------------------------------------------
+
+
+def test_every_entry_field_matches_lstat_and_its_source_is_an_ordinary_path(tmp_path: Path) -> None:
+    write(tmp_path / "top.deb", b"1")
+    write(tmp_path / "pool" / "main" / "b" / "bash_5.2_amd64.deb", b"22")
+    write(tmp_path / "pool" / "caf\u00e9" / "\u2603.deb", b"333")  # non-ASCII directory and file names
+    (tmp_path / "pool" / "link.deb").symlink_to("main/b/bash_5.2_amd64.deb")
+    root = tmp_path.resolve()
+
+    snapshot = scan_snapshot(ScanSpec(root=tmp_path, format="flat"))
+
+    assert [entry.path for entry in snapshot.files] == [
+        "pool/caf\u00e9/\u2603.deb",
+        "pool/link.deb",
+        "pool/main/b/bash_5.2_amd64.deb",
+        "top.deb",
+    ]
+    for entry in snapshot.files:
+        real = root / entry.path if entry.path != "pool/link.deb" else root / "pool/main/b/bash_5.2_amd64.deb"
+        status = os.stat(real)
+        assert (entry.size, entry.mtime_ns, entry.dev, entry.inode) == (
+            status.st_size,
+            status.st_mtime_ns,
+            status.st_dev,
+            status.st_ino,
+        ), entry.path
+        assert type(entry.source) is type(Path()) and entry.source.is_absolute()
+        assert entry.source == Path(str(real)) and str(entry.source) == str(real)
+        assert entry.source.parts == Path(str(real)).parts and hash(entry.source) == hash(Path(str(real)))
+        assert entry.source.name == real.name and entry.source.parent == real.parent
+
+
+def test_child_paths_fall_back_to_the_public_operator(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setattr(Path, "_make_child_relpath", lambda parent, name: Path("/wrong"), raising=False)
+    assert flat._child_path_maker() is operator.truediv  # a helper that disagrees with `/` is not used
+    monkeypatch.delattr(Path, "_make_child_relpath", raising=False)
+    assert flat._child_path_maker() is operator.truediv
+    monkeypatch.setattr(flat, "_child_path", operator.truediv)
+    write(tmp_path / "pool" / "a.deb")
+
+    assert scan_flat(tmp_path) == {"pool/a.deb": tmp_path.resolve() / "pool" / "a.deb"}
+
+
+def test_directory_symlink_loop_through_two_directories_fails(tmp_path: Path) -> None:
+    write(tmp_path / "a" / "x.deb")
+    write(tmp_path / "b" / "y.deb")
+    (tmp_path / "a" / "to-b").symlink_to("../b")
+    (tmp_path / "b" / "to-a").symlink_to("../a")
+
+    message = flat_error(tmp_path)
+
+    assert message.startswith(("a/to-b/to-a: symlink loop", "b/to-a/to-b: symlink loop"))
+
+
+def test_symlinked_directory_is_walked_once_per_link_without_a_loop(tmp_path: Path) -> None:
+    write(tmp_path / "store" / "deep" / "x.deb")
+    (tmp_path / "one").symlink_to("store")
+    (tmp_path / "store" / "deep" / "up").symlink_to("../../other")
+    write(tmp_path / "other" / "z.deb")
+
+    assert sorted(scan_flat(tmp_path)) == [
+        "one/deep/up/z.deb",
+        "one/deep/x.deb",
+        "other/z.deb",
+        "store/deep/up/z.deb",
+        "store/deep/x.deb",
+    ]
+
+
+@pytest.mark.parametrize("name", ["new\nline", "tab\t", "back\\slash", "del\x7f", "c1\x85"])
+def test_bad_directory_names_fail_like_bad_file_names(tmp_path: Path, name: str) -> None:
+    write(tmp_path / "pool" / name / "a.deb")
+
+    message = flat_error(tmp_path)
+
+    assert message.startswith("pool/") and "control character or backslash" in message
+
+
+def test_bad_name_of_a_fifo_is_never_looked_at(tmp_path: Path) -> None:
+    write(tmp_path / "a.deb")
+    os.mkfifo(tmp_path / "bad\nfifo")
+
+    assert list(scan_flat(tmp_path)) == ["a.deb"]

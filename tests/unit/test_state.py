@@ -69,3 +69,25 @@ def test_foreign_or_corrupt_file_is_logged_once_and_replaced(
     assert len(caplog.records) == 1 and str(path) in caplog.records[0].getMessage()
     with StateCache.open(path, repo="r") as state:
         assert "pool/a.deb" in state.lookup([entry()])
+
+
+def test_lookup_of_many_files_returns_exactly_the_unchanged_ones(tmp_path: Path) -> None:
+    stored = [entry(f"pool/{i:03}.deb", inode=i, size=i * 7) for i in range(300)]
+    with StateCache.open(tmp_path / "s.sqlite", repo="r") as state:
+        state.store(row(e, sha=f"{i:064x}") for i, e in enumerate(stored))
+        scanned = [
+            *stored[:100],  # unchanged
+            *(replace(e, mtime_ns=e.mtime_ns + 1) for e in stored[100:150]),  # touched
+            *(replace(e, inode=e.inode + 1000) for e in stored[150:200]),  # replaced by another file
+            entry("pool/new.deb"),  # never stored
+        ]  # stored[200:] are rows of files no longer scanned
+
+        hits = state.lookup(scanned)
+
+        assert sorted(hits) == [e.path for e in stored[:100]]
+        for i, e in enumerate(stored[:100]):
+            cached = hits[e.path]
+            assert cached == CachedFile(f"{i:064x}", 16384, "b" * 40)
+            assert (cached.sha256, cached.piece_size, cached.infohash) == (f"{i:064x}", 16384, "b" * 40)
+        with pytest.raises(AttributeError):
+            cached.sha256 = "x"  # type: ignore[misc]
