@@ -1,0 +1,70 @@
+"""pipeline.publish: the upload plan trusts the key -> SHA-256 manifest only where the listing agrees."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from pipeline.objects import make_artifact
+from pipeline.publish import MANIFEST_KEY, OLD_MANIFEST_KEYS, Publication, load_manifest, publish
+from pipeline.spool import Spool
+from pipeline.storage.local import LocalStorage
+
+NOW = datetime(2026, 11, 23, 12, 0, 0, tzinfo=UTC)
+
+
+def publication(spool: Spool, pages: dict[str, bytes]) -> Publication:
+    content = spool.add_all(make_artifact(f"torrents/{k}.torrent", v) for k, v in pages.items())
+    listings = spool.add_all(make_artifact(f"browse/{k}/index.html", v) for k, v in pages.items())
+    keys = frozenset(ref.key for ref in (*content, *listings))
+    return Publication(spool, content, (), None, None, listings, keys, "0" * 64)
+
+
+def test_manifest_round_trip_and_unchanged_objects_are_skipped(tmp_path: Path) -> None:
+    storage = LocalStorage(tmp_path)
+    pages = {f"p{i}": f"page {i} ü".encode() * (i + 1) for i in range(50)}
+    with Spool() as spool:
+        first = publish(storage, publication(spool, pages), now=NOW)
+    assert len(first.plan.put) == 100 and first.plan.skip == ()
+    manifest = load_manifest(storage, {info.key: info for info in storage.list()})
+    assert manifest["torrents/p7.torrent"].sha256 == hashlib.sha256(pages["p7"]).hexdigest()
+    assert len(manifest) >= 100
+
+    pages["p3"] = b"changed"
+    with Spool() as spool:
+        second = publish(storage, publication(spool, pages), now=NOW)
+    assert sorted(second.plan.put) == ["browse/p3/index.html", "torrents/p3.torrent"]
+    assert (tmp_path / "torrents/p3.torrent").read_bytes() == b"changed"
+
+
+def test_a_manifest_that_disagrees_with_the_listing_is_not_trusted(tmp_path: Path) -> None:
+    storage = LocalStorage(tmp_path)
+    pages = {"a": b"one", "b": b"two"}
+    with Spool() as spool:
+        publish(storage, publication(spool, pages), now=NOW)
+    (tmp_path / "torrents/a.torrent").write_bytes(b"tampered")  # new ETag: its manifest entry no longer counts
+    with Spool() as spool:
+        again = publish(storage, publication(spool, pages), now=NOW)
+    assert again.plan.put == ("torrents/a.torrent",)
+    assert (tmp_path / "torrents/a.torrent").read_bytes() == b"one"
+
+
+def test_an_old_or_garbled_manifest_is_reported_and_rebuilt(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    storage = LocalStorage(tmp_path)
+    pages = {"a": b"one"}
+    with Spool() as spool:
+        publish(storage, publication(spool, pages), now=NOW)
+    (tmp_path / MANIFEST_KEY).write_bytes(b"not zstd")
+    old = tmp_path / OLD_MANIFEST_KEYS[0]
+    old.write_text(json.dumps({"format": "mirrorseed-manifest/1", "objects": {}}))
+    with caplog.at_level(logging.WARNING), Spool() as spool:
+        again = publish(storage, publication(spool, pages), now=NOW)
+    assert again.plan.put == ()  # compared by content instead: equal, so nothing is re-sent
+    assert any("unreadable manifest" in r.getMessage() for r in caplog.records)
+    assert not old.exists()
+    assert len(load_manifest(storage, {info.key: info for info in storage.list()})) >= 2
