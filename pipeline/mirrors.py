@@ -427,18 +427,23 @@ def _describe(exc: BaseException) -> str:
 _Kind = Literal["ok", "missing", "different", "error", "no-range", "skipped"]
 
 
-@dataclass(frozen=True)
-class _Probe:
+class _Probe(NamedTuple):  # a plan holds up to `budget` of them, made on every run: a tuple is cheap
     order: int  # position in the mirror's plan
-    index: int  # in the files given to check_mirrors
+    file: int  # index in the files given to check_mirrors
     path: str
-    url: str
+    base: str  # the mirror's base URL
     size: int
     first: int  # byte range of the chosen piece, inclusive (unused for zero-length files)
     last: int
     piece: int
     expected: bytes  # that piece's SHA-1 (b"" for a zero-length file)
     checks: int  # successful verifications before this one
+
+    @property
+    def url(self) -> str:
+        """Built when the request is sent: a plan names up to `budget` files and a down mirror is
+        asked about one or two of them."""
+        return join_url(self.base, self.path)
 
 
 @dataclass(frozen=True)
@@ -667,7 +672,7 @@ def check_mirrors(
     mirrors: Sequence[MirrorConfig],
     files: Sequence[ProbeFile],
     *,
-    pieces_of: Callable[[str], bytes],
+    pieces_of: Callable[[Sequence[str]], Mapping[str, bytes]],
     state: StateCache,
     snapshot_time: datetime | None,
     now: datetime,
@@ -677,9 +682,9 @@ def check_mirrors(
     """Probe `mirrors` for `files` within `limits`, update the state's mirror facts and health, and return
     one status per mirror (in the given order) with the per-file selection.
 
-    `pieces_of(path)` gives the concatenated 20-byte SHA-1 piece hashes of a file; it is called on this
-    thread only. `now` and `snapshot_time` must be aware datetimes; `now` is recorded in the state.
-    Facts of mirrors and paths not given here are dropped from the state.
+    `pieces_of(paths)` gives, by path, the concatenated 20-byte SHA-1 piece hashes of those files it
+    knows (one call per run, on this thread). `now` and `snapshot_time` must be aware datetimes; `now`
+    is recorded in the state. Facts of mirrors and paths not given here are dropped from the state.
     """
     if now.tzinfo is None or (snapshot_time is not None and snapshot_time.tzinfo is None):
         raise ValueError("check_mirrors: now and snapshot_time must be timezone-aware")
@@ -827,9 +832,9 @@ def _plans(
     config_of: Mapping[str, Sequence[MirrorConfig]],
     files: Sequence[ProbeFile],
     picks: Mapping[str, _Pick],
-    pieces_of: Callable[[str], bytes],
+    pieces_of: Callable[[Sequence[str]], Mapping[str, bytes]],
 ) -> dict[str, _MirrorPlan]:
-    """Probes with their expected piece hashes; `pieces_of` is called once per file needed."""
+    """Probes with their expected piece hashes; `pieces_of` is called once, with every path needed."""
     wanted: dict[int, set[int]] = {}
     piece_of: dict[tuple[int, int], int] = {}
     for pick in picks.values():
@@ -843,11 +848,16 @@ def _plans(
             wanted.setdefault(i, set()).add(piece)
     digests: dict[tuple[int, int], bytes] = {}
     unusable: list[str] = []
+    blobs: Mapping[str, bytes] = {}
+    try:
+        blobs = pieces_of([files[i].path for i in wanted]) if wanted else {}
+    except (OSError, ValueError) as exc:
+        unusable.append(f"{len(wanted)} files ({type(exc).__name__}: {exc})")
     for i, pieces in wanted.items():
-        try:
-            blob = pieces_of(files[i].path)
-        except (KeyError, OSError, ValueError) as exc:
-            unusable.append(f"{files[i].path} ({type(exc).__name__}: {exc})")
+        blob = blobs.get(files[i].path)
+        if blob is None:
+            if not unusable or blobs:
+                unusable.append(f"{files[i].path} (no piece hashes)")
             continue
         if len(blob) != 20 * -(-files[i].size // files[i].piece_size):
             unusable.append(f"{files[i].path} ({len(blob)} bytes of piece hashes for {files[i].size} bytes)")
@@ -864,9 +874,8 @@ def _plans(
         probes: list[_Probe] = []
         for i, checks in pick.chosen:
             f = files[i]
-            url = join_url(base, f.path)
             if f.size == 0:
-                probes.append(_Probe(len(probes), i, f.path, url, 0, 0, -1, 0, b"", checks))
+                probes.append(_Probe(len(probes), i, f.path, base, 0, 0, -1, 0, b"", checks))
                 continue
             piece = piece_of[(i, checks)]
             digest = digests.get((i, piece))
@@ -874,7 +883,7 @@ def _plans(
                 continue
             first = piece * f.piece_size
             last = min(f.size, first + f.piece_size) - 1
-            probes.append(_Probe(len(probes), i, f.path, url, f.size, first, last, piece, digest, checks))
+            probes.append(_Probe(len(probes), i, f.path, base, f.size, first, last, piece, digest, checks))
         lastsync = next((c.lastsync for c in configs if c.lastsync), None)
         plans[key] = _MirrorPlan(key, base, lastsync, tuple(probes))
     return plans
@@ -887,7 +896,7 @@ def _apply(
     fresh: list[MirrorFact] = []
     forgotten: list[str] = []
     for outcome in run.outcomes:
-        i = outcome.probe.index
+        i = outcome.probe.file
         if outcome.kind == "ok":
             fresh.append(
                 MirrorFact(files[i].path, files[i].sha256, stamp, outcome.probe.checks + 1, outcome.last_modified)

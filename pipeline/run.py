@@ -54,7 +54,7 @@ from pipeline.report import RunReport
 from pipeline.signing import Signer, verify_detached, verify_signed_message
 from pipeline.snapshot import ScanSpec, scan_snapshot
 from pipeline.spool import Spool, SpooledArtifact
-from pipeline.state import StateCache, StateRow
+from pipeline.state import CachedFile, StateCache, StateRow
 from pipeline.storage import Storage, open_storage
 from pipeline.torrents import (
     BuildSpec,
@@ -184,11 +184,22 @@ def _sha256(data: bytes) -> str:
 
 @dataclass(frozen=True)
 class Digests:
-    """Every file's digest; the piece hashes stay in the state cache (read back when a torrent is built)."""
+    """What is known of every file's content, by path; the piece hashes stay in the state cache (read
+    back when a torrent is built). FileDigest objects are made only when records are built: a no-change
+    run never needs them."""
 
-    digests: tuple[FileDigest, ...]
+    files: tuple[FileEntry, ...]  # sorted by path
+    known: Mapping[str, CachedFile]  # path -> (sha256, piece size, infohash)
     files_hashed: int
     bytes_hashed: int
+
+    def rows(self) -> Iterator[tuple[FileEntry, CachedFile]]:
+        known = self.known
+        for entry in self.files:
+            yield entry, known[entry.path]
+
+    def digests(self) -> list[FileDigest]:
+        return [FileDigest(entry, *facts) for entry, facts in self.rows()]
 
 
 STORE_BATCH = 1024  # hashed files written to the state cache per transaction
@@ -200,26 +211,21 @@ def digest_files(files: Sequence[FileEntry], state: StateCache, *, workers: int,
     Piece hashes go to the state cache as files are hashed and are not kept: ~63,000 Debian packages
     carry ~110 MB of them.
     """
-    cached = state.lookup(files)
-    misses = [entry for entry in files if entry.path not in cached]
-    fresh: list[FileDigest] = []
+    known = state.lookup(files)
+    misses = [entry for entry in files if entry.path not in known]
     rows: list[StateRow] = []
     for item in iter_hashed(misses, workers=workers, progress=progress):
         digest = digest_of(item)
-        fresh.append(digest)
+        known[item.entry.path] = CachedFile(digest.sha256, digest.piece_size, digest.infohash)
         rows.append(StateRow(item.entry, item.sha256, item.piece_size, digest.infohash, item.pieces))
         if len(rows) >= STORE_BATCH:
             state.store(rows)
             rows = []
     state.store(rows)
-    state.forget_except(entry.path for entry in files)
-    digests = [
-        FileDigest(entry, cached[entry.path].sha256, cached[entry.path].piece_size, cached[entry.path].infohash)
-        for entry in files
-        if entry.path in cached
-    ] + fresh
-    check_expected((d.entry, d.sha256) for d in digests)
-    return Digests(digests=tuple(digests), files_hashed=len(fresh), bytes_hashed=sum(entry.size for entry in misses))
+    if misses or state.file_count() != len(files):
+        state.forget_except(entry.path for entry in files)
+    check_expected((entry, known[entry.path].sha256) for entry in files if entry.expected_sha256 is not None)
+    return Digests(tuple(files), known, files_hashed=len(misses), bytes_hashed=sum(entry.size for entry in misses))
 
 
 @dataclass(frozen=True)
@@ -371,7 +377,7 @@ def _release(settings: Settings, spool: Spool, progress: Progress, now: Callable
                 storage, repo=settings.repo, keyring=keyring, fingerprint=key_info.fingerprint
             )
         with clock.stage("build"):
-            inputs = publication_inputs(settings, public_url, digested.digests, mirror_report)
+            inputs = publication_inputs(settings, public_url, digested, mirror_report)
 
         def report(
             pointer: Pointer,
@@ -420,7 +426,7 @@ def _release(settings: Settings, spool: Spool, progress: Progress, now: Callable
             return report(current_pointer.pointer, "noop", ((), (), (), file_count))
 
         with clock.stage("build"):
-            records = package_records(digested.digests, spec)
+            records = package_records(digested.digests(), spec)
             fingerprints = record_fingerprints(records)
             del digested
             _settle()
@@ -569,9 +575,7 @@ def _still_fresh(pointer: Pointer, now: datetime, settings: Settings) -> bool:
 RECORDS_RECIPE = "1"
 
 
-def publication_inputs(
-    settings: Settings, public_url: str, digests: Sequence[FileDigest], mirror_report: MirrorReport
-) -> str:
+def publication_inputs(settings: Settings, public_url: str, digests: Digests, mirror_report: MirrorReport) -> str:
     """A digest of everything the index's records and header depend on (description aside, like decide).
 
     Equal inputs give equal records, so a state cache that saw an index built from these inputs can
@@ -590,11 +594,10 @@ def publication_inputs(
     )
     holders = mirror_report.holders
     lines = [head]
-    for d in sorted(digests, key=lambda d: d.entry.path):
-        e = d.entry
+    for e, (sha256, piece_size, infohash) in digests.rows():
         signature = None if e.signature is None else (e.signature.path, e.signature.size, e.signature.sha256)
         lines.append(
-            repr((e.path, e.size, d.sha256, d.piece_size, d.infohash, e.name, e.version, e.arch, signature,
+            repr((e.path, e.size, sha256, piece_size, infohash, e.name, e.version, e.arch, signature,
                   holders.get(e.path)))
         )  # fmt: skip
     return hashlib.sha256("\n".join(lines).encode("utf-8", "surrogateescape")).hexdigest()
@@ -618,14 +621,14 @@ def _check_mirrors(
     settings: Settings, snapshot: Snapshot, digested: Digests, state: StateCache, now: datetime, progress: Progress
 ) -> MirrorReport:
     """Probe the mirrors (every one, --webseed included): only a mirror verified to hold a file serves it."""
-    from pipeline.mirrors import MirrorReport, ProbeLimits, check_mirrors, probe_files
+    from pipeline.mirrors import MirrorReport, ProbeFile, ProbeLimits, check_mirrors
 
     if not settings.all_mirrors:
         return MirrorReport()
     return check_mirrors(
         settings.all_mirrors,
-        probe_files(digested.digests),
-        pieces_of=state.pieces,
+        tuple(ProbeFile(e.path, e.size, facts.sha256, facts.piece_size) for e, facts in digested.rows()),
+        pieces_of=state.pieces_many,
         state=state,
         snapshot_time=snapshot.timestamp,
         now=now,

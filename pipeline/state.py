@@ -28,6 +28,7 @@ from pipeline.model import FileEntry
 log = logging.getLogger(__name__)
 
 STATE_FORMAT = "mirrorseed-state/1"
+PIECES_BATCH = 500  # paths per query (SQLite's default limit is 32,766 bound parameters)
 KEPT_PUBLICATIONS = 8  # index digests remembered (a roll-back to a recent index still matches)
 
 _SCHEMA = """
@@ -202,6 +203,17 @@ class StateCache:
             raise KeyError(path)
         return bytes(row[0])
 
+    def pieces_many(self, paths: Sequence[str]) -> dict[str, bytes]:
+        """The piece hashes of the cached paths among `paths` (absent ones are left out), a few queries."""
+        found: dict[str, bytes] = {}
+        for start in range(0, len(paths), PIECES_BATCH):
+            batch = paths[start : start + PIECES_BATCH]
+            query = f"SELECT path, pieces FROM files WHERE path IN ({','.join('?' * len(batch))})"
+            with closing(self._db.execute(query, tuple(batch))) as cursor:
+                for path, pieces in cursor:
+                    found[path] = bytes(pieces)
+        return found
+
     def store(self, rows: Iterable[StateRow]) -> None:
         self._db.execute("BEGIN")
         try:
@@ -227,6 +239,10 @@ class StateCache:
         except BaseException:
             self._db.execute("ROLLBACK")
             raise
+
+    def file_count(self) -> int:
+        """How many files the cache holds (equal to the snapshot's when every file hit: nothing to forget)."""
+        return int(self._db.execute("SELECT COUNT(*) FROM files").fetchone()[0])
 
     def forget_except(self, paths: Iterable[str]) -> int:
         """Drop rows of paths no longer in the snapshot; returns how many were dropped."""

@@ -189,14 +189,20 @@ def test_no_mirrors_and_naive_times(tmp_path: Path) -> None:
     files = [ProbeFile("pool/a.deb", 5, "a" * 64, 16384)]
     with StateCache.open(tmp_path / "s.sqlite", repo="r") as state:
         report = check_mirrors(
-            [], files, pieces_of=lambda p: b"", state=state, snapshot_time=None, now=T, limits=ProbeLimits()
+            [],
+            files,
+            pieces_of=lambda paths: {p: b"" for p in paths},
+            state=state,
+            snapshot_time=None,
+            now=T,
+            limits=ProbeLimits(),
         )
         assert report.statuses == () and report.webseeds_for("pool/a.deb") == ()
         with pytest.raises(ValueError, match="timezone-aware"):
             check_mirrors(
                 [MirrorConfig(url="http://127.0.0.1:9")],
                 files,
-                pieces_of=lambda p: b"",
+                pieces_of=lambda paths: {p: b"" for p in paths},
                 state=state,
                 snapshot_time=None,
                 now=datetime(2026, 1, 1),  # noqa: DTZ001 - the point of the test

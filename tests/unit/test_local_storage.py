@@ -1,0 +1,45 @@
+"""pipeline.storage.local: listing, atomic writes, conditional puts."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from pipeline.errors import PublishConflictError
+from pipeline.storage.local import LOCK_NAME, LocalStorage
+
+
+def test_list_is_sorted_by_key_filtered_by_prefix_and_skips_what_is_not_an_object(tmp_path: Path) -> None:
+    storage = LocalStorage(tmp_path / "dest")
+    keys = ["b/z.html", "a.txt", "a/b/c.torrent", "a/b.torrent", "browse/index.html", "browse/x y/index.html"]
+    for key in keys:
+        storage.put(key, key.encode(), content_type="text/plain", cache_control="no-cache")
+    root = tmp_path / "dest"
+    (root / LOCK_NAME).write_text("")
+    (root / "a" / ".c.torrent.123.tmp").write_text("partial")
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "elsewhere" / "secret").write_text("outside")
+    os.symlink(tmp_path / "elsewhere", root / "linked")
+    listed = storage.list()
+    assert [info.key for info in listed] == sorted(keys)
+    assert all(info.size == len(info.key) for info in listed)
+    assert [info.key for info in storage.list("browse/")] == ["browse/index.html", "browse/x y/index.html"]
+    assert [info.key for info in storage.list("a/b")] == ["a/b.torrent", "a/b/c.torrent"]
+    assert LocalStorage(tmp_path / "missing").list() == []
+
+
+def test_etag_changes_with_every_write_and_conditional_put_checks_it(tmp_path: Path) -> None:
+    storage = LocalStorage(tmp_path)
+    first = storage.put("latest.asc", b"one", content_type="text/plain", cache_control="no-cache")
+    second = storage.put_conditional(
+        "latest.asc", b"two", content_type="text/plain", cache_control="no-cache", if_match=first.etag
+    )
+    assert second.etag != first.etag and (tmp_path / "latest.asc").read_bytes() == b"two"
+    with pytest.raises(PublishConflictError):
+        storage.put_conditional("latest.asc", b"three", content_type="text/plain", cache_control="no-cache",
+                                if_match=first.etag)  # fmt: skip
+    with pytest.raises(PublishConflictError):
+        storage.put_conditional("latest.asc", b"three", content_type="text/plain", cache_control="no-cache",
+                                if_match=None)  # fmt: skip
