@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import fcntl
+import itertools
 import os
-import tempfile
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -14,6 +14,7 @@ from pipeline.model import Artifact
 from pipeline.storage import ObjectInfo, StoredObject, check_key
 
 LOCK_NAME = ".mirrorseed.lock"
+_TEMP_NAMES = itertools.count()  # with the pid: a temp name no other writer uses
 
 
 def _etag(status: os.stat_result) -> str:
@@ -26,6 +27,7 @@ class LocalStorage:
 
     def __init__(self, root: Path) -> None:
         self.root = root.absolute()
+        self._made: set[Path] = set()  # directories this instance created or found
         for parent in (self.root, *self.root.parents):
             if parent.exists():
                 if not parent.is_dir():
@@ -78,23 +80,30 @@ class LocalStorage:
         durable write (index, pointer) first flushes everything written before it, then itself, so a
         power loss never leaves a pointer naming objects that did not reach the disk."""
         path = self._path(key)
+        parent = path.parent
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
+            if parent not in self._made:  # one mkdir per directory per run, not per object
+                parent.mkdir(parents=True, exist_ok=True)
+                self._made.add(parent)
             if durable:
                 os.sync()
-            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+            tmp = os.path.join(parent, f".{path.name}.{os.getpid()}.{next(_TEMP_NAMES)}.tmp")
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
             try:
-                with os.fdopen(fd, "wb") as handle:
-                    handle.write(data)
-                    handle.flush()
+                try:
+                    view = memoryview(data)
+                    while view:
+                        view = view[os.write(fd, view) :]
                     if durable:
-                        os.fsync(handle.fileno())
-                os.chmod(tmp, 0o644)
+                        os.fsync(fd)
+                    os.fchmod(fd, 0o644)  # whatever the umask: the web server reads it
+                    status = os.fstat(fd)  # the rename keeps inode and mtime: this is the object's ETag
+                finally:
+                    os.close(fd)
                 os.replace(tmp, path)
             except BaseException:
                 Path(tmp).unlink(missing_ok=True)
                 raise
-            status = path.stat()
         except OSError as exc:
             raise StorageError(f"{path}: cannot write ({exc.strerror}); check the destination") from exc
         return ObjectInfo(key, status.st_size, _etag(status), status.st_mtime)
