@@ -18,8 +18,8 @@ import json
 import logging
 import os
 import signal
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 import zstandard
@@ -58,6 +58,10 @@ class Publication:
     listings: tuple[SpooledArtifact, ...]
     referenced: frozenset[str]
     pointer_sha256: str  # of the pointer bytes that are current once this publication is complete
+    # Pages not rendered because their inputs did not change: key -> SHA-256 of the published copy.
+    # One the destination no longer holds with that SHA-256 is rendered by `render` before any write.
+    reused: Mapping[str, str] = field(default_factory=dict)
+    render: Callable[[frozenset[str]], Iterable[Artifact]] = lambda keys: ()
 
 
 @dataclass(frozen=True)
@@ -109,7 +113,8 @@ def load_manifest(storage: Storage, listing: dict[str, ObjectInfo]) -> dict[str,
             total += 1
             info = listing.get(key)
             if info is not None and info.etag == etag and info.size == size:
-                trusted[str(key)] = ManifestEntry(str(sha256), str(etag), int(size), float(referenced))
+                # the listing's own key and ETag strings: one copy each for ~150,000 objects
+                trusted[info.key] = ManifestEntry(str(sha256), info.etag, info.size, float(referenced))
     except (ValueError, TypeError, zstandard.ZstdError) as exc:
         log.warning("%s: unreadable manifest (%s); rebuilding it from the listing", MANIFEST_KEY, exc)
         return {}
@@ -200,7 +205,17 @@ def publish(
                 f"{ref.key}: exists in the destination with different bytes and index objects are never "
                 "overwritten; another publisher uses this destination, or its previous pointer was lost"
             )
-    listing_put, listing_skip = _plan_group(storage, spool, publication.listings, listing, manifest)
+    missing = frozenset(
+        key
+        for key, sha256 in publication.reused.items()
+        if key not in listing or key not in manifest or manifest[key].sha256 != sha256
+    )
+    rendered = spool.add_all(publication.render(missing)) if missing else ()
+    if {ref.key for ref in rendered} != missing:
+        raise StorageError(f"listings: {len(missing)} pages to render again, {len(rendered)} rendered")
+    listings = (*publication.listings, *rendered)
+    listing_put, listing_skip = _plan_group(storage, spool, listings, listing, manifest)
+    listing_skip += sorted(publication.reused.keys() - missing)
     delete = _expired(listing, manifest, publication.referenced, (now - retention).timestamp())
     pointer = publication.pointer
     sent = (*content_put, *index_put, *listing_put)
@@ -216,8 +231,8 @@ def publish(
         return PublishResult(plan, written=False)
 
     # key -> SHA-256 of what this run wrote or found equal: the manifest's new entries
-    known = {ref.key: ref.sha256 for group in (publication.content, publication.immutable, publication.listings)
-             for ref in group}  # fmt: skip
+    known = {ref.key: ref.sha256 for group in (publication.content, publication.immutable, listings) for ref in group}
+    known.update(publication.reused)
     if pointer is not None:
         known[pointer.key] = _sha256(pointer.data)
     skipped = frozenset(plan.skip)

@@ -21,6 +21,7 @@ mirrors is listed; a mirror without a country is in the `all` lists only.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import shlex
@@ -722,6 +723,59 @@ def render_listings(listing: ListingInput) -> tuple[Artifact, ...]:
 
 def iter_listings(listing: ListingInput) -> Iterator[Artifact]:
     """The pages of `render_listings`, one at a time as they are rendered (the caller spools them)."""
+    for page in iter_pages(listing):
+        assert page.artifact is not None
+        yield page.artifact
+
+
+@dataclass(frozen=True)
+class Page:
+    """One listing object: rendered, or (`artifact` None) left as published because `unchanged(key,
+    inputs)` said the copy rendered from the same inputs is current. `inputs` is the digest of
+    everything a browse page shows (None for the other objects, which are always rendered)."""
+
+    key: str
+    inputs: str | None
+    artifact: Artifact | None
+
+
+# Browse pages see only these of the common context: nothing that changes with every publication
+# (the pointer, the package count), so a page's bytes follow its directory's inputs alone.
+BROWSE_CONTEXT = (
+    "repo", "snapshot_format", "format_label", "public_url", "fingerprint", "webseeds", "webseeds_for",
+    "has_mirrors", "signature_bases",
+)  # fmt: skip
+RENDER_RECIPE = "1"  # bump when the browse context or its filters change
+
+
+def templates_digest(templates_dir: Path | None) -> str:
+    """A digest of every template file the environment can load (the operator's, then the built-in)."""
+    digest = hashlib.sha256(f"{RENDER_RECIPE}\0{jinja2.__version__}".encode())
+    for directory in (templates_dir, BUILTIN_TEMPLATES):
+        if directory is None or not directory.is_dir():
+            continue
+        for path in sorted(p for p in directory.rglob("*") if p.is_file()):
+            digest.update(f"\0{directory}\0{path.relative_to(directory)}\0".encode("utf-8", "surrogateescape"))
+            digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
+def _browse_inputs(templates: str, context: Mapping[str, Any], directory: str, subdirs: Sequence[str],
+                   packages: Sequence[PackageRecord]) -> str:  # fmt: skip
+    webseeds_for = context["webseeds_for"]
+    rows = [
+        (r.path, r.size, r.sha256, r.infohash, r.piece_size, r.torrent, r.metalink, r.magnet, r.name, r.version,
+         r.arch, None if r.signature is None else (r.signature.path, r.signature.size, r.signature.sha256),
+         r.description, None if webseeds_for is None else list(webseeds_for(r.path)))
+        for r in packages
+    ]  # fmt: skip
+    fixed = {key: context[key] for key in BROWSE_CONTEXT if key != "webseeds_for"}
+    document = [templates, fixed, directory, list(subdirs), rows]
+    return hashlib.sha256(json.dumps(document, ensure_ascii=False, default=list).encode("utf-8")).hexdigest()
+
+
+def iter_pages(listing: ListingInput, unchanged: Callable[[str, str], bool] | None = None) -> Iterator[Page]:
+    """Every listing object as a Page; with `unchanged`, a browse page it vouches for is not rendered."""
     checked = _checked(listing)
     env = make_environment(listing.templates_dir)
     where = listing.templates_dir
@@ -756,26 +810,38 @@ def iter_listings(listing: ListingInput) -> Iterator[Artifact]:
         "mirror_count": len(checked.mirrors),
         "listed_count": len(listed_mirrors(checked.mirrors)),
     }
-    yield make_artifact(FRONT_KEY, _page(env, FRONT_TEMPLATE, front, where))
+    yield _whole(make_artifact(FRONT_KEY, _page(env, FRONT_TEMPLATE, front, where)))
 
+    browse_common = {key: common[key] for key in BROWSE_CONTEXT}
+    templates = templates_digest(listing.templates_dir) if unchanged is not None else ""
     tree = _tree(records)
     for directory in sorted(tree):
         node = tree[directory]
+        key = browse_key(directory)
+        subdirs = sorted(node.subdirs)
+        inputs = None
+        if unchanged is not None:
+            inputs = _browse_inputs(templates, browse_common, directory, subdirs, node.packages)
+            if unchanged(key, inputs):
+                yield Page(key, inputs, None)
+                continue
         page = {
-            **common,
-            "page_key": browse_key(directory),
+            **browse_common,
+            "page_key": key,
             "dir": directory,
             "crumbs": _crumbs(listing.repo, directory),
-            "subdirs": [Subdir(basename(d), d) for d in sorted(node.subdirs)],
+            "subdirs": [Subdir(basename(d), d) for d in subdirs],
             "packages": node.packages,
         }
-        yield make_artifact(page["page_key"], _page(env, BROWSE_TEMPLATE, page, where))
+        yield Page(key, inputs, make_artifact(key, _page(env, BROWSE_TEMPLATE, page, where)))
 
     if has_mirrors:
         lists, list_artifacts = _mirror_lists(listing, checked)
-        yield from list_artifacts
+        yield from map(_whole, list_artifacts)
         document = mirrors_document(listing, checked.mirrors, checked.snapshot_time)
-        yield (make_artifact(MIRRORS_JSON_KEY, (json.dumps(document, sort_keys=True, indent=2) + "\n").encode("utf-8")))
+        yield _whole(
+            make_artifact(MIRRORS_JSON_KEY, (json.dumps(document, sort_keys=True, indent=2) + "\n").encode("utf-8"))
+        )
         counts = {s: sum(1 for r in checked.mirrors if r.status == s) for s in STATUS_ORDER}
         page = {
             **common,
@@ -790,9 +856,13 @@ def iter_listings(listing: ListingInput) -> Iterator[Artifact]:
             "architectures": checked.architectures,
             "json_key": MIRRORS_JSON_KEY,
         }
-        yield make_artifact(MIRRORS_KEY, _page(env, MIRRORS_TEMPLATE, page, where))
+        yield _whole(make_artifact(MIRRORS_KEY, _page(env, MIRRORS_TEMPLATE, page, where)))
 
-    yield make_artifact(STYLE_KEY, _style(env, where))
+    yield _whole(make_artifact(STYLE_KEY, _style(env, where)))
+
+
+def _whole(artifact: Artifact) -> Page:
+    return Page(artifact.key, None, artifact)
 
 
 def _page(env: jinja2.Environment, template: str, context: Mapping[str, Any], where: Path | None) -> bytes:

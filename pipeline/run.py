@@ -68,6 +68,7 @@ from pipeline.urls import join_url, magnet_uri
 
 if TYPE_CHECKING:
     from pipeline.mirrors import MirrorReport
+    from pipeline.render import ListingInput
 
 log = logging.getLogger(__name__)
 
@@ -503,41 +504,56 @@ def _release(settings: Settings, spool: Spool, progress: Progress, now: Callable
             )
 
         with clock.stage("render"):
-            from pipeline.render import ListingInput, iter_listings  # lazy: jinja2 only when there is a page to write
+            from pipeline.render import ListingInput, iter_pages  # lazy: jinja2 only when there is a page to write
 
-            listings = spool.add_all(
-                iter_listings(
-                    ListingInput(
-                        repo=settings.repo,
-                        snapshot_format=snapshot.format,
-                        public_url=public_url,
-                        pointer=pointer,
-                        fingerprint=key_info.fingerprint,
-                        records=records,
-                        webseeds=_webseeds_now(mirror_report, mirror_urls),
-                        webseeds_for=mirror_report.webseeds_for if settings.all_mirrors else None,
-                        templates_dir=settings.templates_dir,
-                        mirrors=mirror_report.statuses,
-                        suites=snapshot.suites,
-                        components=snapshot.components,
-                        architectures=snapshot.architectures,
-                        snapshot_time=rfc3339(snapshot.timestamp) if snapshot.timestamp else None,
-                    )
-                )
+            listing_input = ListingInput(
+                repo=settings.repo,
+                snapshot_format=snapshot.format,
+                public_url=public_url,
+                pointer=pointer,
+                fingerprint=key_info.fingerprint,
+                records=records,
+                webseeds=_webseeds_now(mirror_report, mirror_urls),
+                webseeds_for=mirror_report.webseeds_for if settings.all_mirrors else None,
+                templates_dir=settings.templates_dir,
+                mirrors=mirror_report.statuses,
+                suites=snapshot.suites,
+                components=snapshot.components,
+                architectures=snapshot.architectures,
+                snapshot_time=rfc3339(snapshot.timestamp) if snapshot.timestamp else None,
             )
-            listings = tuple(sorted(listings, key=lambda ref: ref.key))
+            # A browse page whose inputs are those of the page published last time is not rendered
+            # again (publish renders it after all if the destination no longer holds that copy).
+            memo = state.page_memo()
+            rendered: list[SpooledArtifact] = []
+            reused: dict[str, str] = {}
+            page_rows: list[tuple[str, str, str]] = []
+            page_keys: list[str] = []
+            for page in iter_pages(listing_input, unchanged=lambda key, inputs: memo.get(key, ("",))[0] == inputs):
+                page_keys.append(page.key)
+                if page.artifact is None:
+                    assert page.inputs is not None
+                    reused[page.key] = memo[page.key][1]
+                    continue
+                ref = spool.add(page.artifact)
+                rendered.append(ref)
+                if page.inputs is not None:
+                    page_rows.append((ref.key, page.inputs, ref.sha256))
+            memo.clear()
+            listings = tuple(sorted(rendered, key=lambda ref: ref.key))
+            render_again = _renderer(listing_input) if reused else None
 
         index_keys = (pointer.index.path, pointer.index.path + ".sig", pointer.index_torrent)
         pointer_etag = current.etag if current else None
         referenced = frozenset(
             [r.metalink for r in records]
             + [r.torrent for r in records if r.torrent is not None]
-            + [ref.key for ref in listings]
+            + page_keys
             + [*index_keys, POINTER_KEY, "signing-key.asc", "signing-key.gpg"]
         )
         # Publishing needs only the spooled objects and the keys: drop the per-file values first (~130 MB
         # at 63,000 packages) so that the upload plan and manifest reuse their memory.
-        del records, fingerprints, snapshot, current
+        del records, fingerprints, snapshot, current, listing_input
         with clock.stage("publish"):
             result = publish(
                 storage,
@@ -550,6 +566,8 @@ def _release(settings: Settings, spool: Spool, progress: Progress, now: Callable
                     listings=listings,
                     referenced=referenced,
                     pointer_sha256=pointer_sha256,
+                    reused=reused,
+                    render=render_again or (lambda keys: ()),
                 ),
                 dry_run=settings.dry_run,
                 progress=progress,
@@ -559,7 +577,20 @@ def _release(settings: Settings, spool: Spool, progress: Progress, now: Callable
             )
         if result.written:
             state.remember_publication(pointer.index.sha256, inputs)
+            state.remember_pages(page_rows, keep=page_keys)
     return report(pointer, action, changes, plan=result.plan)
+
+
+def _renderer(listing: ListingInput) -> Callable[[frozenset[str]], Iterator[Artifact]]:
+    """Renders the given pages again (those publish finds the destination lost): keeps `listing` alive."""
+    from pipeline.render import iter_pages
+
+    def render(keys: frozenset[str]) -> Iterator[Artifact]:
+        for page in iter_pages(listing, unchanged=lambda key, inputs: key not in keys):
+            if page.key in keys and page.artifact is not None:
+                yield page.artifact
+
+    return render
 
 
 def _still_fresh(pointer: Pointer, now: datetime, settings: Settings) -> bool:

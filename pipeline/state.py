@@ -286,6 +286,32 @@ class StateCache:
             self._db.execute("ROLLBACK")
             raise
 
+    # --- listing pages (pipeline.run) -------------------------------------------------------------
+
+    def page_memo(self) -> dict[str, tuple[str, str]]:
+        """page key -> (inputs digest, SHA-256 of the page rendered from them) of the last publication."""
+        try:
+            rows = self._db.execute("SELECT key, inputs, sha256 FROM pages").fetchall()
+        except sqlite3.OperationalError:  # no such table: written by an older mirrorseed
+            return {}
+        return {str(key): (str(inputs), str(sha256)) for key, inputs, sha256 in rows}
+
+    def remember_pages(self, rows: Iterable[tuple[str, str, str]], keep: Iterable[str]) -> None:
+        """Store (key, inputs, sha256) rows; drop the pages not in `keep` (directories that went away)."""
+        self._db.execute("BEGIN")
+        try:
+            self._db.execute(
+                "CREATE TABLE IF NOT EXISTS pages (key TEXT PRIMARY KEY, inputs TEXT NOT NULL, sha256 TEXT NOT NULL)"
+            )
+            self._db.executemany("INSERT OR REPLACE INTO pages VALUES (?, ?, ?)", rows)
+            kept = set(keep)
+            stale = [(k,) for (k,) in self._db.execute("SELECT key FROM pages") if k not in kept]
+            self._db.executemany("DELETE FROM pages WHERE key = ?", stale)
+            self._db.execute("COMMIT")
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+
     # --- mirror facts (pipeline.mirrors) ---------------------------------------------------------
 
     def mirror_facts(self, mirror: str) -> Iterator[MirrorFact]:

@@ -157,6 +157,39 @@ def test_one_changed_file_rewrites_only_its_own_listing_pages(signing_key: Signi
     assert not any(k.startswith(("torrents/dir0", "metalinks/dir2")) for k in report.planned_keys)
 
 
+def test_only_changed_directories_are_rendered_and_a_lost_page_is_rendered_again(
+    signing_key: SigningKey, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import pipeline.render
+
+    snap, dest, state = tmp_path / "snap", tmp_path / "dest", tmp_path / "state.sqlite"
+    make_flat(snap)
+    release(settings(snap, dest, signing_key, state))
+    lost = dest / "browse/dir0/index.html"
+    lost_bytes = lost.read_bytes()
+    rendered: list[str] = []
+    real_page = pipeline.render._page
+
+    def spy(env: object, template: str, context: dict[str, object], where: object) -> bytes:
+        rendered.append(str(context["page_key"]))
+        return real_page(env, template, context, where)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(pipeline.render, "_page", spy)
+    (snap / "dir1" / "file-04.bin").write_bytes(b"changed" * 7000)
+    release(settings(snap, dest, signing_key, state))
+    assert sorted(k for k in rendered if k.startswith("browse/")) == ["browse/dir1/index.html"]
+
+    lost.unlink()  # the destination lost a page the state vouches for: rendered again before any write
+    rendered.clear()
+    (snap / "dir1" / "file-04.bin").write_bytes(b"changed again" * 7000)
+    report = release(settings(snap, dest, signing_key, state))
+    assert sorted(k for k in rendered if k.startswith("browse/")) == [
+        "browse/dir0/index.html",
+        "browse/dir1/index.html",
+    ]
+    assert lost.read_bytes() == lost_bytes and "browse/dir0/index.html" in report.planned_keys
+
+
 @pytest.mark.parametrize("garbage", [b"this is not a database" * 100, b"foreign"])
 def test_corrupt_or_foreign_cache_is_reported_in_one_line_and_rebuilt(
     signing_key: SigningKey, tmp_path: Path, garbage: bytes
