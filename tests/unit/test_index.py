@@ -102,16 +102,7 @@ def pointer(**changes: Any) -> Pointer:
 
 
 def document(**changes: Any) -> dict[str, Any]:
-    args: dict[str, Any] = {
-        "repo": "debian",
-        "sequence": 3,
-        "generated": NOW,
-        "webseeds": ["https://deb.example.org/debian/", "http://mirror.example.net/debian/"],
-        "trackers": ["udp://tracker.example.org:6969/announce"],
-        "packages": RECORDS,
-    }
-    args.update(changes)
-    return index_document(**args)
+    return index_document(**stream_args(**changes))
 
 
 def validator(name: str) -> jsonschema.Draft202012Validator:
