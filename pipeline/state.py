@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 import sqlite3
 from collections.abc import Iterable, Iterator, Sequence
-from contextlib import closing
+from contextlib import closing, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
@@ -48,7 +48,16 @@ CREATE TABLE IF NOT EXISTS files (
 """
 
 
-_MIRROR_TABLES = {
+# Tables added after the first state format: created when missing, recreated when their columns differ.
+_TABLES = {
+    "publications": (
+        "CREATE TABLE publications (index_sha256 TEXT PRIMARY KEY, inputs TEXT NOT NULL, seen INTEGER NOT NULL)",
+        ("index_sha256", "inputs", "seen"),
+    ),
+    "pages": (
+        "CREATE TABLE pages (key TEXT PRIMARY KEY, inputs TEXT NOT NULL, sha256 TEXT NOT NULL)",
+        ("key", "inputs", "sha256"),
+    ),
     "mirror_files": (
         "CREATE TABLE mirror_files (\n"
         "    mirror TEXT NOT NULL,\n"
@@ -159,7 +168,7 @@ class StateCache:
                 db.executemany("INSERT INTO meta VALUES (?, ?)", [("format", STATE_FORMAT), ("repo", repo)])
             elif meta.get("format") != STATE_FORMAT or meta.get("repo") != repo:
                 raise _ForeignCache(f"format {meta.get('format')!r} for repo {meta.get('repo')!r}, not {repo!r}")
-            _ensure_mirror_tables(db, path)
+            _ensure_tables(db, path)
         except BaseException:
             db.close()
             raise
@@ -173,6 +182,17 @@ class StateCache:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+    @contextmanager
+    def _transaction(self) -> Iterator[None]:
+        """BEGIN … COMMIT, rolled back if anything inside (or the COMMIT) fails."""
+        self._db.execute("BEGIN")
+        try:
+            yield
+            self._db.execute("COMMIT")
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
 
     def lookup(self, files: Sequence[FileEntry]) -> dict[str, CachedFile]:
         """The cached facts of every file whose (dev, inode, size, mtime_ns) is unchanged, by path.
@@ -215,8 +235,7 @@ class StateCache:
         return found
 
     def store(self, rows: Iterable[StateRow]) -> None:
-        self._db.execute("BEGIN")
-        try:
+        with self._transaction():
             self._db.executemany(
                 "INSERT OR REPLACE INTO files VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
@@ -235,10 +254,6 @@ class StateCache:
                     for r in rows
                 ),
             )
-            self._db.execute("COMMIT")
-        except BaseException:
-            self._db.execute("ROLLBACK")
-            raise
 
     def file_count(self) -> int:
         """How many files the cache holds (equal to the snapshot's when every file hit: nothing to forget)."""
@@ -249,29 +264,20 @@ class StateCache:
         keep = set(paths)
         stale = [(p,) for (p,) in self._db.execute("SELECT path FROM files") if p not in keep]
         if stale:
-            self._db.execute("BEGIN")
-            self._db.executemany("DELETE FROM files WHERE path = ?", stale)
-            self._db.execute("COMMIT")
+            with self._transaction():
+                self._db.executemany("DELETE FROM files WHERE path = ?", stale)
         return len(stale)
 
     # --- publications (pipeline.run) ---------------------------------------------------------------
 
     def publication_inputs(self, index_sha256: str) -> str | None:
         """The inputs digest this cache saw the index `index_sha256` built from (or verified equal to)."""
-        try:
-            row = self._db.execute("SELECT inputs FROM publications WHERE index_sha256 = ?", (index_sha256,)).fetchone()
-        except sqlite3.OperationalError:  # no such table: written by an older mirrorseed
-            return None
+        row = self._db.execute("SELECT inputs FROM publications WHERE index_sha256 = ?", (index_sha256,)).fetchone()
         return None if row is None else str(row[0])
 
     def remember_publication(self, index_sha256: str, inputs: str) -> None:
         """Remember that the index `index_sha256` holds exactly what `inputs` builds (the latest few kept)."""
-        self._db.execute("BEGIN")
-        try:
-            self._db.execute(
-                "CREATE TABLE IF NOT EXISTS publications "
-                "(index_sha256 TEXT PRIMARY KEY, inputs TEXT NOT NULL, seen INTEGER NOT NULL)"
-            )
+        with self._transaction():
             self._db.execute(
                 "INSERT OR REPLACE INTO publications VALUES "
                 "(?, ?, (SELECT COALESCE(MAX(seen), 0) + 1 FROM publications))",
@@ -281,36 +287,21 @@ class StateCache:
                 "DELETE FROM publications WHERE seen <= (SELECT MAX(seen) FROM publications) - ?",
                 (KEPT_PUBLICATIONS,),
             )
-            self._db.execute("COMMIT")
-        except BaseException:
-            self._db.execute("ROLLBACK")
-            raise
 
     # --- listing pages (pipeline.run) -------------------------------------------------------------
 
     def page_memo(self) -> dict[str, tuple[str, str]]:
         """page key -> (inputs digest, SHA-256 of the page rendered from them) of the last publication."""
-        try:
-            rows = self._db.execute("SELECT key, inputs, sha256 FROM pages").fetchall()
-        except sqlite3.OperationalError:  # no such table: written by an older mirrorseed
-            return {}
+        rows = self._db.execute("SELECT key, inputs, sha256 FROM pages").fetchall()
         return {str(key): (str(inputs), str(sha256)) for key, inputs, sha256 in rows}
 
     def remember_pages(self, rows: Iterable[tuple[str, str, str]], keep: Iterable[str]) -> None:
         """Store (key, inputs, sha256) rows; drop the pages not in `keep` (directories that went away)."""
-        self._db.execute("BEGIN")
-        try:
-            self._db.execute(
-                "CREATE TABLE IF NOT EXISTS pages (key TEXT PRIMARY KEY, inputs TEXT NOT NULL, sha256 TEXT NOT NULL)"
-            )
+        with self._transaction():
             self._db.executemany("INSERT OR REPLACE INTO pages VALUES (?, ?, ?)", rows)
             kept = set(keep)
             stale = [(k,) for (k,) in self._db.execute("SELECT key FROM pages") if k not in kept]
             self._db.executemany("DELETE FROM pages WHERE key = ?", stale)
-            self._db.execute("COMMIT")
-        except BaseException:
-            self._db.execute("ROLLBACK")
-            raise
 
     # --- mirror facts (pipeline.mirrors) ---------------------------------------------------------
 
@@ -325,8 +316,7 @@ class StateCache:
 
     def update_mirror_facts(self, mirror: str, verified: Iterable[MirrorFact], forgotten: Iterable[str]) -> None:
         """In one transaction: remember (or refresh) `verified` and drop the facts of the `forgotten` paths."""
-        self._db.execute("BEGIN")
-        try:
+        with self._transaction():
             self._db.executemany(
                 "DELETE FROM mirror_files WHERE mirror = ? AND path = ?", ((mirror, path) for path in forgotten)
             )
@@ -334,15 +324,10 @@ class StateCache:
                 "INSERT OR REPLACE INTO mirror_files VALUES (?, ?, ?, ?, ?, ?)",
                 ((mirror, f.path, f.sha256, f.verified_at, f.checks, f.last_modified) for f in verified),
             )
-            self._db.execute("COMMIT")
-        except BaseException:
-            self._db.execute("ROLLBACK")
-            raise
 
     def forget_mirrors_except(self, mirrors: Iterable[str], paths: Iterable[str]) -> int:
         """Drop what is kept of mirrors not in `mirrors` and facts of paths not in `paths`; returns facts dropped."""
-        self._db.execute("BEGIN")
-        try:
+        with self._transaction():
             self._db.execute("CREATE TEMP TABLE IF NOT EXISTS keep_mirrors (mirror TEXT PRIMARY KEY)")
             self._db.execute("CREATE TEMP TABLE IF NOT EXISTS keep_paths (path TEXT PRIMARY KEY)")
             self._db.execute("DELETE FROM keep_mirrors")
@@ -356,10 +341,6 @@ class StateCache:
             self._db.execute("DELETE FROM mirror_health WHERE mirror NOT IN (SELECT mirror FROM keep_mirrors)")
             self._db.execute("DELETE FROM keep_mirrors")
             self._db.execute("DELETE FROM keep_paths")
-            self._db.execute("COMMIT")
-        except BaseException:
-            self._db.execute("ROLLBACK")
-            raise
         return dropped
 
     def mirror_health(self, mirror: str) -> MirrorHealthRecord | None:
@@ -371,26 +352,21 @@ class StateCache:
         return None if row is None else MirrorHealthRecord(*row)
 
     def store_mirror_health(self, records: Iterable[MirrorHealthRecord]) -> None:
-        self._db.execute("BEGIN")
-        try:
+        with self._transaction():
             self._db.executemany(
                 "INSERT OR REPLACE INTO mirror_health VALUES (?, ?, ?, ?, ?, ?)",
                 ((r.mirror, r.status, r.checked_at, r.down_runs, r.down_since, r.last_sync) for r in records),
             )
-            self._db.execute("COMMIT")
-        except BaseException:
-            self._db.execute("ROLLBACK")
-            raise
 
 
-def _ensure_mirror_tables(db: sqlite3.Connection, path: Path) -> None:
-    """Create the mirror tables when missing; drop and recreate one whose columns are not the expected ones."""
-    for table, (create, columns) in _MIRROR_TABLES.items():
+def _ensure_tables(db: sqlite3.Connection, path: Path) -> None:
+    """Create the `_TABLES` when missing; drop and recreate one whose columns are not the expected ones."""
+    for table, (create, columns) in _TABLES.items():
         found = tuple(row[1] for row in db.execute(f"PRAGMA table_info({table})"))
         if found == columns:
             continue
         if found:
-            log.warning("%s: table %s has unexpected columns; recreating it empty (costs mirror probes)", path, table)
+            log.warning("%s: table %s has unexpected columns; recreating it empty (rebuilt by later runs)", path, table)
             db.execute(f"DROP TABLE {table}")
         db.execute(create)
 
