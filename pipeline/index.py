@@ -631,13 +631,16 @@ def decide(
                 "rotate the signing key and reset the destination"
             )
         return Decision("publish", current.sequence + 1)
+    return Decision("resign" if resign_due(current, now, resign_before) else "noop", current.sequence)
+
+
+def resign_due(pointer: Pointer, now: datetime, resign_before: timedelta) -> bool:
+    """Whether `pointer` expires within `resign_before` of `now` (then a run re-signs it)."""
     try:
-        expires = parse_rfc3339(current.expires)
+        expires = parse_rfc3339(pointer.expires)
     except ValueError as err:
         raise PipelineError(f"latest.asc: expires {err}") from err
-    if expires - now > resign_before:
-        return Decision("noop", current.sequence)
-    return Decision("resign", current.sequence)
+    return expires - now <= resign_before
 
 
 def record_fingerprints(records: Iterable[PackageRecord]) -> dict[str, int]:

@@ -32,8 +32,8 @@ from pipeline.index import (
     index_key,
     index_torrent_key,
     iter_index,
-    parse_rfc3339,
     record_fingerprints,
+    resign_due,
     rfc3339,
 )
 from pipeline.model import (
@@ -420,7 +420,7 @@ def _release(settings: Settings, spool: Spool, progress: Progress, now: Callable
             and not mirrors_changed
             and state.publication_inputs(current_pointer.pointer.index.sha256) == inputs
             and is_complete(storage, current_pointer.pointer_sha256)
-            and _still_fresh(current_pointer.pointer, started, settings)
+            and not resign_due(current_pointer.pointer, started, settings.effective_resign_before)
         ):
             with clock.stage("read-current"):
                 _index_bytes(storage, current_pointer.pointer)  # still there, intact
@@ -591,14 +591,6 @@ def _renderer(listing: ListingInput) -> Callable[[frozenset[str]], Iterator[Arti
                 yield page.artifact
 
     return render
-
-
-def _still_fresh(pointer: Pointer, now: datetime, settings: Settings) -> bool:
-    """Whether the pointer expires later than the re-sign margin (else this run re-signs it)."""
-    try:
-        return parse_rfc3339(pointer.expires) - now > settings.effective_resign_before
-    except ValueError:
-        return False
 
 
 # What the records and the index are built from, besides the files: bump when package_records or the
