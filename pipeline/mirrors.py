@@ -58,8 +58,8 @@ from urllib.parse import urljoin, urlsplit
 
 from pipeline.config import MirrorConfig, Settings
 from pipeline.index import rfc3339
-from pipeline.model import FileDigest, MirrorHealth, MirrorStatus, NullProgress, Progress
-from pipeline.state import MirrorFact, MirrorHealthRecord, StateCache
+from pipeline.model import FileEntry, MirrorHealth, MirrorStatus, NullProgress, Progress
+from pipeline.state import CachedFile, MirrorFact, MirrorHealthRecord, StateCache
 from pipeline.urls import join_url
 
 __all__ = [
@@ -128,9 +128,9 @@ class ProbeLimits:
         )
 
 
-def probe_files(digests: Iterable[FileDigest]) -> tuple[ProbeFile, ...]:
-    """The ProbeFiles of the hashing stage's digests."""
-    return tuple(ProbeFile(d.entry.path, d.entry.size, d.sha256, d.piece_size) for d in digests)
+def probe_files(rows: Iterable[tuple[FileEntry, CachedFile]]) -> tuple[ProbeFile, ...]:
+    """The ProbeFiles of the hashing stage's (entry, cached facts) rows."""
+    return tuple(ProbeFile(entry.path, entry.size, facts.sha256, facts.piece_size) for entry, facts in rows)
 
 
 @dataclass(frozen=True)

@@ -861,6 +861,13 @@ def iter_pages(listing: ListingInput, unchanged: Callable[[str, str], bool] | No
     yield _whole(make_artifact(STYLE_KEY, _style(env, where)))
 
 
+def render_only(listing: ListingInput, keys: frozenset[str]) -> Iterator[Artifact]:
+    """The listing objects named by `keys`, rendered (the browse pages publish finds the destination lost)."""
+    for page in iter_pages(listing, unchanged=lambda key, inputs: key not in keys):
+        if page.key in keys and page.artifact is not None:
+            yield page.artifact
+
+
 def _whole(artifact: Artifact) -> Page:
     return Page(artifact.key, None, artifact)
 

@@ -6,6 +6,7 @@ Only `publish` writes to the destination, and only after every check has passed.
 
 from __future__ import annotations
 
+import functools
 import gc
 import hashlib
 import json
@@ -54,7 +55,7 @@ from pipeline.report import RunReport
 from pipeline.signing import Signer, verify_detached, verify_signed_message
 from pipeline.snapshot import ScanSpec, scan_snapshot
 from pipeline.spool import Spool, SpooledArtifact
-from pipeline.state import CachedFile, StateCache, StateRow
+from pipeline.state import PIECES_BATCH, CachedFile, StateCache, StateRow
 from pipeline.storage import Storage, open_storage
 from pipeline.torrents import (
     BuildSpec,
@@ -68,7 +69,6 @@ from pipeline.urls import join_url, magnet_uri
 
 if TYPE_CHECKING:
     from pipeline.mirrors import MirrorReport
-    from pipeline.render import ListingInput
 
 log = logging.getLogger(__name__)
 
@@ -463,13 +463,11 @@ def _release(settings: Settings, spool: Spool, progress: Progress, now: Callable
             # objects of every record it holds are in the destination (published before its pointer).
             published = current.fingerprints if current else {}
             to_build = [r for r in records if published.get(r.path) != fingerprints[r.path]]
-            content = spool.add_all(iter_package_artifacts(((r, _cached_pieces(state, r)) for r in to_build), spec))
+            content = spool.add_all(iter_package_artifacts(_with_pieces(state, to_build), spec))
             if mirrors_changed and settings.all_mirrors:
                 unchanged_records = [r for r in records if published.get(r.path) == fingerprints[r.path]]
                 content += spool.add_all(
-                    iter_package_artifacts(
-                        ((r, _cached_pieces(state, r)) for r in unchanged_records), spec, metalinks_only=True
-                    )
+                    iter_package_artifacts(_with_pieces(state, unchanged_records), spec, metalinks_only=True)
                 )
             del to_build, published
 
@@ -504,7 +502,7 @@ def _release(settings: Settings, spool: Spool, progress: Progress, now: Callable
             )
 
         with clock.stage("render"):
-            from pipeline.render import ListingInput, iter_pages  # lazy: jinja2 only when there is a page to write
+            from pipeline.render import ListingInput, iter_pages, render_only  # lazy: jinja2 only when needed
 
             listing_input = ListingInput(
                 repo=settings.repo,
@@ -541,7 +539,8 @@ def _release(settings: Settings, spool: Spool, progress: Progress, now: Callable
                     page_rows.append((ref.key, page.inputs, ref.sha256))
             memo.clear()
             listings = tuple(sorted(rendered, key=lambda ref: ref.key))
-            render_again = _renderer(listing_input) if reused else None
+            # keeps listing_input (the records) alive through publish, only when a page may be re-rendered
+            render_again = functools.partial(render_only, listing_input) if reused else None
 
         index_keys = (pointer.index.path, pointer.index.path + ".sig", pointer.index_torrent)
         pointer_etag = current.etag if current else None
@@ -579,18 +578,6 @@ def _release(settings: Settings, spool: Spool, progress: Progress, now: Callable
             state.remember_publication(pointer.index.sha256, inputs)
             state.remember_pages(page_rows, keep=page_keys)
     return report(pointer, action, changes, plan=result.plan)
-
-
-def _renderer(listing: ListingInput) -> Callable[[frozenset[str]], Iterator[Artifact]]:
-    """Renders the given pages again (those publish finds the destination lost): keeps `listing` alive."""
-    from pipeline.render import iter_pages
-
-    def render(keys: frozenset[str]) -> Iterator[Artifact]:
-        for page in iter_pages(listing, unchanged=lambda key, inputs: key not in keys):
-            if page.key in keys and page.artifact is not None:
-                yield page.artifact
-
-    return render
 
 
 # What the records and the index are built from, besides the files: bump when package_records or the
@@ -644,13 +631,13 @@ def _check_mirrors(
     settings: Settings, snapshot: Snapshot, digested: Digests, state: StateCache, now: datetime, progress: Progress
 ) -> MirrorReport:
     """Probe the mirrors (every one, --webseed included): only a mirror verified to hold a file serves it."""
-    from pipeline.mirrors import MirrorReport, ProbeFile, ProbeLimits, check_mirrors
+    from pipeline.mirrors import MirrorReport, ProbeLimits, check_mirrors, probe_files
 
     if not settings.all_mirrors:
         return MirrorReport()
     return check_mirrors(
         settings.all_mirrors,
-        tuple(ProbeFile(e.path, e.size, facts.sha256, facts.piece_size) for e, facts in digested.rows()),
+        probe_files(digested.rows()),
         pieces_of=state.pieces_many,
         state=state,
         snapshot_time=snapshot.timestamp,
@@ -683,8 +670,13 @@ def _published_mirror_summary(storage: Storage) -> list[tuple[str, str, bool]]:
         return [("unreadable", "", False)]
 
 
-def _cached_pieces(state: StateCache, record: PackageRecord) -> bytes:
-    return state.pieces(record.path) if record.size > 0 else b""
+def _with_pieces(state: StateCache, records: Sequence[PackageRecord]) -> Iterator[tuple[PackageRecord, bytes]]:
+    """Each record with its piece hashes from the state cache (b"" for an empty file), one query per batch."""
+    for start in range(0, len(records), PIECES_BATCH):
+        batch = records[start : start + PIECES_BATCH]
+        pieces = state.pieces_many([r.path for r in batch if r.size > 0])
+        for record in batch:
+            yield record, pieces[record.path] if record.size > 0 else b""
 
 
 DEMO_PUBLIC_PORT = 8780

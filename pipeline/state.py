@@ -216,13 +216,6 @@ class StateCache:
                     hits[entry.path] = CachedFile(sha256, piece_size, infohash)  # the entry's string: one copy
         return hits
 
-    def pieces(self, path: str) -> bytes:
-        """The piece hashes of a cached path (for rebuilding its torrent without reading the file)."""
-        row = self._db.execute("SELECT pieces FROM files WHERE path = ?", (path,)).fetchone()
-        if row is None:
-            raise KeyError(path)
-        return bytes(row[0])
-
     def pieces_many(self, paths: Sequence[str]) -> dict[str, bytes]:
         """The piece hashes of the cached paths among `paths` (absent ones are left out), a few queries."""
         found: dict[str, bytes] = {}

@@ -22,11 +22,11 @@ from pipeline.mirrors import (
     parse_last_sync,
     probe_files,
 )
-from pipeline.model import FileDigest, FileEntry, MirrorStatus
+from pipeline.model import FileEntry, MirrorStatus
 from pipeline.snapshot import ScanSpec, scan_snapshot
 from pipeline.snapshot.arch import parse_lastsync
 from pipeline.snapshot.debian import release_date
-from pipeline.state import MirrorFact, MirrorHealthRecord, StateCache
+from pipeline.state import CachedFile, MirrorFact, MirrorHealthRecord, StateCache
 from tests.unit.test_snapshot_arch import HELLO as ARCH_HELLO
 from tests.unit.test_snapshot_arch import write_repo
 from tests.unit.test_snapshot_debian import HELLO, HELLO_DOC, Pkg, write_archive
@@ -182,7 +182,7 @@ def test_limits_and_probe_files_from_pipeline_values() -> None:
     settings = Settings(mirror_timeout=3, mirror_budget=50, mirror_concurrency=2, mirror_down_runs=4)
     assert ProbeLimits.from_settings(settings) == ProbeLimits(3.0, 50, 2, 4, timedelta(hours=6))
     entry = FileEntry(path="pool/a.deb", source=Path("/x"), size=5, mtime_ns=1)
-    assert probe_files([FileDigest(entry, "a" * 64, 16384, None)]) == (ProbeFile("pool/a.deb", 5, "a" * 64, 16384),)
+    assert probe_files([(entry, CachedFile("a" * 64, 16384, None))]) == (ProbeFile("pool/a.deb", 5, "a" * 64, 16384),)
 
 
 def test_no_mirrors_and_naive_times(tmp_path: Path) -> None:
@@ -249,7 +249,7 @@ def test_older_state_file_gains_the_mirror_tables_and_keeps_its_files(tmp_path: 
         )
     db.close()
     with StateCache.open(path, repo="r") as state:
-        assert state.pieces("pool/a.deb") == b"\x00"
+        assert state.pieces_many(["pool/a.deb"]) == {"pool/a.deb": b"\x00"}
         state.update_mirror_facts("http://a", [MirrorFact("pool/a.deb", "aa", "t")], [])
         assert len(list(state.mirror_facts("http://a"))) == 1
 

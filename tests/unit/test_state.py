@@ -28,7 +28,7 @@ def test_hit_only_when_dev_inode_size_and_mtime_all_match(tmp_path: Path) -> Non
         assert state.lookup([entry()]) == {"pool/a.deb": CachedFile("a" * 64, 16384, "b" * 40)}
         for change in ({"dev": 9}, {"inode": 9}, {"size": 101}, {"mtime_ns": 6}):
             assert state.lookup([entry(**change)]) == {}, change
-        assert state.pieces("pool/a.deb") == b"\x01" * 20
+        assert state.pieces_many(["pool/a.deb", "pool/none.deb"]) == {"pool/a.deb": b"\x01" * 20}
 
 
 def test_store_replaces_and_forget_drops_removed_paths(tmp_path: Path) -> None:
@@ -38,8 +38,7 @@ def test_store_replaces_and_forget_drops_removed_paths(tmp_path: Path) -> None:
         assert state.lookup([entry(mtime_ns=7)])["pool/a.deb"].sha256 == "c" * 64
         assert state.forget_except(["pool/a.deb"]) == 1
         assert state.lookup([entry("pool/b.deb")]) == {}
-        with pytest.raises(KeyError):
-            state.pieces("pool/b.deb")
+        assert state.pieces_many(["pool/b.deb"]) == {}
 
 
 def test_survives_reopen(tmp_path: Path) -> None:
