@@ -205,10 +205,9 @@ def publish(
                 f"{ref.key}: exists in the destination with different bytes and index objects are never "
                 "overwritten; another publisher uses this destination, or its previous pointer was lost"
             )
+    # the manifest holds only listed keys whose ETag and size still match
     missing = frozenset(
-        key
-        for key, sha256 in publication.reused.items()
-        if key not in listing or key not in manifest or manifest[key].sha256 != sha256
+        key for key, sha256 in publication.reused.items() if key not in manifest or manifest[key].sha256 != sha256
     )
     rendered = spool.add_all(publication.render(missing)) if missing else ()
     if {ref.key for ref in rendered} != missing:
@@ -238,11 +237,7 @@ def publish(
     skipped = frozenset(plan.skip)
     written: dict[str, ObjectInfo] = {}
     progress.start("publish", total=len(plan.put), unit="objects")
-    for batch in _batches(content_put, armed=bool(os.environ.get(FAULT_ENV))):
-        for info in storage.put_many(spool.load_many(batch)):
-            written[info.key] = info
-        progress.advance(len(batch), sum(ref.size for ref in batch))
-        fault_point("content", len(written))
+    _put_all(storage, spool, content_put, written, progress, fault="content")
     _write_manifest(
         storage, listing, manifest, written, known, publication.referenced, now, skipped=skipped, referenced_now=False
     )
@@ -271,10 +266,7 @@ def publish(
         log.info("committed %s", pointer.key)
 
     fault_point("listings")
-    for batch in _batches(listing_put, armed=False):
-        for info in storage.put_many(spool.load_many(batch)):
-            written[info.key] = info
-        progress.advance(len(batch), sum(ref.size for ref in batch))
+    _put_all(storage, spool, listing_put, written, progress)
 
     fault_point("delete")
     for key in delete:
@@ -293,10 +285,26 @@ def publish(
     return PublishResult(plan, written=True)
 
 
-def _batches(refs: Sequence[SpooledArtifact], *, armed: bool, size: int = 256) -> Iterable[list[SpooledArtifact]]:
-    step = 1 if armed else size  # one object at a time when a fault point may fire after the N-th
+def _put_all(
+    storage: Storage,
+    spool: Spool,
+    refs: Sequence[SpooledArtifact],
+    written: dict[str, ObjectInfo],
+    progress: Progress,
+    *,
+    fault: str | None = None,
+    size: int = 256,
+) -> None:
+    """Upload `refs` from the spool in batches of `size`, recording each in `written`. With `fault`, one
+    object at a time when MIRRORSEED_FAULT is armed, so the fault point can fire after the N-th."""
+    step = 1 if fault is not None and os.environ.get(FAULT_ENV) else size
     for start in range(0, len(refs), step):
-        yield list(refs[start : start + step])
+        batch = refs[start : start + step]
+        for info in storage.put_many(spool.load_many(batch)):
+            written[info.key] = info
+        progress.advance(len(batch), sum(ref.size for ref in batch))
+        if fault is not None:
+            fault_point(fault, len(written))
 
 
 def _write_manifest(
