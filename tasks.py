@@ -62,6 +62,7 @@ def _settings(config: str | None, flags: dict[str, Any]) -> Any:
         "state": "SQLite state cache (default ~/.cache/mirrorseed/<repo>.sqlite)",
         "s3_endpoint_url": "S3 endpoint for s3:// destinations (AWS: leave unset)",
         "no_cas": "publish to a store without conditional writes (only with an external lock)",
+        "allow_peer_only": "publish packages no webseed serves (a seed box of yours serves them to peers)",
         "workers": "hashing processes (default 2)",
         "verbose": "debug logging and tracebacks",
     },
@@ -86,6 +87,7 @@ def release(
     workers: int | None = None,
     s3_endpoint_url: str | None = None,
     no_cas: bool = False,
+    allow_peer_only: bool = False,
     verbose: bool = False,
 ) -> None:
     """Publish a snapshot: per-package torrents + metalinks, signed index and pointer, listings."""
@@ -112,6 +114,7 @@ def release(
                 "workers": workers,
                 "s3_endpoint_url": s3_endpoint_url,
                 "no_cas": no_cas,
+                "allow_peer_only": allow_peer_only,
             },
         )
         report = run_release(settings, progress=StderrProgress())
@@ -215,6 +218,7 @@ def bench(
         "state_file": "highest sequence seen (default ~/.cache/mirrorseed/verify-<host>.json)",
         "sample": "how many packages' webseed URLs to probe (default 20)",
         "timeout": "seconds per network read (default 10)",
+        "allow_peer_only": "accept package torrents without a url-list (the publisher released with --allow-peer-only)",
         "json": "print the report as JSON on stdout",
         "verbose": "debug logging and tracebacks",
     }
@@ -227,6 +231,7 @@ def verify(
     state_file: str | None = None,
     sample: str | None = None,
     timeout: str | None = None,
+    allow_peer_only: bool = False,
     json_: bool = False,
     verbose: bool = False,
 ) -> None:
@@ -250,6 +255,7 @@ def verify(
                 state_file=Path(state_file) if state_file else None,
                 sample=sample_count,
                 timeout=timeout_seconds,
+                allow_peer_only=allow_peer_only,
             )
         )
     if json_:

@@ -985,6 +985,7 @@ def _release_argv(repo_root: Path, snapshot: Path, dest: Path, state: Path, fing
         PUBLIC_URL,
         "--webseed",
         WEBSEED_URL,
+        "--allow-peer-only",  # the bench mirror is never up: it measures publishing, not serving
         "--key",
         fingerprint,
         "--repo",

@@ -79,6 +79,8 @@ class Settings:
     upload_concurrency: int = 8
     retention: timedelta = timedelta(days=14)
     no_cas: bool = False
+    # a package whose every webseed is down or missing is published only when a seed box serves it
+    allow_peer_only: bool = False
     # mirrors: health probes decide, per file, which mirrors are webseeds (issue on mirrors)
     mirrors: tuple[MirrorConfig, ...] = ()
     mirror_timeout: int = 10  # seconds per request
@@ -113,7 +115,7 @@ class Settings:
 _PATH_FIELDS = {"snapshot", "gnupghome", "upstream_keyring", "templates_dir", "metrics", "state"}
 _LIST_FIELDS = {"webseeds", "trackers", "suites", "components", "architectures", "sync_lock"}
 _DURATION_FIELDS = {"expires_after", "resign_before", "key_valid_margin", "retention", "mirror_down_after"}
-_BOOL_FIELDS = {"dry_run", "no_cas"}
+_BOOL_FIELDS = {"dry_run", "no_cas", "allow_peer_only"}
 _INT_FIELDS = {
     "workers",
     "s3_max_attempts",

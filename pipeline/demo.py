@@ -192,11 +192,13 @@ def build_debian_repo(
     origin: str = "mirrorseed demo",
     label: str = "mirrorseed demo",
     run: Runner | None = None,
+    reuse_pool: bool = False,
 ) -> None:
     """Write a Debian repository under `root`: pool/ of real .debs, Packages{,.gz,.xz} per arch, Release.
 
     `all` packages are listed in every `binary-<arch>/Packages`, as Debian does. Release is unsigned and
-    dated `SOURCE_DATE_EPOCH`, so the same inputs give the same bytes.
+    dated `SOURCE_DATE_EPOCH`, so the same inputs give the same bytes. With `reuse_pool`, a .deb already
+    in the pool is listed as it is (not built again).
     """
     run = run or run_command
     paths = [spec.pool_path(component) for spec in packages]
@@ -204,7 +206,8 @@ def build_debian_repo(
     if duplicates:
         raise ValueError(f"two packages build the same file: {', '.join(duplicates)}")
     for spec, path in zip(packages, paths, strict=True):
-        build_deb(spec, root / path, run=run)
+        if not (reuse_pool and (root / path).is_file()):
+            build_deb(spec, root / path, run=run)
 
     dist = root / "dists" / suite
     for arch in architectures:

@@ -90,8 +90,11 @@ def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def load_manifest(storage: Storage, listing: dict[str, ObjectInfo]) -> dict[str, ManifestEntry]:
-    """The manifest's entries that still agree with the listing (same ETag and size); others are dropped.
+def load_manifest(
+    storage: Storage, listing: dict[str, ObjectInfo], altered: set[str] | None = None
+) -> dict[str, ManifestEntry]:
+    """The manifest's entries that still agree with the listing (same ETag and size); others are dropped
+    (and, with `altered`, the listed keys among them collected there: changed since this tool wrote them).
 
     One JSON array a line after the format line: `[key, sha256, etag, size, referenced]`, read line by
     line (a whole-document JSON of 130,000 objects would cost ~100 MB to parse).
@@ -115,12 +118,42 @@ def load_manifest(storage: Storage, listing: dict[str, ObjectInfo]) -> dict[str,
             if info is not None and info.etag == etag and info.size == size:
                 # the listing's own key and ETag strings: one copy each for ~150,000 objects
                 trusted[info.key] = ManifestEntry(str(sha256), info.etag, info.size, float(referenced))
+            elif info is not None and altered is not None:
+                altered.add(info.key)
     except (ValueError, TypeError, zstandard.ZstdError) as exc:
         log.warning("%s: unreadable manifest (%s); rebuilding it from the listing", MANIFEST_KEY, exc)
         return {}
     if len(trusted) < total:
         log.info("%s: %d stale entries ignored", MANIFEST_KEY, total - len(trusted))
     return trusted
+
+
+@dataclass(frozen=True)
+class Destination:
+    """What the destination holds when a run starts, read once: its listing, the manifest entries that
+    still agree with it (same ETag and size as the listing shows), and the listed keys whose manifest
+    entry disagrees (altered since this tool wrote them)."""
+
+    listing: Mapping[str, ObjectInfo]
+    manifest: Mapping[str, ManifestEntry]
+    altered: frozenset[str] = frozenset()
+
+    def holds(self, key: str) -> bool:
+        """Whether `key` is there and not known to be altered (a key written after the manifest of a
+        killed run is listed but not in the manifest: it counts as held)."""
+        return key in self.listing and key not in self.altered
+
+    def lost(self, keys: Iterable[str]) -> list[str]:
+        """The keys among `keys` the destination no longer holds as written (deleted or altered), sorted."""
+        return sorted({key for key in keys if not self.holds(key)})
+
+
+def read_destination(storage: Storage) -> Destination:
+    """List the destination and load its manifest (the one read of both in a run)."""
+    listing = {info.key: info for info in storage.list()}
+    altered: set[str] = set()
+    manifest = load_manifest(storage, listing, altered)
+    return Destination(listing, manifest, frozenset(altered))
 
 
 def _plan_group(
@@ -189,12 +222,15 @@ def publish(
     now: datetime | None = None,
     retention: timedelta = timedelta(days=14),
     use_cas: bool = True,
+    destination: Destination | None = None,
 ) -> PublishResult:
-    """Write `publication` in order (or, with dry_run, only plan it)."""
+    """Write `publication` in order (or, with dry_run, only plan it). `destination`: what the run read
+    of the destination when it started (read here when not given)."""
     progress = progress or NullProgress()
     now = now or datetime.now(UTC)
-    listing = {info.key: info for info in storage.list()}
-    manifest = load_manifest(storage, listing)
+    destination = destination or read_destination(storage)
+    listing = dict(destination.listing)
+    manifest = dict(destination.manifest)
 
     spool = publication.spool
     content_put, content_skip = _plan_group(storage, spool, publication.content, listing, manifest)

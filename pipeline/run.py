@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from pipeline.config import MirrorConfig, Settings, require_release_inputs
-from pipeline.errors import PipelineError, StorageError
+from pipeline.errors import ConfigError, PipelineError, StorageError
 from pipeline.hashing import check_expected, iter_hashed, piece_size_for
 from pipeline.index import (
     Decision,
@@ -50,7 +50,7 @@ from pipeline.model import (
     Snapshot,
 )
 from pipeline.objects import make_artifact
-from pipeline.publish import Publication, UploadPlan, is_complete, publish
+from pipeline.publish import Destination, Publication, UploadPlan, is_complete, publish, read_destination
 from pipeline.report import RunReport
 from pipeline.signing import Signer, verify_detached, verify_signed_message
 from pipeline.snapshot import ScanSpec, scan_snapshot
@@ -63,7 +63,10 @@ from pipeline.torrents import (
     digest_of,
     hash_pieces_of_bytes,
     iter_package_artifacts,
+    metalink_key,
     package_records,
+    torrent_key,
+    webseed_bases,
 )
 from pipeline.urls import join_url, magnet_uri
 
@@ -73,6 +76,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 POINTER_KEY = "latest.asc"
+SIGNING_KEY_KEYS = ("signing-key.asc", "signing-key.gpg")
 
 
 @dataclass(frozen=True)
@@ -213,6 +217,13 @@ def digest_files(files: Sequence[FileEntry], state: StateCache, *, workers: int,
     carry ~110 MB of them.
     """
     known = state.lookup(files)
+    # A cached digest the repository's metadata contradicts is not evidence against the mirror: the file
+    # may have been rewritten in place with its size and mtime restored (some sync tools do). The
+    # metadata is the stronger evidence; hash such a file again before blaming the mirror.
+    for entry in files:
+        cached = known.get(entry.path)
+        if cached is not None and entry.expected_sha256 is not None and cached.sha256 != entry.expected_sha256.lower():
+            del known[entry.path]
     misses = [entry for entry in files if entry.path not in known]
     rows: list[StateRow] = []
     for item in iter_hashed(misses, workers=workers, progress=progress):
@@ -377,6 +388,18 @@ def _release(settings: Settings, spool: Spool, progress: Progress, now: Callable
             current_pointer = read_pointer(
                 storage, repo=settings.repo, keyring=keyring, fingerprint=key_info.fingerprint
             )
+            destination = read_destination(storage)
+        # Clients that saw a sequence reject anything at or below it: never sign one this publisher has
+        # already committed (a destination rolled back to an older pointer is published above it).
+        floor = state.highest_sequence()
+        rolled_back = current_pointer is not None and current_pointer.pointer.sequence < floor
+        if rolled_back:
+            assert current_pointer is not None
+            log.warning(
+                "%s: sequence %d, but this publisher already committed sequence %d (state %s): the destination "
+                "was rolled back; publishing sequence %d so that clients which saw %d accept it",
+                POINTER_KEY, current_pointer.pointer.sequence, floor, state.path, floor + 1, floor,
+            )  # fmt: skip
         with clock.stage("build"):
             inputs = publication_inputs(settings, public_url, digested, mirror_report)
 
@@ -414,13 +437,16 @@ def _release(settings: Settings, spool: Spool, progress: Progress, now: Callable
             )
 
         # The common case after a sync with nothing new: this state cache remembers that the index the
-        # current pointer names was built from exactly these inputs. Nothing is decoded or rebuilt.
+        # current pointer names was built from exactly these inputs, and the destination still holds every
+        # object that publication names. Nothing is decoded or rebuilt.
         if (
             current_pointer is not None
+            and not rolled_back
             and not mirrors_changed
             and state.publication_inputs(current_pointer.pointer.index.sha256) == inputs
             and is_complete(storage, current_pointer.pointer_sha256)
             and not resign_due(current_pointer.pointer, started, settings.effective_resign_before)
+            and not _lost(destination, current_pointer.pointer, snapshot.files, state.page_memo())
         ):
             with clock.stage("read-current"):
                 _index_bytes(storage, current_pointer.pointer)  # still there, intact
@@ -433,9 +459,11 @@ def _release(settings: Settings, spool: Spool, progress: Progress, now: Callable
             _settle()
         with clock.stage("read-current"):
             current = None if current_pointer is None else read_index(storage, current_pointer)
+            # index objects of the current pointer that the destination lost: only a new sequence restores them
+            index_lost = current is not None and bool(destination.lost(_index_keys(current.pointer)))
         decision: Decision = decide(
             current=current.pointer if current else None,
-            current_fingerprints=current.fingerprints if current else None,
+            current_fingerprints=None if index_lost or rolled_back else current.fingerprints if current else None,
             current_webseeds=current.webseeds if current else (),
             current_trackers=current.trackers if current else (),
             fingerprints=fingerprints,
@@ -444,14 +472,33 @@ def _release(settings: Settings, spool: Spool, progress: Progress, now: Callable
             now=started,
             resign_before=settings.effective_resign_before,
         )
+        if decision.action == "publish" and decision.sequence <= floor:
+            decision = Decision("publish", floor + 1)
         changes = _changes(current, fingerprints)
         action: str = decision.action
+        # Objects of unchanged records that the current publication names but the destination lost
+        # (deleted, or altered since this tool wrote them): built again and put back by this run.
+        published = current.fingerprints if current else {}
+        lost_records = [
+            r
+            for r in records
+            if published.get(r.path) == fingerprints[r.path]
+            and not (destination.holds(r.metalink) and (r.torrent is None or destination.holds(r.torrent)))
+        ]
         if action == "noop":
             assert current is not None
-            if not is_complete(storage, current.pointer_sha256):
-                action = "finish"  # a run committed this pointer but died before its listings: finish them
+            lost_other = destination.lost(_fixed_keys(state.page_memo()))
+            if not is_complete(storage, current.pointer_sha256) or lost_records or lost_other:
+                # a run committed this pointer but died before its listings, or objects it names were lost
+                action = "finish"
             elif mirrors_changed:
                 action = "refresh"  # same packages, but a mirror's status changed: metalinks and pages show it
+        if lost_records:
+            log.warning(
+                "%d torrents or metalinks the current index names are missing or altered in the destination "
+                "(first: %s); putting them back",
+                len(lost_records), lost_records[0].path,
+            )  # fmt: skip
         if action == "noop":
             assert current is not None
             if not settings.dry_run:
@@ -461,15 +508,20 @@ def _release(settings: Settings, spool: Spool, progress: Progress, now: Callable
         with clock.stage("build"):
             # Torrents and metalinks only for records the current index does not already hold: the
             # objects of every record it holds are in the destination (published before its pointer).
-            published = current.fingerprints if current else {}
             to_build = [r for r in records if published.get(r.path) != fingerprints[r.path]]
-            content = spool.add_all(iter_package_artifacts(_with_pieces(state, to_build), spec))
+            restore = [] if mirrors_changed and settings.all_mirrors else lost_records
+            if not settings.allow_peer_only:
+                _refuse_unserved([*to_build, *restore], spec, mirror_report.statuses)
+            content = spool.add_all(iter_package_artifacts(_with_pieces(state, [*to_build, *restore]), spec))
             if mirrors_changed and settings.all_mirrors:
+                # every unchanged record's metalink again; the torrents the destination lost too
+                lost_torrents = [r for r in lost_records if r.torrent is not None and not destination.holds(r.torrent)]
+                content += spool.add_all(iter_package_artifacts(_with_pieces(state, lost_torrents), spec))
                 unchanged_records = [r for r in records if published.get(r.path) == fingerprints[r.path]]
                 content += spool.add_all(
                     iter_package_artifacts(_with_pieces(state, unchanged_records), spec, metalinks_only=True)
                 )
-            del to_build, published
+            del to_build, published, restore
 
         with clock.stage("sign"):
             index_refs: tuple[SpooledArtifact, ...] = ()
@@ -498,7 +550,7 @@ def _release(settings: Settings, spool: Spool, progress: Progress, now: Callable
                 pointer_sha256 = _sha256(pointer_artifact.data)
             key_asc, key_gpg = signer.export_public_key()
             content += spool.add_all(
-                (make_artifact("signing-key.asc", key_asc), make_artifact("signing-key.gpg", key_gpg))
+                (make_artifact(SIGNING_KEY_KEYS[0], key_asc), make_artifact(SIGNING_KEY_KEYS[1], key_gpg))
             )
 
         with clock.stage("render"):
@@ -535,24 +587,25 @@ def _release(settings: Settings, spool: Spool, progress: Progress, now: Callable
                     continue
                 ref = spool.add(page.artifact)
                 rendered.append(ref)
-                if page.inputs is not None:
-                    page_rows.append((ref.key, page.inputs, ref.sha256))
+                # every page is remembered (so a no-change run can tell one the destination lost); pages
+                # rendered on every run have no inputs digest ("")
+                page_rows.append((ref.key, page.inputs or "", ref.sha256))
             memo.clear()
             listings = tuple(sorted(rendered, key=lambda ref: ref.key))
             # keeps listing_input (the records) alive through publish, only when a page may be re-rendered
             render_again = functools.partial(render_only, listing_input) if reused else None
 
-        index_keys = (pointer.index.path, pointer.index.path + ".sig", pointer.index_torrent)
+        index_keys = _index_keys(pointer)
         pointer_etag = current.etag if current else None
         referenced = frozenset(
             [r.metalink for r in records]
             + [r.torrent for r in records if r.torrent is not None]
             + page_keys
-            + [*index_keys, POINTER_KEY, "signing-key.asc", "signing-key.gpg"]
+            + [*index_keys, POINTER_KEY, *SIGNING_KEY_KEYS]
         )
         # Publishing needs only the spooled objects and the keys: drop the per-file values first (~130 MB
         # at 63,000 packages) so that the upload plan and manifest reuse their memory.
-        del records, fingerprints, snapshot, current, listing_input
+        del records, fingerprints, snapshot, current, listing_input, lost_records
         with clock.stage("publish"):
             result = publish(
                 storage,
@@ -573,8 +626,10 @@ def _release(settings: Settings, spool: Spool, progress: Progress, now: Callable
                 now=started,
                 retention=settings.retention,
                 use_cas=not settings.no_cas,
+                destination=destination,
             )
         if result.written:
+            state.remember_sequence(pointer.sequence)
             state.remember_publication(pointer.index.sha256, inputs)
             state.remember_pages(page_rows, keep=page_keys)
     return report(pointer, action, changes, plan=result.plan)
@@ -613,6 +668,32 @@ def publication_inputs(settings: Settings, public_url: str, digests: Digests, mi
     return hashlib.sha256("\n".join(lines).encode("utf-8", "surrogateescape")).hexdigest()
 
 
+def _index_keys(pointer: Pointer) -> tuple[str, str, str]:
+    return (pointer.index.path, pointer.index.path + ".sig", pointer.index_torrent)
+
+
+def _fixed_keys(pages: Mapping[str, object]) -> Iterator[str]:
+    """The keys a publication names besides its index objects and packages: the signing keys and the
+    listing pages the last publication rendered."""
+    yield from SIGNING_KEY_KEYS
+    yield from pages
+
+
+def _lost(destination: Destination, pointer: Pointer, files: Sequence[FileEntry], pages: Mapping[str, object]) -> bool:
+    """Whether the destination lost (or holds altered) any object of the publication `pointer` names, when
+    that publication was built from `files` and rendered `pages` (the memo fast path's check)."""
+
+    def keys() -> Iterator[str]:
+        yield from _index_keys(pointer)
+        yield from _fixed_keys(pages)
+        for entry in files:
+            yield metalink_key(entry.path)
+            if entry.size > 0:
+                yield torrent_key(entry.path)
+
+    return any(not destination.holds(key) for key in keys())
+
+
 def _published_signature(storage: Storage, key: str, data: bytes, signer: Signer) -> bytes | None:
     """The destination's signature of index `key` if it holds exactly `data` and the signature is ours."""
     stored = storage.get(key)
@@ -625,6 +706,24 @@ def _published_signature(storage: Storage, key: str, data: bytes, signer: Signer
         except PipelineError:
             return None
     return signature.data
+
+
+def _refuse_unserved(records: Sequence[PackageRecord], spec: BuildSpec, statuses: Sequence[MirrorStatus]) -> None:
+    """A torrent without a webseed depends on peers alone: refuse to publish one unless the operator said
+    a seed box serves it (`allow_peer_only`). `invoke verify` applies the same rule."""
+    unserved = [r.path for r in records if r.torrent is not None and not webseed_bases(spec, r.path)]
+    if not unserved:
+        return
+    more = f" and {len(unserved) - 1} more" if len(unserved) > 1 else ""
+    if not spec.webseeds:
+        why = "no webseed is configured; add --webseed URL (or [[mirrorseed.mirrors]] in mirror.toml)"
+    else:
+        shown = "; ".join(f"{m.url}: {m.status}{f' ({m.detail})' if m.detail else ''}" for m in statuses)
+        why = f"no webseed holds them ({shown}); fix the mirror URLs or bring the mirrors up"
+    raise ConfigError(
+        f"{unserved[0]}{more}: no webseed would serve this torrent, so downloads would depend on peers alone: "
+        f"{why}, or pass --allow-peer-only (allow_peer_only = true) if a seed box of yours serves them"
+    )
 
 
 def _check_mirrors(

@@ -281,6 +281,17 @@ class StateCache:
                 (KEPT_PUBLICATIONS,),
             )
 
+    def highest_sequence(self) -> int:
+        """The highest sequence of a pointer this publisher committed for the repo (0: none remembered)."""
+        row = self._db.execute("SELECT value FROM meta WHERE key = 'highest_sequence'").fetchone()
+        return int(row[0]) if row is not None and str(row[0]).isascii() and str(row[0]).isdigit() else 0
+
+    def remember_sequence(self, sequence: int) -> None:
+        """Remember that a pointer of `sequence` was committed (the highest is kept)."""
+        if sequence > self.highest_sequence():
+            with self._transaction():
+                self._db.execute("INSERT OR REPLACE INTO meta VALUES ('highest_sequence', ?)", (str(sequence),))
+
     # --- listing pages (pipeline.run) -------------------------------------------------------------
 
     def page_memo(self) -> dict[str, tuple[str, str]]:

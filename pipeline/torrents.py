@@ -266,6 +266,11 @@ def _urls(spec: BuildSpec) -> _Urls:
     )
 
 
+def webseed_bases(spec: BuildSpec, path: str) -> Sequence[str]:
+    """The mirror base URLs that serve `path` in this build (its torrent's url-list is made of these)."""
+    return spec.webseeds if spec.webseeds_for is None else spec.webseeds_for(path)
+
+
 def _url_list(urls: _Urls, path: str) -> list[str]:
     # BEP 19 directory form per mirror; the full file URL is that plus the encoded name, which is
     # join_url(base, path) by construction (quoting the directory once per file, not twice).

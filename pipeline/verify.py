@@ -86,6 +86,8 @@ class VerifySpec:
     state_file: Path | None = None  # default: default_state_file(public_url)
     sample: int = 20  # packages whose webseed URLs are probed (evenly spaced in path order)
     timeout: float = 10.0  # seconds per network read
+    # release's rule: every package torrent names a webseed (url-list) unless published with --allow-peer-only
+    allow_peer_only: bool = False
     now: datetime | None = None  # aware; default: the current time
 
 
@@ -494,6 +496,7 @@ class _PackageResult:
     problems: list[str] = field(default_factory=list)
     pieces: bytes | None = None  # the torrent's piece SHA-1s, when its infohash matched the index
     published_bases: list[str] = field(default_factory=list)  # public URLs the documents point users to
+    url_list: tuple[str, ...] | None = None  # the torrent's webseed directory URLs, when it was read
 
 
 @dataclass(frozen=True)
@@ -533,6 +536,7 @@ class _Audit:
             "index_webseed_probes": 0,
         }
         self.published_bases: list[str] = []
+        self.url_lists: dict[str, tuple[str, ...]] = {}  # path -> the webseed directory URLs its torrent names
 
     def _pinned(self) -> str:
         if self.spec.fingerprint is not None:
@@ -798,6 +802,8 @@ class _Audit:
             self.published_bases.extend(result.published_bases)
             if result.pieces is not None:
                 pieces[record.path] = result.pieces
+            if result.url_list is not None:
+                self.url_lists[record.path] = result.url_list
         return pieces
 
     def check_package(self, record: PackageRecord, index: _Index) -> _PackageResult:
@@ -812,15 +818,20 @@ class _Audit:
             except ValueError as err:
                 result.problems.append(f"{url}: not a valid torrent ({err})")
             else:
-                problems, result.pieces = _package_torrent_problems(torrent, record, index)
+                problems, result.pieces = _package_torrent_problems(
+                    torrent, record, index, allow_peer_only=self.spec.allow_peer_only
+                )
                 result.problems.extend(f"{url}: {p}" for p in problems)
+                result.url_list = tuple(seed for seed in _url_list(torrent.meta) if seed is not None)
         url = self.url(record.metalink)
         try:
             data = self.http.request(url, limit=cap).body
         except _FetchError as err:
             result.problems.append(f"{url}: {err}")
             return result
-        problems, base = _metalink_problems(data, record, index, result.pieces)
+        problems, base = _metalink_problems(
+            data, record, index, result.pieces, allow_peer_only=self.spec.allow_peer_only
+        )
         result.problems.extend(f"{url}: {p}" for p in problems)
         if base is not None and base != self.base:
             result.published_bases.append(base)
@@ -839,7 +850,14 @@ class _Audit:
     def probe_webseeds(self, index: _Index, pieces: dict[str, bytes]) -> None:
         candidates = [r for r in index.records if r.size > 0]
         chosen = _evenly_spaced(candidates, self.spec.sample)
-        jobs = [(record, seed) for record in chosen for seed in index.webseeds]
+        # each sampled package on the webseeds its torrent names (what users' clients use; a mirror the
+        # publisher found not to hold a file is not in that file's url-list)
+        jobs = [
+            (record, seed)
+            for record in chosen
+            for seed in index.webseeds
+            if record.path not in self.url_lists or webseed_dir_url(seed, record.path) in self.url_lists[record.path]
+        ]
         self.checked["webseed_probes"] = len(jobs)
         with ThreadPoolExecutor(max_workers=WORKERS, thread_name_prefix="verify") as pool:
             results = list(pool.map(lambda job: self.probe(job[0], job[1], pieces.get(job[0].path)), jobs))
@@ -1015,7 +1033,7 @@ def _record_problems(item: object) -> list[str]:
 
 
 def _package_torrent_problems(
-    torrent: _Torrent, record: PackageRecord, index: _Index
+    torrent: _Torrent, record: PackageRecord, index: _Index, *, allow_peer_only: bool = False
 ) -> tuple[list[str], bytes | None]:
     """Problems of one package's torrent, and its piece hashes when its infohash is the index's."""
     if torrent.infohash != record.infohash:
@@ -1041,8 +1059,11 @@ def _package_torrent_problems(
         pieces = None
     allowed = {webseed_dir_url(seed, record.path) for seed in index.webseeds}
     seeds = _url_list(torrent.meta)
-    if index.webseeds and not seeds:
-        problems.append("no url-list: the index has webseeds, so aria2 could fetch it from them")
+    if not seeds and not allow_peer_only:
+        problems.append(
+            "no url-list: no webseed serves it, so a download depends on peers (release refuses this unless "
+            "--allow-peer-only; pass --allow-peer-only here too if a seed box serves it)"
+        )
     for seed in seeds:
         if seed not in allowed:
             problems.append(
@@ -1052,7 +1073,7 @@ def _package_torrent_problems(
 
 
 def _metalink_problems(
-    data: bytes, record: PackageRecord, index: _Index, pieces: bytes | None
+    data: bytes, record: PackageRecord, index: _Index, pieces: bytes | None, *, allow_peer_only: bool = False
 ) -> tuple[list[str], str | None]:
     """Problems of one package's metalink, and the public URL its torrent metaurl is under."""
     if b"<!DOCTYPE" in data or b"<!ENTITY" in data:
@@ -1081,8 +1102,8 @@ def _metalink_problems(
     problems += _metalink_pieces_problems(file.find(f"{ns}pieces"), ns, record, pieces)
     allowed = {join_url(seed, record.path) for seed in index.webseeds}
     urls = [(u.text or "").strip() for u in file.findall(f"{ns}url")]
-    if index.webseeds and not urls:
-        problems.append("no <url>: the index has webseeds")
+    if not urls and not allow_peer_only:
+        problems.append("no <url>: no webseed serves it (pass --allow-peer-only if a seed box does)")
     problems += [f"url {u!r} is not <webseed>/<path> of an index webseed" for u in urls if u not in allowed]
     metaurls = [(m.text or "").strip() for m in file.findall(f"{ns}metaurl") if m.get("mediatype") == "torrent"]
     base: str | None = None

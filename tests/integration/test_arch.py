@@ -238,6 +238,7 @@ def release_args(snapshot: Path, dest: Path, key: str) -> list[str]:
         "http://127.0.0.1:9/pub",
         "--webseed",
         "http://127.0.0.1:9/mirror",
+        "--allow-peer-only",
         "--repo",
         "arch-test",
     ]

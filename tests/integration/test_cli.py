@@ -30,6 +30,7 @@ def args(snapshot: Path, dest: Path, key: str, *extra: str) -> list[str]:
         "http://127.0.0.1:9/pub",
         "--webseed",
         "http://127.0.0.1:9/mirror",
+        "--allow-peer-only",
         *extra,
     ]
 

@@ -54,7 +54,8 @@ def client_view(fetch: Fetch, key: SigningKey) -> int:
 def release_args(snapshot: Path, dest: str, key: SigningKey) -> list[str]:
     return [
         "release", "--snapshot", str(snapshot), "--dest", dest, "--key", key.fingerprint, "--repo", "crash",
-        "--public-url", "http://127.0.0.1:9/pub", "--webseed", "http://127.0.0.1:9/mirror", "--json",
+        "--public-url", "http://127.0.0.1:9/pub", "--webseed", "http://127.0.0.1:9/mirror", "--allow-peer-only",
+        "--json",
     ]  # fmt: skip
 
 
@@ -128,7 +129,7 @@ def test_rerun_in_the_same_second_reuses_the_orphan_index_and_its_signature(
 
     settings = Settings(
         snapshot=debian_repo, format="debian", dest=str(tmp_path / "dest"), public_url="http://127.0.0.1:9/p",
-        repo="crash", webseeds=("http://127.0.0.1:9/m",), key=signing_key.fingerprint,
+        repo="crash", webseeds=("http://127.0.0.1:9/m",), allow_peer_only=True, key=signing_key.fingerprint,
         gnupghome=signing_key.gnupghome,
     )  # fmt: skip
     moment = datetime(2026, 11, 20, 8, 0, tzinfo=UTC)

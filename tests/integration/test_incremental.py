@@ -35,6 +35,7 @@ def settings(snapshot: Path, dest: Path, key: SigningKey, state: Path) -> Settin
         public_url="http://127.0.0.1:9/pub",
         repo="incr",
         webseeds=("http://127.0.0.1:9/mirror",),
+        allow_peer_only=True,  # the mirror is never up: these tests are about re-runs
         key=key.fingerprint,
         gnupghome=key.gnupghome,
         state=state,
@@ -206,7 +207,7 @@ def test_corrupt_or_foreign_cache_is_reported_in_one_line_and_rebuilt(
     args = [
         "release", "--snapshot", str(snap), "--format", "flat", "--dest", str(dest), "--key",
         signing_key.fingerprint, "--public-url", "http://127.0.0.1:9/pub", "--repo", "incr", "--state", str(state),
-        "--json",
+        "--allow-peer-only", "--json",
     ]  # fmt: skip
     done = run_cli(*args, env={"GNUPGHOME": str(signing_key.gnupghome)})
     assert done.returncode == 0, done.stderr
@@ -229,7 +230,8 @@ def test_a_no_change_run_imports_neither_torf_nor_jinja2_nor_boto3(signing_key: 
         from pipeline.run import release
         report = release(Settings(snapshot=Path({str(snap)!r}), format="flat", dest={str(dest)!r},
                                   public_url="http://127.0.0.1:9/pub", repo="incr",
-                                  webseeds=("http://127.0.0.1:9/mirror",), key={signing_key.fingerprint!r},
+                                  webseeds=("http://127.0.0.1:9/mirror",), allow_peer_only=True,
+                                  key={signing_key.fingerprint!r},
                                   gnupghome=Path({str(signing_key.gnupghome)!r}), state=Path({str(state)!r})))
         heavy = sorted(m for m in ("torf", "jinja2", "boto3", "botocore") if m in sys.modules)
         print(json.dumps({{"action": report.action, "heavy": heavy}}))

@@ -221,7 +221,16 @@ def test_same_input_gives_byte_identical_torrents_and_metalinks(
     outputs = []
     for name in ("a", "b"):
         dest = tmp_path / name
-        release(settings_for(debian_repo, dest, "http://127.0.0.1:9/pub", "http://127.0.0.1:9/mirror", signing_key))
+        release(
+            settings_for(
+                debian_repo,
+                dest,
+                "http://127.0.0.1:9/pub",
+                "http://127.0.0.1:9/mirror",
+                signing_key,
+                allow_peer_only=True,
+            )
+        )
         outputs.append(
             {
                 str(p.relative_to(dest)): p.read_bytes()

@@ -27,6 +27,7 @@ def test_unreferenced_objects_are_kept_for_the_retention_window_then_deleted(
     settings = Settings(
         snapshot=snap, format="flat", dest=str(dest), public_url="http://127.0.0.1:9/pub", repo="ret",
         key=signing_key.fingerprint, gnupghome=signing_key.gnupghome, state=tmp_path / "state.sqlite",
+        allow_peer_only=True,  # no webseed: this test is about retention
     )  # fmt: skip
     first = release(settings, now=lambda: T0)
     first_index = dest / (first.planned_keys and next(k for k in first.planned_keys if k.endswith(".json.zst")))

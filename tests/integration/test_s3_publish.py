@@ -49,6 +49,7 @@ def s3_settings(server: SeaweedServer, bucket: str, snapshot: Path, key: Signing
         public_url=server.public_url(bucket, "pub"),
         repo="s3test",
         webseeds=(mirror,),
+        allow_peer_only="127.0.0.1:9/" in mirror,  # a dead mirror: these tests are about the store
         key=key.fingerprint,
         gnupghome=key.gnupghome,
         s3_endpoint_url=server.endpoint,
@@ -129,7 +130,7 @@ def test_a_run_that_loses_the_compare_and_swap_stops_and_changes_nothing_reachab
     else:
         settings = Settings(
             snapshot=debian_repo, format="debian", dest=str(tmp_path / "dest"), public_url="http://127.0.0.1:9/p",
-            repo="s3test", webseeds=("http://127.0.0.1:9/m",), key=signing_key.fingerprint,
+            repo="s3test", webseeds=("http://127.0.0.1:9/m",), allow_peer_only=True, key=signing_key.fingerprint,
             gnupghome=signing_key.gnupghome,
         )  # fmt: skip
 
