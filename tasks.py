@@ -182,6 +182,14 @@ def test(c: Context, k: str | None = None, fast: bool = False) -> None:
         c.run(f"{py} -m pytest -q -ra{selection}", echo=True, pty=False)
 
 
+@task(help={"update": "write the current output as the new golden files (review the diff before committing)"})
+def golden(c: Context, update: bool = False) -> None:
+    """Publish the demo and a flat snapshot with a fixed clock and key; compare with tests/golden/ (or update it)."""
+    env = {"MIRRORSEED_GOLDEN_UPDATE": "1"} if update else {}
+    with c.cd(str(ROOT)):
+        c.run(f"{sys.executable} -m pytest -q tests/integration/test_golden.py", echo=True, pty=False, env=env)
+
+
 @task(
     help={
         "files": "corpus size in files (default 3000), drawn from ../shared/data with a fixed seed",
@@ -267,7 +275,7 @@ def verify(
         raise Exit(report.summary(), code=1)
 
 
-ns = Collection(release, demo, test, bench, verify)
+ns = Collection(release, demo, test, bench, verify, golden)
 
 
 @task(
