@@ -150,8 +150,8 @@ def _emit(report: Any, *, as_json: bool, metrics: Path | None) -> None:
 def demo(c: Context, serve: bool = False, dest: str = "public", verbose: bool = False) -> None:
     """Build the demo Debian snapshot and key, publish to ./public, fetch one package with aria2 as users do."""
     with _pipeline_errors(verbose):
+        from pipeline.demo import run_demo
         from pipeline.progress import StderrProgress
-        from pipeline.run import run_demo
 
         def announce(line: str) -> None:
             print(line, file=sys.stderr, flush=True)
@@ -171,13 +171,13 @@ def demo(c: Context, serve: bool = False, dest: str = "public", verbose: bool = 
 
 @task(help={"k": "only run tests matching this expression", "fast": "skip lint and type checks"})
 def test(c: Context, k: str | None = None, fast: bool = False) -> None:
-    """The whole suite: ruff (lint + format check), mypy --strict on pipeline/, pytest (unit + integration)."""
+    """The whole suite: ruff (lint + format check), mypy --strict on pipeline/ and bench/, pytest (unit + integration)."""
     py = sys.executable
     with c.cd(str(ROOT)):
         if not fast:
             c.run(f"{py} -m ruff check .", echo=True)
             c.run(f"{py} -m ruff format --check .", echo=True)
-            c.run(f"{py} -m mypy pipeline", echo=True)
+            c.run(f"{py} -m mypy pipeline bench", echo=True)
         selection = f" -k {k!r}" if k else ""
         c.run(f"{py} -m pytest -q -ra{selection}", echo=True, pty=False)
 
@@ -204,7 +204,7 @@ def bench(
 ) -> None:
     """Benchmark: hashlib ceiling, peers and mirrorseed (full, no-change, 1%-changed) on one corpus; print the table."""
     with _pipeline_errors():
-        from pipeline.bench import BenchOptions, run_bench
+        from bench.harness import BenchOptions, run_bench
 
         def announce(line: str) -> None:
             print(line, file=sys.stderr, flush=True)

@@ -11,7 +11,6 @@ import gc
 import hashlib
 import json
 import logging
-import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -20,7 +19,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from pipeline.config import MirrorConfig, Settings, require_release_inputs
+from pipeline.config import Settings, require_release_inputs
 from pipeline.errors import ConfigError, PipelineError, StorageError
 from pipeline.hashing import check_expected, iter_hashed, piece_size_for
 from pipeline.index import (
@@ -776,112 +775,3 @@ def _with_pieces(state: StateCache, records: Sequence[PackageRecord]) -> Iterato
         pieces = state.pieces_many([r.path for r in batch if r.size > 0])
         for record in batch:
             yield record, pieces[record.path] if record.size > 0 else b""
-
-
-DEMO_PUBLIC_PORT = 8780
-DEMO_MIRROR_PORT = 8781
-
-
-@dataclass(frozen=True)
-class DemoResult:
-    report: RunReport
-    recipe: str
-    fetched: str
-    public_url: str
-    mirror_url: str
-
-
-def run_demo(
-    *,
-    cache_dir: Path,
-    dest: Path,
-    serve: bool = False,
-    progress: Progress | None = None,
-    announce: Callable[[str], None] = lambda line: None,
-    wait: Callable[[], None] | None = None,
-    public_port: int = DEMO_PUBLIC_PORT,
-    mirror_port: int = DEMO_MIRROR_PORT,
-) -> DemoResult:
-    """`invoke demo`: demo snapshot + demo key -> publish to `dest` through release() -> serve both on
-    loopback -> run the front page's user recipe (aria2c, gpgv, sha256sum) in a scratch dir -> check it."""
-    import subprocess
-
-    from pipeline.demo import build_demo_snapshot, demo_key
-    from pipeline.render import example_package
-    from pipeline.serve import serve_directory
-
-    public_url = f"http://127.0.0.1:{public_port}"
-    mirror_url = f"http://127.0.0.1:{mirror_port}"
-    announce(f"demo: building the demo Debian snapshot in {cache_dir} (cached after the first run)")
-    snapshot = build_demo_snapshot(cache_dir)
-    dest.mkdir(parents=True, exist_ok=True)
-    try:
-        servers = (serve_directory(dest, port=public_port), serve_directory(snapshot.root, port=mirror_port))
-    except OSError as exc:
-        raise PipelineError(
-            f"127.0.0.1:{public_port}/{mirror_port}: cannot listen ({exc.strerror}); stop the other demo and retry"
-        ) from exc
-    with servers[0], servers[1]:
-        announce(f"demo: mirror of the snapshot at {mirror_url}/ (probed before it becomes a webseed)")
-        with demo_key(cache_dir) as key:
-            settings = Settings(
-                snapshot=snapshot.root,
-                format="debian",
-                dest=str(dest),
-                public_url=public_url,
-                repo="demo",
-                mirrors=(
-                    MirrorConfig(
-                        url=mirror_url, country="DE", continent="EU", name="demo mirror (loopback)", priority=1
-                    ),
-                ),
-                key=key.fingerprint,
-                gnupghome=key.gnupghome,
-            )
-            announce(f"demo: publishing {snapshot.package_count} packages to {dest} with DEMO key {key.fingerprint}")
-            report = release(settings, progress=progress)
-            with Signer(gnupghome=key.gnupghome, key=key.fingerprint).keyring() as keyring:
-                current = read_pointer(
-                    open_storage(str(dest)), repo="demo", keyring=keyring, fingerprint=key.fingerprint
-                )
-        assert current is not None
-        example = example_package(published_records(open_storage(str(dest)), current.pointer))
-        if example is None:
-            raise PipelineError("demo: the demo snapshot has no package to fetch; delete .demo/ and run again")
-        recipe = front_page_recipe((dest / "index.html").read_text(encoding="utf-8"))
-        announce(f"demo: destination served at {public_url}/index.html")
-        announce(f"demo: fetching {example.path} with aria2 exactly as the front page says")
-        with tempfile.TemporaryDirectory(prefix="mirrorseed-demo-user-") as scratch:
-            done = subprocess.run(
-                ["bash", "-c", recipe], cwd=scratch, capture_output=True, text=True, timeout=300, check=False
-            )
-            if done.returncode != 0:
-                tail = " | ".join((done.stdout + done.stderr).strip().splitlines()[-5:])
-                raise PipelineError(f"demo: the user recipe failed (exit {done.returncode}): {tail}")
-            fetched = Path(scratch) / "packages" / example.path.rsplit("/", 1)[-1]
-            if not fetched.is_file() or _sha256(fetched.read_bytes()) != example.sha256:
-                raise PipelineError(f"demo: {fetched.name} was not fetched intact by the recipe")
-        announce(f"demo: fetched {example.path} ({example.size} bytes), SHA-256 matches the signed index")
-        if serve:
-            announce("demo: serving until Ctrl-C")
-            (wait or _wait_forever)()
-    return DemoResult(report, recipe, example.path, public_url, mirror_url)
-
-
-def front_page_recipe(front_page: str) -> str:
-    """The first copy-paste recipe of a published front page, as a user copies it."""
-    import html
-    import re
-
-    found = re.search(r'<pre class="recipe"><code>(.*?)</code></pre>', front_page, re.DOTALL)
-    if found is None:
-        raise PipelineError("index.html: no recipe on the front page; check templates_dir")
-    return html.unescape(found.group(1))
-
-
-def _wait_forever() -> None:
-    try:
-        while True:
-            time.sleep(3600)
-    except KeyboardInterrupt:
-        return

@@ -18,11 +18,11 @@ from urllib.parse import quote
 import pytest
 import zstandard
 
-from pipeline.archrepo import ArchPkgSpec, build_arch_repo
 from pipeline.config import MirrorConfig, Settings
 from pipeline.run import release
 from pipeline.serve import serve_directory
 from pipeline.signing import Signer
+from tests.fixtures.archrepo import ArchPkgSpec, build_arch_repo
 from tests.integration.conftest import SigningKey, aria2_command, run_cli, tree_state
 
 pytestmark = pytest.mark.integration

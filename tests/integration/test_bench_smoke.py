@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.bench import distribution_path
+from bench.harness import distribution_path
 
 pytestmark = pytest.mark.integration
 

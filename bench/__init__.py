@@ -1,0 +1,1 @@
+"""The benchmark harness behind `invoke bench` (not part of the library)."""
