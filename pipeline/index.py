@@ -1,4 +1,4 @@
-"""The index document and the pointer payload (DESIGN section 5): build, encode, decode, decide.
+"""The index document and the pointer payload (DESIGN section 5): build, encode, decode.
 
 Pure functions: no gpg, no storage. Decoding treats its input as hostile (it comes back from the
 destination or a mirror): sizes are checked before anything is decompressed, and every error is a
@@ -12,14 +12,14 @@ import hashlib
 import io
 import json
 import re
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
-from typing import Any, Literal
+from datetime import UTC, datetime
+from typing import Any
 
 import zstandard
 
-from pipeline.errors import PipelineError, SnapshotError, StorageError
+from pipeline.errors import SnapshotError, StorageError
 from pipeline.model import IndexRef, PackageRecord, Pointer
 
 INDEX_FORMAT = "mirrorseed-index/1"
@@ -581,66 +581,6 @@ def _want_int(doc: dict[str, Any], *keys: str) -> list[str]:
 def _relative(path: str) -> bool:
     parts = path.split("/")
     return bool(path) and all(part not in ("", ".", "..") for part in parts) and "\\" not in path
-
-
-@dataclass(frozen=True)
-class Decision:
-    """What this run publishes: a new index and pointer, only a re-signed pointer, or nothing."""
-
-    action: Literal["publish", "resign", "noop"]
-    sequence: int
-
-
-def decide(
-    *,
-    current: Pointer | None,
-    current_fingerprints: Mapping[str, int] | None,
-    current_webseeds: Sequence[str],
-    current_trackers: Sequence[str],
-    fingerprints: Mapping[str, int],
-    webseeds: Sequence[str],
-    trackers: Sequence[str],
-    now: datetime,
-    resign_before: timedelta,
-) -> Decision:
-    """DESIGN 5: publish (sequence+1) on any change, else re-sign when expiry is near, else nothing.
-
-    Records compare by their `record_fingerprints` (by value, ignoring `description` and order);
-    webseeds and trackers compare as sets. `current_fingerprints` None (the current index could not be
-    read) counts as a change.
-    """
-    if now.tzinfo is None:
-        raise ValueError("now must be an aware datetime")
-    if current is None:
-        return Decision("publish", 1)
-    if not 1 <= current.sequence < 2**53:
-        raise PipelineError(
-            f"latest.asc: sequence {current.sequence} is outside 1..2^53-1; clients reject it: "
-            "rotate the signing key and reset the destination"
-        )
-    changed = (
-        current_fingerprints is None
-        or current_fingerprints != fingerprints
-        or set(current_webseeds) != set(webseeds)
-        or set(current_trackers) != set(trackers)
-    )
-    if changed:
-        if current.sequence >= MAX_SEQUENCE:
-            raise PipelineError(
-                f"latest.asc: sequence {current.sequence} cannot grow past 2^53-1: "
-                "rotate the signing key and reset the destination"
-            )
-        return Decision("publish", current.sequence + 1)
-    return Decision("resign" if resign_due(current, now, resign_before) else "noop", current.sequence)
-
-
-def resign_due(pointer: Pointer, now: datetime, resign_before: timedelta) -> bool:
-    """Whether `pointer` expires within `resign_before` of `now` (then a run re-signs it)."""
-    try:
-        expires = parse_rfc3339(pointer.expires)
-    except ValueError as err:
-        raise PipelineError(f"latest.asc: expires {err}") from err
-    return expires - now <= resign_before
 
 
 def record_fingerprints(records: Iterable[PackageRecord]) -> dict[str, int]:

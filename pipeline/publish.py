@@ -18,7 +18,7 @@ import json
 import logging
 import os
 import signal
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
@@ -58,10 +58,9 @@ class Publication:
     listings: tuple[SpooledArtifact, ...]
     referenced: frozenset[str]
     pointer_sha256: str  # of the pointer bytes that are current once this publication is complete
-    # Pages not rendered because their inputs did not change: key -> SHA-256 of the published copy.
-    # One the destination no longer holds with that SHA-256 is rendered by `render` before any write.
+    # Pages not rendered because their inputs did not change and the destination holds them as published:
+    # key -> SHA-256 of the published copy.
     reused: Mapping[str, str] = field(default_factory=dict)
-    render: Callable[[frozenset[str]], Iterable[Artifact]] = lambda keys: ()
 
 
 @dataclass(frozen=True)
@@ -142,6 +141,11 @@ class Destination:
         """Whether `key` is there and not known to be altered (a key written after the manifest of a
         killed run is listed but not in the manifest: it counts as held)."""
         return key in self.listing and key not in self.altered
+
+    def sha256(self, key: str) -> str | None:
+        """The SHA-256 the manifest records for `key`, if the destination still holds it as written."""
+        entry = self.manifest.get(key)
+        return entry.sha256 if entry is not None else None
 
     def lost(self, keys: Iterable[str]) -> list[str]:
         """The keys among `keys` the destination no longer holds as written (deleted or altered), sorted."""
@@ -241,14 +245,14 @@ def publish(
                 f"{ref.key}: exists in the destination with different bytes and index objects are never "
                 "overwritten; another publisher uses this destination, or its previous pointer was lost"
             )
-    # the manifest holds only listed keys whose ETag and size still match
-    missing = frozenset(
+    # the manifest holds only listed keys whose ETag and size still match; the run renders every page the
+    # destination does not hold as published, so this only guards that promise
+    missing = sorted(
         key for key, sha256 in publication.reused.items() if key not in manifest or manifest[key].sha256 != sha256
     )
-    rendered = spool.add_all(publication.render(missing)) if missing else ()
-    if {ref.key for ref in rendered} != missing:
-        raise StorageError(f"listings: {len(missing)} pages to render again, {len(rendered)} rendered")
-    listings = (*publication.listings, *rendered)
+    if missing:
+        raise StorageError(f"{missing[0]}: a listing page reused unrendered is not in the destination; run again")
+    listings = publication.listings
     listing_put, listing_skip = _plan_group(storage, spool, listings, listing, manifest)
     listing_skip += sorted(publication.reused.keys() - missing)
     delete = _expired(listing, manifest, publication.referenced, (now - retention).timestamp())

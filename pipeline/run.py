@@ -6,7 +6,6 @@ Only `publish` writes to the destination, and only after every check has passed.
 
 from __future__ import annotations
 
-import functools
 import gc
 import hashlib
 import json
@@ -20,11 +19,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from pipeline.config import Settings, require_release_inputs
+from pipeline.decision import Decision, Facts, decide, resign_due, same_content
 from pipeline.errors import ConfigError, PipelineError, StorageError
 from pipeline.hashing import check_expected, iter_hashed, piece_size_for
 from pipeline.index import (
-    Decision,
-    decide,
     decode_index,
     decode_pointer,
     encode_index_stream,
@@ -33,7 +31,6 @@ from pipeline.index import (
     index_torrent_key,
     iter_index,
     record_fingerprints,
-    resign_due,
     rfc3339,
 )
 from pipeline.model import (
@@ -41,6 +38,7 @@ from pipeline.model import (
     FileDigest,
     FileEntry,
     IndexRef,
+    KeyInfo,
     MirrorStatus,
     NullProgress,
     PackageRecord,
@@ -341,297 +339,413 @@ def _settle() -> None:
 
 
 def _release(settings: Settings, spool: Spool, progress: Progress, now: Callable[[], datetime]) -> RunReport:
-    require_release_inputs(settings)
-    assert settings.snapshot is not None and settings.key is not None and settings.public_url is not None
-    clock = StageClock()
-    started = now().replace(microsecond=0)
-    expires = started + settings.expires_after
-    public_url = settings.public_url.rstrip("/")
-    mirror_urls = tuple(m.url for m in settings.all_mirrors)
-    spec = BuildSpec(webseeds=mirror_urls, trackers=settings.trackers, public_url=public_url)
-
-    with clock.stage("start-up"):
-        storage = open_storage(settings.dest, settings)
-        probe = getattr(storage, "probe_conditional_writes", None)
-        if probe is not None and not settings.no_cas and not settings.dry_run:
-            probe()
-        signer = Signer(gnupghome=settings.gnupghome, key=settings.key)
-        key_info = signer.check_key(must_be_valid_until=expires + settings.key_valid_margin)
-
+    """The product's story, one named step each: read everything, decide, then build, sign, render, publish."""
+    run = _begin(settings, now)
+    clock = run.clock
     with clock.stage("scan"):
-        snapshot = scan_snapshot(
-            ScanSpec(
-                root=settings.snapshot,
-                format=settings.format,
-                suites=settings.suites,
-                components=settings.components,
-                architectures=settings.architectures,
-                upstream_keyring=settings.upstream_keyring,
-                sync_lock=settings.sync_lock,
-            )
-        )
+        snapshot = scan_snapshot(_scan_spec(settings))
     with StateCache.open(settings.state_path, repo=settings.repo) as state:
         with clock.stage("hash"):
             digested = digest_files(snapshot.files, state, workers=settings.workers, progress=progress)
-        file_count, files_hashed, bytes_hashed = len(snapshot.files), digested.files_hashed, digested.bytes_hashed
+        run = replace(run, hashed=(digested.files_hashed, digested.bytes_hashed))
+        files = len(snapshot.files)
         _settle()
         with clock.stage("mirrors"):
-            mirror_report = _check_mirrors(settings, snapshot, digested, state, started, progress)
-            spec = replace(
-                spec,
-                webseeds_for=mirror_report.webseeds_for,
-                metalink_urls_for=mirror_report.metalink_urls_for,
-            )
-            mirrors_changed = _mirror_summary(mirror_report.statuses) != _published_mirror_summary(storage)
-        with clock.stage("read-current"), signer.keyring() as keyring:
-            current_pointer = read_pointer(
-                storage, repo=settings.repo, keyring=keyring, fingerprint=key_info.fingerprint
-            )
-            destination = read_destination(storage)
-        # Clients that saw a sequence reject anything at or below it: never sign one this publisher has
-        # already committed (a destination rolled back to an older pointer is published above it).
-        floor = state.highest_sequence()
-        rolled_back = current_pointer is not None and current_pointer.pointer.sequence < floor
-        if rolled_back:
-            assert current_pointer is not None
-            log.warning(
-                "%s: sequence %d, but this publisher already committed sequence %d (state %s): the destination "
-                "was rolled back; publishing sequence %d so that clients which saw %d accept it",
-                POINTER_KEY, current_pointer.pointer.sequence, floor, state.path, floor + 1, floor,
-            )  # fmt: skip
+            mirrors = _check_mirrors(settings, snapshot, digested, state, run.started, progress)
+        with clock.stage("read-current"):
+            destination = read_destination_state(run.storage, repo=settings.repo, signer=run.signer, key=run.key)
         with clock.stage("build"):
-            inputs = publication_inputs(settings, public_url, digested, mirror_report)
-
-        def report(
-            pointer: Pointer,
-            action: str,
-            changes: tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...], int],
-            *,
-            plan: UploadPlan | None = None,
-        ) -> RunReport:
-            new, changed, removed, unchanged = changes
-            return RunReport(
-                action=action,
-                sequence=pointer.sequence,
-                dry_run=settings.dry_run,
-                files=file_count,
-                bytes_hashed=bytes_hashed,
-                files_hashed=files_hashed,
-                new=new,
-                changed=changed,
-                removed=removed,
-                unchanged=unchanged,
-                objects_put=len(plan.put) if plan else 0,
-                objects_skipped=len(plan.skip) if plan else 0,
-                bytes_put=plan.put_bytes if plan else 0,
-                planned_keys=plan.put if plan else (),
-                deleted_keys=plan.delete if plan else (),
-                pointer_expires=pointer.expires,
-                pointer_expires_epoch=int(datetime.fromisoformat(pointer.expires).timestamp()),
-                key_fingerprint=key_info.fingerprint,
-                key_expires_epoch=key_info.expires,
-                stages=tuple(clock.stages),
-                destination=storage.url,
-                mirrors=tuple((m.url, m.status, m.detail) for m in mirror_report.statuses),
-            )
-
-        # The common case after a sync with nothing new: this state cache remembers that the index the
-        # current pointer names was built from exactly these inputs, and the destination still holds every
-        # object that publication names. Nothing is decoded or rebuilt.
-        if (
-            current_pointer is not None
-            and not rolled_back
-            and not mirrors_changed
-            and state.publication_inputs(current_pointer.pointer.index.sha256) == inputs
-            and is_complete(storage, current_pointer.pointer_sha256)
-            and not resign_due(current_pointer.pointer, started, settings.effective_resign_before)
-            and not _lost(destination, current_pointer.pointer, snapshot.files, state.page_memo())
-        ):
-            with clock.stage("read-current"):
-                _index_bytes(storage, current_pointer.pointer)  # still there, intact
-            return report(current_pointer.pointer, "noop", ((), (), (), file_count))
+            inputs = publication_inputs(settings, run.public_url, digested, mirrors)
+        spec = replace(run.spec, webseeds_for=mirrors.webseeds_for, metalink_urls_for=mirrors.metalink_urls_for)
+        memo = state.page_memo()
+        facts = _facts(settings, run, destination, state, snapshot.files, memo, mirrors, inputs)
+        decision = decide(facts)
+        if decision is not None and decision.action == "noop":
+            # the state vouches for the current index: nothing decoded, rebuilt or written
+            return _report(run, mirrors, destination.pointer, "noop", _no_changes(files))
 
         with clock.stage("build"):
             records = package_records(digested.digests(), spec)
             fingerprints = record_fingerprints(records)
             del digested
             _settle()
-        with clock.stage("read-current"):
-            current = None if current_pointer is None else read_index(storage, current_pointer)
-            # index objects of the current pointer that the destination lost: only a new sequence restores them
-            index_lost = current is not None and bool(destination.lost(_index_keys(current.pointer)))
-        decision: Decision = decide(
-            current=current.pointer if current else None,
-            current_fingerprints=None if index_lost or rolled_back else current.fingerprints if current else None,
-            current_webseeds=current.webseeds if current else (),
-            current_trackers=current.trackers if current else (),
-            fingerprints=fingerprints,
-            webseeds=mirror_urls,
-            trackers=settings.trackers,
-            now=started,
-            resign_before=settings.effective_resign_before,
-        )
-        if decision.action == "publish" and decision.sequence <= floor:
-            decision = Decision("publish", floor + 1)
-        changes = _changes(current, fingerprints)
-        action: str = decision.action
-        # Objects of unchanged records that the current publication names but the destination lost
-        # (deleted, or altered since this tool wrote them): built again and put back by this run.
-        published = current.fingerprints if current else {}
-        lost_records = [
-            r
-            for r in records
-            if published.get(r.path) == fingerprints[r.path]
-            and not (destination.holds(r.metalink) and (r.torrent is None or destination.holds(r.torrent)))
-        ]
-        if action == "noop":
-            assert current is not None
-            lost_other = destination.lost(_fixed_keys(state.page_memo()))
-            if not is_complete(storage, current.pointer_sha256) or lost_records or lost_other:
-                # a run committed this pointer but died before its listings, or objects it names were lost
-                action = "finish"
-            elif mirrors_changed:
-                action = "refresh"  # same packages, but a mirror's status changed: metalinks and pages show it
-        if lost_records:
-            log.warning(
-                "%d torrents or metalinks the current index names are missing or altered in the destination "
-                "(first: %s); putting them back",
-                len(lost_records), lost_records[0].path,
-            )  # fmt: skip
-        if action == "noop":
-            assert current is not None
+        current = None
+        if destination.current is not None and not facts.lost_index and decision is None:
+            with clock.stage("read-current"):
+                current = read_index(run.storage, destination.current)
+            facts = replace(facts, unchanged=_same_content(current, fingerprints, settings))
+            decision = decide(facts)
+        assert decision is not None
+        changes = _changes(current, fingerprints) if facts.unchanged is not True else _no_changes(files)
+        if decision.action == "noop":
+            assert destination.current is not None
             if not settings.dry_run:
-                state.remember_publication(current.pointer.index.sha256, inputs)
-            return report(current.pointer, action, changes)
+                state.remember_publication(destination.current.pointer.index.sha256, inputs)
+            return _report(run, mirrors, destination.pointer, "noop", changes)
 
         with clock.stage("build"):
-            # Torrents and metalinks only for records the current index does not already hold: the
-            # objects of every record it holds are in the destination (published before its pointer).
-            to_build = [r for r in records if published.get(r.path) != fingerprints[r.path]]
-            restore = [] if mirrors_changed and settings.all_mirrors else lost_records
-            if not settings.allow_peer_only:
-                _refuse_unserved([*to_build, *restore], spec, mirror_report.statuses)
-            content = spool.add_all(iter_package_artifacts(_with_pieces(state, [*to_build, *restore]), spec))
-            if mirrors_changed and settings.all_mirrors:
-                # every unchanged record's metalink again; the torrents the destination lost too
-                lost_torrents = [r for r in lost_records if r.torrent is not None and not destination.holds(r.torrent)]
-                content += spool.add_all(iter_package_artifacts(_with_pieces(state, lost_torrents), spec))
-                unchanged_records = [r for r in records if published.get(r.path) == fingerprints[r.path]]
-                content += spool.add_all(
-                    iter_package_artifacts(_with_pieces(state, unchanged_records), spec, metalinks_only=True)
-                )
-            del to_build, published, restore
-
+            content = _build_content(
+                settings, spool, state, spec, records, fingerprints, current, facts, destination, mirrors.statuses
+            )
         with clock.stage("sign"):
-            index_refs: tuple[SpooledArtifact, ...] = ()
-            pointer_artifact: Artifact | None = None
-            if action in ("finish", "refresh"):
-                assert current is not None
-                pointer, pointer_sha256 = current.pointer, current.pointer_sha256
-            elif action == "resign":
-                assert current is not None
-                pointer = replace(current.pointer, generated=rfc3339(started), expires=rfc3339(expires))
-            else:
-                objects = build_index_objects(
-                    settings=settings,
-                    public_url=public_url,
-                    sequence=decision.sequence,
-                    generated=started,
-                    expires=expires,
-                    records=records,
-                    signer=signer,
-                    existing_signature=lambda key, data: _published_signature(storage, key, data, signer),
-                )
-                pointer, index_refs = objects.pointer, spool.add_all(objects.artifacts)
-                del objects
-            if action not in ("finish", "refresh"):
-                pointer_artifact = make_artifact(POINTER_KEY, signer.sign_message(encode_pointer(pointer)))
-                pointer_sha256 = _sha256(pointer_artifact.data)
-            key_asc, key_gpg = signer.export_public_key()
-            content += spool.add_all(
-                (make_artifact(SIGNING_KEY_KEYS[0], key_asc), make_artifact(SIGNING_KEY_KEYS[1], key_gpg))
-            )
-
+            signed = _sign(settings, run, spool, records, decision, destination)
+            content += signed.keys
         with clock.stage("render"):
-            from pipeline.render import ListingInput, iter_pages, render_only  # lazy: jinja2 only when needed
-
-            listing_input = ListingInput(
-                repo=settings.repo,
-                snapshot_format=snapshot.format,
-                public_url=public_url,
-                pointer=pointer,
-                fingerprint=key_info.fingerprint,
-                records=records,
-                webseeds=_webseeds_now(mirror_report, mirror_urls),
-                webseeds_for=mirror_report.webseeds_for if settings.all_mirrors else None,
-                templates_dir=settings.templates_dir,
-                mirrors=mirror_report.statuses,
-                suites=snapshot.suites,
-                components=snapshot.components,
-                architectures=snapshot.architectures,
-                snapshot_time=rfc3339(snapshot.timestamp) if snapshot.timestamp else None,
-            )
-            # A browse page whose inputs are those of the page published last time is not rendered
-            # again (publish renders it after all if the destination no longer holds that copy).
-            memo = state.page_memo()
-            rendered: list[SpooledArtifact] = []
-            reused: dict[str, str] = {}
-            page_rows: list[tuple[str, str, str]] = []
-            page_keys: list[str] = []
-            for page in iter_pages(listing_input, unchanged=lambda key, inputs: memo.get(key, ("",))[0] == inputs):
-                page_keys.append(page.key)
-                if page.artifact is None:
-                    assert page.inputs is not None
-                    reused[page.key] = memo[page.key][1]
-                    continue
-                ref = spool.add(page.artifact)
-                rendered.append(ref)
-                # every page is remembered (so a no-change run can tell one the destination lost); pages
-                # rendered on every run have no inputs digest ("")
-                page_rows.append((ref.key, page.inputs or "", ref.sha256))
-            memo.clear()
-            listings = tuple(sorted(rendered, key=lambda ref: ref.key))
-            # keeps listing_input (the records) alive through publish, only when a page may be re-rendered
-            render_again = functools.partial(render_only, listing_input) if reused else None
-
-        index_keys = _index_keys(pointer)
-        pointer_etag = current.etag if current else None
-        referenced = frozenset(
-            [r.metalink for r in records]
-            + [r.torrent for r in records if r.torrent is not None]
-            + page_keys
-            + [*index_keys, POINTER_KEY, *SIGNING_KEY_KEYS]
+            pages = _render(settings, run, spool, snapshot, records, mirrors, signed.pointer, destination, memo)
+        publication = Publication(
+            spool=spool,
+            content=content,
+            immutable=signed.index_objects,
+            pointer=signed.artifact,
+            pointer_etag=destination.current.etag if destination.current else None,
+            listings=pages.listings,
+            referenced=_referenced(records, pages.keys, signed.pointer),
+            pointer_sha256=signed.pointer_sha256,
+            reused=pages.reused,
         )
         # Publishing needs only the spooled objects and the keys: drop the per-file values first (~130 MB
         # at 63,000 packages) so that the upload plan and manifest reuse their memory.
-        del records, fingerprints, snapshot, current, listing_input, lost_records
+        del records, fingerprints, snapshot, current
         with clock.stage("publish"):
             result = publish(
-                storage,
-                Publication(
-                    spool=spool,
-                    content=content,
-                    immutable=index_refs,
-                    pointer=pointer_artifact,
-                    pointer_etag=pointer_etag,
-                    listings=listings,
-                    referenced=referenced,
-                    pointer_sha256=pointer_sha256,
-                    reused=reused,
-                    render=render_again or (lambda keys: ()),
-                ),
-                dry_run=settings.dry_run,
-                progress=progress,
-                now=started,
-                retention=settings.retention,
-                use_cas=not settings.no_cas,
-                destination=destination,
-            )
+                run.storage, publication, dry_run=settings.dry_run, progress=progress, now=run.started,
+                retention=settings.retention, use_cas=not settings.no_cas, destination=destination.objects,
+            )  # fmt: skip
         if result.written:
-            state.remember_sequence(pointer.sequence)
-            state.remember_publication(pointer.index.sha256, inputs)
-            state.remember_pages(page_rows, keep=page_keys)
-    return report(pointer, action, changes, plan=result.plan)
+            state.remember_sequence(signed.pointer.sequence)
+            state.remember_publication(signed.pointer.index.sha256, inputs)
+            state.remember_pages(pages.rows, keep=pages.keys)
+    return _report(run, mirrors, signed.pointer, decision.action, changes, plan=result.plan)
+
+
+# --- the steps --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Run:
+    """What every step of one run shares: the clock, times, destination, signer and key, URLs."""
+
+    settings: Settings
+    clock: StageClock
+    started: datetime
+    expires: datetime
+    public_url: str
+    spec: BuildSpec
+    storage: Storage
+    signer: Signer
+    key: KeyInfo
+    hashed: tuple[int, int] = (0, 0)  # files and bytes hashed
+
+
+def _begin(settings: Settings, now: Callable[[], datetime]) -> _Run:
+    """Check the inputs, open the destination (probing conditional writes), check the signing key."""
+    require_release_inputs(settings)
+    assert settings.snapshot is not None and settings.key is not None and settings.public_url is not None
+    clock = StageClock()
+    started = now().replace(microsecond=0)
+    expires = started + settings.expires_after
+    public_url = settings.public_url.rstrip("/")
+    spec = BuildSpec(webseeds=tuple(m.url for m in settings.all_mirrors), trackers=settings.trackers,
+                     public_url=public_url)  # fmt: skip
+    with clock.stage("start-up"):
+        storage = open_storage(settings.dest, settings)
+        probe = getattr(storage, "probe_conditional_writes", None)
+        if probe is not None and not settings.no_cas and not settings.dry_run:
+            probe()
+        signer = Signer(gnupghome=settings.gnupghome, key=settings.key)
+        key = signer.check_key(must_be_valid_until=expires + settings.key_valid_margin)
+    return _Run(settings, clock, started, expires, public_url, spec, storage, signer, key)
+
+
+def _scan_spec(settings: Settings) -> ScanSpec:
+    assert settings.snapshot is not None
+    return ScanSpec(
+        root=settings.snapshot,
+        format=settings.format,
+        suites=settings.suites,
+        components=settings.components,
+        architectures=settings.architectures,
+        upstream_keyring=settings.upstream_keyring,
+        sync_lock=settings.sync_lock,
+    )
+
+
+@dataclass(frozen=True)
+class DestinationState:
+    """What the destination holds when the run starts, read once: the verified pointer, whether its
+    publication was completed, the mirror summary it shows, and its objects (listing + manifest)."""
+
+    current: CurrentPointer | None
+    complete: bool
+    mirror_summary: list[tuple[str, str, bool]]
+    objects: Destination
+
+    @property
+    def pointer(self) -> Pointer | None:
+        return self.current.pointer if self.current else None
+
+
+def read_destination_state(storage: Storage, *, repo: str, signer: Signer, key: KeyInfo) -> DestinationState:
+    with signer.keyring() as keyring:
+        current = read_pointer(storage, repo=repo, keyring=keyring, fingerprint=key.fingerprint)
+    return DestinationState(
+        current=current,
+        complete=current is not None and is_complete(storage, current.pointer_sha256),
+        mirror_summary=_published_mirror_summary(storage),
+        objects=read_destination(storage),
+    )
+
+
+def _facts(
+    settings: Settings,
+    run: _Run,
+    destination: DestinationState,
+    state: StateCache,
+    files: Sequence[FileEntry],
+    memo: Mapping[str, tuple[str, str]],
+    mirrors: MirrorReport,
+    inputs: str,
+) -> Facts:
+    """The values the decision needs. `unchanged` is known without the records only when this state cache
+    built (or verified) the current index from exactly these inputs."""
+    pointer = destination.pointer
+    objects = destination.objects
+    lost_index = pointer is not None and bool(objects.lost(_index_keys(pointer)))
+    return Facts(
+        current_sequence=pointer.sequence if pointer else None,
+        highest_sequence=state.highest_sequence(),
+        resign_due=pointer is not None and resign_due(pointer, run.started, settings.effective_resign_before),
+        complete=destination.complete,
+        mirrors_changed=_mirror_summary(mirrors.statuses) != destination.mirror_summary,
+        lost_index=lost_index,
+        lost_objects=pointer is not None and _lost(objects, files, memo),
+        unchanged=True if pointer is not None and state.publication_inputs(pointer.index.sha256) == inputs else None,
+    )
+
+
+def _same_content(current: CurrentPublication, fingerprints: Mapping[str, int], settings: Settings) -> bool:
+    return same_content(
+        current_fingerprints=current.fingerprints,
+        current_webseeds=current.webseeds,
+        current_trackers=current.trackers,
+        fingerprints=fingerprints,
+        webseeds=[m.url for m in settings.all_mirrors],
+        trackers=settings.trackers,
+    )
+
+
+def _build_content(
+    settings: Settings,
+    spool: Spool,
+    state: StateCache,
+    spec: BuildSpec,
+    records: Sequence[PackageRecord],
+    fingerprints: Mapping[str, int],
+    current: CurrentPublication | None,
+    facts: Facts,
+    destination: DestinationState,
+    statuses: Sequence[MirrorStatus],
+) -> tuple[SpooledArtifact, ...]:
+    """Torrents and metalinks of the records the current index does not hold (the objects of every record it
+    holds are in the destination, published before its pointer), of the records whose objects the
+    destination lost, and, when a mirror's status changed, every metalink again."""
+    if facts.unchanged:
+        to_build: list[PackageRecord] = []
+    else:
+        published = current.fingerprints if current else {}
+        to_build = [r for r in records if published.get(r.path) != fingerprints[r.path]]
+    objects = destination.objects
+    building = {r.path for r in to_build}
+    lost = [
+        r
+        for r in records
+        if r.path not in building
+        and not (objects.holds(r.metalink) and (r.torrent is None or objects.holds(r.torrent)))
+    ]
+    if lost:
+        log.warning(
+            "%d torrents or metalinks the current index names are missing or altered in the destination "
+            "(first: %s); putting them back",
+            len(lost), lost[0].path,
+        )  # fmt: skip
+    refresh = facts.mirrors_changed and bool(settings.all_mirrors)
+    # with a refresh every other metalink is built again anyway: only lost torrents need the whole package
+    whole = [*to_build, *(r for r in lost if not refresh or (r.torrent is not None and not objects.holds(r.torrent)))]
+    if not settings.allow_peer_only:
+        _refuse_unserved(whole, spec, statuses)
+    content = spool.add_all(iter_package_artifacts(_with_pieces(state, whole), spec))
+    if refresh:
+        building.update(r.path for r in whole)
+        others = [r for r in records if r.path not in building]
+        content += spool.add_all(iter_package_artifacts(_with_pieces(state, others), spec, metalinks_only=True))
+    return content
+
+
+@dataclass(frozen=True)
+class _Signed:
+    pointer: Pointer  # current once this run's publication is complete
+    pointer_sha256: str
+    artifact: Artifact | None  # the new latest.asc; None: the current one stays (finish, refresh)
+    index_objects: tuple[SpooledArtifact, ...]  # a new index, its signature and torrent (publish only)
+    keys: tuple[SpooledArtifact, ...]  # the public signing key, armored and binary
+
+
+def _sign(
+    settings: Settings,
+    run: _Run,
+    spool: Spool,
+    records: Sequence[PackageRecord],
+    decision: Decision,
+    destination: DestinationState,
+) -> _Signed:
+    """publish: a new index (signed) and pointer; resign: the pointer with a new expiry; finish and
+    refresh: the current pointer as it is."""
+    current = destination.current
+    index_objects: tuple[SpooledArtifact, ...] = ()
+    artifact: Artifact | None = None
+    if decision.action in ("finish", "refresh"):
+        assert current is not None
+        pointer, pointer_sha256 = current.pointer, current.pointer_sha256
+    else:
+        if decision.action == "resign":
+            assert current is not None
+            pointer = replace(current.pointer, generated=rfc3339(run.started), expires=rfc3339(run.expires))
+        else:
+            objects = build_index_objects(
+                settings=settings,
+                public_url=run.public_url,
+                sequence=decision.sequence,
+                generated=run.started,
+                expires=run.expires,
+                records=records,
+                signer=run.signer,
+                existing_signature=lambda key, data: _published_signature(
+                    run.storage, destination.objects, key, data, run.signer
+                ),
+            )
+            pointer, index_objects = objects.pointer, spool.add_all(objects.artifacts)
+            del objects
+        artifact = make_artifact(POINTER_KEY, run.signer.sign_message(encode_pointer(pointer)))
+        pointer_sha256 = _sha256(artifact.data)
+    key_asc, key_gpg = run.signer.export_public_key()
+    keys = spool.add_all((make_artifact(SIGNING_KEY_KEYS[0], key_asc), make_artifact(SIGNING_KEY_KEYS[1], key_gpg)))
+    return _Signed(pointer, pointer_sha256, artifact, index_objects, keys)
+
+
+@dataclass(frozen=True)
+class _Pages:
+    listings: tuple[SpooledArtifact, ...]  # rendered, sorted by key
+    reused: Mapping[str, str]  # browse pages not rendered (unchanged, and held): key -> SHA-256
+    keys: tuple[str, ...]  # every page of the publication
+    rows: tuple[tuple[str, str, str], ...]  # (key, inputs digest, SHA-256) of every rendered page
+
+
+def _render(
+    settings: Settings,
+    run: _Run,
+    spool: Spool,
+    snapshot: Snapshot,
+    records: Sequence[PackageRecord],
+    mirrors: MirrorReport,
+    pointer: Pointer,
+    destination: DestinationState,
+    memo: Mapping[str, tuple[str, str]],
+) -> _Pages:
+    """Every listing page. A browse page whose inputs are those of the page published last time, and which
+    the destination still holds as published, is not rendered again."""
+    from pipeline.render import ListingInput, iter_pages  # lazy: jinja2 only when needed
+
+    listing_input = ListingInput(
+        repo=settings.repo,
+        snapshot_format=snapshot.format,
+        public_url=run.public_url,
+        pointer=pointer,
+        fingerprint=run.key.fingerprint,
+        records=tuple(records),
+        webseeds=_webseeds_now(mirrors, run.spec.webseeds),
+        webseeds_for=mirrors.webseeds_for if settings.all_mirrors else None,
+        templates_dir=settings.templates_dir,
+        mirrors=mirrors.statuses,
+        suites=snapshot.suites,
+        components=snapshot.components,
+        architectures=snapshot.architectures,
+        snapshot_time=rfc3339(snapshot.timestamp) if snapshot.timestamp else None,
+    )
+    objects = destination.objects
+
+    def unchanged(key: str, inputs: str) -> bool:
+        remembered = memo.get(key)
+        return remembered is not None and remembered[0] == inputs and objects.sha256(key) == remembered[1]
+
+    rendered: list[SpooledArtifact] = []
+    reused: dict[str, str] = {}
+    rows: list[tuple[str, str, str]] = []
+    keys: list[str] = []
+    for page in iter_pages(listing_input, unchanged=unchanged):
+        keys.append(page.key)
+        if page.artifact is None:
+            reused[page.key] = memo[page.key][1]
+            continue
+        ref = spool.add(page.artifact)
+        rendered.append(ref)
+        # every page is remembered (so a no-change run can tell one the destination lost); pages rendered
+        # on every run have no inputs digest ("")
+        rows.append((ref.key, page.inputs or "", ref.sha256))
+    return _Pages(tuple(sorted(rendered, key=lambda ref: ref.key)), reused, tuple(keys), tuple(rows))
+
+
+def _referenced(records: Sequence[PackageRecord], pages: Sequence[str], pointer: Pointer) -> frozenset[str]:
+    """Every key the new publication reaches (retention keeps them)."""
+    return frozenset(
+        [r.metalink for r in records]
+        + [r.torrent for r in records if r.torrent is not None]
+        + list(pages)
+        + [*_index_keys(pointer), POINTER_KEY, *SIGNING_KEY_KEYS]
+    )
+
+
+Changes = tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...], int]  # new, changed, removed, unchanged count
+
+
+def _no_changes(files: int) -> Changes:
+    return (), (), (), files
+
+
+def _report(
+    run: _Run,
+    mirrors: MirrorReport,
+    pointer: Pointer | None,
+    action: str,
+    changes: Changes,
+    *,
+    plan: UploadPlan | None = None,
+) -> RunReport:
+    assert pointer is not None
+    new, changed, removed, unchanged = changes
+    return RunReport(
+        action=action,
+        sequence=pointer.sequence,
+        dry_run=run.settings.dry_run,
+        files=len(new) + len(changed) + unchanged,
+        bytes_hashed=run.hashed[1],
+        files_hashed=run.hashed[0],
+        new=new,
+        changed=changed,
+        removed=removed,
+        unchanged=unchanged,
+        objects_put=len(plan.put) if plan else 0,
+        objects_skipped=len(plan.skip) if plan else 0,
+        bytes_put=plan.put_bytes if plan else 0,
+        planned_keys=plan.put if plan else (),
+        deleted_keys=plan.delete if plan else (),
+        pointer_expires=pointer.expires,
+        pointer_expires_epoch=int(datetime.fromisoformat(pointer.expires).timestamp()),
+        key_fingerprint=run.key.fingerprint,
+        key_expires_epoch=run.key.expires,
+        stages=tuple(run.clock.stages),
+        destination=run.storage.url,
+        mirrors=tuple((m.url, m.status, m.detail) for m in mirrors.statuses),
+    )
 
 
 # What the records and the index are built from, besides the files: bump when package_records or the
@@ -678,12 +792,11 @@ def _fixed_keys(pages: Mapping[str, object]) -> Iterator[str]:
     yield from pages
 
 
-def _lost(destination: Destination, pointer: Pointer, files: Sequence[FileEntry], pages: Mapping[str, object]) -> bool:
-    """Whether the destination lost (or holds altered) any object of the publication `pointer` names, when
-    that publication was built from `files` and rendered `pages` (the memo fast path's check)."""
+def _lost(destination: Destination, files: Sequence[FileEntry], pages: Mapping[str, object]) -> bool:
+    """Whether the destination lost (or holds altered) a package object, page or key of the publication
+    built from `files` that rendered `pages` (index objects aside)."""
 
     def keys() -> Iterator[str]:
-        yield from _index_keys(pointer)
         yield from _fixed_keys(pages)
         for entry in files:
             yield metalink_key(entry.path)
@@ -693,8 +806,10 @@ def _lost(destination: Destination, pointer: Pointer, files: Sequence[FileEntry]
     return any(not destination.holds(key) for key in keys())
 
 
-def _published_signature(storage: Storage, key: str, data: bytes, signer: Signer) -> bytes | None:
+def _published_signature(storage: Storage, objects: Destination, key: str, data: bytes, signer: Signer) -> bytes | None:
     """The destination's signature of index `key` if it holds exactly `data` and the signature is ours."""
+    if key not in objects.listing or key + ".sig" not in objects.listing:
+        return None
     stored = storage.get(key)
     signature = storage.get(key + ".sig") if stored is not None and stored.data == data else None
     if signature is None:

@@ -1,4 +1,4 @@
-"""pipeline.index: index document, zstd encode/decode (bombs), keys, pointer payload, decide(), JSON Schemas."""
+"""pipeline.index: index document, zstd encode/decode (bombs), keys, pointer payload, JSON Schemas."""
 
 from __future__ import annotations
 
@@ -17,13 +17,11 @@ import jsonschema
 import pytest
 import zstandard
 
-from pipeline.errors import PipelineError, SnapshotError, StorageError
+from pipeline.errors import SnapshotError, StorageError
 from pipeline.index import (
     MAX_SEQUENCE,
     ZSTD_LEVEL,
-    Decision,
     EncodedIndex,
-    decide,
     decode_index,
     decode_pointer,
     encode_index,
@@ -34,7 +32,6 @@ from pipeline.index import (
     index_torrent_key,
     iter_index,
     parse_rfc3339,
-    record_fingerprints,
     rfc3339,
 )
 from pipeline.model import IndexRef, PackageRecord, Pointer, SignatureRef
@@ -630,80 +627,6 @@ def test_decode_pointer_refuses_non_json() -> None:
     for data in (b"\xff\xfe", b"[1, 2]", b"not json"):
         with pytest.raises(StorageError):
             decode_pointer(data)
-
-
-# -- decide --------------------------------------------------------------------------------------
-
-
-def decide_with(**changes: Any) -> Decision:
-    args: dict[str, Any] = {
-        "current": pointer(expires=rfc3339(NOW + timedelta(days=5))),
-        "current_records": RECORDS,
-        "current_webseeds": ("https://a.example/", "https://b.example/"),
-        "current_trackers": ("udp://t.example:6969/announce",),
-        "records": tuple(reversed(RECORDS)),  # order does not matter
-        "webseeds": ("https://b.example/", "https://a.example/"),  # a set: order does not matter
-        "trackers": ("udp://t.example:6969/announce",),
-        "now": NOW,
-        "resign_before": timedelta(days=3),
-    }
-    args.update(changes)
-    current_records, records = args.pop("current_records"), args.pop("records")
-    args["current_fingerprints"] = None if current_records is None else record_fingerprints(current_records)
-    args["fingerprints"] = record_fingerprints(records)
-    return decide(**args)
-
-
-def test_decide_first_run_publishes_sequence_1() -> None:
-    assert decide_with(current=None, current_records=None, current_webseeds=(), current_trackers=()) == Decision(
-        "publish", 1
-    )
-
-
-def test_decide_noop_when_same_and_far_from_expiry() -> None:
-    assert decide_with() == Decision("noop", 7)
-
-
-def test_decide_description_only_difference_is_noop() -> None:
-    described = tuple(replace(r, description="rewritten <b>upstream</b> text") for r in RECORDS)
-    assert decide_with(records=described) == Decision("noop", 7)
-
-
-def test_decide_resign_when_expiry_near_or_passed() -> None:
-    assert decide_with(current=pointer(expires=rfc3339(NOW + timedelta(days=3)))) == Decision("resign", 7)
-    assert decide_with(current=pointer(expires=rfc3339(NOW - timedelta(days=1)))) == Decision("resign", 7)
-
-
-@pytest.mark.parametrize(
-    "changes",
-    [
-        {"records": (*RECORDS[:-1], replace(RECORDS[-1], sha256=SHA_B))},
-        {"records": RECORDS[:-1]},
-        {"records": (*RECORDS, record("pool/new.deb"))},
-        {"records": (*RECORDS[1:], replace(RECORDS[0], version="1.1"))},
-        {"webseeds": ("https://a.example/",)},
-        {"webseeds": ("https://a.example/", "https://b.example/", "https://c.example/")},
-        {"trackers": ()},
-        {"current_records": None},
-    ],
-    ids=["sha256", "removed", "added", "version", "webseed-gone", "webseed-added", "trackers", "unreadable"],
-)
-def test_decide_change_publishes_next_sequence(changes: dict[str, Any]) -> None:
-    assert decide_with(**changes) == Decision("publish", 8)
-
-
-def test_decide_refuses_sequence_at_the_limit() -> None:
-    with pytest.raises(PipelineError, match="2\\^53"):
-        decide_with(current=pointer(sequence=2**53, expires=rfc3339(NOW + timedelta(days=5))))
-    at_max = pointer(sequence=MAX_SEQUENCE, expires=rfc3339(NOW + timedelta(days=5)))
-    assert decide_with(current=at_max) == Decision("noop", MAX_SEQUENCE)
-    with pytest.raises(PipelineError, match="2\\^53"):
-        decide_with(current=at_max, trackers=())
-
-
-def test_decide_refuses_naive_now() -> None:
-    with pytest.raises(ValueError):
-        decide_with(now=NOW.replace(tzinfo=None))
 
 
 # -- JSON Schemas --------------------------------------------------------------------------------
