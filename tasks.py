@@ -171,7 +171,7 @@ def demo(c: Context, serve: bool = False, dest: str = "public", verbose: bool = 
 
 @task(help={"k": "only run tests matching this expression", "fast": "skip lint and type checks"})
 def test(c: Context, k: str | None = None, fast: bool = False) -> None:
-    """The whole suite: ruff (lint + format check), mypy --strict on pipeline/ and bench/, pytest (unit + integration)."""
+    """The whole suite: ruff (lint + format), mypy --strict on pipeline/ and bench/, pytest (unit + integration)."""
     py = sys.executable
     with c.cd(str(ROOT)):
         if not fast:
