@@ -20,6 +20,7 @@ from typing import Any
 import zstandard
 
 from pipeline.errors import SnapshotError, StorageError
+from pipeline.jsondoc import STRICT_DECODER, StrictJSONError, check_strings, loads_strict, may_hold_surrogates
 from pipeline.model import IndexRef, PackageRecord, Pointer
 
 INDEX_FORMAT = "mirrorseed-index/1"
@@ -40,7 +41,6 @@ _ENCODE_BATCH = 64 * 1024  # uncompressed bytes handed to the compressor at once
 _TEXT_STEP = 16 * 1024  # decompressed bytes decoded to text at a time by iter_index
 _MAX_VALUE_CHARS = 4 * 1024 * 1024  # iter_index: longest single JSON value (a package, a header field)
 _WHITESPACE_RE = re.compile(r"[ \t\n\r]*")
-_DECODER = json.JSONDecoder()
 _HEADER_KEYS = frozenset({"format", "repo", "sequence", "generated", "webseeds", "trackers"})
 _SHA256_RE = re.compile(r"[0-9a-f]{64}")
 _INFOHASH_RE = re.compile(r"[0-9a-f]{40}")
@@ -212,10 +212,7 @@ def decode_index(data: bytes, *, uncompressed_size: int) -> dict[str, Any]:
     raw = bytearray()
     for chunk in _inflate(data, uncompressed_size):
         raw += chunk
-    try:
-        doc = json.loads(bytes(raw).decode("utf-8"))
-    except (UnicodeDecodeError, ValueError, RecursionError) as err:
-        raise StorageError(f"index: not UTF-8 JSON ({err})") from err
+    doc = loads_strict(bytes(raw), what="index")
     if not isinstance(doc, dict) or doc.get("format") != INDEX_FORMAT:
         found = doc.get("format") if isinstance(doc, dict) else type(doc).__name__
         raise StorageError(f"index: format is {found!r}, expected {INDEX_FORMAT!r}")
@@ -379,7 +376,11 @@ class IndexReader:
         self._peek()
         while True:
             try:
-                value, end = _DECODER.raw_decode(self._buf, self._pos)
+                value, end = STRICT_DECODER.raw_decode(self._buf, self._pos)
+                if may_hold_surrogates(self._buf, self._pos, end):
+                    check_strings(value)
+            except StrictJSONError as err:
+                raise StorageError(f"index: not strict JSON at character {self._where()}: {err}") from err
             except json.JSONDecodeError as err:
                 incomplete = err.msg.startswith("Unterminated string") or err.pos >= len(self._buf) - 8
                 if self._eof or not incomplete:
@@ -513,10 +514,7 @@ _INDEX_REF_KEYS = {"path", "size", "uncompressed_size", "sha256"}
 
 def decode_pointer(data: bytes) -> Pointer:
     """Parse and validate a pointer payload (after its signature was checked); StorageError if invalid."""
-    try:
-        doc = json.loads(data.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError) as err:
-        raise StorageError(f"latest.asc: the payload is not UTF-8 JSON ({err})") from err
+    doc = loads_strict(data, what="latest.asc: the payload")
     if not isinstance(doc, dict):
         raise StorageError("latest.asc: the payload is not a JSON object")
     if doc.get("format") != POINTER_FORMAT:

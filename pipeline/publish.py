@@ -25,6 +25,7 @@ from datetime import UTC, datetime, timedelta
 import zstandard
 
 from pipeline.errors import StorageError
+from pipeline.jsondoc import loads_strict
 from pipeline.model import Artifact, NullProgress, Progress
 from pipeline.objects import NO_CACHE
 from pipeline.spool import Spool, SpooledArtifact
@@ -111,7 +112,7 @@ def load_manifest(
         for line in lines:
             if not line.strip():
                 continue
-            key, sha256, etag, size, referenced = json.loads(line)
+            key, sha256, etag, size, referenced = loads_strict(line, what=MANIFEST_KEY)
             total += 1
             info = listing.get(key)
             if info is not None and info.etag == etag and info.size == size:

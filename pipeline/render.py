@@ -43,13 +43,34 @@ from pipeline.urls import join_url, quote_path
 BUILTIN_TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
 
 # DESIGN section 6: a dead tracker otherwise stalls each download for about two minutes, and
-# without --seed-time=0 aria2 keeps seeding after the download.
+# without --seed-time=0 aria2 keeps seeding after the download. A stalled HTTP server is dropped
+# after --timeout, one slower than --lowest-speed-limit (HTTP only) soon after, --max-tries times.
 ARIA2_FLAGS = (
     "--seed-time=0",
     "--bt-stop-timeout=60",
     "--bt-tracker-connect-timeout=5",
     "--bt-tracker-timeout=5",
+    "--connect-timeout=10",
+    "--timeout=20",
+    "--max-tries=3",
+    "--lowest-speed-limit=1K",
 )
+# The recipes' bounds (templates/fetch.sh.j2). A clearsigned pointer is about 2 KiB and an exported
+# key a few KiB: 64 KiB and 256 KiB leave room for large keys and signatures while an endless body
+# stops at once. Each aria2c run gets FETCH_TIMEOUT seconds plus one per MIN_RATE bytes of its size
+# (the pointer about 34 s, the key 46 s, a 100 MiB package 1 h 47 min), overridden by the user's
+# MIRRORSEED_TIMEOUT and MIRRORSEED_MIN_RATE.
+POINTER_MAX_BYTES = 64 * 1024
+KEY_MAX_BYTES = 256 * 1024
+FETCH_TIMEOUT = 30
+MIN_RATE = 16 * 1024
+# What both recipes' shared fetch functions (fetch.sh.j2) read.
+_FETCH_CONTEXT: Mapping[str, int] = {
+    "pointer_max_bytes": POINTER_MAX_BYTES,
+    "key_max_bytes": KEY_MAX_BYTES,
+    "fetch_timeout": FETCH_TIMEOUT,
+    "min_rate": MIN_RATE,
+}
 
 FRONT_KEY = "index.html"
 STYLE_KEY = "style.css"
@@ -531,6 +552,7 @@ def _recipe(
             # pacman -U reads `<package file>.sig` beside the package, whatever the mirror calls it.
             signature = {"url": join_url(mirror, example.signature.path), "name": f"{name}.sig"}
     context = {
+        **_FETCH_CONTEXT,
         "repo": listing.repo,
         "pointer_repo": listing.pointer.repo,
         "public_url": public_url,
@@ -553,6 +575,7 @@ def _update_recipe(env: jinja2.Environment, listing: ListingInput, checked: _Che
     if listing.snapshot_format != "arch" or example is None:
         return None
     context = {
+        **_FETCH_CONTEXT,
         "public_url": checked.public_url,
         "flags": ARIA2_FLAGS,
         "packages_dir": PACKAGES_DIR,
@@ -800,6 +823,7 @@ def iter_pages(listing: ListingInput, unchanged: Callable[[str, str], bool] | No
     }
     front = {
         **common,
+        **_FETCH_CONTEXT,
         "page_key": FRONT_KEY,
         "recipe": _recipe(env, listing, example, checked),
         "update_recipe": _update_recipe(env, listing, checked),
@@ -859,13 +883,6 @@ def iter_pages(listing: ListingInput, unchanged: Callable[[str, str], bool] | No
         yield _whole(make_artifact(MIRRORS_KEY, _page(env, MIRRORS_TEMPLATE, page, where)))
 
     yield _whole(make_artifact(STYLE_KEY, _style(env, where)))
-
-
-def render_only(listing: ListingInput, keys: frozenset[str]) -> Iterator[Artifact]:
-    """The listing objects named by `keys`, rendered (the browse pages publish finds the destination lost)."""
-    for page in iter_pages(listing, unchanged=lambda key, inputs: key not in keys):
-        if page.key in keys and page.artifact is not None:
-            yield page.artifact
 
 
 def _whole(artifact: Artifact) -> Page:

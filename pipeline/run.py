@@ -33,6 +33,7 @@ from pipeline.index import (
     record_fingerprints,
     rfc3339,
 )
+from pipeline.jsondoc import loads_strict
 from pipeline.model import (
     Artifact,
     FileDigest,
@@ -877,7 +878,7 @@ def _published_mirror_summary(storage: Storage) -> list[tuple[str, str, bool]]:
     if stored is None:
         return []
     try:
-        doc = json.loads(stored.data)
+        doc = loads_strict(stored.data, what="mirrors/mirrors.json")
         return sorted((str(m["url"]).rstrip("/"), str(m["status"]), bool(m["webseed"])) for m in doc["mirrors"])
     except (ValueError, KeyError, TypeError):
         return [("unreadable", "", False)]

@@ -47,6 +47,7 @@ from urllib.parse import quote, urlsplit
 from pipeline.errors import ConfigError, SigningError, StorageError
 from pipeline.hashing import piece_size_for
 from pipeline.index import MAX_SEQUENCE, decode_index, decode_pointer, index_key, index_torrent_key, parse_rfc3339
+from pipeline.jsondoc import loads_strict
 from pipeline.model import PackageRecord, Pointer
 from pipeline.signing import verify_detached, verify_signed_message
 from pipeline.urls import join_url, quote_path, webseed_dir_url
@@ -446,7 +447,7 @@ def _read_state(path: Path, public_url: str) -> _Seen | None:
     except OSError as err:
         raise ConfigError(f"{path}: cannot read the verify state file: {err.strerror}") from err
     try:
-        doc = json.loads(raw.decode("utf-8"))
+        doc = loads_strict(raw, what=str(path))
     except (UnicodeDecodeError, ValueError):
         doc = None
     sequence = doc.get("sequence") if isinstance(doc, dict) else None

@@ -49,6 +49,51 @@ _CONFLICT_CODES = {"PreconditionFailed", "412", "ConditionalRequestConflict", "4
 _MISSING_CODES = {"NoSuchKey", "404", "NotFound"}
 CREDENTIALS_HINT = "check AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or s3_profile"
 
+# What botocore and urllib3 write at DEBUG (`--verbose`) that must not reach a log: the session token
+# (the `X-Amz-Security-Token` header in "Sending http request: <AWSPreparedRequest ... headers={...}>",
+# `x-amz-security-token:<token>` in the canonical request, `X-Amz-Security-Token=` in a presigned
+# URL's query) and the request signatures (`Signature=` in the Authorization header, `Signature:` in
+# botocore.auth's log, `X-Amz-Signature=` in a query). botocore never logs the secret access key.
+REDACTED = "<redacted>"
+_SECRETS = re.compile(
+    r"""(?ix)
+    ( x-amz-security-token ['"]?+ \s*+ [:=] \s*+ b?+ ['"]?+  # header (dict repr or canonical form), query
+    | (?: x-amz- )? signature (?: = | : \s*+ )                # Authorization, botocore.auth, query
+    )
+    [^'"\s&,;}<>]+  # possessive above and no '<' here: a REDACTED value is left as it is
+    """
+)
+_LOG_SOURCES = ("botocore", "boto3", "s3transfer", "urllib3")
+
+
+def redact(text: str) -> str:
+    """`text` with every session token and request signature replaced by REDACTED."""
+    return _SECRETS.sub(lambda m: m.group(1) + REDACTED, text)
+
+
+class _RedactSecrets(logging.Filter):
+    """Rewrites a record whose message holds a session token or a signature (before any handler)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        cleaned = redact(message)
+        if cleaned != message:
+            record.msg, record.args = cleaned, None
+        return True
+
+
+_REDACT_FILTER = _RedactSecrets()
+
+
+def _redact_library_logs() -> None:
+    """Put the filter on every logger of boto3, botocore, s3transfer and urllib3 that exists once a
+    client is made (a logger's filters see only its own records, not its children's)."""
+    names = [n for n in list(logging.root.manager.loggerDict) if n.split(".")[0] in _LOG_SOURCES]
+    for name in sorted({*_LOG_SOURCES, *names}):
+        logger = logging.getLogger(name)
+        if _REDACT_FILTER not in logger.filters:
+            logger.addFilter(_REDACT_FILTER)
+
 
 def parse_s3_url(url: str) -> tuple[str, str]:
     """`s3://bucket[/prefix]` -> (bucket, prefix); the prefix has no leading or trailing '/'."""
@@ -111,9 +156,11 @@ def make_client(settings: Settings) -> S3Client:
     )
     try:
         session = boto3.session.Session(profile_name=settings.s3_profile) if settings.s3_profile else boto3.Session()
-        return session.client(
+        client = session.client(
             "s3", endpoint_url=settings.s3_endpoint_url, region_name=settings.s3_region, config=config
         )
+        _redact_library_logs()
+        return client
     except ProfileNotFound:
         raise ConfigError(
             f"s3_profile: no AWS profile {settings.s3_profile!r} in ~/.aws/config or ~/.aws/credentials; "

@@ -704,3 +704,87 @@ def test_pointer_schema_rejects(mutate: Any) -> None:
     doc = pointer().to_json()
     mutate(doc)
     assert list(validator("pointer.schema.json").iter_errors(doc))
+
+
+# -- strict JSON: no NaN/Infinity, no repeated key, no lone surrogate in any document read -------------
+
+NON_STRICT_INDEX: dict[str, tuple[Any, str]] = {
+    "nan-size": (lambda t: t.replace('"size":1000', '"size":NaN', 1), "NaN is not a JSON number"),
+    "infinity-size": (lambda t: t.replace('"size":1000', '"size":Infinity', 1), "Infinity is not a JSON number"),
+    "minus-infinity-size": (lambda t: t.replace('"size":1000', '"size":-Infinity', 1), "-Infinity is not"),
+    "nan-sequence": (lambda t: t.replace('"sequence":3', '"sequence":NaN', 1), "NaN is not a JSON number"),
+    "package-repeated-key": (
+        lambda t: t.replace('"size":1000', '"size":1000,"size":1', 1),
+        "duplicate key 'size'",
+    ),
+    "nested-repeated-key": (
+        lambda t: t.replace('"size":1000', '"size":1000,"x":{"a":1,"a":2}', 1),
+        "duplicate key 'a'",
+    ),
+    "lone-surrogate-package": (lambda t: t.replace('"size":1000', '"size":1000,"x":"a\\ud800b"', 1), "surrogate"),
+    "lone-surrogate-header": (lambda t: t.replace('"repo":"', '"repo":"\\udc00', 1), "surrogate"),
+    "lone-surrogate-list": (lambda t: t.replace('"webseeds":[', '"webseeds":["\\ud800",', 1), "surrogate"),
+    "lone-surrogate-key": (lambda t: t.replace('"size":1000', '"size":1000,"\\ud800":1', 1), "surrogate"),
+}
+
+
+def non_strict_index(mutate: Any) -> bytes:
+    text = canonical_text()
+    changed = mutate(text)
+    assert changed != text
+    return str(changed).encode()
+
+
+@pytest.mark.parametrize(("mutate", "message"), NON_STRICT_INDEX.values(), ids=NON_STRICT_INDEX.keys())
+def test_decode_index_refuses_non_strict_json(mutate: Any, message: str) -> None:
+    raw = non_strict_index(mutate)
+    with pytest.raises(StorageError, match=f"^index: not strict JSON.*{message}") as caught:
+        decode_index(frame(raw), uncompressed_size=len(raw))
+    assert "\n" not in str(caught.value)
+
+
+@pytest.mark.parametrize(("mutate", "message"), NON_STRICT_INDEX.values(), ids=NON_STRICT_INDEX.keys())
+def test_iter_index_refuses_non_strict_json(mutate: Any, message: str) -> None:
+    raw = non_strict_index(mutate)
+    with pytest.raises(StorageError, match=f"^index: not strict JSON at character [0-9]+: .*{message}") as caught:
+        read_all(frame(raw), len(raw))
+    assert "\n" not in str(caught.value)
+
+
+def test_strict_json_keeps_escaped_pairs_and_non_ascii() -> None:
+    """A surrogate pair written as two escapes is one character, not a lone surrogate; other escapes
+    and non-ASCII text are fine, and the encoder's bytes are unchanged."""
+    text = canonical_text().replace('"size":1000', '"size":1000,"x":"\\ud83d\\ude00 \\u00e9 ü \\\\ud800"', 1)
+    raw = text.encode()
+    doc = decode_index(frame(raw), uncompressed_size=len(raw))
+    packages, _ = read_all(frame(raw), len(raw))
+    assert doc["packages"][0]["x"] == packages[0]["x"] == "\U0001f600 é ü \\ud800"
+    encoded = encode_index(index_document(**stream_args()))
+    assert decode_index(encoded.data, uncompressed_size=encoded.uncompressed_size) == json.loads(
+        zstandard.ZstdDecompressor().decompress(encoded.data)
+    )
+
+
+@pytest.mark.parametrize(
+    ("replace_text", "message"),
+    [
+        (('"sequence": 7', '"sequence": NaN'), "NaN is not a JSON number"),
+        (('"sequence": 7', '"sequence": Infinity'), "Infinity is not a JSON number"),
+        (('"size": 1234', '"size": -Infinity'), "-Infinity is not a JSON number"),
+        (('"sequence": 7', '"sequence": 7, "sequence": 8'), "duplicate key 'sequence'"),
+        (('"size": 1234', '"size": 1234, "size": 1235'), "duplicate key 'size'"),
+        (('"repo": "', '"repo": "\\ud800'), "lone surrogate"),
+    ],
+)
+def test_decode_pointer_refuses_non_strict_json(replace_text: tuple[str, str], message: str) -> None:
+    text = encode_pointer(pointer(sequence=7)).decode()
+    assert replace_text[0] in text
+    with pytest.raises(StorageError, match=f"^latest.asc: the payload: not strict JSON: {message}") as caught:
+        decode_pointer(text.replace(*replace_text, 1).encode())
+    assert "\n" not in str(caught.value)
+
+
+def test_decode_pointer_refuses_utf16_json() -> None:
+    """json.loads(bytes) would guess UTF-16; a pointer is UTF-8."""
+    with pytest.raises(StorageError, match="^latest.asc: the payload: not UTF-8"):
+        decode_pointer(encode_pointer(pointer()).decode().encode("utf-16"))

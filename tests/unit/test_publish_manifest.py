@@ -9,9 +9,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+import zstandard
 
 from pipeline.objects import make_artifact
-from pipeline.publish import MANIFEST_KEY, OLD_MANIFEST_KEYS, Publication, load_manifest, publish
+from pipeline.publish import MANIFEST_FORMAT, MANIFEST_KEY, OLD_MANIFEST_KEYS, Publication, load_manifest, publish
 from pipeline.spool import Spool
 from pipeline.storage.local import LocalStorage
 
@@ -68,3 +69,24 @@ def test_an_old_or_garbled_manifest_is_reported_and_rebuilt(tmp_path: Path, capl
     assert any("unreadable manifest" in r.getMessage() for r in caplog.records)
     assert not old.exists()
     assert len(load_manifest(storage, {info.key: info for info in storage.list()})) >= 2
+
+
+@pytest.mark.parametrize("bad", ["NaN", "Infinity", "-Infinity"])
+def test_a_manifest_line_with_a_non_json_number_is_not_trusted(
+    bad: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """json.loads reads `NaN` as a float: the entry would be trusted with a NaN last-reached time
+    (retention compares against it). Strict JSON refuses the line; the manifest is rebuilt."""
+    storage = LocalStorage(tmp_path)
+    with Spool() as spool:
+        publish(storage, publication(spool, {"a": b"one"}), now=NOW)
+    stored = (tmp_path / MANIFEST_KEY).read_bytes()
+    lines = zstandard.ZstdDecompressor().stream_reader(stored).read().decode().splitlines()
+    assert lines[0] == MANIFEST_FORMAT and len(lines) >= 3
+    entry = json.loads(lines[1])
+    lines[1] = json.dumps(entry[:4]).removesuffix("]") + f", {bad}]"
+    (tmp_path / MANIFEST_KEY).write_bytes(zstandard.ZstdCompressor().compress(("\n".join(lines) + "\n").encode()))
+    with caplog.at_level(logging.WARNING):
+        manifest = load_manifest(storage, {info.key: info for info in storage.list()})
+    assert manifest == {}
+    assert any(f"{bad} is not a JSON number" in r.getMessage() for r in caplog.records)

@@ -25,6 +25,10 @@ from pipeline.model import Artifact, IndexRef, MirrorStatus, PackageRecord, Poin
 from pipeline.objects import content_type_for
 from pipeline.render import (
     ARIA2_FLAGS,
+    FETCH_TIMEOUT,
+    KEY_MAX_BYTES,
+    MIN_RATE,
+    POINTER_MAX_BYTES,
     ListingInput,
     duration,
     example_package,
@@ -492,6 +496,7 @@ def test_user_recipe_has_the_required_steps() -> None:
     assert "|| { rm -f pointer.json; exit 1; }" in recipe
     assert " ".join(ARIA2_FLAGS) == (
         "--seed-time=0 --bt-stop-timeout=60 --bt-tracker-connect-timeout=5 --bt-tracker-timeout=5"
+        " --connect-timeout=10 --timeout=20 --max-tries=3 --lowest-speed-limit=1K"
     )
     assert " ".join(ARIA2_FLAGS) in recipe
     assert recipe.count("sha256sum -c") == 3  # index, package by torrent, package by metalink
@@ -501,9 +506,11 @@ def test_user_recipe_has_the_required_steps() -> None:
     assert "gpg --show-keys signing-key.asc" in recipe
     assert "date -u" in recipe and ".expires > $now" in recipe
     assert "FPR=DC87FD8B47FFA81270054CEFE2D360866D18689B" in recipe
-    for line in recipe.splitlines():  # every aria2c call passes the flags
-        if line.strip().startswith("aria2c"):
-            assert line.strip().startswith('aria2c "${FLAGS[@]}"'), line
+    # aria2c runs in one place, with the flags, under a time limit and a file-size limit
+    calls = [line.strip() for line in recipe.splitlines() if re.search(r"\baria2c [\"-]", line)]
+    assert calls == ["""(trap '' XFSZ; ulimit -f "$blocks"; exec timeout -k 5 "$seconds" aria2c "${FLAGS[@]}" "$@")"""]
+    assert "fetch_small signing-key.asc 262144" in recipe and "fetch_small signing-key.gpg 262144" in recipe
+    assert "fetch_small latest.asc 65536" in recipe
     assert "&amp;" not in recipe and "&#34;" not in recipe  # shell text, not HTML
 
 
@@ -528,6 +535,57 @@ def test_user_recipe_is_valid_bash_and_quotes_names(path: str, tmp_path: Path) -
     ).stdout.split("\n")
     name = path.rpartition("/")[2]
     assert shown[:5] == [path, f"packages/{name}", PUBLIC, " ".join(ARIA2_FLAGS), example.magnet]
+
+
+def test_recipe_bounds_by_default() -> None:
+    """The pointer and the key give up within 60 s by default (timeout, plus 5 s to SIGKILL)."""
+    for cap in (POINTER_MAX_BYTES, KEY_MAX_BYTES):
+        assert FETCH_TIMEOUT + cap // MIN_RATE + 5 <= 60
+    assert (POINTER_MAX_BYTES, KEY_MAX_BYTES) == (65536, 262144)
+    recipe = user_recipe(listing(), next(r for r in RECORDS if r.path == HELLO))
+    assert f"TIMEOUT=${{MIRRORSEED_TIMEOUT:-{FETCH_TIMEOUT}}}" in recipe
+    assert f"MIN_RATE=${{MIRRORSEED_MIN_RATE:-{MIN_RATE}}}" in recipe
+    assert 'fetch "$FILE" "$SIZE" --follow-torrent=mem' in recipe  # the package: its size from the index
+    assert 'fetch "$MFILE" "$SIZE" --follow-metalink=mem' in recipe
+    assert 'fetch "$IDX" "$IDX_ZSIZE" --follow-torrent=mem' in recipe
+
+
+def rendered_recipes() -> list[tuple[str, str]]:
+    """Every shape of published shell text: each format, with and without an example, Arch with
+    and without a mirror or a signature, and the update script."""
+    odd = replace(ARCH_RECORD, path="core/os/x86_64/lib'foo++ $(x).pkg.tar.zst")
+    unsigned = replace(ARCH_RECORD, signature=None)
+    texts = [
+        ("debian.sh", user_recipe(listing(), next(r for r in RECORDS if r.path == HELLO))),
+        ("debian-odd.sh", user_recipe(listing(), next(r for r in RECORDS if r.path == ODD))),
+        ("debian-none.sh", user_recipe(listing(), None)),
+        ("flat.sh", user_recipe(listing(snapshot_format="flat"), next(r for r in RECORDS if r.path == HELLO))),
+        ("arch.sh", user_recipe(with_mirrors("arch"), ARCH_RECORD)),
+        ("arch-odd.sh", user_recipe(with_mirrors("arch"), odd)),
+        ("arch-unsigned.sh", user_recipe(listing(snapshot_format="arch"), unsigned)),
+        ("arch-nowhere.sh", user_recipe(listing(snapshot_format="arch", webseeds=()), ARCH_RECORD)),
+    ]
+    for name, data in [
+        ("update.sh", with_mirrors("arch")),
+        ("update-nowhere.sh", listing(snapshot_format="arch", webseeds=())),
+    ]:
+        text = update_recipe(data)
+        assert text is not None
+        texts.append((name, text))
+    return texts
+
+
+@pytest.mark.skipif(shutil.which("shellcheck") is None, reason="shellcheck not installed (bootstrap.sh installs it)")
+def test_published_shell_texts_pass_shellcheck(tmp_path: Path) -> None:
+    for name, text in rendered_recipes():
+        (tmp_path / name).write_text(text)
+        # A name like `lib'foo $(x)` is one single-quoted word (checked above): SC2016 (info) only
+        # notes that `$(x)` does not expand there, which is the point.
+        exclude = ["--exclude=SC2016"] if "-odd" in name else []
+        checked = subprocess.run(
+            ["shellcheck", "--shell=bash", *exclude, str(tmp_path / name)], capture_output=True, text=True, check=False
+        )
+        assert checked.returncode == 0, checked.stdout + checked.stderr
 
 
 def test_user_recipe_bash_n_rejects_broken_text(tmp_path: Path) -> None:
@@ -1123,7 +1181,7 @@ def test_arch_user_recipe_without_signature_or_mirror_skips_the_sig_step() -> No
     assert "names no detached signature" in recipe and ".sig" not in recipe.replace("(.sig)", "")
     assert "sudo pacman -U" in recipe
     nowhere = user_recipe(listing(snapshot_format="arch", webseeds=()), ARCH_RECORD)
-    assert "no HTTP mirror is known" in nowhere and "-o " not in nowhere
+    assert "no HTTP mirror is known" in nowhere and 'fetch_capped "$SIG"' not in nowhere
     assert recipe.count("sha256sum -c") == nowhere.count("sha256sum -c") == 3
 
 

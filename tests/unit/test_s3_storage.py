@@ -3,12 +3,14 @@ scripted stub HTTP server on 127.0.0.1 (including a store that ignores condition
 
 from __future__ import annotations
 
+import logging
 import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import quote
 
 import pytest
 
@@ -16,7 +18,7 @@ from pipeline.config import Settings
 from pipeline.errors import ConfigError, PublishConflictError, StorageError
 from pipeline.model import Artifact
 from pipeline.storage import open_storage
-from pipeline.storage.s3 import S3Storage, parse_s3_url
+from pipeline.storage.s3 import REDACTED, S3Storage, parse_s3_url, redact
 
 Reply = tuple[int, dict[str, str], bytes]
 
@@ -361,3 +363,50 @@ def test_put_many_is_a_bounded_parallel_pool(stub: Stub) -> None:
     infos = store.put_many(artifacts)
     assert [i.etag for i in infos] == [f'"{i:02d}"' for i in range(18)], "infos in input order"
     assert 1 < in_flight[1] <= 3
+
+
+# --- secrets in debug logs -------------------------------------------------------------------------------
+
+SESSION_TOKEN = "FwoGZXIvYXdzEJr//////////wEaDM+stub/session+token=="
+
+
+def test_debug_logs_never_show_the_session_token(
+    stub: Stub, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """`--verbose` logs botocore at DEBUG: the request headers, the canonical request and the
+    signature. The session token is sent (the store needs it) but never logged, nor the signatures."""
+    monkeypatch.setenv("AWS_SESSION_TOKEN", SESSION_TOKEN)
+    caplog.set_level(logging.DEBUG)
+    store = S3Storage.from_url("s3://webseed/mirror", fast(stub.endpoint))
+    store.put("torrents/a.torrent", b"data", content_type="application/x-bittorrent", cache_control="x")
+    store.get("torrents/a.torrent")
+    assert stub.requests[0].headers["x-amz-security-token"] == SESSION_TOKEN
+    signature = stub.requests[0].headers["authorization"].rpartition("Signature=")[2]
+    logged = caplog.text + "\n".join(r.getMessage() for r in caplog.records)
+    assert "x-amz-security-token" in logged.lower() and REDACTED in logged  # the debug lines were captured
+    assert "stubsecret" not in logged
+    for secret in (SESSION_TOKEN, SESSION_TOKEN[:20], quote(SESSION_TOKEN, safe=""), signature):
+        assert secret not in logged, secret
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        f"headers={{'Content-Type': b'a/b', 'X-Amz-Security-Token': b'{SESSION_TOKEN}', "
+        "'Authorization': b'AWS4-HMAC-SHA256 Credential=AKID/20260101/us-east-1/s3/aws4_request, "
+        f"SignedHeaders=host;x-amz-security-token, Signature={'ab' * 32}'}}",
+        f"CanonicalRequest:\nGET\n/b/k\n\nhost:h\nx-amz-security-token:{SESSION_TOKEN}\n\nhost;x-amz-security-token\n",
+        f'http://h:9 "GET /b/k?X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Security-Token={quote(SESSION_TOKEN, safe="")}'
+        f'&X-Amz-Signature={"cd" * 32} HTTP/1.1" 200 4',
+        f"Signature:\n{'ef' * 32}",
+    ],
+    ids=["header", "canonical-request", "presigned-query", "botocore-auth"],
+)
+def test_redact_hides_tokens_and_signatures(line: str) -> None:
+    cleaned = redact(line)
+    for secret in (SESSION_TOKEN, quote(SESSION_TOKEN, safe=""), "ab" * 32, "cd" * 32, "ef" * 32, "FwoGZX"):
+        assert secret not in cleaned
+    assert REDACTED in cleaned
+    assert redact(cleaned) == cleaned
+    if "SignedHeaders" in line:  # the header names stay
+        assert "SignedHeaders=host;x-amz-security-token, Signature=<redacted>" in cleaned
