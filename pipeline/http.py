@@ -335,6 +335,7 @@ class ConnectionTransport:
     ) -> _HttpExchange:
         phase: Phase = "connect"
         alarm: _Alarm | None = None
+        response: http.client.HTTPResponse | None = None
         try:
             if connection.sock is None:
                 alarm = self._connect(connection, key[0], deadline)
@@ -349,6 +350,8 @@ class ConnectionTransport:
                 raise DeadlineExceeded(phase)
         except BaseException as exc:
             fired = alarm is not None and _WATCHDOG.disarm(alarm)
+            if response is not None:
+                response.close()  # one that will close holds the socket, not the connection
             connection.close()
             if isinstance(exc, DeadlineExceeded):
                 raise

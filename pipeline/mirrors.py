@@ -1,8 +1,10 @@
 """Mirror health probes and per-file webseed selection (DESIGN section 1; notes/aria2-client.md 1-2).
 
 `check_mirrors()` probes every configured HTTP mirror, concurrently across mirrors and at most
-`ProbeLimits.concurrency` requests at once within one, each request with a timeout, and at most
-`ProbeLimits.budget` requests per mirror per run:
+`ProbeLimits.concurrency` requests at once within one, at most `ProbeLimits.budget` requests per
+mirror per run, each request with a total deadline (connect, status line and headers within the
+timeout, the whole response within SLOW_BODY x the timeout), and the whole stage within
+`ProbeLimits.stage_budget` (default STAGE_TIMEOUTS x the timeout, 60 s for the default 10 s):
 
 1. its last-sync file, if configured (`MirrorConfig.lastsync`: Arch `lastsync`, Debian
    `project/trace/<host>`; at most 64 KiB read): epoch seconds, an RFC 2822 / `date -u` line or
@@ -20,21 +22,26 @@ mirrors that lost files). A fact for another SHA-256 of the same path counts for
 probe that finds a file missing or different drops the fact. One piece checked per file is a
 sample, not proof: the client still checks every piece (aria2) and the SHA-256 (the recipes).
 
-A mirror is `down` when its first requests get no answer (refused, reset, timed out, or a body
-trickling in past 2x the timeout; at most about 2x the timeout is spent waiting for its first
-answer) or when no probe got a usable answer (e.g. every one a 5xx); `no-range`; `stale` (its last
-sync is behind the snapshot's time, or, when that time is unknown, files differ and its last sync is
-older than another mirror's); `partial` (probed files missing (4xx) or different); or `ok`. After
-ABORT_FAILURES failed probes in a row a mirror is not probed further in that run. `sampled` counts
-the probes it answered; 408/429/5xx answers are inconclusive and change no fact.
+A mirror is `down` when its first requests get no answer (refused, reset, or too slow: headers or
+a body trickling in past their deadline; at most 2x the timeout is spent waiting for its first
+answer), when no probe got a usable answer (e.g. every one a 5xx), or when the stage's time budget
+ran out before any of its files was checked ("too slow: not done within the mirror stage's N s");
+`no-range`; `stale` (its last sync is behind the snapshot's time, or, when that time is unknown,
+files differ and its last sync is older than another mirror's); `partial` (probed files missing
+(4xx) or different); or `ok`. After ABORT_FAILURES failed probes in a row a mirror is not probed
+further in that run. No request outlives the stage's budget, so the stage ends within it however a
+mirror trickles; a mirror still being probed then keeps the verdict its answers gave, with that
+note, and the files left are probed in the next run. `sampled` counts the probes it answered;
+408/429/5xx answers are inconclusive and change no fact.
 
 A down mirror stays in torrent url-lists for the files it was verified to hold until it has been
 down for `down_runs` runs and for `down_after`, so one flaky mirror does not rewrite every torrent;
 metalinks and listings use the current status at once.
 
-All HTTP goes through `http.client` with explicit timeouts, bounded reads (never more than a piece
-for a ranged GET), at most a few redirects, and URLs from `pipeline.urls.join_url`. The state cache
-is read and written on the calling thread only; probe threads see plain values.
+All HTTP goes through `pipeline.http.Client` (total deadlines, bounded reads: never more than a piece
+for a ranged GET, at most a few redirects, keep-alive), with URLs from `pipeline.urls.join_url`. Name
+resolution is the one step its deadline does not cover. The state cache is read and written on the
+calling thread only; probe threads see plain values.
 """
 
 from __future__ import annotations
@@ -104,8 +111,9 @@ class ProbeFile(NamedTuple):
 
 @dataclass(frozen=True)
 class ProbeLimits:
-    """Bounds of one run: per-request timeout (s), requests per mirror, requests in flight per mirror,
-    and the flapping rule (a down mirror leaves url-lists after `down_runs` runs AND `down_after`)."""
+    """Bounds of one run: per-request timeout (s: connect + status line + headers; SLOW_BODY x it for the
+    whole response), requests per mirror, requests in flight per mirror, the flapping rule (a down mirror
+    leaves url-lists after `down_runs` runs AND `down_after`), and the stage's time budget (`stage_budget`)."""
 
     timeout: float = 10.0
     budget: int = 4000

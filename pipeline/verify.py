@@ -14,8 +14,11 @@ signed documents name (DESIGN sections 4-5, the client rules of notes/security-a
 4. a deterministic sample of webseed URLs: HEAD (200, Content-Length) and one ranged piece whose
    SHA-1 must equal the torrent's.
 
-Every read is bounded: never more than the size a signed document announces plus one byte, a fixed
-cap for documents nothing announces (pointer, torrents, metalinks), and a per-request deadline.
+Every read is bounded (pipeline.http): never more than the size a signed document announces plus one
+byte, a fixed cap for documents nothing announces (pointer, torrents, metalinks), `timeout` per
+network read, and a total deadline per request: connect, status line and headers within 3 x timeout,
+the whole response within 3 x timeout plus its byte cap at MIN_RATE (a server trickling its headers
+or body is cut off there, "too slow: ...").
 Problems are collected, one line each naming the URL, never raised; only a bad *setting* (missing
 keyring, malformed fingerprint, unreadable state file) raises ConfigError.
 """
@@ -84,7 +87,7 @@ class VerifySpec:
     fingerprint: str | None = None  # pinned primary fingerprint; None: the keyring's only primary key
     state_file: Path | None = None  # default: default_state_file(public_url)
     sample: int = 20  # packages whose webseed URLs are probed (evenly spaced in path order)
-    timeout: float = 10.0  # seconds per network read
+    timeout: float = 10.0  # seconds per network read; 3x: a request's headers; plus size/MIN_RATE: all of it
     now: datetime | None = None  # aware; default: the current time
 
 
