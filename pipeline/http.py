@@ -257,6 +257,13 @@ _WATCHDOG = _Watchdog()
 # --- the http.client transport ------------------------------------------------------------------
 
 
+class _HTTPSConnection(http.client.HTTPConnection):
+    """http.client's request and response handling on a socket ConnectionTransport wrapped in TLS itself
+    (http.client.HTTPSConnection would build an SSLContext per connection and handshake without a deadline)."""
+
+    default_port = http.client.HTTPS_PORT
+
+
 class ConnectionTransport:
     """http.client connections, kept alive per (scheme, host); every blocking step bounded by the deadline."""
 
@@ -278,9 +285,10 @@ class ConnectionTransport:
                 return self._start(connection, key, request, target, deadline, reused=True)
             except (BrokenPipeError, ConnectionResetError):  # RemoteDisconnected too: closed while idle
                 pass  # once more on a fresh connection
-        # InvalidURL for a bad port; for https only host and port are used: _connect makes the socket
-        kind = http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
-        connection = kind(parts.netloc)
+        if not parts.hostname:
+            raise ValueError(f"no host in {request.url}")
+        kind = _HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
+        connection = kind(parts.hostname, parts.port or kind.default_port)  # ValueError: a bad port
         return self._start(connection, key, request, target, deadline, reused=False)
 
     def close(self) -> None:
@@ -310,18 +318,22 @@ class ConnectionTransport:
         """The TLS handshake, non-blocking, so that a server trickling it cannot pass the deadline."""
         if self._tls is None:
             self._tls = ssl.create_default_context()
-        tls = self._tls.wrap_socket(sock, server_hostname=host, do_handshake_on_connect=False)
-        tls.setblocking(False)
-        while True:
-            try:
-                tls.do_handshake()
-                return tls
-            except ssl.SSLWantReadError:
-                ready = select.select([tls], [], [], deadline.socket_timeout("connect"))[0]
-            except ssl.SSLWantWriteError:
-                ready = select.select([], [tls], [], deadline.socket_timeout("connect"))[1]
-            if not ready:
-                raise DeadlineExceeded("connect") if deadline.passed("connect") else TimeoutError
+        tls = self._tls.wrap_socket(sock, server_hostname=host, do_handshake_on_connect=False)  # owns the fd now
+        try:
+            tls.setblocking(False)
+            while True:
+                try:
+                    tls.do_handshake()
+                    return tls
+                except ssl.SSLWantReadError:
+                    ready = select.select([tls], [], [], deadline.socket_timeout("connect"))[0]
+                except ssl.SSLWantWriteError:
+                    ready = select.select([], [tls], [], deadline.socket_timeout("connect"))[1]
+                if not ready:
+                    raise DeadlineExceeded("connect") if deadline.passed("connect") else TimeoutError
+        except BaseException:
+            tls.close()
+            raise
 
     def _start(
         self,

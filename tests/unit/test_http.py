@@ -188,6 +188,15 @@ def test_silence_and_idle_reads() -> None:
         real.request("GET", closed_port_url() + "/x", max_body=10, timeout=2)
 
 
+def test_a_tls_handshake_has_the_deadline_too() -> None:
+    """A server that accepts and never completes the handshake (https to a silent port)."""
+    with HangingServer() as server, Client(user_agent="test") as real:
+        started = time.monotonic()
+        with pytest.raises(HttpError, match=r"^too slow: no connection within 1 s \(timed out\)$"):
+            real.request("GET", server.url.replace("http:", "https:") + "/x", max_body=10, timeout=1)
+        assert time.monotonic() - started < 5
+
+
 class _Counting(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     connections = 0
