@@ -258,7 +258,7 @@ _WATCHDOG = _Watchdog()
 
 
 class _HTTPSConnection(http.client.HTTPConnection):
-    """http.client's request and response handling on a socket ConnectionTransport wrapped in TLS itself
+    """http.client's request and response handling over a TLS socket ConnectionTransport makes itself
     (http.client.HTTPSConnection would build an SSLContext per connection and handshake without a deadline)."""
 
     default_port = http.client.HTTPS_PORT
@@ -282,14 +282,14 @@ class ConnectionTransport:
             connection = idle.pop() if idle else None
         if connection is not None:
             try:
-                return self._start(connection, key, request, target, deadline, reused=True)
+                return self._start(connection, key, request, target, deadline)
             except (BrokenPipeError, ConnectionResetError):  # RemoteDisconnected too: closed while idle
                 pass  # once more on a fresh connection
         if not parts.hostname:
             raise ValueError(f"no host in {request.url}")
         kind = _HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
         connection = kind(parts.hostname, parts.port or kind.default_port)  # ValueError: a bad port
-        return self._start(connection, key, request, target, deadline, reused=False)
+        return self._start(connection, key, request, target, deadline)
 
     def close(self) -> None:
         with self._lock:
@@ -342,8 +342,6 @@ class ConnectionTransport:
         request: Request,
         target: str,
         deadline: Deadline,
-        *,
-        reused: bool,
     ) -> _HttpExchange:
         phase: Phase = "connect"
         alarm: _Alarm | None = None
