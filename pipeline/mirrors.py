@@ -1,8 +1,10 @@
 """Mirror health probes and per-file webseed selection (DESIGN section 1; notes/aria2-client.md 1-2).
 
 `check_mirrors()` probes every configured HTTP mirror, concurrently across mirrors and at most
-`ProbeLimits.concurrency` requests at once within one, each request with a timeout, and at most
-`ProbeLimits.budget` requests per mirror per run:
+`ProbeLimits.concurrency` requests at once within one, at most `ProbeLimits.budget` requests per
+mirror per run, each request with a total deadline (connect, status line and headers within the
+timeout, the whole response within SLOW_BODY x the timeout), and the whole stage within
+`ProbeLimits.stage_budget` (default STAGE_TIMEOUTS x the timeout, 60 s for the default 10 s):
 
 1. its last-sync file, if configured (`MirrorConfig.lastsync`: Arch `lastsync`, Debian
    `project/trace/<host>`; at most 64 KiB read): epoch seconds, an RFC 2822 / `date -u` line or
@@ -20,32 +22,35 @@ mirrors that lost files). A fact for another SHA-256 of the same path counts for
 probe that finds a file missing or different drops the fact. One piece checked per file is a
 sample, not proof: the client still checks every piece (aria2) and the SHA-256 (the recipes).
 
-A mirror is `down` when its first requests get no answer (refused, reset, timed out, or a body
-trickling in past 2x the timeout; at most about 2x the timeout is spent waiting for its first
-answer) or when no probe got a usable answer (e.g. every one a 5xx); `no-range`; `stale` (its last
-sync is behind the snapshot's time, or, when that time is unknown, files differ and its last sync is
-older than another mirror's); `partial` (probed files missing (4xx) or different); or `ok`. After
-ABORT_FAILURES failed probes in a row a mirror is not probed further in that run. `sampled` counts
-the probes it answered; 408/429/5xx answers are inconclusive and change no fact.
+A mirror is `down` when its first requests get no answer (refused, reset, or too slow: headers or
+a body trickling in past their deadline; at most 2x the timeout is spent waiting for its first
+answer), when no probe got a usable answer (e.g. every one a 5xx), or when the stage's time budget
+ran out before any of its files was checked ("too slow: not done within the mirror stage's N s");
+`no-range`; `stale` (its last sync is behind the snapshot's time, or, when that time is unknown,
+files differ and its last sync is older than another mirror's); `partial` (probed files missing
+(4xx) or different); or `ok`. After ABORT_FAILURES failed probes in a row a mirror is not probed
+further in that run. No request outlives the stage's budget, so the stage ends within it however a
+mirror trickles; a mirror still being probed then keeps the verdict its answers gave, with that
+note, and the files left are probed in the next run. `sampled` counts the probes it answered;
+408/429/5xx answers are inconclusive and change no fact.
 
 A down mirror stays in torrent url-lists for the files it was verified to hold until it has been
 down for `down_runs` runs and for `down_after`, so one flaky mirror does not rewrite every torrent;
 metalinks and listings use the current status at once.
 
-All HTTP goes through `http.client` with explicit timeouts, bounded reads (never more than a piece
-for a ranged GET), at most a few redirects, and URLs from `pipeline.urls.join_url`. The state cache
-is read and written on the calling thread only; probe threads see plain values.
+All HTTP goes through `pipeline.http.Client` (total deadlines, bounded reads: never more than a piece
+for a ranged GET, at most a few redirects, keep-alive), with URLs from `pipeline.urls.join_url`. Name
+resolution is the one step its deadline does not cover. The state cache is read and written on the
+calling thread only; probe threads see plain values.
 """
 
 from __future__ import annotations
 
 import hashlib
 import heapq
-import http.client
 import logging
 import math
 import re
-import ssl
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -54,9 +59,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
 from typing import Literal, NamedTuple
-from urllib.parse import urljoin, urlsplit
 
 from pipeline.config import MirrorConfig, Settings
+from pipeline.http import BudgetSpent, Client, HttpError, Response
 from pipeline.index import rfc3339
 from pipeline.model import FileEntry, MirrorHealth, MirrorStatus, NullProgress, Progress
 from pipeline.state import CachedFile, MirrorFact, MirrorHealthRecord, StateCache
@@ -76,18 +81,16 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 LASTSYNC_MAX_BYTES = 64 * 1024  # a last-sync file is one line (Debian traces: a few hundred bytes)
-ERROR_BODY_MAX_BYTES = 16 * 1024  # read of an error page to keep the connection; a longer one closes it
-MAX_REDIRECTS = 3
 RECHECK_SHARE = 0.05  # at most this share of the budget goes to re-checking verified files ...
 RECHECK_FRACTION = 0.01  # ... and at most this fraction of them (at least one) per run
 START_FAILURES = 2  # requests that fail before the mirror's first answer: it is down
 ANSWER_WINDOW = 2.0  # timeouts: the longest wait for a mirror's first answer
 ABORT_FAILURES = 3  # consecutive failed probes after that: stop probing it in this run
-SLOW_BODY = 2.0  # timeouts: the longest one request may take to deliver its (bounded) body
+SLOW_BODY = 2.0  # timeouts: the longest one request may take in all (the headers: one timeout)
+STAGE_TIMEOUTS = 6.0  # timeouts: the whole probe stage's time budget (default 60 s), see ProbeLimits
 SEQUENTIAL_PROBES = 3  # files probed one at a time first, until Range support is known
 MAX_PARALLEL_MIRRORS = 16
 USER_AGENT = "mirrorseed-probe (mirror health check)"
-_REDIRECTS = frozenset({301, 302, 303, 307, 308})
 _CONTENT_RANGE = re.compile(r"^\s*bytes\s+(\d+)-(\d+)/(\d+|\*)\s*$", re.IGNORECASE)
 _EPOCH = re.compile(r"[0-9]{1,12}(?:\.[0-9]+)?")
 _RFC3339 = re.compile(r"\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(?:\.\d+)?(?:[Zz]|[+-]\d{2}:\d{2})")
@@ -108,14 +111,21 @@ class ProbeFile(NamedTuple):
 
 @dataclass(frozen=True)
 class ProbeLimits:
-    """Bounds of one run: per-request timeout (s), requests per mirror, requests in flight per mirror,
-    and the flapping rule (a down mirror leaves url-lists after `down_runs` runs AND `down_after`)."""
+    """Bounds of one run: per-request timeout (s: connect + status line + headers; SLOW_BODY x it for the
+    whole response), requests per mirror, requests in flight per mirror, the flapping rule (a down mirror
+    leaves url-lists after `down_runs` runs AND `down_after`), and the stage's time budget (`stage_budget`)."""
 
     timeout: float = 10.0
     budget: int = 4000
     concurrency: int = 8
     down_runs: int = 2
     down_after: timedelta = timedelta(hours=6)
+    stage_timeout: float | None = None  # the whole probe stage, s; None: STAGE_TIMEOUTS x timeout
+
+    @property
+    def stage_budget(self) -> float:
+        """Seconds the probe stage may take in all: no request of a run outlives it."""
+        return self.stage_timeout if self.stage_timeout is not None else STAGE_TIMEOUTS * self.timeout
 
     @classmethod
     def from_settings(cls, settings: Settings) -> ProbeLimits:
@@ -253,175 +263,6 @@ def _mirror_key(url: str) -> str:
     return url.rstrip("/")
 
 
-# --- HTTP ---------------------------------------------------------------------------------------
-
-
-class _Failure(Exception):
-    """No HTTP answer: refused, reset, timed out, TLS or protocol error."""
-
-
-class _OverBudget(Exception):
-    """The mirror's request budget for this run is spent."""
-
-
-@dataclass(frozen=True)
-class _Response:
-    status: int
-    headers: Mapping[str, str]  # lower-case names
-    body: bytes
-
-
-class _Client:
-    """Keep-alive connections to one mirror (and hosts it redirects to), counting every request."""
-
-    def __init__(self, timeout: float, budget: int) -> None:
-        self.timeout = timeout
-        self.budget = budget
-        self.requests = 0
-        self._idle: dict[tuple[str, str], list[http.client.HTTPConnection]] = {}
-        self._lock = threading.Lock()
-        self._closed = False
-        self._tls: ssl.SSLContext | None = None
-
-    def request(self, method: str, url: str, *, headers: Mapping[str, str], max_body: int, timeout: float) -> _Response:
-        """One request, following at most MAX_REDIRECTS redirects (each one counts against the budget)."""
-        for _ in range(MAX_REDIRECTS + 1):
-            response = self._once(method, url, headers, max_body, timeout)
-            location = response.headers.get("location")
-            if response.status not in _REDIRECTS or not location:
-                return response
-            url = urljoin(url, location)
-            if urlsplit(url).scheme not in ("http", "https"):
-                raise _Failure(f"redirected to a non-HTTP URL ({url})")
-        raise _Failure(f"more than {MAX_REDIRECTS} redirects")
-
-    def close(self) -> None:
-        with self._lock:
-            self._closed = True
-            connections = [c for idle in self._idle.values() for c in idle]
-            self._idle.clear()
-        for connection in connections:
-            connection.close()
-
-    def _take(self, scheme: str, netloc: str) -> tuple[http.client.HTTPConnection, bool]:
-        with self._lock:
-            if self.requests >= self.budget:
-                raise _OverBudget
-            self.requests += 1
-            idle = self._idle.get((scheme, netloc))
-            if idle:
-                return idle.pop(), True
-        if scheme == "https":
-            if self._tls is None:
-                self._tls = ssl.create_default_context()
-            return http.client.HTTPSConnection(netloc, timeout=self.timeout, context=self._tls), False
-        return http.client.HTTPConnection(netloc, timeout=self.timeout), False
-
-    def _give_back(self, scheme: str, netloc: str, connection: http.client.HTTPConnection) -> None:
-        with self._lock:
-            if not self._closed:
-                self._idle.setdefault((scheme, netloc), []).append(connection)
-                return
-        connection.close()
-
-    def _once(self, method: str, url: str, headers: Mapping[str, str], max_body: int, timeout: float) -> _Response:
-        parts = urlsplit(url)
-        if parts.scheme not in ("http", "https") or not parts.netloc:
-            raise _Failure(f"not an http(s) URL: {url}")
-        target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-        sent = {"User-Agent": USER_AGENT, **headers}
-        try:
-            connection, reused = self._take(parts.scheme, parts.netloc)
-        except http.client.HTTPException as exc:  # InvalidURL: a bad port
-            raise _Failure(_describe(exc)) from None
-        try:
-            return self._exchange(connection, parts.scheme, parts.netloc, method, target, sent, max_body, timeout)
-        except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError) as exc:
-            if not reused:
-                raise _Failure(_describe(exc)) from None
-        # a kept-alive connection the server had closed: once more on a fresh one (not counted again)
-        fresh: http.client.HTTPConnection
-        if parts.scheme == "https":
-            fresh = http.client.HTTPSConnection(parts.netloc, timeout=timeout, context=self._tls)
-        else:
-            fresh = http.client.HTTPConnection(parts.netloc, timeout=timeout)
-        try:
-            return self._exchange(fresh, parts.scheme, parts.netloc, method, target, sent, max_body, timeout)
-        except (OSError, http.client.HTTPException) as exc:
-            raise _Failure(_describe(exc)) from None
-
-    def _exchange(
-        self,
-        connection: http.client.HTTPConnection,
-        scheme: str,
-        netloc: str,
-        method: str,
-        target: str,
-        headers: Mapping[str, str],
-        max_body: int,
-        timeout: float,
-    ) -> _Response:
-        deadline = time.monotonic() + timeout * SLOW_BODY
-        keep = False
-        try:
-            connection.timeout = timeout
-            if connection.sock is not None:
-                connection.sock.settimeout(timeout)
-            connection.request(method, target, headers=dict(headers))
-            response = connection.getresponse()
-            limit = max_body if 200 <= response.status < 300 else min(max_body, ERROR_BODY_MAX_BYTES)
-            body, complete = _read_bounded(response, limit, deadline)
-            answer = _Response(response.status, {k.lower(): v for k, v in response.getheaders()}, body)
-            keep = complete and not response.will_close
-            return answer
-        except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError):
-            raise
-        except (OSError, http.client.HTTPException, ValueError) as exc:
-            raise _Failure(_describe(exc)) from None
-        finally:
-            if keep:
-                self._give_back(scheme, netloc, connection)
-            else:
-                connection.close()
-
-
-def _read_bounded(response: http.client.HTTPResponse, limit: int, deadline: float) -> tuple[bytes, bool]:
-    """At most `limit` bytes of the body; True when the whole body was read (the connection is reusable)."""
-    length = response.length if not response.chunked else None
-    want = limit if length is None else min(length, limit)
-    chunks: list[bytes] = []
-    total = 0
-    while total < want:
-        if time.monotonic() > deadline:
-            raise TimeoutError("body too slow")
-        chunk = response.read1(min(64 * 1024, want - total))  # read() would wait for all n bytes
-        if not chunk:
-            break
-        chunks.append(chunk)
-        total += len(chunk)
-    body = b"".join(chunks)
-    if length is not None and total == length:
-        response.read()  # nothing left: marks the response complete
-        return body, True
-    if length is None and total < want:  # a chunked body that ended within the limit
-        return body, response.isclosed()
-    return body, False
-
-
-def _describe(exc: BaseException) -> str:
-    if isinstance(exc, TimeoutError):
-        return "timed out"
-    if isinstance(exc, ConnectionRefusedError):
-        return "connection refused"
-    if isinstance(exc, ConnectionResetError | http.client.RemoteDisconnected):
-        return "connection reset"
-    if isinstance(exc, ssl.SSLError):
-        return f"TLS error ({exc.reason or exc})"
-    if isinstance(exc, OSError) and exc.strerror:
-        return exc.strerror.lower()
-    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-
-
 # --- probing one mirror -------------------------------------------------------------------------
 
 _Kind = Literal["ok", "missing", "different", "error", "no-range", "skipped"]
@@ -481,10 +322,11 @@ class _MirrorRun:
 class _Prober:
     """Probes one mirror: last sync, then files one at a time until Range support is known, then in parallel."""
 
-    def __init__(self, plan: _MirrorPlan, limits: ProbeLimits) -> None:
+    def __init__(self, plan: _MirrorPlan, limits: ProbeLimits, stage_end: float) -> None:
         self.plan = plan
         self.limits = limits
-        self.client = _Client(limits.timeout, limits.budget)
+        self.client = Client(user_agent=USER_AGENT, budget=limits.budget)
+        self._stage_end = stage_end  # monotonic: no request of this run outlives it
         self.run = _MirrorRun()
         self._lock = threading.Lock()
         self._answered = False
@@ -529,25 +371,41 @@ class _Prober:
 
     # -- requests with the mirror-level bookkeeping
 
-    def _send(self, method: str, url: str, headers: Mapping[str, str], max_body: int) -> _Response:
+    def _send(self, method: str, url: str, headers: Mapping[str, str], max_body: int) -> Response:
+        """One request: headers within the timeout, all of it within SLOW_BODY timeouts, both cut to the
+        answer window before the mirror's first answer and to the stage's end."""
         with self._lock:
             if self._stop is not None:
-                raise _OverBudget
-            timeout = self.limits.timeout
+                raise BudgetSpent
+            now = time.monotonic()
+            headers_timeout = self.limits.timeout
+            timeout = self.limits.timeout * SLOW_BODY
             if not self._answered:
-                timeout = min(timeout, self._window_end - time.monotonic())
-                if timeout <= 0.01:
+                window = self._window_end - now
+                if window <= 0.01:
                     self._stop_for(f"no answer within {ANSWER_WINDOW * self.limits.timeout:g}s ({self._last_failure})")
-                    raise _OverBudget
+                    raise BudgetSpent
+                headers_timeout, timeout = min(headers_timeout, window), min(timeout, window)
+            left = self._stage_end - now
+            if left <= 0.01:
+                self._stop_for(self._out_of_time())
+                raise BudgetSpent
+            capped = timeout > left
+            headers_timeout, timeout = min(headers_timeout, left), min(timeout, left)
         try:
-            response = self.client.request(method, url, headers=headers, max_body=max_body, timeout=timeout)
-        except _Failure as exc:
+            response = self.client.request(
+                method, url, headers=headers, max_body=max_body, timeout=timeout, headers_timeout=headers_timeout
+            )
+        except HttpError as exc:
             with self._lock:
-                self._last_failure = str(exc)
+                if capped and exc.slow and time.monotonic() >= self._stage_end - 0.05:
+                    self._stop_for(self._out_of_time())  # cut by the stage's end: abandoned, not a failure
+                    raise BudgetSpent from None
+                self._last_failure = f"{url}: {exc}"
                 if not self._answered:
                     self._failures += 1
                     if self._failures >= START_FAILURES:
-                        self._stop_for(f"no answer: {exc} ({self._failures} attempts)")
+                        self._stop_for(f"no answer: {url}: {exc} ({self._failures} attempts)")
             raise
         with self._lock:
             if not self._answered:
@@ -558,6 +416,13 @@ class _Prober:
     def _stop_for(self, reason: str) -> None:
         if self._stop is None:
             self._stop = reason
+
+    def _out_of_time(self) -> str:
+        done = sum(1 for o in self.run.outcomes if o.kind != "skipped")
+        return (
+            f"too slow: not done within the mirror stage's {self.limits.stage_budget:g} s "
+            f"({done} of {len(self.plan.probes)} files probed, the rest left for the next run)"
+        )
 
     def _probe_and_record(self, probe: _Probe) -> None:
         outcome = _Outcome(probe, "skipped") if self._stop is not None else self._file(probe)
@@ -585,10 +450,10 @@ class _Prober:
         url = join_url(self.plan.base, lastsync)
         try:
             response = self._send("GET", url, {}, LASTSYNC_MAX_BYTES)
-        except _Failure as exc:
+        except HttpError as exc:
             self.run.last_sync_problem = f"last-sync file: {exc}"
             return
-        except _OverBudget:
+        except BudgetSpent:
             self.run.last_sync_problem = "last-sync file: not fetched"
             return
         if response.status != 200:
@@ -604,9 +469,9 @@ class _Prober:
     def _file(self, probe: _Probe) -> _Outcome:
         try:
             return self._check_file(probe)
-        except _Failure as exc:
+        except HttpError as exc:
             return _Outcome(probe, "error", str(exc), answered=False)
-        except _OverBudget:
+        except BudgetSpent:
             return _Outcome(probe, "skipped")
 
     def _check_file(self, probe: _Probe) -> _Outcome:
@@ -705,8 +570,9 @@ def check_mirrors(
     runs: dict[str, _MirrorRun] = {}
     sink.start("mirrors", total=len(keys), unit="mirrors")
     if keys:
+        stage_end = time.monotonic() + limits.stage_budget  # every request is cut to it: the pool ends by then
         with ThreadPoolExecutor(max_workers=min(len(keys), MAX_PARALLEL_MIRRORS), thread_name_prefix="mirror") as pool:
-            futures = {pool.submit(_Prober(plans[key], limits).probe): key for key in keys}
+            futures = {pool.submit(_Prober(plans[key], limits, stage_end).probe): key for key in keys}
             for future in as_completed(futures):
                 runs[futures[future]] = future.result()
                 sink.advance(1)

@@ -14,8 +14,11 @@ signed documents name (DESIGN sections 4-5, the client rules of notes/security-a
 4. a deterministic sample of webseed URLs: HEAD (200, Content-Length) and one ranged piece whose
    SHA-1 must equal the torrent's.
 
-Every read is bounded: never more than the size a signed document announces plus one byte, a fixed
-cap for documents nothing announces (pointer, torrents, metalinks), and a per-request deadline.
+Every read is bounded (pipeline.http): never more than the size a signed document announces plus one
+byte, a fixed cap for documents nothing announces (pointer, torrents, metalinks), `timeout` per
+network read, and a total deadline per request: connect, status line and headers within 3 x timeout,
+the whole response within 3 x timeout plus its byte cap at MIN_RATE (a server trickling its headers
+or body is cut off there, "too slow: ...").
 Problems are collected, one line each naming the URL, never raised; only a bad *setting* (missing
 keyring, malformed fingerprint, unreadable state file) raises ConfigError.
 """
@@ -30,22 +33,19 @@ import re
 import shutil
 import subprocess
 import tempfile
-import time
 import unicodedata
-import urllib.error
-import urllib.request
 import xml.etree.ElementTree as ET
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from http.client import HTTPException
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlsplit
 
 from pipeline.errors import ConfigError, SigningError, StorageError
 from pipeline.hashing import piece_size_for
+from pipeline.http import Client, HttpError, Response
 from pipeline.index import MAX_SEQUENCE, decode_index, decode_pointer, index_key, index_torrent_key, parse_rfc3339
 from pipeline.jsondoc import loads_strict
 from pipeline.model import PackageRecord, Pointer
@@ -63,8 +63,10 @@ MAX_KEY_BYTES = 1024 * 1024  # signing-key.gpg
 MAX_DOCUMENT_BYTES = 16 * 1024 * 1024  # any torrent or metalink, whatever its record says
 WORKERS = 8
 # The slowest transfer rate a request may average before its deadline (slow-retrieval attacks): each
-# request gets 3 x timeout plus its byte cap at this rate; every single read also has `timeout`.
+# request gets 3 x timeout for connect, status line and headers, and in all 3 x timeout plus its byte
+# cap at this rate; every single read also has `timeout`.
 MIN_RATE = 256 * 1024
+MAX_REDIRECTS = 10  # as many as urllib follows, which users' scripts and browsers match or exceed
 USER_AGENT = "mirrorseed-verify"
 
 _DIGEST = 20
@@ -86,7 +88,7 @@ class VerifySpec:
     fingerprint: str | None = None  # pinned primary fingerprint; None: the keyring's only primary key
     state_file: Path | None = None  # default: default_state_file(public_url)
     sample: int = 20  # packages whose webseed URLs are probed (evenly spaced in path order)
-    timeout: float = 10.0  # seconds per network read
+    timeout: float = 10.0  # seconds per network read; 3x: a request's headers; plus size/MIN_RATE: all of it
     # release's rule: every package torrent names a webseed (url-list) unless published with --allow-peer-only
     allow_peer_only: bool = False
     now: datetime | None = None  # aware; default: the current time
@@ -155,24 +157,15 @@ def verify_publication(spec: VerifySpec) -> VerifyReport:
 # --- HTTP -----------------------------------------------------------------------------------------
 
 
-class _FetchError(Exception):
-    """One line: why a URL could not be read (status, transport error, too large, too slow)."""
-
-
-@dataclass(frozen=True)
-class _Response:
-    status: int
-    headers: dict[str, str]  # lower-cased names
-    body: bytes
-
-
 class _Http:
+    """Bounded GETs and HEADs as the audit needs them (pipeline.http): exact bodies, one expected status."""
+
     def __init__(self, timeout: float) -> None:
         if not timeout > 0:
             raise ConfigError(f"timeout {timeout!r}: must be a positive number of seconds")
         self.timeout = timeout
-        # Redirects are followed as users' clients do (CDNs use them); urllib keeps Range and HEAD on them.
-        self._opener = urllib.request.build_opener()
+        # Redirects are followed as users' clients do (CDNs use them), keeping Range and HEAD.
+        self.client = Client(user_agent=USER_AGENT, max_redirects=MAX_REDIRECTS)
 
     def request(
         self,
@@ -182,55 +175,20 @@ class _Http:
         method: str = "GET",
         headers: dict[str, str] | None = None,
         expect: int = 200,
-    ) -> _Response:
+    ) -> Response:
         """The response to `method url`; any status but `expect`, a transport error, more than `limit`
-        body bytes, a body shorter than announced, or missing the deadline raise _FetchError."""
-        request = urllib.request.Request(url, method=method, headers={"User-Agent": USER_AGENT, **(headers or {})})
-        deadline = time.monotonic() + 3 * self.timeout + limit / MIN_RATE
-        try:
-            with self._opener.open(request, timeout=self.timeout) as response:
-                status = int(response.status)
-                if status != expect:
-                    raise _FetchError(f"HTTP {status}, expected {expect}")
-                found = {name.lower(): value for name, value in response.headers.items()}
-                body = b"" if method == "HEAD" else _read(response, found, limit, deadline)
-                return _Response(status, found, body)
-        except urllib.error.HTTPError as err:
-            err.close()
-            raise _FetchError(f"HTTP {err.code} {err.reason}") from None
-        except urllib.error.URLError as err:
-            raise _FetchError(_transport(err.reason)) from None
-        except (OSError, HTTPException, ValueError) as err:
-            raise _FetchError(_transport(err)) from None
-
-
-def _transport(reason: object) -> str:
-    if isinstance(reason, TimeoutError):
-        return "timed out"
-    if isinstance(reason, OSError) and reason.strerror:
-        return f"cannot connect: {reason.strerror}"
-    return f"cannot fetch: {reason or type(reason).__name__}"
-
-
-def _read(response: Any, headers: dict[str, str], limit: int, deadline: float) -> bytes:
-    declared = headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > limit:
-        raise _FetchError(f"announces {int(declared)} bytes, more than the {limit} bytes expected: refused")
-    chunks: list[bytes] = []
-    total = 0
-    reader: Callable[[int], bytes] = getattr(response, "read1", response.read)
-    while True:
-        if time.monotonic() > deadline:
-            raise _FetchError(f"too slow: {total} bytes before the deadline; refused (slow retrieval)")
-        chunk = reader(min(64 * 1024, limit + 1 - total))
-        if not chunk:
-            if declared.isdigit() and total != int(declared):
-                raise _FetchError(f"the body ended after {total} of the {int(declared)} bytes announced")
-            return b"".join(chunks)
-        chunks.append(chunk)
-        total += len(chunk)
-        if total > limit:
-            raise _FetchError(f"more than the {limit} bytes expected: refused (endless data?)")
+        body bytes, a body shorter than announced, or missing a deadline raise HttpError."""
+        return self.client.request(
+            method,
+            url,
+            max_body=limit,
+            timeout=3 * self.timeout + limit / MIN_RATE,
+            headers_timeout=3 * self.timeout,
+            idle=self.timeout,
+            headers=headers,
+            exact=True,
+            expect=expect,
+        )
 
 
 # --- bencode --------------------------------------------------------------------------------------
@@ -563,6 +521,12 @@ class _Audit:
     # -- steps ------------------------------------------------------------------------------------
 
     def run(self) -> VerifyReport:
+        try:
+            return self._run()
+        finally:
+            self.http.client.close()
+
+    def _run(self) -> VerifyReport:
         pointer = self.check_pointer()
         if pointer is None:
             return self.report(None)
@@ -584,7 +548,7 @@ class _Audit:
         self.checked["pointer"] = 1
         try:
             signed = self.http.request(url, limit=MAX_POINTER_BYTES).body
-        except _FetchError as err:
+        except HttpError as err:
             self.problems.append(f"{url}: {err}")
             return None
         try:
@@ -636,7 +600,7 @@ class _Audit:
         data: bytes | None = None
         try:
             fetched = self.http.request(url, limit=ref.size).body
-        except _FetchError as err:
+        except HttpError as err:
             self.problems.append(f"{url}: {err}")
         else:
             if len(fetched) != ref.size:
@@ -650,7 +614,7 @@ class _Audit:
         signature: bytes | None = None
         try:
             signature = self.http.request(sig_url, limit=MAX_SIGNATURE_BYTES).body
-        except _FetchError as err:
+        except HttpError as err:
             self.problems.append(f"{sig_url}: {err}")
         if data is not None and signature is not None:
             try:
@@ -677,7 +641,7 @@ class _Audit:
         try:
             raw = self.http.request(url, limit=MAX_DOCUMENT_BYTES).body
             torrent = _parse_torrent(raw)
-        except _FetchError as err:
+        except HttpError as err:
             self.problems.append(f"{url}: {err}")
             return
         except ValueError as err:
@@ -725,7 +689,7 @@ class _Audit:
             self.checked["index_webseed_probes"] += 1
             try:
                 head = self.http.request(probe, limit=0, method="HEAD")
-            except _FetchError as err:
+            except HttpError as err:
                 problems.append(f"its webseed {probe}: {err}")
                 continue
             if head.headers.get("content-length") != str(pointer.index.size):
@@ -772,7 +736,7 @@ class _Audit:
         url = self.url(SIGNING_KEY_KEY)
         try:
             data = self.http.request(url, limit=MAX_KEY_BYTES).body
-        except _FetchError as err:
+        except HttpError as err:
             self.problems.append(f"{url}: {err}")
             return
         with tempfile.TemporaryDirectory(prefix="msk") as tmp:
@@ -814,7 +778,7 @@ class _Audit:
             url = self.url(record.torrent)
             try:
                 torrent = _parse_torrent(self.http.request(url, limit=cap).body)
-            except _FetchError as err:
+            except HttpError as err:
                 result.problems.append(f"{url}: {err}")
             except ValueError as err:
                 result.problems.append(f"{url}: not a valid torrent ({err})")
@@ -827,7 +791,7 @@ class _Audit:
         url = self.url(record.metalink)
         try:
             data = self.http.request(url, limit=cap).body
-        except _FetchError as err:
+        except HttpError as err:
             result.problems.append(f"{url}: {err}")
             return result
         problems, base = _metalink_problems(
@@ -870,7 +834,7 @@ class _Audit:
         problems: list[str] = []
         try:
             head = self.http.request(url, limit=0, method="HEAD")
-        except _FetchError as err:
+        except HttpError as err:
             return [f"{url}: HEAD: {err}"]
         length = head.headers.get("content-length")
         if length != str(record.size):
@@ -884,7 +848,7 @@ class _Audit:
                 part = self.http.request(
                     url, limit=last - first + 1, headers={"Range": f"bytes={first}-{last}"}, expect=206
                 )
-            except _FetchError as err:
+            except HttpError as err:
                 hint = " (webseeds must honour Range requests)" if "expected 206" in str(err) else ""
                 problems.append(f"{url}: Range bytes={first}-{last}: {err}{hint}")
             else:
@@ -895,7 +859,7 @@ class _Audit:
             sig_url = join_url(seed, sig.path)
             try:
                 body = self.http.request(sig_url, limit=sig.size).body
-            except _FetchError as err:
+            except HttpError as err:
                 problems.append(f"{sig_url}: {err}")
             else:
                 if len(body) != sig.size or hashlib.sha256(body).hexdigest() != sig.sha256:
@@ -903,7 +867,7 @@ class _Audit:
         return problems
 
 
-def _piece_problems(url: str, part: _Response, piece: tuple[int, int, int], size: int, expected: bytes) -> list[str]:
+def _piece_problems(url: str, part: Response, piece: tuple[int, int, int], size: int, expected: bytes) -> list[str]:
     first, last, number = piece
     where = f"{url}: Range bytes={first}-{last}"
     content_range = part.headers.get("content-range")

@@ -5,6 +5,8 @@
 - `NoRangeServer` ignores `Range` (always `200` and the whole body, like `python -m http.server`);
 - `HangingServer` accepts connections and never answers; closing it drops them, so teardown never waits;
 - `TricklingServer` answers at once, then sends its body one byte at a time (no read ever times out);
+  with `in_headers=True` it sends `HTTP/1.1 200 OK` and then its headers one byte at a time, and
+  `answers` lists paths it answers at once and in full (a mirror that goes slow after its first answer);
 - `closed_port_url()` names a port nobody listens on (connection refused: a down mirror).
 """
 
@@ -222,10 +224,17 @@ class HangingServer:
 
 class TricklingServer:
     """Answers every request at once with `200` and a large Content-Length, then sends one byte every
-    `interval` seconds: no single read ever times out, only a whole-request deadline ends it."""
+    `interval` seconds: no single read ever times out, only a whole-request deadline ends it.
 
-    def __init__(self, interval: float = 0.05) -> None:
+    `in_headers`: sends the status line, then one header byte every `interval` (the headers never end).
+    `answers`: path -> body answered at once and in full (then the connection is closed)."""
+
+    def __init__(
+        self, interval: float = 0.05, *, in_headers: bool = False, answers: dict[str, bytes] | None = None
+    ) -> None:
         self.interval = interval
+        self.in_headers = in_headers
+        self.answers = answers or {}
         self._socket = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self._socket.bind(("127.0.0.1", 0))
         self._socket.listen(16)
@@ -252,8 +261,17 @@ class TricklingServer:
         with connection:
             try:
                 connection.settimeout(1)
-                connection.recv(65536)  # the request (small, one packet on loopback)
-                connection.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 1000000\r\n\r\n")
+                request = connection.recv(65536)  # the request (small, one packet on loopback)
+                path = request.split(b" ", 2)[1].decode("latin-1") if request.count(b" ") >= 2 else ""
+                if path in self.answers:
+                    body = self.answers[path]
+                    head = f"HTTP/1.1 200 OK\r\nContent-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+                    connection.sendall(head.encode() + body)
+                    return
+                if self.in_headers:
+                    connection.sendall(b"HTTP/1.1 200 OK\r\nX-Slow: ")
+                else:
+                    connection.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 1000000\r\n\r\n")
                 while not self._stop.wait(self.interval):
                     connection.sendall(b"x")
             except OSError:

@@ -555,3 +555,41 @@ def test_release_with_bad_mirrors_publishes_only_exact_holders_and_aria2_downloa
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     for path in wanted:
         assert (tmp_path / "dl" / Path(path).name).read_bytes() == (farm.snapshot / path).read_bytes()
+
+
+def test_a_mirror_trickling_its_headers_is_named_and_the_stage_stays_bounded(farm: Farm, tmp_path: Path) -> None:
+    """`HTTP/1.1 200 OK`, then one header byte every 0.2 s: the slow mirror is down with a detail naming it
+    and why; the good mirror is still every file's webseed; the stage ends well within its budget."""
+    limits = ProbeLimits(timeout=TIMEOUT, budget=400, concurrency=4)
+    good = MirrorConfig(url=farm.urls["complete"], lastsync="project/trace/master")
+    with (
+        TricklingServer(0.2, in_headers=True) as slow,
+        StateCache.open(tmp_path / "state.sqlite", repo="t") as state,
+    ):
+        started = time.monotonic()
+        report = run(farm, state, mirrors=[good, MirrorConfig(url=slow.url, lastsync="lastsync")], limits=limits)
+        elapsed = time.monotonic() - started
+    assert elapsed < limits.stage_budget, elapsed  # the answer window (2 x timeout) ends it, with room to spare
+    assert report.statuses[0].status == "ok" and report.statuses[0].webseed, report.statuses[0].detail
+    assert all(report.webseeds_for(f.path) == (good.url,) for f in farm.hashed.files)
+    down = report.statuses[1]
+    assert down.status == "down" and not down.webseed
+    assert f"{slow.url}/" in down.detail and "too slow: the headers did not arrive within 1 s" in down.detail
+
+
+def test_the_stage_budget_stops_a_mirror_that_goes_slow_after_answering(farm: Farm, tmp_path: Path) -> None:
+    """A mirror that answers its last-sync file at once, then trickles every header: its probes are cut at the
+    stage's time budget (no request outlives it) and it is down, the detail saying why."""
+    limits = ProbeLimits(timeout=5.0, budget=400, concurrency=4, stage_timeout=1.5)
+    answers = {"/lastsync": f"{int(SNAPSHOT_TIME.timestamp())}\n".encode()}
+    with (
+        TricklingServer(0.2, in_headers=True, answers=answers) as slow,
+        StateCache.open(tmp_path / "state.sqlite", repo="t") as state,
+    ):
+        started = time.monotonic()
+        report = run(farm, state, mirrors=[MirrorConfig(url=slow.url, lastsync="lastsync")], limits=limits)
+        elapsed = time.monotonic() - started
+    assert elapsed < 3 * limits.stage_budget, elapsed  # 1.5 s budget; without it, 5 s per request
+    status = report.statuses[0]
+    assert status.status == "down" and not status.webseed and status.last_sync is not None
+    assert "too slow: not done within the mirror stage's 1.5 s" in status.detail, status.detail

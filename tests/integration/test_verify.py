@@ -11,6 +11,7 @@ import json
 import shutil
 import socket
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass, replace
@@ -33,6 +34,7 @@ from pipeline.urls import join_url
 from pipeline.verify import MAX_POINTER_BYTES, VerifySpec, default_state_file, verify_publication
 from tests.gpg_helpers import export_keyring, make_key, temp_gnupghome
 from tests.integration.conftest import PACKAGES, SigningKey, run_cli
+from tests.mirror_servers import TricklingServer
 
 pytestmark = pytest.mark.integration
 
@@ -331,3 +333,17 @@ def test_validly_signed_pointer_to_a_zstd_bomb_is_cut_off(pub: Published) -> Non
         report.problems
     ), report.problems
     assert report.checked["torrents"] == 0
+
+
+def test_a_server_trickling_its_headers_fails_at_the_deadline(signing_key: SigningKey, tmp_path: Path) -> None:
+    """`HTTP/1.1 200 OK`, then one header byte every 0.2 s: no read ever waits `timeout`, yet the audit
+    ends at the headers' deadline (3 x timeout) and says so, not '0 bytes before the deadline'."""
+    with TricklingServer(0.2, in_headers=True) as server:
+        started = time.monotonic()
+        report = verify_publication(
+            VerifySpec(public_url=server.url, keyring=signing_key.keyring, state_file=tmp_path / "s.json", timeout=1)
+        )
+        elapsed = time.monotonic() - started
+    assert elapsed < 10, elapsed
+    assert report.problems == (f"{server.url}/latest.asc: too slow: the headers did not arrive within 3 s (timed out)",)
+    assert "0 bytes" not in report.problems[0] and not (tmp_path / "s.json").exists()
