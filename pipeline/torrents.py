@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 from urllib.parse import quote, urlsplit
 
+from pipeline import bencode
 from pipeline.errors import ConfigError, SnapshotError
 from pipeline.model import Artifact, BuiltPackages, FileDigest, HashedFile, PackageRecord
 from pipeline.objects import make_artifact
@@ -142,15 +143,6 @@ def build_torrent(
 # --- fast single-file builder for packages --------------------------------------------------------
 
 
-def _bstr(value: str | bytes) -> bytes:
-    raw = value.encode("utf-8") if isinstance(value, str) else value
-    return b"%d:%s" % (len(raw), raw)
-
-
-def _blist(values: Iterable[str]) -> bytes:
-    return b"l" + b"".join(_bstr(v) for v in values) + b"e"
-
-
 def _announce_prefix(trackers: Sequence[str]) -> bytes:
     """Bencoded `announce`, `announce-list`, `created by` items: the keys sorting before `info`.
 
@@ -160,14 +152,19 @@ def _announce_prefix(trackers: Sequence[str]) -> bytes:
     out = b""
     unique = _unique(trackers)
     if unique:
-        out += _bstr("announce") + _bstr(unique[0])
+        out += bencode.string("announce") + bencode.string(unique[0])
         if len(unique) > 1:
-            out += _bstr("announce-list") + b"l" + b"".join(_blist([t]) for t in unique) + b"e"
-    return out + _bstr("created by") + _bstr(CREATED_BY)
+            out += bencode.string("announce-list") + b"l" + b"".join(bencode.string_list([t]) for t in unique) + b"e"
+    return out + bencode.string("created by") + bencode.string(CREATED_BY)
 
 
 def _info_bytes(*, name: str, length: int, piece_size: int, pieces: bytes) -> bytes:
-    return b"d6:lengthi%de4:name%s12:piece lengthi%de6:pieces%se" % (length, _bstr(name), piece_size, _bstr(pieces))
+    return b"d6:lengthi%de4:name%s12:piece lengthi%de6:pieces%se" % (
+        length,
+        bencode.string(name),
+        piece_size,
+        bencode.string(pieces),
+    )
 
 
 def _package_torrent(
@@ -181,7 +178,7 @@ def _package_torrent(
     info = _info_bytes(name=name, length=length, piece_size=piece_size, pieces=pieces)
     data = b"d" + prefix + b"4:info" + info
     if url_list:
-        data += b"8:url-list" + _blist(url_list)
+        data += b"8:url-list" + bencode.string_list(url_list)
     return data + b"e", hashlib.sha1(info).hexdigest()
 
 

@@ -43,6 +43,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlsplit
 
+from pipeline import bencode
 from pipeline.errors import ConfigError, SigningError, StorageError
 from pipeline.hashing import piece_size_for
 from pipeline.http import Client, HttpError, Response
@@ -73,7 +74,6 @@ _DIGEST = 20
 _FPR_RE = re.compile(r"[0-9A-F]{40}")
 _SHA256_RE = re.compile(r"[0-9a-f]{64}")
 _INFOHASH_RE = re.compile(r"[0-9a-f]{40}")
-_INT_RE = re.compile(rb"-?(0|[1-9][0-9]*)")
 
 
 # --- public API -----------------------------------------------------------------------------------
@@ -191,82 +191,7 @@ class _Http:
         )
 
 
-# --- bencode --------------------------------------------------------------------------------------
-
-
-class _Bencode:
-    """A strict bencode decoder (BEP 3): canonical integers and lengths, sorted unique dictionary keys.
-
-    Keeps the raw bytes of the top-level `info` value, whose SHA-1 is the v1 infohash.
-    """
-
-    MAX_DEPTH = 32
-
-    def __init__(self, data: bytes) -> None:
-        self.data = data
-        self.pos = 0
-        self.info: bytes | None = None
-
-    def torrent(self) -> dict[bytes, object]:
-        top = self._value(0)
-        if self.pos != len(self.data):
-            raise ValueError(f"unexpected data after the torrent at byte {self.pos}")
-        if not isinstance(top, dict):
-            raise ValueError("not a bencoded dictionary")
-        return top
-
-    def _need(self) -> int:
-        if self.pos >= len(self.data):
-            raise ValueError("truncated")
-        return self.data[self.pos]
-
-    def _value(self, depth: int) -> object:
-        if depth > self.MAX_DEPTH:
-            raise ValueError("nested too deeply")
-        lead = self._need()
-        if lead == ord("i"):
-            end = self.data.find(b"e", self.pos + 1)
-            text = self.data[self.pos + 1 : end] if end >= 0 else b""
-            if end < 0 or not _INT_RE.fullmatch(text) or text == b"-0":
-                raise ValueError(f"malformed integer at byte {self.pos}")
-            self.pos = end + 1
-            return int(text)
-        if lead == ord("l"):
-            self.pos += 1
-            items: list[object] = []
-            while self._need() != ord("e"):
-                items.append(self._value(depth + 1))
-            self.pos += 1
-            return items
-        if lead == ord("d"):
-            self.pos += 1
-            out: dict[bytes, object] = {}
-            last: bytes | None = None
-            while self._need() != ord("e"):
-                key = self._value(depth + 1)
-                if not isinstance(key, bytes):
-                    raise ValueError(f"a dictionary key is not a string (byte {self.pos})")
-                if last is not None and key <= last:
-                    raise ValueError(f"dictionary keys not sorted or repeated at {key[:40]!r}")
-                start = self.pos
-                out[key] = self._value(depth + 1)
-                if depth == 0 and key == b"info":
-                    self.info = self.data[start : self.pos]
-                last = key
-            self.pos += 1
-            return out
-        if ord("0") <= lead <= ord("9"):
-            colon = self.data.find(b":", self.pos, self.pos + 21)
-            text = self.data[self.pos : colon] if colon >= 0 else b""
-            if colon < 0 or not text.isdigit() or (len(text) > 1 and text.startswith(b"0")):
-                raise ValueError(f"malformed string length at byte {self.pos}")
-            start = colon + 1
-            end = start + int(text)
-            if end > len(self.data):
-                raise ValueError("truncated")
-            self.pos = end
-            return self.data[start:end]
-        raise ValueError(f"unexpected byte {lead:#04x} at {self.pos}")
+# --- torrents -------------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -277,12 +202,11 @@ class _Torrent:
 
 
 def _parse_torrent(data: bytes) -> _Torrent:
-    decoder = _Bencode(data)
-    meta = decoder.torrent()
-    info = meta.get(b"info")
-    if not isinstance(info, dict) or decoder.info is None:
+    decoded = bencode.decode_dict(data)
+    info = decoded.value.get(b"info")
+    if not isinstance(info, dict) or decoded.info is None:
         raise ValueError("no info dictionary")
-    return _Torrent(meta, info, hashlib.sha1(decoder.info).hexdigest())
+    return _Torrent(decoded.value, info, hashlib.sha1(decoded.info).hexdigest())
 
 
 def _text(value: object) -> str | None:
