@@ -1,8 +1,12 @@
 """Hash every file of the snapshot once: v1 piece SHA-1s and the whole-file SHA-256 in the same read.
 
 Each file is read exactly once into a reused buffer; the SHA-256 of the whole file and the SHA-1 of
-each BitTorrent v1 piece are computed from the same bytes. Files are spread over a pool of worker
-processes (one per core), largest first, in batches so that per-file dispatch overhead stays small.
+each BitTorrent v1 piece are computed from the same bytes. Files are spread over workers, largest
+first, in batches so that per-file dispatch overhead stays small.
+
+Where the workers run is a seam: any `concurrent.futures.Executor` (made by an `ExecutorFactory`,
+chosen where the run starts) receives `hash_batch` calls; the default is a local pool of processes,
+one per core. Only the caller sees the results (and writes the state cache).
 """
 
 from __future__ import annotations
@@ -12,8 +16,9 @@ import logging
 import multiprocessing
 import os
 import stat
-from collections.abc import Iterable, Iterator, Sequence
-from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import FIRST_COMPLETED, Executor, Future, ProcessPoolExecutor, wait
+from contextlib import AbstractContextManager, contextmanager
 
 from pipeline.errors import SnapshotError
 from pipeline.model import FileEntry, HashedFile, NullProgress, Progress
@@ -136,7 +141,7 @@ def _hash_one(path: str, source: str, size: int, buffer: bytearray) -> tuple[str
     return whole.hexdigest(), b"".join(digests)
 
 
-def _hash_batch(jobs: Sequence[_Job]) -> list[_Result]:
+def hash_batch(jobs: Sequence[_Job]) -> list[_Result]:
     """Worker entry point: hash a batch of files with this process's reused buffer."""
     global _worker_buffer
     if _worker_buffer is None:
@@ -164,25 +169,37 @@ def _batches(files: Sequence[FileEntry]) -> list[list[_Job]]:
     return batches
 
 
-def _hash_in_pool(files: Sequence[FileEntry], workers: int) -> Iterator[_Result]:
+# workers -> a context manager giving the Executor that runs `hash_batch` (entered only when the
+# files are worth a pool: see POOL_MIN_FILES)
+ExecutorFactory = Callable[[int], AbstractContextManager[Executor]]
+
+
+@contextmanager
+def local_pool(workers: int) -> Iterator[Executor]:
+    """The default executor: `workers` local processes."""
     # forkserver: workers are forked from a clean single-threaded server, never from a parent that
     # may hold threads or locks (fork), and start faster than spawn (~45 ms for two). Like spawn, it
     # re-imports the entry script as __mp_main__ in the workers: scripts need the __main__ guard.
     context = multiprocessing.get_context("forkserver")
-    batches = _batches(files)
     try:
         with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
-            pending: set[Future[list[_Result]]] = {pool.submit(_hash_batch, batch) for batch in batches}
-            try:
-                while pending:
-                    done, pending = wait(pending, return_when=FIRST_COMPLETED)
-                    for future in done:
-                        yield from future.result()
-            finally:
-                for future in pending:
-                    future.cancel()
+            yield pool
     finally:
         _stop_process_helpers()
+
+
+def _hash_in_pool(files: Sequence[FileEntry], workers: int, executor: ExecutorFactory) -> Iterator[_Result]:
+    batches = _batches(files)
+    with executor(workers) as pool:
+        pending: set[Future[list[_Result]]] = {pool.submit(hash_batch, batch) for batch in batches}
+        try:
+            while pending:
+                done, pending = wait(pending, return_when=FIRST_COMPLETED)
+                for future in done:
+                    yield from future.result()
+        finally:
+            for future in pending:
+                future.cancel()
 
 
 def _stop_process_helpers() -> None:
@@ -201,7 +218,11 @@ def _stop_process_helpers() -> None:
 
 
 def iter_hashed(
-    files: Sequence[FileEntry], *, workers: int = 2, progress: Progress | None = None
+    files: Sequence[FileEntry],
+    *,
+    workers: int = 2,
+    progress: Progress | None = None,
+    executor: ExecutorFactory = local_pool,
 ) -> Iterator[HashedFile]:
     """Hash `files` (each read once), yielding one HashedFile per entry as it is done (any order).
 
@@ -214,8 +235,8 @@ def iter_hashed(
     sink.start("hash", total=len(files), unit="files")
     use_pool = workers > 1 and len(files) >= 2 and (len(files) >= POOL_MIN_FILES or total_bytes >= POOL_MIN_BYTES)
     if use_pool:
-        log.debug("hashing %d files, %d bytes, with %d worker processes", len(files), total_bytes, workers)
-        results: Iterable[_Result] = _hash_in_pool(files, workers)
+        log.debug("hashing %d files, %d bytes, with %d workers", len(files), total_bytes, workers)
+        results: Iterable[_Result] = _hash_in_pool(files, workers, executor)
     else:
         log.debug("hashing %d files, %d bytes, in-process", len(files), total_bytes)
         buffer = bytearray(READ_BUFFER_SIZE)
@@ -236,6 +257,7 @@ def hash_files(
     workers: int = 2,
     progress: Progress | None = None,
     verify_expected: bool = True,
+    executor: ExecutorFactory = local_pool,
 ) -> tuple[HashedFile, ...]:
     """Hash `files` (each read once) and return one HashedFile per entry, in input order.
 
@@ -243,7 +265,9 @@ def hash_files(
     is hashed, or (all of them, in one message) if its SHA-256 differs from the repository metadata.
     """
     position = {id(entry): index for index, entry in enumerate(files)}
-    hashed = sorted(iter_hashed(files, workers=workers, progress=progress), key=lambda h: position[id(h.entry)])
+    hashed = sorted(
+        iter_hashed(files, workers=workers, progress=progress, executor=executor), key=lambda h: position[id(h.entry)]
+    )
     if verify_expected:
         check_expected((item.entry, item.sha256) for item in hashed)
     return tuple(hashed)

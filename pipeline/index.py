@@ -71,7 +71,7 @@ def index_document(
     packages: Sequence[PackageRecord],
 ) -> dict[str, Any]:
     """The index document (DESIGN 5), packages sorted by path; a duplicate path is a SnapshotError."""
-    _check_sequence(sequence)
+    check_sequence(sequence)
     ordered = sorted(packages, key=lambda record: record.path)
     for before, after in zip(ordered, ordered[1:], strict=False):
         if before.path == after.path:
@@ -125,7 +125,7 @@ def encode_index_stream(
     time (ValueError if the two passes differ in size). Only one package's JSON, one batch of
     `_ENCODE_BATCH` bytes and the compressed output are in memory at a time.
     """
-    _check_sequence(sequence)
+    check_sequence(sequence)
     if callable(records):
         fresh = records
     elif isinstance(records, Sequence):
@@ -480,25 +480,8 @@ def _index_header(fields: dict[str, Any]) -> dict[str, Any]:
     return {key: fields[key] for key in sorted(_HEADER_KEYS)}
 
 
-def _h12(sha256: str) -> str:
-    if not _SHA256_RE.fullmatch(sha256):
-        raise ValueError(f"{sha256!r}: not a lowercase hex SHA-256")
-    return sha256[:12]
-
-
-def index_key(sequence: int, sha256: str) -> str:
-    """Destination key of the compressed index: `index/<seq>-<h12>/index.json.zst`."""
-    _check_sequence(sequence)
-    return f"index/{sequence}-{_h12(sha256)}/index.json.zst"
-
-
-def index_torrent_key(sequence: int, sha256: str) -> str:
-    """Destination key of the index torrent: `index/<seq>-<h12>.torrent`."""
-    _check_sequence(sequence)
-    return f"index/{sequence}-{_h12(sha256)}.torrent"
-
-
-def _check_sequence(sequence: int) -> None:
+def check_sequence(sequence: int) -> None:
+    """ValueError unless `sequence` is an integer clients accept (1 to 2^53-1)."""
     if isinstance(sequence, bool) or not isinstance(sequence, int) or not 1 <= sequence <= MAX_SEQUENCE:
         raise ValueError(f"sequence {sequence!r}: must be an integer from 1 to 2^53-1")
 

@@ -1,8 +1,74 @@
-"""HTTP headers of every published object, by key (DESIGN section 4's table)."""
+"""Every object of a publication: its key and its HTTP headers (DESIGN section 4), the one place that
+spells them. Writers and readers (run, publish, render, verify, the recipes' context) take keys from here.
+"""
 
 from __future__ import annotations
 
+import re
+
+from pipeline.index import check_sequence
 from pipeline.model import Artifact
+
+# --- keys -----------------------------------------------------------------------------------------
+
+POINTER_KEY = "latest.asc"  # the signed pointer (an opaque gpg message, not clearsigned)
+SIGNING_KEY_ASC = "signing-key.asc"  # the operator's public key, armored ...
+SIGNING_KEY_GPG = "signing-key.gpg"  # ... and binary (gpgv reads binary keyrings only)
+SIGNING_KEYS = (SIGNING_KEY_ASC, SIGNING_KEY_GPG)
+FRONT_KEY = "index.html"
+STYLE_KEY = "style.css"
+MIRRORS_KEY = "mirrors/index.html"
+MIRRORS_JSON_KEY = "mirrors/mirrors.json"
+# This tool's own bookkeeping in the destination: never listed, never served to users as content.
+PRIVATE_PREFIX = ".mirrorseed/"
+MANIFEST_KEY = PRIVATE_PREFIX + "manifest.jsonl.zst"
+OLD_MANIFEST_KEYS = (PRIVATE_PREFIX + "manifest.json",)  # written by earlier versions: deleted once replaced
+COMPLETE_KEY = PRIVATE_PREFIX + "complete"  # the SHA-256 of the latest.asc whose publication is complete
+# Key prefixes this tool owns in the destination; retention never deletes anything else.
+OWNED_PREFIXES = ("torrents/", "metalinks/", "index/", "browse/", "mirrors/")
+
+_SHA256_RE = re.compile(r"[0-9a-f]{64}")
+
+
+def _h12(sha256: str) -> str:
+    if not _SHA256_RE.fullmatch(sha256):
+        raise ValueError(f"{sha256!r}: not a lowercase hex SHA-256")
+    return sha256[:12]
+
+
+def index_key(sequence: int, sha256: str) -> str:
+    """The compressed index: `index/<seq>-<h12>/index.json.zst` (its signature: the same + `.sig`)."""
+    check_sequence(sequence)
+    return f"index/{sequence}-{_h12(sha256)}/index.json.zst"
+
+
+def index_torrent_key(sequence: int, sha256: str) -> str:
+    """The index torrent: `index/<seq>-<h12>.torrent`."""
+    check_sequence(sequence)
+    return f"index/{sequence}-{_h12(sha256)}.torrent"
+
+
+def torrent_key(path: str) -> str:
+    """A package's torrent, by its repo path."""
+    return f"torrents/{path}.torrent"
+
+
+def metalink_key(path: str) -> str:
+    """A package's Metalink, by its repo path."""
+    return f"metalinks/{path}.meta4"
+
+
+def browse_key(directory: str) -> str:
+    """The browse page of a repository directory ("" = the root); always `…/index.html`."""
+    return "browse/index.html" if directory == "" else f"browse/{directory}/index.html"
+
+
+def mirror_list_key(scope: str, kind: str) -> str:
+    """`mirrors/all.<kind>` or `mirrors/country/<CC>.<kind>` (kind: txt, sources.list, mirrorlist)."""
+    return f"mirrors/{scope}.{kind}" if scope == "all" else f"mirrors/country/{scope}.{kind}"
+
+
+# --- headers --------------------------------------------------------------------------------------
 
 IMMUTABLE = "public, max-age=31536000, immutable"
 SHORT = "public, max-age=300"
@@ -28,9 +94,9 @@ _BY_SUFFIX: tuple[tuple[str, str], ...] = (
 
 
 def content_type_for(key: str) -> str:
-    if key == "latest.asc":
+    if key == POINTER_KEY:
         return "text/plain; charset=us-ascii"
-    if key in ("signing-key.asc", "signing-key.gpg"):
+    if key in SIGNING_KEYS:
         return "application/pgp-keys"
     for suffix, content_type in _BY_SUFFIX:
         if key.endswith(suffix):
@@ -39,7 +105,7 @@ def content_type_for(key: str) -> str:
 
 
 def cache_control_for(key: str) -> str:
-    if key == "latest.asc":
+    if key == POINTER_KEY:
         return NO_CACHE
     if key.startswith("index/"):
         return IMMUTABLE

@@ -27,19 +27,13 @@ import zstandard
 from pipeline.errors import StorageError
 from pipeline.jsondoc import loads_strict
 from pipeline.model import Artifact, NullProgress, Progress
-from pipeline.objects import NO_CACHE
+from pipeline.objects import COMPLETE_KEY, MANIFEST_KEY, NO_CACHE, OLD_MANIFEST_KEYS, OWNED_PREFIXES
 from pipeline.spool import Spool, SpooledArtifact
 from pipeline.storage import ObjectInfo, Storage
 
 log = logging.getLogger(__name__)
 
-MANIFEST_KEY = ".mirrorseed/manifest.jsonl.zst"
-OLD_MANIFEST_KEYS = (".mirrorseed/manifest.json",)  # written by earlier versions: deleted once replaced
-# Written last: the SHA-256 of the `latest.asc` whose publication (listings, retention) is complete.
-COMPLETE_KEY = ".mirrorseed/complete"
 MANIFEST_FORMAT = "mirrorseed-manifest/2"
-# Key prefixes this tool owns in the destination; retention never deletes anything else.
-OWNED_PREFIXES = ("torrents/", "metalinks/", "index/", "browse/", "mirrors/")
 FAULT_ENV = "MIRRORSEED_FAULT"
 
 

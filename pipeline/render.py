@@ -37,7 +37,15 @@ from jinja2.runtime import Context
 
 from pipeline.errors import ConfigError, SnapshotError
 from pipeline.model import Artifact, MirrorStatus, PackageRecord, Pointer
-from pipeline.objects import make_artifact
+from pipeline.objects import (
+    FRONT_KEY,
+    MIRRORS_JSON_KEY,
+    MIRRORS_KEY,
+    STYLE_KEY,
+    browse_key,
+    make_artifact,
+    mirror_list_key,
+)
 from pipeline.urls import join_url, quote_path
 
 BUILTIN_TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
@@ -72,8 +80,6 @@ _FETCH_CONTEXT: Mapping[str, int] = {
     "min_rate": MIN_RATE,
 }
 
-FRONT_KEY = "index.html"
-STYLE_KEY = "style.css"
 FRONT_TEMPLATE = "front.html.j2"
 BROWSE_TEMPLATE = "browse.html.j2"
 RECIPE_TEMPLATE = "recipe.sh.j2"
@@ -81,8 +87,6 @@ UPDATE_TEMPLATE = "update.sh.j2"
 MIRRORS_TEMPLATE = "mirrors.html.j2"
 STYLE_TEMPLATE = "style.css"
 
-MIRRORS_KEY = "mirrors/index.html"
-MIRRORS_JSON_KEY = "mirrors/mirrors.json"
 MIRRORS_FORMAT = "mirrorseed-mirrors/1"
 # Table order, and the statuses whose mirrors go into package-manager lists (in that order).
 STATUS_ORDER = ("ok", "partial", "stale", "no-range", "down")
@@ -224,11 +228,6 @@ def relative_href(page_key: str, target_key: str) -> str:
     return ups + quote_path("/".join(target[common:]))
 
 
-def browse_key(directory: str) -> str:
-    """Key of the browse page of a repository directory ("" = the root); always `…/index.html`."""
-    return "browse/index.html" if directory == "" else f"browse/{directory}/index.html"
-
-
 def magnet_href(magnet: str) -> str:
     """A magnet URI as an href, refused unless it is a percent-encoded `magnet:?…` (autoescape does
     not stop other schemes)."""
@@ -240,11 +239,6 @@ def magnet_href(magnet: str) -> str:
 def mirror_links(path: str, webseeds: Iterable[str]) -> list[MirrorLink]:
     """The file at `path` on each webseed, labelled by host."""
     return [MirrorLink(label=urlsplit(base).netloc, url=join_url(base, path)) for base in webseeds]
-
-
-def mirror_list_key(scope: str, kind: str) -> str:
-    """`mirrors/all.<kind>` or `mirrors/country/<CC>.<kind>` (kind: txt, sources.list, mirrorlist)."""
-    return f"mirrors/{scope}.{kind}" if scope == "all" else f"mirrors/country/{scope}.{kind}"
 
 
 def mirror_base(url: str) -> str:

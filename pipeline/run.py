@@ -21,14 +21,12 @@ from typing import TYPE_CHECKING
 from pipeline.config import Settings, require_release_inputs
 from pipeline.decision import Decision, Facts, decide, resign_due, same_content
 from pipeline.errors import ConfigError, PipelineError, StorageError
-from pipeline.hashing import check_expected, iter_hashed, piece_size_for
+from pipeline.hashing import ExecutorFactory, check_expected, iter_hashed, local_pool, piece_size_for
 from pipeline.index import (
     decode_index,
     decode_pointer,
     encode_index_stream,
     encode_pointer,
-    index_key,
-    index_torrent_key,
     iter_index,
     record_fingerprints,
     rfc3339,
@@ -47,7 +45,18 @@ from pipeline.model import (
     Progress,
     Snapshot,
 )
-from pipeline.objects import make_artifact
+from pipeline.objects import (
+    MIRRORS_JSON_KEY,
+    POINTER_KEY,
+    SIGNING_KEY_ASC,
+    SIGNING_KEY_GPG,
+    SIGNING_KEYS,
+    index_key,
+    index_torrent_key,
+    make_artifact,
+    metalink_key,
+    torrent_key,
+)
 from pipeline.publish import Destination, Publication, UploadPlan, is_complete, publish, read_destination
 from pipeline.report import RunReport
 from pipeline.signing import Signer, verify_detached, verify_signed_message
@@ -61,9 +70,7 @@ from pipeline.torrents import (
     digest_of,
     hash_pieces_of_bytes,
     iter_package_artifacts,
-    metalink_key,
     package_records,
-    torrent_key,
     webseed_bases,
 )
 from pipeline.urls import join_url, magnet_uri
@@ -72,9 +79,6 @@ if TYPE_CHECKING:
     from pipeline.mirrors import MirrorReport
 
 log = logging.getLogger(__name__)
-
-POINTER_KEY = "latest.asc"
-SIGNING_KEY_KEYS = ("signing-key.asc", "signing-key.gpg")
 
 
 @dataclass(frozen=True)
@@ -208,7 +212,14 @@ class Digests:
 STORE_BATCH = 1024  # hashed files written to the state cache per transaction
 
 
-def digest_files(files: Sequence[FileEntry], state: StateCache, *, workers: int, progress: Progress) -> Digests:
+def digest_files(
+    files: Sequence[FileEntry],
+    state: StateCache,
+    *,
+    workers: int,
+    progress: Progress,
+    executor: ExecutorFactory = local_pool,
+) -> Digests:
     """Hash only the files whose stat key the state cache does not know; remember what was hashed.
 
     Piece hashes go to the state cache as files are hashed and are not kept: ~63,000 Debian packages
@@ -224,7 +235,7 @@ def digest_files(files: Sequence[FileEntry], state: StateCache, *, workers: int,
             del known[entry.path]
     misses = [entry for entry in files if entry.path not in known]
     rows: list[StateRow] = []
-    for item in iter_hashed(misses, workers=workers, progress=progress):
+    for item in iter_hashed(misses, workers=workers, progress=progress, executor=executor):
         digest = digest_of(item)
         known[item.entry.path] = CachedFile(digest.sha256, digest.piece_size, digest.infohash)
         rows.append(StateRow(item.entry, item.sha256, item.piece_size, digest.infohash, item.pieces))
@@ -347,7 +358,9 @@ def _release(settings: Settings, spool: Spool, progress: Progress, now: Callable
         snapshot = scan_snapshot(_scan_spec(settings))
     with StateCache.open(settings.state_path, repo=settings.repo) as state:
         with clock.stage("hash"):
-            digested = digest_files(snapshot.files, state, workers=settings.workers, progress=progress)
+            digested = digest_files(
+                snapshot.files, state, workers=settings.workers, progress=progress, executor=run.executor
+            )
         run = replace(run, hashed=(digested.files_hashed, digested.bytes_hashed))
         files = len(snapshot.files)
         _settle()
@@ -435,6 +448,7 @@ class _Run:
     storage: Storage
     signer: Signer
     key: KeyInfo
+    executor: ExecutorFactory  # where files are hashed (the state cache is written here only)
     hashed: tuple[int, int] = (0, 0)  # files and bytes hashed
 
 
@@ -455,7 +469,7 @@ def _begin(settings: Settings, now: Callable[[], datetime]) -> _Run:
             probe()
         signer = Signer(gnupghome=settings.gnupghome, key=settings.key)
         key = signer.check_key(must_be_valid_until=expires + settings.key_valid_margin)
-    return _Run(settings, clock, started, expires, public_url, spec, storage, signer, key)
+    return _Run(settings, clock, started, expires, public_url, spec, storage, signer, key, local_pool)
 
 
 def _scan_spec(settings: Settings) -> ScanSpec:
@@ -629,7 +643,7 @@ def _sign(
         artifact = make_artifact(POINTER_KEY, run.signer.sign_message(encode_pointer(pointer)))
         pointer_sha256 = _sha256(artifact.data)
     key_asc, key_gpg = run.signer.export_public_key()
-    keys = spool.add_all((make_artifact(SIGNING_KEY_KEYS[0], key_asc), make_artifact(SIGNING_KEY_KEYS[1], key_gpg)))
+    keys = spool.add_all((make_artifact(SIGNING_KEY_ASC, key_asc), make_artifact(SIGNING_KEY_GPG, key_gpg)))
     return _Signed(pointer, pointer_sha256, artifact, index_objects, keys)
 
 
@@ -701,7 +715,7 @@ def _referenced(records: Sequence[PackageRecord], pages: Sequence[str], pointer:
         [r.metalink for r in records]
         + [r.torrent for r in records if r.torrent is not None]
         + list(pages)
-        + [*_index_keys(pointer), POINTER_KEY, *SIGNING_KEY_KEYS]
+        + [*_index_keys(pointer), POINTER_KEY, *SIGNING_KEYS]
     )
 
 
@@ -789,7 +803,7 @@ def _index_keys(pointer: Pointer) -> tuple[str, str, str]:
 def _fixed_keys(pages: Mapping[str, object]) -> Iterator[str]:
     """The keys a publication names besides its index objects and packages: the signing keys and the
     listing pages the last publication rendered."""
-    yield from SIGNING_KEY_KEYS
+    yield from SIGNING_KEYS
     yield from pages
 
 
@@ -874,11 +888,11 @@ def _mirror_summary(statuses: Sequence[MirrorStatus]) -> list[tuple[str, str, bo
 
 
 def _published_mirror_summary(storage: Storage) -> list[tuple[str, str, bool]]:
-    stored = storage.get("mirrors/mirrors.json")
+    stored = storage.get(MIRRORS_JSON_KEY)
     if stored is None:
         return []
     try:
-        doc = loads_strict(stored.data, what="mirrors/mirrors.json")
+        doc = loads_strict(stored.data, what=MIRRORS_JSON_KEY)
         return sorted((str(m["url"]).rstrip("/"), str(m["status"]), bool(m["webseed"])) for m in doc["mirrors"])
     except (ValueError, KeyError, TypeError):
         return [("unreadable", "", False)]

@@ -22,7 +22,7 @@ from urllib.parse import quote, urlsplit
 from pipeline import bencode
 from pipeline.errors import ConfigError, SnapshotError
 from pipeline.model import Artifact, BuiltPackages, FileDigest, HashedFile, PackageRecord
-from pipeline.objects import make_artifact
+from pipeline.objects import make_artifact, metalink_key, torrent_key
 from pipeline.urls import join_url, magnet_uri, webseed_dir_url
 
 if TYPE_CHECKING:  # torf's stubs name the metainfo TypedDicts; they do not exist at run time
@@ -222,14 +222,6 @@ def build_metalink(
 
 
 # --- packages -----------------------------------------------------------------------------------
-
-
-def torrent_key(path: str) -> str:
-    return f"torrents/{path}.torrent"
-
-
-def metalink_key(path: str) -> str:
-    return f"metalinks/{path}.meta4"
 
 
 @dataclass(frozen=True)

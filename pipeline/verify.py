@@ -47,14 +47,13 @@ from pipeline import bencode
 from pipeline.errors import ConfigError, SigningError, StorageError
 from pipeline.hashing import piece_size_for
 from pipeline.http import Client, HttpError, Response
-from pipeline.index import MAX_SEQUENCE, decode_index, decode_pointer, index_key, index_torrent_key, parse_rfc3339
+from pipeline.index import MAX_SEQUENCE, decode_index, decode_pointer, parse_rfc3339
 from pipeline.jsondoc import loads_strict
 from pipeline.model import PackageRecord, Pointer
+from pipeline.objects import POINTER_KEY, SIGNING_KEY_GPG, index_key, index_torrent_key
 from pipeline.signing import verify_detached, verify_signed_message
 from pipeline.urls import join_url, quote_path, webseed_dir_url
 
-POINTER_KEY = "latest.asc"
-SIGNING_KEY_KEY = "signing-key.gpg"
 CREATED_BY = "mirrorseed"
 METALINK_NS = "urn:ietf:params:xml:ns:metalink"
 
@@ -657,7 +656,7 @@ class _Audit:
         return _Index(tuple(records), tuple(webseeds or ()), tuple(trackers or ()))
 
     def check_signing_key(self) -> None:
-        url = self.url(SIGNING_KEY_KEY)
+        url = self.url(SIGNING_KEY_GPG)
         try:
             data = self.http.request(url, limit=MAX_KEY_BYTES).body
         except HttpError as err:

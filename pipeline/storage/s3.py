@@ -23,6 +23,7 @@ from urllib.parse import urlparse
 
 from pipeline.errors import ConfigError, PublishConflictError, StorageError
 from pipeline.model import Artifact
+from pipeline.objects import PRIVATE_PREFIX
 from pipeline.storage import ObjectInfo, StoredObject, check_key
 
 if TYPE_CHECKING:
@@ -33,7 +34,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 MULTIPART_THRESHOLD = 8 * 1024 * 1024  # objects this large go through the managed (multipart) upload
-PROBE_DIR = ".mirrorseed"
 _WRONG_ETAG = '"00000000000000000000000000000000"'
 _MD5_ETAG = re.compile(r'^"?([0-9a-f]{32})"?$')
 _BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
@@ -484,7 +484,7 @@ class S3Storage:
         """
         from botocore.exceptions import BotoCoreError, ClientError
 
-        key = f"{PROBE_DIR}/probe-{secrets.token_hex(8)}"
+        key = f"{PRIVATE_PREFIX}probe-{secrets.token_hex(8)}"
         body = b"mirrorseed conditional-write probe\n"
         advice = "publishing would not be atomic; use a store that supports them or pass --no-cas with an external lock"
 

@@ -22,7 +22,7 @@ import pytest
 from playwright.sync_api import Browser, sync_playwright
 
 from pipeline.config import MirrorConfig, Settings
-from pipeline.render import browse_key
+from pipeline.objects import browse_key
 from pipeline.run import release
 from pipeline.serve import serve_directory
 from pipeline.urls import quote_path

@@ -14,8 +14,9 @@ from pathlib import Path
 import pytest
 import zstandard
 
-from pipeline.index import decode_pointer, encode_pointer, index_key, index_torrent_key
+from pipeline.index import decode_pointer, encode_pointer
 from pipeline.model import IndexRef
+from pipeline.objects import index_key, index_torrent_key
 from pipeline.signing import Signer, verify_signed_message
 from pipeline.urls import join_url
 from pipeline.verify import verify_publication

@@ -25,8 +25,9 @@ import zstandard
 
 from pipeline.config import Settings
 from pipeline.errors import ConfigError
-from pipeline.index import decode_pointer, encode_pointer, index_key, index_torrent_key
+from pipeline.index import decode_pointer, encode_pointer
 from pipeline.model import IndexRef
+from pipeline.objects import index_key, index_torrent_key
 from pipeline.run import release
 from pipeline.serve import serve_directory
 from pipeline.signing import Signer, verify_signed_message

@@ -5,6 +5,8 @@ import json
 import os
 import random
 from collections.abc import Iterator, Sequence
+from concurrent.futures import Executor, ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -81,9 +83,9 @@ def spy_pool(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     calls: list[int] = []
     real = hashing._hash_in_pool
 
-    def spy(files: Sequence[FileEntry], workers: int) -> Iterator[Any]:
+    def spy(files: Sequence[FileEntry], workers: int, executor: Any) -> Iterator[Any]:
         calls.append(len(files))
-        return real(files, workers)
+        return real(files, workers, executor)
 
     monkeypatch.setattr(hashing, "_hash_in_pool", spy)
     return calls
@@ -117,6 +119,33 @@ def test_parallel_equals_serial_and_keeps_order(tmp_path: Path, monkeypatch: pyt
     assert pool_calls == [len(entries)]
     assert parallel == serial
     assert [h.entry.path for h in parallel] == [e.path for e in entries]
+
+
+@pytest.mark.usefixtures("force_pool")
+def test_any_executor_plugs_in_and_gives_the_same_results(tmp_path: Path) -> None:
+    """The executor seam: batches go to whatever Executor the factory gives (here threads), same results."""
+    rng = random.Random(3)
+    entries = [make_entry(tmp_path, f"pool/{i:03d}.deb", rng.randbytes(rng.choice([0, 10, 70_000]))) for i in range(40)]
+    entered: list[int] = []
+    submitted: list[int] = []
+
+    class Counting(ThreadPoolExecutor):
+        def submit(self, fn: Any, /, *args: Any, **kwargs: Any) -> Any:
+            submitted.append(len(args[0]))
+            return super().submit(fn, *args, **kwargs)
+
+    @contextmanager
+    def threads(workers: int) -> Iterator[Executor]:
+        entered.append(workers)
+        with Counting(max_workers=workers) as pool:
+            yield pool
+
+    serial = hash_files(entries, workers=1)
+    via_threads = tuple(
+        sorted(hashing.iter_hashed(entries, workers=3, executor=threads), key=lambda h: entries.index(h.entry))
+    )
+    assert entered == [3] and sum(submitted) == len(entries)
+    assert via_threads == serial
 
 
 class Recorder:

@@ -28,13 +28,12 @@ from pipeline.index import (
     encode_index_stream,
     encode_pointer,
     index_document,
-    index_key,
-    index_torrent_key,
     iter_index,
     parse_rfc3339,
     rfc3339,
 )
 from pipeline.model import IndexRef, PackageRecord, Pointer, SignatureRef
+from pipeline.objects import index_key, index_torrent_key
 
 SCHEMAS = Path(__file__).resolve().parents[2] / "schemas"
 NOW = datetime(2026, 3, 1, 12, 0, 0, tzinfo=UTC)

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 import zstandard
 
-from pipeline.objects import make_artifact
-from pipeline.publish import MANIFEST_FORMAT, MANIFEST_KEY, OLD_MANIFEST_KEYS, Publication, load_manifest, publish
+from pipeline.objects import MANIFEST_KEY, OLD_MANIFEST_KEYS, make_artifact
+from pipeline.publish import MANIFEST_FORMAT, Publication, load_manifest, publish
 from pipeline.spool import Spool
 from pipeline.storage.local import LocalStorage
 
