@@ -418,3 +418,25 @@ def test_a_sig_of_exactly_64_kib_and_a_pgpsig_without_sig_file_are_fine(tmp_path
     files = {entry.name: entry for entry in scan(tmp_path)}
     assert files["edge"].signature is not None and files["edge"].signature.size == 64 * 1024
     assert files["dbonly"].signature is None
+
+
+@pytest.mark.parametrize(
+    ("char", "problem"),
+    [
+        ("\ufffe", "code point U+FFFE not allowed in XML 1.0 (or a noncharacter) in name"),
+        ("\ufdd0", "code point U+FDD0 not allowed in XML 1.0 (or a noncharacter) in name"),
+        ("\u2066", "invisible or bidi formatting character U+2066 in name"),
+        ("\ufeff", "invisible or bidi formatting character U+FEFF in name"),
+    ],
+    ids=ascii,
+)
+def test_a_file_name_that_breaks_xml_or_listings_is_refused_in_one_line(
+    tmp_path: Path, char: str, problem: str
+) -> None:
+    evil = Pkg("evil", "1-1", filename=f"evil{char}-1-1-x86_64.pkg.tar.zst")
+    write_repo(tmp_path, "core", "x86_64", [HELLO, evil])  # the file exists: only its name is wrong
+
+    assert refused(tmp_path) == (
+        f"{ascii(evil.file)}: {problem} in core/os/x86_64/core.db:evil-1-1/desc; "
+        "the repository metadata is unsafe, fix or re-sync the mirror"
+    )

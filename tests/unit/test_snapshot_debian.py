@@ -489,3 +489,30 @@ def test_archive_made_by_dpkg_deb_and_apt_ftparchive(tmp_path: Path) -> None:
         "amd64",
         "a tiny <b>test</b> package",
     )
+
+
+# --- names that break XML or hide what they are (issue 10) ----------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("char", "problem"),
+    [
+        ("\ufffe", "code point U+FFFE not allowed in XML 1.0 (or a noncharacter) in name"),
+        ("\U0001ffff", "code point U+1FFFF not allowed in XML 1.0 (or a noncharacter) in name"),
+        ("\u202e", "invisible or bidi formatting character U+202E in name"),
+        ("\u200b", "invisible or bidi formatting character U+200B in name"),
+    ],
+    ids=ascii,
+)
+def test_filename_with_a_character_that_breaks_xml_or_listings_is_refused(
+    tmp_path: Path, char: str, problem: str
+) -> None:
+    evil = Pkg("evil", "1", "amd64", filename=f"pool/main/e/evil/evil{char}_1_amd64.deb")
+    write_archive(tmp_path, "bookworm", [HELLO, evil])  # the file exists on disk: only its name is wrong
+
+    message = scan_error(tmp_path)
+
+    assert message == (
+        f"{ascii(evil.path)}: {problem} in dists/bookworm/main/binary-amd64/Packages; "
+        "the repository metadata is unsafe, fix or re-sync the mirror"
+    )
