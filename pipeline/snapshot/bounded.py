@@ -11,7 +11,8 @@ Read as `bounded.MAX_METADATA_BYTES` at call time, so that tests can lower it.
 from __future__ import annotations
 
 import hashlib
-from typing import Protocol
+import os
+from typing import BinaryIO, Protocol
 
 from pipeline.errors import SnapshotError
 from pipeline.snapshot.paths import shown
@@ -29,6 +30,14 @@ class Readable(Protocol):
 def size_text(size: int) -> str:
     """`size` for a message: whole MiB as such, else bytes."""
     return f"{size >> 20} MiB" if size and size % (1 << 20) == 0 else f"{size} bytes"
+
+
+def read_at_most(handle: BinaryIO, limit: int) -> bytes:
+    """Up to `limit` + 1 bytes of an open file (more than `limit` means too large).
+
+    Never asks for more than the file's size + 1: `read(n)` allocates n bytes before it reads.
+    """
+    return handle.read(min(os.fstat(handle.fileno()).st_size, limit) + 1)
 
 
 class BoundedReader:

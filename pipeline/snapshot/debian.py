@@ -39,7 +39,7 @@ from debian import deb822
 from pipeline.errors import ConfigError, SnapshotError
 from pipeline.model import FileEntry
 from pipeline.snapshot import bounded
-from pipeline.snapshot.bounded import BoundedReader, Readable, size_text
+from pipeline.snapshot.bounded import BoundedReader, Readable, read_at_most, size_text
 from pipeline.snapshot.paths import (
     as_path,
     check_repo_path,
@@ -217,7 +217,7 @@ class _Tree:
         limit = bounded.MAX_METADATA_BYTES
         try:
             with open(self.real_file(rel), "rb") as handle:
-                data = handle.read(limit + 1)
+                data = read_at_most(handle, limit)
         except OSError as exc:
             raise SnapshotError(f"{shown(rel)}: cannot read ({exc.strerror}); fix its permissions") from None
         if len(data) > limit:
