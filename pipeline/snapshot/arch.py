@@ -44,7 +44,7 @@ import zstandard
 from pipeline.errors import ConfigError, SnapshotError
 from pipeline.model import FileEntry, SignatureRef
 from pipeline.snapshot import bounded
-from pipeline.snapshot.bounded import BoundedReader, Readable, read_at_most, size_text
+from pipeline.snapshot.bounded import BoundedReader, Readable, parse_size, read_at_most, size_text
 from pipeline.snapshot.paths import (
     as_path,
     check_repo_path,
@@ -335,7 +335,8 @@ def _parse_desc(raw: bytes, where: str, db: RepoDb) -> ListedPackage:
     filename = fields["FILENAME"][0]
     size_text = fields["CSIZE"][0]
     sha256 = fields["SHA256SUM"][0]
-    if not size_text.isdigit() or not size_text.isascii() or not _SHA256.fullmatch(sha256):
+    size = parse_size(size_text)
+    if size is None or not _SHA256.fullmatch(sha256):
         raise SnapshotError(f"{escaped(where)}: malformed %CSIZE% or %SHA256SUM%; {_RESYNC}")
     problem = component_problem(filename)
     if "/" in filename or filename in ("", ".", "..") or filename.endswith(".sig"):
@@ -347,7 +348,7 @@ def _parse_desc(raw: bytes, where: str, db: RepoDb) -> ListedPackage:
     return ListedPackage(
         path=check_repo_path(f"{db.directory}/{filename}", where),
         filename=filename,
-        size=int(size_text),
+        size=size,
         sha256=sha256.lower(),
         name=fields["NAME"][0],
         version=fields["VERSION"][0],

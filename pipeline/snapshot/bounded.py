@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 from typing import BinaryIO, Protocol
 
 from pipeline.errors import SnapshotError
@@ -19,6 +20,9 @@ from pipeline.snapshot.paths import shown
 
 MAX_METADATA_BYTES = 1 << 30
 CHUNK_BYTES = 1 << 20  # the most one read() asks the decompressor for
+# A size in upstream metadata: ASCII digits only (str.isdigit() also takes "²" and other digits int()
+# refuses or reads), at most 18 of them (int() refuses over 4300 digits; SQLite integers end near 9.2e18).
+_SIZE = re.compile(r"[0-9]{1,18}")
 
 
 class Readable(Protocol):
@@ -30,6 +34,12 @@ class Readable(Protocol):
 def size_text(size: int) -> str:
     """`size` for a message: whole MiB as such, else bytes."""
     return f"{size >> 20} MiB" if size and size % (1 << 20) == 0 else f"{size} bytes"
+
+
+def parse_size(text: str) -> int | None:
+    """A size field of upstream metadata (surrounding whitespace allowed) as an int; None if malformed."""
+    text = text.strip()
+    return int(text) if _SIZE.fullmatch(text) else None
 
 
 def read_at_most(handle: BinaryIO, limit: int) -> bytes:

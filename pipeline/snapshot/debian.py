@@ -39,7 +39,7 @@ from debian import deb822
 from pipeline.errors import ConfigError, SnapshotError
 from pipeline.model import FileEntry
 from pipeline.snapshot import bounded
-from pipeline.snapshot.bounded import BoundedReader, Readable, read_at_most, size_text
+from pipeline.snapshot.bounded import BoundedReader, Readable, parse_size, read_at_most, size_text
 from pipeline.snapshot.paths import (
     as_path,
     check_repo_path,
@@ -53,7 +53,6 @@ log = logging.getLogger(__name__)
 PACKAGES_NAMES = ("Packages", "Packages.xz", "Packages.gz")  # preference order
 _PACKAGES_FIELDS = ["Package", "Version", "Architecture", "Description", "Filename", "Size", "SHA256"]  # order used
 _SHA256 = re.compile(r"[0-9a-fA-F]{64}")
-_SIZE = re.compile(r"[0-9]+")  # ASCII digits only: str.isdigit() also accepts '²', which int() refuses
 _ARCH = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 _MAX_LISTED_PROBLEMS = 20
 MAX_LINE_BYTES = 16 << 20  # one Packages line (a long Provides or Description is tens of KB): bounds the line buffer
@@ -319,13 +318,10 @@ def _read_release(tree: _Tree, suite: str, keyring: Path | None) -> ReleaseInfo:
 def _release_checksums(release: deb822.Release, shown_path: str) -> dict[str, Checksum]:
     checksums: dict[str, Checksum] = {}
     for line in release.get("SHA256", []):
-        try:
-            size_field = str(line["size"])
-            if not _SIZE.fullmatch(size_field):
-                raise ValueError(size_field)
-            checksum = Checksum(size=int(size_field), sha256=str(line["sha256"]).lower())
-        except (KeyError, ValueError):
-            raise SnapshotError(f"{shown_path}: malformed SHA256 line; {_RESYNC}") from None
+        size = parse_size(str(line.get("size", "")))
+        if size is None or "sha256" not in line or "name" not in line:
+            raise SnapshotError(f"{shown_path}: malformed SHA256 line; {_RESYNC}")
+        checksum = Checksum(size=size, sha256=str(line["sha256"]).lower())
         checksums[str(line["name"])] = checksum
     return checksums
 
@@ -626,12 +622,13 @@ def _listed_file(stanza: deb822.Deb822, rel: str) -> ListedFile:
     missing = [field for field, value in (("Filename", filename), ("Size", size_text), ("SHA256", sha256)) if not value]
     if missing:
         raise SnapshotError(f"{rel}: stanza {package!r} lacks {', '.join(missing)}; {_RESYNC}")
-    if not _SIZE.fullmatch(size_text.strip()) or not _SHA256.fullmatch(sha256.strip()):
+    size = parse_size(size_text)
+    if size is None or not _SHA256.fullmatch(sha256.strip()):
         raise SnapshotError(f"{rel}: stanza {package!r} has a malformed Size or SHA256; {_RESYNC}")
     synopsis = description.split("\n", 1)[0].strip()
     return ListedFile(
         path=check_repo_path(filename.strip(), rel),
-        size=int(size_text.strip()),
+        size=size,
         sha256=sha256.strip().lower(),
         name=package.strip() or None,
         version=version.strip() or None,

@@ -522,7 +522,11 @@ def test_filename_with_a_character_that_breaks_xml_or_listings_is_refused(
 # --- numbers: ASCII digits only (issue 10) --------------------------------------------------------
 
 
-@pytest.mark.parametrize("size", ["\u00b2", "\u0661\u0662", "\uff11\uff12", "12x", "-1", "+3", "1 2"], ids=ascii)
+@pytest.mark.parametrize(
+    "size",
+    ["\u00b2", "\u0661\u0662", "\uff11\uff12", "12x", "-1", "+3", "1 2", "9" * 5000],
+    ids=lambda s: ascii(s)[:12],
+)
 def test_size_that_is_not_ascii_digits_is_refused_in_one_line(tmp_path: Path, size: str) -> None:
     write_archive(tmp_path, "bookworm", [HELLO])
     packages = tmp_path / "dists/bookworm/main/binary-amd64/Packages"
@@ -534,7 +538,7 @@ def test_size_that_is_not_ascii_digits_is_refused_in_one_line(tmp_path: Path, si
     )
 
 
-@pytest.mark.parametrize("size", ["\u00b2", "\uff11\uff12"], ids=ascii)
+@pytest.mark.parametrize("size", ["\u00b2", "\uff11\uff12", "9" * 5000], ids=lambda s: ascii(s)[:12])
 def test_release_size_that_is_not_ascii_digits_is_refused_in_one_line(tmp_path: Path, size: str) -> None:
     release = write_archive(tmp_path, "bookworm", [HELLO])
     text = release.read_text()
