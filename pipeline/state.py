@@ -3,8 +3,9 @@
 A file whose stat key is unchanged is not read again. The cache only saves work: whether the
 publication changed is decided against the index the current pointer names, so a lost or deleted
 cache costs hashing, never a republish, and the output is the same byte for byte. A corrupt or
-foreign cache file is reported in one log line and rebuilt. ctime is not part of the key: hard-link
-snapshot rotation changes it without changing the bytes.
+foreign cache file is reported in one log line and rebuilt; a path that cannot hold a writable file
+(a directory, a path under a regular file, a read-only place) is a one-line ConfigError, never rebuilt.
+ctime is not part of the key: hard-link snapshot rotation changes it without changing the bytes.
 
 Mirror facts live here too (pipeline.mirrors): which mirror was verified, when, to hold which path
 with which SHA-256 (`mirror_files`), and each mirror's health history for the flapping rule
@@ -23,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
 
+from pipeline.errors import ConfigError
 from pipeline.model import FileEntry
 
 log = logging.getLogger(__name__)
@@ -30,6 +32,10 @@ log = logging.getLogger(__name__)
 STATE_FORMAT = "mirrorseed-state/1"
 PIECES_BATCH = 500  # paths per query (SQLite's default limit is 32,766 bound parameters)
 KEPT_PUBLICATIONS = 8  # index digests remembered (a roll-back to a recent index still matches)
+# SQLite primary result codes that say the path cannot be opened or written (not that the file is damaged):
+# PERM, BUSY, LOCKED, READONLY, IOERR, FULL, CANTOPEN. Rebuilding would not help; the operator must act.
+_ACCESS_ERROR_CODES = frozenset({3, 5, 6, 8, 10, 13, 14})
+_STATE_HINT = "point --state at a writable file path or fix its permissions"
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -143,15 +149,28 @@ class StateCache:
 
     @classmethod
     def open(cls, path: Path, *, repo: str) -> StateCache:
-        """Open or create the cache; a corrupt or foreign file is reported and replaced by an empty one."""
-        path.parent.mkdir(parents=True, exist_ok=True)
+        """Open or create the cache; a corrupt or foreign file is reported and replaced by an empty one.
+
+        ConfigError (one line naming `path`) when the path cannot hold a writable file.
+        """
+        _check_place(path)
         try:
             return cls._open_checked(path, repo)
         except (sqlite3.DatabaseError, _ForeignCache) as exc:
+            _refuse_access_error(path, exc)
             log.warning("%s: state cache unusable (%s); rebuilding it (this run hashes every file)", path, exc)
+        try:
             for suffix in ("", "-wal", "-shm", "-journal"):
                 Path(str(path) + suffix).unlink(missing_ok=True)
+        except OSError as exc:
+            raise ConfigError(
+                f"{path}: cannot replace the unusable state cache ({exc.strerror}); {_STATE_HINT}"
+            ) from None
+        try:
             return cls._open_checked(path, repo)
+        except sqlite3.DatabaseError as exc:
+            _refuse_access_error(path, exc)
+            raise
 
     @classmethod
     def _open_checked(cls, path: Path, repo: str) -> StateCache:
@@ -361,6 +380,29 @@ class StateCache:
                 "INSERT OR REPLACE INTO mirror_health VALUES (?, ?, ?, ?, ?, ?)",
                 ((r.mirror, r.status, r.checked_at, r.down_runs, r.down_since, r.last_sync) for r in records),
             )
+
+
+def _check_place(path: Path) -> None:
+    """Refuse a state path that is a directory or whose directory cannot be made (ConfigError, one line)."""
+    if path.is_dir():
+        raise ConfigError(f"{path}: is a directory; point --state at a file path (such as {path / 'state.sqlite'})")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise ConfigError(
+            f"{path}: {path.parent} or a directory above it is a file, not a directory; {_STATE_HINT}"
+        ) from None
+    except OSError as exc:
+        raise ConfigError(
+            f"{path}: cannot create its directory {path.parent} ({exc.strerror}); {_STATE_HINT}"
+        ) from None
+
+
+def _refuse_access_error(path: Path, exc: Exception) -> None:
+    """ConfigError when `exc` says the file cannot be opened or written (rather than that it is damaged)."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    if isinstance(code, int) and code & 0xFF in _ACCESS_ERROR_CODES:
+        raise ConfigError(f"{path}: cannot open or write the state cache ({exc}); {_STATE_HINT}") from None
 
 
 def _ensure_tables(db: sqlite3.Connection, path: Path) -> None:

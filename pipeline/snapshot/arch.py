@@ -11,7 +11,9 @@ Every `*/desc` entry of a db gives `%FILENAME%`, `%NAME%`, `%VERSION%`, `%ARCH%`
 `%SHA256SUM%` (and `%DESC%`, `%PGPSIG%`). Package files are stat'ed and checked against `%CSIZE%`
 here; their SHA-256 is checked later, by the hashing stage, against `FileEntry.expected_sha256`.
 Signatures are small: they are read here, and their size and SHA-256 go into `FileEntry.signature`.
-The `.db`, `.files` and `.sig` files themselves get no torrent.
+The `.db`, `.files` and `.sig` files themselves get no torrent. A db is decompressed and read as a tar
+stream, one member at a time, at most `bounded.MAX_METADATA_BYTES` of it (a bomb is refused, never
+inflated), each `desc` at most MAX_DESC_BYTES.
 
 The snapshot's time is the root's `lastsync` file (epoch seconds, written by the Arch mirror sync
 script) when it is there; the mirror probes compare mirrors' own `lastsync` with it.
@@ -35,12 +37,14 @@ import zlib
 from contextlib import closing
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Protocol
+from typing import IO, cast
 
 import zstandard
 
 from pipeline.errors import ConfigError, SnapshotError
 from pipeline.model import FileEntry, SignatureRef
+from pipeline.snapshot import bounded
+from pipeline.snapshot.bounded import BoundedReader, Readable, parse_size, read_at_most, size_text
 from pipeline.snapshot.paths import (
     as_path,
     check_repo_path,
@@ -52,11 +56,11 @@ from pipeline.snapshot.paths import (
     shown,
 )
 
-__all__ = ["MAX_DB_BYTES", "MAX_SIGNATURE_BYTES", "ArchScan", "ArchSelection", "parse_lastsync", "scan_arch"]
+__all__ = ["MAX_DESC_BYTES", "MAX_SIGNATURE_BYTES", "ArchScan", "ArchSelection", "parse_lastsync", "scan_arch"]
 
 log = logging.getLogger(__name__)
 
-MAX_DB_BYTES = 512 * 1024 * 1024  # uncompressed tar of one repo db (Arch's extra.db: tens of MB)
+MAX_DESC_BYTES = 1 << 20  # one `desc` entry of a db: a few KB (the db as a whole: bounded.MAX_METADATA_BYTES)
 MAX_SIGNATURE_BYTES = 64 * 1024  # a detached OpenPGP signature is a few hundred bytes
 MAX_LASTSYNC_BYTES = 64  # `lastsync` holds one epoch-seconds number
 _EPOCH = re.compile(r"[0-9]{1,12}")
@@ -249,42 +253,55 @@ def _chosen(setting: str, requested: tuple[str, ...], found: list[str]) -> set[s
 
 
 def _read_db(root_real: bytes, db: RepoDb) -> list[ListedPackage]:
-    raw = _read_file(root_real, db.rel, limit=MAX_DB_BYTES)
-    data = _decompress(raw, db.rel)
-    try:
-        archive = tarfile.open(fileobj=io.BytesIO(data), mode="r:")
-    except tarfile.TarError as exc:
-        raise SnapshotError(f"{db.rel}: not a repository database ({exc}); {_RESYNC}") from None
+    """The packages a db lists, read as a tar stream (one member at a time) from a capped decompressor."""
+    limit = bounded.MAX_METADATA_BYTES
+    raw = _read_file(root_real, db.rel, limit=limit)
+    if len(raw) > limit:
+        raise SnapshotError(f"{db.rel}: more than {size_text(limit)}, the limit for repository metadata; {_RESYNC}")
+    reader = BoundedReader(_decompressor(raw), db.rel, limit)
+    del raw  # the decompressor's now
     listed: dict[str, ListedPackage] = {}
-    with archive:
+    with closing(reader):
         try:
-            members = archive.getmembers()
+            try:
+                # Stream mode ("r|") only calls read(): no seek, no tell.
+                archive = tarfile.open(fileobj=cast("IO[bytes]", reader), mode="r|")
+            except tarfile.TarError as exc:
+                raise SnapshotError(f"{db.rel}: not a repository database ({exc}); {_RESYNC}") from None
+            with archive:
+                for member in archive:
+                    if member.isfile() and (member.name == "desc" or member.name.endswith("/desc")):
+                        _add(listed, _read_desc(archive, member, db), db)
         except tarfile.TarError as exc:
             raise SnapshotError(f"{db.rel}: damaged repository database ({exc}); {_RESYNC}") from None
-        for member in members:
-            if not (member.isfile() and (member.name == "desc" or member.name.endswith("/desc"))):
-                continue
-            handle = archive.extractfile(member)
-            assert handle is not None  # a regular member always has a file object
-            item = _parse_desc(handle.read(), f"{db.rel}:{member.name}", db)
-            previous = listed.setdefault(item.filename, item)
-            if (previous.size, previous.sha256) != (item.size, item.sha256):
-                raise SnapshotError(
-                    f"{shown(item.path)}: listed twice in {db.rel} with different %CSIZE%/%SHA256SUM%; {_RESYNC}"
-                )
+        except (OSError, EOFError, lzma.LZMAError, zlib.error, zstandard.ZstdError, ValueError) as exc:
+            raise SnapshotError(f"{db.rel}: cannot decompress ({exc}); {_RESYNC}") from None
     if not listed:
         log.warning("%s: lists no packages", db.rel)
     return list(listed.values())
 
 
-class _Readable(Protocol):
-    def read(self, size: int = -1, /) -> bytes: ...
+def _read_desc(archive: tarfile.TarFile, member: tarfile.TarInfo, db: RepoDb) -> ListedPackage:
+    where = f"{db.rel}:{member.name}"
+    if member.size > MAX_DESC_BYTES:
+        raise SnapshotError(
+            f"{escaped(where)}: more than {size_text(MAX_DESC_BYTES)}, not a package description; {_RESYNC}"
+        )
+    handle = archive.extractfile(member)
+    assert handle is not None  # a regular member always has a file object
+    return _parse_desc(handle.read(), where, db)
 
-    def close(self) -> None: ...
+
+def _add(listed: dict[str, ListedPackage], item: ListedPackage, db: RepoDb) -> None:
+    previous = listed.setdefault(item.filename, item)
+    if (previous.size, previous.sha256) != (item.size, item.sha256):
+        raise SnapshotError(
+            f"{shown(item.path)}: listed twice in {db.rel} with different %CSIZE%/%SHA256SUM%; {_RESYNC}"
+        )
 
 
-def _decompressor(raw: bytes) -> _Readable | None:
-    """A decompressing reader for a db by its magic bytes (repo-add writes gz, xz, zst or bz2); None: a plain tar."""
+def _decompressor(raw: bytes) -> Readable:
+    """A decompressing reader for a db by its magic bytes (repo-add writes gz, xz, zst or bz2), else the tar itself."""
     source = io.BytesIO(raw)
     if raw.startswith(b"\x1f\x8b"):
         return gzip.GzipFile(fileobj=source, mode="rb")
@@ -294,38 +311,7 @@ def _decompressor(raw: bytes) -> _Readable | None:
         return zstandard.ZstdDecompressor().stream_reader(source, read_across_frames=True)
     if raw.startswith(b"BZh"):
         return bz2.BZ2File(source)
-    return None
-
-
-def _decompress(raw: bytes, rel: str) -> bytes:
-    """The tar inside a db, at most MAX_DB_BYTES of it (a db is a few MB; a bomb is refused, not inflated)."""
-    stream = _decompressor(raw)
-    if stream is None:
-        data = raw
-    else:
-        try:
-            with closing(stream):
-                data = _read_bounded(stream)
-        except (OSError, EOFError, lzma.LZMAError, zlib.error, zstandard.ZstdError, ValueError) as exc:
-            raise SnapshotError(f"{rel}: cannot decompress ({exc}); {_RESYNC}") from None
-    if len(data) > MAX_DB_BYTES:
-        raise SnapshotError(
-            f"{rel}: more than {MAX_DB_BYTES >> 20} MiB uncompressed, too large for a repository database; {_RESYNC}"
-        )
-    return data
-
-
-def _read_bounded(stream: _Readable) -> bytes:
-    """Up to MAX_DB_BYTES + 1 bytes of `stream`, in chunks (a short read is not the end of a zstd stream)."""
-    chunks: list[bytes] = []
-    total = 0
-    while total <= MAX_DB_BYTES:
-        chunk = stream.read(min(1 << 20, MAX_DB_BYTES + 1 - total))
-        if not chunk:
-            break
-        chunks.append(chunk)
-        total += len(chunk)
-    return b"".join(chunks)
+    return source
 
 
 def _parse_desc(raw: bytes, where: str, db: RepoDb) -> ListedPackage:
@@ -349,7 +335,8 @@ def _parse_desc(raw: bytes, where: str, db: RepoDb) -> ListedPackage:
     filename = fields["FILENAME"][0]
     size_text = fields["CSIZE"][0]
     sha256 = fields["SHA256SUM"][0]
-    if not size_text.isdigit() or not size_text.isascii() or not _SHA256.fullmatch(sha256):
+    size = parse_size(size_text)
+    if size is None or not _SHA256.fullmatch(sha256):
         raise SnapshotError(f"{escaped(where)}: malformed %CSIZE% or %SHA256SUM%; {_RESYNC}")
     problem = component_problem(filename)
     if "/" in filename or filename in ("", ".", "..") or filename.endswith(".sig"):
@@ -361,7 +348,7 @@ def _parse_desc(raw: bytes, where: str, db: RepoDb) -> ListedPackage:
     return ListedPackage(
         path=check_repo_path(f"{db.directory}/{filename}", where),
         filename=filename,
-        size=int(size_text),
+        size=size,
         sha256=sha256.lower(),
         name=fields["NAME"][0],
         version=fields["VERSION"][0],
@@ -435,7 +422,7 @@ def _read_file(root_real: bytes, rel: str, *, limit: int) -> bytes:
 def _read_real(real: bytes, rel: str, limit: int) -> bytes:
     try:
         with open(real, "rb") as handle:
-            return handle.read(limit + 1)
+            return read_at_most(handle, limit)
     except OSError as exc:
         raise SnapshotError(f"{shown(rel)}: cannot read ({exc.strerror}); fix its permissions") from None
 

@@ -3,8 +3,11 @@
 Layout read: `dists/<suite>/{InRelease,Release,Release.gpg}` and
 `dists/<suite>/<component>/binary-<arch>/Packages{,.xz,.gz}`. Each used `Packages` file is checked
 against the `SHA256` list of its `Release` (when listed; always required when the Release is verified
-with an upstream keyring). Package files are only stat'ed (one `lstat` each); their SHA-256 is
-checked later, by the hashing stage, against `FileEntry.expected_sha256`.
+with an upstream keyring): the file as on disk first, before anything is decompressed, then the
+decompressed stream (at most `bounded.MAX_METADATA_BYTES`, or the size the Release lists for it),
+which is parsed line by line as it is read. Sizes are ASCII digits only. Package files are only
+stat'ed (one `lstat` each); their SHA-256 is checked later, by the hashing stage, against
+`FileEntry.expected_sha256`.
 
 The scan also reports the components and architectures of the `Packages` files it used, and the
 snapshot's time: the newest `Date:` of the selected suites' Release files (aware UTC; None when no
@@ -15,6 +18,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import io
 import logging
 import lzma
 import os
@@ -23,7 +27,8 @@ import stat
 import subprocess
 import tempfile
 import zlib
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import closing
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
@@ -33,6 +38,8 @@ from debian import deb822
 
 from pipeline.errors import ConfigError, SnapshotError
 from pipeline.model import FileEntry
+from pipeline.snapshot import bounded
+from pipeline.snapshot.bounded import BoundedReader, Readable, parse_size, read_at_most, size_text
 from pipeline.snapshot.paths import (
     as_path,
     check_repo_path,
@@ -48,6 +55,7 @@ _PACKAGES_FIELDS = ["Package", "Version", "Architecture", "Description", "Filena
 _SHA256 = re.compile(r"[0-9a-fA-F]{64}")
 _ARCH = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 _MAX_LISTED_PROBLEMS = 20
+MAX_LINE_BYTES = 16 << 20  # one Packages line (a long Provides or Description is tens of KB): bounds the line buffer
 _GPGV_TIMEOUT_SECONDS = 120
 _RESYNC = "re-sync the mirror"
 
@@ -204,11 +212,18 @@ class _Tree:
         return found is not None and stat.S_ISREG(found.status.st_mode)
 
     def read(self, rel: str) -> bytes:
+        """The whole (metadata) file `rel`; refused unread beyond `bounded.MAX_METADATA_BYTES`."""
+        limit = bounded.MAX_METADATA_BYTES
         try:
             with open(self.real_file(rel), "rb") as handle:
-                return handle.read()
+                data = read_at_most(handle, limit)
         except OSError as exc:
             raise SnapshotError(f"{shown(rel)}: cannot read ({exc.strerror}); fix its permissions") from None
+        if len(data) > limit:
+            raise SnapshotError(
+                f"{shown(rel)}: more than {size_text(limit)}, the limit for repository metadata; {_RESYNC}"
+            )
+        return data
 
     def real_file(self, rel: str) -> bytes:
         found = self.locate(rel)
@@ -303,10 +318,10 @@ def _read_release(tree: _Tree, suite: str, keyring: Path | None) -> ReleaseInfo:
 def _release_checksums(release: deb822.Release, shown_path: str) -> dict[str, Checksum]:
     checksums: dict[str, Checksum] = {}
     for line in release.get("SHA256", []):
-        try:
-            checksum = Checksum(size=int(line["size"]), sha256=str(line["sha256"]).lower())
-        except (KeyError, ValueError):
-            raise SnapshotError(f"{shown_path}: malformed SHA256 line; {_RESYNC}") from None
+        size = parse_size(str(line.get("size", "")))
+        if size is None or "sha256" not in line or "name" not in line:
+            raise SnapshotError(f"{shown_path}: malformed SHA256 line; {_RESYNC}")
+        checksum = Checksum(size=size, sha256=str(line["sha256"]).lower())
         checksums[str(line["name"])] = checksum
     return checksums
 
@@ -484,8 +499,7 @@ def _collect_listed(
     release_of = {release.suite: release for release in releases}
     listed: dict[str, ListedFile] = {}
     for index in indexes:
-        text = _read_packages_text(tree, index, release_of[index.suite], signed)
-        for item in _parse_packages(text, index.rel):
+        for item in _read_packages(tree, index, release_of[index.suite], signed):
             previous = listed.setdefault(item.path, item)
             if (previous.size, previous.sha256) != (item.size, item.sha256):
                 raise SnapshotError(
@@ -495,26 +509,55 @@ def _collect_listed(
     return listed
 
 
-def _read_packages_text(tree: _Tree, index: PackagesIndex, release: ReleaseInfo, signed: bool) -> str:
-    raw = tree.read(index.rel)
-    data = _decompress(raw, index.rel)
+def _read_packages(tree: _Tree, index: PackagesIndex, release: ReleaseInfo, signed: bool) -> list[ListedFile]:
+    """The stanzas of one Packages file; nothing is decompressed before the file on disk is checked.
+
+    The file as on disk is compared (size, SHA-256) with its Release line first, so a `Packages.xz` the
+    (signed) Release does not vouch for is refused unread by the decompressor. It is then decompressed
+    as a stream, at most `bounded.MAX_METADATA_BYTES` (or the size the Release lists for the uncompressed
+    `Packages`, when smaller), and parsed as it is read; the uncompressed bytes are compared with the
+    Release's `Packages` line at the end (before a parse error in them is reported: a mismatch says more).
+    """
     in_release = index.rel.removeprefix(f"dists/{index.suite}/")
     uncompressed_name = in_release.rsplit("/", 1)[0] + "/Packages"
-    checked = _check_against_release(in_release, raw, index.rel, release)
-    if in_release != uncompressed_name:
-        decompressed = f"{index.rel} (decompressed)"
-        checked = _check_against_release(uncompressed_name, data, decompressed, release) or checked
-    if signed and not checked:
+    raw = tree.read(index.rel)
+    on_disk = Checksum(size=len(raw), sha256=hashlib.sha256(raw).hexdigest())
+    checked = _check_against_release(in_release, on_disk, index.rel, release)
+    plain = release.checksums.get(uncompressed_name) if in_release != uncompressed_name else None
+    if signed and not checked and plain is None:
         raise SnapshotError(f"{index.rel}: not listed in the signed {release.shown_path}; {_RESYNC}")
-    return _decode_utf8(data, index.rel)
+    limit, why = bounded.MAX_METADATA_BYTES, ""
+    if plain is not None and plain.size < limit:
+        limit, why = plain.size, f"the {plain.size} bytes {release.shown_path} lists for {uncompressed_name}"
+    reader = BoundedReader(_decompressor(raw, index.rel), index.rel, limit, why)
+    del raw  # the compressed bytes are the decompressor's now
+    decompressed = f"{index.rel} (decompressed)"
+    with closing(reader):
+        try:
+            try:
+                items = _parse_packages(_lines(reader, index.rel), index.rel)
+            except SnapshotError:
+                if plain is not None:  # is it damaged, rather than malformed upstream? Drain, then compare.
+                    while reader.read(bounded.CHUNK_BYTES):
+                        pass
+                    _check_against_release(uncompressed_name, _read_so_far(reader), decompressed, release)
+                raise
+        except (lzma.LZMAError, OSError, EOFError, zlib.error) as exc:
+            raise SnapshotError(f"{index.rel}: cannot decompress ({exc}); {_RESYNC}") from None
+    if plain is not None:
+        _check_against_release(uncompressed_name, _read_so_far(reader), decompressed, release)
+    return items
 
 
-def _check_against_release(name: str, data: bytes, shown_path: str, release: ReleaseInfo) -> bool:
-    """Compare `data` with the Release's SHA256 line for `name`; False when the Release has none."""
+def _read_so_far(reader: BoundedReader) -> Checksum:
+    return Checksum(size=reader.size, sha256=reader.sha256())
+
+
+def _check_against_release(name: str, actual: Checksum, shown_path: str, release: ReleaseInfo) -> bool:
+    """Compare `actual` with the Release's SHA256 line for `name`; False when the Release has none."""
     expected = release.checksums.get(name)
     if expected is None:
         return False
-    actual = Checksum(size=len(data), sha256=hashlib.sha256(data).hexdigest())
     if actual != expected:
         raise SnapshotError(
             f"{shown_path}: size/SHA256 ({actual.size}, {actual.sha256[:16]}…) differ from "
@@ -523,26 +566,51 @@ def _check_against_release(name: str, data: bytes, shown_path: str, release: Rel
     return True
 
 
-def _decompress(raw: bytes, rel: str) -> bytes:
-    try:
-        if rel.endswith(".xz"):
-            return lzma.decompress(raw)
-        if rel.endswith(".gz"):
-            return gzip.decompress(raw)
-    except (lzma.LZMAError, OSError, EOFError, zlib.error) as exc:
-        raise SnapshotError(f"{rel}: cannot decompress ({exc}); {_RESYNC}") from None
-    return raw
+def _decompressor(raw: bytes, rel: str) -> Readable:
+    """A reader of `rel`'s uncompressed bytes, by its name (as apt picks): each read bounded by its size."""
+    source = io.BytesIO(raw)
+    if rel.endswith(".xz"):
+        return lzma.LZMAFile(source)
+    if rel.endswith(".gz"):
+        return gzip.GzipFile(fileobj=source, mode="rb")
+    return source
 
 
-def _decode_utf8(data: bytes, rel: str) -> str:
+def _lines(reader: BoundedReader, rel: str) -> Iterator[str]:
+    """The lines of a Packages stream (split at '\n' only, without it), decoded as UTF-8 a block at a time.
+
+    Only a chunk and the line it ends inside (at most MAX_LINE_BYTES) are held at once.
+    """
+    pending = bytearray()
+    consumed = 0  # bytes before `pending`, for the position in a UTF-8 error
+    while chunk := reader.read(bounded.CHUNK_BYTES):
+        cut = chunk.rfind(b"\n") + 1
+        if not cut:
+            pending += chunk
+            if len(pending) > MAX_LINE_BYTES:
+                raise SnapshotError(
+                    f"{rel}: a line longer than {size_text(MAX_LINE_BYTES)} (byte {consumed}); it is damaged or "
+                    f"a decompression bomb, {_RESYNC}"
+                )
+            continue
+        pending += chunk[:cut]
+        text = _decode_utf8(pending, rel, consumed)
+        consumed += len(pending)
+        pending = bytearray(chunk[cut:])
+        yield from text.split("\n")[:-1]
+    if pending:
+        yield from _decode_utf8(pending, rel, consumed).split("\n")
+
+
+def _decode_utf8(data: bytes | bytearray, rel: str, offset: int = 0) -> str:
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise SnapshotError(f"{rel}: not valid UTF-8 (byte {exc.start}); {_RESYNC}") from None
+        raise SnapshotError(f"{rel}: not valid UTF-8 (byte {offset + exc.start}); {_RESYNC}") from None
 
 
-def _parse_packages(text: str, rel: str) -> list[ListedFile]:
-    stanzas = deb822.Deb822.iter_paragraphs(text.splitlines(keepends=True), fields=_PACKAGES_FIELDS, use_apt_pkg=False)
+def _parse_packages(lines: Iterable[str], rel: str) -> list[ListedFile]:
+    stanzas = deb822.Deb822.iter_paragraphs(lines, fields=_PACKAGES_FIELDS, use_apt_pkg=False)
     return [_listed_file(stanza, rel) for stanza in stanzas if stanza]
 
 
@@ -554,12 +622,13 @@ def _listed_file(stanza: deb822.Deb822, rel: str) -> ListedFile:
     missing = [field for field, value in (("Filename", filename), ("Size", size_text), ("SHA256", sha256)) if not value]
     if missing:
         raise SnapshotError(f"{rel}: stanza {package!r} lacks {', '.join(missing)}; {_RESYNC}")
-    if not size_text.strip().isdigit() or not _SHA256.fullmatch(sha256.strip()):
+    size = parse_size(size_text)
+    if size is None or not _SHA256.fullmatch(sha256.strip()):
         raise SnapshotError(f"{rel}: stanza {package!r} has a malformed Size or SHA256; {_RESYNC}")
     synopsis = description.split("\n", 1)[0].strip()
     return ListedFile(
         path=check_repo_path(filename.strip(), rel),
-        size=int(size_text),
+        size=size,
         sha256=sha256.strip().lower(),
         name=package.strip() or None,
         version=version.strip() or None,

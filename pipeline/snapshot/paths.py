@@ -1,23 +1,44 @@
 """Repo-path rules shared by the format adapters: safe names, containment, display in one-line errors.
 
 Every path the scan publishes is relative, '/'-separated, and each component is valid UTF-8, NFC,
-free of control characters and backslashes. Nothing is normalised: a bad name is refused, because the
-mirrors serve the bytes on disk. File-system calls use bytes paths so that names are never decoded
-with the locale's encoding.
+free of control characters and backslashes, of code points XML 1.0 forbids and of Unicode
+noncharacters (a `.meta4` names the file: it must stay well-formed XML), and of invisible and
+bidirectional formatting characters (they let a listing show one name for another file). Nothing is
+normalised: a bad name is refused, because the mirrors serve the bytes on disk. File-system calls use
+bytes paths so that names are never decoded with the locale's encoding. `component_problem` is the one
+place these rules live: Debian `Filename`s, Arch `%FILENAME%`s and on-disk names all go through it.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import unicodedata
 from pathlib import Path
 from typing import NoReturn
 
 from pipeline.errors import SnapshotError
 
-_RENAME_HINT = "rename it (valid UTF-8, NFC, no control characters or backslashes) and run again"
+_RENAME_HINT = (
+    "rename it (valid UTF-8, NFC, no control, invisible or bidi formatting characters, noncharacters "
+    "or backslashes) and run again"
+)
 _CONTROL_OR_BACKSLASH = "control character or backslash in name"
 _LINE_BREAKING_CATEGORIES = frozenset({"Cc", "Zl", "Zp"})
+# Non-ASCII code points outside XML 1.0's Char production (#x9 | #xA | #xD | [#x20-#xD7FF] |
+# [#xE000-#xFFFD] | [#x10000-#x10FFFF]: the surrogates, U+FFFE, U+FFFF; the C0 controls are Cc) and
+# the other Unicode noncharacters (U+FDD0-U+FDEF, U+xxFFFE and U+xxFFFF in every plane).
+_NOT_XML_OR_NONCHARACTER = re.compile(
+    "[\\ud800-\\udfff\\ufdd0-\\ufdef" + "".join(f"\\U{plane:04x}fffe-\\U{plane:04x}ffff" for plane in range(0x11)) + "]"
+)
+# Default_Ignorable_Code_Point (Unicode DerivedCoreProperties.txt): drawn as nothing, so "a\u200b.deb"
+# looks like "a.deb". Format characters (category Cf: bidi controls such as U+202E, which reorder what
+# follows, zero-width joiners, U+FEFF, tags) are refused by category as well, whatever this list misses.
+_DEFAULT_IGNORABLE = re.compile(
+    "[\\u00ad\\u034f\\u061c\\u115f\\u1160\\u17b4\\u17b5\\u180b-\\u180f\\u200b-\\u200f\\u202a-\\u202e"
+    "\\u2060-\\u206f\\u3164\\ufe00-\\ufe0f\\ufeff\\uffa0\\ufff0-\\ufff8"
+    "\\U0001bca0-\\U0001bca3\\U0001d173-\\U0001d17a\\U000e0000-\\U000e0fff]"
+)
 
 
 def shown(text: str) -> str:
@@ -61,14 +82,37 @@ def check_component(name: str, parent: str) -> None:
 
 
 def component_problem(name: str) -> str | None:
-    """Why a decoded name component is not a safe repo-path component, or None."""
-    if name.isascii():  # fast path: ASCII is always NFC
+    """Why a decoded name component is not a safe repo-path component, or None.
+
+    Refused: control characters (Cc, and the line/paragraph separators) and backslashes; code points
+    XML 1.0 forbids and noncharacters; invisible and bidi formatting characters (Cf and
+    Default_Ignorable_Code_Point); names not in NFC.
+    """
+    if name.isascii():  # fast path: ASCII is always NFC, and printable ASCII is valid XML and visible
         return None if is_plain_ascii(name) else _CONTROL_OR_BACKSLASH
-    if "\\" in name or any(unicodedata.category(char) in _LINE_BREAKING_CATEGORIES for char in name):
+    categories = [unicodedata.category(char) for char in name]
+    if "\\" in name or not _LINE_BREAKING_CATEGORIES.isdisjoint(categories):
         return _CONTROL_OR_BACKSLASH
+    forbidden = _NOT_XML_OR_NONCHARACTER.search(name)
+    if forbidden is not None:
+        return f"code point {_code_point(forbidden.group())} not allowed in XML 1.0 (or a noncharacter) in name"
+    hidden = next(
+        (
+            char
+            for char, category in zip(name, categories, strict=True)
+            if category == "Cf" or _DEFAULT_IGNORABLE.match(char)
+        ),
+        None,
+    )
+    if hidden is not None:
+        return f"invisible or bidi formatting character {_code_point(hidden)} in name"
     if not unicodedata.is_normalized("NFC", name):
         return "name is not in Unicode NFC form"
     return None
+
+
+def _code_point(char: str) -> str:
+    return f"U+{ord(char):04X}"
 
 
 def is_plain_ascii(name: str) -> bool:

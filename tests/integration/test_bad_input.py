@@ -140,3 +140,39 @@ def test_destination_under_a_regular_file(debian_repo: Path, signing_key: Signin
     )
     assert_refused(result, blocker, {}, str(blocker))
     assert blocker.read_text() == "a file, not a directory"
+
+
+@pytest.mark.parametrize("where", ["directory", "under-a-file"])
+def test_state_path_that_cannot_hold_a_file(
+    debian_repo: Path, signing_key: SigningKey, tmp_path: Path, where: str
+) -> None:
+    if where == "directory":
+        state = tmp_path / "state-dir"
+        state.mkdir()
+    else:
+        (tmp_path / "blocker").write_text("a file")
+        state = tmp_path / "blocker" / "state.sqlite"
+    dest = tmp_path / "dest"
+    result = run_cli(
+        *release_args(debian_repo, dest, signing_key.fingerprint, "--state", str(state)),
+        env={"GNUPGHOME": str(signing_key.gnupghome)},
+    )
+    line = assert_refused(result, dest, tree_state(dest) if dest.exists() else {}, str(state), "point --state at")
+    assert "rebuilding" not in result.stderr and "Traceback" not in result.stderr, line
+
+
+@pytest.mark.parametrize("char", ["\ufffe", "\u202e", "\u200b"], ids=ascii)
+def test_flat_file_name_that_breaks_xml_or_listings(signing_key: SigningKey, tmp_path: Path, char: str) -> None:
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    (flat / "ok.bin").write_bytes(b"fine")
+    name = f"evil{char}.bin"
+    (flat / name).write_bytes(b"bad name")
+    dest = tmp_path / "dest"
+    result = run_cli(
+        *release_args(flat, dest, signing_key.fingerprint, "--format", "flat"),
+        env={"GNUPGHOME": str(signing_key.gnupghome)},
+    )
+    line = assert_refused(result, dest, {}, ascii(name), f"U+{ord(char):04X}", "rename it")
+    assert line.isascii()
+    assert not dest.exists()

@@ -19,6 +19,7 @@ import zstandard
 from pipeline.errors import ConfigError, SnapshotError
 from pipeline.model import FileEntry, SignatureRef
 from pipeline.snapshot import ScanSpec, scan_snapshot
+from pipeline.snapshot.bounded import BoundedReader
 
 
 @dataclass(frozen=True)
@@ -380,14 +381,93 @@ def test_a_damaged_database(tmp_path: Path, raw: bytes) -> None:
     assert message.startswith("core/os/x86_64/core.db: ") and message.endswith("re-sync the mirror")
 
 
+def tar_with(members: dict[str, bytes]) -> bytes:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.GNU_FORMAT) as tar:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return buffer.getvalue()
+
+
+BOMB = tar_with({"hello-2.12-1/desc": desc(HELLO).encode(), "hello-2.12-1/files": bytes(5 << 20)})
+
+
+@pytest.mark.parametrize("compression", ["gz", "xz", "zst"])
 def test_a_database_too_large_uncompressed_is_refused_without_inflating_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, compression: str
+) -> None:
+    monkeypatch.setattr("pipeline.snapshot.bounded.MAX_METADATA_BYTES", 1 << 20)
+    read: list[int] = []
+    real_read = BoundedReader.read
+
+    def counting_read(self: BoundedReader, size: int = -1) -> bytes:
+        data = real_read(self, size)
+        read.append(len(data))
+        return data
+
+    monkeypatch.setattr(BoundedReader, "read", counting_read)
+    directory = write_repo(tmp_path, "core", "x86_64", [HELLO])
+    write_db(directory, "core", compress(BOMB, compression), compression)
+
+    assert refused(tmp_path) == (
+        "core/os/x86_64/core.db: decompresses to more than 1 MiB, the limit for repository metadata; "
+        "it is damaged or a decompression bomb, re-sync the mirror"
+    )
+    assert sum(read) <= 1 << 20  # and the byte past the cap, never returned
+
+
+def test_a_database_of_zeros_is_an_empty_tar_and_read_no_further(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("pipeline.snapshot.arch.MAX_DB_BYTES", 64 * 1024)
+    monkeypatch.setattr("pipeline.snapshot.bounded.MAX_METADATA_BYTES", 64 * 1024)
     directory = write_repo(tmp_path, "core", "x86_64", [HELLO])
-    bomb = zstandard.ZstdCompressor().compress(bytes(10 * 1024 * 1024))
-    write_db(directory, "core", bomb, "zst")
-    assert "core/os/x86_64/core.db: more than 0 MiB uncompressed" in refused(tmp_path)
+    write_db(directory, "core", zstandard.ZstdCompressor().compress(bytes(10 << 20)), "zst")
+
+    assert scan(tmp_path) == ()  # the end-of-archive marker comes first: the rest is never decompressed
+
+
+def test_a_desc_entry_too_large_is_refused_before_it_is_read(tmp_path: Path) -> None:
+    directory = write_repo(tmp_path, "core", "x86_64", [HELLO])
+    huge = desc(HELLO).encode() + b"\n" * (1 << 20)
+    write_db(directory, "core", gzip.compress(tar_with({"hello-2.12-1/desc": huge})))
+
+    assert refused(tmp_path) == (
+        "core/os/x86_64/core.db:hello-2.12-1/desc: more than 1 MiB, not a package description; re-sync the mirror"
+    )
+
+
+def test_a_database_bomb_stays_within_memory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Python allocations while refusing a 40 MiB gzip bomb under a 16 MiB cap stay far below either."""
+    import tracemalloc
+
+    monkeypatch.setattr("pipeline.snapshot.bounded.MAX_METADATA_BYTES", 16 << 20)
+    directory = write_repo(tmp_path, "core", "x86_64", [HELLO])
+    bomb = tar_with({"hello-2.12-1/desc": desc(HELLO).encode(), "hello-2.12-1/files": bytes(40 << 20)})
+    write_db(directory, "core", gzip.compress(bomb, compresslevel=1))
+    del bomb
+
+    tracemalloc.start()
+    try:
+        message = refused(tmp_path)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+    assert "decompresses to more than 16 MiB" in message
+    assert peak < 4 << 20, peak  # a read chunk or two, not the cap
+
+
+@pytest.mark.parametrize("csize", ["\u00b2", "\uff11\uff12", "\u0661", "9" * 5000], ids=lambda s: ascii(s)[:12])
+def test_a_csize_that_is_not_ascii_digits_is_refused_in_one_line(tmp_path: Path, csize: str) -> None:
+    directory = write_repo(tmp_path, "core", "x86_64", [HELLO])
+    text = desc(HELLO).replace(f"%CSIZE%\n{len(HELLO.content)}\n", f"%CSIZE%\n{csize}\n")
+    write_db(directory, "core", db_bytes({"hello-2.12-1": text}))
+
+    assert refused(tmp_path) == (
+        "core/os/x86_64/core.db:hello-2.12-1/desc: malformed %CSIZE% or %SHA256SUM%; re-sync the mirror"
+    )
 
 
 def test_the_same_file_listed_twice_with_different_sizes(tmp_path: Path) -> None:
@@ -418,3 +498,25 @@ def test_a_sig_of_exactly_64_kib_and_a_pgpsig_without_sig_file_are_fine(tmp_path
     files = {entry.name: entry for entry in scan(tmp_path)}
     assert files["edge"].signature is not None and files["edge"].signature.size == 64 * 1024
     assert files["dbonly"].signature is None
+
+
+@pytest.mark.parametrize(
+    ("char", "problem"),
+    [
+        ("\ufffe", "code point U+FFFE not allowed in XML 1.0 (or a noncharacter) in name"),
+        ("\ufdd0", "code point U+FDD0 not allowed in XML 1.0 (or a noncharacter) in name"),
+        ("\u2066", "invisible or bidi formatting character U+2066 in name"),
+        ("\ufeff", "invisible or bidi formatting character U+FEFF in name"),
+    ],
+    ids=ascii,
+)
+def test_a_file_name_that_breaks_xml_or_listings_is_refused_in_one_line(
+    tmp_path: Path, char: str, problem: str
+) -> None:
+    evil = Pkg("evil", "1-1", filename=f"evil{char}-1-1-x86_64.pkg.tar.zst")
+    write_repo(tmp_path, "core", "x86_64", [HELLO, evil])  # the file exists: only its name is wrong
+
+    assert refused(tmp_path) == (
+        f"{ascii(evil.file)}: {problem} in core/os/x86_64/core.db:evil-1-1/desc; "
+        "the repository metadata is unsafe, fix or re-sync the mirror"
+    )

@@ -489,3 +489,237 @@ def test_archive_made_by_dpkg_deb_and_apt_ftparchive(tmp_path: Path) -> None:
         "amd64",
         "a tiny <b>test</b> package",
     )
+
+
+# --- names that break XML or hide what they are (issue 10) ----------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("char", "problem"),
+    [
+        ("\ufffe", "code point U+FFFE not allowed in XML 1.0 (or a noncharacter) in name"),
+        ("\U0001ffff", "code point U+1FFFF not allowed in XML 1.0 (or a noncharacter) in name"),
+        ("\u202e", "invisible or bidi formatting character U+202E in name"),
+        ("\u200b", "invisible or bidi formatting character U+200B in name"),
+        ("\u2028", "control character or backslash in name"),  # a line separator stays inside its line
+    ],
+    ids=ascii,
+)
+def test_filename_with_a_character_that_breaks_xml_or_listings_is_refused(
+    tmp_path: Path, char: str, problem: str
+) -> None:
+    evil = Pkg("evil", "1", "amd64", filename=f"pool/main/e/evil/evil{char}_1_amd64.deb")
+    write_archive(tmp_path, "bookworm", [HELLO, evil])  # the file exists on disk: only its name is wrong
+
+    message = scan_error(tmp_path)
+
+    assert message == (
+        f"{ascii(evil.path)}: {problem} in dists/bookworm/main/binary-amd64/Packages; "
+        "the repository metadata is unsafe, fix or re-sync the mirror"
+    )
+
+
+# --- numbers: ASCII digits only (issue 10) --------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "size",
+    ["\u00b2", "\u0661\u0662", "\uff11\uff12", "12x", "-1", "+3", "1 2", "9" * 5000],
+    ids=lambda s: ascii(s)[:12],
+)
+def test_size_that_is_not_ascii_digits_is_refused_in_one_line(tmp_path: Path, size: str) -> None:
+    write_archive(tmp_path, "bookworm", [HELLO])
+    packages = tmp_path / "dists/bookworm/main/binary-amd64/Packages"
+    packages.write_text(packages.read_text().replace(f"Size: {len(HELLO.content)}\n", f"Size: {size}\n"))
+    (tmp_path / "dists/bookworm/Release").write_text("Suite: bookworm\nComponents: main\nArchitectures: amd64\n")
+
+    assert scan_error(tmp_path) == (
+        "dists/bookworm/main/binary-amd64/Packages: stanza 'hello' has a malformed Size or SHA256; re-sync the mirror"
+    )
+
+
+@pytest.mark.parametrize("size", ["\u00b2", "\uff11\uff12", "9" * 5000], ids=lambda s: ascii(s)[:12])
+def test_release_size_that_is_not_ascii_digits_is_refused_in_one_line(tmp_path: Path, size: str) -> None:
+    release = write_archive(tmp_path, "bookworm", [HELLO])
+    text = release.read_text()
+    packages_line = next(line for line in text.splitlines() if line.endswith(" main/binary-amd64/Packages"))
+    digest = packages_line.split()[0]
+    release.write_text(text.replace(packages_line, f" {digest} {size} main/binary-amd64/Packages"))
+
+    assert scan_error(tmp_path) == "dists/bookworm/Release: malformed SHA256 line; re-sync the mirror"
+
+
+# --- decompression bombs (issue 10) ---------------------------------------------------------------
+
+BOMB_CAP = 1 << 20  # the cap the bomb tests lower bounded.MAX_METADATA_BYTES to
+BOMB_ZEROS = 5 << 20  # a bomb a little over it
+
+
+def release_lines(root: Path, suite: str, replace: dict[str, bytes | None]) -> Path:
+    """Rewrite the Release's SHA256 lines: the named files get the hash of the given bytes, None drops them."""
+    release = root / "dists" / suite / "Release"
+    lines = []
+    for line in release.read_text().splitlines():
+        name = line.split()[-1] if line.startswith(" ") else ""
+        if name in replace:
+            data = replace[name]
+            if data is None:
+                continue
+            line = f" {hashlib.sha256(data).hexdigest()} {len(data):>8} {name}"
+        lines.append(line)
+    release.write_text("\n".join(lines) + "\n")
+    return release
+
+
+def compress_bomb(compression: str, tail: bytes = b"") -> bytes:
+    text = stanza(HELLO).encode() + b"\n" + bytes(BOMB_ZEROS) + tail
+    return lzma.compress(text) if compression == "xz" else gzip.compress(text)
+
+
+@pytest.mark.parametrize("compression", ["xz", "gz"])
+def test_packages_bomb_listed_by_its_release_is_refused_at_the_cap(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, compression: str
+) -> None:
+    monkeypatch.setattr("pipeline.snapshot.bounded.MAX_METADATA_BYTES", BOMB_CAP)
+    write_archive(tmp_path, "bookworm", [HELLO], architectures=("amd64",), compression=compression)
+    bomb = compress_bomb(compression)
+    name = f"main/binary-amd64/Packages.{compression}"
+    (tmp_path / "dists/bookworm" / name).write_bytes(bomb)
+    release_lines(tmp_path, "bookworm", {name: bomb, "main/binary-amd64/Packages": None})  # upstream's own bomb
+
+    assert scan_error(tmp_path) == (
+        f"dists/bookworm/{name}: decompresses to more than 1 MiB, the limit for repository metadata; "
+        "it is damaged or a decompression bomb, re-sync the mirror"
+    )
+
+
+def test_packages_bomb_stops_at_the_uncompressed_size_the_release_lists(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    read: list[int] = []
+    real_read = lzma.LZMAFile.read
+
+    def counting_read(self: lzma.LZMAFile, size: int = -1) -> bytes:
+        data = real_read(self, size)
+        read.append(len(data))
+        return data
+
+    monkeypatch.setattr(lzma.LZMAFile, "read", counting_read)
+    write_archive(tmp_path, "bookworm", [HELLO], architectures=("amd64",), compression="xz")
+    bomb = compress_bomb("xz")
+    (tmp_path / "dists/bookworm/main/binary-amd64/Packages.xz").write_bytes(bomb)
+    listed = stanza(HELLO).encode()
+    release_lines(tmp_path, "bookworm", {"main/binary-amd64/Packages.xz": bomb})  # Packages: the real size
+
+    message = scan_error(tmp_path)
+
+    assert message == (
+        f"dists/bookworm/main/binary-amd64/Packages.xz: decompresses to more than the {len(listed)} bytes "
+        "dists/bookworm/Release lists for main/binary-amd64/Packages; it is damaged or a decompression bomb, "
+        "re-sync the mirror"
+    )
+    assert sum(read) == len(listed) + 1  # not a byte more than needed to see it is too long
+
+
+def test_packages_larger_than_the_cap_on_disk_is_refused_unread(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("pipeline.snapshot.bounded.MAX_METADATA_BYTES", BOMB_CAP)
+    write_archive(tmp_path, "bookworm", [HELLO], architectures=("amd64",))
+    packages = tmp_path / "dists/bookworm/main/binary-amd64/Packages"
+    packages.write_bytes(packages.read_bytes() + b"\n" * BOMB_ZEROS)
+
+    assert scan_error(tmp_path) == (
+        "dists/bookworm/main/binary-amd64/Packages: more than 1 MiB, the limit for repository metadata; "
+        "re-sync the mirror"
+    )
+
+
+def test_packages_parsed_from_a_stream_is_the_same_as_before(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Stanzas across many read chunks, multi-byte characters split between chunks, no trailing newline."""
+    monkeypatch.setattr("pipeline.snapshot.bounded.CHUNK_BYTES", 7)
+    pkgs = [Pkg(f"p\u00e9{i}", "1", "amd64") for i in range(30)]
+    write_archive(tmp_path, "bookworm", pkgs, architectures=("amd64",), compression="xz")
+    packages_xz = tmp_path / "dists/bookworm/main/binary-amd64/Packages.xz"
+    text = lzma.decompress(packages_xz.read_bytes()).rstrip(b"\n")
+    packages_xz.write_bytes(lzma.compress(text))
+    release_lines(tmp_path, "bookworm", {"main/binary-amd64/Packages.xz": packages_xz.read_bytes()})
+    release_lines(tmp_path, "bookworm", {"main/binary-amd64/Packages": text})
+
+    files = scan_snapshot(ScanSpec(root=tmp_path)).files
+
+    assert [entry.name for entry in files] == sorted(p.name for p in pkgs)
+    assert {entry.description for entry in files} == {f"{p.name} synopsis" for p in pkgs}
+
+
+def test_packages_decompressed_bytes_not_valid_utf8_name_their_offset(tmp_path: Path) -> None:
+    write_archive(tmp_path, "bookworm", [HELLO], architectures=("amd64",), compression="gz")
+    text = stanza(HELLO).encode() + b"\nPackage: x\xff\n"
+    packages_gz = tmp_path / "dists/bookworm/main/binary-amd64/Packages.gz"
+    packages_gz.write_bytes(gzip.compress(text))
+    release_lines(tmp_path, "bookworm", {"main/binary-amd64/Packages.gz": None, "main/binary-amd64/Packages": None})
+
+    bad = text.index(b"\xff")
+
+    assert scan_error(tmp_path) == (
+        f"dists/bookworm/main/binary-amd64/Packages.gz: not valid UTF-8 (byte {bad}); re-sync the mirror"
+    )
+
+
+def test_packages_bomb_stays_within_memory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Python allocations while refusing a one-line bomb stay near the line limit (the whole would be 40 MiB)."""
+    import tracemalloc
+
+    monkeypatch.setattr("pipeline.snapshot.bounded.MAX_METADATA_BYTES", 5 << 20)
+    monkeypatch.setattr("pipeline.snapshot.debian.MAX_LINE_BYTES", 2 << 20)
+    write_archive(tmp_path, "bookworm", [HELLO], architectures=("amd64",), compression="gz")
+    bomb = gzip.compress(bytes(40 << 20))  # gz: xz's own dictionary (8 MiB) would be counted
+    (tmp_path / "dists/bookworm/main/binary-amd64/Packages.gz").write_bytes(bomb)
+    release_lines(tmp_path, "bookworm", {"main/binary-amd64/Packages.gz": bomb, "main/binary-amd64/Packages": None})
+
+    tracemalloc.start()
+    try:
+        message = scan_error(tmp_path)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+    assert message == (
+        "dists/bookworm/main/binary-amd64/Packages.gz: a line longer than 2 MiB (byte 0); it is damaged or a "
+        "decompression bomb, re-sync the mirror"
+    )
+    assert peak < 8 << 20, peak  # the line buffer and a chunk or two: not the 40 MiB, nor the 5 MiB cap
+
+
+def test_signed_release_refuses_a_packages_xz_bomb_before_decompressing_it(
+    tmp_path: Path, snapshot_gpg: SnapshotGpg, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    release = write_archive(tmp_path, "bookworm", [HELLO], architectures=("amd64",), compression="xz")
+    clearsign(snapshot_gpg, release, snapshot_gpg.signer)  # lists the real Packages.xz
+    packages_xz = tmp_path / "dists/bookworm/main/binary-amd64/Packages.xz"
+    bomb = compress_bomb("xz")
+    packages_xz.write_bytes(bomb)
+
+    def never(raw: bytes, rel: str) -> object:
+        raise AssertionError(f"{rel} decompressed before its hash was checked")
+
+    monkeypatch.setattr("pipeline.snapshot.debian._decompressor", never)
+
+    message = scan_error(tmp_path, upstream_keyring=snapshot_gpg.keyring)
+
+    digest = hashlib.sha256(bomb).hexdigest()[:16]
+    assert message.startswith(f"dists/bookworm/main/binary-amd64/Packages.xz: size/SHA256 ({len(bomb)}, {digest}")
+    assert ") differ from dists/bookworm/InRelease (" in message and message.endswith("; re-sync the mirror")
+
+
+def test_signed_release_refuses_a_packages_xz_that_is_not_xz_by_its_hash(
+    tmp_path: Path, snapshot_gpg: SnapshotGpg
+) -> None:
+    release = write_archive(tmp_path, "bookworm", [HELLO], architectures=("amd64",), compression="xz")
+    clearsign(snapshot_gpg, release, snapshot_gpg.signer)
+    (tmp_path / "dists/bookworm/main/binary-amd64/Packages.xz").write_bytes(b"not xz at all" * 100)
+
+    message = scan_error(tmp_path, upstream_keyring=snapshot_gpg.keyring)
+
+    assert message.startswith("dists/bookworm/main/binary-amd64/Packages.xz: size/SHA256 (1300, ")
+    assert "differ from dists/bookworm/InRelease" in message and "decompress" not in message

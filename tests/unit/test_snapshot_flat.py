@@ -322,3 +322,27 @@ def test_bad_name_of_a_fifo_is_never_looked_at(tmp_path: Path) -> None:
     os.mkfifo(tmp_path / "bad\nfifo")
 
     assert list(scan_flat(tmp_path)) == ["a.deb"]
+
+
+@pytest.mark.parametrize(
+    ("char", "problem"),
+    [
+        ("\ufffe", "code point U+FFFE not allowed in XML 1.0 (or a noncharacter) in name"),
+        ("\U0010ffff", "code point U+10FFFF not allowed in XML 1.0 (or a noncharacter) in name"),
+        ("\u202e", "invisible or bidi formatting character U+202E in name"),
+        ("\u200d", "invisible or bidi formatting character U+200D in name"),
+    ],
+    ids=ascii,
+)
+@pytest.mark.parametrize("kind", ["file", "directory"])
+def test_names_that_break_xml_or_listings_fail_like_control_characters(
+    tmp_path: Path, char: str, problem: str, kind: str
+) -> None:
+    write(tmp_path / "pool" / "ok.deb")
+    name = f"evil{char}.deb"
+    write(tmp_path / "pool" / name / "a.deb" if kind == "directory" else tmp_path / "pool" / name)
+
+    assert flat_error(tmp_path) == (
+        f"pool/{ascii(name)}: {problem}; rename it (valid UTF-8, NFC, no control, invisible or bidi formatting "
+        "characters, noncharacters or backslashes) and run again"
+    )

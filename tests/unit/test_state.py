@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from pipeline.errors import ConfigError
 from pipeline.model import FileEntry
 from pipeline.state import CachedFile, StateCache, StateRow
 
@@ -90,3 +91,58 @@ def test_lookup_of_many_files_returns_exactly_the_unchanged_ones(tmp_path: Path)
             assert (cached.sha256, cached.piece_size, cached.infohash) == (f"{i:064x}", 16384, "b" * 40)
         with pytest.raises(AttributeError):
             cached.sha256 = "x"  # type: ignore[misc]
+
+
+# --- a --state that cannot hold a writable file: one line, nothing rebuilt (issue 10) ---------------
+
+_HINT = "point --state at a writable file path or fix its permissions"
+
+
+def refused_state(path: Path, caplog: pytest.LogCaptureFixture) -> str:
+    with caplog.at_level(logging.WARNING, logger="pipeline.state"), pytest.raises(ConfigError) as caught:
+        StateCache.open(path, repo="r")
+    assert not caplog.records  # no "rebuilding it" before the error
+    message = str(caught.value)
+    assert "\n" not in message and message.startswith(f"{path}: ")
+    return message
+
+
+def test_a_directory_is_refused_and_left_alone(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    (tmp_path / "kept").write_text("not touched")
+
+    message = refused_state(tmp_path, caplog)
+
+    assert message == f"{tmp_path}: is a directory; point --state at a file path (such as {tmp_path}/state.sqlite)"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["kept"]
+
+
+@pytest.mark.parametrize("depth", [1, 2])
+def test_a_path_under_a_regular_file_is_refused(tmp_path: Path, caplog: pytest.LogCaptureFixture, depth: int) -> None:
+    blocker = tmp_path / "blocker"
+    blocker.write_text("a file")
+    path = blocker / "state.sqlite" if depth == 1 else blocker / "sub" / "state.sqlite"
+
+    assert refused_state(path, caplog) == (
+        f"{path}: {path.parent} or a directory above it is a file, not a directory; {_HINT}"
+    )
+    assert blocker.read_text() == "a file"
+
+
+def test_a_path_where_no_file_can_be_created_is_refused(caplog: pytest.LogCaptureFixture) -> None:
+    path = Path("/proc/mirrorseed-test-state.sqlite")  # not even root can create a file in /proc
+
+    assert refused_state(path, caplog) == (
+        f"{path}: cannot open or write the state cache (unable to open database file); {_HINT}"
+    )
+
+
+def test_a_foreign_database_with_a_meta_table_of_other_columns_is_still_rebuilt(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "s.sqlite"
+    with sqlite3.connect(path) as db:
+        db.execute("CREATE TABLE meta (a, b)")
+        db.execute("CREATE TABLE files (x)")
+    with caplog.at_level(logging.WARNING, logger="pipeline.state"), StateCache.open(path, repo="r") as state:
+        state.store([row(entry())])
+    assert len(caplog.records) == 1 and "rebuilding it" in caplog.records[0].getMessage()
