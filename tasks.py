@@ -16,6 +16,8 @@ from typing import Any
 
 from invoke import Collection, Context, Exit, task
 
+from pipeline.config import flag_help
+
 ROOT = Path(__file__).resolve().parent
 
 
@@ -36,37 +38,28 @@ def _pipeline_errors(verbose: bool = False) -> Iterator[None]:
         raise Exit(f"{type(exc).__name__}: {message}", code=exc.exit_code) from None
 
 
-def _settings(config: str | None, flags: dict[str, Any]) -> Any:
-    from pipeline.config import load_settings
+def _settings(config: str | None, parameters: dict[str, Any]) -> Any:
+    """Settings from defaults < the settings file < MIRRORSEED_* < the task's own parameters (its locals())."""
+    from pipeline.config import load_settings, setting_flags
 
+    flags = {name: tuple(v) if isinstance(v, list) else v for name, v in setting_flags(parameters).items()}
     return load_settings(config_file=Path(config) if config else None, flags=flags)
+
+
+CONFIG_HELP = "settings file (TOML); default ./mirror.toml if present"
+VERBOSE_HELP = "debug logging and tracebacks"
 
 
 @task(
     iterable=["webseed", "tracker"],
-    help={
-        "config": "settings file (TOML); default ./mirror.toml if present",
-        "snapshot": "the repository snapshot directory",
-        "format": "debian | arch | flat | auto",
-        "dest": "destination: a local path, file:///dir (s3:// in a later release)",
-        "public_url": "where the destination is readable over HTTP(S)",
-        "webseed": "base URL of an HTTP mirror of the snapshot (repeatable)",
-        "tracker": "tracker announce URL (repeatable)",
-        "key": "signing key fingerprint in $GNUPGHOME",
-        "repo": "repository name used in the pointer and index",
-        "dry_run": "do everything but write to the destination; print the upload plan",
-        "json": "print the run report as JSON on stdout",
-        "metrics": "write a Prometheus textfile here",
-        "resign_before": "re-sign the pointer when less than this validity is left (e.g. 3d)",
-        "expires_after": "pointer validity (default 7d)",
-        "state": "SQLite state cache (default ~/.cache/mirrorseed/<repo>.sqlite)",
-        "s3_endpoint_url": "S3 endpoint for s3:// destinations (AWS: leave unset)",
-        "no_cas": "publish to a store without conditional writes (only with an external lock)",
-        "allow_peer_only": "publish packages no webseed serves (a seed box of yours serves them to peers)",
-        "workers": "hashing processes (default 2)",
-        "verbose": "debug logging and tracebacks",
-    },
-)
+    help=flag_help(
+        "snapshot", "format", "dest", "public_url", "webseed", "tracker", "key", "repo", "dry_run", "metrics",
+        "resign_before", "expires_after", "state", "workers", "s3_endpoint_url", "no_cas", "allow_peer_only",
+        config=CONFIG_HELP,
+        json="print the run report as JSON on stdout",
+        verbose=VERBOSE_HELP,
+    ),
+)  # fmt: skip
 def release(
     c: Context,
     config: str | None = None,
@@ -95,28 +88,7 @@ def release(
         from pipeline.progress import StderrProgress
         from pipeline.run import release as run_release
 
-        settings = _settings(
-            config,
-            {
-                "snapshot": snapshot,
-                "format": format,
-                "dest": dest,
-                "public_url": public_url,
-                "webseeds": tuple(webseed or ()),
-                "trackers": tuple(tracker or ()),
-                "key": key,
-                "repo": repo,
-                "dry_run": dry_run,
-                "metrics": metrics,
-                "resign_before": resign_before,
-                "expires_after": expires_after,
-                "state": state,
-                "workers": workers,
-                "s3_endpoint_url": s3_endpoint_url,
-                "no_cas": no_cas,
-                "allow_peer_only": allow_peer_only,
-            },
-        )
+        settings = _settings(config, locals())
         report = run_release(settings, progress=StderrProgress())
         _emit(report, as_json=json_, metrics=settings.metrics)
 
@@ -219,20 +191,16 @@ def bench(
 
 
 @task(
-    help={
-        "public_url": "the publication's HTTP(S) base URL, as users are given it",
-        "keyring": "binary public keyring to pin, e.g. the saved signing-key.gpg",
-        "fingerprint": "pinned primary key fingerprint (default: the keyring's only primary key)",
-        "state_file": "highest sequence seen (default ~/.cache/mirrorseed/verify-<host>.json)",
-        "sample": "how many packages' webseed URLs to probe (default 20)",
-        "timeout": "seconds per network read (default 10)",
-        "allow_peer_only": "accept package torrents without a url-list (the publisher released with --allow-peer-only)",
-        "json": "print the report as JSON on stdout",
-        "verbose": "debug logging and tracebacks",
-    }
-)
+    help=flag_help(
+        "public_url", "keyring", "fingerprint", "state_file", "sample", "timeout", "allow_peer_only",
+        config=CONFIG_HELP,
+        json="print the report as JSON on stdout",
+        verbose=VERBOSE_HELP,
+    )
+)  # fmt: skip
 def verify(
     c: Context,
+    config: str | None = None,
     public_url: str | None = None,
     keyring: str | None = None,
     fingerprint: str | None = None,
@@ -245,27 +213,9 @@ def verify(
 ) -> None:
     """Audit a publication as a user sees it, over HTTP only: OK line, or one line per problem and exit 1."""
     with _pipeline_errors(verbose):
-        from pipeline.errors import ConfigError
-        from pipeline.verify import VerifySpec, verify_publication
+        from pipeline.verify import verify_publication, verify_spec
 
-        if not public_url or not keyring:
-            raise ConfigError("verify needs --public-url URL and --keyring FILE (the publication's signing-key.gpg)")
-        try:
-            sample_count = 20 if sample is None else int(sample)
-            timeout_seconds = 10.0 if timeout is None else float(timeout)
-        except ValueError:
-            raise ConfigError(f"--sample {sample!r} / --timeout {timeout!r}: give whole / decimal numbers") from None
-        report = verify_publication(
-            VerifySpec(
-                public_url=public_url,
-                keyring=Path(keyring),
-                fingerprint=fingerprint,
-                state_file=Path(state_file) if state_file else None,
-                sample=sample_count,
-                timeout=timeout_seconds,
-                allow_peer_only=allow_peer_only,
-            )
-        )
+        report = verify_publication(verify_spec(_settings(config, locals())))
     if json_:
         print(json.dumps(report.to_json(), indent=2, sort_keys=True))
     else:
@@ -281,16 +231,16 @@ ns = Collection(release, demo, test, bench, verify, golden)
 @task(
     name="bootstrap",
     auto_shortflags=False,
-    help={
-        "dest": "the S3 destination, s3://bucket[/prefix] (default: dest from the settings)",
-        "config": "settings file (TOML); default ./mirror.toml if present",
-        "s3_endpoint_url": "S3 endpoint for non-AWS stores (or MIRRORSEED_S3_ENDPOINT_URL)",
-        "s3_region": "bucket region (or MIRRORSEED_S3_REGION)",
-        "s3_profile": "AWS profile for the credentials (default: the AWS_* environment)",
-        "s3_addressing_style": "auto | path | virtual",
-        "create_bucket": "create the bucket if it does not exist",
-        "verbose": "debug logging and tracebacks",
-    },
+    help=flag_help(
+        "s3_endpoint_url",
+        "s3_region",
+        "s3_profile",
+        "s3_addressing_style",
+        dest="the S3 destination, s3://bucket[/prefix] (default: dest from the settings)",
+        config=CONFIG_HELP,
+        create_bucket="create the bucket if it does not exist",
+        verbose=VERBOSE_HELP,
+    ),
 )
 def infra_bootstrap(
     c: Context,
@@ -305,19 +255,11 @@ def infra_bootstrap(
 ) -> None:
     """Apply infra/ to the bucket: anonymous GetObject policy, multipart-abort lifecycle, CORS (idempotent)."""
     with _pipeline_errors(verbose):
+        from pipeline.config import s3_config
         from pipeline.infra import bootstrap
 
-        settings = _settings(
-            config,
-            {
-                "dest": dest,
-                "s3_endpoint_url": s3_endpoint_url,
-                "s3_region": s3_region,
-                "s3_profile": s3_profile,
-                "s3_addressing_style": s3_addressing_style,
-            },
-        )
-        report = bootstrap(settings, infra_dir=ROOT / "infra", create_bucket=create_bucket)
+        settings = _settings(config, locals())
+        report = bootstrap(settings.dest, s3_config(settings), infra_dir=ROOT / "infra", create_bucket=create_bucket)
         for line in report.lines():
             print(line)
 

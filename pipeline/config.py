@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.errors import ConfigError
+from pipeline.storage import S3Config
 
 log = logging.getLogger(__name__)
 
@@ -44,52 +45,79 @@ class MirrorConfig:
     priority: int = 100  # metalink <url priority>: lower first; the operator's own mirror gets 1
 
 
+def _setting(default: Any, help: str, *, flag: str | None = None, minimum: int = 1) -> Any:
+    """A Settings field with its help text (the invoke flag's help), when the task parameter is named
+    otherwise that name (`--webseed` fills `webseeds`), and for whole numbers their minimum."""
+    return field(default=default, metadata={"help": help, "flag": flag, "minimum": minimum})
+
+
 @dataclass(frozen=True)
 class Settings:
-    """Everything one run needs. Built once by load_settings(), passed explicitly, never mutated."""
+    """Everything one run needs. Built once by load_settings(), passed explicitly, never mutated.
 
-    snapshot: Path | None = None
-    format: str = "auto"
-    dest: str = "./public"
-    public_url: str | None = None
-    repo: str = "mirror"
-    webseeds: tuple[str, ...] = ()
-    trackers: tuple[str, ...] = ()
-    key: str | None = None
-    gnupghome: Path | None = None
-    suites: tuple[str, ...] = ()
-    components: tuple[str, ...] = ()
-    architectures: tuple[str, ...] = ()
-    upstream_keyring: Path | None = None
-    sync_lock: tuple[Path, ...] = ()
-    expires_after: timedelta = timedelta(days=7)
-    resign_before: timedelta | None = None
-    key_valid_margin: timedelta = timedelta(days=7)
-    templates_dir: Path | None = None
-    state: Path | None = None
-    workers: int = 2
+    Each field's type says how a value from mirror.toml, the environment or a flag is read (path, list,
+    duration, bool, number, string); its help is the flag's help.
+    """
+
+    snapshot: Path | None = _setting(None, "the repository snapshot directory")
+    format: str = _setting("auto", "debian | arch | flat | auto (auto: debian or arch by their metadata)")
+    dest: str = _setting("./public", "destination: a local path, file:///dir or s3://bucket/prefix")
+    public_url: str | None = _setting(None, "where the destination is readable over HTTP(S)")
+    repo: str = _setting("mirror", "repository name used in the pointer and index")
+    webseeds: tuple[str, ...] = _setting((), "base URL of an HTTP mirror of the snapshot (repeatable)", flag="webseed")
+    trackers: tuple[str, ...] = _setting((), "tracker announce URL (repeatable)", flag="tracker")
+    key: str | None = _setting(None, "signing key fingerprint in $GNUPGHOME")
+    gnupghome: Path | None = _setting(None, "GnuPG home holding the signing key (default $GNUPGHOME)")
+    suites: tuple[str, ...] = _setting((), "Debian suites to publish (default: all found)")
+    components: tuple[str, ...] = _setting((), "Debian components to publish (default: all found)")
+    architectures: tuple[str, ...] = _setting((), "Debian architectures to publish (default: all found)")
+    upstream_keyring: Path | None = _setting(None, "keyring that verifies the upstream InRelease/Release.gpg")
+    sync_lock: tuple[Path, ...] = _setting((), "lock or trace files whose presence refuses the run (a sync is on)")
+    expires_after: timedelta = _setting(timedelta(days=7), "pointer validity (default 7d)")
+    resign_before: timedelta | None = _setting(
+        None, "re-sign the pointer when less than this validity is left (default: half of expires_after)"
+    )
+    key_valid_margin: timedelta = _setting(timedelta(days=7), "the key must outlive the pointer by this (7d)")
+    templates_dir: Path | None = _setting(None, "your templates for the listings (override templates/ by name)")
+    state: Path | None = _setting(None, "SQLite state cache (default ~/.cache/mirrorseed/<repo>.sqlite)")
+    workers: int = _setting(2, "hashing processes (default 2)")
     # S3 destinations (s3://bucket/prefix); credentials come from the standard AWS chain (env, profile)
-    s3_endpoint_url: str | None = None
-    s3_region: str | None = None
-    s3_addressing_style: str = "auto"
-    s3_profile: str | None = None
-    s3_max_attempts: int = 8
-    s3_connect_timeout: int = 10
-    s3_read_timeout: int = 60
-    upload_concurrency: int = 8
-    retention: timedelta = timedelta(days=14)
-    no_cas: bool = False
-    # a package whose every webseed is down or missing is published only when a seed box serves it
-    allow_peer_only: bool = False
+    s3_endpoint_url: str | None = _setting(None, "S3 endpoint for s3:// destinations (AWS: leave unset)")
+    s3_region: str | None = _setting(None, "S3 region (default: the AWS chain's)")
+    s3_addressing_style: str = _setting("auto", "S3 addressing: auto | path | virtual")
+    s3_profile: str | None = _setting(None, "AWS profile for the S3 credentials")
+    s3_max_attempts: int = _setting(8, "S3 attempts per request, the first included")
+    s3_connect_timeout: int = _setting(10, "S3 connect timeout, seconds")
+    s3_read_timeout: int = _setting(60, "S3 read timeout, seconds")
+    upload_concurrency: int = _setting(8, "parallel uploads to S3")
+    retention: timedelta = _setting(timedelta(days=14), "keep objects of older indexes this long (default 14d)")
+    no_cas: bool = _setting(False, "publish to a store without conditional writes (only with an external lock)")
+    allow_peer_only: bool = _setting(
+        False,
+        "packages no webseed serves: release publishes them (a seed box of yours serves them to peers); "
+        "verify accepts their torrents without a url-list",
+    )
     # mirrors: health probes decide, per file, which mirrors are webseeds (issue on mirrors)
-    mirrors: tuple[MirrorConfig, ...] = ()
-    mirror_timeout: int = 10  # seconds per request
-    mirror_budget: int = 4000  # requests per mirror per run
-    mirror_concurrency: int = 8  # requests in flight per mirror
-    mirror_down_runs: int = 2  # a down mirror leaves torrent url-lists only after this many runs ...
-    mirror_down_after: timedelta = timedelta(hours=6)  # ... and this long
-    dry_run: bool = False
-    metrics: Path | None = None
+    mirrors: tuple[MirrorConfig, ...] = _setting((), "[[mirrorseed.mirrors]] tables of mirror.toml")
+    mirror_timeout: int = _setting(10, "seconds a mirror has for a probe's headers (twice that for all of it)")
+    mirror_budget: int = _setting(4000, "probe requests per mirror per run")
+    mirror_concurrency: int = _setting(8, "probe requests in flight per mirror")
+    mirror_down_runs: int = _setting(2, "a down mirror leaves torrent url-lists only after this many runs ...")
+    mirror_down_after: timedelta = _setting(timedelta(hours=6), "... and this long")
+    dry_run: bool = _setting(False, "do everything but write to the destination; print the upload plan")
+    metrics: Path | None = _setting(None, "write a Prometheus textfile here")
+    # invoke verify: a publication audited as its users see it
+    verify_keyring: Path | None = _setting(
+        None, "binary public keyring to pin, e.g. the saved signing-key.gpg", flag="keyring"
+    )
+    verify_fingerprint: str | None = _setting(
+        None, "pinned primary key fingerprint (default: the keyring's only primary key)", flag="fingerprint"
+    )
+    verify_state: Path | None = _setting(
+        None, "highest sequence seen (default ~/.cache/mirrorseed/verify-<host>.json)", flag="state_file"
+    )
+    verify_sample: int = _setting(20, "how many packages' webseed URLs to probe (default 20)", flag="sample", minimum=0)
+    verify_timeout: float = _setting(10.0, "seconds per network read (default 10)", flag="timeout")
     sources: Mapping[str, str] = field(default_factory=dict, compare=False)
 
     @property
@@ -112,21 +140,6 @@ class Settings:
         return self.resign_before if self.resign_before is not None else self.expires_after / 2
 
 
-_PATH_FIELDS = {"snapshot", "gnupghome", "upstream_keyring", "templates_dir", "metrics", "state"}
-_LIST_FIELDS = {"webseeds", "trackers", "suites", "components", "architectures", "sync_lock"}
-_DURATION_FIELDS = {"expires_after", "resign_before", "key_valid_margin", "retention", "mirror_down_after"}
-_BOOL_FIELDS = {"dry_run", "no_cas", "allow_peer_only"}
-_INT_FIELDS = {
-    "workers",
-    "s3_max_attempts",
-    "s3_connect_timeout",
-    "s3_read_timeout",
-    "upload_concurrency",
-    "mirror_timeout",
-    "mirror_budget",
-    "mirror_concurrency",
-    "mirror_down_runs",
-}
 _MIRROR_KEYS = {"url", "country", "continent", "name", "contact", "bandwidth", "lastsync", "priority"}
 _CONTINENTS = {"AF", "AN", "AS", "EU", "NA", "OC", "SA"}
 
@@ -168,50 +181,85 @@ def _mirrors(value: Any, origin: str) -> tuple[MirrorConfig, ...]:
     return tuple(out)
 
 
-_FIELD_NAMES = {f.name for f in fields(Settings)} - {"sources"}
+_FIELDS = {f.name: f for f in fields(Settings) if f.name != "sources"}
+_FIELD_NAMES = set(_FIELDS)
+# How a value is read, from the field's declared type (annotations are strings here).
+_KINDS = {
+    "Path | None": "path",
+    "tuple[str, ...]": "list",
+    "tuple[Path, ...]": "paths",
+    "tuple[MirrorConfig, ...]": "mirrors",
+    "timedelta": "duration",
+    "timedelta | None": "duration",
+    "bool": "bool",
+    "int": "int",
+    "float": "float",
+    "str": "str",
+    "str | None": "str",
+}
+
+
+def _kind(name: str) -> str:
+    return _KINDS[str(_FIELDS[name].type)]
+
+
+def flag_help(*flags: str, **extra: str) -> dict[str, str]:
+    """invoke `help=` for a task's parameters: each setting's own help (by its flag name), plus `extra`."""
+    by_flag = {f.metadata.get("flag") or name: f for name, f in _FIELDS.items()}
+    return {flag: str(by_flag[flag].metadata["help"]) for flag in flags} | extra
+
+
+def setting_flags(given: Mapping[str, Any]) -> dict[str, Any]:
+    """A task's parameters (e.g. its `locals()`) -> the settings they set, by field name; others dropped."""
+    names = {f.metadata.get("flag") or name: name for name, f in _FIELDS.items()}
+    return {names[flag]: value for flag, value in given.items() if flag in names}
 
 
 def _coerce(name: str, value: Any, origin: str, base: Path) -> Any:
     where = f"{origin}: {name}"
     if value is None:
         return None
-    if name == "mirrors":
+    kind = _kind(name)
+    if kind == "mirrors":
         if isinstance(value, tuple) and all(isinstance(m, MirrorConfig) for m in value):
             return value
         return _mirrors(value, origin)
-    if name in _LIST_FIELDS:
+    if kind in ("list", "paths"):
         if isinstance(value, str):
             items = [v for v in re.split(r"[\s,]+", value) if v]
-        elif isinstance(value, list | tuple) and all(isinstance(v, str) for v in value):
-            items = list(value)
+        elif isinstance(value, list | tuple) and all(isinstance(v, str | Path) for v in value):
+            items = [str(v) for v in value]
         else:
             raise ConfigError(f"{where} must be a list of strings")
-        if name == "sync_lock":
-            return tuple(Path(v) for v in items)  # relative paths resolve against the snapshot root
+        if kind == "paths":
+            return tuple(Path(v) for v in items)  # sync_lock: relative paths resolve against the snapshot root
         return tuple(items)
-    if name in _PATH_FIELDS:
+    if kind == "path":
         if not isinstance(value, str | Path):
             raise ConfigError(f"{where} must be a path string")
         return _as_path(str(value), base)
-    if name in _DURATION_FIELDS:
+    if kind == "duration":
         if isinstance(value, timedelta):
             return value
         if not isinstance(value, str):
             raise ConfigError(f"{where} must be a duration string such as 7d")
         return parse_duration(value, name=where)
-    if name in _BOOL_FIELDS:
+    if kind == "bool":
         if isinstance(value, bool):
             return value
         if isinstance(value, str) and value.lower() in ("1", "true", "yes", "0", "false", "no"):
             return value.lower() in ("1", "true", "yes")
         raise ConfigError(f"{where} must be true or false")
-    if name in _INT_FIELDS:
+    if kind in ("int", "float"):
         try:
-            number = int(value)
+            number = int(value) if kind == "int" else float(value)
         except (TypeError, ValueError):
-            raise ConfigError(f"{where} must be a whole number") from None
-        if number < 1:
-            raise ConfigError(f"{where} must be at least 1")
+            raise ConfigError(f"{where} must be a {'whole' if kind == 'int' else 'decimal'} number") from None
+        minimum = int(_FIELDS[name].metadata["minimum"])
+        if kind == "int" and number < minimum:
+            raise ConfigError(f"{where} must be at least {minimum}")
+        if kind == "float" and (not number > 0 or number == float("inf")):
+            raise ConfigError(f"{where} must be a positive number")
         return number
     if not isinstance(value, str):
         raise ConfigError(f"{where} must be a string")
@@ -276,7 +324,7 @@ def load_settings(
     for name, raw in (flags or {}).items():
         if name not in _FIELD_NAMES:
             raise ConfigError(f"--{name.replace('_', '-')}: not a setting")
-        if raw is None or raw == () or raw == [] or raw is False and name in _BOOL_FIELDS:
+        if raw is None or raw == () or raw == [] or raw is False and _kind(name) == "bool":
             continue
         values[name] = _coerce(name, raw, "--" + name.replace("_", "-"), cwd)
         sources[name] = "flag"
@@ -311,6 +359,20 @@ def _validate(settings: Settings) -> None:
         raise ConfigError(f"s3_addressing_style: {settings.s3_addressing_style!r} is not auto, path or virtual")
     if settings.retention < settings.expires_after:
         raise ConfigError("retention: must be at least expires_after (objects of a valid pointer are kept)")
+
+
+def s3_config(settings: Settings) -> S3Config:
+    """The S3 destination's part of the settings."""
+    return S3Config(
+        endpoint_url=settings.s3_endpoint_url,
+        region=settings.s3_region,
+        addressing_style=settings.s3_addressing_style,
+        profile=settings.s3_profile,
+        max_attempts=settings.s3_max_attempts,
+        connect_timeout=settings.s3_connect_timeout,
+        read_timeout=settings.s3_read_timeout,
+        upload_concurrency=settings.upload_concurrency,
+    )
 
 
 def require_release_inputs(settings: Settings) -> None:

@@ -19,7 +19,7 @@ from pipeline.errors import ConfigError, StorageError
 from pipeline.storage.s3 import S3Storage, translate_error
 
 if TYPE_CHECKING:
-    from pipeline.config import Settings
+    from pipeline.storage import S3Config
 
 UNSUPPORTED = "unsupported by this store"
 _UNSUPPORTED_CODES = {
@@ -292,17 +292,17 @@ def _as_list(value: Any) -> list[str]:
     return [value] if isinstance(value, str) else [str(v) for v in value]
 
 
-def bootstrap(settings: Settings, *, infra_dir: Path, create_bucket: bool = False) -> BootstrapReport:
-    """Apply infra/bucket-policy.json, lifecycle.json and cors.json to the bucket of `settings.dest`.
+def bootstrap(dest: str, s3: S3Config, *, infra_dir: Path, create_bucket: bool = False) -> BootstrapReport:
+    """Apply infra/bucket-policy.json, lifecycle.json and cors.json to the bucket of `dest`.
 
     Reads every document first, so a mistake in infra/ is reported before anything is written.
     """
-    if not settings.dest.startswith("s3://"):
+    if not dest.startswith("s3://"):
         raise ConfigError(
-            f"dest: {settings.dest!r} is not an S3 destination; infra.bootstrap configures a bucket, "
+            f"dest: {dest!r} is not an S3 destination; infra.bootstrap configures a bucket, "
             "pass --dest s3://bucket[/prefix]"
         )
-    storage = S3Storage.from_url(settings.dest, settings)
+    storage = S3Storage.from_url(dest, s3)
     policy = policy_for(_load(infra_dir, "bucket-policy.json"), storage.bucket, storage.prefix)
     lifecycle = _load(infra_dir, "lifecycle.json")
     cors = _load(infra_dir, "cors.json")
@@ -313,7 +313,7 @@ def bootstrap(settings: Settings, *, infra_dir: Path, create_bucket: bool = Fals
         raise ConfigError(f"{infra_dir / 'bucket-policy.json'}: must have a Statement list; fix the file")
 
     steps = _Bootstrap(storage)
-    done = [steps.ensure_bucket(create_bucket, settings.s3_region)]
+    done = [steps.ensure_bucket(create_bucket, s3.region)]
     done.append(steps.policy(policy))
     done.append(steps.lifecycle(lifecycle["Rules"]))
     done.append(steps.cors(cors["CORSRules"]))

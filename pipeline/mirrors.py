@@ -60,7 +60,7 @@ from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
 from typing import Literal, NamedTuple
 
-from pipeline.config import MirrorConfig, Settings
+from pipeline.config import MirrorConfig
 from pipeline.http import BudgetSpent, Client, HttpError, Response
 from pipeline.index import rfc3339
 from pipeline.model import FileEntry, MirrorHealth, MirrorStatus, NullProgress, Progress
@@ -126,16 +126,6 @@ class ProbeLimits:
     def stage_budget(self) -> float:
         """Seconds the probe stage may take in all: no request of a run outlives it."""
         return self.stage_timeout if self.stage_timeout is not None else STAGE_TIMEOUTS * self.timeout
-
-    @classmethod
-    def from_settings(cls, settings: Settings) -> ProbeLimits:
-        return cls(
-            timeout=float(settings.mirror_timeout),
-            budget=settings.mirror_budget,
-            concurrency=settings.mirror_concurrency,
-            down_runs=settings.mirror_down_runs,
-            down_after=settings.mirror_down_after,
-        )
 
 
 def probe_files(rows: Iterable[tuple[FileEntry, CachedFile]]) -> tuple[ProbeFile, ...]:

@@ -18,7 +18,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from pipeline.config import Settings, require_release_inputs
+from pipeline.config import Settings, require_release_inputs, s3_config
 from pipeline.decision import Decision, Facts, decide, resign_due, same_content
 from pipeline.errors import ConfigError, PipelineError, StorageError
 from pipeline.hashing import ExecutorFactory, check_expected, iter_hashed, local_pool, piece_size_for
@@ -76,7 +76,7 @@ from pipeline.torrents import (
 from pipeline.urls import join_url, magnet_uri
 
 if TYPE_CHECKING:
-    from pipeline.mirrors import MirrorReport
+    from pipeline.mirrors import MirrorReport, ProbeLimits
 
 log = logging.getLogger(__name__)
 
@@ -463,7 +463,7 @@ def _begin(settings: Settings, now: Callable[[], datetime]) -> _Run:
     spec = BuildSpec(webseeds=tuple(m.url for m in settings.all_mirrors), trackers=settings.trackers,
                      public_url=public_url)  # fmt: skip
     with clock.stage("start-up"):
-        storage = open_storage(settings.dest, settings)
+        storage = open_storage(settings.dest, s3_config(settings))
         probe = getattr(storage, "probe_conditional_writes", None)
         if probe is not None and not settings.no_cas and not settings.dry_run:
             probe()
@@ -855,11 +855,24 @@ def _refuse_unserved(records: Sequence[PackageRecord], spec: BuildSpec, statuses
     )
 
 
+def probe_limits(settings: Settings) -> ProbeLimits:
+    """The mirror probes' part of the settings."""
+    from pipeline.mirrors import ProbeLimits
+
+    return ProbeLimits(
+        timeout=float(settings.mirror_timeout),
+        budget=settings.mirror_budget,
+        concurrency=settings.mirror_concurrency,
+        down_runs=settings.mirror_down_runs,
+        down_after=settings.mirror_down_after,
+    )
+
+
 def _check_mirrors(
     settings: Settings, snapshot: Snapshot, digested: Digests, state: StateCache, now: datetime, progress: Progress
 ) -> MirrorReport:
     """Probe the mirrors (every one, --webseed included): only a mirror verified to hold a file serves it."""
-    from pipeline.mirrors import MirrorReport, ProbeLimits, check_mirrors, probe_files
+    from pipeline.mirrors import MirrorReport, check_mirrors, probe_files
 
     if not settings.all_mirrors:
         return MirrorReport()
@@ -870,7 +883,7 @@ def _check_mirrors(
         state=state,
         snapshot_time=snapshot.timestamp,
         now=now,
-        limits=ProbeLimits.from_settings(settings),
+        limits=probe_limits(settings),
         progress=progress,
     )
 

@@ -44,6 +44,7 @@ from typing import Any
 from urllib.parse import quote, urlsplit
 
 from pipeline import bencode
+from pipeline.config import Settings
 from pipeline.errors import ConfigError, SigningError, StorageError
 from pipeline.hashing import piece_size_for
 from pipeline.http import Client, HttpError, Response
@@ -142,6 +143,21 @@ def default_state_file(public_url: str) -> Path:
     label = re.sub(r"[^A-Za-z0-9._-]", "_", label)
     cache_home = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
     return Path(cache_home) / "mirrorseed" / f"verify-{label}.json"
+
+
+def verify_spec(settings: Settings) -> VerifySpec:
+    """What `invoke verify` audits, from the same settings (file < environment < flags) release reads."""
+    if not settings.public_url or settings.verify_keyring is None:
+        raise ConfigError("verify needs --public-url URL and --keyring FILE (the publication's signing-key.gpg)")
+    return VerifySpec(
+        public_url=settings.public_url,
+        keyring=settings.verify_keyring,
+        fingerprint=settings.verify_fingerprint,
+        state_file=settings.verify_state,
+        sample=settings.verify_sample,
+        timeout=settings.verify_timeout,
+        allow_peer_only=settings.allow_peer_only,
+    )
 
 
 def verify_publication(spec: VerifySpec) -> VerifyReport:

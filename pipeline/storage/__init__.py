@@ -5,14 +5,26 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 from urllib.parse import unquote, urlparse
 
 from pipeline.errors import ConfigError, StorageError
 from pipeline.model import Artifact
 
-if TYPE_CHECKING:
-    from pipeline.config import Settings
+
+@dataclass(frozen=True)
+class S3Config:
+    """How to reach an S3-compatible store (built from the s3_* settings where a run starts; credentials
+    come from boto3's standard chain, never from here)."""
+
+    endpoint_url: str | None
+    region: str | None
+    addressing_style: str  # auto | path | virtual
+    profile: str | None
+    max_attempts: int  # per request, the first included
+    connect_timeout: int
+    read_timeout: int
+    upload_concurrency: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,9 +87,9 @@ def check_key(key: str) -> str:
     return key
 
 
-def open_storage(url: str, settings: Settings | None = None) -> Storage:
+def open_storage(url: str, s3: S3Config | None = None) -> Storage:
     """`./public`, `/abs/dir`, `file:///dir` -> LocalStorage; `s3://bucket/prefix` -> S3Storage (boto3,
-    configured from `settings`' s3_* fields and the standard AWS credential chain)."""
+    configured by `s3` and the standard AWS credential chain)."""
     parsed = urlparse(url)
     if parsed.scheme in ("", "file"):
         from pipeline.storage.local import LocalStorage
@@ -87,5 +99,7 @@ def open_storage(url: str, settings: Settings | None = None) -> Storage:
     if parsed.scheme == "s3":
         from pipeline.storage.s3 import S3Storage  # lazy: boto3 only for S3 destinations
 
-        return S3Storage.from_url(url, settings)
+        if s3 is None:
+            raise ConfigError(f"{url}: an S3 destination needs its S3 settings (s3_endpoint_url, s3_region …)")
+        return S3Storage.from_url(url, s3)
     raise ConfigError(f"{url}: unknown destination scheme {parsed.scheme!r}; use a path, file:///dir or s3://")

@@ -24,12 +24,10 @@ from urllib.parse import urlparse
 from pipeline.errors import ConfigError, PublishConflictError, StorageError
 from pipeline.model import Artifact
 from pipeline.objects import PRIVATE_PREFIX
-from pipeline.storage import ObjectInfo, StoredObject, check_key
+from pipeline.storage import ObjectInfo, S3Config, StoredObject, check_key
 
 if TYPE_CHECKING:
     from types_boto3_s3 import S3Client
-
-    from pipeline.config import Settings
 
 log = logging.getLogger(__name__)
 
@@ -134,8 +132,8 @@ def _error_code(exc: Exception) -> str:
     return ""
 
 
-def make_client(settings: Settings) -> S3Client:
-    """A boto3 S3 client from settings (endpoint, region, addressing, profile, retries, timeouts).
+def make_client(settings: S3Config) -> S3Client:
+    """A boto3 S3 client (endpoint, region, addressing, profile, retries, timeouts).
 
     Credentials: the profile `s3_profile` if set, otherwise boto3's default chain (AWS_ACCESS_KEY_ID/
     AWS_SECRET_ACCESS_KEY, AWS_PROFILE, ~/.aws, instance roles …).
@@ -145,25 +143,23 @@ def make_client(settings: Settings) -> S3Client:
     from botocore.exceptions import BotoCoreError, ProfileNotFound
 
     config = Config(
-        retries={"mode": "standard", "total_max_attempts": settings.s3_max_attempts},  # incl. the first
-        connect_timeout=settings.s3_connect_timeout,
-        read_timeout=settings.s3_read_timeout,
+        retries={"mode": "standard", "total_max_attempts": settings.max_attempts},  # incl. the first
+        connect_timeout=settings.connect_timeout,
+        read_timeout=settings.read_timeout,
         max_pool_connections=max(10, settings.upload_concurrency + 2),
         # botocore >= 1.36 adds CRC checksums by default, which many S3-compatible stores reject
         request_checksum_calculation="when_required",
         response_checksum_validation="when_required",
-        s3={"addressing_style": cast(Literal["auto", "virtual", "path"], settings.s3_addressing_style)},
+        s3={"addressing_style": cast(Literal["auto", "virtual", "path"], settings.addressing_style)},
     )
     try:
-        session = boto3.session.Session(profile_name=settings.s3_profile) if settings.s3_profile else boto3.Session()
-        client = session.client(
-            "s3", endpoint_url=settings.s3_endpoint_url, region_name=settings.s3_region, config=config
-        )
+        session = boto3.session.Session(profile_name=settings.profile) if settings.profile else boto3.Session()
+        client = session.client("s3", endpoint_url=settings.endpoint_url, region_name=settings.region, config=config)
         _redact_library_logs()
         return client
     except ProfileNotFound:
         raise ConfigError(
-            f"s3_profile: no AWS profile {settings.s3_profile!r} in ~/.aws/config or ~/.aws/credentials; "
+            f"s3_profile: no AWS profile {settings.profile!r} in ~/.aws/config or ~/.aws/credentials; "
             "fix s3_profile or unset it to use AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY"
         ) from None
     except ValueError as exc:  # e.g. a malformed endpoint URL
@@ -237,10 +233,7 @@ class S3Storage:
         self.endpoint = str(client.meta.endpoint_url)
 
     @classmethod
-    def from_url(cls, url: str, settings: Settings | None) -> S3Storage:
-        from pipeline.config import Settings
-
-        settings = settings if settings is not None else Settings()
+    def from_url(cls, url: str, settings: S3Config) -> S3Storage:
         bucket, prefix = parse_s3_url(url)
         return cls(make_client(settings), bucket, prefix, upload_concurrency=settings.upload_concurrency)
 

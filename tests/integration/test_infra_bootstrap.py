@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from botocore.exceptions import ClientError
 
-from pipeline.config import Settings
+from pipeline.config import Settings, s3_config
 from pipeline.infra import bootstrap
 from pipeline.urls import join_url
 from tests.integration.conftest import run_cli
@@ -112,7 +112,7 @@ def test_bootstrap_keeps_the_buckets_other_rules(s3_server: SeaweedServer, monke
     client.put_bucket_lifecycle_configuration(Bucket=bucket, LifecycleConfiguration={"Rules": [other_rule]})
     settings = Settings(dest=f"s3://{bucket}", s3_endpoint_url=s3_server.endpoint, s3_max_attempts=2)
 
-    report = bootstrap(settings, infra_dir=INFRA)
+    report = bootstrap(settings.dest, s3_config(settings), infra_dir=INFRA)
     assert [report.outcome(n) for n in ("bucket", "policy", "lifecycle", "cors")] == [
         "exists",
         "applied",
@@ -125,7 +125,7 @@ def test_bootstrap_keeps_the_buckets_other_rules(s3_server: SeaweedServer, monke
     sids = sorted(s.get("Sid", "") for s in json.loads(client.get_bucket_policy(Bucket=bucket)["Policy"])["Statement"])
     assert sids == ["OperatorReadsLogs", "PublicReadObjects"]
 
-    again = bootstrap(settings, infra_dir=INFRA)
+    again = bootstrap(settings.dest, s3_config(settings), infra_dir=INFRA)
     assert [step.outcome for step in again.steps] == ["exists", "unchanged", "unchanged", "unchanged"]
 
 
@@ -138,7 +138,7 @@ def test_bootstrap_warns_about_wider_public_grants(s3_server: SeaweedServer, mon
     s3_server.client().put_bucket_policy(
         Bucket=bucket, Policy=json.dumps({"Version": "2012-10-17", "Statement": [wide]})
     )
-    report = bootstrap(Settings(dest=f"s3://{bucket}", s3_endpoint_url=s3_server.endpoint), infra_dir=INFRA)
+    report = bootstrap(f"s3://{bucket}", s3_config(Settings(s3_endpoint_url=s3_server.endpoint)), infra_dir=INFRA)
     assert "WARNING: other statements of the bucket policy grant s3:ListBucket to everyone" in report.lines()[2]
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 import pipeline.publish
-from pipeline.config import Settings
+from pipeline.config import Settings, s3_config
 from pipeline.errors import PublishConflictError, StorageError
 from pipeline.render import ListingInput, user_recipe
 from pipeline.run import published_records, read_current, release
@@ -83,12 +83,12 @@ def test_user_recipe_against_the_bucket(
         status, headers, _ = anonymous_request(settings.public_url + "/latest.asc", method="HEAD")
         assert status == 200 and headers["Cache-Control"] == "no-cache"
         assert headers["Content-Type"].startswith("text/plain")
-        storage = open_storage(settings.dest, settings)
+        storage = open_storage(settings.dest, s3_config(settings))
         current = read_current(storage, repo="s3test", keyring=signing_key.keyring, fingerprint=signing_key.fingerprint)
         assert current is not None
         status, headers, _ = anonymous_request(settings.public_url + "/" + current.pointer.index.path, method="HEAD")
         assert headers["Content-Type"] == "application/zstd" and "immutable" in headers["Cache-Control"]
-        records = published_records(open_storage(settings.dest, settings), current.pointer)
+        records = published_records(open_storage(settings.dest, s3_config(settings)), current.pointer)
         example = next(r for r in records if "+" in r.path)
         recipe = user_recipe(
             ListingInput(repo="s3test", snapshot_format="debian", public_url=settings.public_url,
@@ -160,7 +160,7 @@ def test_a_run_that_loses_the_compare_and_swap_stops_and_changes_nothing_reachab
     assert client_view(fetch, signing_key) == 2
     pointer_doc = fetch("latest.asc")
     assert pointer_doc is not None
-    index = read_current(open_storage(settings.dest, settings), repo="s3test", keyring=signing_key.keyring,
+    index = read_current(open_storage(settings.dest, s3_config(settings)), repo="s3test", keyring=signing_key.keyring,
                          fingerprint=signing_key.fingerprint)  # fmt: skip
     assert index is not None and index.webseeds == ("http://127.0.0.1:9/other",)
 

@@ -16,11 +16,11 @@ from collections.abc import Iterator
 import pytest
 from botocore.exceptions import ClientError
 
-from pipeline.config import Settings
+from pipeline.config import Settings, s3_config
 from pipeline.errors import PublishConflictError, StorageError
 from pipeline.model import Artifact
 from pipeline.objects import make_artifact
-from pipeline.storage import Storage, open_storage
+from pipeline.storage import S3Config, Storage, open_storage
 from pipeline.storage.s3 import MULTIPART_THRESHOLD, S3Storage
 from pipeline.urls import join_url
 from tests.s3_server import SeaweedServer
@@ -38,7 +38,7 @@ SPECIAL_KEYS = (
 )
 
 
-def fast_settings(endpoint: str, **overrides: object) -> Settings:
+def fast_settings(endpoint: str, **overrides: object) -> S3Config:
     """What the tests use: 2 attempts, 1-2 s timeouts."""
     values: dict[str, object] = {
         "s3_endpoint_url": endpoint,
@@ -49,7 +49,7 @@ def fast_settings(endpoint: str, **overrides: object) -> Settings:
         "upload_concurrency": 4,
     }
     values.update(overrides)
-    return Settings(**values)  # type: ignore[arg-type]
+    return s3_config(Settings(**values))  # type: ignore[arg-type]
 
 
 @pytest.fixture

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from botocore.stub import Stubber
 
-from pipeline.config import Settings
+from pipeline.config import Settings, s3_config
 from pipeline.errors import ConfigError, StorageError
 from pipeline.infra import UNSUPPORTED, bootstrap, policy_for
 from pipeline.storage.s3 import S3Storage, make_client
@@ -57,9 +57,9 @@ def stubbed(monkeypatch: pytest.MonkeyPatch) -> Iterator[Stubber]:
     }.items():
         monkeypatch.setenv(name, value)
     settings = Settings(s3_endpoint_url="http://127.0.0.1:9", s3_max_attempts=1)
-    client = make_client(settings)
+    client = make_client(s3_config(settings))
     storage = S3Storage(client, "webseed", "")
-    monkeypatch.setattr(S3Storage, "from_url", classmethod(lambda cls, url, settings: storage))
+    monkeypatch.setattr(S3Storage, "from_url", classmethod(lambda cls, url, s3: storage))
     with Stubber(client) as stubber:
         yield stubber
         stubber.assert_no_pending_responses()
@@ -73,7 +73,7 @@ def test_rules_the_store_rejects_are_reported_not_fatal(stubbed: Stubber) -> Non
     stubbed.add_client_error("get_bucket_lifecycle_configuration", "NotImplemented", http_status_code=501)
     stubbed.add_client_error("get_bucket_cors", "NoSuchCORSConfiguration", http_status_code=404)
     stubbed.add_client_error("put_bucket_cors", "MalformedXML", http_status_code=400)
-    report = bootstrap(Settings(dest="s3://webseed"), infra_dir=INFRA)
+    report = bootstrap("s3://webseed", s3_config(Settings()), infra_dir=INFRA)
     assert report.lines()[1:] == [
         "bucket: exists",
         "policy: unchanged (anonymous s3:GetObject on arn:aws:s3:::webseed/*)",
@@ -92,7 +92,7 @@ def test_a_store_that_accepts_but_does_not_report_back(stubbed: Stubber) -> None
     stubbed.add_client_error("get_bucket_cors", "NoSuchCORSConfiguration", http_status_code=404)
     stubbed.add_response("put_bucket_cors", {})
     stubbed.add_response("get_bucket_cors", {"CORSRules": json.loads((INFRA / "cors.json").read_text())["CORSRules"]})
-    report = bootstrap(Settings(dest="s3://webseed"), infra_dir=INFRA)
+    report = bootstrap("s3://webseed", s3_config(Settings()), infra_dir=INFRA)
     assert report.outcome("policy") == UNSUPPORTED
     assert report.lines()[3].endswith("the store accepted it but does not report it back)")
     assert report.lines()[4] == "cors: applied (GET/HEAD from any origin)"
@@ -103,7 +103,7 @@ def test_public_policy_blocked_by_the_account(stubbed: Stubber) -> None:
     stubbed.add_client_error("get_bucket_policy", "NoSuchBucketPolicy", http_status_code=404)
     stubbed.add_client_error("put_bucket_policy", "AccessDenied", http_status_code=403)
     with pytest.raises(StorageError, match="Block Public Access"):
-        bootstrap(Settings(dest="s3://webseed"), infra_dir=INFRA)
+        bootstrap("s3://webseed", s3_config(Settings()), infra_dir=INFRA)
 
 
 def test_bad_infra_file_is_reported_before_anything_is_written(stubbed: Stubber, tmp_path: Path) -> None:
@@ -111,4 +111,4 @@ def test_bad_infra_file_is_reported_before_anything_is_written(stubbed: Stubber,
         (tmp_path / name).write_text((INFRA / name).read_text())
     (tmp_path / "cors.json").write_text("{not json")
     with pytest.raises(ConfigError, match="cors.json: not readable JSON"):
-        bootstrap(Settings(dest="s3://webseed"), infra_dir=tmp_path)
+        bootstrap("s3://webseed", s3_config(Settings()), infra_dir=tmp_path)

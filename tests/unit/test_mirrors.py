@@ -23,6 +23,7 @@ from pipeline.mirrors import (
     probe_files,
 )
 from pipeline.model import FileEntry, MirrorStatus
+from pipeline.run import probe_limits
 from pipeline.snapshot import ScanSpec, scan_snapshot
 from pipeline.snapshot.arch import parse_lastsync
 from pipeline.snapshot.debian import release_date
@@ -180,7 +181,7 @@ def test_flapping_rule(runs: int, hours: int, kept: bool) -> None:
 
 def test_limits_and_probe_files_from_pipeline_values() -> None:
     settings = Settings(mirror_timeout=3, mirror_budget=50, mirror_concurrency=2, mirror_down_runs=4)
-    assert ProbeLimits.from_settings(settings) == ProbeLimits(3.0, 50, 2, 4, timedelta(hours=6))
+    assert probe_limits(settings) == ProbeLimits(3.0, 50, 2, 4, timedelta(hours=6))
     entry = FileEntry(path="pool/a.deb", source=Path("/x"), size=5, mtime_ns=1)
     assert probe_files([(entry, CachedFile("a" * 64, 16384, None))]) == (ProbeFile("pool/a.deb", 5, "a" * 64, 16384),)
 

@@ -14,10 +14,10 @@ from urllib.parse import quote
 
 import pytest
 
-from pipeline.config import Settings
+from pipeline.config import Settings, s3_config
 from pipeline.errors import ConfigError, PublishConflictError, StorageError
 from pipeline.model import Artifact
-from pipeline.storage import open_storage
+from pipeline.storage import S3Config, open_storage
 from pipeline.storage.s3 import REDACTED, S3Storage, parse_s3_url, redact
 
 Reply = tuple[int, dict[str, str], bytes]
@@ -105,7 +105,7 @@ def stub(monkeypatch: pytest.MonkeyPatch) -> Iterator[Stub]:
         thread.join(5)
 
 
-def fast(endpoint: str, **overrides: object) -> Settings:
+def fast(endpoint: str, **overrides: object) -> S3Config:
     values: dict[str, object] = {
         "s3_endpoint_url": endpoint,
         "s3_region": "us-east-1",
@@ -115,7 +115,7 @@ def fast(endpoint: str, **overrides: object) -> Settings:
         "s3_read_timeout": 1,
     }
     values.update(overrides)
-    return Settings(**values)  # type: ignore[arg-type]
+    return s3_config(Settings(**values))  # type: ignore[arg-type]
 
 
 # --- URLs ------------------------------------------------------------------------------------------------
@@ -164,7 +164,7 @@ def test_open_storage_picks_s3(stub: Stub) -> None:
         "mirror",
         stub.endpoint,
     )
-    assert S3Storage.from_url("s3://webseed", None).url == "s3://webseed"
+    assert S3Storage.from_url("s3://webseed", s3_config(Settings())).url == "s3://webseed"
 
 
 def test_unknown_profile_is_a_config_error(stub: Stub) -> None:
