@@ -18,7 +18,6 @@ from pipeline.storage import S3Config
 log = logging.getLogger(__name__)
 
 ENV_PREFIX = "MIRRORSEED_"
-FORMATS = ("auto", "debian", "arch", "flat")
 _DURATION = re.compile(r"^\s*(\d+)\s*([smhdw])\s*$")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
@@ -341,8 +340,10 @@ def load_settings(
 
 
 def _validate(settings: Settings) -> None:
-    if settings.format not in FORMATS:
-        raise ConfigError(f"format: {settings.format!r} is not one of {', '.join(FORMATS)}")
+    from pipeline.snapshot import FORMAT_NAMES  # lazy: the format modules only when settings are checked
+
+    if settings.format not in FORMAT_NAMES:
+        raise ConfigError(f"format: {settings.format!r} is not one of {', '.join(FORMAT_NAMES)}")
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", settings.repo):
         raise ConfigError(f"repo: {settings.repo!r} must be 1-64 letters, digits, '.', '_' or '-'")
     for url in (*settings.webseeds, *((settings.public_url,) if settings.public_url else ())):

@@ -7,7 +7,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
-SnapshotFormat = Literal["debian", "arch", "flat"]
+SnapshotFormat = str  # a registered format's name (pipeline.snapshot.ADAPTERS)
 
 
 class Progress(Protocol):

@@ -46,6 +46,7 @@ from pipeline.objects import (
     make_artifact,
     mirror_list_key,
 )
+from pipeline.snapshot import format_info
 from pipeline.urls import join_url, quote_path
 
 BUILTIN_TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
@@ -103,7 +104,6 @@ STATUS_MEANING: Mapping[str, str] = {
 PACKAGES_DIR = "packages"
 METALINK_DIR = "packages-metalink"
 
-FORMAT_LABELS: Mapping[str, str] = {"debian": "Debian", "flat": "flat", "arch": "Arch Linux"}
 
 _FINGERPRINT = re.compile(r"^(?:[0-9A-F]{40}|[0-9A-F]{64})$")
 _MAGNET = re.compile(r"^magnet:\?[A-Za-z0-9%&=:._~+-]+$")
@@ -474,8 +474,7 @@ def _mirror_row(mirror: MirrorStatus) -> MirrorRow:
 
 def _checked(listing: ListingInput) -> _Checked:
     """Validate what ends up in hrefs, in the lists or in the shell recipe."""
-    if listing.snapshot_format not in FORMAT_LABELS:
-        raise ConfigError(f"{listing.snapshot_format!r}: unknown snapshot format; use debian, flat or arch")
+    format_info(listing.snapshot_format)  # a registered format, or ConfigError
     public_url = _check_http_url(listing.public_url, "public")
     webseeds = tuple(_check_http_url(w, "webseed") for w in listing.webseeds)
     fingerprint = normalize_fingerprint(listing.fingerprint)
@@ -527,7 +526,7 @@ def _recipe(
     public_url = checked.public_url
     package: dict[str, str | None] | None = None
     signature: dict[str, str] | None = None
-    mirror = signature_mirror(checked) if listing.snapshot_format == "arch" else None
+    mirror = signature_mirror(checked) if format_info(listing.snapshot_format).detached_signatures else None
     if example is not None:
         if example.torrent is None:
             raise ValueError(f"{example.path}: a zero-length file has no torrent; pick another example")
@@ -555,6 +554,7 @@ def _recipe(
         "packages_dir": PACKAGES_DIR,
         "metalink_dir": METALINK_DIR,
         "snapshot_format": listing.snapshot_format,
+        "detached_signatures": format_info(listing.snapshot_format).detached_signatures,
         "example": package,
         "signature": signature,
         "signed": example is not None and example.signature is not None,
@@ -566,7 +566,7 @@ def _recipe(
 def _update_recipe(env: jinja2.Environment, listing: ListingInput, checked: _Checked) -> str | None:
     records = sorted(listing.records, key=lambda r: r.path)
     example = next((r for r in records if r.torrent is not None and r.size > 0 and r.name), None)
-    if listing.snapshot_format != "arch" or example is None:
+    if not format_info(listing.snapshot_format).update_script or example is None:
         return None
     context = {
         **_FETCH_CONTEXT,
@@ -646,7 +646,8 @@ def _mirror_lists(listing: ListingInput, checked: _Checked) -> tuple[list[Mirror
     scopes: list[tuple[str, list[MirrorRow]]] = [("all", listed)]
     for country in sorted({r.country for r in listed if r.country is not None}):
         scopes.append((country, [r for r in listed if r.country == country]))
-    kind = {"debian": "sources.list" if checked.suites else None, "arch": "mirrorlist"}.get(listing.snapshot_format)
+    info = format_info(listing.snapshot_format)
+    kind = info.client_list if checked.suites or not info.client_list_needs_suites else None
     files: list[MirrorListFiles] = []
     artifacts: list[Artifact] = []
     for scope, rows in scopes:
@@ -802,7 +803,9 @@ def iter_pages(listing: ListingInput, unchanged: Callable[[str, str], bool] | No
     common: dict[str, Any] = {
         "repo": listing.repo,
         "snapshot_format": listing.snapshot_format,
-        "format_label": FORMAT_LABELS[listing.snapshot_format],
+        "format_label": format_info(listing.snapshot_format).label,
+        "suites_label": format_info(listing.snapshot_format).suites_label,
+        "detached_signatures": format_info(listing.snapshot_format).detached_signatures,
         "public_url": checked.public_url,
         "pointer": listing.pointer,
         "fingerprint": checked.fingerprint,

@@ -1,7 +1,8 @@
 """The scan stage: a snapshot directory -> `Snapshot` (the files to publish, sorted by path, unique).
 
-`scan_snapshot(ScanSpec(root=...))` picks the format adapter (`debian`, `arch`, `flat`), refuses
-to run while a configured sync lock exists, and only stats files: hashing is a later stage.
+`scan_snapshot(ScanSpec(root=...))` picks the format adapter (`ADAPTERS`: debian, arch, flat; the seam
+is `pipeline.snapshot.formats`), refuses to run while a configured sync lock exists, and only stats
+files: hashing is a later stage.
 """
 
 from __future__ import annotations
@@ -11,38 +12,36 @@ import itertools
 import logging
 import os
 import re
-from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
-from pipeline.config import FORMATS
 from pipeline.errors import ConfigError, SnapshotError
-from pipeline.model import FileEntry, Snapshot, SnapshotFormat
-from pipeline.snapshot.arch import ArchSelection, scan_arch
-from pipeline.snapshot.debian import PACKAGES_NAMES, DebianSelection, scan_debian
-from pipeline.snapshot.flat import scan_flat
+from pipeline.model import FileEntry, Snapshot
+from pipeline.snapshot.arch import ARCH
+from pipeline.snapshot.debian import DEBIAN
+from pipeline.snapshot.flat import FLAT
+from pipeline.snapshot.formats import FormatAdapter, FormatInfo, ScanSpec
 
-__all__ = ["ScanSpec", "scan_snapshot"]
+__all__ = ["ADAPTERS", "FORMAT_NAMES", "ScanSpec", "format_info", "scan_snapshot"]
 
 log = logging.getLogger(__name__)
+
+# Every format, in the order `--format auto` tries them (a new format: its module, and a line here).
+ADAPTERS: tuple[FormatAdapter, ...] = (DEBIAN, ARCH, FLAT)
+_BY_NAME = {adapter.info.name: adapter for adapter in ADAPTERS}
+FORMAT_NAMES = ("auto", *_BY_NAME)
 
 _ARCHITECTURE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 _UNSAFE_SETTING_CHARS = re.compile(r"[\x00-\x1f\x7f\\]")
 _GLOB_CHARS = re.compile(r"[*?\[]")
-_DEBIAN_SKIPPED_DIRS = frozenset({"by-hash", "i18n", "dep11", "source"})
 
 
-@dataclass(frozen=True)
-class ScanSpec:
-    """What to scan. Empty suites/components/architectures mean all found (Arch: suites are the repos)."""
-
-    root: Path
-    format: str = "auto"  # "auto" | "debian" | "arch" | "flat"
-    suites: tuple[str, ...] = ()
-    components: tuple[str, ...] = ()
-    architectures: tuple[str, ...] = ()  # binary-all is included whenever any architecture is
-    upstream_keyring: Path | None = None
-    sync_lock: tuple[Path, ...] = ()  # relative paths resolve against root; glob patterns allowed
+def format_info(name: str) -> FormatInfo:
+    """The labels and client lists of a registered format; ConfigError for an unknown one."""
+    adapter = _BY_NAME.get(name)
+    if adapter is None:
+        raise ConfigError(f"{name!r}: unknown snapshot format; use {', '.join(_BY_NAME)}")
+    return adapter.info
 
 
 def scan_snapshot(spec: ScanSpec) -> Snapshot:
@@ -50,46 +49,22 @@ def scan_snapshot(spec: ScanSpec) -> Snapshot:
     _check_spec(spec)
     root_real = _real_root(spec.root)
     _refuse_during_sync(root_real, spec.sync_lock)
-    snapshot_format = _resolve_format(root_real, spec.format)
-    root_bytes = os.fsencode(root_real)
-    if snapshot_format == "flat":
-        return _snapshot(root_real, "flat", scan_flat(root_bytes))
-    if snapshot_format == "arch":
-        if spec.components or spec.upstream_keyring:
-            raise ConfigError(
-                f"{root_real}: an Arch snapshot; components and upstream_keyring apply to Debian snapshots only, "
-                "remove them (select Arch repos with suites)"
-            )
-        arch = scan_arch(root_bytes, ArchSelection(repos=spec.suites, architectures=spec.architectures))
-        return _snapshot(
-            root_real,
-            "arch",
-            arch.files,
-            suites=arch.repos,
-            architectures=arch.architectures,
-            timestamp=arch.timestamp,
-        )
-    selection = DebianSelection(
-        suites=spec.suites,
-        components=spec.components,
-        architectures=spec.architectures,
-        upstream_keyring=spec.upstream_keyring,
-    )
-    debian = scan_debian(root_bytes, selection)
+    adapter = _resolve_format(root_real, spec.format)
+    found = adapter.scan(root_real, spec)
     return _snapshot(
         root_real,
-        "debian",
-        debian.files,
-        suites=debian.suites,
-        components=debian.components,
-        architectures=debian.architectures,
-        timestamp=debian.timestamp,
+        adapter.info.name,
+        found.files,
+        suites=found.suites,
+        components=found.components,
+        architectures=found.architectures,
+        timestamp=found.timestamp,
     )
 
 
 def _snapshot(
     root_real: Path,
-    snapshot_format: SnapshotFormat,
+    snapshot_format: str,
     files: tuple[FileEntry, ...],
     *,
     suites: tuple[str, ...] = (),
@@ -117,19 +92,16 @@ def _snapshot(
 
 
 def _check_spec(spec: ScanSpec) -> None:
-    if spec.format not in FORMATS:
-        raise ConfigError(f"format: {spec.format!r} is not one of {', '.join(FORMATS)}")
+    if spec.format not in FORMAT_NAMES:
+        raise ConfigError(f"format: {spec.format!r} is not one of {', '.join(FORMAT_NAMES)}")
     for setting, values in (("suites", spec.suites), ("components", spec.components)):
         for value in values:
             _check_relative_setting(setting, value)
     for arch in spec.architectures:
         if not _ARCHITECTURE.fullmatch(arch):
             raise ConfigError(f"architectures: {arch!r} is not an architecture name such as amd64")
-    if spec.format == "flat" and (spec.suites or spec.components or spec.architectures or spec.upstream_keyring):
-        raise ConfigError(
-            "format flat: suites, components, architectures and upstream_keyring apply to Debian "
-            "snapshots only; remove them or use --format debian"
-        )
+    if spec.format in _BY_NAME:
+        _BY_NAME[spec.format].check(spec)
     if spec.upstream_keyring is not None and not spec.upstream_keyring.is_file():
         raise ConfigError(
             f"{spec.upstream_keyring}: upstream_keyring file does not exist; pass an existing keyring file"
@@ -168,30 +140,13 @@ def _existing(path: Path) -> list[str]:
     return [str(path)] if os.path.lexists(path) else []
 
 
-def _resolve_format(root_real: Path, requested: str) -> SnapshotFormat:
-    if requested == "auto":
-        if _looks_debian(root_real):
-            requested = "debian"
-        elif glob.glob("*/os/*/*.db", root_dir=root_real):
-            requested = "arch"
-        else:
-            raise SnapshotError(
-                f"{root_real}: no Debian (dists/*/…/binary-*/Packages) or Arch (*/os/*/*.db) metadata found; "
-                "pass --format flat to publish every file as it is"
-            )
-    if requested == "arch":
-        return "arch"
-    return "debian" if requested == "debian" else "flat"
-
-
-def _looks_debian(root_real: Path) -> bool:
-    """True if some `dists/<suite>/**/binary-<arch>/` holds a Packages, Packages.gz or Packages.xz."""
-    dists = root_real / "dists"
-    if not dists.is_dir():
-        return False
-    for suite in sorted(name for name in os.listdir(dists) if not name.startswith(".")):
-        for directory, subdirs, names in os.walk(dists / suite):
-            subdirs[:] = [d for d in subdirs if d not in _DEBIAN_SKIPPED_DIRS and not d.startswith(".")]
-            if os.path.basename(directory).startswith("binary-") and any(n in PACKAGES_NAMES for n in names):
-                return True
-    return False
+def _resolve_format(root_real: Path, requested: str) -> FormatAdapter:
+    if requested != "auto":
+        return _BY_NAME[requested]
+    for adapter in ADAPTERS:
+        if adapter.detect(root_real):
+            return adapter
+    raise SnapshotError(
+        f"{root_real}: no Debian (dists/*/…/binary-*/Packages) or Arch (*/os/*/*.db) metadata found; "
+        "pass --format flat to publish every file as it is"
+    )

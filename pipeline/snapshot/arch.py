@@ -24,6 +24,7 @@ from __future__ import annotations
 import base64
 import binascii
 import bz2
+import glob
 import gzip
 import hashlib
 import io
@@ -37,6 +38,7 @@ import zlib
 from contextlib import closing
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import IO, cast
 
 import zstandard
@@ -45,6 +47,7 @@ from pipeline.errors import ConfigError, SnapshotError
 from pipeline.model import FileEntry, SignatureRef
 from pipeline.snapshot import bounded
 from pipeline.snapshot.bounded import BoundedReader, Readable, parse_size, read_at_most, size_text
+from pipeline.snapshot.formats import FormatInfo, Scanned, ScanSpec
 from pipeline.snapshot.paths import (
     as_path,
     check_repo_path,
@@ -494,3 +497,37 @@ def _file_entry(item: ListedPackage, found: _Found, signature: SignatureRef | No
         description=item.description,
         signature=signature,
     )
+
+
+# --- the format adapter -------------------------------------------------------------------------
+
+
+class ArchFormat:
+    """Arch Linux: the packages the `<repo>/os/<arch>/<repo>.db` databases list (`pipeline.snapshot.formats`)."""
+
+    info = FormatInfo(
+        name="arch",
+        label="Arch Linux",
+        suites_label="Repositories",
+        client_list="mirrorlist",
+        detached_signatures=True,
+        update_script=True,
+    )
+
+    def detect(self, root_real: Path) -> bool:
+        return bool(glob.glob("*/os/*/*.db", root_dir=root_real))
+
+    def check(self, spec: ScanSpec) -> None:
+        return None
+
+    def scan(self, root_real: Path, spec: ScanSpec) -> Scanned:
+        if spec.components or spec.upstream_keyring:
+            raise ConfigError(
+                f"{root_real}: an Arch snapshot; components and upstream_keyring apply to Debian snapshots only, "
+                "remove them (select Arch repos with suites)"
+            )
+        found = scan_arch(os.fsencode(root_real), ArchSelection(repos=spec.suites, architectures=spec.architectures))
+        return Scanned(found.files, suites=found.repos, architectures=found.architectures, timestamp=found.timestamp)
+
+
+ARCH = ArchFormat()

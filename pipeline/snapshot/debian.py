@@ -40,6 +40,7 @@ from pipeline.errors import ConfigError, SnapshotError
 from pipeline.model import FileEntry
 from pipeline.snapshot import bounded
 from pipeline.snapshot.bounded import BoundedReader, Readable, parse_size, read_at_most, size_text
+from pipeline.snapshot.formats import FormatInfo, Scanned, ScanSpec
 from pipeline.snapshot.paths import (
     as_path,
     check_repo_path,
@@ -686,3 +687,42 @@ def _file_entry(item: ListedFile, found: _Located) -> FileEntry:
         arch=item.arch,
         description=item.description,
     )
+
+
+# --- the format adapter -------------------------------------------------------------------------
+
+_SKIPPED_DIRS = frozenset({"by-hash", "i18n", "dep11", "source"})
+
+
+class DebianFormat:
+    """Debian and derivatives: the files the selected `Packages` indexes list (`pipeline.snapshot.formats`)."""
+
+    info = FormatInfo(name="debian", label="Debian", client_list="sources.list", client_list_needs_suites=True)
+
+    def detect(self, root_real: Path) -> bool:
+        """True if some `dists/<suite>/**/binary-<arch>/` holds a Packages, Packages.gz or Packages.xz."""
+        dists = root_real / "dists"
+        if not dists.is_dir():
+            return False
+        for suite in sorted(name for name in os.listdir(dists) if not name.startswith(".")):
+            for directory, subdirs, names in os.walk(dists / suite):
+                subdirs[:] = [d for d in subdirs if d not in _SKIPPED_DIRS and not d.startswith(".")]
+                if os.path.basename(directory).startswith("binary-") and any(n in PACKAGES_NAMES for n in names):
+                    return True
+        return False
+
+    def check(self, spec: ScanSpec) -> None:
+        return None
+
+    def scan(self, root_real: Path, spec: ScanSpec) -> Scanned:
+        selection = DebianSelection(
+            suites=spec.suites,
+            components=spec.components,
+            architectures=spec.architectures,
+            upstream_keyring=spec.upstream_keyring,
+        )
+        found = scan_debian(os.fsencode(root_real), selection)
+        return Scanned(found.files, found.suites, found.components, found.architectures, found.timestamp)
+
+
+DEBIAN = DebianFormat()

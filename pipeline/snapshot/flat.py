@@ -23,8 +23,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from pipeline.errors import SnapshotError
+from pipeline.errors import ConfigError, SnapshotError
 from pipeline.model import FileEntry
+from pipeline.snapshot.formats import FormatInfo, Scanned, ScanSpec
 from pipeline.snapshot.paths import as_path, decode_name, resolve_link_inside, shown
 
 log = logging.getLogger(__name__)
@@ -170,3 +171,28 @@ def _stat_error(rel: str, exc: OSError) -> SnapshotError:
     return SnapshotError(
         f"{shown(rel)}: cannot stat ({exc.strerror}); if a sync is running, run again after it finishes"
     )
+
+
+# --- the format adapter -------------------------------------------------------------------------
+
+
+class FlatFormat:
+    """Any tree, every regular file as it is (never guessed: `--format flat`)."""
+
+    info = FormatInfo(name="flat", label="flat")
+
+    def detect(self, root_real: Path) -> bool:
+        return False
+
+    def check(self, spec: ScanSpec) -> None:
+        if spec.suites or spec.components or spec.architectures or spec.upstream_keyring:
+            raise ConfigError(
+                "format flat: suites, components, architectures and upstream_keyring apply to Debian "
+                "snapshots only; remove them or use --format debian"
+            )
+
+    def scan(self, root_real: Path, spec: ScanSpec) -> Scanned:
+        return Scanned(scan_flat(os.fsencode(root_real)))
+
+
+FLAT = FlatFormat()

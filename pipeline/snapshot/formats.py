@@ -1,0 +1,71 @@
+"""The format adapter seam: what a repository format provides to the scan, the listings and the recipes.
+
+A format is one module with an adapter (detect, check the scan settings, scan -> Scanned) and a
+`FormatInfo` (display labels, which client list it publishes, what its recipes do), registered in
+`pipeline.snapshot.ADAPTERS`, plus its template partials under `templates/formats/<name>/` (a part a
+format does not have is simply absent).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Protocol
+
+from pipeline.model import FileEntry
+
+
+@dataclass(frozen=True)
+class ScanSpec:
+    """What to scan. Empty suites/components/architectures mean all found (Arch: suites are the repos)."""
+
+    root: Path
+    format: str = "auto"  # "auto" or a registered format's name
+    suites: tuple[str, ...] = ()
+    components: tuple[str, ...] = ()
+    architectures: tuple[str, ...] = ()  # binary-all is included whenever any architecture is
+    upstream_keyring: Path | None = None
+    sync_lock: tuple[Path, ...] = ()  # relative paths resolve against root; glob patterns allowed
+
+
+@dataclass(frozen=True)
+class FormatInfo:
+    """What listings and recipes know of a format."""
+
+    name: str  # as in --format and the templates' `snapshot_format`
+    label: str  # "Debian", shown on the pages
+    suites_label: str = "Suites"  # what the format calls its suites (Arch: repositories)
+    # the per-mirror list for the format's package manager (mirrors/…/<scope>.<kind>), if any, and
+    # whether it needs the snapshot to name suites
+    client_list: str | None = None
+    client_list_needs_suites: bool = False
+    detached_signatures: bool = False  # packages come with a `.sig` fetched over plain HTTP (Arch)
+    update_script: bool = False  # an update.sh that fetches the current version of named packages
+
+
+@dataclass(frozen=True)
+class Scanned:
+    """What an adapter found: the files to publish (sorted by path, unique) and where they come from."""
+
+    files: tuple[FileEntry, ...]
+    suites: tuple[str, ...] = ()
+    components: tuple[str, ...] = ()
+    architectures: tuple[str, ...] = ()
+    timestamp: datetime | None = None  # the upstream metadata's date (mirrors' lag is measured from it)
+
+
+class FormatAdapter(Protocol):
+    info: FormatInfo
+
+    def detect(self, root_real: Path) -> bool:
+        """Whether `--format auto` should pick this format for `root_real` (a format never guessed: False)."""
+        ...
+
+    def check(self, spec: ScanSpec) -> None:
+        """ConfigError for settings that do not apply to this format."""
+        ...
+
+    def scan(self, root_real: Path, spec: ScanSpec) -> Scanned:
+        """Stat every file the format's metadata (or the tree) lists; SnapshotError for bad input."""
+        ...
