@@ -55,11 +55,12 @@ from pipeline.snapshot.paths import (
     decode_name,
     escaped,
     is_inside,
+    listed_entry,
     resolve_link_inside,
     shown,
 )
 
-__all__ = ["MAX_DESC_BYTES", "MAX_SIGNATURE_BYTES", "ArchScan", "ArchSelection", "parse_lastsync", "scan_arch"]
+__all__ = ["MAX_DESC_BYTES", "MAX_SIGNATURE_BYTES", "ArchSelection", "parse_lastsync", "scan_arch"]
 
 log = logging.getLogger(__name__)
 
@@ -80,17 +81,6 @@ class ArchSelection:
 
     repos: tuple[str, ...] = ()
     architectures: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True)
-class ArchScan:
-    """The files to publish (sorted by repo path, unique), the repos and architectures they come from,
-    and the snapshot's time from its root `lastsync` (None when absent or unreadable)."""
-
-    files: tuple[FileEntry, ...]
-    repos: tuple[str, ...]
-    architectures: tuple[str, ...] = ()
-    timestamp: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -125,7 +115,7 @@ class ListedPackage:
     listed_in: str
 
 
-def scan_arch(root_real: bytes, selection: ArchSelection) -> ArchScan:
+def scan_arch(root_real: bytes, selection: ArchSelection) -> Scanned:
     """Read the selected repo databases and stat every package file they list."""
     found = _discover(root_real)
     chosen = _select(root_real, found, selection)
@@ -137,7 +127,7 @@ def scan_arch(root_real: bytes, selection: ArchSelection) -> ArchScan:
     repos = tuple(dict.fromkeys(db.repo for db in chosen))
     log.info("arch scan: %d repos, %d databases, %d package files", len(repos), len(chosen), len(files))
     architectures = tuple(sorted({db.arch for db in chosen}))
-    return ArchScan(files=files, repos=repos, architectures=architectures, timestamp=_read_lastsync(root_real))
+    return Scanned(files, suites=repos, architectures=architectures, timestamp=_read_lastsync(root_real))
 
 
 def parse_lastsync(data: bytes) -> datetime | None:
@@ -448,7 +438,7 @@ def _locate_all(root_real: bytes, dbs: list[RepoDb], listed: dict[str, ListedPac
                 problems.append(f"{shown(path)}: size {found.status.st_size} != %CSIZE% {item.size} ({item.listed_in})")
             else:
                 signature = _signature(dir_real, item, root_real)
-                files.append(_file_entry(item, found, signature))
+                files.append(listed_entry(item, as_path(found.real), found.status, signature))
         except _Problem as exc:
             problems.append(str(exc))
     if problems:
@@ -482,23 +472,6 @@ def _problems_line(problems: list[str]) -> str:
     )
 
 
-def _file_entry(item: ListedPackage, found: _Found, signature: SignatureRef | None) -> FileEntry:
-    return FileEntry(
-        path=item.path,
-        source=as_path(found.real),
-        size=found.status.st_size,
-        mtime_ns=found.status.st_mtime_ns,
-        dev=found.status.st_dev,
-        inode=found.status.st_ino,
-        expected_sha256=item.sha256,
-        name=item.name,
-        version=item.version,
-        arch=item.arch,
-        description=item.description,
-        signature=signature,
-    )
-
-
 # --- the format adapter -------------------------------------------------------------------------
 
 
@@ -526,8 +499,7 @@ class ArchFormat:
                 f"{root_real}: an Arch snapshot; components and upstream_keyring apply to Debian snapshots only, "
                 "remove them (select Arch repos with suites)"
             )
-        found = scan_arch(os.fsencode(root_real), ArchSelection(repos=spec.suites, architectures=spec.architectures))
-        return Scanned(found.files, suites=found.repos, architectures=found.architectures, timestamp=found.timestamp)
+        return scan_arch(os.fsencode(root_real), ArchSelection(repos=spec.suites, architectures=spec.architectures))
 
 
 ARCH = ArchFormat()

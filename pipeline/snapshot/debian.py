@@ -45,6 +45,7 @@ from pipeline.snapshot.paths import (
     as_path,
     check_repo_path,
     decode_name,
+    listed_entry,
     resolve_link_inside,
     shown,
 )
@@ -69,21 +70,6 @@ class DebianSelection:
     components: tuple[str, ...] = ()
     architectures: tuple[str, ...] = ()
     upstream_keyring: Path | None = None
-
-
-@dataclass(frozen=True)
-class DebianScan:
-    """The files to publish (sorted by repo path, unique) and the suites they come from.
-
-    `components` and `architectures` are those of the `Packages` files used (`all` only when it is the
-    only one: it is not an architecture a client selects); `timestamp` is the newest Release `Date:`.
-    """
-
-    files: tuple[FileEntry, ...]
-    suites: tuple[str, ...]
-    components: tuple[str, ...] = ()
-    architectures: tuple[str, ...] = ()
-    timestamp: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -135,8 +121,12 @@ class _Located:
     source: Path  # the same path as `real`
 
 
-def scan_debian(root_real: bytes, selection: DebianSelection) -> DebianScan:
-    """Read the selected Packages indexes and stat every file they list."""
+def scan_debian(root_real: bytes, selection: DebianSelection) -> Scanned:
+    """Read the selected Packages indexes and stat every file they list.
+
+    `components` and `architectures` are those of the `Packages` files used (`all` only when it is the
+    only one: it is not an architecture a client selects); `timestamp` is the newest Release `Date:`.
+    """
     tree = _Tree(root_real)
     suite_names = _select_suites(tree, selection.suites)
     releases = [_read_release(tree, suite, selection.upstream_keyring) for suite in suite_names]
@@ -145,7 +135,7 @@ def scan_debian(root_real: bytes, selection: DebianSelection) -> DebianScan:
     files = _locate_all(tree, listed)
     log.info("debian scan: %d suites, %d Packages files, %d package files", len(releases), len(indexes), len(files))
     dates = [release.date for release in releases if release.date is not None]
-    return DebianScan(
+    return Scanned(
         files=files,
         suites=tuple(suite_names),
         components=tuple(dict.fromkeys(index.component for index in indexes)),
@@ -657,7 +647,7 @@ def _locate_all(tree: _Tree, listed: dict[str, ListedFile]) -> tuple[FileEntry, 
                 f"{shown(path)}: size {found.status.st_size} != Packages Size {item.size} ({item.listed_in})"
             )
         else:
-            files.append(_file_entry(item, found))
+            files.append(listed_entry(item, found.source, found.status))
     if problems:
         raise SnapshotError(_problems_line(problems))
     return tuple(files)
@@ -670,22 +660,6 @@ def _problems_line(problems: list[str]) -> str:
     return (
         f"{'; '.join(shown_problems)}{tail}: {len(problems)} file(s) listed in Packages are missing or "
         f"have the wrong size; {_RESYNC}"
-    )
-
-
-def _file_entry(item: ListedFile, found: _Located) -> FileEntry:
-    return FileEntry(
-        path=item.path,
-        source=found.source,
-        size=found.status.st_size,
-        mtime_ns=found.status.st_mtime_ns,
-        dev=found.status.st_dev,
-        inode=found.status.st_ino,
-        expected_sha256=item.sha256,
-        name=item.name,
-        version=item.version,
-        arch=item.arch,
-        description=item.description,
     )
 
 
@@ -721,8 +695,7 @@ class DebianFormat:
             architectures=spec.architectures,
             upstream_keyring=spec.upstream_keyring,
         )
-        found = scan_debian(os.fsencode(root_real), selection)
-        return Scanned(found.files, found.suites, found.components, found.architectures, found.timestamp)
+        return scan_debian(os.fsencode(root_real), selection)
 
 
 DEBIAN = DebianFormat()

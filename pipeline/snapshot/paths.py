@@ -15,9 +15,10 @@ import os
 import re
 import unicodedata
 from pathlib import Path
-from typing import NoReturn
+from typing import NoReturn, Protocol
 
 from pipeline.errors import SnapshotError
+from pipeline.model import FileEntry, SignatureRef
 
 _RENAME_HINT = (
     "rename it (valid UTF-8, NFC, no control, invisible or bidi formatting characters, noncharacters "
@@ -172,3 +173,40 @@ def as_path(raw: bytes) -> Path:
 
 def _refuse(what: str, problem: str) -> NoReturn:
     raise SnapshotError(f"{what}: {problem}; {_RENAME_HINT}")
+
+
+class Listed(Protocol):
+    """A file as the repository's own metadata lists it (a Debian stanza, an Arch `desc` entry)."""
+
+    @property
+    def path(self) -> str: ...
+    @property
+    def sha256(self) -> str: ...
+    @property
+    def name(self) -> str | None: ...
+    @property
+    def version(self) -> str | None: ...
+    @property
+    def arch(self) -> str | None: ...
+    @property
+    def description(self) -> str | None: ...
+
+
+def listed_entry(
+    item: Listed, source: Path, status: os.stat_result, signature: SignatureRef | None = None
+) -> FileEntry:
+    """The FileEntry of a listed file as it was found on disk (its stat key, the metadata's facts)."""
+    return FileEntry(
+        path=item.path,
+        source=source,
+        size=status.st_size,
+        mtime_ns=status.st_mtime_ns,
+        dev=status.st_dev,
+        inode=status.st_ino,
+        expected_sha256=item.sha256,
+        name=item.name,
+        version=item.version,
+        arch=item.arch,
+        description=item.description,
+        signature=signature,
+    )

@@ -16,12 +16,12 @@ import io
 import logging
 import re
 import secrets
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
-from typing import TYPE_CHECKING, Any, Literal, cast
+from typing import TYPE_CHECKING, Any, Literal, TypeVar, cast
 from urllib.parse import urlparse
 
-from pipeline.errors import ConfigError, PublishConflictError, StorageError
+from pipeline.errors import ConfigError, PipelineError, PublishConflictError, StorageError
 from pipeline.model import Artifact
 from pipeline.objects import PRIVATE_PREFIX
 from pipeline.storage import ObjectInfo, S3Config, StoredObject, check_key
@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from types_boto3_s3 import S3Client
 
 log = logging.getLogger(__name__)
+_T = TypeVar("_T")
 
 MULTIPART_THRESHOLD = 8 * 1024 * 1024  # objects this large go through the managed (multipart) upload
 _WRONG_ETAG = '"00000000000000000000000000000000"'
@@ -252,38 +253,60 @@ class S3Storage:
         subject = self._key(key) if key else self.prefix
         return translate_error(exc, subject, endpoint=self.endpoint, bucket=self.bucket, action=action)
 
+    def _call(
+        self,
+        call: Callable[[], _T],
+        *,
+        key: str,
+        action: str,
+        if_missing: Callable[[], _T] | None = None,
+        conflict: Callable[[], PipelineError] | None = None,
+        subject: str | None = None,
+    ) -> _T:
+        """Run one boto3 call; its errors are mapped in one place: a missing key (`if_missing`), a lost
+        condition (`conflict`), anything else one StorageError naming the key and what was tried."""
+        from boto3.exceptions import S3UploadFailedError
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        error: Exception
+        try:
+            return call()
+        except S3UploadFailedError as exc:  # the managed upload wraps the ClientError
+            inner = exc.__cause__ or exc.__context__
+            error = inner if isinstance(inner, ClientError | BotoCoreError) else exc
+        except (ClientError, BotoCoreError) as exc:
+            error = exc
+        code = _error_code(error) if isinstance(error, ClientError) else ""
+        if if_missing is not None and code in _MISSING_CODES:
+            return if_missing()
+        if conflict is not None and code in _CONFLICT_CODES:
+            raise conflict() from None
+        if subject is not None:
+            raise translate_error(error, subject, endpoint=self.endpoint, bucket=self.bucket, action=action) from None
+        raise self._error(error, key, action) from None
+
     # --- reads -----------------------------------------------------------------------------------------
 
     def get(self, key: str) -> StoredObject | None:
-        from botocore.exceptions import BotoCoreError, ClientError
-
-        try:
+        def read() -> StoredObject:
             response = self.client.get_object(Bucket=self.bucket, Key=self._key(key))
             with response["Body"] as body:
                 data = body.read()
-        except ClientError as exc:
-            if _error_code(exc) in _MISSING_CODES:
-                return None
-            raise self._error(exc, key, "read it") from None
-        except BotoCoreError as exc:
-            raise self._error(exc, key, "read it") from None
-        modified = response.get("LastModified")
-        info = ObjectInfo(key, len(data), response["ETag"], modified.timestamp() if modified else None)
-        return StoredObject(info, data)
+            modified = response.get("LastModified")
+            info = ObjectInfo(key, len(data), response["ETag"], modified.timestamp() if modified else None)
+            return StoredObject(info, data)
+
+        return self._call(read, key=key, action="read it", if_missing=lambda: None)
 
     def _head_object(self, key: str) -> Any:
         """The HEAD response, or None when the key is missing (S3 answers HEAD with a bare 404, so a missing
         bucket is None too)."""
-        from botocore.exceptions import BotoCoreError, ClientError
-
-        try:
-            return self.client.head_object(Bucket=self.bucket, Key=self._key(key))
-        except ClientError as exc:
-            if _error_code(exc) in _MISSING_CODES:
-                return None
-            raise self._error(exc, key, "read its metadata") from None
-        except BotoCoreError as exc:
-            raise self._error(exc, key, "read its metadata") from None
+        return self._call(
+            lambda: self.client.head_object(Bucket=self.bucket, Key=self._key(key)),
+            key=key,
+            action="read its metadata",
+            if_missing=lambda: None,
+        )
 
     def head(self, key: str) -> ObjectInfo | None:
         response = self._head_object(key)
@@ -318,11 +341,10 @@ class S3Storage:
 
     def list(self, prefix: str = "") -> list[ObjectInfo]:
         """Every object whose key (relative to the storage prefix) starts with `prefix`, paginated."""
-        from botocore.exceptions import BotoCoreError, ClientError
-
         full_prefix = f"{self.prefix}/{prefix}" if self.prefix else prefix
         found: list[ObjectInfo] = []
-        try:
+
+        def pages() -> None:
             paginator = self.client.get_paginator("list_objects_v2")
             for page in paginator.paginate(Bucket=self.bucket, Prefix=full_prefix):
                 for item in page.get("Contents", []):
@@ -335,10 +357,8 @@ class S3Storage:
                             modified.timestamp() if modified else None,
                         )
                     )
-        except (ClientError, BotoCoreError) as exc:
-            raise translate_error(
-                exc, full_prefix, endpoint=self.endpoint, bucket=self.bucket, action="list it"
-            ) from None
+
+        self._call(pages, key=prefix, action="list it", subject=full_prefix)
         return found
 
     # --- writes ----------------------------------------------------------------------------------------
@@ -353,22 +373,16 @@ class S3Storage:
         }
 
     def put(self, key: str, data: bytes, *, content_type: str, cache_control: str) -> ObjectInfo:
-        from boto3.exceptions import S3UploadFailedError
-        from botocore.exceptions import BotoCoreError, ClientError
-
         args = self._put_args(key, data, content_type, cache_control)
-        try:
+
+        def write() -> ObjectInfo:
             if len(data) >= MULTIPART_THRESHOLD:
                 return self._put_large(key, data, args)
             md5 = base64.b64encode(hashlib.md5(data, usedforsecurity=False).digest()).decode()
             response = self.client.put_object(Body=data, ContentMD5=md5, **args)
-        except (ClientError, BotoCoreError) as exc:
-            raise self._error(exc, key, "write it") from None
-        except S3UploadFailedError as exc:  # the managed upload wraps the ClientError
-            inner = exc.__cause__ or exc.__context__
-            cause = inner if isinstance(inner, ClientError | BotoCoreError) else exc
-            raise self._error(cause, key, "write it") from None
-        return ObjectInfo(key, len(data), response["ETag"], None)
+            return ObjectInfo(key, len(data), response["ETag"], None)
+
+        return self._call(write, key=key, action="write it")
 
     def _put_large(self, key: str, data: bytes, args: dict[str, Any]) -> ObjectInfo:
         """Managed multipart upload (8 MiB parts); s3transfer aborts the upload if a part fails."""
@@ -404,23 +418,21 @@ class S3Storage:
         self, key: str, data: bytes, *, content_type: str, cache_control: str, if_match: str | None
     ) -> ObjectInfo:
         """A single PUT with `If-None-Match: *` (if_match None) or `If-Match: <etag>`; 412/409 -> conflict."""
-        from botocore.exceptions import BotoCoreError, ClientError
 
-        try:
-            etag = self._put_conditional_raw(key, data, content_type, cache_control, if_match)
-        except ClientError as exc:
-            if _error_code(exc) in _CONFLICT_CODES:
-                if if_match is None:
-                    raise PublishConflictError(
-                        f"{self.url}/{key}: already exists; another run published it first"
-                    ) from None
-                raise PublishConflictError(
-                    f"{self.url}/{key}: changed since this run started (ETag is no longer {if_match}); "
-                    "another run published first, run again"
-                ) from None
-            raise self._error(exc, key, "write it") from None
-        except BotoCoreError as exc:
-            raise self._error(exc, key, "write it") from None
+        def conflict() -> PipelineError:
+            if if_match is None:
+                return PublishConflictError(f"{self.url}/{key}: already exists; another run published it first")
+            return PublishConflictError(
+                f"{self.url}/{key}: changed since this run started (ETag is no longer {if_match}); "
+                "another run published first, run again"
+            )
+
+        etag = self._call(
+            lambda: self._put_conditional_raw(key, data, content_type, cache_control, if_match),
+            key=key,
+            action="write it",
+            conflict=conflict,
+        )
         return ObjectInfo(key, len(data), etag, None)
 
     def put_many(self, artifacts: Sequence[Artifact]) -> builtins.list[ObjectInfo]:
@@ -456,16 +468,12 @@ class S3Storage:
 
     def delete(self, key: str) -> None:
         """Delete one key; deleting a missing key is not an error."""
-        from botocore.exceptions import BotoCoreError, ClientError
-
-        try:
-            self.client.delete_object(Bucket=self.bucket, Key=self._key(key))
-        except ClientError as exc:
-            if _error_code(exc) in _MISSING_CODES:
-                return
-            raise self._error(exc, key, "delete it") from None
-        except BotoCoreError as exc:
-            raise self._error(exc, key, "delete it") from None
+        self._call(
+            lambda: self.client.delete_object(Bucket=self.bucket, Key=self._key(key)),
+            key=key,
+            action="delete it",
+            if_missing=lambda: None,
+        )
 
     # --- start-up check --------------------------------------------------------------------------------
 
