@@ -1,7 +1,10 @@
 """release(): composes the stages in their fixed order and returns a RunReport.
 
-scan -> hash -> build -> (read current publication) -> decide -> index + sign -> render -> publish
-Only `publish` writes to the destination, and only after every check has passed.
+begin (destination, key) -> scan -> hash -> mirrors -> read the destination (once) -> decide
+(pipeline.decision) -> build -> sign -> render -> publish. Only `publish` writes to the destination,
+and only after every check has passed. The destination is read once, up front; later steps read only the
+current index (when the state cache cannot vouch for it) and an orphaned index object whose signature
+a re-run reuses.
 """
 
 from __future__ import annotations
