@@ -55,6 +55,7 @@ VERBOSE_HELP = "debug logging and tracebacks"
     help=flag_help(
         "snapshot", "format", "dest", "public_url", "webseed", "tracker", "key", "repo", "dry_run", "metrics",
         "resign_before", "expires_after", "state", "workers", "s3_endpoint_url", "no_cas", "allow_peer_only",
+        "tracker_whitelist", "tracker_pid_file",
         config=CONFIG_HELP,
         json="print the run report as JSON on stdout",
         verbose=VERBOSE_HELP,
@@ -81,6 +82,8 @@ def release(
     s3_endpoint_url: str | None = None,
     no_cas: bool = False,
     allow_peer_only: bool = False,
+    tracker_whitelist: str | None = None,
+    tracker_pid_file: str | None = None,
     verbose: bool = False,
 ) -> None:
     """Publish a snapshot: per-package torrents + metalinks, signed index and pointer, listings."""

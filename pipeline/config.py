@@ -65,6 +65,10 @@ class Settings:
     repo: str = _setting("mirror", "repository name used in the pointer and index")
     webseeds: tuple[str, ...] = _setting((), "base URL of an HTTP mirror of the snapshot (repeatable)", flag="webseed")
     trackers: tuple[str, ...] = _setting((), "tracker announce URL (repeatable)", flag="tracker")
+    tracker_whitelist: Path | None = _setting(
+        None, "write the infohashes of the current publication here (opentracker's access.whitelist)"
+    )
+    tracker_pid_file: Path | None = _setting(None, "the tracker's PID file: it is sent SIGHUP to re-read the whitelist")
     key: str | None = _setting(None, "signing key fingerprint in $GNUPGHOME")
     gnupghome: Path | None = _setting(None, "GnuPG home holding the signing key (default $GNUPGHOME)")
     suites: tuple[str, ...] = _setting((), "Debian suites to publish (default: all found)")

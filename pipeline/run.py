@@ -14,7 +14,7 @@ import hashlib
 import json
 import logging
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
@@ -76,6 +76,7 @@ from pipeline.torrents import (
     package_records,
     webseed_bases,
 )
+from pipeline.tracker import update_whitelist
 from pipeline.urls import join_url, magnet_uri
 
 if TYPE_CHECKING:
@@ -379,6 +380,8 @@ def _release(settings: Settings, spool: Spool, progress: Progress, now: Callable
         decision = decide(facts)
         if decision is not None and decision.action == "noop":
             # the state vouches for the current index: nothing decoded, rebuilt or written
+            assert destination.pointer is not None
+            _tracker_whitelist(settings, destination.pointer, (cached.infohash for _, cached in digested.rows()))
             return _report(run, mirrors, destination.pointer, "noop", _no_changes(files))
 
         with clock.stage("build"):
@@ -398,6 +401,7 @@ def _release(settings: Settings, spool: Spool, progress: Progress, now: Callable
             assert destination.current is not None
             if not settings.dry_run:
                 state.remember_publication(destination.current.pointer.index.sha256, inputs)
+            _tracker_whitelist(settings, destination.current.pointer, (r.infohash for r in records))
             return _report(run, mirrors, destination.pointer, "noop", changes)
 
         with clock.stage("build"):
@@ -409,6 +413,8 @@ def _release(settings: Settings, spool: Spool, progress: Progress, now: Callable
             content += signed.keys
         with clock.stage("render"):
             pages = _render(settings, run, spool, snapshot, records, mirrors, signed.pointer, destination, memo)
+        # before the pointer: the tracker knows the new torrents by the time clients see them
+        _tracker_whitelist(settings, signed.pointer, (r.infohash for r in records))
         publication = Publication(
             spool=spool,
             content=content,
@@ -822,6 +828,14 @@ def _lost(destination: Destination, files: Sequence[FileEntry], pages: Mapping[s
                 yield torrent_key(entry.path)
 
     return any(not destination.holds(key) for key in keys())
+
+
+def _tracker_whitelist(settings: Settings, pointer: Pointer, infohashes: Iterable[str | None]) -> None:
+    """The tracker may track the index torrent and the package torrents of the current publication."""
+    if settings.tracker_whitelist is None or settings.dry_run:
+        return
+    known = (h for h in infohashes if h is not None)
+    update_whitelist(settings.tracker_whitelist, [pointer.infohash, *known], pid_file=settings.tracker_pid_file)
 
 
 def _published_signature(storage: Storage, objects: Destination, key: str, data: bytes, signer: Signer) -> bytes | None:

@@ -11,6 +11,7 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 import torf
 
+from pipeline import bencode
 from pipeline.errors import ConfigError, SnapshotError
 from pipeline.hashing import hash_files, piece_size_for
 from pipeline.model import Artifact, FileEntry, HashedFile, SignatureRef
@@ -21,6 +22,7 @@ from pipeline.torrents import (
     build_packages,
     build_torrent,
     hash_pieces_of_bytes,
+    nodes_item,
 )
 from pipeline.urls import join_url, webseed_dir_url
 
@@ -378,3 +380,21 @@ def test_metalink_urls_equal_join_url(tmp_path: Path, path: str) -> None:
         webseed_dir_url("http://m.example", path),
         webseed_dir_url("http://n.example/x", path),
     ]
+
+
+def test_nodes_are_written_the_same_by_both_encoders_and_leave_the_infohash_alone() -> None:
+    nodes = (("127.0.0.1", 6881), ("dht.example.org", 51413))
+    pieces = random.Random(5).randbytes(40)
+    args = {"name": "n.deb", "length": 20_000, "piece_size": 16384, "pieces": pieces}
+    fast, infohash = _package_torrent(
+        prefix=_announce_prefix(("http://t.example/announce",)), url_list=["http://m.example/"],
+        nodes=nodes_item(nodes), **args,
+    )  # fmt: skip
+    reference, reference_infohash = build_torrent(
+        files=None, webseeds=("http://m.example/",), trackers=("http://t.example/announce",), nodes=nodes, **args
+    )  # type: ignore[arg-type]
+    assert fast == reference and infohash == reference_infohash
+    decoded = bencode.decode_dict(fast).value
+    assert decoded[b"nodes"] == [[b"127.0.0.1", 6881], [b"dht.example.org", 51413]]
+    plain, plain_infohash = _package_torrent(prefix=b"", url_list=[], **args)  # type: ignore[arg-type]
+    assert b"5:nodes" not in plain and plain_infohash == infohash  # outside `info`: same swarm
