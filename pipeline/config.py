@@ -65,6 +65,10 @@ class Settings:
     repo: str = _setting("mirror", "repository name used in the pointer and index")
     webseeds: tuple[str, ...] = _setting((), "base URL of an HTTP mirror of the snapshot (repeatable)", flag="webseed")
     trackers: tuple[str, ...] = _setting((), "tracker announce URL (repeatable)", flag="tracker")
+    never_announce: tuple[str, ...] = _setting(
+        (),
+        "repo paths or globs of packages never announced: no tracker, the BEP 27 private flag, webseeds only",
+    )
     tracker_whitelist: Path | None = _setting(
         None, "write the infohashes of the current publication here (opentracker's access.whitelist)"
     )

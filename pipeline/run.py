@@ -72,7 +72,9 @@ from pipeline.torrents import (
     build_torrent,
     digest_of,
     hash_pieces_of_bytes,
+    infohash_for,
     iter_package_artifacts,
+    never_announced,
     package_records,
     webseed_bases,
 )
@@ -223,6 +225,7 @@ def digest_files(
     workers: int,
     progress: Progress,
     executor: ExecutorFactory = local_pool,
+    never_announce: Sequence[str] = (),
 ) -> Digests:
     """Hash only the files whose stat key the state cache does not know; remember what was hashed.
 
@@ -250,7 +253,30 @@ def digest_files(
     if misses or state.file_count() != len(files):
         state.forget_except(entry.path for entry in files)
     check_expected((entry, known[entry.path].sha256) for entry in files if entry.expected_sha256 is not None)
+    if never_announce:
+        _private_infohashes(files, state, known, never_announce)
     return Digests(tuple(files), known, files_hashed=len(misses), bytes_hashed=sum(entry.size for entry in misses))
+
+
+def _private_infohashes(
+    files: Sequence[FileEntry], state: StateCache, known: dict[str, CachedFile], patterns: Sequence[str]
+) -> None:
+    """A never-announced package's torrent has the BEP 27 private flag inside `info`, so its infohash is
+    not the one the state cache keeps (the public form): compute it from the cached piece hashes."""
+    private = [entry for entry in files if entry.size > 0 and never_announced(patterns, entry.path)]
+    for start in range(0, len(private), PIECES_BATCH):
+        batch = private[start : start + PIECES_BATCH]
+        pieces = state.pieces_many([entry.path for entry in batch])
+        for entry in batch:
+            cached = known[entry.path]
+            infohash = infohash_for(
+                name=entry.path.rpartition("/")[2],
+                length=entry.size,
+                piece_size=cached.piece_size,
+                pieces=pieces[entry.path],
+                private=True,
+            )
+            known[entry.path] = CachedFile(cached.sha256, cached.piece_size, infohash)
 
 
 @dataclass(frozen=True)
@@ -363,8 +389,9 @@ def _release(settings: Settings, spool: Spool, progress: Progress, now: Callable
     with StateCache.open(settings.state_path, repo=settings.repo) as state:
         with clock.stage("hash"):
             digested = digest_files(
-                snapshot.files, state, workers=settings.workers, progress=progress, executor=run.executor
-            )
+                snapshot.files, state, workers=settings.workers, progress=progress, executor=run.executor,
+                never_announce=settings.never_announce,
+            )  # fmt: skip
         run = replace(run, hashed=(digested.files_hashed, digested.bytes_hashed))
         files = len(snapshot.files)
         _settle()
@@ -381,7 +408,7 @@ def _release(settings: Settings, spool: Spool, progress: Progress, now: Callable
         if decision is not None and decision.action == "noop":
             # the state vouches for the current index: nothing decoded, rebuilt or written
             assert destination.pointer is not None
-            _tracker_whitelist(settings, destination.pointer, (cached.infohash for _, cached in digested.rows()))
+            _tracker_whitelist(settings, destination.pointer, ((e.path, c.infohash) for e, c in digested.rows()))
             return _report(run, mirrors, destination.pointer, "noop", _no_changes(files))
 
         with clock.stage("build"):
@@ -401,7 +428,7 @@ def _release(settings: Settings, spool: Spool, progress: Progress, now: Callable
             assert destination.current is not None
             if not settings.dry_run:
                 state.remember_publication(destination.current.pointer.index.sha256, inputs)
-            _tracker_whitelist(settings, destination.current.pointer, (r.infohash for r in records))
+            _tracker_whitelist(settings, destination.current.pointer, ((r.path, r.infohash) for r in records))
             return _report(run, mirrors, destination.pointer, "noop", changes)
 
         with clock.stage("build"):
@@ -414,7 +441,7 @@ def _release(settings: Settings, spool: Spool, progress: Progress, now: Callable
         with clock.stage("render"):
             pages = _render(settings, run, spool, snapshot, records, mirrors, signed.pointer, destination, memo)
         # before the pointer: the tracker knows the new torrents by the time clients see them
-        _tracker_whitelist(settings, signed.pointer, (r.infohash for r in records))
+        _tracker_whitelist(settings, signed.pointer, ((r.path, r.infohash) for r in records))
         publication = Publication(
             spool=spool,
             content=content,
@@ -470,7 +497,7 @@ def _begin(settings: Settings, now: Callable[[], datetime]) -> _Run:
     expires = started + settings.expires_after
     public_url = settings.public_url.rstrip("/")
     spec = BuildSpec(webseeds=tuple(m.url for m in settings.all_mirrors), trackers=settings.trackers,
-                     public_url=public_url)  # fmt: skip
+                     public_url=public_url, never_announce=settings.never_announce)  # fmt: skip
     with clock.stage("start-up"):
         storage = open_storage(settings.dest, s3_config(settings))
         probe = getattr(storage, "probe_conditional_writes", None)
@@ -830,11 +857,13 @@ def _lost(destination: Destination, files: Sequence[FileEntry], pages: Mapping[s
     return any(not destination.holds(key) for key in keys())
 
 
-def _tracker_whitelist(settings: Settings, pointer: Pointer, infohashes: Iterable[str | None]) -> None:
-    """The tracker may track the index torrent and the package torrents of the current publication."""
+def _tracker_whitelist(settings: Settings, pointer: Pointer, packages: Iterable[tuple[str, str | None]]) -> None:
+    """The tracker may track the index torrent and the package torrents of the current publication
+    (never-announced packages aside)."""
     if settings.tracker_whitelist is None or settings.dry_run:
         return
-    known = (h for h in infohashes if h is not None)
+    patterns = settings.never_announce
+    known = (h for path, h in packages if h is not None and not never_announced(patterns, path))
     update_whitelist(settings.tracker_whitelist, [pointer.infohash, *known], pid_file=settings.tracker_pid_file)
 
 

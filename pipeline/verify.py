@@ -946,6 +946,8 @@ def _package_torrent_problems(
             "(a torrent of another file or an older version?)"
         ], None
     problems = _common_torrent_problems(torrent, index.trackers)
+    if torrent.info.get(b"private") == 1 and (_announced(torrent.meta) or b"nodes" in torrent.meta):
+        problems.append("private (never announced), yet it names a tracker or DHT nodes")
     name = record.path.rpartition("/")[2]
     info = torrent.info
     if _text(info.get(b"name")) != name:

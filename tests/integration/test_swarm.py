@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
+import subprocess
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import zstandard
 
+from pipeline import bencode
 from pipeline.config import Settings
 from pipeline.run import release
 from pipeline.serve import serve_directory
-from tests.integration.conftest import SigningKey
+from tests.integration.conftest import SigningKey, aria2_command
 from tests.integration.test_incremental import make_flat
 
 pytestmark = pytest.mark.integration
@@ -53,3 +56,45 @@ def test_release_writes_the_tracker_whitelist_of_the_current_publication(
         whitelist.unlink()  # a tracker host rebuilt: a no-change run writes it again
         assert release(settings).action == "noop"
         assert whitelist.read_text().split() == now
+
+
+def test_a_never_announced_package_is_private_webseed_only_and_not_whitelisted(
+    signing_key: SigningKey, tmp_path: Path
+) -> None:
+    snap, dest, whitelist = tmp_path / "snap", tmp_path / "dest", tmp_path / "whitelist.txt"
+    make_flat(snap, 4)  # dir0/file-00, dir1/file-01, dir2/file-02, dir0/file-03
+    tracker = "http://127.0.0.1:9/announce"
+    with serve_directory(snap) as mirror:
+        settings = Settings(
+            snapshot=snap, format="flat", dest=str(dest), public_url="http://127.0.0.1:9/pub", repo="swarm",
+            webseeds=(mirror.url,), trackers=(tracker,), key=signing_key.fingerprint,
+            gnupghome=signing_key.gnupghome, state=tmp_path / "state.sqlite", tracker_whitelist=whitelist,
+            never_announce=("dir1/*",),
+        )  # fmt: skip
+        assert release(settings).action == "publish"
+        secret = bencode.decode_dict((dest / "torrents/dir1/file-01.bin.torrent").read_bytes())
+        shared = bencode.decode_dict((dest / "torrents/dir0/file-00.bin.torrent").read_bytes())
+        assert b"announce" not in secret.value and secret.value[b"info"][b"private"] == 1  # type: ignore[index]
+        assert shared.value[b"announce"] == tracker.encode()
+        (index_path,) = list((dest / "index").rglob("index.json.zst"))
+        records = {
+            p["path"]: p
+            for p in json.loads(zstandard.ZstdDecompressor().decompress(index_path.read_bytes()))["packages"]
+        }
+        assert "tr=" not in records["dir1/file-01.bin"]["magnet"] and "tr=" in records["dir0/file-00.bin"]["magnet"]
+        assert records["dir1/file-01.bin"]["infohash"] == hashlib.sha1(secret.info or b"").hexdigest()
+        listed = set(whitelist.read_text().split())
+        assert (
+            records["dir1/file-01.bin"]["infohash"] not in listed and records["dir0/file-00.bin"]["infohash"] in listed
+        )
+        assert release(settings).action == "noop"  # stable: the private infohash is computed the same way
+
+        # a private torrent still downloads, from its webseed
+        user = tmp_path / "user"
+        user.mkdir()
+        done = subprocess.run(
+            aria2_command("-d", str(user), str(dest / "torrents/dir1/file-01.bin.torrent")),
+            capture_output=True, text=True, timeout=120, check=False,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+        assert (user / "file-01.bin").read_bytes() == (snap / "dir1/file-01.bin").read_bytes()

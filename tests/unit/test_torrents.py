@@ -5,6 +5,7 @@ import hashlib
 import io
 import random
 import xml.etree.ElementTree as ET
+from dataclasses import replace
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
@@ -21,8 +22,12 @@ from pipeline.torrents import (
     _package_torrent,
     build_packages,
     build_torrent,
+    digest_of,
     hash_pieces_of_bytes,
+    infohash_for,
+    iter_package_artifacts,
     nodes_item,
+    package_records,
 )
 from pipeline.urls import join_url, webseed_dir_url
 
@@ -398,3 +403,29 @@ def test_nodes_are_written_the_same_by_both_encoders_and_leave_the_infohash_alon
     assert decoded[b"nodes"] == [[b"127.0.0.1", 6881], [b"dht.example.org", 51413]]
     plain, plain_infohash = _package_torrent(prefix=b"", url_list=[], **args)  # type: ignore[arg-type]
     assert b"5:nodes" not in plain and plain_infohash == infohash  # outside `info`: same swarm
+
+
+def test_a_never_announced_package_is_private_and_names_no_tracker(tmp_path: Path) -> None:
+    entries = [write(tmp_path, "pool/secret/s.deb", b"s" * 40_000), write(tmp_path, "pool/open/o.deb", b"o" * 40_000)]
+    spec = replace(SPEC, nodes=(("127.0.0.1", 6881),), never_announce=("pool/secret/*",))
+    hashed = hash_files(entries)
+    public = {h.entry.path: digest_of(h) for h in hashed}
+    private = {
+        path: replace(d, infohash=infohash_for(name=path.rpartition("/")[2], length=d.entry.size,
+                                               piece_size=d.piece_size, pieces=h.pieces, private=True))
+        for h in hashed for path, d in [(h.entry.path, public[h.entry.path])]
+    }  # fmt: skip
+    digests = [private["pool/secret/s.deb"], public["pool/open/o.deb"]]
+    records = {r.path: r for r in package_records(digests, spec)}
+    pieces = {h.entry.path: h.pieces for h in hashed}
+    artifacts = {a.key: a.data for a in iter_package_artifacts(((r, pieces[r.path]) for r in records.values()), spec)}
+    secret = bencode.decode_dict(artifacts["torrents/pool/secret/s.deb.torrent"])
+    shared = bencode.decode_dict(artifacts["torrents/pool/open/o.deb.torrent"])
+    assert secret.value[b"info"][b"private"] == 1  # type: ignore[index]
+    assert b"announce" not in secret.value and b"nodes" not in secret.value and secret.value[b"url-list"]
+    assert b"private" not in shared.value[b"info"] and shared.value[b"announce"] and shared.value[b"nodes"]  # type: ignore[operator]
+    assert hashlib.sha1(secret.info or b"").hexdigest() == records["pool/secret/s.deb"].infohash
+    assert records["pool/secret/s.deb"].infohash != public["pool/secret/s.deb"].infohash
+    assert "tr=" not in (records["pool/secret/s.deb"].magnet or "") and "tr=" in (
+        records["pool/open/o.deb"].magnet or ""
+    )
