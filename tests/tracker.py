@@ -50,7 +50,7 @@ def opentracker_binary() -> Path:
     return Path(found)
 
 
-def _free_port(attempts: int = 50) -> int:
+def free_port(attempts: int = 50) -> int:
     """A port free on 127.0.0.1 for both TCP and UDP (opentracker listens on both)."""
     for _ in range(attempts):
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
@@ -123,7 +123,7 @@ class Tracker:
         tries = 1 if self._requested_port is not None else 3
         try:
             for attempt in range(tries):
-                self.port = self._requested_port or _free_port()
+                self.port = self._requested_port or free_port()
                 try:
                     self._launch()
                     self._wait_ready()
@@ -241,17 +241,7 @@ class Tracker:
         self, infohash: str, *, port: int = 6881, left: int = 0, event: str | None = None
     ) -> dict[bytes, object]:
         """One HTTP announce for `infohash` from 127.0.0.1: the bdecoded answer (ValueError: not bencoded)."""
-        query = urlencode({"peer_id": PEER_ID, "port": port, "uploaded": 0, "downloaded": 0, "left": left})
-        query += "&compact=1&info_hash=" + quote_from_bytes(bytes.fromhex(_check_infohash(infohash)), safe="")
-        if event is not None:
-            query += "&event=" + event
-        connection = http.client.HTTPConnection(HOST, self.port, timeout=REQUEST_TIMEOUT)
-        try:
-            connection.request("GET", "/announce?" + query)
-            body = connection.getresponse().read()
-        finally:
-            connection.close()
-        return bencode.decode_dict(body).value
+        return announce(self.port, infohash, port=port, left=left, event=event)
 
     def accepts(self, infohash: str) -> bool:
         """Whether the tracker tracks `infohash`: an announce (a `stopped` one skips the whitelist check),
@@ -260,3 +250,37 @@ class Tracker:
             return False
         self.announce(infohash, port=PROBE_PORT, event="stopped")
         return True
+
+    def peers(self, infohash: str) -> list[tuple[str, int]]:
+        """The peers the tracker lists for `infohash` (ValueError when it refuses it); the probe is taken out again."""
+        answer = self.announce(infohash, port=PROBE_PORT)
+        if b"failure reason" in answer:
+            raise ValueError(f"tracker refuses {infohash}: {answer[b'failure reason']!r}")
+        self.announce(infohash, port=PROBE_PORT, event="stopped")
+        return [peer for peer in compact_peers(answer.get(b"peers", b"")) if peer[1] != PROBE_PORT]
+
+
+def announce(
+    tracker_port: int, infohash: str, *, port: int = 6881, left: int = 0, event: str | None = None
+) -> dict[bytes, object]:
+    """One HTTP announce to the tracker on 127.0.0.1:`tracker_port`: the bdecoded answer (ValueError: not bencoded)."""
+    query = urlencode({"peer_id": PEER_ID, "port": port, "uploaded": 0, "downloaded": 0, "left": left})
+    query += "&compact=1&info_hash=" + quote_from_bytes(bytes.fromhex(_check_infohash(infohash)), safe="")
+    if event is not None:
+        query += "&event=" + event
+    connection = http.client.HTTPConnection(HOST, tracker_port, timeout=REQUEST_TIMEOUT)
+    try:
+        connection.request("GET", "/announce?" + query)
+        body = connection.getresponse().read()
+    finally:
+        connection.close()
+    return bencode.decode_dict(body).value
+
+
+def compact_peers(data: object) -> list[tuple[str, int]]:
+    """BEP 23 compact IPv4 peers: 6 bytes each (address, port)."""
+    if not isinstance(data, bytes) or len(data) % 6:
+        raise ValueError(f"not a compact peer list: {data!r}")
+    return [
+        (socket.inet_ntoa(data[i : i + 4]), int.from_bytes(data[i + 4 : i + 6], "big")) for i in range(0, len(data), 6)
+    ]
