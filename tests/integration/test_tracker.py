@@ -84,7 +84,11 @@ def stop(process: subprocess.Popen[str]) -> str:
 
 
 def seeder_command(torrent: Path, directory: Path, listen_port: int) -> list[str]:
-    """aria2 seeding a complete copy: `-V` hashes it (without it aria2 refetches over it), seeds until stopped."""
+    """aria2 seeding a complete copy: `-V` hashes it (without it aria2 refetches over it), seeds until stopped.
+
+    On loopback nothing else is needed: opentracker lists the announcing socket's address (127.0.0.1)
+    with the announced `--listen-port`, so no `--bt-external-ip`; `--interface` only keeps it on loopback.
+    """
     command = aria2_command(
         "-V",
         "--seed-ratio=0.0",
