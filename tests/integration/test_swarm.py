@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import subprocess
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -17,6 +18,8 @@ from pipeline.run import release
 from pipeline.serve import serve_directory
 from tests.integration.conftest import SigningKey, aria2_command
 from tests.integration.test_incremental import make_flat
+from tests.integration.test_tracker import DOWNLOAD_TIMEOUT, seeder_command, stop, wait_for_peer
+from tests.tracker import Tracker, free_port
 
 pytestmark = pytest.mark.integration
 
@@ -98,3 +101,48 @@ def test_a_never_announced_package_is_private_webseed_only_and_not_whitelisted(
         )  # fmt: skip
         assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
         assert (user / "file-01.bin").read_bytes() == (snap / "dir1/file-01.bin").read_bytes()
+
+
+def test_release_feeds_a_real_tracker_and_a_peer_serves_with_every_mirror_dead(
+    signing_key: SigningKey, tmp_path: Path
+) -> None:
+    """Points 1, 2 and 7 end to end: the torrents name the tracker, the release writes opentracker's whitelist
+    and SIGHUPs it (by its PID file), and a fresh aria2 gets the exact bytes from a peer, the mirror dead."""
+    snap, dest = tmp_path / "snap", tmp_path / "dest"
+    make_flat(snap, 3)
+    with Tracker() as tracker:
+        pid_file = tmp_path / "opentracker.pid"
+        pid_file.write_text(f"{tracker.pid}\n")
+        settings = Settings(
+            snapshot=snap, format="flat", dest=str(dest), public_url="http://127.0.0.1:9/pub", repo="swarm",
+            webseeds=("http://127.0.0.1:9/dead",), allow_peer_only=True, trackers=(tracker.announce_url,),
+            key=signing_key.fingerprint, gnupghome=signing_key.gnupghome, state=tmp_path / "state.sqlite",
+            tracker_whitelist=tracker.whitelist_path, tracker_pid_file=pid_file,
+        )  # fmt: skip
+        release(settings)
+        torrent = dest / "torrents/dir1/file-01.bin.torrent"
+        infohash = hashlib.sha1(bencode.decode_dict(torrent.read_bytes()).info or b"").hexdigest()
+        deadline = time.monotonic() + 10
+        while not tracker.accepts(infohash):  # the release's SIGHUP made it re-read the whitelist
+            assert time.monotonic() < deadline, "the tracker never took the release's whitelist"
+            time.sleep(0.05)
+
+        seed_dir = tmp_path / "seed"  # a copy: a seeder never writes into the snapshot
+        seed_dir.mkdir()
+        (seed_dir / "file-01.bin").write_bytes((snap / "dir1/file-01.bin").read_bytes())
+        seed_port = free_port()
+        seeder = subprocess.Popen(
+            seeder_command(torrent, seed_dir, seed_port), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT, text=True, start_new_session=True,
+        )  # fmt: skip
+        try:
+            wait_for_peer(tracker, infohash, seed_port, seeder)
+            user = tmp_path / "user"
+            done = subprocess.run(
+                aria2_command(f"--listen-port={free_port()}", "--interface=127.0.0.1", "-d", str(user), str(torrent)),
+                stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=DOWNLOAD_TIMEOUT, check=False,
+            )  # fmt: skip
+        finally:
+            stop(seeder)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    assert (user / "file-01.bin").read_bytes() == (snap / "dir1/file-01.bin").read_bytes()
