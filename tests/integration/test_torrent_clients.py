@@ -87,7 +87,7 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
 
 def run_aria2(args: list[str], download_dir: Path) -> subprocess.CompletedProcess[str]:
     if shutil.which("aria2c") is None:
-        pytest.skip("aria2c is not installed")
+        pytest.fail("aria2c is not installed: run ./bootstrap.sh")
     return subprocess.run(
         [*ARIA2, "-d", str(download_dir), *args],
         capture_output=True,
