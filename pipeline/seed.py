@@ -73,6 +73,7 @@ class SeedTorrent:
     metainfo: bytes  # url-list dropped (never download from a mirror); announce lists kept
     directory: Path  # aria2's `dir` for it
     verify: bool  # aria2 `check-integrity` for this one
+    directory_name: str = ""  # the index torrent: its folder under `directory`
 
 
 @dataclass(frozen=True)
@@ -457,6 +458,9 @@ class SeedBox:
         for infohash in [h for h in self._gids if h not in wanted]:
             self._remove(infohash)
             removed += 1
+        for old in (self._workdir / "index").iterdir() if self._workdir is not None else ():
+            if old.name != index.directory_name:
+                shutil.rmtree(old, ignore_errors=True)  # an earlier index's files, no longer served
         added = 0
         if index.infohash not in self._gids:
             self._add(index)
@@ -521,7 +525,7 @@ class SeedBox:
             target = directory / name / relative
             target.parent.mkdir(parents=True, exist_ok=True)
             target.write_bytes(data.data)
-        return SeedTorrent(pointer.infohash, key, metainfo, directory, True)
+        return SeedTorrent(pointer.infohash, key, metainfo, directory, True, name)
 
     def _add(self, torrent: SeedTorrent) -> None:
         assert self.aria2 is not None
