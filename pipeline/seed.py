@@ -164,7 +164,7 @@ class Aria2:
     def __init__(self, argv: Sequence[str], *, port: int, secret: str, log_path: Path) -> None:
         self.port = port
         self._secret = secret
-        self._log_path = log_path
+        self.log_path = log_path
         with log_path.open("ab") as out:
             self.process = subprocess.Popen(  # noqa: S603 (argv built here, no shell)
                 list(argv), stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
@@ -194,9 +194,9 @@ class Aria2:
             try:
                 reply = json.loads(exc.read())
             except ValueError:
-                raise SeedError(f"aria2 RPC {method}: HTTP {exc.code}; see {self._log_path}") from None
+                raise SeedError(f"aria2 RPC {method}: HTTP {exc.code}; see {self.log_path}") from None
         except (OSError, ValueError) as exc:
-            raise SeedError(f"aria2 RPC {method}: {exc}; see {self._log_path}") from None
+            raise SeedError(f"aria2 RPC {method}: {exc}; see {self.log_path}") from None
         if "error" in reply:
             message = reply["error"].get("message", reply["error"])
             raise SeedError(f"aria2 RPC {method}: {message}")
@@ -221,7 +221,7 @@ class Aria2:
 
     def last_log_line(self) -> str:
         try:
-            lines = [line.strip() for line in self._log_path.read_text(errors="replace").splitlines() if line.strip()]
+            lines = [line.strip() for line in self.log_path.read_text(errors="replace").splitlines() if line.strip()]
         except OSError:
             return "no log"
         return lines[-1] if lines else "no output"
@@ -552,13 +552,14 @@ class SeedBox:
     def _report_errors(self) -> None:
         """Log once each torrent aria2 stopped with an error (a changed snapshot file, an unreadable one)."""
         assert self.aria2 is not None
-        for item in self.aria2.call("aria2.tellStopped", 0, 1000, ["gid", "infoHash", "status", "errorMessage"]):
+        keys = ["gid", "infoHash", "status", "errorCode", "errorMessage"]
+        for item in self.aria2.call("aria2.tellStopped", 0, 1000, keys):
             infohash = item.get("infoHash", "")
             if item.get("status") == "error" and infohash in self._gids and infohash not in self._reported:
                 self._reported.add(infohash)
                 self._log(
-                    f"seed: {self._labels.get(infohash, infohash)}: not seeded, aria2 says "
-                    f"{item.get('errorMessage') or 'error'} (bytes on disk differ from the torrent?)"
+                    f"seed: {self._labels.get(infohash, infohash)}: not seeded, aria2 error {item.get('errorCode')} "
+                    f"{item.get('errorMessage') or ''}(its bytes on disk differ from the torrent?); left untouched"
                 )
             elif infohash not in self._gids:
                 try:
@@ -569,7 +570,7 @@ class SeedBox:
     def status(self) -> Mapping[str, Mapping[str, str]]:
         """aria2's view of every torrent, by infohash: status, completedLength, totalLength, gid."""
         assert self.aria2 is not None
-        keys = ["gid", "infoHash", "status", "completedLength", "totalLength", "errorMessage"]
+        keys = ["gid", "infoHash", "status", "completedLength", "totalLength", "errorCode", "errorMessage"]
         items = [*self.aria2.call("aria2.tellActive", keys), *self.aria2.call("aria2.tellWaiting", 0, 100000, keys)]
         items += self.aria2.call("aria2.tellStopped", 0, 100000, keys)
         return {str(item["infoHash"]): item for item in items if item.get("gid") in self._gids.values()}

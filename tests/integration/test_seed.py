@@ -6,6 +6,7 @@ Every process a test starts is stopped by its PID; every wait is bounded.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import socket
@@ -132,7 +133,8 @@ def test_seed_box_seeds_the_index_and_follows_a_new_publication(world: World) ->
         assert set(box.seeding) == second
     finally:
         stop.set()
-        follower.join(timeout=10) if follower.is_alive() else None
+        if follower.is_alive():
+            follower.join(timeout=10)
         box.stop()
     assert pid_gone(pid)
 
@@ -156,6 +158,9 @@ def test_a_snapshot_file_whose_bytes_differ_is_left_untouched(world: World, trus
         else:  # re-hashed: the changed file fails its check and is never completed, the others seed
             wait_for(lambda: seeding(box) == wanted - {changed_hash}, "the unchanged files seeding")
             wait_for(lambda: box.status()[changed_hash]["status"] == "error", "the changed file in error")
+            # aria2 found bad pieces and opened the file for writing to fetch them again: the permission barrier
+            # refused it ("Failed to open the file dir1/file-01.bin, cause: Permission denied")
+            assert re.search(r"file-01\.bin, cause: Permission denied", box.aria2.log_path.read_text())
         for _ in range(3):  # let it run a while: a few polls
             box.sync()
             time.sleep(1)
