@@ -227,7 +227,8 @@ class Aria2:
         return lines[-1] if lines else "no output"
 
     def stop(self, timeout: float = STOP_TIMEOUT) -> int | None:
-        """aria2.shutdown, a bounded wait, then SIGTERM and SIGKILL to its PID; its exit code."""
+        """aria2.forceShutdown (no waiting for trackers' "stopped" answers), a bounded wait, then SIGTERM
+        and SIGKILL to its PID, each with a bounded wait; its exit code."""
         if self.process.poll() is None:
             try:
                 self.call("aria2.forceShutdown", timeout=2.0)
@@ -443,6 +444,10 @@ class SeedBox:
     def serve(self, stop: threading.Event) -> None:
         """Poll every seed_poll seconds until `stop` is set; a failed poll is logged and retried next time."""
         while not stop.wait(self.settings.seed_poll):
+            if self.aria2 is None or self.aria2.process.poll() is not None:
+                code = None if self.aria2 is None else self.aria2.process.returncode
+                last = "" if self.aria2 is None else f": {self.aria2.last_log_line()}"
+                raise SeedError(f"aria2c exited with code {code}{last}; the seed box stops (systemd restarts it)")
             try:
                 self.sync()
             except PipelineError as exc:
