@@ -229,6 +229,7 @@ def verify(
 
 
 @task(
+    auto_shortflags=False,
     help=flag_help(
         "snapshot", "dest", "key", "repo", "keyring", "fingerprint", "s3_endpoint_url",
         "seed_max_torrents", "seed_upload_limit", "seed_poll", "seed_port", "seed_rpc_port",
