@@ -228,7 +228,57 @@ def verify(
         raise Exit(report.summary(), code=1)
 
 
-ns = Collection(release, demo, test, bench, verify, golden)
+@task(
+    auto_shortflags=False,
+    help=flag_help(
+        "snapshot", "dest", "key", "repo", "keyring", "fingerprint", "s3_endpoint_url",
+        "seed_max_torrents", "seed_upload_limit", "seed_poll", "seed_port", "seed_rpc_port",
+        "seed_rpc_secret_file", "seed_user", "seed_dir", "seed_trust_files", "seed_dht",
+        config=CONFIG_HELP,
+        verbose=VERBOSE_HELP,
+    ),
+)  # fmt: skip
+def seed(
+    c: Context,
+    config: str | None = None,
+    snapshot: str | None = None,
+    dest: str | None = None,
+    key: str | None = None,
+    repo: str | None = None,
+    keyring: str | None = None,
+    fingerprint: str | None = None,
+    s3_endpoint_url: str | None = None,
+    seed_max_torrents: str | None = None,
+    seed_upload_limit: str | None = None,
+    seed_poll: str | None = None,
+    seed_port: str | None = None,
+    seed_rpc_port: str | None = None,
+    seed_rpc_secret_file: str | None = None,
+    seed_user: str | None = None,
+    seed_dir: str | None = None,
+    seed_trust_files: bool = False,
+    seed_dht: bool = False,
+    verbose: bool = False,
+) -> None:
+    """Seed the current publication with aria2 from the snapshot (read-only) and follow new ones; stop on SIGTERM."""
+    with _pipeline_errors(verbose):
+        import signal
+        import threading
+
+        from pipeline.seed import run_seed_box
+
+        settings = _settings(config, locals())
+        stop = threading.Event()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, lambda *_: stop.set())
+
+        def log(line: str) -> None:
+            print(line, file=sys.stderr, flush=True)
+
+        run_seed_box(settings, log=log, stop=stop)
+
+
+ns = Collection(release, demo, test, bench, verify, golden, seed)
 
 
 @task(

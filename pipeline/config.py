@@ -125,6 +125,28 @@ class Settings:
     )
     verify_sample: int = _setting(20, "how many packages' webseed URLs to probe (default 20)", flag="sample", minimum=0)
     verify_timeout: float = _setting(10.0, "seconds per network read (default 10)", flag="timeout")
+    # invoke seed: the operator's seed box (pipeline/seed.py)
+    seed_max_torrents: int = _setting(
+        1000, "package torrents the seed box serves at most, newest snapshot file (mtime) first (+ the index)"
+    )
+    seed_upload_limit: str = _setting("0", "aria2 --max-overall-upload-limit, e.g. 10M (bytes/s; 0: unlimited)")
+    seed_poll: int = _setting(60, "seconds between two reads of latest.asc by the seed box")
+    seed_port: int = _setting(6881, "BitTorrent port of the seed box (TCP; UDP too with seed_dht)")
+    seed_rpc_port: int = _setting(6800, "aria2 JSON-RPC port of the seed box, on 127.0.0.1 only")
+    seed_rpc_secret_file: Path | None = _setting(
+        None, "file holding the aria2 RPC secret (default: a random one per start, never in argv or logs)"
+    )
+    seed_user: str = _setting(
+        "nobody", "user aria2 runs as when the seed box starts as root; it must not write the snapshot"
+    )
+    seed_dir: Path | None = _setting(
+        None, "where the seed box makes its private work directory (default: the temp dir)"
+    )
+    seed_trust_files: bool = _setting(
+        False,
+        "seed without re-hashing (aria2 --bt-seed-unverified): fast start; peers reject changed bytes",
+    )
+    seed_dht: bool = _setting(False, "also announce on the DHT (anyone can then see what the seed box holds)")
     sources: Mapping[str, str] = field(default_factory=dict, compare=False)
 
     @property
@@ -366,6 +388,8 @@ def _validate(settings: Settings) -> None:
         raise ConfigError("resign_before: must be shorter than expires_after")
     if settings.s3_addressing_style not in ("auto", "path", "virtual"):
         raise ConfigError(f"s3_addressing_style: {settings.s3_addressing_style!r} is not auto, path or virtual")
+    if not re.fullmatch(r"[0-9]+[KkMm]?", settings.seed_upload_limit):
+        raise ConfigError(f"seed_upload_limit: {settings.seed_upload_limit!r} is not a rate like 0, 500K or 10M")
     if settings.retention < settings.expires_after:
         raise ConfigError("retention: must be at least expires_after (objects of a valid pointer are kept)")
 

@@ -37,3 +37,9 @@ class PublishConflictError(StorageError):
     """Another run changed the pointer since this run started (compare-and-swap lost)."""
 
     exit_code = 6
+
+
+class SeedError(PipelineError):
+    """The seed box cannot run: aria2 missing or failing, a snapshot it could write, a torrent that does not check."""
+
+    exit_code = 7
