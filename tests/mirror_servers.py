@@ -24,7 +24,7 @@ from email.utils import formatdate
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, Self
 from urllib.parse import unquote, urlsplit
 
 _REQUEST_LINE = re.compile(r'"(GET|HEAD) (\S+) HTTP/1\.[01]" (\d{3})')
@@ -222,7 +222,60 @@ class HangingServer:
         self.close()
 
 
-class TricklingServer:
+class RawServer:
+    """A bare TCP server on 127.0.0.1 for hostile HTTP answers: one thread per connection runs `answer`,
+    which ends when `stopping` is set; `close` stops and joins them all (bounded)."""
+
+    def __init__(self) -> None:
+        self._socket = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self._socket.bind(("127.0.0.1", 0))
+        self._socket.listen(16)
+        self._socket.settimeout(0.05)
+        self.url = f"http://127.0.0.1:{self._socket.getsockname()[1]}"
+        self.stopping = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._accepter = threading.Thread(target=self._accept, daemon=True)
+        self._accepter.start()
+
+    def answer(self, connection: socket.socket) -> None:
+        raise NotImplementedError
+
+    def _accept(self) -> None:
+        while not self.stopping.is_set():
+            try:
+                connection, _ = self._socket.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            thread = threading.Thread(target=self._answer, args=(connection,), daemon=True)
+            self._threads.append(thread)
+            thread.start()
+
+    def _answer(self, connection: socket.socket) -> None:
+        with connection:
+            try:
+                self.answer(connection)
+            except OSError:
+                return
+
+    def close(self) -> None:
+        self.stopping.set()
+        self._accepter.join(timeout=5)
+        for thread in self._threads:
+            thread.join(timeout=5)
+        self._socket.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+
+class TricklingServer(RawServer):
     """Answers every request at once with `200` and a large Content-Length, then sends one byte every
     `interval` seconds: no single read ever times out, only a whole-request deadline ends it.
 
@@ -235,62 +288,23 @@ class TricklingServer:
         self.interval = interval
         self.in_headers = in_headers
         self.answers = answers or {}
-        self._socket = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self._socket.bind(("127.0.0.1", 0))
-        self._socket.listen(16)
-        self._socket.settimeout(0.05)
-        self.url = f"http://127.0.0.1:{self._socket.getsockname()[1]}"
-        self._stop = threading.Event()
-        self._threads: list[threading.Thread] = []
-        self._accepter = threading.Thread(target=self._accept, daemon=True)
-        self._accepter.start()
+        super().__init__()
 
-    def _accept(self) -> None:
-        while not self._stop.is_set():
-            try:
-                connection, _ = self._socket.accept()
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            thread = threading.Thread(target=self._trickle, args=(connection,), daemon=True)
-            self._threads.append(thread)
-            thread.start()
-
-    def _trickle(self, connection: socket.socket) -> None:
-        with connection:
-            try:
-                connection.settimeout(1)
-                request = connection.recv(65536)  # the request (small, one packet on loopback)
-                path = request.split(b" ", 2)[1].decode("latin-1") if request.count(b" ") >= 2 else ""
-                if path in self.answers:
-                    body = self.answers[path]
-                    head = f"HTTP/1.1 200 OK\r\nContent-Length: {len(body)}\r\nConnection: close\r\n\r\n"
-                    connection.sendall(head.encode() + body)
-                    return
-                if self.in_headers:
-                    connection.sendall(b"HTTP/1.1 200 OK\r\nX-Slow: ")
-                else:
-                    connection.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 1000000\r\n\r\n")
-                while not self._stop.wait(self.interval):
-                    connection.sendall(b"x")
-            except OSError:
-                return
-
-    def close(self) -> None:
-        self._stop.set()
-        self._accepter.join(timeout=5)
-        for thread in self._threads:
-            thread.join(timeout=5)
-        self._socket.close()
-
-    def __enter__(self) -> TricklingServer:
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.close()
+    def answer(self, connection: socket.socket) -> None:
+        connection.settimeout(1)
+        request = connection.recv(65536)  # the request (small, one packet on loopback)
+        path = request.split(b" ", 2)[1].decode("latin-1") if request.count(b" ") >= 2 else ""
+        if path in self.answers:
+            body = self.answers[path]
+            head = f"HTTP/1.1 200 OK\r\nContent-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+            connection.sendall(head.encode() + body)
+            return
+        if self.in_headers:
+            connection.sendall(b"HTTP/1.1 200 OK\r\nX-Slow: ")
+        else:
+            connection.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 1000000\r\n\r\n")
+        while not self.stopping.wait(self.interval):
+            connection.sendall(b"x")
 
 
 def closed_port_url() -> str:

@@ -17,7 +17,6 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from types import TracebackType
 
 import pytest
 
@@ -28,6 +27,7 @@ from pipeline.storage import open_storage
 from pipeline.urls import join_url
 from tests.integration.conftest import SigningKey
 from tests.integration.test_release_e2e import settings_for
+from tests.mirror_servers import RawServer
 
 pytestmark = [
     pytest.mark.integration,
@@ -42,7 +42,7 @@ FPR = "DC87FD8B47FFA81270054CEFE2D360866D18689B"
 SLACK = 2
 
 
-class HostileServer:
+class HostileServer(RawServer):
     """Answers every GET at once with `200`, then per `mode`: `endless` (no Content-Length, bytes
     until the client hangs up), `huge` (a 10 GB Content-Length, then the same), `trickle` (one byte
     every `interval` seconds). `sent` counts the body bytes sent."""
@@ -52,63 +52,24 @@ class HostileServer:
         self.interval = interval
         self.sent = 0
         self._lock = threading.Lock()
-        self._socket = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self._socket.bind(("127.0.0.1", 0))
-        self._socket.listen(16)
-        self._socket.settimeout(0.05)
-        self.url = f"http://127.0.0.1:{self._socket.getsockname()[1]}"
-        self._stop = threading.Event()
-        self._threads: list[threading.Thread] = []
-        self._accepter = threading.Thread(target=self._accept, daemon=True)
-        self._accepter.start()
+        super().__init__()
 
-    def _accept(self) -> None:
-        while not self._stop.is_set():
-            try:
-                connection, _ = self._socket.accept()
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            thread = threading.Thread(target=self._answer, args=(connection,), daemon=True)
-            self._threads.append(thread)
-            thread.start()
-
-    def _answer(self, connection: socket.socket) -> None:
-        with connection:
-            try:
-                connection.settimeout(5)
-                connection.recv(65536)
-                if self.mode == "endless":
-                    connection.sendall(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n")
-                elif self.mode == "huge":
-                    connection.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 10000000000\r\n\r\n")
-                else:
-                    connection.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 1000000\r\n\r\n")
-                chunk = b"x" if self.mode == "trickle" else b"-----BEGIN PGP SIGNED MESSAGE-----\n" * 2000
-                while not self._stop.is_set():
-                    connection.sendall(chunk)
-                    with self._lock:
-                        self.sent += len(chunk)
-                    if self.mode == "trickle":
-                        self._stop.wait(self.interval)
-            except OSError:
-                return
-
-    def close(self) -> None:
-        self._stop.set()
-        self._accepter.join(timeout=5)
-        for thread in self._threads:
-            thread.join(timeout=5)
-        self._socket.close()
-
-    def __enter__(self) -> HostileServer:
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.close()
+    def answer(self, connection: socket.socket) -> None:
+        connection.settimeout(5)
+        connection.recv(65536)
+        if self.mode == "endless":
+            connection.sendall(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n")
+        elif self.mode == "huge":
+            connection.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 10000000000\r\n\r\n")
+        else:
+            connection.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 1000000\r\n\r\n")
+        chunk = b"x" if self.mode == "trickle" else b"-----BEGIN PGP SIGNED MESSAGE-----\n" * 2000
+        while not self.stopping.is_set():
+            connection.sendall(chunk)
+            with self._lock:
+                self.sent += len(chunk)
+            if self.mode == "trickle":
+                self.stopping.wait(self.interval)
 
 
 @pytest.fixture
