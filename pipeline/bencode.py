@@ -31,6 +31,20 @@ def integer(value: int) -> bytes:
     return b"i%de" % value
 
 
+def encode(value: object) -> bytes:
+    """Any value `decode_dict` returns (bytes, int, list, dict with bytes keys), bencoded again; dictionary
+    keys sorted, so a decoded canonical document encodes to the same bytes."""
+    if isinstance(value, bytes):
+        return string(value)
+    if isinstance(value, int):
+        return integer(value)
+    if isinstance(value, list):
+        return b"l" + b"".join(encode(item) for item in value) + b"e"
+    if isinstance(value, dict):
+        return b"d" + b"".join(encode(key) + encode(value[key]) for key in sorted(value)) + b"e"
+    raise ValueError(f"cannot bencode {type(value).__name__}")
+
+
 @dataclass(frozen=True)
 class Decoded:
     """A decoded top-level dictionary and the raw bytes of its `info` value (None if it has none)."""

@@ -115,19 +115,6 @@ def seed_order(snapshot: Path, records: Sequence[PackageRecord], limit: int) -> 
     return chosen, len(records) - len(chosen)
 
 
-def _encode(value: object) -> bytes:
-    """Bencode the values a decoded torrent holds (bytes, int, list, dict)."""
-    if isinstance(value, bytes):
-        return bencode.string(value)
-    if isinstance(value, int):
-        return bencode.integer(value)
-    if isinstance(value, list):
-        return b"l" + b"".join(_encode(v) for v in value) + b"e"
-    if isinstance(value, dict):
-        return b"d" + b"".join(_encode(k) + _encode(value[k]) for k in sorted(value)) + b"e"
-    raise ValueError(f"cannot bencode {type(value).__name__}")
-
-
 def seed_metainfo(data: bytes, *, infohash: str, where: str) -> tuple[bytes, dict[bytes, object]]:
     """A published torrent checked against the infohash the signed index gives, re-encoded for the seed box:
     `info` byte for byte and the announce lists; no `url-list` (aria2 must never fetch from a mirror)."""
@@ -138,7 +125,9 @@ def seed_metainfo(data: bytes, *, infohash: str, where: str) -> tuple[bytes, dic
     if decoded.info is None or hashlib.sha1(decoded.info).hexdigest() != infohash:
         raise SeedError(f"{where}: its infohash is not {infohash} that the signed index lists; re-publish")
     kept = b"".join(
-        _encode(key) + _encode(decoded.value[key]) for key in (b"announce", b"announce-list") if key in decoded.value
+        bencode.encode(key) + bencode.encode(decoded.value[key])
+        for key in (b"announce", b"announce-list")
+        if key in decoded.value
     )
     info = decoded.value[b"info"]
     assert isinstance(info, dict)

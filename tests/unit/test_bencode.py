@@ -49,3 +49,11 @@ def test_decode_keeps_the_raw_info_bytes() -> None:
 def test_decode_refuses_what_is_not_canonical(data: bytes, problem: str) -> None:
     with pytest.raises(ValueError, match=problem):
         bencode.decode_dict(data)
+
+
+def test_encode_round_trips_what_decode_reads() -> None:
+    data = b"d8:announce3:url4:infod6:lengthi5e4:name1:xe5:nodesll9:127.0.0.1i6881eeee"
+    assert bencode.encode(bencode.decode_dict(data).value) == data
+    assert bencode.encode({b"b": -1, b"a": [b"x", 2]}) == b"d1:al1:xi2ee1:bi-1ee"
+    with pytest.raises(ValueError, match="cannot bencode str"):
+        bencode.encode("text")
