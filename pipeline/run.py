@@ -607,12 +607,7 @@ def _build_content(
         to_build = [r for r in records if published.get(r.path) != fingerprints[r.path]]
     objects = destination.objects
     building = {r.path for r in to_build}
-    lost = [
-        r
-        for r in records
-        if r.path not in building
-        and not (objects.holds(r.metalink) and (r.torrent is None or objects.holds(r.torrent)))
-    ]
+    lost = [r for r in records if r.path not in building and not _holds_package(objects, r.path, r.size)]
     if lost:
         log.warning(
             "%d torrents or metalinks the current index names are missing or altered in the destination "
@@ -836,25 +831,17 @@ def _index_keys(pointer: Pointer) -> tuple[str, str, str]:
     return (pointer.index.path, pointer.index.path + ".sig", pointer.index_torrent)
 
 
-def _fixed_keys(pages: Mapping[str, object]) -> Iterator[str]:
-    """The keys a publication names besides its index objects and packages: the signing keys and the
-    listing pages the last publication rendered."""
-    yield from SIGNING_KEYS
-    yield from pages
+def _holds_package(destination: Destination, path: str, size: int) -> bool:
+    """Whether the destination holds, as written, the metalink and (non-empty files) the torrent of `path`."""
+    return destination.holds(metalink_key(path)) and (size == 0 or destination.holds(torrent_key(path)))
 
 
 def _lost(destination: Destination, files: Sequence[FileEntry], pages: Mapping[str, object]) -> bool:
-    """Whether the destination lost (or holds altered) a package object, page or key of the publication
-    built from `files` that rendered `pages` (index objects aside)."""
-
-    def keys() -> Iterator[str]:
-        yield from _fixed_keys(pages)
-        for entry in files:
-            yield metalink_key(entry.path)
-            if entry.size > 0:
-                yield torrent_key(entry.path)
-
-    return any(not destination.holds(key) for key in keys())
+    """Whether the destination lost (or holds altered) a package object, a signing key or one of the
+    `pages` of the publication built from `files` (index objects aside)."""
+    return not all(destination.holds(key) for key in (*SIGNING_KEYS, *pages)) or not all(
+        _holds_package(destination, entry.path, entry.size) for entry in files
+    )
 
 
 def _tracker_whitelist(settings: Settings, pointer: Pointer, packages: Iterable[tuple[str, str | None]]) -> None:
