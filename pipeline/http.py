@@ -134,6 +134,7 @@ class Request:
     method: str
     url: str
     headers: Mapping[str, str]
+    body: bytes = b""  # sent as is (with its Content-Length); b"": none
 
 
 @dataclass
@@ -354,7 +355,7 @@ class ConnectionTransport:
             sock: socket.socket = connection.sock  # kept: http.client drops it when the response will close
             phase = "headers"
             sock.settimeout(deadline.socket_timeout(phase))
-            connection.request(request.method, target, headers=dict(request.headers))
+            connection.request(request.method, target, body=request.body or None, headers=dict(request.headers))
             response = connection.getresponse()
             if _WATCHDOG.disarm(alarm):
                 raise DeadlineExceeded(phase)
@@ -560,20 +561,22 @@ class Client:
         headers_timeout: float | None = None,
         idle: float | None = None,
         headers: Mapping[str, str] | None = None,
+        body: bytes = b"",
         exact: bool = False,
         expect: int | None = None,
     ) -> Response:
         """`method url` done within `timeout` seconds in all (`headers_timeout`: connect + status line +
         headers; `idle`: any single read), following redirects. A 2xx body is read up to `max_body` bytes
         (`exact`: refuse more, or less than announced), another one up to `error_body`. With `expect`, any
-        other final status is an HttpError. Raises HttpError, or BudgetSpent when the budget is spent."""
+        other final status is an HttpError. `body` is sent with the request (and again on a redirect).
+        Raises HttpError, or BudgetSpent when the budget is spent."""
         deadline = Deadline.after(timeout, headers=headers_timeout, idle=idle)
         sent = {"User-Agent": self.user_agent, **(headers or {})}
         for _ in range(self.max_redirects + 1):
             parts = urlsplit(url)
             if parts.scheme not in ("http", "https") or not parts.netloc:
                 raise HttpError(f"not an http(s) URL: {_one_line(url)}")
-            response = self._once(Request(method, url, sent), deadline, max_body, exact, expect)
+            response = self._once(Request(method, url, sent, body), deadline, max_body, exact, expect)
             location = response.headers.get("location")
             if response.status not in REDIRECTS or not location:
                 if expect is not None and response.status != expect:

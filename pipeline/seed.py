@@ -40,8 +40,6 @@ import subprocess
 import tempfile
 import threading
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -50,6 +48,7 @@ from typing import Any
 from pipeline import bencode
 from pipeline.config import Settings, s3_config
 from pipeline.errors import ConfigError, PipelineError, SeedError
+from pipeline.http import Client, HttpError
 from pipeline.model import PackageRecord, Pointer
 from pipeline.run import published_records as read_records
 from pipeline.run import read_pointer
@@ -62,6 +61,8 @@ RPC_HOST = "127.0.0.1"
 START_TIMEOUT = 15.0  # seconds aria2 has to answer its RPC after it was started
 STOP_TIMEOUT = 10.0  # seconds aria2 has to exit after aria2.shutdown, then SIGTERM, then SIGKILL
 RPC_TIMEOUT = 10.0
+RPC_MAX_BODY = 64 * 1024 * 1024  # tellStopped/tellActive of a whole archive's torrents, a few keys each
+USER_AGENT = "mirrorseed-seed"
 
 
 @dataclass(frozen=True)
@@ -160,6 +161,7 @@ class Aria2:
             )
         self._ids = 0
         self._lock = threading.Lock()
+        self._http = Client(user_agent=USER_AGENT, max_redirects=0, error_body=RPC_MAX_BODY)
 
     @property
     def pid(self) -> int:
@@ -173,19 +175,17 @@ class Aria2:
         body = json.dumps(
             {"jsonrpc": "2.0", "id": ident, "method": method, "params": [f"token:{self._secret}", *params]}
         ).encode()
-        request = urllib.request.Request(  # noqa: S310 (http://127.0.0.1 only)
-            f"http://{RPC_HOST}:{self.port}/jsonrpc", data=body, headers={"Content-Type": "application/json"}
-        )
         try:
-            with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310
-                reply = json.loads(response.read())
-        except urllib.error.HTTPError as exc:
-            try:
-                reply = json.loads(exc.read())
-            except ValueError:
-                raise SeedError(f"aria2 RPC {method}: HTTP {exc.code}; see {self.log_path}") from None
-        except (OSError, ValueError) as exc:
+            # aria2 answers an RPC error with a 400 whose body is the JSON error: read it either way
+            response = self._http.request(
+                "POST", f"http://{RPC_HOST}:{self.port}/jsonrpc", body=body, max_body=RPC_MAX_BODY, timeout=timeout,
+                headers={"Content-Type": "application/json"},
+            )  # fmt: skip
+            reply = json.loads(response.body)
+        except HttpError as exc:
             raise SeedError(f"aria2 RPC {method}: {exc}; see {self.log_path}") from None
+        except ValueError:
+            raise SeedError(f"aria2 RPC {method}: HTTP {response.status}, not JSON; see {self.log_path}") from None
         if "error" in reply:
             message = reply["error"].get("message", reply["error"])
             raise SeedError(f"aria2 RPC {method}: {message}")
@@ -231,6 +231,7 @@ class Aria2:
                     break
                 except subprocess.TimeoutExpired:
                     continue
+        self._http.close()
         return self.process.poll()
 
 

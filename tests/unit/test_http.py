@@ -214,6 +214,13 @@ class _Counting(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(body)
 
+    def do_POST(self) -> None:  # echoes the body it was sent, reversed
+        body = self.rfile.read(int(self.headers["Content-Length"]))[::-1]
+        self.send_response(400 if body.startswith(b"!") else 200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
     def log_message(self, format: str, *args: object) -> None:
         return None
 
@@ -239,3 +246,15 @@ def test_keep_alive_reuses_one_connection_across_requests_and_redirects(counting
             response = real.request("GET", counting + "/start", max_body=100, timeout=5)
             assert response.body == b"hello" and response.url == counting + "/ok"
     assert real.requests == 6 and _Counting.connections == 1
+
+
+def test_a_request_body_is_sent_and_an_error_answer_read(counting: str) -> None:
+    """What the seed box's aria2 RPC needs: a POST body, and a 400's body (aria2's JSON error) returned."""
+    with Client(user_agent="test", max_redirects=0) as real:
+        answer = real.request("POST", counting + "/rpc", body=b'{"a": 1}', max_body=100, timeout=5)
+        assert (answer.status, answer.body) == (200, b'}1 :"a"{')
+        error = real.request("POST", counting + "/rpc", body=b"oops!", max_body=100, timeout=5)
+        assert (error.status, error.body) == (400, b"!spoo")
+    transport = MockTransport(lambda r: MockResponse(200, {"Content-Length": "0"}, b""))
+    client(transport).request("POST", URL, body=b"payload", max_body=10, timeout=5)
+    assert transport.requests[0].body == b"payload" and transport.requests[0].method == "POST"
