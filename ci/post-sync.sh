@@ -42,6 +42,7 @@ fi
 GNUPGHOME=$(mktemp -d /tmp/msg.XXXXXX) # short: gpg-agent's socket path must fit 108 bytes
 export GNUPGHOME
 
+# shellcheck disable=SC2317  # run by the EXIT trap below
 cleanup() {
   gpgconf --kill gpg-agent >/dev/null 2>&1 || true
   rm -rf "$GNUPGHOME"
