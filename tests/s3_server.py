@@ -20,7 +20,6 @@ import json
 import os
 import random
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -31,6 +30,8 @@ import urllib.request
 from pathlib import Path
 from types import TracebackType
 from typing import Any
+
+from tests.processes import ServerProcess
 
 ROOT = Path(__file__).resolve().parents[1]
 POLICY_FILE = ROOT / "infra" / "bucket-policy.json"
@@ -76,8 +77,13 @@ def free_base_port(rng: random.Random | None = None, attempts: int = 200) -> int
     raise SeaweedError("no free port range for SeaweedFS on 127.0.0.1 (base..base+4 and +10000)")
 
 
-class SeaweedServer:
+class SeaweedServer(ServerProcess):
     """`weed mini` with S3 credentials, on 127.0.0.1 only; a context manager (start on enter, stop on exit)."""
+
+    name = "SeaweedFS"
+    error = SeaweedError
+    stop_timeout = STOP_TIMEOUT
+    log_lines = 30
 
     def __init__(
         self,
@@ -105,7 +111,7 @@ class SeaweedServer:
         return f"http://{HOST}:{self.base_port}"
 
     @property
-    def log_path(self) -> Path:
+    def log_path(self) -> Path:  # type: ignore[override]  # derived from the data dir, never assigned
         assert self.data_dir is not None, "server not started"
         return self.data_dir / "weed.log"
 
@@ -139,58 +145,26 @@ class SeaweedServer:
         else:
             self.data_dir = self._requested_dir.absolute()
             self.data_dir.mkdir(parents=True, exist_ok=True)
-        tries = 1 if self._requested_base is not None else 3
         try:
-            for attempt in range(tries):
-                self.base_port = self._requested_base or free_base_port()
-                try:
-                    self._launch()
-                    self._wait_ready()
-                    self._warm_up()
-                    return self
-                except SeaweedError:
-                    exited_early = self._process is not None and self._process.poll() is not None
-                    self._terminate()
-                    if attempt + 1 == tries or not exited_early:
-                        raise  # a port taken between the check and the start ends the process: retry that only
+            self._start_attempts(1 if self._requested_base is not None else 3)
+            return self
         except BaseException:
             self.stop()
             raise
-        raise AssertionError("unreachable")
 
-    def _launch(self) -> None:
+    def _choose_ports(self, attempt: int) -> None:
+        self.base_port = self._requested_base or free_base_port()
+
+    def _popen_options(self) -> dict[str, Any]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
         env.update(AWS_ACCESS_KEY_ID=self.access_key, AWS_SECRET_ACCESS_KEY=self.secret_key)
-        with self.log_path.open("ab") as log:
-            log.write(f"\n=== {' '.join(self.command())}\n".encode())
-            log.flush()
-            self._process = subprocess.Popen(
-                self.command(),
-                cwd=self.data_dir,
-                env=env,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,  # Ctrl-C in the terminal goes to pytest, which stops us cleanly
-            )
-
-    def _log_tail(self, lines: int = 30) -> str:
-        try:
-            text = self.log_path.read_text(errors="replace")
-        except OSError:
-            return "(no log)"
-        return "\n".join(text.splitlines()[-lines:])
-
-    def _fail(self, what: str) -> SeaweedError:
-        return SeaweedError(f"SeaweedFS {what}; log {self.log_path}:\n{self._log_tail()}")
+        return {"cwd": self.data_dir, "env": env}
 
     def _wait_ready(self) -> None:
-        """Ready = the S3 port answers any HTTP response (bounded wait)."""
+        """Ready = the S3 port answers any HTTP response, then a first PUT goes through (bounded waits)."""
         deadline = time.monotonic() + START_TIMEOUT
         while time.monotonic() < deadline:
-            assert self._process is not None
-            if self._process.poll() is not None:
-                raise self._fail(f"exited with code {self._process.returncode} while starting")
+            self._exited_while("while starting")
             try:
                 conn = http.client.HTTPConnection(HOST, self.base_port, timeout=2)
                 try:
@@ -198,9 +172,11 @@ class SeaweedServer:
                     conn.getresponse().read()
                 finally:
                     conn.close()
-                return
             except OSError:
                 time.sleep(0.1)
+                continue
+            self._warm_up()
+            return
         raise self._fail(f"S3 port {self.base_port} did not answer within {START_TIMEOUT:.0f} s")
 
     def _warm_up(self) -> None:
@@ -228,16 +204,7 @@ class SeaweedServer:
             with contextlib.suppress(ClientError, BotoCoreError):
                 client.delete_bucket(Bucket=bucket)
 
-    def _terminate(self) -> None:
-        process, self._process = self._process, None
-        if process is None or process.poll() is not None:
-            return
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=STOP_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=STOP_TIMEOUT)
+    def _after_stop(self) -> None:
         self._remove_sockets()
 
     def _remove_sockets(self) -> None:

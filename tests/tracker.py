@@ -27,6 +27,7 @@ from types import TracebackType
 from urllib.parse import quote_from_bytes, urlencode
 
 from pipeline import bencode
+from tests.processes import ServerProcess
 
 HOST = "127.0.0.1"
 WHITELIST = "whitelist.txt"
@@ -72,8 +73,12 @@ def _check_infohash(infohash: str) -> str:
     return value
 
 
-class Tracker:
+class Tracker(ServerProcess):
     """One opentracker process; a context manager (start on enter, stop by PID on exit)."""
+
+    name = "opentracker"
+    error = TrackerError
+    stop_timeout = STOP_TIMEOUT
 
     def __init__(self, infohashes: Iterable[str] = (), *, port: int | None = None) -> None:
         self._initial = [_check_infohash(h) for h in infohashes]
@@ -120,71 +125,27 @@ class Tracker:
             directory.chmod(0o755)  # `nobody` reads the whitelist after the chroot
         self.log_path = base / "opentracker.log"
         self.write_whitelist(self._initial)
-        tries = 1 if self._requested_port is not None else 3
         try:
-            for attempt in range(tries):
-                self.port = self._requested_port or free_port()
-                try:
-                    self._launch()
-                    self._wait_ready()
-                    return self
-                except TrackerError:
-                    exited = self._process is not None and self._process.poll() is not None
-                    self._terminate()
-                    if attempt + 1 == tries or not exited:
-                        raise  # a port taken between the check and the start ends the process: retry that only
+            self._start_attempts(1 if self._requested_port is not None else 3)
+            return self
         except BaseException:
             self.stop()
             raise
-        raise AssertionError("unreachable")
 
-    def _launch(self) -> None:
-        assert self.log_path is not None
-        with self.log_path.open("ab") as log:
-            log.write(f"\n=== {' '.join(self.command())}\n".encode())
-            log.flush()
-            self._process = subprocess.Popen(
-                self.command(),
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-
-    def log_tail(self, lines: int = 20) -> str:
-        try:
-            text = self.log_path.read_text(errors="replace") if self.log_path else ""
-        except OSError:
-            return "(no log)"
-        return "\n".join(text.splitlines()[-lines:])
-
-    def _fail(self, what: str) -> TrackerError:
-        return TrackerError(f"opentracker {what}; log {self.log_path}:\n{self.log_tail()}")
+    def _choose_ports(self, attempt: int) -> None:
+        self.port = self._requested_port or free_port()
 
     def _wait_ready(self) -> None:
         """Ready = an announce gets a bencoded answer (accepted or not authorized), bounded."""
         deadline = time.monotonic() + START_TIMEOUT
         while time.monotonic() < deadline:
-            assert self._process is not None
-            if self._process.poll() is not None:
-                raise self._fail(f"exited with code {self._process.returncode} while starting")
+            self._exited_while("while starting")
             try:
                 self.announce("0" * 40)  # not listed: answered with a failure reason, no peer added
                 return
             except (OSError, ValueError):
                 time.sleep(0.1)
         raise self._fail(f"port {self.port} did not answer within {START_TIMEOUT:.0f} s")
-
-    def _terminate(self) -> None:
-        process, self._process = self._process, None
-        if process is None or process.poll() is not None:
-            return
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=STOP_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=STOP_TIMEOUT)
 
     def stop(self) -> None:
         """SIGTERM by PID, up to 5 s, then SIGKILL; the temp dir is removed."""
