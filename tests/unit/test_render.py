@@ -508,10 +508,20 @@ def test_user_recipe_has_the_required_steps() -> None:
     assert "FPR=DC87FD8B47FFA81270054CEFE2D360866D18689B" in recipe
     # aria2c runs in one place, with the flags, under a time limit and a file-size limit
     calls = [line.strip() for line in recipe.splitlines() if re.search(r"\baria2c [\"-]", line)]
-    assert calls == ["""(trap '' XFSZ; ulimit -f "$blocks"; exec timeout -k 5 "$seconds" aria2c "${FLAGS[@]}" "$@")"""]
+    bounded = """(trap '' XFSZ; ulimit -f "$blocks"; exec timeout -k 5 "$seconds" aria2c "${FLAGS[@]}" """
+    assert calls == [bounded + '--bt-enable-lpd="$LPD" "$@")']
+    assert "LPD=${MIRRORSEED_LPD:-true}" in recipe  # LAN peers by default, the user's switch to turn it off
     assert "fetch_small signing-key.asc 262144" in recipe and "fetch_small signing-key.gpg 262144" in recipe
     assert "fetch_small latest.asc 65536" in recipe
     assert "&amp;" not in recipe and "&#34;" not in recipe  # shell text, not HTML
+
+
+def test_recipes_enter_the_dht_at_the_first_configured_node() -> None:
+    data = listing(dht_nodes=("[2001:db8::1]:6881", "router.example.org:6881", "192.0.2.7:6881"))
+    recipe = user_recipe(data, data.records[0])
+    assert "--enable-dht=true --dht-entry-point=router.example.org:6881" in recipe
+    assert recipe.count("--dht-entry-point") == 1  # aria2 takes one; the torrents carry every node
+    assert "--dht-entry-point" not in user_recipe(listing(), data.records[0])  # no nodes: aria2's defaults
 
 
 @pytest.mark.skipif(shutil.which("bash") is None, reason="bash not installed")
