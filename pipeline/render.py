@@ -678,11 +678,13 @@ def _give_back(env: jinja2.Environment, listing: ListingInput, checked: _Checked
         "public_url": checked.public_url,
         "front_url": join_url(checked.public_url, FRONT_KEY),
     }
-    where = listing.templates_dir
-    return (
-        make_artifact(GIVE_BACK_KEY, _page(env, GIVE_BACK_TEMPLATE, script, where)),
-        make_artifact(GIVE_BACK_SERVICE_KEY, _page(env, GIVE_BACK_SERVICE_TEMPLATE, unit, where)),
-        make_artifact(GIVE_BACK_TIMER_KEY, _page(env, GIVE_BACK_TIMER_TEMPLATE, unit, where)),
+    return tuple(
+        make_artifact(key, _page(env, template, {**context, "page_key": key}, listing.templates_dir))
+        for key, template, context in (
+            (GIVE_BACK_KEY, GIVE_BACK_TEMPLATE, script),
+            (GIVE_BACK_SERVICE_KEY, GIVE_BACK_SERVICE_TEMPLATE, unit),
+            (GIVE_BACK_TIMER_KEY, GIVE_BACK_TIMER_TEMPLATE, unit),
+        )
     )
 
 
