@@ -31,6 +31,7 @@ from pipeline.serve import serve_directory
 from tests.integration.conftest import SigningKey, aria2_command
 from tests.integration.test_incremental import make_flat
 from tests.integration.test_tracker import DOWNLOAD_TIMEOUT
+from tests.tools import require_tools
 from tests.tracker import Tracker, free_port
 
 pytestmark = pytest.mark.integration
@@ -93,6 +94,7 @@ def loopback_env(tmp_path: Path, listen_port: int) -> dict[str, str]:
 def world(signing_key: SigningKey, tmp_path: Path) -> Iterator[World]:
     """A flat snapshot of four files (dir0/file-00, dir1/file-01 never announced, dir2/file-02, dir0/file-03)
     and a running opentracker."""
+    require_tools("bash", "aria2c", "gpgv", "jq", "zstd", "sha256sum", "timeout")
     snap, dest = tmp_path / "snap", tmp_path / "dest"
     make_flat(snap, 4)
     dest.mkdir()
@@ -139,11 +141,21 @@ def run_recipe(world: World, tmp_path: Path) -> User:
 def start_give_back(world: World, user: User, **env: str) -> subprocess.Popen[bytes]:
     """The published give-back.sh, saved in the user's folder and run with bash (a session of its own)."""
     shutil.copyfile(world.dest / GIVE_BACK_KEY, user.folder / GIVE_BACK_KEY)
-    with user.log.open("ab") as log:
+    with user.log.open("wb") as log:  # this run's output only
         return subprocess.Popen(
             ["bash", GIVE_BACK_KEY], cwd=user.folder, env={**user.env, **env}, stdin=subprocess.DEVNULL,
             stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
         )  # fmt: skip
+
+
+def give_back_to_the_end(world: World, user: User, **env: str) -> tuple[int, str]:
+    """give-back.sh until it exits by itself (bounded; else stopped by its process group): exit code, output."""
+    process = start_give_back(world, user, **env)
+    try:
+        code = process.wait(timeout=SEEDING_TIMEOUT)
+    finally:
+        stop_group(process)
+    return code, user.log.read_text()
 
 
 def stop_group(process: subprocess.Popen[bytes]) -> None:
@@ -247,13 +259,8 @@ def test_a_never_announced_package_is_not_seeded_and_seeding_stops_by_itself(wor
         user = run_recipe(world, tmp_path)
         (user.packages / "file-00.bin").unlink()
         shutil.copyfile(world.snap / "dir1/file-01.bin", user.packages / "file-01.bin")  # never announced
-        process = start_give_back(world, user)
-        try:
-            process.wait(timeout=SEEDING_TIMEOUT)
-        finally:
-            stop_group(process)
-        log = user.log.read_text()
-        assert process.returncode == 0, log
+        code, log = give_back_to_the_end(world, user)
+        assert code == 0, log
         assert "give-back: nothing to seed: no package in packages/ of index 1 is announced" in log, log
         assert (
             "not seeding packages/file-01.bin: the operator never announces it" in log
@@ -262,13 +269,8 @@ def test_a_never_announced_package_is_not_seeded_and_seeding_stops_by_itself(wor
 
         # with a shared package beside it: only that one and the index, until the (short) time is up
         shutil.copyfile(world.snap / "dir0/file-03.bin", user.packages / "file-03.bin")
-        process = start_give_back(world, user, MIRRORSEED_SEED_MINUTES="0.1", MIRRORSEED_UPLOAD_LIMIT="200K")
-        try:
-            process.wait(timeout=SEEDING_TIMEOUT)
-        finally:
-            stop_group(process)
-    log = user.log.read_text()
-    assert process.returncode == 0, log
+        code, log = give_back_to_the_end(world, user, MIRRORSEED_SEED_MINUTES="0.1", MIRRORSEED_UPLOAD_LIMIT="200K")
+    assert code == 0, log
     assert seeded_torrents(user) == sorted([package_infohash(world, "dir0/file-03.bin"), index_infohash(world)])
     assert "give-back: done" in log and "stops at ratio 2.0 or after 0.1 min; upload at most 200K/s" in log, log
 
@@ -279,35 +281,23 @@ def test_nothing_to_seed_and_a_swapped_torrent_exit_0(world: World, tmp_path: Pa
         user = run_recipe(world, tmp_path)
         fetched = (user.packages / "file-00.bin").read_bytes()
         (user.packages / "file-00.bin").write_bytes(b"not what the index says")
-        process = start_give_back(world, user)
-        try:
-            process.wait(timeout=SEEDING_TIMEOUT)
-        finally:
-            stop_group(process)
-        log = user.log.read_text()
-        assert process.returncode == 0, log
+        code, log = give_back_to_the_end(world, user)
+        assert code == 0, log
         assert "give-back: nothing to seed: none of the 1 files in packages/ is a package of index 1" in log, log
 
         # the server swapped the package's .torrent for another's: never handed to aria2, the file untouched
         (user.packages / "file-00.bin").write_bytes(fetched)
         torrent = world.dest / "torrents/dir0/file-00.bin.torrent"
         torrent.write_bytes((world.dest / "torrents/dir0/file-03.bin.torrent").read_bytes())
-        process = start_give_back(world, user)
-        try:
-            process.wait(timeout=SEEDING_TIMEOUT)
-        finally:
-            stop_group(process)
-    log = user.log.read_text()
-    assert process.returncode == 0, log
+        code, log = give_back_to_the_end(world, user)
+    assert code == 0, log
     assert "not seeding packages/file-00.bin: its .torrent is not of infohash" in log, log
     assert (user.packages / "file-00.bin").read_bytes() == fetched
 
 
 def test_the_published_units_verify(world: World, tmp_path: Path) -> None:
     """systemd's own parser accepts the published user unit and timer (every option known, ExecStart found)."""
-    analyze = shutil.which("systemd-analyze")
-    if analyze is None:
-        pytest.fail("systemd-analyze is not installed: run ./bootstrap.sh")
+    require_tools("systemd-analyze")
     with serve_directory(world.dest) as public, serve_directory(world.snap) as mirror:
         publish(world, public.url, mirror.url)
     units = tmp_path / "units"
@@ -317,7 +307,7 @@ def test_the_published_units_verify(world: World, tmp_path: Path) -> None:
     runtime = tmp_path / "runtime"
     runtime.mkdir(mode=0o700)
     result = subprocess.run(
-        [analyze, "verify", "--user", GIVE_BACK_SERVICE_KEY, GIVE_BACK_TIMER_KEY], cwd=units,
+        ["systemd-analyze", "verify", "--user", GIVE_BACK_SERVICE_KEY, GIVE_BACK_TIMER_KEY], cwd=units,
         env={**os.environ, "XDG_RUNTIME_DIR": str(runtime)}, capture_output=True, text=True, timeout=60, check=False,
     )  # fmt: skip
     assert result.returncode == 0 and not result.stderr.strip(), result.stdout + result.stderr

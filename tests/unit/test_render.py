@@ -43,6 +43,7 @@ from pipeline.render import (
     update_recipe,
     user_recipe,
 )
+from tests.tools import require_tools
 
 GIVE_BACK_KEYS = {GIVE_BACK_KEY, GIVE_BACK_SERVICE_KEY, GIVE_BACK_TIMER_KEY}
 FPR = "dc87fd8b47ffa81270054cefe2d360866d18689b"
@@ -616,6 +617,7 @@ def test_published_shell_texts_pass_shellcheck(tmp_path: Path) -> None:
 
 def run_give_back(folder: Path, **env: str) -> subprocess.CompletedProcess[str]:
     """The rendered give-back.sh run with bash in `folder` (nothing listens at the example URLs)."""
+    require_tools("bash")
     (folder / GIVE_BACK_KEY).write_text(give_back_files(listing())[GIVE_BACK_KEY])
     environment = {k: v for k, v in os.environ.items() if not k.startswith("MIRRORSEED_")}
     return subprocess.run(
