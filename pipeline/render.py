@@ -894,7 +894,6 @@ def iter_pages(listing: ListingInput, unchanged: Callable[[str, str], bool] | No
         yield _whole(make_artifact(MIRRORS_KEY, _page(env, MIRRORS_TEMPLATE, page, where)))
 
     yield _whole(make_artifact(STYLE_KEY, _style(env, where)))
-    yield from map(_whole, client_artifacts(checked.public_url, checked.fingerprint))
 
 
 def client_artifacts(public_url: str, fingerprint: str) -> tuple[Artifact, ...]:
