@@ -169,6 +169,7 @@ def test_apt_installs_through_the_torrents_with_http_for_what_the_publication_la
             serve_directory(dest, port=published.public_port),
         ):
             check(apt.apt_get("update"))
+            check(apt.apt_get("update"))  # again, with apt's copies (If-Modified-Since)
             assert not log.under("torrents") and not log.under("index")  # metadata: the mirror alone
             output = check(apt.apt_get("install", "ms-tool", "ms-epoch", "ms-late"))
 
