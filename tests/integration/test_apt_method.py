@@ -29,6 +29,7 @@ from tests.fixtures.aptroot import AptRoot, DebWithDeps
 from tests.integration.conftest import SigningKey
 from tests.integration.test_tracker import seeder_command, stop, wait_for_peer
 from tests.mirror_servers import RequestLog, request_log
+from tests.tools import require_tools
 from tests.tracker import Tracker, free_port
 
 pytestmark = pytest.mark.integration
@@ -66,9 +67,7 @@ def sign_release(root: Path, key: SigningKey) -> None:
 
 @pytest.fixture(scope="module")
 def published(tmp_path_factory: pytest.TempPathFactory, signing_key: SigningKey) -> Iterator[Published]:
-    missing = [tool for tool in TOOLS if shutil.which(tool) is None]
-    if missing:
-        pytest.fail(f"{', '.join(missing)}: not installed; run ./bootstrap.sh")
+    require_tools(*TOOLS)
     base = tmp_path_factory.mktemp("apt-method")
     root, dest = base / "snapshot", base / "public"
     dest.mkdir()

@@ -27,6 +27,7 @@ from pipeline.signing import Signer
 from tests.fixtures.archrepo import ArchPkgSpec, build_arch_repo
 from tests.integration.conftest import SigningKey
 from tests.mirror_servers import request_log
+from tests.tools import require_tools
 from tests.tracker import free_port
 
 pytestmark = pytest.mark.integration
@@ -42,9 +43,7 @@ REPOS = {"core": (LIB, TOOL)}
 @pytest.fixture(scope="module")
 def arch_publication(tmp_path_factory: pytest.TempPathFactory, signing_key: SigningKey) -> Iterator[tuple[Path, Path]]:
     """(the mirror's tree; its publication), published once for the module."""
-    missing = [tool for tool in TOOLS if shutil.which(tool) is None]
-    if missing:
-        pytest.fail(f"{', '.join(missing)}: not installed; run ./bootstrap.sh")
+    require_tools(*TOOLS)
     base = tmp_path_factory.mktemp("pacman-xfer")
     root, dest = base / "mirror", base / "public"
     dest.mkdir()
