@@ -22,7 +22,7 @@ import pytest
 
 from pipeline.errors import ConfigError, SnapshotError
 from pipeline.model import Artifact, IndexRef, MirrorStatus, PackageRecord, Pointer, SignatureRef
-from pipeline.objects import GIVE_BACK_KEY, GIVE_BACK_SERVICE_KEY, GIVE_BACK_TIMER_KEY, content_type_for
+from pipeline.objects import CLIENT_KEYS, GIVE_BACK_KEY, GIVE_BACK_SERVICE_KEY, GIVE_BACK_TIMER_KEY, content_type_for
 from pipeline.render import (
     ARIA2_FLAGS,
     FETCH_TIMEOUT,
@@ -165,7 +165,7 @@ def pages(artifacts: tuple[Artifact, ...]) -> dict[str, PageParser]:
 
 def expected_published_keys(data: ListingInput) -> set[str]:
     """What the other stages publish beside the listings (DESIGN section 4)."""
-    keys = {"latest.asc", "signing-key.asc", "signing-key.gpg"}
+    keys = {"latest.asc", "signing-key.asc", "signing-key.gpg", *CLIENT_KEYS}
     keys |= {data.pointer.index.path, data.pointer.index.path + ".sig", data.pointer.index_torrent}
     for rec in data.records:
         keys.add(rec.metalink)
