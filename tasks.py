@@ -180,7 +180,9 @@ def golden(c: Context, update: bool = False) -> None:
         "swarm_interval": "swarm: seconds between two users' arrivals (default 3)",
         "swarm_scenario": "swarm: offload, dead-mirror or both (default both)",
         "swarm_out": "swarm: JSON results file (default .bench/swarm.json)",
-    }
+        "swarm_user_conf": "swarm: an extra KEY=VALUE line for every user's aria2.conf (repeatable; what-if runs)",
+    },
+    iterable=["swarm_user_conf"],
 )
 def bench(
     c: Context,
@@ -197,6 +199,7 @@ def bench(
     swarm_interval: float = 3.0,
     swarm_scenario: str = "both",
     swarm_out: str | None = None,
+    swarm_user_conf: list[str] | None = None,
 ) -> None:
     """Benchmark: hashlib ceiling, peers and mirrorseed (full, no-change, 1%-changed) on one corpus; print the table.
 
@@ -229,6 +232,7 @@ def bench(
             SwarmOptions(
                 repo_root=ROOT, users=swarm_users, packages=swarm_packages, total_mb=swarm_mb,
                 interval_s=swarm_interval, scenarios=scenarios, out=path(swarm_out),
+                user_conf=tuple(swarm_user_conf or ()),
             ),
             announce=announce,
         )  # fmt: skip

@@ -116,6 +116,7 @@ class SwarmOptions:
     seed_rate: str = SEED_BOX_RATE
     timeout_s: float = SCENARIO_TIMEOUT_S
     scenarios: tuple[str, ...] = ("offload", "dead-mirror")
+    user_conf: tuple[str, ...] = ()  # extra `key=value` lines for every user's aria2.conf (what-if runs)
     out: Path | None = None  # JSON results; None: <repo>/.bench/swarm.json
     cache_dir: Path | None = None  # the demo key's cache; None: bench.harness.default_cache_dir()
 
@@ -271,6 +272,7 @@ class UserRun:
     from_mirror: int = 0
     from_site: int = 0
     give_back: str = ""  # which give-back ran: the site's script or the stand-in
+    steps: dict[str, float] = field(default_factory=dict)  # seconds each step took
     processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
 
     @property
@@ -313,13 +315,15 @@ def _user_env(user: UserRun) -> dict[str, str]:
     return {**env, "HOME": str(user.home), "MIRRORSEED_LPD": "false", **GIVE_BACK_ENV}
 
 
-def prepare_user(user: UserRun, scripts: SiteScripts) -> None:
+def prepare_user(user: UserRun, scripts: SiteScripts, extra_conf: Sequence[str] = ()) -> None:
     """HOME with `~/.aria2/aria2.conf` (aria2 reads it before the command line's options): the user's own loopback
     address, no DHT, no LPD. The recipe folder with the site's scripts."""
     conf = user.home / ".aria2" / "aria2.conf"
     conf.parent.mkdir(parents=True)
     conf.write_text(
-        f"interface={user.address}\nenable-dht=false\nenable-dht6=false\nbt-enable-lpd=false\n", encoding="utf-8"
+        f"interface={user.address}\ndisable-ipv6=true\nenable-dht=false\nenable-dht6=false\nbt-enable-lpd=false\n"
+        + "".join(f"{line}\n" for line in extra_conf),
+        encoding="utf-8",
     )
     user.recipe_dir.mkdir()
     (user.recipe_dir / "recipe.sh").write_text(scripts.recipe, encoding="utf-8")
@@ -339,6 +343,7 @@ def _start(user: UserRun, argv: Sequence[str], log_name: str) -> subprocess.Pope
 
 
 def _run_step(user: UserRun, argv: Sequence[str], log_name: str, deadline: float) -> bool:
+    started = time.monotonic()
     process = _start(user, argv, log_name)
     try:
         code = process.wait(timeout=max(0.1, deadline - time.monotonic()))
@@ -346,6 +351,8 @@ def _run_step(user: UserRun, argv: Sequence[str], log_name: str, deadline: float
         stop_process(process)
         user.status = "timeout"
         return False
+    finally:
+        user.steps[log_name.removesuffix(".log")] = round(time.monotonic() - started, 2)
     if code != 0:
         tail = (user.home / log_name).read_text(errors="replace").strip().splitlines()[-1:] or ["no output"]
         user.status = f"failed: {log_name} exit {code}: {tail[0][:160]}"
@@ -448,7 +455,7 @@ class ScenarioResult:
                     "user": u.number, "address": u.address, "arrived_s": round(u.arrived_s, 1),
                     "done_s": None if u.done_s is None else round(u.done_s, 1), "status": u.status,
                     "received_bytes": u.received, "mirror_bytes": u.from_mirror, "site_bytes": u.from_site,
-                    "give_back": u.give_back,
+                    "give_back": u.give_back, "steps_s": u.steps,
                 }
                 for u in self.users
             ],
@@ -470,6 +477,14 @@ def _wait(check: Callable[[], bool], what: str, timeout: float) -> None:
         time.sleep(0.2)
 
 
+def _keep_logs(users: Sequence[UserRun], target: Path) -> None:
+    shutil.rmtree(target, ignore_errors=True)
+    for user in users:
+        for log in user.home.glob("*.log"):
+            (target / f"u{user.number}").mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(log, target / f"u{user.number}" / log.name)
+
+
 @contextmanager
 def _work_dir() -> Iterator[Path]:
     # world-readable (the seed box's aria2 runs as `nobody` when we are root): not under a 0700 home or tmp dir
@@ -484,8 +499,9 @@ def _work_dir() -> Iterator[Path]:
 
 
 def run_scenario(
-    name: str, options: SwarmOptions, packages: Sequence[Package], key: Any, announce: Announce
+    name: str, options: SwarmOptions, packages: Sequence[Package], key: Any, announce: Announce, logs: Path
 ) -> ScenarioResult:
+    """One scenario from an empty work dir to every process stopped; the users' logs are kept under `logs`."""
     dead_mirror = name == "dead-mirror"
     with ExitStack() as stack:
         work = stack.enter_context(_work_dir())
@@ -536,7 +552,7 @@ def run_scenario(
         scripts = site_scripts(site.url, [p.name for p in packages])
         users = [UserRun(n, f"{USER_NET}{n}", work / "users" / f"u{n}") for n in range(1, options.users + 1)]
         for user in users:
-            prepare_user(user, scripts)
+            prepare_user(user, scripts, options.user_conf)
             stack.callback(stop_user, user)
 
         start = time.monotonic()
@@ -577,6 +593,7 @@ def run_scenario(
             user.received = received_bytes(user)
             user.from_mirror = mirror.served.get(user.address, 0)
             user.from_site = site.served.get(user.address, 0)
+        _keep_logs(users, logs / name)
         return ScenarioResult(
             name=name, users=tuple(users), package_bytes=sum(p.size for p in packages),
             mirror=mirror.bytes_served - mirror_before, seed_box=seed_box_upload,
@@ -621,20 +638,22 @@ def run_swarm_bench(options: SwarmOptions, *, announce: Announce = _quiet) -> Sw
     )
     results: list[ScenarioResult] = []
     cache_dir = (options.cache_dir or default_cache_dir()).resolve()
-    with demo_key(cache_dir) as key:
-        for name in options.scenarios:
-            results.append(run_scenario(name, options, packages, key, announce))
-    table = render_tables(results, options)
     out = options.out or options.repo_root / ".bench" / "swarm.json"
     out.parent.mkdir(parents=True, exist_ok=True)
+    logs = out.parent / "swarm-logs"
+    with demo_key(cache_dir) as key:
+        for name in options.scenarios:
+            results.append(run_scenario(name, options, packages, key, announce, logs))
+    table = render_tables(results, options)
     doc = {
         "options": {
             "users": options.users, "packages": len(packages), "package_bytes": total,
             "interval_s": options.interval_s, "mirror_rate": options.mirror_rate, "seed_rate": options.seed_rate,
-            "target_copies": TARGET_COPIES,
+            "target_copies": TARGET_COPIES, "user_conf": list(options.user_conf),
         },
         "scenarios": [r.to_json() for r in results],
         "table": table,
+        "logs": str(logs),
     }  # fmt: skip
     out.write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     return SwarmResult(tuple(results), table, out, options)
@@ -657,7 +676,11 @@ def render_tables(results: Sequence[ScenarioResult], options: SwarmOptions) -> s
             f"seed box at {options.seed_rate}B/s",
             "dead-mirror": f"Dead mirror: {k} users, no mirror; the seed box stops once the first user is done",
         }[result.name]
-        lines += [f"**{title}** (package set {_mb(result.package_bytes)} MB, users {options.interval_s:g} s apart)", ""]
+        conf = f"; users' aria2.conf adds {', '.join(options.user_conf)}" if options.user_conf else ""
+        lines += [
+            f"**{title}** (package set {_mb(result.package_bytes)} MB, users {options.interval_s:g} s apart{conf})",
+            "",
+        ]
         lines += [
             "| user | arrived (s) | packages at (s) | took (s) | received (MB) | from mirror (MB) | "
             "from peers: seed box + users (MB) | status |",

@@ -73,3 +73,45 @@ def test_bench_quick_smoke(tmp_path: Path) -> None:
     corpus = Path(doc["corpus"]["path"])
     assert (corpus / "complete.json").is_file() and not (corpus / "dirty.json").exists()
     assert "| target (issue 3) |" in done.stdout and doc["table"] in done.stdout
+
+
+def test_bench_swarm_smoke(tmp_path: Path) -> None:
+    """`invoke bench --swarm-only` on a tiny package set: both scenarios run, every user completes, the bytes add up."""
+    if not distribution_path(ROOT).is_file():
+        pytest.skip(f"{distribution_path(ROOT)} is missing (the benchmark needs ../shared beside the repository)")
+    out = tmp_path / "swarm.json"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MIRRORSEED_")}
+    env.pop("GNUPGHOME", None)
+    env["MIRRORSEED_BENCH_CACHE"] = str(tmp_path / "cache")
+    done = subprocess.run(
+        [sys.executable, "-m", "invoke", "--search-root", str(ROOT), "bench", "--swarm-only"]
+        + ["--swarm-users", "2", "--swarm-packages", "3", "--swarm-mb", "3", "--swarm-interval", "1"]
+        + ["--swarm-out", str(out)],
+        cwd=tmp_path, env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:] + done.stdout[-3000:]
+    doc = json.loads(out.read_text())
+    assert doc["options"]["users"] == 2 and doc["options"]["packages"] == 3
+    package_bytes = doc["options"]["package_bytes"]
+    assert 2_900_000 <= package_bytes <= 3_100_000
+    scenarios = {s["name"]: s for s in doc["scenarios"]}
+    assert set(scenarios) == {"offload", "dead-mirror"}
+    for scenario in scenarios.values():
+        users = scenario["users"]
+        assert [u["user"] for u in users] == [1, 2] and len({u["address"] for u in users}) == 2
+        for user in users:
+            assert user["status"] == "seeding" and user["done_s"] is not None, user
+            assert user["received_bytes"] >= package_bytes  # the set, plus the recipe's Metalink copy of one
+            assert user["mirror_bytes"] <= user["received_bytes"]
+        received = sum(u["received_bytes"] for u in users)
+        assert scenario["received_bytes"] == received
+        # every received byte came from the mirror, the seed box or another user (users' share is the rest)
+        assert scenario["users_bytes"] == max(0, received - scenario["mirror_bytes"] - scenario["seed_box_bytes"])
+        assert scenario["operator_copies"] == pytest.approx(
+            (scenario["mirror_bytes"] + scenario["seed_box_bytes"]) / package_bytes, abs=0.001
+        )
+    assert scenarios["offload"]["mirror_bytes"] > 0 and scenarios["offload"]["seed_box_stopped_s"] is None
+    dead = scenarios["dead-mirror"]
+    assert dead["mirror_bytes"] == 0 and dead["seed_box_stopped_s"] is not None
+    assert "operator egress (mirror + seed box)" in done.stdout and "Dead mirror: 2 users" in done.stdout
+    assert "PASS" in done.stdout.split("Dead mirror")[1]  # every user completed
