@@ -83,11 +83,12 @@ def test_bench_swarm_smoke(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("MIRRORSEED_")}
     env.pop("GNUPGHOME", None)
     env["MIRRORSEED_BENCH_CACHE"] = str(tmp_path / "cache")
+    # cwd: the seed box runs `find` as nobody in the caller's working directory, which must be readable by nobody
     done = subprocess.run(
         [sys.executable, "-m", "invoke", "--search-root", str(ROOT), "bench", "--swarm-only"]
         + ["--swarm-users", "2", "--swarm-packages", "3", "--swarm-mb", "3", "--swarm-interval", "1"]
         + ["--swarm-out", str(out)],
-        cwd=tmp_path, env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=300, check=False,
+        cwd=ROOT, env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=300, check=False,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:] + done.stdout[-3000:]
     doc = json.loads(out.read_text())
