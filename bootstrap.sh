@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$(readlink -f "$0")")"
 export DEBIAN_FRONTEND=noninteractive
-SYSTEM_PACKAGES=(aria2 gnupg dpkg-dev apt-utils zstd fakeroot python3 python3-venv python3-pip jq ca-certificates makepkg pacman-package-manager libarchive-tools chromium fonts-dejavu-core shellcheck mktorrent opentracker systemd)
+SYSTEM_PACKAGES=(aria2 gnupg dpkg-dev apt-utils zstd fakeroot python3 python3-venv python3-pip jq ca-certificates makepkg pacman-package-manager libarchive-tools chromium fonts-dejavu-core iproute2 shellcheck mktorrent opentracker systemd)
 missing=()
 for pkg in "${SYSTEM_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")

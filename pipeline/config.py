@@ -19,6 +19,8 @@ log = logging.getLogger(__name__)
 
 ENV_PREFIX = "MIRRORSEED_"
 _DURATION = re.compile(r"^\s*(\d+)\s*([smhdw])\s*$")
+# A DHT node: a host name or IPv4 address, or an IPv6 address in brackets, then a port.
+_DHT_NODE = re.compile(r"(?:[A-Za-z0-9](?:[A-Za-z0-9.-]{0,251}[A-Za-z0-9])?|\[[0-9A-Fa-f:.]+\]):[0-9]{1,5}")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
 
@@ -65,6 +67,12 @@ class Settings:
     repo: str = _setting("mirror", "repository name used in the pointer and index")
     webseeds: tuple[str, ...] = _setting((), "base URL of an HTTP mirror of the snapshot (repeatable)", flag="webseed")
     trackers: tuple[str, ...] = _setting((), "tracker announce URL (repeatable)", flag="tracker")
+    dht_nodes: tuple[str, ...] = _setting(
+        (),
+        "DHT bootstrap node HOST:PORT: in every announced torrent (BEP 5 nodes), the recipes' --dht-entry-point "
+        "(repeatable)",
+        flag="dht-node",
+    )
     never_announce: tuple[str, ...] = _setting(
         (),
         "repo paths or globs of packages never announced: no tracker, the BEP 27 private flag, webseeds only",
@@ -155,6 +163,11 @@ class Settings:
         known = {m.url.rstrip("/") for m in self.mirrors}
         extra = tuple(MirrorConfig(url=u) for u in dict.fromkeys(self.webseeds) if u.rstrip("/") not in known)
         return self.mirrors + extra
+
+    @property
+    def dht_node_pairs(self) -> tuple[tuple[str, int], ...]:
+        """`dht_nodes` as (host, port) pairs, de-duplicated in order (checked by load_settings)."""
+        return tuple(split_node(node) for node in dict.fromkeys(self.dht_nodes))
 
     @property
     def state_path(self) -> Path:
@@ -382,6 +395,9 @@ def _validate(settings: Settings) -> None:
     for url in settings.trackers:
         if not re.match(r"^(https?|udp)://[^/\s]+", url):
             raise ConfigError(f"{url!r}: a tracker URL must start with http://, https:// or udp://")
+    for node in settings.dht_nodes:
+        if _DHT_NODE.fullmatch(node) is None or not 1 <= split_node(node)[1] <= 65535:
+            raise ConfigError(f"dht_nodes: {node!r} is not HOST:PORT (a host name or IP address, a port 1-65535)")
     if settings.expires_after < timedelta(hours=1):
         raise ConfigError("expires_after: must be at least 1h")
     if settings.effective_resign_before >= settings.expires_after:
@@ -392,6 +408,12 @@ def _validate(settings: Settings) -> None:
         raise ConfigError(f"seed_upload_limit: {settings.seed_upload_limit!r} is not a rate like 0, 500K or 10M")
     if settings.retention < settings.expires_after:
         raise ConfigError("retention: must be at least expires_after (objects of a valid pointer are kept)")
+
+
+def split_node(node: str) -> tuple[str, int]:
+    """`HOST:PORT` or `[IPv6]:PORT` -> (host without brackets, port); ValueError when there is no port."""
+    host, _, port = node.rpartition(":")
+    return host.strip("[]"), int(port)
 
 
 def s3_config(settings: Settings) -> S3Config:

@@ -42,6 +42,9 @@ _TEXT_STEP = 16 * 1024  # decompressed bytes decoded to text at a time by iter_i
 _MAX_VALUE_CHARS = 4 * 1024 * 1024  # iter_index: longest single JSON value (a package, a header field)
 _WHITESPACE_RE = re.compile(r"[ \t\n\r]*")
 _HEADER_KEYS = frozenset({"format", "repo", "sequence", "generated", "webseeds", "trackers"})
+# Header keys written only when not empty (an index without them reads as empty lists): the DHT
+# bootstrap nodes its torrents carry ("host:port", in order).
+_OPTIONAL_HEADER_KEYS = frozenset({"dht_nodes"})
 _SHA256_RE = re.compile(r"[0-9a-f]{64}")
 _INFOHASH_RE = re.compile(r"[0-9a-f]{40}")
 _RFC3339_RE = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z")
@@ -69,6 +72,7 @@ def index_document(
     webseeds: Sequence[str],
     trackers: Sequence[str],
     packages: Sequence[PackageRecord],
+    dht_nodes: Sequence[str] = (),
 ) -> dict[str, Any]:
     """The index document (DESIGN 5), packages sorted by path; a duplicate path is a SnapshotError."""
     check_sequence(sequence)
@@ -84,7 +88,7 @@ def index_document(
         "webseeds": list(dict.fromkeys(webseeds)),  # de-duplicated, first occurrence kept
         "trackers": list(dict.fromkeys(trackers)),
         "packages": [record.to_json() for record in ordered],
-    }
+    } | ({"dht_nodes": list(dict.fromkeys(dht_nodes))} if dht_nodes else {})
 
 
 @dataclass(frozen=True)
@@ -116,6 +120,7 @@ def encode_index_stream(
     webseeds: Sequence[str],
     trackers: Sequence[str],
     records: Sequence[PackageRecord] | Callable[[], Iterable[PackageRecord]],
+    dht_nodes: Sequence[str] = (),
 ) -> EncodedIndex:
     """`encode_index(index_document(...))`, byte for byte, without holding the JSON or every package dict.
 
@@ -132,7 +137,8 @@ def encode_index_stream(
         fresh = lambda: records  # noqa: E731 - the same Sequence, read twice
     else:
         raise TypeError("records: pass a Sequence or a callable returning a fresh iterable (read twice)")
-    head = f'{{"format":{_canonical(INDEX_FORMAT)},"generated":{_canonical(rfc3339(generated))},"packages":['
+    nodes = f'"dht_nodes":{_canonical(list(dict.fromkeys(dht_nodes)))},' if dht_nodes else ""
+    head = f'{{{nodes}"format":{_canonical(INDEX_FORMAT)},"generated":{_canonical(rfc3339(generated))},"packages":['
     tail = (
         f'],"repo":{_canonical(repo)},"sequence":{_canonical(sequence)},'
         f'"trackers":{_canonical(list(dict.fromkeys(trackers)))},'
@@ -308,8 +314,9 @@ class IndexReader:
 
     @property
     def header(self) -> dict[str, Any]:
-        """The other top-level fields, checked: format, repo, generated (str), sequence (int), webseeds and
-        trackers (lists of str). A fresh dict; RuntimeError until `packages()` was iterated to its end."""
+        """The other top-level fields, checked: format, repo, generated (str), sequence (int), webseeds,
+        trackers and, when present, dht_nodes (lists of str). A fresh dict; RuntimeError until
+        `packages()` was iterated to its end."""
         if self._header is None:
             raise RuntimeError("index: the header is known only once packages() has been iterated to its end")
         return {key: list(value) if isinstance(value, list) else value for key, value in self._header.items()}
@@ -328,7 +335,7 @@ class IndexReader:
                 key = self._value()
                 if key in fields:
                     raise StorageError(f"index: the key {key!r} appears twice")
-                if key != "packages" and key not in _HEADER_KEYS:
+                if key != "packages" and key not in _HEADER_KEYS | _OPTIONAL_HEADER_KEYS:
                     raise StorageError(f"index: unexpected key {key!r}")
                 if self._peek() != ":":
                     raise self._unexpected("':'")
@@ -472,12 +479,12 @@ def _index_header(fields: dict[str, Any]) -> dict[str, Any]:
     problems = [*_want_str(fields, "repo", "generated"), *_want_int(fields, "sequence")]
     problems += [
         f"{key} is not a list of strings"
-        for key in ("webseeds", "trackers")
+        for key in ("webseeds", "trackers", *(_OPTIONAL_HEADER_KEYS & fields.keys()))
         if not isinstance(fields[key], list) or not all(isinstance(item, str) for item in fields[key])
     ]
     if problems:
         raise StorageError(f"index: {'; '.join(problems)}")
-    return {key: fields[key] for key in sorted(_HEADER_KEYS)}
+    return {key: fields[key] for key in sorted((_HEADER_KEYS | _OPTIONAL_HEADER_KEYS) & fields.keys())}
 
 
 def check_sequence(sequence: int) -> None:

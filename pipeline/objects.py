@@ -26,6 +26,10 @@ OLD_MANIFEST_KEYS = (PRIVATE_PREFIX + "manifest.json",)  # written by earlier ve
 COMPLETE_KEY = PRIVATE_PREFIX + "complete"  # the SHA-256 of the latest.asc whose publication is complete
 # Key prefixes this tool owns in the destination; retention never deletes anything else.
 OWNED_PREFIXES = ("torrents/", "metalinks/", "index/", "browse/", "mirrors/")
+# Listings: rewritten in place by every publication and reached by no pointer, so one the current
+# publication no longer has (a dropped mirror's country list, a vanished directory's browse page) is
+# deleted with that publication instead of being served, unlinked, for the retention period.
+LISTING_PREFIXES = ("browse/", "mirrors/")
 
 _SHA256_RE = re.compile(r"[0-9a-f]{64}")
 

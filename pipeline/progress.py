@@ -2,21 +2,38 @@
 
 from __future__ import annotations
 
+from rich import filesize
 from rich.console import Console
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
+    ProgressColumn,
+    Task,
     TaskID,
     TextColumn,
     TimeElapsedColumn,
     TimeRemainingColumn,
-    TransferSpeedColumn,
 )
 from rich.progress import Progress as RichBar
+from rich.text import Text
+
+
+class ByteRateColumn(ProgressColumn):
+    """Bytes per second from the bytes the stage reported (`advance(nbytes=…)`), not from the item count
+    the bar counts (rich's TransferSpeedColumn would show 5 files a second as "5 B/s"); blank when a
+    stage reports no bytes."""
+
+    def render(self, task: Task) -> Text:
+        nbytes = int(task.fields.get("bytes", 0))
+        elapsed = task.finished_time if task.finished else task.elapsed
+        if not nbytes or not elapsed:
+            return Text("")
+        return Text(f"{filesize.decimal(int(nbytes / elapsed))}/s", style="progress.data.speed")
 
 
 class StderrProgress:
-    """Bar per stage: count, bytes/s and ETA. Stays quiet when stderr is not a terminal unless forced."""
+    """Bar per stage: count, bytes/s (of the bytes reported) and ETA. Stays quiet when stderr is not a
+    terminal unless forced."""
 
     def __init__(self, *, console: Console | None = None) -> None:
         self.console = console or Console(stderr=True)
@@ -31,7 +48,7 @@ class StderrProgress:
             BarColumn(),
             MofNCompleteColumn(),
             TextColumn(unit),
-            TransferSpeedColumn(),
+            ByteRateColumn(),
             TimeElapsedColumn(),
             TimeRemainingColumn(),
             console=self.console,
@@ -39,13 +56,13 @@ class StderrProgress:
             disable=not self.console.is_terminal,
         )
         self._bar.start()
-        self._task = self._bar.add_task(stage, total=total)
+        self._task = self._bar.add_task(stage, total=total, bytes=0)
         self._bytes = 0
 
     def advance(self, count: int = 1, nbytes: int = 0) -> None:
         if self._bar is not None and self._task is not None:
             self._bytes += nbytes
-            self._bar.advance(self._task, count)
+            self._bar.update(self._task, advance=count, bytes=self._bytes)
 
     def finish(self) -> None:
         if self._bar is not None:

@@ -27,7 +27,14 @@ import zstandard
 from pipeline.errors import StorageError
 from pipeline.jsondoc import loads_strict
 from pipeline.model import Artifact, NullProgress, Progress
-from pipeline.objects import COMPLETE_KEY, MANIFEST_KEY, NO_CACHE, OLD_MANIFEST_KEYS, OWNED_PREFIXES
+from pipeline.objects import (
+    COMPLETE_KEY,
+    LISTING_PREFIXES,
+    MANIFEST_KEY,
+    NO_CACHE,
+    OLD_MANIFEST_KEYS,
+    OWNED_PREFIXES,
+)
 from pipeline.spool import Spool, SpooledArtifact
 from pipeline.storage import ObjectInfo, Storage
 
@@ -183,10 +190,14 @@ def _expired(
     referenced: frozenset[str],
     cutoff: float,
 ) -> list[str]:
-    """Owned keys no publication has reached since `cutoff` (unknown keys: by their modification time)."""
+    """Owned keys no publication has reached since `cutoff` (unknown keys: by their modification time), and
+    listings this publication does not have, at once."""
     doomed: list[str] = []
     for key, info in listing.items():
         if key in referenced or not key.startswith(OWNED_PREFIXES):
+            continue
+        if key.startswith(LISTING_PREFIXES):
+            doomed.append(key)
             continue
         entry = manifest.get(key)
         last = entry.referenced if entry is not None else info.modified

@@ -64,6 +64,16 @@ ARIA2_FLAGS = (
     "--max-tries=3",
     "--lowest-speed-limit=1K",
 )
+
+
+def aria2_flags(dht_nodes: Sequence[str]) -> tuple[str, ...]:
+    """The recipes' aria2c options: ARIA2_FLAGS, plus DHT from the first configured IPv4/name node
+    (aria2 takes one entry point; the torrents carry every node in `nodes`). LPD is the recipes' own
+    switch (MIRRORSEED_LPD in fetch.sh.j2), so a user can turn it off without editing the script."""
+    entry = next((node for node in dht_nodes if not node.startswith("[")), None)
+    return ARIA2_FLAGS if entry is None else (*ARIA2_FLAGS, "--enable-dht=true", f"--dht-entry-point={entry}")
+
+
 # The recipes' bounds (templates/fetch.sh.j2). A clearsigned pointer is about 2 KiB and an exported
 # key a few KiB: 64 KiB and 256 KiB leave room for large keys and signatures while an endless body
 # stops at once. Each aria2c run gets FETCH_TIMEOUT seconds plus one per MIN_RATE bytes of its size
@@ -136,6 +146,7 @@ class ListingInput:
     mirrors: tuple[MirrorStatus, ...] = ()  # this run's probe results; none: no mirror listings
     # Per file, the mirrors verified to hold it (the torrent's url-list); None: every webseed for every file.
     webseeds_for: Callable[[str], Sequence[str]] | None = field(default=None, compare=False)
+    dht_nodes: tuple[str, ...] = ()  # DHT bootstrap nodes HOST:PORT (the recipes' --dht-entry-point)
     suites: tuple[str, ...] = ()  # Debian suites / Arch repositories of the snapshot
     components: tuple[str, ...] = ()  # Debian components (sources.list lines; `main` when empty)
     architectures: tuple[str, ...] = ()
@@ -550,7 +561,7 @@ def _recipe(
         "pointer_repo": listing.pointer.repo,
         "public_url": public_url,
         "fingerprint": checked.fingerprint,
-        "flags": ARIA2_FLAGS,
+        "flags": aria2_flags(listing.dht_nodes),
         "packages_dir": PACKAGES_DIR,
         "metalink_dir": METALINK_DIR,
         "snapshot_format": listing.snapshot_format,
@@ -571,7 +582,7 @@ def _update_recipe(env: jinja2.Environment, listing: ListingInput, checked: _Che
     context = {
         **_FETCH_CONTEXT,
         "public_url": checked.public_url,
-        "flags": ARIA2_FLAGS,
+        "flags": aria2_flags(listing.dht_nodes),
         "packages_dir": PACKAGES_DIR,
         "want": example.name,
         "mirror": signature_mirror(checked),
@@ -825,7 +836,7 @@ def iter_pages(listing: ListingInput, unchanged: Callable[[str, str], bool] | No
         "recipe": _recipe(env, listing, example, checked),
         "update_recipe": _update_recipe(env, listing, checked),
         "example": example,
-        "flags": " ".join(ARIA2_FLAGS),
+        "flags": " ".join(aria2_flags(listing.dht_nodes)),
         "index_signature": listing.pointer.index.path + ".sig",
         "mirrors": [MirrorLink(label=base, url=base + "/") for base in checked.webseeds],
         "mirror_count": len(checked.mirrors),

@@ -110,6 +110,7 @@ class CurrentPublication:
     fingerprints: Mapping[str, int]
     webseeds: tuple[str, ...]
     trackers: tuple[str, ...]
+    dht_nodes: tuple[str, ...]
 
 
 class StageClock:
@@ -176,6 +177,7 @@ def read_index(storage: Storage, current: CurrentPointer) -> CurrentPublication:
         fingerprints=fingerprints,
         webseeds=tuple(index.header["webseeds"]),
         trackers=tuple(index.header["trackers"]),
+        dht_nodes=tuple(index.header.get("dht_nodes", ())),
     )
 
 
@@ -309,6 +311,7 @@ def build_index_objects(
         webseeds=[m.url for m in settings.all_mirrors],
         trackers=settings.trackers,
         records=records,
+        dht_nodes=settings.dht_nodes,
     )
     zst_key = index_key(sequence, encoded.sha256)
     signature = existing_signature(zst_key, encoded.data) or signer.sign_detached(encoded.data)
@@ -323,6 +326,7 @@ def build_index_objects(
         pieces=hash_pieces_of_bytes([encoded.data, signature], piece_size),
         webseeds=[join_url(public_url, "index") + "/"],
         trackers=settings.trackers,
+        nodes=settings.dht_node_pairs,
     )
     pointer = Pointer(
         repo=settings.repo,
@@ -497,7 +501,8 @@ def _begin(settings: Settings, now: Callable[[], datetime]) -> _Run:
     expires = started + settings.expires_after
     public_url = settings.public_url.rstrip("/")
     spec = BuildSpec(webseeds=tuple(m.url for m in settings.all_mirrors), trackers=settings.trackers,
-                     public_url=public_url, never_announce=settings.never_announce)  # fmt: skip
+                     public_url=public_url, nodes=settings.dht_node_pairs,
+                     never_announce=settings.never_announce)  # fmt: skip
     with clock.stage("start-up"):
         storage = open_storage(settings.dest, s3_config(settings))
         probe = getattr(storage, "probe_conditional_writes", None)
@@ -582,7 +587,13 @@ def _same_content(current: CurrentPublication, fingerprints: Mapping[str, int], 
         fingerprints=fingerprints,
         webseeds=[m.url for m in settings.all_mirrors],
         trackers=settings.trackers,
-    )
+    ) and not _nodes_changed(current, settings)
+
+
+def _nodes_changed(current: CurrentPublication, settings: Settings) -> bool:
+    """Whether the DHT nodes differ from those of the current index: every announced torrent carries them, no
+    record does (a tracker change shows in every record's magnet), so a change rebuilds every torrent."""
+    return list(current.dht_nodes) != list(dict.fromkeys(settings.dht_nodes))
 
 
 def _build_content(
@@ -602,6 +613,8 @@ def _build_content(
     destination lost, and, when a mirror's status changed, every metalink again."""
     if facts.unchanged:
         to_build: list[PackageRecord] = []
+    elif current is not None and _nodes_changed(current, settings):
+        to_build = list(records)
     else:
         published = current.fingerprints if current else {}
         to_build = [r for r in records if published.get(r.path) != fingerprints[r.path]]
@@ -712,6 +725,7 @@ def _render(
         webseeds_for=mirrors.webseeds_for if settings.all_mirrors else None,
         templates_dir=settings.templates_dir,
         mirrors=mirrors.statuses,
+        dht_nodes=tuple(dict.fromkeys(settings.dht_nodes)),
         suites=snapshot.suites,
         components=snapshot.components,
         architectures=snapshot.architectures,
@@ -815,6 +829,7 @@ def publication_inputs(settings: Settings, public_url: str, digests: Digests, mi
             [(m.url, m.webseed) for m in mirror_report.statuses],
             list(mirror_report.url_list),
         ]
+        + ([list(dict.fromkeys(settings.dht_nodes))] if settings.dht_nodes else [])  # no churn for no nodes
     )
     holders = mirror_report.holders
     lines = [head]

@@ -258,8 +258,11 @@ def _announced(meta: dict[bytes, object]) -> list[str | None]:
     return urls
 
 
-def _common_torrent_problems(torrent: _Torrent, trackers: Sequence[str] | None) -> list[str]:
-    """`created by`, no `creation date`, announce URLs among `trackers` (None: not checked), pieces shape."""
+def _common_torrent_problems(
+    torrent: _Torrent, trackers: Sequence[str] | None, nodes: Sequence[str] | None = None
+) -> list[str]:
+    """`created by`, no `creation date`, announce URLs among `trackers` and DHT nodes among `nodes` (the
+    index's; None: not checked), pieces shape."""
     problems = []
     created_by = torrent.meta.get(b"created by")
     if created_by != CREATED_BY.encode():
@@ -269,6 +272,9 @@ def _common_torrent_problems(torrent: _Torrent, trackers: Sequence[str] | None) 
     foreign = [u for u in _announced(torrent.meta) if trackers is not None and u not in trackers]
     if foreign:
         problems.append(f"announces {_shown(foreign[0])}, which is not one of the index's trackers")
+    stray = [node for node in _nodes(torrent.meta) if nodes is not None and node not in nodes]
+    if stray:
+        problems.append(f"names the DHT node {stray[0]!r}, which is not one of the index's dht_nodes")
     piece_length = _int(torrent.info.get(b"piece length"))
     pieces = torrent.info.get(b"pieces")
     if piece_length is None or piece_length <= 0:
@@ -276,6 +282,22 @@ def _common_torrent_problems(torrent: _Torrent, trackers: Sequence[str] | None) 
     if not isinstance(pieces, bytes) or len(pieces) % _DIGEST:
         problems.append("'pieces' is not a string of 20-byte SHA-1 digests")
     return problems
+
+
+def _nodes(meta: dict[bytes, object]) -> list[str]:
+    """The torrent's BEP 5 `nodes` as HOST:PORT ([IPv6]:PORT); an entry of another shape as its repr."""
+    found = meta.get(b"nodes")
+    entries = found if isinstance(found, list) else [] if found is None else [found]
+    shown = []
+    for entry in entries:
+        pair = entry if isinstance(entry, list) and len(entry) == 2 else None
+        host = _text(pair[0]) if pair is not None and isinstance(pair[0], bytes) else None
+        port = _int(pair[1]) if pair is not None and host is not None else None
+        if host is None or port is None:
+            shown.append(repr(entry))
+        else:
+            shown.append(f"[{host}]:{port}" if ":" in host else f"{host}:{port}")
+    return shown
 
 
 def _shown(value: object) -> str:
@@ -402,6 +424,7 @@ class _Index:
     records: tuple[PackageRecord, ...]
     webseeds: tuple[str, ...]
     trackers: tuple[str, ...]
+    dht_nodes: tuple[str, ...] = ()
 
 
 class _Audit:
@@ -568,14 +591,16 @@ class _Audit:
                 self.problems.append(f"{url}: {err}")
             else:
                 index = self.index_records(url, doc, pointer)
-        self.check_index_torrent(pointer, data, signature, index.trackers if index is not None else None)
+        self.check_index_torrent(pointer, data, signature, index)
         if index is None:
             self.problems.append(f"{url}: not usable, so no package was checked")
         return index
 
     def check_index_torrent(
-        self, pointer: Pointer, data: bytes | None, signature: bytes | None, trackers: Sequence[str] | None
+        self, pointer: Pointer, data: bytes | None, signature: bytes | None, index: _Index | None
     ) -> None:
+        """The index torrent against the signed pointer, and its trackers and nodes against the index (when
+        the index could be read)."""
         url = self.url(pointer.index_torrent)
         try:
             raw = self.http.request(url, limit=MAX_DOCUMENT_BYTES).body
@@ -589,7 +614,9 @@ class _Audit:
         if torrent.infohash != pointer.infohash:
             self.problems.append(f"{url}: infohash {torrent.infohash}, the signed pointer says {pointer.infohash}")
             return
-        problems = _common_torrent_problems(torrent, trackers)
+        problems = _common_torrent_problems(
+            torrent, None if index is None else index.trackers, None if index is None else index.dht_nodes
+        )
         name = pointer.index.path.split("/")[1]
         if _text(torrent.info.get(b"name")) != name:
             problems.append(f"name is {_shown(torrent.info.get(b'name'))}, expected {name!r}")
@@ -645,7 +672,8 @@ class _Audit:
         if doc.get("sequence") != pointer.sequence:
             problems.append(f"sequence is {doc.get('sequence')!r}, the signed pointer says {pointer.sequence}")
         webseeds, trackers, packages = doc.get("webseeds"), doc.get("trackers"), doc.get("packages")
-        for key, value in (("webseeds", webseeds), ("trackers", trackers)):
+        nodes = doc.get("dht_nodes", [])
+        for key, value in (("webseeds", webseeds), ("trackers", trackers), ("dht_nodes", nodes)):
             if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
                 problems.append(f"'{key}' is not a list of strings")
         if isinstance(webseeds, list):
@@ -669,7 +697,7 @@ class _Audit:
             previous = record.path
             records.append(record)
         self.problems.extend(f"{url}: {p}" for p in problems)
-        return _Index(tuple(records), tuple(webseeds or ()), tuple(trackers or ()))
+        return _Index(tuple(records), tuple(webseeds or ()), tuple(trackers or ()), tuple(nodes or ()))
 
     def check_signing_key(self) -> None:
         url = self.url(SIGNING_KEY_GPG)
@@ -945,7 +973,7 @@ def _package_torrent_problems(
             f"infohash {torrent.infohash}, the index says {record.infohash} for {record.path} "
             "(a torrent of another file or an older version?)"
         ], None
-    problems = _common_torrent_problems(torrent, index.trackers)
+    problems = _common_torrent_problems(torrent, index.trackers, index.dht_nodes)
     if torrent.info.get(b"private") == 1 and (_announced(torrent.meta) or b"nodes" in torrent.meta):
         problems.append("private (never announced), yet it names a tracker or DHT nodes")
     name = record.path.rpartition("/")[2]

@@ -16,4 +16,7 @@ def isolated_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest
     monkeypatch.setenv("XDG_CACHE_HOME", str(cache))
     for name in [n for n in os.environ if n.startswith("MIRRORSEED_")]:
         monkeypatch.delenv(name)
+    # The recipes multicast on the LAN (LPD) by default: no test may send traffic off loopback, so every
+    # recipe a test runs has it off, except the LPD test, which runs in network namespaces of its own.
+    monkeypatch.setenv("MIRRORSEED_LPD", "false")
     yield cache

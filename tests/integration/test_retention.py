@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.config import Settings
+from pipeline.config import MirrorConfig, Settings
 from pipeline.run import release
+from pipeline.serve import serve_directory
 from tests.integration.conftest import SigningKey
 
 pytestmark = pytest.mark.integration
@@ -35,9 +36,9 @@ def test_unreferenced_objects_are_kept_for_the_retention_window_then_deleted(
 
     (snap / "c" / "c.bin").unlink()
     second = release(settings, now=lambda: T0 + timedelta(days=1))
-    assert second.removed == ("c/c.bin",) and second.deleted_keys == ()
-    assert (dest / "torrents/c/c.bin.torrent").is_file()  # the first index (1 day old) still names it
-    assert (dest / "browse/c/index.html").is_file()
+    # a listing no pointer reaches goes at once; the first index (1 day old) still names the torrent
+    assert second.removed == ("c/c.bin",) and second.deleted_keys == ("browse/c/index.html",)
+    assert (dest / "torrents/c/c.bin.torrent").is_file() and not (dest / "browse/c/index.html").exists()
 
     (snap / "d.bin").write_bytes(b"d" * 5000)
     plan = release(replace(settings, dry_run=True), now=lambda: T0 + timedelta(days=16))
@@ -47,10 +48,29 @@ def test_unreferenced_objects_are_kept_for_the_retention_window_then_deleted(
     third = release(settings, now=lambda: T0 + timedelta(days=16))
     assert third.sequence == 3
     deleted = set(third.deleted_keys)
-    assert {"torrents/c/c.bin.torrent", "metalinks/c/c.bin.meta4", "browse/c/index.html"} <= deleted
+    assert {"torrents/c/c.bin.torrent", "metalinks/c/c.bin.meta4"} <= deleted
     assert str(first_index.relative_to(dest)) in deleted  # index 1 was last current 15 days ago
     assert not (dest / "torrents/c/c.bin.torrent").exists() and not first_index.exists()
     # everything the current publication reaches is still there
     for key in ("torrents/a/a.bin.torrent", "torrents/b/b.bin.torrent", "torrents/d.bin.torrent", "latest.asc"):
         assert (dest / key).is_file(), key
     assert not any(k.startswith(("torrents/a/", "torrents/b/", "torrents/d")) for k in deleted)
+
+
+def test_the_lists_of_a_dropped_mirror_go_with_the_next_publication(signing_key: SigningKey, tmp_path: Path) -> None:
+    snap, dest = tmp_path / "snap", tmp_path / "dest"
+    snap.mkdir()
+    (snap / "a.bin").write_bytes(b"a" * 30_000)
+    with serve_directory(snap) as german, serve_directory(snap) as french:
+        both = (MirrorConfig(url=german.url, country="DE"), MirrorConfig(url=french.url, country="FR"))
+        settings = Settings(
+            snapshot=snap, format="flat", dest=str(dest), public_url="http://127.0.0.1:9/pub", repo="ret",
+            key=signing_key.fingerprint, gnupghome=signing_key.gnupghome, state=tmp_path / "state.sqlite",
+            mirrors=both,
+        )  # fmt: skip
+        assert release(settings, now=lambda: T0).action == "publish"
+        assert (dest / "mirrors/country/FR.txt").read_text().strip() == french.url.rstrip("/")
+        dropped = release(replace(settings, mirrors=both[:1]), now=lambda: T0 + timedelta(hours=1))
+    assert dropped.action == "publish"
+    assert "mirrors/country/FR.txt" in dropped.deleted_keys and not (dest / "mirrors/country/FR.txt").exists()
+    assert (dest / "mirrors/country/DE.txt").is_file() and french.url not in (dest / "mirrors/all.txt").read_text()

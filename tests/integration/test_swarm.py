@@ -103,6 +103,41 @@ def test_a_never_announced_package_is_private_webseed_only_and_not_whitelisted(
         assert (user / "file-01.bin").read_bytes() == (snap / "dir1/file-01.bin").read_bytes()
 
 
+def test_dht_nodes_go_into_announced_torrents_and_the_index_and_a_change_republishes(
+    signing_key: SigningKey, tmp_path: Path
+) -> None:
+    snap, dest = tmp_path / "snap", tmp_path / "dest"
+    make_flat(snap, 3)  # dir0/file-00, dir1/file-01, dir2/file-02
+    nodes = ("router.example.org:6881", "[2001:db8::1]:6881")
+    with serve_directory(snap) as mirror:
+        settings = Settings(
+            snapshot=snap, format="flat", dest=str(dest), public_url="http://127.0.0.1:9/pub", repo="swarm",
+            webseeds=(mirror.url,), key=signing_key.fingerprint, gnupghome=signing_key.gnupghome,
+            state=tmp_path / "state.sqlite", never_announce=("dir1/*",), dht_nodes=nodes,
+        )  # fmt: skip
+        first = release(settings)
+        assert first.action == "publish"
+        expected = [[b"router.example.org", 6881], [b"2001:db8::1", 6881]]
+        shared = bencode.decode_dict((dest / "torrents/dir0/file-00.bin.torrent").read_bytes()).value
+        secret = bencode.decode_dict((dest / "torrents/dir1/file-01.bin.torrent").read_bytes()).value
+        assert shared[b"nodes"] == expected and b"nodes" not in secret  # never announced: no nodes either
+        (index_torrent,) = list((dest / "index").rglob("*.torrent"))
+        assert bencode.decode_dict(index_torrent.read_bytes()).value[b"nodes"] == expected
+        (index_path,) = list((dest / "index").rglob("index.json.zst"))
+        assert json.loads(zstandard.ZstdDecompressor().decompress(index_path.read_bytes()))["dht_nodes"] == list(nodes)
+        recipe = (dest / "index.html").read_text()
+        assert "--dht-entry-point=router.example.org:6881" in recipe
+
+        assert release(settings).action == "noop"  # same nodes: nothing to publish
+        second = release(replace(settings, dht_nodes=nodes[:1]))
+        assert second.action == "publish" and second.sequence == first.sequence + 1
+        third = release(replace(settings, dht_nodes=()))  # back to none: the header key goes, torrents too
+        assert third.action == "publish"
+        shared = bencode.decode_dict((dest / "torrents/dir0/file-00.bin.torrent").read_bytes()).value
+        assert b"nodes" not in shared
+        assert release(replace(settings, dht_nodes=())).action == "noop"
+
+
 def test_release_feeds_a_real_tracker_and_a_peer_serves_with_every_mirror_dead(
     signing_key: SigningKey, tmp_path: Path
 ) -> None:

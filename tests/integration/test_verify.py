@@ -23,6 +23,7 @@ from typing import Any
 import pytest
 import zstandard
 
+from pipeline import bencode
 from pipeline.config import Settings
 from pipeline.errors import ConfigError
 from pipeline.index import decode_pointer, encode_pointer
@@ -38,6 +39,7 @@ from tests.integration.conftest import PACKAGES, SigningKey, run_cli
 from tests.mirror_servers import TricklingServer
 
 pytestmark = pytest.mark.integration
+NODES = ("router.example.org:6881", "[2001:db8::1]:6881")  # DHT nodes of the publication (never contacted)
 
 
 @dataclass(frozen=True)
@@ -86,6 +88,7 @@ def published(
             key=signing_key.fingerprint,
             gnupghome=signing_key.gnupghome,
             state=base / "state.sqlite",  # module scope: not the per-test XDG cache
+            dht_nodes=NODES,
         )
         assert release(settings).sequence == 1
         shutil.copytree(dest, base / "pristine")
@@ -151,6 +154,18 @@ def test_missing_torrent_is_named(pub: Published) -> None:
     report = verify_publication(pub.spec(state_file=pub.dest.parent / "missing.json"))
     assert report.problems == (f"{pub.url(torrent)}: HTTP 404 Not Found",)
     assert report.checked["torrents"] == len(PACKAGES)
+
+
+def test_a_dht_node_the_index_does_not_list_is_named(pub: Published) -> None:
+    victim = pub.torrent("hello_")
+    meta = bencode.decode_dict(victim.read_bytes()).value
+    assert meta[b"nodes"] == [[b"router.example.org", 6881], [b"2001:db8::1", 6881]]
+    meta[b"nodes"] = [[b"router.example.org", 6881], [b"203.0.113.9", 6881]]  # outside info: same infohash
+    victim.write_bytes(bencode.encode(meta))
+    report = verify_publication(pub.spec(state_file=pub.dest.parent / "nodes.json"))
+    assert report.problems == (
+        f"{pub.url(victim)}: names the DHT node '203.0.113.9:6881', which is not one of the index's dht_nodes",
+    )
 
 
 def test_swapped_torrent_has_the_wrong_infohash(pub: Published) -> None:

@@ -67,6 +67,18 @@ def test_bad_values_are_one_line_errors(name: str, raw: str, message: str) -> No
         load_settings(flags={name: raw}, environ={}, default_config=False)
 
 
+def test_dht_nodes_are_host_port_pairs() -> None:
+    nodes = "router.example.org:6881,192.0.2.7:51413,[2001:db8::1]:6881,router.example.org:6881"
+    settings = load_settings(flags={"dht_nodes": nodes}, environ={}, default_config=False)
+    assert settings.dht_node_pairs == (("router.example.org", 6881), ("192.0.2.7", 51413), ("2001:db8::1", 6881))
+
+
+@pytest.mark.parametrize("node", ["router.example.org", "host:0", "host:70000", "a b:1", ":6881", "-x.org:1", "h:p"])
+def test_bad_dht_nodes_are_refused_in_one_line(node: str) -> None:
+    with pytest.raises(ConfigError, match=r"dht_nodes: .* is not HOST:PORT"):
+        load_settings(flags={"dht_nodes": [node]}, environ={}, default_config=False)
+
+
 def test_verify_reads_the_same_settings_as_release(tmp_path: Path) -> None:
     (tmp_path / "mirror.toml").write_text(
         '[mirrorseed]\npublic_url = "https://seed.example.org/debian"\nallow_peer_only = true\n'

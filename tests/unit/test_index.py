@@ -265,6 +265,7 @@ SHAPES: dict[str, dict[str, Any]] = {
     "design": {"webseeds": ["https://a.example/", "https://b.example/", "https://a.example/"], "repo": "débian"},
     "3000": {"packages": synthetic(3000)},
     "6000-above-the-zstd-window": {"packages": synthetic(6000), "trackers": []},
+    "dht-nodes": {"dht_nodes": ["router.example.org:6881", "[2001:db8::1]:6881", "router.example.org:6881"]},
 }
 
 
@@ -360,7 +361,9 @@ def test_iter_index_round_trip_equals_decode_index(shape: dict[str, Any]) -> Non
     doc = decode_index(encoded.data, uncompressed_size=encoded.uncompressed_size)
     packages, header = read_all(encoded.data, encoded.uncompressed_size)
     assert {**header, "packages": packages} == doc
-    assert list(header) == ["format", "generated", "repo", "sequence", "trackers", "webseeds"]
+    nodes = ["dht_nodes"] if shape.get("dht_nodes") else []  # written only when there are nodes
+    assert list(header) == [*nodes, "format", "generated", "repo", "sequence", "trackers", "webseeds"]
+    assert header.get("dht_nodes", []) == list(dict.fromkeys(shape.get("dht_nodes", [])))
     assert [PackageRecord.from_json(p) for p in packages] == sorted(
         shape.get("packages", RECORDS), key=lambda r: r.path
     )
