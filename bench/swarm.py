@@ -578,20 +578,25 @@ def run_scenario(
             threads.append(timer)
             timer.start()
         announced: set[int] = set()
-        while any(t.is_alive() for t in threads) and time.monotonic() < deadline + STEP_GRACE_S:
+
+        def report_done() -> None:
             for user in users:
                 if user.completed and user.number not in announced:
                     announced.add(user.number)
                     announce(f"swarm/{name}: user {user.number} has its packages at {user.done_s:.1f} s")
+
+        while any(t.is_alive() for t in threads) and time.monotonic() < deadline + STEP_GRACE_S:
+            report_done()
             if dead_mirror and seed_box_stopped is None and any(u.completed for u in users):
+                seed_box_stopped = time.monotonic() - start  # when it was told to stop
                 seed_box_upload = _seed_box_upload(box, package_hashes)
                 box.stop()
-                seed_box_stopped = time.monotonic() - start
                 announce(f"swarm/{name}: seed box stopped at {seed_box_stopped:.1f} s (first user done)")
             time.sleep(0.2)
         for timer in threads:
             timer.cancel()
             timer.join(timeout=STEP_GRACE_S)
+        report_done()
         wall = time.monotonic() - start
         if seed_box_upload is None:
             seed_box_upload = _seed_box_upload(box, package_hashes)

@@ -23,24 +23,25 @@ ROOT = Path(__file__).resolve().parents[2]
 MIRRORSEED_ROWS = ("mirrorseed-full", "mirrorseed-noop", "mirrorseed-changed", "mirrorseed-noop-1")
 
 
-def test_bench_quick_smoke(tmp_path: Path) -> None:
+def run_bench(tmp_path: Path, *args: str, cwd: Path, timeout: float) -> subprocess.CompletedProcess[str]:
+    """`invoke bench ARGS` in a clean environment, its cache under tmp_path (skipped without ../shared)."""
     if not distribution_path(ROOT).is_file():
         pytest.skip(f"{distribution_path(ROOT)} is missing (the benchmark needs ../shared beside the repository)")
-    out = tmp_path / "results.json"
     env = {k: v for k, v in os.environ.items() if not k.startswith("MIRRORSEED_")}
     env.pop("GNUPGHOME", None)
     env["MIRRORSEED_BENCH_CACHE"] = str(tmp_path / "cache")
-    done = subprocess.run(
-        [sys.executable, "-m", "invoke", "--search-root", str(ROOT), "bench"]
-        + ["--files", "50", "--total-gb", "0.05", "--runs", "1", "--quick", "--out", str(out)],
-        cwd=tmp_path,
-        env=env,
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        timeout=180,
-        check=False,
-    )
+    return subprocess.run(
+        [sys.executable, "-m", "invoke", "--search-root", str(ROOT), "bench", *args],
+        cwd=cwd, env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=timeout, check=False,
+    )  # fmt: skip
+
+
+def test_bench_quick_smoke(tmp_path: Path) -> None:
+    out = tmp_path / "results.json"
+    done = run_bench(
+        tmp_path, "--files", "50", "--total-gb", "0.05", "--runs", "1", "--quick", "--out", str(out),
+        cwd=tmp_path, timeout=180,
+    )  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
     doc = json.loads(out.read_text())
     rows = {row["key"]: row for row in doc["rows"]}
@@ -77,18 +78,11 @@ def test_bench_quick_smoke(tmp_path: Path) -> None:
 
 def test_bench_swarm_smoke(tmp_path: Path) -> None:
     """`invoke bench --swarm-only` on a tiny package set: both scenarios run, every user completes, the bytes add up."""
-    if not distribution_path(ROOT).is_file():
-        pytest.skip(f"{distribution_path(ROOT)} is missing (the benchmark needs ../shared beside the repository)")
     out = tmp_path / "swarm.json"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MIRRORSEED_")}
-    env.pop("GNUPGHOME", None)
-    env["MIRRORSEED_BENCH_CACHE"] = str(tmp_path / "cache")
     # cwd: the seed box runs `find` as nobody in the caller's working directory, which must be readable by nobody
-    done = subprocess.run(
-        [sys.executable, "-m", "invoke", "--search-root", str(ROOT), "bench", "--swarm-only"]
-        + ["--swarm-users", "2", "--swarm-packages", "3", "--swarm-mb", "3", "--swarm-interval", "1"]
-        + ["--swarm-out", str(out)],
-        cwd=ROOT, env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=300, check=False,
+    done = run_bench(
+        tmp_path, "--swarm-only", "--swarm-users", "2", "--swarm-packages", "3", "--swarm-mb", "3",
+        "--swarm-interval", "1", "--swarm-out", str(out), cwd=ROOT, timeout=300,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:] + done.stdout[-3000:]
     doc = json.loads(out.read_text())
