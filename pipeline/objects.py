@@ -19,6 +19,11 @@ FRONT_KEY = "index.html"
 STYLE_KEY = "style.css"
 MIRRORS_KEY = "mirrors/index.html"
 MIRRORS_JSON_KEY = "mirrors/mirrors.json"
+# Give back (opt-in user seeding): the script a user runs in the recipe's folder, and a systemd user
+# unit and timer that run it daily. The unit and timer keys are also their file names on the user's machine.
+GIVE_BACK_KEY = "give-back.sh"
+GIVE_BACK_SERVICE_KEY = "mirrorseed-give-back.service"
+GIVE_BACK_TIMER_KEY = "mirrorseed-give-back.timer"
 # This tool's own bookkeeping in the destination: never listed, never served to users as content.
 PRIVATE_PREFIX = ".mirrorseed/"
 MANIFEST_KEY = PRIVATE_PREFIX + "manifest.jsonl.zst"
@@ -89,6 +94,9 @@ _BY_SUFFIX: tuple[tuple[str, str], ...] = (
     (".txt", "text/plain; charset=utf-8"),
     (".mirrorlist", "text/plain; charset=utf-8"),
     (".list", "text/plain; charset=utf-8"),  # mirrors/…/<CC>.sources.list
+    (".sh", "text/plain; charset=utf-8"),  # give-back.sh: shown in the browser, saved and run with bash
+    (".service", "text/plain; charset=utf-8"),  # systemd units, likewise
+    (".timer", "text/plain; charset=utf-8"),
     (".css", "text/css"),
     (".svg", "image/svg+xml"),
     (".deb", "application/vnd.debian.binary-package"),
