@@ -8,8 +8,9 @@ the publication site (an unthrottled `RangeServer` over the destination, standin
 K users (aria2, default 8) arrive `interval` seconds apart, each in its own HOME and on its own loopback address
 (127.0.1.N, so the servers count bytes per user), and does what the site tells users to do: the front page's
 recipe (key, signed pointer, index, one example package), the front page's update script with WANT naming the
-package set, then gives back (seeding opted in). Each user's `~/.aria2/aria2.conf` binds aria2 to the user's
-address and turns DHT and LPD off (and MIRRORSEED_LPD=false): no packet leaves the machine.
+package set, then gives back (seeding opted in: the site's `give-back.sh`, left running to the end). Each
+user's `~/.aria2/aria2.conf` binds aria2 to the user's address and turns DHT and LPD off (and
+MIRRORSEED_LPD=false): no packet leaves the machine.
 
 The package set: `packages` names and sizes drawn from `../shared/data` (real Debian bookworm sizes, scaled to
 `total_mb`), content deterministic (bench.harness's writer), laid out as an Arch repository (a repo db listing
@@ -48,7 +49,6 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
 from urllib.request import urlopen
 
 from bench.harness import (
@@ -64,6 +64,7 @@ from bench.harness import (
 )
 from pipeline.config import Settings
 from pipeline.errors import ConfigError, PipelineError
+from pipeline.objects import GIVE_BACK_KEY
 from pipeline.run import release
 from pipeline.seed import SeedBox
 from pipeline.serve import serve_directory
@@ -93,9 +94,9 @@ ARCH_REPO = "swarm"  # the Arch repository (and db) name in the snapshot
 ARCH_DIR = f"{ARCH_REPO}/os/x86_64"
 USER_NET = "127.0.1."  # user N (1-based) is 127.0.1.N: loopback, its own address for the servers' counters
 
-# The opted-in user's seeding bounds (the give-back script's environment): seed half an hour, no ratio stop,
-# no upload cap (LAN neighbours), every package of the set.
-GIVE_BACK_ENV = {"MIRRORSEED_SEED_RATIO": "0", "MIRRORSEED_SEED_MINUTES": "30", "MIRRORSEED_UPLOAD_LIMIT": "0"}
+# The opted-in user's seeding bounds (the site's give-back.sh reads them): seed half an hour with no ratio
+# stop, 100 MiB/s (no real cap between LAN neighbours), every package of the set.
+GIVE_BACK_ENV = {"MIRRORSEED_SEED_RATIO": "0", "MIRRORSEED_SEED_MINUTES": "30", "MIRRORSEED_UPLOAD_LIMIT": "100M"}
 
 STEP_GRACE_S = 5.0  # SIGTERM, then this long, then SIGKILL
 SEED_READY_TIMEOUT_S = 60.0
@@ -274,7 +275,7 @@ class UserRun:
     received: int = 0  # bytes of its package files
     from_mirror: int = 0
     from_site: int = 0
-    give_back: str = ""  # which give-back ran: the site's script or the stand-in
+    give_back: str = ""  # which give-back ran
     steps: dict[str, float] = field(default_factory=dict)  # seconds each step took
     processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
 
@@ -293,12 +294,12 @@ class SiteScripts:
 
     recipe: str
     update: str
-    give_back: str | None  # the site's give-back script once it publishes one
+    give_back: str  # give-back.sh, beside the front page
 
 
 def site_scripts(site_url: str, names: Sequence[str]) -> SiteScripts:
     """The front page's scripts (its `<pre class="recipe">` blocks): the recipe, the update script with WANT set to
-    `names` (the line a user edits), and a give-back script if the page has one."""
+    `names` (the line a user edits), and the give-back script the page links to (`give-back.sh`)."""
     with urlopen(site_url + "/", timeout=10) as response:  # noqa: S310 (our loopback server)
         page = response.read().decode("utf-8")
     scripts = [html.unescape(block) for block in _SCRIPT.findall(page)]
@@ -308,7 +309,8 @@ def site_scripts(site_url: str, names: Sequence[str]) -> SiteScripts:
             f"{site_url}/: no recipe and update script on the front page (an Arch publication has both)"
         )
     want = "WANT=(" + " ".join(shlex.quote(n) for n in names) + ")"
-    give_back = next((s for s in scripts if "MIRRORSEED_SEED_RATIO" in s), None)
+    with urlopen(f"{site_url}/{GIVE_BACK_KEY}", timeout=10) as response:  # noqa: S310
+        give_back = response.read().decode("utf-8")
     return SiteScripts(scripts[0], _WANT.sub(lambda _: want, update, count=1), give_back)
 
 
@@ -331,8 +333,7 @@ def prepare_user(user: UserRun, scripts: SiteScripts, extra_conf: Sequence[str] 
     user.recipe_dir.mkdir()
     (user.recipe_dir / "recipe.sh").write_text(scripts.recipe, encoding="utf-8")
     (user.recipe_dir / "update.sh").write_text(scripts.update, encoding="utf-8")
-    if scripts.give_back is not None:
-        (user.recipe_dir / "give-back.sh").write_text(scripts.give_back, encoding="utf-8")
+    (user.recipe_dir / GIVE_BACK_KEY).write_text(scripts.give_back, encoding="utf-8")
 
 
 def _start(user: UserRun, argv: Sequence[str], log_name: str) -> subprocess.Popen[bytes]:
@@ -363,34 +364,6 @@ def _run_step(user: UserRun, argv: Sequence[str], log_name: str, deadline: float
     return True
 
 
-def give_back_argv(user: UserRun, scripts: SiteScripts, site_url: str) -> tuple[list[str], str]:
-    """The user's give-back step: the site's script when it publishes one, else a stand-in doing what that
-    script is to do (seed, with aria2c -V in the foreground, the files of the current signed index found in
-    the recipe's packages folder, bounded by the same MIRRORSEED_* settings)."""
-    if scripts.give_back is not None:
-        return ["bash", "give-back.sh"], "site give-back.sh"
-    index = json.loads((user.recipe_dir / "index.json").read_text(encoding="utf-8"))
-    present = [
-        p for p in index["packages"]
-        if p["torrent"] and (user.recipe_dir / "packages" / p["path"].rsplit("/", 1)[1]).is_file()
-    ]  # fmt: skip
-    listing = "".join(f"{site_url}/{'/'.join(map(_quote, p['torrent'].split('/')))}\n" for p in present)
-    (user.recipe_dir / "give-back-list.txt").write_text(listing, encoding="utf-8")
-    env = GIVE_BACK_ENV
-    jobs = str(max(1, len(present)))
-    return [
-        "aria2c", "-V", "--follow-torrent=mem", "-d", "packages", "-i", "give-back-list.txt",
-        f"--seed-ratio={env['MIRRORSEED_SEED_RATIO']}", f"--seed-time={env['MIRRORSEED_SEED_MINUTES']}",
-        f"--max-overall-upload-limit={env['MIRRORSEED_UPLOAD_LIMIT']}", f"--max-concurrent-downloads={jobs}",
-        f"--bt-max-open-files={jobs}", "--bt-tracker-connect-timeout=5", "--bt-tracker-timeout=5",
-        "--bt-enable-lpd=false", "--summary-interval=0", "--console-log-level=warn",
-    ], "stand-in (aria2c -V), the site has no give-back script yet"  # fmt: skip
-
-
-def _quote(segment: str) -> str:
-    return quote(segment, safe="")
-
-
 def run_user(user: UserRun, scripts: SiteScripts, site_url: str, start: float, deadline: float) -> None:
     """One user, from arrival to seeding: recipe.sh, update.sh (timed), then the give-back step left running."""
     user.status = "recipe"
@@ -400,8 +373,8 @@ def run_user(user: UserRun, scripts: SiteScripts, site_url: str, start: float, d
     if not _run_step(user, ["bash", "update.sh"], "update.log", deadline):
         return
     user.done_s = time.monotonic() - start
-    argv, user.give_back = give_back_argv(user, scripts, site_url)
-    _start(user, argv, "give-back.log")
+    user.give_back = "the site's give-back.sh"
+    _start(user, ["bash", "give-back.sh"], "give-back.log")
     user.status = "seeding"
 
 
