@@ -38,6 +38,7 @@ from jinja2.runtime import Context
 from pipeline.errors import ConfigError, SnapshotError
 from pipeline.model import Artifact, MirrorStatus, PackageRecord, Pointer
 from pipeline.objects import (
+    CLIENT_KEYS,
     FRONT_KEY,
     GIVE_BACK_KEY,
     GIVE_BACK_SERVICE_KEY,
@@ -53,6 +54,8 @@ from pipeline.snapshot import format_info
 from pipeline.urls import join_url, quote_path
 
 BUILTIN_TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
+# The package-manager clients: each published under its path here (pipeline.objects.CLIENT_KEYS).
+CLIENTS_ROOT = Path(__file__).resolve().parent.parent
 
 # DESIGN section 6: a dead tracker otherwise stalls each download for about two minutes, and
 # without --seed-time=0 aria2 keeps seeding after the download. A stalled HTTP server is dropped
@@ -986,6 +989,21 @@ def iter_pages(listing: ListingInput, unchanged: Callable[[str, str], bool] | No
         yield _whole(make_artifact(MIRRORS_KEY, _page(env, MIRRORS_TEMPLATE, page, where)))
 
     yield _whole(make_artifact(STYLE_KEY, _style(env, where)))
+
+
+def client_artifacts(public_url: str, fingerprint: str) -> tuple[Artifact, ...]:
+    """The apt method and the pacman XferCommand helper (`clients/`), with this publication's URL and
+    key fingerprint written into their `PUBLICATION = ""` and `FINGERPRINT = ""` lines."""
+    artifacts = []
+    for key in CLIENT_KEYS:
+        text = (CLIENTS_ROOT / key).read_text(encoding="utf-8")
+        for name, value in (("PUBLICATION", public_url), ("FINGERPRINT", fingerprint)):
+            line = f'\n{name} = ""  #'
+            if text.count(line) != 1:
+                raise ConfigError(f'{CLIENTS_ROOT / key}: no single line starting {name} = ""')
+            text = text.replace(line, f"\n{name} = {json.dumps(value)}  #")
+        artifacts.append(make_artifact(key, text.encode("utf-8")))
+    return tuple(artifacts)
 
 
 def _whole(artifact: Artifact) -> Page:

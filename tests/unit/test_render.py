@@ -22,7 +22,7 @@ import pytest
 
 from pipeline.errors import ConfigError, SnapshotError
 from pipeline.model import Artifact, IndexRef, MirrorStatus, PackageRecord, Pointer, SignatureRef
-from pipeline.objects import GIVE_BACK_KEY, GIVE_BACK_SERVICE_KEY, GIVE_BACK_TIMER_KEY, content_type_for
+from pipeline.objects import CLIENT_KEYS, GIVE_BACK_KEY, GIVE_BACK_SERVICE_KEY, GIVE_BACK_TIMER_KEY, content_type_for
 from pipeline.render import (
     ARIA2_FLAGS,
     FETCH_TIMEOUT,
@@ -165,7 +165,7 @@ def pages(artifacts: tuple[Artifact, ...]) -> dict[str, PageParser]:
 
 def expected_published_keys(data: ListingInput) -> set[str]:
     """What the other stages publish beside the listings (DESIGN section 4)."""
-    keys = {"latest.asc", "signing-key.asc", "signing-key.gpg"}
+    keys = {"latest.asc", "signing-key.asc", "signing-key.gpg", *CLIENT_KEYS}
     keys |= {data.pointer.index.path, data.pointer.index.path + ".sig", data.pointer.index_torrent}
     for rec in data.records:
         keys.add(rec.metalink)
@@ -513,7 +513,7 @@ def test_user_recipe_has_the_required_steps() -> None:
     assert "FPR=DC87FD8B47FFA81270054CEFE2D360866D18689B" in recipe
     # aria2c runs in one place, with the flags, under a time limit and a file-size limit
     calls = [line.strip() for line in recipe.splitlines() if re.search(r"\baria2c [\"-]", line)]
-    bounded = """(trap '' XFSZ; ulimit -f "$blocks"; exec timeout -k 5 "$seconds" aria2c "${FLAGS[@]}" """
+    bounded = """(trap '' XFSZ; ulimit -f "$blocks"; exec timeout --foreground -k 5 "$seconds" aria2c "${FLAGS[@]}" """
     assert calls == [bounded + '--bt-enable-lpd="$LPD" "$@")']
     assert "LPD=${MIRRORSEED_LPD:-true}" in recipe  # LAN peers by default, the user's switch to turn it off
     assert "fetch_small signing-key.asc 262144" in recipe and "fetch_small signing-key.gpg 262144" in recipe
@@ -658,7 +658,7 @@ def test_give_back_seeds_bounded_and_never_stops_at_completion() -> None:
     assert not any(f.startswith(("--seed-time", "--bt-stop-timeout")) for f in flags)
     assert "--bt-tracker-timeout=5" in flags and "--dht-entry-point=router.example.org:6881" in flags
     script = give_back_files(listing())[GIVE_BACK_KEY]
-    seeding = script.split("exec timeout --foreground", 1)[1].split("|| STATUS", 1)[0]
+    seeding = script.split('"$SEED_SECONDS" aria2c', 1)[1].split("|| STATUS", 1)[0]
     for option in ('"${SEED_FLAGS[@]}"', '--bt-enable-lpd="$LPD"', "--check-integrity=true", '--seed-ratio="$RATIO"',
                    '--seed-time="$MINUTES"', '--max-overall-upload-limit="$UPLOAD"', '-j "$COUNT"',
                    "--bt-max-open-files="):  # fmt: skip

@@ -27,8 +27,8 @@ SEED_FLAGS=(--bt-tracker-connect-timeout=5 --bt-tracker-timeout=5 --connect-time
 
 # Every download is bounded in time and size. Time: MIRRORSEED_TIMEOUT seconds (default 30),
 # plus one second per MIRRORSEED_MIN_RATE bytes (default 16384) of its size, for the whole
-# aria2c run (coreutils timeout; SIGKILL 5 s later). Size: ulimit -f makes the kernel refuse any
-# write past the cap (the key and the pointer: their cap plus 1 KiB; a package: its size from the
+# aria2c run (coreutils timeout, in the foreground so that Ctrl-C reaches aria2c; SIGKILL 5 s later).
+# Size: ulimit -f makes the kernel refuse any write past the cap (the key and the pointer: their cap plus 1 KiB; a package: its size from the
 # signed index plus 1 MiB), and a file over its cap is deleted. One line to stderr, exit 1.
 TIMEOUT=${MIRRORSEED_TIMEOUT:-30}
 MIN_RATE=${MIRRORSEED_MIN_RATE:-16384}
@@ -44,7 +44,7 @@ LPD=${MIRRORSEED_LPD:-true}
 aria2_bounded() {
   local seconds=$1 blocks=$((($2 + 1023) / 1024))
   shift 2
-  (trap '' XFSZ; ulimit -f "$blocks"; exec timeout -k 5 "$seconds" aria2c "${FLAGS[@]}" --bt-enable-lpd="$LPD" "$@")
+  (trap '' XFSZ; ulimit -f "$blocks"; exec timeout --foreground -k 5 "$seconds" aria2c "${FLAGS[@]}" --bt-enable-lpd="$LPD" "$@")
 }
 
 # failed WHAT STATUS: one line naming why aria2c failed, then exit 1.
