@@ -31,12 +31,9 @@ complete from peers). Every process is stopped by its PID, every wait is bounded
 from __future__ import annotations
 
 import hashlib
-import html
 import io
 import json
 import os
-import re
-import shlex
 import shutil
 import signal
 import subprocess
@@ -64,7 +61,7 @@ from bench.harness import (
 )
 from pipeline.config import Settings
 from pipeline.errors import ConfigError, PipelineError
-from pipeline.objects import GIVE_BACK_KEY
+from pipeline.objects import GIVE_BACK_KEY, RECIPE_KEY, UPDATE_KEY
 from pipeline.run import release
 from pipeline.seed import SeedBox
 from pipeline.serve import serve_directory
@@ -101,8 +98,6 @@ GIVE_BACK_ENV = {"MIRRORSEED_SEED_RATIO": "0", "MIRRORSEED_SEED_MINUTES": "30", 
 STEP_GRACE_S = 5.0  # SIGTERM, then this long, then SIGKILL
 SEED_READY_TIMEOUT_S = 60.0
 TRACKER_TIMEOUT_S = 15.0
-_SCRIPT = re.compile(r'<pre class="recipe"><code>(.*?)</code></pre>', re.DOTALL)
-_WANT = re.compile(r"^WANT=\(.*\)$", re.MULTILINE)
 
 
 def _quiet(line: str) -> None:
@@ -290,28 +285,24 @@ class UserRun:
 
 @dataclass(frozen=True)
 class SiteScripts:
-    """What the front page tells users to run, as a user copies it."""
+    """What the front page tells users to download and run, and the names they give update.sh."""
 
-    recipe: str
-    update: str
-    give_back: str  # give-back.sh, beside the front page
+    recipe: str  # recipe.sh
+    update: str  # update.sh, run with `names` as its arguments
+    give_back: str  # give-back.sh
+    names: tuple[str, ...]
 
 
 def site_scripts(site_url: str, names: Sequence[str]) -> SiteScripts:
-    """The front page's scripts (its `<pre class="recipe">` blocks): the recipe, the update script with WANT set to
-    `names` (the line a user edits), and the give-back script the page links to (`give-back.sh`)."""
-    with urlopen(site_url + "/", timeout=10) as response:  # noqa: S310 (our loopback server)
-        page = response.read().decode("utf-8")
-    scripts = [html.unescape(block) for block in _SCRIPT.findall(page)]
-    update = next((s for s in scripts if _WANT.search(s)), None)
-    if not scripts or update is None:
-        raise PipelineError(
-            f"{site_url}/: no recipe and update script on the front page (an Arch publication has both)"
-        )
-    want = "WANT=(" + " ".join(shlex.quote(n) for n in names) + ")"
-    with urlopen(f"{site_url}/{GIVE_BACK_KEY}", timeout=10) as response:  # noqa: S310
-        give_back = response.read().decode("utf-8")
-    return SiteScripts(scripts[0], _WANT.sub(lambda _: want, update, count=1), give_back)
+    """The site's published scripts, as a user downloads them."""
+    texts = []
+    for key in (RECIPE_KEY, UPDATE_KEY, GIVE_BACK_KEY):
+        try:
+            with urlopen(f"{site_url}/{key}", timeout=10) as response:  # noqa: S310 (our loopback server)
+                texts.append(response.read().decode("utf-8"))
+        except OSError as err:
+            raise PipelineError(f"{site_url}/{key}: {err} (a Debian or Arch publication has it)") from err
+    return SiteScripts(texts[0], texts[1], texts[2], tuple(names))
 
 
 def _user_env(user: UserRun) -> dict[str, str]:
@@ -370,7 +361,7 @@ def run_user(user: UserRun, scripts: SiteScripts, site_url: str, start: float, d
     if not _run_step(user, ["bash", "recipe.sh"], "recipe.log", deadline):
         return
     user.status = "update"
-    if not _run_step(user, ["bash", "update.sh"], "update.log", deadline):
+    if not _run_step(user, ["bash", "update.sh", *scripts.names], "update.log", deadline):
         return
     user.done_s = time.monotonic() - start
     user.give_back = "the site's give-back.sh"
