@@ -549,13 +549,17 @@ def run_scenario(
                     announced.add(user.number)
                     announce(f"swarm/{name}: user {user.number} has its packages at {user.done_s:.1f} s")
 
-        while any(t.is_alive() for t in threads) and time.monotonic() < deadline + STEP_GRACE_S:
+        while True:
+            running = any(t.is_alive() for t in threads) and time.monotonic() < deadline + STEP_GRACE_S
             report_done()
+            # checked once more after the last user thread ended: a tiny set can be done between two looks
             if dead_mirror and seed_box_stopped is None and any(u.completed for u in users):
                 seed_box_stopped = time.monotonic() - start  # when it was told to stop
                 seed_box_upload = _seed_box_upload(box, package_hashes)
                 box.stop()
                 announce(f"swarm/{name}: seed box stopped at {seed_box_stopped:.1f} s (first user done)")
+            if not running:
+                break
             time.sleep(0.2)
         for timer in threads:
             timer.cancel()
