@@ -65,6 +65,10 @@ CLIENTS_ROOT = Path(__file__).resolve().parent.parent
 # DESIGN section 6: a dead tracker otherwise stalls each download for about two minutes, and
 # without --seed-time=0 aria2 keeps seeding after the download. A stalled HTTP server is dropped
 # after --timeout, one slower than --lowest-speed-limit (HTTP only) soon after, --max-tries times.
+# --stream-piece-selector=random: the pieces a user takes from the webseeds are spread at random, so
+# users fetching together take different pieces from the mirrors and the rest from each other (aria2
+# otherwise takes webseed pieces from the start of each file, all users the same ones): measured with
+# invoke bench --swarm, 8 users' operator egress fell from 2.6 to 1.9 copies of the package set.
 ARIA2_FLAGS = (
     "--seed-time=0",
     "--bt-stop-timeout=60",
@@ -74,6 +78,7 @@ ARIA2_FLAGS = (
     "--timeout=20",
     "--max-tries=3",
     "--lowest-speed-limit=1K",
+    "--stream-piece-selector=random",
 )
 
 

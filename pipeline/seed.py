@@ -258,6 +258,7 @@ def check_read_only(snapshot: Path, prefix: Sequence[str], user: str) -> None:
     run as that user: access(2) answers, so a read-only mount counts as not writable)."""
     result = subprocess.run(  # noqa: S603
         [*prefix, "find", str(snapshot), "-writable", "-print", "-quit"],
+        cwd="/",  # not the caller's folder, which that user may not be able to enter (find then fails)
         stdin=subprocess.DEVNULL,
         capture_output=True,
         text=True,

@@ -3,8 +3,8 @@
 One publication with two configured mirrors (DE: a live copy of the snapshot, FR: a closed port) is
 made to a local folder, served by `serve_directory`, and to SeaweedFS (`s3://<bucket>/pub`, read
 anonymously). On each server the front page, the browse page of a leaf directory with a package and
-`mirrors/index.html` are opened at 360 and 1280 px: no console error, no failed request, every
-same-origin `<a href>` answers 200, nothing sticks out horizontally at 360 px, and a full-page
+`mirrors/index.html` are opened at 390 and 1280 px: no console error, no failed request, every
+same-origin `<a href>` answers 200, nothing sticks out horizontally at 390 px, and a full-page
 screenshot per page and width lands in `test-artifacts/screenshots/<server>-<page>-<width>.png`.
 """
 
@@ -35,8 +35,8 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 
 ROOT = Path(__file__).resolve().parents[2]
 SCREENSHOTS = ROOT / "test-artifacts" / "screenshots"
-WIDTHS = (360, 1280)
-NARROW = 360
+WIDTHS = (390, 1280)  # a phone (390 px: iPhone 12-15) and a desktop
+NARROW = WIDTHS[0]
 PAGES = ("front", "browse", "mirrors")
 MIRROR_NAME = "Test mirror <b>"
 LEAF_PACKAGE = "libstdc++-demo6"  # a '+' in the directory name: percent-encoding on both servers

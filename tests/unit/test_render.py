@@ -534,7 +534,7 @@ def test_user_recipe_has_the_required_steps() -> None:
     assert "|| { rm -f pointer.json; exit 1; }" in recipe
     assert " ".join(ARIA2_FLAGS) == (
         "--seed-time=0 --bt-stop-timeout=60 --bt-tracker-connect-timeout=5 --bt-tracker-timeout=5"
-        " --connect-timeout=10 --timeout=20 --max-tries=3 --lowest-speed-limit=1K"
+        " --connect-timeout=10 --timeout=20 --max-tries=3 --lowest-speed-limit=1K --stream-piece-selector=random"
     )
     assert " ".join(ARIA2_FLAGS) in recipe
     assert recipe.count("sha256sum -c") == 2  # the index, the package (each file fetched once)

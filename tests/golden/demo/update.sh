@@ -10,7 +10,7 @@ set -euo pipefail
 BASE=https://seed.example.org/golden
 FPR=EB39D9883B090A72AE83A80B17999E7D92DF6708
 REPO=golden
-FLAGS=(--seed-time=0 --bt-stop-timeout=60 --bt-tracker-connect-timeout=5 --bt-tracker-timeout=5 --connect-timeout=10 --timeout=20 --max-tries=3 --lowest-speed-limit=1K)
+FLAGS=(--seed-time=0 --bt-stop-timeout=60 --bt-tracker-connect-timeout=5 --bt-tracker-timeout=5 --connect-timeout=10 --timeout=20 --max-tries=3 --lowest-speed-limit=1K --stream-piece-selector=random)
 
 # The tools, checked before anything is fetched: one line naming what to install.
 MISSING=()
@@ -156,7 +156,10 @@ jq -r --arg base "$BASE" --arg mirror "$MIRROR" '
 TOTAL=$(jq -s 'map(.size + (.signature.size // 0)) | add' wanted.jsonl)
 LARGEST=$(jq -s 'map(.size, (.signature.size // 0)) | max' wanted.jsonl)
 STATUS=0
-aria2_bounded "$((TIMEOUT + TOTAL / MIN_RATE))" "$((LARGEST + 1048576))" \
+# Every package at once (-j): each is shared with the other users fetching it for as long as this
+# run lasts, and aria2 fetches from the mirrors first the pieces no peer has (rarest first).
+COUNT=$(wc -l < wanted.jsonl)
+aria2_bounded "$((TIMEOUT + TOTAL / MIN_RATE))" "$((LARGEST + 1048576))" -j "$COUNT" \
   --follow-torrent=mem --check-integrity=true --allow-overwrite=true -d "$DIR" -i list.txt || STATUS=$?
 [ "$STATUS" -eq 0 ] || failed "$DIR" "$STATUS"
 
