@@ -356,11 +356,9 @@ def build_demo_snapshot(cache_dir: Path, *, run: Runner | None = None) -> DemoSn
 
 
 def _move_into_place(building: Path, target: Path) -> None:
-    """Rename `building` to `target`, setting aside (then deleting) a stale `target` first (made writable
-    again: the demo run leaves its snapshot read-only)."""
+    """Rename `building` to `target`, setting aside (then deleting) a stale `target` first."""
     stale: Path | None = None
     if target.exists():
-        _set_tree_modes(target, file_mode=0o644, dir_mode=0o755)
         stale = Path(tempfile.mkdtemp(prefix=".snapshot-stale.", dir=target.parent))
         os.rename(target, stale / "snapshot")
     try:
@@ -370,12 +368,6 @@ def _move_into_place(building: Path, target: Path) -> None:
         log.debug("demo snapshot: %s appeared while building", target)
     if stale is not None:
         shutil.rmtree(stale, ignore_errors=True)
-
-
-def make_read_only(snapshot: Path) -> None:
-    """Files 0444, directories 0555: the seed box seeds only a snapshot its aria2 cannot write (when not
-    run as root, aria2 runs as the demo's own user)."""
-    _set_tree_modes(snapshot, file_mode=0o444, dir_mode=0o555)
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -589,7 +581,6 @@ def run_demo(
     mirror_url = f"http://127.0.0.1:{mirror_port}"
     announce(f"demo: building the demo Debian snapshot in {cache_dir} (cached after the first run)")
     snapshot = build_demo_snapshot(cache_dir)
-    make_read_only(snapshot.root)
     dest.mkdir(parents=True, exist_ok=True)
     with contextlib.ExitStack() as stack:
         tracker = _start_tracker(tracker_port)
@@ -641,7 +632,8 @@ def run_demo(
             f"the tracker listed {peers} peers); SHA-256 matches the signed index"
         )
 
-        box = stack.enter_context(SeedBox(settings, log=log.info))
+        seeded = stack.enter_context(_read_only_copy(snapshot.root))
+        box = stack.enter_context(SeedBox(replace(settings, snapshot=seeded), log=log.info))
         assert box.aria2 is not None
         aria2 = box.aria2
 
@@ -651,8 +643,8 @@ def run_demo(
 
         seconds = tracker.wait_for_peer(example.infohash, seed_port, timeout=SEED_ANNOUNCE_TIMEOUT, check=seeding)
         announce(
-            f"demo: seed box (invoke seed) aria2 PID {box.aria2.pid} seeds {len(box.seeding)} torrents from the "
-            f"snapshot; the tracker lists it at 127.0.0.1:{seed_port} ({seconds:.1f} s)"
+            f"demo: seed box (invoke seed) aria2 PID {box.aria2.pid} seeds {len(box.seeding)} torrents from a "
+            f"read-only copy of the snapshot; the tracker lists it at 127.0.0.1:{seed_port} ({seconds:.1f} s)"
         )
         mirror.close()
         if not _refused(mirror_port):
@@ -708,6 +700,25 @@ def _listening(root: Path, port: int) -> Iterator[RangeServer]:
         raise PipelineError(f"127.0.0.1:{port}: cannot listen ({exc.strerror}); stop the other demo and retry") from exc
     with server:
         yield server
+
+
+@contextmanager
+def _read_only_copy(snapshot: Path) -> Iterator[Path]:
+    """A copy of the snapshot the seed box may seed: files 0444 and directories 0555 under a 0755 temp dir
+    (it refuses a snapshot its aria2 could write, and started as root it runs aria2 as nobody, who may not
+    reach the demo's cache: pytest's and /root are 0700). Removed afterwards. A real seed box seeds the
+    snapshot in place (infra/ runs it with ReadOnlyPaths=)."""
+    base = Path(tempfile.mkdtemp(prefix="mirrorseed-demo-seed-"))
+    try:
+        base.chmod(0o755)
+        copy = base / "snapshot"
+        shutil.copytree(snapshot, copy)
+        _set_tree_modes(copy, file_mode=0o444, dir_mode=0o555)
+        yield copy
+    finally:
+        if (base / "snapshot").is_dir():
+            _set_tree_modes(base / "snapshot", file_mode=0o644, dir_mode=0o755)
+        shutil.rmtree(base, ignore_errors=True)
 
 
 def _fetch_as_user(recipe: str, example: PackageRecord, who: str) -> float:
