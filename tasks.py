@@ -149,13 +149,13 @@ def demo(c: Context, serve: bool = False, dest: str = "public", verbose: bool = 
 
 @task(help={"k": "only run tests matching this expression", "fast": "skip lint and type checks"})
 def test(c: Context, k: str | None = None, fast: bool = False) -> None:
-    """The whole suite: ruff (lint + format), mypy --strict on pipeline/ and bench/, pytest (unit + integration)."""
+    """The whole suite: ruff (lint + format), mypy --strict on pipeline/, bench/ and the client, pytest (all tiers)."""
     py = sys.executable
     with c.cd(str(ROOT)):
         if not fast:
             c.run(f"{py} -m ruff check .", echo=True)
             c.run(f"{py} -m ruff format --check .", echo=True)
-            c.run(f"{py} -m mypy pipeline bench", echo=True)
+            c.run(f"{py} -m mypy pipeline bench clients/apt/mirrorseed", echo=True)
         selection = f" -k {k!r}" if k else ""
         c.run(f"{py} -m pytest -q -ra{selection}", echo=True, pty=False)
 

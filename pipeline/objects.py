@@ -19,6 +19,16 @@ FRONT_KEY = "index.html"
 STYLE_KEY = "style.css"
 MIRRORS_KEY = "mirrors/index.html"
 MIRRORS_JSON_KEY = "mirrors/mirrors.json"
+# Give back (opt-in user seeding): the script a user runs in the recipe's folder, and a systemd user
+# unit and timer that run it daily. The unit and timer keys are also their file names on the user's machine.
+GIVE_BACK_KEY = "give-back.sh"
+GIVE_BACK_SERVICE_KEY = "mirrorseed-give-back.service"
+GIVE_BACK_TIMER_KEY = "mirrorseed-give-back.timer"
+# The package-manager clients (issue 13), published with the publication's URL and key written in;
+# each key is also the client's path in this repository.
+APT_METHOD_KEY = "clients/apt/mirrorseed"  # apt acquire method: mirrorseed+http(s):// sources
+PACMAN_XFER_KEY = "clients/pacman/mirrorseed-xfer"  # pacman XferCommand helper (the same program)
+CLIENT_KEYS = (APT_METHOD_KEY, PACMAN_XFER_KEY)
 # This tool's own bookkeeping in the destination: never listed, never served to users as content.
 PRIVATE_PREFIX = ".mirrorseed/"
 MANIFEST_KEY = PRIVATE_PREFIX + "manifest.jsonl.zst"
@@ -89,6 +99,9 @@ _BY_SUFFIX: tuple[tuple[str, str], ...] = (
     (".txt", "text/plain; charset=utf-8"),
     (".mirrorlist", "text/plain; charset=utf-8"),
     (".list", "text/plain; charset=utf-8"),  # mirrors/…/<CC>.sources.list
+    (".sh", "text/plain; charset=utf-8"),  # give-back.sh: shown in the browser, saved and run with bash
+    (".service", "text/plain; charset=utf-8"),  # systemd units, likewise
+    (".timer", "text/plain; charset=utf-8"),
     (".css", "text/css"),
     (".svg", "image/svg+xml"),
     (".deb", "application/vnd.debian.binary-package"),
@@ -102,6 +115,8 @@ def content_type_for(key: str) -> str:
         return "text/plain; charset=us-ascii"
     if key in SIGNING_KEYS:
         return "application/pgp-keys"
+    if key in CLIENT_KEYS:
+        return "text/plain; charset=utf-8"  # a script: shown, not run, by a browser
     for suffix, content_type in _BY_SUFFIX:
         if key.endswith(suffix):
             return content_type

@@ -38,7 +38,11 @@ from jinja2.runtime import Context
 from pipeline.errors import ConfigError, SnapshotError
 from pipeline.model import Artifact, MirrorStatus, PackageRecord, Pointer
 from pipeline.objects import (
+    CLIENT_KEYS,
     FRONT_KEY,
+    GIVE_BACK_KEY,
+    GIVE_BACK_SERVICE_KEY,
+    GIVE_BACK_TIMER_KEY,
     MIRRORS_JSON_KEY,
     MIRRORS_KEY,
     STYLE_KEY,
@@ -50,6 +54,8 @@ from pipeline.snapshot import format_info
 from pipeline.urls import join_url, quote_path
 
 BUILTIN_TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
+# The package-manager clients: each published under its path here (pipeline.objects.CLIENT_KEYS).
+CLIENTS_ROOT = Path(__file__).resolve().parent.parent
 
 # DESIGN section 6: a dead tracker otherwise stalls each download for about two minutes, and
 # without --seed-time=0 aria2 keeps seeding after the download. A stalled HTTP server is dropped
@@ -74,6 +80,43 @@ def aria2_flags(dht_nodes: Sequence[str]) -> tuple[str, ...]:
     return ARIA2_FLAGS if entry is None else (*ARIA2_FLAGS, "--enable-dht=true", f"--dht-entry-point={entry}")
 
 
+# What give-back.sh's seeding aria2c drops from the recipes' flags: their stop at completion.
+_STOP_AT_COMPLETION = ("--seed-time=", "--bt-stop-timeout=")
+
+
+def give_back_seed_flags(dht_nodes: Sequence[str]) -> tuple[str, ...]:
+    """The aria2c options give-back.sh seeds with: the recipes' (`aria2_flags`: short tracker timeouts,
+    DHT when configured) without `--seed-time=0` and `--bt-stop-timeout`; the script adds the ratio,
+    time and upload bounds from its environment."""
+    return tuple(flag for flag in aria2_flags(dht_nodes) if not flag.startswith(_STOP_AT_COMPLETION))
+
+
+# Give back (templates/give-back.sh.j2 and the systemd user unit): the defaults of its settings, shown
+# on the front page. A ratio of 2.0 returns each download twice; a day, capped at 1 MiB/s, is what an
+# idle desktop can spare. MAX_TORRENTS bounds aria2's open files and tracker announces
+# (`-j` = the number of torrents); the script refuses more than MAX_TORRENTS_LIMIT. The unit seeds
+# for 22 h so that each daily run (the timer adds up to 1 h of random delay) ends before the next.
+GIVE_BACK_RATIO = "2.0"
+GIVE_BACK_MINUTES = 1440
+GIVE_BACK_UNIT_MINUTES = 1320
+GIVE_BACK_UPLOAD_LIMIT = "1M"
+GIVE_BACK_MAX_TORRENTS = 100
+GIVE_BACK_MAX_TORRENTS_LIMIT = 1000
+GIVE_BACK_FOLDER = "mirrorseed"  # the unit's WorkingDirectory, under the user's home: where the recipe ran
+GIVE_BACK_WORK_DIR = "give-back-work"  # its own files in that folder (lists, .torrent files), made anew each run
+_GIVE_BACK_CONTEXT: Mapping[str, object] = {
+    "seed_ratio": GIVE_BACK_RATIO,
+    "seed_minutes": GIVE_BACK_MINUTES,
+    "unit_seed_minutes": GIVE_BACK_UNIT_MINUTES,
+    "upload_limit": GIVE_BACK_UPLOAD_LIMIT,
+    "max_torrents": GIVE_BACK_MAX_TORRENTS,
+    "max_torrents_limit": GIVE_BACK_MAX_TORRENTS_LIMIT,
+    "folder": GIVE_BACK_FOLDER,
+    "work_dir": GIVE_BACK_WORK_DIR,
+    "service_name": GIVE_BACK_SERVICE_KEY,
+    "timer_name": GIVE_BACK_TIMER_KEY,
+}
+
 # The recipes' bounds (templates/fetch.sh.j2). A clearsigned pointer is about 2 KiB and an exported
 # key a few KiB: 64 KiB and 256 KiB leave room for large keys and signatures while an endless body
 # stops at once. Each aria2c run gets FETCH_TIMEOUT seconds plus one per MIN_RATE bytes of its size
@@ -95,6 +138,9 @@ FRONT_TEMPLATE = "front.html.j2"
 BROWSE_TEMPLATE = "browse.html.j2"
 RECIPE_TEMPLATE = "recipe.sh.j2"
 UPDATE_TEMPLATE = "update.sh.j2"
+GIVE_BACK_TEMPLATE = "give-back.sh.j2"
+GIVE_BACK_SERVICE_TEMPLATE = "give-back.service.j2"
+GIVE_BACK_TIMER_TEMPLATE = "give-back.timer.j2"
 MIRRORS_TEMPLATE = "mirrors.html.j2"
 STYLE_TEMPLATE = "style.css"
 
@@ -317,6 +363,11 @@ def shell_quote(value: object) -> str:
     return shlex.quote(str(value))
 
 
+def unit_value(value: object) -> str:
+    """A value in a systemd unit file setting: one line, `%` doubled (systemd expands `%` specifiers)."""
+    return one_line(str(value)).replace("%", "%%")
+
+
 def one_line(text: str) -> str:
     """Free text (a mirror's name, contact, detail) on one line: control characters and runs of
     white space become one space, so a name cannot add a line to a sources.list or mirrorlist."""
@@ -404,6 +455,8 @@ def make_environment(templates_dir: Path | None = None) -> jinja2.Environment:
         basename=basename,
         synopsis=synopsis,
         shq=shell_quote,
+        unit=unit_value,
+        one_line=one_line,
         duration=duration,
     )
     return env
@@ -605,6 +658,46 @@ def update_recipe(listing: ListingInput) -> str | None:
     verified), then checks each SHA-256 and prints the `pacman -U` command."""
     checked = _checked(listing)
     return _update_recipe(make_environment(listing.templates_dir), listing, checked)
+
+
+# --- give back (opt-in user seeding) --------------------------------------------------------------
+
+
+def _give_back(env: jinja2.Environment, listing: ListingInput, checked: _Checked) -> tuple[Artifact, ...]:
+    """give-back.sh and its systemd user unit and timer."""
+    script = {
+        **_FETCH_CONTEXT,
+        **_GIVE_BACK_CONTEXT,
+        "public_url": checked.public_url,
+        "fingerprint": checked.fingerprint,
+        "pointer_repo": listing.pointer.repo,
+        "flags": aria2_flags(listing.dht_nodes),
+        "seed_flags": give_back_seed_flags(listing.dht_nodes),
+        "packages_dir": PACKAGES_DIR,
+    }
+    unit = {
+        **_GIVE_BACK_CONTEXT,
+        "repo": listing.repo,
+        "public_url": checked.public_url,
+        "front_url": join_url(checked.public_url, FRONT_KEY),
+    }
+    return tuple(
+        make_artifact(key, _page(env, template, {**context, "page_key": key}, listing.templates_dir))
+        for key, template, context in (
+            (GIVE_BACK_KEY, GIVE_BACK_TEMPLATE, script),
+            (GIVE_BACK_SERVICE_KEY, GIVE_BACK_SERVICE_TEMPLATE, unit),
+            (GIVE_BACK_TIMER_KEY, GIVE_BACK_TIMER_TEMPLATE, unit),
+        )
+    )
+
+
+def give_back_files(listing: ListingInput) -> dict[str, str]:
+    """What a publication offers users who opt in to seeding, by key: `give-back.sh` (run with bash in the
+    recipe's folder: verifies the current pointer and index as the recipe does, then one aria2c seeds the
+    files of `packages/` whose SHA-256 is a package of that index, bounded by ratio, time and upload
+    rate), and the systemd user unit and timer that run it daily."""
+    env = make_environment(listing.templates_dir)
+    return {a.key: a.data.decode("utf-8") for a in _give_back(env, listing, _checked(listing))}
 
 
 # --- mirror lists ----------------------------------------------------------------------------------
@@ -841,8 +934,13 @@ def iter_pages(listing: ListingInput, unchanged: Callable[[str, str], bool] | No
         "mirrors": [MirrorLink(label=base, url=base + "/") for base in checked.webseeds],
         "mirror_count": len(checked.mirrors),
         "listed_count": len(listed_mirrors(checked.mirrors)),
+        **_GIVE_BACK_CONTEXT,
+        "give_back_key": GIVE_BACK_KEY,
+        "give_back_url": join_url(checked.public_url, GIVE_BACK_KEY),
+        "give_back_unit_urls": [join_url(checked.public_url, k) for k in (GIVE_BACK_SERVICE_KEY, GIVE_BACK_TIMER_KEY)],
     }
     yield _whole(make_artifact(FRONT_KEY, _page(env, FRONT_TEMPLATE, front, where)))
+    yield from map(_whole, _give_back(env, listing, checked))
 
     browse_common = {key: common[key] for key in BROWSE_CONTEXT}
     templates = templates_digest(listing.templates_dir) if unchanged is not None else ""
@@ -891,6 +989,21 @@ def iter_pages(listing: ListingInput, unchanged: Callable[[str, str], bool] | No
         yield _whole(make_artifact(MIRRORS_KEY, _page(env, MIRRORS_TEMPLATE, page, where)))
 
     yield _whole(make_artifact(STYLE_KEY, _style(env, where)))
+
+
+def client_artifacts(public_url: str, fingerprint: str) -> tuple[Artifact, ...]:
+    """The apt method and the pacman XferCommand helper (`clients/`), with this publication's URL and
+    key fingerprint written into their `PUBLICATION = ""` and `FINGERPRINT = ""` lines."""
+    artifacts = []
+    for key in CLIENT_KEYS:
+        text = (CLIENTS_ROOT / key).read_text(encoding="utf-8")
+        for name, value in (("PUBLICATION", public_url), ("FINGERPRINT", fingerprint)):
+            line = f'\n{name} = ""  #'
+            if text.count(line) != 1:
+                raise ConfigError(f'{CLIENTS_ROOT / key}: no single line starting {name} = ""')
+            text = text.replace(line, f"\n{name} = {json.dumps(value)}  #")
+        artifacts.append(make_artifact(key, text.encode("utf-8")))
+    return tuple(artifacts)
 
 
 def _whole(artifact: Artifact) -> Page:

@@ -49,6 +49,7 @@ from pipeline.model import (
     Snapshot,
 )
 from pipeline.objects import (
+    CLIENT_KEYS,
     MIRRORS_JSON_KEY,
     POINTER_KEY,
     SIGNING_KEY_ASC,
@@ -646,7 +647,7 @@ class _Signed:
     pointer_sha256: str
     artifact: Artifact | None  # the new latest.asc; None: the current one stays (finish, refresh)
     index_objects: tuple[SpooledArtifact, ...]  # a new index, its signature and torrent (publish only)
-    keys: tuple[SpooledArtifact, ...]  # the public signing key, armored and binary
+    keys: tuple[SpooledArtifact, ...]  # the public signing key, armored and binary; the clients
 
 
 def _sign(
@@ -686,8 +687,16 @@ def _sign(
             del objects
         artifact = make_artifact(POINTER_KEY, run.signer.sign_message(encode_pointer(pointer)))
         pointer_sha256 = _sha256(artifact.data)
+    from pipeline.render import client_artifacts  # lazy: jinja2 only when needed
+
     key_asc, key_gpg = run.signer.export_public_key()
-    keys = spool.add_all((make_artifact(SIGNING_KEY_ASC, key_asc), make_artifact(SIGNING_KEY_GPG, key_gpg)))
+    keys = spool.add_all(
+        (
+            make_artifact(SIGNING_KEY_ASC, key_asc),
+            make_artifact(SIGNING_KEY_GPG, key_gpg),
+            *client_artifacts(run.public_url, run.key.fingerprint),  # they name the key and the public URL
+        )
+    )
     return _Signed(pointer, pointer_sha256, artifact, index_objects, keys)
 
 
@@ -760,7 +769,7 @@ def _referenced(records: Sequence[PackageRecord], pages: Sequence[str], pointer:
         [r.metalink for r in records]
         + [r.torrent for r in records if r.torrent is not None]
         + list(pages)
-        + [*_index_keys(pointer), POINTER_KEY, *SIGNING_KEYS]
+        + [*_index_keys(pointer), POINTER_KEY, *SIGNING_KEYS, *CLIENT_KEYS]
     )
 
 
@@ -854,7 +863,7 @@ def _holds_package(destination: Destination, path: str, size: int) -> bool:
 def _lost(destination: Destination, files: Sequence[FileEntry], pages: Mapping[str, object]) -> bool:
     """Whether the destination lost (or holds altered) a package object, a signing key or one of the
     `pages` of the publication built from `files` (index objects aside)."""
-    return not all(destination.holds(key) for key in (*SIGNING_KEYS, *pages)) or not all(
+    return not all(destination.holds(key) for key in (*SIGNING_KEYS, *CLIENT_KEYS, *pages)) or not all(
         _holds_package(destination, entry.path, entry.size) for entry in files
     )
 

@@ -28,14 +28,15 @@ from pipeline.urls import join_url
 from tests.integration.conftest import SigningKey
 from tests.integration.test_release_e2e import settings_for
 from tests.mirror_servers import RawServer
+from tests.tools import require_tools
 
-pytestmark = [
-    pytest.mark.integration,
-    pytest.mark.skipif(
-        any(shutil.which(tool) is None for tool in ("aria2c", "bash", "timeout", "stat")),
-        reason="aria2c, bash or coreutils missing",
-    ),
-]
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(autouse=True)
+def tools() -> None:
+    require_tools("aria2c", "bash", "timeout", "stat")
+
 
 FPR = "DC87FD8B47FFA81270054CEFE2D360866D18689B"
 # A small multiple of the cap: the recipe may write the cap plus 1 KiB before the kernel refuses.

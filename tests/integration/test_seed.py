@@ -29,11 +29,15 @@ from pipeline.seed import SeedBox
 from tests.integration.conftest import ROOT, SigningKey, aria2_command, tree_state
 from tests.integration.test_incremental import make_flat
 from tests.integration.test_swarm import published_infohashes
+from tests.tools import require_root
 
-pytestmark = [
-    pytest.mark.integration,
-    pytest.mark.skipif(os.geteuid() != 0, reason="the seed box tests drop aria2 to user nobody: run as root"),
-]
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(autouse=True)
+def as_root() -> None:
+    require_root("the seed box tests drop aria2 to user nobody")
+
 
 DEAD = "http://127.0.0.1:9/m"  # nothing listens: no webseed ever serves a byte in these tests
 WAIT = 30.0

@@ -29,11 +29,12 @@ from pipeline.demo import (
     run_command,
 )
 from pipeline.errors import SnapshotError
+from tests.tools import require_tools
 
-pytestmark = pytest.mark.skipif(
-    any(shutil.which(tool) is None for tool in ("dpkg-deb", "dpkg-scanpackages", "apt-ftparchive", "gpg")),
-    reason="needs dpkg-dev, apt-utils and gnupg (./bootstrap.sh)",
-)
+
+@pytest.fixture(autouse=True)
+def tools() -> None:
+    require_tools("dpkg-deb", "dpkg-scanpackages", "apt-ftparchive", "gpg")
 
 
 def parse_stanzas(text: str) -> list[dict[str, str]]:

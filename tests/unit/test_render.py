@@ -22,7 +22,7 @@ import pytest
 
 from pipeline.errors import ConfigError, SnapshotError
 from pipeline.model import Artifact, IndexRef, MirrorStatus, PackageRecord, Pointer, SignatureRef
-from pipeline.objects import content_type_for
+from pipeline.objects import CLIENT_KEYS, GIVE_BACK_KEY, GIVE_BACK_SERVICE_KEY, GIVE_BACK_TIMER_KEY, content_type_for
 from pipeline.render import (
     ARIA2_FLAGS,
     FETCH_TIMEOUT,
@@ -33,6 +33,8 @@ from pipeline.render import (
     duration,
     example_package,
     filesize,
+    give_back_files,
+    give_back_seed_flags,
     group_fingerprint,
     make_environment,
     relative_href,
@@ -41,7 +43,9 @@ from pipeline.render import (
     update_recipe,
     user_recipe,
 )
+from tests.tools import require_tools
 
+GIVE_BACK_KEYS = {GIVE_BACK_KEY, GIVE_BACK_SERVICE_KEY, GIVE_BACK_TIMER_KEY}
 FPR = "dc87fd8b47ffa81270054cefe2d360866d18689b"
 PUBLIC = "https://seed.example.org/debian"
 WEBSEEDS = ("https://mirror-a.example.net/debian", "http://mirror-b.example.com/pub/debian/")
@@ -123,8 +127,9 @@ class PageParser(HTMLParser):
         self.hrefs: list[str] = []
         self.text: list[str] = []
         self.styled: list[str] = []
-        self.pre: list[str] = []  # the text of each <pre>, in page order
-        self._in_pre = 0
+        self.pre: list[str] = []  # the text of each <pre class="recipe"> (a whole script), in page order
+        self.commands: list[str] = []  # the text of each <pre class="commands"> (lines to type)
+        self._in_pre: list[str] | None = None
 
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
         self.tags.add(tag)
@@ -134,17 +139,17 @@ class PageParser(HTMLParser):
             if name == "style" or name.startswith("on"):
                 self.styled.append(f"{tag} {name}")
         if tag == "pre":
-            self._in_pre += 1
-            self.pre.append("")
+            self._in_pre = self.commands if ("class", "commands") in attrs else self.pre
+            self._in_pre.append("")
 
     def handle_endtag(self, tag: str) -> None:
         if tag == "pre":
-            self._in_pre -= 1
+            self._in_pre = None
 
     def handle_data(self, data: str) -> None:
         self.text.append(data)
-        if self._in_pre:
-            self.pre[-1] += data
+        if self._in_pre is not None:
+            self._in_pre[-1] += data
 
 
 def parse(artifact: Artifact) -> PageParser:
@@ -160,7 +165,7 @@ def pages(artifacts: tuple[Artifact, ...]) -> dict[str, PageParser]:
 
 def expected_published_keys(data: ListingInput) -> set[str]:
     """What the other stages publish beside the listings (DESIGN section 4)."""
-    keys = {"latest.asc", "signing-key.asc", "signing-key.gpg"}
+    keys = {"latest.asc", "signing-key.asc", "signing-key.gpg", *CLIENT_KEYS}
     keys |= {data.pointer.index.path, data.pointer.index.path + ".sig", data.pointer.index_torrent}
     for rec in data.records:
         keys.add(rec.metalink)
@@ -281,7 +286,7 @@ def test_one_browse_page_per_directory() -> None:
     dirs = expected_dirs(RECORDS)
     assert {"", "pool", "pool/main", "pool/main/h", "pool/main/h/hello", "evil", "extra/os/x86_64"} <= dirs
     assert {k for k in keys if k.startswith("browse/")} == {browse_page(d) for d in dirs}
-    assert keys == {browse_page(d) for d in dirs} | {"index.html", "style.css"}
+    assert keys == {browse_page(d) for d in dirs} | {"index.html", "style.css"} | GIVE_BACK_KEYS
     parsed = pages(artifacts)
     for directory in dirs:
         key = browse_page(directory)
@@ -331,7 +336,7 @@ def test_no_webseeds_means_no_mirror_links() -> None:
 def test_empty_repository_still_has_a_front_page_and_root() -> None:
     data = listing(records=())
     artifacts = render_listings(data)
-    assert [a.key for a in artifacts] == ["browse/index.html", "index.html", "style.css"]
+    assert [a.key for a in artifacts] == sorted(["browse/index.html", "index.html", "style.css", *GIVE_BACK_KEYS])
     check_links(data, artifacts)
     assert "no non-empty package" in user_recipe(data, None)
 
@@ -424,7 +429,7 @@ def test_same_pages_under_any_prefix() -> None:
     one = render_listings(listing())
     other = render_listings(listing(public_url="http://127.0.0.1:8780/x/y"))
     differ = {a.key for a, b in zip(one, other, strict=True) if a != b}
-    assert differ == {"index.html"}  # only the recipe names the public URL
+    assert differ == {"index.html"} | GIVE_BACK_KEYS  # only the recipes name the public URL
 
 
 # --- inputs that must be refused -------------------------------------------------------------------
@@ -508,7 +513,7 @@ def test_user_recipe_has_the_required_steps() -> None:
     assert "FPR=DC87FD8B47FFA81270054CEFE2D360866D18689B" in recipe
     # aria2c runs in one place, with the flags, under a time limit and a file-size limit
     calls = [line.strip() for line in recipe.splitlines() if re.search(r"\baria2c [\"-]", line)]
-    bounded = """(trap '' XFSZ; ulimit -f "$blocks"; exec timeout -k 5 "$seconds" aria2c "${FLAGS[@]}" """
+    bounded = """(trap '' XFSZ; ulimit -f "$blocks"; exec timeout --foreground -k 5 "$seconds" aria2c "${FLAGS[@]}" """
     assert calls == [bounded + '--bt-enable-lpd="$LPD" "$@")']
     assert "LPD=${MIRRORSEED_LPD:-true}" in recipe  # LAN peers by default, the user's switch to turn it off
     assert "fetch_small signing-key.asc 262144" in recipe and "fetch_small signing-key.gpg 262144" in recipe
@@ -524,7 +529,6 @@ def test_recipes_enter_the_dht_at_the_first_configured_node() -> None:
     assert "--dht-entry-point" not in user_recipe(listing(), data.records[0])  # no nodes: aria2's defaults
 
 
-@pytest.mark.skipif(shutil.which("bash") is None, reason="bash not installed")
 @pytest.mark.parametrize("path", [HELLO, ODD, EVIL_PATH])
 def test_user_recipe_is_valid_bash_and_quotes_names(path: str, tmp_path: Path) -> None:
     example = next(r for r in RECORDS if r.path == path)
@@ -582,6 +586,8 @@ def rendered_recipes() -> list[tuple[str, str]]:
         text = update_recipe(data)
         assert text is not None
         texts.append((name, text))
+    texts.append(("give-back.sh", give_back_files(listing())[GIVE_BACK_KEY]))
+    texts.append(("give-back-dht.sh", give_back_files(listing(dht_nodes=("router.example.org:6881",)))[GIVE_BACK_KEY]))
     return texts
 
 
@@ -606,9 +612,84 @@ def test_published_shell_texts_pass_shellcheck(tmp_path: Path) -> None:
         assert checked.returncode == 0, checked.stdout + checked.stderr
 
 
+# --- give back (opt-in user seeding) ----------------------------------------------------------------
+
+
+def run_give_back(folder: Path, **env: str) -> subprocess.CompletedProcess[str]:
+    """The rendered give-back.sh run with bash in `folder` (nothing listens at the example URLs)."""
+    require_tools("bash")
+    (folder / GIVE_BACK_KEY).write_text(give_back_files(listing())[GIVE_BACK_KEY])
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("MIRRORSEED_")}
+    return subprocess.run(
+        ["bash", GIVE_BACK_KEY], cwd=folder, env={**environment, **env}, stdin=subprocess.DEVNULL,
+        capture_output=True, text=True, timeout=30, check=False,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("MIRRORSEED_SEED_RATIO", "two"), ("MIRRORSEED_SEED_RATIO", "-1"), ("MIRRORSEED_SEED_RATIO", "2,0"),
+        ("MIRRORSEED_SEED_MINUTES", "0"), ("MIRRORSEED_SEED_MINUTES", "0.0"), ("MIRRORSEED_SEED_MINUTES", "1h"),
+        ("MIRRORSEED_UPLOAD_LIMIT", "0"), ("MIRRORSEED_UPLOAD_LIMIT", "1G"), ("MIRRORSEED_UPLOAD_LIMIT", "fast"),
+        ("MIRRORSEED_MAX_TORRENTS", "0"), ("MIRRORSEED_MAX_TORRENTS", "1001"), ("MIRRORSEED_MAX_TORRENTS", "9" * 30),
+        ("MIRRORSEED_LPD", "yes"), ("MIRRORSEED_TIMEOUT", "2.5"),
+    ],
+)  # fmt: skip
+def test_give_back_settings_are_checked_in_one_line(tmp_path: Path, name: str, value: str) -> None:
+    done = run_give_back(tmp_path, **{name: value})
+    assert done.returncode == 1 and done.stdout == ""
+    assert done.stderr.startswith(name) and done.stderr.count("\n") == 1, done.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == [GIVE_BACK_KEY]  # refused before doing anything
+
+
+def test_give_back_outside_a_recipe_folder_says_so(tmp_path: Path) -> None:
+    done = run_give_back(
+        tmp_path, MIRRORSEED_SEED_MINUTES="0.5", MIRRORSEED_UPLOAD_LIMIT="300k", MIRRORSEED_LPD="false"
+    )
+    assert done.returncode == 1
+    assert done.stderr == (
+        "signing-key.gpg, packages/: not here; run the recipe in this folder first, then give-back.sh in it\n"
+    )
+
+
+def test_give_back_seeds_bounded_and_never_stops_at_completion() -> None:
+    flags = give_back_seed_flags(("router.example.org:6881",))
+    assert not any(f.startswith(("--seed-time", "--bt-stop-timeout")) for f in flags)
+    assert "--bt-tracker-timeout=5" in flags and "--dht-entry-point=router.example.org:6881" in flags
+    script = give_back_files(listing())[GIVE_BACK_KEY]
+    seeding = script.split('"$SEED_SECONDS" aria2c', 1)[1].split("|| STATUS", 1)[0]
+    for option in ('"${SEED_FLAGS[@]}"', '--bt-enable-lpd="$LPD"', "--check-integrity=true", '--seed-ratio="$RATIO"',
+                   '--seed-time="$MINUTES"', '--max-overall-upload-limit="$UPLOAD"', '-j "$COUNT"',
+                   "--bt-max-open-files="):  # fmt: skip
+        assert option in seeding
+    assert "--seed-time=0" not in script.split("SEED_FLAGS=(", 1)[1].split(")", 1)[0]
+    assert "RATIO=${MIRRORSEED_SEED_RATIO:-2.0}" in script and "MINUTES=${MIRRORSEED_SEED_MINUTES:-1440}" in script
+
+
+def test_give_back_units_escape_what_they_show() -> None:
+    files = give_back_files(listing(repo="50% off\nExecStart=/bin/evil"))
+    service, timer = files[GIVE_BACK_SERVICE_KEY], files[GIVE_BACK_TIMER_KEY]
+    assert "Description=Give back to 50%% off ExecStart=/bin/evil: seed" in service
+    assert [line for line in service.splitlines() if line.startswith("ExecStart=")] == [
+        "ExecStart=/bin/bash give-back.sh"
+    ]
+    assert "Environment=MIRRORSEED_SEED_MINUTES=1320\n" in service and "OnCalendar=daily\n" in timer
+    assert content_type_for(GIVE_BACK_KEY) == content_type_for(GIVE_BACK_TIMER_KEY) == "text/plain; charset=utf-8"
+
+
+def test_front_page_shows_give_back_opt_in() -> None:
+    front = next(a for a in render_listings(listing()) if a.key == "index.html").data.decode()
+    section = html.unescape(front.split('<section id="give-back">', 1)[1].split("</section>", 1)[0])
+    assert f"-o give-back.sh {PUBLIC}/give-back.sh" in section
+    assert (
+        "MIRRORSEED_SEED_RATIO=2.0 MIRRORSEED_SEED_MINUTES=1440 MIRRORSEED_UPLOAD_LIMIT=1M bash give-back.sh" in section
+    )
+    assert "systemctl --user enable --now mirrorseed-give-back.timer" in section
+    assert {a.key for a in render_listings(listing())} >= GIVE_BACK_KEYS
+
+
 def test_user_recipe_bash_n_rejects_broken_text(tmp_path: Path) -> None:
-    if shutil.which("bash") is None:
-        pytest.skip("bash not installed")
     script = tmp_path / "broken.sh"
     script.write_text(user_recipe(listing(), None) + "\nif true; then\n")
     assert subprocess.run(["bash", "-n", str(script)], capture_output=True, check=False).returncode != 0
@@ -1091,7 +1172,7 @@ def test_mirror_listings_are_deterministic(fmt: str) -> None:
 def test_mirror_listings_are_the_same_under_any_prefix() -> None:
     one = render_listings(with_mirrors("arch"))
     other = render_listings(with_mirrors("arch", public_url="http://127.0.0.1:8780/x/y"))
-    assert {a.key for a, b in zip(one, other, strict=True) if a != b} == {"index.html"}
+    assert {a.key for a, b in zip(one, other, strict=True) if a != b} == {"index.html"} | GIVE_BACK_KEYS
 
 
 def test_mirror_values_are_normalised() -> None:
@@ -1203,7 +1284,6 @@ def test_arch_user_recipe_without_signature_or_mirror_skips_the_sig_step() -> No
     assert recipe.count("sha256sum -c") == nowhere.count("sha256sum -c") == 3
 
 
-@pytest.mark.skipif(shutil.which("bash") is None, reason="bash not installed")
 @pytest.mark.parametrize("webseeds", [WEBSEEDS, ()])
 def test_arch_recipes_are_valid_bash(webseeds: tuple[str, ...], tmp_path: Path) -> None:
     data = with_mirrors("arch", webseeds=webseeds, mirrors=() if not webseeds else MIRRORS)
@@ -1236,7 +1316,6 @@ def test_update_recipe_only_for_arch() -> None:
     assert len(parse(by_key(with_mirrors("debian"))["index.html"]).pre) == 1
 
 
-@pytest.mark.skipif(shutil.which("jq") is None or shutil.which("bash") is None, reason="jq or bash missing")
 def test_update_recipe_builds_the_aria2_input_file_from_the_index(tmp_path: Path) -> None:
     """Run the update script with a stand-in aria2c: the input file lists each wanted package's
     .torrent URL and its .sig URL (with `out=`), segments percent-encoded; checks pass; the pacman
@@ -1314,7 +1393,6 @@ def test_debian_recipe_prints_the_apt_hint_and_flat_none() -> None:
     assert "sudo apt install ./packages/<file>" in front
 
 
-@pytest.mark.skipif(shutil.which("bash") is None, reason="bash not installed")
 def test_debian_install_hint_runs_and_quotes(tmp_path: Path) -> None:
     example = next(r for r in RECORDS if r.path == ODD)
     recipe = user_recipe(listing(), example)

@@ -7,7 +7,6 @@ import http.client
 import logging
 import os
 import random
-import shutil
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,6 +15,7 @@ from urllib.parse import quote
 import pytest
 
 from pipeline.serve import RangeServer, parse_range, serve_directory
+from tests.tools import require_tools
 
 DATA = bytes(range(256)) * 40  # 10240 bytes, every offset distinguishable
 NAMES = {
@@ -262,8 +262,8 @@ def test_refuses_a_missing_root(tmp_path: Path) -> None:
         serve_directory(tmp_path / "nope")
 
 
-@pytest.mark.skipif(shutil.which("aria2c") is None, reason="aria2c not installed")
 def test_aria2_multi_connection_download(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    require_tools("aria2c")
     root = tmp_path / "root"
     root.mkdir()
     name = "big file+1.0~rc1.bin"

@@ -18,6 +18,7 @@ import pytest
 from pipeline.errors import ConfigError, SnapshotError
 from pipeline.snapshot import ScanSpec, scan_snapshot
 from pipeline.snapshot.debian import signature_problem
+from tests.tools import require_tools
 
 
 @dataclass(frozen=True)
@@ -450,10 +451,8 @@ def test_signature_status_rules() -> None:
     assert signature_problem(0, "gpgv: [GNUPG:] GOODSIG spoofed\n") == "no valid signature"
 
 
-@pytest.mark.skipif(
-    shutil.which("dpkg-deb") is None or shutil.which("apt-ftparchive") is None, reason="needs dpkg-deb, apt-ftparchive"
-)
 def test_archive_made_by_dpkg_deb_and_apt_ftparchive(tmp_path: Path) -> None:
+    require_tools("dpkg-deb", "apt-ftparchive")
     package_dir = tmp_path / "build" / "DEBIAN"
     package_dir.mkdir(parents=True)
     (package_dir / "control").write_text(

@@ -1,0 +1,22 @@
+"""The real programs a test needs: a missing one fails the test with the fix, never skips it (CI runs
+every real-component test; ./bootstrap.sh installs them all)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+import pytest
+
+
+def require_tools(*names: str) -> None:
+    """Fail, naming ./bootstrap.sh, unless every program in `names` is on PATH."""
+    missing = [name for name in names if shutil.which(name) is None]
+    if missing:
+        pytest.fail(f"{', '.join(missing)} not found: run ./bootstrap.sh (it installs every tool the tests use)")
+
+
+def require_root(why: str) -> None:
+    """Fail unless running as root (CI runs the suite as root)."""
+    if os.geteuid() != 0:
+        pytest.fail(f"run the tests as root, as CI does: {why}")

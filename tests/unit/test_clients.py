@@ -1,0 +1,112 @@
+"""The package-manager client (clients/apt/mirrorseed, also pacman's mirrorseed-xfer) piece by piece, and
+its published copies. The real apt-get and pacman runs are in tests/integration/test_apt_method.py and
+test_pacman_xfer.py."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.machinery
+import importlib.util
+import io
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+from pipeline import bencode
+from pipeline.errors import ConfigError
+from pipeline.objects import APT_METHOD_KEY, CLIENT_KEYS, PACMAN_XFER_KEY, content_type_for
+from pipeline.render import ARIA2_FLAGS, client_artifacts
+
+ROOT = Path(__file__).resolve().parents[2]
+FPR = "EB39D9883B090A72AE83A80B17999E7D92DF6708"
+
+
+def load_client(path: Path = ROOT / APT_METHOD_KEY) -> ModuleType:
+    loader = importlib.machinery.SourceFileLoader("mirrorseed_client", str(path))
+    spec = importlib.util.spec_from_loader("mirrorseed_client", loader)
+    assert spec is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["mirrorseed_client"] = module  # dataclass-free, but keep imports resolvable
+    try:
+        loader.exec_module(module)
+    finally:
+        del sys.modules["mirrorseed_client"]
+    return module
+
+
+def test_the_client_uses_the_recipes_aria2_options() -> None:
+    assert load_client().ARIA2_FLAGS == ARIA2_FLAGS
+
+
+def test_the_pacman_helper_is_the_same_program() -> None:
+    assert (ROOT / PACMAN_XFER_KEY).resolve() == (ROOT / APT_METHOD_KEY).resolve()
+
+
+def test_published_copies_know_the_publication_and_the_key(tmp_path: Path) -> None:
+    artifacts = client_artifacts("https://seed.example.org/pub", FPR)
+    assert [a.key for a in artifacts] == list(CLIENT_KEYS)
+    assert artifacts[0].data == artifacts[1].data
+    assert {content_type_for(a.key) for a in artifacts} == {"text/plain; charset=utf-8"}
+    published = tmp_path / "mirrorseed"
+    published.write_bytes(artifacts[0].data)
+    client = load_client(published)
+    assert (client.PUBLICATION, client.FINGERPRINT) == ("https://seed.example.org/pub", FPR)
+    source = (ROOT / APT_METHOD_KEY).read_text().splitlines()
+    changed = [line for line in artifacts[0].data.decode().splitlines() if line not in source]
+    assert [line.split(" = ")[0] for line in changed] == ["PUBLICATION", "FINGERPRINT"]
+
+
+def test_a_client_without_its_marker_lines_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "clients" / "apt").mkdir(parents=True)
+    (tmp_path / "clients" / "pacman").mkdir()
+    for key in CLIENT_KEYS:
+        (tmp_path / key).write_text("PUBLICATION = 'x'\n")
+    monkeypatch.setattr("pipeline.render.CLIENTS_ROOT", tmp_path)
+    with pytest.raises(ConfigError, match='no single line starting PUBLICATION = ""'):
+        client_artifacts("https://seed.example.org", FPR)
+
+
+def test_settings_apt_configuration_then_environment_then_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    client = load_client()
+    monkeypatch.setenv("MIRRORSEED_PUBLICATION", "https://env.example")
+    assert client.Settings().get("Publication", "https://baked.example") == "https://env.example"
+    apt = client.Settings({"acquire::mirrorseed::publication": "https://apt.example"})
+    assert apt.get("Publication", "https://baked.example") == "https://apt.example"
+    monkeypatch.delenv("MIRRORSEED_PUBLICATION")
+    assert client.Settings().get("Publication", "https://baked.example") == "https://baked.example"
+    monkeypatch.setenv("MIRRORSEED_LPD", "maybe")
+    with pytest.raises(client.Refused, match="LPD: 'maybe' is not true or false"):
+        client.Settings().flag("LPD")
+
+
+def test_schemes_and_apt_messages() -> None:
+    client = load_client()
+    assert (
+        client.plain_url("mirrorseed+https://deb.example/debian/pool/x.deb") == "https://deb.example/debian/pool/x.deb"
+    )
+    assert client.plain_url("mirrorseed+http://h/x") == "http://h/x"
+    assert client.plain_url("mirrorseed://h/x") == "http://h/x"  # as apt's tor:// is http
+    stream = io.StringIO(
+        "601 Configuration\nConfig-Item: Acquire::mirrorseed::Publication=http%3a//p\n\n"
+        "600 URI Acquire\nURI: mirrorseed+http://h/a.deb\nFilename: /tmp/a%3a1.deb\nExpected-SHA256: ab\n\n"
+    )
+    messages = list(client.read_messages(stream))
+    assert messages[0] == ("601", [("Config-Item", "Acquire::mirrorseed::Publication=http%3a//p")])
+    assert dict(messages[1][1])["Filename"] == "/tmp/a%3a1.deb"
+    method = client.AptMethod()
+    method.configure(messages[0][1])
+    assert method.settings.get("Publication") == "http://p"
+
+
+def test_the_infohash_is_the_sha1_of_the_info_bytes_as_published() -> None:
+    client = load_client()
+    info = {b"length": 5, b"name": b"a.deb", b"piece length": 16384, b"pieces": b"x" * 20}
+    data = bencode.encode({b"announce": b"http://t/announce", b"info": info, b"url-list": [b"http://m/"]})
+    top, raw = client.bdecode_info(data)
+    assert raw == bencode.encode(info) and top[b"info"][b"length"] == 5
+    assert hashlib.sha1(raw).hexdigest() == hashlib.sha1(bencode.encode(info)).hexdigest()
+    for bad in (b"", b"d4:infoi1ee", data + b"x", b"l" * 40):
+        with pytest.raises((ValueError, IndexError)):
+            client.bdecode_info(bad)
