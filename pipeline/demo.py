@@ -664,8 +664,8 @@ def run_demo(
             )
         announce(
             f"demo: user 2 got {example.size} bytes in {peer_seconds:.1f} s from a peer: the seed box uploaded "
-            f"{peer_bytes} bytes to it (the recipe fetches the package twice: by .torrent, then by Metalink), "
-            "the mirror none; SHA-256 matches the signed index"
+            f"{peer_bytes} bytes to it ({peer_bytes / example.size:.1f} copies of the package), the mirror none; "
+            "SHA-256 matches the signed index"
         )
         if serve:
             stack.enter_context(_listening(snapshot.root, mirror_port))
