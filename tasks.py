@@ -117,13 +117,16 @@ def _emit(report: Any, *, as_json: bool, metrics: Path | None) -> None:
 
 @task(
     help={
-        "serve": "keep the mirror and destination servers up until Ctrl-C",
+        "serve": "then keep the mirror, the destination, the tracker and the seed box up until Ctrl-C",
         "dest": "where to publish (default ./public)",
         "verbose": "debug logging and tracebacks",
     }
 )
 def demo(c: Context, serve: bool = False, dest: str = "public", verbose: bool = False) -> None:
-    """Build the demo Debian snapshot and key, publish to ./public, fetch one package with aria2 as users do."""
+    """Demo on 127.0.0.1: publish the demo snapshot to ./public with a real tracker; a user fetches a package
+    from the mirror, the seed box seeds, the mirror stops, a second user fetches it from the peer.
+
+    Needs opentracker and aria2 (./bootstrap.sh installs them)."""
     with _pipeline_errors(verbose):
         from pipeline.demo import run_demo
         from pipeline.progress import StderrProgress

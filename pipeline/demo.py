@@ -14,6 +14,7 @@ Both are built once and cached under a directory the caller chooses (`invoke dem
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import hashlib
 import json
@@ -22,19 +23,27 @@ import lzma
 import os
 import random
 import shutil
+import signal
+import socket
 import subprocess
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from email.utils import formatdate
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
-from pipeline.errors import PipelineError, SigningError, SnapshotError
-from pipeline.model import Progress
+from pipeline.errors import PipelineError, SeedError, SigningError, SnapshotError, TrackerError
+from pipeline.model import PackageRecord, Progress
 from pipeline.report import RunReport
+
+if TYPE_CHECKING:  # imported where used: building the snapshot needs none of them
+    from pipeline.localtracker import LocalTracker
+    from pipeline.seed import SeedBox
+    from pipeline.serve import RangeServer
 
 log = logging.getLogger(__name__)
 
@@ -139,19 +148,24 @@ class DebSpec:
         return "\n".join(lines) + "\n"
 
 
-def _set_tree_mode_and_mtime(top: Path) -> None:
-    """Fixed modes and mtimes (children before parents) so dpkg-deb writes the same tar every time."""
+def _set_tree_modes(top: Path, *, file_mode: int, dir_mode: int, mtime: int | None = None) -> None:
+    """Every file and directory of `top` (itself included) to these modes, and to `mtime` if given (children
+    before parents, so a directory's mtime is not changed again by setting its children's)."""
     for dirpath, dirnames, filenames in os.walk(top, topdown=False):
-        for name in filenames:
-            path = os.path.join(dirpath, name)
-            os.chmod(path, 0o644)
-            os.utime(path, (SOURCE_DATE_EPOCH, SOURCE_DATE_EPOCH))
-        for name in dirnames:
-            path = os.path.join(dirpath, name)
-            os.chmod(path, 0o755)
-            os.utime(path, (SOURCE_DATE_EPOCH, SOURCE_DATE_EPOCH))
-    os.chmod(top, 0o755)
-    os.utime(top, (SOURCE_DATE_EPOCH, SOURCE_DATE_EPOCH))
+        for names, mode in ((filenames, file_mode), (dirnames, dir_mode)):
+            for name in names:
+                path = os.path.join(dirpath, name)
+                os.chmod(path, mode)
+                if mtime is not None:
+                    os.utime(path, (mtime, mtime))
+    os.chmod(top, dir_mode)
+    if mtime is not None:
+        os.utime(top, (mtime, mtime))
+
+
+def _set_tree_mode_and_mtime(top: Path) -> None:
+    """Fixed modes and mtimes so dpkg-deb writes the same tar every time."""
+    _set_tree_modes(top, file_mode=0o644, dir_mode=0o755, mtime=SOURCE_DATE_EPOCH)
 
 
 def _stage(spec: DebSpec, staging: Path) -> None:
@@ -516,6 +530,12 @@ def demo_key(cache_dir: Path) -> Iterator[DemoKey]:
 
 DEMO_PUBLIC_PORT = 8780
 DEMO_MIRROR_PORT = 8781
+DEMO_TRACKER_PORT = 8782  # in the demo torrents' announce URL: a fixed port keeps a re-run a no-op release
+DEMO_SEED_PORT = 8783  # the seed box's BitTorrent port
+DEMO_SEED_RPC_PORT = 8784  # the seed box's aria2 JSON-RPC port (127.0.0.1)
+RECIPE_TIMEOUT = 300.0  # the recipe bounds each aria2c run itself; this bounds the whole script
+SEED_ANNOUNCE_TIMEOUT = 30.0  # the seed box hashes the snapshot's files, then announces them
+STOP_TIMEOUT = 5.0
 
 
 @dataclass(frozen=True)
@@ -525,6 +545,9 @@ class DemoResult:
     fetched: str
     public_url: str
     mirror_url: str
+    tracker_url: str
+    peer_bytes: int  # what the seed box uploaded of `fetched` while the mirror was down (the second user)
+    peer_seconds: float  # how long that second user's recipe took
 
 
 def run_demo(
@@ -537,13 +560,20 @@ def run_demo(
     wait: Callable[[], None] | None = None,
     public_port: int = DEMO_PUBLIC_PORT,
     mirror_port: int = DEMO_MIRROR_PORT,
+    tracker_port: int = DEMO_TRACKER_PORT,
+    seed_port: int = DEMO_SEED_PORT,
+    seed_rpc_port: int = DEMO_SEED_RPC_PORT,
 ) -> DemoResult:
-    """`invoke demo`: demo snapshot + demo key -> publish to `dest` through release() -> serve both on
-    loopback -> run the front page's user recipe (aria2c, gpgv, sha256sum) in a scratch dir -> check it."""
+    """`invoke demo`, all on 127.0.0.1: demo snapshot + demo key + a real opentracker -> publish to `dest`
+    through release() (torrents announce to the tracker, the release writes its whitelist and SIGHUPs it)
+    -> serve the destination and a mirror of the snapshot -> a first user runs the front page's recipe
+    (bytes from the mirror, no peer yet) -> the seed box (`invoke seed`) seeds the snapshot -> the mirror
+    is stopped -> a second user runs the same recipe in a fresh folder and gets the package from the seed
+    box, found through the tracker. Both fetches are checked against the signed index's SHA-256."""
     from pipeline.config import MirrorConfig, Settings
     from pipeline.render import example_package
     from pipeline.run import published_records, read_pointer, release
-    from pipeline.serve import serve_directory
+    from pipeline.seed import SeedBox
     from pipeline.signing import Signer
     from pipeline.storage import open_storage
 
@@ -552,57 +582,215 @@ def run_demo(
     announce(f"demo: building the demo Debian snapshot in {cache_dir} (cached after the first run)")
     snapshot = build_demo_snapshot(cache_dir)
     dest.mkdir(parents=True, exist_ok=True)
-    try:
-        servers = (serve_directory(dest, port=public_port), serve_directory(snapshot.root, port=mirror_port))
-    except OSError as exc:
-        raise PipelineError(
-            f"127.0.0.1:{public_port}/{mirror_port}: cannot listen ({exc.strerror}); stop the other demo and retry"
-        ) from exc
-    with servers[0], servers[1]:
+    with contextlib.ExitStack() as stack:
+        tracker = _start_tracker(tracker_port)
+        stack.callback(tracker.stop)
+        announce(f"demo: tracker opentracker PID {tracker.pid} at {tracker.announce_url} (whitelist mode, loopback)")
+        stack.enter_context(_listening(dest, public_port))
+        mirror = stack.enter_context(_listening(snapshot.root, mirror_port))
         announce(f"demo: mirror of the snapshot at {mirror_url}/ (probed before it becomes a webseed)")
-        with demo_key(cache_dir) as key:
-            settings = Settings(
-                snapshot=snapshot.root,
-                format="debian",
-                dest=str(dest),
-                public_url=public_url,
-                repo="demo",
-                mirrors=(
-                    MirrorConfig(
-                        url=mirror_url, country="DE", continent="EU", name="demo mirror (loopback)", priority=1
-                    ),
-                ),
-                key=key.fingerprint,
-                gnupghome=key.gnupghome,
-            )
-            announce(f"demo: publishing {snapshot.package_count} packages to {dest} with DEMO key {key.fingerprint}")
-            report = release(settings, progress=progress)
-            with Signer(gnupghome=key.gnupghome, key=key.fingerprint).keyring() as keyring:
-                current = read_pointer(
-                    open_storage(str(dest)), repo="demo", keyring=keyring, fingerprint=key.fingerprint
-                )
+        key = stack.enter_context(demo_key(cache_dir))
+        settings = Settings(
+            snapshot=snapshot.root,
+            format="debian",
+            dest=str(dest),
+            public_url=public_url,
+            repo="demo",
+            mirrors=(
+                MirrorConfig(url=mirror_url, country="DE", continent="EU", name="demo mirror (loopback)", priority=1),
+            ),
+            key=key.fingerprint,
+            gnupghome=key.gnupghome,
+            trackers=(tracker.announce_url,),
+            tracker_whitelist=tracker.whitelist_path,
+            tracker_pid_file=tracker.pid_file,
+            seed_port=seed_port,
+            seed_rpc_port=seed_rpc_port,
+            seed_dht=False,  # loopback only: peers come from the tracker
+        )
+        announce(f"demo: publishing {snapshot.package_count} packages to {dest} with DEMO key {key.fingerprint}")
+        report = release(settings, progress=progress)
+        with Signer(gnupghome=key.gnupghome, key=key.fingerprint).keyring() as keyring:
+            current = read_pointer(open_storage(str(dest)), repo="demo", keyring=keyring, fingerprint=key.fingerprint)
         assert current is not None
         example = example_package(published_records(open_storage(str(dest)), current.pointer))
-        if example is None:
+        if example is None or example.infohash is None:
             raise PipelineError("demo: the demo snapshot has no package to fetch; delete .demo/ and run again")
+        seconds = tracker.wait_tracked([current.pointer.infohash, example.infohash])
+        announce(
+            f"demo: the release wrote the tracker's whitelist ({_count_lines(tracker.whitelist_path)} infohashes) and "
+            f"sent SIGHUP to PID {tracker.pid}: it tracks them ({seconds:.1f} s)"
+        )
         recipe = front_page_recipe((dest / "index.html").read_text(encoding="utf-8"))
         announce(f"demo: destination served at {public_url}/index.html")
-        announce(f"demo: fetching {example.path} with aria2 exactly as the front page says")
-        with tempfile.TemporaryDirectory(prefix="mirrorseed-demo-user-") as scratch:
-            done = subprocess.run(
-                ["bash", "-c", recipe], cwd=scratch, capture_output=True, text=True, timeout=300, check=False
+
+        peers = len(tracker.peers(example.infohash))
+        announce(f"demo: user 1 fetches {example.path} with aria2 exactly as the front page says")
+        took = _fetch_as_user(recipe, example, "user 1")
+        announce(
+            f"demo: user 1 got {example.size} bytes in {took:.1f} s from the mirror (webseed {mirror_url}; "
+            f"the tracker listed {peers} peers); SHA-256 matches the signed index"
+        )
+
+        seeded = stack.enter_context(_read_only_copy(snapshot.root))
+        box = stack.enter_context(SeedBox(replace(settings, snapshot=seeded), log=log.info))
+        assert box.aria2 is not None
+        aria2 = box.aria2
+
+        def seeding() -> None:
+            if aria2.process.poll() is not None:
+                raise SeedError(f"demo: the seed box's aria2c exited: {aria2.last_log_line()}")
+
+        seconds = tracker.wait_for_peer(example.infohash, seed_port, timeout=SEED_ANNOUNCE_TIMEOUT, check=seeding)
+        announce(
+            f"demo: seed box (invoke seed) aria2 PID {box.aria2.pid} seeds {len(box.seeding)} torrents from a "
+            f"read-only copy of the snapshot; the tracker lists it at 127.0.0.1:{seed_port} ({seconds:.1f} s)"
+        )
+        mirror.close()
+        if not _refused(mirror_port):
+            raise PipelineError(f"127.0.0.1:{mirror_port}: still answers after the demo mirror stopped; stop it")
+        announce(f"demo: mirror stopped: {mirror_url} refuses connections")
+        peers = len(tracker.peers(example.infohash))
+        announce(
+            f"demo: user 2 runs the same recipe in a fresh folder, the mirror down (the tracker lists {peers} peers)"
+        )
+        before = _uploaded(box, example.infohash)
+        peer_seconds = _fetch_as_user(recipe, example, "user 2")
+        peer_bytes = _uploaded(box, example.infohash) - before
+        if peer_bytes < example.size:
+            raise PipelineError(
+                f"demo: user 2 got {example.path} but the seed box uploaded only {peer_bytes} of its "
+                f"{example.size} bytes; where did the rest come from?"
             )
-            if done.returncode != 0:
-                tail = " | ".join((done.stdout + done.stderr).strip().splitlines()[-5:])
-                raise PipelineError(f"demo: the user recipe failed (exit {done.returncode}): {tail}")
-            fetched = Path(scratch) / "packages" / example.path.rsplit("/", 1)[-1]
-            if not fetched.is_file() or hashlib.sha256(fetched.read_bytes()).hexdigest() != example.sha256:
-                raise PipelineError(f"demo: {fetched.name} was not fetched intact by the recipe")
-        announce(f"demo: fetched {example.path} ({example.size} bytes), SHA-256 matches the signed index")
+        announce(
+            f"demo: user 2 got {example.size} bytes in {peer_seconds:.1f} s from a peer: the seed box uploaded "
+            f"{peer_bytes} bytes to it ({peer_bytes / example.size:.1f} copies of the package), the mirror none; "
+            "SHA-256 matches the signed index"
+        )
         if serve:
-            announce("demo: serving until Ctrl-C")
+            stack.enter_context(_listening(snapshot.root, mirror_port))
+            announce(f"demo: mirror back at {mirror_url}; tracker and seed box stay up; serving until Ctrl-C")
             (wait or _wait_forever)()
-    return DemoResult(report, recipe, example.path, public_url, mirror_url)
+    return DemoResult(
+        report, recipe, example.path, public_url, mirror_url, tracker.announce_url, peer_bytes, peer_seconds
+    )
+
+
+def _start_tracker(port: int) -> LocalTracker:
+    """The demo's opentracker on 127.0.0.1:`port`; its failure as one line (a missing one names ./bootstrap.sh)."""
+    from pipeline.localtracker import LocalTracker
+
+    tracker = LocalTracker(port=port)
+    try:
+        return tracker.start()
+    except TrackerError as exc:
+        first = str(exc).splitlines()[0]
+        if "not installed" in first:
+            raise
+        raise TrackerError(f"127.0.0.1:{port}: {first}; stop the other demo (or what holds the port)") from None
+
+
+@contextmanager
+def _listening(root: Path, port: int) -> Iterator[RangeServer]:
+    from pipeline.serve import serve_directory
+
+    try:
+        server = serve_directory(root, port=port)
+    except OSError as exc:
+        raise PipelineError(f"127.0.0.1:{port}: cannot listen ({exc.strerror}); stop the other demo and retry") from exc
+    with server:
+        yield server
+
+
+@contextmanager
+def _read_only_copy(snapshot: Path) -> Iterator[Path]:
+    """A copy of the snapshot the seed box may seed: files 0444 and directories 0555 under a 0755 temp dir
+    (it refuses a snapshot its aria2 could write, and started as root it runs aria2 as nobody, who may not
+    reach the demo's cache: pytest's and /root are 0700). Removed afterwards. A real seed box seeds the
+    snapshot in place (infra/ runs it with ReadOnlyPaths=)."""
+    base = Path(tempfile.mkdtemp(prefix="mirrorseed-demo-seed-"))
+    try:
+        base.chmod(0o755)
+        copy = base / "snapshot"
+        shutil.copytree(snapshot, copy)
+        _set_tree_modes(copy, file_mode=0o444, dir_mode=0o555)
+        yield copy
+    finally:
+        if (base / "snapshot").is_dir():
+            _set_tree_modes(base / "snapshot", file_mode=0o644, dir_mode=0o755)
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def _fetch_as_user(recipe: str, example: PackageRecord, who: str) -> float:
+    """Run the recipe as a new user would, in a fresh folder with a fresh HOME (no aria2 configuration, no
+    DHT routing table: nothing leaves loopback) and LPD off; check the package against the signed index's
+    SHA-256. The seconds it took."""
+    with tempfile.TemporaryDirectory(prefix="mirrorseed-demo-user-") as scratch:
+        folder, home = Path(scratch) / "folder", Path(scratch) / "home"
+        folder.mkdir()
+        home.mkdir()
+        env = {
+            **os.environ,
+            "HOME": str(home),
+            "XDG_CONFIG_HOME": str(home / ".config"),
+            "XDG_CACHE_HOME": str(home / ".cache"),
+            "MIRRORSEED_LPD": "false",
+        }
+        started = time.monotonic()
+        code, output = _run_bounded(["bash", "-c", recipe], cwd=folder, env=env, timeout=RECIPE_TIMEOUT)
+        took = time.monotonic() - started
+        if code != 0:
+            tail = " | ".join(output.strip().splitlines()[-5:])
+            raise PipelineError(f"demo: {who}: the user recipe failed (exit {code}): {tail}")
+        fetched = folder / "packages" / example.path.rsplit("/", 1)[-1]
+        if not fetched.is_file() or hashlib.sha256(fetched.read_bytes()).hexdigest() != example.sha256:
+            raise PipelineError(f"demo: {who}: {fetched.name} was not fetched intact by the recipe")
+    return took
+
+
+def _run_bounded(args: Sequence[str], *, cwd: Path, env: Mapping[str, str], timeout: float) -> tuple[int, str]:
+    """Run `args` in a session of its own, output captured; past `timeout` (or on an interrupt) its whole
+    process group (the recipe's aria2c included) is killed by the PID it started with."""
+    process = subprocess.Popen(
+        list(args), cwd=cwd, env=dict(env), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT, text=True, errors="replace", start_new_session=True,
+    )  # fmt: skip
+    try:
+        output, _ = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        _kill_group(process)
+        return 124, f"did not finish within {timeout:.0f} s"
+    except BaseException:
+        _kill_group(process)
+        raise
+    return process.returncode, output
+
+
+def _kill_group(process: subprocess.Popen[str]) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGKILL)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        process.communicate(timeout=STOP_TIMEOUT)
+
+
+def _uploaded(box: SeedBox, infohash: str) -> int:
+    """Bytes the seed box's aria2 has uploaded of the torrent `infohash` since it was added."""
+    assert box.aria2 is not None
+    items = box.aria2.call("aria2.tellActive", ["infoHash", "uploadLength"])
+    return sum(int(item.get("uploadLength", 0)) for item in items if item.get("infoHash") == infohash)
+
+
+def _refused(port: int) -> bool:
+    """Whether 127.0.0.1:`port` refuses TCP connections (the stopped mirror)."""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1.0):
+            return False
+    except OSError:
+        return True
+
+
+def _count_lines(path: Path) -> int:
+    return len(path.read_text(encoding="ascii").split())
 
 
 def front_page_recipe(front_page: str) -> str:
@@ -617,8 +805,18 @@ def front_page_recipe(front_page: str) -> str:
 
 
 def _wait_forever() -> None:
+    """Until Ctrl-C or SIGTERM (then the demo stops what it started: tracker, seed box, servers)."""
+
+    def stop(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    main = threading.current_thread() is threading.main_thread()  # only there can handlers be set
+    previous = signal.signal(signal.SIGTERM, stop) if main else None
     try:
         while True:
             time.sleep(3600)
     except KeyboardInterrupt:
         return
+    finally:
+        if main:
+            signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)

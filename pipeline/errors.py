@@ -43,3 +43,9 @@ class SeedError(PipelineError):
     """The seed box cannot run: aria2 missing or failing, a snapshot it could write, a torrent that does not check."""
 
     exit_code = 7
+
+
+class TrackerError(PipelineError):
+    """A local opentracker (demo, benchmark, tests) cannot start, or does not take its whitelist."""
+
+    exit_code = 8

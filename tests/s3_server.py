@@ -31,7 +31,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from tests.processes import ServerProcess
+from pipeline.process import ServerProcess
 
 ROOT = Path(__file__).resolve().parents[1]
 POLICY_FILE = ROOT / "infra" / "bucket-policy.json"

@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import json
 import subprocess
-import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -146,21 +145,16 @@ def test_release_feeds_a_real_tracker_and_a_peer_serves_with_every_mirror_dead(
     snap, dest = tmp_path / "snap", tmp_path / "dest"
     make_flat(snap, 3)
     with Tracker() as tracker:
-        pid_file = tmp_path / "opentracker.pid"
-        pid_file.write_text(f"{tracker.pid}\n")
         settings = Settings(
             snapshot=snap, format="flat", dest=str(dest), public_url="http://127.0.0.1:9/pub", repo="swarm",
             webseeds=("http://127.0.0.1:9/dead",), allow_peer_only=True, trackers=(tracker.announce_url,),
             key=signing_key.fingerprint, gnupghome=signing_key.gnupghome, state=tmp_path / "state.sqlite",
-            tracker_whitelist=tracker.whitelist_path, tracker_pid_file=pid_file,
+            tracker_whitelist=tracker.whitelist_path, tracker_pid_file=tracker.pid_file,
         )  # fmt: skip
         release(settings)
         torrent = dest / "torrents/dir1/file-01.bin.torrent"
         infohash = hashlib.sha1(bencode.decode_dict(torrent.read_bytes()).info or b"").hexdigest()
-        deadline = time.monotonic() + 10
-        while not tracker.accepts(infohash):  # the release's SIGHUP made it re-read the whitelist
-            assert time.monotonic() < deadline, "the tracker never took the release's whitelist"
-            time.sleep(0.05)
+        tracker.wait_tracked([infohash])  # the release's SIGHUP (by tracker.pid_file) made it re-read the whitelist
 
         seed_dir = tmp_path / "seed"  # a copy: a seeder never writes into the snapshot
         seed_dir.mkdir()

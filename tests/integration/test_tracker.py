@@ -25,7 +25,7 @@ from pipeline.hashing import hash_files
 from pipeline.model import FileEntry
 from pipeline.torrents import BuildSpec, build_packages
 from tests.integration.conftest import aria2_command
-from tests.tracker import Tracker, announce, free_port, opentracker_binary
+from tests.tracker import Tracker, TrackerError, announce, free_port, opentracker_binary
 
 pytestmark = pytest.mark.integration
 
@@ -103,14 +103,15 @@ def seeder_command(torrent: Path, directory: Path, listen_port: int) -> list[str
 
 def wait_for_peer(tracker: Tracker, infohash: str, port: int, seeder: subprocess.Popen[str]) -> float:
     """Bounded wait until the tracker lists 127.0.0.1:`port` for `infohash`; the seconds it took."""
-    started = time.monotonic()
-    while time.monotonic() - started < SEEDER_READY_TIMEOUT:
+
+    def alive() -> None:
         if seeder.poll() is not None:
             pytest.fail(f"seeder exited with code {seeder.returncode}:\n{stop(seeder)}")
-        if ("127.0.0.1", port) in tracker.peers(infohash):
-            return time.monotonic() - started
-        time.sleep(0.2)
-    pytest.fail(f"the seeder did not announce itself within {SEEDER_READY_TIMEOUT:.0f} s:\n{stop(seeder)}")
+
+    try:
+        return tracker.wait_for_peer(infohash, port, timeout=SEEDER_READY_TIMEOUT, check=alive)
+    except TrackerError as exc:
+        pytest.fail(f"{exc}\n{stop(seeder)}")
 
 
 def test_download_completes_through_the_tracker_with_every_mirror_dead(tracker: Tracker, tmp_path: Path) -> None:

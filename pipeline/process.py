@@ -1,4 +1,5 @@
-"""A server a test runs as a child process on 127.0.0.1 (SeaweedFS, opentracker): the shared lifecycle.
+"""A server run as a child process on 127.0.0.1 (opentracker for the demo, the benchmark and the tests;
+SeaweedFS in the tests): the shared lifecycle.
 
 Its output goes to a log file; a start is retried on new ports when the process exits while starting (a
 port taken between the check and the start); it is stopped by its PID: SIGTERM, a bounded wait, SIGKILL.
