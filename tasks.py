@@ -172,25 +172,74 @@ def golden(c: Context, update: bool = False) -> None:
         "runs": "timed runs per row, after one warm-up; the table shows medians (default 5)",
         "out": "JSON results file (default .bench/results.json)",
         "quick": "skip coreutils, torf CLI and transmission-create, and install nothing",
-    }
+        "swarm": "also run the swarm benchmark (tracker, seed box, throttled mirror, aria2 users; ~4 min)",
+        "swarm_only": "run only the swarm benchmark",
+        "swarm_users": "swarm: aria2 users (default 8)",
+        "swarm_packages": "swarm: packages in the set (default 40)",
+        "swarm_mb": "swarm: package set size in MB (default 100)",
+        "swarm_interval": "swarm: seconds between two users' arrivals (default 3)",
+        "swarm_scenario": "swarm: offload, dead-mirror or both (default both)",
+        "swarm_out": "swarm: JSON results file (default .bench/swarm.json)",
+        "swarm_user_conf": "swarm: an extra KEY=VALUE line for every user's aria2.conf (repeatable; what-if runs)",
+    },
+    iterable=["swarm_user_conf"],
 )
 def bench(
-    c: Context, files: int = 3000, total_gb: float = 4.0, runs: int = 5, out: str | None = None, quick: bool = False
+    c: Context,
+    files: int = 3000,
+    total_gb: float = 4.0,
+    runs: int = 5,
+    out: str | None = None,
+    quick: bool = False,
+    swarm: bool = False,
+    swarm_only: bool = False,
+    swarm_users: int = 8,
+    swarm_packages: int = 40,
+    swarm_mb: float = 100.0,
+    swarm_interval: float = 3.0,
+    swarm_scenario: str = "both",
+    swarm_out: str | None = None,
+    swarm_user_conf: list[str] | None = None,
 ) -> None:
-    """Benchmark: hashlib ceiling, peers and mirrorseed (full, no-change, 1%-changed) on one corpus; print the table."""
+    """Benchmark: hashlib ceiling, peers and mirrorseed (full, no-change, 1%-changed) on one corpus; print the table.
+
+    --swarm adds (--swarm-only runs alone) the offload benchmark of issue 12: bytes the mirror, the seed box
+    and the users serve when K aria2 users fetch the same packages through a tracker."""
+
+    def announce(line: str) -> None:
+        print(line, file=sys.stderr, flush=True)
+
+    def path(value: str | None) -> Path | None:
+        return None if value is None else Path(value) if os.path.isabs(value) else Path.cwd() / value
+
     with _pipeline_errors():
-        from bench.harness import BenchOptions, run_bench
+        if not swarm_only:
+            from bench.harness import BenchOptions, run_bench
 
-        def announce(line: str) -> None:
-            print(line, file=sys.stderr, flush=True)
+            result = run_bench(
+                BenchOptions(repo_root=ROOT, files=files, total_gb=total_gb, runs=runs, out=path(out), quick=quick),
+                announce=announce,
+            )
+            print(result.table)
+            announce(f"bench: results in {result.json_path}")
+            if not swarm:
+                announce("bench: swarm benchmark skipped (invoke bench --swarm, or --swarm-only)")
+                return
+        from bench.swarm import SwarmOptions, run_swarm_bench
 
-        out_path = None if out is None else Path(out) if os.path.isabs(out) else Path.cwd() / out
-        result = run_bench(
-            BenchOptions(repo_root=ROOT, files=files, total_gb=total_gb, runs=runs, out=out_path, quick=quick),
+        scenarios = ("offload", "dead-mirror") if swarm_scenario == "both" else (swarm_scenario,)
+        swarm_result = run_swarm_bench(
+            SwarmOptions(
+                repo_root=ROOT, users=swarm_users, packages=swarm_packages, total_mb=swarm_mb,
+                interval_s=swarm_interval, scenarios=scenarios, out=path(swarm_out),
+                user_conf=tuple(swarm_user_conf or ()),
+            ),
             announce=announce,
-        )
-        print(result.table)
-        announce(f"bench: results in {result.json_path}")
+        )  # fmt: skip
+        print(swarm_result.table)
+        announce(f"bench: swarm results in {swarm_result.json_path}")
+        if not swarm_result.ok:
+            raise Exit("bench: swarm: a user did not complete (see the table)", code=1)
 
 
 @task(

@@ -19,6 +19,10 @@ FRONT_KEY = "index.html"
 STYLE_KEY = "style.css"
 MIRRORS_KEY = "mirrors/index.html"
 MIRRORS_JSON_KEY = "mirrors/mirrors.json"
+# The user scripts, published as files to download and run with bash (the front page shows them too):
+# fetch one package (recipe.sh [NAME]) or many (update.sh NAME...; formats with package names).
+RECIPE_KEY = "recipe.sh"
+UPDATE_KEY = "update.sh"
 # Give back (opt-in user seeding): the script a user runs in the recipe's folder, and a systemd user
 # unit and timer that run it daily. The unit and timer keys are also their file names on the user's machine.
 GIVE_BACK_KEY = "give-back.sh"

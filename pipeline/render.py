@@ -38,6 +38,7 @@ from jinja2.runtime import Context
 from pipeline.errors import ConfigError, SnapshotError
 from pipeline.model import Artifact, MirrorStatus, PackageRecord, Pointer
 from pipeline.objects import (
+    APT_METHOD_KEY,
     CLIENT_KEYS,
     FRONT_KEY,
     GIVE_BACK_KEY,
@@ -45,7 +46,11 @@ from pipeline.objects import (
     GIVE_BACK_TIMER_KEY,
     MIRRORS_JSON_KEY,
     MIRRORS_KEY,
+    PACMAN_XFER_KEY,
+    RECIPE_KEY,
+    SIGNING_KEY_GPG,
     STYLE_KEY,
+    UPDATE_KEY,
     browse_key,
     make_artifact,
     mirror_list_key,
@@ -132,11 +137,17 @@ KEY_MAX_BYTES = 256 * 1024
 FETCH_TIMEOUT = 30
 MIN_RATE = 16 * 1024
 # What both recipes' shared fetch functions (fetch.sh.j2) read.
-_FETCH_CONTEXT: Mapping[str, int] = {
+# The tools every published script needs, and the one line that installs them (fetch.sh.j2 checks them
+# first; the front page shows the line for the snapshot's format).
+INSTALL_DEBIAN = "sudo apt install aria2 gpgv jq zstd"
+INSTALL_ARCH = "sudo pacman -S --needed aria2 gnupg jq zstd"
+_FETCH_CONTEXT: Mapping[str, int | str] = {
     "pointer_max_bytes": POINTER_MAX_BYTES,
     "key_max_bytes": KEY_MAX_BYTES,
     "fetch_timeout": FETCH_TIMEOUT,
     "min_rate": MIN_RATE,
+    "install_debian": INSTALL_DEBIAN,
+    "install_arch": INSTALL_ARCH,
 }
 
 FRONT_TEMPLATE = "front.html.j2"
@@ -163,7 +174,6 @@ STATUS_MEANING: Mapping[str, str] = {
 
 # Local directories the recipe downloads into (the demo checks `packages/<file name>`).
 PACKAGES_DIR = "packages"
-METALINK_DIR = "packages-metalink"
 
 
 _FINGERPRINT = re.compile(r"^(?:[0-9A-F]{40}|[0-9A-F]{64})$")
@@ -578,12 +588,12 @@ def example_package(records: Iterable[PackageRecord]) -> PackageRecord | None:
     return next((r for r in records if r.size > 0 and r.torrent is not None), None)
 
 
-def signature_mirror(checked: _Checked) -> str | None:
-    """The HTTP mirror a recipe fetches an Arch `.sig` from: the first `ok` mirror by priority then
-    URL, else the first webseed; None when there is neither."""
+def preferred_mirror(checked: _Checked) -> str | None:
+    """The HTTP mirror a script names (where an Arch `.sig` comes from, the apt source the front page
+    shows): the first `ok` mirror by priority then URL, else the first webseed; None when there is neither."""
     ok = sorted((r for r in checked.mirrors if r.status == "ok"), key=lambda r: (r.priority, r.url))
     candidates = [r.url for r in ok] + list(checked.webseeds)
-    return candidates[0] if candidates else None
+    return candidates[0].rstrip("/") if candidates else None
 
 
 def _recipe(
@@ -592,44 +602,63 @@ def _recipe(
     example: PackageRecord | None,
     checked: _Checked,
 ) -> str:
-    public_url = checked.public_url
-    package: dict[str, str | None] | None = None
-    signature: dict[str, str] | None = None
-    mirror = signature_mirror(checked) if format_info(listing.snapshot_format).detached_signatures else None
+    package: dict[str, str] | None = None
     if example is not None:
         if example.torrent is None:
             raise ValueError(f"{example.path}: a zero-length file has no torrent; pick another example")
         _check_path(example.path)
-        name = basename(example.path)
-        package = {
-            "path": example.path,
-            "torrent_url": join_url(public_url, example.torrent),
-            "metalink_url": join_url(public_url, example.metalink),
-            "magnet": None if example.magnet is None else magnet_href(example.magnet),
-            "file": f"{PACKAGES_DIR}/{name}",
-            "metalink_file": f"{METALINK_DIR}/{name}",
-        }
-        if example.signature is not None and mirror is not None:
-            _check_path(example.signature.path)
-            # pacman -U reads `<package file>.sig` beside the package, whatever the mirror calls it.
-            signature = {"url": join_url(mirror, example.signature.path), "name": f"{name}.sig"}
+        # by name (the current version then comes from the index), or by path when the format has no names
+        package = {"want": example.name or example.path, "arch": example.arch or ""}
     context = {
-        **_FETCH_CONTEXT,
-        "repo": listing.repo,
-        "pointer_repo": listing.pointer.repo,
-        "public_url": public_url,
-        "fingerprint": checked.fingerprint,
-        "flags": aria2_flags(listing.dht_nodes),
-        "packages_dir": PACKAGES_DIR,
-        "metalink_dir": METALINK_DIR,
-        "snapshot_format": listing.snapshot_format,
-        "detached_signatures": format_info(listing.snapshot_format).detached_signatures,
+        **_script_context(listing, checked),
         "example": package,
-        "signature": signature,
-        "signed": example is not None and example.signature is not None,
+        "mirror": preferred_mirror(checked) if format_info(listing.snapshot_format).detached_signatures else None,
     }
     text = _render(env, RECIPE_TEMPLATE, context, listing.templates_dir)
     return text.rstrip("\n") + "\n"
+
+
+def _start_context(listing: ListingInput, checked: _Checked, example: PackageRecord | None) -> dict[str, Any]:
+    """The front page's "Get started": the tools to install, the scripts' and clients' URLs, an apt source."""
+    name = listing.snapshot_format
+    mirror = preferred_mirror(checked) or "https://MIRROR/debian"
+    suite = checked.suites[0] if checked.suites else "SUITE"
+    components = " ".join(checked.components or ("main",))
+    return {
+        "install_tools": INSTALL_ARCH if name == "arch" else INSTALL_DEBIAN,
+        "install_tools_other": INSTALL_ARCH if name not in ("arch", "debian") else None,
+        "example_want": None if example is None else example.name or example.path,
+        "recipe_url": join_url(checked.public_url, RECIPE_KEY),
+        "update_url": join_url(checked.public_url, UPDATE_KEY),
+        "key_url": join_url(checked.public_url, SIGNING_KEY_GPG),
+        "apt_method_key": APT_METHOD_KEY,
+        "apt_method_url": join_url(checked.public_url, APT_METHOD_KEY),
+        "pacman_xfer_key": PACMAN_XFER_KEY,
+        "pacman_xfer_url": join_url(checked.public_url, PACMAN_XFER_KEY),
+        "apt_source": f"deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] mirrorseed+{mirror} "
+        f"{suite} {components}",
+    }
+
+
+def _script_context(listing: ListingInput, checked: _Checked) -> dict[str, Any]:
+    """What every published script (recipe, update, give-back) reads: where, whose key, aria2's flags."""
+    return {
+        **_FETCH_CONTEXT,
+        "repo": listing.repo,
+        "pointer_repo": listing.pointer.repo,
+        "public_url": checked.public_url,
+        "fingerprint": checked.fingerprint,
+        "flags": aria2_flags(listing.dht_nodes),
+        "packages_dir": PACKAGES_DIR,
+        "snapshot_format": listing.snapshot_format,
+    }
+
+
+# update.sh's example of how to name every installed package this mirror has, per format.
+_ALL_INSTALLED: Mapping[str, str] = {
+    "debian": "Everything installed that\n# this mirror has: bash update.sh $(dpkg-query -W -f='${Package}\\n')",
+    "arch": "Everything installed that\n# this mirror has: bash update.sh $(pacman -Qq)",
+}
 
 
 def _update_recipe(env: jinja2.Environment, listing: ListingInput, checked: _Checked) -> str | None:
@@ -638,12 +667,10 @@ def _update_recipe(env: jinja2.Environment, listing: ListingInput, checked: _Che
     if not format_info(listing.snapshot_format).update_script or example is None:
         return None
     context = {
-        **_FETCH_CONTEXT,
-        "public_url": checked.public_url,
-        "flags": aria2_flags(listing.dht_nodes),
-        "packages_dir": PACKAGES_DIR,
+        **_script_context(listing, checked),
         "want": example.name,
-        "mirror": signature_mirror(checked),
+        "all_installed": _ALL_INSTALLED.get(listing.snapshot_format, ""),
+        "mirror": preferred_mirror(checked) if format_info(listing.snapshot_format).detached_signatures else None,
     }
     return _render(env, UPDATE_TEMPLATE, context, listing.templates_dir).rstrip("\n") + "\n"
 
@@ -926,7 +953,7 @@ def iter_pages(listing: ListingInput, unchanged: Callable[[str, str], bool] | No
         "has_mirrors": has_mirrors,
         # Where browse pages link an Arch `.sig` (plain HTTP, no torrent): every webseed, or else the
         # mirror the recipe fetches it from.
-        "signature_bases": checked.webseeds or tuple(b for b in (signature_mirror(checked),) if b is not None),
+        "signature_bases": checked.webseeds or tuple(b for b in (preferred_mirror(checked),) if b is not None),
     }
     front = {
         **common,
@@ -940,12 +967,16 @@ def iter_pages(listing: ListingInput, unchanged: Callable[[str, str], bool] | No
         "mirrors": [MirrorLink(label=base, url=base + "/") for base in checked.webseeds],
         "mirror_count": len(checked.mirrors),
         "listed_count": len(listed_mirrors(checked.mirrors)),
+        **_start_context(listing, checked, example),
         **_GIVE_BACK_CONTEXT,
         "give_back_key": GIVE_BACK_KEY,
         "give_back_url": join_url(checked.public_url, GIVE_BACK_KEY),
         "give_back_unit_urls": [join_url(checked.public_url, k) for k in (GIVE_BACK_SERVICE_KEY, GIVE_BACK_TIMER_KEY)],
     }
     yield _whole(make_artifact(FRONT_KEY, _page(env, FRONT_TEMPLATE, front, where)))
+    yield _whole(make_artifact(RECIPE_KEY, front["recipe"].encode("utf-8")))
+    if front["update_recipe"] is not None:
+        yield _whole(make_artifact(UPDATE_KEY, front["update_recipe"].encode("utf-8")))
     yield from map(_whole, _give_back(env, listing, checked))
 
     browse_common = {key: common[key] for key in BROWSE_CONTEXT}

@@ -10,7 +10,9 @@ tests serve snapshots and destinations with this instead. It behaves like an obj
 - the request path is percent-decoded as UTF-8 (`%2B` is `+`, a raw `+` stays `+`, as on S3 with
   encoded keys), and `Content-Type` comes from `pipeline.objects.content_type_for(key)`;
 - no directory listings: a directory is `404`, except `/` which serves `index.html` if present;
-- nothing outside the root: `..` segments, NUL bytes and symlinks leading out of the root are `404`.
+- nothing outside the root: `..` segments, NUL bytes and symlinks leading out of the root are `404`;
+- optionally throttled (`rate_limit`: bytes per second for the whole server, as a mirror reached
+  through one internet link); it counts the body bytes it sent, per client address (`served`).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import os
 import re
 import socket
 import threading
+import time
 from email.utils import formatdate
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -33,6 +36,7 @@ from pipeline.objects import content_type_for
 log = logging.getLogger(__name__)
 
 CHUNK_SIZE = 256 * 1024
+THROTTLED_CHUNK_SIZE = 16 * 1024  # a throttled server sends small chunks: its rate stays smooth across connections
 _RANGE = re.compile(r"^\s*(\d*)\s*-\s*(\d*)\s*$")
 
 
@@ -64,6 +68,30 @@ def parse_range(header: str, size: int) -> tuple[int, int] | Literal[False] | No
     if suffix == 0 or size == 0:
         return False
     return max(0, size - suffix), size - 1
+
+
+class RateLimit:
+    """At most `rate` bytes per second on average, shared by every caller (threads), bursts of `burst` bytes.
+
+    Virtual scheduling: each `take(n)` reserves the next n/rate seconds of the link and sleeps until its
+    reservation ends, so concurrent connections share the rate instead of each getting it."""
+
+    def __init__(self, rate: int, *, burst: int | None = None) -> None:
+        if rate <= 0:
+            raise ValueError(f"rate {rate}: must be positive (bytes per second)")
+        self.rate = rate
+        self._burst_s = (burst if burst is not None else THROTTLED_CHUNK_SIZE) / rate
+        self._free_at = time.monotonic()
+        self._lock = threading.Lock()
+
+    def take(self, n: int) -> None:
+        with self._lock:
+            now = time.monotonic()
+            start = max(self._free_at, now)  # the link is busy until _free_at
+            self._free_at = start + n / self.rate
+            wait = self._free_at - now - self._burst_s  # up to a burst may be ahead of the rate
+        if wait > 0:
+            time.sleep(wait)
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -122,13 +150,18 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _copy(self, handle: BinaryIO, offset: int, length: int) -> None:
         handle.seek(offset)
+        limit = self.server.rate_limit
+        size = CHUNK_SIZE if limit is None else THROTTLED_CHUNK_SIZE
         try:
             while length > 0:
-                chunk = handle.read(min(CHUNK_SIZE, length))
+                chunk = handle.read(min(size, length))
                 if not chunk:  # the file shrank under us: the client sees a short body
                     self.close_connection = True
                     return
+                if limit is not None:
+                    limit.take(len(chunk))
                 self.wfile.write(chunk)
+                self.server.count(self.client_address[0], len(chunk))
                 length -= len(chunk)
         except (BrokenPipeError, ConnectionResetError):
             # aria2 drops connections whose segment another connection finished
@@ -160,12 +193,24 @@ class _HTTPServer(ThreadingHTTPServer):
     allow_reuse_address = True
     daemon_threads = True
 
-    def __init__(self, address: tuple[str, int], root: str, family: socket.AddressFamily) -> None:
+    def __init__(
+        self, address: tuple[str, int], root: str, family: socket.AddressFamily, rate_limit: RateLimit | None
+    ) -> None:
         self.address_family = family
         self.root = root
+        self.rate_limit = rate_limit
+        self.served: dict[str, int] = {}  # body bytes sent, by client address
         self._connections: set[socket.socket] = set()
         self._lock = threading.Lock()
         super().__init__(address, _Handler)
+
+    def count(self, client: str, n: int) -> None:
+        with self._lock:
+            self.served[client] = self.served.get(client, 0) + n
+
+    def served_copy(self) -> dict[str, int]:
+        with self._lock:
+            return dict(self.served)
 
     def process_request(self, request: socket.socket | tuple[bytes, socket.socket], client: Any) -> None:
         if isinstance(request, socket.socket):
@@ -191,14 +236,17 @@ class _HTTPServer(ThreadingHTTPServer):
 
 
 class RangeServer:
-    """A running server; `url` is `http://HOST:PORT` without a trailing slash. Use it as a context manager."""
+    """A running server; `url` is `http://HOST:PORT` without a trailing slash. Use it as a context manager.
 
-    def __init__(self, root: Path, *, host: str = "127.0.0.1", port: int = 0) -> None:
+    `rate_limit` (bytes per second, None: as fast as it goes) caps what the whole server sends."""
+
+    def __init__(self, root: Path, *, host: str = "127.0.0.1", port: int = 0, rate_limit: int | None = None) -> None:
         real_root = os.path.realpath(root)
         if not os.path.isdir(real_root):
             raise NotADirectoryError(f"{root}: not a directory to serve")
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        self._server = _HTTPServer((host, port), real_root, family)
+        limit = None if rate_limit is None else RateLimit(rate_limit)
+        self._server = _HTTPServer((host, port), real_root, family, limit)
         bound_port = self._server.server_address[1]
         self.root = Path(real_root)
         self.url = f"http://[{host}]:{bound_port}" if ":" in host else f"http://{host}:{bound_port}"
@@ -223,6 +271,16 @@ class RangeServer:
     ) -> None:
         self.close()
 
+    @property
+    def served(self) -> dict[str, int]:
+        """Body bytes sent so far, by client address (a copy)."""
+        return self._server.served_copy()
+
+    @property
+    def bytes_served(self) -> int:
+        """Body bytes sent so far to every client (GET bodies; headers and HEAD not counted)."""
+        return sum(self.served.values())
+
     def close(self) -> None:
         """Stop accepting, drop open connections and release the port. Safe to call twice."""
         if self._closed:
@@ -234,6 +292,8 @@ class RangeServer:
         self._thread.join()
 
 
-def serve_directory(root: Path, *, host: str = "127.0.0.1", port: int = 0) -> RangeServer:
+def serve_directory(
+    root: Path, *, host: str = "127.0.0.1", port: int = 0, rate_limit: int | None = None
+) -> RangeServer:
     """Serve `root` read-only at `host:port` (0 = a free port) from a daemon thread; returns it running."""
-    return RangeServer(root, host=host, port=port)
+    return RangeServer(root, host=host, port=port, rate_limit=rate_limit)

@@ -671,7 +671,9 @@ _SKIPPED_DIRS = frozenset({"by-hash", "i18n", "dep11", "source"})
 class DebianFormat:
     """Debian and derivatives: the files the selected `Packages` indexes list (`pipeline.snapshot.formats`)."""
 
-    info = FormatInfo(name="debian", label="Debian", client_list="sources.list", client_list_needs_suites=True)
+    info = FormatInfo(
+        name="debian", label="Debian", client_list="sources.list", client_list_needs_suites=True, update_script=True
+    )
 
     def detect(self, root_real: Path) -> bool:
         """True if some `dists/<suite>/**/binary-<arch>/` holds a Packages, Packages.gz or Packages.xz."""

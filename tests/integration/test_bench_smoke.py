@@ -23,24 +23,25 @@ ROOT = Path(__file__).resolve().parents[2]
 MIRRORSEED_ROWS = ("mirrorseed-full", "mirrorseed-noop", "mirrorseed-changed", "mirrorseed-noop-1")
 
 
-def test_bench_quick_smoke(tmp_path: Path) -> None:
+def run_bench(tmp_path: Path, *args: str, cwd: Path, timeout: float) -> subprocess.CompletedProcess[str]:
+    """`invoke bench ARGS` in a clean environment, its cache under tmp_path (skipped without ../shared)."""
     if not distribution_path(ROOT).is_file():
         pytest.skip(f"{distribution_path(ROOT)} is missing (the benchmark needs ../shared beside the repository)")
-    out = tmp_path / "results.json"
     env = {k: v for k, v in os.environ.items() if not k.startswith("MIRRORSEED_")}
     env.pop("GNUPGHOME", None)
     env["MIRRORSEED_BENCH_CACHE"] = str(tmp_path / "cache")
-    done = subprocess.run(
-        [sys.executable, "-m", "invoke", "--search-root", str(ROOT), "bench"]
-        + ["--files", "50", "--total-gb", "0.05", "--runs", "1", "--quick", "--out", str(out)],
-        cwd=tmp_path,
-        env=env,
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        timeout=180,
-        check=False,
-    )
+    return subprocess.run(
+        [sys.executable, "-m", "invoke", "--search-root", str(ROOT), "bench", *args],
+        cwd=cwd, env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=timeout, check=False,
+    )  # fmt: skip
+
+
+def test_bench_quick_smoke(tmp_path: Path) -> None:
+    out = tmp_path / "results.json"
+    done = run_bench(
+        tmp_path, "--files", "50", "--total-gb", "0.05", "--runs", "1", "--quick", "--out", str(out),
+        cwd=tmp_path, timeout=180,
+    )  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
     doc = json.loads(out.read_text())
     rows = {row["key"]: row for row in doc["rows"]}
@@ -73,3 +74,39 @@ def test_bench_quick_smoke(tmp_path: Path) -> None:
     corpus = Path(doc["corpus"]["path"])
     assert (corpus / "complete.json").is_file() and not (corpus / "dirty.json").exists()
     assert "| target (issue 3) |" in done.stdout and doc["table"] in done.stdout
+
+
+def test_bench_swarm_smoke(tmp_path: Path) -> None:
+    """`invoke bench --swarm-only` on a tiny package set: both scenarios run, every user completes, the bytes add up."""
+    out = tmp_path / "swarm.json"
+    # cwd: the seed box runs `find` as nobody in the caller's working directory, which must be readable by nobody
+    done = run_bench(
+        tmp_path, "--swarm-only", "--swarm-users", "2", "--swarm-packages", "3", "--swarm-mb", "3",
+        "--swarm-interval", "1", "--swarm-out", str(out), cwd=ROOT, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:] + done.stdout[-3000:]
+    doc = json.loads(out.read_text())
+    assert doc["options"]["users"] == 2 and doc["options"]["packages"] == 3
+    package_bytes = doc["options"]["package_bytes"]
+    assert 2_900_000 <= package_bytes <= 3_100_000
+    scenarios = {s["name"]: s for s in doc["scenarios"]}
+    assert set(scenarios) == {"offload", "dead-mirror"}
+    for scenario in scenarios.values():
+        users = scenario["users"]
+        assert [u["user"] for u in users] == [1, 2] and len({u["address"] for u in users}) == 2
+        for user in users:
+            assert user["status"] == "seeding" and user["done_s"] is not None, user
+            assert user["received_bytes"] >= package_bytes  # the set, plus the recipe's Metalink copy of one
+            assert user["mirror_bytes"] <= user["received_bytes"]
+        received = sum(u["received_bytes"] for u in users)
+        assert scenario["received_bytes"] == received
+        # every received byte came from the mirror, the seed box or another user (users' share is the rest)
+        assert scenario["users_bytes"] == max(0, received - scenario["mirror_bytes"] - scenario["seed_box_bytes"])
+        assert scenario["operator_copies"] == pytest.approx(
+            (scenario["mirror_bytes"] + scenario["seed_box_bytes"]) / package_bytes, abs=0.001
+        )
+    assert scenarios["offload"]["mirror_bytes"] > 0 and scenarios["offload"]["seed_box_stopped_s"] is None
+    dead = scenarios["dead-mirror"]
+    assert dead["mirror_bytes"] == 0 and dead["seed_box_stopped_s"] is not None
+    assert "operator egress (mirror + seed box)" in done.stdout and "Dead mirror: 2 users" in done.stdout
+    assert "PASS" in done.stdout.split("Dead mirror")[1]  # every user completed

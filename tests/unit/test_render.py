@@ -22,7 +22,17 @@ import pytest
 
 from pipeline.errors import ConfigError, SnapshotError
 from pipeline.model import Artifact, IndexRef, MirrorStatus, PackageRecord, Pointer, SignatureRef
-from pipeline.objects import CLIENT_KEYS, GIVE_BACK_KEY, GIVE_BACK_SERVICE_KEY, GIVE_BACK_TIMER_KEY, content_type_for
+from pipeline.objects import (
+    APT_METHOD_KEY,
+    CLIENT_KEYS,
+    GIVE_BACK_KEY,
+    GIVE_BACK_SERVICE_KEY,
+    GIVE_BACK_TIMER_KEY,
+    PACMAN_XFER_KEY,
+    RECIPE_KEY,
+    UPDATE_KEY,
+    content_type_for,
+)
 from pipeline.render import (
     ARIA2_FLAGS,
     FETCH_TIMEOUT,
@@ -46,6 +56,7 @@ from pipeline.render import (
 from tests.tools import require_tools
 
 GIVE_BACK_KEYS = {GIVE_BACK_KEY, GIVE_BACK_SERVICE_KEY, GIVE_BACK_TIMER_KEY}
+SCRIPT_KEYS = {RECIPE_KEY, UPDATE_KEY}  # the user scripts (update.sh: formats with package names)
 FPR = "dc87fd8b47ffa81270054cefe2d360866d18689b"
 PUBLIC = "https://seed.example.org/debian"
 WEBSEEDS = ("https://mirror-a.example.net/debian", "http://mirror-b.example.com/pub/debian/")
@@ -59,7 +70,7 @@ ARCH = "extra/os/x86_64/pacman-6.1-1-x86_64.pkg.tar.zst"
 
 ALLOWED_TAGS = {
     "html", "head", "meta", "title", "link", "body", "header", "nav", "main", "footer", "section",
-    "h1", "h2", "p", "a", "ul", "ol", "li", "dl", "dt", "dd", "div", "table", "thead", "tbody", "tr",
+    "h1", "h2", "h3", "p", "a", "ul", "ol", "li", "dl", "dt", "dd", "div", "table", "thead", "tbody", "tr",
     "th", "td", "span", "code", "pre", "time",
 }  # fmt: skip
 
@@ -129,7 +140,9 @@ class PageParser(HTMLParser):
         self.styled: list[str] = []
         self.pre: list[str] = []  # the text of each <pre class="recipe"> (a whole script), in page order
         self.commands: list[str] = []  # the text of each <pre class="commands"> (lines to type)
+        self.headings: list[str] = []  # the text of each h2 and h3, in page order
         self._in_pre: list[str] | None = None
+        self._in_heading = False
 
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
         self.tags.add(tag)
@@ -141,13 +154,20 @@ class PageParser(HTMLParser):
         if tag == "pre":
             self._in_pre = self.commands if ("class", "commands") in attrs else self.pre
             self._in_pre.append("")
+        if tag in ("h2", "h3"):
+            self._in_heading = True
+            self.headings.append("")
 
     def handle_endtag(self, tag: str) -> None:
         if tag == "pre":
             self._in_pre = None
+        if tag in ("h2", "h3"):
+            self._in_heading = False
 
     def handle_data(self, data: str) -> None:
         self.text.append(data)
+        if self._in_heading:
+            self.headings[-1] += data
         if self._in_pre is not None:
             self._in_pre[-1] += data
 
@@ -223,6 +243,9 @@ def test_hostile_names_and_descriptions_are_escaped(fmt: str) -> None:
     artifacts = render_listings(listing(snapshot_format=fmt))
     for artifact in artifacts:
         text = artifact.data.decode("utf-8")
+        if artifact.key.endswith(".sh"):  # shell text (names shell-quoted), served as plain text
+            assert artifact.content_type == "text/plain; charset=utf-8", artifact.key
+            continue
         assert "<img" not in text and "<script" not in text and "<b>" not in text, artifact.key
     parsed = pages(artifacts)
     for key, page in parsed.items():
@@ -267,7 +290,8 @@ def test_every_relative_href_resolves_to_a_published_key() -> None:
     assert {"signing-key.asc", "signing-key.gpg", "latest.asc", "browse/index.html", "style.css"} <= front
     assert {POINTER.index_torrent, POINTER.index.path, POINTER.index.path + ".sig"} <= front
     linked = set().union(*resolved.values())
-    assert expected_published_keys(data) - linked == set()  # every package torrent/metalink is reachable
+    # every package torrent/metalink is reachable, and the client of this format (Debian: the apt method)
+    assert expected_published_keys(data) - linked == {PACMAN_XFER_KEY} and APT_METHOD_KEY in linked
     assert {a.key for a in artifacts} - linked == set()  # and every page
 
 
@@ -286,7 +310,7 @@ def test_one_browse_page_per_directory() -> None:
     dirs = expected_dirs(RECORDS)
     assert {"", "pool", "pool/main", "pool/main/h", "pool/main/h/hello", "evil", "extra/os/x86_64"} <= dirs
     assert {k for k in keys if k.startswith("browse/")} == {browse_page(d) for d in dirs}
-    assert keys == {browse_page(d) for d in dirs} | {"index.html", "style.css"} | GIVE_BACK_KEYS
+    assert keys == {browse_page(d) for d in dirs} | {"index.html", "style.css"} | GIVE_BACK_KEYS | SCRIPT_KEYS
     parsed = pages(artifacts)
     for directory in dirs:
         key = browse_page(directory)
@@ -336,7 +360,9 @@ def test_no_webseeds_means_no_mirror_links() -> None:
 def test_empty_repository_still_has_a_front_page_and_root() -> None:
     data = listing(records=())
     artifacts = render_listings(data)
-    assert [a.key for a in artifacts] == sorted(["browse/index.html", "index.html", "style.css", *GIVE_BACK_KEYS])
+    assert [a.key for a in artifacts] == sorted(
+        ["browse/index.html", "index.html", "style.css", RECIPE_KEY, *GIVE_BACK_KEYS]  # no package: no update.sh
+    )
     check_links(data, artifacts)
     assert "no non-empty package" in user_recipe(data, None)
 
@@ -356,7 +382,14 @@ def test_front_page_content() -> None:
     assert "does not start from a magnet" in text
     example = example_package(data.records)
     assert example is not None and example.path == EVIL_PATH  # first non-empty, in path order
-    assert front.pre == [user_recipe(data, example)]  # one source for page and script
+    recipe = user_recipe(data, example)
+    assert recipe in front.pre  # one source for page and script
+    scripts = {a.key: a.data.decode("utf-8") for a in artifacts if a.key in SCRIPT_KEYS}
+    assert scripts[RECIPE_KEY] == recipe and scripts[UPDATE_KEY] in front.pre
+    # what to do comes first: the tools, the key, apt, then the aria2-only path; the details after it
+    headings = front.headings
+    assert headings[:4] == ["Get started", "apt", "With aria2 alone", "The recipe, step by step"], headings
+    assert "sudo apt install aria2 gpgv jq zstd" in text
 
 
 def test_artifacts_have_listing_headers() -> None:
@@ -429,7 +462,7 @@ def test_same_pages_under_any_prefix() -> None:
     one = render_listings(listing())
     other = render_listings(listing(public_url="http://127.0.0.1:8780/x/y"))
     differ = {a.key for a, b in zip(one, other, strict=True) if a != b}
-    assert differ == {"index.html"} | GIVE_BACK_KEYS  # only the recipes name the public URL
+    assert differ == {"index.html"} | GIVE_BACK_KEYS | SCRIPT_KEYS  # only the recipes name the public URL
 
 
 # --- inputs that must be refused -------------------------------------------------------------------
@@ -504,11 +537,14 @@ def test_user_recipe_has_the_required_steps() -> None:
         " --connect-timeout=10 --timeout=20 --max-tries=3 --lowest-speed-limit=1K"
     )
     assert " ".join(ARIA2_FLAGS) in recipe
-    assert recipe.count("sha256sum -c") == 3  # index, package by torrent, package by metalink
+    assert recipe.count("sha256sum -c") == 2  # the index, the package (each file fetched once)
     assert "--follow-torrent=mem -d index" in recipe
-    assert f"--follow-torrent=mem -d packages {PUBLIC}/torrents/{HELLO}.torrent" in recipe
-    assert f"{PUBLIC}/metalinks/{HELLO}.meta4" in recipe
-    assert "gpg --show-keys signing-key.asc" in recipe
+    assert "--follow-metalink" not in recipe and "signing-key.asc" not in recipe
+    assert "WANT=${1:-hello}" in recipe  # by name: the current version, whichever it is
+    assert "gpg --show-keys signing-key.gpg" in recipe
+    assert recipe.split("\n(\n", 1)[1].rstrip().endswith("\n)")  # the body is one subshell
+    assert 'command -v "$TOOL"' in recipe and "sudo apt install aria2 gpgv jq zstd" in recipe
+    assert "SEEN=${XDG_STATE_HOME:-$HOME/.local/state}/mirrorseed/$REPO-$FPR.sequence" in recipe
     assert "date -u" in recipe and ".expires > $now" in recipe
     assert "FPR=DC87FD8B47FFA81270054CEFE2D360866D18689B" in recipe
     # aria2c runs in one place, with the flags, under a time limit and a file-size limit
@@ -516,7 +552,7 @@ def test_user_recipe_has_the_required_steps() -> None:
     bounded = """(trap '' XFSZ; ulimit -f "$blocks"; exec timeout --foreground -k 5 "$seconds" aria2c "${FLAGS[@]}" """
     assert calls == [bounded + '--bt-enable-lpd="$LPD" "$@")']
     assert "LPD=${MIRRORSEED_LPD:-true}" in recipe  # LAN peers by default, the user's switch to turn it off
-    assert "fetch_small signing-key.asc 262144" in recipe and "fetch_small signing-key.gpg 262144" in recipe
+    assert "fetch_small signing-key.gpg 262144" in recipe
     assert "fetch_small latest.asc 65536" in recipe
     assert "&amp;" not in recipe and "&#34;" not in recipe  # shell text, not HTML
 
@@ -537,18 +573,18 @@ def test_user_recipe_is_valid_bash_and_quotes_names(path: str, tmp_path: Path) -
     script.write_text(recipe)
     checked = subprocess.run(["bash", "-n", str(script)], capture_output=True, text=True, check=False)
     assert checked.returncode == 0, checked.stderr
-    # The assignments evaluate back to the exact values (no injection through a file name).
+    # The assignments evaluate back to the exact values (no injection through a file name); the
+    # package's path, file name, torrent and magnet come from the signed index at run time.
     assignments = "\n".join(
-        line for line in recipe.splitlines() if re.match(r"^(BASE|FPR|REPO|FLAGS|PKG|FILE|MFILE|MAGNET)=", line)
+        line for line in recipe.splitlines() if re.match(r"^(BASE|FPR|REPO|FLAGS|WANT|ARCH)=", line)
     )
     shown = subprocess.run(
-        ["bash", "-c", assignments + '\nprintf "%s\\n" "$PKG" "$FILE" "$BASE" "${FLAGS[*]}" "$MAGNET"'],
+        ["bash", "-c", assignments + '\nprintf "%s\\n" "$WANT" "$ARCH" "$BASE" "${FLAGS[*]}"'],
         capture_output=True,
         text=True,
         check=True,
     ).stdout.split("\n")
-    name = path.rpartition("/")[2]
-    assert shown[:5] == [path, f"packages/{name}", PUBLIC, " ".join(ARIA2_FLAGS), example.magnet]
+    assert shown[:4] == [example.name or path, example.arch or "", PUBLIC, " ".join(ARIA2_FLAGS)]
 
 
 def test_recipe_bounds_by_default() -> None:
@@ -560,7 +596,6 @@ def test_recipe_bounds_by_default() -> None:
     assert f"TIMEOUT=${{MIRRORSEED_TIMEOUT:-{FETCH_TIMEOUT}}}" in recipe
     assert f"MIN_RATE=${{MIRRORSEED_MIN_RATE:-{MIN_RATE}}}" in recipe
     assert 'fetch "$FILE" "$SIZE" --follow-torrent=mem' in recipe  # the package: its size from the index
-    assert 'fetch "$MFILE" "$SIZE" --follow-metalink=mem' in recipe
     assert 'fetch "$IDX" "$IDX_ZSIZE" --follow-torrent=mem' in recipe
 
 
@@ -1193,7 +1228,7 @@ def test_mirror_listings_are_deterministic(fmt: str) -> None:
 def test_mirror_listings_are_the_same_under_any_prefix() -> None:
     one = render_listings(with_mirrors("arch"))
     other = render_listings(with_mirrors("arch", public_url="http://127.0.0.1:8780/x/y"))
-    assert {a.key for a, b in zip(one, other, strict=True) if a != b} == {"index.html"} | GIVE_BACK_KEYS
+    assert {a.key for a, b in zip(one, other, strict=True) if a != b} == {"index.html"} | GIVE_BACK_KEYS | SCRIPT_KEYS
 
 
 def test_mirror_values_are_normalised() -> None:
@@ -1280,11 +1315,12 @@ def test_arch_front_page_has_the_pacman_recipe() -> None:
 
 def test_arch_user_recipe_fetches_the_signature_and_prints_pacman() -> None:
     recipe = user_recipe(with_mirrors("arch"), ARCH_RECORD)
-    name = ARCH.rpartition("/")[2]
-    # the .sig over plain HTTP from the first ok mirror by priority, saved beside the package
-    assert f"-d packages -o {name}.sig https://ok.example.de/debian/{ARCH}.sig" in recipe
+    # the .sig over plain HTTP from the first ok mirror by priority (its path from the index), saved
+    # beside the package
+    assert "MIRROR=https://ok.example.de/debian\n" in recipe and f"WANT=${{1:-{ARCH}}}" in recipe
+    assert '-d packages -o "${SIG##*/}"' in recipe and "\"$MIRROR/$(jq -r '.signature.path" in recipe
     assert ".signature.sha256 // empty" in recipe
-    assert recipe.count("sha256sum -c") == 4  # index, package, its .sig, metalink
+    assert recipe.count("sha256sum -c") == 3  # index, package, its .sig
     assert "printf 'now: sudo pacman -U %q\\n' \"$FILE\"" in recipe
     assert not [line for line in recipe.splitlines() if line.lstrip().startswith(("pacman", "sudo"))]
     for line in recipe.splitlines():
@@ -1292,17 +1328,17 @@ def test_arch_user_recipe_fetches_the_signature_and_prints_pacman() -> None:
             assert line.strip().startswith('aria2c "${FLAGS[@]}"'), line
     # no mirror probed: the first webseed
     only_webseeds = user_recipe(listing(snapshot_format="arch"), ARCH_RECORD)
-    assert f"https://mirror-a.example.net/debian/{ARCH}.sig" in only_webseeds
+    assert "MIRROR=https://mirror-a.example.net/debian\n" in only_webseeds
 
 
 def test_arch_user_recipe_without_signature_or_mirror_skips_the_sig_step() -> None:
     unsigned = replace(ARCH_RECORD, signature=None)
     recipe = user_recipe(listing(snapshot_format="arch"), unsigned)
-    assert "names no detached signature" in recipe and ".sig" not in recipe.replace("(.sig)", "")
+    assert "names no detached signature" in recipe  # decided at run time, from the index record
     assert "sudo pacman -U" in recipe
     nowhere = user_recipe(listing(snapshot_format="arch", webseeds=()), ARCH_RECORD)
     assert "no HTTP mirror is known" in nowhere and 'fetch_capped "$SIG"' not in nowhere
-    assert recipe.count("sha256sum -c") == nowhere.count("sha256sum -c") == 3
+    assert nowhere.count("sha256sum -c") == 2
 
 
 @pytest.mark.parametrize("webseeds", [WEBSEEDS, ()])
@@ -1319,22 +1355,24 @@ def test_arch_recipes_are_valid_bash(webseeds: tuple[str, ...], tmp_path: Path) 
         script.write_text(text)
         checked = subprocess.run(["bash", "-n", str(script)], capture_output=True, text=True, check=False)
         assert checked.returncode == 0, (name, checked.stderr)
-    assignments = "\n".join(line for line in user_recipe(data, odd).splitlines() if re.match(r"^(PKG|FILE|SIG)=", line))
+    assignments = "\n".join(line for line in user_recipe(data, odd).splitlines() if re.match(r"^(WANT|MIRROR)=", line))
     shown = subprocess.run(
-        ["bash", "-c", assignments + '\nprintf "%s\\n" "$PKG" "$FILE" "${SIG-}"'],
+        ["bash", "-c", assignments + '\nprintf "%s\\n" "$WANT" "${MIRROR-}"'],
         capture_output=True,
         text=True,
         check=True,
     ).stdout.split("\n")
-    name = odd.path.rpartition("/")[2]
-    assert shown[:3] == [odd.path, f"packages/{name}", f"packages/{name}.sig" if webseeds else ""]
+    assert shown[:2] == [odd.path, "https://ok.example.de/debian" if webseeds else ""]
 
 
-def test_update_recipe_only_for_arch() -> None:
-    assert update_recipe(with_mirrors("debian")) is None
+def test_update_recipe_for_formats_with_package_names() -> None:
+    debian = update_recipe(with_mirrors("debian"))
+    assert debian is not None and "printf 'now: sudo apt install'" in debian and "WANT=(hello)" in debian
+    assert "dpkg-query -W" in debian and "MIRROR=''" in debian  # Debian: no detached signatures
     assert update_recipe(with_mirrors("flat")) is None
     assert update_recipe(listing(snapshot_format="arch", records=(record("core/os/x86_64/a.pkg.tar.zst"),))) is None
-    assert len(parse(by_key(with_mirrors("debian"))["index.html"]).pre) == 1
+    assert len(parse(by_key(with_mirrors("debian"))["index.html"]).pre) == 2
+    assert len(parse(by_key(with_mirrors("flat"))["index.html"]).pre) == 1
 
 
 def test_update_recipe_builds_the_aria2_input_file_from_the_index(tmp_path: Path) -> None:
@@ -1367,9 +1405,11 @@ def test_update_recipe_builds_the_aria2_input_file_from_the_index(tmp_path: Path
     (fake / "aria2c").chmod(0o755)
     script = update_recipe(with_mirrors("arch"))
     assert script is not None
-    script = script.replace("\nWANT=(", "\nWANT=('lib+foo 1:2' py.thing ", 1)
+    # steps 1 to 3 (key, pointer, index) are the recipe's, run for real by the integration tests: here
+    # the index is given, and the script runs from step 4 with the names as its arguments
+    script = script[: script.index("# 1. Once")] + script[script.index("# 4. The wanted") :]
     done = subprocess.run(
-        ["bash", "-c", script],
+        ["bash", "-c", script, "update.sh", "lib+foo 1:2", "py.thing"],
         cwd=tmp_path,
         capture_output=True,
         text=True,
@@ -1393,7 +1433,7 @@ def test_update_recipe_builds_the_aria2_input_file_from_the_index(tmp_path: Path
     # a file whose bytes differ from the index stops it
     (tmp_path / "packages" / "py.thing-1-any.pkg.sig").write_bytes(b"tampered")
     failed = subprocess.run(
-        ["bash", "-c", script],
+        ["bash", "-c", script, "update.sh", "lib+foo 1:2", "py.thing"],
         cwd=tmp_path,
         capture_output=True,
         text=True,
@@ -1409,7 +1449,7 @@ def test_debian_recipe_prints_the_apt_hint_and_flat_none() -> None:
     assert 'printf \'now: sudo apt install ./%q   (or: sudo dpkg -i %q)\\n\' "$FILE" "$FILE"' in debian
     assert ".sig" not in debian
     flat = user_recipe(listing(snapshot_format="flat"), example)
-    assert "now:" not in flat and "pacman" not in flat and "apt install" not in flat
+    assert "printf 'now:" not in flat and "pacman -U" not in flat and "apt install ./" not in flat
     front = " ".join(" ".join(parse(by_key(listing())["index.html"]).text).split())
     assert "sudo apt install ./packages/<file>" in front
 
@@ -1420,7 +1460,9 @@ def test_debian_install_hint_runs_and_quotes(tmp_path: Path) -> None:
     lines = recipe.splitlines()
     hint = next(line for line in lines if line.startswith("printf 'now:"))
     file_line = next(line for line in lines if line.startswith("FILE="))
-    out = subprocess.run(["bash", "-c", f"{file_line}\n{hint}"], capture_output=True, text=True, check=True).stdout
+    pkg = subprocess.run(["bash", "-c", 'printf %q "$0"', ODD], capture_output=True, text=True, check=True).stdout
+    script = f"PKG={pkg}\n{file_line}\n{hint}"
+    out = subprocess.run(["bash", "-c", script], capture_output=True, text=True, check=True).stdout
     name = ODD.rpartition("/")[2]
     quoted = subprocess.run(
         ["bash", "-c", 'printf %q "$0"', f"packages/{name}"], capture_output=True, text=True, check=True

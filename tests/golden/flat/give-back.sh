@@ -30,11 +30,22 @@ FLAGS=(--seed-time=0 --bt-stop-timeout=60 --bt-tracker-connect-timeout=5 --bt-tr
 # Seeding: the same without the stop at completion; short tracker timeouts (a dead tracker is skipped).
 SEED_FLAGS=(--bt-tracker-connect-timeout=5 --bt-tracker-timeout=5 --connect-timeout=10 --timeout=20 --max-tries=3 --lowest-speed-limit=1K)
 
+# The tools, checked before anything is fetched: one line naming what to install.
+MISSING=()
+for TOOL in aria2c gpgv jq zstd sha256sum timeout; do
+  command -v "$TOOL" >/dev/null || MISSING+=("$TOOL")
+done
+if [ -n "${MISSING[*]-}" ]; then
+  echo "${MISSING[*]}: not installed. Debian, Ubuntu: sudo apt install aria2 gpgv jq zstd; Arch: sudo pacman -S --needed aria2 gnupg jq zstd" >&2
+  exit 1
+fi
+
 # Every download is bounded in time and size. Time: MIRRORSEED_TIMEOUT seconds (default 30),
 # plus one second per MIRRORSEED_MIN_RATE bytes (default 16384) of its size, for the whole
 # aria2c run (coreutils timeout, in the foreground so that Ctrl-C reaches aria2c; SIGKILL 5 s later).
-# Size: ulimit -f makes the kernel refuse any write past the cap (the key and the pointer: their cap plus 1 KiB; a package: its size from the
-# signed index plus 1 MiB), and a file over its cap is deleted. One line to stderr, exit 1.
+# Size: ulimit -f makes the kernel refuse any write past the cap (the key and the pointer: their cap
+# plus 1 KiB; a package: its size from the signed index plus 1 MiB), and a file over its cap is
+# deleted. One line to stderr, exit 1.
 TIMEOUT=${MIRRORSEED_TIMEOUT:-30}
 MIN_RATE=${MIRRORSEED_MIN_RATE:-16384}
 [[ $TIMEOUT =~ ^[0-9]+$ && $MIN_RATE =~ ^[1-9][0-9]*$ ]] \
@@ -149,11 +160,15 @@ jq -e --arg repo "$REPO" --arg now "$(date -u +%Y-%m-%dT%H:%M:%SZ)" \
   '.format == "mirrorseed-pointer/1" and .repo == $repo and (.sequence | type) == "number"
    and .expires > $now' pointer.json >/dev/null \
   || { rm -f pointer.json; echo "latest.asc: expired, or not the pointer of $REPO" >&2; exit 1; }
+# Rollback protection: the highest sequence seen from this publisher (repository and key) is kept in
+# ${XDG_STATE_HOME:-~/.local/state}/mirrorseed/, whichever folder the script runs in.
+SEEN=${XDG_STATE_HOME:-$HOME/.local/state}/mirrorseed/$REPO-$FPR.sequence
+mkdir -p "${SEEN%/*}"
 SEQ=$(jq -r .sequence pointer.json)
-if [ -f sequence.seen ] && [ "$SEQ" -lt "$(cat sequence.seen)" ]; then
-  rm -f pointer.json; echo "latest.asc: sequence $SEQ is older than one seen before" >&2; exit 1
+if [ -f "$SEEN" ] && [ "$SEQ" -lt "$(cat "$SEEN")" ]; then
+  rm -f pointer.json; echo "latest.asc: sequence $SEQ is older than $(cat "$SEEN"), seen before ($SEEN)" >&2; exit 1
 fi
-echo "$SEQ" > sequence.seen
+echo "$SEQ" > "$SEEN"
 
 # 3. The index, by its .torrent (HTTP webseeds: works with no peer online). Check its SHA-256
 #    against the pointer; read at most uncompressed_size bytes out of zstd (a frame can lie).
