@@ -114,6 +114,10 @@ GIVE_BACK_MAX_TORRENTS = 100
 GIVE_BACK_MAX_TORRENTS_LIMIT = 1000
 GIVE_BACK_FOLDER = "mirrorseed"  # the unit's WorkingDirectory, under the user's home: where the recipe ran
 GIVE_BACK_WORK_DIR = "give-back-work"  # its own files in that folder (lists, .torrent files), made anew each run
+# The package managers' caches give-back.sh also seeds from by default (when they exist and the user cannot
+# write to them, as installed: root-owned). Matched by size and SHA-256, not name: apt writes an epoch `1:`
+# as `1%3a` in its file names; pacman keeps the repository's names.
+GIVE_BACK_SYSTEM_CACHES = ("/var/cache/apt/archives", "/var/cache/pacman/pkg")
 _GIVE_BACK_CONTEXT: Mapping[str, object] = {
     "seed_ratio": GIVE_BACK_RATIO,
     "seed_minutes": GIVE_BACK_MINUTES,
@@ -123,6 +127,7 @@ _GIVE_BACK_CONTEXT: Mapping[str, object] = {
     "max_torrents_limit": GIVE_BACK_MAX_TORRENTS_LIMIT,
     "folder": GIVE_BACK_FOLDER,
     "work_dir": GIVE_BACK_WORK_DIR,
+    "system_caches": GIVE_BACK_SYSTEM_CACHES,
     "service_name": GIVE_BACK_SERVICE_KEY,
     "timer_name": GIVE_BACK_TIMER_KEY,
 }
@@ -726,8 +731,9 @@ def _give_back(env: jinja2.Environment, listing: ListingInput, checked: _Checked
 def give_back_files(listing: ListingInput) -> dict[str, str]:
     """What a publication offers users who opt in to seeding, by key: `give-back.sh` (run with bash in the
     recipe's folder: verifies the current pointer and index as the recipe does, then one aria2c seeds the
-    files of `packages/` whose SHA-256 is a package of that index, bounded by ratio, time and upload
-    rate), and the systemd user unit and timer that run it daily."""
+    files of its seed folders (`packages/` and, by default, the apt and pacman caches the user cannot
+    write to) whose size and SHA-256 are a package of that index, through links in its own work folder,
+    bounded by ratio, time and upload rate), and the systemd user unit and timer that run it daily."""
     env = make_environment(listing.templates_dir)
     return {a.key: a.data.decode("utf-8") for a in _give_back(env, listing, _checked(listing))}
 

@@ -4,18 +4,21 @@ front-page recipe and the published give-back.sh run with bash in a user's folde
 Nothing leaves loopback: MIRRORSEED_LPD=false (tests/conftest.py), and every aria2 the scripts start reads
 a test aria2.conf (DHT and PEX off, `interface=127.0.0.1`, a fixed free listen port) through the standard
 `$XDG_CONFIG_HOME/aria2/aria2.conf`. give-back.sh runs in a session of its own and is stopped by its process
-group (bash waits for its aria2c, so none is left behind); every wait is bounded.
+group (bash waits for its aria2c, so none is left behind); every wait is bounded. Run as root, the test of
+the package managers' caches runs give-back.sh as `nobody` (setpriv) over a root-owned read-only cache.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import pwd
 import shutil
 import signal
 import subprocess
+import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -50,6 +53,7 @@ class User:
     env: dict[str, str]
     listen_port: int  # where the user's aria2 listens (the test aria2.conf)
     log: Path
+    run_as: Sequence[str] = ()  # a command give-back.sh runs under (setpriv: another user)
 
     @property
     def packages(self) -> Path:
@@ -143,7 +147,7 @@ def start_give_back(world: World, user: User, **env: str) -> subprocess.Popen[by
     shutil.copyfile(world.dest / GIVE_BACK_KEY, user.folder / GIVE_BACK_KEY)
     with user.log.open("wb") as log:  # this run's output only
         return subprocess.Popen(
-            ["bash", GIVE_BACK_KEY], cwd=user.folder, env={**user.env, **env}, stdin=subprocess.DEVNULL,
+            [*user.run_as, "bash", GIVE_BACK_KEY], cwd=user.folder, env={**user.env, **env}, stdin=subprocess.DEVNULL,
             stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
         )  # fmt: skip
 
@@ -284,6 +288,8 @@ def test_nothing_to_seed_and_a_swapped_torrent_exit_0(world: World, tmp_path: Pa
         code, log = give_back_to_the_end(world, user)
         assert code == 0, log
         assert "give-back: nothing to seed: none of the 1 files in packages/ is a package of index 1" in log, log
+        if os.geteuid() == 0 and Path("/var/cache/apt/archives").is_dir():  # root could write there: left out
+            assert "give-back: not seeding /var/cache/apt/archives/: this user can write to it" in log, log
 
         # the server swapped the package's .torrent for another's: never handed to aria2, the file untouched
         (user.packages / "file-00.bin").write_bytes(fetched)
@@ -316,3 +322,100 @@ def test_the_published_units_verify(world: World, tmp_path: Path) -> None:
                  "IOSchedulingClass=idle"):  # fmt: skip
         assert line + "\n" in service
     assert "OnCalendar=daily\n" in (units / GIVE_BACK_TIMER_KEY).read_text()
+
+
+@pytest.fixture
+def shared_dir() -> Iterator[Path]:
+    """A folder every user can traverse (pytest's own are root-only), removed afterwards."""
+    folder = Path(tempfile.mkdtemp(prefix="mirrorseed-give-back-"))
+    folder.chmod(0o755)
+    try:
+        yield folder
+    finally:
+        for path in (folder, *folder.rglob("*")):
+            if path.is_dir() and not path.is_symlink():
+                path.chmod(0o755)
+        shutil.rmtree(folder)
+
+
+def as_other_user(user: User, shared: Path) -> User:
+    """The user's folder and environment moved to `shared`; as root, owned by `nobody`, and give-back.sh run as
+    `nobody` (setpriv), so that the kernel, not root's privilege, decides what aria2 may write."""
+    port = free_port()
+    env = loopback_env(shared / "env", port)
+    folder = shared / "user"
+    shutil.copytree(user.folder, folder, symlinks=True)
+    if os.geteuid() != 0:
+        return User(folder, env, port, shared / "give-back.log")
+    require_tools("setpriv")
+    nobody = pwd.getpwnam("nobody")
+    for path in (shared / "env", folder):
+        for item in (path, *path.rglob("*")):
+            os.chown(item, nobody.pw_uid, nobody.pw_gid, follow_symlinks=False)
+    run_as = ["setpriv", f"--reuid={nobody.pw_uid}", f"--regid={nobody.pw_gid}", "--clear-groups", "--"]
+    return User(folder, env, port, shared / "give-back.log", run_as)
+
+
+def snapshot_of(folder: Path) -> dict[str, bytes | None]:
+    """Every entry under `folder` by relative path: a file's bytes, None for a folder."""
+    return {str(p.relative_to(folder)): (None if p.is_dir() else p.read_bytes()) for p in sorted(folder.rglob("*"))}
+
+
+def test_the_package_caches_are_seeded_by_hash_and_only_read(world: World, tmp_path: Path, shared_dir: Path) -> None:
+    """An apt-style cache (epoch as `%3a`, a stale version of a current size, an unrelated file, a `partial/`
+    download, apt's `lock`), root-owned and read-only: give-back seeds only the current package, under its
+    torrent's name, a peer fetches it from give-back alone with every mirror dead, and the cache is unchanged."""
+    require_tools("find", "realpath")
+    cache = shared_dir / "archives"
+    (cache / "partial").mkdir(parents=True)
+    with serve_directory(world.dest) as public:
+        with serve_directory(world.snap) as mirror:
+            publish(world, public.url, mirror.url)
+            stale = (world.snap / "dir0/file-03.bin").read_bytes()
+            stale_infohash = package_infohash(world, "dir0/file-03.bin")
+            (world.snap / "dir0/file-03.bin").write_bytes(b"3" * len(stale))  # a new version, the same size
+            publish(world, public.url, mirror.url)
+            user = as_other_user(run_recipe(world, tmp_path), shared_dir)  # packages/file-00.bin
+        # the tracker would still track the old version: only give-back.sh can keep it unannounced
+        world.tracker.write_whitelist([*world.tracker.whitelist_path.read_text().split(), stale_infohash])
+        world.tracker.reload()
+        # the mirror is gone: package webseeds are dead from here on
+        current = (world.snap / "dir2/file-02.bin").read_bytes()
+        (cache / "file-02_1%3a2.0-1_amd64.deb").write_bytes(current)
+        (cache / "file-03_1%3a1.0-1_amd64.deb").write_bytes(stale)  # the version of the first release
+        (cache / "file-00_0.1_all.deb").write_bytes((user.packages / "file-00.bin").read_bytes())  # seeded once
+        (cache / "notes.txt").write_text("not a package\n")
+        (cache / "lock").write_bytes(b"")
+        (cache / "partial" / "file-02_1%3a2.0-1_amd64.deb").write_bytes(current[:1000])
+        for path in (*cache.rglob("*"), cache):
+            path.chmod(0o555 if path.is_dir() else 0o444)
+        before = snapshot_of(cache)
+        process = start_give_back(world, user, MIRRORSEED_SEED_MINUTES="1", MIRRORSEED_SEED_DIRS=f"packages:{cache}")
+        try:
+            wanted = [package_infohash(world, p) for p in ("dir0/file-00.bin", "dir2/file-02.bin")]
+            wait_seeding(world, user, process, [*wanted, index_infohash(world)])
+            peer = tmp_path / "peer"
+            torrent = world.dest / "torrents/dir2/file-02.bin.torrent"
+            done = subprocess.run(
+                aria2_command(f"--listen-port={free_port()}", "--interface=127.0.0.1", "-d", str(peer), str(torrent)),
+                stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=DOWNLOAD_TIMEOUT, check=False,
+            )  # fmt: skip
+            assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+            assert (peer / "file-02.bin").read_bytes() == current
+            assert seeded_torrents(user) == sorted([*wanted, index_infohash(world)])
+            assert world.tracker.peers(stale_infohash) == []
+        finally:
+            stop_group(process)
+    log = user.log.read_text()
+    assert process.returncode == 143 and "give-back: stopped" in log, log
+    assert f"looking for the packages of index 2 in packages/, {cache}/\n" in log, log
+    assert f"seeding {cache}/file-02_1%3a2.0-1_amd64.deb as file-02.bin\n" in log, log
+    assert "seeding packages/file-00.bin\n" in log and "file-00_0.1_all.deb" not in log, log
+    assert "file-03" not in log and "notes.txt" not in log and "partial" not in log, log
+    # aria2 read the cache through links in give-back's own folder; nothing in the cache changed or appeared
+    link = user.folder / GIVE_BACK_WORK_DIR / "seed" / wanted[1] / "file-02.bin"
+    assert link.is_symlink() and link.resolve() == cache / "file-02_1%3a2.0-1_amd64.deb"
+    assert snapshot_of(cache) == before
+    assert all(p.stat().st_uid == cache.stat().st_uid for p in cache.rglob("*"))
+    if user.run_as:  # it ran as nobody: its own files are nobody's
+        assert (user.folder / GIVE_BACK_WORK_DIR / "seed.txt").stat().st_uid == pwd.getpwnam("nobody").pw_uid

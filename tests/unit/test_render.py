@@ -669,6 +669,9 @@ def run_give_back(folder: Path, **env: str) -> subprocess.CompletedProcess[str]:
         ("MIRRORSEED_UPLOAD_LIMIT", "0"), ("MIRRORSEED_UPLOAD_LIMIT", "1G"), ("MIRRORSEED_UPLOAD_LIMIT", "fast"),
         ("MIRRORSEED_MAX_TORRENTS", "0"), ("MIRRORSEED_MAX_TORRENTS", "1001"), ("MIRRORSEED_MAX_TORRENTS", "9" * 30),
         ("MIRRORSEED_LPD", "yes"), ("MIRRORSEED_TIMEOUT", "2.5"),
+        ("MIRRORSEED_SEED_DIRS", "packages"), ("MIRRORSEED_SEED_DIRS", "/nonexistent"),
+        ("MIRRORSEED_SEED_DIRS", "give-back.sh"), ("MIRRORSEED_SEED_DIRS", ":/tmp"),
+        ("MIRRORSEED_SEED_DIRS", "/tmp\n  dir=/etc"), ("MIRRORSEED_SEED_DIRS", "/tmp\t"),
     ],
 )  # fmt: skip
 def test_give_back_settings_are_checked_in_one_line(tmp_path: Path, name: str, value: str) -> None:
@@ -702,6 +705,23 @@ def test_give_back_seeds_bounded_and_never_stops_at_completion() -> None:
     assert "RATIO=${MIRRORSEED_SEED_RATIO:-2.0}" in script and "MINUTES=${MIRRORSEED_SEED_MINUTES:-1440}" in script
 
 
+def test_give_back_seed_folders_are_checked_and_only_read_through_links(tmp_path: Path) -> None:
+    script = give_back_files(listing())[GIVE_BACK_KEY]
+    assert "SYSTEM_CACHES=(/var/cache/apt/archives /var/cache/pacman/pkg)" in script
+    assert "#   MIRRORSEED_SEED_DIRS " in script
+    # aria2's folder is always one of give-back's own (a link per torrent), never a seed folder
+    assert "index-out" not in script
+    assert [line for line in script.splitlines() if "dir=" in line] == [
+        '    printf \'%s\\n  dir=%s\\n\' "$WORK/$IH.torrent" "$WORK/seed/$IH" >> "$WORK/seed.txt"',
+        '  printf \'%s\\n  dir=index\\n\' "$WORK/$IDX_IH.torrent" >> "$WORK/seed.txt"',
+    ]
+    # folders that exist pass the check (then the key is missing); names may hold spaces
+    (tmp_path / "my debs").mkdir()
+    done = run_give_back(tmp_path, MIRRORSEED_SEED_DIRS=f"{tmp_path}/my debs:/tmp:")
+    assert done.returncode == 1
+    assert done.stderr.startswith("signing-key.gpg, packages/: not here"), done.stderr
+
+
 def test_give_back_units_escape_what_they_show() -> None:
     files = give_back_files(listing(repo="50% off\nExecStart=/bin/evil"))
     service, timer = files[GIVE_BACK_SERVICE_KEY], files[GIVE_BACK_TIMER_KEY]
@@ -710,6 +730,7 @@ def test_give_back_units_escape_what_they_show() -> None:
         "ExecStart=/bin/bash give-back.sh"
     ]
     assert "Environment=MIRRORSEED_SEED_MINUTES=1320\n" in service and "OnCalendar=daily\n" in timer
+    assert "# to seed only what the recipe fetched, add Environment=MIRRORSEED_SEED_DIRS=packages\n" in service
     assert content_type_for(GIVE_BACK_KEY) == content_type_for(GIVE_BACK_TIMER_KEY) == "text/plain; charset=utf-8"
 
 

@@ -1,10 +1,15 @@
 #!/usr/bin/env bash
-# Give back (opt-in): seed what the recipe fetched, so other users fetch from you and not only from
-# the mirrors. Run it with bash in the folder where the recipe ran (signing-key.gpg, index.json,
-# packages/). It verifies the current signed pointer and index as the recipe does, then one
-# aria2c seeds the files of packages/ whose SHA-256 is a package of that index (stale
-# versions, other files and never-announced packages are left out), and the index itself, until each
-# has uploaded RATIO times its size or MINUTES have passed; then it exits 0. Ctrl-C stops it.
+# Give back (opt-in): seed what the recipe fetched and what apt or pacman keep in their caches, so other
+# users fetch from you and not only from the mirrors. Run it with bash in the folder where the recipe ran
+# (signing-key.gpg, index.json, packages/). It verifies the current signed pointer and index as
+# the recipe does, then one aria2c seeds the files of the seed folders whose size and SHA-256 are a
+# package of that index, whatever their name (stale versions, other files and never-announced packages
+# are left out), and the index itself, until each has uploaded RATIO times its size or MINUTES have
+# passed; then it exits 0. Ctrl-C stops it. aria2 gets only files just hashed, through links in
+# give-back-work/, and opens them read-only.
+#   MIRRORSEED_SEED_DIRS     folders to seed from, colon-separated (default: packages, plus
+#                            /var/cache/apt/archives and /var/cache/pacman/pkg where they exist and
+#                            this user cannot write to them, as installed; packages: the recipe's files only)
 #   MIRRORSEED_SEED_RATIO    stop a torrent once it uploaded this many times its size (default 2.0; 0: time only)
 #   MIRRORSEED_SEED_MINUTES  stop seeding after this many minutes (default 1440)
 #   MIRRORSEED_UPLOAD_LIMIT  upload rate cap for everything, bytes/s, K or M suffix (default 1M)
@@ -113,11 +118,33 @@ MAX=${MIRRORSEED_MAX_TORRENTS:-100}
   || { echo "MIRRORSEED_UPLOAD_LIMIT: $UPLOAD is not an upload rate above 0 such as 500K or 1M (bytes/s)" >&2; exit 1; }
 [[ $MAX =~ ^[1-9][0-9]{0,3}$ && $MAX -le 1000 ]] \
   || { echo "MIRRORSEED_MAX_TORRENTS: $MAX is not a whole number from 1 to 1000" >&2; exit 1; }
+# The seed folders: MIRRORSEED_SEED_DIRS (each an existing folder), else packages/ and the package
+# managers' caches this user cannot write to (root-owned as installed: aria2 cannot change them either).
+PACKAGES=packages
+SYSTEM_CACHES=(/var/cache/apt/archives /var/cache/pacman/pkg)
+SKIPPED=()
+if [ -n "${MIRRORSEED_SEED_DIRS-}" ]; then
+  [[ $MIRRORSEED_SEED_DIRS != *[[:cntrl:]]* ]] \
+    || { echo "MIRRORSEED_SEED_DIRS: a folder name holds a control character" >&2; exit 1; }
+  IFS=: read -r -a SEED_DIRS <<< "$MIRRORSEED_SEED_DIRS"
+  for D in "${SEED_DIRS[@]}"; do
+    [[ -n $D && -d $D && -r $D && -x $D ]] \
+      || { echo "MIRRORSEED_SEED_DIRS: '$D' is not a folder this user can read (folders are separated by :)" >&2; exit 1; }
+  done
+else
+  SEED_DIRS=("$PACKAGES")
+  for D in "${SYSTEM_CACHES[@]}"; do
+    if [ -d "$D" ] && [ -w "$D" ]; then
+      SKIPPED+=("$D")
+    elif [ -d "$D" ] && [ -r "$D" ] && [ -x "$D" ]; then
+      SEED_DIRS+=("$D")
+    fi
+  done
+fi
 
 # 1. The operator's key and the packages: where the recipe left them.
-DIR=packages
-[[ -f signing-key.gpg && -d $DIR ]] \
-  || { echo "signing-key.gpg, $DIR/: not here; run the recipe in this folder first, then give-back.sh in it" >&2; exit 1; }
+[[ -f signing-key.gpg && ( -n ${MIRRORSEED_SEED_DIRS-} || -d $PACKAGES ) ]] \
+  || { echo "signing-key.gpg, $PACKAGES/: not here; run the recipe in this folder first, then give-back.sh in it" >&2; exit 1; }
 
 # 2. The signed pointer: which index is current, until when. gpgv writes pointer.json even when
 #    the signature is bad, so every failed check deletes it.
@@ -158,31 +185,44 @@ zstd -dc "$IDX" | head -c "$((IDX_SIZE + 1))" > index.json
 [ "$(wc -c < index.json)" -eq "$IDX_SIZE" ] \
   || { echo "$IDX: not $IDX_SIZE bytes once decompressed" >&2; exit 1; }
 
-# 4. What to seed: each complete file of $DIR (no .aria2 beside it) whose name, size and SHA-256 are
-#    those of a package of the current index; the most recently fetched first, at most $MAX.
+# 4. What to seed: each complete file of the seed folders (not their subfolders; no .aria2 beside it)
+#    whose size and SHA-256 are those of a package of the current index, whatever its name (apt's cache
+#    writes an epoch `1:` as `1%3a`); only files of a size the index lists are hashed. The most recently
+#    changed first, at most $MAX; a file in several folders is seeded once, from the first.
 WORK=give-back-work
 rm -rf "$WORK"
 mkdir "$WORK"
-jq -r '.packages[] | select(.torrent != null and .infohash != null and .size > 0)
-  | "\(.size)\t\(.path | split("/") | last)"' index.json | sort -u > "$WORK/names.tsv"
-: > "$WORK/have.txt"
-while IFS=$'\t' read -r SIZE NAME; do
-  F="$DIR/$NAME"
-  if [ -f "$F" ] && [ ! -e "$F.aria2" ] && [ "$(stat -c %s "$F")" -eq "$SIZE" ]; then
-    printf '%s %s %s\n' "$(sha256sum < "$F" | cut -c1-64)" "$(stat -c %Y "$F")" "$NAME" >> "$WORK/have.txt"
-  fi
-done < "$WORK/names.tsv"
-jq -c --rawfile have "$WORK/have.txt" --argjson max "$MAX" '
-  ($have | split("\n") | map(select(length > 0) | split(" ")
-    | {key: (.[0] + " " + (.[2:] | join(" "))), value: (.[1] | tonumber)}) | from_entries) as $on_disk
-  | [.packages[] | select(.torrent != null and .infohash != null and .size > 0)
-     | (.path | split("/") | last) as $name
-     | $on_disk[.sha256 + " " + $name] as $mtime | select($mtime != null)
-     | {$name, path, size, infohash, piece_size, torrent, $mtime}]
-  | unique_by(.infohash) | sort_by(-.mtime, .path) | .[:$max][]' index.json > "$WORK/packages.jsonl"
-HELD=$(find "$DIR" -maxdepth 1 -type f ! -name '*.aria2' -printf x | wc -c)
+for D in "${SKIPPED[@]}"; do
+  echo "give-back: not seeding $D/: this user can write to it (seed it as a normal user; MIRRORSEED_SEED_DIRS names folders)" >&2
+done
+jq -c '.packages[] | select(.torrent != null and .infohash != null and .sha256 != null and .size > 0)
+  | (.path | split("/") | last) as $name | select($name != "." and $name != ".." and ($name | explode | all(. > 31 and . != 127)))
+  | {$name, path, size, sha256, infohash, piece_size, torrent}' index.json > "$WORK/announced.jsonl"
+declare -A SIZES=()
+while read -r SIZE; do SIZES[$SIZE]=1; done < <(jq -r .size "$WORK/announced.jsonl" | sort -u)
+WHERE=$(printf '%s/, ' "${SEED_DIRS[@]}")
+WHERE=${WHERE%, }
+echo "give-back: looking for the packages of index $SEQ in $WHERE"
+: > "$WORK/have.tsv"
+HELD=0
+for D in "${SEED_DIRS[@]}"; do
+  while IFS=$'\t' read -r -d '' SIZE MTIME NAME; do
+    HELD=$((HELD + 1))
+    F="$D/$NAME"
+    if [[ -n ${SIZES[$SIZE]-} && $NAME != *[[:cntrl:]]* ]] && [ -r "$F" ] && [ ! -e "$F.aria2" ]; then
+      printf '%s\t%s\t%s\t%s\t%s\n' "$(sha256sum < "$F" | cut -c1-64)" "$SIZE" "$MTIME" "$(realpath -e -- "$F")" "$F" \
+        >> "$WORK/have.tsv"
+    fi
+  done < <(find "$D/" -maxdepth 1 -type f ! -name '*.aria2' -printf '%s\t%T@\t%f\0')
+done
+jq -sc --rawfile have "$WORK/have.tsv" --argjson max "$MAX" '
+  (reduce ($have | split("\n")[] | select(length > 0) | split("\t")) as [$sha256, $size, $mtime, $target, $shown]
+    ({}; (($sha256 + " " + $size)) as $key
+      | if has($key) then . else .[$key] = {mtime: ($mtime | tonumber), $target, $shown} end)) as $on_disk
+  | [.[] | $on_disk[.sha256 + " " + (.size | tostring)] as $file | select($file != null) | del(.sha256) + $file]
+  | unique_by(.infohash) | sort_by(-.mtime, .path) | .[:$max][]' "$WORK/announced.jsonl" > "$WORK/packages.jsonl"
 if [ ! -s "$WORK/packages.jsonl" ]; then
-  echo "give-back: nothing to seed: none of the $HELD files in $DIR/ is a package of index $SEQ"
+  echo "give-back: nothing to seed: none of the $HELD files in $WHERE is a package of index $SEQ"
   exit 0
 fi
 
@@ -214,24 +254,30 @@ not_seeded() {
     echo "the operator never announces it (private torrent, webseeds only)"
   fi
 }
+# Each seeded file is a symbolic link $WORK/seed/INFOHASH/NAME (the torrent's name) to the verified file:
+# aria2's download folder is never a seed folder, so nothing it makes (a .aria2 control file when a file
+# changed since it was hashed) lands there, and a file whose name differs (apt's) needs no renaming.
+mkdir "$WORK/seed"
 : > "$WORK/seed.txt"
 COUNT=0
 LARGEST=0
 TOTAL=0
-while read -r IH SIZE NAME; do
+while IFS=$'\t' read -r IH SIZE NAME TARGET SHOWN; do
   WHY=$(not_seeded "$WORK/$IH.torrent" "$IH")
   if [ -z "$WHY" ]; then
-    printf '%s\n  dir=%s\n' "$WORK/$IH.torrent" "$DIR" >> "$WORK/seed.txt"
-    echo "give-back: seeding $DIR/$NAME"
+    mkdir "$WORK/seed/$IH"
+    ln -s -- "$TARGET" "$WORK/seed/$IH/$NAME"
+    printf '%s\n  dir=%s\n' "$WORK/$IH.torrent" "$WORK/seed/$IH" >> "$WORK/seed.txt"
+    if [ "${SHOWN##*/}" = "$NAME" ]; then echo "give-back: seeding $SHOWN"; else echo "give-back: seeding $SHOWN as $NAME"; fi
     COUNT=$((COUNT + 1))
     TOTAL=$((TOTAL + SIZE))
     LARGEST=$((SIZE > LARGEST ? SIZE : LARGEST))
   else
-    echo "give-back: not seeding $DIR/$NAME: $WHY" >&2
+    echo "give-back: not seeding $SHOWN: $WHY" >&2
   fi
-done < <(jq -r '"\(.infohash) \(.size) \(.name)"' "$WORK/packages.jsonl")
+done < <(jq -r '[.infohash, .size, .name, .target, .shown] | map(tostring) | join("\t")' "$WORK/packages.jsonl")
 if [ "$COUNT" -eq 0 ]; then
-  echo "give-back: nothing to seed: no package in $DIR/ of index $SEQ is announced"
+  echo "give-back: nothing to seed: no package in $WHERE of index $SEQ is announced"
   exit 0
 fi
 if [ -z "$(not_seeded "$WORK/$IDX_IH.torrent" "$IDX_IH")" ]; then
@@ -241,7 +287,8 @@ if [ -z "$(not_seeded "$WORK/$IDX_IH.torrent" "$IDX_IH")" ]; then
 fi
 
 # 6. Seed them with one aria2c in the foreground: --check-integrity hashes each file first (without it
-#    aria2 downloads an existing file again over itself); -j: every torrent at once. It stops when each
+#    aria2 downloads an existing file again over itself; with it, a file that checks out is opened
+#    read-only, so a root-owned file is seeded as is); -j: every torrent at once. It stops when each
 #    torrent reached the ratio or the time is up. Bounded: the seeding time, plus hashing at
 #    MIN_RATE, plus TIMEOUT; no file written past the largest plus 1 MiB.
 SEED_SECONDS=$(((10#${MINUTES%.*} + 1) * 60 + TIMEOUT + TOTAL / MIN_RATE))
