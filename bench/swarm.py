@@ -61,11 +61,11 @@ from bench.harness import (
 )
 from pipeline.config import Settings
 from pipeline.errors import ConfigError, PipelineError
+from pipeline.localtracker import LocalTracker, free_port
 from pipeline.objects import GIVE_BACK_KEY, RECIPE_KEY, UPDATE_KEY
 from pipeline.run import release
 from pipeline.seed import SeedBox
 from pipeline.serve import serve_directory
-from tests.tracker import Tracker, free_port  # until the library has the opentracker launcher
 
 Announce = Callable[[str], None]
 
@@ -93,7 +93,13 @@ USER_NET = "127.0.1."  # user N (1-based) is 127.0.1.N: loopback, its own addres
 
 # The opted-in user's seeding bounds (the site's give-back.sh reads them): seed half an hour with no ratio
 # stop, 100 MiB/s (no real cap between LAN neighbours), every package of the set.
-GIVE_BACK_ENV = {"MIRRORSEED_SEED_RATIO": "0", "MIRRORSEED_SEED_MINUTES": "30", "MIRRORSEED_UPLOAD_LIMIT": "100M"}
+# Only what the recipe fetched: never the host's own package caches.
+GIVE_BACK_ENV = {
+    "MIRRORSEED_SEED_RATIO": "0",
+    "MIRRORSEED_SEED_MINUTES": "30",
+    "MIRRORSEED_UPLOAD_LIMIT": "100M",
+    "MIRRORSEED_SEED_DIRS": "packages",
+}
 
 STEP_GRACE_S = 5.0  # SIGTERM, then this long, then SIGKILL
 SEED_READY_TIMEOUT_S = 60.0
@@ -480,9 +486,7 @@ def run_scenario(
         snapshot, dest = work / "snapshot", work / "public"
         build_snapshot(snapshot, packages)
         dest.mkdir()
-        tracker = stack.enter_context(Tracker())
-        pid_file = work / "opentracker.pid"
-        pid_file.write_text(f"{tracker.pid}\n")
+        tracker = stack.enter_context(LocalTracker())
         site = stack.enter_context(serve_directory(dest))
         mirror = stack.enter_context(serve_directory(snapshot, rate_limit=options.mirror_rate))
         secret = work / "rpc-secret"
@@ -492,13 +496,12 @@ def run_scenario(
             snapshot=snapshot, format="arch", dest=str(dest), public_url=site.url, repo=REPO,
             webseeds=(mirror.url,), trackers=(tracker.announce_url,), key=key.fingerprint,
             gnupghome=key.gnupghome, state=work / "state.sqlite", tracker_whitelist=tracker.whitelist_path,
-            tracker_pid_file=pid_file, seed_max_torrents=len(packages), seed_upload_limit=options.seed_rate,
+            tracker_pid_file=tracker.pid_file, seed_max_torrents=len(packages), seed_upload_limit=options.seed_rate,
             seed_port=free_port(), seed_rpc_port=free_port(), seed_rpc_secret_file=secret, seed_poll=3600,
         )  # fmt: skip
         report = release(settings)
         announce(f"swarm/{name}: published sequence {report.sequence} ({len(packages)} packages)")
-        whitelist = set(tracker.whitelist_path.read_text().split())
-        _wait(lambda: all(tracker.accepts(h) for h in whitelist), "the tracker taking the whitelist", TRACKER_TIMEOUT_S)
+        tracker.wait_tracked(tracker.whitelist_path.read_text().split(), timeout=TRACKER_TIMEOUT_S)
         mirror_before, site_before = mirror.bytes_served, site.bytes_served  # the release's own probes
 
         _set_writable(snapshot, False)
