@@ -69,6 +69,10 @@ CLIENTS_ROOT = Path(__file__).resolve().parent.parent
 # users fetching together take different pieces from the mirrors and the rest from each other (aria2
 # otherwise takes webseed pieces from the start of each file, all users the same ones): measured with
 # invoke bench --swarm, 8 users' operator egress fell from 2.6 to 1.9 copies of the package set.
+# --bt-tracker-interval=30: a download asks the tracker for peers every 30 s, not once per the tracker's
+# interval (opentracker: 30 min): a user who finishes and gives back announces as a seed wanting no
+# peers, so the users still downloading learn of it only by asking again (found by the swarm bench's
+# dead-mirror scenario: late users starved with six seeds in the swarm).
 ARIA2_FLAGS = (
     "--seed-time=0",
     "--bt-stop-timeout=60",
@@ -79,6 +83,7 @@ ARIA2_FLAGS = (
     "--max-tries=3",
     "--lowest-speed-limit=1K",
     "--stream-piece-selector=random",
+    "--bt-tracker-interval=30",
 )
 
 
@@ -90,14 +95,15 @@ def aria2_flags(dht_nodes: Sequence[str]) -> tuple[str, ...]:
     return ARIA2_FLAGS if entry is None else (*ARIA2_FLAGS, "--enable-dht=true", f"--dht-entry-point={entry}")
 
 
-# What give-back.sh's seeding aria2c drops from the recipes' flags: their stop at completion.
-_STOP_AT_COMPLETION = ("--seed-time=", "--bt-stop-timeout=")
+# What give-back.sh's seeding aria2c drops from the recipes' flags: their stop at completion, and the
+# frequent tracker requests a download needs to find new seeds (a seed is found by those who ask).
+_STOP_AT_COMPLETION = ("--seed-time=", "--bt-stop-timeout=", "--bt-tracker-interval=")
 
 
 def give_back_seed_flags(dht_nodes: Sequence[str]) -> tuple[str, ...]:
     """The aria2c options give-back.sh seeds with: the recipes' (`aria2_flags`: short tracker timeouts,
-    DHT when configured) without `--seed-time=0` and `--bt-stop-timeout`; the script adds the ratio,
-    time and upload bounds from its environment."""
+    DHT when configured) without `--seed-time=0`, `--bt-stop-timeout` and `--bt-tracker-interval`; the
+    script adds the ratio, time and upload bounds from its environment."""
     return tuple(flag for flag in aria2_flags(dht_nodes) if not flag.startswith(_STOP_AT_COMPLETION))
 
 

@@ -535,6 +535,7 @@ def test_user_recipe_has_the_required_steps() -> None:
     assert " ".join(ARIA2_FLAGS) == (
         "--seed-time=0 --bt-stop-timeout=60 --bt-tracker-connect-timeout=5 --bt-tracker-timeout=5"
         " --connect-timeout=10 --timeout=20 --max-tries=3 --lowest-speed-limit=1K --stream-piece-selector=random"
+        " --bt-tracker-interval=30"
     )
     assert " ".join(ARIA2_FLAGS) in recipe
     assert recipe.count("sha256sum -c") == 2  # the index, the package (each file fetched once)

@@ -26,7 +26,7 @@ BASE=https://seed.example.org/golden
 FPR=EB39D9883B090A72AE83A80B17999E7D92DF6708
 REPO=golden
 # Fetching (pointer, index, .torrent files): the recipe's flags, which stop at completion.
-FLAGS=(--seed-time=0 --bt-stop-timeout=60 --bt-tracker-connect-timeout=5 --bt-tracker-timeout=5 --connect-timeout=10 --timeout=20 --max-tries=3 --lowest-speed-limit=1K --stream-piece-selector=random)
+FLAGS=(--seed-time=0 --bt-stop-timeout=60 --bt-tracker-connect-timeout=5 --bt-tracker-timeout=5 --connect-timeout=10 --timeout=20 --max-tries=3 --lowest-speed-limit=1K --stream-piece-selector=random --bt-tracker-interval=30)
 # Seeding: the same without the stop at completion; short tracker timeouts (a dead tracker is skipped).
 SEED_FLAGS=(--bt-tracker-connect-timeout=5 --bt-tracker-timeout=5 --connect-timeout=10 --timeout=20 --max-tries=3 --lowest-speed-limit=1K --stream-piece-selector=random)
 

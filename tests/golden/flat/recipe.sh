@@ -13,7 +13,7 @@ REPO=golden
 # --seed-time=0: stop when the download is complete (do not seed); the timeouts: a dead tracker
 # would otherwise stall each download for about two minutes.
 # --lowest-speed-limit, --timeout, --max-tries: a stalled or crawling HTTP server is dropped.
-FLAGS=(--seed-time=0 --bt-stop-timeout=60 --bt-tracker-connect-timeout=5 --bt-tracker-timeout=5 --connect-timeout=10 --timeout=20 --max-tries=3 --lowest-speed-limit=1K --stream-piece-selector=random)
+FLAGS=(--seed-time=0 --bt-stop-timeout=60 --bt-tracker-connect-timeout=5 --bt-tracker-timeout=5 --connect-timeout=10 --timeout=20 --max-tries=3 --lowest-speed-limit=1K --stream-piece-selector=random --bt-tracker-interval=30)
 
 # The tools, checked before anything is fetched: one line naming what to install.
 MISSING=()
