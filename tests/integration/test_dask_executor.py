@@ -35,11 +35,17 @@ MOMENT = datetime(2026, 11, 20, 8, 0, tzinfo=UTC)
 MiB = 1024 * 1024
 
 
+def local_cluster(n_workers: int) -> Any:
+    """Scheduler and nannied worker processes on 127.0.0.1; every port picked free (the scheduler's HTTP
+    server too: by default it takes 8787, which a concurrent test run may hold)."""
+    return distributed.LocalCluster(
+        n_workers=n_workers, processes=True, threads_per_worker=1, host="127.0.0.1", dashboard_address=":0"
+    )
+
+
 @pytest.fixture
 def cluster() -> Iterator[Any]:
-    with distributed.LocalCluster(
-        n_workers=2, processes=True, threads_per_worker=1, host="127.0.0.1", dashboard_address=None
-    ) as local:
+    with local_cluster(2) as local:
         yield local
 
 
@@ -186,6 +192,23 @@ def test_an_unreachable_scheduler_is_one_line_naming_it(
     assert not (tmp_path / "dest" / "latest.asc").exists()
 
 
+@pytest.mark.usefixtures("many_batches")
+def test_a_scheduler_without_workers_is_one_line_saying_to_start_them(
+    signing_key: SigningKey, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    snap = tmp_path / "snap"
+    make_snapshot(snap, count=4)
+    monkeypatch.setattr(pipeline.executors, "WORKERS_TIMEOUT", 1)  # 10 s for operators
+    with local_cluster(0) as scheduler_only:
+        url = dask_url(scheduler_only.scheduler_address)
+        with pytest.raises(ExecutorError) as caught:
+            release(settings(snap, tmp_path / "dest", signing_key, url))
+    assert str(caught.value) == (
+        f"{url}: the Dask scheduler has no worker after 1 s; start workers on the mirror hosts "
+        f"(dask worker {scheduler_only.scheduler_address}), with the snapshot mounted at {snap}"
+    )
+
+
 @pytest.mark.skipif(os.geteuid() != 0 or shutil.which("setpriv") is None, reason="needs root and setpriv")
 @pytest.mark.usefixtures("many_batches")
 # nobody may not reach the Python the venv links to (here under /root) and runs another patch release
@@ -200,7 +223,7 @@ def test_a_worker_that_cannot_read_the_snapshot_is_one_line_naming_path_worker_a
     scratch.chmod(0o777)
     log = tmp_path / "worker.log"  # what the worker said, if this test fails
     with (
-        distributed.LocalCluster(n_workers=0, host="127.0.0.1", dashboard_address=None) as scheduler_only,
+        local_cluster(0) as scheduler_only,
         log.open("wb") as worker_log,
     ):
         worker = subprocess.Popen(
