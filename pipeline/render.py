@@ -141,6 +141,10 @@ POINTER_MAX_BYTES = 64 * 1024
 KEY_MAX_BYTES = 256 * 1024
 FETCH_TIMEOUT = 30
 MIN_RATE = 16 * 1024
+# A torrent download's extra time for its first peer when no webseed serves (fetch.sh.j2): a tracker
+# announce plus one of aria2's 30 s optimistic-unchoke rounds. Found by invoke bench --swarm's
+# dead-mirror scenario, where a late user's recipe gave up on a package only the seed box held.
+PEER_WAIT = 60
 # What both recipes' shared fetch functions (fetch.sh.j2) read.
 # The tools every published script needs, and the one line that installs them (fetch.sh.j2 checks them
 # first; the front page shows the line for the snapshot's format).
@@ -151,6 +155,7 @@ _FETCH_CONTEXT: Mapping[str, int | str] = {
     "key_max_bytes": KEY_MAX_BYTES,
     "fetch_timeout": FETCH_TIMEOUT,
     "min_rate": MIN_RATE,
+    "peer_wait": PEER_WAIT,
     "install_debian": INSTALL_DEBIAN,
     "install_arch": INSTALL_ARCH,
 }

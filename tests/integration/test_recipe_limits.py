@@ -176,7 +176,7 @@ def test_the_time_limit_override_is_checked(tmp_path: Path) -> None:
     done, _, _ = run_recipe(recipe_for("http://127.0.0.1:9"), user, MIRRORSEED_TIMEOUT="2.5")
     assert done.returncode == 1
     assert done.stderr.splitlines() == [
-        "MIRRORSEED_TIMEOUT, MIRRORSEED_MIN_RATE: not whole numbers (seconds, bytes per second)"
+        "MIRRORSEED_TIMEOUT, MIRRORSEED_MIN_RATE, MIRRORSEED_PEER_WAIT: not whole numbers (seconds, bytes per second)"
     ]
 
 
@@ -189,7 +189,8 @@ def test_a_trickled_package_download_times_out(
     tmp_path: Path,
 ) -> None:
     """Steps 1 to 3 against a real publication; the example package's .torrent URL trickles: the
-    download stops at MIRRORSEED_TIMEOUT plus the package size at MIRRORSEED_MIN_RATE."""
+    download stops at MIRRORSEED_TIMEOUT (plus MIRRORSEED_PEER_WAIT, 0 here) plus the package size at
+    MIRRORSEED_MIN_RATE."""
     dest, public_url, mirror_url = servers
     release(settings_for(debian_repo, dest, public_url, mirror_url, signing_key))
     current = read_current(
@@ -216,7 +217,9 @@ def test_a_trickled_package_download_times_out(
     recipe = recipe.replace(step4, f"\"{hostile.url}/$(jq -r '.torrent")
     user = tmp_path / "user"
     user.mkdir()
-    done, took, _ = run_recipe(recipe, user, MIRRORSEED_TIMEOUT="3", MIRRORSEED_MIN_RATE="1073741824")
+    done, took, _ = run_recipe(
+        recipe, user, MIRRORSEED_TIMEOUT="3", MIRRORSEED_PEER_WAIT="0", MIRRORSEED_MIN_RATE="1073741824"
+    )
     assert done.returncode == 1
     name = example.path.rsplit("/", 1)[-1]
     assert done.stderr.splitlines()[-1:] == [f"packages/{name}: download timed out"]

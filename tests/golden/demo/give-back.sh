@@ -45,11 +45,14 @@ fi
 # aria2c run (coreutils timeout, in the foreground so that Ctrl-C reaches aria2c; SIGKILL 5 s later).
 # Size: ulimit -f makes the kernel refuse any write past the cap (the key and the pointer: their cap
 # plus 1 KiB; a package: its size from the signed index plus 1 MiB), and a file over its cap is
-# deleted. One line to stderr, exit 1.
+# deleted. One line to stderr, exit 1. A torrent download (the index, packages) also has
+# MIRRORSEED_PEER_WAIT seconds (default 60) more: with no webseed up, a peer may take a
+# tracker announce and one of aria2's 30-second optimistic-unchoke rounds before it sends a byte.
 TIMEOUT=${MIRRORSEED_TIMEOUT:-30}
 MIN_RATE=${MIRRORSEED_MIN_RATE:-16384}
-[[ $TIMEOUT =~ ^[0-9]+$ && $MIN_RATE =~ ^[1-9][0-9]*$ ]] \
-  || { echo "MIRRORSEED_TIMEOUT, MIRRORSEED_MIN_RATE: not whole numbers (seconds, bytes per second)" >&2; exit 1; }
+PEER_WAIT=${MIRRORSEED_PEER_WAIT:-60}
+[[ $TIMEOUT =~ ^[0-9]+$ && $MIN_RATE =~ ^[1-9][0-9]*$ && $PEER_WAIT =~ ^[0-9]+$ ]] \
+  || { echo "MIRRORSEED_TIMEOUT, MIRRORSEED_MIN_RATE, MIRRORSEED_PEER_WAIT: not whole numbers (seconds, bytes per second)" >&2; exit 1; }
 # LPD (BEP 14): find peers on this LAN by multicast, so neighbours share instead of all fetching from
 # the mirrors. It tells the LAN what you fetch: MIRRORSEED_LPD=false turns it off.
 LPD=${MIRRORSEED_LPD:-true}
@@ -88,7 +91,7 @@ fetched() {
 # (aria2 checks the size and every piece); a partial FILE stays for the next run to resume.
 fetch() {
   local status=0
-  aria2_bounded "$((TIMEOUT + $2 / MIN_RATE))" "$(($2 + 1048576))" "${@:3}" || status=$?
+  aria2_bounded "$((TIMEOUT + PEER_WAIT + $2 / MIN_RATE))" "$(($2 + 1048576))" "${@:3}" || status=$?
   fetched "$1" "$2" "$status"
 }
 
