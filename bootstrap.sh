@@ -18,9 +18,9 @@ if [ ! -x .venv/bin/python ]; then
   "$PYTHON" -m venv .venv
 fi
 .venv/bin/python -m pip install --quiet --upgrade pip
-.venv/bin/python -m pip install --quiet --group dev -e . 2>/dev/null || {
+.venv/bin/python -m pip install --quiet --group dev -e '.[dask]' 2>/dev/null || {
   # pip < 25.1 has no --group: install the dev group from pyproject.toml by hand
-  .venv/bin/python -m pip install --quiet -e .
+  .venv/bin/python -m pip install --quiet -e '.[dask]'
   .venv/bin/python - <<'PY' | xargs .venv/bin/python -m pip install --quiet
 import tomllib
 print("\n".join(tomllib.load(open("pyproject.toml", "rb"))["dependency-groups"]["dev"]))

@@ -54,8 +54,8 @@ VERBOSE_HELP = "debug logging and tracebacks"
     iterable=["webseed", "tracker"],
     help=flag_help(
         "snapshot", "format", "dest", "public_url", "webseed", "tracker", "key", "repo", "dry_run", "metrics",
-        "resign_before", "expires_after", "state", "workers", "s3_endpoint_url", "no_cas", "allow_peer_only",
-        "tracker_whitelist", "tracker_pid_file",
+        "resign_before", "expires_after", "state", "workers", "executor", "s3_endpoint_url", "no_cas",
+        "allow_peer_only", "tracker_whitelist", "tracker_pid_file",
         config=CONFIG_HELP,
         json="print the run report as JSON on stdout",
         verbose=VERBOSE_HELP,
@@ -79,6 +79,7 @@ def release(
     expires_after: str | None = None,
     state: str | None = None,
     workers: int | None = None,
+    executor: str | None = None,
     s3_endpoint_url: str | None = None,
     no_cas: bool = False,
     allow_peer_only: bool = False,

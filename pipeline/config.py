@@ -21,6 +21,10 @@ ENV_PREFIX = "MIRRORSEED_"
 _DURATION = re.compile(r"^\s*(\d+)\s*([smhdw])\s*$")
 # A DHT node: a host name or IPv4 address, or an IPv6 address in brackets, then a port.
 _DHT_NODE = re.compile(r"(?:[A-Za-z0-9](?:[A-Za-z0-9.-]{0,251}[A-Za-z0-9])?|\[[0-9A-Fa-f:.]+\]):[0-9]{1,5}")
+# The `executor` setting besides "local": a Dask scheduler (pipeline/executors.py).
+DASK_EXECUTOR = re.compile(
+    r"dask://(?P<host>[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?|\[[0-9A-Fa-f:.]+\]):(?P<port>[0-9]{1,5})"
+)
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
 
@@ -96,6 +100,11 @@ class Settings:
     templates_dir: Path | None = _setting(None, "your templates for the listings (override templates/ by name)")
     state: Path | None = _setting(None, "SQLite state cache (default ~/.cache/mirrorseed/<repo>.sqlite)")
     workers: int = _setting(2, "hashing processes (default 2)")
+    executor: str = _setting(
+        "local",
+        "where files are hashed: local (workers processes here) or dask://HOST:PORT, a Dask scheduler whose "
+        "workers mount the snapshot at the same path (pip install 'mirrorseed[dask]')",
+    )
     # S3 destinations (s3://bucket/prefix); credentials come from the standard AWS chain (env, profile)
     s3_endpoint_url: str | None = _setting(None, "S3 endpoint for s3:// destinations (AWS: leave unset)")
     s3_region: str | None = _setting(None, "S3 region (default: the AWS chain's)")
@@ -406,6 +415,12 @@ def _validate(settings: Settings) -> None:
         raise ConfigError(f"s3_addressing_style: {settings.s3_addressing_style!r} is not auto, path or virtual")
     if not re.fullmatch(r"[0-9]+[KkMm]?", settings.seed_upload_limit):
         raise ConfigError(f"seed_upload_limit: {settings.seed_upload_limit!r} is not a rate like 0, 500K or 10M")
+    if settings.executor != "local" and (
+        (match := DASK_EXECUTOR.fullmatch(settings.executor)) is None or not 1 <= int(match.group("port")) <= 65535
+    ):
+        raise ConfigError(
+            f"executor: {settings.executor!r} is not local or dask://HOST:PORT (a Dask scheduler, e.g. dask://seed1:8786)"
+        )
     if settings.retention < settings.expires_after:
         raise ConfigError("retention: must be at least expires_after (objects of a valid pointer are kept)")
 

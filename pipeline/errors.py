@@ -49,3 +49,10 @@ class TrackerError(PipelineError):
     """A local opentracker (demo, benchmark, tests) cannot start, or does not take its whitelist."""
 
     exit_code = 8
+
+
+class ExecutorError(PipelineError):
+    """The hashing executor cannot be used: its Dask scheduler does not answer, has no workers, or a worker
+    cannot read the snapshot."""
+
+    exit_code = 9

@@ -5,8 +5,9 @@ each BitTorrent v1 piece are computed from the same bytes. Files are spread over
 first, in batches so that per-file dispatch overhead stays small.
 
 Where the workers run is a seam: any `concurrent.futures.Executor` (made by an `ExecutorFactory`,
-chosen where the run starts) receives `hash_batch` calls; the default is a local pool of processes,
-one per core. Only the caller sees the results (and writes the state cache).
+chosen where the run starts: pipeline/executors.py) receives `hash_batch` calls; the default is a
+local pool of processes, one per core, the other a Dask cluster. Only the caller sees the results (and
+writes the state cache).
 """
 
 from __future__ import annotations
@@ -205,8 +206,14 @@ def _hash_in_pool(files: Sequence[FileEntry], workers: int, executor: ExecutorFa
 def _stop_process_helpers() -> None:
     """Stop the forkserver and resource tracker the pool started (~25 MB of RSS that would otherwise
     idle through the rest of the run). CPython's own stop methods are private: where they are missing,
-    the helpers simply live until the process exits, as multiprocessing intends."""
+    the helpers simply live until the process exits, as multiprocessing intends. Other live children
+    (an in-process Dask LocalCluster's workers, say) share the resource tracker: stopping it would wait
+    for them, so then both helpers are left running."""
     from multiprocessing import forkserver, resource_tracker
+
+    if multiprocessing.active_children():
+        log.debug("other child processes share the multiprocessing helpers: left running")
+        return
 
     for helper in (getattr(forkserver, "_forkserver", None), getattr(resource_tracker, "_resource_tracker", None)):
         stop = getattr(helper, "_stop", None)
@@ -233,7 +240,10 @@ def iter_hashed(
     sink: Progress = progress if progress is not None else NullProgress()
     total_bytes = sum(entry.size for entry in files)
     sink.start("hash", total=len(files), unit="files")
-    use_pool = workers > 1 and len(files) >= 2 and (len(files) >= POOL_MIN_FILES or total_bytes >= POOL_MIN_BYTES)
+    # `workers` sizes the local pool; another executor (a Dask cluster) brings its own workers. Below the
+    # thresholds, hashing here beats any executor's start-up or round trips.
+    parallel = workers > 1 or executor is not local_pool
+    use_pool = parallel and len(files) >= 2 and (len(files) >= POOL_MIN_FILES or total_bytes >= POOL_MIN_BYTES)
     if use_pool:
         log.debug("hashing %d files, %d bytes, with %d workers", len(files), total_bytes, workers)
         results: Iterable[_Result] = _hash_in_pool(files, workers, executor)

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING
 from pipeline.config import Settings, require_release_inputs, s3_config
 from pipeline.decision import Decision, Facts, decide, resign_due, same_content
 from pipeline.errors import ConfigError, PipelineError, StorageError
+from pipeline.executors import open_executor
 from pipeline.hashing import ExecutorFactory, check_expected, iter_hashed, local_pool, piece_size_for
 from pipeline.index import (
     decode_index,
@@ -511,7 +512,8 @@ def _begin(settings: Settings, now: Callable[[], datetime]) -> _Run:
             probe()
         signer = Signer(gnupghome=settings.gnupghome, key=settings.key)
         key = signer.check_key(must_be_valid_until=expires + settings.key_valid_margin)
-    return _Run(settings, clock, started, expires, public_url, spec, storage, signer, key, local_pool)
+    executor = open_executor(settings.executor, snapshot=settings.snapshot)
+    return _Run(settings, clock, started, expires, public_url, spec, storage, signer, key, executor)
 
 
 def _scan_spec(settings: Settings) -> ScanSpec:

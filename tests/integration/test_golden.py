@@ -55,10 +55,10 @@ def golden_key() -> Iterator[Path]:
         yield home
 
 
-def published_files(dest: Path) -> dict[str, bytes]:
+def published_files(dest: Path, fingerprint: str = KEY_FINGERPRINT) -> dict[str, bytes]:
     """What the golden files hold for a publication in `dest`: see the module docstring."""
     signed = verify_signed_message(
-        (dest / "latest.asc").read_bytes(), keyring=dest / "signing-key.gpg", fingerprint=KEY_FINGERPRINT
+        (dest / "latest.asc").read_bytes(), keyring=dest / "signing-key.gpg", fingerprint=fingerprint
     )
     pointer = decode_pointer(signed)
     files: dict[str, bytes] = {}

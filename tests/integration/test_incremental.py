@@ -218,7 +218,9 @@ def test_corrupt_or_foreign_cache_is_reported_in_one_line_and_rebuilt(
     assert json.loads(rerun.stdout)["files_hashed"] == 0 and "state cache" not in rerun.stderr
 
 
-def test_a_no_change_run_imports_neither_torf_nor_jinja2_nor_boto3(signing_key: SigningKey, tmp_path: Path) -> None:
+def test_a_no_change_run_imports_neither_torf_nor_jinja2_nor_boto3_nor_distributed(
+    signing_key: SigningKey, tmp_path: Path
+) -> None:
     snap, dest, state = tmp_path / "snap", tmp_path / "dest", tmp_path / "state.sqlite"
     make_flat(snap, 3)
     release(settings(snap, dest, signing_key, state))
@@ -233,7 +235,7 @@ def test_a_no_change_run_imports_neither_torf_nor_jinja2_nor_boto3(signing_key: 
                                   webseeds=("http://127.0.0.1:9/mirror",), allow_peer_only=True,
                                   key={signing_key.fingerprint!r},
                                   gnupghome=Path({str(signing_key.gnupghome)!r}), state=Path({str(state)!r})))
-        heavy = sorted(m for m in ("torf", "jinja2", "boto3", "botocore") if m in sys.modules)
+        heavy = sorted(m for m in ("torf", "jinja2", "boto3", "botocore", "distributed") if m in sys.modules)
         print(json.dumps({{"action": report.action, "heavy": heavy}}))
         """
     )

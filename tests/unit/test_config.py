@@ -44,6 +44,8 @@ def test_task_parameters_map_to_settings() -> None:
         ("verify_sample", "0", 0),
         ("verify_timeout", "2.5", 2.5),
         ("repo", "r", "r"),
+        ("executor", "dask://seed1.example.org:8786", "dask://seed1.example.org:8786"),
+        ("executor", "dask://[::1]:8786", "dask://[::1]:8786"),
     ],
 )
 def test_values_are_read_by_the_fields_type(name: str, raw: str, expected: object) -> None:
@@ -60,6 +62,9 @@ def test_values_are_read_by_the_fields_type(name: str, raw: str, expected: objec
         ("verify_timeout", "inf", "positive"),
         ("expires_after", "7 days", "not a duration"),
         ("no_cas", "maybe", "true or false"),
+        ("executor", "tcp://seed1:8786", "not local or dask://HOST:PORT"),
+        ("executor", "dask://seed1", "not local or dask://HOST:PORT"),
+        ("executor", "dask://seed1:99999", "not local or dask://HOST:PORT"),
     ],
 )
 def test_bad_values_are_one_line_errors(name: str, raw: str, message: str) -> None:
@@ -93,6 +98,13 @@ def test_verify_reads_the_same_settings_as_release(tmp_path: Path) -> None:
     assert verify_spec(flagged).public_url == "https://b.example"  # a flag wins
     with pytest.raises(ConfigError, match="--keyring"):
         verify_spec(load_settings(flags={}, environ={}, cwd=tmp_path))
+
+
+def test_executor_is_local_unless_mirror_toml_or_the_flag_names_a_dask_scheduler(tmp_path: Path) -> None:
+    assert load_settings(environ={}, cwd=tmp_path).executor == "local"
+    (tmp_path / "mirror.toml").write_text('[mirrorseed]\nexecutor = "dask://seed1:8786"\n')
+    assert load_settings(environ={}, cwd=tmp_path).executor == "dask://seed1:8786"
+    assert load_settings(flags={"executor": "local"}, environ={}, cwd=tmp_path).executor == "local"
 
 
 def test_s3_config_is_the_s3_part_of_the_settings() -> None:
