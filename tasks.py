@@ -185,6 +185,11 @@ def golden(c: Context, update: bool = False) -> None:
         "swarm_scenario": "swarm: offload, dead-mirror or both (default both)",
         "swarm_out": "swarm: JSON results file (default .bench/swarm.json)",
         "swarm_user_conf": "swarm: an extra KEY=VALUE line for every user's aria2.conf (repeatable; what-if runs)",
+        "apt": "the apt row: apt-get --download-only through the method vs apt's http (default on; --no-apt skips)",
+        "apt_only": "run only the apt row (--runs applies; --quick: no quiet wait)",
+        "apt_packages": "apt: packages to download (default 20), real bookworm names and sizes",
+        "apt_mb": "apt: cap on the packages' bytes in MB; sizes are scaled down above it (default 200)",
+        "apt_out": "apt: JSON results file (default .bench/apt.json)",
     },
     iterable=["swarm_user_conf"],
 )
@@ -204,11 +209,17 @@ def bench(
     swarm_scenario: str = "both",
     swarm_out: str | None = None,
     swarm_user_conf: list[str] | None = None,
+    apt: bool = True,
+    apt_only: bool = False,
+    apt_packages: int = 20,
+    apt_mb: float = 200.0,
+    apt_out: str | None = None,
 ) -> None:
     """Benchmark: hashlib ceiling, peers and mirrorseed (full, no-change, 1%-changed) on one corpus; print the table.
 
     --swarm adds (--swarm-only runs alone) the offload benchmark of issue 12: bytes the mirror, the seed box
-    and the users serve when K aria2 users fetch the same packages through a tracker."""
+    and the users serve when K aria2 users fetch the same packages through a tracker. The apt row (issue 13) times
+    apt-get --download-only through the mirrorseed method against apt's http method; --apt-only runs it alone."""
 
     def announce(line: str) -> None:
         print(line, file=sys.stderr, flush=True)
@@ -217,13 +228,26 @@ def bench(
         return None if value is None else Path(value) if os.path.isabs(value) else Path.cwd() / value
 
     with _pipeline_errors():
+        from bench.apt import AptBenchOptions, run_apt_bench
+        from bench.harness import QUIET_WAIT_S
+
+        apt_options = AptBenchOptions(
+            repo_root=ROOT, packages=apt_packages, cap_mb=apt_mb, runs=runs, out=path(apt_out),
+            quiet_wait_s=0.0 if quick else QUIET_WAIT_S,
+        )  # fmt: skip
+        if apt_only:
+            apt_result = run_apt_bench(apt_options, announce=announce)
+            print(apt_result.table)
+            announce(f"bench: apt results in {apt_result.json_path}")
+            return
         if not swarm_only:
             from bench.harness import BenchOptions, run_bench
 
             result = run_bench(
-                BenchOptions(repo_root=ROOT, files=files, total_gb=total_gb, runs=runs, out=path(out), quick=quick),
+                BenchOptions(repo_root=ROOT, files=files, total_gb=total_gb, runs=runs, out=path(out), quick=quick,
+                             apt=apt_options if apt and not quick else None),
                 announce=announce,
-            )
+            )  # fmt: skip
             print(result.table)
             announce(f"bench: results in {result.json_path}")
             if not swarm:

@@ -18,6 +18,8 @@ What it does (issue 3, points 4-5):
   bare `os.scandir` + `stat` walk, the peers (mktorrent, torf CLI and transmission-create one process per
   file, torf's API in one process: `bench/torf_api.py`), and mirrorseed's `invoke release --json` as a full
   build (no state cache, empty destination), a no-change re-run and a 1%-changed re-run, with per-stage times.
+- Then the apt rows (issue 13, `bench/apt.py`): `apt-get install --download-only` of 20 packages through the
+  mirrorseed method and through apt's own `http` method, same loopback mirror, zero peers (skipped by `--quick`).
 - Ratios and the issue's targets, each PASS/MISS with the measured value; never loosened.
 
 Library code: nothing is printed. `run_bench()` returns a `BenchResult` (rows, ratios, targets, machine
@@ -44,10 +46,13 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pipeline.errors import ConfigError, PipelineError
 from pipeline.hashing import piece_size_for
+
+if TYPE_CHECKING:
+    from bench.apt import AptBenchOptions
 
 Announce = Callable[[str], None]
 
@@ -154,6 +159,7 @@ class BenchOptions:
     out: Path | None = None  # JSON results; None: <repo>/.bench/results.json
     quick: bool = False  # skip coreutils, torf CLI, transmission-create; install nothing; no quiet wait
     cache_dir: Path | None = None  # None: default_cache_dir()
+    apt: AptBenchOptions | None = None  # the apt row (bench/apt.py); None: skipped (--quick, --no-apt)
 
     @property
     def cap_bytes(self) -> int:
@@ -1229,8 +1235,25 @@ def run_bench(options: BenchOptions, *, announce: Announce = _quiet) -> BenchRes
 
     shutil.rmtree(work, ignore_errors=True)
 
+    # -- apt through the torrents (issue 13): bench/apt.py, its two rows and its target
+    from bench.apt import apt_target, run_apt_bench, skipped_rows
+
+    apt_ratio: float | None = None
+    if options.apt is None:
+        apt_rows = skipped_rows("--quick" if options.quick else "--no-apt")
+    else:
+        try:
+            apt = run_apt_bench(replace(options.apt, runs=options.runs, cache_dir=cache_dir), announce=announce)
+            apt_rows, apt_ratio = apt.rows, apt.ratio
+        except PipelineError as exc:
+            announce(f"bench: apt: failed: {exc}")
+            apt_rows = skipped_rows(str(exc), status="failed")
+    rows.extend(apt_rows)
+
     by_key = {r.key: r for r in rows}
     ratios, targets = evaluate(by_key, n_files)
+    ratios["apt_method_over_http"] = apt_ratio
+    targets.append(apt_target(apt_ratio, apt_rows[1].files or (options.apt.packages if options.apt else 20)))
     machine = machine_facts()
     machine["tools"] = {name: tool.version or tool.reason for name, tool in tools.items()}
     sizes = sorted(e.size for e in corpus.files)

@@ -1,7 +1,8 @@
 """`invoke bench` works end to end on a tiny corpus: correctness of the harness only, never a timing threshold.
 
-`--quick` skips coreutils, the torf CLI and transmission-create and installs nothing (mktorrent is timed only
-if it is already installed), so this stays fast and needs no registry. The corpus, work files and demo key go
+`--quick` skips coreutils, the torf CLI, transmission-create and the apt row, and installs nothing (mktorrent is
+timed only if it is already installed), so this stays fast and needs no registry; `--apt-only` runs the apt row
+alone on three small packages. The corpus, work files and demo key go
 to a temporary cache (`MIRRORSEED_BENCH_CACHE`), the results to a temporary JSON file.
 """
 
@@ -59,14 +60,14 @@ def test_bench_quick_smoke(tmp_path: Path) -> None:
     assert {r["action"] for r in rows["mirrorseed-full"]["runs"]} == {"publish"}
     assert {r["action"] for r in rows["mirrorseed-noop"]["runs"]} == {"noop"}
     assert {r["changed_files"] for r in rows["mirrorseed-changed"]["runs"]} == {1}
-    for key in ("torf-cli", "transmission-create", "coreutils"):
+    for key in ("torf-cli", "transmission-create", "coreutils", "apt-http", "apt-mirrorseed"):
         assert rows[key]["status"] == "skipped"
 
     ratios = doc["ratios"]
     for name in ("core_stages_over_ceiling_2", "speedup_vs_torf_api", "noop_wall_s", "changed_limit_s", "peak_rss_mb"):
         assert isinstance(ratios[name], float) and ratios[name] > 0, name
     assert "noop_per_file_over_walk" in ratios  # None when the walk's difference is below timer noise
-    assert len(doc["targets"]) == 7
+    assert len(doc["targets"]) == 8  # issue 3's seven, and the apt row's (n/a: --quick skips it)
     assert all(t["result"] in ("PASS", "MISS", "n/a") for t in doc["targets"])
     assert sum(t["result"] != "n/a" for t in doc["targets"]) >= 6
 
@@ -110,3 +111,27 @@ def test_bench_swarm_smoke(tmp_path: Path) -> None:
     assert dead["mirror_bytes"] == 0 and dead["seed_box_stopped_s"] is not None
     assert "operator egress (mirror + seed box)" in done.stdout and "Dead mirror: 2 users" in done.stdout
     assert "PASS" in done.stdout.split("Dead mirror")[1]  # every user completed
+
+
+def test_bench_apt_smoke(tmp_path: Path) -> None:
+    """`invoke bench --apt-only` on 3 small packages: both apt roots download them all, every run checked."""
+    out = tmp_path / "apt.json"
+    done = run_bench(
+        tmp_path, "--apt-only", "--quick", "--runs", "1", "--apt-packages", "3", "--apt-mb", "2",
+        "--apt-out", str(out), cwd=tmp_path, timeout=240,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:] + done.stdout[-3000:]
+    doc = json.loads(out.read_text())
+    assert len(doc["packages"]) == 3 and 0 < doc["total_bytes"] <= 2_000_000
+    assert all(p["path"].startswith("pool/main/") and p["path"].endswith(".deb") for p in doc["packages"])
+    rows = {row["key"]: row for row in doc["rows"]}
+    assert set(rows) == {"apt-http", "apt-mirrorseed"}
+    for row in rows.values():
+        assert row["status"] == "ok" and len(row["runs"]) == 1 and row["median_wall_s"] > 0, row
+        assert row["files"] == 3
+    assert doc["ratio_method_over_http"] > 0
+    assert doc["target"]["result"] in ("PASS", "MISS")
+    # each run was checked (hashes in apt's cache; by torrent through the method, by plain GET through http)
+    assert done.stderr.count("; checked") == 4  # warm-up + 1 run, two roots
+    assert "| apt, mirrorseed method |" in done.stdout and doc["table"] in done.stdout
+    assert not (tmp_path / "cache" / "apt-work").exists()  # the work directory is removed
