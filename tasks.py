@@ -204,11 +204,17 @@ def bench(
     swarm_scenario: str = "both",
     swarm_out: str | None = None,
     swarm_user_conf: list[str] | None = None,
+    apt_only: bool = False,
+    no_apt: bool = False,
+    apt_packages: int = 20,
+    apt_mb: float = 40.0,
 ) -> None:
     """Benchmark: hashlib ceiling, peers and mirrorseed (full, no-change, 1%-changed) on one corpus; print the table.
 
     --swarm adds (--swarm-only runs alone) the offload benchmark of issue 12: bytes the mirror, the seed box
-    and the users serve when K aria2 users fetch the same packages through a tracker."""
+    and the users serve when K aria2 users fetch the same packages through a tracker. The apt row (apt-get
+    --download-only through the mirrorseed method against apt's http) follows the table (--apt-only: alone;
+    --no-apt: skipped)."""
 
     def announce(line: str) -> None:
         print(line, file=sys.stderr, flush=True)
@@ -217,6 +223,14 @@ def bench(
         return None if value is None else Path(value) if os.path.isabs(value) else Path.cwd() / value
 
     with _pipeline_errors():
+        if apt_only or (not swarm_only and not no_apt):
+            from bench.apt import AptOptions, run_apt_bench
+
+            apt_options = AptOptions(repo_root=ROOT, packages=apt_packages, total_mb=apt_mb, runs=min(runs, 5))
+            apt_result = run_apt_bench(apt_options, announce=announce)
+            print(apt_result.table)
+            if apt_only:
+                return
         if not swarm_only:
             from bench.harness import BenchOptions, run_bench
 

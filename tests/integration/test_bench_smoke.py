@@ -36,10 +36,21 @@ def run_bench(tmp_path: Path, *args: str, cwd: Path, timeout: float) -> subproce
     )  # fmt: skip
 
 
+def test_bench_apt_smoke(tmp_path: Path) -> None:
+    """`invoke bench --apt-only` on 3 small packages: both apt roots download them (each run checks every
+    .deb against the signed index) and the table compares the two."""
+    done = run_bench(
+        tmp_path, "--apt-only", "--apt-packages", "3", "--apt-mb", "1", "--runs", "1", cwd=ROOT, timeout=300
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "apt: run 1: http" in done.stderr and "of 3 packages (1.0 MB)" in done.stdout
+    assert "| apt's `http` |" in done.stdout and "Method / http: **" in done.stdout
+
+
 def test_bench_quick_smoke(tmp_path: Path) -> None:
     out = tmp_path / "results.json"
     done = run_bench(
-        tmp_path, "--files", "50", "--total-gb", "0.05", "--runs", "1", "--quick", "--out", str(out),
+        tmp_path, "--files", "50", "--total-gb", "0.05", "--runs", "1", "--quick", "--no-apt", "--out", str(out),
         cwd=tmp_path, timeout=180,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
