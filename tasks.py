@@ -190,6 +190,7 @@ def golden(c: Context, update: bool = False) -> None:
         "apt_packages": "apt: packages to download (default 20), real bookworm names and sizes",
         "apt_mb": "apt: cap on the packages' bytes in MB; sizes are scaled down above it (default 200)",
         "apt_out": "apt: JSON results file (default .bench/apt.json)",
+        "apt_mib_s": "apt: the whole mirror's rate in MiB/s (default 4, the swarm bench's link; 0: loopback speed)",
     },
     iterable=["swarm_user_conf"],
 )
@@ -214,6 +215,7 @@ def bench(
     apt_packages: int = 20,
     apt_mb: float = 200.0,
     apt_out: str | None = None,
+    apt_mib_s: float = 4.0,
 ) -> None:
     """Benchmark: hashlib ceiling, peers and mirrorseed (full, no-change, 1%-changed) on one corpus; print the table.
 
@@ -233,7 +235,7 @@ def bench(
 
         apt_options = AptBenchOptions(
             repo_root=ROOT, packages=apt_packages, cap_mb=apt_mb, runs=runs, out=path(apt_out),
-            quiet_wait_s=0.0 if quick else QUIET_WAIT_S,
+            quiet_wait_s=0.0 if quick else QUIET_WAIT_S, mirror_mib_s=apt_mib_s,
         )  # fmt: skip
         if apt_only:
             apt_result = run_apt_bench(apt_options, announce=announce)

@@ -1236,7 +1236,7 @@ def run_bench(options: BenchOptions, *, announce: Announce = _quiet) -> BenchRes
     shutil.rmtree(work, ignore_errors=True)
 
     # -- apt through the torrents (issue 13): bench/apt.py, its two rows and its target
-    from bench.apt import apt_target, run_apt_bench, skipped_rows
+    from bench.apt import MIRROR_MIB_S, apt_target, run_apt_bench, skipped_rows
 
     apt_ratio: float | None = None
     if options.apt is None:
@@ -1253,7 +1253,8 @@ def run_bench(options: BenchOptions, *, announce: Announce = _quiet) -> BenchRes
     by_key = {r.key: r for r in rows}
     ratios, targets = evaluate(by_key, n_files)
     ratios["apt_method_over_http"] = apt_ratio
-    targets.append(apt_target(apt_ratio, apt_rows[1].files or (options.apt.packages if options.apt else 20)))
+    apt_packages = apt_rows[1].files or (options.apt.packages if options.apt else 20)
+    targets.append(apt_target(apt_ratio, apt_packages, options.apt.mirror_mib_s if options.apt else MIRROR_MIB_S))
     machine = machine_facts()
     machine["tools"] = {name: tool.version or tool.reason for name, tool in tools.items()}
     sizes = sorted(e.size for e in corpus.files)

@@ -40,7 +40,7 @@ def run_bench(tmp_path: Path, *args: str, cwd: Path, timeout: float) -> subproce
 def test_bench_quick_smoke(tmp_path: Path) -> None:
     out = tmp_path / "results.json"
     done = run_bench(
-        tmp_path, "--files", "50", "--total-gb", "0.05", "--runs", "1", "--quick", "--out", str(out),
+        tmp_path, "--files", "50", "--total-gb", "0.05", "--runs", "1", "--quick", "--no-apt", "--out", str(out),
         cwd=tmp_path, timeout=180,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]

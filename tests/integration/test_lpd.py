@@ -23,11 +23,11 @@ from pipeline.run import release
 from pipeline.serve import serve_directory
 from tests.integration.conftest import SigningKey
 from tests.integration.test_incremental import make_flat
+from tests.integration.test_tracker import stop
 
 pytestmark = pytest.mark.integration
 
 FETCH_TIMEOUT = 90  # seconds for the peer fetch (about 12 s here: LPD announces at start)
-STOP_TIMEOUT = 10
 
 
 def ip(*args: str) -> None:
@@ -63,16 +63,6 @@ def lan() -> Iterator[tuple[str, str]]:
 
 def in_namespace(name: str, *command: str) -> list[str]:
     return ["ip", "netns", "exec", name, *command]
-
-
-def stop(process: subprocess.Popen[str]) -> None:
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(timeout=STOP_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=STOP_TIMEOUT)
 
 
 def test_two_lan_peers_find_each_other_by_lpd_alone(
