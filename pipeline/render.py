@@ -628,7 +628,6 @@ def _recipe(
     context = {
         **_script_context(listing, checked),
         "example": package,
-        "mirror": preferred_mirror(checked) if format_info(listing.snapshot_format).detached_signatures else None,
     }
     text = _render(env, RECIPE_TEMPLATE, context, listing.templates_dir)
     return text.rstrip("\n") + "\n"
@@ -657,7 +656,8 @@ def _start_context(listing: ListingInput, checked: _Checked, example: PackageRec
 
 
 def _script_context(listing: ListingInput, checked: _Checked) -> dict[str, Any]:
-    """What every published script (recipe, update, give-back) reads: where, whose key, aria2's flags."""
+    """What every published script (recipe, update, give-back) reads: where, whose key, aria2's flags, and the
+    HTTP mirror detached signatures (.sig) come from when the format has them."""
     return {
         **_FETCH_CONTEXT,
         "repo": listing.repo,
@@ -667,6 +667,7 @@ def _script_context(listing: ListingInput, checked: _Checked) -> dict[str, Any]:
         "flags": aria2_flags(listing.dht_nodes),
         "packages_dir": PACKAGES_DIR,
         "snapshot_format": listing.snapshot_format,
+        "mirror": preferred_mirror(checked) if format_info(listing.snapshot_format).detached_signatures else None,
     }
 
 
@@ -686,7 +687,6 @@ def _update_recipe(env: jinja2.Environment, listing: ListingInput, checked: _Che
         **_script_context(listing, checked),
         "want": example.name,
         "all_installed": _ALL_INSTALLED.get(listing.snapshot_format, ""),
-        "mirror": preferred_mirror(checked) if format_info(listing.snapshot_format).detached_signatures else None,
     }
     return _render(env, UPDATE_TEMPLATE, context, listing.templates_dir).rstrip("\n") + "\n"
 
@@ -714,14 +714,9 @@ def update_recipe(listing: ListingInput) -> str | None:
 def _give_back(env: jinja2.Environment, listing: ListingInput, checked: _Checked) -> tuple[Artifact, ...]:
     """give-back.sh and its systemd user unit and timer."""
     script = {
-        **_FETCH_CONTEXT,
+        **_script_context(listing, checked),
         **_GIVE_BACK_CONTEXT,
-        "public_url": checked.public_url,
-        "fingerprint": checked.fingerprint,
-        "pointer_repo": listing.pointer.repo,
-        "flags": aria2_flags(listing.dht_nodes),
         "seed_flags": give_back_seed_flags(listing.dht_nodes),
-        "packages_dir": PACKAGES_DIR,
     }
     unit = {
         **_GIVE_BACK_CONTEXT,

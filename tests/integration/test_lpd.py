@@ -9,7 +9,6 @@ joined by a veth pair that leads nowhere else. Both are deleted at the end (with
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import time
 from collections.abc import Iterator
@@ -24,6 +23,7 @@ from pipeline.serve import serve_directory
 from tests.integration.conftest import SigningKey
 from tests.integration.test_incremental import make_flat
 from tests.integration.test_tracker import stop
+from tests.tools import require_root, require_tools
 
 pytestmark = pytest.mark.integration
 
@@ -38,8 +38,8 @@ def ip(*args: str) -> None:
 def lan() -> Iterator[tuple[str, str]]:
     """Two network namespaces on one veth link (10.231.0.1 and .2, a default route over it for the
     multicast), each with its loopback up; nothing else is attached."""
-    if shutil.which("ip") is None or os.geteuid() != 0:
-        pytest.fail("the LPD test needs root and iproute2 (`ip`): run it as CI does, after ./bootstrap.sh")
+    require_root("the LPD test makes network namespaces")
+    require_tools("ip")
     tag = f"{os.getpid() % 100000}"
     names = (f"mslpd-a{tag}", f"mslpd-b{tag}")
     links = (f"mslpa{tag}", f"mslpb{tag}")

@@ -11,7 +11,6 @@ import hashlib
 import os
 import pwd
 import random
-import shutil
 import subprocess
 import tempfile
 import time
@@ -25,6 +24,7 @@ from pipeline.hashing import hash_files
 from pipeline.model import FileEntry
 from pipeline.torrents import BuildSpec, build_packages
 from tests.integration.conftest import aria2_command
+from tests.tools import require_tools
 from tests.tracker import Tracker, TrackerError, announce, free_port, opentracker_binary
 
 pytestmark = pytest.mark.integration
@@ -116,8 +116,7 @@ def wait_for_peer(tracker: Tracker, infohash: str, port: int, seeder: subprocess
 
 def test_download_completes_through_the_tracker_with_every_mirror_dead(tracker: Tracker, tmp_path: Path) -> None:
     """The swarm: aria2 finds an aria2 seeder through opentracker and fetches exact bytes; the webseed is dead."""
-    if shutil.which("aria2c") is None:
-        pytest.fail("aria2c is not installed: run ./bootstrap.sh")
+    require_tools("aria2c")
     package = build_package(tmp_path, tracker.announce_url)
     tracker.write_whitelist([package.infohash])
     tracker.reload()
@@ -251,11 +250,9 @@ def test_the_shipped_config_parses_and_serves_its_whitelist(tmp_path: Path) -> N
 
 def test_the_shipped_unit_verifies() -> None:
     """systemd's own parser accepts opentracker.service (ExecStart binary present, every option known)."""
-    analyze = shutil.which("systemd-analyze")
-    if analyze is None:
-        pytest.fail("systemd-analyze is not installed: run ./bootstrap.sh")
+    require_tools("systemd-analyze")
     result = subprocess.run(
-        [analyze, "verify", str(INFRA / "opentracker.service")],
+        ["systemd-analyze", "verify", str(INFRA / "opentracker.service")],
         capture_output=True,
         text=True,
         timeout=60,

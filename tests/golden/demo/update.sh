@@ -96,7 +96,8 @@ DIR=packages
 MIRROR=''
 if [ "$#" -gt 0 ]; then WANT=("$@"); else WANT=(2048-demo); fi
 
-# 1. Once: the operator's public key (see the recipe).
+# 1. Once: the operator's public key, as the binary keyring gpgv reads. Compare the fingerprint gpg
+#    shows with the one on the front page; step 2 also refuses a pointer signed by any key but $FPR.
 if [ ! -f signing-key.gpg ]; then
   fetch_small signing-key.gpg 262144
   if command -v gpg >/dev/null; then gpg --show-keys signing-key.gpg || true; fi
