@@ -97,14 +97,14 @@ def aria2_flags(dht_nodes: Sequence[str]) -> tuple[str, ...]:
 
 # What give-back.sh's seeding aria2c drops from the recipes' flags: their stop at completion, and the
 # frequent tracker requests a download needs to find new seeds (a seed is found by those who ask).
-_STOP_AT_COMPLETION = ("--seed-time=", "--bt-stop-timeout=", "--bt-tracker-interval=")
+_NOT_FOR_SEEDING = ("--seed-time=", "--bt-stop-timeout=", "--bt-tracker-interval=")
 
 
 def give_back_seed_flags(dht_nodes: Sequence[str]) -> tuple[str, ...]:
     """The aria2c options give-back.sh seeds with: the recipes' (`aria2_flags`: short tracker timeouts,
     DHT when configured) without `--seed-time=0`, `--bt-stop-timeout` and `--bt-tracker-interval`; the
     script adds the ratio, time and upload bounds from its environment."""
-    return tuple(flag for flag in aria2_flags(dht_nodes) if not flag.startswith(_STOP_AT_COMPLETION))
+    return tuple(flag for flag in aria2_flags(dht_nodes) if not flag.startswith(_NOT_FOR_SEEDING))
 
 
 # Give back (templates/give-back.sh.j2 and the systemd user unit): the defaults of its settings, shown
