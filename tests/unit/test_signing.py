@@ -132,13 +132,28 @@ def test_verify_pins_fingerprint_even_when_keyring_trusts_both(keys: Keys) -> No
 
 def test_verify_rejects_tampered_armor_and_clearsigned(keys: Keys) -> None:
     message = Signer(gnupghome=keys.home, key=keys.fpr).sign_message(PAYLOAD)
+    assert rearmor(message, lambda b: b).replace(b"\n", b"") == message.replace(b"\n", b"")  # helper is faithful
+    # An uncompressed message, so that each edit lands on a known byte: a bit flipped in the last bytes of a
+    # deflate stream can fall on bits gpg never reads, and such a flip went unnoticed once in CI.
+    plain = subprocess.run(
+        ["gpg", "--homedir", str(keys.home), "--batch", "--sign", "--armor", "--compress-algo", "none"]
+        + ["--default-key", keys.fpr],
+        input=PAYLOAD,
+        capture_output=True,
+        check=True,
+    ).stdout
+    assert verify_signed_message(plain, keyring=keys.keyring, fingerprint=keys.fpr) == PAYLOAD
 
-    def flip_last(binary: bytes) -> bytes:
+    def flip_payload(binary: bytes) -> bytes:
+        at = binary.index(PAYLOAD) + len(PAYLOAD) // 2
+        return binary[:at] + bytes([binary[at] ^ 0x01]) + binary[at + 1 :]
+
+    def flip_signature(binary: bytes) -> bytes:  # the last byte is the signature's own value
         return binary[:-1] + bytes([binary[-1] ^ 0x01])
 
-    with pytest.raises(SigningError):
-        verify_signed_message(rearmor(message, flip_last), keyring=keys.keyring, fingerprint=keys.fpr)
-    assert rearmor(message, lambda b: b).replace(b"\n", b"") == message.replace(b"\n", b"")  # helper is faithful
+    for edit in (flip_payload, flip_signature):
+        with pytest.raises(SigningError):
+            verify_signed_message(rearmor(plain, edit), keyring=keys.keyring, fingerprint=keys.fpr)
     lines = message.split(b"\n")
     lines[3] = lines[3][:10] + (b"A" if lines[3][10:11] != b"A" else b"B") + lines[3][11:]
     with pytest.raises(SigningError):  # naive edit: the armor CRC catches it
