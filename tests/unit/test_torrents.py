@@ -7,6 +7,7 @@ import random
 import xml.etree.ElementTree as ET
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
@@ -20,6 +21,7 @@ from pipeline.torrents import (
     BuildSpec,
     _announce_prefix,
     _package_torrent,
+    build_metalink,
     build_packages,
     build_torrent,
     digest_of,
@@ -429,3 +431,46 @@ def test_a_never_announced_package_is_private_and_names_no_tracker(tmp_path: Pat
     assert "tr=" not in (records["pool/secret/s.deb"].magnet or "") and "tr=" in (
         records["pool/open/o.deb"].magnet or ""
     )
+
+
+def _metalink_by_elementtree(
+    *, name: str, size: int, sha256: str, piece_size: int | None, pieces: bytes, urls: Any, torrent_url: str | None
+) -> bytes:
+    """The ElementTree form build_metalink had before it wrote text: the oracle of its bytes."""
+    root = ET.Element("metalink", xmlns="urn:ietf:params:xml:ns:metalink")
+    file = ET.SubElement(root, "file", name=name)
+    ET.SubElement(file, "size").text = str(size)
+    ET.SubElement(file, "hash", type="sha-256").text = sha256
+    if pieces:
+        element = ET.SubElement(file, "pieces", length=str(piece_size), type="sha-1")
+        for offset in range(0, len(pieces), 20):
+            ET.SubElement(element, "hash").text = pieces[offset : offset + 20].hex()
+    for position, item in enumerate(urls, start=1):
+        url, priority, location = item if isinstance(item, tuple) else (item, position, None)
+        attributes = {"priority": str(priority)} | ({"location": location.lower()} if location else {})
+        ET.SubElement(file, "url", attributes).text = url
+    if torrent_url is not None:
+        ET.SubElement(file, "metaurl", mediatype="torrent").text = torrent_url
+    ET.indent(root)
+    return ('<?xml version="1.0" encoding="UTF-8"?>\n' + ET.tostring(root, encoding="unicode") + "\n").encode()
+
+
+def test_metalink_text_is_byte_identical_to_elementtree_output() -> None:
+    rng = random.Random(5854)
+    alphabet = "ab+ %#?&<>\"'\t\r\n;=é😀_.-~/"
+    for _ in range(2000):
+        pieces_count = rng.randint(0, 3)
+        urls: list[Any] = []
+        for position in range(rng.randint(0, 3)):
+            url = "http://m.example/" + "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 8)))
+            urls.append(url if rng.random() < 0.5 else (url, position + 1, rng.choice([None, "DE", 'a"<'])))
+        arguments: dict[str, Any] = {
+            "name": "".join(rng.choice(alphabet) for _ in range(rng.randint(1, 12))),
+            "size": rng.randint(0, 10**12),
+            "sha256": rng.randbytes(32).hex(),
+            "piece_size": 16384 if pieces_count else None,
+            "pieces": rng.randbytes(20 * pieces_count),
+            "urls": urls,
+            "torrent_url": rng.choice([None, "https://s.example/t&<x>.torrent"]),
+        }
+        assert build_metalink(**arguments) == _metalink_by_elementtree(**arguments), arguments
