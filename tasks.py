@@ -55,7 +55,7 @@ VERBOSE_HELP = "debug logging and tracebacks"
     help=flag_help(
         "snapshot", "format", "dest", "public_url", "webseed", "tracker", "key", "repo", "dry_run", "metrics",
         "resign_before", "expires_after", "state", "workers", "executor", "s3_endpoint_url", "no_cas",
-        "allow_peer_only", "tracker_whitelist", "tracker_pid_file",
+        "allow_peer_only", "tracker_whitelist", "tracker_pid_file", "audit", "audit_interval",
         config=CONFIG_HELP,
         json="print the run report as JSON on stdout",
         verbose=VERBOSE_HELP,
@@ -86,6 +86,8 @@ def release(
     tracker_whitelist: str | None = None,
     tracker_pid_file: str | None = None,
     verbose: bool = False,
+    audit: bool = False,
+    audit_interval: str | None = None,
 ) -> None:
     """Publish a snapshot: per-package torrents + metalinks, signed index and pointer, listings."""
     with _pipeline_errors(verbose):

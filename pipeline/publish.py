@@ -162,6 +162,27 @@ def read_destination(storage: Storage) -> Destination:
     return Destination(listing, manifest, frozenset(altered))
 
 
+@dataclass(frozen=True)
+class DestinationKeys:
+    """The keys the destination holds, and nothing else: enough for a run to tell whether an object of
+    the current publication is gone, without a stat per object or the manifest (a run that finds one
+    gone reads the whole `Destination` before it writes)."""
+
+    keys: frozenset[str]
+
+    def holds(self, key: str) -> bool:
+        return key in self.keys
+
+    def lost(self, keys: Iterable[str]) -> list[str]:
+        """The keys among `keys` the destination no longer holds, sorted."""
+        return sorted({key for key in keys if key not in self.keys})
+
+
+def read_destination_keys(storage: Storage) -> DestinationKeys:
+    """The destination's keys (a names-only listing: no stat per object on a local folder)."""
+    return DestinationKeys(frozenset(storage.list_keys()))
+
+
 def _plan_group(
     storage: Storage,
     spool: Spool,

@@ -62,7 +62,16 @@ from pipeline.objects import (
     metalink_key,
     torrent_key,
 )
-from pipeline.publish import Destination, Publication, UploadPlan, is_complete, publish, read_destination
+from pipeline.publish import (
+    Destination,
+    DestinationKeys,
+    Publication,
+    UploadPlan,
+    is_complete,
+    publish,
+    read_destination,
+    read_destination_keys,
+)
 from pipeline.report import RunReport
 from pipeline.signing import Signer, verify_detached, verify_signed_message
 from pipeline.snapshot import ScanSpec, scan_snapshot
@@ -404,16 +413,26 @@ def _release(settings: Settings, spool: Spool, progress: Progress, now: Callable
         with clock.stage("mirrors"):
             mirrors = _check_mirrors(settings, snapshot, digested, state, run.started, progress)
         with clock.stage("read-current"):
-            destination = read_destination_state(run.storage, repo=settings.repo, signer=run.signer, key=run.key)
+            audit = _audit_due(settings, state, run.storage, run.started)
+            destination = read_destination_state(
+                run.storage, repo=settings.repo, signer=run.signer, key=run.key, audit=audit
+            )
         with clock.stage("build"):
             inputs = publication_inputs(settings, run.public_url, digested, mirrors)
         spec = replace(run.spec, webseeds_for=mirrors.webseeds_for, metalink_urls_for=mirrors.metalink_urls_for)
         memo = state.page_memo()
         facts = _facts(settings, run, destination, state, snapshot.files, memo, mirrors, inputs)
         decision = decide(facts)
+        if (decision is None or decision.action != "noop") and not isinstance(destination.objects, Destination):
+            # this run writes (or may): it needs the whole destination, sizes, ETags and manifest
+            with clock.stage("read-current"):
+                destination = replace(destination, objects=read_destination(run.storage))
+            facts = _facts(settings, run, destination, state, snapshot.files, memo, mirrors, inputs)
+            decision = decide(facts)
         if decision is not None and decision.action == "noop":
             # the state vouches for the current index: nothing decoded, rebuilt or written
             assert destination.pointer is not None
+            _remember_audit(settings, state, run, destination)
             _tracker_whitelist(settings, destination.pointer, ((e.path, c.infohash) for e, c in digested.rows()))
             return _report(run, mirrors, destination.pointer, "noop", _no_changes(files))
 
@@ -434,6 +453,7 @@ def _release(settings: Settings, spool: Spool, progress: Progress, now: Callable
             assert destination.current is not None
             if not settings.dry_run:
                 state.remember_publication(destination.current.pointer.index.sha256, inputs)
+            _remember_audit(settings, state, run, destination)
             _tracker_whitelist(settings, destination.current.pointer, ((r.path, r.infohash) for r in records))
             return _report(run, mirrors, destination.pointer, "noop", changes)
 
@@ -465,12 +485,13 @@ def _release(settings: Settings, spool: Spool, progress: Progress, now: Callable
         with clock.stage("publish"):
             result = publish(
                 run.storage, publication, dry_run=settings.dry_run, progress=progress, now=run.started,
-                retention=settings.retention, use_cas=not settings.no_cas, destination=destination.objects,
+                retention=settings.retention, use_cas=not settings.no_cas, destination=destination.whole,
             )  # fmt: skip
         if result.written:
             state.remember_sequence(signed.pointer.sequence)
             state.remember_publication(signed.pointer.index.sha256, inputs)
             state.remember_pages(pages.rows, keep=pages.keys)
+            _remember_audit(settings, state, run, destination)
     return _report(run, mirrors, signed.pointer, decision.action, changes, plan=result.plan)
 
 
@@ -537,22 +558,47 @@ class DestinationState:
     current: CurrentPointer | None
     complete: bool
     mirror_summary: list[tuple[str, str, bool]]
-    objects: Destination
+    objects: Destination | DestinationKeys  # keys only: a run that found nothing to write (see audit_interval)
 
     @property
     def pointer(self) -> Pointer | None:
         return self.current.pointer if self.current else None
 
+    @property
+    def whole(self) -> Destination:
+        """The whole destination, which every step that writes needs (read again when only keys were)."""
+        assert isinstance(self.objects, Destination), "the whole destination is read before a run writes"
+        return self.objects
 
-def read_destination_state(storage: Storage, *, repo: str, signer: Signer, key: KeyInfo) -> DestinationState:
+
+def read_destination_state(
+    storage: Storage, *, repo: str, signer: Signer, key: KeyInfo, audit: bool = True
+) -> DestinationState:
+    """The pointer, completion and mirror summary, and the objects: with `audit`, the whole `Destination`
+    (listing and manifest); without, only its keys (a lost object shows, an altered one waits for an audit)."""
     with signer.keyring() as keyring:
         current = read_pointer(storage, repo=repo, keyring=keyring, fingerprint=key.fingerprint)
     return DestinationState(
         current=current,
         complete=current is not None and is_complete(storage, current.pointer_sha256),
         mirror_summary=_published_mirror_summary(storage),
-        objects=read_destination(storage),
+        objects=read_destination(storage) if audit else read_destination_keys(storage),
     )
+
+
+def _audit_due(settings: Settings, state: StateCache, storage: Storage, now: datetime) -> bool:
+    """Whether this run checks every published object against the manifest: asked for, or the last such
+    check (remembered by this state cache, for this destination) is `audit_interval` old or more."""
+    if settings.audit or not settings.audit_interval:
+        return True
+    last = state.last_audit(storage.url)
+    return last is None or now.timestamp() - last >= settings.audit_interval.total_seconds()
+
+
+def _remember_audit(settings: Settings, state: StateCache, run: _Run, destination: DestinationState) -> None:
+    """A run that read the whole destination and completed audited it (a dry run changes no state)."""
+    if isinstance(destination.objects, Destination) and not settings.dry_run:
+        state.remember_audit(run.storage.url, run.started.timestamp())
 
 
 def _facts(
@@ -621,7 +667,7 @@ def _build_content(
     else:
         published = current.fingerprints if current else {}
         to_build = [r for r in records if published.get(r.path) != fingerprints[r.path]]
-    objects = destination.objects
+    objects = destination.whole
     building = {r.path for r in to_build}
     lost = [r for r in records if r.path not in building and not _holds_package(objects, r.path, r.size)]
     if lost:
@@ -682,7 +728,7 @@ def _sign(
                 records=records,
                 signer=run.signer,
                 existing_signature=lambda key, data: _published_signature(
-                    run.storage, destination.objects, key, data, run.signer
+                    run.storage, destination.whole, key, data, run.signer
                 ),
             )
             pointer, index_objects = objects.pointer, spool.add_all(objects.artifacts)
@@ -742,7 +788,7 @@ def _render(
         architectures=snapshot.architectures,
         snapshot_time=rfc3339(snapshot.timestamp) if snapshot.timestamp else None,
     )
-    objects = destination.objects
+    objects = destination.whole
 
     def unchanged(key: str, inputs: str) -> bool:
         remembered = memo.get(key)
@@ -857,12 +903,12 @@ def _index_keys(pointer: Pointer) -> tuple[str, str, str]:
     return (pointer.index.path, pointer.index.path + ".sig", pointer.index_torrent)
 
 
-def _holds_package(destination: Destination, path: str, size: int) -> bool:
+def _holds_package(destination: Destination | DestinationKeys, path: str, size: int) -> bool:
     """Whether the destination holds, as written, the metalink and (non-empty files) the torrent of `path`."""
     return destination.holds(metalink_key(path)) and (size == 0 or destination.holds(torrent_key(path)))
 
 
-def _lost(destination: Destination, files: Sequence[FileEntry], pages: Mapping[str, object]) -> bool:
+def _lost(destination: Destination | DestinationKeys, files: Sequence[FileEntry], pages: Mapping[str, object]) -> bool:
     """Whether the destination lost (or holds altered) a package object, a signing key or one of the
     `pages` of the publication built from `files` (index objects aside)."""
     return not all(destination.holds(key) for key in (*SIGNING_KEYS, *CLIENT_KEYS, *pages)) or not all(

@@ -311,6 +311,20 @@ class StateCache:
             with self._transaction():
                 self._db.execute("INSERT OR REPLACE INTO meta VALUES ('highest_sequence', ?)", (str(sequence),))
 
+    # --- destination audits (pipeline.run) --------------------------------------------------------
+
+    def last_audit(self, destination: str) -> float | None:
+        """When a run last checked every object of `destination` against its manifest (epoch seconds)."""
+        row = self._db.execute("SELECT value FROM meta WHERE key = ?", ("audit " + destination,)).fetchone()
+        try:
+            return None if row is None else float(row[0])
+        except ValueError:
+            return None
+
+    def remember_audit(self, destination: str, when: float) -> None:
+        with self._transaction():
+            self._db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", ("audit " + destination, repr(when)))
+
     # --- listing pages (pipeline.run) -------------------------------------------------------------
 
     def page_memo(self) -> dict[str, tuple[str, str]]:

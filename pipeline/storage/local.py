@@ -175,6 +175,29 @@ class LocalStorage:
         found.sort(key=lambda info: info.key)
         return found
 
+    def list_keys(self) -> Sequence[str]:
+        """Every object's key: one scandir per directory and no stat (the file type comes with the names)."""
+        found: list[str] = []
+        if not self.root.is_dir():
+            return found
+        pending: list[tuple[str, str]] = [(self._root, "")]
+        while pending:
+            directory, base = pending.pop()
+            try:
+                with os.scandir(directory) as iterator:
+                    entries = list(iterator)
+            except (FileNotFoundError, NotADirectoryError):
+                continue
+            for entry in entries:
+                name = entry.name
+                if entry.is_dir(follow_symlinks=False):
+                    pending.append((entry.path, base + name + "/"))
+                elif entry.is_dir():
+                    continue  # a symlink to a directory: not an object, and not followed
+                elif name != LOCK_NAME and not (name.startswith(".") and name.endswith(".tmp")):
+                    found.append(base + name)
+        return found
+
     def delete(self, key: str) -> None:
         try:
             self._path(key).unlink(missing_ok=True)

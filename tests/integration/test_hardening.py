@@ -8,6 +8,7 @@ import os
 import shutil
 from collections.abc import Iterator
 from dataclasses import replace
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -75,6 +76,33 @@ def test_lost_torrent_metalink_and_page_are_put_back_by_a_no_change_run(
 
     third = release(settings)
     assert third.action == "noop" and third.objects_put == 0
+
+
+def test_an_altered_object_waits_for_the_audit_and_a_deleted_one_does_not(
+    published: tuple[Settings, Path, Path],
+) -> None:
+    """Every run lists the destination's keys (a deleted object is put back at once); sizes, ETags and the
+    manifest are checked when `audit_interval` has passed since the last such check, or with `audit`."""
+    settings, _, dest = published
+    altered = dest / "metalinks/dir2/file-02.bin.meta4"
+    original = altered.read_bytes()
+    altered.write_bytes(original.replace(b"<size>", b"<size>1"))
+
+    within = release(settings)  # the publish just audited the destination: keys only
+    assert within.action == "noop" and altered.read_bytes() != original
+
+    audited = release(replace(settings, audit=True))
+    assert audited.action == "finish" and altered.read_bytes() == original
+    assert "metalinks/dir2/file-02.bin.meta4" in audited.planned_keys
+
+    altered.write_bytes(original.replace(b"<size>", b"<size>2"))
+    every_run = release(replace(settings, audit_interval=timedelta(0)))
+    assert every_run.action == "finish" and altered.read_bytes() == original
+
+    (dest / "torrents/dir0/file-00.bin.torrent").unlink()
+    deleted = release(settings)  # audited a moment ago, yet a missing key shows in the listing of keys
+    assert deleted.action == "finish" and (dest / "torrents/dir0/file-00.bin.torrent").is_file()
+    assert release(settings).action == "noop"
 
 
 def test_lost_objects_are_put_back_even_when_the_state_cache_is_gone(
