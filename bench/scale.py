@@ -347,7 +347,7 @@ def ensure_archive(cache_dir: Path, plan: ScalePlan, *, seed: int = SEED, announ
         if plan.form == "debian":
             (partial / "sha256.bin").write_bytes(hashes)
             announce("bench: scale: writing Packages.xz and Release files")
-            write_dists(partial / "dists-0", plan, hashes)
+            write_dists(partial / "dists-0", plan, hashes, announce)
             shutil.copytree(partial / "dists-0", root / "dists")
 
     build_once(
@@ -457,14 +457,18 @@ def _stanza(package: Package, sha256: str) -> str:
     )
 
 
-def write_dists(target: Path, plan: ScalePlan, hashes: bytes | bytearray) -> None:
+def write_dists(target: Path, plan: ScalePlan, hashes: bytes | bytearray, announce: Announce = _quiet) -> None:
     """`target` (a new directory) as a Debian `dists/`: per suite a Release, per architecture a Packages.xz."""
     writers = {
         (suite, arch): _PackagesWriter(target / suite / COMPONENT / f"binary-{arch}" / "Packages.xz")
         for suite in SUITES
         for arch in ARCHITECTURES
     }
+    started = last = time.monotonic()
     for index in range(len(plan)):
+        if index % 1024 == 0 and (now := time.monotonic()) - last >= PROGRESS_EVERY_S:
+            last = now
+            announce(f"bench: scale: Packages: {index:,} of {len(plan):,} files listed in {now - started:.0f} s")
         package = plan.package(index)
         stanza = _stanza(package, hashes[32 * index : 32 * index + 32].hex())
         arches = ARCHITECTURES if package.arch == "all" else (package.arch,)
@@ -489,9 +493,10 @@ class _Changer:
     """The 1%-changed run's `prepare`: a new seeded 1 % of the files gets the next generation's header and
     mtime (marked dirty first, so an interrupted bench restores them); for debian, dists/ is rewritten."""
 
-    def __init__(self, archive: Archive, count: int) -> None:
+    def __init__(self, archive: Archive, count: int, announce: Announce) -> None:
         self.archive = archive
         self.count = count
+        self.announce = announce
         self.generation = 0
         self._hashes: bytearray | None = None
         self._pool = b""
@@ -515,7 +520,7 @@ class _Changer:
         archive.dists_dirty.touch()
         fresh = archive.corpus.directory / "dists.next"
         shutil.rmtree(fresh, ignore_errors=True)
-        write_dists(fresh, plan, self._hashes)
+        write_dists(fresh, plan, self._hashes, self.announce)
         live, old = archive.root / "dists", archive.corpus.directory / "dists.old"
         shutil.rmtree(old, ignore_errors=True)
         live.rename(old)
@@ -662,7 +667,10 @@ def _form_rows(archive: Archive, context: _Context) -> list[Row]:
     timer.time_row(noop, release, parse=_parse_release("noop", lambda: None))
     try:
         timer.time_row(
-            changed, release, prepare=_Changer(archive, count), parse=_parse_release("publish", lambda: count)
+            changed,
+            release,
+            prepare=_Changer(archive, count, context.announce),
+            parse=_parse_release("publish", lambda: count),
         )
     finally:
         restore_archive(archive)
