@@ -109,6 +109,10 @@ RELEASE_DATE = "Sat, 10 Jun 2023 08:53:33 UTC"
 XZ_PRESET = 0  # the scanner's cost is decompressing and parsing, alike at any preset; 0 writes ~50 MB/s
 PROGRESS_EVERY_S = 10.0
 CHANGED_FRACTION = 0.01
+# What one form's runs may need on disk beyond the archive, per file, with margin: two destinations (the full
+# build's warm-up and its last run) of ~3 objects a file, with their directories, 4 KiB blocks.
+ROOM_INODES_PER_FILE = 10
+ROOM_BYTES_PER_FILE = 40 * 1024
 
 # The dask row: the main bench's default corpus.
 DASK_FILES = 3000
@@ -576,10 +580,12 @@ def run_scale_bench(options: ScaleOptions, *, announce: Announce = _quiet) -> Be
                 options.repo_root, work, scratch, trash, {**env, "GNUPGHOME": str(key.gnupghome)}, key.fingerprint,
                 options.runs, options.quiet_wait_s, announce,
             )  # fmt: skip
-            for archive in archives:
+            for number, archive in enumerate(archives):
+                if number:
+                    _make_room(trash, len(archive.plan), announce)
                 rows += _form_rows(archive, context)
                 archive_info[archive.form] = _archive_facts(archive)
-                _empty(trash, work / f"dest-{archive.form}", work / f"state-{archive.form}")
+                _fresh(work / f"dest-{archive.form}", work / f"state-{archive.form}", trash=trash)
             if options.dask:
                 rows += _dask_rows(cache_dir, distribution, seed, context)
             else:
@@ -606,10 +612,20 @@ def run_scale_bench(options: ScaleOptions, *, announce: Announce = _quiet) -> Be
     return result
 
 
-def _empty(trash: Path, *paths: Path) -> None:
-    """Delete a form's destination, state and trash (millions of files at scale) before the next form's runs."""
-    for path in (trash, *paths):
-        shutil.rmtree(path, ignore_errors=True)
+def _make_room(trash: Path, files: int, announce: Announce) -> None:
+    """Delete the trash now only if the next form's runs might not fit beside it (a million files: ~3 million
+    objects a destination). Otherwise it goes at the end, like the main bench's: on this VM's ext4 (mounted
+    with `discard`) deleting many files slows the file creations of the minutes after, which would be
+    charged to the next form's publish stage."""
+    room = os.statvfs(trash.parent)
+    need_inodes, need_bytes = ROOM_INODES_PER_FILE * files, ROOM_BYTES_PER_FILE * files
+    if room.f_favail >= need_inodes and room.f_bavail * room.f_frsize >= need_bytes:
+        return
+    announce(
+        "bench: scale: deleting the last form's destinations now (too little room to keep them to the end); "
+        "the next form's first runs may write more slowly"
+    )
+    shutil.rmtree(trash, ignore_errors=True)
     os.sync()
 
 
@@ -717,7 +733,7 @@ def _dask_rows(cache_dir: Path, distribution: Sequence[tuple[str, int]], seed: i
     except (ImportError, OSError, TimeoutError, RuntimeError) as exc:
         on_dask.status, on_dask.reason = "failed", f"LocalCluster: {exc}"
         context.announce(f"bench: dask: failed: {exc}")
-    _empty(context.trash, dest, state_dir)
+    _fresh(dest, state_dir, trash=context.trash)
     return [local, on_dask]
 
 
