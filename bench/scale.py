@@ -55,6 +55,7 @@ from pathlib import Path
 from typing import Any, TypeVar, overload
 
 from bench.harness import (
+    CACHE_ENV,
     CORPUS_MTIME_NS,
     HEADER_SIZE,
     QUIET_WAIT_S,
@@ -110,7 +111,8 @@ XZ_PRESET = 0  # the scanner's cost is decompressing and parsing, alike at any p
 PROGRESS_EVERY_S = 10.0
 CHANGED_FRACTION = 0.01
 # What one form's runs may need on disk beyond the archive, per file, with margin: two destinations (the full
-# build's warm-up and its last run) of ~3 objects a file, with their directories, 4 KiB blocks.
+# build's warm-up and its last run), each a torrent and a metalink a file, a browse page a directory and three
+# trees of directories (~4.2 inodes a file at a million files: 540,000 directories), 4 KiB blocks.
 ROOM_INODES_PER_FILE = 10
 ROOM_BYTES_PER_FILE = 40 * 1024
 
@@ -581,8 +583,7 @@ def run_scale_bench(options: ScaleOptions, *, announce: Announce = _quiet) -> Be
                 options.runs, options.quiet_wait_s, announce,
             )  # fmt: skip
             for number, archive in enumerate(archives):
-                if number:
-                    _make_room(trash, len(archive.plan), announce)
+                _make_room(trash, len(archive.plan), announce, first=number == 0)
                 rows += _form_rows(archive, context)
                 archive_info[archive.form] = _archive_facts(archive)
                 _fresh(work / f"dest-{archive.form}", work / f"state-{archive.form}", trash=trash)
@@ -612,15 +613,22 @@ def run_scale_bench(options: ScaleOptions, *, announce: Announce = _quiet) -> Be
     return result
 
 
-def _make_room(trash: Path, files: int, announce: Announce) -> None:
-    """Delete the trash now only if the next form's runs might not fit beside it (a million files: ~3 million
-    objects a destination). Otherwise it goes at the end, like the main bench's: on this VM's ext4 (mounted
+def _make_room(trash: Path, files: int, announce: Announce, *, first: bool = False) -> None:
+    """Delete the trash now only if the next form's runs might not fit beside it (a million files: ~4 million
+    inodes a destination). Otherwise it goes at the end, like the main bench's: on this VM's ext4 (mounted
     with `discard`) deleting many files slows the file creations of the minutes after, which would be
-    charged to the next form's publish stage."""
+    charged to the next form's publish stage. Before the first form: ConfigError if they cannot fit at all."""
     room = os.statvfs(trash.parent)
     need_inodes, need_bytes = ROOM_INODES_PER_FILE * files, ROOM_BYTES_PER_FILE * files
-    if room.f_favail >= need_inodes and room.f_bavail * room.f_frsize >= need_bytes:
+    free_inodes, free_bytes = room.f_favail, room.f_bavail * room.f_frsize
+    if free_inodes >= need_inodes and free_bytes >= need_bytes:
         return
+    if first:
+        raise ConfigError(
+            f"{trash.parent}: the runs on {files:,} files need about {need_inodes:,} inodes and "
+            f"{need_bytes / 1e9:.0f} GB free there ({free_inodes:,} and {free_bytes / 1e9:.0f} GB are); free some, "
+            f"set {CACHE_ENV} to a roomier file system, or pass a smaller --scale"
+        )
     announce(
         "bench: scale: deleting the last form's destinations now (too little room to keep them to the end); "
         "the next form's first runs may write more slowly"
