@@ -376,6 +376,14 @@ def default_cache_dir() -> Path:
     return Path(cache_home) / "mirrorseed" / "bench"
 
 
+def bench_paths(cache_dir: Path | None, repo_root: Path, out: Path | None, name: str) -> tuple[Path, Path]:
+    """The bench's cache directory (given, else `default_cache_dir()`; resolved and created) and its JSON
+    results file (given, else `<repo>/.bench/<name>`)."""
+    resolved = (cache_dir or default_cache_dir()).resolve()
+    resolved.mkdir(parents=True, exist_ok=True)
+    return resolved, out or repo_root / ".bench" / name
+
+
 def distribution_path(repo_root: Path) -> Path:
     return repo_root.resolve().parent.joinpath(*DISTRIBUTION_PARTS)
 
@@ -1078,9 +1086,7 @@ def run_bench(options: BenchOptions, *, announce: Announce = _quiet) -> BenchRes
         raise ConfigError(f"--runs {options.runs}: must be at least 1")
     started = time.perf_counter()
     seed = SEED
-    cache_dir = (options.cache_dir or default_cache_dir()).resolve()
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    out = options.out or options.repo_root / ".bench" / "results.json"
+    cache_dir, out = bench_paths(options.cache_dir, options.repo_root, options.out, "results.json")
 
     distribution = load_distribution(distribution_path(options.repo_root))
     planned, scale = plan_corpus(distribution, options.files, options.cap_bytes, seed)

@@ -78,8 +78,8 @@ from bench.harness import (
     _set_generation,
     _Timer,
     _write_all,
+    bench_paths,
     build_once,
-    default_cache_dir,
     distribution_path,
     ensure_corpus,
     load_distribution,
@@ -562,9 +562,7 @@ def run_scale_bench(options: ScaleOptions, *, announce: Announce = _quiet) -> Be
         raise ConfigError(f"--scale-format {','.join(unknown) or '(none)'}: use flat, debian or both")
     started = time.perf_counter()
     seed = SEED
-    cache_dir = (options.cache_dir or default_cache_dir()).resolve()
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    out = options.out or options.repo_root / ".bench" / "scale.json"
+    cache_dir, out = bench_paths(options.cache_dir, options.repo_root, options.out, "scale.json")
     distribution = load_distribution(distribution_path(options.repo_root))
     plans = [ScalePlan(distribution, options.files, form, seed) for form in options.formats]
     archives = [ensure_archive(cache_dir, plan, seed=seed, announce=announce) for plan in plans]
