@@ -193,8 +193,14 @@ def golden(c: Context, update: bool = False) -> None:
         "apt_mb": "apt: cap on the packages' bytes in MB; sizes are scaled down above it (default 200)",
         "apt_out": "apt: JSON results file (default .bench/apt.json)",
         "apt_mib_s": "apt: the whole mirror's rate in MiB/s (default 4, the swarm bench's link; 0: loopback speed)",
+        "scale": "run only the scale benchmark (issue 14) on N tiny files (--scale: 1,000,000; --scale 20000)",
+        "scale_format": "scale: flat, debian or both (default both)",
+        "scale_runs": "scale: timed runs per row after one warm-up (default 1; the dask rows at least 3)",
+        "scale_no_dask": "scale: skip the dask row (3,000-file corpus, LocalCluster vs the local pool)",
+        "scale_out": "scale: JSON results file (default .bench/scale.json)",
     },
     iterable=["swarm_user_conf"],
+    optional=["scale"],
 )
 def bench(
     c: Context,
@@ -218,12 +224,19 @@ def bench(
     apt_mb: float = 200.0,
     apt_out: str | None = None,
     apt_mib_s: float = 4.0,
+    scale: str | bool | None = None,
+    scale_format: str = "both",
+    scale_runs: int = 1,
+    scale_no_dask: bool = False,
+    scale_out: str | None = None,
 ) -> None:
     """Benchmark: hashlib ceiling, peers and mirrorseed (full, no-change, 1%-changed) on one corpus; print the table.
 
     --swarm adds (--swarm-only runs alone) the offload benchmark of issue 12: bytes the mirror, the seed box
     and the users serve when K aria2 users fetch the same packages through a tracker. The apt row (issue 13) times
-    apt-get --download-only through the mirrorseed method against apt's http method; --apt-only runs it alone."""
+    apt-get --download-only through the mirrorseed method against apt's http method; --apt-only runs it alone.
+    --scale [N] runs only the scale benchmark (issue 14): flat and Debian archives of N tiny files (full, no-change
+    and 1%-changed builds against a bare walk) and a Dask LocalCluster against the local pool."""
 
     def announce(line: str) -> None:
         print(line, file=sys.stderr, flush=True)
@@ -235,6 +248,17 @@ def bench(
         from bench.apt import AptBenchOptions, run_apt_bench
         from bench.harness import QUIET_WAIT_S
 
+        if scale is not None:
+            from bench.scale import run_scale_bench, scale_options
+
+            scale_result = run_scale_bench(
+                scale_options(ROOT, scale, scale_format, runs=scale_runs, dask=not scale_no_dask, out=path(scale_out),
+                              quiet_wait_s=0.0 if quick else QUIET_WAIT_S),
+                announce=announce,
+            )  # fmt: skip
+            print(scale_result.table)
+            announce(f"bench: scale results in {scale_result.json_path}")
+            return
         apt_options = AptBenchOptions(
             repo_root=ROOT, packages=apt_packages, cap_mb=apt_mb, runs=runs, out=path(apt_out),
             quiet_wait_s=0.0 if quick else QUIET_WAIT_S, mirror_mib_s=apt_mib_s,

@@ -345,7 +345,7 @@ class CorpusFile:
 @dataclass(frozen=True)
 class Corpus:
     directory: Path
-    files: tuple[CorpusFile, ...]
+    files: Sequence[CorpusFile]  # a tuple here; bench/scale.py's archives make their entries on demand
     scale: float
 
     @property
@@ -374,6 +374,14 @@ def default_cache_dir() -> Path:
         return Path(override)
     cache_home = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
     return Path(cache_home) / "mirrorseed" / "bench"
+
+
+def bench_paths(cache_dir: Path | None, repo_root: Path, out: Path | None, name: str) -> tuple[Path, Path]:
+    """The bench's cache directory (given, else `default_cache_dir()`; resolved and created) and its JSON
+    results file (given, else `<repo>/.bench/<name>`)."""
+    resolved = (cache_dir or default_cache_dir()).resolve()
+    resolved.mkdir(parents=True, exist_ok=True)
+    return resolved, out or repo_root / ".bench" / name
 
 
 def distribution_path(repo_root: Path) -> Path:
@@ -438,12 +446,17 @@ def _write_all(fd: int, data: memoryview | bytes) -> None:
         view = view[written:]
 
 
+def _pool_offset(entry: CorpusFile) -> int:
+    """Where in the content pool the bytes after `entry`'s header start (they wrap at its end)."""
+    return (entry.index * 1_048_583 * 64) % CONTENT_POOL_SIZE
+
+
 def _write_file(path: Path, entry: CorpusFile, pool: memoryview, seed: int) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     try:
         _write_all(fd, _header(entry, 0, seed))
         remaining = entry.size - HEADER_SIZE
-        cursor = (entry.index * 1_048_583 * 64) % CONTENT_POOL_SIZE
+        cursor = _pool_offset(entry)
         while remaining > 0:
             n = min(remaining, CONTENT_POOL_SIZE - cursor)
             _write_all(fd, pool[cursor : cursor + n])
@@ -488,6 +501,43 @@ def restore_corpus(corpus: Corpus, seed: int = SEED) -> int:
     return len(indices)
 
 
+def build_once(
+    directory: Path,
+    expected: Mapping[str, Any],
+    build: Callable[[Path], None],
+    *,
+    restore: Callable[[], int],
+    what: str,
+    announce: Announce,
+) -> None:
+    """Make `directory` once: reused when its `complete.json` equals `expected` (after `restore()` undoes what
+    an interrupted changed-run left, returning how many files it put back); else `build(partial)` fills
+    `<name>.partial`, which is renamed into place with the marker written last."""
+    marker = directory / "complete.json"
+    if marker.is_file():
+        try:
+            if json.loads(marker.read_text()) == expected:
+                restored = restore()
+                if restored:
+                    announce(f"bench: restored {restored} files an interrupted changed-run had modified")
+                return
+        except (OSError, ValueError):
+            pass
+    if directory.exists():
+        announce(f"bench: {directory} is incomplete or stale; rebuilding it")
+        shutil.rmtree(directory)
+    partial = directory.with_name(f"{directory.name}.partial")
+    if partial.exists():
+        shutil.rmtree(partial)
+    announce(f"bench: building {what} in {directory}")
+    started = time.perf_counter()
+    partial.mkdir(parents=True)
+    build(partial)
+    (partial / "complete.json").write_text(json.dumps(expected))
+    partial.rename(directory)
+    announce(f"bench: {what.partition(':')[0]} built in {time.perf_counter() - started:.1f} s")
+
+
 def ensure_corpus(
     cache_dir: Path,
     planned: tuple[CorpusFile, ...],
@@ -498,45 +548,31 @@ def ensure_corpus(
     announce: Announce,
 ) -> Corpus:
     """The corpus for this plan, built once (in `<name>.partial`, renamed into place, marker last)."""
-    name = _corpus_name(len(planned), cap_bytes, seed)
-    corpus = Corpus(cache_dir / name, planned, scale)
-    marker = corpus.directory / "complete.json"
-    expected = {"recipe": CORPUS_RECIPE, "files": len(planned), "bytes": corpus.total_bytes, "seed": seed}
-    if marker.is_file():
-        try:
-            if json.loads(marker.read_text()) == expected:
-                restored = restore_corpus(corpus, seed)
-                if restored:
-                    announce(f"bench: restored {restored} files an interrupted changed-run had modified")
-                return corpus
-        except (OSError, ValueError):
-            pass
-    if corpus.directory.exists():
-        announce(f"bench: {corpus.directory} is incomplete or stale; rebuilding it")
-        shutil.rmtree(corpus.directory)
-    partial = cache_dir / f"{name}.partial"
-    if partial.exists():
-        shutil.rmtree(partial)
-    announce(
-        f"bench: building the corpus: {len(planned):,} files, {corpus.total_bytes / 1e9:.2f} GB in {corpus.directory}"
-    )
-    started = time.perf_counter()
-    root = partial / "snapshot"
-    pool = memoryview(_content_pool(seed))
-    made: set[str] = set()
-    for entry in planned:
-        parent = entry.path.rpartition("/")[0]
-        if parent not in made:
-            (root / parent).mkdir(parents=True, exist_ok=True)
-            made.add(parent)
-        _write_file(root / entry.path, entry, pool, seed)
+    corpus = Corpus(cache_dir / _corpus_name(len(planned), cap_bytes, seed), planned, scale)
     final_root = corpus.root
-    lines = [f"{e.size}\t{e.piece_size}\t{e.piece_size.bit_length() - 1}\t{final_root / e.path}\n" for e in planned]
-    (partial / "files.tsv").write_text("".join(lines), encoding="utf-8")
-    (partial / "paths.txt").write_text("".join(f"{final_root / e.path}\n" for e in planned), encoding="utf-8")
-    (partial / "complete.json").write_text(json.dumps(expected))
-    partial.rename(corpus.directory)
-    announce(f"bench: corpus built in {time.perf_counter() - started:.1f} s")
+
+    def build(partial: Path) -> None:
+        root = partial / "snapshot"
+        pool = memoryview(_content_pool(seed))
+        made: set[str] = set()
+        for entry in planned:
+            parent = entry.path.rpartition("/")[0]
+            if parent not in made:
+                (root / parent).mkdir(parents=True, exist_ok=True)
+                made.add(parent)
+            _write_file(root / entry.path, entry, pool, seed)
+        lines = [f"{e.size}\t{e.piece_size}\t{e.piece_size.bit_length() - 1}\t{final_root / e.path}\n" for e in planned]
+        (partial / "files.tsv").write_text("".join(lines), encoding="utf-8")
+        (partial / "paths.txt").write_text("".join(f"{final_root / e.path}\n" for e in planned), encoding="utf-8")
+
+    build_once(
+        corpus.directory,
+        {"recipe": CORPUS_RECIPE, "files": len(planned), "bytes": corpus.total_bytes, "seed": seed},
+        build,
+        restore=lambda: restore_corpus(corpus, seed),
+        what=f"the corpus: {len(planned):,} files, {corpus.total_bytes / 1e9:.2f} GB",
+        announce=announce,
+    )
     return corpus
 
 
@@ -973,7 +1009,16 @@ def machine_facts() -> dict[str, Any]:
 # The run
 
 
-def _release_argv(repo_root: Path, snapshot: Path, dest: Path, state: Path, fingerprint: str) -> list[str]:
+def _release_argv(
+    repo_root: Path,
+    snapshot: Path,
+    dest: Path,
+    state: Path,
+    fingerprint: str,
+    *,
+    snapshot_format: str = "flat",
+    executor: str | None = None,
+) -> list[str]:
     invoke = Path(sys.executable).parent / "invoke"
     head = [str(invoke)] if invoke.exists() else [sys.executable, "-m", "invoke"]
     return [
@@ -984,7 +1029,8 @@ def _release_argv(repo_root: Path, snapshot: Path, dest: Path, state: Path, fing
         "--snapshot",
         str(snapshot),
         "--format",
-        "flat",
+        snapshot_format,
+        *(["--executor", executor] if executor else []),
         "--dest",
         str(dest),
         "--public-url",
@@ -1040,9 +1086,7 @@ def run_bench(options: BenchOptions, *, announce: Announce = _quiet) -> BenchRes
         raise ConfigError(f"--runs {options.runs}: must be at least 1")
     started = time.perf_counter()
     seed = SEED
-    cache_dir = (options.cache_dir or default_cache_dir()).resolve()
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    out = options.out or options.repo_root / ".bench" / "results.json"
+    cache_dir, out = bench_paths(options.cache_dir, options.repo_root, options.out, "results.json")
 
     distribution = load_distribution(distribution_path(options.repo_root))
     planned, scale = plan_corpus(distribution, options.files, options.cap_bytes, seed)
@@ -1433,6 +1477,50 @@ def _secs(value: float | None) -> str:
     return f"{value:.1f}"
 
 
+def machine_line(machine: Mapping[str, Any], revision: str = "") -> str:
+    """`**Machine:** CPU, CPUs, RAM; OS, kernel; Python, OpenSSL; date. mirrorseed <revision>.`"""
+    cpu_bits = [b for b, on in (("SHA-NI", machine.get("sha_ni")), ("AVX2", machine.get("avx2"))) if on]
+    cpu = machine.get("cpu_model") or "unknown CPU"
+    if cpu_bits:
+        cpu += f" ({', '.join(cpu_bits)})"
+    ram = machine.get("ram_bytes", 0) / 2**30
+    return (
+        f"**Machine:** {cpu}, {machine.get('usable_cpus')} CPUs, {ram:.1f} GiB RAM; Debian {machine.get('debian')}, "
+        f"Linux {machine.get('kernel')}; Python {machine.get('python')}, {machine.get('openssl')}; "
+        f"{machine.get('date')}." + (f" mirrorseed {revision}." if revision else "")
+    )
+
+
+def stage_table_lines(rows: Sequence[Row]) -> list[str]:
+    """The per-stage table of mirrorseed rows (medians from `invoke release --json`); [] when none ran."""
+    ms_rows = [r for r in rows if r.ok]
+    if not ms_rows:
+        return []
+    names = _stage_names(ms_rows)
+    lines = [
+        "",
+        "mirrorseed per stage (medians, s; from `invoke release --json`):",
+        "",
+        "| run | " + " | ".join(names) + " | stages | whole process | peak RSS MB | action, files hashed |",
+        "|---|" + "---:|" * len(names) + "---:|---:|---:|---|",
+    ]
+    for r in ms_rows:
+        cells = [_secs(r.median_stage(n)) for n in names]
+        last = r.runs[-1]
+        lines.append(
+            f"| {r.label} | "
+            + " | ".join(cells)
+            + f" | {_secs(r.median_stage_sum(names))} | {_secs(r.median_wall_s)} | "
+            f"{(r.peak_rss_bytes or 0) / 1e6:.0f} | {last.action}, {last.files_hashed} |"
+        )
+    return lines
+
+
+def target_table_lines(targets: Sequence[Target], heading: str = "target") -> list[str]:
+    lines = [f"| {heading} | measured | limit | result |", "|---|---|---|---|"]
+    return lines + [f"| {t.name} | {t.measured_text or '—'} | {t.limit_text} | **{t.verdict}** |" for t in targets]
+
+
 def render_table(
     rows: Sequence[Row],
     ratios: Mapping[str, float | None],
@@ -1443,17 +1531,10 @@ def render_table(
     elapsed_s: float,
 ) -> str:
     """The markdown the task prints and the README pastes: machine, corpus, timings, stages, targets."""
-    cpu_bits = [b for b, on in (("SHA-NI", machine.get("sha_ni")), ("AVX2", machine.get("avx2"))) if on]
-    cpu = machine.get("cpu_model") or "unknown CPU"
-    if cpu_bits:
-        cpu += f" ({', '.join(cpu_bits)})"
-    ram = machine.get("ram_bytes", 0) / 2**30
     scale = corpus["scale"]
     scaled = f"scaled ×{scale:.3f} to the {options['total_gb']:g} GB cap" if scale < 1 else "unscaled"
     lines = [
-        f"**Machine:** {cpu}, {machine.get('usable_cpus')} CPUs, {ram:.1f} GiB RAM; Debian {machine.get('debian')}, "
-        f"Linux {machine.get('kernel')}; Python {machine.get('python')}, {machine.get('openssl')}; "
-        f"{machine.get('date')}." + (f" mirrorseed {options['mirrorseed']}." if options.get("mirrorseed") else ""),
+        machine_line(machine, options.get("mirrorseed") or ""),
         "",
         f"**Corpus:** {corpus['files']:,} files, {corpus['bytes'] / 1e9:.2f} GB, names and sizes drawn from Debian "
         f"bookworm main amd64 (seed {corpus['seed']}, {scaled}; median {corpus['median_size'] / 1e3:.0f} kB, "
@@ -1485,29 +1566,8 @@ def render_table(
             f"| {'; '.join(notes)} |"
         )
 
-    ms_rows = [r for r in rows if r.group == "mirrorseed" and r.ok]
-    if ms_rows:
-        names = _stage_names(ms_rows)
-        lines += [
-            "",
-            "mirrorseed per stage (medians, s; from `invoke release --json`):",
-            "",
-            "| run | " + " | ".join(names) + " | stages | whole process | peak RSS MB | action, files hashed |",
-            "|---|" + "---:|" * len(names) + "---:|---:|---:|---|",
-        ]
-        for r in ms_rows:
-            cells = [_secs(r.median_stage(n)) for n in names]
-            last = r.runs[-1]
-            lines.append(
-                f"| {r.label} | "
-                + " | ".join(cells)
-                + f" | {_secs(r.median_stage_sum(names))} | {_secs(r.median_wall_s)} | "
-                f"{(r.peak_rss_bytes or 0) / 1e6:.0f} | {last.action}, {last.files_hashed} |"
-            )
-
-    lines += ["", "| target (issue 3) | measured | limit | result |", "|---|---|---|---|"]
-    for t in targets:
-        lines.append(f"| {t.name} | {t.measured_text or '—'} | {t.limit_text} | **{t.verdict}** |")
+    lines += stage_table_lines([r for r in rows if r.group == "mirrorseed"])
+    lines += ["", *target_table_lines(targets, "target (issue 3)")]
 
     info = []
     full_over = ratios.get("full_over_ceiling_2")
