@@ -889,14 +889,14 @@ def publication_inputs(settings: Settings, public_url: str, digests: Digests, mi
         + ([list(dict.fromkeys(settings.dht_nodes))] if settings.dht_nodes else [])  # no churn for no nodes
     )
     holders = mirror_report.holders
-    lines = [head]
+    # Fed line by line (the digest of the lines joined by "\n"): no string of every file at once.
+    digest = hashlib.sha256(head.encode("utf-8", "surrogateescape"))
     for e, (sha256, piece_size, infohash) in digests.rows():
         signature = None if e.signature is None else (e.signature.path, e.signature.size, e.signature.sha256)
-        lines.append(
-            repr((e.path, e.size, sha256, piece_size, infohash, e.name, e.version, e.arch, signature,
-                  holders.get(e.path)))
-        )  # fmt: skip
-    return hashlib.sha256("\n".join(lines).encode("utf-8", "surrogateescape")).hexdigest()
+        line = repr((e.path, e.size, sha256, piece_size, infohash, e.name, e.version, e.arch, signature,
+                     holders.get(e.path)))  # fmt: skip
+        digest.update(b"\n" + line.encode("utf-8", "surrogateescape"))
+    return digest.hexdigest()
 
 
 def _index_keys(pointer: Pointer) -> tuple[str, str, str]:
