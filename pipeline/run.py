@@ -412,13 +412,18 @@ def _release(settings: Settings, spool: Spool, progress: Progress, now: Callable
         _settle()
         with clock.stage("mirrors"):
             mirrors = _check_mirrors(settings, snapshot, digested, state, run.started, progress)
-        with clock.stage("read-current"):
-            audit = _audit_due(settings, state, run.storage, run.started)
-            destination = read_destination_state(
-                run.storage, repo=settings.repo, signer=run.signer, key=run.key, audit=audit
-            )
         with clock.stage("build"):
             inputs = publication_inputs(settings, run.public_url, digested, mirrors)
+        with clock.stage("read-current"):
+            audit = _audit_due(settings, state, run.storage, run.started)
+
+            def whole(current: CurrentPointer | None) -> bool:
+                # only keys when nothing is due and the state vouches that the current index holds these inputs
+                return audit or current is None or state.publication_inputs(current.pointer.index.sha256) != inputs
+
+            destination = read_destination_state(
+                run.storage, repo=settings.repo, signer=run.signer, key=run.key, whole=whole
+            )
         spec = replace(run.spec, webseeds_for=mirrors.webseeds_for, metalink_urls_for=mirrors.metalink_urls_for)
         memo = state.page_memo()
         facts = _facts(settings, run, destination, state, snapshot.files, memo, mirrors, inputs)
@@ -572,17 +577,23 @@ class DestinationState:
 
 
 def read_destination_state(
-    storage: Storage, *, repo: str, signer: Signer, key: KeyInfo, audit: bool = True
+    storage: Storage,
+    *,
+    repo: str,
+    signer: Signer,
+    key: KeyInfo,
+    whole: Callable[[CurrentPointer | None], bool] = lambda current: True,
 ) -> DestinationState:
-    """The pointer, completion and mirror summary, and the objects: with `audit`, the whole `Destination`
-    (listing and manifest); without, only its keys (a lost object shows, an altered one waits for an audit)."""
+    """The pointer, completion and mirror summary, and the objects: the whole `Destination` (listing and
+    manifest) when `whole(pointer)`, else only its keys (a lost object shows, an altered one waits for an
+    audit)."""
     with signer.keyring() as keyring:
         current = read_pointer(storage, repo=repo, keyring=keyring, fingerprint=key.fingerprint)
     return DestinationState(
         current=current,
         complete=current is not None and is_complete(storage, current.pointer_sha256),
         mirror_summary=_published_mirror_summary(storage),
-        objects=read_destination(storage) if audit else read_destination_keys(storage),
+        objects=read_destination(storage) if whole(current) else read_destination_keys(storage),
     )
 
 
