@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import gc
 import gzip
 import hashlib
+import itertools
 import lzma
 import os
 import shutil
 import subprocess
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,7 +19,8 @@ import pytest
 
 from pipeline.errors import ConfigError, SnapshotError
 from pipeline.snapshot import ScanSpec, scan_snapshot
-from pipeline.snapshot.debian import signature_problem
+from pipeline.snapshot.debian import _PLAIN_REPO_PATH, signature_problem
+from pipeline.snapshot.paths import check_repo_path
 from tests.tools import require_tools
 
 
@@ -722,3 +725,105 @@ def test_signed_release_refuses_a_packages_xz_that_is_not_xz_by_its_hash(
 
     assert message.startswith("dists/bookworm/main/binary-amd64/Packages.xz: size/SHA256 (1300, ")
     assert "differ from dists/bookworm/InRelease" in message and "decompress" not in message
+
+
+# --- Packages parsed a chunk at a time by pipeline.snapshot.stanzas (issue 14) ----------------------------------
+
+
+def rewrite_packages(root: Path, transform: Callable[[bytes], bytes], *, keep_release: bool = False) -> Path:
+    """Rewrite bookworm's main/binary-amd64/Packages; the Release keeps listing the new bytes unless told."""
+    packages = root / "dists/bookworm/main/binary-amd64/Packages"
+    packages.write_bytes(transform(packages.read_bytes()))
+    if not keep_release:
+        release_lines(root, "bookworm", {"main/binary-amd64/Packages": packages.read_bytes()})
+    return packages
+
+
+def test_crlf_packages_and_field_names_in_other_cases_are_read_as_apt_reads_them(tmp_path: Path) -> None:
+    write_archive(tmp_path, "bookworm", [HELLO, Pkg("other", "1", "amd64")], architectures=("amd64",))
+    expected = {entry.path: entry for entry in scan_snapshot(ScanSpec(root=tmp_path)).files}
+    rewrite_packages(
+        tmp_path,
+        lambda data: data.replace(b"Filename:", b"filename :").replace(b"SHA256:", b"Sha256:").replace(b"\n", b"\r\n"),
+    )
+
+    assert {entry.path: entry for entry in scan_snapshot(ScanSpec(root=tmp_path)).files} == expected
+
+
+def test_a_stanza_without_any_field_used_fails_instead_of_ending_the_file(tmp_path: Path) -> None:
+    """python-debian ended the file at such a stanza: the packages after it were silently left out."""
+    write_archive(tmp_path, "bookworm", [HELLO, Pkg("later", "1", "amd64")], architectures=("amd64",))
+    rewrite_packages(tmp_path, lambda data: b"Maintainer: nobody\n\n" + data)
+
+    assert scan_error(tmp_path) == (
+        "dists/bookworm/main/binary-amd64/Packages: stanza '' lacks Filename, Size, SHA256; re-sync the mirror"
+    )
+
+
+def test_openpgp_armor_in_packages_is_refused(tmp_path: Path) -> None:
+    write_archive(tmp_path, "bookworm", [HELLO], architectures=("amd64",))
+    rewrite_packages(tmp_path, lambda data: b"-----BEGIN PGP SIGNED MESSAGE-----\nHash: SHA256\n\n" + data)
+
+    assert scan_error(tmp_path).startswith(
+        "dists/bookworm/main/binary-amd64/Packages: an OpenPGP armor line ('-----BEGIN PGP SIGNED MESSAGE-----')"
+    )
+
+
+def test_uncompressed_packages_damaged_and_malformed_is_reported_as_damaged(tmp_path: Path) -> None:
+    """Streamed from disk, so its hash is known at the end: a parse error still gives way to the mismatch."""
+    write_archive(tmp_path, "bookworm", [HELLO], architectures=("amd64",))
+    rewrite_packages(tmp_path, lambda data: data.replace(b"Size: ", b"Size: x"), keep_release=True)
+
+    message = scan_error(tmp_path)
+
+    assert message.startswith("dists/bookworm/main/binary-amd64/Packages: size/SHA256 (")
+    assert "differ from dists/bookworm/Release" in message
+
+
+def test_uncompressed_packages_is_never_held_whole(tmp_path: Path) -> None:
+    """Python allocations while scanning a 24 MiB Packages stay near a read chunk and the stanza it ends in."""
+    import tracemalloc
+
+    pkgs = [Pkg(f"p{i}", "1", "amd64") for i in range(96)]
+    write_archive(tmp_path, "bookworm", pkgs, architectures=("amd64",))
+    padding = b"X-Padding: " + b"x" * (256 << 10) + b"\n"
+    packages = rewrite_packages(tmp_path, lambda data: data.replace(b"Version:", padding + b"Version:"))
+    assert packages.stat().st_size > 24 << 20
+
+    tracemalloc.start()
+    try:
+        files = scan_snapshot(ScanSpec(root=tmp_path)).files
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+    assert len(files) == len(pkgs)
+    assert peak < 8 << 20, peak
+
+
+@pytest.mark.parametrize("enabled", [True, False])
+def test_the_garbage_collector_is_left_as_it_was(tmp_path: Path, enabled: bool) -> None:
+    write_archive(tmp_path, "bookworm", [HELLO], architectures=("amd64",))
+    was = gc.isenabled()
+    (gc.enable if enabled else gc.disable)()
+    try:
+        scan(tmp_path)
+        assert gc.isenabled() is enabled
+        rewrite_packages(tmp_path, lambda data: data.replace(b"Size: ", b"Size: x"))
+        scan_error(tmp_path)
+        assert gc.isenabled() is enabled
+    finally:
+        (gc.enable if was else gc.disable)()
+
+
+def test_filename_fast_path_accepts_exactly_the_ascii_paths_check_repo_path_accepts() -> None:
+    alphabet = ["a", ".", "/", "\\", " ", "\x00", "\x7f", "~", "\u00e9"]
+    for length in range(1, 6):
+        for chars in itertools.product(alphabet, repeat=length):
+            path = "".join(chars)
+            try:
+                accepted = check_repo_path(path, "P") == path
+            except SnapshotError:
+                accepted = False
+            fast = _PLAIN_REPO_PATH.fullmatch(path) is not None
+            assert fast == (accepted and path.isascii()), ascii(path)
