@@ -13,9 +13,9 @@ What it does:
   (`scale-v<recipe>-<form>-<N>-<seed>`):
   - flat: `pool/main/<letter>/<source>/<file>`, no metadata (`release --format flat`);
   - debian: the same pool with the amd64 packages spread over ARCHITECTURES, and `dists/<suite>/Release` +
-    `main/binary-<arch>/Packages.xz` for SUITES × ARCHITECTURES: `all` packages are listed in every
+    `main/binary-<arch>/Packages.{gz,xz}` for SUITES × ARCHITECTURES: `all` packages are listed in every
     architecture's Packages, one file in ten is in the first suite only, one in ten in the second only
-    (`release --format debian`). The Release lists the size and SHA-256 of each Packages.xz and of the
+    (`release --format debian`). The Release lists the size and SHA-256 of each Packages.gz and .xz and of the
     uncompressed Packages (not on disk, as on Debian's mirrors); Packages list every file's real size and
     SHA-256.
 - Rows per form, each a whole process timed by `bench.harness._Timer` (sync, quiet wait, page cache warmed,
@@ -47,6 +47,7 @@ import shutil
 import signal
 import sys
 import time
+import zlib
 from array import array
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -98,7 +99,7 @@ Announce = Callable[[str], None]
 T = TypeVar("T")
 
 # Bump when the archive recipe changes (names, sizes, content, metadata): the cache directory name carries it.
-SCALE_RECIPE = 1
+SCALE_RECIPE = 2  # 2: Packages.gz beside Packages.xz, as on Debian's mirrors
 DEFAULT_FILES = 1_000_000
 FORMATS = ("flat", "debian")
 MIN_FILE_BYTES = 200
@@ -352,7 +353,7 @@ def ensure_archive(cache_dir: Path, plan: ScalePlan, *, seed: int = SEED, announ
         hashes = _write_pool(root, plan, seed, announce)
         if plan.form == "debian":
             (partial / "sha256.bin").write_bytes(hashes)
-            announce("bench: scale: writing Packages.xz and Release files")
+            announce("bench: scale: writing Packages.gz, Packages.xz and Release files")
             write_dists(partial / "dists-0", plan, hashes, announce)
             shutil.copytree(partial / "dists-0", root / "dists")
 
@@ -409,17 +410,21 @@ def _write_pool(root: Path, plan: ScalePlan, seed: int, announce: Announce) -> b
 
 
 class _PackagesWriter:
-    """One `Packages.xz`, compressed as it is written; keeps the size and SHA-256 of both forms."""
+    """One `Packages.xz` and its `Packages.gz`, compressed as they are written; keeps the size and SHA-256 of
+    the three forms."""
 
     FLUSH_CHARS = 1 << 20
 
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self._file = path.open("wb")
+        self._gz_file = path.with_suffix(".gz").open("wb")
         self._xz = lzma.LZMACompressor(preset=XZ_PRESET)
+        self._gz = zlib.compressobj(6, zlib.DEFLATED, 31)  # the gzip format; header mtime 0: same bytes each build
         self._plain = hashlib.sha256()
         self._packed = hashlib.sha256()
-        self.plain_size = self.packed_size = 0
+        self._gz_packed = hashlib.sha256()
+        self.plain_size = self.packed_size = self.gz_size = 0
         self._pending: list[str] = []
         self._pending_chars = 0
 
@@ -437,19 +442,31 @@ class _PackagesWriter:
         self._plain.update(data)
         self.plain_size += len(data)
         self._put(self._xz.compress(data))
+        self._put_gz(self._gz.compress(data))
+
+    def _put_gz(self, packed: bytes) -> None:
+        self._gz_packed.update(packed)
+        self.gz_size += len(packed)
+        self._gz_file.write(packed)
 
     def _put(self, packed: bytes) -> None:
         self._packed.update(packed)
         self.packed_size += len(packed)
         self._file.write(packed)
 
-    def close(self) -> tuple[tuple[int, str], tuple[int, str]]:
-        """((plain size, SHA-256), (xz size, SHA-256))."""
+    def close(self) -> tuple[tuple[int, str], tuple[int, str], tuple[int, str]]:
+        """((plain size, SHA-256), (xz size, SHA-256), (gz size, SHA-256))."""
         if self._pending:
             self._flush()
         self._put(self._xz.flush())
+        self._put_gz(self._gz.flush())
         self._file.close()
-        return (self.plain_size, self._plain.hexdigest()), (self.packed_size, self._packed.hexdigest())
+        self._gz_file.close()
+        return (
+            (self.plain_size, self._plain.hexdigest()),
+            (self.packed_size, self._packed.hexdigest()),
+            (self.gz_size, self._gz_packed.hexdigest()),
+        )
 
 
 def _stanza(package: Package, sha256: str) -> str:
@@ -464,7 +481,7 @@ def _stanza(package: Package, sha256: str) -> str:
 
 
 def write_dists(target: Path, plan: ScalePlan, hashes: bytes | bytearray, announce: Announce = _quiet) -> None:
-    """`target` (a new directory) as a Debian `dists/`: per suite a Release, per architecture a Packages.xz."""
+    """`target` (a new directory) as a Debian `dists/`: per suite a Release, per architecture a Packages.gz and .xz."""
     writers = {
         (suite, arch): _PackagesWriter(target / suite / COMPONENT / f"binary-{arch}" / "Packages.xz")
         for suite in SUITES
@@ -484,8 +501,9 @@ def write_dists(target: Path, plan: ScalePlan, hashes: bytes | bytearray, announ
     for suite in SUITES:
         lines = []
         for arch in ARCHITECTURES:
-            (plain_size, plain_sha), (xz_size, xz_sha) = writers[(suite, arch)].close()
+            (plain_size, plain_sha), (xz_size, xz_sha), (gz_size, gz_sha) = writers[(suite, arch)].close()
             lines.append(f" {plain_sha} {plain_size:>12} {COMPONENT}/binary-{arch}/Packages")
+            lines.append(f" {gz_sha} {gz_size:>12} {COMPONENT}/binary-{arch}/Packages.gz")
             lines.append(f" {xz_sha} {xz_size:>12} {COMPONENT}/binary-{arch}/Packages.xz")
         (target / suite / "Release").write_text(
             f"Origin: mirrorseed-bench\nLabel: mirrorseed-bench\nSuite: {suite}\nCodename: {suite}\n"
@@ -674,7 +692,7 @@ def _form_rows(archive: Archive, context: _Context) -> list[Row]:
     noop = Row(f"{form}-noop", f"{form}: no-change re-run", "state + destination of a full build", group, n, nbytes)
     what = f"{count:,} files ({CHANGED_FRACTION:.0%}) rewritten (32 bytes + mtime) before each run"
     if form == "debian":
-        what += ", Packages.xz and Release rewritten to match"
+        what += ", Packages.gz, Packages.xz and Release rewritten to match"
     changed = Row(f"{form}-changed", f"{form}: 1%-changed re-run", what, group, n, nbytes)
     timer.time_row(
         full,
@@ -919,7 +937,7 @@ def render_scale_table(
         if form == "debian":
             text += (
                 f"; {len(info['suites'])} suites × {len(info['architectures'])} architectures sharing one pool, "
-                "`all` packages in every architecture's Packages.xz"
+                "`all` packages in every architecture's Packages (.gz and .xz)"
             )
         forms.append(text + ")")
     runs = options["runs"]
