@@ -129,8 +129,20 @@ def load_manifest(
     return trusted
 
 
+class _Holdings:
+    """What both views of the destination answer: `holds(key)`, and from it the keys it lost."""
+
+    def holds(self, key: str) -> bool:
+        raise NotImplementedError
+
+    def lost(self, keys: Iterable[str]) -> list[str]:
+        """The keys among `keys` the destination no longer holds as written (deleted, or altered where the
+        view can tell), sorted."""
+        return sorted({key for key in keys if not self.holds(key)})
+
+
 @dataclass(frozen=True)
-class Destination:
+class Destination(_Holdings):
     """What the destination holds when a run starts, read once: its listing, the manifest entries that
     still agree with it (same ETag and size as the listing shows), and the listed keys whose manifest
     entry disagrees (altered since this tool wrote them)."""
@@ -149,10 +161,6 @@ class Destination:
         entry = self.manifest.get(key)
         return entry.sha256 if entry is not None else None
 
-    def lost(self, keys: Iterable[str]) -> list[str]:
-        """The keys among `keys` the destination no longer holds as written (deleted or altered), sorted."""
-        return sorted({key for key in keys if not self.holds(key)})
-
 
 def read_destination(storage: Storage) -> Destination:
     """List the destination and load its manifest (the one read of both in a run)."""
@@ -163,7 +171,7 @@ def read_destination(storage: Storage) -> Destination:
 
 
 @dataclass(frozen=True)
-class DestinationKeys:
+class DestinationKeys(_Holdings):
     """The keys the destination holds, and nothing else: enough for a run to tell whether an object of
     the current publication is gone, without a stat per object or the manifest (a run that finds one
     gone reads the whole `Destination` before it writes)."""
@@ -172,10 +180,6 @@ class DestinationKeys:
 
     def holds(self, key: str) -> bool:
         return key in self.keys
-
-    def lost(self, keys: Iterable[str]) -> list[str]:
-        """The keys among `keys` the destination no longer holds, sorted."""
-        return sorted({key for key in keys if key not in self.keys})
 
 
 def read_destination_keys(storage: Storage) -> DestinationKeys:

@@ -142,17 +142,17 @@ class LocalStorage:
     def put_many(self, artifacts: Sequence[Artifact]) -> list[ObjectInfo]:
         return [self.put(a.key, a.data, content_type=a.content_type, cache_control=a.cache_control) for a in artifacts]
 
-    def list(self, prefix: str = "") -> list[ObjectInfo]:
-        """Every object under `prefix`, sorted by key: one scandir per directory and one stat per file
-        (a destination of a whole Debian archive holds ~150,000 objects)."""
-        found: list[ObjectInfo] = []
+    def _objects(self, prefix: str = "") -> Iterator[tuple[str, os.DirEntry[str]]]:
+        """(key, directory entry) of every object under `prefix`: one scandir per directory, no stat; not the
+        lock file, temp files of a write in progress, or what a symlink to a directory holds."""
         if not self.root.is_dir():
-            return found
-        pending: list[tuple[str, str]] = [(str(self.root), "")]  # (directory, its key prefix)
+            return
+        pending: list[tuple[str, str]] = [(self._root, "")]  # (directory, its key prefix)
         while pending:
             directory, base = pending.pop()
             try:
-                entries = list(os.scandir(directory))
+                with os.scandir(directory) as iterator:
+                    entries = list(iterator)
             except (FileNotFoundError, NotADirectoryError):
                 continue
             for entry in entries:
@@ -167,36 +167,24 @@ class LocalStorage:
                 if name == LOCK_NAME or (name.startswith(".") and name.endswith(".tmp")):
                     continue  # the lock file, and temp files of a write in progress
                 if key.startswith(prefix):
-                    try:
-                        status = entry.stat()
-                    except FileNotFoundError:
-                        continue
-                    found.append(ObjectInfo(key, status.st_size, _etag(status), status.st_mtime))
+                    yield key, entry
+
+    def list(self, prefix: str = "") -> list[ObjectInfo]:
+        """Every object under `prefix`, sorted by key: one scandir per directory and one stat per file
+        (a destination of a whole Debian archive holds ~150,000 objects)."""
+        found: list[ObjectInfo] = []
+        for key, entry in self._objects(prefix):
+            try:
+                status = entry.stat()
+            except FileNotFoundError:
+                continue
+            found.append(ObjectInfo(key, status.st_size, _etag(status), status.st_mtime))
         found.sort(key=lambda info: info.key)
         return found
 
     def list_keys(self) -> Sequence[str]:
-        """Every object's key: one scandir per directory and no stat (the file type comes with the names)."""
-        found: list[str] = []
-        if not self.root.is_dir():
-            return found
-        pending: list[tuple[str, str]] = [(self._root, "")]
-        while pending:
-            directory, base = pending.pop()
-            try:
-                with os.scandir(directory) as iterator:
-                    entries = list(iterator)
-            except (FileNotFoundError, NotADirectoryError):
-                continue
-            for entry in entries:
-                name = entry.name
-                if entry.is_dir(follow_symlinks=False):
-                    pending.append((entry.path, base + name + "/"))
-                elif entry.is_dir():
-                    continue  # a symlink to a directory: not an object, and not followed
-                elif name != LOCK_NAME and not (name.startswith(".") and name.endswith(".tmp")):
-                    found.append(base + name)
-        return found
+        """Every object's key: the listing without its stat per file (the file type comes with the names)."""
+        return [key for key, _ in self._objects()]
 
     def delete(self, key: str) -> None:
         try:
