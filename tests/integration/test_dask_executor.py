@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 from collections.abc import Iterator
@@ -23,6 +22,7 @@ import pipeline.executors
 import pipeline.hashing
 from pipeline.config import Settings
 from pipeline.errors import ExecutorError
+from pipeline.localtracker import free_port
 from pipeline.run import release
 from tests.integration.conftest import ROOT, SigningKey
 from tests.integration.test_golden import published_files
@@ -168,12 +168,6 @@ def test_a_worker_killed_mid_run_costs_a_retry_not_the_run(
     assert published_files(tmp_path / "dask", signing_key.fingerprint) == published_files(
         tmp_path / "local", signing_key.fingerprint
     )
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @pytest.mark.usefixtures("many_batches")

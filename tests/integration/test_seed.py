@@ -24,6 +24,7 @@ import pytest
 from pipeline.bencode import decode_dict
 from pipeline.config import Settings
 from pipeline.errors import SeedError
+from pipeline.localtracker import free_port
 from pipeline.run import release
 from pipeline.seed import SeedBox
 from tests.integration.conftest import ROOT, SigningKey, aria2_command, tree_state
@@ -41,12 +42,6 @@ def as_root() -> None:
 
 DEAD = "http://127.0.0.1:9/m"  # nothing listens: no webseed ever serves a byte in these tests
 WAIT = 30.0
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def wait_for(check: Callable[[], bool], what: str, timeout: float = WAIT) -> None:
