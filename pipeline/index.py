@@ -12,7 +12,7 @@ import hashlib
 import io
 import json
 import re
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -21,10 +21,12 @@ import zstandard
 
 from pipeline.errors import SnapshotError, StorageError
 from pipeline.jsondoc import STRICT_DECODER, StrictJSONError, check_strings, loads_strict, may_hold_surrogates
-from pipeline.model import IndexRef, PackageRecord, Pointer
+from pipeline.model import DeltaRef, PackageRecord, Pointer, ShardRef
 
-INDEX_FORMAT = "mirrorseed-index/1"
-POINTER_FORMAT = "mirrorseed-pointer/1"
+INDEX_FORMAT = "mirrorseed-index/2"  # a shard of the index (docs/sharded-index.md)
+POINTER_FORMAT = "mirrorseed-pointer/2"
+LEGACY_INDEX_FORMAT = "mirrorseed-index/1"  # one whole index: read back from older destinations only
+LEGACY_POINTER_FORMAT = "mirrorseed-pointer/1"
 MAX_SEQUENCE = 2**53 - 1  # clients parse JSON numbers as doubles and reject anything larger
 
 # Measured on a 56-62 MB synthetic bookworm index (63,440 packages, random hashes), one core: level 6
@@ -41,7 +43,19 @@ _ENCODE_BATCH = 64 * 1024  # uncompressed bytes handed to the compressor at once
 _TEXT_STEP = 16 * 1024  # decompressed bytes decoded to text at a time by iter_index
 _MAX_VALUE_CHARS = 4 * 1024 * 1024  # iter_index: longest single JSON value (a package, a header field)
 _WHITESPACE_RE = re.compile(r"[ \t\n\r]*")
-_HEADER_KEYS = frozenset({"format", "repo", "sequence", "generated", "webseeds", "trackers"})
+# The header keys of a shard (mirrorseed-index/2) and of a legacy whole index (mirrorseed-index/1).
+_HEADER_KEYS_OF = {
+    INDEX_FORMAT: frozenset({"format", "repo", "shard", "webseeds", "trackers"}),
+    LEGACY_INDEX_FORMAT: frozenset({"format", "repo", "sequence", "generated", "webseeds", "trackers"}),
+}
+_ANY_HEADER_KEY = frozenset().union(*_HEADER_KEYS_OF.values())
+# Deltas (docs/sharded-index.md): a zstd frame of the new shard's JSON with the previous shard's JSON as its
+# raw-content dictionary, which `zstd -d --patch-from=OLD` reads. Measured on a 31 MB shard of 63,000
+# records with 1 % changed: level 12 gives 53 KB (1.3 % of the 4.2 MB shard) in 0.34 s; levels below 12
+# do not reach into a dictionary that large (98 % of the shard), level 19 gives 34 KB in 25 s. Shards
+# larger than DELTA_MAX_BYTES get no delta: old and new must fit one window (2^27, zstd's default limit).
+DELTA_LEVEL = 12
+DELTA_MAX_BYTES = 48 * 1024 * 1024
 # Header keys written only when not empty (an index without them reads as empty lists): the DHT
 # bootstrap nodes its torrents carry ("host:port", in order).
 _OPTIONAL_HEADER_KEYS = frozenset({"dht_nodes"})
@@ -64,108 +78,158 @@ def parse_rfc3339(text: str) -> datetime:
     return datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
 
 
-def index_document(
+def shard_document(
     *,
     repo: str,
-    sequence: int,
-    generated: datetime,
+    shard: str,
     webseeds: Sequence[str],
     trackers: Sequence[str],
     packages: Sequence[PackageRecord],
     dht_nodes: Sequence[str] = (),
 ) -> dict[str, Any]:
-    """The index document (DESIGN 5), packages sorted by path; a duplicate path is a SnapshotError."""
-    check_sequence(sequence)
+    """A shard of the index (docs/sharded-index.md), packages sorted by path; a duplicate path is a
+    SnapshotError."""
     ordered = sorted(packages, key=lambda record: record.path)
     for before, after in zip(ordered, ordered[1:], strict=False):
         if before.path == after.path:
             raise SnapshotError(f"{after.path}: listed twice in the snapshot: remove the duplicate entry")
+    return _shard_header(repo, shard, webseeds, trackers, dht_nodes) | {
+        "packages": [record.to_json() for record in ordered]
+    }
+
+
+def _shard_header(
+    repo: str, shard: str, webseeds: Sequence[str], trackers: Sequence[str], dht_nodes: Sequence[str]
+) -> dict[str, Any]:
     return {
         "format": INDEX_FORMAT,
         "repo": repo,
-        "sequence": sequence,
-        "generated": rfc3339(generated),
+        "shard": shard,
         "webseeds": list(dict.fromkeys(webseeds)),  # de-duplicated, first occurrence kept
         "trackers": list(dict.fromkeys(trackers)),
-        "packages": [record.to_json() for record in ordered],
     } | ({"dht_nodes": list(dict.fromkeys(dht_nodes))} if dht_nodes else {})
 
 
 @dataclass(frozen=True)
 class EncodedIndex:
-    """The compressed index as published: bytes, their SHA-256 (hex), size, and the JSON's size."""
+    """A compressed shard as published: bytes, their SHA-256 (hex) and size, and the JSON's size and
+    SHA-256."""
 
     data: bytes
     sha256: str
     size: int
     uncompressed_size: int
+    uncompressed_sha256: str
 
 
-def encode_index(doc: dict[str, Any]) -> EncodedIndex:
+def encode_document(doc: dict[str, Any]) -> EncodedIndex:
     """Canonical JSON (sorted keys, no spaces, UTF-8) in one zstd frame with content size and checksum.
 
     Same document, same bytes: level fixed, single-threaded, no timestamps in zstd frames. The bytes are
-    those of `encode_index_stream` for the same arguments (both compress through `_compress`).
+    those of `encode_shard` for the same arguments (both compress through `_compress`).
     """
     raw = _canonical(doc).encode("utf-8")
     data = _compress([raw], len(raw))
-    return EncodedIndex(data=data, sha256=hashlib.sha256(data).hexdigest(), size=len(data), uncompressed_size=len(raw))
+    return EncodedIndex(data, hashlib.sha256(data).hexdigest(), len(data), len(raw), hashlib.sha256(raw).hexdigest())
 
 
-def encode_index_stream(
+def encode_shard(
     *,
     repo: str,
-    sequence: int,
-    generated: datetime,
+    shard: str,
     webseeds: Sequence[str],
     trackers: Sequence[str],
-    records: Sequence[PackageRecord] | Callable[[], Iterable[PackageRecord]],
+    records: Sequence[PackageRecord],
     dht_nodes: Sequence[str] = (),
 ) -> EncodedIndex:
-    """`encode_index(index_document(...))`, byte for byte, without holding the JSON or every package dict.
+    """`encode_document(shard_document(...))`, byte for byte, without holding the JSON or every package dict.
 
     `records` must already be sorted by path (a repeated or out-of-order path is a SnapshotError). They
     are read twice: once to measure the JSON (the zstd frame declares its size up front), once to
-    compress it; so pass a Sequence, or a callable returning a fresh iterable of the same records each
-    time (ValueError if the two passes differ in size). Only one package's JSON, one batch of
-    `_ENCODE_BATCH` bytes and the compressed output are in memory at a time.
+    compress it. Only one package's JSON, one batch of `_ENCODE_BATCH` bytes and the compressed output
+    are in memory at a time.
     """
-    check_sequence(sequence)
-    if callable(records):
-        fresh = records
-    elif isinstance(records, Sequence):
-        fresh = lambda: records  # noqa: E731 - the same Sequence, read twice
-    else:
-        raise TypeError("records: pass a Sequence or a callable returning a fresh iterable (read twice)")
-    nodes = f'"dht_nodes":{_canonical(list(dict.fromkeys(dht_nodes)))},' if dht_nodes else ""
-    head = f'{{{nodes}"format":{_canonical(INDEX_FORMAT)},"generated":{_canonical(rfc3339(generated))},"packages":['
-    tail = (
-        f'],"repo":{_canonical(repo)},"sequence":{_canonical(sequence)},'
-        f'"trackers":{_canonical(list(dict.fromkeys(trackers)))},'
-        f'"webseeds":{_canonical(list(dict.fromkeys(webseeds)))}}}'
-    )
-    head_bytes, tail_bytes = head.encode("utf-8"), tail.encode("utf-8")
+    head_bytes, tail_bytes = _frame(_shard_header(repo, shard, webseeds, trackers, dht_nodes))
     size, count = len(head_bytes) + len(tail_bytes), 0
-    for package in _package_json(fresh()):
+    for package in _package_json(records):
         size += len(package)
         count += 1
     size += max(count - 1, 0)  # the commas between packages
+    raw_sha256 = hashlib.sha256()
 
     def chunks() -> Iterator[bytes]:
         batch = bytearray(head_bytes)
         separator = b""
-        for package in _package_json(fresh()):
+        for package in _package_json(records):
             batch += separator
             batch += package
             separator = b","
             if len(batch) >= _ENCODE_BATCH:
+                raw_sha256.update(batch)
                 yield bytes(batch)
                 batch.clear()
         batch += tail_bytes
+        raw_sha256.update(batch)
         yield bytes(batch)
 
     data = _compress(chunks(), size)
-    return EncodedIndex(data=data, sha256=hashlib.sha256(data).hexdigest(), size=len(data), uncompressed_size=size)
+    return EncodedIndex(data, hashlib.sha256(data).hexdigest(), len(data), size, raw_sha256.hexdigest())
+
+
+def _frame(header: dict[str, Any]) -> tuple[bytes, bytes]:
+    """The canonical JSON of `header` plus a "packages" array, as the text before and after the array's items."""
+    keys = sorted([*header, "packages"])
+    at = keys.index("packages")
+
+    def members(names: list[str]) -> str:
+        return ",".join(f"{_canonical(name)}:{_canonical(header[name])}" for name in names)
+
+    before, after = members(keys[:at]), members(keys[at + 1 :])
+    head = "{" + (before + "," if before else "") + '"packages":['
+    tail = "]" + ("," + after if after else "") + "}"
+    return head.encode("utf-8"), tail.encode("utf-8")
+
+
+def shard_json(
+    *,
+    repo: str,
+    shard: str,
+    webseeds: Sequence[str],
+    trackers: Sequence[str],
+    records: Sequence[PackageRecord],
+    dht_nodes: Sequence[str] = (),
+) -> bytes:
+    """The uncompressed JSON that `encode_shard` compresses (a delta is made from two of these)."""
+    head, tail = _frame(_shard_header(repo, shard, webseeds, trackers, dht_nodes))
+    return head + b",".join(_package_json(records)) + tail
+
+
+def make_delta(old: bytes, new: bytes) -> bytes:
+    """`new` as one zstd frame with `old` as its raw-content dictionary: `zstd -d --patch-from=OLD`
+    reads it (docs/sharded-index.md). Deterministic for the same two inputs."""
+    if len(old) > DELTA_MAX_BYTES or len(new) > DELTA_MAX_BYTES:
+        raise ValueError(f"a delta takes shards of at most {DELTA_MAX_BYTES} bytes")
+    window_log = min(27, max(17, (len(old) + len(new)).bit_length()))
+    params = zstandard.ZstdCompressionParameters.from_level(
+        DELTA_LEVEL, source_size=len(new), window_log=window_log,
+        write_content_size=True, write_checksum=True, write_dict_id=False,
+    )  # fmt: skip
+    dictionary = zstandard.ZstdCompressionDict(old, dict_type=zstandard.DICT_TYPE_RAWCONTENT)
+    return zstandard.ZstdCompressor(dict_data=dictionary, compression_params=params).compress(new)
+
+
+def apply_delta(old: bytes, delta: bytes, *, uncompressed_size: int) -> bytes:
+    """The JSON a delta gives from `old`, exactly `uncompressed_size` bytes (StorageError otherwise)."""
+    _check_declared_size(delta, uncompressed_size)
+    dictionary = zstandard.ZstdCompressionDict(old, dict_type=zstandard.DICT_TYPE_RAWCONTENT)
+    decompressor = zstandard.ZstdDecompressor(dict_data=dictionary, max_window_size=2**27)
+    try:
+        out = decompressor.decompress(delta, max_output_size=uncompressed_size + 1)
+    except zstandard.ZstdError as err:
+        raise StorageError(f"index delta: zstd decompression failed ({err}): the object is corrupt") from err
+    if len(out) != uncompressed_size:
+        raise StorageError(f"index delta: gives {len(out)} bytes, the pointer declares {uncompressed_size}")
+    return out
 
 
 def _canonical(value: Any) -> str:
@@ -204,8 +268,9 @@ def _compress(chunks: Iterable[bytes], size: int) -> bytes:
     return out.getvalue()
 
 
-def decode_index(data: bytes, *, uncompressed_size: int) -> dict[str, Any]:
-    """Decompress and parse an index whose JSON is exactly `uncompressed_size` bytes (from the pointer).
+def decode_index(data: bytes, *, uncompressed_size: int, expected: str = INDEX_FORMAT) -> dict[str, Any]:
+    """Decompress and parse a shard (or, `expected` = LEGACY_INDEX_FORMAT, a whole index of format 1)
+    whose JSON is exactly `uncompressed_size` bytes (from the pointer).
 
     The frame's declared size is checked first (python-zstandard ignores output caps when a frame
     declares its size), then the frame is decompressed in small steps, counting the output and stopping
@@ -219,9 +284,9 @@ def decode_index(data: bytes, *, uncompressed_size: int) -> dict[str, Any]:
     for chunk in _inflate(data, uncompressed_size):
         raw += chunk
     doc = loads_strict(bytes(raw), what="index")
-    if not isinstance(doc, dict) or doc.get("format") != INDEX_FORMAT:
+    if not isinstance(doc, dict) or doc.get("format") != expected:
         found = doc.get("format") if isinstance(doc, dict) else type(doc).__name__
-        raise StorageError(f"index: format is {found!r}, expected {INDEX_FORMAT!r}")
+        raise StorageError(f"index: format is {found!r}, expected {expected!r}")
     return doc
 
 
@@ -273,14 +338,14 @@ def _inflate(data: bytes, uncompressed_size: int) -> Iterator[bytes]:
         )
 
 
-def iter_index(data: bytes, *, uncompressed_size: int) -> IndexReader:
+def iter_index(data: bytes, *, uncompressed_size: int, expected: str = INDEX_FORMAT) -> IndexReader:
     """Read an index with bounded memory: `reader.packages()` yields the package objects in document order.
 
     The same checks as `decode_index`; the declared frame size is checked here, everything else while
     iterating, as a StorageError from the iterator (a bad checksum or trailing data only at its end).
     `reader.header` is available once the iterator is exhausted.
     """
-    return IndexReader(data, uncompressed_size=uncompressed_size)
+    return IndexReader(data, uncompressed_size=uncompressed_size, expected=expected)
 
 
 class IndexReader:
@@ -292,8 +357,9 @@ class IndexReader:
     `format` is checked as soon as it is read (canonical order puts it before the packages).
     """
 
-    def __init__(self, data: bytes, *, uncompressed_size: int) -> None:
+    def __init__(self, data: bytes, *, uncompressed_size: int, expected: str = INDEX_FORMAT) -> None:
         _check_declared_size(data, uncompressed_size)
+        self._expected = expected
         self._chunks = _inflate(data, uncompressed_size)
         self._utf8 = codecs.getincrementaldecoder("utf-8")()
         self._raw = b""  # the decompressed chunk being decoded, from _raw_pos
@@ -335,7 +401,7 @@ class IndexReader:
                 key = self._value()
                 if key in fields:
                     raise StorageError(f"index: the key {key!r} appears twice")
-                if key != "packages" and key not in _HEADER_KEYS | _OPTIONAL_HEADER_KEYS:
+                if key != "packages" and key not in _ANY_HEADER_KEY | _OPTIONAL_HEADER_KEYS:
                     raise StorageError(f"index: unexpected key {key!r}")
                 if self._peek() != ":":
                     raise self._unexpected("':'")
@@ -345,8 +411,8 @@ class IndexReader:
                     fields[key] = None
                 else:
                     fields[key] = self._value()
-                    if key == "format" and fields[key] != INDEX_FORMAT:
-                        raise StorageError(f"index: format is {fields[key]!r}, expected {INDEX_FORMAT!r}")
+                    if key == "format" and fields[key] != self._expected:
+                        raise StorageError(f"index: format is {fields[key]!r}, expected {self._expected!r}")
                 separator = self._peek()
                 if separator not in (",", "}"):
                     raise self._unexpected("',' or '}'")
@@ -355,7 +421,7 @@ class IndexReader:
                     break
         if self._peek() != "":  # also runs the frame's final checks
             raise StorageError(f"index: unexpected data after the JSON object at character {self._where()}")
-        self._header = _index_header(fields)
+        self._header = _index_header(fields, self._expected)
 
     def _packages(self) -> Iterator[dict[str, Any]]:
         if self._peek() != "[":
@@ -472,11 +538,18 @@ class IndexReader:
         return StorageError(f"index: expected {wanted} at character {self._where()}, found {found!r}")
 
 
-def _index_header(fields: dict[str, Any]) -> dict[str, Any]:
-    missing = sorted((_HEADER_KEYS | {"packages"}) - fields.keys())
-    if missing:
-        raise StorageError(f"index: missing keys {missing}")
-    problems = [*_want_str(fields, "repo", "generated"), *_want_int(fields, "sequence")]
+def _index_header(fields: dict[str, Any], expected: str) -> dict[str, Any]:
+    keys = _HEADER_KEYS_OF[expected]
+    missing, extra = (
+        sorted((keys | {"packages"}) - fields.keys()),
+        sorted(fields.keys() - keys - {"packages", "dht_nodes"}),
+    )
+    if missing or extra:
+        raise StorageError(f"index: missing keys {missing}, unexpected keys {extra}")
+    if expected == INDEX_FORMAT:
+        problems = _want_str(fields, "repo", "shard")
+    else:
+        problems = [*_want_str(fields, "repo", "generated"), *_want_int(fields, "sequence")]
     problems += [
         f"{key} is not a list of strings"
         for key in ("webseeds", "trackers", *(_OPTIONAL_HEADER_KEYS & fields.keys()))
@@ -484,7 +557,7 @@ def _index_header(fields: dict[str, Any]) -> dict[str, Any]:
     ]
     if problems:
         raise StorageError(f"index: {'; '.join(problems)}")
-    return {key: fields[key] for key in sorted((_HEADER_KEYS | _OPTIONAL_HEADER_KEYS) & fields.keys())}
+    return {key: fields[key] for key in sorted((keys | _OPTIONAL_HEADER_KEYS) & fields.keys())}
 
 
 def check_sequence(sequence: int) -> None:
@@ -498,18 +571,117 @@ def encode_pointer(pointer: Pointer) -> bytes:
     return (json.dumps(pointer.to_json(), sort_keys=True, indent=2, ensure_ascii=False) + "\n").encode("utf-8")
 
 
-_POINTER_KEYS = {"format", "repo", "sequence", "generated", "expires", "index", "index_torrent", "infohash", "magnet"}
+_POINTER_KEYS = {"format", "repo", "sequence", "generated", "expires", "shards"}
+_SHARD_KEYS = {
+    "name", "path", "size", "sha256", "uncompressed_size", "uncompressed_sha256", "packages", "torrent", "infohash",
+    "delta",
+}  # fmt: skip
+_DELTA_KEYS = {"from_sha256", "path", "size", "sha256"}
+_LEGACY_POINTER_KEYS = {
+    "format",
+    "repo",
+    "sequence",
+    "generated",
+    "expires",
+    "index",
+    "index_torrent",
+    "infohash",
+    "magnet",
+}
 _INDEX_REF_KEYS = {"path", "size", "uncompressed_size", "sha256"}
 
 
 def decode_pointer(data: bytes) -> Pointer:
-    """Parse and validate a pointer payload (after its signature was checked); StorageError if invalid."""
+    """Parse and validate a pointer payload (after its signature was checked); StorageError if invalid.
+
+    A `mirrorseed-pointer/1` (one whole index, written by earlier versions) is read too, as a Pointer with
+    no shards and the keys of its index in `legacy_keys`: the next run replaces it.
+    """
     doc = loads_strict(data, what="latest.asc: the payload")
     if not isinstance(doc, dict):
         raise StorageError("latest.asc: the payload is not a JSON object")
+    if doc.get("format") == LEGACY_POINTER_FORMAT:
+        return _decode_legacy_pointer(doc)
     if doc.get("format") != POINTER_FORMAT:
         raise StorageError(f"latest.asc: format is {doc.get('format')!r}, expected {POINTER_FORMAT!r}")
     _exact_keys("latest.asc", doc, _POINTER_KEYS)
+    problems = [*_want_str(doc, "repo", "generated", "expires"), *_want_int(doc, "sequence")]
+    if not isinstance(doc["shards"], list):
+        problems.append("shards is not a list")
+    if problems:
+        raise StorageError(f"latest.asc: {'; '.join(problems)}")
+    _check_times_and_sequence(doc)
+    shards = tuple(_decode_shard_ref(number, item) for number, item in enumerate(doc["shards"]))
+    names = [shard.name for shard in shards]
+    if names != sorted(set(names)):
+        raise StorageError("latest.asc: the shards are not sorted by name, or a name repeats")
+    return Pointer(doc["repo"], doc["sequence"], doc["generated"], doc["expires"], shards)
+
+
+def _decode_shard_ref(number: int, item: Any) -> ShardRef:
+    where = f"latest.asc: shards[{number}]"
+    if not isinstance(item, dict):
+        raise StorageError(f"{where} is not an object")
+    _exact_keys(where, item, _SHARD_KEYS)
+    problems = [
+        *_want_str(item, "name", "path", "sha256", "uncompressed_sha256", "torrent", "infohash"),
+        *_want_int(item, "size", "uncompressed_size", "packages"),
+    ]
+    if problems:
+        raise StorageError(f"{where}: {'; '.join(problems)}")
+    delta = item["delta"]
+    checks = [
+        (_shard_name_ok(item["name"]), "name is not a shard name"),
+        (item["size"] >= 0 and item["uncompressed_size"] >= 0 and item["packages"] >= 0, "a count is negative"),
+        (all(_SHA256_RE.fullmatch(item[key]) for key in ("sha256", "uncompressed_sha256")), "a SHA-256 is malformed"),
+        (bool(_INFOHASH_RE.fullmatch(item["infohash"])), "infohash is not 40 lowercase hex digits"),
+        (_relative(item["path"]) and _relative(item["torrent"]), "a path is not relative"),
+        (delta is None or isinstance(delta, dict), "delta is neither null nor an object"),
+    ]  # fmt: skip
+    failed = [message for ok, message in checks if not ok]
+    if failed:
+        raise StorageError(f"{where}: {'; '.join(failed)}")
+    ref = None
+    if delta is not None:
+        _exact_keys(f"{where}.delta", delta, _DELTA_KEYS)
+        problems = [*_want_str(delta, "from_sha256", "path", "sha256"), *_want_int(delta, "size")]
+        if not problems and not (
+            all(_SHA256_RE.fullmatch(delta[key]) for key in ("from_sha256", "sha256"))
+            and _relative(delta["path"])
+            and delta["size"] >= 0
+        ):
+            problems.append("a SHA-256, the path or the size is malformed")
+        if problems:
+            raise StorageError(f"{where}.delta: {'; '.join(problems)}")
+        ref = DeltaRef(delta["from_sha256"], delta["path"], delta["size"], delta["sha256"])
+    return ShardRef(
+        item["name"], item["path"], item["size"], item["sha256"], item["uncompressed_size"],
+        item["uncompressed_sha256"], item["packages"], item["torrent"], item["infohash"], ref,
+    )  # fmt: skip
+
+
+def _shard_name_ok(name: str) -> bool:
+    return name == "." or (_relative(name) and not any(ord(c) < 0x20 or c == "\x7f" for c in name))
+
+
+def _check_times_and_sequence(doc: dict[str, Any]) -> None:
+    checks = [
+        (1 <= doc["sequence"] <= MAX_SEQUENCE, "sequence must be from 1 to 2^53-1"),
+        (bool(_RFC3339_RE.fullmatch(doc["generated"])), "generated is not YYYY-MM-DDTHH:MM:SSZ"),
+        (bool(_RFC3339_RE.fullmatch(doc["expires"])), "expires is not YYYY-MM-DDTHH:MM:SSZ"),
+    ]
+    failed = [message for ok, message in checks if not ok]
+    if failed:
+        raise StorageError(f"latest.asc: {'; '.join(failed)}")
+    try:
+        parse_rfc3339(doc["generated"])
+        parse_rfc3339(doc["expires"])
+    except ValueError as err:
+        raise StorageError(f"latest.asc: {err}") from err
+
+
+def _decode_legacy_pointer(doc: dict[str, Any]) -> Pointer:
+    _exact_keys("latest.asc", doc, _LEGACY_POINTER_KEYS)
     ref = doc["index"]
     if not isinstance(ref, dict):
         raise StorageError("latest.asc: 'index' is not an object")
@@ -522,34 +694,11 @@ def decode_pointer(data: bytes) -> Pointer:
     ]
     if problems:
         raise StorageError(f"latest.asc: {'; '.join(problems)}")
-    checks = [
-        (1 <= doc["sequence"] <= MAX_SEQUENCE, "sequence must be from 1 to 2^53-1"),
-        (ref["size"] >= 0 and ref["uncompressed_size"] >= 0, "index sizes must not be negative"),
-        (bool(_SHA256_RE.fullmatch(ref["sha256"])), "index.sha256 is not 64 lowercase hex digits"),
-        (bool(_INFOHASH_RE.fullmatch(doc["infohash"])), "infohash is not 40 lowercase hex digits"),
-        (bool(_RFC3339_RE.fullmatch(doc["generated"])), "generated is not YYYY-MM-DDTHH:MM:SSZ"),
-        (bool(_RFC3339_RE.fullmatch(doc["expires"])), "expires is not YYYY-MM-DDTHH:MM:SSZ"),
-        (_relative(ref["path"]) and _relative(doc["index_torrent"]), "an index path is not relative"),
-        (doc["magnet"].startswith("magnet:?"), "magnet is not a magnet URI"),
-    ]
-    failed = [message for ok, message in checks if not ok]
-    if failed:
-        raise StorageError(f"latest.asc: {'; '.join(failed)}")
-    try:
-        parse_rfc3339(doc["generated"])
-        parse_rfc3339(doc["expires"])
-    except ValueError as err:
-        raise StorageError(f"latest.asc: {err}") from err
-    return Pointer(
-        repo=doc["repo"],
-        sequence=doc["sequence"],
-        generated=doc["generated"],
-        expires=doc["expires"],
-        index=IndexRef(ref["path"], ref["size"], ref["uncompressed_size"], ref["sha256"]),
-        index_torrent=doc["index_torrent"],
-        infohash=doc["infohash"],
-        magnet=doc["magnet"],
-    )
+    _check_times_and_sequence(doc)
+    if not (_relative(ref["path"]) and _relative(doc["index_torrent"])):
+        raise StorageError("latest.asc: an index path is not relative")
+    keys = (ref["path"], ref["path"] + ".sig", doc["index_torrent"])
+    return Pointer(doc["repo"], doc["sequence"], doc["generated"], doc["expires"], (), legacy_keys=keys)
 
 
 def _exact_keys(where: str, doc: dict[str, Any], keys: set[str]) -> None:

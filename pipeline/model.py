@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -64,6 +66,9 @@ class FileEntry:
     arch: str | None = None
     description: str | None = None
     signature: SignatureRef | None = None
+    # the index shards that list it, when the repository's metadata says (Debian: the suites,
+    # components and architectures whose Packages list it); () means "by its path" (pipeline.shards)
+    shards: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -181,44 +186,92 @@ class BuiltPackages:
 
 
 @dataclass(frozen=True)
-class IndexRef:
-    """The pointer's description of the compressed index object."""
+class DeltaRef:
+    """A shard's delta from the previous publication's shard of the same name (docs/sharded-index.md):
+    `zstd -d --patch-from=<that shard's JSON>` of the object at `path` gives this shard's JSON."""
 
+    from_sha256: str  # the SHA-256 of the previous shard's uncompressed JSON
     path: str
     size: int
-    uncompressed_size: int
     sha256: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {"from_sha256": self.from_sha256, "path": self.path, "size": self.size, "sha256": self.sha256}
+
+
+@dataclass(frozen=True)
+class ShardRef:
+    """The pointer's description of one shard of the index (docs/sharded-index.md)."""
+
+    name: str
+    path: str
+    size: int
+    sha256: str
+    uncompressed_size: int
+    uncompressed_sha256: str
+    packages: int
+    torrent: str
+    infohash: str
+    delta: DeltaRef | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "path": self.path,
+            "size": self.size,
+            "sha256": self.sha256,
+            "uncompressed_size": self.uncompressed_size,
+            "uncompressed_sha256": self.uncompressed_sha256,
+            "packages": self.packages,
+            "torrent": self.torrent,
+            "infohash": self.infohash,
+            "delta": None if self.delta is None else self.delta.to_json(),
+        }
 
 
 @dataclass(frozen=True)
 class Pointer:
-    """The signed pointer payload (DESIGN section 5)."""
+    """The signed pointer payload (docs/sharded-index.md): which shards make the current index, until when.
+
+    `legacy_keys` is set only for a `mirrorseed-pointer/1` read back from a destination that an earlier
+    version published: the keys of its one whole index (the next run replaces it with shards).
+    """
 
     repo: str
     sequence: int
     generated: str
     expires: str
-    index: IndexRef
-    index_torrent: str
-    infohash: str
-    magnet: str
+    shards: tuple[ShardRef, ...]
+    legacy_keys: tuple[str, ...] = ()
+
+    @property
+    def index_id(self) -> str:
+        """The SHA-256 of the shard list: what identifies this publication's index (its content)."""
+        listed = [shard.to_json() for shard in self.shards] + list(self.legacy_keys)
+        return hashlib.sha256(json.dumps(listed, sort_keys=True).encode("utf-8")).hexdigest()
+
+    @property
+    def keys(self) -> tuple[str, ...]:
+        """Every index object this pointer reaches: each shard, its torrent and its delta."""
+        keys: list[str] = list(self.legacy_keys)
+        for shard in self.shards:
+            keys += [shard.path, shard.torrent] + ([shard.delta.path] if shard.delta else [])
+        return tuple(keys)
+
+    @property
+    def infohashes(self) -> tuple[str, ...]:
+        """The shards' torrents' infohashes, in shard order."""
+        return tuple(shard.infohash for shard in self.shards)
 
     def to_json(self) -> dict[str, Any]:
+        assert not self.legacy_keys, "a mirrorseed-pointer/1 is read, never written"
         return {
-            "format": "mirrorseed-pointer/1",
+            "format": "mirrorseed-pointer/2",
             "repo": self.repo,
             "sequence": self.sequence,
             "generated": self.generated,
             "expires": self.expires,
-            "index": {
-                "path": self.index.path,
-                "size": self.index.size,
-                "uncompressed_size": self.index.uncompressed_size,
-                "sha256": self.index.sha256,
-            },
-            "index_torrent": self.index_torrent,
-            "infohash": self.infohash,
-            "magnet": self.magnet,
+            "shards": [shard.to_json() for shard in self.shards],
         }
 
 

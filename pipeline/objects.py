@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import re
 
-from pipeline.index import check_sequence
 from pipeline.model import Artifact
 
 # --- keys -----------------------------------------------------------------------------------------
@@ -48,22 +47,32 @@ LISTING_PREFIXES = ("browse/", "mirrors/")
 _SHA256_RE = re.compile(r"[0-9a-f]{64}")
 
 
-def _h12(sha256: str) -> str:
+def _h16(sha256: str) -> str:
     if not _SHA256_RE.fullmatch(sha256):
         raise ValueError(f"{sha256!r}: not a lowercase hex SHA-256")
-    return sha256[:12]
+    return sha256[:16]
 
 
-def index_key(sequence: int, sha256: str) -> str:
-    """The compressed index: `index/<seq>-<h12>/index.json.zst` (its signature: the same + `.sig`)."""
-    check_sequence(sequence)
-    return f"index/{sequence}-{_h12(sha256)}/index.json.zst"
+# The index shards (docs/sharded-index.md): content-addressed by the SHA-256 of the compressed shard, so a
+# shard that did not change keeps its key from one publication to the next.
+SHARDS_PREFIX = "index/shards/"
 
 
-def index_torrent_key(sequence: int, sha256: str) -> str:
-    """The index torrent: `index/<seq>-<h12>.torrent`."""
-    check_sequence(sequence)
-    return f"index/{sequence}-{_h12(sha256)}.torrent"
+def shard_key(sha256: str) -> str:
+    """A compressed shard of the index: `index/shards/<h16>.json.zst`."""
+    return f"{SHARDS_PREFIX}{_h16(sha256)}.json.zst"
+
+
+def shard_torrent_key(torrent_sha256: str) -> str:
+    """A shard's single-file torrent, by the SHA-256 of the torrent's own bytes (they also hold the public
+    URL, which the shard does not): `index/shards/<h16>.torrent`."""
+    return f"{SHARDS_PREFIX}{_h16(torrent_sha256)}.torrent"
+
+
+def delta_key(sha256: str, from_sha256: str) -> str:
+    """The delta from the shard of SHA-256 `from_sha256` to the shard of SHA-256 `sha256` (both of the
+    compressed shards): `index/shards/<h16>.from-<old h16>.zst`."""
+    return f"{SHARDS_PREFIX}{_h16(sha256)}.from-{_h16(from_sha256)}.zst"
 
 
 def torrent_key(path: str) -> str:

@@ -41,6 +41,7 @@ from debian import deb822
 
 from pipeline.errors import ConfigError, SnapshotError
 from pipeline.model import FileEntry
+from pipeline.shards import debian_shard
 from pipeline.snapshot import bounded
 from pipeline.snapshot.bounded import BoundedReader, Readable, parse_size, read_at_most, size_text
 from pipeline.snapshot.formats import FormatInfo, Scanned, ScanSpec
@@ -139,8 +140,8 @@ def scan_debian(root_real: bytes, selection: DebianSelection) -> Scanned:
     suite_names = _select_suites(tree, selection.suites)
     releases = [_read_release(tree, suite, selection.upstream_keyring) for suite in suite_names]
     indexes = _select_indexes(tree, releases, selection)
-    listed = _collect_listed(tree, releases, indexes, selection.upstream_keyring is not None)
-    files = _locate_all(tree, listed)
+    listed, shards = _collect_listed(tree, releases, indexes, selection.upstream_keyring is not None)
+    files = _locate_all(tree, listed, shards)
     log.info("debian scan: %d suites, %d Packages files, %d package files", len(releases), len(indexes), len(files))
     dates = [release.date for release in releases if release.date is not None]
     return Scanned(
@@ -511,9 +512,13 @@ def _subdirectories(tree: _Tree, rel: str) -> list[str]:
 
 def _collect_listed(
     tree: _Tree, releases: list[ReleaseInfo], indexes: list[PackagesIndex], signed: bool
-) -> dict[str, ListedFile]:
+) -> tuple[dict[str, ListedFile], dict[str, tuple[str, ...]]]:
+    """Every listed file by path, and the index shards listing it (`pipeline.shards.debian_shard`)."""
     release_of = {release.suite: release for release in releases}
     listed: dict[str, ListedFile] = {}
+    shards: dict[str, tuple[str, ...]] = {}
+    # one tuple object per distinct combination of shards (a handful), shared by every file that has it
+    combined: dict[tuple[tuple[str, ...], str], tuple[str, ...]] = {}
     with _gc_paused():
         for index in indexes:
             for item in _read_packages(tree, index, release_of[index.suite], signed):
@@ -523,7 +528,15 @@ def _collect_listed(
                         f"{shown(item.path)}: listed with different Size/SHA256 in {previous.listed_in} and "
                         f"{item.listed_in}; {_RESYNC}"
                     )
-    return listed
+                shard = debian_shard(index.suite, index.component, index.architecture, item.arch)
+                before = shards.get(item.path, ())
+                if shard not in before:
+                    key = (before, shard)
+                    names = combined.get(key)
+                    if names is None:
+                        names = combined[key] = tuple(sorted((*before, shard)))
+                    shards[item.path] = names
+    return listed, shards
 
 
 @contextmanager
@@ -669,7 +682,9 @@ def _listed_file(values: list[str], rel: str) -> ListedFile:
 # --- the package files on disk -----------------------------------------------------------------
 
 
-def _locate_all(tree: _Tree, listed: dict[str, ListedFile]) -> tuple[FileEntry, ...]:
+def _locate_all(
+    tree: _Tree, listed: dict[str, ListedFile], shards: dict[str, tuple[str, ...]]
+) -> tuple[FileEntry, ...]:
     files: list[FileEntry] = []
     problems: list[str] = []
     for path in sorted(listed):
@@ -684,7 +699,7 @@ def _locate_all(tree: _Tree, listed: dict[str, ListedFile]) -> tuple[FileEntry, 
                 f"{shown(path)}: size {found.status.st_size} != Packages Size {item.size} ({item.listed_in})"
             )
         else:
-            files.append(listed_entry(item, found.source, found.status))
+            files.append(listed_entry(item, found.source, found.status, shards=shards[path]))
     if problems:
         raise SnapshotError(_problems_line(problems))
     return tuple(files)

@@ -193,7 +193,11 @@ class Listed(Protocol):
 
 
 def listed_entry(
-    item: Listed, source: Path, status: os.stat_result, signature: SignatureRef | None = None
+    item: Listed,
+    source: Path,
+    status: os.stat_result,
+    signature: SignatureRef | None = None,
+    shards: tuple[str, ...] = (),
 ) -> FileEntry:
     """The FileEntry of a listed file as it was found on disk (its stat key, the metadata's facts)."""
     return FileEntry(
@@ -209,4 +213,5 @@ def listed_entry(
         arch=item.arch,
         description=item.description,
         signature=signature,
+        shards=shards,
     )
