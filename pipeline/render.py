@@ -21,6 +21,7 @@ mirrors is listed; a mirror without a country is in the `all` lists only.
 
 from __future__ import annotations
 
+import fnmatch
 import hashlib
 import json
 import re
@@ -36,7 +37,8 @@ import jinja2
 from jinja2.runtime import Context
 
 from pipeline.errors import ConfigError, SnapshotError
-from pipeline.model import Artifact, MirrorStatus, PackageRecord, Pointer
+from pipeline.index import INDEX_FORMAT, POINTER_FORMAT
+from pipeline.model import Artifact, MirrorStatus, PackageRecord, Pointer, ShardRef
 from pipeline.objects import (
     APT_METHOD_KEY,
     CLIENT_KEYS,
@@ -48,6 +50,7 @@ from pipeline.objects import (
     MIRRORS_KEY,
     PACMAN_XFER_KEY,
     RECIPE_KEY,
+    SHARDS_PREFIX,
     SIGNING_KEY_GPG,
     STYLE_KEY,
     UPDATE_KEY,
@@ -55,6 +58,7 @@ from pipeline.objects import (
     make_artifact,
     mirror_list_key,
 )
+from pipeline.shards import TOP as SHARD_TOP
 from pipeline.snapshot import format_info
 from pipeline.urls import join_url, quote_path
 
@@ -519,6 +523,14 @@ def _check_path(path: str) -> None:
         raise SnapshotError(f"{path!r}: not a clean relative repository path; fix the snapshot and re-run")
 
 
+def _check_shard(shard: ShardRef) -> None:
+    """A shard's name goes into the front page and the scripts' messages, its paths into hrefs."""
+    if not shard.name or _PATH_UNSAFE.search(shard.name):
+        raise SnapshotError(f"{shard.name!r}: not a shard name (empty or a control character); fix pipeline.shards")
+    for path in (shard.path, shard.torrent, *([shard.delta.path] if shard.delta else [])):
+        _check_path(path)
+
+
 def _words(values: Iterable[str], what: str) -> tuple[str, ...]:
     """Suites, components, architectures: one word each (they go into sources.list lines); duplicates
     dropped, order kept."""
@@ -579,7 +591,8 @@ def _checked(listing: ListingInput) -> _Checked:
             magnet_href(record.magnet)
         if record.signature is not None:
             _check_path(record.signature.path)
-    magnet_href(listing.pointer.magnet)
+    for shard in listing.pointer.shards:
+        _check_shard(shard)
     rows = sorted((_mirror_row(m) for m in listing.mirrors), key=lambda r: r.url)
     for first, second in zip(rows, rows[1:], strict=False):
         if first.url == second.url:
@@ -626,7 +639,7 @@ def _recipe(
         # by name (the current version then comes from the index), or by path when the format has no names
         package = {"want": example.name or example.path, "arch": example.arch or ""}
     context = {
-        **_script_context(listing, checked),
+        **_script_context(listing, checked, RECIPE_KEY),
         "example": package,
     }
     text = _render(env, RECIPE_TEMPLATE, context, listing.templates_dir)
@@ -655,11 +668,42 @@ def _start_context(listing: ListingInput, checked: _Checked, example: PackageRec
     }
 
 
-def _script_context(listing: ListingInput, checked: _Checked) -> dict[str, Any]:
-    """What every published script (recipe, update, give-back) reads: where, whose key, aria2's flags, and the
-    HTTP mirror detached signatures (.sig) come from when the format has them."""
+def shards_example(listing: ListingInput, checked: _Checked) -> str | None:
+    """A `MIRRORSEED_SHARDS` value the scripts and the front page show (docs/sharded-index.md): the
+    snapshot's first suite and architecture (Debian: `bookworm/*/amd64 bookworm/*/all`), its first
+    repository and architecture (Arch: `core/x86_64`), a top directory (flat). Only patterns that match a
+    shard of the pointer (a pattern matching none stops the scripts); None when there are not two shards."""
+    names = [shard.name for shard in listing.pointer.shards]
+    if len(names) < 2:
+        return None
+    suite = checked.suites[0] if checked.suites else None
+    arch = next((a for a in checked.architectures if a != "all"), None)
+    parts = next((n.split("/") for n in names if n.count("/") == 2 and not n.endswith("/all")), None)
+    if listing.snapshot_format == "debian" and (suite is None or arch is None) and parts is not None:
+        suite, arch = parts[0], parts[2]  # no scan details given: from the first shard of an architecture
+    if listing.snapshot_format == "debian" and suite and arch:
+        patterns = [f"{suite}/*/{arch}", f"{suite}/*/all"]
+    elif listing.snapshot_format == "arch" and suite and arch:
+        patterns = [f"{suite}/{arch}"]
+    else:
+        patterns = [next((n for n in names if n != SHARD_TOP), names[0])]
+    kept = [
+        p for p in patterns if _WORD.match(p.replace("*", "x")) and any(fnmatch.fnmatchcase(n, p) for n in names)
+    ]
+    return " ".join(kept) or None
+
+
+def _script_context(listing: ListingInput, checked: _Checked, script_key: str) -> dict[str, Any]:
+    """What every published script (recipe, update, give-back) reads: where, whose key, aria2's flags, the
+    HTTP mirror detached signatures (.sig) come from when the format has them, the index formats it reads,
+    and its own key (a pointer of another format sends the user to a current copy)."""
     return {
         **_FETCH_CONTEXT,
+        "script_key": script_key,
+        "pointer_format": POINTER_FORMAT,
+        "index_format": INDEX_FORMAT,
+        "shards_dir": SHARDS_PREFIX.rstrip("/"),
+        "shards_example": shards_example(listing, checked),
         "repo": listing.repo,
         "pointer_repo": listing.pointer.repo,
         "public_url": checked.public_url,
@@ -684,7 +728,7 @@ def _update_recipe(env: jinja2.Environment, listing: ListingInput, checked: _Che
     if not format_info(listing.snapshot_format).update_script or example is None:
         return None
     context = {
-        **_script_context(listing, checked),
+        **_script_context(listing, checked, UPDATE_KEY),
         "want": example.name,
         "all_installed": _ALL_INSTALLED.get(listing.snapshot_format, ""),
     }
@@ -714,7 +758,7 @@ def update_recipe(listing: ListingInput) -> str | None:
 def _give_back(env: jinja2.Environment, listing: ListingInput, checked: _Checked) -> tuple[Artifact, ...]:
     """give-back.sh and its systemd user unit and timer."""
     script = {
-        **_script_context(listing, checked),
+        **_script_context(listing, checked, GIVE_BACK_KEY),
         **_GIVE_BACK_CONTEXT,
         "seed_flags": give_back_seed_flags(listing.dht_nodes),
     }
@@ -974,7 +1018,7 @@ def iter_pages(listing: ListingInput, unchanged: Callable[[str, str], bool] | No
         "update_recipe": _update_recipe(env, listing, checked),
         "example": example,
         "flags": " ".join(aria2_flags(listing.dht_nodes)),
-        "index_signature": listing.pointer.index.path + ".sig",
+        "shards_example": shards_example(listing, checked),
         "mirrors": [MirrorLink(label=base, url=base + "/") for base in checked.webseeds],
         "mirror_count": len(checked.mirrors),
         "listed_count": len(listed_mirrors(checked.mirrors)),

@@ -21,7 +21,7 @@ import jsonschema
 import pytest
 
 from pipeline.errors import ConfigError, SnapshotError
-from pipeline.model import Artifact, IndexRef, MirrorStatus, PackageRecord, Pointer, SignatureRef
+from pipeline.model import Artifact, DeltaRef, MirrorStatus, PackageRecord, Pointer, ShardRef, SignatureRef
 from pipeline.objects import (
     APT_METHOD_KEY,
     CLIENT_KEYS,
@@ -90,15 +90,29 @@ def record(path: str, size: int = 1000, **extra: object) -> PackageRecord:
     )
 
 
+def shard(name: str, number: int, delta: bool = False) -> ShardRef:
+    digest = hashlib.sha256(name.encode()).hexdigest()
+    return ShardRef(
+        name=name,
+        path=f"index/shards/{digest[:16]}.json.zst",
+        size=2345 * number,
+        sha256=digest,
+        uncompressed_size=9876 * number,
+        uncompressed_sha256=hashlib.sha256(digest.encode()).hexdigest(),
+        packages=3 * number,
+        torrent=f"index/shards/{digest[16:32]}.torrent",
+        infohash="cd" * 20,
+        delta=DeltaRef("ef" * 32, f"index/shards/{digest[:16]}.from-{'ef' * 8}.zst", 321, "01" * 32) if delta else None,
+    )
+
+
+SHARDS = (shard("bookworm/contrib/amd64", 1), shard("bookworm/main/all", 2), shard("bookworm/main/amd64", 3, True))
 POINTER = Pointer(
     repo="demo",
     sequence=42,
     generated="2026-05-01T12:00:00Z",
     expires="2026-05-08T12:00:00Z",
-    index=IndexRef("index/42-0123456789ab/index.json.zst", 2345, 9876, "ab" * 32),
-    index_torrent="index/42-0123456789ab.torrent",
-    infohash="cd" * 20,
-    magnet=f"magnet:?xt=urn:btih:{'cd' * 20}&dn=42-0123456789ab&ws=https%3A%2F%2Fseed.example.org%2Fdebian%2Findex%2F",
+    shards=SHARDS,
 )
 
 RECORDS = tuple(
@@ -186,7 +200,7 @@ def pages(artifacts: tuple[Artifact, ...]) -> dict[str, PageParser]:
 def expected_published_keys(data: ListingInput) -> set[str]:
     """What the other stages publish beside the listings (DESIGN section 4)."""
     keys = {"latest.asc", "signing-key.asc", "signing-key.gpg", *CLIENT_KEYS}
-    keys |= {data.pointer.index.path, data.pointer.index.path + ".sig", data.pointer.index_torrent}
+    keys |= {key for key in data.pointer.keys if ".from-" not in key}  # deltas: for the scripts only
     for rec in data.records:
         keys.add(rec.metalink)
         if rec.torrent is not None:
@@ -288,7 +302,8 @@ def test_every_relative_href_resolves_to_a_published_key() -> None:
     resolved = check_links(data, artifacts)
     front = resolved["index.html"]
     assert {"signing-key.asc", "signing-key.gpg", "latest.asc", "browse/index.html", "style.css"} <= front
-    assert {POINTER.index_torrent, POINTER.index.path, POINTER.index.path + ".sig"} <= front
+    assert {key for s in SHARDS for key in (s.path, s.torrent)} <= front  # the shard table
+    assert not {s.delta.path for s in SHARDS if s.delta} & front  # deltas are for the scripts
     linked = set().union(*resolved.values())
     # every package torrent/metalink is reachable, and the client of this format (Debian: the apt method)
     assert expected_published_keys(data) - linked == {PACMAN_XFER_KEY} and APT_METHOD_KEY in linked
@@ -378,7 +393,6 @@ def test_front_page_content() -> None:
     assert "per-package torrents with HTTP webseeds, a signed index" in text
     assert "DC87 FD8B 47FF A812 7005 4CEF E2D3 6086 6D18 689B" in text
     assert "42" in text and POINTER.generated in text and POINTER.expires in text
-    assert POINTER.magnet in front.hrefs
     assert "does not start from a magnet" in text
     example = example_package(data.records)
     assert example is not None and example.path == EVIL_PATH  # first non-empty, in path order
@@ -538,7 +552,8 @@ def test_user_recipe_has_the_required_steps() -> None:
         " --bt-tracker-interval=30"
     )
     assert " ".join(ARIA2_FLAGS) in recipe
-    assert recipe.count("sha256sum -c") == 2  # the index, the package (each file fetched once)
+    assert recipe.count("sha256sum -c") == 1  # the package (each file fetched once)
+    assert recipe.count('sha_is "') == 6  # kept JSON, a delta's base, a delta, a compressed shard (2), a JSON
     assert "--follow-torrent=mem -d index" in recipe
     assert "--follow-metalink" not in recipe and "signing-key.asc" not in recipe
     assert "WANT=${1:-hello}" in recipe  # by name: the current version, whichever it is
@@ -597,7 +612,8 @@ def test_recipe_bounds_by_default() -> None:
     assert f"TIMEOUT=${{MIRRORSEED_TIMEOUT:-{FETCH_TIMEOUT}}}" in recipe
     assert f"MIN_RATE=${{MIRRORSEED_MIN_RATE:-{MIN_RATE}}}" in recipe
     assert 'fetch "$FILE" "$SIZE" --follow-torrent=mem' in recipe  # the package: its size from the index
-    assert 'fetch "$IDX" "$IDX_ZSIZE" --follow-torrent=mem' in recipe
+    assert 'fetch "$ZPATH" "$ZSIZE" --follow-torrent=mem' in recipe  # a shard: its size from the pointer
+    assert 'fetch_capped "$DPATH" "$DSIZE"' in recipe  # a delta: likewise
 
 
 def rendered_recipes() -> list[tuple[str, str]]:
@@ -714,7 +730,7 @@ def test_give_back_seed_folders_are_checked_and_only_read_through_links(tmp_path
     assert "index-out" not in script
     assert [line for line in script.splitlines() if "dir=" in line] == [
         '    printf \'%s\\n  dir=%s\\n\' "$WORK/$IH.torrent" "$WORK/seed/$IH" >> "$WORK/seed.txt"',
-        '  printf \'%s\\n  dir=index\\n\' "$WORK/$IDX_IH.torrent" >> "$WORK/seed.txt"',
+        '    printf \'%s\\n  dir=%s\\n\' "$WORK/$IH.torrent" "$PWD/${ZPATH%/*}" >> "$WORK/seed.txt"',
     ]
     # folders that exist pass the check (then the key is missing); names may hold spaces
     (tmp_path / "my debs").mkdir()
@@ -1321,7 +1337,7 @@ def test_arch_user_recipe_fetches_the_signature_and_prints_pacman() -> None:
     assert "MIRROR=https://ok.example.de/debian\n" in recipe and f"WANT=${{1:-{ARCH}}}" in recipe
     assert '-d packages -o "${SIG##*/}"' in recipe and "\"$MIRROR/$(jq -r '.signature.path" in recipe
     assert ".signature.sha256 // empty" in recipe
-    assert recipe.count("sha256sum -c") == 3  # index, package, its .sig
+    assert recipe.count("sha256sum -c") == 2  # package, its .sig (the index shards: sha_is)
     assert "printf 'now: sudo pacman -U %q\\n' \"$FILE\"" in recipe
     assert not [line for line in recipe.splitlines() if line.lstrip().startswith(("pacman", "sudo"))]
     for line in recipe.splitlines():
@@ -1339,7 +1355,7 @@ def test_arch_user_recipe_without_signature_or_mirror_skips_the_sig_step() -> No
     assert "sudo pacman -U" in recipe
     nowhere = user_recipe(listing(snapshot_format="arch", webseeds=()), ARCH_RECORD)
     assert "no HTTP mirror is known" in nowhere and 'fetch_capped "$SIG"' not in nowhere
-    assert nowhere.count("sha256sum -c") == 2
+    assert nowhere.count("sha256sum -c") == 1
 
 
 @pytest.mark.parametrize("webseeds", [WEBSEEDS, ()])
