@@ -554,7 +554,7 @@ def test_user_recipe_has_the_required_steps() -> None:
     assert " ".join(ARIA2_FLAGS) in recipe
     assert recipe.count("sha256sum -c") == 1  # the package (each file fetched once)
     assert recipe.count('sha_is "') == 6  # kept JSON, a delta's base, a delta, a compressed shard (2), a JSON
-    assert "--follow-torrent=mem -d index" in recipe
+    assert '--follow-torrent=mem -d "$(dirname "$ZPATH")"' in recipe
     assert "--follow-metalink" not in recipe and "signing-key.asc" not in recipe
     assert "WANT=${1:-hello}" in recipe  # by name: the current version, whichever it is
     assert "gpg --show-keys signing-key.gpg" in recipe
