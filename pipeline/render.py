@@ -579,7 +579,6 @@ def _checked(listing: ListingInput) -> _Checked:
             magnet_href(record.magnet)
         if record.signature is not None:
             _check_path(record.signature.path)
-    magnet_href(listing.pointer.magnet)
     rows = sorted((_mirror_row(m) for m in listing.mirrors), key=lambda r: r.url)
     for first, second in zip(rows, rows[1:], strict=False):
         if first.url == second.url:
@@ -974,7 +973,6 @@ def iter_pages(listing: ListingInput, unchanged: Callable[[str, str], bool] | No
         "update_recipe": _update_recipe(env, listing, checked),
         "example": example,
         "flags": " ".join(aria2_flags(listing.dht_nodes)),
-        "index_signature": listing.pointer.index.path + ".sig",
         "mirrors": [MirrorLink(label=base, url=base + "/") for base in checked.webseeds],
         "mirror_count": len(checked.mirrors),
         "listed_count": len(listed_mirrors(checked.mirrors)),
