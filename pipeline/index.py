@@ -279,15 +279,21 @@ def decode_index(data: bytes, *, uncompressed_size: int, expected: str = INDEX_F
 
     This holds the whole document; `iter_index` reads it with bounded memory.
     """
-    _check_declared_size(data, uncompressed_size)
-    raw = bytearray()
-    for chunk in _inflate(data, uncompressed_size):
-        raw += chunk
-    doc = loads_strict(bytes(raw), what="index")
+    doc = loads_strict(decompress_index(data, uncompressed_size=uncompressed_size), what="index")
     if not isinstance(doc, dict) or doc.get("format") != expected:
         found = doc.get("format") if isinstance(doc, dict) else type(doc).__name__
         raise StorageError(f"index: format is {found!r}, expected {expected!r}")
     return doc
+
+
+def decompress_index(data: bytes, *, uncompressed_size: int) -> bytes:
+    """The JSON of a compressed shard, exactly `uncompressed_size` bytes, checked as `decode_index` does
+    (a delta is made against it)."""
+    _check_declared_size(data, uncompressed_size)
+    raw = bytearray()
+    for chunk in _inflate(data, uncompressed_size):
+        raw += chunk
+    return bytes(raw)
 
 
 def _check_declared_size(data: bytes, uncompressed_size: int) -> None:

@@ -27,26 +27,30 @@ from pipeline.errors import ConfigError, PipelineError, StorageError
 from pipeline.executors import open_executor
 from pipeline.hashing import ExecutorFactory, check_expected, iter_hashed, local_pool, piece_size_for
 from pipeline.index import (
+    DELTA_MAX_BYTES,
     decode_index,
     decode_pointer,
-    encode_index_stream,
+    decompress_index,
     encode_pointer,
+    encode_shard,
     iter_index,
-    record_fingerprints,
+    make_delta,
     rfc3339,
+    shard_json,
 )
 from pipeline.jsondoc import loads_strict
 from pipeline.model import (
     Artifact,
+    DeltaRef,
     FileDigest,
     FileEntry,
-    IndexRef,
     KeyInfo,
     MirrorStatus,
     NullProgress,
     PackageRecord,
     Pointer,
     Progress,
+    ShardRef,
     Snapshot,
 )
 from pipeline.objects import (
@@ -56,10 +60,11 @@ from pipeline.objects import (
     SIGNING_KEY_ASC,
     SIGNING_KEY_GPG,
     SIGNING_KEYS,
-    index_key,
-    index_torrent_key,
+    delta_key,
     make_artifact,
     metalink_key,
+    shard_key,
+    shard_torrent_key,
     torrent_key,
 )
 from pipeline.publish import (
@@ -73,7 +78,8 @@ from pipeline.publish import (
     read_destination_keys,
 )
 from pipeline.report import RunReport
-from pipeline.signing import Signer, verify_detached, verify_signed_message
+from pipeline.shards import fingerprint, group, record_fingerprints, shards_of
+from pipeline.signing import Signer, verify_signed_message
 from pipeline.snapshot import ScanSpec, scan_snapshot
 from pipeline.spool import Spool, SpooledArtifact
 from pipeline.state import PIECES_BATCH, CachedFile, StateCache, StateRow
@@ -90,7 +96,7 @@ from pipeline.torrents import (
     webseed_bases,
 )
 from pipeline.tracker import update_whitelist
-from pipeline.urls import join_url, magnet_uri
+from pipeline.urls import join_url
 
 if TYPE_CHECKING:
     from pipeline.mirrors import MirrorReport, ProbeLimits
@@ -111,17 +117,29 @@ class CurrentPointer:
 class CurrentPublication:
     """What `latest.asc` in the destination names when the run starts.
 
-    `fingerprints` maps every path the index lists to `hash()` of its PackageRecord (equal records,
-    description aside, hash equal): enough to tell what changed without keeping ~63,000 records.
+    `fingerprints` maps every path the shards list to a hash of its PackageRecord and the shards listing it
+    (equal records, description aside, in the same shards, hash equal): enough to tell what changed
+    without keeping ~63,000 records. `webseeds`, `trackers` and `dht_nodes` are the shards' header (None
+    when there is no shard, or the destination holds a publication of an earlier format).
     """
 
     pointer: Pointer
     etag: str
     pointer_sha256: str
     fingerprints: Mapping[str, int]
-    webseeds: tuple[str, ...]
-    trackers: tuple[str, ...]
-    dht_nodes: tuple[str, ...]
+    header: tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]] | None
+
+    @property
+    def webseeds(self) -> tuple[str, ...]:
+        return self.header[0] if self.header else ()
+
+    @property
+    def trackers(self) -> tuple[str, ...]:
+        return self.header[1] if self.header else ()
+
+    @property
+    def dht_nodes(self) -> tuple[str, ...]:
+        return self.header[2] if self.header else ()
 
 
 class StageClock:
@@ -163,45 +181,57 @@ def read_pointer(storage: Storage, *, repo: str, keyring: Path, fingerprint: str
     return CurrentPointer(pointer=pointer, etag=stored.info.etag, pointer_sha256=_sha256(stored.data))
 
 
-def _index_bytes(storage: Storage, pointer: Pointer) -> bytes:
-    """The index object `pointer` names, checked against the pointer's size and SHA-256."""
-    index_object = storage.get(pointer.index.path)
-    if index_object is None:
-        raise StorageError(f"{pointer.index.path}: named by {POINTER_KEY} but missing from the destination")
-    if index_object.info.size != pointer.index.size or _sha256(index_object.data) != pointer.index.sha256:
-        raise StorageError(f"{pointer.index.path}: size or SHA-256 differs from {POINTER_KEY}; the index was altered")
-    return index_object.data
+def shard_bytes(storage: Storage, shard: ShardRef) -> bytes:
+    """The compressed shard `shard` names, checked against the pointer's size and SHA-256."""
+    stored = storage.get(shard.path)
+    if stored is None:
+        raise StorageError(f"{shard.path}: named by {POINTER_KEY} but missing from the destination")
+    if stored.info.size != shard.size or _sha256(stored.data) != shard.sha256:
+        raise StorageError(f"{shard.path}: size or SHA-256 differs from {POINTER_KEY}; the shard was altered")
+    return stored.data
 
 
 def read_index(storage: Storage, current: CurrentPointer) -> CurrentPublication:
-    """The index the current pointer names, reduced to one fingerprint per path (read streaming)."""
-    data = _index_bytes(storage, current.pointer)
-    index = iter_index(data, uncompressed_size=current.pointer.index.uncompressed_size)
-    try:
-        fingerprints = record_fingerprints(PackageRecord.from_json(doc) for doc in index.packages())
-    except (KeyError, TypeError, AttributeError) as exc:
-        raise StorageError(f"{current.pointer.index.path}: a package entry is malformed ({exc!r}); re-publish") from exc
+    """The shards the current pointer names, reduced to one fingerprint per path (each read streaming)."""
+    records: dict[str, int] = {}
+    shards_of: dict[str, list[str]] = {}
+    header: tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]] | None = None
+    for shard in current.pointer.shards:
+        index = iter_index(shard_bytes(storage, shard), uncompressed_size=shard.uncompressed_size)
+        try:
+            for doc in index.packages():
+                record = PackageRecord.from_json(doc)
+                records[record.path] = hash(record)
+                shards_of.setdefault(record.path, []).append(shard.name)
+        except (KeyError, TypeError, AttributeError) as exc:
+            raise StorageError(f"{shard.path}: a package entry is malformed ({exc!r}); re-publish") from exc
+        found = index.header
+        if found["shard"] != shard.name or found["repo"] != current.pointer.repo:
+            raise StorageError(f"{shard.path}: not the shard {shard.name!r} of {current.pointer.repo!r}; re-publish")
+        header = (tuple(found["webseeds"]), tuple(found["trackers"]), tuple(found.get("dht_nodes", ())))
     return CurrentPublication(
         pointer=current.pointer,
         etag=current.etag,
         pointer_sha256=current.pointer_sha256,
-        fingerprints=fingerprints,
-        webseeds=tuple(index.header["webseeds"]),
-        trackers=tuple(index.header["trackers"]),
-        dht_nodes=tuple(index.header.get("dht_nodes", ())),
+        fingerprints={path: fingerprint(value, shards_of[path]) for path, value in records.items()},
+        header=header,
     )
 
 
 def read_current(storage: Storage, *, repo: str, keyring: Path, fingerprint: str) -> CurrentPublication | None:
-    """Read and verify the current pointer and the index it names; None on a fresh destination."""
+    """Read and verify the current pointer and the shards it names; None on a fresh destination."""
     current = read_pointer(storage, repo=repo, keyring=keyring, fingerprint=fingerprint)
     return None if current is None else read_index(storage, current)
 
 
 def published_records(storage: Storage, pointer: Pointer) -> tuple[PackageRecord, ...]:
-    """Every record of the index `pointer` names (the whole list in memory: demo and checks only)."""
-    doc = decode_index(_index_bytes(storage, pointer), uncompressed_size=pointer.index.uncompressed_size)
-    return tuple(PackageRecord.from_json(p) for p in doc["packages"])
+    """Every record the shards `pointer` names, once each, sorted by path (all in memory: demo and checks)."""
+    records: dict[str, PackageRecord] = {}
+    for shard in pointer.shards:
+        doc = decode_index(shard_bytes(storage, shard), uncompressed_size=shard.uncompressed_size)
+        for item in doc["packages"]:
+            records.setdefault(item["path"], PackageRecord.from_json(item))
+    return tuple(records[path] for path in sorted(records))
 
 
 def _sha256(data: bytes) -> str:
@@ -306,61 +336,84 @@ def build_index_objects(
     generated: datetime,
     expires: datetime,
     records: Sequence[PackageRecord],
-    signer: Signer,
-    existing_signature: Callable[[str, bytes], bytes | None] = lambda key, data: None,
+    files: Sequence[FileEntry],
+    snapshot_format: str,
+    previous: Callable[[str], tuple[ShardRef, bytes] | None] = lambda name: None,
 ) -> IndexObjects:
-    """The compressed index, its detached signature, its multi-file torrent, and the pointer naming them.
+    """The index's shards (docs/sharded-index.md), each with its torrent and, when `previous(name)` gives the
+    previous publication's shard of that name and its JSON, the delta from it; and the pointer naming them.
 
-    `existing_signature(key, data)` returns a valid signature already published for these exact index
-    bytes (a run that died before its pointer, re-run within the same second): index objects are
-    create-only, so it is reused rather than replaced.
+    `records` and `files` (the entries they were built from) are in the same order, sorted by path.
     """
-    encoded = encode_index_stream(
-        repo=settings.repo,
-        sequence=sequence,
-        generated=generated,
-        webseeds=[m.url for m in settings.all_mirrors],
-        trackers=settings.trackers,
-        records=records,
-        dht_nodes=settings.dht_nodes,
-    )
-    zst_key = index_key(sequence, encoded.sha256)
-    signature = existing_signature(zst_key, encoded.data) or signer.sign_detached(encoded.data)
-    torrent_key = index_torrent_key(sequence, encoded.sha256)
-    name = zst_key.split("/")[1]
-    piece_size = piece_size_for(len(encoded.data) + len(signature))
-    torrent, infohash = build_torrent(
-        name=name,
-        files=[("index.json.zst", len(encoded.data)), ("index.json.zst.sig", len(signature))],
-        length=None,
-        piece_size=piece_size,
-        pieces=hash_pieces_of_bytes([encoded.data, signature], piece_size),
-        webseeds=[join_url(public_url, "index") + "/"],
-        trackers=settings.trackers,
-        nodes=settings.dht_node_pairs,
-    )
-    pointer = Pointer(
-        repo=settings.repo,
-        sequence=sequence,
-        generated=rfc3339(generated),
-        expires=rfc3339(expires),
-        index=IndexRef(zst_key, encoded.size, encoded.uncompressed_size, encoded.sha256),
-        index_torrent=torrent_key,
-        infohash=infohash,
-        magnet=magnet_uri(
-            infohash=infohash,
-            name=name,
+    webseeds = [m.url for m in settings.all_mirrors]
+    shards_url = join_url(public_url, "index/shards") + "/"
+    shards: list[ShardRef] = []
+    artifacts: list[Artifact] = []
+    for name, members in group(records, files, snapshot_format).items():
+        encoded = encode_shard(
+            repo=settings.repo, shard=name, webseeds=webseeds, trackers=settings.trackers, records=members,
+            dht_nodes=settings.dht_nodes,
+        )  # fmt: skip
+        key = shard_key(encoded.sha256)
+        piece_size = piece_size_for(encoded.size)
+        torrent, infohash = build_torrent(
+            name=key.rpartition("/")[2],
+            files=None,
+            length=encoded.size,
+            piece_size=piece_size,
+            pieces=hash_pieces_of_bytes([encoded.data], piece_size),
+            webseeds=[shards_url],
             trackers=settings.trackers,
-            webseeds=[join_url(public_url, "index") + "/"],
-            torrent_url=join_url(public_url, torrent_key),
-        ),
-    )
-    artifacts = (
-        make_artifact(zst_key, encoded.data),
-        make_artifact(zst_key + ".sig", signature),
-        make_artifact(torrent_key, torrent),
-    )
-    return IndexObjects(pointer, artifacts)
+            nodes=settings.dht_node_pairs,
+        )
+        torrent_object = make_artifact(shard_torrent_key(_sha256(torrent)), torrent)
+        artifacts += [make_artifact(key, encoded.data), torrent_object]
+        delta = None
+        before = previous(name) if encoded.uncompressed_size <= DELTA_MAX_BYTES else None
+        if before is not None and before[0].uncompressed_sha256 != encoded.uncompressed_sha256:
+            old_ref, old_json = before
+            new_json = shard_json(
+                repo=settings.repo, shard=name, webseeds=webseeds, trackers=settings.trackers, records=members,
+                dht_nodes=settings.dht_nodes,
+            )  # fmt: skip
+            data = make_delta(old_json, new_json)
+            delta = DeltaRef(
+                old_ref.uncompressed_sha256, delta_key(encoded.sha256, old_ref.sha256), len(data), _sha256(data)
+            )
+            artifacts.append(make_artifact(delta.path, data))
+        shards.append(
+            ShardRef(
+                name=name,
+                path=key,
+                size=encoded.size,
+                sha256=encoded.sha256,
+                uncompressed_size=encoded.uncompressed_size,
+                uncompressed_sha256=encoded.uncompressed_sha256,
+                packages=len(members),
+                torrent=torrent_object.key,
+                infohash=infohash,
+                delta=delta,
+            )
+        )
+    pointer = Pointer(settings.repo, sequence, rfc3339(generated), rfc3339(expires), tuple(shards))
+    return IndexObjects(pointer, tuple(artifacts))
+
+
+def previous_shard(storage: Storage, current: Pointer | None, name: str) -> tuple[ShardRef, bytes] | None:
+    """The current publication's shard `name` and its JSON, to make a delta from; None when there is none
+    or it cannot be read as published (the shard is then published without a delta)."""
+    shard = next((shard for shard in current.shards if shard.name == name), None) if current else None
+    if shard is None or shard.uncompressed_size > DELTA_MAX_BYTES:
+        return None
+    try:
+        text = decompress_index(shard_bytes(storage, shard), uncompressed_size=shard.uncompressed_size)
+    except StorageError as exc:
+        log.warning("%s: no delta from it (%s)", shard.path, exc)
+        return None
+    if _sha256(text) != shard.uncompressed_sha256:
+        log.warning("%s: its JSON is not the one %s names; no delta from it", shard.path, POINTER_KEY)
+        return None
+    return shard, text
 
 
 def _changes(
@@ -413,13 +466,13 @@ def _release(settings: Settings, spool: Spool, progress: Progress, now: Callable
         with clock.stage("mirrors"):
             mirrors = _check_mirrors(settings, snapshot, digested, state, run.started, progress)
         with clock.stage("build"):
-            inputs = publication_inputs(settings, run.public_url, digested, mirrors)
+            inputs = publication_inputs(settings, run.public_url, digested, mirrors, snapshot.format)
         with clock.stage("read-current"):
             audit = _audit_due(settings, state, run.storage, run.started)
 
             def whole(current: CurrentPointer | None) -> bool:
                 # only keys when nothing is due and the state vouches that the current index holds these inputs
-                return audit or current is None or state.publication_inputs(current.pointer.index.sha256) != inputs
+                return audit or current is None or state.publication_inputs(current.pointer.index_id) != inputs
 
             destination = read_destination_state(
                 run.storage, repo=settings.repo, signer=run.signer, key=run.key, whole=whole
@@ -443,7 +496,7 @@ def _release(settings: Settings, spool: Spool, progress: Progress, now: Callable
 
         with clock.stage("build"):
             records = package_records(digested.digests(), spec)
-            fingerprints = record_fingerprints(records)
+            fingerprints = record_fingerprints(records, snapshot.files, snapshot.format)
             del digested
             _settle()
         current = None
@@ -457,7 +510,7 @@ def _release(settings: Settings, spool: Spool, progress: Progress, now: Callable
         if decision.action == "noop":
             assert destination.current is not None
             if not settings.dry_run:
-                state.remember_publication(destination.current.pointer.index.sha256, inputs)
+                state.remember_publication(destination.current.pointer.index_id, inputs)
             _remember_audit(settings, state, run, destination)
             _tracker_whitelist(settings, destination.current.pointer, ((r.path, r.infohash) for r in records))
             return _report(run, mirrors, destination.pointer, "noop", changes)
@@ -467,7 +520,7 @@ def _release(settings: Settings, spool: Spool, progress: Progress, now: Callable
                 settings, spool, state, spec, records, fingerprints, current, facts, destination, mirrors.statuses
             )
         with clock.stage("sign"):
-            signed = _sign(settings, run, spool, records, decision, destination)
+            signed = _sign(settings, run, spool, records, snapshot, decision, destination)
             content += signed.keys
         with clock.stage("render"):
             pages = _render(settings, run, spool, snapshot, records, mirrors, signed.pointer, destination, memo)
@@ -494,7 +547,7 @@ def _release(settings: Settings, spool: Spool, progress: Progress, now: Callable
             )  # fmt: skip
         if result.written:
             state.remember_sequence(signed.pointer.sequence)
-            state.remember_publication(signed.pointer.index.sha256, inputs)
+            state.remember_publication(signed.pointer.index_id, inputs)
             state.remember_pages(pages.rows, keep=pages.keys)
             _remember_audit(settings, state, run, destination)
     return _report(run, mirrors, signed.pointer, decision.action, changes, plan=result.plan)
@@ -626,7 +679,7 @@ def _facts(
     built (or verified) the current index from exactly these inputs."""
     pointer = destination.pointer
     objects = destination.objects
-    lost_index = pointer is not None and bool(objects.lost(_index_keys(pointer)))
+    lost_index = pointer is not None and bool(objects.lost(pointer.keys))
     return Facts(
         current_sequence=pointer.sequence if pointer else None,
         highest_sequence=state.highest_sequence(),
@@ -635,11 +688,13 @@ def _facts(
         mirrors_changed=_mirror_summary(mirrors.statuses) != destination.mirror_summary,
         lost_index=lost_index,
         lost_objects=pointer is not None and _lost(objects, files, memo),
-        unchanged=True if pointer is not None and state.publication_inputs(pointer.index.sha256) == inputs else None,
+        unchanged=True if pointer is not None and state.publication_inputs(pointer.index_id) == inputs else None,
     )
 
 
 def _same_content(current: CurrentPublication, fingerprints: Mapping[str, int], settings: Settings) -> bool:
+    if current.header is None:  # no shard (nothing published), or an index of an earlier format
+        return not current.pointer.legacy_keys and not fingerprints
     return same_content(
         current_fingerprints=current.fingerprints,
         current_webseeds=current.webseeds,
@@ -651,7 +706,7 @@ def _same_content(current: CurrentPublication, fingerprints: Mapping[str, int], 
 
 
 def _nodes_changed(current: CurrentPublication, settings: Settings) -> bool:
-    """Whether the DHT nodes differ from those of the current index: every announced torrent carries them, no
+    """Whether the DHT nodes differ from those of the current shards: every announced torrent carries them, no
     record does (a tracker change shows in every record's magnet), so a change rebuilds every torrent."""
     return list(current.dht_nodes) != list(dict.fromkeys(settings.dht_nodes))
 
@@ -705,7 +760,7 @@ class _Signed:
     pointer: Pointer  # current once this run's publication is complete
     pointer_sha256: str
     artifact: Artifact | None  # the new latest.asc; None: the current one stays (finish, refresh)
-    index_objects: tuple[SpooledArtifact, ...]  # a new index, its signature and torrent (publish only)
+    index_objects: tuple[SpooledArtifact, ...]  # the new index's shards, their torrents and deltas (publish only)
     keys: tuple[SpooledArtifact, ...]  # the public signing key, armored and binary; the clients
 
 
@@ -714,10 +769,11 @@ def _sign(
     run: _Run,
     spool: Spool,
     records: Sequence[PackageRecord],
+    snapshot: Snapshot,
     decision: Decision,
     destination: DestinationState,
 ) -> _Signed:
-    """publish: a new index (signed) and pointer; resign: the pointer with a new expiry; finish and
+    """publish: a new index (its shards) and pointer; resign: the pointer with a new expiry; finish and
     refresh: the current pointer as it is."""
     current = destination.current
     index_objects: tuple[SpooledArtifact, ...] = ()
@@ -737,10 +793,9 @@ def _sign(
                 generated=run.started,
                 expires=run.expires,
                 records=records,
-                signer=run.signer,
-                existing_signature=lambda key, data: _published_signature(
-                    run.storage, destination.whole, key, data, run.signer
-                ),
+                files=snapshot.files,
+                snapshot_format=snapshot.format,
+                previous=lambda name: previous_shard(run.storage, destination.pointer, name),
             )
             pointer, index_objects = objects.pointer, spool.add_all(objects.artifacts)
             del objects
@@ -828,7 +883,7 @@ def _referenced(records: Sequence[PackageRecord], pages: Sequence[str], pointer:
         [r.metalink for r in records]
         + [r.torrent for r in records if r.torrent is not None]
         + list(pages)
-        + [*_index_keys(pointer), POINTER_KEY, *SIGNING_KEYS, *CLIENT_KEYS]
+        + [*pointer.keys, POINTER_KEY, *SIGNING_KEYS, *CLIENT_KEYS]
     )
 
 
@@ -878,10 +933,12 @@ def _report(
 
 # What the records and the index are built from, besides the files: bump when package_records or the
 # index's record layout changes, so a state cache written by an older mirrorseed never vouches for it.
-RECORDS_RECIPE = "1"
+RECORDS_RECIPE = "2"  # 2: the index is sharded (docs/sharded-index.md)
 
 
-def publication_inputs(settings: Settings, public_url: str, digests: Digests, mirror_report: MirrorReport) -> str:
+def publication_inputs(
+    settings: Settings, public_url: str, digests: Digests, mirror_report: MirrorReport, snapshot_format: str
+) -> str:
     """A digest of everything the index's records and header depend on (description aside, like decide).
 
     Equal inputs give equal records, so a state cache that saw an index built from these inputs can
@@ -905,13 +962,9 @@ def publication_inputs(settings: Settings, public_url: str, digests: Digests, mi
     for e, (sha256, piece_size, infohash) in digests.rows():
         signature = None if e.signature is None else (e.signature.path, e.signature.size, e.signature.sha256)
         line = repr((e.path, e.size, sha256, piece_size, infohash, e.name, e.version, e.arch, signature,
-                     holders.get(e.path)))  # fmt: skip
+                     holders.get(e.path), shards_of(e, snapshot_format)))  # fmt: skip
         digest.update(b"\n" + line.encode("utf-8", "surrogateescape"))
     return digest.hexdigest()
-
-
-def _index_keys(pointer: Pointer) -> tuple[str, str, str]:
-    return (pointer.index.path, pointer.index.path + ".sig", pointer.index_torrent)
 
 
 def _holds_package(destination: Destination | DestinationKeys, path: str, size: int) -> bool:
@@ -934,23 +987,7 @@ def _tracker_whitelist(settings: Settings, pointer: Pointer, packages: Iterable[
         return
     patterns = settings.never_announce
     known = (h for path, h in packages if h is not None and not never_announced(patterns, path))
-    update_whitelist(settings.tracker_whitelist, [pointer.infohash, *known], pid_file=settings.tracker_pid_file)
-
-
-def _published_signature(storage: Storage, objects: Destination, key: str, data: bytes, signer: Signer) -> bytes | None:
-    """The destination's signature of index `key` if it holds exactly `data` and the signature is ours."""
-    if key not in objects.listing or key + ".sig" not in objects.listing:
-        return None
-    stored = storage.get(key)
-    signature = storage.get(key + ".sig") if stored is not None and stored.data == data else None
-    if signature is None:
-        return None
-    with signer.keyring() as keyring:
-        try:
-            verify_detached(data, signature.data, keyring=keyring, fingerprint=signer.fingerprint)
-        except PipelineError:
-            return None
-    return signature.data
+    update_whitelist(settings.tracker_whitelist, [*pointer.infohashes, *known], pid_file=settings.tracker_pid_file)
 
 
 def _refuse_unserved(records: Sequence[PackageRecord], spec: BuildSpec, statuses: Sequence[MirrorStatus]) -> None:

@@ -52,3 +52,19 @@ def membership(files: Iterable[FileEntry], snapshot_format: str) -> Iterator[tup
     """(path, shard names) of each file."""
     for entry in files:
         yield entry.path, shards_of(entry, snapshot_format)
+
+
+def record_fingerprints(
+    records: Sequence[PackageRecord], files: Sequence[FileEntry], snapshot_format: str
+) -> dict[str, int]:
+    """path -> hash of (record, the shards listing it): what two publications are compared by."""
+    return {
+        record.path: fingerprint(hash(record), shards_of(entry, snapshot_format))
+        for record, entry in zip(records, files, strict=True)
+    }
+
+
+def fingerprint(record_hash: int, shards: Iterable[str]) -> int:
+    """The fingerprint of a record (by its `hash()`: equal records, description aside, hash equal) listed
+    in `shards`; the same whether built or read back from published shards."""
+    return hash((record_hash, tuple(sorted(shards))))

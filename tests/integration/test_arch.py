@@ -77,9 +77,13 @@ def arch_servers(arch_repo: Path, tmp_path: Path) -> Iterator[tuple[Path, str, s
 
 
 def read_index(dest: Path) -> dict[str, dict[str, object]]:
-    (index_zst,) = dest.glob("index/*/index.json.zst")
-    index = json.loads(zstandard.ZstdDecompressor().decompress(index_zst.read_bytes()))
-    return {record["path"]: record for record in index["packages"]}
+    """Every record of the shards in `dest` (one publication): one shard per repo and architecture."""
+    shards = [
+        json.loads(zstandard.ZstdDecompressor().decompress(f.read_bytes()))
+        for f in dest.glob("index/shards/*.json.zst")
+    ]
+    assert sorted(shard["shard"] for shard in shards) == sorted({f"{repo}/x86_64" for repo in REPOS})
+    return {record["path"]: record for shard in shards for record in shard["packages"]}
 
 
 def pacman_install(root: Path, files: list[Path]) -> subprocess.CompletedProcess[str]:

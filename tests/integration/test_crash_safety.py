@@ -10,9 +10,8 @@ import hashlib
 import io
 import json
 import signal
-import time
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -35,13 +34,16 @@ def client_view(fetch: Fetch, key: SigningKey) -> int:
     signed = fetch("latest.asc")
     assert signed is not None, "latest.asc missing"
     pointer = json.loads(verify_signed_message(signed, keyring=key.keyring, fingerprint=key.fingerprint))
-    index_zst = fetch(pointer["index"]["path"])
-    assert index_zst is not None, pointer["index"]["path"]
-    assert hashlib.sha256(index_zst).hexdigest() == pointer["index"]["sha256"]
-    assert fetch(pointer["index"]["path"] + ".sig") is not None
-    assert fetch(pointer["index_torrent"]) is not None
-    index = json.loads(zstandard.ZstdDecompressor().decompress(index_zst))
-    for record in index["packages"]:
+    records = []
+    for shard in pointer["shards"]:
+        shard_zst = fetch(shard["path"])
+        assert shard_zst is not None, shard["path"]
+        assert hashlib.sha256(shard_zst).hexdigest() == shard["sha256"]
+        assert fetch(shard["torrent"]) is not None
+        assert shard["delta"] is None or fetch(shard["delta"]["path"]) is not None
+        records += json.loads(zstandard.ZstdDecompressor().decompress(shard_zst))["packages"]
+    assert records, "the shards list the packages"
+    for record in records:
         assert fetch(record["metalink"]) is not None, record["metalink"]
         if record["torrent"] is not None:
             torrent = fetch(record["torrent"])
@@ -118,11 +120,11 @@ def test_local_destination_survives_a_kill_at_every_point(
     crash_and_recover(debian_repo, str(dest), fetch, signing_key, fault, env={})
 
 
-def test_rerun_in_the_same_second_reuses_the_orphan_index_and_its_signature(
+def test_rerun_after_a_crash_before_the_pointer_reuses_the_orphan_shards(
     debian_repo: Path, signing_key: SigningKey, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A run dies after uploading index/<seq>-<h12>/… but before its pointer; the re-run builds the same index bytes
-    (same `generated`), so the key exists: its published signature is verified and reused, nothing is overwritten."""
+    """A run dies after uploading its shards but before its pointer; the re-run, an hour later, builds the same
+    shard bytes (a shard carries no time), finds them in the destination and writes none of them again."""
     import pipeline.publish
     from pipeline.config import Settings
     from pipeline.run import release
@@ -143,15 +145,16 @@ def test_rerun_in_the_same_second_reuses_the_orphan_index_and_its_signature(
     monkeypatch.setattr(pipeline.publish, "fault_point", die_before_pointer)
     with pytest.raises(KeyboardInterrupt):
         release(settings, now=lambda: moment)
-    orphans = sorted(p.relative_to(tmp_path / "dest") for p in (tmp_path / "dest" / "index").rglob("*") if p.is_file())
-    assert len(orphans) == 3 and not (tmp_path / "dest" / "latest.asc").exists()
-    signature_before = next((tmp_path / "dest" / "index").rglob("*.sig")).read_bytes()
+    index_dir = tmp_path / "dest" / "index"
+    orphans = {p: p.stat().st_mtime_ns for p in index_dir.rglob("*") if p.is_file()}
+    assert not (tmp_path / "dest" / "latest.asc").exists()
+    assert sorted(p.name.rsplit(".", 2)[-2:][-1] for p in orphans) == ["torrent", "torrent", "zst", "zst"]
 
     monkeypatch.setattr(pipeline.publish, "fault_point", original)
-    time.sleep(1.1)  # a new signature would differ now (ed25519 is deterministic, but it signs the second too)
-    report = release(settings, now=lambda: moment)
+    report = release(settings, now=lambda: moment + timedelta(hours=1))
     assert report.action == "publish" and report.sequence == 1
-    assert next((tmp_path / "dest" / "index").rglob("*.sig")).read_bytes() == signature_before
+    assert {p: p.stat().st_mtime_ns for p in index_dir.rglob("*") if p.is_file()} == orphans, "nothing rewritten"
+    assert not any(key.startswith("index/") for key in report.planned_keys)
 
     def fetch(key: str) -> bytes | None:
         path = tmp_path / "dest" / key

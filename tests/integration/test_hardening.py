@@ -116,11 +116,12 @@ def test_lost_objects_are_put_back_even_when_the_state_cache_is_gone(
 
 def test_a_lost_index_object_is_replaced_by_a_new_sequence(published: tuple[Settings, Path, Path]) -> None:
     settings, _, dest = published
-    torrent = next(p for p in (dest / "index").iterdir() if p.suffix == ".torrent")
+    torrent = next(p for p in (dest / "index/shards").iterdir() if p.suffix == ".torrent")
+    data = torrent.read_bytes()
     torrent.unlink()
     again = release(settings)
     assert again.action == "publish" and again.sequence == 2
-    assert len([p for p in (dest / "index").iterdir() if p.suffix == ".torrent"]) == 1  # the new one
+    assert torrent.read_bytes() == data  # content-addressed: the same shard torrent, put back under its key
 
 
 # --- 5. a rolled-back destination never reuses a sequence -------------------------------------------

@@ -7,6 +7,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+import zstandard
 
 from pipeline.config import MirrorConfig, Settings
 from pipeline.run import release
@@ -31,8 +32,11 @@ def test_unreferenced_objects_are_kept_for_the_retention_window_then_deleted(
         allow_peer_only=True,  # no webseed: this test is about retention
     )  # fmt: skip
     first = release(settings, now=lambda: T0)
-    first_index = dest / (first.planned_keys and next(k for k in first.planned_keys if k.endswith(".json.zst")))
-    assert first_index.is_file()
+    shards = [dest / k for k in first.planned_keys if k.endswith(".json.zst")]
+    assert len(shards) == 3, "one shard per top-level directory"
+    # the shard of c/: gone from the second publication on, so unreferenced since day 1
+    (first_index,) = [p for p in shards if b'"shard":"c"' in zstandard.ZstdDecompressor().decompress(p.read_bytes())]
+    kept = [p for p in shards if p != first_index]
 
     (snap / "c" / "c.bin").unlink()
     second = release(settings, now=lambda: T0 + timedelta(days=1))
@@ -49,7 +53,8 @@ def test_unreferenced_objects_are_kept_for_the_retention_window_then_deleted(
     assert third.sequence == 3
     deleted = set(third.deleted_keys)
     assert {"torrents/c/c.bin.torrent", "metalinks/c/c.bin.meta4"} <= deleted
-    assert str(first_index.relative_to(dest)) in deleted  # index 1 was last current 15 days ago
+    assert str(first_index.relative_to(dest)) in deleted  # shard c was last current 15 days ago
+    assert all(p.is_file() for p in kept), "the shards of a/ and b/ did not change: still current"
     assert not (dest / "torrents/c/c.bin.torrent").exists() and not first_index.exists()
     # everything the current publication reaches is still there
     for key in ("torrents/a/a.bin.torrent", "torrents/b/b.bin.torrent", "torrents/d.bin.torrent", "latest.asc"):
