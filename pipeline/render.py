@@ -687,9 +687,7 @@ def shards_example(listing: ListingInput, checked: _Checked) -> str | None:
         patterns = [f"{suite}/{arch}"]
     else:
         patterns = [next((n for n in names if n != SHARD_TOP), names[0])]
-    kept = [
-        p for p in patterns if _WORD.match(p.replace("*", "x")) and any(fnmatch.fnmatchcase(n, p) for n in names)
-    ]
+    kept = [p for p in patterns if _WORD.match(p.replace("*", "x")) and any(fnmatch.fnmatchcase(n, p) for n in names)]
     return " ".join(kept) or None
 
 
