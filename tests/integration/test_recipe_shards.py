@@ -17,6 +17,7 @@ import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -66,7 +67,7 @@ class World:
         assert report.action == "publish"
         return report.sequence
 
-    def pointer(self) -> dict[str, object]:
+    def pointer(self) -> dict[str, Any]:
         """The payload of the destination's latest.asc (verified by gpgv with the test key)."""
         done = subprocess.run(
             ["gpgv", "--keyring", str(self.key.keyring), "--output", "-", str(self.dest / "latest.asc")],
@@ -74,10 +75,10 @@ class World:
             timeout=60,
             check=True,
         )
-        doc: dict[str, object] = json.loads(done.stdout)
+        doc: dict[str, Any] = json.loads(done.stdout)
         return doc
 
-    def shards(self) -> dict[str, dict[str, object]]:
+    def shards(self) -> dict[str, dict[str, Any]]:
         shards = self.pointer()["shards"]
         assert isinstance(shards, list)
         return {shard["name"]: shard for shard in shards}
@@ -256,7 +257,7 @@ def test_a_tampered_delta_is_refused(flat: World, tmp_path: Path) -> None:
 def retorrent(torrent: Path, data: bytes) -> None:
     """Rewrite the single-file torrent `torrent` so that its pieces are those of `data` (same length)."""
     decoded = bencode.decode_dict(torrent.read_bytes())
-    meta = decoded.value
+    meta: Any = decoded.value
     info = meta[b"info"]
     size = info[b"piece length"]
     info[b"pieces"] = b"".join(hashlib.sha1(data[i : i + size]).digest() for i in range(0, len(data), size))
