@@ -3,18 +3,19 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import subprocess
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
-import zstandard
 
 from pipeline import bencode
 from pipeline.config import Settings
-from pipeline.run import release
+from pipeline.index import decode_index
+from pipeline.model import Pointer
+from pipeline.run import published_records, read_pointer, release
 from pipeline.serve import serve_directory
+from pipeline.storage import open_storage
 from tests.integration.conftest import SigningKey, aria2_command
 from tests.integration.test_incremental import make_flat
 from tests.integration.test_tracker import DOWNLOAD_TIMEOUT, seeder_command, stop, wait_for_peer
@@ -23,11 +24,17 @@ from tests.tracker import Tracker, free_port
 pytestmark = pytest.mark.integration
 
 
-def published_infohashes(dest: Path) -> set[str]:
-    """Every package torrent's infohash, as the newest published index lists them."""
-    index_path = max((dest / "index").rglob("index.json.zst"), key=lambda p: int(p.parent.name.split("-")[0]))
-    index = json.loads(zstandard.ZstdDecompressor().decompress(index_path.read_bytes()))
-    return {p["infohash"] for p in index["packages"] if p["infohash"]}
+def current(dest: Path, key: SigningKey) -> Pointer:
+    """The pointer the destination's latest.asc names (verified)."""
+    found = read_pointer(open_storage(str(dest)), repo="swarm", keyring=key.keyring, fingerprint=key.fingerprint)
+    assert found is not None
+    return found.pointer
+
+
+def published_infohashes(dest: Path, key: SigningKey) -> set[str]:
+    """Every package torrent's infohash, as the shards of the current pointer list them."""
+    records = published_records(open_storage(str(dest)), current(dest, key))
+    return {r.infohash for r in records if r.infohash}
 
 
 def test_release_writes_the_tracker_whitelist_of_the_current_publication(
@@ -45,15 +52,19 @@ def test_release_writes_the_tracker_whitelist_of_the_current_publication(
         assert dry.action == "publish" and not whitelist.exists()  # a dry run writes nothing
         first = release(settings)
         listed = whitelist.read_text().split()
-        packages = published_infohashes(dest)
-        assert len(packages) == 5 and packages < set(listed) and len(listed) == 6  # + the index torrent
+        packages = published_infohashes(dest, signing_key)
+        shards = set(current(dest, signing_key).infohashes)
+        assert len(shards) == 3  # dir0, dir1, dir2
+        assert len(packages) == 5 and set(listed) == packages | shards  # + the index shards' torrents
         assert listed == sorted(listed)
 
         (snap / "dir0" / "file-00.bin").write_bytes(b"changed" * 9000)  # a new version: the old one goes
         second = release(settings)
         assert second.sequence == first.sequence + 1
         now = whitelist.read_text().split()
-        assert set(now) & set(listed) != set(listed) and published_infohashes(dest) < set(now) and len(now) == 6
+        assert set(now) & set(listed) != set(listed)
+        assert set(now) == published_infohashes(dest, signing_key) | set(current(dest, signing_key).infohashes)
+        assert len(now) == 8
 
         whitelist.unlink()  # a tracker host rebuilt: a no-change run writes it again
         assert release(settings).action == "noop"
@@ -78,11 +89,7 @@ def test_a_never_announced_package_is_private_webseed_only_and_not_whitelisted(
         shared = bencode.decode_dict((dest / "torrents/dir0/file-00.bin.torrent").read_bytes())
         assert b"announce" not in secret.value and secret.value[b"info"][b"private"] == 1  # type: ignore[index]
         assert shared.value[b"announce"] == tracker.encode()
-        (index_path,) = list((dest / "index").rglob("index.json.zst"))
-        records = {
-            p["path"]: p
-            for p in json.loads(zstandard.ZstdDecompressor().decompress(index_path.read_bytes()))["packages"]
-        }
+        records = {r.path: r.to_json() for r in published_records(open_storage(str(dest)), current(dest, signing_key))}
         assert "tr=" not in records["dir1/file-01.bin"]["magnet"] and "tr=" in records["dir0/file-00.bin"]["magnet"]
         assert records["dir1/file-01.bin"]["infohash"] == hashlib.sha1(secret.info or b"").hexdigest()
         listed = set(whitelist.read_text().split())
@@ -120,10 +127,12 @@ def test_dht_nodes_go_into_announced_torrents_and_the_index_and_a_change_republi
         shared = bencode.decode_dict((dest / "torrents/dir0/file-00.bin.torrent").read_bytes()).value
         secret = bencode.decode_dict((dest / "torrents/dir1/file-01.bin.torrent").read_bytes()).value
         assert shared[b"nodes"] == expected and b"nodes" not in secret  # never announced: no nodes either
-        (index_torrent,) = list((dest / "index").rglob("*.torrent"))
-        assert bencode.decode_dict(index_torrent.read_bytes()).value[b"nodes"] == expected
-        (index_path,) = list((dest / "index").rglob("index.json.zst"))
-        assert json.loads(zstandard.ZstdDecompressor().decompress(index_path.read_bytes()))["dht_nodes"] == list(nodes)
+        shards = current(dest, signing_key).shards
+        assert len(shards) == 3  # dir0, dir1, dir2: each a torrent with the nodes, a header naming them
+        for shard in shards:
+            assert bencode.decode_dict((dest / shard.torrent).read_bytes()).value[b"nodes"] == expected
+            doc = decode_index((dest / shard.path).read_bytes(), uncompressed_size=shard.uncompressed_size)
+            assert doc["dht_nodes"] == list(nodes)
         recipe = (dest / "index.html").read_text()
         assert "--dht-entry-point=router.example.org:6881" in recipe
 
