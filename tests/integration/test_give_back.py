@@ -29,8 +29,9 @@ from pipeline.config import Settings
 from pipeline.demo import front_page_recipe
 from pipeline.objects import GIVE_BACK_KEY, GIVE_BACK_SERVICE_KEY, GIVE_BACK_TIMER_KEY
 from pipeline.render import GIVE_BACK_WORK_DIR
-from pipeline.run import release
+from pipeline.run import read_pointer, release
 from pipeline.serve import serve_directory
+from pipeline.storage import open_storage
 from tests.integration.conftest import SigningKey, aria2_command
 from tests.integration.test_incremental import make_flat
 from tests.integration.test_tracker import DOWNLOAD_TIMEOUT
@@ -77,9 +78,13 @@ def package_infohash(world: World, path: str) -> str:
     return infohash_of(world.dest / "torrents" / f"{path}.torrent")
 
 
-def index_infohash(world: World) -> str:
-    """The current index torrent's (the newest sequence)."""
-    return infohash_of(max((world.dest / "index").glob("*.torrent"), key=lambda p: int(p.name.split("-")[0])))
+def shard_infohashes(world: World, *names: str) -> list[str]:
+    """The torrents' infohashes of the current pointer's index shards (flat: dir0, dir1, dir2), all or those named."""
+    key = world.signing_key
+    storage = open_storage(str(world.dest))
+    found = read_pointer(storage, repo="giveback", keyring=key.keyring, fingerprint=key.fingerprint)
+    assert found is not None
+    return [shard.infohash for shard in found.pointer.shards if not names or shard.name in names]
 
 
 def loopback_env(tmp_path: Path, listen_port: int) -> dict[str, str]:
@@ -211,7 +216,7 @@ def test_a_peer_fetches_from_the_give_back_seeder_alone_with_every_mirror_dead(w
         process = start_give_back(world, user, MIRRORSEED_SEED_MINUTES="1")
         try:
             wanted = [package_infohash(world, p) for p in ("dir0/file-00.bin", "dir2/file-02.bin")]
-            wait_seeding(world, user, process, [*wanted, index_infohash(world)])
+            wait_seeding(world, user, process, [*wanted, *shard_infohashes(world)])
             peer = tmp_path / "peer"
             torrent = world.dest / "torrents/dir2/file-02.bin.torrent"
             done = subprocess.run(
@@ -220,7 +225,7 @@ def test_a_peer_fetches_from_the_give_back_seeder_alone_with_every_mirror_dead(w
             )  # fmt: skip
             assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
             assert (peer / "file-02.bin").read_bytes() == (world.snap / "dir2/file-02.bin").read_bytes()
-            assert seeded_torrents(user) == sorted([*wanted, index_infohash(world)])
+            assert seeded_torrents(user) == sorted([*wanted, *shard_infohashes(world)])
         finally:
             stop_group(process)
     log = user.log.read_text()
@@ -247,13 +252,17 @@ def test_a_stale_version_is_not_seeded(world: World, tmp_path: Path) -> None:
         current = package_infohash(world, "dir0/file-03.bin")
         process = start_give_back(world, user, MIRRORSEED_SEED_MINUTES="1")
         try:
-            wait_seeding(world, user, process, [current, index_infohash(world)])
+            # dir0's shard came as a delta (no whole copy to seed); dir1's and dir2's are the ones fetched before
+            unchanged = shard_infohashes(world, "dir1", "dir2")
+            wait_seeding(world, user, process, [current, *unchanged])
             assert world.tracker.peers(old) == []
-            assert seeded_torrents(user) == sorted([current, index_infohash(world)])
+            assert seeded_torrents(user) == sorted([current, *unchanged])
         finally:
             stop_group(process)
     log = user.log.read_text()
     assert "seeding packages/file-03.bin" in log and "file-00.bin" not in log, log
+    assert "give-back: not seeding index shard dir0: no whole copy of it here (updated by a delta)" in log, log
+    assert "give-back: seeding index shard dir1" in log and "give-back: seeding index shard dir2" in log, log
     assert (user.packages / "file-00.bin").read_bytes() == old_bytes  # left alone, never "repaired"
 
 
@@ -271,11 +280,11 @@ def test_a_never_announced_package_is_not_seeded_and_seeding_stops_by_itself(wor
             and not (user.folder / GIVE_BACK_WORK_DIR / "seed.txt").read_text()
         )
 
-        # with a shared package beside it: only that one and the index, until the (short) time is up
+        # with a shared package beside it: only that one and the index shards, until the (short) time is up
         shutil.copyfile(world.snap / "dir0/file-03.bin", user.packages / "file-03.bin")
         code, log = give_back_to_the_end(world, user, MIRRORSEED_SEED_MINUTES="0.1", MIRRORSEED_UPLOAD_LIMIT="200K")
     assert code == 0, log
-    assert seeded_torrents(user) == sorted([package_infohash(world, "dir0/file-03.bin"), index_infohash(world)])
+    assert seeded_torrents(user) == sorted([package_infohash(world, "dir0/file-03.bin"), *shard_infohashes(world)])
     assert "give-back: done" in log and "stops at ratio 2.0 or after 0.1 min; upload at most 200K/s" in log, log
 
 
@@ -393,7 +402,7 @@ def test_the_package_caches_are_seeded_by_hash_and_only_read(world: World, tmp_p
         process = start_give_back(world, user, MIRRORSEED_SEED_MINUTES="1", MIRRORSEED_SEED_DIRS=f"packages:{cache}")
         try:
             wanted = [package_infohash(world, p) for p in ("dir0/file-00.bin", "dir2/file-02.bin")]
-            wait_seeding(world, user, process, [*wanted, index_infohash(world)])
+            wait_seeding(world, user, process, [*wanted, *shard_infohashes(world)])
             peer = tmp_path / "peer"
             torrent = world.dest / "torrents/dir2/file-02.bin.torrent"
             done = subprocess.run(
@@ -402,7 +411,7 @@ def test_the_package_caches_are_seeded_by_hash_and_only_read(world: World, tmp_p
             )  # fmt: skip
             assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
             assert (peer / "file-02.bin").read_bytes() == current
-            assert seeded_torrents(user) == sorted([*wanted, index_infohash(world)])
+            assert seeded_torrents(user) == sorted([*wanted, *shard_infohashes(world)])
             assert world.tracker.peers(stale_infohash) == []
         finally:
             stop_group(process)
