@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.model import IndexRef, PackageRecord, Pointer
+from pipeline.model import PackageRecord, Pointer
 from pipeline.render import KEY_MAX_BYTES, POINTER_MAX_BYTES, ListingInput, user_recipe
 from pipeline.run import published_records, read_current, release
 from pipeline.storage import open_storage
@@ -84,10 +84,7 @@ def recipe_for(public_url: str) -> str:
         sequence=1,
         generated="2026-05-01T12:00:00Z",
         expires="2026-05-08T12:00:00Z",
-        index=IndexRef("index/1-0123456789ab/index.json.zst", 2345, 9876, "ab" * 32),
-        index_torrent="index/1-0123456789ab.torrent",
-        infohash="cd" * 20,
-        magnet=f"magnet:?xt=urn:btih:{'cd' * 20}",
+        shards=(),
     )
     listing = ListingInput(
         repo="demo",
