@@ -23,11 +23,12 @@ import pytest
 
 from pipeline import bencode
 from pipeline.config import Settings
+from pipeline.demo import build_debian_repo
 from pipeline.index import POINTER_FORMAT
 from pipeline.objects import RECIPE_KEY, UPDATE_KEY
 from pipeline.run import release
 from pipeline.serve import serve_directory
-from tests.integration.conftest import SigningKey
+from tests.integration.conftest import PACKAGES, SigningKey
 from tests.mirror_servers import RequestLog, request_log
 from tests.tools import require_tools
 
@@ -171,6 +172,36 @@ def test_a_recipe_following_one_shard_fetches_only_that_shard(debian: World, tmp
     assert f"shard {amd64}: kept" in done.stdout
     assert kept(user) == {chosen["uncompressed_sha256"], other["uncompressed_sha256"]}
     assert len(json.loads((user / "index.json").read_text())["packages"]) == 5
+
+    # update.sh in the same folder, back to one shard: nothing of the index fetched again, the other shard's
+    # JSON kept (the pointer still names it), index.json that shard's packages only
+    debian.log.clear()
+    done = debian.run(user, "hello", "tilde-demo", script=UPDATE_KEY, MIRRORSEED_SHARDS=f"{suite}/*/amd64")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert debian.requested() == [] and f"shard {amd64}: kept" in done.stdout
+    assert len(json.loads((user / "index.json").read_text())["packages"]) == 4
+    assert sorted(p.name for p in (user / "packages").iterdir()) == [
+        "hello_2.10-3_amd64.deb", "markup-demo_1.0-1_all.deb", "tilde-demo_1.0~rc1-1_amd64.deb",
+    ]  # fmt: skip
+
+
+def test_a_file_in_two_shards_is_listed_once(
+    debian_repo: Path, servers: tuple[Path, str, str], signing_key: SigningKey, tmp_path: Path
+) -> None:
+    """Two suites list the same pool files: each file is in two shards, once in index.json."""
+    build_debian_repo(debian_repo, PACKAGES, suite="testing", reuse_pool=True)
+    dest, public_url, mirror_url = servers
+    with request_log() as log:
+        world = World(debian_repo, dest, public_url, mirror_url, signing_key, "debian", log)
+        world.publish()
+        shards = world.shards()
+        assert set(shards) == {f"{s}/main/{a}" for s in ("stable", "testing") for a in ("amd64", "all")}
+        user = tmp_path / "user"
+        done = world.run(user, "hello")
+        assert done.returncode == 0, done.stdout + done.stderr
+        paths = [p["path"] for p in json.loads((user / "index.json").read_text())["packages"]]
+        assert len(paths) == len(PACKAGES) and paths == sorted(paths)
+        assert len(kept(user)) == 4
 
 
 def test_a_pattern_matching_no_shard_is_one_line_naming_the_shards(debian: World, tmp_path: Path) -> None:
