@@ -50,12 +50,17 @@ _HEADER_KEYS_OF = {
 }
 _ANY_HEADER_KEY = frozenset().union(*_HEADER_KEYS_OF.values())
 # Deltas (docs/sharded-index.md): a zstd frame of the new shard's JSON with the previous shard's JSON as its
-# raw-content dictionary, which `zstd -d --patch-from=OLD` reads. Measured on a 31 MB shard of 63,000
-# records with 1 % changed: level 12 gives 53 KB (1.3 % of the 4.2 MB shard) in 0.34 s; levels below 12
-# do not reach into a dictionary that large (98 % of the shard), level 19 gives 34 KB in 25 s. Shards
-# larger than DELTA_MAX_BYTES get no delta: old and new must fit one window (2^27, zstd's default limit).
+# raw-content dictionary, which `zstd -d --patch-from=OLD` reads. Matches reach into the dictionary only
+# through the hash table, so it must grow with old + new: hash log = bits of (old + new) - 3 (measured:
+# 2.3 MB shards, 1 % changed: hash 20 gives a 3.7 kB delta, 13 MB of tables; 31 MB shards: hash 23 gives
+# 53 kB (1.3 % of the 4.2 MB compressed shard) in 0.45 s with 113 MB more RSS, hash 22 gives 315 kB and
+# hash 21 none at all). The chain stays at 2^20: longer ones cost memory and found nothing more. Level 12's
+# strategy (lower levels do not search far enough back). Shards over DELTA_MAX_BYTES get no delta: the
+# tables would pass 2^23 entries and the window zstd's default limit of 2^27.
 DELTA_LEVEL = 12
-DELTA_MAX_BYTES = 48 * 1024 * 1024
+DELTA_MAX_BYTES = 32 * 1024 * 1024
+_DELTA_MAX_HASH_LOG = 23
+_DELTA_CHAIN_LOG = 20
 # Header keys written only when not empty (an index without them reads as empty lists): the DHT
 # bootstrap nodes its torrents carry ("host:port", in order).
 _OPTIONAL_HEADER_KEYS = frozenset({"dht_nodes"})
@@ -209,10 +214,13 @@ def make_delta(old: bytes, new: bytes) -> bytes:
     reads it (docs/sharded-index.md). Deterministic for the same two inputs."""
     if len(old) > DELTA_MAX_BYTES or len(new) > DELTA_MAX_BYTES:
         raise ValueError(f"a delta takes shards of at most {DELTA_MAX_BYTES} bytes")
-    window_log = min(27, max(17, (len(old) + len(new)).bit_length()))
+    total = len(old) + len(new)
+    window_log = min(27, max(17, total.bit_length()))
+    hash_log = min(_DELTA_MAX_HASH_LOG, max(17, total.bit_length() - 3))
     params = zstandard.ZstdCompressionParameters.from_level(
-        DELTA_LEVEL, source_size=len(new), window_log=window_log,
-        write_content_size=True, write_checksum=True, write_dict_id=False,
+        DELTA_LEVEL, source_size=len(new), window_log=window_log, hash_log=hash_log,
+        chain_log=min(_DELTA_CHAIN_LOG, window_log), write_content_size=True, write_checksum=True,
+        write_dict_id=False,
     )  # fmt: skip
     dictionary = zstandard.ZstdCompressionDict(old, dict_type=zstandard.DICT_TYPE_RAWCONTENT)
     return zstandard.ZstdCompressor(dict_data=dictionary, compression_params=params).compress(new)
