@@ -350,6 +350,20 @@ def test_after_a_second_publication_the_method_updates_its_shard_by_the_delta(
     assert {path for _, path, _ in world.log.under("torrents")} == {f"/torrents/{deb_path(LATE)}.torrent"}
     # the previous amd64 shard is no longer named: deleted
     assert kept_shards(tmp_path) == {amd64["uncompressed_sha256"], published.shard(ALL)["uncompressed_sha256"]}
+    # the first publication's pointer served again (a rollback): refused, the sequence seen is higher
+    shutil.copyfile(published.dest / "latest.asc", world.dest / "latest.asc")
+    result = world.apt.apt_get("install", "ms-epoch")
+    assert result.returncode != 0
+    assert f"{world.public.url}/latest.asc: sequence 1 is older than 2 seen before" in result.stdout + result.stderr
+
+
+def test_the_publication_unreachable_packages_come_over_plain_http(world: World) -> None:
+    check(world.apt.apt_get("update"))
+    world.public.close()  # connection refused
+    output = check(world.apt.apt_get("install", "ms-lib"))
+    assert "plain HTTP instead of torrents" in output
+    assert world.apt.installed() == {"ms-lib": "1.0-1"}
+    assert {status for _, path, status in world.log.entries if path == "/" + deb_path(LIB)} == {200}
 
 
 def test_a_tampered_delta_is_refused(published: Published, world: World, signing_key: SigningKey) -> None:
