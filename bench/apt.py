@@ -405,14 +405,18 @@ def run_apt_bench(options: AptBenchOptions, *, announce: Announce = _quiet) -> A
 
 
 def _published_records(dest: Path) -> dict[str, dict[str, Any]]:
-    """The published index's records by repository path (the one index under dest/index/)."""
+    """The published index's records by repository path (every shard under dest/index/shards/; one
+    publication there)."""
     import zstandard
 
-    found = sorted(dest.glob("index/*/index.json.zst"))
-    if len(found) != 1:
-        raise PipelineError(f"bench/apt: expected one index under {dest / 'index'}, found {len(found)}")
-    document = json.loads(zstandard.ZstdDecompressor().decompress(found[0].read_bytes()))
-    return {str(record["path"]): record for record in document["packages"] if record.get("torrent")}
+    found = sorted(dest.glob("index/shards/*.json.zst"))
+    if not found:
+        raise PipelineError(f"bench/apt: no index shard under {dest / 'index/shards'}")
+    records: dict[str, dict[str, Any]] = {}
+    for shard in found:
+        document = json.loads(zstandard.ZstdDecompressor().decompress(shard.read_bytes()))
+        records.update((str(r["path"]), r) for r in document["packages"] if r.get("torrent"))
+    return records
 
 
 def rate_text(mib_s: float) -> str:

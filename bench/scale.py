@@ -130,6 +130,7 @@ TARGET_NOOP_OVER_WALK = 3.0
 TARGET_CHANGED_PER_FILE_S = 0.030
 TARGET_BEYOND_HASH_PER_FILE_S = 0.0003
 TARGET_DASK_OVER_LOCAL = 1.2
+TARGET_DELTA_SHARE = 0.05  # a daily update of one shard, 1 % changed: at most 5 % of the shard's bytes
 
 
 def _quiet(line: str) -> None:
@@ -592,6 +593,7 @@ def run_scale_bench(options: ScaleOptions, *, announce: Announce = _quiet) -> Be
     env = {k: v for k, v in os.environ.items() if not k.startswith("MIRRORSEED_")}
     rows: list[Row] = []
     archive_info: dict[str, dict[str, Any]] = {}
+    index_info: dict[str, dict[str, Any]] = {}
     try:
         with demo_key(cache_dir / "key") as key:
             context = _Context(
@@ -600,7 +602,7 @@ def run_scale_bench(options: ScaleOptions, *, announce: Announce = _quiet) -> Be
             )  # fmt: skip
             for number, archive in enumerate(archives):
                 _make_room(trash, len(archive.plan), announce, first=number == 0)
-                rows += _form_rows(archive, context)
+                rows += _form_rows(archive, context, index_info)
                 archive_info[archive.form] = _archive_facts(archive)
                 _fresh(work / f"dest-{archive.form}", work / f"state-{archive.form}", trash=trash)
             if options.dask:
@@ -611,6 +613,9 @@ def run_scale_bench(options: ScaleOptions, *, announce: Announce = _quiet) -> Be
         shutil.rmtree(work, ignore_errors=True)
 
     ratios, targets = evaluate_scale({r.key: r for r in rows}, options.formats)
+    targets += index_targets(index_info)
+    for form, facts in index_info.items():
+        archive_info[form]["index"] = facts
     machine = machine_facts()
     opts = {
         "files": options.files,
@@ -672,7 +677,7 @@ def changed_count(files: int) -> int:
     return max(1, round(files * CHANGED_FRACTION))
 
 
-def _form_rows(archive: Archive, context: _Context) -> list[Row]:
+def _form_rows(archive: Archive, context: _Context, index: dict[str, dict[str, Any]]) -> list[Row]:
     form, plan, root = archive.form, archive.plan, archive.root
     n, nbytes = len(plan), plan.total_bytes
     group = f"scale-{form}"
@@ -714,7 +719,47 @@ def _form_rows(archive: Archive, context: _Context) -> list[Row]:
         )
     finally:
         restore_archive(archive)
+    if changed.ok:
+        index[form] = index_facts(dest, Path(context.env["GNUPGHOME"]), context.fingerprint)
     return [walk, full, noop, changed]
+
+
+def index_facts(dest: Path, gnupghome: Path, fingerprint: str) -> dict[str, Any]:
+    """The shards of the publication in `dest` (the last 1%-changed run's) and what its deltas cost: what a
+    user who follows one shard fetches on a daily update (issue 14 point 3: ≤ 5 % of the shard's bytes)."""
+    from pipeline.index import decode_pointer
+    from pipeline.signing import Signer, verify_signed_message
+
+    with Signer(gnupghome=gnupghome, key=fingerprint).keyring() as keyring:
+        payload = verify_signed_message((dest / "latest.asc").read_bytes(), keyring=keyring, fingerprint=fingerprint)
+    shards = decode_pointer(payload).shards
+    deltas = [(s.name, s.delta.size, s.size) for s in shards if s.delta is not None]
+    worst = max(deltas, key=lambda d: d[1] / d[2]) if deltas else None
+    return {
+        "shards": len(shards),
+        "shard_bytes": sum(s.size for s in shards),
+        "largest_shard_bytes": max((s.size for s in shards), default=0),
+        "packages_per_shard": [s.packages for s in shards],
+        "changed_shards": len(deltas),
+        "delta_bytes": sum(d[1] for d in deltas),
+        "changed_shard_bytes": sum(d[2] for d in deltas),
+        "worst_delta": None if worst is None else {"shard": worst[0], "delta_bytes": worst[1], "shard_bytes": worst[2]},
+    }
+
+
+def index_targets(index: Mapping[str, Mapping[str, Any]]) -> list[Target]:
+    """Per form: the worst shard's delta against the shard's own size, after a 1%-changed run."""
+    targets = []
+    for form, facts in index.items():
+        worst = facts.get("worst_delta")
+        name = f"{form}: daily index update (1% changed): delta / shard, worst shard"
+        if worst is None:
+            targets.append(Target(name, None, "no delta published", f"≤ {TARGET_DELTA_SHARE:.0%}", None))
+            continue
+        share = worst["delta_bytes"] / worst["shard_bytes"]
+        text = f"{share:.1%} ({worst['delta_bytes']:,} of {worst['shard_bytes']:,} B, {worst['shard']})"
+        targets.append(Target(name, share, text, f"≤ {TARGET_DELTA_SHARE:.0%}", share <= TARGET_DELTA_SHARE))
+    return targets
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -938,6 +983,14 @@ def render_scale_table(
             text += (
                 f"; {len(info['suites'])} suites × {len(info['architectures'])} architectures sharing one pool, "
                 "`all` packages in every architecture's Packages (.gz and .xz)"
+            )
+        index = info.get("index")
+        if index:
+            text += (
+                f"; index: {index['shards']} shard{'s' if index['shards'] != 1 else ''}, "
+                f"{index['shard_bytes'] / 1e6:.1f} MB in all, the largest {index['largest_shard_bytes'] / 1e6:.2f} MB; "
+                f"after the 1%-changed run {index['changed_shards']} changed, their deltas "
+                f"{index['delta_bytes'] / 1e3:,.0f} kB for {index['changed_shard_bytes'] / 1e6:.2f} MB of shards"
             )
         forms.append(text + ")")
     runs = options["runs"]

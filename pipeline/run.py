@@ -129,6 +129,18 @@ class CurrentPublication:
     fingerprints: Mapping[str, int]
     header: tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]] | None
 
+    @property
+    def webseeds(self) -> tuple[str, ...]:
+        return self.header[0] if self.header else ()
+
+    @property
+    def trackers(self) -> tuple[str, ...]:
+        return self.header[1] if self.header else ()
+
+    @property
+    def dht_nodes(self) -> tuple[str, ...]:
+        return self.header[2] if self.header else ()
+
 
 class StageClock:
     """Wall time per stage, in the order stages first ran; a stage entered twice accumulates."""
@@ -683,11 +695,10 @@ def _facts(
 def _same_content(current: CurrentPublication, fingerprints: Mapping[str, int], settings: Settings) -> bool:
     if current.header is None:  # no shard (nothing published), or an index of an earlier format
         return not current.pointer.legacy_keys and not fingerprints
-    webseeds, trackers, _ = current.header
     return same_content(
         current_fingerprints=current.fingerprints,
-        current_webseeds=webseeds,
-        current_trackers=trackers,
+        current_webseeds=current.webseeds,
+        current_trackers=current.trackers,
         fingerprints=fingerprints,
         webseeds=[m.url for m in settings.all_mirrors],
         trackers=settings.trackers,
@@ -697,8 +708,7 @@ def _same_content(current: CurrentPublication, fingerprints: Mapping[str, int], 
 def _nodes_changed(current: CurrentPublication, settings: Settings) -> bool:
     """Whether the DHT nodes differ from those of the current shards: every announced torrent carries them, no
     record does (a tracker change shows in every record's magnet), so a change rebuilds every torrent."""
-    nodes = current.header[2] if current.header is not None else ()
-    return list(nodes) != list(dict.fromkeys(settings.dht_nodes))
+    return list(current.dht_nodes) != list(dict.fromkeys(settings.dht_nodes))
 
 
 def _build_content(

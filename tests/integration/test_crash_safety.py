@@ -10,7 +10,6 @@ import hashlib
 import io
 import json
 import signal
-import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path

@@ -1,10 +1,9 @@
 """Golden publications: the demo snapshot and a flat snapshot, published with a fixed clock and a fixed key,
 compared byte for byte with the files committed under tests/golden/.
 
-What is compared: every package torrent and metalink, every listing page, and the index's JSON (header
-and records, decoded). What is not: the signatures and what embeds them (`latest.asc`, `*.sig`, the
-index torrent, whose pieces cover the signature), which gpg makes anew at each signing; the pages name
-that torrent's infohash by a placeholder. The mirror is served on a fixed loopback port (GOLDEN_PORT),
+What is compared: every package torrent and metalink, every listing page, each index shard's JSON
+(decoded), the shards' torrents and deltas. What is not: `latest.asc`, which gpg makes anew at each
+signing, and the signing keys. The mirror is served on a fixed loopback port (GOLDEN_PORT),
 since its URL is in every torrent, metalink and magnet.
 
 After a change that is meant to change the output: `invoke golden --update`, then review the diff.
@@ -61,19 +60,17 @@ def published_files(dest: Path, fingerprint: str = KEY_FINGERPRINT) -> dict[str,
         (dest / "latest.asc").read_bytes(), keyring=dest / "signing-key.gpg", fingerprint=fingerprint
     )
     pointer = decode_pointer(signed)
+    shards = {shard.path for shard in pointer.shards}
     files: dict[str, bytes] = {}
     for path in sorted(dest.rglob("*")):
         key = path.relative_to(dest).as_posix()
         if not path.is_file() or key in SIGNED or key.startswith(".mirrorseed") or key.endswith(".sig"):
             continue
-        if key == pointer.index_torrent:  # its pieces cover the signature
-            continue
         data = path.read_bytes()
-        if key == pointer.index.path:
+        if key in shards:  # shown as the JSON it holds (no time in it: the bytes are deterministic too)
             doc = json.loads(zstandard.ZstdDecompressor().decompress(data))
             key, data = key[: -len(".zst")], (json.dumps(doc, indent=1, sort_keys=True) + "\n").encode()
-        # the index torrent's infohash covers the signature too: pages name it by a placeholder
-        files[key] = data.replace(pointer.infohash.encode(), b"i" * 40)
+        files[key] = data
     return files
 
 

@@ -86,7 +86,8 @@ def test_user_recipe_against_the_bucket(
         storage = open_storage(settings.dest, s3_config(settings))
         current = read_current(storage, repo="s3test", keyring=signing_key.keyring, fingerprint=signing_key.fingerprint)
         assert current is not None
-        status, headers, _ = anonymous_request(settings.public_url + "/" + current.pointer.index.path, method="HEAD")
+        shard = current.pointer.shards[0]
+        status, headers, _ = anonymous_request(settings.public_url + "/" + shard.path, method="HEAD")
         assert headers["Content-Type"] == "application/zstd" and "immutable" in headers["Cache-Control"]
         records = published_records(open_storage(settings.dest, s3_config(settings)), current.pointer)
         example = next(r for r in records if "+" in r.path)
@@ -101,8 +102,8 @@ def test_user_recipe_against_the_bucket(
         done = subprocess.run(["bash", "-c", recipe], cwd=user, capture_output=True, text=True, timeout=300)
         assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
         assert (user / "packages" / example.path.rsplit("/", 1)[1]).is_file()
-        # the index came from the bucket by its torrent (the bucket is the index webseed)
-        assert (user / current.pointer.index.path).is_file()
+        # every shard came from the bucket by its torrent (the bucket is the shards' webseed), kept by its JSON's hash
+        assert all((user / "shards" / f"{s.uncompressed_sha256}.json").is_file() for s in current.pointer.shards)
 
         again = release(settings)
         assert again.action == "noop" and again.objects_put == 0

@@ -76,10 +76,15 @@ def test_rows_report_the_expected_actions(bench_run: tuple[dict[str, Any], str, 
         assert rows[key]["status"] == "skipped" and rows[key]["reason"] == "--scale-no-dask"
 
     targets = {t["name"]: t for t in doc["targets"]}
-    assert len(targets) == 4 * len(FORMS) + 1
+    assert len(targets) == 5 * len(FORMS) + 1
     for form in FORMS:
         measured = [t for name, t in targets.items() if name.startswith(f"{form}: ")]
-        assert len(measured) == 4 and all(t["result"] in ("PASS", "MISS") for t in measured), measured
+        assert len(measured) == 5 and all(t["result"] in ("PASS", "MISS") for t in measured), measured
+        # the last 1%-changed run published a delta for every shard that changed, smaller than the shard
+        index = doc["corpus"]["archives"][form]["index"]
+        assert index["shards"] >= 1 and index["changed_shards"] >= 1 and index["worst_delta"] is not None
+        assert 0 < index["delta_bytes"] < index["changed_shard_bytes"]
+        assert sum(index["packages_per_shard"]) >= FILES
     assert [t["result"] for name, t in targets.items() if name.startswith("dask")] == ["n/a"]
 
     assert doc["table"] in stdout and "| target (issue 14) | measured | limit | result |" in stdout

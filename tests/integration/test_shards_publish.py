@@ -1,0 +1,131 @@
+"""The publisher's side of the sharded index (docs/sharded-index.md): which shards, which objects a change
+writes, deltas that the real zstd applies, and a destination of the earlier format upgraded."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import zstandard
+
+from pipeline.demo import DebSpec, build_debian_repo
+from pipeline.index import apply_delta, decode_pointer
+from pipeline.model import Pointer
+from pipeline.run import release
+from pipeline.signing import Signer, verify_signed_message
+from tests.integration.conftest import SigningKey
+from tests.integration.test_incremental import make_flat, settings
+
+pytestmark = pytest.mark.integration
+
+
+def pointer_of(dest: Path, key: SigningKey) -> Pointer:
+    signed = (dest / "latest.asc").read_bytes()
+    return decode_pointer(verify_signed_message(signed, keyring=key.keyring, fingerprint=key.fingerprint))
+
+
+def shard_json(dest: Path, path: str) -> bytes:
+    return zstandard.ZstdDecompressor().decompress((dest / path).read_bytes())
+
+
+def test_debian_shards_per_suite_component_and_architecture_with_all_once(
+    signing_key: SigningKey, tmp_path: Path
+) -> None:
+    snap, dest = tmp_path / "snap", tmp_path / "dest"
+    hello = DebSpec(name="hello", version="1.0-1", description="amd64 only")
+    arm = DebSpec(name="arm-demo", version="1.0-1", arch="arm64", description="arm64 only")
+    common = DebSpec(name="common-demo", version="1.0-1", arch="all", description="every architecture")
+    build_debian_repo(snap, (hello, arm, common), suite="stable", architectures=("amd64", "arm64"))
+    build_debian_repo(snap, (hello, common), suite="testing", architectures=("amd64",), reuse_pool=True)
+    base = replace(settings(snap, dest, signing_key, tmp_path / "state.sqlite"), format="debian", repo="shards")
+    assert release(base).action == "publish"
+
+    pointer = pointer_of(dest, signing_key)
+    shards = {shard.name: shard for shard in pointer.shards}
+    assert list(shards) == ["stable/main/all", "stable/main/amd64", "stable/main/arm64", "testing/main/all",
+                            "testing/main/amd64"]  # fmt: skip
+    names = {}
+    for name, shard in shards.items():
+        raw = shard_json(dest, shard.path)
+        assert (len(raw), hashlib.sha256(raw).hexdigest()) == (shard.uncompressed_size, shard.uncompressed_sha256)
+        doc = json.loads(raw)
+        assert (doc["format"], doc["repo"], doc["shard"]) == ("mirrorseed-index/2", "shards", name)
+        assert "sequence" not in doc and "generated" not in doc, "a shard carries no time: unchanged, it keeps its key"
+        names[name] = [p["name"] for p in doc["packages"]]
+        assert shard.packages == len(doc["packages"]) and shard.delta is None
+    assert names == {
+        "stable/main/all": ["common-demo"],  # once, though both binary-amd64 and binary-arm64 list it
+        "stable/main/amd64": ["hello"],
+        "stable/main/arm64": ["arm-demo"],
+        "testing/main/all": ["common-demo"],
+        "testing/main/amd64": ["hello"],  # the same pool file as in stable: listed in both suites' shards
+    }
+    torrent = (dest / shards["stable/main/amd64"].torrent).read_bytes()
+    assert b"url-list" in torrent and b"/index/shards/" in torrent
+
+
+def test_a_change_writes_only_its_shard_and_a_delta_that_zstd_applies(signing_key: SigningKey, tmp_path: Path) -> None:
+    snap, dest = tmp_path / "snap", tmp_path / "dest"
+    make_flat(snap, count=30)
+    (snap / "top.bin").write_bytes(b"t" * 3000)
+    run = settings(snap, dest, signing_key, tmp_path / "state.sqlite")
+    assert release(run).action == "publish"
+    first = pointer_of(dest, signing_key)
+    assert [shard.name for shard in first.shards] == [".", "dir0", "dir1", "dir2"]
+
+    (snap / "dir1" / "file-04.bin").write_bytes(b"changed" * 5000)
+    report = release(run)
+    assert report.action == "publish" and report.sequence == 2
+    second = pointer_of(dest, signing_key)
+    before, after = {s.name: s for s in first.shards}, {s.name: s for s in second.shards}
+    assert {name for name in after if after[name] != before[name]} == {"dir1"}, "the other shards are as they were"
+    changed = after["dir1"]
+    assert changed.delta is not None and changed.delta.from_sha256 == before["dir1"].uncompressed_sha256
+    index_keys = sorted(key for key in report.planned_keys if key.startswith("index/"))
+    assert index_keys == sorted([changed.path, changed.torrent, changed.delta.path])
+
+    old_json, new_json = shard_json(dest, before["dir1"].path), shard_json(dest, changed.path)
+    delta = (dest / changed.delta.path).read_bytes()
+    assert (len(delta), hashlib.sha256(delta).hexdigest()) == (changed.delta.size, changed.delta.sha256)
+    assert apply_delta(old_json, delta, uncompressed_size=changed.uncompressed_size) == new_json
+    (tmp_path / "old.json").write_bytes(old_json)
+    patched = subprocess.run(
+        ["zstd", "-d", "-q", "-c", f"--patch-from={tmp_path / 'old.json'}", str(dest / changed.delta.path)],
+        capture_output=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert patched.returncode == 0 and patched.stdout == new_json, patched.stderr
+
+    assert release(run).action == "noop"
+
+
+def test_a_destination_of_the_earlier_format_is_upgraded_by_the_next_run(
+    signing_key: SigningKey, tmp_path: Path
+) -> None:
+    snap, dest = tmp_path / "snap", tmp_path / "dest"
+    make_flat(snap)
+    run = settings(snap, dest, signing_key, tmp_path / "state.sqlite")
+    release(run)
+    # what an earlier version left: a mirrorseed-pointer/1 naming one whole index
+    old_index = "index/7-0123456789ab/index.json.zst"
+    for key in (old_index, old_index + ".sig", "index/7-0123456789ab.torrent"):
+        (dest / key).parent.mkdir(parents=True, exist_ok=True)
+        (dest / key).write_bytes(b"old")
+    legacy = {
+        "format": "mirrorseed-pointer/1", "repo": "incr", "sequence": 7, "generated": "2026-11-01T00:00:00Z",
+        "expires": "2099-01-01T00:00:00Z", "index_torrent": "index/7-0123456789ab.torrent", "infohash": "a" * 40,
+        "magnet": "magnet:?xt=urn:btih:" + "a" * 40,
+        "index": {"path": old_index, "size": 3, "uncompressed_size": 3, "sha256": "b" * 64},
+    }  # fmt: skip
+    signer = Signer(gnupghome=signing_key.gnupghome, key=signing_key.fingerprint)
+    (dest / "latest.asc").write_bytes(signer.sign_message(json.dumps(legacy).encode()))
+
+    report = release(replace(run, state=tmp_path / "fresh.sqlite"))
+    assert report.action == "publish" and report.sequence == 8
+    upgraded = pointer_of(dest, signing_key)
+    assert upgraded.sequence == 8 and [s.name for s in upgraded.shards] == ["dir0", "dir1", "dir2"]
+    assert all(s.delta is None for s in upgraded.shards)
+    assert (dest / old_index).is_file(), "the earlier index ages out with the retention period, not at once"
