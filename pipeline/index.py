@@ -227,17 +227,10 @@ def make_delta(old: bytes, new: bytes) -> bytes:
 
 
 def apply_delta(old: bytes, delta: bytes, *, uncompressed_size: int) -> bytes:
-    """The JSON a delta gives from `old`, exactly `uncompressed_size` bytes (StorageError otherwise)."""
+    """The JSON a delta gives from `old`, exactly `uncompressed_size` bytes, with `decode_index`'s checks
+    (one complete frame, nothing after it, the size never passed); StorageError otherwise."""
     _check_declared_size(delta, uncompressed_size)
-    dictionary = zstandard.ZstdCompressionDict(old, dict_type=zstandard.DICT_TYPE_RAWCONTENT)
-    decompressor = zstandard.ZstdDecompressor(dict_data=dictionary, max_window_size=2**27)
-    try:
-        out = decompressor.decompress(delta, max_output_size=uncompressed_size + 1)
-    except zstandard.ZstdError as err:
-        raise StorageError(f"index delta: zstd decompression failed ({err}): the object is corrupt") from err
-    if len(out) != uncompressed_size:
-        raise StorageError(f"index delta: gives {len(out)} bytes, the pointer declares {uncompressed_size}")
-    return out
+    return b"".join(_inflate(delta, uncompressed_size, dictionary=old, what="index delta"))
 
 
 def _canonical(value: Any) -> str:
@@ -318,14 +311,20 @@ def _check_declared_size(data: bytes, uncompressed_size: int) -> None:
         )
 
 
-def _inflate(data: bytes, uncompressed_size: int) -> Iterator[bytes]:
+def _inflate(
+    data: bytes, uncompressed_size: int, *, dictionary: bytes | None = None, what: str = "index"
+) -> Iterator[bytes]:
     """The decompressed bytes of one zstd frame, step by step; StorageError as soon as anything is off.
 
     Small input steps bound each step's output (at most ~32,768:1 for RLE blocks, so ~8 MiB); the
     output is counted and refused as soon as it passes `uncompressed_size`. After the last chunk: the
     frame is complete (checksum verified by zstd), nothing follows it, and the size is exact.
     """
-    decompressor = zstandard.ZstdDecompressor().decompressobj()
+    if dictionary is None:
+        decompressor = zstandard.ZstdDecompressor().decompressobj()
+    else:  # a delta: the previous shard's JSON as its raw-content dictionary (`make_delta`)
+        raw_content = zstandard.ZstdCompressionDict(dictionary, dict_type=zstandard.DICT_TYPE_RAWCONTENT)
+        decompressor = zstandard.ZstdDecompressor(dict_data=raw_content, max_window_size=2**27).decompressobj()
     consumed = produced = 0
     while consumed < len(data) and not decompressor.eof:
         step = data[consumed : consumed + _DECODE_STEP]
@@ -333,22 +332,22 @@ def _inflate(data: bytes, uncompressed_size: int) -> Iterator[bytes]:
         try:
             chunk = decompressor.decompress(step)
         except zstandard.ZstdError as err:
-            raise StorageError(f"index: zstd decompression failed ({err}): the object is corrupt") from err
+            raise StorageError(f"{what}: zstd decompression failed ({err}): the object is corrupt") from err
         produced += len(chunk)
         if produced > uncompressed_size:
             raise StorageError(
-                f"index: decompresses to more than the {uncompressed_size} bytes the pointer declares: "
+                f"{what}: decompresses to more than the {uncompressed_size} bytes the pointer declares: "
                 "refused (zstd bomb?)"
             )
         if chunk:
             yield chunk
     if not decompressor.eof:
-        raise StorageError("index: the zstd frame is truncated: the object is corrupt")
+        raise StorageError(f"{what}: the zstd frame is truncated: the object is corrupt")
     if consumed - len(decompressor.unused_data) != len(data):
-        raise StorageError("index: unexpected data after the zstd frame: the object is corrupt")
+        raise StorageError(f"{what}: unexpected data after the zstd frame: the object is corrupt")
     if produced != uncompressed_size:
         raise StorageError(
-            f"index: decompresses to {produced} bytes, the pointer declares {uncompressed_size}: refused"
+            f"{what}: decompresses to {produced} bytes, the pointer declares {uncompressed_size}: refused"
         )
 
 
@@ -732,9 +731,3 @@ def _want_int(doc: dict[str, Any], *keys: str) -> list[str]:
 def _relative(path: str) -> bool:
     parts = path.split("/")
     return bool(path) and all(part not in ("", ".", "..") for part in parts) and "\\" not in path
-
-
-def record_fingerprints(records: Iterable[PackageRecord]) -> dict[str, int]:
-    """path -> `hash(record)`: equal records (description aside, it is not in the index) hash equal, so
-    two publications compare without keeping two lists of ~63,000 records. Within one process only."""
-    return {record.path: hash(record) for record in records}

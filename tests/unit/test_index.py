@@ -891,11 +891,6 @@ def test_apply_delta_refuses_a_corrupt_delta(damage: Any) -> None:
         apply_delta(old, damage(delta), uncompressed_size=len(new))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="pipeline bug: apply_delta uses the one-shot ZstdDecompressor.decompress, which ignores data after "
-    "the frame (decode_index refuses it); remove this mark once fixed",
-)
 @pytest.mark.parametrize("damage", [lambda d: d + b"junk", lambda d: d + d], ids=["trailing-junk", "second-frame"])
 def test_apply_delta_refuses_data_after_the_frame(damage: Any) -> None:
     old, new, delta = small_pair()
