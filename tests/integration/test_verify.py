@@ -620,3 +620,11 @@ def test_a_package_listed_in_two_shards_is_checked_once(signing_key: SigningKey,
         )
     assert report.ok, report.problems
     assert report.checked["shards"] == 2 and report.checked["packages"] == report.checked["metalinks"] == 2
+
+
+def test_a_pointer_whose_shards_are_not_sorted_is_refused(pub: Published, tmp_path: Path) -> None:
+    pointer = pub.pointer()
+    sign_pointer(pub.dest, pub.key, replace(pointer, shards=tuple(reversed(pointer.shards))))
+    report = verify_publication(pub.spec(state_file=tmp_path / "s.json"))
+    assert report.problems == (f"{pub.public_url}/latest.asc: the shards are not sorted by name, or a name repeats",)
+    assert report.checked["shards"] == 0
