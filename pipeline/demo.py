@@ -616,7 +616,7 @@ def run_demo(
         example = example_package(published_records(open_storage(str(dest)), current.pointer))
         if example is None or example.infohash is None:
             raise PipelineError("demo: the demo snapshot has no package to fetch; delete .demo/ and run again")
-        seconds = tracker.wait_tracked([current.pointer.infohash, example.infohash])
+        seconds = tracker.wait_tracked([*current.pointer.infohashes, example.infohash])
         announce(
             f"demo: the release wrote the tracker's whitelist ({_count_lines(tracker.whitelist_path)} infohashes) and "
             f"sent SIGHUP to PID {tracker.pid}: it tracks them ({seconds:.1f} s)"

@@ -50,12 +50,17 @@ _HEADER_KEYS_OF = {
 }
 _ANY_HEADER_KEY = frozenset().union(*_HEADER_KEYS_OF.values())
 # Deltas (docs/sharded-index.md): a zstd frame of the new shard's JSON with the previous shard's JSON as its
-# raw-content dictionary, which `zstd -d --patch-from=OLD` reads. Measured on a 31 MB shard of 63,000
-# records with 1 % changed: level 12 gives 53 KB (1.3 % of the 4.2 MB shard) in 0.34 s; levels below 12
-# do not reach into a dictionary that large (98 % of the shard), level 19 gives 34 KB in 25 s. Shards
-# larger than DELTA_MAX_BYTES get no delta: old and new must fit one window (2^27, zstd's default limit).
+# raw-content dictionary, which `zstd -d --patch-from=OLD` reads. Matches reach into the dictionary only
+# through the hash table, so it must grow with old + new: hash log = bits of (old + new) - 3 (measured:
+# 2.3 MB shards, 1 % changed: hash 20 gives a 3.7 kB delta, 13 MB of tables; 31 MB shards: hash 23 gives
+# 53 kB (1.3 % of the 4.2 MB compressed shard) in 0.45 s with 113 MB more RSS, hash 22 gives 315 kB and
+# hash 21 none at all). The chain stays at 2^20: longer ones cost memory and found nothing more. Level 12's
+# strategy (lower levels do not search far enough back). Shards over DELTA_MAX_BYTES get no delta: the
+# tables would pass 2^23 entries and the window zstd's default limit of 2^27.
 DELTA_LEVEL = 12
-DELTA_MAX_BYTES = 48 * 1024 * 1024
+DELTA_MAX_BYTES = 32 * 1024 * 1024
+_DELTA_MAX_HASH_LOG = 23
+_DELTA_CHAIN_LOG = 20
 # Header keys written only when not empty (an index without them reads as empty lists): the DHT
 # bootstrap nodes its torrents carry ("host:port", in order).
 _OPTIONAL_HEADER_KEYS = frozenset({"dht_nodes"})
@@ -209,27 +214,23 @@ def make_delta(old: bytes, new: bytes) -> bytes:
     reads it (docs/sharded-index.md). Deterministic for the same two inputs."""
     if len(old) > DELTA_MAX_BYTES or len(new) > DELTA_MAX_BYTES:
         raise ValueError(f"a delta takes shards of at most {DELTA_MAX_BYTES} bytes")
-    window_log = min(27, max(17, (len(old) + len(new)).bit_length()))
+    total = len(old) + len(new)
+    window_log = min(27, max(17, total.bit_length()))
+    hash_log = min(_DELTA_MAX_HASH_LOG, max(17, total.bit_length() - 3))
     params = zstandard.ZstdCompressionParameters.from_level(
-        DELTA_LEVEL, source_size=len(new), window_log=window_log,
-        write_content_size=True, write_checksum=True, write_dict_id=False,
+        DELTA_LEVEL, source_size=len(new), window_log=window_log, hash_log=hash_log,
+        chain_log=min(_DELTA_CHAIN_LOG, window_log), write_content_size=True, write_checksum=True,
+        write_dict_id=False,
     )  # fmt: skip
     dictionary = zstandard.ZstdCompressionDict(old, dict_type=zstandard.DICT_TYPE_RAWCONTENT)
     return zstandard.ZstdCompressor(dict_data=dictionary, compression_params=params).compress(new)
 
 
 def apply_delta(old: bytes, delta: bytes, *, uncompressed_size: int) -> bytes:
-    """The JSON a delta gives from `old`, exactly `uncompressed_size` bytes (StorageError otherwise)."""
+    """The JSON a delta gives from `old`, exactly `uncompressed_size` bytes, with `decode_index`'s checks
+    (one complete frame, nothing after it, the size never passed); StorageError otherwise."""
     _check_declared_size(delta, uncompressed_size)
-    dictionary = zstandard.ZstdCompressionDict(old, dict_type=zstandard.DICT_TYPE_RAWCONTENT)
-    decompressor = zstandard.ZstdDecompressor(dict_data=dictionary, max_window_size=2**27)
-    try:
-        out = decompressor.decompress(delta, max_output_size=uncompressed_size + 1)
-    except zstandard.ZstdError as err:
-        raise StorageError(f"index delta: zstd decompression failed ({err}): the object is corrupt") from err
-    if len(out) != uncompressed_size:
-        raise StorageError(f"index delta: gives {len(out)} bytes, the pointer declares {uncompressed_size}")
-    return out
+    return b"".join(_inflate(delta, uncompressed_size, dictionary=old, what="index delta"))
 
 
 def _canonical(value: Any) -> str:
@@ -310,14 +311,20 @@ def _check_declared_size(data: bytes, uncompressed_size: int) -> None:
         )
 
 
-def _inflate(data: bytes, uncompressed_size: int) -> Iterator[bytes]:
+def _inflate(
+    data: bytes, uncompressed_size: int, *, dictionary: bytes | None = None, what: str = "index"
+) -> Iterator[bytes]:
     """The decompressed bytes of one zstd frame, step by step; StorageError as soon as anything is off.
 
     Small input steps bound each step's output (at most ~32,768:1 for RLE blocks, so ~8 MiB); the
     output is counted and refused as soon as it passes `uncompressed_size`. After the last chunk: the
     frame is complete (checksum verified by zstd), nothing follows it, and the size is exact.
     """
-    decompressor = zstandard.ZstdDecompressor().decompressobj()
+    if dictionary is None:
+        decompressor = zstandard.ZstdDecompressor().decompressobj()
+    else:  # a delta: the previous shard's JSON as its raw-content dictionary (`make_delta`)
+        raw_content = zstandard.ZstdCompressionDict(dictionary, dict_type=zstandard.DICT_TYPE_RAWCONTENT)
+        decompressor = zstandard.ZstdDecompressor(dict_data=raw_content, max_window_size=2**27).decompressobj()
     consumed = produced = 0
     while consumed < len(data) and not decompressor.eof:
         step = data[consumed : consumed + _DECODE_STEP]
@@ -325,22 +332,22 @@ def _inflate(data: bytes, uncompressed_size: int) -> Iterator[bytes]:
         try:
             chunk = decompressor.decompress(step)
         except zstandard.ZstdError as err:
-            raise StorageError(f"index: zstd decompression failed ({err}): the object is corrupt") from err
+            raise StorageError(f"{what}: zstd decompression failed ({err}): the object is corrupt") from err
         produced += len(chunk)
         if produced > uncompressed_size:
             raise StorageError(
-                f"index: decompresses to more than the {uncompressed_size} bytes the pointer declares: "
+                f"{what}: decompresses to more than the {uncompressed_size} bytes the pointer declares: "
                 "refused (zstd bomb?)"
             )
         if chunk:
             yield chunk
     if not decompressor.eof:
-        raise StorageError("index: the zstd frame is truncated: the object is corrupt")
+        raise StorageError(f"{what}: the zstd frame is truncated: the object is corrupt")
     if consumed - len(decompressor.unused_data) != len(data):
-        raise StorageError("index: unexpected data after the zstd frame: the object is corrupt")
+        raise StorageError(f"{what}: unexpected data after the zstd frame: the object is corrupt")
     if produced != uncompressed_size:
         raise StorageError(
-            f"index: decompresses to {produced} bytes, the pointer declares {uncompressed_size}: refused"
+            f"{what}: decompresses to {produced} bytes, the pointer declares {uncompressed_size}: refused"
         )
 
 
@@ -724,9 +731,3 @@ def _want_int(doc: dict[str, Any], *keys: str) -> list[str]:
 def _relative(path: str) -> bool:
     parts = path.split("/")
     return bool(path) and all(part not in ("", ".", "..") for part in parts) and "\\" not in path
-
-
-def record_fingerprints(records: Iterable[PackageRecord]) -> dict[str, int]:
-    """path -> `hash(record)`: equal records (description aside, it is not in the index) hash equal, so
-    two publications compare without keeping two lists of ~63,000 records. Within one process only."""
-    return {record.path: hash(record) for record in records}

@@ -1,11 +1,13 @@
 """The operator's seed box (issue 12): a real aria2 seeding the current publication from the snapshot.
 
 `SeedBox` reads the current publication the way release does (`run.read_pointer` verifies `latest.asc`
-with the operator's key, `run.published_records` reads the index it names, checked against the
-pointer), starts aria2 as a JSON-RPC daemon on 127.0.0.1 and hands it, by `aria2.addTorrent`, the
-index torrent and up to `seed_max_torrents` package torrents whose files it seeds in place from the
-snapshot (no copy). It then polls the pointer every `seed_poll` seconds and follows each new
-publication: torrents of new packages are added, those the index no longer lists are removed.
+with the operator's key, `run.published_records` reads the index shards it names, each checked against
+the pointer), starts aria2 as a JSON-RPC daemon on 127.0.0.1 and hands it, by `aria2.addTorrent`, the
+torrent of every shard of the index (docs/sharded-index.md) and up to `seed_max_torrents` package
+torrents whose files it seeds in place from the snapshot (no copy). It then polls the pointer every
+`seed_poll` seconds and follows each new publication: torrents of new shards and packages are added,
+those the pointer and its shards no longer list are removed (a shard that did not change keeps its key,
+hence its infohash, and is not touched).
 
 It can never write into the snapshot (aria2 rewrites an existing file in place when it thinks the file
 is not complete, see the swarm notes), by construction, not by aria2's good behaviour:
@@ -49,9 +51,9 @@ from pipeline import bencode
 from pipeline.config import Settings, s3_config
 from pipeline.errors import ConfigError, PipelineError, SeedError
 from pipeline.http import Client, HttpError
-from pipeline.model import PackageRecord, Pointer
+from pipeline.model import PackageRecord, Pointer, ShardRef
 from pipeline.run import published_records as read_records
-from pipeline.run import read_pointer
+from pipeline.run import read_pointer, shard_bytes
 from pipeline.signing import Signer
 from pipeline.storage import Storage, open_storage
 
@@ -63,6 +65,9 @@ STOP_TIMEOUT = 10.0  # seconds aria2 has to exit after aria2.shutdown, then SIGT
 RPC_TIMEOUT = 10.0
 RPC_MAX_BODY = 64 * 1024 * 1024  # tellStopped/tellActive of a whole archive's torrents, a few keys each
 USER_AGENT = "mirrorseed-seed"
+# aria2's max-concurrent-downloads beyond the packages and shards at start: room for shards a later
+# publication adds (more than that raises it through aria2.changeGlobalOption)
+SHARD_SLACK = 64
 
 
 @dataclass(frozen=True)
@@ -70,20 +75,20 @@ class SeedTorrent:
     """One torrent the seed box wants aria2 to serve: metainfo as handed to aria2 and where its files are."""
 
     infohash: str
-    label: str  # the repo path, or the index torrent's key
+    label: str  # the repo path, or the shard torrent's key
     metainfo: bytes  # url-list dropped (never download from a mirror); announce lists kept
     directory: Path  # aria2's `dir` for it
     verify: bool  # aria2 `check-integrity` for this one
-    directory_name: str = ""  # the index torrent: its folder under `directory`
+    file_name: str = ""  # a shard torrent: its one file's name in `directory`
 
 
 @dataclass(frozen=True)
 class Wanted:
-    """What one publication asks the seed box to serve: the index torrent first, then the packages."""
+    """What one publication asks the seed box to serve: the shards' torrents first, then the packages."""
 
     pointer_sha256: str
     sequence: int
-    index: SeedTorrent
+    shards: tuple[SeedTorrent, ...]
     packages: tuple[PackageRecord, ...]  # at most seed_max_torrents, newest snapshot file first
     skipped: int  # listed packages not seeded: missing, of another size on disk, or beyond the bound
 
@@ -318,11 +323,12 @@ class SeedBox:
         self._workdir: Path | None = None
         self.aria2: Aria2 | None = None
         self._gids: dict[str, str] = {}  # infohash -> aria2 GID
-        self._labels: dict[str, str] = {}  # infohash -> repo path / index key
+        self._labels: dict[str, str] = {}  # infohash -> repo path / shard torrent key
         self._reported: set[str] = set()  # infohashes whose error was logged
         self._pointer_sha256: str | None = None
         self._prefix: list[str] = []
         self._user = pwd.getpwuid(os.geteuid()).pw_name
+        self._jobs = 0  # aria2's max-concurrent-downloads
 
     def __enter__(self) -> SeedBox:
         self.start()
@@ -352,7 +358,7 @@ class SeedBox:
         self._workdir = workdir
         try:
             workdir.chmod(0o755)
-            self._start_aria2(workdir, entry)
+            self._start_aria2(workdir, entry, len(current.pointer.shards))
             self._follow(current.pointer, current.pointer_sha256)
         except BaseException:
             self.stop()
@@ -363,7 +369,7 @@ class SeedBox:
             return _Fixed(self.settings.verify_keyring)
         return Signer(gnupghome=self.settings.gnupghome, key=self._fingerprint).keyring()
 
-    def _start_aria2(self, workdir: Path, entry: pwd.struct_passwd | None) -> None:
+    def _start_aria2(self, workdir: Path, entry: pwd.struct_passwd | None, shards: int) -> None:
         settings = self.settings
         aria2c = shutil.which("aria2c")
         if aria2c is None:
@@ -378,7 +384,8 @@ class SeedBox:
         if entry is not None:
             os.chown(conf, entry.pw_uid, entry.pw_gid)
             os.chown(state, entry.pw_uid, entry.pw_gid)
-        jobs = settings.seed_max_torrents + 1  # + the index torrent
+        jobs = settings.seed_max_torrents + shards + SHARD_SLACK  # + the shards' torrents
+        self._jobs = jobs
         _raise_nofile(2 * jobs + 512)
         dht = "true" if settings.seed_dht else "false"
         argv = [
@@ -448,19 +455,24 @@ class SeedBox:
         assert self._storage is not None and self.aria2 is not None
         records = read_records(self._storage, pointer)
         packages, skipped = seed_order(self.snapshot, records, self.settings.seed_max_torrents)
-        index = self._index_torrent(pointer)
-        wanted = {index.infohash: index.label} | {str(r.infohash): r.path for r in packages}
+        shards = [self._shard_torrent(shard) for shard in pointer.shards]
+        wanted = {t.infohash: t.label for t in shards} | {str(r.infohash): r.path for r in packages}
         removed = 0
         for infohash in [h for h in self._gids if h not in wanted]:
             self._remove(infohash)
             removed += 1
-        for old in (self._workdir / "index").iterdir() if self._workdir is not None else ():
-            if old.name != index.directory_name:
-                shutil.rmtree(old, ignore_errors=True)  # an earlier index's files, no longer served
+        kept = {t.file_name for t in shards}
+        for old in self._shards_dir().iterdir():
+            if old.name not in kept:
+                old.unlink(missing_ok=True)  # an earlier shard, no longer served
+        if len(wanted) > self._jobs:  # more shards than at the start: let aria2 serve them all
+            self._jobs = len(wanted) + SHARD_SLACK
+            self.aria2.call("aria2.changeGlobalOption", {"max-concurrent-downloads": str(self._jobs)})
         added = 0
-        if index.infohash not in self._gids:
-            self._add(index)
-            added += 1
+        for shard in shards:
+            if shard.infohash not in self._gids:
+                self._add(shard)
+                added += 1
         for record in packages:
             assert record.infohash is not None and record.torrent is not None
             if record.infohash in self._gids:
@@ -490,38 +502,34 @@ class SeedBox:
         directory = self.snapshot / parent if parent else self.snapshot
         return SeedTorrent(record.infohash, record.path, metainfo, directory, not self.settings.seed_trust_files)
 
-    def _index_torrent(self, pointer: Pointer) -> SeedTorrent:
-        """The index torrent, its files fetched into the work directory (checked: infohash against the
-        signed pointer, the index against its SHA-256; aria2 re-hashes them before seeding)."""
-        assert self._storage is not None and self._workdir is not None
-        key = pointer.index_torrent
+    def _shards_dir(self) -> Path:
+        assert self._workdir is not None
+        directory = self._workdir / "shards"
+        directory.mkdir(mode=0o755, exist_ok=True)
+        return directory
+
+    def _shard_torrent(self, shard: ShardRef) -> SeedTorrent:
+        """A shard's torrent, its one file fetched into the work directory (checked: the torrent's infohash
+        against the signed pointer, a single file named as the shard's key, the shard against its size and
+        SHA-256; aria2 re-hashes it before seeding)."""
+        assert self._storage is not None
+        key = shard.torrent
         stored = self._storage.get(key)
         if stored is None:
             raise SeedError(f"{key}: named by latest.asc but missing from the destination; re-publish")
-        metainfo, info = seed_metainfo(stored.data, infohash=pointer.infohash, where=key)
-        name = _text(info.get(b"name"), key)
-        base = PurePosixPath(key).parent / name
-        directory = self._workdir / "index"
-        files = info.get(b"files")
-        if not isinstance(files, list):
-            raise SeedError(f"{key}: not a multi-file torrent; re-publish")
-        for item in files:
-            parts = item.get(b"path") if isinstance(item, dict) else None
-            if not isinstance(parts, list) or not parts:
-                raise SeedError(f"{key}: a file entry has no path; re-publish")
-            relative = PurePosixPath(*(_text(p, key) for p in parts))
-            data = self._storage.get(str(base / relative))
-            if data is None:
-                raise SeedError(f"{base / relative}: named by {key} but missing from the destination; re-publish")
-            if (
-                str(base / relative) == pointer.index.path
-                and hashlib.sha256(data.data).hexdigest() != pointer.index.sha256
-            ):
-                raise SeedError(f"{pointer.index.path}: SHA-256 differs from latest.asc; the index was altered")
-            target = directory / name / relative
-            target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_bytes(data.data)
-        return SeedTorrent(pointer.infohash, key, metainfo, directory, True, name)
+        metainfo, info = seed_metainfo(stored.data, infohash=shard.infohash, where=key)
+        name = PurePosixPath(shard.path).name
+        if b"files" in info or _text(info.get(b"name"), key) != name or info.get(b"length") != shard.size:
+            raise SeedError(f"{key}: not a single-file torrent of {shard.path}; re-publish")
+        directory = self._shards_dir()
+        target = directory / name
+        if not target.is_file() or target.stat().st_size != shard.size:
+            data = shard_bytes(self._storage, shard)  # size and SHA-256 checked against latest.asc
+            partial = directory / f".{name}.part"
+            partial.write_bytes(data)
+            partial.chmod(0o644)
+            os.replace(partial, target)
+        return SeedTorrent(shard.infohash, key, metainfo, directory, True, name)
 
     def _add(self, torrent: SeedTorrent) -> None:
         assert self.aria2 is not None

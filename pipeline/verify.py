@@ -4,13 +4,18 @@ Nothing here reads the destination directly or trusts the operator's machine: th
 `latest.asc` from the public URL, checks it with gpgv against a pinned key, and follows only what the
 signed documents name (DESIGN sections 4-5, the client rules of notes/security-and-reliability.md):
 
-1. the pointer: pinned VALIDSIG fingerprint, not expired, sequence not lower than the highest one seen
-   (a small JSON state file, updated only when the whole audit passed), layout of the names it gives;
-2. the index: size and SHA-256 equal the pointer's, its detached signature, decompression capped at
-   the pointer's `uncompressed_size`, every record well-formed; the index torrent's infohash, files
-   and pieces; its webseed answers;
-3. every package's `.torrent` (infohash, name, length, piece size, `created by`, directory url-list)
-   and `.meta4` (size, sha-256, pieces, mirror URLs, torrent metaurl), fetched by a small thread pool;
+1. the pointer (`mirrorseed-pointer/2`, docs/sharded-index.md): pinned VALIDSIG fingerprint, not expired,
+   sequence not lower than the highest one seen (a small JSON state file, updated only when the whole
+   audit passed), shard names sorted and unique, layout of the keys it gives; a `mirrorseed-pointer/1`
+   (an older publisher's) is one line: the next release upgrades it;
+2. every shard: size and SHA-256 equal the pointer's, decompression capped at its `uncompressed_size`,
+   the JSON's SHA-256, `format`/`repo`/`shard`, every record well-formed, sorted and unique; its
+   torrent (infohash, one file `<h16>.json.zst`, pieces, url-list `<public>/index/shards/`) and that
+   webseed's answer; its delta (size, SHA-256, and, when the shard it was made from is still in the
+   destination, applied to that shard's JSON it gives this one; otherwise a note, not a problem);
+3. every package of every shard, once (by path), `.torrent` (infohash, name, length, piece size,
+   `created by`, directory url-list) and `.meta4` (size, sha-256, pieces, mirror URLs, torrent
+   metaurl), against its shard's header, fetched by a small thread pool;
 4. a deterministic sample of webseed URLs: HEAD (200, Content-Length) and one ranged piece whose
    SHA-1 must equal the torrent's.
 
@@ -39,20 +44,31 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 from urllib.parse import quote, urlsplit
+
+import zstandard
 
 from pipeline import bencode
 from pipeline.config import Settings
 from pipeline.errors import ConfigError, SigningError, StorageError
 from pipeline.hashing import piece_size_for
 from pipeline.http import Client, HttpError, Response
-from pipeline.index import MAX_SEQUENCE, decode_index, decode_pointer, parse_rfc3339
+from pipeline.index import (
+    DELTA_MAX_BYTES,
+    INDEX_FORMAT,
+    LEGACY_POINTER_FORMAT,
+    MAX_SEQUENCE,
+    apply_delta,
+    decode_pointer,
+    decompress_index,
+    parse_rfc3339,
+)
 from pipeline.jsondoc import loads_strict
-from pipeline.model import PackageRecord, Pointer
-from pipeline.objects import POINTER_KEY, SIGNING_KEY_GPG, index_key, index_torrent_key
-from pipeline.signing import verify_detached, verify_signed_message
+from pipeline.model import PackageRecord, Pointer, ShardRef
+from pipeline.objects import POINTER_KEY, SHARDS_PREFIX, SIGNING_KEY_GPG, shard_key
+from pipeline.signing import verify_signed_message
 from pipeline.urls import join_url, quote_path, webseed_dir_url
 
 CREATED_BY = "mirrorseed"
@@ -62,6 +78,9 @@ MAX_POINTER_BYTES = 1024 * 1024  # latest.asc: a few hundred bytes in practice
 MAX_SIGNATURE_BYTES = 1024 * 1024  # a detached signature: ~100-600 bytes
 MAX_KEY_BYTES = 1024 * 1024  # signing-key.gpg
 MAX_DOCUMENT_BYTES = 16 * 1024 * 1024  # any torrent or metalink, whatever its record says
+# The previous shard a delta was made from: no signed document gives its size any more, but the publisher
+# makes deltas only from shards whose JSON is at most DELTA_MAX_BYTES, which compresses to less.
+MAX_OLD_SHARD_BYTES = DELTA_MAX_BYTES
 WORKERS = 8
 # The slowest transfer rate a request may average before its deadline (slow-retrieval attacks): each
 # request gets 3 x timeout for connect, status line and headers, and in all 3 x timeout plus its byte
@@ -74,6 +93,9 @@ _DIGEST = 20
 _FPR_RE = re.compile(r"[0-9A-F]{40}")
 _SHA256_RE = re.compile(r"[0-9a-f]{64}")
 _INFOHASH_RE = re.compile(r"[0-9a-f]{40}")
+_TORRENT_NAME_RE = re.compile(r"[0-9a-f]{16}\.torrent")
+_DELTA_NAME_RE = re.compile(r"([0-9a-f]{16})\.from-([0-9a-f]{16})\.zst")
+_SHARD_DOC_KEYS = frozenset({"format", "repo", "shard", "webseeds", "trackers", "dht_nodes", "packages"})
 
 
 # --- public API -----------------------------------------------------------------------------------
@@ -101,14 +123,17 @@ class VerifyReport:
     problems: tuple[str, ...]
     checked: dict[str, int]
     sequence: int | None
+    notes: tuple[str, ...] = ()  # what could not be checked and is no failure (a delta whose base aged out)
 
     @property
     def ok(self) -> bool:
         return not self.problems
 
     def summary(self) -> str:
-        """`OK: sequence N, P packages, T torrents, M metalinks, W webseed probes`, or the problem count."""
+        """`OK: sequence N, S shards, D deltas applied, P packages, T torrents, M metalinks, W webseed probes`,
+        or the problem count."""
         counts = (
+            f"{self.checked.get('shards', 0)} shards, {self.checked.get('deltas', 0)} deltas applied, "
             f"{self.checked.get('packages', 0)} packages, {self.checked.get('torrents', 0)} torrents, "
             f"{self.checked.get('metalinks', 0)} metalinks, {self.checked.get('webseed_probes', 0)} webseed probes"
         )
@@ -119,14 +144,15 @@ class VerifyReport:
         return f"FAILED: {count} problem{'s' if count != 1 else ''} ({seen}{counts})"
 
     def lines(self) -> list[str]:
-        """What the CLI prints on stdout: the OK line, or one line per problem."""
-        return [self.summary()] if self.ok else list(self.problems)
+        """What the CLI prints on stdout: the OK line, or one line per problem; then the notes."""
+        return [self.summary(), *self.notes] if self.ok else [*self.problems, *self.notes]
 
     def to_json(self) -> dict[str, Any]:
         return {
             "ok": self.ok,
             "sequence": self.sequence,
             "problems": list(self.problems),
+            "notes": list(self.notes),
             "checked": dict(self.checked),
         }
 
@@ -189,10 +215,11 @@ class _Http:
         limit: int,
         method: str = "GET",
         headers: dict[str, str] | None = None,
-        expect: int = 200,
+        expect: int | None = 200,
     ) -> Response:
-        """The response to `method url`; any status but `expect`, a transport error, more than `limit`
-        body bytes, a body shorter than announced, or missing a deadline raise HttpError."""
+        """The response to `method url`; any status but `expect` (None: any status is returned), a transport
+        error, more than `limit` body bytes, a body shorter than announced, or missing a deadline raise
+        HttpError."""
         return self.client.request(
             method,
             url,
@@ -421,6 +448,9 @@ class _PackageResult:
 
 @dataclass(frozen=True)
 class _Index:
+    """One usable shard: its URL, records and header."""
+
+    url: str
     records: tuple[PackageRecord, ...]
     webseeds: tuple[str, ...]
     trackers: tuple[str, ...]
@@ -449,13 +479,17 @@ class _Audit:
         self.problems: list[str] = []
         self.checked: dict[str, int] = {
             "pointer": 0,
-            "index": 0,
+            "shards": 0,
+            "shard_torrents": 0,
+            "shard_webseed_probes": 0,
+            "deltas": 0,  # applied to the shard they were made from and found to give the shard
+            "deltas_not_checkable": 0,  # that shard is no longer in the destination
             "packages": 0,
             "torrents": 0,
             "metalinks": 0,
             "webseed_probes": 0,
-            "index_webseed_probes": 0,
         }
+        self.notes: list[str] = []
         self.published_bases: list[str] = []
         self.url_lists: dict[str, tuple[str, ...]] = {}  # path -> the webseed directory URLs its torrent names
 
@@ -478,7 +512,8 @@ class _Audit:
 
     def report(self, sequence: int | None) -> VerifyReport:
         problems = tuple(_one_line(problem) for problem in self.problems)
-        return VerifyReport(problems=problems, checked=dict(self.checked), sequence=sequence)
+        notes = tuple(_one_line(note) for note in self.notes)
+        return VerifyReport(problems=problems, checked=dict(self.checked), sequence=sequence, notes=notes)
 
     # -- steps ------------------------------------------------------------------------------------
 
@@ -492,12 +527,12 @@ class _Audit:
         pointer = self.check_pointer()
         if pointer is None:
             return self.report(None)
-        index = self.check_index(pointer)
+        shards = self.check_shards(pointer)
         self.check_signing_key()
-        if index is not None:
-            pieces = self.check_packages(index)
-            self.check_published_bases()
-            self.probe_webseeds(index, pieces)
+        packages = self.packages_of(shards)
+        pieces = self.check_packages(packages)
+        self.check_published_bases()
+        self.probe_webseeds(packages, pieces)
         if not self.problems:
             try:
                 _write_state(self.state_path, self.base, pointer, self.seen)
@@ -523,6 +558,12 @@ class _Audit:
         except StorageError as err:
             self.problems.append(f"{url}: {str(err).removeprefix(POINTER_KEY + ': ')}")
             return None
+        if pointer.legacy_keys:
+            self.problems.append(
+                f"{url}: {LEGACY_POINTER_FORMAT}: published by an older version of mirrorseed (one whole "
+                "index, not shards), which this verify does not check; the next `invoke release` upgrades it"
+            )
+            return None
         expires = parse_rfc3339(pointer.expires)
         if self.now >= expires:
             self.problems.append(
@@ -541,67 +582,74 @@ class _Audit:
                 f"{url}: repo {pointer.repo!r}, but this URL published repo {self.seen.repo!r} before "
                 f"({self.state_path}): a pointer of another repository?"
             )
-        expected = (
-            index_key(pointer.sequence, pointer.index.sha256),
-            index_torrent_key(pointer.sequence, pointer.index.sha256),
-        )
-        if (pointer.index.path, pointer.index_torrent) != expected:
-            self.problems.append(
-                f"{url}: names {pointer.index.path} and {pointer.index_torrent}, expected {expected[0]} and "
-                f"{expected[1]} for sequence {pointer.sequence} and SHA-256 {pointer.index.sha256}"
-            )
-        if f"xt=urn:btih:{pointer.infohash}" not in pointer.magnet:
-            self.problems.append(f"{url}: the magnet URI does not carry the index infohash {pointer.infohash}")
+        for shard in pointer.shards:
+            self.problems += [f"{url}: shards[{shard.name!r}]: {p}" for p in _layout_problems(shard)]
         return pointer
 
-    def check_index(self, pointer: Pointer) -> _Index | None:
-        ref = pointer.index
-        url = self.url(ref.path)
-        sig_url = self.url(ref.path + ".sig")
-        self.checked["index"] = 1
+    # -- the shards ---------------------------------------------------------------------------------
+
+    def check_shards(self, pointer: Pointer) -> list[_Index]:
+        """Every shard the pointer names (object, JSON, records, torrent, delta); the usable ones."""
+        self.checked["shards"] = len(pointer.shards)
+        usable = []
+        for shard in pointer.shards:
+            index = self.check_shard(pointer, shard)
+            if index is not None:
+                usable.append(index)
+        return usable
+
+    def check_shard(self, pointer: Pointer, shard: ShardRef) -> _Index | None:
+        url = self.url(shard.path)
         data: bytes | None = None
         try:
-            fetched = self.http.request(url, limit=ref.size).body
+            fetched = self.http.request(url, limit=shard.size).body
         except HttpError as err:
             self.problems.append(f"{url}: {err}")
         else:
-            if len(fetched) != ref.size:
-                self.problems.append(f"{url}: {len(fetched)} bytes, the signed pointer says {ref.size}")
-            elif (digest := hashlib.sha256(fetched).hexdigest()) != ref.sha256:
+            if len(fetched) != shard.size:
+                self.problems.append(f"{url}: {len(fetched)} bytes, the signed pointer says {shard.size}")
+            elif (digest := hashlib.sha256(fetched).hexdigest()) != shard.sha256:
                 self.problems.append(
-                    f"{url}: SHA-256 {digest}, the signed pointer says {ref.sha256}: the index was altered"
+                    f"{url}: SHA-256 {digest}, the signed pointer says {shard.sha256}: the shard was altered"
                 )
             else:
                 data = fetched
-        signature: bytes | None = None
-        try:
-            signature = self.http.request(sig_url, limit=MAX_SIGNATURE_BYTES).body
-        except HttpError as err:
-            self.problems.append(f"{sig_url}: {err}")
-        if data is not None and signature is not None:
-            try:
-                verify_detached(data, signature, keyring=self.spec.keyring, fingerprint=self.fingerprint)
-            except SigningError as err:
-                self.problems.append(f"{sig_url}: {err}")
         index: _Index | None = None
         if data is not None:
-            try:
-                doc = decode_index(data, uncompressed_size=ref.uncompressed_size)
-            except StorageError as err:
-                self.problems.append(f"{url}: {err}")
-            else:
-                index = self.index_records(url, doc, pointer)
-        self.check_index_torrent(pointer, data, signature, index)
+            index = self.shard_records(url, data, pointer, shard)
+        self.check_shard_torrent(shard, data, index)
+        if shard.delta is not None:
+            self.check_delta(shard)
         if index is None:
-            self.problems.append(f"{url}: not usable, so no package was checked")
+            self.problems.append(f"{url}: not usable, so no package of shard {shard.name!r} was checked")
         return index
 
-    def check_index_torrent(
-        self, pointer: Pointer, data: bytes | None, signature: bytes | None, index: _Index | None
-    ) -> None:
-        """The index torrent against the signed pointer, and its trackers and nodes against the index (when
-        the index could be read)."""
-        url = self.url(pointer.index_torrent)
+    def shard_records(self, url: str, data: bytes, pointer: Pointer, shard: ShardRef) -> _Index | None:
+        """The shard's JSON (size and SHA-256 against the pointer) parsed and checked; None if unusable."""
+        try:
+            raw = decompress_index(data, uncompressed_size=shard.uncompressed_size)
+        except StorageError as err:
+            self.problems.append(f"{url}: {err}")
+            return None
+        if (digest := hashlib.sha256(raw).hexdigest()) != shard.uncompressed_sha256:
+            self.problems.append(
+                f"{url}: its JSON has SHA-256 {digest}, the signed pointer says {shard.uncompressed_sha256}"
+            )
+            return None
+        try:
+            doc = loads_strict(raw, what="index")
+        except ValueError as err:
+            self.problems.append(f"{url}: {err}")
+            return None
+        if not isinstance(doc, dict):
+            self.problems.append(f"{url}: index: not a JSON object")
+            return None
+        return self.index_records(url, doc, pointer, shard)
+
+    def check_shard_torrent(self, shard: ShardRef, data: bytes | None, index: _Index | None) -> None:
+        """The shard's torrent against the signed pointer (infohash), the shard (one file, its name, length and
+        pieces) and the shard's header (trackers, nodes; when the shard could be read); its webseed answers."""
+        url = self.url(shard.torrent)
         try:
             raw = self.http.request(url, limit=MAX_DOCUMENT_BYTES).body
             torrent = _parse_torrent(raw)
@@ -611,66 +659,100 @@ class _Audit:
         except ValueError as err:
             self.problems.append(f"{url}: not a valid torrent ({err})")
             return
-        if torrent.infohash != pointer.infohash:
-            self.problems.append(f"{url}: infohash {torrent.infohash}, the signed pointer says {pointer.infohash}")
+        self.checked["shard_torrents"] += 1
+        if torrent.infohash != shard.infohash:
+            self.problems.append(f"{url}: infohash {torrent.infohash}, the signed pointer says {shard.infohash}")
             return
         problems = _common_torrent_problems(
             torrent, None if index is None else index.trackers, None if index is None else index.dht_nodes
         )
-        name = pointer.index.path.split("/")[1]
-        if _text(torrent.info.get(b"name")) != name:
-            problems.append(f"name is {_shown(torrent.info.get(b'name'))}, expected {name!r}")
-        files = torrent.info.get(b"files")
-        listed = (
-            [(f.get(b"path"), _int(f.get(b"length"))) for f in files if isinstance(f, dict)]
-            if isinstance(files, list)
-            else []
-        )
-        wanted: list[tuple[list[bytes], int | None]] = [
-            ([b"index.json.zst"], pointer.index.size),
-            ([b"index.json.zst.sig"], len(signature) if signature is not None else None),
-        ]
-        if len(listed) != 2 or any(
-            got[0] != want[0] or (want[1] is not None and got[1] != want[1])
-            for got, want in zip(listed, wanted, strict=True)
-        ):
-            problems.append(
-                f"files are {[(p, n) for p, n in listed]}, expected index.json.zst ({pointer.index.size} bytes) "
-                "and index.json.zst.sig (the size of the served signature)"
-            )
-        elif data is not None and signature is not None:
-            piece_length = _int(torrent.info.get(b"piece length")) or 0
-            if piece_length > 0 and _piece_hashes(data + signature, piece_length) != torrent.info.get(b"pieces"):
-                problems.append("its piece hashes do not match the index and its signature")
+        if hashlib.sha256(raw).hexdigest()[:16] != PurePosixPath(shard.torrent).name.removesuffix(".torrent"):
+            problems.append("its SHA-256 does not begin with the digest in its name (altered after publishing?)")
+        name = PurePosixPath(shard.path).name
+        info = torrent.info
+        if _text(info.get(b"name")) != name:
+            problems.append(f"name is {_shown(info.get(b'name'))}, expected {name!r}")
+        if b"files" in info or _int(info.get(b"length")) != shard.size:
+            problems.append(f"not a single-file torrent of {shard.size} bytes (length {_shown(info.get(b'length'))})")
+        else:
+            piece_length = _int(info.get(b"piece length")) or 0
+            if data is not None and piece_length > 0 and _piece_hashes(data, piece_length) != info.get(b"pieces"):
+                problems.append("its piece hashes do not match the shard")
+        wanted = self.url(SHARDS_PREFIX)
         seeds = _url_list(torrent.meta)
         if not seeds:
-            problems.append("no url-list: without peers nobody can fetch the index through it")
+            problems.append("no url-list: without peers nobody can fetch the shard through it")
         for seed in seeds:
-            if seed is None or not seed.endswith("/"):
-                problems.append(f"url-list entry {_shown(seed)} is not a directory URL ending in '/'")
+            if seed is None or not seed.endswith("/" + SHARDS_PREFIX):
+                problems.append(f"url-list entry {_shown(seed)} is not <public url>/{SHARDS_PREFIX}")
                 continue
-            if seed != self.url("index") + "/":
-                self.published_bases.append(seed.removesuffix("/").removesuffix("/index"))
-            probe = seed + quote(name, safe="") + "/index.json.zst"
-            self.checked["index_webseed_probes"] += 1
+            if seed != wanted:
+                self.published_bases.append(seed.removesuffix("/" + SHARDS_PREFIX))
+            probe = seed + quote(name, safe="")
+            self.checked["shard_webseed_probes"] += 1
             try:
                 head = self.http.request(probe, limit=0, method="HEAD")
             except HttpError as err:
                 problems.append(f"its webseed {probe}: {err}")
                 continue
-            if head.headers.get("content-length") != str(pointer.index.size):
+            if head.headers.get("content-length") != str(shard.size):
                 problems.append(
-                    f"its webseed {probe}: Content-Length {head.headers.get('content-length')}, "
-                    f"expected {pointer.index.size}"
+                    f"its webseed {probe}: Content-Length {head.headers.get('content-length')}, expected {shard.size}"
                 )
         self.problems.extend(f"{url}: {p}" for p in problems)
 
-    def index_records(self, url: str, doc: dict[str, Any], pointer: Pointer) -> _Index | None:
+    def check_delta(self, shard: ShardRef) -> None:
+        """The delta against the pointer (size, SHA-256) and, when the previous shard it was made from is still
+        in the destination, applied to that shard's JSON: it must give this shard's JSON."""
+        delta = shard.delta
+        assert delta is not None
+        url = self.url(delta.path)
+        try:
+            data = self.http.request(url, limit=delta.size).body
+        except HttpError as err:
+            self.problems.append(f"{url}: {err}")
+            return
+        if len(data) != delta.size or hashlib.sha256(data).hexdigest() != delta.sha256:
+            self.problems.append(
+                f"{url}: size or SHA-256 differs from the signed pointer's delta of shard {shard.name!r}: "
+                "the delta was altered"
+            )
+            return
+        match = _DELTA_NAME_RE.fullmatch(PurePosixPath(delta.path).name)
+        if match is None:
+            return  # named in check_pointer
+        old_url = self.url(f"{SHARDS_PREFIX}{match.group(2)}.json.zst")
+        try:
+            old = self.http.request(old_url, limit=MAX_OLD_SHARD_BYTES, expect=None)
+        except HttpError as err:
+            self.problems.append(f"{old_url} (the shard the delta {url} was made from): {err}")
+            return
+        if old.status in (404, 410):
+            self.notes.append(
+                f"{url}: not checkable: the shard it was made from ({old_url}) is no longer in the destination"
+            )
+            self.checked["deltas_not_checkable"] += 1
+            return
+        if old.status != 200:
+            self.problems.append(f"{old_url} (the shard the delta {url} was made from): HTTP {old.status}")
+            return
+        problem = _delta_problem(old.body, data, shard, match.group(2))
+        if problem is not None:
+            self.problems.append(f"{url}: {problem}")
+        else:
+            self.checked["deltas"] += 1
+
+    def index_records(self, url: str, doc: dict[str, Any], pointer: Pointer, shard: ShardRef) -> _Index | None:
         problems: list[str] = []
+        if doc.get("format") != INDEX_FORMAT:
+            problems.append(f"format is {doc.get('format')!r}, expected {INDEX_FORMAT!r}")
         if doc.get("repo") != pointer.repo:
             problems.append(f"repo is {doc.get('repo')!r}, the signed pointer says {pointer.repo!r}")
-        if doc.get("sequence") != pointer.sequence:
-            problems.append(f"sequence is {doc.get('sequence')!r}, the signed pointer says {pointer.sequence}")
+        if doc.get("shard") != shard.name:
+            problems.append(f"shard is {doc.get('shard')!r}, the signed pointer names it {shard.name!r}")
+        unknown = sorted(set(doc) - _SHARD_DOC_KEYS)
+        if unknown:
+            problems.append(f"unexpected keys {unknown}")
         webseeds, trackers, packages = doc.get("webseeds"), doc.get("trackers"), doc.get("packages")
         nodes = doc.get("dht_nodes", [])
         for key, value in (("webseeds", webseeds), ("trackers", trackers), ("dht_nodes", nodes)):
@@ -680,6 +762,8 @@ class _Audit:
             problems += [f"webseed {w!r} is not an http(s) URL" for w in webseeds if not _is_http(w)]
         if not isinstance(packages, list):
             problems.append("'packages' is not a list")
+        elif len(packages) != shard.packages:
+            problems.append(f"{len(packages)} packages, the signed pointer says {shard.packages}")
         if problems or not isinstance(packages, list):
             self.problems.extend(f"{url}: {p}" for p in problems)
             return None
@@ -697,7 +781,20 @@ class _Audit:
             previous = record.path
             records.append(record)
         self.problems.extend(f"{url}: {p}" for p in problems)
-        return _Index(tuple(records), tuple(webseeds or ()), tuple(trackers or ()), tuple(nodes or ()))
+        return _Index(url, tuple(records), tuple(webseeds or ()), tuple(trackers or ()), tuple(nodes or ()))
+
+    def packages_of(self, shards: Sequence[_Index]) -> list[tuple[PackageRecord, _Index]]:
+        """Every package once (by path, from the first shard listing it, sorted by path); a path two shards
+        list with different records is a problem."""
+        first: dict[str, tuple[PackageRecord, _Index]] = {}
+        for index in shards:
+            for record in index.records:
+                seen = first.setdefault(record.path, (record, index))
+                if seen[0] != record:
+                    self.problems.append(
+                        f"{index.url}: {record.path}: its record differs from the one in {seen[1].url}"
+                    )
+        return [first[path] for path in sorted(first)]
 
     def check_signing_key(self) -> None:
         url = self.url(SIGNING_KEY_GPG)
@@ -720,14 +817,15 @@ class _Audit:
                 "users who download it cannot verify the publication"
             )
 
-    def check_packages(self, index: _Index) -> dict[str, bytes]:
-        """Every record's torrent and metalink; returns the verified piece hashes by path."""
-        records = index.records
+    def check_packages(self, packages: Sequence[tuple[PackageRecord, _Index]]) -> dict[str, bytes]:
+        """Every record's torrent and metalink (against the header of the shard it came from); returns the
+        verified piece hashes by path."""
+        records = [record for record, _ in packages]
         self.checked["packages"] = len(records)
         self.checked["torrents"] = sum(1 for r in records if r.torrent is not None)
         self.checked["metalinks"] = len(records)
         with ThreadPoolExecutor(max_workers=WORKERS, thread_name_prefix="verify") as pool:
-            results = list(pool.map(lambda r: self.check_package(r, index), records))
+            results = list(pool.map(lambda job: self.check_package(*job), packages))
         pieces: dict[str, bytes] = {}
         for record, result in zip(records, results, strict=True):
             self.problems.extend(result.problems)
@@ -776,18 +874,19 @@ class _Audit:
         for base, count in counts.items():
             self.problems.append(
                 f"{self.base}/: {count} published document(s) send users to {base}/ instead (metalink torrent "
-                "URLs, index webseed): audit the URL users are given, or fix the publisher's public_url"
+                "URLs, shard webseeds): audit the URL users are given, or fix the publisher's public_url"
             )
 
-    def probe_webseeds(self, index: _Index, pieces: dict[str, bytes]) -> None:
-        candidates = [r for r in index.records if r.size > 0]
+    def probe_webseeds(self, packages: Sequence[tuple[PackageRecord, _Index]], pieces: dict[str, bytes]) -> None:
+        shard_of = {record.path: index for record, index in packages}
+        candidates = [record for record, _ in packages if record.size > 0]
         chosen = _evenly_spaced(candidates, self.spec.sample)
         # each sampled package on the webseeds its torrent names (what users' clients use; a mirror the
         # publisher found not to hold a file is not in that file's url-list)
         jobs = [
             (record, seed)
             for record in chosen
-            for seed in index.webseeds
+            for seed in shard_of[record.path].webseeds
             if record.path not in self.url_lists or webseed_dir_url(seed, record.path) in self.url_lists[record.path]
         ]
         self.checked["webseed_probes"] = len(jobs)
@@ -832,6 +931,53 @@ class _Audit:
                 if len(body) != sig.size or hashlib.sha256(body).hexdigest() != sig.sha256:
                     problems.append(f"{sig_url}: size or SHA-256 differs from the index's signature record")
         return problems
+
+
+def _layout_problems(shard: ShardRef) -> list[str]:
+    """Where the pointer says a shard's objects are, against the names docs/sharded-index.md gives them."""
+    problems = []
+    if shard.path != shard_key(shard.sha256):
+        problems.append(f"path {shard.path}, expected {shard_key(shard.sha256)} for SHA-256 {shard.sha256}")
+    torrent = PurePosixPath(shard.torrent)
+    if not shard.torrent.startswith(SHARDS_PREFIX) or not _TORRENT_NAME_RE.fullmatch(torrent.name):
+        problems.append(f"torrent {shard.torrent} is not {SHARDS_PREFIX}<16 hex digits>.torrent")
+    if shard.delta is not None:
+        match = _DELTA_NAME_RE.fullmatch(PurePosixPath(shard.delta.path).name)
+        if not shard.delta.path.startswith(SHARDS_PREFIX) or match is None or match.group(1) != shard.sha256[:16]:
+            problems.append(
+                f"delta {shard.delta.path} is not {SHARDS_PREFIX}{shard.sha256[:16]}.from-<16 hex digits>.zst"
+            )
+    return problems
+
+
+def _delta_problem(old: bytes, delta: bytes, shard: ShardRef, old16: str) -> str | None:
+    """Why `delta` applied to the JSON of the compressed shard `old` (named by `old16`) does not give the
+    JSON of `shard`, or None when it does."""
+    assert shard.delta is not None
+    if hashlib.sha256(old).hexdigest()[:16] != old16:
+        return f"the shard it was made from, {SHARDS_PREFIX}{old16}.json.zst, does not hash to its name (altered?)"
+    try:
+        declared = zstandard.frame_content_size(old)
+    except zstandard.ZstdError as err:
+        return f"the shard it was made from is not a zstd frame ({err})"
+    if not 0 <= declared <= DELTA_MAX_BYTES:
+        return f"the shard it was made from declares {declared} bytes of JSON (at most {DELTA_MAX_BYTES} have deltas)"
+    try:
+        base = decompress_index(old, uncompressed_size=declared)
+    except StorageError as err:
+        return f"the shard it was made from: {err}"
+    if hashlib.sha256(base).hexdigest() != shard.delta.from_sha256:
+        return f"the JSON of the shard it was made from is not {shard.delta.from_sha256} that the pointer names"
+    try:
+        made = apply_delta(base, delta, uncompressed_size=shard.uncompressed_size)
+    except StorageError as err:
+        return f"applied to the previous shard: {str(err).removeprefix('index delta: ')}"
+    if hashlib.sha256(made).hexdigest() != shard.uncompressed_sha256:
+        return (
+            f"applied to the previous shard it does not give the JSON of shard {shard.name!r} "
+            f"({shard.uncompressed_sha256})"
+        )
+    return None
 
 
 def _piece_problems(url: str, part: Response, piece: tuple[int, int, int], size: int, expected: bytes) -> list[str]:

@@ -59,7 +59,13 @@ def test_demo_fetches_from_the_mirror_then_from_a_peer_with_the_mirror_down(demo
     torrent = tmp_path / "public" / "torrents" / (result.fetched + ".torrent")
     assert bencode.decode_dict(torrent.read_bytes()).value[b"announce"] == result.tracker_url.encode()
     assert result.tracker_url == f"http://127.0.0.1:{ports['tracker']}/announce"
-    assert re.search(r"the release wrote the tracker's whitelist \(25 infohashes\) and sent SIGHUP", text), text
+    # the whitelist: every package torrent and every shard's torrent (one publication: all of them are current)
+    shards = len(list((tmp_path / "public" / "index" / "shards").glob("*.torrent")))
+    packages = len(list((tmp_path / "public" / "torrents").rglob("*.torrent")))
+    assert shards >= 2 and packages == 24
+    whitelist = rf"the release wrote the tracker's whitelist \({packages + shards} infohashes\) and sent SIGHUP"
+    assert re.search(whitelist, text), text
+    assert re.search(rf"seed box \(invoke seed\) aria2 PID \d+ seeds {packages + shards} torrents", text), text
 
     # every process the demo started is gone: the tracker and the seed box's aria2, by the PIDs it printed
     pids = [int(pid) for pid in re.findall(r"(?:opentracker|aria2) PID (\d+)", text)]

@@ -21,15 +21,16 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.bencode import decode_dict
 from pipeline.config import Settings
 from pipeline.errors import SeedError
+from pipeline.index import decode_pointer
 from pipeline.localtracker import free_port
-from pipeline.run import release
+from pipeline.run import published_records, release
 from pipeline.seed import SeedBox
+from pipeline.signing import verify_signed_message
+from pipeline.storage import open_storage
 from tests.integration.conftest import ROOT, SigningKey, aria2_command, tree_state
 from tests.integration.test_incremental import make_flat
-from tests.integration.test_swarm import published_infohashes
 from tests.tools import require_root
 
 pytestmark = pytest.mark.integration
@@ -58,6 +59,26 @@ class World:
     snap: Path
     dest: Path
     settings: Settings
+    key: SigningKey
+
+    def shard_infohashes(self) -> set[str]:
+        """The infohashes of the current pointer's shard torrents."""
+        signed = (self.dest / "latest.asc").read_bytes()
+        pointer = decode_pointer(
+            verify_signed_message(signed, keyring=self.key.keyring, fingerprint=self.key.fingerprint)
+        )
+        return set(pointer.infohashes)
+
+    def package_infohashes(self) -> set[str]:
+        """Every package torrent's infohash, as the current publication's shards list them."""
+        signed = (self.dest / "latest.asc").read_bytes()
+        pointer = decode_pointer(
+            verify_signed_message(signed, keyring=self.key.keyring, fingerprint=self.key.fingerprint)
+        )
+        return {str(r.infohash) for r in published_records(open_storage(str(self.dest)), pointer) if r.infohash}
+
+    def wanted(self) -> set[str]:
+        return self.shard_infohashes() | self.package_infohashes()
 
 
 @pytest.fixture
@@ -75,18 +96,9 @@ def world(signing_key: SigningKey, tmp_path: Path) -> Iterator[World]:
             state=tmp_path / "state.sqlite", seed_poll=1, seed_port=free_port(), seed_rpc_port=free_port(),
             seed_rpc_secret_file=secret, seed_max_torrents=10,
         )  # fmt: skip
-        yield World(root, snap, dest, settings)
+        yield World(root, snap, dest, settings, signing_key)
     finally:
         shutil.rmtree(root, ignore_errors=True)
-
-
-def index_infohash(dest: Path) -> str:
-    torrent = max((dest / "index").glob("*.torrent"), key=lambda p: int(p.name.split("-")[0]))
-    import hashlib
-
-    info = decode_dict(torrent.read_bytes()).info
-    assert info is not None
-    return hashlib.sha1(info).hexdigest()
 
 
 def seeding(box: SeedBox) -> set[str]:
@@ -98,6 +110,11 @@ def seeding(box: SeedBox) -> set[str]:
     }
 
 
+def box_workdir(box: SeedBox) -> Path:
+    assert box._workdir is not None
+    return box._workdir
+
+
 def pid_gone(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -106,9 +123,11 @@ def pid_gone(pid: int) -> bool:
     return Path(f"/proc/{pid}/status").read_text().find("State:\tZ") >= 0
 
 
-def test_seed_box_seeds_the_index_and_follows_a_new_publication(world: World) -> None:
+def test_seed_box_seeds_the_shards_and_follows_a_new_publication(world: World) -> None:
     release(world.settings)
-    first = published_infohashes(world.dest) | {index_infohash(world.dest)}
+    shards = world.shard_infohashes()
+    first = world.wanted()
+    assert len(shards) == 3  # the flat shards dir0, dir1, dir2
     before = tree_state(world.snap)
     box = SeedBox(world.settings)
     stop = threading.Event()
@@ -117,8 +136,10 @@ def test_seed_box_seeds_the_index_and_follows_a_new_publication(world: World) ->
         box.start()
         assert box.aria2 is not None
         pid = box.aria2.pid
-        assert set(box.seeding) == first and len(first) == 6
-        wait_for(lambda: seeding(box) == first, "every torrent of the index seeding")
+        assert set(box.seeding) == first and len(first) == 8  # 3 shards, 5 packages
+        wait_for(lambda: seeding(box) == first, "every shard and package torrent seeding")
+        shard_files = sorted(p.name for p in (box_workdir(box) / "shards").iterdir())
+        assert len(shard_files) == 3 and all(name.endswith(".json.zst") for name in shard_files)
         assert Path(f"/proc/{pid}/status").read_text().count("Uid:\t65534") == 1  # aria2 runs as nobody
         assert "test-secret" not in Path(f"/proc/{pid}/cmdline").read_text()  # the secret is not in argv
 
@@ -126,10 +147,12 @@ def test_seed_box_seeds_the_index_and_follows_a_new_publication(world: World) ->
         assert tree_state(world.snap) == before  # nothing written, not even a control file
         (world.snap / "dir0" / "file-00.bin").write_bytes(b"new version" * 5000)
         release(world.settings)
-        second = published_infohashes(world.dest) | {index_infohash(world.dest)}
-        assert len(second - first) == 2  # the changed package and the new index
+        second = world.wanted()
+        assert len(second - first) == 2  # the changed package and its shard (dir0)
+        assert len(world.shard_infohashes() & shards) == 2  # dir1 and dir2 did not change: same torrents
         wait_for(lambda: seeding(box) == second, "the new publication seeding, the old torrents removed")
         assert set(box.seeding) == second
+        assert len(list((box_workdir(box) / "shards").iterdir())) == 3  # the old dir0 shard's file removed
     finally:
         stop.set()
         if follower.is_alive():
@@ -147,7 +170,7 @@ def test_a_snapshot_file_whose_bytes_differ_is_left_untouched(world: World, trus
     changed.write_bytes(bytes(data))
     os.utime(changed, ns=(1_577_836_800_000_000_000, 1_577_836_800_000_000_000))
     before = tree_state(world.snap)
-    wanted = published_infohashes(world.dest) | {index_infohash(world.dest)}
+    wanted = world.wanted()
     with SeedBox(replace(world.settings, seed_trust_files=trust)) as box:
         assert box.aria2 is not None
         pid = box.aria2.pid
@@ -223,11 +246,11 @@ def test_a_peer_fetches_a_package_from_the_seed_box_alone(
 ) -> None:
     announce, whitelist = opentracker
     settings = replace(world.settings, trackers=(announce,), tracker_whitelist=whitelist)
-    release(settings)  # writes the tracker's whitelist: the index and package infohashes
+    release(settings)  # writes the tracker's whitelist: the shard and package infohashes
     tracker = start_tracker(whitelist, announce)
     try:
         with SeedBox(settings) as box:
-            wanted = published_infohashes(world.dest) | {index_infohash(world.dest)}
+            wanted = world.wanted()
             wait_for(lambda: seeding(box) == wanted, "every torrent seeding")
             out = tmp_path / "download"
             torrent = world.dest / "torrents" / "dir1" / "file-04.bin.torrent"
@@ -263,7 +286,7 @@ def test_invoke_seed_reads_the_release_settings_and_stops_on_sigterm(world: Worl
             cwd=ROOT, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err,
         )  # fmt: skip
     try:
-        wait_for(lambda: "torrents (6 added" in log.read_text() or process.poll() is not None, "the seed box up")
+        wait_for(lambda: "torrents (8 added" in log.read_text() or process.poll() is not None, "the seed box up")
         text = log.read_text()
         assert process.poll() is None, text
         aria2_pid = int(text.split("running as PID ")[1].split()[0])

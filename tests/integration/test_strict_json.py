@@ -1,7 +1,8 @@
-"""`verify` refuses a correctly signed index that is not strict JSON (NaN, a repeated key).
+"""`verify` refuses a correctly signed index shard that is not strict JSON (NaN, a repeated key).
 
-The publication of tests/integration/test_verify.py is reused: each test writes a new index whose JSON
-is changed, signs it (detached) and a pointer naming it with the test key, and runs the audit.
+The publication of tests/integration/test_verify.py is reused: each test writes a new shard whose JSON is
+changed, and a pointer naming it (its size and SHA-256, of the object and of the JSON, all true), signed
+with the test key, and runs the audit.
 """
 
 from __future__ import annotations
@@ -14,41 +15,34 @@ from pathlib import Path
 import pytest
 import zstandard
 
-from pipeline.index import decode_pointer, encode_pointer
-from pipeline.model import IndexRef
-from pipeline.objects import index_key, index_torrent_key
-from pipeline.signing import Signer, verify_signed_message
+from pipeline.objects import shard_key
 from pipeline.urls import join_url
 from pipeline.verify import verify_publication
-from tests.integration.test_verify import Published, pub, published  # noqa: F401  (fixtures)
+from tests.integration.test_verify import Published, pub, published, sign_pointer  # noqa: F401  (fixtures)
 
 pytestmark = pytest.mark.integration
 
 
-def publish_index_text(pub: Published, mutate: object) -> tuple[str, Path]:  # noqa: F811
-    """Re-publish the current index with `mutate(text)` applied, signed, under a pointer signed by
-    the test key; (the index URL, the state file to use)."""
-    key = pub.key
-    current = decode_pointer(
-        verify_signed_message((pub.dest / "latest.asc").read_bytes(), keyring=key.keyring, fingerprint=key.fingerprint)
-    )
-    original = zstandard.ZstdDecompressor().decompress((pub.dest / current.index.path).read_bytes()).decode()
+def publish_index_text(pub: Published, mutate: object) -> tuple[str, Path, str, int]:  # noqa: F811
+    """Re-publish the first shard with `mutate(text)` applied, under a pointer signed by the test key;
+    (the shard URL, the state file to use, the shard's name, the packages of the other shards)."""
+    pointer = pub.pointer()
+    first = pointer.shards[0]
+    original = zstandard.ZstdDecompressor().decompress((pub.dest / first.path).read_bytes()).decode()
     assert callable(mutate)
     text = mutate(original)
     assert text != original
     raw = text.encode()
     data = zstandard.ZstdCompressor(write_checksum=True).compress(raw)
     sha = hashlib.sha256(data).hexdigest()
-    target = pub.dest / index_key(1, sha)
-    target.parent.mkdir(parents=True)
-    target.write_bytes(data)
-    signer = Signer(gnupghome=key.gnupghome, key=key.fingerprint)
-    target.with_name(target.name + ".sig").write_bytes(signer.sign_detached(data))
+    (pub.dest / shard_key(sha)).write_bytes(data)
     hostile = replace(
-        current, index=IndexRef(index_key(1, sha), len(data), len(raw), sha), index_torrent=index_torrent_key(1, sha)
-    )
-    (pub.dest / "latest.asc").write_bytes(signer.sign_message(encode_pointer(hostile)))
-    return join_url(pub.public_url, index_key(1, sha)), pub.dest.parent / f"strict-{sha[:8]}.json"
+        first, path=shard_key(sha), size=len(data), sha256=sha, uncompressed_size=len(raw),
+        uncompressed_sha256=hashlib.sha256(raw).hexdigest(),
+    )  # fmt: skip
+    sign_pointer(pub.dest, pub.key, replace(pointer, shards=(hostile, *pointer.shards[1:])))
+    others = sum(shard.packages for shard in pointer.shards[1:])
+    return join_url(pub.public_url, shard_key(sha)), pub.dest.parent / f"strict-{sha[:8]}.json", first.name, others
 
 
 def first_size(text: str) -> str:
@@ -73,10 +67,10 @@ def test_verify_refuses_a_signed_index_that_is_not_strict_json(
     mutate: object,
     message: str,
 ) -> None:
-    url, state = publish_index_text(pub, mutate)
+    url, state, name, others = publish_index_text(pub, mutate)
     report = verify_publication(pub.spec(state_file=state))
     assert not report.ok
     assert f"{url}: index: not strict JSON: {message}" in report.problems, report.problems
-    assert f"{url}: not usable, so no package was checked" in report.problems
-    assert report.checked["packages"] == 0
+    assert f"{url}: not usable, so no package of shard {name!r} was checked" in report.problems
+    assert report.checked["packages"] == others  # the other shards' packages only: none of this shard's
     assert not state.exists()

@@ -16,6 +16,7 @@ import pytest
 
 from pipeline import bencode
 from pipeline.errors import ConfigError
+from pipeline.index import make_delta
 from pipeline.objects import APT_METHOD_KEY, CLIENT_KEYS, PACMAN_XFER_KEY, content_type_for
 from pipeline.render import ARIA2_FLAGS, client_artifacts
 
@@ -110,3 +111,79 @@ def test_the_infohash_is_the_sha1_of_the_info_bytes_as_published() -> None:
     for bad in (b"", b"d4:infoi1ee", data + b"x", b"l" * 40):
         with pytest.raises((ValueError, IndexError)):
             client.bdecode_info(bad)
+
+
+def test_shards_are_chosen_by_shell_globs_where_star_matches_slash(monkeypatch: pytest.MonkeyPatch) -> None:
+    client = load_client()
+    refs = [{"name": name} for name in ("bookworm/contrib/amd64", "bookworm/main/all", "bookworm/main/amd64", ".")]
+
+    def chosen(setting: str | None, hint: str | None = None) -> list[str]:
+        if setting is None:
+            monkeypatch.delenv("MIRRORSEED_SHARDS", raising=False)
+        else:
+            monkeypatch.setenv("MIRRORSEED_SHARDS", setting)
+        publication = client.Publication(client.Settings(), shard_hint=hint)
+        return [ref["name"] for ref in publication.choose(refs)]
+
+    assert chosen(None) == [ref["name"] for ref in refs]  # default: every shard
+    assert chosen("*") == chosen(None)
+    assert chosen("bookworm/*/amd64 bookworm/*/all") == ["bookworm/contrib/amd64", "bookworm/main/all",
+                                                         "bookworm/main/amd64"]  # fmt: skip
+    assert chosen("*amd64") == ["bookworm/contrib/amd64", "bookworm/main/amd64"]  # `*` spans `/`
+    assert chosen("bookworm/main/a[lm]*  .") == ["bookworm/main/all", "bookworm/main/amd64", "."]
+    assert chosen(None, hint="bookworm/main/all") == ["bookworm/main/all"]  # pacman: the URL's shard ...
+    assert chosen(None, hint="core/x86_64") == chosen(None)  # ... when the pointer has it, else all
+    assert chosen("*", hint="bookworm/main/all") == chosen(None)  # a setting wins over the hint
+    with pytest.raises(client.Refused) as refused:
+        chosen("bookworm/main/all trixie/* sid")
+    assert str(refused.value) == (
+        "Shards: trixie/* sid matches no shard of /latest.asc; "
+        "its shards: bookworm/contrib/amd64 bookworm/main/all bookworm/main/amd64 ."
+    )
+
+
+def test_the_arch_shard_of_a_package_url() -> None:
+    client = load_client()
+    assert client.arch_shard("https://m.example/archlinux/core/os/x86_64/a-1-1-x86_64.pkg.tar.zst") == "core/x86_64"
+    assert client.arch_shard("http://m/extra/os/aarch64/b%2Bc-1-1-any.pkg.tar.zst") == "extra/aarch64"
+    assert client.arch_shard("http://m/pool/packages/a-1-1-x86_64.pkg.tar.zst") is None
+    assert client.arch_shard("http://m/os/x86_64/a.pkg.tar.zst") is None
+
+
+def test_zstd_patch_from_applies_the_publishers_delta_and_bounds_the_output(tmp_path: Path) -> None:
+    """The client's `zstd -d --patch-from` reads the deltas pipeline.index.make_delta writes."""
+    client = load_client()
+    old = b'{"packages":[' + b",".join(b'{"path":"p%d","size":%d}' % (i, i) for i in range(2000)) + b"]}"
+    new = old.replace(b'"p1000","size":1000', b'"p1000","size":1001')
+    base = tmp_path / "old.json"
+    base.write_bytes(old)
+    delta = make_delta(old, new)
+    assert len(delta) < len(new) // 20
+    assert client.zstd(["--patch-from", str(base)], delta, len(new), "d") == new
+    short = len(new) - 1
+    with pytest.raises(client.Refused, match=f"^d: decompresses to more than {short} bytes, not {short}$"):
+        client.zstd(["--patch-from", str(base)], delta, short, "d")  # reads at most size + 1 bytes
+    with pytest.raises(client.Refused, match="decompresses to 0 bytes"):
+        client.zstd([], delta, len(new), "d")  # without its dictionary
+
+
+def test_a_kept_shard_is_reused_and_a_damaged_one_deleted(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    client = load_client()
+    monkeypatch.setenv("MIRRORSEED_STATEDIR", str(tmp_path))
+    monkeypatch.setenv("MIRRORSEED_PUBLICATION", "http://127.0.0.1:9")  # nothing listens: nothing may be fetched
+    raw = b'{"format":"mirrorseed-index/2","packages":[{"path":"a"}],"repo":"r","shard":"s"}'
+    sha = hashlib.sha256(raw).hexdigest()
+    ref = {"name": "s", "path": "index/shards/x.json.zst", "size": 1, "sha256": "0" * 64, "uncompressed_size": len(raw),
+           "uncompressed_sha256": sha, "packages": 1, "torrent": "t", "infohash": "0" * 40, "delta": None}  # fmt: skip
+    assert client.shard_ref_ok(ref) and not client.shard_ref_ok(ref | {"size": -1})
+    publication = client.Publication(client.Settings())
+    kept = tmp_path / "k" / "shards" / f"{sha}.json"
+    kept.parent.mkdir(parents=True)
+    kept.write_bytes(raw)
+    assert publication.shard(tmp_path / "k", {"repo": "r"}, ref)["packages"] == [{"path": "a"}]
+    with pytest.raises(client.Refused, match="not the mirrorseed-index/2 shard 's' of 'q'"):
+        publication.shard(tmp_path / "k", {"repo": "q"}, ref)
+    kept.write_bytes(raw[:-1] + b" ")
+    with pytest.raises(client.Unreachable):  # damaged: deleted, and fetched again
+        publication.shard(tmp_path / "k", {"repo": "r"}, ref)
+    assert not kept.exists()

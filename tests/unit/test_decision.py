@@ -4,14 +4,17 @@ from __future__ import annotations
 
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from pipeline.decision import Decision, Facts, decide, resign_due, same_content
 from pipeline.errors import PipelineError
-from pipeline.index import MAX_SEQUENCE, record_fingerprints, rfc3339
-from pipeline.model import IndexRef, PackageRecord, Pointer
+from pipeline.index import MAX_SEQUENCE, rfc3339
+from pipeline.model import FileEntry, PackageRecord, Pointer, ShardRef
+from pipeline.objects import shard_key, shard_torrent_key
+from pipeline.shards import record_fingerprints
 
 NOW = datetime(2026, 3, 1, 12, 0, 0, tzinfo=UTC)
 CURRENT = Facts(current_sequence=7, highest_sequence=7, unchanged=True)
@@ -69,11 +72,22 @@ def record(path: str, sha256: str = "a" * 64, **extra: Any) -> PackageRecord:
 
 
 RECORDS = (record("pool/a.deb"), record("pool/b.deb", name="b", version="1.0"))
+SHARDS = {"pool/a.deb": ("bookworm/main/amd64",), "pool/b.deb": ("bookworm/main/all", "trixie/main/all")}
+
+
+def files(records: tuple[PackageRecord, ...], shards: dict[str, tuple[str, ...]] = SHARDS) -> tuple[FileEntry, ...]:
+    """The scanned entries the records were built from (Debian: each names the shards listing it)."""
+    return tuple(
+        FileEntry(path=r.path, source=Path("/srv") / r.path, size=r.size, mtime_ns=0, shards=shards.get(r.path, ()))
+        for r in records
+    )
 
 
 def compare(**changes: Any) -> bool:
     args: dict[str, Any] = {
         "current_records": RECORDS,
+        "current_shards": SHARDS,
+        "shards": SHARDS,
         "current_webseeds": ("https://a.example/", "https://b.example/"),
         "current_trackers": ("udp://t.example:6969/announce",),
         "records": tuple(reversed(RECORDS)),  # order does not matter
@@ -81,8 +95,10 @@ def compare(**changes: Any) -> bool:
         "trackers": ("udp://t.example:6969/announce",),
     }
     args.update(changes)
-    args["current_fingerprints"] = record_fingerprints(args.pop("current_records"))
-    args["fingerprints"] = record_fingerprints(args.pop("records"))
+    current, current_shards = args.pop("current_records"), args.pop("current_shards")
+    records, shards = args.pop("records"), args.pop("shards")
+    args["current_fingerprints"] = record_fingerprints(current, files(current, current_shards), "debian")
+    args["fingerprints"] = record_fingerprints(records, files(records, shards), "debian")
     return same_content(**args)
 
 
@@ -101,18 +117,36 @@ def test_same_content_ignores_order_and_descriptions() -> None:
         {"webseeds": ("https://a.example/",)},
         {"webseeds": ("https://a.example/", "https://b.example/", "https://c.example/")},
         {"trackers": ()},
+        {"shards": {**SHARDS, "pool/b.deb": ("bookworm/main/all",)}},  # no longer in trixie
+        {"shards": {**SHARDS, "pool/a.deb": ("bookworm/main/amd64", "trixie/main/amd64")}},  # now also in trixie
+        {"shards": {**SHARDS, "pool/a.deb": ("bookworm/main/arm64",)}},
     ],
-    ids=["sha256", "removed", "added", "version", "webseed-gone", "webseed-added", "trackers"],
+    ids=[
+        "sha256",
+        "removed",
+        "added",
+        "version",
+        "webseed-gone",
+        "webseed-added",
+        "trackers",
+        "left-a-shard",
+        "joined-a-shard",
+        "moved-shard",
+    ],  # fmt: skip
 )
 def test_same_content_sees_every_change(changes: dict[str, Any]) -> None:
     assert not compare(**changes)
 
 
+SHARD = ShardRef(
+    name="bookworm/main/amd64", path=shard_key("a" * 64), size=1, sha256="a" * 64, uncompressed_size=2,
+    uncompressed_sha256="b" * 64, packages=1, torrent=shard_torrent_key("c" * 64), infohash="1" * 40,
+)  # fmt: skip
+
+
 def pointer(expires: datetime) -> Pointer:
     return Pointer(
-        repo="r", sequence=7, generated=rfc3339(NOW - timedelta(days=1)), expires=rfc3339(expires),
-        index=IndexRef("index/7-aaaaaaaaaaaa/index.json.zst", 1, 2, "a" * 64), index_torrent="index/7-a.torrent",
-        infohash="1" * 40, magnet="magnet:?",
+        repo="r", sequence=7, generated=rfc3339(NOW - timedelta(days=1)), expires=rfc3339(expires), shards=(SHARD,),
     )  # fmt: skip
 
 
@@ -125,3 +159,6 @@ def test_resign_due_when_expiry_near_or_passed() -> None:
         resign_due(pointer(NOW), NOW.replace(tzinfo=None), window)
     with pytest.raises(PipelineError, match="expires"):
         resign_due(replace(pointer(NOW), expires="next tuesday"), NOW, window)
+    # a pointer of format 1, read back to be replaced, expires like any other
+    legacy = Pointer("r", 7, rfc3339(NOW), rfc3339(NOW + timedelta(days=1)), (), legacy_keys=("index/7-a.torrent",))
+    assert resign_due(legacy, NOW, window) and not resign_due(legacy, NOW, timedelta(hours=1))

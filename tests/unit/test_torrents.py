@@ -4,6 +4,7 @@ import dataclasses
 import hashlib
 import io
 import random
+import re
 import xml.etree.ElementTree as ET
 from dataclasses import replace
 from pathlib import Path
@@ -17,6 +18,7 @@ from pipeline import bencode
 from pipeline.errors import ConfigError, SnapshotError
 from pipeline.hashing import hash_files, piece_size_for
 from pipeline.model import Artifact, FileEntry, HashedFile, SignatureRef
+from pipeline.objects import shard_key, shard_torrent_key
 from pipeline.torrents import (
     BuildSpec,
     _announce_prefix,
@@ -322,15 +324,15 @@ def test_duplicate_path_refused(tmp_path: Path) -> None:
 def test_multi_file_torrent_equals_torf_hashing_the_directory(tmp_path: Path) -> None:
     rng = random.Random(9)
     blobs = [rng.randbytes(40_000), rng.randbytes(700)]
-    top = tmp_path / "7-0123456789ab"
+    top = tmp_path / "bundle-1.0"
     top.mkdir()
-    (top / "index.json.zst").write_bytes(blobs[0])
-    (top / "index.json.zst.sig").write_bytes(blobs[1])
+    (top / "data.bin").write_bytes(blobs[0])
+    (top / "data.bin.sig").write_bytes(blobs[1])
     piece = piece_size_for(sum(map(len, blobs)))
-    webseeds = ["https://seed.example/pub/index/"]
+    webseeds = ["https://seed.example/pub/bundles/"]
     data, infohash = build_torrent(
         name=top.name,
-        files=[("index.json.zst", len(blobs[0])), ("index.json.zst.sig", len(blobs[1]))],
+        files=[("data.bin", len(blobs[0])), ("data.bin.sig", len(blobs[1]))],
         length=None,
         piece_size=piece,
         pieces=hash_pieces_of_bytes(blobs, piece),
@@ -344,6 +346,32 @@ def test_multi_file_torrent_equals_torf_hashing_the_directory(tmp_path: Path) ->
     assert reference.infohash == infohash
     assert reference.dump() == data
     assert b"creation date" not in data
+
+
+def test_index_shard_torrent_equals_torf_hashing_the_shard(tmp_path: Path) -> None:
+    """docs/sharded-index.md: a single-file torrent of `index/shards/<h16>.json.zst`, named `<h16>.json.zst`,
+    whose url-list is `<public_url>/index/shards/` (a BEP 19 directory: the client appends the name)."""
+    shard = random.Random(14).randbytes(70_000)
+    key = shard_key(hashlib.sha256(shard).hexdigest())
+    name = key.rpartition("/")[2]
+    (tmp_path / name).write_bytes(shard)
+    piece = piece_size_for(len(shard))
+    url_list = join_url(SPEC.public_url, "index/shards") + "/"
+    data, infohash = build_torrent(
+        name=name, files=None, length=len(shard), piece_size=piece, pieces=hash_pieces_of_bytes([shard], piece),
+        webseeds=[url_list], trackers=list(SPEC.trackers),
+    )  # fmt: skip
+    reference = torf.Torrent(
+        path=tmp_path / name, piece_size=piece, webseeds=[url_list], trackers=list(SPEC.trackers),
+        created_by="mirrorseed",
+    )  # fmt: skip
+    assert reference.generate(threads=1)
+    assert (reference.infohash, reference.dump()) == (infohash, data)
+    assert url_list + name == f"{SPEC.public_url}/{key}"  # where a webseed client fetches the shard
+    assert (
+        re.fullmatch(r"index/shards/[0-9a-f]{16}\.json\.zst", key)
+        and shard_torrent_key(hashlib.sha256(data).hexdigest()) != key
+    )
 
 
 def test_build_torrent_argument_checks() -> None:

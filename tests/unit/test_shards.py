@@ -1,0 +1,265 @@
+"""pipeline.shards: which index shards list a file (docs/sharded-index.md), for each format, from FileEntry
+values and from real scans; grouping records into shards; fingerprints that see a change of membership."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from pipeline.model import FileEntry, PackageRecord
+from pipeline.shards import TOP, debian_shard, fingerprint, group, membership, record_fingerprints, shards_of
+from pipeline.snapshot import ScanSpec, scan_snapshot
+from tests.unit import test_snapshot_arch as arch_fixture
+from tests.unit.test_snapshot_debian import Pkg, stanza
+
+
+def entry(path: str, *shards: str) -> FileEntry:
+    return FileEntry(path=path, source=Path("/snapshot") / path, size=1000, mtime_ns=0, shards=shards)
+
+
+def record(path: str, sha256: str = "a" * 64) -> PackageRecord:
+    return PackageRecord(
+        path=path, size=1000, sha256=sha256, infohash="1" * 40, piece_size=16384, torrent=f"torrents/{path}.torrent",
+        metalink=f"metalinks/{path}.meta4", magnet="magnet:?xt=urn:btih:" + "1" * 40,
+    )  # fmt: skip
+
+
+# -- names per format ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("path", "expected"),
+    [
+        ("README", "."),
+        ("SHA256SUMS.asc", "."),
+        ("iso/debian-12.iso", "iso"),
+        ("iso/amd64/deep/er/debian-12.iso", "iso"),
+        ("日本/ü.txt", "日本"),
+        ("a.b/c", "a.b"),
+    ],
+)
+def test_flat_shard_is_the_top_directory_or_dot(path: str, expected: str) -> None:
+    assert shards_of(entry(path), "flat") == (expected,)
+    assert TOP == "."
+
+
+@pytest.mark.parametrize(
+    ("path", "expected"),
+    [
+        ("core/os/x86_64/hello-2.12-1-x86_64.pkg.tar.zst", "core/x86_64"),
+        ("core/os/x86_64/hello-2.12-1-x86_64.pkg.tar.zst.sig", "core/x86_64"),
+        ("extra/os/aarch64/py.thing-0.5-1-any.pkg.tar.zst", "extra/aarch64"),
+        ("core-testing/os/x86_64/sub/x.pkg.tar.zst", "core-testing/x86_64"),
+    ],
+)
+def test_arch_shard_is_repo_slash_arch(path: str, expected: str) -> None:
+    assert shards_of(entry(path), "arch") == (expected,)
+
+
+def test_the_repository_metadata_decides_when_it_names_shards() -> None:
+    """Debian: the scan records every shard listing the file (`FileEntry.shards`); the path does not matter."""
+    names = ("bookworm/main/all", "trixie/main/all")
+    assert shards_of(entry("pool/main/h/hello-doc/hello-doc_2.10-3_all.deb", *names), "debian") == names
+    assert shards_of(entry("core/os/x86_64/x.pkg.tar.zst", "other/name"), "arch") == ("other/name",)
+
+
+@pytest.mark.parametrize(
+    ("index_arch", "package_arch", "expected"),
+    [
+        ("amd64", "amd64", "bookworm/main/amd64"),
+        ("arm64", "arm64", "bookworm/main/arm64"),
+        ("amd64", "all", "bookworm/main/all"),
+        ("arm64", "all", "bookworm/main/all"),
+        ("all", "all", "bookworm/main/all"),
+        ("amd64", None, "bookworm/main/amd64"),  # no Architecture field: the Packages file's
+        ("i386", "allx", "bookworm/main/i386"),
+    ],
+)
+def test_debian_shard(index_arch: str, package_arch: str | None, expected: str) -> None:
+    assert debian_shard("bookworm", "main", index_arch, package_arch) == expected
+
+
+def test_debian_shard_keeps_suite_and_component() -> None:
+    assert (
+        debian_shard("trixie-security", "non-free-firmware", "amd64", "all") == "trixie-security/non-free-firmware/all"
+    )
+
+
+# -- from real scans -----------------------------------------------------------------------------
+
+
+def write_debian(root: Path, suite: str, listings: dict[tuple[str, str], list[Pkg]]) -> None:
+    """dists/<suite>/<component>/binary-<arch>/Packages as given (an `Architecture: all` package may be in
+    several, as on real mirrors), the pool files and a Release listing the Packages files."""
+    lines = []
+    for (component, arch), packages in listings.items():
+        text = "\n".join(stanza(p) for p in packages).encode()
+        directory = root / "dists" / suite / component / f"binary-{arch}"
+        directory.mkdir(parents=True, exist_ok=True)
+        (directory / "Packages").write_bytes(text)
+        lines.append(f" {hashlib.sha256(text).hexdigest()} {len(text):>8} {component}/binary-{arch}/Packages")
+        for pkg in packages:
+            (root / pkg.path).parent.mkdir(parents=True, exist_ok=True)
+            (root / pkg.path).write_bytes(pkg.content)
+    components = sorted({component for component, _ in listings})
+    architectures = sorted({arch for _, arch in listings})
+    (root / "dists" / suite / "Release").write_text(
+        f"Origin: Test\nSuite: {suite}\nCodename: {suite}\nArchitectures: {' '.join(architectures)}\n"
+        f"Components: {' '.join(components)}\nSHA256:\n" + "\n".join(lines) + "\n"
+    )
+
+
+HELLO = Pkg("hello", "2.10-3", "amd64")
+HELLO_ARM = Pkg("hello", "2.10-3", "arm64")
+DOC = Pkg("hello-doc", "2.10-3", "all")
+FW = Pkg("fw", "1", "all", component="non-free")
+
+
+def test_debian_scan_records_each_files_shards(tmp_path: Path) -> None:
+    write_debian(
+        tmp_path,
+        "bookworm",
+        {
+            ("main", "amd64"): [HELLO, DOC],
+            ("main", "arm64"): [HELLO_ARM, DOC],
+            ("main", "all"): [DOC],
+            ("non-free", "amd64"): [FW],
+        },
+    )
+    write_debian(tmp_path, "trixie", {("main", "amd64"): [HELLO, DOC]})
+    snapshot = scan_snapshot(ScanSpec(root=tmp_path))
+    assert snapshot.format == "debian"
+    got = dict(membership(snapshot.files, snapshot.format))
+    assert got == {
+        # in two suites: in both; Architecture: all, in three Packages of bookworm: once, in .../all
+        DOC.path: ("bookworm/main/all", "trixie/main/all"),
+        FW.path: ("bookworm/non-free/all",),
+        HELLO.path: ("bookworm/main/amd64", "trixie/main/amd64"),
+        HELLO_ARM.path: ("bookworm/main/arm64",),
+    }
+    assert all(entry.shards == got[entry.path] for entry in snapshot.files)
+
+
+def test_arch_scan_shards(tmp_path: Path) -> None:
+    hello, anything = arch_fixture.HELLO, arch_fixture.ANY
+    arch_fixture.write_repo(tmp_path, "core", "x86_64", [hello, anything])
+    arch_fixture.write_repo(tmp_path, "extra", "aarch64", [anything])
+    snapshot = scan_snapshot(ScanSpec(root=tmp_path))
+    assert snapshot.format == "arch"
+    assert dict(membership(snapshot.files, snapshot.format)) == {
+        f"core/os/x86_64/{hello.file}": ("core/x86_64",),
+        f"core/os/x86_64/{anything.file}": ("core/x86_64",),  # an `any` package: in each arch it is listed in
+        f"extra/os/aarch64/{anything.file}": ("extra/aarch64",),
+    }
+
+
+def test_flat_scan_shards(tmp_path: Path) -> None:
+    for path in ("README", "iso/a.iso", "iso/deep/b.iso", "tools/t.tar.gz"):
+        (tmp_path / path).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / path).write_bytes(path.encode())
+    snapshot = scan_snapshot(ScanSpec(root=tmp_path, format="flat"))
+    assert dict(membership(snapshot.files, "flat")) == {
+        "README": (".",),
+        "iso/a.iso": ("iso",),
+        "iso/deep/b.iso": ("iso",),
+        "tools/t.tar.gz": ("tools",),
+    }
+
+
+# -- group ---------------------------------------------------------------------------------------
+
+
+FILES = (
+    entry("pool/main/a/a_1_amd64.deb", "bookworm/main/amd64"),
+    entry("pool/main/d/doc_1_all.deb", "bookworm/main/all", "trixie/main/all"),
+    entry("pool/main/h/h_1_amd64.deb", "bookworm/main/amd64", "trixie/main/amd64"),
+    entry("pool/main/z/z_1_arm64.deb", "bookworm/main/arm64"),
+    entry("pool/main/zz/zz_1_all.deb", "trixie/main/all"),
+)
+RECORDS = tuple(record(f.path) for f in FILES)
+
+
+def test_group_lists_a_file_in_every_shard_in_path_order() -> None:
+    shards = group(RECORDS, FILES, "debian")
+    assert list(shards) == [
+        "bookworm/main/all", "bookworm/main/amd64", "bookworm/main/arm64", "trixie/main/all", "trixie/main/amd64",
+    ]  # fmt: skip
+    assert {name: [r.path for r in members] for name, members in shards.items()} == {
+        "bookworm/main/all": ["pool/main/d/doc_1_all.deb"],
+        "bookworm/main/amd64": ["pool/main/a/a_1_amd64.deb", "pool/main/h/h_1_amd64.deb"],
+        "bookworm/main/arm64": ["pool/main/z/z_1_arm64.deb"],
+        "trixie/main/all": ["pool/main/d/doc_1_all.deb", "pool/main/zz/zz_1_all.deb"],
+        "trixie/main/amd64": ["pool/main/h/h_1_amd64.deb"],
+    }
+    for members in shards.values():
+        assert [r.path for r in members] == sorted(r.path for r in members)
+    assert shards["bookworm/main/all"][0] is RECORDS[1] and shards["trixie/main/all"][0] is RECORDS[1]
+    assert sum(map(len, shards.values())) == sum(len(f.shards) for f in FILES)
+
+
+def test_group_flat_and_arch_by_path() -> None:
+    flat = (entry("README"), entry("iso/a.iso"), entry("iso/b.iso"), entry("z"))
+    shards = group(tuple(record(f.path) for f in flat), flat, "flat")
+    assert {name: [r.path for r in members] for name, members in shards.items()} == {
+        ".": ["README", "z"],
+        "iso": ["iso/a.iso", "iso/b.iso"],
+    }
+    assert list(shards) == [".", "iso"]
+    arch = (entry("core/os/aarch64/a"), entry("core/os/x86_64/a"), entry("core/os/x86_64/b"))
+    shards = group(tuple(record(f.path) for f in arch), arch, "arch")
+    assert {name: len(members) for name, members in shards.items()} == {"core/aarch64": 1, "core/x86_64": 2}
+
+
+def test_group_refuses_records_of_other_files() -> None:
+    with pytest.raises(ValueError, match="4 records for 5 files"):
+        group(RECORDS[:-1], FILES, "debian")
+    with pytest.raises(ValueError, match="the record of another file"):
+        group((RECORDS[1], RECORDS[0], *RECORDS[2:]), FILES, "debian")
+    assert group((), (), "debian") == {}
+
+
+# -- fingerprints --------------------------------------------------------------------------------
+
+
+def test_fingerprints_see_a_change_of_shard_membership() -> None:
+    before = record_fingerprints(RECORDS, FILES, "debian")
+    assert set(before) == {f.path for f in FILES}
+    assert record_fingerprints(RECORDS, FILES, "debian") == before
+    # same records, one file now also listed in another suite: its fingerprint (only its) changes
+    moved = (*FILES[:2], replace(FILES[2], shards=("bookworm/main/amd64",)), *FILES[3:])
+    after = record_fingerprints(RECORDS, moved, "debian")
+    assert after != before
+    assert [path for path in before if before[path] != after[path]] == [FILES[2].path]
+    # a record's content changes, its shards do not
+    changed = (*RECORDS[:3], replace(RECORDS[3], sha256="b" * 64), RECORDS[4])
+    assert [p for p, v in record_fingerprints(changed, FILES, "debian").items() if v != before[p]] == [RECORDS[3].path]
+    # a description is not in the index
+    described = tuple(replace(r, description="new text") for r in RECORDS)
+    assert record_fingerprints(described, FILES, "debian") == before
+
+
+def test_fingerprints_by_path_for_flat_and_arch() -> None:
+    files = (entry("iso/a.iso"),)
+    records = (record("iso/a.iso"),)
+    assert record_fingerprints(records, files, "flat") == {"iso/a.iso": fingerprint(hash(records[0]), ["iso"])}
+    assert record_fingerprints(records, files, "flat") != record_fingerprints(
+        records, (entry("iso/a.iso", "x"),), "flat"
+    )
+
+
+def test_fingerprint_is_order_free_over_shards_and_sees_each_one() -> None:
+    h = hash(record("p"))
+    assert fingerprint(h, ["b", "a"]) == fingerprint(h, ("a", "b")) == fingerprint(h, iter(["a", "b"]))
+    others = {
+        fingerprint(h, ["a"]),
+        fingerprint(h, ["a", "b", "c"]),
+        fingerprint(h, []),
+        fingerprint(h + 1, ["a", "b"]),
+    }
+    assert fingerprint(h, ["a", "b"]) not in others and len(others) == 4
+    # built (record_fingerprints) and read back from the published shards (fingerprint) agree
+    rec, file = RECORDS[1], FILES[1]
+    assert record_fingerprints((rec,), (file,), "debian")[rec.path] == fingerprint(hash(rec), reversed(file.shards))
