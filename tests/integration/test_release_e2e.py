@@ -137,6 +137,10 @@ def test_user_fetches_and_verifies_everything_with_aria2_and_gpgv(
     # 5. the listings exist and link the package pages explicitly
     front = (dest / "index.html").read_text()
     assert "browse/index.html" in front and signing_key.fingerprint[-4:] in front.replace(" ", "")
+    for shard in pointer["shards"]:  # the shard table: name, torrent, compressed shard
+        assert f"<code>{shard['name']}</code>" in front
+        assert f'href="{shard["torrent"]}"' in front and f'href="{shard["path"]}"' in front
+    assert "MIRRORSEED_SHARDS=&#39;stable/*/amd64 stable/*/all&#39; bash recipe.sh" in front
     assert "<script>alert(1)</script>" not in "".join(p.read_text() for p in dest.rglob("*.html"))
 
 
