@@ -165,7 +165,8 @@ def test_a_recipe_following_one_shard_fetches_only_that_shard(debian: World, tmp
     done = debian.run(user, "markup-demo", MIRRORSEED_SHARDS=f"{suite}/*/amd64")  # in the other shard
     assert done.returncode == 1
     assert done.stderr.splitlines()[-1] == (
-        f"markup-demo: not in the current index (the shards MIRRORSEED_SHARDS={suite}/*/amd64 follows; unset it for all)"
+        f"markup-demo: not in the current index (the shards MIRRORSEED_SHARDS={suite}/*/amd64 follows; "
+        "unset it for all)"
     )
 
     # following more (every shard) fetches just the other one; the first is kept
