@@ -236,9 +236,13 @@ def test_a_changed_shard_comes_as_its_delta(flat: World, tmp_path: Path) -> None
     first = flat.shards()
     assert set(first) == {".", "pool"} and first["pool"]["packages"] == 100
     user = tmp_path / "user"
+    legacy = user / "index" / "3-0123456789ab"  # what the scripts kept of a mirrorseed-index/1: deleted
+    legacy.mkdir(parents=True)
+    (legacy / "index.json.zst").write_bytes(b"old")
     done = flat.run(user, "pool/file-001.bin")
     assert done.returncode == 0, done.stdout + done.stderr
     assert kept(user) == {first["pool"]["uncompressed_sha256"], first["."]["uncompressed_sha256"]}
+    assert sorted(p.name for p in (user / "index").iterdir()) == ["shards"]
 
     change_one_file(flat)
     assert flat.publish() == 2
@@ -355,3 +359,31 @@ def test_a_pointer_of_another_format_is_one_clear_line(debian: World, tmp_path: 
         f"{debian.public_url}/{script}"
     )
     assert debian.requested() == [] and not (user / "pointer.json").exists()
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("path", "recipe.sh"),
+        ("path", "index/../recipe.sh"),
+        ("torrent", "/etc/passwd"),
+        ("uncompressed_sha256", "../x"),
+    ],
+)
+def test_a_signed_pointer_naming_a_path_outside_index_is_refused(
+    debian: World, tmp_path: Path, field: str, value: str
+) -> None:
+    """Every path and hash of a shard becomes a file name here: only `index/…` paths and hex hashes pass."""
+    debian.publish()
+    payload = debian.pointer()
+    payload["shards"][0][field] = value
+    sign(debian.key, json.dumps(payload, indent=2).encode(), debian.dest / "latest.asc")
+    debian.log.clear()
+    user = tmp_path / "user"
+    done = debian.run(user, "hello")
+    assert done.returncode == 1
+    assert done.stderr.splitlines()[-1] == (
+        f"latest.asc: its list of shards is malformed; tell the operator of {debian.public_url}"
+    )
+    assert debian.requested() == [] and not (user / "pointer.json").exists()
+    assert not {"shards", "index", "index.json"} & {p.name for p in user.iterdir()}  # nothing written from it
