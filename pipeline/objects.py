@@ -11,6 +11,9 @@ from pipeline.model import Artifact
 # --- keys -----------------------------------------------------------------------------------------
 
 POINTER_KEY = "latest.asc"  # the signed pointer (an opaque gpg message, not clearsigned)
+# The largest latest.asc every client reads (the recipes, the apt/pacman client, `invoke verify`) and the
+# publisher writes: ~700 bytes a shard before gpg's compression, so about 2,000 shards.
+POINTER_MAX_BYTES = 1024 * 1024
 SIGNING_KEY_ASC = "signing-key.asc"  # the operator's public key, armored ...
 SIGNING_KEY_GPG = "signing-key.gpg"  # ... and binary (gpgv reads binary keyrings only)
 SIGNING_KEYS = (SIGNING_KEY_ASC, SIGNING_KEY_GPG)

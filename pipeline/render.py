@@ -49,6 +49,7 @@ from pipeline.objects import (
     MIRRORS_JSON_KEY,
     MIRRORS_KEY,
     PACMAN_XFER_KEY,
+    POINTER_MAX_BYTES,
     RECIPE_KEY,
     SHARDS_PREFIX,
     SIGNING_KEY_GPG,
@@ -147,7 +148,6 @@ _GIVE_BACK_CONTEXT: Mapping[str, object] = {
 # stops at once. Each aria2c run gets FETCH_TIMEOUT seconds plus one per MIN_RATE bytes of its size
 # (the pointer about 34 s, the key 46 s, a 100 MiB package 1 h 47 min), overridden by the user's
 # MIRRORSEED_TIMEOUT and MIRRORSEED_MIN_RATE.
-POINTER_MAX_BYTES = 64 * 1024
 KEY_MAX_BYTES = 256 * 1024
 FETCH_TIMEOUT = 30
 MIN_RATE = 16 * 1024

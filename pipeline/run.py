@@ -57,6 +57,7 @@ from pipeline.objects import (
     CLIENT_KEYS,
     MIRRORS_JSON_KEY,
     POINTER_KEY,
+    POINTER_MAX_BYTES,
     SIGNING_KEY_ASC,
     SIGNING_KEY_GPG,
     SIGNING_KEYS,
@@ -800,6 +801,12 @@ def _sign(
             pointer, index_objects = objects.pointer, spool.add_all(objects.artifacts)
             del objects
         artifact = make_artifact(POINTER_KEY, run.signer.sign_message(encode_pointer(pointer)))
+        if len(artifact.data) > POINTER_MAX_BYTES:
+            raise ConfigError(
+                f"{POINTER_KEY}: {len(artifact.data):,} bytes with {len(pointer.shards):,} index shards, over the "
+                f"{POINTER_MAX_BYTES:,} bytes clients read; publish fewer suites, components or architectures "
+                "(suites, components, architectures) or split the snapshot into several publications"
+            )
         pointer_sha256 = _sha256(artifact.data)
     from pipeline.render import client_artifacts  # lazy: jinja2 only when needed
 

@@ -67,14 +67,14 @@ from pipeline.index import (
 )
 from pipeline.jsondoc import loads_strict
 from pipeline.model import PackageRecord, Pointer, ShardRef
-from pipeline.objects import POINTER_KEY, SHARDS_PREFIX, SIGNING_KEY_GPG, shard_key
+from pipeline.objects import POINTER_KEY, POINTER_MAX_BYTES, SHARDS_PREFIX, SIGNING_KEY_GPG, shard_key
 from pipeline.signing import verify_signed_message
 from pipeline.urls import join_url, quote_path, webseed_dir_url
 
 CREATED_BY = "mirrorseed"
 METALINK_NS = "urn:ietf:params:xml:ns:metalink"
 
-MAX_POINTER_BYTES = 1024 * 1024  # latest.asc: a few hundred bytes in practice
+MAX_POINTER_BYTES = POINTER_MAX_BYTES  # latest.asc
 MAX_SIGNATURE_BYTES = 1024 * 1024  # a detached signature: ~100-600 bytes
 MAX_KEY_BYTES = 1024 * 1024  # signing-key.gpg
 MAX_DOCUMENT_BYTES = 16 * 1024 * 1024  # any torrent or metalink, whatever its record says

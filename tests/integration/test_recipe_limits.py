@@ -20,7 +20,8 @@ from pathlib import Path
 import pytest
 
 from pipeline.model import PackageRecord, Pointer
-from pipeline.render import KEY_MAX_BYTES, POINTER_MAX_BYTES, ListingInput, user_recipe
+from pipeline.objects import POINTER_MAX_BYTES
+from pipeline.render import KEY_MAX_BYTES, ListingInput, user_recipe
 from pipeline.run import published_records, read_current, release
 from pipeline.storage import open_storage
 from tests.integration.conftest import SigningKey

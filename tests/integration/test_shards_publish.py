@@ -13,6 +13,7 @@ import pytest
 import zstandard
 
 from pipeline.demo import DebSpec, build_debian_repo
+from pipeline.errors import ConfigError
 from pipeline.index import apply_delta, decode_pointer
 from pipeline.model import Pointer
 from pipeline.run import release
@@ -129,3 +130,16 @@ def test_a_destination_of_the_earlier_format_is_upgraded_by_the_next_run(
     assert upgraded.sequence == 8 and [s.name for s in upgraded.shards] == ["dir0", "dir1", "dir2"]
     assert all(s.delta is None for s in upgraded.shards)
     assert (dest / old_index).is_file(), "the earlier index ages out with the retention period, not at once"
+
+
+def test_a_pointer_larger_than_clients_read_is_refused_before_anything_is_written(
+    signing_key: SigningKey, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import pipeline.run
+
+    snap, dest = tmp_path / "snap", tmp_path / "dest"
+    make_flat(snap)
+    monkeypatch.setattr(pipeline.run, "POINTER_MAX_BYTES", 1000)  # three shards sign to about 2.5 kB
+    with pytest.raises(ConfigError, match=r"^latest\.asc: [0-9,]+ bytes with 3 index shards, over the 1,000 bytes"):
+        release(settings(snap, dest, signing_key, tmp_path / "state.sqlite"))
+    assert not dest.exists() or not any(dest.rglob("*.torrent")), "nothing published"

@@ -17,7 +17,7 @@ import pytest
 from pipeline import bencode
 from pipeline.errors import ConfigError
 from pipeline.index import make_delta
-from pipeline.objects import APT_METHOD_KEY, CLIENT_KEYS, PACMAN_XFER_KEY, content_type_for
+from pipeline.objects import APT_METHOD_KEY, CLIENT_KEYS, PACMAN_XFER_KEY, POINTER_MAX_BYTES, content_type_for
 from pipeline.render import ARIA2_FLAGS, client_artifacts
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -39,6 +39,10 @@ def load_client(path: Path = ROOT / APT_METHOD_KEY) -> ModuleType:
 
 def test_the_client_uses_the_recipes_aria2_options() -> None:
     assert load_client().ARIA2_FLAGS == ARIA2_FLAGS
+
+
+def test_the_client_reads_a_pointer_as_large_as_the_publisher_writes() -> None:
+    assert load_client().POINTER_MAX_BYTES == POINTER_MAX_BYTES
 
 
 def test_the_pacman_helper_is_the_same_program() -> None:

@@ -4,8 +4,8 @@
 # (signing-key.gpg, index.json, packages/). It verifies the current signed pointer and index as
 # the recipe does, then one aria2c seeds the files of the seed folders whose size and SHA-256 are a
 # package of that index, whatever their name (stale versions, other files and never-announced packages
-# are left out), and the index itself, until each has uploaded RATIO times its size or MINUTES have
-# passed; then it exits 0. Ctrl-C stops it. aria2 gets only files just hashed, through links in
+# are left out), and the index shards fetched whole (MIRRORSEED_SHARDS: those you follow), until each
+# has uploaded RATIO times its size or MINUTES have passed; then it exits 0. Ctrl-C stops it. aria2 gets only files just hashed, through links in
 # give-back-work/, and opens them read-only.
 #   MIRRORSEED_SEED_DIRS     folders to seed from, colon-separated (default: packages, plus
 #                            /var/cache/apt/archives and /var/cache/pacman/pkg where they exist and
@@ -149,19 +149,28 @@ fi
 [[ -f signing-key.gpg && ( -n ${MIRRORSEED_SEED_DIRS-} || -d $PACKAGES ) ]] \
   || { echo "signing-key.gpg, $PACKAGES/: not here; run the recipe in this folder first, then give-back.sh in it" >&2; exit 1; }
 
-# 2. The signed pointer: which index is current, until when. gpgv writes pointer.json even when
-#    the signature is bad, so every failed check deletes it.
+# 2. The signed pointer: which index shards are current, until when. gpgv writes pointer.json even
+#    when the signature is bad, so every failed check deletes it.
 rm -f latest.asc pointer.json gpgv.status
-fetch_small latest.asc 65536
+fetch_small latest.asc 1048576
 gpgv --keyring ./signing-key.gpg --status-fd 3 --output pointer.json latest.asc 3>gpgv.status \
   || { rm -f pointer.json; exit 1; }
 if ! { grep -q '^\[GNUPG:\] GOODSIG ' gpgv.status \
   && grep -Eq "^\[GNUPG:\] VALIDSIG ($FPR .*|.* $FPR)\$" gpgv.status; }; then
   rm -f pointer.json; echo "latest.asc: not signed by $FPR, or by an expired key" >&2; exit 1
 fi
+# A pointer of another format (an older or newer publisher): this copy of the script cannot read it.
+POINTER_FORMAT=mirrorseed-pointer/2
+INDEX_FORMAT=mirrorseed-index/2
+FORMAT=$(jq -r 'if type == "object" and has("format") then .format | tostring | .[:80] | gsub("[^ -~]"; "?")
+  else "none" end' pointer.json 2>/dev/null) || FORMAT="none (not JSON)"
+if [ "$FORMAT" != "$POINTER_FORMAT" ]; then
+  rm -f pointer.json
+  echo "latest.asc: format $FORMAT; this script reads $POINTER_FORMAT: a current copy of it is at $BASE/"give-back.sh >&2
+  exit 1
+fi
 jq -e --arg repo "$REPO" --arg now "$(date -u +%Y-%m-%dT%H:%M:%SZ)" \
-  '.format == "mirrorseed-pointer/1" and .repo == $repo and (.sequence | type) == "number"
-   and .expires > $now' pointer.json >/dev/null \
+  '.repo == $repo and (.sequence | type) == "number" and .expires > $now' pointer.json >/dev/null \
   || { rm -f pointer.json; echo "latest.asc: expired, or not the pointer of $REPO" >&2; exit 1; }
 # Rollback protection: the highest sequence seen from this publisher (repository and key) is kept in
 # ${XDG_STATE_HOME:-~/.local/state}/mirrorseed/, whichever folder the script runs in.
@@ -172,21 +181,142 @@ if [ -f "$SEEN" ] && [ "$SEQ" -lt "$(cat "$SEEN")" ]; then
   rm -f pointer.json; echo "latest.asc: sequence $SEQ is older than $(cat "$SEEN"), seen before ($SEEN)" >&2; exit 1
 fi
 echo "$SEQ" > "$SEEN"
+# Every shard's fields, before any becomes a file name or a URL: hashes in lowercase hex, sizes whole
+# numbers, paths under index/ without . or .. segments, names unique and without control characters.
+jq -e 'def hex($n): type == "string" and test("^[0-9a-f]{\($n)}$");
+  def count: type == "number" and . >= 0 and . == floor;
+  def rel: type == "string" and test("^index/[A-Za-z0-9._/-]+$") and (split("/") | all(. != "" and . != "." and . != ".."));
+  (.shards | type) == "array" and ([.shards[] | .name] | unique | length) == (.shards | length)
+  and all(.shards[]; (.name | type) == "string" and .name != "" and (.name | explode | all(. > 31 and . != 127))
+    and (.path | rel) and (.torrent | rel) and (.sha256 | hex(64)) and (.uncompressed_sha256 | hex(64))
+    and (.infohash | hex(40)) and (.size | count) and (.uncompressed_size | count) and (.packages | count)
+    and (.delta == null or ((.delta.path | rel) and (.delta.from_sha256 | hex(64)) and (.delta.sha256 | hex(64))
+      and (.delta.size | count))))' pointer.json >/dev/null \
+  || { rm -f pointer.json; echo "latest.asc: its list of shards is malformed; tell the operator of $BASE" >&2; exit 1; }
 
-# 3. The index, by its .torrent (HTTP webseeds: works with no peer online). Check its SHA-256
-#    against the pointer; read at most uncompressed_size bytes out of zstd (a frame can lie).
-IDX=$(jq -r .index.path pointer.json)
-IDX_ZSIZE=$(jq -r .index.size pointer.json)
-IDX_SHA=$(jq -r .index.sha256 pointer.json)
-IDX_SIZE=$(jq -r .index.uncompressed_size pointer.json)
-IDX_TORRENT=$(jq -r '.index_torrent | split("/") | map(@uri) | join("/")' pointer.json)
-if [ ! -f "$IDX" ] || [ -f "$IDX.aria2" ]; then
-  fetch "$IDX" "$IDX_ZSIZE" --follow-torrent=mem -d index "$BASE/$IDX_TORRENT"
-fi
-echo "$IDX_SHA  $IDX" | sha256sum -c
-zstd -dc "$IDX" | head -c "$((IDX_SIZE + 1))" > index.json
-[ "$(wc -c < index.json)" -eq "$IDX_SIZE" ] \
-  || { echo "$IDX: not $IDX_SIZE bytes once decompressed" >&2; exit 1; }
+# 3. The index shards you follow: MIRRORSEED_SHARDS, shell patterns separated by spaces (* matches / too;
+#    default: all of them; a pattern that matches none stops the script, naming the shards there are).
+#    For example: MIRRORSEED_SHARDS='stable/*/amd64 stable/*/all' bash give-back.sh
+#    Each is kept as shards/<SHA-256 of its JSON>.json: a shard that did not change is not fetched
+#    again; a changed one comes as a small delta over HTTP from the one kept (zstd --patch-from), else
+#    by its .torrent (HTTP webseeds: works with no peer online). Every file is checked against the
+#    SHA-256 in the signed pointer; zstd's output is read up to the size the pointer gives (a frame
+#    can lie). index.json: the chosen shards' packages, once each, sorted by path.
+mapfile -t LINES < <(jq -r '.shards[] | [.name, .path, .size, .sha256, .uncompressed_size, .uncompressed_sha256,
+  .torrent, .infohash, (.delta // {} | .from_sha256 // "", .path // "", .size // "", .sha256 // "")]
+  | map(tostring) | join("\t")' pointer.json)
+read -r -a PATTERNS <<< "${MIRRORSEED_SHARDS:-*}"
+[ -n "${PATTERNS[*]-}" ] || PATTERNS=('*')
+NAMES=()
+declare -A NAMED=() TAKE=()
+for LINE in "${LINES[@]}"; do
+  IFS=$'\t' read -r NAME _ _ _ _ USHA _ <<< "$LINE"
+  NAMES+=("$NAME")
+  NAMED[$USHA]=1
+done
+for P in "${PATTERNS[@]}"; do
+  HIT=0
+  for I in "${!NAMES[@]}"; do
+    # shellcheck disable=SC2053 # $P is a pattern
+    if [[ ${NAMES[I]} == $P ]]; then HIT=1; TAKE[$I]=1; fi
+  done
+  if [ "$HIT" -eq 0 ] && { [ "$P" != '*' ] || [ -n "${NAMES[*]-}" ]; }; then
+    echo "MIRRORSEED_SHARDS: $P matches no shard of index $SEQ; its shards: ${NAMES[*]:-none}" >&2; exit 1
+  fi
+done
+
+# sha_is FILE SHA256: whether FILE's SHA-256 is SHA256.
+sha_is() {
+  [ "$(sha256sum < "$1" | cut -c1-64)" = "$2" ]
+}
+# url PATH: $BASE/PATH, each path segment percent-encoded.
+url() {
+  printf '%s/%s\n' "$BASE" "$(jq -rn --arg p "$1" '$p | split("/") | map(@uri) | join("/")')"
+}
+# unpack NAME OUT SIZE SHA256 WHAT COMMAND...: COMMAND's output (decompressing WHAT), at most SIZE + 1 bytes
+# of it, into OUT if it is shard NAME's JSON (SIZE bytes of SHA-256 SHA256, this format, repository and
+# shard); else one line and exit 1.
+unpack() {
+  local name=$1 out=$2 size=$3 sha=$4 what=$5
+  shift 5
+  { "$@" 2>/dev/null || true; } | head -c "$((size + 1))" > "$out.part"
+  if [ "$(wc -c < "$out.part")" -ne "$size" ] || ! sha_is "$out.part" "$sha"; then
+    rm -f "$out.part" "$what"
+    echo "$what: does not give the JSON of shard $name that latest.asc names (deleted): run again later, or tell the operator of $BASE" >&2
+    exit 1
+  fi
+  jq -e --arg format "$INDEX_FORMAT" --arg repo "$REPO" --arg name "$name" \
+    '.format == $format and .repo == $repo and .shard == $name' "$out.part" >/dev/null 2>&1 \
+    || { rm -f "$out.part"; echo "$what: not shard $name of $REPO in format $INDEX_FORMAT; tell the operator of $BASE" >&2; exit 1; }
+  mv -f "$out.part" "$out"
+}
+mkdir -p shards
+CHOSEN=()
+for I in "${!LINES[@]}"; do
+  [ -n "${TAKE[$I]-}" ] || continue
+  CHOSEN+=("${LINES[I]}")
+  IFS=$'\t' read -r NAME ZPATH ZSIZE ZSHA USIZE USHA TORRENT _ DFROM DPATH DSIZE DSHA <<< "${LINES[I]}"
+  JSON=shards/$USHA.json
+  # a kept copy that no longer checks out is fetched again
+  if [ -f "$JSON" ] && { [ "$(wc -c < "$JSON")" -ne "$USIZE" ] || ! sha_is "$JSON" "$USHA"; }; then rm -f "$JSON"; fi
+  if [ -f "$JSON" ]; then
+    echo "shard $NAME: kept ($JSON)"
+  elif [ -n "$DFROM" ] && [ -f "shards/$DFROM.json" ] && sha_is "shards/$DFROM.json" "$DFROM"; then
+    # the delta from the shard kept here, over plain HTTP (at most its size in the signed pointer)
+    fetch_capped "$DPATH" "$DSIZE" -d . -o "$DPATH" "$(url "$DPATH")"
+    if ! sha_is "$DPATH" "$DSHA"; then
+      rm -f "$DPATH"
+      echo "$DPATH: not the SHA-256 latest.asc gives it (the delta of shard $NAME): run again later, or tell the operator of $BASE" >&2
+      exit 1
+    fi
+    unpack "$NAME" "$JSON" "$USIZE" "$USHA" "$DPATH" zstd -qdc --patch-from="shards/$DFROM.json" "$DPATH"
+    rm -f "$DPATH"
+    echo "shard $NAME: updated by a delta of $DSIZE bytes ($JSON)"
+  else
+    # the compressed shard by its .torrent; kept beside as ZPATH (give-back.sh seeds it)
+    if [ -f "$ZPATH" ] && [ ! -f "$ZPATH.aria2" ] && ! sha_is "$ZPATH" "$ZSHA"; then rm -f "$ZPATH"; fi
+    if [ ! -f "$ZPATH" ] || [ -f "$ZPATH.aria2" ]; then
+      mkdir -p "$(dirname "$ZPATH")"
+      fetch "$ZPATH" "$ZSIZE" --follow-torrent=mem -d "$(dirname "$ZPATH")" "$(url "$TORRENT")"
+    fi
+    if [ "$(stat -c %s "$ZPATH" 2>/dev/null || echo 0)" -ne "$ZSIZE" ] || ! sha_is "$ZPATH" "$ZSHA"; then
+      rm -f "$ZPATH"
+      echo "$ZPATH: not the size and SHA-256 latest.asc gives it (shard $NAME); deleted: run again later, or tell the operator of $BASE" >&2
+      exit 1
+    fi
+    unpack "$NAME" "$JSON" "$USIZE" "$USHA" "$ZPATH" zstd -qdc "$ZPATH"
+    echo "shard $NAME: fetched, $ZSIZE bytes ($JSON)"
+  fi
+done
+# Shards and compressed shards the pointer no longer names are deleted (a resumable download of a
+# chosen one stays).
+for F in shards/*.json shards/*.part; do
+  [ -e "$F" ] || continue
+  H=${F#shards/}
+  [[ $F == *.json && -n ${NAMED[${H%.json}]-} ]] || rm -f "$F"
+done
+declare -A KEEP=()
+for LINE in "${CHOSEN[@]}"; do
+  IFS=$'\t' read -r _ ZPATH _ <<< "$LINE"
+  KEEP[$ZPATH]=1
+done
+for F in index/shards/*; do
+  [ -f "$F" ] || continue
+  [ -n "${KEEP[${F%.aria2}]-}" ] || rm -f "$F"
+done
+# The whole index an earlier version of this script kept (index/<sequence>-<hash>/, mirrorseed-pointer/1).
+for F in index/*/; do
+  if [[ $F =~ ^index/[0-9]+-[0-9a-f]{12}/$ ]]; then rm -rf -- "$F"; fi
+done
+# index.json: the packages of the chosen shards, once each (a file listed in two shards is in both).
+{
+  echo '{"packages":[]}'
+  for LINE in "${CHOSEN[@]}"; do
+    IFS=$'\t' read -r _ _ _ _ _ USHA _ <<< "$LINE"
+    cat "shards/$USHA.json"
+  done
+} | jq -cn '{packages: ([inputs | .packages[]] | unique_by(.path))}' > index.json.part
+mv -f index.json.part index.json
 
 # 4. What to seed: each complete file of the seed folders (not their subfolders; no .aria2 beside it)
 #    whose size and SHA-256 are those of a package of the current index, whatever its name (apt's cache
@@ -229,16 +359,27 @@ if [ ! -s "$WORK/packages.jsonl" ]; then
   exit 0
 fi
 
-# 5. Their .torrent files (and the index's), named by infohash; each must have the infohash the signed
-#    index (or pointer) gives. A never-announced package (BEP 27 private flag: webseeds only) is left out.
+# 5. Their .torrent files (and those of the index shards the recipe fetched whole, each checked against
+#    the signed pointer; a shard updated by a delta has no compressed copy here to seed), named by
+#    infohash; each must have the infohash the signed index (or pointer) gives. A never-announced package
+#    (BEP 27 private flag: webseeds only) is left out.
 jq -r --arg base "$BASE" 'def enc: split("/") | map(@uri) | join("/");
   ($base + "/" + (.torrent | enc)), ("  out=" + .infohash + ".torrent")' "$WORK/packages.jsonl" > "$WORK/torrents.txt"
-IDX_IH=$(jq -r .infohash pointer.json)
-printf '%s\n  out=%s.torrent\n' "$BASE/$IDX_TORRENT" "$IDX_IH" >> "$WORK/torrents.txt"
-# Each at most 20 bytes a piece plus 64 KiB (names, trackers, webseeds); the index's pieces are 16 KiB or more.
-IDX_CAP=$((20 * (IDX_ZSIZE / 16384 + 1) + 65536))
-read -r CAP_SUM CAP_MAX < <(jq -rs --argjson idx "$IDX_CAP" \
-  '[.[] | 20 * ((.size + .piece_size - 1) / .piece_size | floor) + 65536] + [$idx] | "\(add) \(max)"' \
+: > "$WORK/shards.tsv"
+SHARD_CAPS=()
+for LINE in "${CHOSEN[@]}"; do
+  IFS=$'\t' read -r NAME ZPATH ZSIZE ZSHA _ _ TORRENT IH _ <<< "$LINE"
+  if [ -f "$ZPATH" ] && [ ! -e "$ZPATH.aria2" ] && [ "$(stat -c %s "$ZPATH")" -eq "$ZSIZE" ] && sha_is "$ZPATH" "$ZSHA"; then
+    printf '%s\n  out=%s.torrent\n' "$(url "$TORRENT")" "$IH" >> "$WORK/torrents.txt"
+    printf '%s\t%s\t%s\t%s\n' "$IH" "$ZSIZE" "$NAME" "$ZPATH" >> "$WORK/shards.tsv"
+    # at most 20 bytes a piece plus 64 KiB (names, trackers, webseeds); a shard's pieces are 16 KiB or more
+    SHARD_CAPS+=("$((20 * (ZSIZE / 16384 + 1) + 65536))")
+  else
+    echo "give-back: not seeding index shard $NAME: no whole copy of it here (updated by a delta)"
+  fi
+done
+read -r CAP_SUM CAP_MAX < <(jq -rs --argjson shards "[$(IFS=,; echo "${SHARD_CAPS[*]-}")]" \
+  '[.[] | 20 * ((.size + .piece_size - 1) / .piece_size | floor) + 65536] + $shards | "\(add) \(max)"' \
   "$WORK/packages.jsonl")
 STATUS=0
 aria2_bounded "$((TIMEOUT + CAP_SUM / MIN_RATE))" "$CAP_MAX" \
@@ -283,11 +424,18 @@ if [ "$COUNT" -eq 0 ]; then
   echo "give-back: nothing to seed: no package in $WHERE of index $SEQ is announced"
   exit 0
 fi
-if [ -z "$(not_seeded "$WORK/$IDX_IH.torrent" "$IDX_IH")" ]; then
-  printf '%s\n  dir=index\n' "$WORK/$IDX_IH.torrent" >> "$WORK/seed.txt"
-  COUNT=$((COUNT + 1))
-  TOTAL=$((TOTAL + IDX_ZSIZE))
-fi
+while IFS=$'\t' read -r IH SIZE NAME ZPATH; do
+  WHY=$(not_seeded "$WORK/$IH.torrent" "$IH")
+  if [ -z "$WHY" ]; then
+    printf '%s\n  dir=%s\n' "$WORK/$IH.torrent" "$PWD/${ZPATH%/*}" >> "$WORK/seed.txt"
+    echo "give-back: seeding index shard $NAME"
+    COUNT=$((COUNT + 1))
+    TOTAL=$((TOTAL + SIZE))
+    LARGEST=$((SIZE > LARGEST ? SIZE : LARGEST))
+  else
+    echo "give-back: not seeding index shard $NAME: $WHY" >&2
+  fi
+done < "$WORK/shards.tsv"
 
 # 6. Seed them with one aria2c in the foreground: --check-integrity hashes each file first (without it
 #    aria2 downloads an existing file again over itself; with it, a file that checks out is opened
