@@ -143,10 +143,11 @@ _GIVE_BACK_CONTEXT: Mapping[str, object] = {
     "timer_name": GIVE_BACK_TIMER_KEY,
 }
 
-# The recipes' bounds (templates/fetch.sh.j2). A clearsigned pointer is about 2 KiB and an exported
-# key a few KiB: 64 KiB and 256 KiB leave room for large keys and signatures while an endless body
-# stops at once. Each aria2c run gets FETCH_TIMEOUT seconds plus one per MIN_RATE bytes of its size
-# (the pointer about 34 s, the key 46 s, a 100 MiB package 1 h 47 min), overridden by the user's
+# The recipes' bounds (templates/fetch.sh.j2). A signed pointer is about 311 bytes a shard
+# (objects.POINTER_MAX_BYTES) and an exported key a few KiB: 256 KiB each leaves room for hundreds of
+# shards and large keys while an endless body stops at once. Each aria2c run gets FETCH_TIMEOUT seconds
+# plus one per MIN_RATE bytes of its size (the pointer and the key 46 s, a 100 MiB package 1 h 47 min),
+# overridden by the user's
 # MIRRORSEED_TIMEOUT and MIRRORSEED_MIN_RATE.
 KEY_MAX_BYTES = 256 * 1024
 FETCH_TIMEOUT = 30

@@ -569,7 +569,7 @@ def test_user_recipe_has_the_required_steps() -> None:
     assert calls == [bounded + '--bt-enable-lpd="$LPD" "$@")']
     assert "LPD=${MIRRORSEED_LPD:-true}" in recipe  # LAN peers by default, the user's switch to turn it off
     assert "fetch_small signing-key.gpg 262144" in recipe
-    assert "fetch_small latest.asc 65536" in recipe
+    assert "fetch_small latest.asc 262144" in recipe
     assert "&amp;" not in recipe and "&#34;" not in recipe  # shell text, not HTML
 
 
@@ -607,7 +607,7 @@ def test_recipe_bounds_by_default() -> None:
     """The pointer and the key give up within 60 s by default (timeout, plus 5 s to SIGKILL)."""
     for cap in (POINTER_MAX_BYTES, KEY_MAX_BYTES):
         assert FETCH_TIMEOUT + cap // MIN_RATE + 5 <= 60
-    assert (POINTER_MAX_BYTES, KEY_MAX_BYTES) == (65536, 262144)
+    assert (POINTER_MAX_BYTES, KEY_MAX_BYTES) == (262144, 262144)
     recipe = user_recipe(listing(), next(r for r in RECORDS if r.path == HELLO))
     assert f"TIMEOUT=${{MIRRORSEED_TIMEOUT:-{FETCH_TIMEOUT}}}" in recipe
     assert f"MIN_RATE=${{MIRRORSEED_MIN_RATE:-{MIN_RATE}}}" in recipe

@@ -104,7 +104,7 @@ fi
 # 2. The signed pointer: which index shards are current, until when. gpgv writes pointer.json even
 #    when the signature is bad, so every failed check deletes it.
 rm -f latest.asc pointer.json gpgv.status
-fetch_small latest.asc 1048576
+fetch_small latest.asc 262144
 gpgv --keyring ./signing-key.gpg --status-fd 3 --output pointer.json latest.asc 3>gpgv.status \
   || { rm -f pointer.json; exit 1; }
 if ! { grep -q '^\[GNUPG:\] GOODSIG ' gpgv.status \
