@@ -463,7 +463,9 @@ def test_oversized_and_endless_pointers_are_cut_off(signing_key: SigningKey, tmp
         endless.shutdown()
         endless.server_close()
         thread.join()
-    assert report.problems == (f"{url}/latest.asc: more than the 1048576 bytes expected: refused (endless data?)",)
+    assert report.problems == (
+        f"{url}/latest.asc: more than the {MAX_POINTER_BYTES} bytes expected: refused (endless data?)",
+    )
 
 
 def test_validly_signed_pointer_to_a_zstd_bomb_is_cut_off(pub: Published) -> None:
