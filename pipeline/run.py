@@ -339,10 +339,11 @@ def build_index_objects(
     records: Sequence[PackageRecord],
     files: Sequence[FileEntry],
     snapshot_format: str,
-    previous: Callable[[str], tuple[ShardRef, bytes] | None] = lambda name: None,
+    previous: Callable[[str, str], tuple[ShardRef, bytes] | None] = lambda name, sha256: None,
 ) -> IndexObjects:
-    """The index's shards (docs/sharded-index.md), each with its torrent and, when `previous(name)` gives the
-    previous publication's shard of that name and its JSON, the delta from it; and the pointer naming them.
+    """The index's shards (docs/sharded-index.md), each with its torrent and, when `previous(name, sha256)` gives
+    the previous publication's shard of that name and its JSON (when its JSON's SHA-256 is not `sha256`: it
+    changed), the delta from it; and the pointer naming them.
 
     `records` and `files` (the entries they were built from) are in the same order, sorted by path.
     """
@@ -370,14 +371,15 @@ def build_index_objects(
         torrent_object = make_artifact(shard_torrent_key(_sha256(torrent)), torrent)
         artifacts += [make_artifact(key, encoded.data), torrent_object]
         delta = None
-        before = previous(name) if encoded.uncompressed_size <= DELTA_MAX_BYTES else None
-        if before is not None and before[0].uncompressed_sha256 != encoded.uncompressed_sha256:
+        before = previous(name, encoded.uncompressed_sha256) if encoded.uncompressed_size <= DELTA_MAX_BYTES else None
+        if before is not None:
             old_ref, old_json = before
             new_json = shard_json(
                 repo=settings.repo, shard=name, webseeds=webseeds, trackers=settings.trackers, records=members,
                 dht_nodes=settings.dht_nodes,
             )  # fmt: skip
             data = make_delta(old_json, new_json)
+            del before, old_json, new_json  # two shards' JSON (20 MB each for a Debian suite): not kept to the next
             delta = DeltaRef(
                 old_ref.uncompressed_sha256, delta_key(encoded.sha256, old_ref.sha256), len(data), _sha256(data)
             )
@@ -400,11 +402,12 @@ def build_index_objects(
     return IndexObjects(pointer, tuple(artifacts))
 
 
-def previous_shard(storage: Storage, current: Pointer | None, name: str) -> tuple[ShardRef, bytes] | None:
-    """The current publication's shard `name` and its JSON, to make a delta from; None when there is none
-    or it cannot be read as published (the shard is then published without a delta)."""
+def previous_shard(storage: Storage, current: Pointer | None, name: str, sha256: str) -> tuple[ShardRef, bytes] | None:
+    """The current publication's shard `name` and its JSON, to make a delta from; None when there is none, when
+    its JSON is the new one's (SHA-256 `sha256`: unchanged, no delta, nothing read) or when it cannot be read
+    as published (the shard is then published without a delta)."""
     shard = next((shard for shard in current.shards if shard.name == name), None) if current else None
-    if shard is None or shard.uncompressed_size > DELTA_MAX_BYTES:
+    if shard is None or shard.uncompressed_sha256 == sha256 or shard.uncompressed_size > DELTA_MAX_BYTES:
         return None
     try:
         text = decompress_index(shard_bytes(storage, shard), uncompressed_size=shard.uncompressed_size)
@@ -796,7 +799,7 @@ def _sign(
                 records=records,
                 files=snapshot.files,
                 snapshot_format=snapshot.format,
-                previous=lambda name: previous_shard(run.storage, destination.pointer, name),
+                previous=lambda name, sha256: previous_shard(run.storage, destination.pointer, name, sha256),
             )
             pointer, index_objects = objects.pointer, spool.add_all(objects.artifacts)
             del objects
