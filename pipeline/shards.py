@@ -7,7 +7,7 @@ top-level directory, or `.` for a file at the top.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 
 from pipeline.model import FileEntry, PackageRecord
 
@@ -46,12 +46,6 @@ def group(
         for name in shards_of(entry, snapshot_format):
             shards.setdefault(name, []).append(record)
     return {name: shards[name] for name in sorted(shards)}
-
-
-def membership(files: Iterable[FileEntry], snapshot_format: str) -> Iterator[tuple[str, tuple[str, ...]]]:
-    """(path, shard names) of each file."""
-    for entry in files:
-        yield entry.path, shards_of(entry, snapshot_format)
 
 
 def record_fingerprints(

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from pipeline.model import FileEntry, PackageRecord
-from pipeline.shards import TOP, debian_shard, fingerprint, group, membership, record_fingerprints, shards_of
+from pipeline.shards import TOP, debian_shard, fingerprint, group, record_fingerprints, shards_of
 from pipeline.snapshot import ScanSpec, scan_snapshot
 from tests.unit import test_snapshot_arch as arch_fixture
 from tests.unit.test_snapshot_debian import Pkg, stanza
@@ -132,7 +132,7 @@ def test_debian_scan_records_each_files_shards(tmp_path: Path) -> None:
     write_debian(tmp_path, "trixie", {("main", "amd64"): [HELLO, DOC]})
     snapshot = scan_snapshot(ScanSpec(root=tmp_path))
     assert snapshot.format == "debian"
-    got = dict(membership(snapshot.files, snapshot.format))
+    got = {e.path: shards_of(e, snapshot.format) for e in snapshot.files}
     assert got == {
         # in two suites: in both; Architecture: all, in three Packages of bookworm: once, in .../all
         DOC.path: ("bookworm/main/all", "trixie/main/all"),
@@ -149,7 +149,7 @@ def test_arch_scan_shards(tmp_path: Path) -> None:
     arch_fixture.write_repo(tmp_path, "extra", "aarch64", [anything])
     snapshot = scan_snapshot(ScanSpec(root=tmp_path))
     assert snapshot.format == "arch"
-    assert dict(membership(snapshot.files, snapshot.format)) == {
+    assert {e.path: shards_of(e, snapshot.format) for e in snapshot.files} == {
         f"core/os/x86_64/{hello.file}": ("core/x86_64",),
         f"core/os/x86_64/{anything.file}": ("core/x86_64",),  # an `any` package: in each arch it is listed in
         f"extra/os/aarch64/{anything.file}": ("extra/aarch64",),
@@ -161,7 +161,7 @@ def test_flat_scan_shards(tmp_path: Path) -> None:
         (tmp_path / path).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / path).write_bytes(path.encode())
     snapshot = scan_snapshot(ScanSpec(root=tmp_path, format="flat"))
-    assert dict(membership(snapshot.files, "flat")) == {
+    assert {e.path: shards_of(e, "flat") for e in snapshot.files} == {
         "README": (".",),
         "iso/a.iso": ("iso",),
         "iso/deep/b.iso": ("iso",),
