@@ -133,7 +133,11 @@ def encode_document(doc: dict[str, Any]) -> EncodedIndex:
     Same document, same bytes: level fixed, single-threaded, no timestamps in zstd frames. The bytes are
     those of `encode_shard` for the same arguments (both compress through `_compress`).
     """
-    raw = _canonical(doc).encode("utf-8")
+    return encode_json(_canonical(doc).encode("utf-8"))
+
+
+def encode_json(raw: bytes) -> EncodedIndex:
+    """A shard's JSON as `shard_json` gives it, compressed as `encode_shard` compresses it (the same bytes)."""
     data = _compress([raw], len(raw))
     return EncodedIndex(data, hashlib.sha256(data).hexdigest(), len(data), len(raw), hashlib.sha256(raw).hexdigest())
 

@@ -31,6 +31,7 @@ from pipeline.index import (
     decode_index,
     decode_pointer,
     decompress_index,
+    encode_json,
     encode_pointer,
     encode_shard,
     iter_index,
@@ -339,11 +340,12 @@ def build_index_objects(
     records: Sequence[PackageRecord],
     files: Sequence[FileEntry],
     snapshot_format: str,
-    previous: Callable[[str, str], tuple[ShardRef, bytes] | None] = lambda name, sha256: None,
+    previous: Callable[[str], ShardRef | None] = lambda name: None,
+    previous_json: Callable[[ShardRef], bytes | None] = lambda shard: None,
 ) -> IndexObjects:
-    """The index's shards (docs/sharded-index.md), each with its torrent and, when `previous(name, sha256)` gives
-    the previous publication's shard of that name and its JSON (when its JSON's SHA-256 is not `sha256`: it
-    changed), the delta from it; and the pointer naming them.
+    """The index's shards (docs/sharded-index.md), each with its torrent and, when `previous(name)` names the
+    previous publication's shard of that name, its JSON changed and `previous_json` reads it, the delta from
+    it; and the pointer naming them.
 
     `records` and `files` (the entries they were built from) are in the same order, sorted by path.
     """
@@ -352,10 +354,20 @@ def build_index_objects(
     shards: list[ShardRef] = []
     artifacts: list[Artifact] = []
     for name, members in group(records, files, snapshot_format).items():
-        encoded = encode_shard(
-            repo=settings.repo, shard=name, webseeds=webseeds, trackers=settings.trackers, records=members,
-            dht_nodes=settings.dht_nodes,
-        )  # fmt: skip
+        before = previous(name)
+        new_json: bytes | None = None
+        if before is not None and before.uncompressed_size <= DELTA_MAX_BYTES:
+            # a delta may be wanted: the JSON is made once, for the shard and for the delta
+            new_json = shard_json(
+                repo=settings.repo, shard=name, webseeds=webseeds, trackers=settings.trackers, records=members,
+                dht_nodes=settings.dht_nodes,
+            )  # fmt: skip
+            encoded = encode_json(new_json)
+        else:
+            encoded = encode_shard(
+                repo=settings.repo, shard=name, webseeds=webseeds, trackers=settings.trackers, records=members,
+                dht_nodes=settings.dht_nodes,
+            )  # fmt: skip
         key = shard_key(encoded.sha256)
         piece_size = piece_size_for(encoded.size)
         torrent, infohash = build_torrent(
@@ -371,19 +383,12 @@ def build_index_objects(
         torrent_object = make_artifact(shard_torrent_key(_sha256(torrent)), torrent)
         artifacts += [make_artifact(key, encoded.data), torrent_object]
         delta = None
-        before = previous(name, encoded.uncompressed_sha256) if encoded.uncompressed_size <= DELTA_MAX_BYTES else None
-        if before is not None:
-            old_ref, old_json = before
-            new_json = shard_json(
-                repo=settings.repo, shard=name, webseeds=webseeds, trackers=settings.trackers, records=members,
-                dht_nodes=settings.dht_nodes,
-            )  # fmt: skip
-            data = make_delta(old_json, new_json)
-            del before, old_json, new_json  # two shards' JSON (20 MB each for a Debian suite): not kept to the next
-            delta = DeltaRef(
-                old_ref.uncompressed_sha256, delta_key(encoded.sha256, old_ref.sha256), len(data), _sha256(data)
-            )
-            artifacts.append(make_artifact(delta.path, data))
+        if new_json is not None and before is not None and before.uncompressed_sha256 != encoded.uncompressed_sha256:
+            made = _delta(before, previous_json(before), new_json, encoded.sha256)
+            if made is not None:
+                delta, delta_object = made
+                artifacts.append(delta_object)
+        del new_json  # a Debian suite's shard is 20 MB of JSON: not kept to the next shard
         shards.append(
             ShardRef(
                 name=name,
@@ -402,12 +407,25 @@ def build_index_objects(
     return IndexObjects(pointer, tuple(artifacts))
 
 
-def previous_shard(storage: Storage, current: Pointer | None, name: str, sha256: str) -> tuple[ShardRef, bytes] | None:
-    """The current publication's shard `name` and its JSON, to make a delta from; None when there is none, when
-    its JSON is the new one's (SHA-256 `sha256`: unchanged, no delta, nothing read) or when it cannot be read
-    as published (the shard is then published without a delta)."""
-    shard = next((shard for shard in current.shards if shard.name == name), None) if current else None
-    if shard is None or shard.uncompressed_sha256 == sha256 or shard.uncompressed_size > DELTA_MAX_BYTES:
+def _delta(before: ShardRef, old_json: bytes | None, new_json: bytes, sha256: str) -> tuple[DeltaRef, Artifact] | None:
+    """The delta from shard `before` (its JSON `old_json`, None if unreadable) to the new JSON, whose compressed
+    shard has SHA-256 `sha256`; None when there is no base or the new JSON is too large for a delta."""
+    if old_json is None or len(new_json) > DELTA_MAX_BYTES:
+        return None
+    data = make_delta(old_json, new_json)
+    path = delta_key(sha256, before.sha256)
+    return DeltaRef(before.uncompressed_sha256, path, len(data), _sha256(data)), make_artifact(path, data)
+
+
+def shard_named(pointer: Pointer | None, name: str) -> ShardRef | None:
+    """The shard `name` of `pointer`, if it has one."""
+    return next((shard for shard in pointer.shards if shard.name == name), None) if pointer else None
+
+
+def previous_shard_json(storage: Storage, shard: ShardRef) -> bytes | None:
+    """The JSON of the current publication's `shard`, to make a delta from; None when it is too large for one
+    or cannot be read as published (the new shard is then published without a delta)."""
+    if shard.uncompressed_size > DELTA_MAX_BYTES:
         return None
     try:
         text = decompress_index(shard_bytes(storage, shard), uncompressed_size=shard.uncompressed_size)
@@ -417,7 +435,7 @@ def previous_shard(storage: Storage, current: Pointer | None, name: str, sha256:
     if _sha256(text) != shard.uncompressed_sha256:
         log.warning("%s: its JSON is not the one %s names; no delta from it", shard.path, POINTER_KEY)
         return None
-    return shard, text
+    return text
 
 
 def _changes(
@@ -799,7 +817,8 @@ def _sign(
                 records=records,
                 files=snapshot.files,
                 snapshot_format=snapshot.format,
-                previous=lambda name, sha256: previous_shard(run.storage, destination.pointer, name, sha256),
+                previous=lambda name: shard_named(destination.pointer, name),
+                previous_json=lambda shard: previous_shard_json(run.storage, shard),
             )
             pointer, index_objects = objects.pointer, spool.add_all(objects.artifacts)
             del objects
