@@ -201,9 +201,12 @@ class LocalTracker(ServerProcess):
             self._exited_while("while starting")
             try:
                 self.announce("0" * 40)  # not listed: answered with a failure reason, no peer added
-                return
             except (OSError, ValueError):
                 time.sleep(0.1)
+                continue
+            # opentracker reads the whitelist in a thread of its own after it starts answering
+            self.wait_tracked(self.listed)
+            return
         raise self._fail(f"did not answer on {HOST}:{self.port} within {START_TIMEOUT:.0f} s (port taken?)")
 
     def stop(self) -> None:
