@@ -18,7 +18,7 @@ import json
 import logging
 import os
 import signal
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
@@ -35,7 +35,7 @@ from pipeline.objects import (
     OLD_MANIFEST_KEYS,
     OWNED_PREFIXES,
 )
-from pipeline.spool import Spool, SpooledArtifact
+from pipeline.spool import Spool, SpooledArtifact, SpoolRefs
 from pipeline.storage import ObjectInfo, Storage
 
 log = logging.getLogger(__name__)
@@ -53,11 +53,11 @@ class Publication:
     """
 
     spool: Spool
-    content: tuple[SpooledArtifact, ...]
-    immutable: tuple[SpooledArtifact, ...]
+    content: SpoolRefs
+    immutable: SpoolRefs
     pointer: Artifact | None  # None: finish the publication the current pointer names (listings, retention)
     pointer_etag: str | None
-    listings: tuple[SpooledArtifact, ...]
+    listings: SpoolRefs
     referenced: frozenset[str]
     pointer_sha256: str  # of the pointer bytes that are current once this publication is complete
     # Pages not rendered because their inputs did not change and the destination holds them as published:
@@ -190,23 +190,29 @@ def read_destination_keys(storage: Storage) -> DestinationKeys:
 def _plan_group(
     storage: Storage,
     spool: Spool,
-    refs: Sequence[SpooledArtifact],
+    refs: SpoolRefs,
     listing: dict[str, ObjectInfo],
     manifest: dict[str, ManifestEntry],
-) -> tuple[list[SpooledArtifact], list[str]]:
-    put: list[SpooledArtifact] = []
+) -> tuple[SpoolRefs, list[str]]:
+    put: list[int] = []
     skip: list[str] = []
-    for ref in refs:
-        info = listing.get(ref.key)
-        known = manifest.get(ref.key)
-        if info is not None and (
-            (known is not None and known.sha256 == ref.sha256)
-            or (known is None and info.size == ref.size and storage.same_content(info, spool.read(ref)))
-        ):
-            skip.append(ref.key)
+    for number in refs.numbers:
+        key = spool.key(number)
+        info = listing.get(key)
+        if info is None:
+            put.append(number)
+            continue
+        known = manifest.get(key)
+        if known is not None:
+            same = known.sha256 == spool.sha256(number)
         else:
-            put.append(ref)
-    return put, skip
+            ref = spool.ref(number)
+            same = info.size == ref.size and storage.same_content(info, spool.read(ref))
+        if same:
+            skip.append(key)
+        else:
+            put.append(number)
+    return spool.refs(put), skip
 
 
 def _expired(
@@ -288,11 +294,9 @@ def publish(
     listing_skip += sorted(publication.reused.keys() - missing)
     delete = _expired(listing, manifest, publication.referenced, (now - retention).timestamp())
     pointer = publication.pointer
-    sent = (*content_put, *index_put, *listing_put)
+    sent = content_put + index_put + listing_put
     plan = UploadPlan(
-        put=tuple(ref.key for ref in (*content_put, *index_put))
-        + ((pointer.key,) if pointer else ())
-        + tuple(ref.key for ref in listing_put),
+        put=(*content_put.keys(), *index_put.keys(), *((pointer.key,) if pointer else ()), *listing_put.keys()),
         put_bytes=sum(ref.size for ref in sent) + (len(pointer.data) if pointer else 0),
         skip=(*content_skip, *index_skip, *listing_skip),
         delete=tuple(delete),
@@ -300,11 +304,19 @@ def publish(
     if dry_run:
         return PublishResult(plan, written=False)
 
-    # key -> SHA-256 of what this run wrote or found equal: the manifest's new entries
-    known = {ref.key: ref.sha256 for group in (publication.content, publication.immutable, listings) for ref in group}
-    known.update(publication.reused)
+    # key -> SHA-256 of what this run wrote or found equal: the manifest's new entries (spooled ones by their
+    # entry number: an int where a hex digest would cost 113 bytes)
+    numbers = {
+        spool.key(n): n for group in (publication.content, publication.immutable, listings) for n in group.numbers
+    }
+    others = dict(publication.reused)
     if pointer is not None:
-        known[pointer.key] = _sha256(pointer.data)
+        others[pointer.key] = _sha256(pointer.data)
+
+    def known(key: str) -> str:
+        number = numbers.get(key)
+        return spool.sha256(number) if number is not None else others[key]
+
     skipped = frozenset(plan.skip)
     written: dict[str, ObjectInfo] = {}
     progress.start("publish", total=len(plan.put), unit="objects")
@@ -383,7 +395,7 @@ def _write_manifest(
     listing: dict[str, ObjectInfo],
     manifest: dict[str, ManifestEntry],
     written: dict[str, ObjectInfo],
-    known: dict[str, str],
+    known: Callable[[str], str],
     referenced: frozenset[str],
     now: datetime,
     *,
@@ -407,11 +419,11 @@ def _write_manifest(
         info = written.get(key) or listing[key]
         old = manifest.get(key)
         if key in written:
-            sha256 = known[key]
+            sha256 = known(key)
         elif old is not None:
             sha256 = old.sha256
         elif key in skipped:  # listed, not in the manifest, and the plan found it equal to our bytes
-            sha256 = known[key]
+            sha256 = known(key)
         else:
             continue
         if referenced_now and key in referenced:

@@ -83,7 +83,7 @@ from pipeline.report import RunReport
 from pipeline.shards import fingerprint, group, record_fingerprints, shards_of
 from pipeline.signing import Signer, verify_signed_message
 from pipeline.snapshot import ScanSpec, scan_snapshot
-from pipeline.spool import Spool, SpooledArtifact
+from pipeline.spool import Spool, SpoolRefs
 from pipeline.state import PIECES_BATCH, CachedFile, StateCache, StateRow
 from pipeline.storage import Storage, open_storage
 from pipeline.torrents import (
@@ -744,7 +744,7 @@ def _build_content(
     facts: Facts,
     destination: DestinationState,
     statuses: Sequence[MirrorStatus],
-) -> tuple[SpooledArtifact, ...]:
+) -> SpoolRefs:
     """Torrents and metalinks of the records the current index does not hold (the objects of every record it
     holds are in the destination, published before its pointer), of the records whose objects the
     destination lost, and, when a mirror's status changed, every metalink again."""
@@ -782,8 +782,8 @@ class _Signed:
     pointer: Pointer  # current once this run's publication is complete
     pointer_sha256: str
     artifact: Artifact | None  # the new latest.asc; None: the current one stays (finish, refresh)
-    index_objects: tuple[SpooledArtifact, ...]  # the new index's shards, their torrents and deltas (publish only)
-    keys: tuple[SpooledArtifact, ...]  # the public signing key, armored and binary; the clients
+    index_objects: SpoolRefs  # the new index's shards, their torrents and deltas (publish only)
+    keys: SpoolRefs  # the public signing key, armored and binary; the clients
 
 
 def _sign(
@@ -798,7 +798,7 @@ def _sign(
     """publish: a new index (its shards) and pointer; resign: the pointer with a new expiry; finish and
     refresh: the current pointer as it is."""
     current = destination.current
-    index_objects: tuple[SpooledArtifact, ...] = ()
+    index_objects = spool.add_all(())
     artifact: Artifact | None = None
     if decision.action in ("finish", "refresh"):
         assert current is not None
@@ -845,7 +845,7 @@ def _sign(
 
 @dataclass(frozen=True)
 class _Pages:
-    listings: tuple[SpooledArtifact, ...]  # rendered, sorted by key
+    listings: SpoolRefs  # rendered, sorted by key
     reused: Mapping[str, str]  # browse pages not rendered (unchanged, and held): key -> SHA-256
     keys: tuple[str, ...]  # every page of the publication
     rows: tuple[tuple[str, str, str], ...]  # (key, inputs digest, SHA-256) of every rendered page
@@ -889,7 +889,7 @@ def _render(
         remembered = memo.get(key)
         return remembered is not None and remembered[0] == inputs and objects.sha256(key) == remembered[1]
 
-    rendered: list[SpooledArtifact] = []
+    rendered: list[int] = []  # spool entry numbers
     reused: dict[str, str] = {}
     rows: list[tuple[str, str, str]] = []
     keys: list[str] = []
@@ -898,12 +898,12 @@ def _render(
         if page.artifact is None:
             reused[page.key] = memo[page.key][1]
             continue
-        ref = spool.add(page.artifact)
-        rendered.append(ref)
+        number = spool.put(page.artifact)
+        rendered.append(number)
         # every page is remembered (so a no-change run can tell one the destination lost); pages rendered
         # on every run have no inputs digest ("")
-        rows.append((ref.key, page.inputs or "", ref.sha256))
-    return _Pages(tuple(sorted(rendered, key=lambda ref: ref.key)), reused, tuple(keys), tuple(rows))
+        rows.append((page.key, page.inputs or "", spool.sha256(number)))
+    return _Pages(spool.refs(sorted(rendered, key=spool.key)), reused, tuple(keys), tuple(rows))
 
 
 def _referenced(records: Sequence[PackageRecord], pages: Sequence[str], pointer: Pointer) -> frozenset[str]:

@@ -2,8 +2,11 @@
 
 Torrents, metalinks and listing pages of a 63,000-package repository weigh a few hundred MB in
 memory; here each is appended once to one anonymous temporary file (unlinked at creation, so it
-vanishes with the process) and the run keeps only a `SpooledArtifact` per object: key, headers,
-size, SHA-256 and its offset. Publish reads them back in batches.
+vanishes with the process). What the run keeps of each object is one entry in the spool's columns:
+its key, offset, size, SHA-256 (32 bytes) and a small number for its headers, about 60 bytes beside the
+key, where a `SpooledArtifact` object with a hex digest costs about 260 (~1.6 GB at a million packages,
+~2.7 objects each). `SpoolRefs` are sequences of entry numbers that make a `SpooledArtifact` when one
+is read; publish reads the bytes back in batches.
 """
 
 from __future__ import annotations
@@ -11,9 +14,11 @@ from __future__ import annotations
 import hashlib
 import os
 import tempfile
-from collections.abc import Iterable, Sequence
+from array import array
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from types import TracebackType
+from typing import overload
 
 from pipeline.errors import PipelineError
 from pipeline.model import Artifact
@@ -31,8 +36,53 @@ class SpooledArtifact:
     offset: int
 
 
+class SpoolRefs(Sequence[SpooledArtifact]):
+    """Entries of one spool, by number, in a given order: each item is made when it is read."""
+
+    __slots__ = ("_numbers", "_spool")
+
+    def __init__(self, spool: Spool, numbers: range | array[int]) -> None:
+        self._spool = spool
+        self._numbers = numbers
+
+    def __len__(self) -> int:
+        return len(self._numbers)
+
+    @overload
+    def __getitem__(self, index: int) -> SpooledArtifact: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> SpoolRefs: ...
+
+    def __getitem__(self, index: int | slice) -> SpooledArtifact | SpoolRefs:
+        if isinstance(index, slice):
+            return SpoolRefs(self._spool, self._numbers[index])
+        return self._spool.ref(self._numbers[index])
+
+    def __iter__(self) -> Iterator[SpooledArtifact]:
+        ref = self._spool.ref
+        return (ref(number) for number in self._numbers)
+
+    def __add__(self, other: SpoolRefs) -> SpoolRefs:
+        if other._spool is not self._spool:
+            raise ValueError("refs of two spools cannot be joined")
+        joined = array("q", self._numbers)
+        joined.extend(other._numbers)
+        return SpoolRefs(self._spool, joined)
+
+    @property
+    def numbers(self) -> range | array[int]:
+        return self._numbers
+
+    def keys(self) -> Iterator[str]:
+        """The keys, without making the refs."""
+        key = self._spool.key
+        return (key(number) for number in self._numbers)
+
+
 class Spool:
-    """Append-only store of artifact bytes in one unlinked temporary file."""
+    """Append-only store of artifact bytes in one unlinked temporary file, and a column per field of
+    their refs."""
 
     def __init__(self, directory: str | None = None) -> None:
         try:
@@ -41,6 +91,13 @@ class Spool:
             where = directory or tempfile.gettempdir()
             raise PipelineError(f"{where}: cannot create the spool file ({exc.strerror}); set TMPDIR") from exc
         self._end = 0
+        self._keys: list[str] = []
+        self._offsets = array("q")
+        self._sizes = array("q")
+        self._digests = bytearray()  # 32 bytes an entry
+        self._headers = array("H")  # an entry's (content type, cache control): a number into _kinds
+        self._kinds: list[tuple[str, str]] = []
+        self._kind_numbers: dict[tuple[str, str], int] = {}
 
     def __enter__(self) -> Spool:
         return self
@@ -57,7 +114,8 @@ class Spool:
     def bytes_written(self) -> int:
         return self._end
 
-    def add(self, artifact: Artifact) -> SpooledArtifact:
+    def put(self, artifact: Artifact) -> int:
+        """Append the bytes; the entry's number."""
         data = artifact.data
         try:
             written = os.pwrite(self._file.fileno(), data, self._end)
@@ -65,19 +123,49 @@ class Spool:
             raise PipelineError(f"spool: cannot write {artifact.key} ({exc.strerror}); free space in TMPDIR") from exc
         if written != len(data):
             raise PipelineError(f"spool: short write of {artifact.key}; free space in TMPDIR")
-        ref = SpooledArtifact(
-            key=artifact.key,
-            size=len(data),
-            sha256=hashlib.sha256(data).hexdigest(),
-            content_type=artifact.content_type,
-            cache_control=artifact.cache_control,
-            offset=self._end,
-        )
+        headers = (artifact.content_type, artifact.cache_control)
+        kind = self._kind_numbers.get(headers)
+        if kind is None:
+            kind = self._kind_numbers[headers] = len(self._kinds)
+            self._kinds.append(headers)
+        number = len(self._keys)
+        self._keys.append(artifact.key)
+        self._offsets.append(self._end)
+        self._sizes.append(len(data))
+        self._digests += hashlib.sha256(data).digest()
+        self._headers.append(kind)
         self._end += len(data)
-        return ref
+        return number
 
-    def add_all(self, artifacts: Iterable[Artifact]) -> tuple[SpooledArtifact, ...]:
-        return tuple(self.add(artifact) for artifact in artifacts)
+    def add(self, artifact: Artifact) -> SpooledArtifact:
+        return self.ref(self.put(artifact))
+
+    def add_all(self, artifacts: Iterable[Artifact]) -> SpoolRefs:
+        first = len(self._keys)
+        for artifact in artifacts:
+            self.put(artifact)
+        return SpoolRefs(self, range(first, len(self._keys)))
+
+    def refs(self, numbers: Iterable[int]) -> SpoolRefs:
+        """Refs of these entries, in this order."""
+        return SpoolRefs(self, array("q", numbers))
+
+    def key(self, number: int) -> str:
+        return self._keys[number]
+
+    def sha256(self, number: int) -> str:
+        return self._digests[number * 32 : number * 32 + 32].hex()
+
+    def ref(self, number: int) -> SpooledArtifact:
+        content_type, cache_control = self._kinds[self._headers[number]]
+        return SpooledArtifact(
+            key=self._keys[number],
+            size=self._sizes[number],
+            sha256=self.sha256(number),
+            content_type=content_type,
+            cache_control=cache_control,
+            offset=self._offsets[number],
+        )
 
     def read(self, ref: SpooledArtifact) -> bytes:
         data = os.pread(self._file.fileno(), ref.size, ref.offset)
@@ -90,5 +178,5 @@ class Spool:
             key=ref.key, data=self.read(ref), content_type=ref.content_type, cache_control=ref.cache_control
         )
 
-    def load_many(self, refs: Sequence[SpooledArtifact]) -> list[Artifact]:
+    def load_many(self, refs: Iterable[SpooledArtifact]) -> list[Artifact]:
         return [self.load(ref) for ref in refs]

@@ -23,7 +23,7 @@ def publication(spool: Spool, pages: dict[str, bytes]) -> Publication:
     content = spool.add_all(make_artifact(f"torrents/{k}.torrent", v) for k, v in pages.items())
     listings = spool.add_all(make_artifact(f"browse/{k}/index.html", v) for k, v in pages.items())
     keys = frozenset(ref.key for ref in (*content, *listings))
-    return Publication(spool, content, (), None, None, listings, keys, "0" * 64)
+    return Publication(spool, content, spool.add_all(()), None, None, listings, keys, "0" * 64)
 
 
 def test_manifest_round_trip_and_unchanged_objects_are_skipped(tmp_path: Path) -> None:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 
+import pytest
+
 from pipeline.model import Artifact
 from pipeline.objects import make_artifact
 from pipeline.spool import Spool, SpooledArtifact
@@ -25,3 +27,20 @@ def test_a_ref_holds_no_bytes() -> None:
         ref = spool.add(Artifact("k", b"x" * 100_000, "application/octet-stream", "no-cache"))
     assert not hasattr(ref, "data") and not hasattr(ref, "__dict__")
     assert isinstance(ref, SpooledArtifact) and ref.offset == 0
+
+
+def test_refs_are_entry_numbers_made_into_refs_when_read() -> None:
+    """SpoolRefs hold numbers: slicing, joining and reordering keep the entries, their keys and digests."""
+    artifacts = [make_artifact(f"metalinks/p/{i}.meta4", b"%d" % i) for i in range(10)]
+    with Spool() as spool:
+        first = spool.add_all(artifacts[:6])
+        second = spool.add_all(artifacts[6:])
+        joined = first + second
+        assert [ref.key for ref in joined] == [a.key for a in artifacts] == list(joined.keys())
+        assert [ref.key for ref in joined[2:4]] == [artifacts[2].key, artifacts[3].key]
+        assert joined[-1] == spool.ref(9) and joined[-1].sha256 == hashlib.sha256(b"9").hexdigest()
+        backwards = spool.refs(reversed(range(10)))
+        assert [spool.load(ref) for ref in backwards] == list(reversed(artifacts))
+        assert joined[7].content_type == artifacts[7].content_type and len(spool.add_all(())) == 0
+        with Spool() as other, pytest.raises(ValueError, match="two spools"):
+            joined + other.add_all(artifacts[:1])
