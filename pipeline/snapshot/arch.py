@@ -49,7 +49,7 @@ from pipeline.snapshot import bounded
 from pipeline.snapshot.bounded import BoundedReader, Readable, parse_size, read_at_most, size_text
 from pipeline.snapshot.formats import FormatInfo, Scanned, ScanSpec
 from pipeline.snapshot.paths import (
-    as_path,
+    as_source,
     check_repo_path,
     component_problem,
     decode_name,
@@ -438,7 +438,7 @@ def _locate_all(root_real: bytes, dbs: list[RepoDb], listed: dict[str, ListedPac
                 problems.append(f"{shown(path)}: size {found.status.st_size} != %CSIZE% {item.size} ({item.listed_in})")
             else:
                 signature = _signature(dir_real, item, root_real)
-                files.append(listed_entry(item, as_path(found.real), found.status, signature))
+                files.append(listed_entry(item, as_source(found.real), found.status, signature))
         except _Problem as exc:
             problems.append(str(exc))
     if problems:

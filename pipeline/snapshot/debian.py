@@ -46,7 +46,7 @@ from pipeline.snapshot import bounded
 from pipeline.snapshot.bounded import BoundedReader, Readable, parse_size, read_at_most, size_text
 from pipeline.snapshot.formats import FormatInfo, Scanned, ScanSpec
 from pipeline.snapshot.paths import (
-    as_path,
+    as_source,
     check_repo_path,
     decode_name,
     listed_entry,
@@ -127,7 +127,7 @@ class ListedFile(NamedTuple):
 class _Located:
     real: bytes
     status: os.stat_result
-    source: Path  # the same path as `real`
+    source: str  # the same path as `real`
 
 
 def scan_debian(root_real: bytes, selection: DebianSelection) -> Scanned:
@@ -188,7 +188,6 @@ class _Tree:
     def __init__(self, root_real: bytes) -> None:
         self.root = root_real
         self._dirs: dict[str, bytes | None] = {"": root_real}
-        self._dir_paths: dict[bytes, Path] = {}
 
     def real_dir(self, rel: str) -> bytes | None:
         """Real path of the directory `rel`, or None when it does not exist (cached per directory)."""
@@ -246,19 +245,12 @@ class _Tree:
             status = os.lstat(path)
             if stat.S_ISLNK(status.st_mode):
                 target = resolve_link_inside(path, self.root, rel)
-                return _Located(target, os.stat(target), as_path(target))
+                return _Located(target, os.stat(target), as_source(target))
         except (FileNotFoundError, NotADirectoryError):
             return None
         except OSError as exc:
             raise SnapshotError(f"{shown(rel)}: cannot stat ({exc.strerror}); fix its permissions") from None
-        return _Located(path, status, self._dir_path(parent_real) / os.fsdecode(encoded))
-
-    def _dir_path(self, real: bytes) -> Path:
-        """A Path per real directory, so that a file's Path parses one component, not the whole path."""
-        path = self._dir_paths.get(real)
-        if path is None:
-            path = self._dir_paths[real] = as_path(real)
-        return path
+        return _Located(path, status, as_source(path))
 
 
 def _cannot_read(rel: str, exc: OSError) -> SnapshotError:

@@ -8,9 +8,9 @@ file (from `os.scandir`), nothing is read.
 The walk is the hot loop of a no-change re-run, so it costs little beyond the `scandir` + `lstat`
 it must do: a plain directory entry below a real directory is itself real (no `realpath`), a
 printable ASCII name is checked with three C-level string tests (the UTF-8/NFC checks run only for
-other names), each file's `source` is its directory's Path plus one component (nothing is parsed
-again), and the real directories above a directory (for the symlink-loop check) are a shared chain
-walked only when a directory symlink is followed.
+other names), each file's `source` is its directory's path string plus one component (a str, not a
+Path: ~150 bytes a file where a Path costs ~400), and the real directories above a directory (for the
+symlink-loop check) are a shared chain walked only when a directory symlink is followed.
 """
 
 from __future__ import annotations
@@ -19,43 +19,28 @@ import logging
 import operator
 import os
 import stat
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from pipeline.errors import ConfigError, SnapshotError
 from pipeline.model import FileEntry
 from pipeline.snapshot.formats import FormatInfo, Scanned, ScanSpec
-from pipeline.snapshot.paths import as_path, decode_name, resolve_link_inside, shown
+from pipeline.snapshot.paths import as_source, decode_name, resolve_link_inside, shown
 
 log = logging.getLogger(__name__)
 
 # The real directories from the root down to one directory: (real path, the chain above it or None).
 _Chain = tuple[bytes, Any]
-# A directory still to list: its real path, its repo path, its Path, and the chain of real dirs above it.
-_PendingDir = tuple[bytes, str, Path, _Chain]
+# A directory still to list: its real path, its repo path, its path string ending in "/", and the chain of
+# real dirs above it.
+_PendingDir = tuple[bytes, str, str, _Chain]
 
 _by_path = operator.attrgetter("path")
 
 
-def _child_path_maker() -> Callable[[Path, str], Path]:
-    """`make(parent, name)`: `parent / name` for a single plain component, without parsing it again.
-
-    CPython's `Path._make_child_relpath` (the helper its own directory walks use) when it exists and
-    gives the same Path as `/`; else `/` itself.
-    """
-    make = getattr(Path, "_make_child_relpath", None)
-    if make is not None:
-        try:
-            probe = make(Path("/a/b"), "c.deb")
-            if probe == Path("/a/b/c.deb") and str(probe) == "/a/b/c.deb" and probe.parts == ("/", "a", "b", "c.deb"):
-                return make  # type: ignore[no-any-return]
-        except Exception:  # any surprise from a private helper: use the public operator
-            pass
-    return operator.truediv
-
-
-_child_path = _child_path_maker()
+def _dir_prefix(real: bytes) -> str:
+    """A directory's path string with one "/" at the end: a file's source is this plus its name."""
+    return as_source(real).rstrip("/") + "/"
 
 
 def scan_flat(root_real: bytes) -> tuple[FileEntry, ...]:
@@ -68,10 +53,9 @@ def scan_flat(root_real: bytes) -> tuple[FileEntry, ...]:
 
 def _walk(root_real: bytes) -> list[FileEntry]:
     files: list[FileEntry] = []
-    pending: list[_PendingDir] = [(root_real, "", as_path(root_real), (root_real, None))]
+    pending: list[_PendingDir] = [(root_real, "", _dir_prefix(root_real), (root_real, None))]
     append_file = files.append
     append_dir = pending.append
-    child_path = _child_path
     shared_dev = -1  # one int object for the device number every file shares (memory, not speed)
     while pending:
         real, rel, directory_source, chain = pending.pop()
@@ -88,7 +72,7 @@ def _walk(root_real: bytes) -> list[FileEntry]:
             if entry.is_file(follow_symlinks=False):
                 # paths.is_plain_ascii, inlined: the common name costs three C-level tests, no call.
                 if raw.isascii() and (name := raw.decode("ascii")).isprintable() and "\\" not in name:
-                    component = name  # one string for the repo path and the Path
+                    component = name  # one string for the repo path and the source path
                 else:
                     name = decode_name(raw, rel)  # refuses a bad name (one-line error)
                     component = os.fsdecode(raw)
@@ -104,7 +88,7 @@ def _walk(root_real: bytes) -> list[FileEntry]:
                 append_file(
                     FileEntry(
                         prefix + name,
-                        child_path(directory_source, component),
+                        directory_source + component,
                         status.st_size,
                         status.st_mtime_ns,
                         shared_dev,
@@ -119,7 +103,7 @@ def _walk(root_real: bytes) -> list[FileEntry]:
                     name = decode_name(raw, rel)
                     component = os.fsdecode(raw)
                 subdir = entry.path
-                append_dir((subdir, prefix + name, child_path(directory_source, component), (subdir, chain)))
+                append_dir((subdir, prefix + name, directory_source + component + "/", (subdir, chain)))
             elif entry.is_symlink():
                 _follow_link(entry.path, prefix + decode_name(raw, rel), chain, root_real, files, pending)
             # FIFOs, sockets and devices: not published, never opened.
@@ -139,12 +123,12 @@ def _follow_link(
             raise SnapshotError(
                 f"{shown(rel)}: symlink loop (points to a directory that contains it); remove the link and run again"
             )
-        pending.append((target, rel, as_path(target), (target, chain)))
+        pending.append((target, rel, _dir_prefix(target), (target, chain)))
     elif stat.S_ISREG(status.st_mode):
         files.append(
             FileEntry(
                 path=rel,
-                source=as_path(target),
+                source=as_source(target),
                 size=status.st_size,
                 mtime_ns=status.st_mtime_ns,
                 dev=status.st_dev,

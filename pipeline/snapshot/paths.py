@@ -14,7 +14,6 @@ from __future__ import annotations
 import os
 import re
 import unicodedata
-from pathlib import Path
 from typing import NoReturn, Protocol
 
 from pipeline.errors import SnapshotError
@@ -166,9 +165,9 @@ def is_inside(path: bytes, root_real: bytes) -> bool:
     return os.path.commonpath([path, root_real]) == root_real
 
 
-def as_path(raw: bytes) -> Path:
-    """A Path for a bytes file-system path (lossless through the file-system encoding)."""
-    return Path(os.fsdecode(raw))
+def as_source(raw: bytes) -> str:
+    """A FileEntry's `source` for a bytes file-system path (lossless through the file-system encoding)."""
+    return os.fsdecode(raw)
 
 
 def _refuse(what: str, problem: str) -> NoReturn:
@@ -194,7 +193,7 @@ class Listed(Protocol):
 
 def listed_entry(
     item: Listed,
-    source: Path,
+    source: str,
     status: os.stat_result,
     signature: SignatureRef | None = None,
     shards: tuple[str, ...] = (),

@@ -111,7 +111,7 @@ def test_archives_are_valid_and_left_as_built(bench_run: tuple[dict[str, Any], s
             continue
         assert snapshot.suites == SUITES and snapshot.architectures == tuple(sorted(ARCHITECTURES))
         for entry in snapshot.files:  # Packages vouch for the files as built
-            assert hashlib.sha256(entry.source.read_bytes()).hexdigest() == entry.expected_sha256, entry.path
+            assert hashlib.sha256(Path(entry.source).read_bytes()).hexdigest() == entry.expected_sha256, entry.path
         assert tree_bytes(archive.root / "dists") == tree_bytes(archive.pristine_dists)
         assert len(tree_bytes(archive.pristine_dists)) == len(SUITES) * (1 + 2 * len(ARCHITECTURES))  # .gz, .xz
 

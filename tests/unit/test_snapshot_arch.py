@@ -172,7 +172,7 @@ def test_two_arches_any_packages_pool_links_and_a_sig(tmp_path: Path, compressio
     status = pool_file.stat()
     assert hello == FileEntry(
         path="core/os/x86_64/hello-2.12-1-x86_64.pkg.tar.zst",
-        source=pool_file,
+        source=str(pool_file),
         size=len(HELLO.content),
         mtime_ns=status.st_mtime_ns,
         dev=status.st_dev,
@@ -186,7 +186,7 @@ def test_two_arches_any_packages_pool_links_and_a_sig(tmp_path: Path, compressio
     )
     # the any package: one pool file, listed under both arches
     any_paths = [entry for path, entry in files.items() if "py.thing" in path]
-    assert {entry.source for entry in any_paths} == {tmp_path / "pool" / "packages" / ANY.file}
+    assert {entry.source for entry in any_paths} == {str(tmp_path / "pool" / "packages" / ANY.file)}
     assert {entry.arch for entry in any_paths} == {"any"}
     assert files["core/os/x86_64/signed-1.0-1-x86_64.pkg.tar.zst"].signature == SignatureRef(
         path="core/os/x86_64/signed-1.0-1-x86_64.pkg.tar.zst.sig", size=len(SIG), sha256=hashlib.sha256(SIG).hexdigest()
@@ -203,7 +203,7 @@ def test_packages_as_plain_files_and_only_listed_files_are_published(tmp_path: P
         "extra/os/x86_64/hello-2.12-1-x86_64.pkg.tar.zst",
         "extra/os/x86_64/s-1-1-x86_64.pkg.tar.zst",
     ]
-    assert files[0].source == directory / HELLO.file
+    assert files[0].source == str(directory / HELLO.file)
     assert files[1].signature is not None and files[1].signature.size == len(SIG)
 
 

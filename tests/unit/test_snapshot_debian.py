@@ -125,7 +125,7 @@ def test_entries_carry_packages_metadata(tmp_path: Path) -> None:
     assert snapshot.format == "debian" and snapshot.suites == ("bookworm",)
     assert [entry.path for entry in snapshot.files] == [HELLO_DOC.path, HELLO.path]
     hello = snapshot.files[1]
-    assert hello.source == (tmp_path / HELLO.path).resolve()
+    assert hello.source == str((tmp_path / HELLO.path).resolve())
     assert hello.size == len(HELLO.content)
     assert hello.expected_sha256 == hashlib.sha256(HELLO.content).hexdigest()
     assert (hello.name, hello.version, hello.arch) == ("hello", "2.10-3", "amd64")
@@ -310,7 +310,7 @@ def test_symlinks_inside_the_root_are_followed(tmp_path: Path) -> None:
 
     assert snapshot.suites == ("bookworm",)
     entries = {entry.path: entry for entry in snapshot.files}
-    assert entries[HELLO.path].source == Path(real).resolve()
+    assert entries[HELLO.path].source == str(Path(real).resolve())
     assert sorted(scan(tmp_path, suites=("stable",))) == sorted([HELLO.path, HELLO_DOC.path])
 
 
