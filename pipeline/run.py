@@ -474,9 +474,9 @@ def _release(settings: Settings, spool: Spool, progress: Progress, now: Callable
     """The product's story, one named step each: read everything, decide, then build, sign, render, publish."""
     run = _begin(settings, now)
     clock = run.clock
-    with clock.stage("scan"):
-        snapshot = scan_snapshot(_scan_spec(settings))
     with StateCache.open(settings.state_path, repo=settings.repo) as state:
+        with clock.stage("scan"):
+            snapshot = scan_snapshot(_scan_spec(settings, state))
         with clock.stage("hash"):
             digested = digest_files(
                 snapshot.files, state, workers=settings.workers, progress=progress, executor=run.executor,
@@ -617,9 +617,11 @@ def _begin(settings: Settings, now: Callable[[], datetime]) -> _Run:
     return _Run(settings, clock, started, expires, public_url, spec, storage, signer, key, executor)
 
 
-def _scan_spec(settings: Settings) -> ScanSpec:
+def _scan_spec(settings: Settings, state: StateCache) -> ScanSpec:
+    """What to scan; the state cache keeps the last parse of each metadata file."""
     assert settings.snapshot is not None
     return ScanSpec(
+        listing_cache=state,
         root=settings.snapshot,
         format=settings.format,
         suites=settings.suites,

@@ -7,6 +7,9 @@ foreign cache file is reported in one log line and rebuilt; a path that cannot h
 (a directory, a path under a regular file, a read-only place) is a one-line ConfigError, never rebuilt.
 ctime is not part of the key: hard-link snapshot rotation changes it without changing the bytes.
 
+The last parse of each metadata file (a Debian `Packages`) lives here too, by the SHA-256 of its bytes
+(`listings`): a no-change run reads it back instead of decompressing and parsing every stanza again.
+
 Mirror facts live here too (pipeline.mirrors): which mirror was verified, when, to hold which path
 with which SHA-256 (`mirror_files`), and each mirror's health history for the flapping rule
 (`mirror_health`). They are a cache in the same sense: losing them costs probes, and a fact whose
@@ -75,6 +78,10 @@ _TABLES = {
         "    PRIMARY KEY (mirror, path)\n"
         ") WITHOUT ROWID",
         ("mirror", "path", "sha256", "verified_at", "checks", "last_modified"),
+    ),
+    "listings": (
+        "CREATE TABLE listings (name TEXT PRIMARY KEY, digest TEXT NOT NULL, value BLOB NOT NULL)",
+        ("name", "digest", "value"),
     ),
     "mirror_health": (
         "CREATE TABLE mirror_health (\n"
@@ -341,6 +348,22 @@ class StateCache:
             self._db.executemany("DELETE FROM pages WHERE key = ?", stale)
 
     # --- mirror facts (pipeline.mirrors) ---------------------------------------------------------
+
+    def listing(self, name: str, digest: str) -> bytes | None:
+        """What `remember_listing` kept of the metadata file `name` when its bytes had SHA-256 `digest`."""
+        row = self._db.execute("SELECT value FROM listings WHERE name = ? AND digest = ?", (name, digest)).fetchone()
+        return None if row is None else bytes(row[0])
+
+    def remember_listing(self, name: str, digest: str, value: bytes) -> None:
+        """Keep one parse of the metadata file `name` (the last one): its bytes' SHA-256 and `value`."""
+        self._db.execute("INSERT OR REPLACE INTO listings VALUES (?, ?, ?)", (name, digest, value))
+
+    def keep_listings(self, names: Iterable[str]) -> None:
+        """Forget the parses of metadata files other than `names` (no longer scanned)."""
+        kept = set(names)
+        stale = [(name,) for (name,) in self._db.execute("SELECT name FROM listings") if name not in kept]
+        if stale:
+            self._db.executemany("DELETE FROM listings WHERE name = ?", stale)
 
     def mirror_facts(self, mirror: str) -> Iterator[MirrorFact]:
         """Every verification fact kept for `mirror` (a normalised base URL), by path, streamed."""

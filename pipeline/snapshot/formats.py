@@ -8,12 +8,24 @@ format does not have is simply absent).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Iterable
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Protocol
 
 from pipeline.model import FileEntry
+
+
+class ListingCache(Protocol):
+    """Where a scan keeps the last parse of each metadata file, by the SHA-256 of its bytes (the state
+    cache): a parse is a pure function of the bytes, so a file whose bytes are unchanged is not parsed again."""
+
+    def listing(self, name: str, digest: str) -> bytes | None: ...
+
+    def remember_listing(self, name: str, digest: str, value: bytes) -> None: ...
+
+    def keep_listings(self, names: Iterable[str]) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -27,6 +39,7 @@ class ScanSpec:
     architectures: tuple[str, ...] = ()  # binary-all is included whenever any architecture is
     upstream_keyring: Path | None = None
     sync_lock: tuple[Path, ...] = ()  # relative paths resolve against root; glob patterns allowed
+    listing_cache: ListingCache | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True)

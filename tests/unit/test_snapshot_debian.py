@@ -18,9 +18,11 @@ from pathlib import Path
 import pytest
 
 from pipeline.errors import ConfigError, SnapshotError
-from pipeline.snapshot import ScanSpec, scan_snapshot
+from pipeline.model import FileEntry
+from pipeline.snapshot import ScanSpec, debian, scan_snapshot
 from pipeline.snapshot.debian import _PLAIN_REPO_PATH, signature_problem
 from pipeline.snapshot.paths import check_repo_path
+from pipeline.state import StateCache
 from tests.tools import require_tools
 
 
@@ -827,3 +829,83 @@ def test_filename_fast_path_accepts_exactly_the_ascii_paths_check_repo_path_acce
                 accepted = False
             fast = _PLAIN_REPO_PATH.fullmatch(path) is not None
             assert fast == (accepted and path.isascii()), ascii(path)
+
+
+# --- the last parse of each Packages, kept in the state cache ---------------------------------------------
+
+
+@pytest.fixture
+def state(tmp_path: Path) -> Iterator[StateCache]:
+    with StateCache.open(tmp_path / "state.sqlite", repo="test") as cache:
+        yield cache
+
+
+def cached_scan(root: Path, state: StateCache) -> tuple[FileEntry, ...]:
+    return scan_snapshot(ScanSpec(root=root, listing_cache=state)).files
+
+
+def no_parsing(monkeypatch: pytest.MonkeyPatch) -> None:
+    def refuse(*args: object) -> object:
+        raise AssertionError("a Packages file was parsed again")
+
+    monkeypatch.setattr(debian, "_parse_packages", refuse)
+
+
+@pytest.mark.parametrize("compression", ["", "xz", "gz"])
+def test_a_packages_file_with_the_same_bytes_is_not_parsed_again(
+    tmp_path: Path, state: StateCache, monkeypatch: pytest.MonkeyPatch, compression: str
+) -> None:
+    root = tmp_path / "mirror"
+    write_archive(root, "bookworm", [HELLO, HELLO_DOC], compression=compression)
+    first = cached_scan(root, state)
+    assert first == scan_snapshot(ScanSpec(root=root)).files  # the same entries as without a cache
+    name = "Packages" + (f".{compression}" if compression else "")
+    assert state.listing(f"dists/bookworm/main/binary-amd64/{name}", "0" * 64) is None
+    no_parsing(monkeypatch)
+    assert cached_scan(root, state) == first
+
+
+def test_a_packages_file_whose_bytes_changed_is_parsed_again(tmp_path: Path, state: StateCache) -> None:
+    root = tmp_path / "mirror"
+    write_archive(root, "bookworm", [HELLO, HELLO_DOC], compression="xz")
+    cached_scan(root, state)
+    newer = Pkg("hello", "2.10-4", "amd64")
+    write_archive(root, "bookworm", [newer, HELLO_DOC], compression="xz")
+    assert [entry.path for entry in cached_scan(root, state)] == [HELLO_DOC.path, newer.path]
+
+
+def test_a_cached_parse_is_still_checked_against_the_release(tmp_path: Path, state: StateCache) -> None:
+    """Packages.xz unchanged but the Release now lists other bytes for the uncompressed Packages: refused,
+    as a parse would refuse it, not taken from the cache."""
+    root = tmp_path / "mirror"
+    release = write_archive(root, "bookworm", [HELLO, HELLO_DOC], compression="xz")
+    cached_scan(root, state)
+    text = release.read_text()
+    listed = hashlib.sha256(stanza(HELLO).encode()).hexdigest()
+    assert listed in text
+    release.write_text(text.replace(listed, "0" * 64))
+    message = scan_error(root, listing_cache=state)
+    assert message.startswith("dists/bookworm/main/binary-amd64/Packages.xz (decompressed): size/SHA256")
+
+
+def test_an_unreadable_cached_parse_is_a_miss(tmp_path: Path, state: StateCache) -> None:
+    root = tmp_path / "mirror"
+    write_archive(root, "bookworm", [HELLO, HELLO_DOC], compression="gz")
+    first = cached_scan(root, state)
+    rel = "dists/bookworm/main/binary-amd64/Packages.gz"
+    digest = hashlib.sha256((root / rel).read_bytes()).hexdigest()
+    assert state.listing(rel, digest) is not None
+    state.remember_listing(rel, digest, b"not zstd at all")
+    assert cached_scan(root, state) == first
+    assert state.listing(rel, digest) != b"not zstd at all"  # parsed and kept again
+
+
+def test_parses_of_packages_files_no_longer_scanned_are_forgotten(tmp_path: Path, state: StateCache) -> None:
+    root = tmp_path / "mirror"
+    write_archive(root, "bookworm", [HELLO, HELLO_DOC], architectures=("amd64", "arm64", "all"))
+    cached_scan(root, state)
+    arm64 = "dists/bookworm/main/binary-arm64/Packages"
+    digest = hashlib.sha256((root / arm64).read_bytes()).hexdigest()
+    assert state.listing(arm64, digest) is not None
+    scan_snapshot(ScanSpec(root=root, architectures=("amd64",), listing_cache=state))
+    assert state.listing(arm64, digest) is None
