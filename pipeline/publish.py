@@ -191,8 +191,8 @@ def _plan_group(
     storage: Storage,
     spool: Spool,
     refs: SpoolRefs,
-    listing: dict[str, ObjectInfo],
-    manifest: dict[str, ManifestEntry],
+    listing: Mapping[str, ObjectInfo],
+    manifest: Mapping[str, ManifestEntry],
 ) -> tuple[SpoolRefs, list[str]]:
     put: list[int] = []
     skip: list[str] = []
@@ -216,8 +216,8 @@ def _plan_group(
 
 
 def _expired(
-    listing: dict[str, ObjectInfo],
-    manifest: dict[str, ManifestEntry],
+    listing: Mapping[str, ObjectInfo],
+    manifest: Mapping[str, ManifestEntry],
     referenced: frozenset[str],
     cutoff: float,
 ) -> list[str]:
@@ -270,8 +270,9 @@ def publish(
     progress = progress or NullProgress()
     now = now or datetime.now(UTC)
     destination = destination or read_destination(storage)
-    listing = dict(destination.listing)
-    manifest = dict(destination.manifest)
+    # read, never copied (two dicts of every object at a million files); deleted keys are left out by `gone`
+    listing, manifest = destination.listing, destination.manifest
+    gone: set[str] = set()
 
     spool = publication.spool
     content_put, content_skip = _plan_group(storage, spool, publication.content, listing, manifest)
@@ -354,12 +355,13 @@ def publish(
     fault_point("delete")
     for key in delete:
         storage.delete(key)
-        listing.pop(key, None)
+        gone.add(key)
     _write_manifest(
-        storage, listing, manifest, written, known, publication.referenced, now, skipped=skipped, referenced_now=True
-    )
+        storage, listing, manifest, written, known, publication.referenced, now, skipped=skipped, referenced_now=True,
+        gone=gone,
+    )  # fmt: skip
     for key in OLD_MANIFEST_KEYS:
-        if key in listing:
+        if key in listing and key not in gone:
             storage.delete(key)
     storage.put(
         COMPLETE_KEY, publication.pointer_sha256.encode() + b"\n", content_type="text/plain", cache_control=NO_CACHE
@@ -392,8 +394,8 @@ def _put_all(
 
 def _write_manifest(
     storage: Storage,
-    listing: dict[str, ObjectInfo],
-    manifest: dict[str, ManifestEntry],
+    listing: Mapping[str, ObjectInfo],
+    manifest: Mapping[str, ManifestEntry],
     written: dict[str, ObjectInfo],
     known: Callable[[str], str],
     referenced: frozenset[str],
@@ -401,6 +403,7 @@ def _write_manifest(
     *,
     skipped: frozenset[str],
     referenced_now: bool,
+    gone: Iterable[str] = (),
 ) -> None:
     """Record key -> SHA-256 of what the destination holds; `referenced_now` once the pointer is committed.
 
@@ -409,12 +412,13 @@ def _write_manifest(
     same_content).
     """
     stamp = now.timestamp()
+    gone = frozenset(gone)  # deleted by this run
     # Written line by line into a zstd stream: the manifest of ~150,000 objects is ~27 MB as text.
     body = io.BytesIO()
     stream = zstandard.ZstdCompressor(level=3).stream_writer(body, closefd=False)
     stream.write(MANIFEST_FORMAT.encode() + b"\n")
     for key in sorted({*listing, *written}):
-        if key == MANIFEST_KEY or key in OLD_MANIFEST_KEYS:
+        if key == MANIFEST_KEY or key in OLD_MANIFEST_KEYS or key in gone:
             continue
         info = written.get(key) or listing[key]
         old = manifest.get(key)
