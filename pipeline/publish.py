@@ -18,7 +18,7 @@ import json
 import logging
 import os
 import signal
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence, Set
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
@@ -403,7 +403,7 @@ def _write_manifest(
     *,
     skipped: frozenset[str],
     referenced_now: bool,
-    gone: Iterable[str] = (),
+    gone: Set[str] = frozenset(),  # deleted by this run
 ) -> None:
     """Record key -> SHA-256 of what the destination holds; `referenced_now` once the pointer is committed.
 
@@ -412,7 +412,6 @@ def _write_manifest(
     same_content).
     """
     stamp = now.timestamp()
-    gone = frozenset(gone)  # deleted by this run
     # Written line by line into a zstd stream: the manifest of ~150,000 objects is ~27 MB as text.
     body = io.BytesIO()
     stream = zstandard.ZstdCompressor(level=3).stream_writer(body, closefd=False)

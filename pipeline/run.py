@@ -800,7 +800,7 @@ def _sign(
     """publish: a new index (its shards) and pointer; resign: the pointer with a new expiry; finish and
     refresh: the current pointer as it is."""
     current = destination.current
-    index_objects = spool.add_all(())
+    index_objects = spool.refs(())
     artifact: Artifact | None = None
     if decision.action in ("finish", "refresh"):
         assert current is not None

@@ -137,9 +137,6 @@ class Spool:
         self._end += len(data)
         return number
 
-    def add(self, artifact: Artifact) -> SpooledArtifact:
-        return self.ref(self.put(artifact))
-
     def add_all(self, artifacts: Iterable[Artifact]) -> SpoolRefs:
         first = len(self._keys)
         for artifact in artifacts:

@@ -347,7 +347,7 @@ class StateCache:
             stale = [(k,) for (k,) in self._db.execute("SELECT key FROM pages") if k not in kept]
             self._db.executemany("DELETE FROM pages WHERE key = ?", stale)
 
-    # --- mirror facts (pipeline.mirrors) ---------------------------------------------------------
+    # --- the last parse of each metadata file (pipeline.snapshot) --------------------------------
 
     def listing(self, name: str, digest: str) -> bytes | None:
         """What `remember_listing` kept of the metadata file `name` when its bytes had SHA-256 `digest`."""
@@ -364,6 +364,8 @@ class StateCache:
         stale = [(name,) for (name,) in self._db.execute("SELECT name FROM listings") if name not in kept]
         if stale:
             self._db.executemany("DELETE FROM listings WHERE name = ?", stale)
+
+    # --- mirror facts (pipeline.mirrors) ---------------------------------------------------------
 
     def mirror_facts(self, mirror: str) -> Iterator[MirrorFact]:
         """Every verification fact kept for `mirror` (a normalised base URL), by path, streamed."""

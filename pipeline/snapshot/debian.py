@@ -612,14 +612,14 @@ _LISTING_CODEC = f"debian-listing/1 py{sys.version_info[0]}.{sys.version_info[1]
 
 
 def _file_sha256(tree: _Tree, rel: str) -> str:
-    digest = hashlib.sha256()
-    with tree.open_metadata(rel) as handle:
+    """The SHA-256 of the (metadata) file `rel`, read through the `BoundedReader` a parse reads it with."""
+    with closing(BoundedReader(tree.open_metadata(rel), rel, bounded.MAX_METADATA_BYTES)) as reader:
         try:
-            while chunk := handle.read(bounded.CHUNK_BYTES):
-                digest.update(chunk)
+            while reader.read(bounded.CHUNK_BYTES):
+                pass
         except OSError as exc:
             raise _cannot_read(rel, exc) from None
-    return digest.hexdigest()
+        return reader.sha256()
 
 
 def _cached(

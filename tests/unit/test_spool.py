@@ -24,7 +24,7 @@ def test_spooled_artifacts_read_back_byte_for_byte_with_their_headers() -> None:
 
 def test_a_ref_holds_no_bytes() -> None:
     with Spool() as spool:
-        ref = spool.add(Artifact("k", b"x" * 100_000, "application/octet-stream", "no-cache"))
+        ref = spool.ref(spool.put(Artifact("k", b"x" * 100_000, "application/octet-stream", "no-cache")))
     assert not hasattr(ref, "data") and not hasattr(ref, "__dict__")
     assert isinstance(ref, SpooledArtifact) and ref.offset == 0
 
