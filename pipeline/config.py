@@ -117,11 +117,13 @@ class Settings:
     retention: timedelta = _setting(timedelta(days=14), "keep objects of older indexes this long (default 14d)")
     audit_interval: timedelta = _setting(
         timedelta(days=1),
-        "every run checks that each published object is still there; a run also checks that none was altered "
-        "(size and ETag against the manifest) when that was last checked longer ago than this (default 1d; "
-        "0s: every run)",
+        "a run lists the destination and checks that every published object is still there as written (size "
+        "and ETag against the manifest) when that was last checked longer ago than this; between audits only "
+        "the index, keys, clients and top pages are checked (default 1d; 0s: every run)",
     )
-    audit: bool = _setting(False, "check this run that no published object was altered (see audit_interval)")
+    audit: bool = _setting(
+        False, "check this run that every published object is still there as written (see audit_interval)"
+    )
     no_cas: bool = _setting(False, "publish to a store without conditional writes (only with an external lock)")
     allow_peer_only: bool = _setting(
         False,

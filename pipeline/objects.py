@@ -42,12 +42,13 @@ PRIVATE_PREFIX = ".mirrorseed/"
 MANIFEST_KEY = PRIVATE_PREFIX + "manifest.jsonl.zst"
 OLD_MANIFEST_KEYS = (PRIVATE_PREFIX + "manifest.json",)  # written by earlier versions: deleted once replaced
 COMPLETE_KEY = PRIVATE_PREFIX + "complete"  # the SHA-256 of the latest.asc whose publication is complete
+BROWSE_PREFIX = "browse/"  # a page per directory of the snapshot
 # Key prefixes this tool owns in the destination; retention never deletes anything else.
-OWNED_PREFIXES = ("torrents/", "metalinks/", "index/", "browse/", "mirrors/")
+OWNED_PREFIXES = ("torrents/", "metalinks/", "index/", BROWSE_PREFIX, "mirrors/")
 # Listings: rewritten in place by every publication and reached by no pointer, so one the current
 # publication no longer has (a dropped mirror's country list, a vanished directory's browse page) is
 # deleted with that publication instead of being served, unlinked, for the retention period.
-LISTING_PREFIXES = ("browse/", "mirrors/")
+LISTING_PREFIXES = (BROWSE_PREFIX, "mirrors/")
 
 _SHA256_RE = re.compile(r"[0-9a-f]{64}")
 
@@ -92,7 +93,7 @@ def metalink_key(path: str) -> str:
 
 def browse_key(directory: str) -> str:
     """The browse page of a repository directory ("" = the root); always `…/index.html`."""
-    return "browse/index.html" if directory == "" else f"browse/{directory}/index.html"
+    return f"{BROWSE_PREFIX}index.html" if directory == "" else f"{BROWSE_PREFIX}{directory}/index.html"
 
 
 def mirror_list_key(scope: str, kind: str) -> str:

@@ -55,6 +55,7 @@ from pipeline.model import (
     Snapshot,
 )
 from pipeline.objects import (
+    BROWSE_PREFIX,
     CLIENT_KEYS,
     MIRRORS_JSON_KEY,
     POINTER_KEY,
@@ -71,13 +72,12 @@ from pipeline.objects import (
 )
 from pipeline.publish import (
     Destination,
-    DestinationKeys,
+    DestinationProbe,
     Publication,
     UploadPlan,
     is_complete,
     publish,
     read_destination,
-    read_destination_keys,
 )
 from pipeline.report import RunReport
 from pipeline.shards import fingerprint, group, record_fingerprints, shards_of
@@ -491,22 +491,19 @@ def _release(settings: Settings, spool: Spool, progress: Progress, now: Callable
             inputs = publication_inputs(settings, run.public_url, digested, mirrors, snapshot.format)
         with clock.stage("read-current"):
             audit = _audit_due(settings, state, run.storage, run.started)
-
-            def whole(current: CurrentPointer | None) -> bool:
-                # only keys when nothing is due and the state vouches that the current index holds these inputs
-                return audit or current is None or state.publication_inputs(current.pointer.index_id) != inputs
-
             destination = read_destination_state(
-                run.storage, repo=settings.repo, signer=run.signer, key=run.key, whole=whole
+                run.storage, repo=settings.repo, signer=run.signer, key=run.key, audit=audit
             )
         spec = replace(run.spec, webseeds_for=mirrors.webseeds_for, metalink_urls_for=mirrors.metalink_urls_for)
         memo = state.page_memo()
         facts = _facts(settings, run, destination, state, snapshot.files, memo, mirrors, inputs)
         decision = decide(facts)
         if (decision is None or decision.action != "noop") and not isinstance(destination.objects, Destination):
-            # this run writes (or may): it needs the whole destination, sizes, ETags and manifest
+            # this run writes (or may): it needs the manifest, and the listing too when the probe found an
+            # object gone or the last publication was not completed (an audit, then)
+            listed = facts.lost_objects or facts.lost_index or not facts.complete
             with clock.stage("read-current"):
-                destination = replace(destination, objects=read_destination(run.storage))
+                destination = replace(destination, objects=read_destination(run.storage, listed=listed))
             facts = _facts(settings, run, destination, state, snapshot.files, memo, mirrors, inputs)
             decision = decide(facts)
         if decision is not None and decision.action == "noop":
@@ -562,6 +559,11 @@ def _release(settings: Settings, spool: Spool, progress: Progress, now: Callable
         # Publishing needs only the spooled objects and the keys: drop the per-file values first (~130 MB
         # at 63,000 packages) so that the upload plan and manifest reuse their memory.
         del records, fingerprints, snapshot, current
+        last_audit = state.last_audit(run.storage.url)
+        if not settings.dry_run:
+            # while this run writes, no audit is remembered: one killed midway leaves the next run an audit, which
+            # lists what it wrote after its last manifest
+            state.forget_audit(run.storage.url)
         with clock.stage("publish"):
             result = publish(
                 run.storage, publication, dry_run=settings.dry_run, progress=progress, now=run.started,
@@ -571,7 +573,7 @@ def _release(settings: Settings, spool: Spool, progress: Progress, now: Callable
             state.remember_sequence(signed.pointer.sequence)
             state.remember_publication(signed.pointer.index_id, inputs)
             state.remember_pages(pages.rows, keep=pages.keys)
-            _remember_audit(settings, state, run, destination)
+            _remember_audit(settings, state, run, destination, previous=last_audit)
     return _report(run, mirrors, signed.pointer, decision.action, changes, plan=result.plan)
 
 
@@ -635,12 +637,13 @@ def _scan_spec(settings: Settings, state: StateCache) -> ScanSpec:
 @dataclass(frozen=True)
 class DestinationState:
     """What the destination holds when the run starts, read once: the verified pointer, whether its
-    publication was completed, the mirror summary it shows, and its objects (listing + manifest)."""
+    publication was completed, the mirror summary it shows, and its objects: listing and manifest (an
+    audit), the manifest alone (a run that writes between audits) or a probe (a run that may not write)."""
 
     current: CurrentPointer | None
     complete: bool
     mirror_summary: list[tuple[str, str, bool]]
-    objects: Destination | DestinationKeys  # keys only: a run that found nothing to write (see audit_interval)
+    objects: Destination | DestinationProbe  # probed key by key: a run that audits nothing (see audit_interval)
 
     @property
     def pointer(self) -> Pointer | None:
@@ -648,7 +651,8 @@ class DestinationState:
 
     @property
     def whole(self) -> Destination:
-        """The whole destination, which every step that writes needs (read again when only keys were)."""
+        """The destination's manifest (and listing, when audited), which every step that writes needs (read
+        after the probe of a run that found it must write)."""
         assert isinstance(self.objects, Destination), "the whole destination is read before a run writes"
         return self.objects
 
@@ -659,18 +663,18 @@ def read_destination_state(
     repo: str,
     signer: Signer,
     key: KeyInfo,
-    whole: Callable[[CurrentPointer | None], bool] = lambda current: True,
+    audit: bool = True,
 ) -> DestinationState:
-    """The pointer, completion and mirror summary, and the objects: the whole `Destination` (listing and
-    manifest) when `whole(pointer)`, else only its keys (a lost object shows, an altered one waits for an
-    audit)."""
+    """The pointer, completion and mirror summary, and the objects: with `audit`, the whole `Destination`
+    (listing and manifest), else a probe key by key (the objects that do not grow with the snapshot are
+    checked; package objects and browse pages, lost or altered, wait for an audit)."""
     with signer.keyring() as keyring:
         current = read_pointer(storage, repo=repo, keyring=keyring, fingerprint=key.fingerprint)
     return DestinationState(
         current=current,
         complete=current is not None and is_complete(storage, current.pointer_sha256),
         mirror_summary=_published_mirror_summary(storage),
-        objects=read_destination(storage) if whole(current) else read_destination_keys(storage),
+        objects=read_destination(storage) if audit else DestinationProbe(storage),
     )
 
 
@@ -683,10 +687,17 @@ def _audit_due(settings: Settings, state: StateCache, storage: Storage, now: dat
     return last is None or now.timestamp() - last >= settings.audit_interval.total_seconds()
 
 
-def _remember_audit(settings: Settings, state: StateCache, run: _Run, destination: DestinationState) -> None:
-    """A run that read the whole destination and completed audited it (a dry run changes no state)."""
-    if isinstance(destination.objects, Destination) and not settings.dry_run:
+def _remember_audit(
+    settings: Settings, state: StateCache, run: _Run, destination: DestinationState, *, previous: float | None = None
+) -> None:
+    """A run that listed the destination and completed audited it; one that wrote without listing puts back
+    the `previous` audit (a dry run changes no state)."""
+    if settings.dry_run:
+        return
+    if isinstance(destination.objects, Destination) and destination.objects.listed:
         state.remember_audit(run.storage.url, run.started.timestamp())
+    elif previous is not None:
+        state.remember_audit(run.storage.url, previous)
 
 
 def _facts(
@@ -998,15 +1009,20 @@ def publication_inputs(
     return digest.hexdigest()
 
 
-def _holds_package(destination: Destination | DestinationKeys, path: str, size: int) -> bool:
+def _holds_package(destination: Destination, path: str, size: int) -> bool:
     """Whether the destination holds, as written, the metalink and (non-empty files) the torrent of `path`."""
     return destination.holds(metalink_key(path)) and (size == 0 or destination.holds(torrent_key(path)))
 
 
-def _lost(destination: Destination | DestinationKeys, files: Sequence[FileEntry], pages: Mapping[str, object]) -> bool:
-    """Whether the destination lost (or holds altered) a package object, a signing key or one of the
-    `pages` of the publication built from `files` (index objects aside)."""
-    return not all(destination.holds(key) for key in (*SIGNING_KEYS, *CLIENT_KEYS, *pages)) or not all(
+def _lost(destination: Destination | DestinationProbe, files: Sequence[FileEntry], pages: Iterable[str]) -> bool:
+    """Whether the destination lost (or holds altered) a signing key, a client, one of the `pages` of the
+    publication built from `files` or a package object (index objects aside). A run that audits nothing
+    probes only the objects that do not grow with the snapshot: package objects and browse pages wait for
+    the audit."""
+    fixed = (*SIGNING_KEYS, *CLIENT_KEYS)
+    if isinstance(destination, DestinationProbe):
+        return bool(destination.lost([*fixed, *(key for key in pages if not key.startswith(BROWSE_PREFIX))]))
+    return bool(destination.lost([*fixed, *pages])) or not all(
         _holds_package(destination, entry.path, entry.size) for entry in files
     )
 

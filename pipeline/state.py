@@ -332,6 +332,10 @@ class StateCache:
         with self._transaction():
             self._db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", ("audit " + destination, repr(when)))
 
+    def forget_audit(self, destination: str) -> None:
+        with self._transaction():
+            self._db.execute("DELETE FROM meta WHERE key = ?", ("audit " + destination,))
+
     # --- listing pages (pipeline.run) -------------------------------------------------------------
 
     def page_memo(self) -> dict[str, tuple[str, str]]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
+from functools import lru_cache
 from urllib.parse import quote
 
 # A path of RFC 3986 unreserved characters and '/' only: most package paths; nothing to encode.
@@ -35,6 +36,26 @@ def webseed_dir_url(base: str, path: str) -> str:
     return base.rstrip("/") + "/" + (quote_path(directory) + "/" if directory else "")
 
 
+@lru_cache(maxsize=256)
+def _quote_value(value: str) -> str:
+    """`quote(value, safe="")` of a value every record repeats (a tracker, a webseed, a URL's origin)."""
+    return quote(value, safe="")
+
+
+def quote_value(value: str) -> str:
+    """`quote(value, safe="")` (a query value: '/' encoded too), without `quote`'s cost per character in the
+    common forms: a plain name, or a URL whose path is plain (its `scheme://host/` part is cached). `quote`
+    encodes character by character, so the parts may be encoded apart."""
+    if _PLAIN_PATH(value):
+        return value.replace("/", "%2F")
+    scheme, sep, rest = value.partition("://")
+    if sep:
+        host, slash, path = rest.partition("/")
+        if _PLAIN_PATH(path):
+            return _quote_value(scheme + sep + host + slash) + path.replace("/", "%2F")
+    return quote(value, safe="")
+
+
 def magnet_uri(
     *,
     infohash: str,
@@ -45,11 +66,11 @@ def magnet_uri(
     torrent_url: str | None = None,
 ) -> str:
     """`magnet:?xt=urn:btih:<hex>&dn=…&xl=…&tr=…&ws=…&xs=…`, every value percent-encoded."""
-    parts = [f"xt=urn:btih:{infohash}", "dn=" + quote(name, safe="")]
+    parts = [f"xt=urn:btih:{infohash}", "dn=" + quote_value(name)]
     if size is not None:
         parts.append(f"xl={size}")
-    parts.extend("tr=" + quote(t, safe="") for t in trackers)
-    parts.extend("ws=" + quote(w, safe="") for w in webseeds)
+    parts.extend("tr=" + _quote_value(t) for t in trackers)
+    parts.extend("ws=" + _quote_value(w) for w in webseeds)
     if torrent_url is not None:
-        parts.append("xs=" + quote(torrent_url, safe=""))
+        parts.append("xs=" + quote_value(torrent_url))
     return "magnet:?" + "&".join(parts)

@@ -76,11 +76,6 @@ class Storage(Protocol):
 
     def list(self, prefix: str = "") -> list[ObjectInfo]: ...
 
-    def list_keys(self) -> Sequence[str]:
-        """Every object's key, in no particular order; cheaper than `list` where a store can skip the sizes and
-        ETags (a local folder: no stat per file)."""
-        ...
-
     def delete(self, key: str) -> None: ...
 
 

@@ -182,10 +182,6 @@ class LocalStorage:
         found.sort(key=lambda info: info.key)
         return found
 
-    def list_keys(self) -> Sequence[str]:
-        """Every object's key: the listing without its stat per file (the file type comes with the names)."""
-        return [key for key, _ in self._objects()]
-
     def delete(self, key: str) -> None:
         try:
             self._path(key).unlink(missing_ok=True)

@@ -361,10 +361,6 @@ class S3Storage:
         self._call(pages, key=prefix, action="list it", subject=full_prefix)
         return found
 
-    def list_keys(self) -> Sequence[str]:
-        """Every object's key: the same paginated listing (S3 returns sizes and ETags with the keys anyway)."""
-        return [info.key for info in self.list()]
-
     # --- writes ----------------------------------------------------------------------------------------
 
     def _put_args(self, key: str, data: bytes, content_type: str, cache_control: str) -> dict[str, Any]:

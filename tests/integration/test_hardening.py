@@ -48,9 +48,11 @@ def index_entries(dest: Path) -> list[str]:
 # --- 4. lost objects are restored -------------------------------------------------------------------
 
 
-def test_lost_torrent_metalink_and_page_are_put_back_by_a_no_change_run(
+def test_a_lost_signing_key_makes_the_run_put_back_every_lost_object(
     published: tuple[Settings, Path, Path],
 ) -> None:
+    """The probe finds the signing key gone: the run reads the whole destination before it writes, and so
+    puts back the package objects and pages lost with it, audit or not."""
     settings, _, dest = published
     lost = {
         key: (dest / key).read_bytes()
@@ -78,30 +80,40 @@ def test_lost_torrent_metalink_and_page_are_put_back_by_a_no_change_run(
     assert third.action == "noop" and third.objects_put == 0
 
 
-def test_an_altered_object_waits_for_the_audit_and_a_deleted_one_does_not(
+def test_package_objects_wait_for_the_audit_and_the_fixed_objects_do_not(
     published: tuple[Settings, Path, Path],
 ) -> None:
-    """Every run lists the destination's keys (a deleted object is put back at once); sizes, ETags and the
-    manifest are checked when `audit_interval` has passed since the last such check, or with `audit`."""
+    """A run that audits nothing probes, key by key, only the objects that do not grow with the snapshot
+    (index, signing keys, clients, top pages): one of them deleted is put back at once. A package object or
+    browse page deleted or altered is put back when `audit_interval` has passed since the last audit, or
+    with `audit` (which lists the destination and checks sizes, ETags and the manifest)."""
     settings, _, dest = published
     altered = dest / "metalinks/dir2/file-02.bin.meta4"
     original = altered.read_bytes()
     altered.write_bytes(original.replace(b"<size>", b"<size>1"))
+    torrent, page = dest / "torrents/dir0/file-00.bin.torrent", dest / "browse/dir1/index.html"
+    torrent_bytes, page_bytes = torrent.read_bytes(), page.read_bytes()
+    torrent.unlink()
+    page.unlink()
 
-    within = release(settings)  # the publish just audited the destination: keys only
+    within = release(settings)  # the publish just audited the destination: a probe only
     assert within.action == "noop" and altered.read_bytes() != original
+    assert not torrent.exists() and not page.exists()
 
     audited = release(replace(settings, audit=True))
     assert audited.action == "finish" and altered.read_bytes() == original
-    assert "metalinks/dir2/file-02.bin.meta4" in audited.planned_keys
+    assert torrent.read_bytes() == torrent_bytes and page.read_bytes() == page_bytes
+    assert {"metalinks/dir2/file-02.bin.meta4", "torrents/dir0/file-00.bin.torrent"} <= set(audited.planned_keys)
 
     altered.write_bytes(original.replace(b"<size>", b"<size>2"))
     every_run = release(replace(settings, audit_interval=timedelta(0)))
     assert every_run.action == "finish" and altered.read_bytes() == original
 
-    (dest / "torrents/dir0/file-00.bin.torrent").unlink()
-    deleted = release(settings)  # audited a moment ago, yet a missing key shows in the listing of keys
-    assert deleted.action == "finish" and (dest / "torrents/dir0/file-00.bin.torrent").is_file()
+    for key in ("signing-key.gpg", "index.html", "clients/apt/mirrorseed"):
+        data = (dest / key).read_bytes()
+        (dest / key).unlink()
+        again = release(settings)  # audited a moment ago, yet the probe finds it gone
+        assert again.action == "finish" and (dest / key).read_bytes() == data, key
     assert release(settings).action == "noop"
 
 

@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import textwrap
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -180,10 +181,16 @@ def test_only_changed_directories_are_rendered_and_a_lost_page_is_rendered_again
     release(settings(snap, dest, signing_key, state))
     assert sorted(k for k in rendered if k.startswith("browse/")) == ["browse/dir1/index.html"]
 
-    lost.unlink()  # the destination lost a page the state vouches for: rendered again before any write
+    lost.unlink()  # the destination lost a page the state vouches for
     rendered.clear()
     (snap / "dir1" / "file-04.bin").write_bytes(b"changed again" * 7000)
-    report = release(settings(snap, dest, signing_key, state))
+    between = release(settings(snap, dest, signing_key, state))  # between audits: the manifest stands for it
+    assert sorted(k for k in rendered if k.startswith("browse/")) == ["browse/dir1/index.html"]
+    assert between.action == "publish" and not lost.exists()
+
+    rendered.clear()
+    (snap / "dir1" / "file-04.bin").write_bytes(b"changed once more" * 7000)
+    report = release(replace(settings(snap, dest, signing_key, state), audit=True))  # the audit lists it
     assert sorted(k for k in rendered if k.startswith("browse/")) == [
         "browse/dir0/index.html",
         "browse/dir1/index.html",

@@ -12,7 +12,7 @@ import pytest
 import zstandard
 
 from pipeline.objects import MANIFEST_KEY, OLD_MANIFEST_KEYS, make_artifact
-from pipeline.publish import MANIFEST_FORMAT, Publication, load_manifest, publish
+from pipeline.publish import MANIFEST_FORMAT, Publication, _manifest_line, load_manifest, publish
 from pipeline.spool import Spool
 from pipeline.storage.local import LocalStorage
 
@@ -90,3 +90,16 @@ def test_a_manifest_line_with_a_non_json_number_is_not_trusted(
         manifest = load_manifest(storage, {info.key: info for info in storage.list()})
     assert manifest == {}
     assert any(f"{bad} is not a JSON number" in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        ('torrents/a b/ü\u2028"q\\.deb.torrent', "0" * 64, '"d41d8cd98f00b204e9800998ecf8427e"', 0, 1764000000.123456),
+        ("k\x01\x7f", "s", "e", 12345678901, 1e20),
+        ("k", "s", "e-5", 5, 0.1),
+    ],
+)
+def test_a_manifest_line_is_what_json_dumps_writes(line: tuple[str, str, str, int, float]) -> None:
+    """The manifest's lines are formatted without json.dumps (a million objects a run), to the same bytes."""
+    assert _manifest_line(*line) == json.dumps(list(line), ensure_ascii=False) + "\n"

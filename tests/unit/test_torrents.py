@@ -9,7 +9,7 @@ import xml.etree.ElementTree as ET
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, quote, urlsplit
 
 import pytest
 import torf
@@ -33,7 +33,7 @@ from pipeline.torrents import (
     nodes_item,
     package_records,
 )
-from pipeline.urls import join_url, webseed_dir_url
+from pipeline.urls import join_url, quote_value, webseed_dir_url
 
 NS = "{urn:ietf:params:xml:ns:metalink}"
 AWKWARD = {
@@ -502,3 +502,21 @@ def test_metalink_text_is_byte_identical_to_elementtree_output() -> None:
             "torrent_url": rng.choice([None, "https://s.example/t&<x>.torrent"]),
         }
         assert build_metalink(**arguments) == _metalink_by_elementtree(**arguments), arguments
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "pool/main/h/hello/hello_2.10-3_amd64.deb",
+        "hello+1 ü.deb",
+        "https://example.org/debian/torrents/pool/main/h/hello/hello_2.10-3_amd64.deb.torrent",
+        "https://example.org:8443/pub/a%20b/c+d.torrent",
+        "http://[::1]:6969/announce?x=1&y=2",
+        "https://example.org",
+        "~user/.x_-",
+        "",
+    ],
+)
+def test_magnet_values_are_quoted_as_quote_does(value: str) -> None:
+    """quote_value takes shortcuts for plain names and URLs with plain paths: the same bytes as quote."""
+    assert quote_value(value) == quote(value, safe="")
