@@ -10,8 +10,10 @@ from __future__ import annotations
 import codecs
 import hashlib
 import io
+import itertools
 import json
 import re
+import tempfile
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -153,35 +155,33 @@ def encode_shard(
 ) -> EncodedIndex:
     """`encode_document(shard_document(...))`, byte for byte, without holding the JSON or every package dict.
 
-    `records` must already be sorted by path (a repeated or out-of-order path is a SnapshotError). They
-    are read twice: once to measure the JSON (the zstd frame declares its size up front), once to
-    compress it. Only one package's JSON, one batch of `_ENCODE_BATCH` bytes and the compressed output
-    are in memory at a time.
+    `records` must already be sorted by path (a repeated or out-of-order path is a SnapshotError). Each
+    record's JSON is made once and spilled to a temporary file, to measure the JSON (the zstd frame declares
+    its size up front) before it is compressed from there. Only one batch of `_ENCODE_BATCH` bytes and the
+    compressed output are in memory at a time.
     """
     head_bytes, tail_bytes = _frame(_shard_header(repo, shard, webseeds, trackers, dht_nodes))
-    size, count = len(head_bytes) + len(tail_bytes), 0
-    for package in _package_json(records):
-        size += len(package)
-        count += 1
-    size += max(count - 1, 0)  # the commas between packages
     raw_sha256 = hashlib.sha256()
-
-    def chunks() -> Iterator[bytes]:
-        batch = bytearray(head_bytes)
+    with tempfile.TemporaryFile() as spill:
+        batch = bytearray()
         separator = b""
         for package in _package_json(records):
             batch += separator
             batch += package
             separator = b","
             if len(batch) >= _ENCODE_BATCH:
-                raw_sha256.update(batch)
-                yield bytes(batch)
+                spill.write(batch)
                 batch.clear()
-        batch += tail_bytes
-        raw_sha256.update(batch)
-        yield bytes(batch)
+        spill.write(batch)
+        size = len(head_bytes) + spill.tell() + len(tail_bytes)
+        spill.seek(0)
 
-    data = _compress(chunks(), size)
+        def chunks() -> Iterator[bytes]:
+            for chunk in itertools.chain((head_bytes,), iter(lambda: spill.read(_ENCODE_BATCH), b""), (tail_bytes,)):
+                raw_sha256.update(chunk)
+                yield chunk
+
+        data = _compress(chunks(), size)
     return EncodedIndex(data, hashlib.sha256(data).hexdigest(), len(data), size, raw_sha256.hexdigest())
 
 
@@ -268,7 +268,7 @@ def _compress(chunks: Iterable[bytes], size: int) -> bytes:
             break
         out.write(stream.compress(chunk))
     if fed != size:
-        raise ValueError(f"records: {fed} bytes of JSON on the second pass, {size} on the first: pass the same records")
+        raise ValueError(f"{fed} bytes of JSON to compress where {size} were declared")
     out.write(stream.flush())
     return out.getvalue()
 

@@ -11,6 +11,14 @@ from urllib.parse import quote
 _PLAIN_PATH = re.compile(r"[A-Za-z0-9_.~/-]*").fullmatch
 
 
+_UNSAFE = re.compile(r"[^A-Za-z0-9_.~-]")  # what `quote(..., safe="")` encodes in an ASCII string
+_UNSAFE_IN_PATH = re.compile(r"[^A-Za-z0-9_.~/-]")  # ... and with safe="/"
+
+
+def _escape(match: re.Match[str]) -> str:
+    return f"%{ord(match.group()):02X}"
+
+
 def quote_path(path: str) -> str:
     """Percent-encode each '/'-separated segment of a relative path (RFC 3986 unreserved kept).
 
@@ -19,6 +27,8 @@ def quote_path(path: str) -> str:
     a million paths a run pass here several times)."""
     if _PLAIN_PATH(path):
         return path
+    if path.isascii():  # the same bytes as quote, with a call per character to encode only
+        return _UNSAFE_IN_PATH.sub(_escape, path)
     return quote(path, safe="/")
 
 
@@ -43,16 +53,17 @@ def _quote_value(value: str) -> str:
 
 
 def quote_value(value: str) -> str:
-    """`quote(value, safe="")` (a query value: '/' encoded too), without `quote`'s cost per character in the
-    common forms: a plain name, or a URL whose path is plain (its `scheme://host/` part is cached). `quote`
-    encodes character by character, so the parts may be encoded apart."""
+    """`quote(value, safe="")` (a query value: '/' encoded too), the same bytes without `quote`'s call per
+    character: an ASCII value is one regex substitution, and a URL's `scheme://host/` is encoded once per run
+    (cached). `quote` encodes each UTF-8 byte on its own (an unsafe one as %XX), so parts encode apart."""
     if _PLAIN_PATH(value):
         return value.replace("/", "%2F")
     scheme, sep, rest = value.partition("://")
     if sep:
         host, slash, path = rest.partition("/")
-        if _PLAIN_PATH(path):
-            return _quote_value(scheme + sep + host + slash) + path.replace("/", "%2F")
+        return _quote_value(scheme + sep + host + slash) + quote_value(path)
+    if value.isascii():  # the same bytes as quote, with a call per character to encode only
+        return _UNSAFE.sub(_escape, value)
     return quote(value, safe="")
 
 

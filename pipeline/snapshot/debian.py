@@ -523,6 +523,9 @@ def _collect_listed(
     combined: dict[tuple[tuple[str, ...], str], tuple[str, ...]] = {}
     with _gc_paused():
         for index in indexes:
+            # the index's two shard names, made once (a million stanzas ask)
+            own = debian_shard(index.suite, index.component, index.architecture, index.architecture)
+            common = debian_shard(index.suite, index.component, index.architecture, "all")
             for item in _read_packages(tree, index, release_of[index.suite], signed, cache):
                 previous = listed.setdefault(item.path, item)
                 if previous is not item and (previous.size, previous.sha256) != (item.size, item.sha256):
@@ -530,7 +533,7 @@ def _collect_listed(
                         f"{shown(item.path)}: listed with different Size/SHA256 in {previous.listed_in} and "
                         f"{item.listed_in}; {_RESYNC}"
                     )
-                shard = debian_shard(index.suite, index.component, index.architecture, item.arch)
+                shard = common if item.arch == "all" else own
                 before = shards.get(item.path, ())
                 if shard not in before:
                     key = (before, shard)

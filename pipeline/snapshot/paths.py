@@ -166,8 +166,9 @@ def is_inside(path: bytes, root_real: bytes) -> bool:
 
 
 def as_source(raw: bytes) -> str:
-    """A FileEntry's `source` for a bytes file-system path (lossless through the file-system encoding)."""
-    return os.fsdecode(raw)
+    """A FileEntry's `source` for a bytes file-system path (lossless through the file-system encoding; an
+    ASCII path, nearly every one, decodes the same without `os.fsdecode`'s checks)."""
+    return raw.decode("ascii") if raw.isascii() else os.fsdecode(raw)
 
 
 def _refuse(what: str, problem: str) -> NoReturn:

@@ -12,7 +12,7 @@ import pytest
 import zstandard
 
 from pipeline.objects import MANIFEST_KEY, OLD_MANIFEST_KEYS, make_artifact
-from pipeline.publish import MANIFEST_FORMAT, Publication, _manifest_line, load_manifest, publish
+from pipeline.publish import MANIFEST_BATCH, MANIFEST_FORMAT, Publication, _manifest_line, load_manifest, publish
 from pipeline.spool import Spool
 from pipeline.storage.local import LocalStorage
 
@@ -103,3 +103,32 @@ def test_a_manifest_line_with_a_non_json_number_is_not_trusted(
 def test_a_manifest_line_is_what_json_dumps_writes(line: tuple[str, str, str, int, float]) -> None:
     """The manifest's lines are formatted without json.dumps (a million objects a run), to the same bytes."""
     assert _manifest_line(*line) == json.dumps(list(line), ensure_ascii=False) + "\n"
+
+
+def write_manifest_lines(root: Path, lines: list[str]) -> None:
+    (root / MANIFEST_KEY).parent.mkdir(parents=True, exist_ok=True)
+    text = "\n".join([MANIFEST_FORMAT, *lines]) + "\n"
+    (root / MANIFEST_KEY).write_bytes(zstandard.ZstdCompressor().compress(text.encode()))
+
+
+def test_a_manifest_of_several_batches_is_read_whole(tmp_path: Path) -> None:
+    """Lines are parsed a batch at a time: every entry on either side of a batch's end is kept, blank lines
+    are skipped."""
+    count = 2 * MANIFEST_BATCH + 3
+    lines = [json.dumps([f"torrents/{i:06}.torrent", f"{i:064x}", f"e{i}", i, 1.5]) for i in range(count)]
+    lines.insert(MANIFEST_BATCH, "   ")
+    write_manifest_lines(tmp_path, lines)
+    manifest = load_manifest(LocalStorage(tmp_path), None)
+    assert len(manifest) == count
+    assert manifest[f"torrents/{MANIFEST_BATCH:06}.torrent"].sha256 == f"{MANIFEST_BATCH:064x}"
+    assert manifest[f"torrents/{count - 1:06}.torrent"].size == count - 1
+
+
+@pytest.mark.parametrize("line", ['["a", "s", "e", 1, 1.5], ["b", "s", "e", 2, 1.5]', '["a", "s", "e", 1, 1.5]]'])
+def test_a_manifest_line_that_is_not_one_array_is_not_trusted(
+    line: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    write_manifest_lines(tmp_path, ['["z", "s", "e", 1, 1.5]', line])
+    with caplog.at_level(logging.WARNING):
+        assert load_manifest(LocalStorage(tmp_path), None) == {}
+    assert any("unreadable manifest" in r.getMessage() for r in caplog.records)

@@ -520,3 +520,15 @@ def test_metalink_text_is_byte_identical_to_elementtree_output() -> None:
 def test_magnet_values_are_quoted_as_quote_does(value: str) -> None:
     """quote_value takes shortcuts for plain names and URLs with plain paths: the same bytes as quote."""
     assert quote_value(value) == quote(value, safe="")
+
+
+def test_quote_shortcuts_match_quote_on_every_ascii_character() -> None:
+    """Each ASCII character (and a few beyond) alone and inside a URL path: quote_value and quote_path give
+    quote's bytes."""
+    from pipeline.urls import quote_path
+
+    for code in [*range(1, 128), 0xE9, 0x2028, 0x1F600]:
+        char = chr(code)
+        for value in (char, f"a{char}b", f"https://h.example/p/{char}.deb", f"dir/{char}/x"):
+            assert quote_value(value) == quote(value, safe=""), repr(value)
+            assert quote_path(value) == quote(value, safe="/"), repr(value)
