@@ -42,6 +42,7 @@ from pipeline.storage import ObjectInfo, Storage
 log = logging.getLogger(__name__)
 
 MANIFEST_FORMAT = "mirrorseed-manifest/2"
+MANIFEST_BATCH = 4096  # manifest lines parsed at once (reading), formatted before one write to zstd (writing)
 FAULT_ENV = "MIRRORSEED_FAULT"
 
 
@@ -447,9 +448,6 @@ def _put_all(
         progress.advance(len(batch), sum(ref.size for ref in batch))
         if fault is not None:
             fault_point(fault, len(written))
-
-
-MANIFEST_BATCH = 4096  # lines formatted before one write to the zstd stream
 
 
 def _manifest_line(key: str, sha256: str, etag: str, size: int, last: float) -> str:

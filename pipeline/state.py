@@ -322,7 +322,7 @@ class StateCache:
 
     def last_audit(self, destination: str) -> float | None:
         """When a run last checked every object of `destination` against its manifest (epoch seconds)."""
-        row = self._db.execute("SELECT value FROM meta WHERE key = ?", ("audit " + destination,)).fetchone()
+        row = self._db.execute("SELECT value FROM meta WHERE key = ?", (_audit_key(destination),)).fetchone()
         try:
             return None if row is None else float(row[0])
         except ValueError:
@@ -330,11 +330,11 @@ class StateCache:
 
     def remember_audit(self, destination: str, when: float) -> None:
         with self._transaction():
-            self._db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", ("audit " + destination, repr(when)))
+            self._db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (_audit_key(destination), repr(when)))
 
     def forget_audit(self, destination: str) -> None:
         with self._transaction():
-            self._db.execute("DELETE FROM meta WHERE key = ?", ("audit " + destination,))
+            self._db.execute("DELETE FROM meta WHERE key = ?", (_audit_key(destination),))
 
     # --- listing pages (pipeline.run) -------------------------------------------------------------
 
@@ -462,3 +462,8 @@ def _ensure_tables(db: sqlite3.Connection, path: Path) -> None:
 
 class _ForeignCache(Exception):
     pass
+
+
+def _audit_key(destination: str) -> str:
+    """The `meta` key of the last audit of `destination`."""
+    return "audit " + destination

@@ -7,12 +7,11 @@ from collections.abc import Iterable
 from functools import lru_cache
 from urllib.parse import quote
 
-# A path of RFC 3986 unreserved characters and '/' only: most package paths; nothing to encode.
-_PLAIN_PATH = re.compile(r"[A-Za-z0-9_.~/-]*").fullmatch
-
-
-_UNSAFE = re.compile(r"[^A-Za-z0-9_.~-]")  # what `quote(..., safe="")` encodes in an ASCII string
-_UNSAFE_IN_PATH = re.compile(r"[^A-Za-z0-9_.~/-]")  # ... and with safe="/"
+_UNRESERVED = r"\-A-Za-z0-9_.~"  # RFC 3986 unreserved characters (a regex class body): what `quote` never encodes
+# A path of unreserved characters and '/' only: most package paths; nothing to encode.
+_PLAIN_PATH = re.compile(f"[{_UNRESERVED}/]*").fullmatch
+_UNSAFE = re.compile(f"[^{_UNRESERVED}]")  # what `quote(..., safe="")` encodes in an ASCII string
+_UNSAFE_IN_PATH = re.compile(f"[^{_UNRESERVED}/]")  # ... and with safe="/"
 
 
 def _escape(match: re.Match[str]) -> str:
