@@ -5,12 +5,17 @@ begin (destination, key) -> scan -> hash -> mirrors -> read the destination (onc
 and only after every check has passed. The destination is read once, up front; later steps read only the
 current index (when the state cache cannot vouch for it) and an orphaned index object whose signature
 a re-run reuses.
+
+A tree whose mark (one walk of names and stats, `pipeline.snapshot.mark`) is that of the last scan takes a
+shorter path first (`_release_unchanged`): its files come from the state cache, nothing is parsed or looked
+up file by file, and when the mirrors and the destination leave nothing to do the run ends there.
 """
 
 from __future__ import annotations
 
 import gc
 import hashlib
+import itertools
 import json
 import logging
 import time
@@ -82,9 +87,9 @@ from pipeline.publish import (
 from pipeline.report import RunReport
 from pipeline.shards import fingerprint, group, record_fingerprints, shards_of
 from pipeline.signing import Signer, verify_signed_message
-from pipeline.snapshot import ScanSpec, scan_snapshot
+from pipeline.snapshot import ScanSpec, recheck_snapshot, scan_snapshot, snapshot_mark
 from pipeline.spool import Spool, SpoolRefs
-from pipeline.state import PIECES_BATCH, CachedFile, StateCache, StateRow
+from pipeline.state import PIECES_BATCH, CachedFile, KnownScan, StateCache, StateRow
 from pipeline.storage import Storage, open_storage
 from pipeline.torrents import (
     BuildSpec,
@@ -101,7 +106,7 @@ from pipeline.tracker import update_whitelist
 from pipeline.urls import join_url
 
 if TYPE_CHECKING:
-    from pipeline.mirrors import MirrorReport, ProbeLimits
+    from pipeline.mirrors import MirrorReport, ProbeFile, ProbeLimits
 
 log = logging.getLogger(__name__)
 
@@ -475,8 +480,19 @@ def _release(settings: Settings, spool: Spool, progress: Progress, now: Callable
     run = _begin(settings, now)
     clock = run.clock
     with StateCache.open(settings.state_path, repo=settings.repo) as state:
+        scan_spec = _scan_spec(settings, state)
         with clock.stage("scan"):
-            snapshot = scan_snapshot(_scan_spec(settings, state))
+            mark = snapshot_mark(scan_spec, _mark_context(settings))
+            known = state.known_scan(mark) if mark is not None else None
+        probed: MirrorReport | None = None  # the mirrors' report, once they were probed
+        if known is not None and not _audit_due(settings, state, run.storage, run.started):
+            unchanged = _release_unchanged(settings, run, state, scan_spec, known, progress)
+            if isinstance(unchanged, RunReport):
+                return unchanged
+            probed = unchanged
+        state.forget_scan()  # the files table may change now: no mark vouches for it until the scan is remembered
+        with clock.stage("scan"):
+            snapshot = scan_snapshot(scan_spec)
         with clock.stage("hash"):
             digested = digest_files(
                 snapshot.files, state, workers=settings.workers, progress=progress, executor=run.executor,
@@ -486,9 +502,16 @@ def _release(settings: Settings, spool: Spool, progress: Progress, now: Callable
         files = len(snapshot.files)
         _settle()
         with clock.stage("mirrors"):
-            mirrors = _check_mirrors(settings, snapshot, digested, state, run.started, progress)
+            if probed is None:
+                probed = _check_mirrors(
+                    settings, _probe_files(digested), snapshot.timestamp, state, run.started, progress
+                )
+            mirrors = probed
         with clock.stage("build"):
-            inputs = publication_inputs(settings, run.public_url, digested, mirrors, snapshot.format)
+            files_digest = inputs_of_files(digested, snapshot.format)
+            inputs = publication_inputs(settings, run.public_url, mirrors, files_digest)
+            if mark is not None:
+                state.remember_scan(KnownScan(mark, snapshot.format, files, _iso(snapshot.timestamp), files_digest))
         with clock.stage("read-current"):
             audit = _audit_due(settings, state, run.storage, run.started)
             destination = read_destination_state(
@@ -632,6 +655,68 @@ def _scan_spec(settings: Settings, state: StateCache) -> ScanSpec:
         upstream_keyring=settings.upstream_keyring,
         sync_lock=settings.sync_lock,
     )
+
+
+def _mark_context(settings: Settings) -> list[str]:
+    """What the per-file part of the publication inputs depends on besides the scan (never-announced
+    packages have a private infohash), for the tree's mark."""
+    return [RECORDS_RECIPE, *settings.never_announce]
+
+
+def _release_unchanged(
+    settings: Settings, run: _Run, state: StateCache, scan_spec: ScanSpec, known: KnownScan, progress: Progress
+) -> RunReport | MirrorReport | None:
+    """The run of a tree whose mark is that of the last scan: its files and their facts are the state's, so
+    nothing is parsed or looked up file by file. The scan's time-dependent checks run again, the mirrors are
+    probed and the destination probed as in any run. When that leaves nothing to do the run ends here
+    (noop: the RunReport). Else the whole run follows, with the mirrors' report (not probed twice), or
+    with None when the state cannot give this path its files."""
+    clock = run.clock
+    with clock.stage("scan"):
+        recheck_snapshot(scan_spec, known.format)
+    files: tuple[ProbeFile, ...] = ()
+    if settings.all_mirrors:  # the probes need every file; nothing else here does
+        with clock.stage("hash"):
+            files = _known_probe_files(state)
+        if len(files) != known.files:
+            return None
+    with clock.stage("mirrors"):
+        mirrors = _check_mirrors(settings, files, _from_iso(known.timestamp), state, run.started, progress)
+    del files
+    with clock.stage("build"):
+        inputs = publication_inputs(settings, run.public_url, mirrors, known.files_digest)
+    with clock.stage("read-current"):
+        destination = read_destination_state(
+            run.storage, repo=settings.repo, signer=run.signer, key=run.key, audit=False
+        )
+    assert isinstance(destination.objects, DestinationProbe), "no package object is checked here: no audit"
+    decision = decide(_facts(settings, run, destination, state, (), state.page_memo(), mirrors, inputs))
+    if decision is None or decision.action != "noop":
+        return mirrors
+    assert destination.pointer is not None
+    log.info("the snapshot is unchanged since the last run (%d files): nothing scanned or looked up", known.files)
+    _tracker_whitelist(settings, destination.pointer, ((path, infohash) for path, *_, infohash in state.file_facts()))
+    return _report(run, mirrors, destination.pointer, "noop", _no_changes(known.files))
+
+
+def _known_probe_files(state: StateCache) -> tuple[ProbeFile, ...]:
+    from pipeline.mirrors import ProbeFile
+
+    return tuple(ProbeFile(path, size, sha256, piece_size) for path, size, sha256, piece_size, _ in state.file_facts())
+
+
+def _probe_files(digested: Digests) -> tuple[ProbeFile, ...]:
+    from pipeline.mirrors import probe_files
+
+    return probe_files(digested.rows())
+
+
+def _iso(when: datetime | None) -> str | None:
+    return None if when is None else when.isoformat()
+
+
+def _from_iso(text: str | None) -> datetime | None:
+    return None if text is None else datetime.fromisoformat(text)
 
 
 @dataclass(frozen=True)
@@ -976,12 +1061,12 @@ def _report(
 # What the records and the index are built from, besides the files: bump when package_records or the
 # index's record layout changes, so a state cache written by an older mirrorseed never vouches for it.
 RECORDS_RECIPE = "2"  # 2: the index is sharded (docs/sharded-index.md)
+INPUTS_BATCH = 4096  # holders per digest update
 
 
-def publication_inputs(
-    settings: Settings, public_url: str, digests: Digests, mirror_report: MirrorReport, snapshot_format: str
-) -> str:
-    """A digest of everything the index's records and header depend on (description aside, like decide).
+def publication_inputs(settings: Settings, public_url: str, mirror_report: MirrorReport, files_digest: str) -> str:
+    """A digest of everything the index's records and header depend on (description aside, like decide):
+    the settings, the mirrors' statuses and who holds which file, and the files (`inputs_of_files`).
 
     Equal inputs give equal records, so a state cache that saw an index built from these inputs can
     vouch for it without the index being decoded and compared record by record.
@@ -998,14 +1083,25 @@ def publication_inputs(
         ]
         + ([list(dict.fromkeys(settings.dht_nodes))] if settings.dht_nodes else [])  # no churn for no nodes
     )
-    holders = mirror_report.holders
-    # Fed line by line (the digest of the lines joined by "\n"): no string of every file at once.
     digest = hashlib.sha256(head.encode("utf-8", "surrogateescape"))
+    digest.update(b"\n" + files_digest.encode("ascii"))
+    # the holders by path, a batch at a time: no string of every file at once
+    holders = iter(mirror_report.holders.items())
+    while batch := list(itertools.islice(holders, INPUTS_BATCH)):
+        digest.update(b"\n" + repr(batch).encode("utf-8", "surrogateescape"))
+    return digest.hexdigest()
+
+
+def inputs_of_files(digests: Digests, snapshot_format: str) -> str:
+    """The files' part of the publication inputs: each file's path, size, digests, package fields and shards.
+    The state remembers it with the tree's mark (`KnownScan`)."""
+    # Fed line by line (the digest of the lines joined by "\n"): no string of every file at once.
+    digest = hashlib.sha256()
     for e, (sha256, piece_size, infohash) in digests.rows():
         signature = None if e.signature is None else (e.signature.path, e.signature.size, e.signature.sha256)
         line = repr((e.path, e.size, sha256, piece_size, infohash, e.name, e.version, e.arch, signature,
-                     holders.get(e.path), shards_of(e, snapshot_format)))  # fmt: skip
-        digest.update(b"\n" + line.encode("utf-8", "surrogateescape"))
+                     shards_of(e, snapshot_format)))  # fmt: skip
+        digest.update(line.encode("utf-8", "surrogateescape") + b"\n")
     return digest.hexdigest()
 
 
@@ -1069,19 +1165,24 @@ def probe_limits(settings: Settings) -> ProbeLimits:
 
 
 def _check_mirrors(
-    settings: Settings, snapshot: Snapshot, digested: Digests, state: StateCache, now: datetime, progress: Progress
+    settings: Settings,
+    files: Sequence[ProbeFile],
+    snapshot_time: datetime | None,
+    state: StateCache,
+    now: datetime,
+    progress: Progress,
 ) -> MirrorReport:
     """Probe the mirrors (every one, --webseed included): only a mirror verified to hold a file serves it."""
-    from pipeline.mirrors import MirrorReport, check_mirrors, probe_files
+    from pipeline.mirrors import MirrorReport, check_mirrors
 
     if not settings.all_mirrors:
         return MirrorReport()
     return check_mirrors(
         settings.all_mirrors,
-        probe_files(digested.rows()),
+        files,
         pieces_of=state.pieces_many,
         state=state,
-        snapshot_time=snapshot.timestamp,
+        snapshot_time=snapshot_time,
         now=now,
         limits=probe_limits(settings),
         progress=progress,

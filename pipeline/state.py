@@ -15,15 +15,19 @@ with which SHA-256 (`mirror_files`), and each mirror's health history for the fl
 (`mirror_health`). They are a cache in the same sense: losing them costs probes, and a fact whose
 SHA-256 differs from the current file's is ignored. Their tables are created on open when missing
 (older state files gain them); tables of an unexpected shape are dropped and recreated empty.
+
+The last scan is remembered by the tree's mark (`KnownScan`, `pipeline.snapshot.mark`): a run whose tree
+has the same mark takes the files from the `files` table instead of scanning and looking them up.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import sqlite3
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import closing, contextmanager
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import NamedTuple
 
@@ -145,6 +149,18 @@ class StateRow:
     piece_size: int
     infohash: str | None
     pieces: bytes
+
+
+@dataclass(frozen=True)
+class KnownScan:
+    """The last scan, as far as a run whose tree has the same `mark` needs it: the `files` table then holds
+    exactly its files (and their facts), and `files_digest` is their part of the publication inputs."""
+
+    mark: str
+    format: str
+    files: int
+    timestamp: str | None  # the snapshot's timestamp (ISO 8601), None when it has none
+    files_digest: str
 
 
 class StateCache:
@@ -286,6 +302,35 @@ class StateCache:
             with self._transaction():
                 self._db.executemany("DELETE FROM files WHERE path = ?", stale)
         return len(stale)
+
+    def file_facts(self) -> Iterator[tuple[str, int, str, int, str | None]]:
+        """(path, size, SHA-256, piece size, infohash) of every cached file, by path (the order of a scan)."""
+        query = "SELECT path, size, sha256, piece_size, infohash FROM files ORDER BY path"
+        with closing(self._db.execute(query)) as cursor:
+            yield from cursor
+
+    # --- the last scan (pipeline.run) ---------------------------------------------------------------
+
+    def known_scan(self, mark: str) -> KnownScan | None:
+        """The last scan when it had this `mark`, else None (the caller counts the files it reads back)."""
+        row = self._db.execute("SELECT value FROM meta WHERE key = 'scan'").fetchone()
+        if row is None:
+            return None
+        try:
+            known = KnownScan(**json.loads(row[0]))
+        except (ValueError, TypeError):
+            return None
+        return known if known.mark == mark else None
+
+    def remember_scan(self, known: KnownScan) -> None:
+        """Remember a scan whose files (and only those) the `files` table holds now."""
+        with self._transaction():
+            self._db.execute("INSERT OR REPLACE INTO meta VALUES ('scan', ?)", (json.dumps(asdict(known)),))
+
+    def forget_scan(self) -> None:
+        """Before the `files` table changes: no mark vouches for it until the next `remember_scan`."""
+        with self._transaction():
+            self._db.execute("DELETE FROM meta WHERE key = 'scan'")
 
     # --- publications (pipeline.run) ---------------------------------------------------------------
 

@@ -8,10 +8,13 @@ files: hashing is a later stage.
 from __future__ import annotations
 
 import glob
+import hashlib
 import itertools
+import json
 import logging
 import os
 import re
+from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
 
@@ -21,8 +24,9 @@ from pipeline.snapshot.arch import ARCH
 from pipeline.snapshot.debian import DEBIAN
 from pipeline.snapshot.flat import FLAT
 from pipeline.snapshot.formats import FormatAdapter, FormatInfo, ScanSpec
+from pipeline.snapshot.mark import tree_mark
 
-__all__ = ["ADAPTERS", "FORMAT_NAMES", "ScanSpec", "format_info", "scan_snapshot"]
+__all__ = ["ADAPTERS", "FORMAT_NAMES", "ScanSpec", "format_info", "recheck_snapshot", "scan_snapshot", "snapshot_mark"]
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +64,30 @@ def scan_snapshot(spec: ScanSpec) -> Snapshot:
         architectures=found.architectures,
         timestamp=found.timestamp,
     )
+
+
+def snapshot_mark(spec: ScanSpec, context: Sequence[str] = ()) -> str | None:
+    """The mark of the tree `spec` describes (`pipeline.snapshot.mark`), with the scan's settings, the upstream
+    keyring's bytes and `context` (what else the caller derives from the scan) folded in: equal marks, equal
+    scans. The spec and the sync lock are checked first, as `scan_snapshot` does. None: no mark (an unreadable
+    directory or keyring), so the scan runs and says what is wrong."""
+    _check_spec(spec)
+    root_real = _real_root(spec.root)
+    _refuse_during_sync(root_real, spec.sync_lock)
+    keyring = None
+    if spec.upstream_keyring is not None:
+        try:
+            keyring = hashlib.sha256(spec.upstream_keyring.read_bytes()).hexdigest()
+        except OSError:
+            return None
+    settings = [str(root_real), spec.format, spec.suites, spec.components, spec.architectures, keyring, *context]
+    return tree_mark(root_real, json.dumps(settings))
+
+
+def recheck_snapshot(spec: ScanSpec, snapshot_format: str) -> None:
+    """The time-dependent checks of a scan of `snapshot_format` (`FormatAdapter.recheck`), for a tree whose
+    mark is that of an earlier scan; SnapshotError as the scan would raise it."""
+    _BY_NAME[snapshot_format].recheck(_real_root(spec.root), spec)
 
 
 def _snapshot(

@@ -821,5 +821,13 @@ class DebianFormat:
         )
         return scan_debian(os.fsencode(root_real), selection)
 
+    def recheck(self, root_real: Path, spec: ScanSpec) -> None:
+        """Verify each selected suite's Release signature again (the upstream key may have expired)."""
+        if spec.upstream_keyring is None:
+            return
+        tree = _Tree(os.fsencode(root_real))
+        for suite in _select_suites(tree, spec.suites):
+            _read_verified_release(tree, f"dists/{suite}", spec.upstream_keyring)
+
 
 DEBIAN = DebianFormat()

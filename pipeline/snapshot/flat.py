@@ -178,5 +178,8 @@ class FlatFormat:
     def scan(self, root_real: Path, spec: ScanSpec) -> Scanned:
         return Scanned(scan_flat(os.fsencode(root_real)))
 
+    def recheck(self, root_real: Path, spec: ScanSpec) -> None:
+        return None  # nothing signed
+
 
 FLAT = FlatFormat()

@@ -82,3 +82,8 @@ class FormatAdapter(Protocol):
     def scan(self, root_real: Path, spec: ScanSpec) -> Scanned:
         """Stat every file the format's metadata (or the tree) lists; SnapshotError for bad input."""
         ...
+
+    def recheck(self, root_real: Path, spec: ScanSpec) -> None:
+        """The checks of `scan` whose verdict depends on the time, not on the tree (a signature by a key that
+        has since expired): run instead of `scan` when the tree's mark is that of an earlier scan."""
+        ...

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
 import sys
 import textwrap
 from dataclasses import replace
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -68,6 +70,53 @@ def test_no_change_reads_nothing_builds_nothing_writes_nothing(
     assert again.action == "noop"
     assert again.files_hashed == 0 and again.bytes_hashed == 0 and again.objects_put == 0
     assert tree_state(dest) == before
+
+
+def test_an_unchanged_tree_is_neither_scanned_nor_looked_up(
+    signing_key: SigningKey, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The state remembers the tree's mark: an untouched tree costs a walk, not a scan and a lookup."""
+    snap, dest, state = tmp_path / "snap", tmp_path / "dest", tmp_path / "state.sqlite"
+    make_flat(snap)
+    assert release(settings(snap, dest, signing_key, state)).action == "publish"
+    before = tree_state(dest)
+
+    scans: list[object] = []
+    real_scan = pipeline.run.scan_snapshot
+    monkeypatch.setattr(pipeline.run, "scan_snapshot", lambda spec: scans.append(spec) or real_scan(spec))
+    forbid_reading_and_building(monkeypatch)
+    with caplog.at_level(logging.INFO, logger="pipeline.run"):
+        again = release(settings(snap, dest, signing_key, state))
+    assert again.action == "noop" and again.files == 12 and again.unchanged == 12
+    assert scans == [] and "the snapshot is unchanged since the last run (12 files)" in caplog.text
+    assert [status for _, status, _ in again.mirrors] == ["down"]  # the mirror was probed all the same
+    assert tree_state(dest) == before
+
+    # touched (same bytes, new mtime): scanned and looked up again, hashed, still nothing to publish
+    (snap / "dir1" / "file-04.bin").write_bytes((snap / "dir1" / "file-04.bin").read_bytes())
+    monkeypatch.undo()
+    touched = release(settings(snap, dest, signing_key, state))
+    assert touched.action == "noop" and touched.files_hashed == 1
+    assert tree_state(dest) == before
+    monkeypatch.setattr(pipeline.run, "scan_snapshot", lambda spec: scans.append(spec) or real_scan(spec))
+    assert release(settings(snap, dest, signing_key, state)).action == "noop" and scans == []
+
+
+def test_an_unchanged_tree_that_must_be_resigned_probes_the_mirrors_once(
+    signing_key: SigningKey, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    snap, dest, state = tmp_path / "snap", tmp_path / "dest", tmp_path / "state.sqlite"
+    make_flat(snap)
+    t0 = datetime.now(UTC).replace(microsecond=0)
+    release(settings(snap, dest, signing_key, state), now=lambda: t0)
+    assert release(settings(snap, dest, signing_key, state), now=lambda: t0).action == "noop"
+
+    probes: list[int] = []
+    real_check = pipeline.run._check_mirrors
+    monkeypatch.setattr(pipeline.run, "_check_mirrors", lambda *args: probes.append(len(args[1])) or real_check(*args))
+    resigned = release(settings(snap, dest, signing_key, state), now=lambda: t0 + timedelta(days=5))
+    assert resigned.action == "resign" and resigned.sequence == 1
+    assert probes == [12]  # by the unchanged tree's path; the whole run that follows takes its report
 
 
 def test_one_added_one_changed_one_removed(signing_key: SigningKey, tmp_path: Path) -> None:

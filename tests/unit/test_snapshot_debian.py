@@ -19,7 +19,7 @@ import pytest
 
 from pipeline.errors import ConfigError, SnapshotError
 from pipeline.model import FileEntry
-from pipeline.snapshot import ScanSpec, debian, scan_snapshot
+from pipeline.snapshot import ScanSpec, debian, recheck_snapshot, scan_snapshot
 from pipeline.snapshot.debian import _PLAIN_REPO_PATH, signature_problem
 from pipeline.snapshot.paths import check_repo_path
 from pipeline.state import StateCache
@@ -420,6 +420,21 @@ def test_detached_release_gpg_is_verified(tmp_path: Path, snapshot_gpg: Snapshot
     release.write_text(release.read_text() + "Label: changed\n")
 
     assert "signature not accepted" in scan_error(tmp_path, upstream_keyring=snapshot_gpg.keyring)
+
+
+def test_recheck_verifies_the_release_signatures_again(tmp_path: Path, snapshot_gpg: SnapshotGpg) -> None:
+    """An unchanged tree is not scanned again, but its signatures are checked again: what the keyring accepts
+    may change with time (an expired key) while the tree does not."""
+    root = tmp_path / "snap"
+    clearsign(snapshot_gpg, write_archive(root, "bookworm", [HELLO]), snapshot_gpg.signer)
+    spec = ScanSpec(root=root, format="debian", upstream_keyring=snapshot_gpg.keyring)
+    recheck_snapshot(spec, "debian")
+
+    other = tmp_path / "other.gpg"
+    snapshot_gpg.run("--output", str(other), "--export", snapshot_gpg.stranger)
+    with pytest.raises(SnapshotError, match="^dists/bookworm/InRelease: signature not accepted"):
+        recheck_snapshot(ScanSpec(root=root, format="debian", upstream_keyring=other), "debian")
+    recheck_snapshot(ScanSpec(root=root, format="debian"), "debian")  # no keyring: nothing to verify
 
 
 def test_keyring_requires_a_signature(tmp_path: Path, snapshot_gpg: SnapshotGpg) -> None:

@@ -11,7 +11,7 @@ import pytest
 
 from pipeline.errors import ConfigError
 from pipeline.model import FileEntry
-from pipeline.state import CachedFile, StateCache, StateRow
+from pipeline.state import CachedFile, KnownScan, StateCache, StateRow
 
 
 def entry(path: str = "pool/a.deb", **changes: int) -> FileEntry:
@@ -40,6 +40,27 @@ def test_store_replaces_and_forget_drops_removed_paths(tmp_path: Path) -> None:
         assert state.forget_except(["pool/a.deb"]) == 1
         assert state.lookup([entry("pool/b.deb")]) == {}
         assert state.pieces_many(["pool/b.deb"]) == {}
+
+
+def test_the_last_scan_is_known_by_its_mark_until_forgotten(tmp_path: Path) -> None:
+    known = KnownScan("m" * 64, "debian", 2, "2026-12-01T00:00:00+00:00", "d" * 64)
+    with StateCache.open(tmp_path / "s.sqlite", repo="r") as state:
+        assert state.known_scan("m" * 64) is None
+        state.remember_scan(known)
+    with StateCache.open(tmp_path / "s.sqlite", repo="r") as state:
+        assert state.known_scan("m" * 64) == known
+        assert state.known_scan("n" * 64) is None
+        state.forget_scan()
+        assert state.known_scan("m" * 64) is None
+
+
+def test_file_facts_come_back_in_path_order(tmp_path: Path) -> None:
+    paths = ["pool/b.deb", "pool/a.deb", "pool/é.deb", "pool/z.deb", "pool/A.deb", "pool/a-1.deb"]
+    with StateCache.open(tmp_path / "s.sqlite", repo="r") as state:
+        state.store([row(entry(p)) for p in paths])
+        facts = list(state.file_facts())
+    assert [f[0] for f in facts] == sorted(paths)  # the order of a scan: Python's, by code point
+    assert facts[0] == ("pool/A.deb", 100, "a" * 64, 16384, "b" * 40)
 
 
 def test_survives_reopen(tmp_path: Path) -> None:
