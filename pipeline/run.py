@@ -484,8 +484,9 @@ def _release(settings: Settings, spool: Spool, progress: Progress, now: Callable
         with clock.stage("scan"):
             mark = snapshot_mark(scan_spec, _mark_context(settings))
             known = state.known_scan(mark) if mark is not None else None
-        probed: MirrorReport | None = None  # the mirrors' report, once they were probed
-        if known is not None and not _audit_due(settings, state, run.storage, run.started):
+        audit = _audit_due(settings, state, run.storage, run.started)
+        probed: _Probed | None = None  # the mirrors and the destination, once probed by the unchanged tree's path
+        if known is not None and not audit:
             unchanged = _release_unchanged(settings, run, state, scan_spec, known, progress)
             if isinstance(unchanged, RunReport):
                 return unchanged
@@ -502,20 +503,23 @@ def _release(settings: Settings, spool: Spool, progress: Progress, now: Callable
         files = len(snapshot.files)
         _settle()
         with clock.stage("mirrors"):
-            if probed is None:
-                probed = _check_mirrors(
-                    settings, _probe_files(digested), snapshot.timestamp, state, run.started, progress
-                )
-            mirrors = probed
+            mirrors = (
+                probed.mirrors
+                if probed is not None
+                else _check_mirrors(settings, _probe_files(digested), snapshot.timestamp, state, run.started, progress)
+            )
         with clock.stage("build"):
             files_digest = inputs_of_files(digested, snapshot.format)
             inputs = publication_inputs(settings, run.public_url, mirrors, files_digest)
             if mark is not None:
                 state.remember_scan(KnownScan(mark, snapshot.format, files, _iso(snapshot.timestamp), files_digest))
         with clock.stage("read-current"):
-            audit = _audit_due(settings, state, run.storage, run.started)
-            destination = read_destination_state(
-                run.storage, repo=settings.repo, signer=run.signer, key=run.key, audit=audit
+            destination = (
+                probed.destination
+                if probed is not None
+                else read_destination_state(
+                    run.storage, repo=settings.repo, signer=run.signer, key=run.key, audit=audit
+                )
             )
         spec = replace(run.spec, webseeds_for=mirrors.webseeds_for, metalink_urls_for=mirrors.metalink_urls_for)
         memo = state.page_memo()
@@ -663,14 +667,22 @@ def _mark_context(settings: Settings) -> list[str]:
     return [RECORDS_RECIPE, *settings.never_announce]
 
 
+@dataclass(frozen=True)
+class _Probed:
+    """What the unchanged tree's path read before it found that the run must go on: the whole run reuses it."""
+
+    mirrors: MirrorReport
+    destination: DestinationState  # as read between audits (a probe, not a listing)
+
+
 def _release_unchanged(
     settings: Settings, run: _Run, state: StateCache, scan_spec: ScanSpec, known: KnownScan, progress: Progress
-) -> RunReport | MirrorReport | None:
+) -> RunReport | _Probed | None:
     """The run of a tree whose mark is that of the last scan: its files and their facts are the state's, so
     nothing is parsed or looked up file by file. The scan's time-dependent checks run again, the mirrors are
     probed and the destination probed as in any run. When that leaves nothing to do the run ends here
-    (noop: the RunReport). Else the whole run follows, with the mirrors' report (not probed twice), or
-    with None when the state cannot give this path its files."""
+    (noop: the RunReport). Else the whole run follows with what was read here (neither the mirrors nor the
+    destination are probed twice), or with None when the state cannot give this path its files."""
     clock = run.clock
     with clock.stage("scan"):
         recheck_snapshot(scan_spec, known.format)
@@ -692,7 +704,7 @@ def _release_unchanged(
     assert isinstance(destination.objects, DestinationProbe), "no package object is checked here: no audit"
     decision = decide(_facts(settings, run, destination, state, (), state.page_memo(), mirrors, inputs))
     if decision is None or decision.action != "noop":
-        return mirrors
+        return _Probed(mirrors, destination)
     assert destination.pointer is not None
     log.info("the snapshot is unchanged since the last run (%d files): nothing scanned or looked up", known.files)
     _tracker_whitelist(settings, destination.pointer, ((path, infohash) for path, *_, infohash in state.file_facts()))

@@ -50,9 +50,7 @@ def format_info(name: str) -> FormatInfo:
 
 def scan_snapshot(spec: ScanSpec) -> Snapshot:
     """Scan the snapshot `spec` describes; SnapshotError for bad input, ConfigError for a bad spec."""
-    _check_spec(spec)
-    root_real = _real_root(spec.root)
-    _refuse_during_sync(root_real, spec.sync_lock)
+    root_real = _checked_root(spec)
     adapter = _resolve_format(root_real, spec.format)
     found = adapter.scan(root_real, spec)
     return _snapshot(
@@ -71,9 +69,7 @@ def snapshot_mark(spec: ScanSpec, context: Sequence[str] = ()) -> str | None:
     keyring's bytes and `context` (what else the caller derives from the scan) folded in: equal marks, equal
     scans. The spec and the sync lock are checked first, as `scan_snapshot` does. None: no mark (an unreadable
     directory or keyring), so the scan runs and says what is wrong."""
-    _check_spec(spec)
-    root_real = _real_root(spec.root)
-    _refuse_during_sync(root_real, spec.sync_lock)
+    root_real = _checked_root(spec)
     keyring = None
     if spec.upstream_keyring is not None:
         try:
@@ -143,6 +139,14 @@ def _check_relative_setting(setting: str, value: str) -> None:
 
 
 # --- root, sync lock, format ---------------------------------------------------------------------
+
+
+def _checked_root(spec: ScanSpec) -> Path:
+    """The snapshot's real root, once the spec is checked and no sync lock is found (before any scan or mark)."""
+    _check_spec(spec)
+    root_real = _real_root(spec.root)
+    _refuse_during_sync(root_real, spec.sync_lock)
+    return root_real
 
 
 def _real_root(root: Path) -> Path:

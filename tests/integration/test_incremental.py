@@ -102,7 +102,7 @@ def test_an_unchanged_tree_is_neither_scanned_nor_looked_up(
     assert release(settings(snap, dest, signing_key, state)).action == "noop" and scans == []
 
 
-def test_an_unchanged_tree_that_must_be_resigned_probes_the_mirrors_once(
+def test_an_unchanged_tree_that_must_be_resigned_probes_the_mirrors_and_destination_once(
     signing_key: SigningKey, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     snap, dest, state = tmp_path / "snap", tmp_path / "dest", tmp_path / "state.sqlite"
@@ -114,9 +114,18 @@ def test_an_unchanged_tree_that_must_be_resigned_probes_the_mirrors_once(
     probes: list[int] = []
     real_check = pipeline.run._check_mirrors
     monkeypatch.setattr(pipeline.run, "_check_mirrors", lambda *args: probes.append(len(args[1])) or real_check(*args))
-    resigned = release(settings(snap, dest, signing_key, state), now=lambda: t0 + timedelta(days=5))
+    reads: list[bool] = []
+    real_read = pipeline.run.read_destination_state
+    monkeypatch.setattr(
+        pipeline.run, "read_destination_state", lambda *a, **k: reads.append(k["audit"]) or real_read(*a, **k)
+    )
+    # the last audit is 5 days old then: with the default interval (1 day) that run would audit, and an audit
+    # always takes the whole run
+    later = replace(settings(snap, dest, signing_key, state), audit_interval=timedelta(days=30))
+    resigned = release(later, now=lambda: t0 + timedelta(days=5))
     assert resigned.action == "resign" and resigned.sequence == 1
     assert probes == [12]  # by the unchanged tree's path; the whole run that follows takes its report
+    assert reads == [False]  # the destination too is read once, by a probe
 
 
 def test_one_added_one_changed_one_removed(signing_key: SigningKey, tmp_path: Path) -> None:
