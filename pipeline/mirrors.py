@@ -53,12 +53,14 @@ import math
 import re
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from array import array
+from bisect import bisect_left
+from collections.abc import Callable, ItemsView, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
-from typing import Literal, NamedTuple
+from typing import Literal, NamedTuple, overload
 
 from pipeline.config import MirrorConfig
 from pipeline.http import BudgetSpent, Client, HttpError, Response
@@ -70,6 +72,7 @@ from pipeline.urls import join_url
 __all__ = [
     "MirrorReport",
     "ProbeFile",
+    "ProbeFiles",
     "ProbeLimits",
     "check_mirrors",
     "choose_piece",
@@ -128,9 +131,133 @@ class ProbeLimits:
         return self.stage_timeout if self.stage_timeout is not None else STAGE_TIMEOUTS * self.timeout
 
 
-def probe_files(rows: Iterable[tuple[FileEntry, CachedFile]]) -> tuple[ProbeFile, ...]:
+class ProbeFiles(Sequence[ProbeFile]):
+    """The snapshot's files as the probes need them, sorted by path, held in columns: a path string, a
+    32-byte SHA-256 and two machine integers a file (~150 bytes at Debian path lengths, where a tuple of
+    ProbeFiles and a path -> index dict cost ~450). Looked up by path with `position`, which is O(1) for
+    lookups in path order (the order every caller asks in) and a binary search otherwise."""
+
+    __slots__ = ("_digests", "_hint", "_paths", "_pieces", "_sizes")
+
+    def __init__(self, rows: Iterable[tuple[str, int, str, int]]) -> None:
+        """`rows`: (path, size, SHA-256 hex, piece size), sorted by path and unique (a scan's order)."""
+        paths: list[str] = []
+        sizes = array("q")
+        pieces = array("q")
+        digests = bytearray()
+        for path, size, sha256, piece_size in rows:
+            if paths and path <= paths[-1]:
+                raise ValueError(f"probe files must be sorted by path and unique: {path!r} after {paths[-1]!r}")
+            digest = bytes.fromhex(sha256)
+            if len(digest) != 32:
+                raise ValueError(f"{path}: {sha256!r} is not a SHA-256")
+            paths.append(path)
+            sizes.append(size)
+            pieces.append(piece_size)
+            digests += digest
+        self._paths = paths
+        self._sizes = sizes
+        self._pieces = pieces
+        self._digests = bytes(digests)
+        self._hint = 0  # where the last lookup ended: only ever a guess, checked before it is used
+
+    def __len__(self) -> int:
+        return len(self._paths)
+
+    @overload
+    def __getitem__(self, i: int) -> ProbeFile: ...
+    @overload
+    def __getitem__(self, i: slice) -> Sequence[ProbeFile]: ...
+    def __getitem__(self, i: int | slice) -> ProbeFile | Sequence[ProbeFile]:
+        if isinstance(i, slice):
+            return [self[k] for k in range(*i.indices(len(self)))]
+        i = range(len(self))[i]  # a negative index counts from the end; out of range raises IndexError
+        return ProbeFile(self._paths[i], self._sizes[i], self.digest(i).hex(), self._pieces[i])
+
+    @property
+    def paths(self) -> Sequence[str]:
+        return self._paths
+
+    def path(self, i: int) -> str:
+        return self._paths[i]
+
+    def size(self, i: int) -> int:
+        return self._sizes[i]
+
+    def piece_size(self, i: int) -> int:
+        return self._pieces[i]
+
+    def digest(self, i: int) -> bytes:
+        """File i's SHA-256, 32 bytes (their order is that of the hex digests)."""
+        return self._digests[32 * i : 32 * i + 32]
+
+    def position(self, path: str) -> int | None:
+        """The index of `path`, or None. Lookups in path order cost one comparison each."""
+        paths = self._paths
+        guess = self._hint + 1  # a data race between threads only spoils the guess, which is checked
+        if guess < len(paths) and paths[guess] == path:
+            self._hint = guess
+            return guess
+        i = bisect_left(paths, path)
+        if i < len(paths) and paths[i] == path:
+            self._hint = i
+            return i
+        return None
+
+
+def probe_files(rows: Iterable[tuple[FileEntry, CachedFile]]) -> ProbeFiles:
     """The ProbeFiles of the hashing stage's (entry, cached facts) rows."""
-    return tuple(ProbeFile(entry.path, entry.size, facts.sha256, facts.piece_size) for entry, facts in rows)
+    return ProbeFiles((entry.path, entry.size, facts.sha256, facts.piece_size) for entry, facts in rows)
+
+
+class _Holders(Mapping[str, tuple[int, ...]]):
+    """path -> indices of the mirrors verified to hold it (paths nobody holds are left out), in path
+    order: a view over the files and one byte a file per mirror, not a dict of every held path."""
+
+    def __init__(self, files: ProbeFiles, columns: Sequence[bytearray]) -> None:
+        self._files = files
+        self._columns = tuple(bytes(c) for c in columns)
+        anyone = 0
+        for column in self._columns:  # 0/1 bytes: OR-ing the columns as integers ORs them byte by byte
+            anyone |= int.from_bytes(column, "big")
+        self._anyone = anyone.to_bytes(len(files), "big") if self._columns else b""
+        self._count = self._anyone.count(1)
+
+    def _held(self, i: int) -> tuple[int, ...]:
+        return tuple(k for k, column in enumerate(self._columns) if column[i])
+
+    def __getitem__(self, path: str) -> tuple[int, ...]:
+        i = self._files.position(path)
+        held = () if i is None else self._held(i)
+        if not held:
+            raise KeyError(path)
+        return held
+
+    def __iter__(self) -> Iterator[str]:
+        return (self._files.path(i) for i in self._positions())
+
+    def items(self) -> ItemsView[str, tuple[int, ...]]:
+        return _HolderItems(self)
+
+    def _positions(self) -> Iterator[int]:
+        anyone = self._anyone
+        i = anyone.find(1)
+        while i >= 0:
+            yield i
+            i = anyone.find(1, i + 1)
+
+    def __len__(self) -> int:
+        return self._count
+
+
+class _HolderItems(ItemsView[str, tuple[int, ...]]):
+    """(path, holders) in path order without a lookup per path."""
+
+    _mapping: _Holders
+
+    def __iter__(self) -> Iterator[tuple[str, tuple[int, ...]]]:
+        holders = self._mapping
+        return ((holders._files.path(i), holders._held(i)) for i in holders._positions())
 
 
 @dataclass(frozen=True)
@@ -544,17 +671,16 @@ def check_mirrors(
     if now.tzinfo is None or (snapshot_time is not None and snapshot_time.tzinfo is None):
         raise ValueError("check_mirrors: now and snapshot_time must be timezone-aware")
     sink: Progress = progress if progress is not None else NullProgress()
+    files = files if isinstance(files, ProbeFiles) else ProbeFiles(files)
     keys = list(dict.fromkeys(_mirror_key(m.url) for m in mirrors))
     config_of = {key: [m for m in mirrors if _mirror_key(m.url) == key] for key in keys}
-    index = {f.path: i for i, f in enumerate(files)}
-    state.forget_mirrors_except(keys, index)
+    state.forget_mirrors_except(keys, files.paths)
 
     verified: dict[str, bytearray] = {}
     picks: dict[str, _Pick] = {}
-    order = sorted(range(len(files)), key=lambda i: (files[i].sha256, files[i].path))
     for key in keys:
-        verified[key], rechecks = _known(state.mirror_facts(key), files, index, limits)
-        picks[key] = _pick(key, config_of[key], files, order, verified[key], rechecks, limits)
+        verified[key], rechecks = _known(state.mirror_facts(key), files, limits)
+        picks[key] = _pick(key, config_of[key], files, verified[key], rechecks, limits)
     plans = _plans(config_of, files, picks, pieces_of)
 
     runs: dict[str, _MirrorRun] = {}
@@ -607,7 +733,7 @@ def check_mirrors(
         url_lists.append(url_list)
         metalinks.append(metalink)
         columns.append(held)
-    holders = _holders(files, columns)
+    holders = _Holders(files, columns)
     for status_ in statuses:
         requests = runs[_mirror_key(status_.url)].requests
         log.info("mirror %s: %s (%s); %d requests", status_.url, status_.status, status_.detail, requests)
@@ -615,25 +741,26 @@ def check_mirrors(
 
 
 def _known(
-    kept: Iterable[MirrorFact], files: Sequence[ProbeFile], index: Mapping[str, int], limits: ProbeLimits
+    kept: Iterable[MirrorFact], files: ProbeFiles, limits: ProbeLimits
 ) -> tuple[bytearray, list[tuple[int, int]]]:
     """Which files a mirror holds per the state (facts for the current SHA-256 only), and the re-check
     sample: (file index, checks so far), non-empty files first, least recently verified first.
 
-    Facts are streamed: memory is one byte per file plus the sample, however many facts there are.
+    Facts are streamed in path order: memory is one byte per file plus the sample, however many facts
+    there are, and each fact costs one comparison to place.
     """
     held = bytearray(len(files))
 
     def matching() -> Iterator[tuple[str, int, int]]:
         for fact in kept:
-            i = index.get(fact.path)
-            if i is not None and files[i].sha256 == fact.sha256:
+            i = files.position(fact.path)
+            if i is not None and files.digest(i).hex() == fact.sha256:
                 held[i] = 1
                 yield fact.verified_at, i, fact.checks
 
     most = max(1, int(limits.budget * RECHECK_SHARE) // 2)
     oldest = heapq.nsmallest(
-        most, matching(), key=lambda t: (files[t[1]].size == 0, t[0], files[t[1]].sha256, files[t[1]].path)
+        most, matching(), key=lambda t: (files.size(t[1]) == 0, t[0], files.digest(t[1]), files.path(t[1]))
     )
     goal = min(most, max(1, math.ceil(held.count(1) * RECHECK_FRACTION)))
     return held, [(i, checks) for _, i, checks in oldest[:goal]]
@@ -649,39 +776,48 @@ class _Pick:
 def _pick(
     key: str,
     configs: Sequence[MirrorConfig],
-    files: Sequence[ProbeFile],
-    order: Sequence[int],
+    files: ProbeFiles,
     held: bytearray,
     rechecks: Sequence[tuple[int, int]],
     limits: ProbeLimits,
 ) -> _Pick:
-    """Unverified files first (in `order`), then the re-check sample of verified ones, within the budget."""
+    """Unverified files first (by SHA-256, then path: a fixed order spread over the tree), then the
+    re-check sample of verified ones, within the budget. Only the first `budget` unverified files are
+    ever ordered: memory is bounded by the budget, not the file count."""
     lastsync = next((c.lastsync for c in configs if c.lastsync), None)
     budget = max(0, limits.budget - (1 if lastsync else 0))
-    reserve = min(budget, sum(1 if files[i].size == 0 else 2 for i, _ in rechecks))
+    reserve = min(budget, sum(1 if files.size(i) == 0 else 2 for i, _ in rechecks))
+    # nsmallest is stable and the indices ascend in path order: keyed by the digest alone, ties go by path
+    first = heapq.nsmallest(budget - reserve, _unheld(held), key=files.digest)
     chosen: list[tuple[int, int]] = []
     spent = 0
-    for i in order:
-        if held[i]:
-            continue
-        cost = 1 if files[i].size == 0 else 2
+    for i in first:
+        cost = 1 if files.size(i) == 0 else 2
         if spent + cost > budget - reserve:
             break
         chosen.append((i, 0))
         spent += cost
     taken = 0
     for i, checks in rechecks:
-        cost = 1 if files[i].size == 0 else 2
+        cost = 1 if files.size(i) == 0 else 2
         if spent + cost > budget:
             break
         chosen.append((i, checks))
         spent += cost
         taken += 1
-    first_sized = next((n for n, (i, _) in enumerate(chosen) if files[i].size > 0), 0)
+    first_sized = next((n for n, (i, _) in enumerate(chosen) if files.size(i) > 0), 0)
     if first_sized:  # the first ranged GET tells whether Range works: put a non-empty file first
         chosen.insert(0, chosen.pop(first_sized))
     log.debug("mirror %s: %d files to probe (%d re-checks)", key, len(chosen), taken)
     return _Pick(tuple(chosen))
+
+
+def _unheld(held: bytearray) -> Iterator[int]:
+    """Indices of the files not held, ascending (a mirror verified long ago skips its held ones at C speed)."""
+    i = held.find(0)
+    while i >= 0:
+        yield i
+        i = held.find(0, i + 1)
 
 
 def _plans(
@@ -861,16 +997,3 @@ def _status(
         webseed=webseed,
         detail=detail,
     )
-
-
-def _holders(files: Sequence[ProbeFile], columns: Sequence[bytearray]) -> dict[str, tuple[int, ...]]:
-    """path -> indices of the mirrors holding it (paths nobody holds are left out)."""
-    holders: dict[str, tuple[int, ...]] = {}
-    if not columns:
-        return holders
-    width = range(len(columns))
-    for i, f in enumerate(files):
-        held = tuple(k for k in width if columns[k][i])
-        if held:
-            holders[f.path] = held
-    return holders

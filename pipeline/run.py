@@ -106,7 +106,7 @@ from pipeline.tracker import update_whitelist
 from pipeline.urls import join_url
 
 if TYPE_CHECKING:
-    from pipeline.mirrors import MirrorReport, ProbeFile, ProbeLimits
+    from pipeline.mirrors import MirrorReport, ProbeFile, ProbeFiles, ProbeLimits
 
 log = logging.getLogger(__name__)
 
@@ -686,7 +686,7 @@ def _release_unchanged(
     clock = run.clock
     with clock.stage("scan"):
         recheck_snapshot(scan_spec, known.format)
-    files: tuple[ProbeFile, ...] = ()
+    files: ProbeFiles | tuple[()] = ()
     if settings.all_mirrors:  # the probes need every file; nothing else here does
         with clock.stage("hash"):
             files = _known_probe_files(state)
@@ -711,13 +711,13 @@ def _release_unchanged(
     return _report(run, mirrors, destination.pointer, "noop", _no_changes(known.files))
 
 
-def _known_probe_files(state: StateCache) -> tuple[ProbeFile, ...]:
-    from pipeline.mirrors import ProbeFile
+def _known_probe_files(state: StateCache) -> ProbeFiles:
+    from pipeline.mirrors import ProbeFiles
 
-    return tuple(ProbeFile(path, size, sha256, piece_size) for path, size, sha256, piece_size, _ in state.file_facts())
+    return ProbeFiles((path, size, sha256, piece_size) for path, size, sha256, piece_size, _ in state.file_facts())
 
 
-def _probe_files(digested: Digests) -> tuple[ProbeFile, ...]:
+def _probe_files(digested: Digests) -> ProbeFiles:
     from pipeline.mirrors import probe_files
 
     return probe_files(digested.rows())

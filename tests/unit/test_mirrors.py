@@ -15,6 +15,7 @@ from pipeline.config import MirrorConfig, Settings
 from pipeline.mirrors import (
     MirrorReport,
     ProbeFile,
+    ProbeFiles,
     ProbeLimits,
     check_mirrors,
     choose_piece,
@@ -183,7 +184,62 @@ def test_limits_and_probe_files_from_pipeline_values() -> None:
     settings = Settings(mirror_timeout=3, mirror_budget=50, mirror_concurrency=2, mirror_down_runs=4)
     assert probe_limits(settings) == ProbeLimits(3.0, 50, 2, 4, timedelta(hours=6))
     entry = FileEntry(path="pool/a.deb", source=Path("/x"), size=5, mtime_ns=1)
-    assert probe_files([(entry, CachedFile("a" * 64, 16384, None))]) == (ProbeFile("pool/a.deb", 5, "a" * 64, 16384),)
+    files = probe_files([(entry, CachedFile("a" * 64, 16384, None))])
+    assert list(files) == [ProbeFile("pool/a.deb", 5, "a" * 64, 16384)]
+
+
+def _sha(n: int) -> str:
+    return f"{n:064x}"
+
+
+def test_probe_files_keep_every_value_and_find_paths_in_any_order() -> None:
+    rows = [ProbeFile(f"pool/{n:03d}.deb", n * 7, _sha(999 - n), 16384 << (n % 3)) for n in range(200)]
+    files = ProbeFiles(rows)
+    assert len(files) == 200 and list(files) == rows and files[-1] == rows[-1] and files[3:6] == rows[3:6]
+    assert [files.position(r.path) for r in rows] == list(range(200))  # in order: the guess
+    assert [files.position(r.path) for r in reversed(rows)] == list(range(199, -1, -1))  # against it
+    assert files.position("pool/050.deb") == 50 and files.position("pool/051.deb") == 51
+    assert files.position("pool/000.debx") is None and files.position("") is None and files.position("z") is None
+    assert files.digest(5) == bytes.fromhex(_sha(994)) and files.size(5) == 35 and files.piece_size(5) == 16384 << 2
+
+
+@pytest.mark.parametrize(
+    ("rows", "message"),
+    [
+        ([ProbeFile("b", 1, _sha(1), 16384), ProbeFile("a", 1, _sha(2), 16384)], "sorted by path and unique"),
+        ([ProbeFile("a", 1, _sha(1), 16384), ProbeFile("a", 1, _sha(2), 16384)], "sorted by path and unique"),
+        ([ProbeFile("a", 1, "ab" * 20, 16384)], "is not a SHA-256"),
+    ],
+)
+def test_probe_files_refuse_unsorted_paths_and_bad_digests(rows: list[ProbeFile], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        ProbeFiles(rows)
+
+
+def test_holders_view_names_held_files_in_path_order(tmp_path: Path) -> None:
+    """The report's holders: what the state says each mirror verified, for the current SHA-256 only."""
+    files = [ProbeFile(f"pool/{n}.deb", 0, _sha(n), 16384) for n in range(6)]
+    mirrors = [MirrorConfig(url="http://127.0.0.1:9/a"), MirrorConfig(url="http://127.0.0.1:9/b")]
+    with StateCache.open(tmp_path / "s.sqlite", repo="r") as state:
+        state.update_mirror_facts(
+            "http://127.0.0.1:9/a", [MirrorFact(f"pool/{n}.deb", _sha(n), "t", 1) for n in (1, 4)], []
+        )
+        facts_b = [MirrorFact("pool/1.deb", _sha(1), "t", 1), MirrorFact("pool/3.deb", _sha(9), "t", 1)]
+        state.update_mirror_facts("http://127.0.0.1:9/b", facts_b, [])
+        report = check_mirrors(
+            mirrors,
+            files,
+            pieces_of=lambda paths: {},
+            state=state,
+            snapshot_time=None,
+            now=T,
+            limits=ProbeLimits(timeout=0.2, budget=0, stage_timeout=1),
+        )
+    assert list(report.holders.items()) == [("pool/1.deb", (0, 1)), ("pool/4.deb", (0,))]
+    assert len(report.holders) == 2 and list(report.holders) == ["pool/1.deb", "pool/4.deb"]
+    assert report.holders.get("pool/3.deb", ()) == () and report.holders.get("pool/x.deb") is None
+    assert report.holders["pool/4.deb"] == (0,) and "pool/0.deb" not in report.holders
+    assert [s.verified_files for s in report.statuses] == [2, 1]
 
 
 def test_no_mirrors_and_naive_times(tmp_path: Path) -> None:
