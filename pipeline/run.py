@@ -702,7 +702,7 @@ def _release_unchanged(
             run.storage, repo=settings.repo, signer=run.signer, key=run.key, audit=False
         )
     assert isinstance(destination.objects, DestinationProbe), "no package object is checked here: no audit"
-    decision = decide(_facts(settings, run, destination, state, (), state.page_memo(), mirrors, inputs))
+    decision = decide(_facts(settings, run, destination, state, (), state.page_keys(), mirrors, inputs))
     if decision is None or decision.action != "noop":
         return _Probed(mirrors, destination)
     assert destination.pointer is not None
@@ -803,7 +803,7 @@ def _facts(
     destination: DestinationState,
     state: StateCache,
     files: Sequence[FileEntry],
-    memo: Mapping[str, tuple[str, str]],
+    pages: Iterable[str],
     mirrors: MirrorReport,
     inputs: str,
 ) -> Facts:
@@ -819,7 +819,7 @@ def _facts(
         complete=destination.complete,
         mirrors_changed=_mirror_summary(mirrors.statuses) != destination.mirror_summary,
         lost_index=lost_index,
-        lost_objects=pointer is not None and _lost(objects, files, memo),
+        lost_objects=pointer is not None and _lost(objects, files, pages),
         unchanged=True if pointer is not None and state.publication_inputs(pointer.index_id) == inputs else None,
     )
 

@@ -388,6 +388,12 @@ class StateCache:
         rows = self._db.execute("SELECT key, inputs, sha256 FROM pages").fetchall()
         return {str(key): (str(inputs), str(sha256)) for key, inputs, sha256 in rows}
 
+    def page_keys(self) -> Iterator[str]:
+        """The keys of the last publication's pages, streamed (a run that only probes needs no memo)."""
+        with closing(self._db.execute("SELECT key FROM pages ORDER BY key")) as cursor:
+            for (key,) in cursor:
+                yield str(key)
+
     def remember_pages(self, rows: Iterable[tuple[str, str, str]], keep: Iterable[str]) -> None:
         """Store (key, inputs, sha256) rows; drop the pages not in `keep` (directories that went away)."""
         with self._transaction():

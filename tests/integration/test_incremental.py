@@ -18,6 +18,7 @@ import pipeline.hashing
 import pipeline.run
 from pipeline.config import Settings
 from pipeline.run import release
+from pipeline.state import StateCache
 from tests.integration.conftest import SigningKey, run_cli, tree_state
 
 pytestmark = pytest.mark.integration
@@ -56,6 +57,10 @@ def forbid_reading_and_building(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(pipeline.run, "iter_package_artifacts", no_build)
 
 
+def no_memo(*args: object) -> object:
+    raise AssertionError("the pages' memo was read on an unchanged tree's run")
+
+
 def test_no_change_reads_nothing_builds_nothing_writes_nothing(
     signing_key: SigningKey, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -85,6 +90,7 @@ def test_an_unchanged_tree_is_neither_scanned_nor_looked_up(
     real_scan = pipeline.run.scan_snapshot
     monkeypatch.setattr(pipeline.run, "scan_snapshot", lambda spec: scans.append(spec) or real_scan(spec))
     forbid_reading_and_building(monkeypatch)
+    monkeypatch.setattr(StateCache, "page_memo", no_memo)  # the pages' keys are streamed, never all held
     with caplog.at_level(logging.INFO, logger="pipeline.run"):
         again = release(settings(snap, dest, signing_key, state))
     assert again.action == "noop" and again.files == 12 and again.unchanged == 12
@@ -100,6 +106,12 @@ def test_an_unchanged_tree_is_neither_scanned_nor_looked_up(
     assert tree_state(dest) == before
     monkeypatch.setattr(pipeline.run, "scan_snapshot", lambda spec: scans.append(spec) or real_scan(spec))
     assert release(settings(snap, dest, signing_key, state)).action == "noop" and scans == []
+
+    # a page lost from the destination: the probe of the pages' keys finds it, and the whole run puts it back
+    lost = (dest / "index.html").read_bytes()
+    (dest / "index.html").unlink()
+    restored = release(settings(snap, dest, signing_key, state))
+    assert restored.action != "noop" and len(scans) == 1 and (dest / "index.html").read_bytes() == lost
 
 
 def test_an_unchanged_tree_that_must_be_resigned_probes_the_mirrors_and_destination_once(

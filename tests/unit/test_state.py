@@ -167,3 +167,13 @@ def test_a_foreign_database_with_a_meta_table_of_other_columns_is_still_rebuilt(
     with caplog.at_level(logging.WARNING, logger="pipeline.state"), StateCache.open(path, repo="r") as state:
         state.store([row(entry())])
     assert len(caplog.records) == 1 and "rebuilding it" in caplog.records[0].getMessage()
+
+
+def test_pages_memo_and_keys_say_the_same(tmp_path: Path) -> None:
+    with StateCache.open(tmp_path / "s.sqlite", repo="r") as state:
+        state.remember_pages([("b.html", "i1", "s1"), ("a.html", "i2", "s2"), ("c/d.html", "i3", "s3")], keep=[])
+        assert list(state.page_keys()) == []  # kept none: every page not in `keep` is dropped
+        rows = [("b.html", "i1", "s1"), ("a.html", "i2", "s2"), ("c/d.html", "i3", "s3")]
+        state.remember_pages(rows, keep=["a.html", "b.html", "c/d.html"])
+        assert list(state.page_keys()) == ["a.html", "b.html", "c/d.html"]
+        assert state.page_memo() == {"a.html": ("i2", "s2"), "b.html": ("i1", "s1"), "c/d.html": ("i3", "s3")}
