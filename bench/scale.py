@@ -94,6 +94,7 @@ from bench.harness import (
 )
 from pipeline.errors import ConfigError
 from pipeline.hashing import piece_size_for
+from pipeline.model import Pointer
 
 Announce = Callable[[str], None]
 T = TypeVar("T")
@@ -710,40 +711,64 @@ def _form_rows(archive: Archive, context: _Context, index: dict[str, dict[str, A
             skipped.status, skipped.reason = "failed", "needs a successful full build"
         return [walk, full, noop, changed]
     timer.time_row(noop, release, parse=_parse_release("noop", lambda: None))
+    gnupghome = Path(context.env["GNUPGHOME"])
+    changer = _Changer(archive, count, context.announce)
+    before: list[Pointer] = []  # the publication each 1%-changed run starts from
+
+    def prepare(attempt: int) -> None:
+        before.append(published_pointer(dest, gnupghome, context.fingerprint))
+        changer(attempt)
+
     try:
-        timer.time_row(
-            changed,
-            release,
-            prepare=_Changer(archive, count, context.announce),
-            parse=_parse_release("publish", lambda: count),
-        )
+        timer.time_row(changed, release, prepare=prepare, parse=_parse_release("publish", lambda: count))
     finally:
         restore_archive(archive)
     if changed.ok:
-        index[form] = index_facts(dest, Path(context.env["GNUPGHOME"]), context.fingerprint)
+        index[form] = index_facts(published_pointer(dest, gnupghome, context.fingerprint), before[-1])
     return [walk, full, noop, changed]
 
 
-def index_facts(dest: Path, gnupghome: Path, fingerprint: str) -> dict[str, Any]:
-    """The shards of the publication in `dest` (the last 1%-changed run's) and what its deltas cost: what a
-    user who follows one shard fetches on a daily update (issue 14 point 3: ≤ 5 % of the shard's bytes)."""
+def published_pointer(dest: Path, gnupghome: Path, fingerprint: str) -> Pointer:
     from pipeline.index import decode_pointer
     from pipeline.signing import Signer, verify_signed_message
 
     with Signer(gnupghome=gnupghome, key=fingerprint).keyring() as keyring:
         payload = verify_signed_message((dest / "latest.asc").read_bytes(), keyring=keyring, fingerprint=fingerprint)
-    shards = decode_pointer(payload).shards
-    deltas = [(s.name, s.delta.size, s.size) for s in shards if s.delta is not None]
-    worst = max(deltas, key=lambda d: d[1] / d[2]) if deltas else None
+    return decode_pointer(payload)
+
+
+def index_facts(pointer: Pointer, previous: Pointer) -> dict[str, Any]:
+    """The shards of `pointer` (the last 1%-changed run's) and what a user who follows one shard fetches to
+    update from `previous` (issue 14 point 3: ≤ 5 % of the shard's bytes): each changed part's delta, or the
+    part itself when it has none; an unchanged part costs nothing."""
+    shards = pointer.shards
+    known = {(s.name, s.part, s.uncompressed_sha256) for s in previous.shards}
+    cost: dict[str, int] = {}
+    size: dict[str, int] = {}
+    for s in shards:
+        size[s.name] = size.get(s.name, 0) + s.size
+        if (s.name, s.part, s.uncompressed_sha256) not in known:
+            cost[s.name] = cost.get(s.name, 0) + (s.delta.size if s.delta is not None else s.size)
+    worst = max(cost, key=lambda name: cost[name] / size[name]) if cost else None
+    deltas = [s for s in shards if s.delta is not None]
     return {
-        "shards": len(shards),
+        "shards": len(size),
+        "parts": len(shards),
         "shard_bytes": sum(s.size for s in shards),
-        "largest_shard_bytes": max((s.size for s in shards), default=0),
+        "largest_shard_bytes": max(size.values(), default=0),
         "packages_per_shard": [s.packages for s in shards],
-        "changed_shards": len(deltas),
-        "delta_bytes": sum(d[1] for d in deltas),
-        "changed_shard_bytes": sum(d[2] for d in deltas),
-        "worst_delta": None if worst is None else {"shard": worst[0], "delta_bytes": worst[1], "shard_bytes": worst[2]},
+        "changed_shards": len(cost),
+        "delta_bytes": sum(s.delta.size for s in deltas if s.delta is not None),
+        "changed_shard_bytes": sum(size[name] for name in cost),
+        "update_bytes": sum(cost.values()),
+        "worst_delta": None
+        if worst is None
+        else {
+            "shard": worst,
+            "delta_bytes": cost[worst],
+            "shard_bytes": size[worst],
+            "parts": sum(1 for s in shards if s.name == worst),
+        },
     }
 
 
@@ -757,7 +782,9 @@ def index_targets(index: Mapping[str, Mapping[str, Any]]) -> list[Target]:
             targets.append(Target(name, None, "no delta published", f"≤ {TARGET_DELTA_SHARE:.0%}", None))
             continue
         share = worst["delta_bytes"] / worst["shard_bytes"]
-        text = f"{share:.1%} ({worst['delta_bytes']:,} of {worst['shard_bytes']:,} B, {worst['shard']})"
+        parts = worst.get("parts", 1)
+        where = f"{worst['shard']}, {parts} parts" if parts > 1 else worst["shard"]
+        text = f"{share:.1%} ({worst['delta_bytes']:,} of {worst['shard_bytes']:,} B, {where})"
         targets.append(Target(name, share, text, f"≤ {TARGET_DELTA_SHARE:.0%}", share <= TARGET_DELTA_SHARE))
     return targets
 
@@ -986,11 +1013,14 @@ def render_scale_table(
             )
         index = info.get("index")
         if index:
+            parts = index.get("parts", index["shards"])
             text += (
-                f"; index: {index['shards']} shard{'s' if index['shards'] != 1 else ''}, "
+                f"; index: {index['shards']} shard{'s' if index['shards'] != 1 else ''}"
+                f"{f' in {parts} parts' if parts != index['shards'] else ''}, "
                 f"{index['shard_bytes'] / 1e6:.1f} MB in all, the largest {index['largest_shard_bytes'] / 1e6:.2f} MB; "
-                f"after the 1%-changed run {index['changed_shards']} changed, their deltas "
-                f"{index['delta_bytes'] / 1e3:,.0f} kB for {index['changed_shard_bytes'] / 1e6:.2f} MB of shards"
+                f"after the 1%-changed run {index['changed_shards']} changed, their update "
+                f"{index.get('update_bytes', index['delta_bytes']) / 1e3:,.0f} kB for "
+                f"{index['changed_shard_bytes'] / 1e6:.2f} MB of shards"
             )
         forms.append(text + ")")
     runs = options["runs"]

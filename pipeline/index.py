@@ -26,7 +26,8 @@ from pipeline.jsondoc import STRICT_DECODER, StrictJSONError, check_strings, loa
 from pipeline.model import DeltaRef, PackageRecord, Pointer, ShardRef
 
 INDEX_FORMAT = "mirrorseed-index/2"  # a shard of the index (docs/sharded-index.md)
-POINTER_FORMAT = "mirrorseed-pointer/2"
+POINTER_FORMAT = "mirrorseed-pointer/3"  # 3: a shard may come in parts (docs/sharded-index.md)
+UNPARTED_POINTER_FORMAT = "mirrorseed-pointer/2"  # shards without parts: read back from older destinations only
 LEGACY_INDEX_FORMAT = "mirrorseed-index/1"  # one whole index: read back from older destinations only
 LEGACY_POINTER_FORMAT = "mirrorseed-pointer/1"
 MAX_SEQUENCE = 2**53 - 1  # clients parse JSON numbers as doubles and reject anything larger
@@ -61,6 +62,9 @@ _ANY_HEADER_KEY = frozenset().union(*_HEADER_KEYS_OF.values())
 # tables would pass 2^23 entries and the window zstd's default limit of 2^27.
 DELTA_LEVEL = 12
 DELTA_MAX_BYTES = 32 * 1024 * 1024
+# A shard whose JSON would pass this is published in parts of at most this many bytes (the records split by
+# path, in order, each part a whole shard document), so that every part can have a delta.
+PART_MAX_BYTES = DELTA_MAX_BYTES
 _DELTA_MAX_HASH_LOG = 23
 _DELTA_CHAIN_LOG = 20
 # Header keys written only when not empty (an index without them reads as empty lists): the DHT
@@ -211,6 +215,36 @@ def shard_json(
     """The uncompressed JSON that `encode_shard` compresses (a delta is made from two of these)."""
     head, tail = _frame(_shard_header(repo, shard, webseeds, trackers, dht_nodes))
     return head + b",".join(_package_json(records)) + tail
+
+
+def shard_parts(
+    *,
+    repo: str,
+    shard: str,
+    webseeds: Sequence[str],
+    trackers: Sequence[str],
+    records: Iterable[PackageRecord],
+    dht_nodes: Sequence[str] = (),
+    max_bytes: int | None = None,
+) -> Iterator[tuple[int, bytes]]:
+    """The shard's JSON in parts of at most `max_bytes` (default PART_MAX_BYTES), one at a time: (packages,
+    JSON) of each, a whole shard document (the shard's header) holding the next records that fit. One part,
+    that of `shard_json`, when the whole JSON fits; a record too large for a part alone is a part alone."""
+    limit = PART_MAX_BYTES if max_bytes is None else max_bytes
+    head, tail = _frame(_shard_header(repo, shard, webseeds, trackers, dht_nodes))
+    room = limit - len(head) - len(tail)
+    body = bytearray()
+    count = 0
+    for package in _package_json(records):
+        if count and len(body) + 1 + len(package) > room:
+            yield count, head + bytes(body) + tail
+            body.clear()
+            count = 0
+        if count:
+            body += b","
+        body += package
+        count += 1
+    yield count, head + bytes(body) + tail
 
 
 def make_delta(old: bytes, new: bytes) -> bytes:
@@ -619,8 +653,9 @@ def decode_pointer(data: bytes) -> Pointer:
         raise StorageError("latest.asc: the payload is not a JSON object")
     if doc.get("format") == LEGACY_POINTER_FORMAT:
         return _decode_legacy_pointer(doc)
-    if doc.get("format") != POINTER_FORMAT:
+    if doc.get("format") not in (POINTER_FORMAT, UNPARTED_POINTER_FORMAT):
         raise StorageError(f"latest.asc: format is {doc.get('format')!r}, expected {POINTER_FORMAT!r}")
+    parted = doc["format"] == POINTER_FORMAT
     _exact_keys("latest.asc", doc, _POINTER_KEYS)
     problems = [*_want_str(doc, "repo", "generated", "expires"), *_want_int(doc, "sequence")]
     if not isinstance(doc["shards"], list):
@@ -628,28 +663,34 @@ def decode_pointer(data: bytes) -> Pointer:
     if problems:
         raise StorageError(f"latest.asc: {'; '.join(problems)}")
     _check_times_and_sequence(doc)
-    shards = tuple(_decode_shard_ref(number, item) for number, item in enumerate(doc["shards"]))
-    names = [shard.name for shard in shards]
-    if names != sorted(set(names)):
-        raise StorageError("latest.asc: the shards are not sorted by name, or a name repeats")
-    return Pointer(doc["repo"], doc["sequence"], doc["generated"], doc["expires"], shards)
+    shards = tuple(_decode_shard_ref(number, item, parted) for number, item in enumerate(doc["shards"]))
+    order = [(shard.name, shard.part) for shard in shards]
+    if order != sorted(set(order)):
+        raise StorageError("latest.asc: the shards are not sorted by name and part, or a part repeats")
+    expected = 0  # the parts of a name are 0, 1, 2, ...
+    for number, (name, part) in enumerate(order):
+        expected = expected + 1 if number and order[number - 1][0] == name else 0
+        if part != expected:
+            raise StorageError(f"latest.asc: shard {name!r} has part {part} where part {expected} belongs")
+    return Pointer(doc["repo"], doc["sequence"], doc["generated"], doc["expires"], shards, outdated=not parted)
 
 
-def _decode_shard_ref(number: int, item: Any) -> ShardRef:
+def _decode_shard_ref(number: int, item: Any, parted: bool) -> ShardRef:
     where = f"latest.asc: shards[{number}]"
     if not isinstance(item, dict):
         raise StorageError(f"{where} is not an object")
-    _exact_keys(where, item, _SHARD_KEYS)
+    _exact_keys(where, item, _SHARD_KEYS | {"part"} if parted else _SHARD_KEYS)
     problems = [
         *_want_str(item, "name", "path", "sha256", "uncompressed_sha256", "torrent", "infohash"),
-        *_want_int(item, "size", "uncompressed_size", "packages"),
+        *_want_int(item, "size", "uncompressed_size", "packages", *(("part",) if parted else ())),
     ]
     if problems:
         raise StorageError(f"{where}: {'; '.join(problems)}")
     delta = item["delta"]
     checks = [
         (_shard_name_ok(item["name"]), "name is not a shard name"),
-        (item["size"] >= 0 and item["uncompressed_size"] >= 0 and item["packages"] >= 0, "a count is negative"),
+        (min(item[key] for key in ("size", "uncompressed_size", "packages", "part") if key in item) >= 0,
+         "a count is negative"),
         (all(_SHA256_RE.fullmatch(item[key]) for key in ("sha256", "uncompressed_sha256")), "a SHA-256 is malformed"),
         (bool(_INFOHASH_RE.fullmatch(item["infohash"])), "infohash is not 40 lowercase hex digits"),
         (_relative(item["path"]) and _relative(item["torrent"]), "a path is not relative"),
@@ -673,7 +714,7 @@ def _decode_shard_ref(number: int, item: Any) -> ShardRef:
         ref = DeltaRef(delta["from_sha256"], delta["path"], delta["size"], delta["sha256"])
     return ShardRef(
         item["name"], item["path"], item["size"], item["sha256"], item["uncompressed_size"],
-        item["uncompressed_sha256"], item["packages"], item["torrent"], item["infohash"], ref,
+        item["uncompressed_sha256"], item["packages"], item["torrent"], item["infohash"], ref, item.get("part", 0),
     )  # fmt: skip
 
 
@@ -715,7 +756,7 @@ def _decode_legacy_pointer(doc: dict[str, Any]) -> Pointer:
     if not (_relative(ref["path"]) and _relative(doc["index_torrent"])):
         raise StorageError("latest.asc: an index path is not relative")
     keys = (ref["path"], ref["path"] + ".sig", doc["index_torrent"])
-    return Pointer(doc["repo"], doc["sequence"], doc["generated"], doc["expires"], (), legacy_keys=keys)
+    return Pointer(doc["repo"], doc["sequence"], doc["generated"], doc["expires"], (), legacy_keys=keys, outdated=True)
 
 
 def _exact_keys(where: str, doc: dict[str, Any], keys: set[str]) -> None:

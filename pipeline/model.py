@@ -202,7 +202,9 @@ class DeltaRef:
 
 @dataclass(frozen=True)
 class ShardRef:
-    """The pointer's description of one shard of the index (docs/sharded-index.md)."""
+    """The pointer's description of one part of one shard of the index (docs/sharded-index.md): a shard
+    whose JSON would pass `pipeline.index.PART_MAX_BYTES` is published in parts 0, 1, ..., each a whole
+    shard document of the next run of its packages, with its own torrent and delta."""
 
     name: str
     path: str
@@ -214,10 +216,17 @@ class ShardRef:
     torrent: str
     infohash: str
     delta: DeltaRef | None = None
+    part: int = 0
+
+    @property
+    def label(self) -> str:
+        """How messages name it: `bookworm/main/amd64` for a first part, `bookworm/main/amd64 part 2` after."""
+        return self.name if self.part == 0 else f"{self.name} part {self.part}"
 
     def to_json(self) -> dict[str, Any]:
         return {
             "name": self.name,
+            "part": self.part,
             "path": self.path,
             "size": self.size,
             "sha256": self.sha256,
@@ -235,7 +244,8 @@ class Pointer:
     """The signed pointer payload (docs/sharded-index.md): which shards make the current index, until when.
 
     `legacy_keys` is set only for a `mirrorseed-pointer/1` read back from a destination that an earlier
-    version published: the keys of its one whole index (the next run replaces it with shards).
+    version published: the keys of its one whole index (the next run replaces it with shards). `outdated`:
+    read from a pointer of an earlier format (1 or 2): the next run publishes it again in the current one.
     """
 
     repo: str
@@ -244,6 +254,7 @@ class Pointer:
     expires: str
     shards: tuple[ShardRef, ...]
     legacy_keys: tuple[str, ...] = ()
+    outdated: bool = False
 
     @property
     def index_id(self) -> str:
@@ -265,9 +276,9 @@ class Pointer:
         return tuple(shard.infohash for shard in self.shards)
 
     def to_json(self) -> dict[str, Any]:
-        assert not self.legacy_keys, "a mirrorseed-pointer/1 is read, never written"
+        assert not self.outdated, "a pointer of an earlier format is read, never written"
         return {
-            "format": "mirrorseed-pointer/2",
+            "format": "mirrorseed-pointer/3",
             "repo": self.repo,
             "sequence": self.sequence,
             "generated": self.generated,

@@ -38,11 +38,10 @@ from pipeline.index import (
     decompress_index,
     encode_json,
     encode_pointer,
-    encode_shard,
     iter_index,
     make_delta,
     rfc3339,
-    shard_json,
+    shard_parts,
 )
 from pipeline.jsondoc import loads_strict
 from pipeline.model import (
@@ -345,12 +344,13 @@ def build_index_objects(
     records: Sequence[PackageRecord],
     files: Sequence[FileEntry],
     snapshot_format: str,
-    previous: Callable[[str], ShardRef | None] = lambda name: None,
+    previous: Callable[[str, int], ShardRef | None] = lambda name, part: None,
     previous_json: Callable[[ShardRef], bytes | None] = lambda shard: None,
 ) -> IndexObjects:
-    """The index's shards (docs/sharded-index.md), each with its torrent and, when `previous(name)` names the
-    previous publication's shard of that name, its JSON changed and `previous_json` reads it, the delta from
-    it; and the pointer naming them.
+    """The index's shards (docs/sharded-index.md), each in parts of at most PART_MAX_BYTES of JSON, each
+    part with its torrent and, when `previous(name, part)` names the previous
+    publication's part of that name and number, its JSON changed and `previous_json` reads it, the delta
+    from it; and the pointer naming them. One part's JSON is in memory at a time.
 
     `records` and `files` (the entries they were built from) are in the same order, sorted by path.
     """
@@ -359,62 +359,56 @@ def build_index_objects(
     shards: list[ShardRef] = []
     artifacts: list[Artifact] = []
     for name, members in group(records, files, snapshot_format).items():
-        before = previous(name)
-        new_json: bytes | None = None
-        if before is not None and before.uncompressed_size <= DELTA_MAX_BYTES:
-            # a delta may be wanted: the JSON is made once, for the shard and for the delta
-            new_json = shard_json(
-                repo=settings.repo, shard=name, webseeds=webseeds, trackers=settings.trackers, records=members,
-                dht_nodes=settings.dht_nodes,
-            )  # fmt: skip
+        parts = shard_parts(
+            repo=settings.repo, shard=name, webseeds=webseeds, trackers=settings.trackers, records=members,
+            dht_nodes=settings.dht_nodes,
+        )  # fmt: skip
+        for part, (packages, new_json) in enumerate(parts):
             encoded = encode_json(new_json)
-        else:
-            encoded = encode_shard(
-                repo=settings.repo, shard=name, webseeds=webseeds, trackers=settings.trackers, records=members,
-                dht_nodes=settings.dht_nodes,
-            )  # fmt: skip
-        key = shard_key(encoded.sha256)
-        piece_size = piece_size_for(encoded.size)
-        torrent, infohash = build_torrent(
-            name=key.rpartition("/")[2],
-            files=None,
-            length=encoded.size,
-            piece_size=piece_size,
-            pieces=hash_pieces_of_bytes([encoded.data], piece_size),
-            webseeds=[shards_url],
-            trackers=settings.trackers,
-            nodes=settings.dht_node_pairs,
-        )
-        torrent_object = make_artifact(shard_torrent_key(_sha256(torrent)), torrent)
-        artifacts += [make_artifact(key, encoded.data), torrent_object]
-        delta = None
-        if new_json is not None and before is not None and before.uncompressed_sha256 != encoded.uncompressed_sha256:
-            made = _delta(before, previous_json(before), new_json, encoded.sha256)
-            if made is not None:
-                delta, delta_object = made
-                artifacts.append(delta_object)
-        del new_json  # a Debian suite's shard is 20 MB of JSON: not kept to the next shard
-        shards.append(
-            ShardRef(
-                name=name,
-                path=key,
-                size=encoded.size,
-                sha256=encoded.sha256,
-                uncompressed_size=encoded.uncompressed_size,
-                uncompressed_sha256=encoded.uncompressed_sha256,
-                packages=len(members),
-                torrent=torrent_object.key,
-                infohash=infohash,
-                delta=delta,
+            key = shard_key(encoded.sha256)
+            piece_size = piece_size_for(encoded.size)
+            torrent, infohash = build_torrent(
+                name=key.rpartition("/")[2],
+                files=None,
+                length=encoded.size,
+                piece_size=piece_size,
+                pieces=hash_pieces_of_bytes([encoded.data], piece_size),
+                webseeds=[shards_url],
+                trackers=settings.trackers,
+                nodes=settings.dht_node_pairs,
             )
-        )
+            torrent_object = make_artifact(shard_torrent_key(_sha256(torrent)), torrent)
+            artifacts += [make_artifact(key, encoded.data), torrent_object]
+            delta = None
+            before = previous(name, part)
+            if before is not None and before.uncompressed_sha256 != encoded.uncompressed_sha256:
+                made = _delta(before, previous_json(before), new_json, encoded.sha256)
+                if made is not None:
+                    delta, delta_object = made
+                    artifacts.append(delta_object)
+            del new_json  # up to PART_MAX_BYTES of JSON: not kept to the next part
+            shards.append(
+                ShardRef(
+                    name=name,
+                    part=part,
+                    path=key,
+                    size=encoded.size,
+                    sha256=encoded.sha256,
+                    uncompressed_size=encoded.uncompressed_size,
+                    uncompressed_sha256=encoded.uncompressed_sha256,
+                    packages=packages,
+                    torrent=torrent_object.key,
+                    infohash=infohash,
+                    delta=delta,
+                )
+            )
     pointer = Pointer(settings.repo, sequence, rfc3339(generated), rfc3339(expires), tuple(shards))
     return IndexObjects(pointer, tuple(artifacts))
 
 
 def _delta(before: ShardRef, old_json: bytes | None, new_json: bytes, sha256: str) -> tuple[DeltaRef, Artifact] | None:
-    """The delta from shard `before` (its JSON `old_json`, None if unreadable) to the new JSON, whose compressed
-    shard has SHA-256 `sha256`; None when there is no base or the new JSON is too large for a delta."""
+    """The delta from part `before` (its JSON `old_json`, None if unreadable) to the new JSON, whose compressed
+    part has SHA-256 `sha256`; None when there is no base or the new JSON is too large for a delta."""
     if old_json is None or len(new_json) > DELTA_MAX_BYTES:
         return None
     data = make_delta(old_json, new_json)
@@ -422,9 +416,11 @@ def _delta(before: ShardRef, old_json: bytes | None, new_json: bytes, sha256: st
     return DeltaRef(before.uncompressed_sha256, path, len(data), _sha256(data)), make_artifact(path, data)
 
 
-def shard_named(pointer: Pointer | None, name: str) -> ShardRef | None:
-    """The shard `name` of `pointer`, if it has one."""
-    return next((shard for shard in pointer.shards if shard.name == name), None) if pointer else None
+def shard_named(pointer: Pointer | None, name: str, part: int = 0) -> ShardRef | None:
+    """Part `part` of the shard `name` of `pointer`, if it has one."""
+    if pointer is None:
+        return None
+    return next((shard for shard in pointer.shards if shard.name == name and shard.part == part), None)
 
 
 def previous_shard_json(storage: Storage, shard: ShardRef) -> bytes | None:
@@ -820,13 +816,19 @@ def _facts(
         mirrors_changed=_mirror_summary(mirrors.statuses) != destination.mirror_summary,
         lost_index=lost_index,
         lost_objects=pointer is not None and _lost(objects, files, pages),
-        unchanged=True if pointer is not None and state.publication_inputs(pointer.index_id) == inputs else None,
+        unchanged=(
+            True
+            if pointer is not None and not pointer.outdated and state.publication_inputs(pointer.index_id) == inputs
+            else None
+        ),
     )
 
 
 def _same_content(current: CurrentPublication, fingerprints: Mapping[str, int], settings: Settings) -> bool:
-    if current.header is None:  # no shard (nothing published), or an index of an earlier format
-        return not current.pointer.legacy_keys and not fingerprints
+    if current.pointer.outdated:  # a pointer of an earlier format: published again in the current one
+        return False
+    if current.header is None:  # no shard (nothing published)
+        return not fingerprints
     return same_content(
         current_fingerprints=current.fingerprints,
         current_webseeds=current.webseeds,
@@ -927,7 +929,7 @@ def _sign(
                 records=records,
                 files=snapshot.files,
                 snapshot_format=snapshot.format,
-                previous=lambda name: shard_named(destination.pointer, name),
+                previous=lambda name, part: shard_named(destination.pointer, name, part),
                 previous_json=lambda shard: previous_shard_json(run.storage, shard),
             )
             pointer, index_objects = objects.pointer, spool.add_all(objects.artifacts)

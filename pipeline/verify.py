@@ -4,11 +4,12 @@ Nothing here reads the destination directly or trusts the operator's machine: th
 `latest.asc` from the public URL, checks it with gpgv against a pinned key, and follows only what the
 signed documents name (DESIGN sections 4-5, the client rules of notes/security-and-reliability.md):
 
-1. the pointer (`mirrorseed-pointer/2`, docs/sharded-index.md): pinned VALIDSIG fingerprint, not expired,
+1. the pointer (`mirrorseed-pointer/3`, docs/sharded-index.md): pinned VALIDSIG fingerprint, not expired,
    sequence not lower than the highest one seen (a small JSON state file, updated only when the whole
-   audit passed), shard names sorted and unique, layout of the keys it gives; a `mirrorseed-pointer/1`
-   (an older publisher's) is one line: the next release upgrades it;
-2. every shard: size and SHA-256 equal the pointer's, decompression capped at its `uncompressed_size`,
+   audit passed), shards sorted by name and part, each part once, layout of the keys it gives; a
+   `mirrorseed-pointer/1` or `/2` (an older publisher's, which current clients refuse) is a problem: the
+   next release upgrades it (a `/2` is checked all the same);
+2. every shard (each part of it): size and SHA-256 equal the pointer's, decompression capped at its `uncompressed_size`,
    the JSON's SHA-256, `format`/`repo`/`shard`, every record well-formed, sorted and unique; its
    torrent (infohash, one file `<h16>.json.zst`, pieces, url-list `<public>/index/shards/`) and that
    webseed's answer; its delta (size, SHA-256, and, when the shard it was made from is still in the
@@ -60,6 +61,8 @@ from pipeline.index import (
     INDEX_FORMAT,
     LEGACY_POINTER_FORMAT,
     MAX_SEQUENCE,
+    POINTER_FORMAT,
+    UNPARTED_POINTER_FORMAT,
     apply_delta,
     decode_pointer,
     decompress_index,
@@ -564,6 +567,11 @@ class _Audit:
                 "index, not shards), which this verify does not check; the next `invoke release` upgrades it"
             )
             return None
+        if pointer.outdated:
+            self.problems.append(
+                f"{url}: {UNPARTED_POINTER_FORMAT}: published by an older version of mirrorseed, which the current "
+                f"clients refuse (they read {POINTER_FORMAT}); the next `invoke release` upgrades it"
+            )
         expires = parse_rfc3339(pointer.expires)
         if self.now >= expires:
             self.problems.append(
@@ -583,7 +591,7 @@ class _Audit:
                 f"({self.state_path}): a pointer of another repository?"
             )
         for shard in pointer.shards:
-            self.problems += [f"{url}: shards[{shard.name!r}]: {p}" for p in _layout_problems(shard)]
+            self.problems += [f"{url}: shards[{shard.label!r}]: {p}" for p in _layout_problems(shard)]
         return pointer
 
     # -- the shards ---------------------------------------------------------------------------------
@@ -621,7 +629,7 @@ class _Audit:
         if shard.delta is not None:
             self.check_delta(shard)
         if index is None:
-            self.problems.append(f"{url}: not usable, so no package of shard {shard.name!r} was checked")
+            self.problems.append(f"{url}: not usable, so no package of shard {shard.label!r} was checked")
         return index
 
     def shard_records(self, url: str, data: bytes, pointer: Pointer, shard: ShardRef) -> _Index | None:
@@ -714,7 +722,7 @@ class _Audit:
             return
         if len(data) != delta.size or hashlib.sha256(data).hexdigest() != delta.sha256:
             self.problems.append(
-                f"{url}: size or SHA-256 differs from the signed pointer's delta of shard {shard.name!r}: "
+                f"{url}: size or SHA-256 differs from the signed pointer's delta of shard {shard.label!r}: "
                 "the delta was altered"
             )
             return
@@ -974,7 +982,7 @@ def _delta_problem(old: bytes, delta: bytes, shard: ShardRef, old16: str) -> str
         return f"applied to the previous shard: {str(err).removeprefix('index delta: ')}"
     if hashlib.sha256(made).hexdigest() != shard.uncompressed_sha256:
         return (
-            f"applied to the previous shard it does not give the JSON of shard {shard.name!r} "
+            f"applied to the previous shard it does not give the JSON of shard {shard.label!r} "
             f"({shard.uncompressed_sha256})"
         )
     return None

@@ -380,8 +380,8 @@ def test_a_tampered_delta_is_refused(published: Published, world: World, signing
     assert not world.log.under("torrents") and index_gets(world) == ["/" + amd64["delta"]["path"]]
 
 
-def test_a_pointer_of_format_1_is_refused_in_one_line(world: World, signing_key: SigningKey) -> None:
-    legacy = {"format": "mirrorseed-pointer/1", "repo": "apt-test", "sequence": 9, "expires": "2999-01-01T00:00:00Z"}
+def test_a_pointer_of_an_earlier_format_is_refused_in_one_line(world: World, signing_key: SigningKey) -> None:
+    legacy = {"format": "mirrorseed-pointer/2", "repo": "apt-test", "sequence": 9, "expires": "2999-01-01T00:00:00Z"}
     signer = Signer(gnupghome=signing_key.gnupghome, key=signing_key.fingerprint)
     (world.dest / "latest.asc").write_bytes(signer.sign_message(json.dumps(legacy).encode()))
     check(world.apt.apt_get("update"))
@@ -389,7 +389,7 @@ def test_a_pointer_of_format_1_is_refused_in_one_line(world: World, signing_key:
     output = result.stdout + result.stderr
     assert result.returncode != 0 and "Traceback" not in output, output
     line = (
-        f"{world.public.url}/latest.asc: format 'mirrorseed-pointer/1', this client reads 'mirrorseed-pointer/2': "
+        f"{world.public.url}/latest.asc: format 'mirrorseed-pointer/2', this client reads 'mirrorseed-pointer/3': "
         f"the publication's current client is at {world.public.url}/clients/apt/mirrorseed"
     )
     assert re.search(rf"^E: Failed to fetch .*{re.escape(line)}$", output, re.MULTILINE), output

@@ -200,7 +200,7 @@ def test_a_pointer_of_another_format_fails_the_package_in_one_line(
     dest = shutil.copytree(arch_publication.dest, tmp_path / "public", symlinks=True)
     user = user_side(arch_publication, dest, tmp_path)
     root, config = pacman_root(tmp_path, user, signing_key, arch_publication.mirror_url)
-    future = {"format": "mirrorseed-pointer/3", "repo": "arch-xfer", "sequence": 7}
+    future = {"format": "mirrorseed-pointer/4", "repo": "arch-xfer", "sequence": 7}
     signer = Signer(gnupghome=signing_key.gnupghome, key=signing_key.fingerprint)
     (dest / "latest.asc").write_bytes(signer.sign_message(json.dumps(future).encode()))
     with request_log() as log:
@@ -215,7 +215,7 @@ def test_a_pointer_of_another_format_fails_the_package_in_one_line(
     assert installed.returncode != 0 and "Traceback" not in output, output
     url = arch_publication.public_url
     line = (
-        f"mirrorseed: {url}/latest.asc: format 'mirrorseed-pointer/3', this client reads 'mirrorseed-pointer/2': "
+        f"mirrorseed: {url}/latest.asc: format 'mirrorseed-pointer/4', this client reads 'mirrorseed-pointer/3': "
         f"the publication's current client is at {url}/clients/apt/mirrorseed"
     )
     assert line in output.splitlines(), output

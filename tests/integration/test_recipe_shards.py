@@ -272,6 +272,39 @@ def test_a_changed_shard_comes_as_its_delta(flat: World, tmp_path: Path) -> None
     assert len(index["packages"]) == 102
 
 
+def test_a_shard_in_parts_is_fetched_part_by_part_and_a_change_comes_as_that_part_delta(
+    flat: World, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import pipeline.index
+
+    monkeypatch.setattr(pipeline.index, "PART_MAX_BYTES", 12_000)  # pool/'s 100 records: about 45 kB of JSON
+    assert flat.publish() == 1
+    parts = [shard for shard in flat.pointer()["shards"] if shard["name"] == "pool"]
+    assert len(parts) >= 3 and [p["part"] for p in parts] == list(range(len(parts)))
+    assert sum(p["packages"] for p in parts) == 100 and all(p["uncompressed_size"] <= 12_000 for p in parts)
+    user = tmp_path / "user"
+    done = flat.run(user, "pool/file-001.bin", MIRRORSEED_SHARDS="pool")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert kept(user) == {p["uncompressed_sha256"] for p in parts}
+    assert "shard pool: fetched" in done.stdout and "shard pool part 1: fetched" in done.stdout
+    index = json.loads((user / "index.json").read_text())
+    assert [p["path"] for p in index["packages"]] == [f"pool/file-{i:03d}.bin" for i in range(100)]
+
+    change_one_file(flat)
+    assert flat.publish() == 2
+    now = [shard for shard in flat.pointer()["shards"] if shard["name"] == "pool"]
+    changed = [shard for shard in now if shard not in parts]
+    assert len(now) == len(parts) and len(changed) == 1, "only the part listing file-042 changed"
+    delta = changed[0]["delta"]
+    assert delta["from_sha256"] == parts[changed[0]["part"]]["uncompressed_sha256"]
+    flat.log.clear()
+    done = flat.run(user, "pool/file-042.bin", MIRRORSEED_SHARDS="pool")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert flat.requested() == [delta["path"]], "the changed part's delta, and nothing else of the index"
+    assert kept(user) == {p["uncompressed_sha256"] for p in now}
+    assert (user / "packages" / "file-042.bin").read_bytes() == b"changed " * 100
+
+
 def test_a_tampered_delta_is_refused(flat: World, tmp_path: Path) -> None:
     flat.publish()
     first = flat.shards()["pool"]
@@ -337,7 +370,7 @@ def sign(key: SigningKey, payload: bytes, out: Path) -> None:
 
 
 @pytest.mark.parametrize("script", [RECIPE_KEY, UPDATE_KEY])
-@pytest.mark.parametrize("found", ["mirrorseed-pointer/1", "mirrorseed-pointer/3"])
+@pytest.mark.parametrize("found", ["mirrorseed-pointer/2", "mirrorseed-pointer/4"])
 def test_a_pointer_of_another_format_is_one_clear_line(debian: World, tmp_path: Path, script: str, found: str) -> None:
     debian.publish()
     payload = {

@@ -14,7 +14,7 @@ import zstandard
 
 from pipeline.demo import DebSpec, build_debian_repo
 from pipeline.errors import ConfigError
-from pipeline.index import apply_delta, decode_pointer
+from pipeline.index import apply_delta, decode_pointer, encode_pointer
 from pipeline.model import Pointer
 from pipeline.run import release
 from pipeline.signing import Signer, verify_signed_message
@@ -31,6 +31,17 @@ def pointer_of(dest: Path, key: SigningKey) -> Pointer:
 
 def shard_json(dest: Path, path: str) -> bytes:
     return zstandard.ZstdDecompressor().decompress((dest / path).read_bytes())
+
+
+def zstd_patched(tmp_path: Path, old_json: bytes, delta: Path) -> bytes:
+    """What the real `zstd -d --patch-from=OLD` gives from `delta` (a failure fails the test)."""
+    (tmp_path / "old.json").write_bytes(old_json)
+    patched = subprocess.run(
+        ["zstd", "-d", "-q", "-c", f"--patch-from={tmp_path / 'old.json'}", str(delta)],
+        capture_output=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert patched.returncode == 0, patched.stderr
+    return patched.stdout
 
 
 def test_debian_shards_per_suite_component_and_architecture_with_all_once(
@@ -93,12 +104,7 @@ def test_a_change_writes_only_its_shard_and_a_delta_that_zstd_applies(signing_ke
     delta = (dest / changed.delta.path).read_bytes()
     assert (len(delta), hashlib.sha256(delta).hexdigest()) == (changed.delta.size, changed.delta.sha256)
     assert apply_delta(old_json, delta, uncompressed_size=changed.uncompressed_size) == new_json
-    (tmp_path / "old.json").write_bytes(old_json)
-    patched = subprocess.run(
-        ["zstd", "-d", "-q", "-c", f"--patch-from={tmp_path / 'old.json'}", str(dest / changed.delta.path)],
-        capture_output=True, timeout=60, check=False,
-    )  # fmt: skip
-    assert patched.returncode == 0 and patched.stdout == new_json, patched.stderr
+    assert zstd_patched(tmp_path, old_json, dest / changed.delta.path) == new_json
 
     assert release(run).action == "noop"
 
@@ -143,3 +149,68 @@ def test_a_pointer_larger_than_clients_read_is_refused_before_anything_is_writte
     with pytest.raises(ConfigError, match=r"^latest\.asc: [0-9,]+ bytes with 3 index shards, over the 1,000 bytes"):
         release(settings(snap, dest, signing_key, tmp_path / "state.sqlite"))
     assert not dest.exists() or not any(dest.rglob("*.torrent")), "nothing published"
+
+
+def test_a_shard_over_the_part_size_comes_in_parts_and_a_change_rewrites_one_part_and_its_delta(
+    signing_key: SigningKey, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import pipeline.index
+
+    monkeypatch.setattr(pipeline.index, "PART_MAX_BYTES", 4000)  # dir1's 20 records: about 9 kB of JSON
+    snap, dest = tmp_path / "snap", tmp_path / "dest"
+    make_flat(snap, count=60)
+    run = settings(snap, dest, signing_key, tmp_path / "state.sqlite")
+    assert release(run).action == "publish"
+    first = pointer_of(dest, signing_key)
+    parts = [shard for shard in first.shards if shard.name == "dir1"]
+    assert len(parts) >= 3 and [shard.part for shard in parts] == list(range(len(parts)))
+    listed = []
+    for shard in parts:
+        raw = shard_json(dest, shard.path)
+        doc = json.loads(raw)
+        assert len(raw) == shard.uncompressed_size <= 4000 and doc["shard"] == "dir1"
+        assert shard.packages == len(doc["packages"]) and shard.delta is None
+        listed += [package["path"] for package in doc["packages"]]
+    assert listed == [f"dir1/file-{i:02d}.bin" for i in range(1, 60, 3)], "every file once, in order"
+
+    # other bytes of the same size: the records keep their lengths, so only the part listing it changes
+    target = snap / "dir1" / "file-31.bin"
+    target.write_bytes(bytes([200]) * target.stat().st_size)
+    report = release(run)
+    assert report.action == "publish"
+    second = pointer_of(dest, signing_key)
+    changed = [shard for shard in second.shards if shard not in first.shards]
+    assert [(shard.name, len(second.shards)) for shard in changed] == [("dir1", len(first.shards))]
+    before = next(shard for shard in first.shards if (shard.name, shard.part) == ("dir1", changed[0].part))
+    delta = changed[0].delta
+    assert delta is not None and delta.from_sha256 == before.uncompressed_sha256
+    index_keys = sorted(key for key in report.planned_keys if key.startswith("index/"))
+    assert index_keys == sorted([changed[0].path, changed[0].torrent, delta.path])
+    assert zstd_patched(tmp_path, shard_json(dest, before.path), dest / delta.path) == shard_json(dest, changed[0].path)
+    assert release(run).action == "noop"
+
+
+def test_a_destination_of_pointer_format_2_is_published_again_in_format_3_with_the_same_shards(
+    signing_key: SigningKey, tmp_path: Path
+) -> None:
+    snap, dest = tmp_path / "snap", tmp_path / "dest"
+    make_flat(snap)
+    run = settings(snap, dest, signing_key, tmp_path / "state.sqlite")
+    assert release(run).action == "publish"
+    current = pointer_of(dest, signing_key)
+    # what the previous version signed: the same shards, without their part numbers
+    payload = json.loads(encode_pointer(current))
+    payload["format"] = "mirrorseed-pointer/2"
+    for shard in payload["shards"]:
+        del shard["part"]
+    signer = Signer(gnupghome=signing_key.gnupghome, key=signing_key.fingerprint)
+    (dest / "latest.asc").write_bytes(signer.sign_message(json.dumps(payload, indent=2, sort_keys=True).encode()))
+
+    report = release(run)  # the same state: an unchanged tree, yet its pointer is of the earlier format
+    assert report.action == "publish" and report.sequence == current.sequence + 1
+    upgraded = pointer_of(dest, signing_key)
+    assert not upgraded.outdated and json.loads(encode_pointer(upgraded))["format"] == "mirrorseed-pointer/3"
+    assert [(s.name, s.part, s.path, s.torrent) for s in upgraded.shards] == [
+        (s.name, 0, s.path, s.torrent) for s in current.shards
+    ], "the shards keep their bytes and keys"
+    assert release(run).action == "noop"

@@ -628,5 +628,66 @@ def test_a_pointer_whose_shards_are_not_sorted_is_refused(pub: Published, tmp_pa
     pointer = pub.pointer()
     sign_pointer(pub.dest, pub.key, replace(pointer, shards=tuple(reversed(pointer.shards))))
     report = verify_publication(pub.spec(state_file=tmp_path / "s.json"))
-    assert report.problems == (f"{pub.public_url}/latest.asc: the shards are not sorted by name, or a name repeats",)
+    assert report.problems == (
+        f"{pub.public_url}/latest.asc: the shards are not sorted by name and part, or a part repeats",
+    )
     assert report.checked["shards"] == 0
+
+
+def test_a_publication_with_shards_in_parts_verifies_each_part_and_its_delta(
+    signing_key: SigningKey, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import pipeline.index
+
+    monkeypatch.setattr(pipeline.index, "PART_MAX_BYTES", 1500)  # each directory's 4 records: 2 parts or more
+    snap, dest = tmp_path / "snap", tmp_path / "public"
+    make_flat(snap, 12)
+    dest.mkdir()
+    with serve_directory(dest) as public, serve_directory(snap) as mirror:
+        settings = Settings(
+            snapshot=snap, format="flat", dest=str(dest), public_url=public.url, repo="parts",
+            webseeds=(mirror.url,), key=signing_key.fingerprint, gnupghome=signing_key.gnupghome,
+            state=tmp_path / "state.sqlite",
+        )  # fmt: skip
+        assert release(settings).sequence == 1
+        target = snap / "dir0" / "file-06.bin"
+        target.write_bytes(b"\xee" * target.stat().st_size)
+        assert release(settings).sequence == 2
+        pointer = pointer_of(dest, signing_key)
+        assert {(s.name, s.part) for s in pointer.shards} >= {(f"dir{n}", part) for n in range(3) for part in (0, 1)}
+        assert [s.name for s in pointer.shards if s.delta] == ["dir0"]
+        spec = VerifySpec(
+            public_url=public.url, keyring=signing_key.keyring, fingerprint=signing_key.fingerprint,
+            state_file=tmp_path / "verify.json",
+        )  # fmt: skip
+        report = verify_publication(spec)
+        assert report.ok, report.problems
+        assert report.checked["shards"] == report.checked["shard_torrents"] == len(pointer.shards)
+        assert report.checked["deltas"] == 1 and report.checked["packages"] == 12
+
+        # parts no more (the limit back up): each shard one part again, part 0's delta from the old part 0
+        monkeypatch.undo()
+        for n in range(3):  # a change in each directory: the next publication writes every shard
+            (snap / f"dir{n}" / f"file-{n:02d}.bin").write_bytes(
+                b"\xdd" * (snap / f"dir{n}" / f"file-{n:02d}.bin").stat().st_size
+            )
+        assert release(settings).sequence == 3
+        pointer = pointer_of(dest, signing_key)
+        assert [(s.name, s.part) for s in pointer.shards] == [("dir0", 0), ("dir1", 0), ("dir2", 0)]
+        report = verify_publication(replace(spec, state_file=tmp_path / "whole.json"))
+        assert report.ok, report.problems
+        assert report.checked["deltas"] == 3
+
+        # the same shards under a pointer of format 2 (as the previous version signed it): named, still checked
+        payload = json.loads(encode_pointer(pointer))
+        payload["format"] = "mirrorseed-pointer/2"
+        for shard in payload["shards"]:
+            del shard["part"]
+        signer = Signer(gnupghome=signing_key.gnupghome, key=signing_key.fingerprint)
+        (dest / "latest.asc").write_bytes(signer.sign_message(json.dumps(payload, indent=2).encode()))
+        old = verify_publication(replace(spec, state_file=tmp_path / "old.json"))
+        assert old.problems == (
+            f"{public.url}/latest.asc: mirrorseed-pointer/2: published by an older version of mirrorseed, which "
+            "the current clients refuse (they read mirrorseed-pointer/3); the next `invoke release` upgrades it",
+        )
+        assert old.checked["packages"] == 12

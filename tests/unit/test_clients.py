@@ -146,6 +146,37 @@ def test_shards_are_chosen_by_shell_globs_where_star_matches_slash(monkeypatch: 
     )
 
 
+def shard_ref(name: str, part: object) -> dict[str, object]:
+    return {
+        "name": name, "part": part, "path": "index/shards/0123456789abcdef.json.zst", "size": 1, "sha256": "a" * 64,
+        "uncompressed_size": 2, "uncompressed_sha256": "b" * 64, "packages": 1,
+        "torrent": "index/shards/0123456789abcdef.torrent", "infohash": "c" * 40, "delta": None,
+    }  # fmt: skip
+
+
+def test_a_shard_in_parts_is_chosen_whole_and_named_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    client = load_client()
+    parts = [("bookworm/main/all", 0), ("bookworm/main/amd64", 0), ("bookworm/main/amd64", 1), ("sid/main/all", 0)]
+    refs = client.shard_refs({"shards": [shard_ref(name, part) for name, part in parts]}, "u")
+    publication = client.Publication(client.Settings())
+    monkeypatch.setenv("MIRRORSEED_SHARDS", "*/amd64")
+    assert [(r["name"], r["part"]) for r in publication.choose(refs)] == parts[1:3]
+    monkeypatch.setenv("MIRRORSEED_SHARDS", "trixie/*")
+    with pytest.raises(client.Refused) as refused:
+        publication.choose(refs)
+    assert str(refused.value).endswith("its shards: bookworm/main/all bookworm/main/amd64 sid/main/all")
+
+    with pytest.raises(client.Refused, match="a part of a shard repeats"):
+        client.shard_refs({"shards": [shard_ref("a", 0), shard_ref("a", 0)]}, "u")
+    for bad in (True, -1, "0", None, 0.0):
+        with pytest.raises(client.Refused, match="not a valid mirrorseed-pointer/3 list"):
+            client.shard_refs({"shards": [shard_ref("a", bad)]}, "u")
+    unparted = shard_ref("a", 0)
+    del unparted["part"]  # a mirrorseed-pointer/2 shard
+    with pytest.raises(client.Refused, match="not a valid"):
+        client.shard_refs({"shards": [unparted]}, "u")
+
+
 def test_the_arch_shard_of_a_package_url() -> None:
     client = load_client()
     assert client.arch_shard("https://m.example/archlinux/core/os/x86_64/a-1-1-x86_64.pkg.tar.zst") == "core/x86_64"
@@ -177,8 +208,9 @@ def test_a_kept_shard_is_reused_and_a_damaged_one_deleted(tmp_path: Path, monkey
     monkeypatch.setenv("MIRRORSEED_PUBLICATION", "http://127.0.0.1:9")  # nothing listens: nothing may be fetched
     raw = b'{"format":"mirrorseed-index/2","packages":[{"path":"a"}],"repo":"r","shard":"s"}'
     sha = hashlib.sha256(raw).hexdigest()
-    ref = {"name": "s", "path": "index/shards/x.json.zst", "size": 1, "sha256": "0" * 64, "uncompressed_size": len(raw),
-           "uncompressed_sha256": sha, "packages": 1, "torrent": "t", "infohash": "0" * 40, "delta": None}  # fmt: skip
+    ref = {"name": "s", "part": 0, "path": "index/shards/x.json.zst", "size": 1, "sha256": "0" * 64,
+           "uncompressed_size": len(raw), "uncompressed_sha256": sha, "packages": 1, "torrent": "t",
+           "infohash": "0" * 40, "delta": None}  # fmt: skip
     assert client.shard_ref_ok(ref) and not client.shard_ref_ok(ref | {"size": -1})
     publication = client.Publication(client.Settings())
     kept = tmp_path / "k" / "shards" / f"{sha}.json"

@@ -29,6 +29,7 @@ from pipeline.index import (
     LEGACY_POINTER_FORMAT,
     MAX_SEQUENCE,
     POINTER_FORMAT,
+    UNPARTED_POINTER_FORMAT,
     ZSTD_LEVEL,
     EncodedIndex,
     apply_delta,
@@ -44,6 +45,7 @@ from pipeline.index import (
     rfc3339,
     shard_document,
     shard_json,
+    shard_parts,
 )
 from pipeline.model import DeltaRef, PackageRecord, Pointer, ShardRef, SignatureRef
 from pipeline.objects import delta_key, shard_key, shard_torrent_key
@@ -177,7 +179,8 @@ def test_rfc3339_refuses_naive_and_malformed() -> None:
 
 
 def test_formats() -> None:
-    assert INDEX_FORMAT == "mirrorseed-index/2" and POINTER_FORMAT == "mirrorseed-pointer/2"
+    assert INDEX_FORMAT == "mirrorseed-index/2" and POINTER_FORMAT == "mirrorseed-pointer/3"
+    assert UNPARTED_POINTER_FORMAT == "mirrorseed-pointer/2"
     assert LEGACY_INDEX_FORMAT == "mirrorseed-index/1" and LEGACY_POINTER_FORMAT == "mirrorseed-pointer/1"
 
 
@@ -949,7 +952,7 @@ def test_pointer_encode_decode_round_trip() -> None:
         doc = json.loads(data)
         assert list(doc) == ["expires", "format", "generated", "repo", "sequence", "shards"]
         assert all(list(shard) == sorted(shard) for shard in doc["shards"])
-        assert doc["format"] == "mirrorseed-pointer/2"
+        assert doc["format"] == "mirrorseed-pointer/3"
         assert decode_pointer(data) == value
         assert encode_pointer(decode_pointer(data)) == data
     doc = json.loads(encode_pointer(pointer()))
@@ -958,6 +961,51 @@ def test_pointer_encode_decode_round_trip() -> None:
     assert doc["shards"][0]["delta"] == SHARD_REFS[0].delta.to_json()  # type: ignore[union-attr]
     assert set(doc["shards"][0]["delta"]) == {"from_sha256", "path", "size", "sha256"}
     assert "ü" in encode_pointer(pointer(repo="débü")).decode()  # UTF-8, not \u escapes
+
+
+def test_a_shard_in_parts_round_trips_and_each_part_is_a_whole_shard_document() -> None:
+    parted = (SHARD_REFS[0], replace(SHARD_REFS[0], part=1, path=shard_key(SHA_C), delta=None), *SHARD_REFS[1:])
+    value = pointer(shards=parted)
+    assert decode_pointer(encode_pointer(value)) == value and not value.outdated
+    assert [(s["name"], s["part"]) for s in json.loads(encode_pointer(value))["shards"]] == [
+        (".", 0),
+        (".", 1),
+        ("bookworm/main/all", 0),
+        (SHARD, 0),
+    ]
+    assert parted[1].label == ". part 1" and parted[0].label == "."
+
+    records = tuple(record(f"pool/p{n:04d}.deb", name=f"p{n}", version="1") for n in range(300))
+    whole = shard_json(**header_args(), records=records)
+    assert list(shard_parts(**header_args(), records=records)) == [(300, whole)]  # fits: one part, the same JSON
+    limit = len(whole) // 4
+    parts = list(shard_parts(**header_args(), records=records, max_bytes=limit))
+    assert len(parts) >= 4 and sum(count for count, _ in parts) == 300
+    assert all(len(text) <= limit for _, text in parts)
+    docs = [json.loads(text) for _, text in parts]
+    header = {k: v for k, v in json.loads(whole).items() if k != "packages"}
+    assert all({k: v for k, v in d.items() if k != "packages"} == header for d in docs)  # each a whole document
+    assert header["shard"] == SHARD and header["format"] == INDEX_FORMAT
+    assert [p["path"] for d in docs for p in d["packages"]] == [r.path for r in records]  # in order, once each
+    assert [count for count, _ in parts] == [len(d["packages"]) for d in docs]
+    # a record larger than a part is a part of its own
+    big = list(shard_parts(**header_args(), records=records[:3], max_bytes=10))
+    assert [count for count, _ in big] == [1, 1, 1]
+    assert list(shard_parts(**header_args(), records=())) == [(0, shard_json(**header_args(), records=()))]
+
+
+def test_a_pointer_of_format_2_is_read_as_outdated_shards_of_part_0() -> None:
+    doc = json.loads(encode_pointer(pointer()))
+    doc["format"] = UNPARTED_POINTER_FORMAT
+    for shard in doc["shards"]:
+        del shard["part"]
+    value = decode_pointer(json.dumps(doc).encode())
+    assert value.outdated and value.shards == SHARD_REFS and all(s.part == 0 for s in value.shards)
+    doc["shards"][0]["part"] = 0  # format 2 had no parts
+    with pytest.raises(StorageError, match="keys"):
+        decode_pointer(json.dumps(doc).encode())
+    with pytest.raises(AssertionError, match="read, never written"):
+        encode_pointer(value)
 
 
 def test_pointer_keys_infohashes_and_index_id() -> None:
@@ -1000,7 +1048,7 @@ def with_delta(**changes: Any) -> Any:
 
 
 REJECTED_POINTERS: dict[str, tuple[Any, str]] = {
-    "format-3": (lambda d: d.update(format="mirrorseed-pointer/3"), "format is 'mirrorseed-pointer/3', expected"),
+    "format-4": (lambda d: d.update(format="mirrorseed-pointer/4"), "format is 'mirrorseed-pointer/4', expected"),
     "format-index": (lambda d: d.update(format="mirrorseed-index/2"), "format is 'mirrorseed-index/2'"),
     "format-missing": (lambda d: d.pop("format"), "format is None"),
     "missing-expires": (lambda d: d.pop("expires"), "missing keys \\['expires'\\]"),
@@ -1033,9 +1081,15 @@ REJECTED_POINTERS: dict[str, tuple[Any, str]] = {
     "name-backslash": (with_shard(0, name="a\\b"), "name is not a shard name"),
     "name-control": (with_shard(0, name="a\x01b"), "name is not a shard name"),
     "name-newline": (with_shard(0, name="a\n"), "name is not a shard name"),
-    "unsorted": (lambda d: d["shards"].reverse(), "not sorted by name, or a name repeats"),
-    "duplicate": (lambda d: d["shards"].append(d["shards"][-1]), "not sorted by name, or a name repeats"),
-    "duplicate-name": (with_shard(1, name="."), "not sorted by name, or a name repeats"),
+    "unsorted": (lambda d: d["shards"].reverse(), "not sorted by name and part, or a part repeats"),
+    "duplicate": (lambda d: d["shards"].append(d["shards"][-1]), "not sorted by name and part, or a part repeats"),
+    "duplicate-name": (with_shard(1, name="."), "not sorted by name and part, or a part repeats"),
+    "part-missing": (lambda d: d["shards"][0].pop("part"), "keys"),
+    "part-negative": (with_shard(0, part=-1), "a count is negative"),
+    "part-string": (with_shard(0, part="0"), "part"),
+    "part-bool": (with_shard(0, part=False), "part"),
+    "part-first-1": (with_shard(0, part=1), "shard '.' has part 1 where part 0 belongs"),
+    "part-skipped": (with_shard(1, name=".", part=2), "shard '.' has part 2 where part 1 belongs"),
     "sha256-upper": (with_shard(0, sha256=SHA_A.upper()), "a SHA-256 is malformed"),
     "sha256-short": (with_shard(0, sha256=SHA_A[:-1]), "a SHA-256 is malformed"),
     "sha256-newline": (with_shard(0, sha256=SHA_A + "\n"), "a SHA-256 is malformed"),
@@ -1135,7 +1189,7 @@ def test_legacy_pointer_decodes_into_legacy_keys() -> None:
     value = decode_pointer(json.dumps(legacy_pointer(), indent=2, sort_keys=True).encode())
     assert value == Pointer(
         "debian", 7, "2026-03-01T00:00:00Z", "2026-03-08T00:00:00Z", (),
-        legacy_keys=(LEGACY_INDEX, LEGACY_INDEX + ".sig", LEGACY_TORRENT),
+        legacy_keys=(LEGACY_INDEX, LEGACY_INDEX + ".sig", LEGACY_TORRENT), outdated=True,
     )  # fmt: skip
     assert value.shards == () and value.infohashes == ()
     assert value.keys == (LEGACY_INDEX, LEGACY_INDEX + ".sig", LEGACY_TORRENT)  # retention keeps them
@@ -1201,6 +1255,13 @@ def test_pointer_schema_accepts_the_pointer_payload() -> None:
 
 def test_pointer_schemas_tell_the_formats_apart() -> None:
     assert list(validator("pointer.schema.json").iter_errors(legacy_pointer()))
+    unparted = json.loads(encode_pointer(pointer()))
+    unparted["format"] = UNPARTED_POINTER_FORMAT
+    for shard in unparted["shards"]:
+        del shard["part"]
+    assert not list(validator("pointer-2.schema.json").iter_errors(unparted))
+    assert list(validator("pointer.schema.json").iter_errors(unparted))
+    assert list(validator("pointer-2.schema.json").iter_errors(pointer().to_json()))
     assert not list(validator("pointer-1.schema.json").iter_errors(legacy_pointer()))
     assert list(validator("pointer-1.schema.json").iter_errors(pointer().to_json()))
 

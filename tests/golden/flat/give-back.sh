@@ -160,7 +160,7 @@ if ! { grep -q '^\[GNUPG:\] GOODSIG ' gpgv.status \
   rm -f pointer.json; echo "latest.asc: not signed by $FPR, or by an expired key" >&2; exit 1
 fi
 # A pointer of another format (an older or newer publisher): this copy of the script cannot read it.
-POINTER_FORMAT=mirrorseed-pointer/2
+POINTER_FORMAT=mirrorseed-pointer/3
 INDEX_FORMAT=mirrorseed-index/2
 FORMAT=$(jq -r 'if type == "object" and has("format") then .format | tostring | .[:80] | gsub("[^ -~]"; "?")
   else "none" end' pointer.json 2>/dev/null) || FORMAT="none (not JSON)"
@@ -182,12 +182,14 @@ if [ -f "$SEEN" ] && [ "$SEQ" -lt "$(cat "$SEEN")" ]; then
 fi
 echo "$SEQ" > "$SEEN"
 # Every shard's fields, before any becomes a file name or a URL: hashes in lowercase hex, sizes whole
-# numbers, paths under index/ without . or .. segments, names unique and without control characters.
+# numbers, paths under index/ without . or .. segments, names without control characters, each part of a
+# name once (a shard over 32 MiB of JSON comes in parts 0, 1, ..., each a whole shard document).
 jq -e 'def hex($n): type == "string" and test("^[0-9a-f]{\($n)}$");
   def count: type == "number" and . >= 0 and . == floor;
   def rel: type == "string" and test("^index/[A-Za-z0-9._/-]+$") and (split("/") | all(. != "" and . != "." and . != ".."));
-  (.shards | type) == "array" and ([.shards[] | .name] | unique | length) == (.shards | length)
+  (.shards | type) == "array" and ([.shards[] | [.name, .part]] | unique | length) == (.shards | length)
   and all(.shards[]; (.name | type) == "string" and .name != "" and (.name | explode | all(. > 31 and . != 127))
+    and (.part | count)
     and (.path | rel) and (.torrent | rel) and (.sha256 | hex(64)) and (.uncompressed_sha256 | hex(64))
     and (.infohash | hex(40)) and (.size | count) and (.uncompressed_size | count) and (.packages | count)
     and (.delta == null or ((.delta.path | rel) and (.delta.from_sha256 | hex(64)) and (.delta.sha256 | hex(64))
@@ -203,15 +205,16 @@ jq -e 'def hex($n): type == "string" and test("^[0-9a-f]{\($n)}$");
 #    SHA-256 in the signed pointer; zstd's output is read up to the size the pointer gives (a frame
 #    can lie). index.json: the chosen shards' packages, once each, sorted by path.
 mapfile -t LINES < <(jq -r '.shards[] | [.name, .path, .size, .sha256, .uncompressed_size, .uncompressed_sha256,
-  .torrent, .infohash, (.delta // {} | .from_sha256 // "", .path // "", .size // "", .sha256 // "")]
+  .torrent, .infohash, .part, (.delta // {} | .from_sha256 // "", .path // "", .size // "", .sha256 // "")]
   | map(tostring) | join("\t")' pointer.json)
 read -r -a PATTERNS <<< "${MIRRORSEED_SHARDS:-*}"
 [ -n "${PATTERNS[*]-}" ] || PATTERNS=('*')
-NAMES=()
+NAMES=() LISTED=()
 declare -A NAMED=() TAKE=()
 for LINE in "${LINES[@]}"; do
-  IFS=$'\t' read -r NAME _ _ _ _ USHA _ <<< "$LINE"
+  IFS=$'\t' read -r NAME _ _ _ _ USHA _ _ PART _ <<< "$LINE"
   NAMES+=("$NAME")
+  [ "$PART" != 0 ] || LISTED+=("$NAME")
   NAMED[$USHA]=1
 done
 for P in "${PATTERNS[@]}"; do
@@ -221,7 +224,7 @@ for P in "${PATTERNS[@]}"; do
     if [[ ${NAMES[I]} == $P ]]; then HIT=1; TAKE[$I]=1; fi
   done
   if [ "$HIT" -eq 0 ] && { [ "$P" != '*' ] || [ -n "${NAMES[*]-}" ]; }; then
-    echo "MIRRORSEED_SHARDS: $P matches no shard of index $SEQ; its shards: ${NAMES[*]:-none}" >&2; exit 1
+    echo "MIRRORSEED_SHARDS: $P matches no shard of index $SEQ; its shards: ${LISTED[*]:-none}" >&2; exit 1
   fi
 done
 
@@ -255,23 +258,25 @@ CHOSEN=()
 for I in "${!LINES[@]}"; do
   [ -n "${TAKE[$I]-}" ] || continue
   CHOSEN+=("${LINES[I]}")
-  IFS=$'\t' read -r NAME ZPATH ZSIZE ZSHA USIZE USHA TORRENT _ DFROM DPATH DSIZE DSHA <<< "${LINES[I]}"
+  IFS=$'\t' read -r NAME ZPATH ZSIZE ZSHA USIZE USHA TORRENT _ PART DFROM DPATH DSIZE DSHA <<< "${LINES[I]}"
+  LABEL=$NAME
+  [ "$PART" = 0 ] || LABEL="$NAME part $PART"
   JSON=shards/$USHA.json
   # a kept copy that no longer checks out is fetched again
   if [ -f "$JSON" ] && { [ "$(wc -c < "$JSON")" -ne "$USIZE" ] || ! sha_is "$JSON" "$USHA"; }; then rm -f "$JSON"; fi
   if [ -f "$JSON" ]; then
-    echo "shard $NAME: kept ($JSON)"
+    echo "shard $LABEL: kept ($JSON)"
   elif [ -n "$DFROM" ] && [ -f "shards/$DFROM.json" ] && sha_is "shards/$DFROM.json" "$DFROM"; then
     # the delta from the shard kept here, over plain HTTP (at most its size in the signed pointer)
     fetch_capped "$DPATH" "$DSIZE" -d . -o "$DPATH" "$(url "$DPATH")"
     if ! sha_is "$DPATH" "$DSHA"; then
       rm -f "$DPATH"
-      echo "$DPATH: not the SHA-256 latest.asc gives it (the delta of shard $NAME): run again later, or tell the operator of $BASE" >&2
+      echo "$DPATH: not the SHA-256 latest.asc gives it (the delta of shard $LABEL): run again later, or tell the operator of $BASE" >&2
       exit 1
     fi
     unpack "$NAME" "$JSON" "$USIZE" "$USHA" "$DPATH" zstd -qdc --patch-from="shards/$DFROM.json" "$DPATH"
     rm -f "$DPATH"
-    echo "shard $NAME: updated by a delta of $DSIZE bytes ($JSON)"
+    echo "shard $LABEL: updated by a delta of $DSIZE bytes ($JSON)"
   else
     # the compressed shard by its .torrent; kept beside as ZPATH (give-back.sh seeds it)
     if [ -f "$ZPATH" ] && [ ! -f "$ZPATH.aria2" ] && ! sha_is "$ZPATH" "$ZSHA"; then rm -f "$ZPATH"; fi
@@ -281,11 +286,11 @@ for I in "${!LINES[@]}"; do
     fi
     if [ "$(stat -c %s "$ZPATH" 2>/dev/null || echo 0)" -ne "$ZSIZE" ] || ! sha_is "$ZPATH" "$ZSHA"; then
       rm -f "$ZPATH"
-      echo "$ZPATH: not the size and SHA-256 latest.asc gives it (shard $NAME); deleted: run again later, or tell the operator of $BASE" >&2
+      echo "$ZPATH: not the size and SHA-256 latest.asc gives it (shard $LABEL); deleted: run again later, or tell the operator of $BASE" >&2
       exit 1
     fi
     unpack "$NAME" "$JSON" "$USIZE" "$USHA" "$ZPATH" zstd -qdc "$ZPATH"
-    echo "shard $NAME: fetched, $ZSIZE bytes ($JSON)"
+    echo "shard $LABEL: fetched, $ZSIZE bytes ($JSON)"
   fi
 done
 # Shards and compressed shards the pointer no longer names are deleted (a resumable download of a
@@ -368,7 +373,8 @@ jq -r --arg base "$BASE" 'def enc: split("/") | map(@uri) | join("/");
 : > "$WORK/shards.tsv"
 SHARD_CAPS=()
 for LINE in "${CHOSEN[@]}"; do
-  IFS=$'\t' read -r NAME ZPATH ZSIZE ZSHA _ _ TORRENT IH _ <<< "$LINE"
+  IFS=$'\t' read -r NAME ZPATH ZSIZE ZSHA _ _ TORRENT IH PART _ <<< "$LINE"
+  [ "$PART" = 0 ] || NAME="$NAME part $PART"
   if [ -f "$ZPATH" ] && [ ! -e "$ZPATH.aria2" ] && [ "$(stat -c %s "$ZPATH")" -eq "$ZSIZE" ] && sha_is "$ZPATH" "$ZSHA"; then
     printf '%s\n  out=%s.torrent\n' "$(url "$TORRENT")" "$IH" >> "$WORK/torrents.txt"
     printf '%s\t%s\t%s\t%s\n' "$IH" "$ZSIZE" "$NAME" "$ZPATH" >> "$WORK/shards.tsv"
