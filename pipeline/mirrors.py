@@ -192,12 +192,14 @@ class ProbeFiles(Sequence[ProbeFile]):
         return self._digests[32 * i : 32 * i + 32]
 
     def position(self, path: str) -> int | None:
-        """The index of `path`, or None. Lookups in path order cost one comparison each."""
+        """The index of `path`, or None. Lookups in path order (each path once or twice in a row: a torrent,
+        then a metalink) cost a comparison or two each."""
         paths = self._paths
-        guess = self._hint + 1  # a data race between threads only spoils the guess, which is checked
-        if guess < len(paths) and paths[guess] == path:
-            self._hint = guess
-            return guess
+        hint = self._hint  # a data race between threads only spoils the guess, which is checked
+        for guess in (hint + 1, hint):
+            if guess < len(paths) and paths[guess] == path:
+                self._hint = guess
+                return guess
         i = bisect_left(paths, path)
         if i < len(paths) and paths[i] == path:
             self._hint = i

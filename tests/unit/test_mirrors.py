@@ -198,6 +198,7 @@ def test_probe_files_keep_every_value_and_find_paths_in_any_order() -> None:
     assert len(files) == 200 and list(files) == rows and files[-1] == rows[-1] and files[3:6] == rows[3:6]
     assert [files.position(r.path) for r in rows] == list(range(200))  # in order: the guess
     assert [files.position(r.path) for r in reversed(rows)] == list(range(199, -1, -1))  # against it
+    assert [files.position(r.path) for r in rows for _ in (1, 2)] == [n for n in range(200) for _ in (1, 2)]
     assert files.position("pool/050.deb") == 50 and files.position("pool/051.deb") == 51
     assert files.position("pool/000.debx") is None and files.position("") is None and files.position("z") is None
     assert files.digest(5) == bytes.fromhex(_sha(994)) and files.size(5) == 35 and files.piece_size(5) == 16384 << 2
