@@ -10,10 +10,8 @@ from __future__ import annotations
 import codecs
 import hashlib
 import io
-import itertools
 import json
 import re
-import tempfile
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -38,11 +36,10 @@ MAX_SEQUENCE = 2**53 - 1  # clients parse JSON numbers as doubles and reject any
 # The frame is always produced by zstd's streaming API with the size pledged up front (`_compress`):
 # for inputs larger than the window (~2 MB at level 6) a one-shot `ZstdCompressor.compress()` picks
 # slightly different matches, so the two are not interchangeable; the streaming output does not depend
-# on how the input is chunked, which lets `encode_index_stream` and `encode_index` agree byte for byte.
+# on how the input is chunked, which lets `encode_json` and `encode_document` agree byte for byte.
 ZSTD_LEVEL = 6
 
 _DECODE_STEP = 256  # compressed bytes fed per step of decode_index and iter_index
-_ENCODE_BATCH = 64 * 1024  # uncompressed bytes handed to the compressor at once by encode_index_stream
 _TEXT_STEP = 16 * 1024  # decompressed bytes decoded to text at a time by iter_index
 _MAX_VALUE_CHARS = 4 * 1024 * 1024  # iter_index: longest single JSON value (a package, a header field)
 _WHITESPACE_RE = re.compile(r"[ \t\n\r]*")
@@ -137,56 +134,15 @@ def encode_document(doc: dict[str, Any]) -> EncodedIndex:
     """Canonical JSON (sorted keys, no spaces, UTF-8) in one zstd frame with content size and checksum.
 
     Same document, same bytes: level fixed, single-threaded, no timestamps in zstd frames. The bytes are
-    those of `encode_shard` for the same arguments (both compress through `_compress`).
+    those of `encode_json(shard_json(...))` for the same arguments (both compress through `_compress`).
     """
     return encode_json(_canonical(doc).encode("utf-8"))
 
 
 def encode_json(raw: bytes) -> EncodedIndex:
-    """A shard's JSON as `shard_json` gives it, compressed as `encode_shard` compresses it (the same bytes)."""
+    """A shard's JSON (`shard_json`, or a part of it from `shard_parts`) compressed: the published bytes."""
     data = _compress([raw], len(raw))
     return EncodedIndex(data, hashlib.sha256(data).hexdigest(), len(data), len(raw), hashlib.sha256(raw).hexdigest())
-
-
-def encode_shard(
-    *,
-    repo: str,
-    shard: str,
-    webseeds: Sequence[str],
-    trackers: Sequence[str],
-    records: Sequence[PackageRecord],
-    dht_nodes: Sequence[str] = (),
-) -> EncodedIndex:
-    """`encode_document(shard_document(...))`, byte for byte, without holding the JSON or every package dict.
-
-    `records` must already be sorted by path (a repeated or out-of-order path is a SnapshotError). Each
-    record's JSON is made once and spilled to a temporary file, to measure the JSON (the zstd frame declares
-    its size up front) before it is compressed from there. Only one batch of `_ENCODE_BATCH` bytes and the
-    compressed output are in memory at a time.
-    """
-    head_bytes, tail_bytes = _frame(_shard_header(repo, shard, webseeds, trackers, dht_nodes))
-    raw_sha256 = hashlib.sha256()
-    with tempfile.TemporaryFile() as spill:
-        batch = bytearray()
-        separator = b""
-        for package in _package_json(records):
-            batch += separator
-            batch += package
-            separator = b","
-            if len(batch) >= _ENCODE_BATCH:
-                spill.write(batch)
-                batch.clear()
-        spill.write(batch)
-        size = len(head_bytes) + spill.tell() + len(tail_bytes)
-        spill.seek(0)
-
-        def chunks() -> Iterator[bytes]:
-            for chunk in itertools.chain((head_bytes,), iter(lambda: spill.read(_ENCODE_BATCH), b""), (tail_bytes,)):
-                raw_sha256.update(chunk)
-                yield chunk
-
-        data = _compress(chunks(), size)
-    return EncodedIndex(data, hashlib.sha256(data).hexdigest(), len(data), size, raw_sha256.hexdigest())
 
 
 def _frame(header: dict[str, Any]) -> tuple[bytes, bytes]:
@@ -212,7 +168,7 @@ def shard_json(
     records: Sequence[PackageRecord],
     dht_nodes: Sequence[str] = (),
 ) -> bytes:
-    """The uncompressed JSON that `encode_shard` compresses (a delta is made from two of these)."""
+    """The whole JSON of a shard: `shard_parts`' one part when it fits (a delta is made from two parts)."""
     head, tail = _frame(_shard_header(repo, shard, webseeds, trackers, dht_nodes))
     return head + b",".join(_package_json(records)) + tail
 
@@ -232,19 +188,21 @@ def shard_parts(
     that of `shard_json`, when the whole JSON fits; a record too large for a part alone is a part alone."""
     limit = PART_MAX_BYTES if max_bytes is None else max_bytes
     head, tail = _frame(_shard_header(repo, shard, webseeds, trackers, dht_nodes))
-    room = limit - len(head) - len(tail)
-    body = bytearray()
+    part = bytearray(head)
     count = 0
     for package in _package_json(records):
-        if count and len(body) + 1 + len(package) > room:
-            yield count, head + bytes(body) + tail
-            body.clear()
+        if count and len(part) + 1 + len(package) + len(tail) > limit:
+            part += tail
+            part, done = bytearray(head), bytes(part)  # one copy of a part is alive while the caller holds it
+            yield count, done
+            del done
             count = 0
         if count:
-            body += b","
-        body += package
+            part += b","
+        part += package
         count += 1
-    yield count, head + bytes(body) + tail
+    part += tail
+    yield count, bytes(part)
 
 
 def make_delta(old: bytes, new: bytes) -> bytes:
@@ -667,9 +625,8 @@ def decode_pointer(data: bytes) -> Pointer:
     order = [(shard.name, shard.part) for shard in shards]
     if order != sorted(set(order)):
         raise StorageError("latest.asc: the shards are not sorted by name and part, or a part repeats")
-    expected = 0  # the parts of a name are 0, 1, 2, ...
-    for number, (name, part) in enumerate(order):
-        expected = expected + 1 if number and order[number - 1][0] == name else 0
+    for number, (name, part) in enumerate(order):  # the parts of a name are 0, 1, 2, ...
+        expected = order[number - 1][1] + 1 if number and order[number - 1][0] == name else 0
         if part != expected:
             raise StorageError(f"latest.asc: shard {name!r} has part {part} where part {expected} belongs")
     return Pointer(doc["repo"], doc["sequence"], doc["generated"], doc["expires"], shards, outdated=not parted)

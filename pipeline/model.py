@@ -271,6 +271,11 @@ class Pointer:
         return tuple(keys)
 
     @property
+    def shard_names(self) -> tuple[str, ...]:
+        """Each shard's name once, in order (a shard in parts has an entry a part)."""
+        return tuple(dict.fromkeys(shard.name for shard in self.shards))
+
+    @property
     def infohashes(self) -> tuple[str, ...]:
         """The shards' torrents' infohashes, in shard order."""
         return tuple(shard.infohash for shard in self.shards)

@@ -674,7 +674,7 @@ def shards_example(listing: ListingInput, checked: _Checked) -> str | None:
     snapshot's first suite and architecture (Debian: `bookworm/*/amd64 bookworm/*/all`), its first
     repository and architecture (Arch: `core/x86_64`), a top directory (flat). Only patterns that match a
     shard of the pointer (a pattern matching none stops the scripts); None when there are not two shards."""
-    names = list(dict.fromkeys(shard.name for shard in listing.pointer.shards))  # a shard's parts share its name
+    names = listing.pointer.shard_names
     if len(names) < 2:
         return None
     suite = checked.suites[0] if checked.suites else None

@@ -12,6 +12,7 @@ import re
 import shutil
 import subprocess
 import tracemalloc
+from collections.abc import Sequence
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
@@ -37,8 +38,8 @@ from pipeline.index import (
     decode_pointer,
     decompress_index,
     encode_document,
+    encode_json,
     encode_pointer,
-    encode_shard,
     iter_index,
     make_delta,
     parse_rfc3339,
@@ -115,12 +116,17 @@ def shard_args(**changes: Any) -> dict[str, Any]:
 
 
 def header_args(**changes: Any) -> dict[str, Any]:
-    """shard_args() without the packages: what encode_shard and shard_json take besides `records`."""
+    """shard_args() without the packages: what shard_json and shard_parts take besides `records`."""
     return {key: value for key, value in shard_args(**changes).items() if key != "packages"}
 
 
 def document(**changes: Any) -> dict[str, Any]:
     return shard_document(**shard_args(**changes))
+
+
+def encode_shard(*, records: Sequence[PackageRecord], **header: Any) -> EncodedIndex:
+    """A shard as the publisher encodes a shard that fits in one part: its JSON compressed."""
+    return encode_json(shard_json(**header, records=records))
 
 
 def encode_sharded(args: dict[str, Any]) -> EncodedIndex:
@@ -335,17 +341,22 @@ def test_encode_shard_refuses_unsorted_and_repeated_records() -> None:
         shard_json(**header_args(), records=[ORDERED[1], ORDERED[0]])
 
 
-def test_encode_shard_memory_stays_below_the_json() -> None:
-    """Only compressed bytes accumulate: the peak stays well below the JSON's size."""
+def test_shard_parts_hold_one_part_at_a_time() -> None:
+    """A shard of 10 MB of JSON cut into 1 MB parts: the peak stays near one part (and its copy), far below the
+    JSON's size, while every part is taken in turn."""
     records = synthetic(20_000)
+    limit = 1_000_000
     tracemalloc.start()
     try:
-        encoded = encode_shard(**header_args(), records=records)
+        sizes = []
+        for _, text in shard_parts(**header_args(), records=records, max_bytes=limit):
+            sizes.append(len(text))
+            del text  # as the publisher does: a part is not kept while the next is made
         peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
-    assert encoded.uncompressed_size > 10_000_000
-    assert peak < encoded.uncompressed_size / 3, (peak, encoded.size, encoded.uncompressed_size)
+    assert sum(sizes) > 10_000_000 and max(sizes) <= limit and len(sizes) > 10
+    assert peak < 3 * limit, (peak, sizes)
 
 
 # -- decode_index: strict, bounded ----------------------------------------------------------------
