@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -74,11 +75,11 @@ class FileEntry:
 
 @dataclass(frozen=True)
 class Snapshot:
-    """What a scan found: the files to publish, sorted by path, unique."""
+    """What a scan found: the files to publish, sorted by path, unique (a `pipeline.filetable.FileTable`)."""
 
     root: Path
     format: SnapshotFormat
-    files: tuple[FileEntry, ...]
+    files: Sequence[FileEntry]
     suites: tuple[str, ...] = ()  # Debian suites / Arch repos scanned
     components: tuple[str, ...] = ()  # Debian components scanned
     architectures: tuple[str, ...] = ()  # architectures scanned

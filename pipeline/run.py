@@ -30,6 +30,7 @@ from pipeline.config import Settings, require_release_inputs, s3_config
 from pipeline.decision import Decision, Facts, decide, resign_due, same_content
 from pipeline.errors import ConfigError, PipelineError, StorageError
 from pipeline.executors import open_executor
+from pipeline.filetable import FileTable
 from pipeline.hashing import ExecutorFactory, check_expected, iter_hashed, local_pool, piece_size_for
 from pipeline.index import (
     DELTA_MAX_BYTES,
@@ -97,8 +98,8 @@ from pipeline.torrents import (
     hash_pieces_of_bytes,
     infohash_for,
     iter_package_artifacts,
+    iter_package_records,
     never_announced,
-    package_records,
     webseed_bases,
 )
 from pipeline.tracker import update_whitelist
@@ -250,7 +251,7 @@ class Digests:
     back when a torrent is built). FileDigest objects are made only when records are built: a no-change
     run never needs them."""
 
-    files: tuple[FileEntry, ...]  # sorted by path
+    files: Sequence[FileEntry]  # sorted by path
     known: Mapping[str, CachedFile]  # path -> (sha256, piece size, infohash)
     files_hashed: int
     bytes_hashed: int
@@ -260,8 +261,10 @@ class Digests:
         for entry in self.files:
             yield entry, known[entry.path]
 
-    def digests(self) -> list[FileDigest]:
-        return [FileDigest(entry, *facts) for entry, facts in self.rows()]
+    def digests(self) -> Iterator[FileDigest]:
+        """Every file's FileDigest, in path order, one at a time."""
+        for entry, facts in self.rows():
+            yield FileDigest(entry, *facts)
 
 
 STORE_BATCH = 1024  # hashed files written to the state cache per transaction
@@ -289,7 +292,10 @@ def digest_files(
         cached = known.get(entry.path)
         if cached is not None and entry.expected_sha256 is not None and cached.sha256 != entry.expected_sha256.lower():
             del known[entry.path]
-    misses = [entry for entry in files if entry.path not in known]
+    paths = files.paths if isinstance(files, FileTable) else [entry.path for entry in files]
+    missed = [index for index, path in enumerate(paths) if path not in known]
+    misses = files.take(missed) if isinstance(files, FileTable) else [files[index] for index in missed]
+    del missed
     rows: list[StateRow] = []
     for item in iter_hashed(misses, workers=workers, progress=progress, executor=executor):
         digest = digest_of(item)
@@ -304,7 +310,7 @@ def digest_files(
     check_expected((entry, known[entry.path].sha256) for entry in files if entry.expected_sha256 is not None)
     if never_announce:
         _private_infohashes(files, state, known, never_announce)
-    return Digests(tuple(files), known, files_hashed=len(misses), bytes_hashed=sum(entry.size for entry in misses))
+    return Digests(files, known, files_hashed=len(misses), bytes_hashed=sum(entry.size for entry in misses))
 
 
 def _private_infohashes(
@@ -537,7 +543,7 @@ def _release(settings: Settings, spool: Spool, progress: Progress, now: Callable
             return _report(run, mirrors, destination.pointer, "noop", _no_changes(files))
 
         with clock.stage("build"):
-            records = package_records(digested.digests(), spec)
+            records = tuple(iter_package_records(digested.digests(), spec))
             fingerprints = record_fingerprints(records, snapshot.files, snapshot.format)
             del digested
             _settle()

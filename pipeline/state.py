@@ -242,19 +242,17 @@ class StateCache:
         One pass over the table reading only the columns needed (never the piece blobs), matched against
         a dict of the files by path: per file, one row decoded by sqlite3 and four integer compares.
         """
-        wanted = {entry.path: entry for entry in files}
+        # by position, not by entry: a FileTable makes an entry only for a path the table holds
+        wanted = {entry.path: index for index, entry in enumerate(files)}
         hits: dict[str, CachedFile] = {}
         query = "SELECT path, dev, inode, size, mtime_ns, sha256, piece_size, infohash FROM files"
         with closing(self._db.execute(query)) as cursor:
             for path, dev, inode, size, mtime_ns, sha256, piece_size, infohash in cursor:
-                entry = wanted.get(path)
-                if (
-                    entry is not None
-                    and entry.dev == dev
-                    and entry.inode == inode
-                    and entry.size == size
-                    and entry.mtime_ns == mtime_ns
-                ):
+                index = wanted.get(path)
+                if index is None:
+                    continue
+                entry = files[index]
+                if entry.dev == dev and entry.inode == inode and entry.size == size and entry.mtime_ns == mtime_ns:
                     hits[entry.path] = CachedFile(sha256, piece_size, infohash)  # the entry's string: one copy
         return hits
 

@@ -353,14 +353,21 @@ def digest_of(item: HashedFile) -> FileDigest:
 
 def package_records(digests: Sequence[FileDigest], spec: BuildSpec) -> tuple[PackageRecord, ...]:
     """One PackageRecord per file, in path order. Cheap: no piece hashes needed, nothing serialised."""
+    return tuple(iter_package_records(sorted(digests, key=lambda d: d.entry.path), spec))
+
+
+def iter_package_records(digests: Iterable[FileDigest], spec: BuildSpec) -> Iterator[PackageRecord]:
+    """One PackageRecord per file of `digests` (in path order), made as they come: a caller that keeps
+    only the records never holds every file's FileEntry."""
     urls = _urls(spec)
-    records: list[PackageRecord] = []
     previous: str | None = None
-    for digest in sorted(digests, key=lambda d: d.entry.path):
+    for digest in digests:
         entry = digest.entry
         path = entry.path
-        if path == previous:
-            raise SnapshotError(f"{path}: listed twice in the snapshot; fix the scan input and re-run")
+        if previous is not None and path <= previous:
+            if path == previous:
+                raise SnapshotError(f"{path}: listed twice in the snapshot; fix the scan input and re-run")
+            raise SnapshotError(f"{path}: after {previous} in the scan, which is sorted by path; report this bug")
         previous = path
         key: str | None = None
         magnet: str | None = None
@@ -375,24 +382,21 @@ def package_records(digests: Sequence[FileDigest], spec: BuildSpec) -> tuple[Pac
                 webseeds=_url_list(urls, path),
                 torrent_url=join_url(urls.public_url, key),
             )
-        records.append(
-            PackageRecord(
-                path=path,
-                size=entry.size,
-                sha256=digest.sha256,
-                infohash=digest.infohash if entry.size > 0 else None,
-                piece_size=digest.piece_size if entry.size > 0 else None,
-                torrent=key,
-                metalink=metalink_key(path),
-                magnet=magnet,
-                name=entry.name,
-                version=entry.version,
-                arch=entry.arch,
-                signature=entry.signature,
-                description=entry.description,
-            )
+        yield PackageRecord(
+            path=path,
+            size=entry.size,
+            sha256=digest.sha256,
+            infohash=digest.infohash if entry.size > 0 else None,
+            piece_size=digest.piece_size if entry.size > 0 else None,
+            torrent=key,
+            metalink=metalink_key(path),
+            magnet=magnet,
+            name=entry.name,
+            version=entry.version,
+            arch=entry.arch,
+            signature=entry.signature,
+            description=entry.description,
         )
-    return tuple(records)
 
 
 def package_artifacts(

@@ -19,6 +19,7 @@ from datetime import datetime
 from pathlib import Path
 
 from pipeline.errors import ConfigError, SnapshotError
+from pipeline.filetable import FileTable
 from pipeline.model import FileEntry, Snapshot
 from pipeline.snapshot.arch import ARCH
 from pipeline.snapshot.debian import DEBIAN
@@ -89,22 +90,23 @@ def recheck_snapshot(spec: ScanSpec, snapshot_format: str) -> None:
 def _snapshot(
     root_real: Path,
     snapshot_format: str,
-    files: tuple[FileEntry, ...],
+    files: Sequence[FileEntry],
     *,
     suites: tuple[str, ...] = (),
     components: tuple[str, ...] = (),
     architectures: tuple[str, ...] = (),
     timestamp: datetime | None = None,
 ) -> Snapshot:
-    paths = [entry.path for entry in files]
-    # The adapters guarantee sorted, unique paths; if a bug broke that, refuse rather than publish.
+    table = files if isinstance(files, FileTable) else FileTable.of(files)
+    paths = table.paths
+    # The adapters give sorted paths; unique is theirs to guarantee: if a bug broke that, refuse rather than publish.
     if any(earlier >= later for earlier, later in itertools.pairwise(paths)):
         raise SnapshotError(f"{root_real}: scan produced unsorted or duplicate paths; report this bug")
     log.info("scanned %s (%s): %d files", root_real, snapshot_format, len(files))
     return Snapshot(
         root=root_real,
         format=snapshot_format,
-        files=files,
+        files=table,
         suites=suites,
         components=components,
         architectures=architectures,

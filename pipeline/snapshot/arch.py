@@ -44,7 +44,8 @@ from typing import IO, cast
 import zstandard
 
 from pipeline.errors import ConfigError, SnapshotError
-from pipeline.model import FileEntry, SignatureRef
+from pipeline.filetable import FileTable, FileTableBuilder
+from pipeline.model import SignatureRef
 from pipeline.snapshot import bounded
 from pipeline.snapshot.bounded import BoundedReader, Readable, parse_size, read_at_most, size_text
 from pipeline.snapshot.formats import FormatInfo, Scanned, ScanSpec
@@ -420,9 +421,9 @@ def _read_real(real: bytes, rel: str, limit: int) -> bytes:
         raise SnapshotError(f"{shown(rel)}: cannot read ({exc.strerror}); fix its permissions") from None
 
 
-def _locate_all(root_real: bytes, dbs: list[RepoDb], listed: dict[str, ListedPackage]) -> tuple[FileEntry, ...]:
+def _locate_all(root_real: bytes, dbs: list[RepoDb], listed: dict[str, ListedPackage]) -> FileTable:
     dirs = {db.directory: _real_dir(root_real, db.directory) for db in dbs}
-    files: list[FileEntry] = []
+    files = FileTableBuilder()
     problems: list[str] = []
     for path in sorted(listed):
         item = listed[path]
@@ -438,12 +439,12 @@ def _locate_all(root_real: bytes, dbs: list[RepoDb], listed: dict[str, ListedPac
                 problems.append(f"{shown(path)}: size {found.status.st_size} != %CSIZE% {item.size} ({item.listed_in})")
             else:
                 signature = _signature(dir_real, item, root_real)
-                files.append(listed_entry(item, as_source(found.real), found.status, signature))
+                files.add(listed_entry(item, as_source(found.real), found.status, signature))
         except _Problem as exc:
             problems.append(str(exc))
     if problems:
         raise SnapshotError(_problems_line(problems))
-    return tuple(files)
+    return files.build()
 
 
 def _signature(dir_real: bytes, item: ListedPackage, root_real: bytes) -> SignatureRef | None:

@@ -43,7 +43,7 @@ import zstandard
 from debian import deb822
 
 from pipeline.errors import ConfigError, SnapshotError
-from pipeline.model import FileEntry
+from pipeline.filetable import FileTable, FileTableBuilder
 from pipeline.shards import debian_shard
 from pipeline.snapshot import bounded
 from pipeline.snapshot.bounded import BoundedReader, Readable, parse_size, read_at_most, size_text
@@ -751,10 +751,8 @@ def _listed_file(values: list[str], rel: str) -> ListedFile:
 # --- the package files on disk -----------------------------------------------------------------
 
 
-def _locate_all(
-    tree: _Tree, listed: dict[str, ListedFile], shards: dict[str, tuple[str, ...]]
-) -> tuple[FileEntry, ...]:
-    files: list[FileEntry] = []
+def _locate_all(tree: _Tree, listed: dict[str, ListedFile], shards: dict[str, tuple[str, ...]]) -> FileTable:
+    files = FileTableBuilder()
     problems: list[str] = []
     for path in sorted(listed):
         item = listed[path]
@@ -768,10 +766,10 @@ def _locate_all(
                 f"{shown(path)}: size {found.status.st_size} != Packages Size {item.size} ({item.listed_in})"
             )
         else:
-            files.append(listed_entry(item, found.source, found.status, shards=shards[path]))
+            files.add(listed_entry(item, found.source, found.status, shards=shards[path]))
     if problems:
         raise SnapshotError(_problems_line(problems))
-    return tuple(files)
+    return files.build()
 
 
 def _problems_line(problems: list[str]) -> str:

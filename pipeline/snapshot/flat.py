@@ -16,13 +16,13 @@ symlink-loop check) are a shared chain walked only when a directory symlink is f
 from __future__ import annotations
 
 import logging
-import operator
 import os
 import stat
 from pathlib import Path
 from typing import Any
 
 from pipeline.errors import ConfigError, SnapshotError
+from pipeline.filetable import FileTable, FileTableBuilder
 from pipeline.model import FileEntry
 from pipeline.snapshot.formats import FormatInfo, Scanned, ScanSpec
 from pipeline.snapshot.paths import as_source, decode_name, resolve_link_inside, shown
@@ -35,26 +35,23 @@ _Chain = tuple[bytes, Any]
 # real dirs above it.
 _PendingDir = tuple[bytes, str, str, _Chain]
 
-_by_path = operator.attrgetter("path")
-
 
 def _dir_prefix(real: bytes) -> str:
     """A directory's path string with one "/" at the end: a file's source is this plus its name."""
     return as_source(real).rstrip("/") + "/"
 
 
-def scan_flat(root_real: bytes) -> tuple[FileEntry, ...]:
+def scan_flat(root_real: bytes) -> FileTable:
     """All publishable files under the real (already resolved) root, sorted by repo path."""
-    files = _walk(root_real)
-    files.sort(key=_by_path)
+    files = _walk(root_real).build()
     log.debug("flat scan of %s: %d files", os.fsdecode(root_real), len(files))
-    return tuple(files)
+    return files
 
 
-def _walk(root_real: bytes) -> list[FileEntry]:
-    files: list[FileEntry] = []
+def _walk(root_real: bytes) -> FileTableBuilder:
+    files = FileTableBuilder()
     pending: list[_PendingDir] = [(root_real, "", _dir_prefix(root_real), (root_real, None))]
-    append_file = files.append
+    append_file = files.add
     append_dir = pending.append
     shared_dev = -1  # one int object for the device number every file shares (memory, not speed)
     while pending:
@@ -111,7 +108,7 @@ def _walk(root_real: bytes) -> list[FileEntry]:
 
 
 def _follow_link(
-    link: bytes, rel: str, chain: _Chain, root_real: bytes, files: list[FileEntry], pending: list[_PendingDir]
+    link: bytes, rel: str, chain: _Chain, root_real: bytes, files: FileTableBuilder, pending: list[_PendingDir]
 ) -> None:
     target = resolve_link_inside(link, root_real, rel)
     try:
@@ -125,7 +122,7 @@ def _follow_link(
             )
         pending.append((target, rel, _dir_prefix(target), (target, chain)))
     elif stat.S_ISREG(status.st_mode):
-        files.append(
+        files.add(
             FileEntry(
                 path=rel,
                 source=as_source(target),

@@ -8,7 +8,7 @@ format does not have is simply absent).
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -61,7 +61,7 @@ class FormatInfo:
 class Scanned:
     """What an adapter found: the files to publish (sorted by path, unique) and where they come from."""
 
-    files: tuple[FileEntry, ...]
+    files: Sequence[FileEntry]  # a pipeline.filetable.FileTable: sorted by path
     suites: tuple[str, ...] = ()
     components: tuple[str, ...] = ()
     architectures: tuple[str, ...] = ()

@@ -52,7 +52,7 @@ class ToyFormat:
     def scan(self, root_real: Path, spec: ScanSpec) -> Scanned:
         data = root_real / "TOY"
         stat = data.stat()
-        return Scanned((FileEntry("TOY", data, stat.st_size, stat.st_mtime_ns),), suites=("one",))
+        return Scanned((FileEntry("TOY", str(data), stat.st_size, stat.st_mtime_ns),), suites=("one",))
 
 
 def test_a_new_format_plugs_in_by_registration(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

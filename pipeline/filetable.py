@@ -1,0 +1,264 @@
+"""The scan's files in columns: `FileTable`, a `Sequence[FileEntry]` that keeps ~250 bytes a file, not ~2 KB.
+
+A million FileEntry objects, each with its own path, source and hex digest strings, cost about 2 GB; the
+scan keeps them from the walk to the end of the run. The table keeps each field in a column instead and
+makes a FileEntry when one is asked for: a caller that iterates and lets each entry go holds one at a time.
+
+- `path`: the strings, sorted (one per file: they are the table's order and what every stage looks up);
+- `source`: a directory prefix (shared by every file of a directory) when the source ends with the path,
+  else the whole source (a file reached through a symlink);
+- `size`, `mtime_ns`: an `array('q')` each; `dev`, `inode`: an `array('Q')` each;
+- `expected_sha256`: 32 raw bytes a file when it is lowercase hex, else kept as given;
+- `name`, `version`, `arch`, `description`, `shards`: one shared object per distinct value; a column
+  whose every value is the default costs nothing.
+"""
+
+from __future__ import annotations
+
+import itertools
+from array import array
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any, overload
+
+from pipeline.model import FileEntry, SignatureRef
+
+__all__ = ["FileTable", "FileTableBuilder"]
+
+_HEX = frozenset("0123456789abcdef")
+_OPTIONAL = ("name", "version", "arch", "description", "shards")
+
+
+class _Shared:
+    """One column of values shared between files (a name, an architecture, a tuple of shard names): a
+    list of references to one object per distinct value, made only when a value is not the default."""
+
+    __slots__ = ("default", "distinct", "values")
+
+    def __init__(self, default: Any) -> None:
+        self.default = default
+        self.values: list[Any] | None = None
+        self.distinct: dict[Any, Any] = {}
+
+    def add(self, value: Any, count: int) -> None:
+        """Append `value` as the value of file number `count` (the files before it are in)."""
+        if self.values is None:
+            if value == self.default:
+                return
+            self.values = [self.default] * count
+        self.values.append(self.distinct.setdefault(value, value))
+
+    def get(self, index: int) -> Any:
+        return self.default if self.values is None else self.values[index]
+
+    def reordered(self, order: Sequence[int]) -> None:
+        if self.values is not None:
+            values = self.values
+            self.values = [values[index] for index in order]
+
+
+class FileTableBuilder:
+    """Collects FileEntry values in any order (`add`); `build` sorts them by path into a FileTable."""
+
+    def __init__(self) -> None:
+        self._paths: list[str] = []
+        self._prefix_ids = array("l")  # index into _prefixes, or -1: the whole source is in _sources
+        self._prefixes: dict[str, int] = {}
+        self._sources: dict[int, str] = {}
+        self._signed = array("q")  # size, mtime_ns
+        self._unsigned = array("Q")  # dev, inode
+        self._has_digests = False
+        self._digests = bytearray()  # 32 bytes a file once any file has a lowercase-hex SHA-256
+        self._odd_digests: dict[int, str | None] = {}  # a digest that is not lowercase hex; None after some
+        self._shared = {field: _Shared(() if field == "shards" else None) for field in _OPTIONAL}
+        self._signatures: dict[int, SignatureRef] = {}
+
+    def __len__(self) -> int:
+        return len(self._paths)
+
+    def add(self, entry: FileEntry) -> None:
+        count = len(self._paths)
+        path, source = entry.path, entry.source
+        self._paths.append(path)
+        if source.endswith(path) and len(source) > len(path):
+            prefix = source[: len(source) - len(path)]
+            self._prefix_ids.append(self._prefixes.setdefault(prefix, len(self._prefixes)))
+        else:
+            self._prefix_ids.append(-1)
+            self._sources[count] = source
+        self._signed.append(entry.size)
+        self._signed.append(entry.mtime_ns)
+        self._unsigned.append(entry.dev)
+        self._unsigned.append(entry.inode)
+        self._add_digest(entry.expected_sha256, count)
+        for field, column in self._shared.items():
+            column.add(getattr(entry, field), count)
+        if entry.signature is not None:
+            self._signatures[count] = entry.signature
+
+    def _add_digest(self, digest: str | None, count: int) -> None:
+        canonical = digest is not None and len(digest) == 64 and _HEX.issuperset(digest)
+        if canonical and not self._has_digests:
+            # the first lowercase-hex digest: the files before it had none or an odd one
+            self._has_digests = True
+            self._digests = bytearray(32 * count)
+            self._odd_digests.update({index: None for index in range(count) if index not in self._odd_digests})
+        if canonical:
+            assert digest is not None
+            self._digests += bytes.fromhex(digest)
+        elif self._has_digests:
+            self._digests += bytes(32)
+            self._odd_digests[count] = digest
+        elif digest is not None:
+            self._odd_digests[count] = digest
+
+    def build(self) -> FileTable:
+        """The table, sorted by path (stable: of equal paths, the first added comes first)."""
+        paths = self._paths
+        if all(earlier <= later for earlier, later in itertools.pairwise(paths)):
+            order = None
+        else:
+            order = sorted(range(len(paths)), key=paths.__getitem__)
+        return FileTable(self, order)
+
+
+class FileTable(Sequence[FileEntry]):
+    """The files of a scan, sorted by path (`pipeline.filetable`)."""
+
+    __slots__ = (
+        "_digests", "_has_digests", "_odd_digests", "_paths", "_prefix_ids", "_prefixes", "_shared",
+        "_signatures", "_signed", "_sources", "_unsigned",
+    )  # fmt: skip
+
+    def __init__(self, built: FileTableBuilder, order: Sequence[int] | None) -> None:
+        paths = built._paths
+        prefix_ids, signed, unsigned, digests = built._prefix_ids, built._signed, built._unsigned, built._digests
+        sources, odd, signatures = built._sources, built._odd_digests, built._signatures
+        if order is not None:
+            paths = [paths[index] for index in order]
+            prefix_ids = array("l", (prefix_ids[index] for index in order))
+            signed = array("q", (value for index in order for value in signed[2 * index : 2 * index + 2]))
+            unsigned = array("Q", (value for index in order for value in unsigned[2 * index : 2 * index + 2]))
+            if built._has_digests:
+                digests = bytearray(b"".join(digests[32 * index : 32 * index + 32] for index in order))
+            position = {old: new for new, old in enumerate(order)}
+            sources = {position[old]: value for old, value in sources.items()}
+            odd = {position[old]: value for old, value in odd.items()}
+            signatures = {position[old]: value for old, value in signatures.items()}
+            for column in built._shared.values():
+                column.reordered(order)
+        for column in built._shared.values():
+            column.distinct = {}
+        self._paths = paths
+        self._prefix_ids = prefix_ids
+        self._prefixes = list(built._prefixes)
+        self._sources = sources
+        self._signed = signed
+        self._unsigned = unsigned
+        self._digests = bytes(digests)
+        self._has_digests = built._has_digests
+        self._odd_digests = odd
+        self._shared = tuple(built._shared[field] for field in _OPTIONAL)
+        self._signatures = signatures
+
+    @classmethod
+    def of(cls, entries: Iterable[FileEntry]) -> FileTable:
+        """The table of `entries` (any order)."""
+        builder = FileTableBuilder()
+        for entry in entries:
+            builder.add(entry)
+        return builder.build()
+
+    @property
+    def paths(self) -> Sequence[str]:
+        """Every path, sorted: no FileEntry is made."""
+        return self._paths
+
+    def __len__(self) -> int:
+        return len(self._paths)
+
+    @overload
+    def __getitem__(self, index: int) -> FileEntry: ...
+    @overload
+    def __getitem__(self, index: slice) -> list[FileEntry]: ...
+    def __getitem__(self, index: int | slice) -> FileEntry | list[FileEntry]:
+        if isinstance(index, slice):
+            return [self._entry(position) for position in range(*index.indices(len(self._paths)))]
+        if index < 0:
+            index += len(self._paths)
+        if not 0 <= index < len(self._paths):
+            raise IndexError("FileTable index out of range")
+        return self._entry(index)
+
+    def __iter__(self) -> Iterator[FileEntry]:
+        entry = self._entry
+        for index in range(len(self._paths)):
+            yield entry(index)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Sequence) or isinstance(other, str | bytes):
+            return NotImplemented
+        return len(self) == len(other) and all(a == b for a, b in zip(self, other, strict=True))
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"FileTable({len(self._paths)} files)"
+
+    def take(self, indices: Iterable[int]) -> Sequence[FileEntry]:
+        """The files at `indices` (ascending), as a sequence that makes each entry when asked."""
+        return _Taken(self, array("l", indices))
+
+    def _entry(self, index: int) -> FileEntry:
+        path = self._paths[index]
+        prefix_id = self._prefix_ids[index]
+        source = self._sources[index] if prefix_id < 0 else self._prefixes[prefix_id] + path
+        signed, unsigned = self._signed, self._unsigned
+        if index in self._odd_digests:
+            digest = self._odd_digests[index]
+        elif self._has_digests:
+            digest = self._digests[32 * index : 32 * index + 32].hex()
+        else:
+            digest = None
+        name, version, arch, description, shards = (column.get(index) for column in self._shared)
+        return FileEntry(
+            path,
+            source,
+            signed[2 * index],
+            signed[2 * index + 1],
+            unsigned[2 * index],
+            unsigned[2 * index + 1],
+            digest,
+            name,
+            version,
+            arch,
+            description,
+            self._signatures.get(index),
+            shards,
+        )
+
+
+class _Taken(Sequence[FileEntry]):
+    """Some files of a FileTable, by index (the misses a run hashes)."""
+
+    __slots__ = ("_indices", "_table")
+
+    def __init__(self, table: FileTable, indices: array[int]) -> None:
+        self._table = table
+        self._indices = indices
+
+    def __len__(self) -> int:
+        return len(self._indices)
+
+    @overload
+    def __getitem__(self, index: int) -> FileEntry: ...
+    @overload
+    def __getitem__(self, index: slice) -> list[FileEntry]: ...
+    def __getitem__(self, index: int | slice) -> FileEntry | list[FileEntry]:
+        if isinstance(index, slice):
+            return [self._table._entry(position) for position in self._indices[index]]
+        return self._table._entry(self._indices[index])
+
+    def __iter__(self) -> Iterator[FileEntry]:
+        entry = self._table._entry
+        for index in self._indices:
+            yield entry(index)

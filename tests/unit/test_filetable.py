@@ -1,0 +1,100 @@
+"""pipeline.filetable: the scan's files in columns give back exactly the entries put in, sorted by path."""
+
+from __future__ import annotations
+
+import gc
+import tracemalloc
+
+import pytest
+
+from pipeline.filetable import FileTable, FileTableBuilder
+from pipeline.model import FileEntry, SignatureRef
+
+SHA = "0123456789abcdef" * 4
+
+
+def _entries() -> list[FileEntry]:
+    return [
+        FileEntry("pool/b/b_1_amd64.deb", "/srv/snap/pool/b/b_1_amd64.deb", 10, -5, 2**63 + 1, 2**64 - 1),
+        # reached through a symlink: the source does not end with the path
+        FileEntry("pool/a/link.deb", "/srv/snap/real/target.deb", 0, 7, 1, 2),
+        FileEntry(
+            "pool/c/c_2_all.deb", "/srv/snap/pool/c/c_2_all.deb", 3, 4, 1, 3, SHA, "c", "2", "all", "C pkg",
+            None, ("bookworm/main/all", "trixie/main/all"),
+        ),  # fmt: skip
+        # a digest kept as given when it is not lowercase hex
+        FileEntry("pool/d/d.deb", "/srv/snap/pool/d/d.deb", 3, 4, 1, 4, SHA.upper(), "d", "1", "amd64"),
+        FileEntry(
+            "core/os/x86_64/e-1-1-x86_64.pkg.tar.zst", "/srv/snap/core/os/x86_64/e-1-1-x86_64.pkg.tar.zst", 5, 6, 1,
+            5, SHA, signature=SignatureRef("core/os/x86_64/e-1-1-x86_64.pkg.tar.zst.sig", 119, SHA),
+        ),  # fmt: skip
+        FileEntry("pool/a/a.deb", "/srv/snap/pool/a/a.deb", 1, 1, 1, 6, "short"),
+    ]
+
+
+def test_the_table_gives_back_every_entry_sorted_by_path() -> None:
+    entries = _entries()
+    table = FileTable.of(entries)
+    expected = sorted(entries, key=lambda entry: entry.path)
+    assert list(table) == expected
+    assert [table[index] for index in range(len(table))] == expected
+    assert table[-1] == expected[-1]
+    assert table[1:3] == expected[1:3]
+    assert list(table.paths) == [entry.path for entry in expected]
+    assert table == tuple(expected)
+    assert table != tuple(expected[:-1])
+    with pytest.raises(IndexError):
+        table[len(expected)]
+
+
+def test_a_digest_before_the_first_hex_one_stays_absent_or_as_given() -> None:
+    entries = [
+        FileEntry("a", "/r/a", 1, 1, 1, 1),
+        FileEntry("b", "/r/b", 1, 1, 1, 2, "ODD"),
+        FileEntry("c", "/r/c", 1, 1, 1, 3, SHA),
+        FileEntry("d", "/r/d", 1, 1, 1, 4),
+    ]
+    assert list(FileTable.of(entries)) == entries
+
+
+def test_take_makes_the_chosen_entries_only() -> None:
+    entries = sorted(_entries(), key=lambda entry: entry.path)
+    taken = FileTable.of(entries).take([0, 2, 5])
+    assert len(taken) == 3
+    assert list(taken) == [entries[0], entries[2], entries[5]]
+    assert taken[1] == entries[2]
+    assert taken[1:] == [entries[2], entries[5]]
+
+
+def test_an_empty_table() -> None:
+    table = FileTableBuilder().build()
+    assert len(table) == 0
+    assert list(table) == []
+    assert table == ()
+
+
+def test_a_table_keeps_a_few_hundred_bytes_a_file() -> None:
+    """The point of the table: a Debian-like file costs its strings and ~100 bytes of columns, not ~2 KB."""
+    count = 20_000
+    gc.collect()
+    tracemalloc.start()
+    try:
+        builder = FileTableBuilder()
+        for index in range(count):
+            path = f"pool/main/p/pkg{index:06d}/pkg{index:06d}_1.0-{index % 7}_amd64.deb"
+            builder.add(
+                FileEntry(
+                    path, "/srv/mirror/debian/" + path, index, 1_700_000_000_000_000_000, 64768, 10_000_000 + index,
+                    f"{index:064x}", f"pkg{index:06d}", f"1.0-{index % 7}", "amd64", f"package number {index}",
+                    None, ("bookworm/main/amd64",),
+                )  # fmt: skip
+            )
+        table = builder.build()
+        del builder
+        gc.collect()
+        held, _peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert len(table) == count
+    # path ~100, name ~60, description ~75, columns ~90 (digest 32, four numbers 32, references): ~330
+    assert held / count < 400, f"{held / count:.0f} bytes a file"
