@@ -274,6 +274,7 @@ def hash_files(
     Raises SnapshotError if a file cannot be read, differs in size from its entry, changes while it
     is hashed, or (all of them, in one message) if its SHA-256 differs from the repository metadata.
     """
+    files = tuple(files)  # one object per entry while they are ordered by identity (a FileTable makes new ones)
     position = {id(entry): index for index, entry in enumerate(files)}
     hashed = sorted(
         iter_hashed(files, workers=workers, progress=progress, executor=executor), key=lambda h: position[id(h.entry)]
