@@ -21,8 +21,9 @@ from collections.abc import Iterable, Iterator, Sequence
 from typing import Any, overload
 
 from pipeline.model import FileEntry, SignatureRef
+from pipeline.state import CachedFile
 
-__all__ = ["FileTable", "FileTableBuilder"]
+__all__ = ["FileTable", "FileTableBuilder", "KnownDigests"]
 
 _HEX = frozenset("0123456789abcdef")
 _OPTIONAL = ("name", "version", "arch", "description", "shards")
@@ -46,6 +47,14 @@ class _Shared:
                 return
             self.values = [self.default] * count
         self.values.append(self.distinct.setdefault(value, value))
+
+    def set(self, index: int, value: Any, count: int) -> None:
+        """Make `value` the value of file number `index` (of `count` files in)."""
+        if self.values is None:
+            if value == self.default:
+                return
+            self.values = [self.default] * count
+        self.values[index] = self.distinct.setdefault(value, value)
 
     def get(self, index: int) -> Any:
         return self.default if self.values is None else self.values[index]
@@ -94,6 +103,24 @@ class FileTableBuilder:
             column.add(getattr(entry, field), count)
         if entry.signature is not None:
             self._signatures[count] = entry.signature
+
+    def listed_at(self, index: int) -> tuple[int, str | None]:
+        """The size and expected SHA-256 of file number `index` (added before)."""
+        if index in self._odd_digests:
+            digest = self._odd_digests[index]
+        elif self._has_digests:
+            digest = self._digests[32 * index : 32 * index + 32].hex()
+        else:
+            digest = None
+        return self._signed[2 * index], digest
+
+    def shards_at(self, index: int) -> tuple[str, ...]:
+        shards: tuple[str, ...] = self._shared["shards"].get(index)
+        return shards
+
+    def set_shards(self, index: int, shards: tuple[str, ...]) -> None:
+        """The shards listing file number `index`, found after it was added (another index lists it too)."""
+        self._shared["shards"].set(index, shards, len(self._paths))
 
     def _add_digest(self, digest: str | None, count: int) -> None:
         canonical = digest is not None and len(digest) == 64 and _HEX.issuperset(digest)
@@ -262,3 +289,66 @@ class _Taken(Sequence[FileEntry]):
         entry = self._table._entry
         for index in self._indices:
             yield entry(index)
+
+
+class KnownDigests:
+    """What is known of the content of each file of a FileTable, by row: its SHA-256, piece size and
+    infohash (a `CachedFile`), in columns (~60 bytes a file; a dict of CachedFile by path costs ~400)."""
+
+    __slots__ = ("_infohashes", "_odd", "_pieces", "_sha256", "_state")
+
+    _UNKNOWN, _KNOWN, _NO_INFOHASH = 0, 1, 2
+
+    def __init__(self, count: int) -> None:
+        self._state = bytearray(count)
+        self._sha256 = bytearray(32 * count)
+        self._infohashes = bytearray(20 * count)
+        self._pieces = array("q", bytes(8 * count))
+        self._odd: dict[int, CachedFile] = {}  # facts whose digests are not lowercase hex (kept as given)
+
+    def __len__(self) -> int:
+        return len(self._state)
+
+    def __contains__(self, row: object) -> bool:
+        return isinstance(row, int) and self._state[row] != self._UNKNOWN
+
+    def __setitem__(self, row: int, facts: CachedFile) -> None:
+        sha256, piece_size, infohash = facts
+        self._odd.pop(row, None)
+        if not (_is_hex(sha256, 64) and (infohash is None or _is_hex(infohash, 40))):
+            self._odd[row] = facts
+            self._state[row] = self._KNOWN
+            return
+        self._sha256[32 * row : 32 * row + 32] = bytes.fromhex(sha256)
+        self._pieces[row] = piece_size
+        if infohash is None:
+            self._state[row] = self._NO_INFOHASH
+        else:
+            self._infohashes[20 * row : 20 * row + 20] = bytes.fromhex(infohash)
+            self._state[row] = self._KNOWN
+
+    def __delitem__(self, row: int) -> None:
+        self._odd.pop(row, None)
+        self._state[row] = self._UNKNOWN
+
+    def __getitem__(self, row: int) -> CachedFile:
+        state = self._state[row]
+        if state == self._UNKNOWN:
+            raise KeyError(row)
+        odd = self._odd.get(row)
+        if odd is not None:
+            return odd
+        infohash = None if state == self._NO_INFOHASH else self._infohashes[20 * row : 20 * row + 20].hex()
+        return CachedFile(self._sha256[32 * row : 32 * row + 32].hex(), self._pieces[row], infohash)
+
+    def unknown(self) -> Iterator[int]:
+        """The rows nothing is known of, ascending."""
+        state = self._state
+        start = state.find(self._UNKNOWN)
+        while start >= 0:
+            yield start
+            start = state.find(self._UNKNOWN, start + 1)
+
+
+def _is_hex(text: str, length: int) -> bool:
+    return len(text) == length and _HEX.issuperset(text)

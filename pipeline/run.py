@@ -19,6 +19,7 @@ import itertools
 import json
 import logging
 import time
+from bisect import bisect_left
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
@@ -30,7 +31,7 @@ from pipeline.config import Settings, require_release_inputs, s3_config
 from pipeline.decision import Decision, Facts, decide, resign_due, same_content
 from pipeline.errors import ConfigError, PipelineError, StorageError
 from pipeline.executors import open_executor
-from pipeline.filetable import FileTable
+from pipeline.filetable import FileTable, KnownDigests
 from pipeline.hashing import ExecutorFactory, check_expected, iter_hashed, local_pool, piece_size_for
 from pipeline.index import (
     DELTA_MAX_BYTES,
@@ -251,15 +252,15 @@ class Digests:
     back when a torrent is built). FileDigest objects are made only when records are built: a no-change
     run never needs them."""
 
-    files: Sequence[FileEntry]  # sorted by path
-    known: Mapping[str, CachedFile]  # path -> (sha256, piece size, infohash)
+    files: FileTable
+    known: KnownDigests  # by row of `files`: (sha256, piece size, infohash)
     files_hashed: int
     bytes_hashed: int
 
     def rows(self) -> Iterator[tuple[FileEntry, CachedFile]]:
         known = self.known
-        for entry in self.files:
-            yield entry, known[entry.path]
+        for row, entry in enumerate(self.files):
+            yield entry, known[row]
 
     def digests(self) -> Iterator[FileDigest]:
         """Every file's FileDigest, in path order, one at a time."""
@@ -284,46 +285,43 @@ def digest_files(
     Piece hashes go to the state cache as files are hashed and are not kept: ~63,000 Debian packages
     carry ~110 MB of them.
     """
-    known = state.lookup(files)
-    # A cached digest the repository's metadata contradicts is not evidence against the mirror: the file
-    # may have been rewritten in place with its size and mtime restored (some sync tools do). The
-    # metadata is the stronger evidence; hash such a file again before blaming the mirror.
-    for entry in files:
-        cached = known.get(entry.path)
-        if cached is not None and entry.expected_sha256 is not None and cached.sha256 != entry.expected_sha256.lower():
-            del known[entry.path]
-    paths = files.paths if isinstance(files, FileTable) else [entry.path for entry in files]
-    missed = [index for index, path in enumerate(paths) if path not in known]
-    misses = files.take(missed) if isinstance(files, FileTable) else [files[index] for index in missed]
-    del missed
+    table = files if isinstance(files, FileTable) else FileTable.of(files)
+    known = KnownDigests(len(table))
+    for row, cached in state.lookup(table):
+        # A cached digest the repository's metadata contradicts is not evidence against the mirror: the file
+        # may have been rewritten in place with its size and mtime restored (some sync tools do). The
+        # metadata is the stronger evidence; hash such a file again before blaming the mirror.
+        expected = table[row].expected_sha256
+        if expected is None or cached.sha256 == expected.lower():
+            known[row] = cached
+    misses = table.take(known.unknown())
     rows: list[StateRow] = []
+    paths = table.paths
     for item in iter_hashed(misses, workers=workers, progress=progress, executor=executor):
         digest = digest_of(item)
-        known[item.entry.path] = CachedFile(digest.sha256, digest.piece_size, digest.infohash)
+        known[bisect_left(paths, item.entry.path)] = CachedFile(digest.sha256, digest.piece_size, digest.infohash)
         rows.append(StateRow(item.entry, item.sha256, item.piece_size, digest.infohash, item.pieces))
         if len(rows) >= STORE_BATCH:
             state.store(rows)
             rows = []
     state.store(rows)
-    if misses or state.file_count() != len(files):
-        state.forget_except(entry.path for entry in files)
-    check_expected((entry, known[entry.path].sha256) for entry in files if entry.expected_sha256 is not None)
+    if misses or state.file_count() != len(table):
+        state.forget_except(paths)
+    check_expected((entry, known[row].sha256) for row, entry in enumerate(table) if entry.expected_sha256 is not None)
     if never_announce:
-        _private_infohashes(files, state, known, never_announce)
-    return Digests(files, known, files_hashed=len(misses), bytes_hashed=sum(entry.size for entry in misses))
+        _private_infohashes(table, state, known, never_announce)
+    return Digests(table, known, files_hashed=len(misses), bytes_hashed=sum(entry.size for entry in misses))
 
 
-def _private_infohashes(
-    files: Sequence[FileEntry], state: StateCache, known: dict[str, CachedFile], patterns: Sequence[str]
-) -> None:
+def _private_infohashes(files: FileTable, state: StateCache, known: KnownDigests, patterns: Sequence[str]) -> None:
     """A never-announced package's torrent has the BEP 27 private flag inside `info`, so its infohash is
     not the one the state cache keeps (the public form): compute it from the cached piece hashes."""
-    private = [entry for entry in files if entry.size > 0 and never_announced(patterns, entry.path)]
+    private = [row for row, entry in enumerate(files) if entry.size > 0 and never_announced(patterns, entry.path)]
     for start in range(0, len(private), PIECES_BATCH):
         batch = private[start : start + PIECES_BATCH]
-        pieces = state.pieces_many([entry.path for entry in batch])
-        for entry in batch:
-            cached = known[entry.path]
+        pieces = state.pieces_many([files.paths[row] for row in batch])
+        for row in batch:
+            entry, cached = files[row], known[row]
             infohash = infohash_for(
                 name=entry.path.rpartition("/")[2],
                 length=entry.size,
@@ -331,7 +329,7 @@ def _private_infohashes(
                 pieces=pieces[entry.path],
                 private=True,
             )
-            known[entry.path] = CachedFile(cached.sha256, cached.piece_size, infohash)
+            known[row] = CachedFile(cached.sha256, cached.piece_size, infohash)
 
 
 @dataclass(frozen=True)

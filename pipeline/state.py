@@ -236,15 +236,14 @@ class StateCache:
             self._db.execute("ROLLBACK")
             raise
 
-    def lookup(self, files: Sequence[FileEntry]) -> dict[str, CachedFile]:
-        """The cached facts of every file whose (dev, inode, size, mtime_ns) is unchanged, by path.
+    def lookup(self, files: Sequence[FileEntry]) -> Iterator[tuple[int, CachedFile]]:
+        """(position in `files`, cached facts) of every file whose (dev, inode, size, mtime_ns) is unchanged.
 
         One pass over the table reading only the columns needed (never the piece blobs), matched against
-        a dict of the files by path: per file, one row decoded by sqlite3 and four integer compares.
+        a dict of the files' positions by path: per file, one row decoded by sqlite3 and four integer compares.
         """
         # by position, not by entry: a FileTable makes an entry only for a path the table holds
         wanted = {entry.path: index for index, entry in enumerate(files)}
-        hits: dict[str, CachedFile] = {}
         query = "SELECT path, dev, inode, size, mtime_ns, sha256, piece_size, infohash FROM files"
         with closing(self._db.execute(query)) as cursor:
             for path, dev, inode, size, mtime_ns, sha256, piece_size, infohash in cursor:
@@ -253,8 +252,7 @@ class StateCache:
                     continue
                 entry = files[index]
                 if entry.dev == dev and entry.inode == inode and entry.size == size and entry.mtime_ns == mtime_ns:
-                    hits[entry.path] = CachedFile(sha256, piece_size, infohash)  # the entry's string: one copy
-        return hits
+                    yield index, CachedFile(sha256, piece_size, infohash)
 
     def pieces_many(self, paths: Sequence[str]) -> dict[str, bytes]:
         """The piece hashes of the cached paths among `paths` (absent ones are left out), a few queries."""

@@ -144,10 +144,7 @@ def scan_debian(root_real: bytes, selection: DebianSelection) -> Scanned:
     suite_names = _select_suites(tree, selection.suites)
     releases = [_read_release(tree, suite, selection.upstream_keyring) for suite in suite_names]
     indexes = _select_indexes(tree, releases, selection)
-    listed, shards = _collect_listed(
-        tree, releases, indexes, selection.upstream_keyring is not None, selection.listing_cache
-    )
-    files = _locate_all(tree, listed, shards)
+    files = _collect_files(tree, releases, indexes, selection.upstream_keyring is not None, selection.listing_cache)
     log.info("debian scan: %d suites, %d Packages files, %d package files", len(releases), len(indexes), len(files))
     dates = [release.date for release in releases if release.date is not None]
     return Scanned(
@@ -508,17 +505,25 @@ def _subdirectories(tree: _Tree, rel: str) -> list[str]:
 # --- Packages contents --------------------------------------------------------------------------
 
 
-def _collect_listed(
+def _collect_files(
     tree: _Tree,
     releases: list[ReleaseInfo],
     indexes: list[PackagesIndex],
     signed: bool,
     cache: ListingCache | None = None,
-) -> tuple[dict[str, ListedFile], dict[str, tuple[str, ...]]]:
-    """Every listed file by path, and the index shards listing it (`pipeline.shards.debian_shard`)."""
+) -> FileTable:
+    """Every listed file as found on disk, with the index shards listing it (`pipeline.shards.debian_shard`).
+
+    A file is looked up when first listed, so what is kept per file is its row in the table (never every
+    stanza): a later listing of the same path (an `all` package in each architecture's index, a suite
+    sharing the pool) must agree on Size and SHA256 and adds its shard.
+    """
     release_of = {release.suite: release for release in releases}
-    listed: dict[str, ListedFile] = {}
-    shards: dict[str, tuple[str, ...]] = {}
+    files = FileTableBuilder()
+    rows: dict[str, int] = {}  # path -> its row in `files`, or -1: not on disk as listed (see `unplaced`)
+    unplaced: dict[str, ListedFile] = {}
+    origins: list[str] = []  # by row: the Packages file that listed it first (one string per Packages file)
+    problems: list[tuple[str, str]] = []
     # one tuple object per distinct combination of shards (a handful), shared by every file that has it
     combined: dict[tuple[tuple[str, ...], str], tuple[str, ...]] = {}
     with _gc_paused():
@@ -527,23 +532,60 @@ def _collect_listed(
             own = debian_shard(index.suite, index.component, index.architecture, index.architecture)
             common = debian_shard(index.suite, index.component, index.architecture, "all")
             for item in _read_packages(tree, index, release_of[index.suite], signed, cache):
-                previous = listed.setdefault(item.path, item)
-                if previous is not item and (previous.size, previous.sha256) != (item.size, item.sha256):
+                shard = common if item.arch == "all" else own
+                row = rows.get(item.path)
+                if row is None:
+                    names = combined.get(((), shard))
+                    if names is None:
+                        names = combined[((), shard)] = (shard,)
+                    rows[item.path] = row = _place(tree, item, names, files, problems)
+                    if row < 0:
+                        unplaced[item.path] = item
+                    else:
+                        origins.append(item.listed_in)
+                    continue
+                first = files.listed_at(row) if row >= 0 else unplaced[item.path][1:3]
+                if first != (item.size, item.sha256):
+                    listed_in = unplaced[item.path].listed_in if row < 0 else origins[row]
                     raise SnapshotError(
-                        f"{shown(item.path)}: listed with different Size/SHA256 in {previous.listed_in} and "
+                        f"{shown(item.path)}: listed with different Size/SHA256 in {listed_in} and "
                         f"{item.listed_in}; {_RESYNC}"
                     )
-                shard = common if item.arch == "all" else own
-                before = shards.get(item.path, ())
+                if row < 0:
+                    continue
+                before = files.shards_at(row)
                 if shard not in before:
                     key = (before, shard)
                     names = combined.get(key)
                     if names is None:
                         names = combined[key] = tuple(sorted((*before, shard)))
-                    shards[item.path] = names
+                    files.set_shards(row, names)
     if cache is not None:
         cache.keep_listings(index.rel for index in indexes)
-    return listed, shards
+    if problems:
+        raise SnapshotError(_problems_line([problem for _path, problem in sorted(problems)]))
+    return files.build()
+
+
+def _place(
+    tree: _Tree, item: ListedFile, shards: tuple[str, ...], files: FileTableBuilder, problems: list[tuple[str, str]]
+) -> int:
+    """Add the file `item` lists to `files` as found on disk and return its row; -1 with a problem noted
+    when it is missing, not a regular file or not of the listed size."""
+    path = item.path
+    found = tree.locate(path)
+    if found is None:
+        problems.append((path, f"{shown(path)}: missing"))
+    elif not stat.S_ISREG(found.status.st_mode):
+        problems.append((path, f"{shown(path)}: not a regular file"))
+    elif found.status.st_size != item.size:
+        problems.append(
+            (path, f"{shown(path)}: size {found.status.st_size} != Packages Size {item.size} ({item.listed_in})")
+        )
+    else:
+        files.add(listed_entry(item, found.source, found.status, shards=shards))
+        return len(files) - 1
+    return -1
 
 
 @contextmanager
@@ -749,27 +791,6 @@ def _listed_file(values: list[str], rel: str) -> ListedFile:
 
 
 # --- the package files on disk -----------------------------------------------------------------
-
-
-def _locate_all(tree: _Tree, listed: dict[str, ListedFile], shards: dict[str, tuple[str, ...]]) -> FileTable:
-    files = FileTableBuilder()
-    problems: list[str] = []
-    for path in sorted(listed):
-        item = listed[path]
-        found = tree.locate(path)
-        if found is None:
-            problems.append(f"{shown(path)}: missing")
-        elif not stat.S_ISREG(found.status.st_mode):
-            problems.append(f"{shown(path)}: not a regular file")
-        elif found.status.st_size != item.size:
-            problems.append(
-                f"{shown(path)}: size {found.status.st_size} != Packages Size {item.size} ({item.listed_in})"
-            )
-        else:
-            files.add(listed_entry(item, found.source, found.status, shards=shards[path]))
-    if problems:
-        raise SnapshotError(_problems_line(problems))
-    return files.build()
 
 
 def _problems_line(problems: list[str]) -> str:

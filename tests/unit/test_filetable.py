@@ -7,8 +7,9 @@ import tracemalloc
 
 import pytest
 
-from pipeline.filetable import FileTable, FileTableBuilder
+from pipeline.filetable import FileTable, FileTableBuilder, KnownDigests
 from pipeline.model import FileEntry, SignatureRef
+from pipeline.state import CachedFile
 
 SHA = "0123456789abcdef" * 4
 
@@ -19,14 +20,31 @@ def _entries() -> list[FileEntry]:
         # reached through a symlink: the source does not end with the path
         FileEntry("pool/a/link.deb", "/srv/snap/real/target.deb", 0, 7, 1, 2),
         FileEntry(
-            "pool/c/c_2_all.deb", "/srv/snap/pool/c/c_2_all.deb", 3, 4, 1, 3, SHA, "c", "2", "all", "C pkg",
-            None, ("bookworm/main/all", "trixie/main/all"),
+            "pool/c/c_2_all.deb",
+            "/srv/snap/pool/c/c_2_all.deb",
+            3,
+            4,
+            1,
+            3,
+            SHA,
+            "c",
+            "2",
+            "all",
+            "C pkg",
+            None,
+            ("bookworm/main/all", "trixie/main/all"),
         ),  # fmt: skip
         # a digest kept as given when it is not lowercase hex
         FileEntry("pool/d/d.deb", "/srv/snap/pool/d/d.deb", 3, 4, 1, 4, SHA.upper(), "d", "1", "amd64"),
         FileEntry(
-            "core/os/x86_64/e-1-1-x86_64.pkg.tar.zst", "/srv/snap/core/os/x86_64/e-1-1-x86_64.pkg.tar.zst", 5, 6, 1,
-            5, SHA, signature=SignatureRef("core/os/x86_64/e-1-1-x86_64.pkg.tar.zst.sig", 119, SHA),
+            "core/os/x86_64/e-1-1-x86_64.pkg.tar.zst",
+            "/srv/snap/core/os/x86_64/e-1-1-x86_64.pkg.tar.zst",
+            5,
+            6,
+            1,
+            5,
+            SHA,
+            signature=SignatureRef("core/os/x86_64/e-1-1-x86_64.pkg.tar.zst.sig", 119, SHA),
         ),  # fmt: skip
         FileEntry("pool/a/a.deb", "/srv/snap/pool/a/a.deb", 1, 1, 1, 6, "short"),
     ]
@@ -84,9 +102,19 @@ def test_a_table_keeps_a_few_hundred_bytes_a_file() -> None:
             path = f"pool/main/p/pkg{index:06d}/pkg{index:06d}_1.0-{index % 7}_amd64.deb"
             builder.add(
                 FileEntry(
-                    path, "/srv/mirror/debian/" + path, index, 1_700_000_000_000_000_000, 64768, 10_000_000 + index,
-                    f"{index:064x}", f"pkg{index:06d}", f"1.0-{index % 7}", "amd64", f"package number {index}",
-                    None, ("bookworm/main/amd64",),
+                    path,
+                    "/srv/mirror/debian/" + path,
+                    index,
+                    1_700_000_000_000_000_000,
+                    64768,
+                    10_000_000 + index,
+                    f"{index:064x}",
+                    f"pkg{index:06d}",
+                    f"1.0-{index % 7}",
+                    "amd64",
+                    f"package number {index}",
+                    None,
+                    ("bookworm/main/amd64",),
                 )  # fmt: skip
             )
         table = builder.build()
@@ -98,3 +126,22 @@ def test_a_table_keeps_a_few_hundred_bytes_a_file() -> None:
     assert len(table) == count
     # path ~100, name ~60, description ~75, columns ~90 (digest 32, four numbers 32, references): ~330
     assert held / count < 400, f"{held / count:.0f} bytes a file"
+
+
+def test_known_digests_give_back_what_was_set_by_row() -> None:
+    known = KnownDigests(5)
+    assert list(known.unknown()) == [0, 1, 2, 3, 4]
+    known[0] = CachedFile(SHA, 16384, "ab" * 20)
+    known[2] = CachedFile(SHA, 0, None)  # a zero-length file has no torrent
+    known[3] = CachedFile(SHA.upper(), 32768, "odd")  # kept as given
+    known[4] = CachedFile(SHA, 1, "cd" * 20)
+    del known[4]
+    assert known[0] == CachedFile(SHA, 16384, "ab" * 20)
+    assert known[2] == CachedFile(SHA, 0, None)
+    assert known[3] == CachedFile(SHA.upper(), 32768, "odd")
+    assert 1 not in known and 4 not in known and 0 in known
+    assert list(known.unknown()) == [1, 4]
+    with pytest.raises(KeyError):
+        known[1]
+    known[3] = CachedFile(SHA, 7, "ef" * 20)  # an odd value replaced by a plain one
+    assert known[3] == CachedFile(SHA, 7, "ef" * 20)

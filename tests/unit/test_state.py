@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import sqlite3
+from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
@@ -12,6 +13,11 @@ import pytest
 from pipeline.errors import ConfigError
 from pipeline.model import FileEntry
 from pipeline.state import CachedFile, KnownScan, StateCache, StateRow
+
+
+def lookup(state: StateCache, files: Sequence[FileEntry]) -> dict[str, CachedFile]:
+    """StateCache.lookup's hits by path (it gives them by position in `files`)."""
+    return {files[index].path: cached for index, cached in state.lookup(files)}
 
 
 def entry(path: str = "pool/a.deb", **changes: int) -> FileEntry:
@@ -26,9 +32,9 @@ def row(e: FileEntry, sha: str = "a" * 64) -> StateRow:
 def test_hit_only_when_dev_inode_size_and_mtime_all_match(tmp_path: Path) -> None:
     with StateCache.open(tmp_path / "s.sqlite", repo="r") as state:
         state.store([row(entry())])
-        assert state.lookup([entry()]) == {"pool/a.deb": CachedFile("a" * 64, 16384, "b" * 40)}
+        assert lookup(state, [entry()]) == {"pool/a.deb": CachedFile("a" * 64, 16384, "b" * 40)}
         for change in ({"dev": 9}, {"inode": 9}, {"size": 101}, {"mtime_ns": 6}):
-            assert state.lookup([entry(**change)]) == {}, change
+            assert lookup(state, [entry(**change)]) == {}, change
         assert state.pieces_many(["pool/a.deb", "pool/none.deb"]) == {"pool/a.deb": b"\x01" * 20}
 
 
@@ -36,9 +42,9 @@ def test_store_replaces_and_forget_drops_removed_paths(tmp_path: Path) -> None:
     with StateCache.open(tmp_path / "s.sqlite", repo="r") as state:
         state.store([row(entry()), row(entry("pool/b.deb"))])
         state.store([row(entry(mtime_ns=7), sha="c" * 64)])
-        assert state.lookup([entry(mtime_ns=7)])["pool/a.deb"].sha256 == "c" * 64
+        assert lookup(state, [entry(mtime_ns=7)])["pool/a.deb"].sha256 == "c" * 64
         assert state.forget_except(["pool/a.deb"]) == 1
-        assert state.lookup([entry("pool/b.deb")]) == {}
+        assert lookup(state, [entry("pool/b.deb")]) == {}
         assert state.pieces_many(["pool/b.deb"]) == {}
 
 
@@ -67,7 +73,7 @@ def test_survives_reopen(tmp_path: Path) -> None:
     with StateCache.open(tmp_path / "s.sqlite", repo="r") as state:
         state.store([row(entry())])
     with StateCache.open(tmp_path / "s.sqlite", repo="r") as state:
-        assert "pool/a.deb" in state.lookup([entry()])
+        assert "pool/a.deb" in lookup(state, [entry()])
 
 
 @pytest.mark.parametrize("kind", ["garbage", "other-repo", "other-tables"])
@@ -85,11 +91,11 @@ def test_foreign_or_corrupt_file_is_logged_once_and_replaced(
             db.execute("CREATE TABLE unrelated (x)")
     with caplog.at_level(logging.WARNING, logger="pipeline.state"):
         with StateCache.open(path, repo="r") as state:
-            assert state.lookup([entry()]) == {}
+            assert lookup(state, [entry()]) == {}
             state.store([row(entry())])
     assert len(caplog.records) == 1 and str(path) in caplog.records[0].getMessage()
     with StateCache.open(path, repo="r") as state:
-        assert "pool/a.deb" in state.lookup([entry()])
+        assert "pool/a.deb" in lookup(state, [entry()])
 
 
 def test_lookup_of_many_files_returns_exactly_the_unchanged_ones(tmp_path: Path) -> None:
@@ -103,7 +109,7 @@ def test_lookup_of_many_files_returns_exactly_the_unchanged_ones(tmp_path: Path)
             entry("pool/new.deb"),  # never stored
         ]  # stored[200:] are rows of files no longer scanned
 
-        hits = state.lookup(scanned)
+        hits = lookup(state, scanned)
 
         assert sorted(hits) == [e.path for e in stored[:100]]
         for i, e in enumerate(stored[:100]):
