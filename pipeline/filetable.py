@@ -148,11 +148,38 @@ class FileTableBuilder:
         return FileTable(self, order)
 
 
-class FileTable(Sequence[FileEntry]):
+class _Entries(Sequence[FileEntry]):
+    """Files of a table by row (`_rows`: every row, or some), each made into a FileEntry when asked."""
+
+    __slots__ = ()
+    _rows: Sequence[int]
+
+    def _entry(self, row: int) -> FileEntry:
+        raise NotImplementedError
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    @overload
+    def __getitem__(self, index: int) -> FileEntry: ...
+    @overload
+    def __getitem__(self, index: slice) -> list[FileEntry]: ...
+    def __getitem__(self, index: int | slice) -> FileEntry | list[FileEntry]:
+        if isinstance(index, slice):
+            return [self._entry(row) for row in self._rows[index]]
+        return self._entry(self._rows[index])
+
+    def __iter__(self) -> Iterator[FileEntry]:
+        entry = self._entry
+        for row in self._rows:
+            yield entry(row)
+
+
+class FileTable(_Entries):
     """The files of a scan, sorted by path (`pipeline.filetable`)."""
 
     __slots__ = (
-        "_digests", "_has_digests", "_odd_digests", "_paths", "_prefix_ids", "_prefixes", "_shared",
+        "_digests", "_has_digests", "_odd_digests", "_paths", "_prefix_ids", "_prefixes", "_rows", "_shared",
         "_signatures", "_signed", "_sources", "_unsigned",
     )  # fmt: skip
 
@@ -176,6 +203,7 @@ class FileTable(Sequence[FileEntry]):
         for column in built._shared.values():
             column.distinct = {}
         self._paths = paths
+        self._rows = range(len(paths))
         self._prefix_ids = prefix_ids
         self._prefixes = list(built._prefixes)
         self._sources = sources
@@ -199,27 +227,6 @@ class FileTable(Sequence[FileEntry]):
     def paths(self) -> Sequence[str]:
         """Every path, sorted: no FileEntry is made."""
         return self._paths
-
-    def __len__(self) -> int:
-        return len(self._paths)
-
-    @overload
-    def __getitem__(self, index: int) -> FileEntry: ...
-    @overload
-    def __getitem__(self, index: slice) -> list[FileEntry]: ...
-    def __getitem__(self, index: int | slice) -> FileEntry | list[FileEntry]:
-        if isinstance(index, slice):
-            return [self._entry(position) for position in range(*index.indices(len(self._paths)))]
-        if index < 0:
-            index += len(self._paths)
-        if not 0 <= index < len(self._paths):
-            raise IndexError("FileTable index out of range")
-        return self._entry(index)
-
-    def __iter__(self) -> Iterator[FileEntry]:
-        entry = self._entry
-        for index in range(len(self._paths)):
-            yield entry(index)
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Sequence) or isinstance(other, str | bytes):
@@ -264,31 +271,17 @@ class FileTable(Sequence[FileEntry]):
         )
 
 
-class _Taken(Sequence[FileEntry]):
-    """Some files of a FileTable, by index (the misses a run hashes)."""
+class _Taken(_Entries):
+    """Some files of a FileTable, by row (the misses a run hashes)."""
 
-    __slots__ = ("_indices", "_table")
+    __slots__ = ("_rows", "_table")
 
-    def __init__(self, table: FileTable, indices: array[int]) -> None:
+    def __init__(self, table: FileTable, rows: array[int]) -> None:
         self._table = table
-        self._indices = indices
+        self._rows = rows
 
-    def __len__(self) -> int:
-        return len(self._indices)
-
-    @overload
-    def __getitem__(self, index: int) -> FileEntry: ...
-    @overload
-    def __getitem__(self, index: slice) -> list[FileEntry]: ...
-    def __getitem__(self, index: int | slice) -> FileEntry | list[FileEntry]:
-        if isinstance(index, slice):
-            return [self._table._entry(position) for position in self._indices[index]]
-        return self._table._entry(self._indices[index])
-
-    def __iter__(self) -> Iterator[FileEntry]:
-        entry = self._table._entry
-        for index in self._indices:
-            yield entry(index)
+    def _entry(self, row: int) -> FileEntry:
+        return self._table._entry(row)
 
 
 class KnownDigests:
