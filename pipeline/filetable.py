@@ -106,12 +106,7 @@ class FileTableBuilder:
 
     def listed_at(self, index: int) -> tuple[int, str | None]:
         """The size and expected SHA-256 of file number `index` (added before)."""
-        if index in self._odd_digests:
-            digest = self._odd_digests[index]
-        elif self._has_digests:
-            digest = self._digests[32 * index : 32 * index + 32].hex()
-        else:
-            digest = None
+        digest = _digest_at(index, self._odd_digests, self._digests if self._has_digests else None)
         return self._signed[2 * index], digest
 
     def shards_at(self, index: int) -> tuple[str, ...]:
@@ -247,12 +242,7 @@ class FileTable(_Entries):
         prefix_id = self._prefix_ids[index]
         source = self._sources[index] if prefix_id < 0 else self._prefixes[prefix_id] + path
         signed, unsigned = self._signed, self._unsigned
-        if index in self._odd_digests:
-            digest = self._odd_digests[index]
-        elif self._has_digests:
-            digest = self._digests[32 * index : 32 * index + 32].hex()
-        else:
-            digest = None
+        digest = _digest_at(index, self._odd_digests, self._digests if self._has_digests else None)
         name, version, arch, description, shards = (column.get(index) for column in self._shared)
         return FileEntry(
             path,
@@ -341,6 +331,14 @@ class KnownDigests:
         while start >= 0:
             yield start
             start = state.find(self._UNKNOWN, start + 1)
+
+
+def _digest_at(index: int, odd: dict[int, str | None], digests: bytes | bytearray | None) -> str | None:
+    """The expected SHA-256 of file number `index`: as given when odd, else from the raw column (None: no
+    file has one)."""
+    if index in odd:
+        return odd[index]
+    return None if digests is None else digests[32 * index : 32 * index + 32].hex()
 
 
 def _is_hex(text: str, length: int) -> bool:
