@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import itertools
 from array import array
+from bisect import bisect_left
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any, overload
 
@@ -232,6 +233,15 @@ class FileTable(_Entries):
 
     def __repr__(self) -> str:
         return f"FileTable({len(self._paths)} files)"
+
+    def size_at(self, row: int) -> int:
+        """The size of the file at `row` (no FileEntry is made)."""
+        return self._signed[2 * row]
+
+    def row_of(self, path: str) -> int | None:
+        """The row of `path`, None when the table has no such file."""
+        row = bisect_left(self._paths, path)
+        return row if row < len(self._paths) and self._paths[row] == path else None
 
     def take(self, indices: Iterable[int]) -> Sequence[FileEntry]:
         """The files at `indices` (ascending), as a sequence that makes each entry when asked."""

@@ -91,6 +91,15 @@ def metalink_key(path: str) -> str:
     return f"metalinks/{path}.meta4"
 
 
+def package_of(key: str) -> tuple[str, bool] | None:
+    """The repo path whose torrent (True) or Metalink (False) `key` is; None for any other key."""
+    if key.startswith("torrents/") and key.endswith(".torrent"):
+        return key[len("torrents/") : -len(".torrent")], True
+    if key.startswith("metalinks/") and key.endswith(".meta4"):
+        return key[len("metalinks/") : -len(".meta4")], False
+    return None
+
+
 def browse_key(directory: str) -> str:
     """The browse page of a repository directory ("" = the root); always `…/index.html`."""
     return f"{BROWSE_PREFIX}index.html" if directory == "" else f"{BROWSE_PREFIX}{directory}/index.html"

@@ -17,7 +17,7 @@ import io
 import logging
 import os
 import signal
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence, Set
+from collections.abc import Callable, Container, Iterable, Iterator, Mapping, Sequence, Set
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from json.encoder import encode_basestring as _json_string  # what json.dumps(ensure_ascii=False) uses
@@ -60,7 +60,7 @@ class Publication:
     pointer: Artifact | None  # None: finish the publication the current pointer names (listings, retention)
     pointer_etag: str | None
     listings: SpoolRefs
-    referenced: frozenset[str]
+    referenced: Container[str]
     pointer_sha256: str  # of the pointer bytes that are current once this publication is complete
     # Pages not rendered because their inputs did not change and the destination holds them as published:
     # key -> SHA-256 of the published copy.
@@ -273,7 +273,7 @@ def _heads(storage: Storage, keys: Iterable[str]) -> dict[str, ObjectInfo]:
 def _expired(
     listing: Mapping[str, ObjectInfo],
     manifest: Mapping[str, ManifestEntry],
-    referenced: frozenset[str],
+    referenced: Container[str],
     cutoff: float,
 ) -> list[str]:
     """Owned keys no publication has reached since `cutoff` (unknown keys: by their modification time), and
@@ -462,7 +462,7 @@ def _write_manifest(
     manifest: Mapping[str, ManifestEntry],
     written: dict[str, ObjectInfo],
     known: Callable[[str], str],
-    referenced: frozenset[str],
+    referenced: Container[str],
     now: datetime,
     *,
     skipped: frozenset[str],

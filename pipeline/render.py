@@ -26,6 +26,7 @@ import hashlib
 import json
 import re
 import shlex
+from array import array
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -61,6 +62,7 @@ from pipeline.objects import (
 )
 from pipeline.shards import TOP as SHARD_TOP
 from pipeline.snapshot import format_info
+from pipeline.torrents import PackageRecords
 from pipeline.urls import join_url, quote_path
 
 BUILTIN_TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
@@ -222,7 +224,7 @@ class ListingInput:
     public_url: str
     pointer: Pointer
     fingerprint: str
-    records: tuple[PackageRecord, ...]
+    records: Sequence[PackageRecord]  # a PackageRecords (sorted, each made when read) or any sequence
     webseeds: tuple[str, ...]
     templates_dir: Path | None = None
     mirrors: tuple[MirrorStatus, ...] = ()  # this run's probe results; none: no mirror listings
@@ -722,8 +724,7 @@ _ALL_INSTALLED: Mapping[str, str] = {
 
 
 def _update_recipe(env: jinja2.Environment, listing: ListingInput, checked: _Checked) -> str | None:
-    records = sorted(listing.records, key=lambda r: r.path)
-    example = next((r for r in records if r.torrent is not None and r.size > 0 and r.name), None)
+    example = next((r for r in _by_path(listing.records) if r.torrent is not None and r.size > 0 and r.name), None)
     if not format_info(listing.snapshot_format).update_script or example is None:
         return None
     context = {
@@ -889,22 +890,29 @@ def mirrors_document(listing: ListingInput, rows: Iterable[MirrorRow], snapshot_
 # --- the listings ----------------------------------------------------------------------------------
 
 
+def _by_path(records: Sequence[PackageRecord]) -> Sequence[PackageRecord]:
+    """`records` sorted by path: as they are when PackageRecords (sorted by construction, not made twice)."""
+    if isinstance(records, PackageRecords):
+        return records
+    return tuple(sorted(records, key=lambda r: r.path))
+
+
 @dataclass
 class _Dir:
     subdirs: set[str]
-    packages: list[PackageRecord]
+    rows: array[int]  # of its packages, in the records
 
 
-def _tree(records: Iterable[PackageRecord]) -> dict[str, _Dir]:
-    """Every directory holding a package, every ancestor of one, and the root."""
-    tree: dict[str, _Dir] = {"": _Dir(set(), [])}
-    for record in records:
-        parent = record.path.rpartition("/")[0]
-        tree.setdefault(parent, _Dir(set(), [])).packages.append(record)
+def _tree(paths: Iterable[str]) -> dict[str, _Dir]:
+    """Every directory holding a package (of `paths`, by row), every ancestor of one, and the root."""
+    tree: dict[str, _Dir] = {"": _Dir(set(), array("l"))}
+    for row, path in enumerate(paths):
+        parent = path.rpartition("/")[0]
+        tree.setdefault(parent, _Dir(set(), array("l"))).rows.append(row)
         child = parent
         while child:
             up = child.rpartition("/")[0]
-            node = tree.setdefault(up, _Dir(set(), []))
+            node = tree.setdefault(up, _Dir(set(), array("l")))
             if child in node.subdirs:
                 break
             node.subdirs.add(child)
@@ -988,7 +996,7 @@ def iter_pages(listing: ListingInput, unchanged: Callable[[str, str], bool] | No
     checked = _checked(listing)
     env = make_environment(listing.templates_dir)
     where = listing.templates_dir
-    records = tuple(sorted(listing.records, key=lambda r: r.path))
+    records = _by_path(listing.records)
     example = example_package(records)
     has_mirrors = bool(checked.mirrors)
     common: dict[str, Any] = {
@@ -1035,14 +1043,15 @@ def iter_pages(listing: ListingInput, unchanged: Callable[[str, str], bool] | No
 
     browse_common = {key: common[key] for key in BROWSE_CONTEXT}
     templates = templates_digest(listing.templates_dir) if unchanged is not None else ""
-    tree = _tree(records)
+    tree = _tree(records.files.paths if isinstance(records, PackageRecords) else (r.path for r in records))
     for directory in sorted(tree):
         node = tree[directory]
         key = browse_key(directory)
         subdirs = sorted(node.subdirs)
+        packages = [records[row] for row in node.rows]
         inputs = None
         if unchanged is not None:
-            inputs = _browse_inputs(templates, browse_common, directory, subdirs, node.packages)
+            inputs = _browse_inputs(templates, browse_common, directory, subdirs, packages)
             if unchanged(key, inputs):
                 yield Page(key, inputs, None)
                 continue
@@ -1052,7 +1061,7 @@ def iter_pages(listing: ListingInput, unchanged: Callable[[str, str], bool] | No
             "dir": directory,
             "crumbs": _crumbs(listing.repo, directory),
             "subdirs": [Subdir(basename(d), d) for d in subdirs],
-            "packages": node.packages,
+            "packages": packages,
         }
         yield Page(key, inputs, make_artifact(key, _page(env, BROWSE_TEMPLATE, page, where)))
 

@@ -19,6 +19,7 @@ import itertools
 import json
 import logging
 import time
+from array import array
 from bisect import bisect_left
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -49,7 +50,6 @@ from pipeline.jsondoc import loads_strict
 from pipeline.model import (
     Artifact,
     DeltaRef,
-    FileDigest,
     FileEntry,
     KeyInfo,
     MirrorStatus,
@@ -72,6 +72,7 @@ from pipeline.objects import (
     delta_key,
     make_artifact,
     metalink_key,
+    package_of,
     shard_key,
     shard_torrent_key,
     torrent_key,
@@ -86,7 +87,7 @@ from pipeline.publish import (
     read_destination,
 )
 from pipeline.report import RunReport
-from pipeline.shards import fingerprint, group, record_fingerprints, shards_of
+from pipeline.shards import fingerprint, members, record_fingerprints, shard_rows, shards_of
 from pipeline.signing import Signer, verify_signed_message
 from pipeline.snapshot import ScanSpec, recheck_snapshot, scan_snapshot, snapshot_mark
 from pipeline.spool import Spool, SpoolRefs
@@ -94,12 +95,12 @@ from pipeline.state import PIECES_BATCH, CachedFile, KnownScan, StateCache, Stat
 from pipeline.storage import Storage, open_storage
 from pipeline.torrents import (
     BuildSpec,
+    PackageRecords,
     build_torrent,
     digest_of,
     hash_pieces_of_bytes,
     infohash_for,
     iter_package_artifacts,
-    iter_package_records,
     never_announced,
     webseed_bases,
 )
@@ -248,9 +249,8 @@ def _sha256(data: bytes) -> str:
 
 @dataclass(frozen=True)
 class Digests:
-    """What is known of every file's content, by path; the piece hashes stay in the state cache (read
-    back when a torrent is built). FileDigest objects are made only when records are built: a no-change
-    run never needs them."""
+    """What is known of every file's content, by row of `files`; the piece hashes stay in the state cache
+    (read back when a torrent is built)."""
 
     files: FileTable
     known: KnownDigests  # by row of `files`: (sha256, piece size, infohash)
@@ -262,10 +262,11 @@ class Digests:
         for row, entry in enumerate(self.files):
             yield entry, known[row]
 
-    def digests(self) -> Iterator[FileDigest]:
-        """Every file's FileDigest, in path order, one at a time."""
-        for entry, facts in self.rows():
-            yield FileDigest(entry, *facts)
+    def infohashes(self) -> Iterator[tuple[str, str | None]]:
+        """Every file's path and infohash (None: an empty file), in path order."""
+        known = self.known
+        for row, path in enumerate(self.files.paths):
+            yield path, known[row].infohash
 
 
 STORE_BATCH = 1024  # hashed files written to the state cache per transaction
@@ -362,10 +363,11 @@ def build_index_objects(
     shards_url = join_url(public_url, "index/shards") + "/"
     shards: list[ShardRef] = []
     artifacts: list[Artifact] = []
-    for name, members in group(records, files, snapshot_format).items():
+    paths = files.paths if isinstance(files, FileTable) else [entry.path for entry in files]
+    for name, rows in shard_rows(files, snapshot_format).items():
         parts = shard_parts(
-            repo=settings.repo, shard=name, webseeds=webseeds, trackers=settings.trackers, records=members,
-            dht_nodes=settings.dht_nodes,
+            repo=settings.repo, shard=name, webseeds=webseeds, trackers=settings.trackers,
+            records=members(records, paths, rows), dht_nodes=settings.dht_nodes,
         )  # fmt: skip
         for part, (packages, new_json) in enumerate(parts):
             encoded = encode_json(new_json)
@@ -537,13 +539,12 @@ def _release(settings: Settings, spool: Spool, progress: Progress, now: Callable
             # the state vouches for the current index: nothing decoded, rebuilt or written
             assert destination.pointer is not None
             _remember_audit(settings, state, run, destination)
-            _tracker_whitelist(settings, destination.pointer, ((e.path, c.infohash) for e, c in digested.rows()))
+            _tracker_whitelist(settings, destination.pointer, digested.infohashes())
             return _report(run, mirrors, destination.pointer, "noop", _no_changes(files))
 
         with clock.stage("build"):
-            records = tuple(iter_package_records(digested.digests(), spec))
-            fingerprints = record_fingerprints(records, snapshot.files, snapshot.format)
-            del digested
+            records = PackageRecords(digested.files, digested.known, spec)  # each made when read
+            fingerprints = record_fingerprints(records, records.files, snapshot.format)
             _settle()
         current = None
         if destination.current is not None and not facts.lost_index and decision is None:
@@ -558,7 +559,7 @@ def _release(settings: Settings, spool: Spool, progress: Progress, now: Callable
             if not settings.dry_run:
                 state.remember_publication(destination.current.pointer.index_id, inputs)
             _remember_audit(settings, state, run, destination)
-            _tracker_whitelist(settings, destination.current.pointer, ((r.path, r.infohash) for r in records))
+            _tracker_whitelist(settings, destination.current.pointer, digested.infohashes())
             return _report(run, mirrors, destination.pointer, "noop", changes)
 
         with clock.stage("build"):
@@ -571,7 +572,7 @@ def _release(settings: Settings, spool: Spool, progress: Progress, now: Callable
         with clock.stage("render"):
             pages = _render(settings, run, spool, snapshot, records, mirrors, signed.pointer, destination, memo)
         # before the pointer: the tracker knows the new torrents by the time clients see them
-        _tracker_whitelist(settings, signed.pointer, ((r.path, r.infohash) for r in records))
+        _tracker_whitelist(settings, signed.pointer, digested.infohashes())
         publication = Publication(
             spool=spool,
             content=content,
@@ -579,13 +580,13 @@ def _release(settings: Settings, spool: Spool, progress: Progress, now: Callable
             pointer=signed.artifact,
             pointer_etag=destination.current.etag if destination.current else None,
             listings=pages.listings,
-            referenced=_referenced(records, pages.keys, signed.pointer),
+            referenced=_Referenced(records.files, frozenset([*pages.keys, *signed.pointer.keys, *_FIXED_KEYS])),
             pointer_sha256=signed.pointer_sha256,
             reused=pages.reused,
         )
-        # Publishing needs only the spooled objects and the keys: drop the per-file values first (~130 MB
-        # at 63,000 packages) so that the upload plan and manifest reuse their memory.
-        del records, fingerprints, snapshot, current
+        # Publishing needs only the spooled objects, the keys and the files' paths (what is referenced): drop
+        # the other per-file values first so that the upload plan and manifest reuse their memory.
+        del records, fingerprints, snapshot, current, digested
         last_audit = state.last_audit(run.storage.url)
         if not settings.dry_run:
             # while this run writes, no audit is remembered: one killed midway leaves the next run an audit, which
@@ -854,7 +855,7 @@ def _build_content(
     spool: Spool,
     state: StateCache,
     spec: BuildSpec,
-    records: Sequence[PackageRecord],
+    records: PackageRecords,
     fingerprints: Mapping[str, int],
     current: CurrentPublication | None,
     facts: Facts,
@@ -863,32 +864,42 @@ def _build_content(
 ) -> SpoolRefs:
     """Torrents and metalinks of the records the current index does not hold (the objects of every record it
     holds are in the destination, published before its pointer), of the records whose objects the
-    destination lost, and, when a mirror's status changed, every metalink again."""
+    destination lost, and, when a mirror's status changed, every metalink again. Rows of `records.files`
+    are chosen first; each record is made as its objects are."""
+    files = records.files
+    paths = files.paths
     if facts.unchanged:
-        to_build: list[PackageRecord] = []
+        to_build = array("l")
     elif current is not None and _nodes_changed(current, settings):
-        to_build = list(records)
+        to_build = array("l", range(len(paths)))
     else:
         published = current.fingerprints if current else {}
-        to_build = [r for r in records if published.get(r.path) != fingerprints[r.path]]
+        to_build = array("l", (row for row, path in enumerate(paths) if published.get(path) != fingerprints[path]))
     objects = destination.whole
-    building = {r.path for r in to_build}
-    lost = [r for r in records if r.path not in building and not _holds_package(objects, r.path, r.size)]
+    building = bytearray(len(paths))
+    for row in to_build:
+        building[row] = 1
+    held = (building[row] or _holds_package(objects, path, files.size_at(row)) for row, path in enumerate(paths))
+    lost = [row for row, is_held in enumerate(held) if not is_held]
     if lost:
         log.warning(
             "%d torrents or metalinks the current index names are missing or altered in the destination "
             "(first: %s); putting them back",
-            len(lost), lost[0].path,
+            len(lost), paths[lost[0]],
         )  # fmt: skip
     refresh = facts.mirrors_changed and bool(settings.all_mirrors)
     # with a refresh every other metalink is built again anyway: only lost torrents need the whole package
-    whole = [*to_build, *(r for r in lost if not refresh or (r.torrent is not None and not objects.holds(r.torrent)))]
+    whole = to_build
+    whole.extend(
+        row for row in lost if not refresh or (files.size_at(row) > 0 and not objects.holds(torrent_key(paths[row])))
+    )
     if not settings.allow_peer_only:
-        _refuse_unserved(whole, spec, statuses)
-    content = spool.add_all(iter_package_artifacts(_with_pieces(state, whole), spec))
+        _refuse_unserved(((paths[row], files.size_at(row)) for row in whole), spec, statuses)
+    content = spool.add_all(iter_package_artifacts(_with_pieces(state, records.at(whole)), spec))
     if refresh:
-        building.update(r.path for r in whole)
-        others = [r for r in records if r.path not in building]
+        for row in whole:
+            building[row] = 1
+        others = records.at(row for row in range(len(paths)) if not building[row])
         content += spool.add_all(iter_package_artifacts(_with_pieces(state, others), spec, metalinks_only=True))
     return content
 
@@ -988,7 +999,7 @@ def _render(
         public_url=run.public_url,
         pointer=pointer,
         fingerprint=run.key.fingerprint,
-        records=tuple(records),
+        records=records,
         webseeds=_webseeds_now(mirrors, run.spec.webseeds),
         webseeds_for=mirrors.webseeds_for if settings.all_mirrors else None,
         templates_dir=settings.templates_dir,
@@ -1022,14 +1033,28 @@ def _render(
     return _Pages(spool.refs(sorted(rendered, key=spool.key)), reused, tuple(keys), tuple(rows))
 
 
-def _referenced(records: Sequence[PackageRecord], pages: Sequence[str], pointer: Pointer) -> frozenset[str]:
-    """Every key the new publication reaches (retention keeps them)."""
-    return frozenset(
-        [r.metalink for r in records]
-        + [r.torrent for r in records if r.torrent is not None]
-        + list(pages)
-        + [*pointer.keys, POINTER_KEY, *SIGNING_KEYS, *CLIENT_KEYS]
-    )
+_FIXED_KEYS = (POINTER_KEY, *SIGNING_KEYS, *CLIENT_KEYS)
+
+
+@dataclass(frozen=True)
+class _Referenced:
+    """Every key the new publication reaches (retention keeps them): each file's Metalink and (non-empty
+    files) torrent, found by the file's path (no set of every key), and the `others` (pages, index, pointer)."""
+
+    files: FileTable
+    others: frozenset[str]
+
+    def __contains__(self, key: object) -> bool:
+        if not isinstance(key, str):
+            return False
+        if key in self.others:
+            return True
+        package = package_of(key)
+        if package is None:
+            return False
+        path, is_torrent = package
+        row = self.files.row_of(path)
+        return row is not None and (not is_torrent or self.files.size_at(row) > 0)
 
 
 Changes = tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...], int]  # new, changed, removed, unchanged count
@@ -1151,10 +1176,11 @@ def _tracker_whitelist(settings: Settings, pointer: Pointer, packages: Iterable[
     update_whitelist(settings.tracker_whitelist, [*pointer.infohashes, *known], pid_file=settings.tracker_pid_file)
 
 
-def _refuse_unserved(records: Sequence[PackageRecord], spec: BuildSpec, statuses: Sequence[MirrorStatus]) -> None:
-    """A torrent without a webseed depends on peers alone: refuse to publish one unless the operator said
-    a seed box serves it (`allow_peer_only`). `invoke verify` applies the same rule."""
-    unserved = [r.path for r in records if r.torrent is not None and not webseed_bases(spec, r.path)]
+def _refuse_unserved(files: Iterable[tuple[str, int]], spec: BuildSpec, statuses: Sequence[MirrorStatus]) -> None:
+    """A torrent (a non-empty file of `files`, (path, size) each) without a webseed depends on peers alone:
+    refuse to publish one unless the operator said a seed box serves it (`allow_peer_only`). `invoke
+    verify` applies the same rule."""
+    unserved = [path for path, size in files if size > 0 and not webseed_bases(spec, path)]
     if not unserved:
         return
     more = f" and {len(unserved) - 1} more" if len(unserved) > 1 else ""
@@ -1230,10 +1256,10 @@ def _published_mirror_summary(storage: Storage) -> list[tuple[str, str, bool]]:
         return [("unreadable", "", False)]
 
 
-def _with_pieces(state: StateCache, records: Sequence[PackageRecord]) -> Iterator[tuple[PackageRecord, bytes]]:
+def _with_pieces(state: StateCache, records: Iterable[PackageRecord]) -> Iterator[tuple[PackageRecord, bytes]]:
     """Each record with its piece hashes from the state cache (b"" for an empty file), one query per batch."""
-    for start in range(0, len(records), PIECES_BATCH):
-        batch = records[start : start + PIECES_BATCH]
+    records = iter(records)
+    while batch := list(itertools.islice(records, PIECES_BATCH)):
         pieces = state.pieces_many([r.path for r in batch if r.size > 0])
         for record in batch:
             yield record, pieces[record.path] if record.size > 0 else b""

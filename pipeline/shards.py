@@ -7,7 +7,8 @@ top-level directory, or `.` for a file at the top.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from array import array
+from collections.abc import Iterable, Iterator, Sequence
 
 from pipeline.model import FileEntry, PackageRecord
 
@@ -32,20 +33,28 @@ def debian_shard(suite: str, component: str, index_arch: str, package_arch: str 
     return f"{suite}/{component}/{arch}"
 
 
-def group(
-    records: Sequence[PackageRecord], files: Sequence[FileEntry], snapshot_format: str
-) -> dict[str, list[PackageRecord]]:
-    """Shard name -> its records (sorted by path, as `records` are), names sorted. `files` are the entries
-    the records were built from, in the same order."""
-    if len(records) != len(files):
-        raise ValueError(f"{len(records)} records for {len(files)} files")
-    shards: dict[str, list[PackageRecord]] = {}
-    for record, entry in zip(records, files, strict=True):
-        if record.path != entry.path:
-            raise ValueError(f"{record.path}: the record of another file than {entry.path}")
+def shard_rows(files: Sequence[FileEntry], snapshot_format: str) -> dict[str, array[int]]:
+    """Shard name -> the rows of `files` it lists (ascending: in path order when `files` is sorted), names
+    sorted. Rows, not records: the caller makes a shard's records as it writes the shard."""
+    shards: dict[str, array[int]] = {}
+    for row, entry in enumerate(files):
         for name in shards_of(entry, snapshot_format):
-            shards.setdefault(name, []).append(record)
+            rows = shards.get(name)
+            if rows is None:
+                rows = shards[name] = array("l")
+            rows.append(row)
     return {name: shards[name] for name in sorted(shards)}
+
+
+def members(records: Sequence[PackageRecord], paths: Sequence[str], rows: Iterable[int]) -> Iterator[PackageRecord]:
+    """The records at `rows`, each checked to be that of the file of the same row (`paths`)."""
+    if len(records) != len(paths):
+        raise ValueError(f"{len(records)} records for {len(paths)} files")
+    for row in rows:
+        record = records[row]
+        if record.path != paths[row]:
+            raise ValueError(f"{record.path}: the record of another file than {paths[row]}")
+        yield record
 
 
 def record_fingerprints(

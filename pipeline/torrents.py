@@ -16,12 +16,13 @@ import hashlib
 import math
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, overload
 from urllib.parse import quote, urlsplit
 
 from pipeline import bencode
 from pipeline.errors import ConfigError, SnapshotError
-from pipeline.model import Artifact, BuiltPackages, FileDigest, HashedFile, PackageRecord
+from pipeline.filetable import FileTable, KnownDigests
+from pipeline.model import Artifact, BuiltPackages, FileDigest, FileEntry, HashedFile, PackageRecord
 from pipeline.objects import make_artifact, metalink_key, torrent_key
 from pipeline.urls import join_url, magnet_uri, webseed_dir_url
 
@@ -362,41 +363,88 @@ def iter_package_records(digests: Iterable[FileDigest], spec: BuildSpec) -> Iter
     urls = _urls(spec)
     previous: str | None = None
     for digest in digests:
-        entry = digest.entry
-        path = entry.path
-        if previous is not None and path <= previous:
-            if path == previous:
-                raise SnapshotError(f"{path}: listed twice in the snapshot; fix the scan input and re-run")
-            raise SnapshotError(f"{path}: after {previous} in the scan, which is sorted by path; report this bug")
+        path = digest.entry.path
+        if previous is not None:
+            _check_order(previous, path)
         previous = path
-        key: str | None = None
-        magnet: str | None = None
-        if entry.size > 0:
-            assert digest.infohash is not None
-            key = torrent_key(path)
-            magnet = magnet_uri(
-                infohash=digest.infohash,
-                name=path.rpartition("/")[2],
-                size=entry.size,
-                trackers=() if never_announced(urls.never_announce, path) else urls.trackers,
-                webseeds=_url_list(urls, path),
-                torrent_url=join_url(urls.public_url, key),
-            )
-        yield PackageRecord(
-            path=path,
+        yield _record(urls, digest.entry, digest.sha256, digest.piece_size, digest.infohash)
+
+
+def _check_order(previous: str, path: str) -> None:
+    if path <= previous:
+        if path == previous:
+            raise SnapshotError(f"{path}: listed twice in the snapshot; fix the scan input and re-run")
+        raise SnapshotError(f"{path}: after {previous} in the scan, which is sorted by path; report this bug")
+
+
+def _record(urls: _Urls, entry: FileEntry, sha256: str, piece_size: int, infohash: str | None) -> PackageRecord:
+    path = entry.path
+    key: str | None = None
+    magnet: str | None = None
+    if entry.size > 0:
+        assert infohash is not None
+        key = torrent_key(path)
+        magnet = magnet_uri(
+            infohash=infohash,
+            name=path.rpartition("/")[2],
             size=entry.size,
-            sha256=digest.sha256,
-            infohash=digest.infohash if entry.size > 0 else None,
-            piece_size=digest.piece_size if entry.size > 0 else None,
-            torrent=key,
-            metalink=metalink_key(path),
-            magnet=magnet,
-            name=entry.name,
-            version=entry.version,
-            arch=entry.arch,
-            signature=entry.signature,
-            description=entry.description,
+            trackers=() if never_announced(urls.never_announce, path) else urls.trackers,
+            webseeds=_url_list(urls, path),
+            torrent_url=join_url(urls.public_url, key),
         )
+    return PackageRecord(
+        path=path,
+        size=entry.size,
+        sha256=sha256,
+        infohash=infohash if entry.size > 0 else None,
+        piece_size=piece_size if entry.size > 0 else None,
+        torrent=key,
+        metalink=metalink_key(path),
+        magnet=magnet,
+        name=entry.name,
+        version=entry.version,
+        arch=entry.arch,
+        signature=entry.signature,
+        description=entry.description,
+    )
+
+
+class PackageRecords(Sequence[PackageRecord]):
+    """Every file's PackageRecord by row of `files` (a FileTable: sorted by path), made when read from the
+    facts known of its content. Nothing per file is kept but the inputs: a million records held at once
+    would take ~700 MB, and every step reads them in order, or a shard's or a directory's rows at a time."""
+
+    def __init__(self, files: FileTable, known: KnownDigests, spec: BuildSpec) -> None:
+        paths = files.paths
+        for row in range(1, len(paths)):
+            _check_order(paths[row - 1], paths[row])
+        self.files = files
+        self._known = known
+        self._urls = _urls(spec)
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    @overload
+    def __getitem__(self, row: int) -> PackageRecord: ...
+
+    @overload
+    def __getitem__(self, row: slice) -> tuple[PackageRecord, ...]: ...
+
+    def __getitem__(self, row: int | slice) -> PackageRecord | tuple[PackageRecord, ...]:
+        if isinstance(row, slice):
+            return tuple(self.at(range(len(self))[row]))
+        row = range(len(self))[row]  # a negative row counts from the end; IndexError past either end
+        return _record(self._urls, self.files[row], *self._known[row])
+
+    def __iter__(self) -> Iterator[PackageRecord]:
+        return self.at(range(len(self)))
+
+    def at(self, rows: Iterable[int]) -> Iterator[PackageRecord]:
+        """The records of `rows`, one at a time."""
+        files, known, urls = self.files, self._known, self._urls
+        for row in rows:
+            yield _record(urls, files[row], *known[row])
 
 
 def package_artifacts(

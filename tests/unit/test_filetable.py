@@ -145,3 +145,13 @@ def test_known_digests_give_back_what_was_set_by_row() -> None:
         known[1]
     known[3] = CachedFile(SHA, 7, "ef" * 20)  # an odd value replaced by a plain one
     assert known[3] == CachedFile(SHA, 7, "ef" * 20)
+
+
+def test_size_at_and_row_of_read_the_columns() -> None:
+    entries = _entries()
+    table = FileTable.of(entries)
+    by_path = {e.path: e for e in entries}
+    for row, path in enumerate(table.paths):
+        assert table.row_of(path) == row
+        assert table.size_at(row) == by_path[path].size
+    assert table.row_of("pool/a") is None and table.row_of("zzz") is None and table.row_of("") is None

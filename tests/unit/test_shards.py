@@ -4,13 +4,14 @@ values and from real scans; grouping records into shards; fingerprints that see 
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from pipeline.model import FileEntry, PackageRecord
-from pipeline.shards import TOP, debian_shard, fingerprint, group, record_fingerprints, shards_of
+from pipeline.shards import TOP, debian_shard, fingerprint, members, record_fingerprints, shard_rows, shards_of
 from pipeline.snapshot import ScanSpec, scan_snapshot
 from tests.unit import test_snapshot_arch as arch_fixture
 from tests.unit.test_snapshot_debian import Pkg, stanza
@@ -182,6 +183,11 @@ FILES = (
 RECORDS = tuple(record(f.path) for f in FILES)
 
 
+def group(records: Sequence[PackageRecord], files: Sequence[FileEntry], fmt: str) -> dict[str, list[PackageRecord]]:
+    paths = [f.path for f in files]
+    return {name: list(members(records, paths, rows)) for name, rows in shard_rows(files, fmt).items()}
+
+
 def test_group_lists_a_file_in_every_shard_in_path_order() -> None:
     shards = group(RECORDS, FILES, "debian")
     assert list(shards) == [
@@ -194,8 +200,8 @@ def test_group_lists_a_file_in_every_shard_in_path_order() -> None:
         "trixie/main/all": ["pool/main/d/doc_1_all.deb", "pool/main/zz/zz_1_all.deb"],
         "trixie/main/amd64": ["pool/main/h/h_1_amd64.deb"],
     }
-    for members in shards.values():
-        assert [r.path for r in members] == sorted(r.path for r in members)
+    for listed in shards.values():
+        assert [r.path for r in listed] == sorted(r.path for r in listed)
     assert shards["bookworm/main/all"][0] is RECORDS[1] and shards["trixie/main/all"][0] is RECORDS[1]
     assert sum(map(len, shards.values())) == sum(len(f.shards) for f in FILES)
 
@@ -219,6 +225,7 @@ def test_group_refuses_records_of_other_files() -> None:
     with pytest.raises(ValueError, match="the record of another file"):
         group((RECORDS[1], RECORDS[0], *RECORDS[2:]), FILES, "debian")
     assert group((), (), "debian") == {}
+    assert {name: list(rows) for name, rows in shard_rows(FILES, "debian").items()}["trixie/main/all"] == [1, 4]
 
 
 # -- fingerprints --------------------------------------------------------------------------------

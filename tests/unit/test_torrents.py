@@ -16,11 +16,14 @@ import torf
 
 from pipeline import bencode
 from pipeline.errors import ConfigError, SnapshotError
+from pipeline.filetable import FileTable, KnownDigests
 from pipeline.hashing import hash_files, piece_size_for
 from pipeline.model import Artifact, FileEntry, HashedFile, SignatureRef
-from pipeline.objects import shard_key, shard_torrent_key
+from pipeline.objects import metalink_key, package_of, shard_key, shard_torrent_key, torrent_key
+from pipeline.state import CachedFile
 from pipeline.torrents import (
     BuildSpec,
+    PackageRecords,
     _announce_prefix,
     _package_torrent,
     build_metalink,
@@ -532,3 +535,41 @@ def test_quote_shortcuts_match_quote_on_every_ascii_character() -> None:
         for value in (char, f"a{char}b", f"https://h.example/p/{char}.deb", f"dir/{char}/x"):
             assert quote_value(value) == quote(value, safe=""), repr(value)
             assert quote_path(value) == quote(value, safe="/"), repr(value)
+
+
+def test_package_records_made_by_row_equal_the_records_built_at_once(hashed: tuple[HashedFile, ...]) -> None:
+    digests = [digest_of(h) for h in hashed]
+    table = FileTable.of(replace(d.entry, source=str(d.entry.source)) for d in digests)
+    known = KnownDigests(len(table))
+    for d in digests:
+        known[table.paths.index(d.entry.path)] = CachedFile(d.sha256, d.piece_size, d.infohash)
+    lazy = PackageRecords(table, known, SPEC)
+    expected = package_records(digests, SPEC)
+    assert len(lazy) == len(expected) == len(AWKWARD) + 2
+    assert list(lazy) == list(expected)
+    assert [r.description for r in lazy] == [r.description for r in expected]
+    assert lazy[3] == expected[3] and lazy[-1] == expected[-1] and lazy[1:3] == expected[1:3]
+    assert list(lazy.at([4, 0])) == [expected[4], expected[0]]
+    assert lazy[0] is not lazy[0]  # made when read, never kept
+    with pytest.raises(IndexError):
+        lazy[len(lazy)]
+    empty = next(r for r in lazy if r.size == 0)
+    assert empty.torrent is None and empty.magnet is None and empty.infohash is None
+
+
+def test_package_records_refuse_a_path_listed_twice(tmp_path: Path) -> None:
+    entry = write(tmp_path, "pool/a.deb", b"a")
+    table = FileTable.of([replace(entry, source=str(entry.source)), replace(entry, source=str(tmp_path / "other"))])
+    with pytest.raises(SnapshotError, match="pool/a.deb: listed twice"):
+        PackageRecords(table, KnownDigests(len(table)), SPEC)
+
+
+@pytest.mark.parametrize("path", ["pool/main/a/a_1_amd64.deb", "top", "dir/x.torrent", "ü/ä b.meta4"])
+def test_package_of_inverts_the_package_keys(path: str) -> None:
+    assert package_of(torrent_key(path)) == (path, True)
+    assert package_of(metalink_key(path)) == (path, False)
+
+
+@pytest.mark.parametrize("key", ["index.html", "torrents/x.meta4", "metalinks/x.torrent", "browse/torrents/x.torrent"])
+def test_package_of_other_keys_is_none(key: str) -> None:
+    assert package_of(key) is None
