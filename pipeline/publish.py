@@ -13,11 +13,14 @@ compared by `Storage.same_content` (local: the bytes; S3: the single-part ETag i
 from __future__ import annotations
 
 import hashlib
+import heapq
 import io
 import logging
+import math
 import os
 import signal
-from collections.abc import Callable, Container, Iterable, Iterator, Mapping, Sequence, Set
+from array import array
+from collections.abc import Container, Iterable, Iterator, Mapping, Set
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from json.encoder import encode_basestring as _json_string  # what json.dumps(ensure_ascii=False) uses
@@ -36,7 +39,7 @@ from pipeline.objects import (
     OLD_MANIFEST_KEYS,
     OWNED_PREFIXES,
 )
-from pipeline.spool import Spool, SpooledArtifact, SpoolRefs
+from pipeline.spool import Spool, SpoolRefs
 from pipeline.storage import ObjectInfo, Storage
 
 log = logging.getLogger(__name__)
@@ -363,46 +366,43 @@ def publish(
     if dry_run:
         return PublishResult(plan, written=False)
 
-    # key -> SHA-256 of what this run wrote or found equal: the manifest's new entries (spooled ones by their
-    # entry number: an int where a hex digest would cost 113 bytes)
-    numbers = {
-        spool.key(n): n for group in (publication.content, publication.immutable, listings) for n in group.numbers
-    }
-    others = dict(publication.reused)
-    if pointer is not None:
-        others[pointer.key] = _sha256(pointer.data)
-
-    def known(key: str) -> str:
-        number = numbers.get(key)
-        return spool.sha256(number) if number is not None else others[key]
-
+    # key -> SHA-256 of what this run found equal without writing it: the manifest's new entries beside
+    # what it writes (whose SHA-256 the spool keeps)
     skipped = frozenset(plan.skip)
-    written: dict[str, ObjectInfo] = {}
+    found_equal = {
+        key: spool.sha256(n)
+        for group in (publication.content, publication.immutable, listings)
+        for n in group.numbers
+        if (key := spool.key(n)) in skipped
+    }
+    found_equal.update((key, sha256) for key, sha256 in publication.reused.items() if key in skipped)
+    written = _Written(spool)
     progress.start("publish", total=len(plan.put), unit="objects")
     _put_all(storage, spool, content_put, written, progress, fault="content")
-    _write_manifest(
-        storage, listing, manifest, written, known, publication.referenced, now, skipped=skipped, referenced_now=False
-    )
+    _write_manifest(storage, listing, manifest, written, found_equal, publication.referenced, now, referenced_now=False)
 
     fault_point("index")
-    for ref in index_put:
+    for number, ref in zip(index_put.numbers, index_put, strict=True):
         artifact = spool.load(ref)
-        written[ref.key] = storage.put_conditional(
+        info = storage.put_conditional(
             artifact.key, artifact.data, content_type=artifact.content_type, cache_control=artifact.cache_control,
             if_match=None,
         )  # fmt: skip
+        written.add(info, spool.sha256(number))
         progress.advance(1, ref.size)
 
     fault_point("pointer")
     if pointer is not None and use_cas:
-        written[pointer.key] = storage.put_conditional(
+        info = storage.put_conditional(
             pointer.key, pointer.data, content_type=pointer.content_type, cache_control=pointer.cache_control,
             if_match=publication.pointer_etag,
         )  # fmt: skip
+        written.add(info, _sha256(pointer.data))
     elif pointer is not None:
-        written[pointer.key] = storage.put(
+        info = storage.put(
             pointer.key, pointer.data, content_type=pointer.content_type, cache_control=pointer.cache_control
         )
+        written.add(info, _sha256(pointer.data))
     if pointer is not None:
         progress.advance(1, len(pointer.data))
         log.info("committed %s", pointer.key)
@@ -415,9 +415,8 @@ def publish(
         storage.delete(key)
         gone.add(key)
     _write_manifest(
-        storage, listing, manifest, written, known, publication.referenced, now, skipped=skipped, referenced_now=True,
-        gone=gone,
-    )  # fmt: skip
+        storage, listing, manifest, written, found_equal, publication.referenced, now, referenced_now=True, gone=gone
+    )
     for key in OLD_MANIFEST_KEYS:
         if key in listing and key not in gone:
             storage.delete(key)
@@ -428,11 +427,54 @@ def publish(
     return PublishResult(plan, written=True)
 
 
+class _Written:
+    """What this run wrote, in columns by write: key, ETag, size, mtime and where its SHA-256 is (a spool entry
+    number, or the digest). An ObjectInfo a key in a dict costs ~250 bytes, and at a million packages a run
+    writes two million objects."""
+
+    __slots__ = ("_digests", "_etags", "_keys", "_modified", "_numbers", "_sizes", "_spool")
+
+    def __init__(self, spool: Spool) -> None:
+        self._spool = spool
+        self._keys: list[str] = []
+        self._etags: list[str] = []
+        self._sizes = array("q")
+        self._modified = array("d")  # NaN: not known
+        self._numbers = array("q")  # spool entry, or -1: the SHA-256 is in _digests
+        self._digests: dict[int, str] = {}
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+    def add(self, info: ObjectInfo, sha256: int | str) -> None:
+        """`info` written with these bytes: a spool entry's number, or their SHA-256."""
+        if isinstance(sha256, str):
+            self._digests[len(self._keys)] = sha256
+            sha256 = -1
+        self._keys.append(info.key)
+        self._etags.append(info.etag)
+        self._sizes.append(info.size)
+        self._modified.append(math.nan if info.modified is None else info.modified)
+        self._numbers.append(sha256)
+
+    def by_key(self) -> Iterator[tuple[str, ObjectInfo, str]]:
+        """Each key's last write, sorted by key: the key, what the destination said of it, its SHA-256."""
+        keys = self._keys
+        order = array("q", sorted(range(len(keys)), key=keys.__getitem__))  # stable: a key's last write last
+        for position, row in enumerate(order):
+            key = keys[row]
+            if position + 1 < len(order) and keys[order[position + 1]] == key:
+                continue
+            modified, number = self._modified[row], self._numbers[row]
+            info = ObjectInfo(key, self._sizes[row], self._etags[row], None if math.isnan(modified) else modified)
+            yield key, info, self._spool.sha256(number) if number >= 0 else self._digests[row]
+
+
 def _put_all(
     storage: Storage,
     spool: Spool,
-    refs: Sequence[SpooledArtifact],
-    written: dict[str, ObjectInfo],
+    refs: SpoolRefs,
+    written: _Written,
     progress: Progress,
     *,
     fault: str | None = None,
@@ -443,8 +485,8 @@ def _put_all(
     step = 1 if fault is not None and os.environ.get(FAULT_ENV) else size
     for start in range(0, len(refs), step):
         batch = refs[start : start + step]
-        for info in storage.put_many(spool.load_many(batch)):
-            written[info.key] = info
+        for number, info in zip(batch.numbers, storage.put_many(spool.load_many(batch)), strict=True):
+            written.add(info, number)
         progress.advance(len(batch), sum(ref.size for ref in batch))
         if fault is not None:
             fault_point(fault, len(written))
@@ -460,20 +502,18 @@ def _write_manifest(
     storage: Storage,
     listing: Mapping[str, ObjectInfo],
     manifest: Mapping[str, ManifestEntry],
-    written: dict[str, ObjectInfo],
-    known: Callable[[str], str],
+    written: _Written,
+    found_equal: Mapping[str, str],
     referenced: Container[str],
     now: datetime,
     *,
-    skipped: frozenset[str],
     referenced_now: bool,
     gone: Set[str] = frozenset(),  # deleted by this run
 ) -> None:
     """Record key -> SHA-256 of what the destination holds; `referenced_now` once the pointer is committed.
 
-    `known` holds the SHA-256 of everything this run planned: a listed key that the manifest does not
-    know, and that this run neither wrote nor found equal, is left out (the next run compares it by
-    same_content).
+    A listed key that the manifest does not know, and that this run neither wrote nor found equal to its
+    bytes (`found_equal`: key -> SHA-256), is left out (the next run compares it by same_content).
     """
     stamp = now.timestamp()
     # Written a batch of lines at a time into a zstd stream: the manifest of ~150,000 objects is ~27 MB as text.
@@ -481,18 +521,19 @@ def _write_manifest(
     stream = zstandard.ZstdCompressor(level=3).stream_writer(body, closefd=False)
     stream.write(MANIFEST_FORMAT.encode() + b"\n")
     lines: list[str] = []
-    for key in sorted({*listing, *written}):
+    for key, wrote in _listed_or_written(sorted(listing), written.by_key()):
         if key == MANIFEST_KEY or key in OLD_MANIFEST_KEYS or key in gone:
             continue
         old = manifest.get(key)
-        info = written.get(key)
-        if info is not None:
-            sha256, etag, size = known(key), info.etag, info.size
+        info: ObjectInfo | None = None
+        if wrote is not None:
+            info, sha256 = wrote
+            etag, size = info.etag, info.size
         elif old is not None:  # its ETag and size are the listing's (load_manifest keeps only those)
             sha256, etag, size = old.sha256, old.etag, old.size
-        elif key in skipped:  # listed, not in the manifest, and the plan found it equal to our bytes
+        elif key in found_equal:  # listed, not in the manifest, and the plan found it equal to our bytes
             info = listing[key]
-            sha256, etag, size = known(key), info.etag, info.size
+            sha256, etag, size = found_equal[key], info.etag, info.size
         else:
             continue
         if referenced_now and key in referenced:
@@ -509,3 +550,18 @@ def _write_manifest(
     stream.write("".join(lines).encode("utf-8"))
     stream.flush(zstandard.FLUSH_FRAME)
     storage.put(MANIFEST_KEY, body.getvalue(), content_type="application/zstd", cache_control=NO_CACHE)
+
+
+def _listed_or_written(
+    listed: Iterable[str], written: Iterable[tuple[str, ObjectInfo, str]]
+) -> Iterator[tuple[str, tuple[ObjectInfo, str] | None]]:
+    """Every key of the two (each sorted, each key once), sorted and once, with what this run wrote of it
+    (its info and SHA-256; None: nothing)."""
+    tagged = heapq.merge(
+        ((key, 0, (info, sha256)) for key, info, sha256 in written), ((key, 1, None) for key in listed)
+    )  # a key written and listed comes first as written
+    previous: str | None = None
+    for key, _, wrote in tagged:
+        if key != previous:
+            yield key, wrote
+        previous = key

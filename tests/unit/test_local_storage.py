@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from pipeline.errors import PublishConflictError
+from pipeline.storage import local
 from pipeline.storage.local import LOCK_NAME, LocalStorage
 
 
@@ -43,3 +44,14 @@ def test_etag_changes_with_every_write_and_conditional_put_checks_it(tmp_path: P
     with pytest.raises(PublishConflictError):
         storage.put_conditional("latest.asc", b"three", content_type="text/plain", cache_control="no-cache",
                                 if_match=None)  # fmt: skip
+
+
+def test_directories_made_are_remembered_a_bounded_number(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(local, "MADE_MAX", 3)
+    storage = LocalStorage(tmp_path / "dest")
+    keys = [f"d{i}/sub/x.torrent" for i in range(8)] + ["d0/sub/y.torrent"]
+    for key in keys:
+        storage.put(key, key.encode(), content_type="text/plain", cache_control="no-cache")
+        assert len(storage._made) <= 3
+    assert [info.key for info in storage.list()] == sorted(keys)
+    assert all((tmp_path / "dest" / key).read_bytes() == key.encode() for key in keys)

@@ -12,8 +12,18 @@ import pytest
 import zstandard
 
 from pipeline.objects import MANIFEST_KEY, OLD_MANIFEST_KEYS, make_artifact
-from pipeline.publish import MANIFEST_BATCH, MANIFEST_FORMAT, Publication, _manifest_line, load_manifest, publish
+from pipeline.publish import (
+    MANIFEST_BATCH,
+    MANIFEST_FORMAT,
+    Publication,
+    _listed_or_written,
+    _manifest_line,
+    _Written,
+    load_manifest,
+    publish,
+)
 from pipeline.spool import Spool
+from pipeline.storage import ObjectInfo
 from pipeline.storage.local import LocalStorage
 
 NOW = datetime(2026, 11, 23, 12, 0, 0, tzinfo=UTC)
@@ -132,3 +142,30 @@ def test_a_manifest_line_that_is_not_one_array_is_not_trusted(
     with caplog.at_level(logging.WARNING):
         assert load_manifest(LocalStorage(tmp_path), None) == {}
     assert any("unreadable manifest" in r.getMessage() for r in caplog.records)
+
+
+def test_what_a_run_wrote_is_read_back_by_key_its_last_write_each() -> None:
+    with Spool() as spool:
+        spooled = spool.put(make_artifact("torrents/b.torrent", b"b"))
+        written = _Written(spool)
+        written.add(ObjectInfo("torrents/b.torrent", 1, "e1", 5.0), spooled)
+        written.add(ObjectInfo("latest.asc", 3, "e2", None), "f" * 64)
+        written.add(ObjectInfo("a", 2, "e3", 7.5), "0" * 64)
+        written.add(ObjectInfo("latest.asc", 4, "e4", 9.0), "1" * 64)  # written again: the last write counts
+        got = list(written.by_key())
+    assert len(written) == 4
+    assert got == [
+        ("a", ObjectInfo("a", 2, "e3", 7.5), "0" * 64),
+        ("latest.asc", ObjectInfo("latest.asc", 4, "e4", 9.0), "1" * 64),
+        ("torrents/b.torrent", ObjectInfo("torrents/b.torrent", 1, "e1", 5.0), hashlib.sha256(b"b").hexdigest()),
+    ]
+    nameless = _Written(spool)
+    nameless.add(ObjectInfo("k", 1, "e", None), "2" * 64)
+    assert next(nameless.by_key())[1].modified is None
+
+
+def test_listed_and_written_keys_merge_sorted_once_each() -> None:
+    info = ObjectInfo("b", 1, "e", None)
+    merged = list(_listed_or_written(["a", "b", "d"], [("b", info, "s"), ("c", info, "t")]))
+    assert merged == [("a", None), ("b", (info, "s")), ("c", (info, "t")), ("d", None)]
+    assert list(_listed_or_written([], [])) == []

@@ -10,8 +10,18 @@ from pathlib import Path
 
 import pytest
 
+from pipeline.filetable import FileTable
 from pipeline.model import FileEntry, PackageRecord
-from pipeline.shards import TOP, debian_shard, fingerprint, members, record_fingerprints, shard_rows, shards_of
+from pipeline.shards import (
+    TOP,
+    Fingerprints,
+    debian_shard,
+    fingerprint,
+    members,
+    record_fingerprints,
+    shard_rows,
+    shards_of,
+)
 from pipeline.snapshot import ScanSpec, scan_snapshot
 from tests.unit import test_snapshot_arch as arch_fixture
 from tests.unit.test_snapshot_debian import Pkg, stanza
@@ -270,3 +280,18 @@ def test_fingerprint_is_order_free_over_shards_and_sees_each_one() -> None:
     # built (record_fingerprints) and read back from the published shards (fingerprint) agree
     rec, file = RECORDS[1], FILES[1]
     assert record_fingerprints((rec,), (file,), "debian")[rec.path] == fingerprint(hash(rec), reversed(file.shards))
+
+
+def test_fingerprints_of_a_file_table_are_a_column_that_compares_like_the_dict() -> None:
+    files = FileTable.of(replace(f, source=str(f.source)) for f in FILES)
+    by_row = record_fingerprints(RECORDS, files, "debian")
+    as_dict = record_fingerprints(RECORDS, FILES, "debian")
+    assert isinstance(by_row, Fingerprints) and isinstance(as_dict, dict)
+    assert by_row == as_dict and as_dict == by_row and dict(by_row.items()) == as_dict
+    assert list(by_row) == [f.path for f in FILES] and len(by_row) == len(FILES)
+    assert by_row["pool/main/h/h_1_amd64.deb"] == as_dict["pool/main/h/h_1_amd64.deb"]
+    assert "pool/main/x.deb" not in by_row and by_row.get("pool/main/x.deb") is None
+    changed = {**as_dict, "pool/main/z/z_1_arm64.deb": 0}
+    assert by_row != changed and changed != by_row and by_row != {**as_dict, "other": 1}
+    with pytest.raises(KeyError):
+        by_row["pool/main/x.deb"]
