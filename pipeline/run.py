@@ -20,7 +20,6 @@ import json
 import logging
 import time
 from array import array
-from bisect import bisect_left
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
@@ -300,7 +299,9 @@ def digest_files(
     paths = table.paths
     for item in iter_hashed(misses, workers=workers, progress=progress, executor=executor):
         digest = digest_of(item)
-        known[bisect_left(paths, item.entry.path)] = CachedFile(digest.sha256, digest.piece_size, digest.infohash)
+        at = table.row_of(item.entry.path)
+        assert at is not None, f"{item.entry.path}: hashed but not in the scan"
+        known[at] = CachedFile(digest.sha256, digest.piece_size, digest.infohash)
         rows.append(StateRow(item.entry, item.sha256, item.piece_size, digest.infohash, item.pieces))
         if len(rows) >= STORE_BATCH:
             state.store(rows)
