@@ -30,6 +30,7 @@ import zstandard
 
 from pipeline.errors import StorageError
 from pipeline.jsondoc import loads_strict
+from pipeline.manifest import ManifestEntry, ManifestTable, ManifestTableBuilder, UnsortedError, manifest_table
 from pipeline.model import Artifact, NullProgress, Progress
 from pipeline.objects import (
     COMPLETE_KEY,
@@ -84,56 +85,62 @@ class PublishResult:
     written: bool
 
 
-@dataclass(frozen=True, slots=True)
-class ManifestEntry:
-    sha256: str
-    etag: str
-    size: int
-    referenced: float  # epoch seconds: last time a committed publication reached this key
-
-
 def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
 def load_manifest(
     storage: Storage, listing: Mapping[str, ObjectInfo] | None, altered: set[str] | None = None
-) -> dict[str, ManifestEntry]:
+) -> ManifestTable:
     """The manifest's entries that still agree with the listing (same ETag and size); others are dropped
     (and, with `altered`, the listed keys among them collected there: changed since this tool wrote them).
     Without a listing, every entry is taken as it stands (a run that audits nothing).
 
     One JSON array a line after the format line: `[key, sha256, etag, size, referenced]`, parsed
     `MANIFEST_BATCH` lines at a time as one JSON array of them (a whole-document JSON of 130,000 objects
-    would cost ~100 MB to parse; one parse a line costs twice the time).
+    would cost ~100 MB to parse; one parse a line costs twice the time). Kept in columns (`ManifestTable`).
     """
     stored = storage.get(MANIFEST_KEY)
     if stored is None:
-        return {}
-    trusted: dict[str, ManifestEntry] = {}
-    total = 0
+        return ManifestTableBuilder().build()
+    read = [0]  # entries read
     try:
-        lines = io.BufferedReader(zstandard.ZstdDecompressor().stream_reader(stored.data))
-        found = lines.readline(100).rstrip(b"\n").decode("utf-8", "replace")
-        if found != MANIFEST_FORMAT:
-            raise ValueError(f"format {found[:60]!r}")
-        for key, sha256, etag, size, referenced in _manifest_items(lines):
-            total += 1
-            if listing is None:
-                trusted[str(key)] = ManifestEntry(str(sha256), str(etag), int(size), float(referenced))
-                continue
-            info = listing.get(key)
-            if info is not None and info.etag == etag and info.size == size:
-                # the listing's own key and ETag strings: one copy each for ~150,000 objects
-                trusted[info.key] = ManifestEntry(str(sha256), info.etag, info.size, float(referenced))
-            elif info is not None and altered is not None:
-                altered.add(info.key)
+        try:
+            builder = ManifestTableBuilder()
+            for row in _trusted(stored.data, listing, altered, read):
+                builder.add(*row)
+            trusted = builder.build()
+        except UnsortedError:  # not as this tool writes it (keys in order): sorted first
+            read = [0]
+            rows = _trusted(stored.data, listing, altered, read)
+            trusted = manifest_table((row[0], ManifestEntry(*row[1:])) for row in rows)
     except (ValueError, TypeError, zstandard.ZstdError) as exc:
         log.warning("%s: unreadable manifest (%s); rebuilding it from the listing", MANIFEST_KEY, exc)
-        return {}
-    if len(trusted) < total:
-        log.info("%s: %d stale entries ignored", MANIFEST_KEY, total - len(trusted))
+        return ManifestTableBuilder().build()
+    if len(trusted) < read[0]:
+        log.info("%s: %d stale entries ignored", MANIFEST_KEY, read[0] - len(trusted))
     return trusted
+
+
+def _trusted(
+    data: bytes, listing: Mapping[str, ObjectInfo] | None, altered: set[str] | None, read: list[int]
+) -> Iterator[tuple[str, str, str, int, float]]:
+    """(key, sha256, etag, size, referenced) of each entry of the manifest `data` that agrees with `listing`
+    (every entry without one), in the manifest's order; `read[0]` counts the entries read."""
+    lines = io.BufferedReader(zstandard.ZstdDecompressor().stream_reader(data))
+    found = lines.readline(100).rstrip(b"\n").decode("utf-8", "replace")
+    if found != MANIFEST_FORMAT:
+        raise ValueError(f"format {found[:60]!r}")
+    for key, sha256, etag, size, referenced in _manifest_items(lines):
+        read[0] += 1
+        if listing is None:
+            yield str(key), str(sha256), str(etag), int(size), float(referenced)
+            continue
+        info = listing.get(key)
+        if info is not None and info.etag == etag and info.size == size:
+            yield info.key, str(sha256), info.etag, info.size, float(referenced)
+        elif info is not None and altered is not None:
+            altered.add(info.key)
 
 
 def _manifest_items(lines: Iterable[bytes]) -> Iterator[Any]:
@@ -178,7 +185,7 @@ class Destination(_Holdings):
     object deleted or altered since shows at the next audit (README: "What a run guarantees")."""
 
     listing: Mapping[str, ObjectInfo]
-    manifest: Mapping[str, ManifestEntry]
+    manifest: ManifestTable
     altered: frozenset[str] = frozenset()
     listed: bool = True
 
@@ -197,7 +204,7 @@ class _ManifestListing(Mapping[str, ObjectInfo]):
     """The manifest seen as a listing (sizes and ETags as written; no modification time): no second
     object per key at a million keys."""
 
-    def __init__(self, manifest: Mapping[str, ManifestEntry]) -> None:
+    def __init__(self, manifest: ManifestTable) -> None:
         self._manifest = manifest
 
     def __getitem__(self, key: str) -> ObjectInfo:
@@ -501,7 +508,7 @@ def _manifest_line(key: str, sha256: str, etag: str, size: int, last: float) -> 
 def _write_manifest(
     storage: Storage,
     listing: Mapping[str, ObjectInfo],
-    manifest: Mapping[str, ManifestEntry],
+    manifest: ManifestTable,
     written: _Written,
     found_equal: Mapping[str, str],
     referenced: Container[str],
@@ -521,10 +528,12 @@ def _write_manifest(
     stream = zstandard.ZstdCompressor(level=3).stream_writer(body, closefd=False)
     stream.write(MANIFEST_FORMAT.encode() + b"\n")
     lines: list[str] = []
-    for key, wrote in _listed_or_written(sorted(listing), written.by_key()):
+    old_entries = _Cursor(manifest.entries())
+    listed = iter(listing) if isinstance(listing, _ManifestListing) else sorted(listing)  # the first: in order
+    for key, wrote in _listed_or_written(listed, written.by_key()):
+        old = old_entries.at(key)
         if key == MANIFEST_KEY or key in OLD_MANIFEST_KEYS or key in gone:
             continue
-        old = manifest.get(key)
         info: ObjectInfo | None = None
         if wrote is not None:
             info, sha256 = wrote
@@ -550,6 +559,22 @@ def _write_manifest(
     stream.write("".join(lines).encode("utf-8"))
     stream.flush(zstandard.FLUSH_FRAME)
     storage.put(MANIFEST_KEY, body.getvalue(), content_type="application/zstd", cache_control=NO_CACHE)
+
+
+class _Cursor:
+    """Entries sorted by key, looked up by keys that ascend: each entry is read once."""
+
+    def __init__(self, entries: Iterator[tuple[str, ManifestEntry]]) -> None:
+        self._entries = entries
+        self._next = next(entries, None)
+
+    def at(self, key: str) -> ManifestEntry | None:
+        """The entry of `key`; the entries of lower keys are passed over."""
+        while self._next is not None and self._next[0] < key:
+            self._next = next(self._entries, None)
+        if self._next is not None and self._next[0] == key:
+            return self._next[1]
+        return None
 
 
 def _listed_or_written(

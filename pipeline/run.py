@@ -86,7 +86,7 @@ from pipeline.publish import (
     read_destination,
 )
 from pipeline.report import RunReport
-from pipeline.shards import fingerprint, members, record_fingerprints, shard_rows, shards_of
+from pipeline.shards import Fingerprints, PublishedFingerprints, members, record_fingerprints, shard_rows, shards_of
 from pipeline.signing import Signer, verify_signed_message
 from pipeline.snapshot import ScanSpec, recheck_snapshot, scan_snapshot, snapshot_mark
 from pipeline.spool import Spool, SpoolRefs
@@ -199,18 +199,17 @@ def shard_bytes(storage: Storage, shard: ShardRef) -> bytes:
     return stored.data
 
 
-def read_index(storage: Storage, current: CurrentPointer) -> CurrentPublication:
-    """The shards the current pointer names, reduced to one fingerprint per path (each read streaming)."""
-    records: dict[str, int] = {}
-    shards_of: dict[str, list[str]] = {}
+def read_index(storage: Storage, current: CurrentPointer, files: FileTable | None = None) -> CurrentPublication:
+    """The shards the current pointer names, reduced to one fingerprint per path (each read streaming), by
+    row of `files` (the run's scan) for the paths it has."""
+    fingerprints = PublishedFingerprints(files)
     header: tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]] | None = None
-    for shard in current.pointer.shards:
+    for shard in sorted(current.pointer.shards, key=lambda shard: (shard.name, shard.part)):
         index = iter_index(shard_bytes(storage, shard), uncompressed_size=shard.uncompressed_size)
         try:
             for doc in index.packages():
                 record = PackageRecord.from_json(doc)
-                records[record.path] = hash(record)
-                shards_of.setdefault(record.path, []).append(shard.name)
+                fingerprints.add(record.path, hash(record), shard.name)
         except (KeyError, TypeError, AttributeError) as exc:
             raise StorageError(f"{shard.path}: a package entry is malformed ({exc!r}); re-publish") from exc
         found = index.header
@@ -221,7 +220,7 @@ def read_index(storage: Storage, current: CurrentPointer) -> CurrentPublication:
         pointer=current.pointer,
         etag=current.etag,
         pointer_sha256=current.pointer_sha256,
-        fingerprints={path: fingerprint(value, shards_of[path]) for path, value in records.items()},
+        fingerprints=fingerprints,
         header=header,
     )
 
@@ -337,11 +336,12 @@ def _private_infohashes(files: FileTable, state: StateCache, known: KnownDigests
 @dataclass(frozen=True)
 class IndexObjects:
     pointer: Pointer
-    artifacts: tuple[Artifact, ...]
+    artifacts: SpoolRefs  # spooled as made: at a million files the compressed shards are ~190 MB
 
 
 def build_index_objects(
     *,
+    spool: Spool,
     settings: Settings,
     public_url: str,
     sequence: int,
@@ -356,14 +356,15 @@ def build_index_objects(
     """The index's shards (docs/sharded-index.md), each in parts of at most PART_MAX_BYTES of JSON, each
     part with its torrent and, when `previous(name, part)` names the previous
     publication's part of that name and number, its JSON changed and `previous_json` reads it, the delta
-    from it; and the pointer naming them. One part's JSON is in memory at a time.
+    from it; and the pointer naming them. One part's JSON is in memory at a time; every object goes to
+    `spool` as it is made.
 
     `records` and `files` (the entries they were built from) are in the same order, sorted by path.
     """
     webseeds = [m.url for m in settings.all_mirrors]
     shards_url = join_url(public_url, "index/shards") + "/"
     shards: list[ShardRef] = []
-    artifacts: list[Artifact] = []
+    artifacts = array("q")  # spool entry numbers
     paths = files.paths if isinstance(files, FileTable) else [entry.path for entry in files]
     for name, rows in shard_rows(files, snapshot_format).items():
         parts = shard_parts(
@@ -385,14 +386,15 @@ def build_index_objects(
                 nodes=settings.dht_node_pairs,
             )
             torrent_object = make_artifact(shard_torrent_key(_sha256(torrent)), torrent)
-            artifacts += [make_artifact(key, encoded.data), torrent_object]
+            artifacts.append(spool.put(make_artifact(key, encoded.data)))
+            artifacts.append(spool.put(torrent_object))
             delta = None
             before = previous(name, part)
             if before is not None and before.uncompressed_sha256 != encoded.uncompressed_sha256:
                 made = _delta(before, previous_json(before), new_json, encoded.sha256)
                 if made is not None:
                     delta, delta_object = made
-                    artifacts.append(delta_object)
+                    artifacts.append(spool.put(delta_object))
             del new_json  # up to PART_MAX_BYTES of JSON: not kept to the next part
             shards.append(
                 ShardRef(
@@ -410,7 +412,7 @@ def build_index_objects(
                 )
             )
     pointer = Pointer(settings.repo, sequence, rfc3339(generated), rfc3339(expires), tuple(shards))
-    return IndexObjects(pointer, tuple(artifacts))
+    return IndexObjects(pointer, spool.refs(artifacts))
 
 
 def _delta(before: ShardRef, old_json: bytes | None, new_json: bytes, sha256: str) -> tuple[DeltaRef, Artifact] | None:
@@ -450,6 +452,10 @@ def _changes(
     current: CurrentPublication | None, fingerprints: Mapping[str, int]
 ) -> tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...], int]:
     before = current.fingerprints if current else {}
+    if isinstance(before, PublishedFingerprints) and isinstance(fingerprints, Fingerprints):
+        by_row = before.changes(fingerprints)
+        if by_row is not None:
+            return by_row
     new = tuple(sorted(p for p in fingerprints if p not in before))
     removed = tuple(sorted(p for p in before if p not in fingerprints))
     changed = tuple(sorted(p for p, f in fingerprints.items() if p in before and before[p] != f))
@@ -550,7 +556,7 @@ def _release(settings: Settings, spool: Spool, progress: Progress, now: Callable
         current = None
         if destination.current is not None and not facts.lost_index and decision is None:
             with clock.stage("read-current"):
-                current = read_index(run.storage, destination.current)
+                current = read_index(run.storage, destination.current, records.files)
             facts = replace(facts, unchanged=_same_content(current, fingerprints, settings))
             decision = decide(facts)
         assert decision is not None
@@ -875,7 +881,16 @@ def _build_content(
         to_build = array("l", range(len(paths)))
     else:
         published = current.fingerprints if current else {}
-        to_build = array("l", (row for row, path in enumerate(paths) if published.get(path) != fingerprints[path]))
+        by_row = (
+            published.changed_rows(fingerprints)
+            if isinstance(published, PublishedFingerprints) and isinstance(fingerprints, Fingerprints)
+            else None
+        )
+        to_build = (
+            by_row
+            if by_row is not None
+            else array("l", (row for row, path in enumerate(paths) if published.get(path) != fingerprints[path]))
+        )
     objects = destination.whole
     building = bytearray(len(paths))
     for row in to_build:
@@ -937,6 +952,7 @@ def _sign(
             pointer = replace(current.pointer, generated=rfc3339(run.started), expires=rfc3339(run.expires))
         else:
             objects = build_index_objects(
+                spool=spool,
                 settings=settings,
                 public_url=run.public_url,
                 sequence=decision.sequence,
@@ -948,7 +964,7 @@ def _sign(
                 previous=lambda name, part: shard_named(destination.pointer, name, part),
                 previous_json=lambda shard: previous_shard_json(run.storage, shard),
             )
-            pointer, index_objects = objects.pointer, spool.add_all(objects.artifacts)
+            pointer, index_objects = objects.pointer, objects.artifacts
             del objects
         artifact = make_artifact(POINTER_KEY, run.signer.sign_message(encode_pointer(pointer)))
         if len(artifact.data) > POINTER_MAX_BYTES:

@@ -7,6 +7,7 @@ top-level directory, or `.` for a file at the top.
 
 from __future__ import annotations
 
+import itertools
 from array import array
 from collections.abc import ItemsView, Iterable, Iterator, Mapping, Sequence
 
@@ -117,5 +118,88 @@ class _Items(ItemsView[str, int]):
 
 def fingerprint(record_hash: int, shards: Iterable[str]) -> int:
     """The fingerprint of a record (by its `hash()`: equal records, description aside, hash equal) listed
-    in `shards`; the same whether built or read back from published shards."""
-    return hash((record_hash, tuple(sorted(shards))))
+    in `shards`; the same whether built or read back from published shards (`PublishedFingerprints`, which
+    folds the names in as it meets them, in name order)."""
+    chain = 0
+    for name in sorted(shards):
+        chain = hash((chain, name))
+    return hash((record_hash, chain))
+
+
+class PublishedFingerprints(Mapping[str, int]):
+    """path -> fingerprint of every record a publication's shards list, read back a shard at a time (`add`,
+    the shards in name order). The paths of `files` (the run's FileTable) are kept by row, 17 bytes a file
+    where a dict cost ~250; the others (files gone since) in a dict."""
+
+    __slots__ = ("_chains", "_files", "_listed", "_others", "_records")
+
+    def __init__(self, files: FileTable | None = None) -> None:
+        self._files = files
+        count = len(files) if files is not None else 0
+        self._records = array("q", bytes(8 * count))  # the record's hash()
+        self._chains = array("q", bytes(8 * count))  # its shards' names, folded in as met
+        self._listed = bytearray(count)
+        self._others: dict[str, tuple[int, int]] = {}
+
+    def add(self, path: str, record_hash: int, shard: str) -> None:
+        """`shard` lists `path` with a record of this hash (a later one replaces an earlier one's hash)."""
+        row = self._files.row_of(path) if self._files is not None else None
+        if row is None:
+            chain = self._others.get(path, (0, 0))[1]
+            self._others[path] = (record_hash, hash((chain, shard)))
+            return
+        self._records[row] = record_hash
+        self._chains[row] = hash((self._chains[row], shard))
+        self._listed[row] = 1
+
+    def __getitem__(self, path: str) -> int:
+        row = self._files.row_of(path) if self._files is not None else None
+        if row is not None and self._listed[row]:
+            return hash((self._records[row], self._chains[row]))
+        if row is None and path in self._others:
+            return hash(self._others[path])
+        raise KeyError(path)
+
+    def __iter__(self) -> Iterator[str]:
+        if self._files is not None:
+            yield from itertools.compress(self._files.paths, self._listed)
+        yield from sorted(self._others)
+
+    def __len__(self) -> int:
+        return self._listed.count(1) + len(self._others)
+
+    def changed_rows(self, after: Fingerprints) -> array[int] | None:
+        """The rows of `after`'s FileTable this publication does not list, or lists with another fingerprint
+        (ascending); None unless `after` is by row of this one's FileTable."""
+        if after._files is not self._files:
+            return None
+        values, records, chains = after._values, self._records, self._chains
+        return array(
+            "l",
+            (
+                row
+                for row, listed in enumerate(self._listed)
+                if not listed or hash((records[row], chains[row])) != values[row]
+            ),
+        )
+
+    def changes(self, after: Fingerprints) -> tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...], int] | None:
+        """(new, changed, removed paths, number unchanged) going from this publication to `after`; None unless
+        `after` is by row of this one's FileTable."""
+        rows = self.changed_rows(after)
+        if rows is None:
+            return None
+        paths, listed = after._files.paths, self._listed
+        new = tuple(paths[row] for row in rows if not listed[row])
+        changed = tuple(paths[row] for row in rows if listed[row])
+        return new, changed, tuple(sorted(self._others)), len(paths) - len(rows)
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, Fingerprints) and other._files is self._files:
+            return not self._others and not self.changed_rows(other)
+        if not isinstance(other, Mapping):
+            return NotImplemented
+        missing = object()
+        return len(self) == len(other) and all(other.get(path, missing) == value for path, value in self.items())
+
+    __hash__ = None  # type: ignore[assignment]

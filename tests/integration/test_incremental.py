@@ -196,9 +196,9 @@ def test_no_change_run_trusts_the_state_memo_only_for_the_index_the_pointer_name
     decoded: list[int] = []
     real_read_index = pipeline.run.read_index
 
-    def spy(storage: object, current: pipeline.run.CurrentPointer) -> object:
+    def spy(storage: object, current: pipeline.run.CurrentPointer, files: object = None) -> object:
         decoded.append(current.pointer.sequence)
-        return real_read_index(storage, current)  # type: ignore[arg-type]
+        return real_read_index(storage, current, files)  # type: ignore[arg-type]
 
     monkeypatch.setattr(pipeline.run, "read_index", spy)
     assert release(settings(snap, dest, signing_key, state)).action == "noop"

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import zstandard
 
+from pipeline.manifest import ManifestEntry
 from pipeline.objects import MANIFEST_KEY, OLD_MANIFEST_KEYS, make_artifact
 from pipeline.publish import (
     MANIFEST_BATCH,
@@ -132,6 +133,18 @@ def test_a_manifest_of_several_batches_is_read_whole(tmp_path: Path) -> None:
     assert len(manifest) == count
     assert manifest[f"torrents/{MANIFEST_BATCH:06}.torrent"].sha256 == f"{MANIFEST_BATCH:064x}"
     assert manifest[f"torrents/{count - 1:06}.torrent"].size == count - 1
+
+
+def test_a_manifest_not_in_key_order_is_read_whole(tmp_path: Path) -> None:
+    """This tool writes the manifest's keys in order and keeps them so; one in another order (an earlier or
+    another writer) is sorted when read, a key given twice keeping its last entry."""
+    lines = [json.dumps([f"torrents/{i % 7}-{i}.torrent", f"{i:064x}", f"e{i}", i, 1.5]) for i in range(200)]
+    lines.append(json.dumps(["torrents/0-0.torrent", "f" * 64, "again", 9, 2.5]))
+    write_manifest_lines(tmp_path, lines)
+    manifest = load_manifest(LocalStorage(tmp_path), None)
+    assert len(manifest) == 200 and list(manifest) == sorted(manifest)
+    assert manifest["torrents/3-10.torrent"].sha256 == f"{10:064x}"
+    assert manifest["torrents/0-0.torrent"] == ManifestEntry("f" * 64, "again", 9, 2.5)
 
 
 @pytest.mark.parametrize("line", ['["a", "s", "e", 1, 1.5], ["b", "s", "e", 2, 1.5]', '["a", "s", "e", 1, 1.5]]'])

@@ -15,6 +15,7 @@ from pipeline.model import FileEntry, PackageRecord
 from pipeline.shards import (
     TOP,
     Fingerprints,
+    PublishedFingerprints,
     debian_shard,
     fingerprint,
     members,
@@ -295,3 +296,52 @@ def test_fingerprints_of_a_file_table_are_a_column_that_compares_like_the_dict()
     assert by_row != changed and changed != by_row and by_row != {**as_dict, "other": 1}
     with pytest.raises(KeyError):
         by_row["pool/main/x.deb"]
+
+
+def published(
+    files: FileTable | None, records: Sequence[PackageRecord], entries: Sequence[FileEntry]
+) -> PublishedFingerprints:
+    """What read_index makes of a publication of `records` (listed as `entries` say): shard by shard, by name."""
+    found = PublishedFingerprints(files)
+    listed = sorted((name, rec.path, hash(rec)) for rec, e in zip(records, entries, strict=True) for name in e.shards)
+    for name, path, record_hash in listed:
+        found.add(path, record_hash, name)
+    return found
+
+
+def test_published_fingerprints_read_back_equal_the_built_ones_by_row_and_by_path() -> None:
+    files = FileTable.of(replace(f, source=str(f.source)) for f in FILES)
+    built = record_fingerprints(RECORDS, files, "debian")
+    assert isinstance(built, Fingerprints)
+    for table in (files, None):  # by row of the run's table; all by path (read_current, no table)
+        read = published(table, RECORDS, FILES)
+        assert read == built and built == read and dict(read.items()) == dict(built.items())
+        assert len(read) == len(FILES) and sorted(read) == sorted(f.path for f in FILES)
+        with pytest.raises(KeyError):
+            read["pool/main/x.deb"]
+    read = published(files, RECORDS, FILES)
+    assert read.changes(built) == ((), (), (), len(FILES)) and list(read.changed_rows(built) or ()) == []
+
+
+def test_published_fingerprints_tell_new_changed_and_removed_files_by_row() -> None:
+    files = FileTable.of(replace(f, source=str(f.source)) for f in FILES)
+    built = record_fingerprints(RECORDS, files, "debian")
+    assert isinstance(built, Fingerprints)
+    # the publication lacks FILES[0], lists RECORDS[3] with another SHA-256, lists FILES[2] in one more
+    # shard, and lists a file the run no longer has
+    gone, gone_entry = record("pool/main/zz/gone.deb"), entry("pool/main/zz/gone.deb", "bookworm/main/all")
+    old_records = [replace(RECORDS[3], sha256="b" * 64) if r is RECORDS[3] else r for r in RECORDS[1:]] + [gone]
+    old_entries = [
+        replace(FILES[2], shards=(*FILES[2].shards, "trixie/main/all")) if f is FILES[2] else f for f in FILES[1:]
+    ]
+    read = published(files, old_records, [*old_entries, gone_entry])
+    new, changed, removed, unchanged = read.changes(built) or ((), (), (), -1)
+    assert new == (FILES[0].path,)
+    assert changed == tuple(sorted((FILES[2].path, FILES[3].path)))
+    assert removed == (gone.path,) and unchanged == len(FILES) - 3
+    assert list(read.changed_rows(built) or ()) == [0, 2, 3]
+    assert read != built and gone.path in read and FILES[0].path not in read
+    # the generic comparison (by path) agrees with the one by row
+    assert read != dict(built.items())
+    by_path = published(None, old_records, [*old_entries, gone_entry])
+    assert by_path.changes(built) is None and dict(by_path.items()) == dict(read.items())
