@@ -188,12 +188,17 @@ class FileTable(_Entries):
             prefix_ids = array("l", (prefix_ids[index] for index in order))
             signed = array("q", (value for index in order for value in signed[2 * index : 2 * index + 2]))
             unsigned = array("Q", (value for index in order for value in unsigned[2 * index : 2 * index + 2]))
-            if built._has_digests:
-                digests = bytearray(b"".join(digests[32 * index : 32 * index + 32] for index in order))
-            position = {old: new for new, old in enumerate(order)}
-            sources = {position[old]: value for old, value in sources.items()}
-            odd = {position[old]: value for old, value in odd.items()}
-            signatures = {position[old]: value for old, value in signatures.items()}
+            if built._has_digests:  # copied in place: no bytes object a file on the way
+                source, digests = memoryview(built._digests), bytearray(32 * len(order))
+                for new, index in enumerate(order):
+                    digests[32 * new : 32 * new + 32] = source[32 * index : 32 * index + 32]
+            if sources or odd or signatures:  # few: by a row's old number, its new one (8 bytes a file)
+                position = array("l", bytes(array("l").itemsize * len(order)))
+                for new, index in enumerate(order):
+                    position[index] = new
+                sources = {position[old]: value for old, value in sources.items()}
+                odd = {position[old]: value for old, value in odd.items()}
+                signatures = {position[old]: value for old, value in signatures.items()}
             for column in built._shared.values():
                 column.reordered(order)
         for column in built._shared.values():
@@ -205,7 +210,7 @@ class FileTable(_Entries):
         self._sources = sources
         self._signed = signed
         self._unsigned = unsigned
-        self._digests = bytes(digests)
+        self._digests = bytes(digests) if digests is built._digests else digests  # the builder's: copied
         self._has_digests = built._has_digests
         self._odd_digests = odd
         self._shared = tuple(built._shared[field] for field in _OPTIONAL)

@@ -31,7 +31,7 @@ import subprocess
 import sys
 import tempfile
 import zlib
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Generator, Iterable, Iterator, Mapping
 from contextlib import closing, contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -607,8 +607,9 @@ def _gc_paused() -> Iterator[None]:
 
 def _read_packages(
     tree: _Tree, index: PackagesIndex, release: ReleaseInfo, signed: bool, cache: ListingCache | None = None
-) -> list[ListedFile]:
-    """The stanzas of one Packages file; nothing is decompressed before the file on disk is checked.
+) -> Iterator[ListedFile]:
+    """The stanzas of one Packages file, as they are read; nothing is decompressed before the file on disk
+    is checked.
 
     A compressed file as on disk is compared (size, SHA-256) with its Release line first, so a
     `Packages.xz` the (signed) Release does not vouch for is refused unread by the decompressor. It is
@@ -616,11 +617,12 @@ def _read_packages(
     the uncompressed `Packages`, when smaller), and parsed as it is read. An uncompressed `Packages` is
     parsed as it is read from disk (never held whole). Either way the uncompressed bytes are compared
     with the Release's `Packages` line at the end (before a parse error in them is reported: a mismatch
-    says more).
+    says more); a caller that meets that error has seen the stanzas before it.
 
     With a `cache`, a file whose bytes (as on disk) have the SHA-256 of its last parse is not parsed again:
     the parse and the uncompressed size and SHA-256 are read back, and the latter compared with the
-    Release as a parse would (~15× faster than decompressing and parsing).
+    Release first, as a parse would (~15× faster than decompressing and parsing). Neither way holds the
+    file's stanzas at once: at a million files one Packages file lists ~300,000.
     """
     in_release = index.rel.removeprefix(f"dists/{index.suite}/")
     uncompressed_name = in_release.rsplit("/", 1)[0] + "/Packages"
@@ -631,9 +633,11 @@ def _read_packages(
         digest = _file_sha256(tree, index.rel) if cache is not None else ""
         hit = _cached(cache, index.rel, digest, uncompressed_name, index.rel, release)
         if hit is not None:
-            return hit
+            yield from hit
+            return
         reader = BoundedReader(tree.open_metadata(index.rel), index.rel, bounded.MAX_METADATA_BYTES)
-        return _remember(cache, index.rel, digest, *_parse_checked(reader, index.rel, uncompressed_name, release))
+        yield from _remember(cache, index.rel, digest, _parse_checked(reader, index.rel, uncompressed_name, release))
+        return
     raw = tree.read(index.rel)
     on_disk = Checksum(size=len(raw), sha256=hashlib.sha256(raw).hexdigest())
     checked = _check_against_release(in_release, on_disk, index.rel, release)
@@ -641,19 +645,23 @@ def _read_packages(
         raise _not_listed(index, release)
     hit = _cached(cache, index.rel, on_disk.sha256, uncompressed_name, f"{index.rel} (decompressed)", release)
     if hit is not None:
-        return hit
+        yield from hit
+        return
     limit, why = bounded.MAX_METADATA_BYTES, ""
     if plain is not None and plain.size < limit:
         limit, why = plain.size, f"the {plain.size} bytes {release.shown_path} lists for {uncompressed_name}"
     reader = BoundedReader(_decompressor(raw, index.rel), index.rel, limit, why)
     del raw  # the compressed bytes are the decompressor's now
     parsed = _parse_checked(reader, index.rel, uncompressed_name, release, compressed=True)
-    return _remember(cache, index.rel, on_disk.sha256, *parsed)
+    yield from _remember(cache, index.rel, on_disk.sha256, parsed)
 
 
-# The cached parse of one Packages: marshal (a million plain tuples load in about a second) in zstd. The
-# header names this codec and the Python that wrote it (marshal's format may change between versions).
-_LISTING_CODEC = f"debian-listing/1 py{sys.version_info[0]}.{sys.version_info[1]}"
+# The cached parse of one Packages: the marshalled header (codec, uncompressed size and SHA-256, number of
+# batches and their marshalled bytes), then one zstd frame of the rows, `_LISTING_BATCH` at a time, each batch
+# marshalled (plain tuples: a million load in about a second). Neither writing nor reading it holds every
+# row. The codec names the Python that wrote it (marshal's format may change between versions).
+_LISTING_CODEC = f"debian-listing/2 py{sys.version_info[0]}.{sys.version_info[1]}"
+_LISTING_BATCH = 4096
 
 
 def _file_sha256(tree: _Tree, rel: str) -> str:
@@ -669,32 +677,72 @@ def _file_sha256(tree: _Tree, rel: str) -> str:
 
 def _cached(
     cache: ListingCache | None, rel: str, digest: str, uncompressed_name: str, shown_path: str, release: ReleaseInfo
-) -> list[ListedFile] | None:
+) -> Iterator[ListedFile] | None:
     """The last parse of `rel` when its bytes had SHA-256 `digest` (None: parse it), its uncompressed size
-    and SHA-256 compared with the Release first. An entry that cannot be read is a miss."""
+    and SHA-256 compared with the Release first. An entry that cannot be read is a miss: its header and its
+    zstd frame (with its checksum) are read through before a row is given."""
     blob = cache.listing(rel, digest) if cache is not None else None
     if blob is None:
         return None
+    source = io.BytesIO(blob)
     try:
-        codec, size, sha256, rows = marshal.loads(zstandard.ZstdDecompressor().decompress(blob))
+        codec, size, sha256, batches, length = marshal.load(source)
         if codec != _LISTING_CODEC:
             return None
-        items = [ListedFile._make(row) for row in rows]
+        start, found = source.tell(), 0
+        with zstandard.ZstdDecompressor().stream_reader(source, closefd=False) as frame:
+            while chunk := frame.read(bounded.CHUNK_BYTES):
+                found += len(chunk)
+        if found != length:
+            raise ValueError(f"{found} bytes of rows, not {length}")
     except (ValueError, EOFError, TypeError, zstandard.ZstdError):
         log.info("%s: the cached parse is unreadable; parsing the file again", rel)
         return None
     _check_against_release(uncompressed_name, Checksum(size=size, sha256=sha256), shown_path, release)
-    return items
+    source.seek(start)
+    return _cached_rows(source, int(batches))
+
+
+def _cached_rows(source: BinaryIO, batches: int) -> Iterator[ListedFile]:
+    with zstandard.ZstdDecompressor().stream_reader(source, closefd=False) as frame:
+        for _ in range(batches):
+            for row in marshal.load(frame):
+                yield ListedFile._make(row)
 
 
 def _remember(
-    cache: ListingCache | None, rel: str, digest: str, items: list[ListedFile], read: Checksum
-) -> list[ListedFile]:
-    if cache is not None:
-        rows = list(map(tuple, items))
-        value = marshal.dumps((_LISTING_CODEC, read.size, read.sha256, rows))
-        cache.remember_listing(rel, digest, zstandard.ZstdCompressor(level=1).compress(value))
-    return items
+    cache: ListingCache | None, rel: str, digest: str, parsed: Generator[ListedFile, None, Checksum]
+) -> Iterator[ListedFile]:
+    """The stanzas `parsed` yields; with a cache, kept there (`_cached`) once the parse is complete."""
+    if cache is None:
+        yield from parsed
+        return
+    body = io.BytesIO()
+    batches = length = 0
+    with zstandard.ZstdCompressor(level=1, write_checksum=True).stream_writer(body, closefd=False) as frame:
+        batch: list[tuple[object, ...]] = []
+        while True:
+            try:
+                item = next(parsed)
+            except StopIteration as done:
+                read: Checksum = done.value
+                break
+            batch.append(tuple(item))
+            if len(batch) == _LISTING_BATCH:
+                length += _write_batch(frame, batch)
+                batch, batches = [], batches + 1
+            yield item
+        if batch:
+            length += _write_batch(frame, batch)
+            batches += 1
+    header = marshal.dumps((_LISTING_CODEC, read.size, read.sha256, batches, length))
+    cache.remember_listing(rel, digest, header + body.getvalue())
+
+
+def _write_batch(frame: BinaryIO, batch: list[tuple[object, ...]]) -> int:
+    data = marshal.dumps(batch)
+    frame.write(data)
+    return len(data)
 
 
 def _not_listed(index: PackagesIndex, release: ReleaseInfo) -> SnapshotError:
@@ -703,9 +751,9 @@ def _not_listed(index: PackagesIndex, release: ReleaseInfo) -> SnapshotError:
 
 def _parse_checked(
     reader: BoundedReader, rel: str, uncompressed_name: str, release: ReleaseInfo, *, compressed: bool = False
-) -> tuple[list[ListedFile], Checksum]:
-    """The stanzas `reader` yields and what it read (size, SHA-256), which is compared with the Release
-    line of `uncompressed_name`.
+) -> Generator[ListedFile, None, Checksum]:
+    """The stanzas `reader` yields, then (the generator's value) what it read (size, SHA-256), which is
+    compared with the Release line of `uncompressed_name`.
 
     On a parse error the rest is read and compared first: a damaged file is reported as such.
     """
@@ -713,7 +761,7 @@ def _parse_checked(
     with closing(reader):
         try:
             try:
-                items = _parse_packages(reader, rel)
+                yield from _parse_packages(reader, rel)
             except SnapshotError:
                 if uncompressed_name in release.checksums:
                     while reader.read(bounded.CHUNK_BYTES):
@@ -726,7 +774,7 @@ def _parse_checked(
             raise SnapshotError(f"{rel}: cannot decompress ({exc}); {_RESYNC}") from None
     read = _read_so_far(reader)
     _check_against_release(uncompressed_name, read, shown_path, release)
-    return items, read
+    return read
 
 
 def _read_so_far(reader: BoundedReader) -> Checksum:
@@ -756,12 +804,12 @@ def _decompressor(raw: bytes, rel: str) -> Readable:
     return source
 
 
-def _parse_packages(reader: Readable, rel: str) -> list[ListedFile]:
+def _parse_packages(reader: Readable, rel: str) -> Iterator[ListedFile]:
     """The files a Packages stream lists, read a chunk at a time (`pipeline.snapshot.stanzas`)."""
     stanzas = read_stanzas(
         reader, rel, _PACKAGES_FIELDS, max_line_bytes=MAX_LINE_BYTES, max_stanza_bytes=MAX_STANZA_BYTES
     )
-    return [_listed_file(values, rel) for values in stanzas]
+    return (_listed_file(values, rel) for values in stanzas)
 
 
 def _listed_file(values: list[str], rel: str) -> ListedFile:

@@ -5,8 +5,10 @@ from __future__ import annotations
 import gc
 import gzip
 import hashlib
+import io
 import itertools
 import lzma
+import marshal
 import os
 import shutil
 import subprocess
@@ -913,6 +915,49 @@ def test_an_unreadable_cached_parse_is_a_miss(tmp_path: Path, state: StateCache)
     state.remember_listing(rel, digest, b"not zstd at all")
     assert cached_scan(root, state) == first
     assert state.listing(rel, digest) != b"not zstd at all"  # parsed and kept again
+
+
+def test_a_cached_parse_of_several_batches_reads_back_every_stanza(
+    tmp_path: Path, state: StateCache, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The cache keeps a parse a batch of rows at a time (no Packages file is held whole): one row short of
+    two batches, exactly two, and one over all read back in order."""
+    root = tmp_path / "mirror"
+    packages = [Pkg(f"p{i:02}", "1.0-1", "amd64") for i in range(7)]
+    write_archive(root, "bookworm", packages, compression="xz")
+    expected = scan_snapshot(ScanSpec(root=root)).files
+    rel = "dists/bookworm/main/binary-amd64/Packages.xz"
+    digest = hashlib.sha256((root / rel).read_bytes()).hexdigest()
+    for batch in (4, 7, 6, 1):
+        monkeypatch.setattr(debian, "_LISTING_BATCH", batch)
+        state.remember_listing(rel, digest, b"")  # a miss: parsed and kept in batches of `batch`
+        assert cached_scan(root, state) == expected
+        with monkeypatch.context() as parsing:
+            no_parsing(parsing)
+            assert cached_scan(root, state) == expected
+
+
+@pytest.mark.parametrize("damage", ["codec", "short", "long", "bits"])
+def test_a_cached_parse_of_another_codec_or_damaged_is_a_miss(tmp_path: Path, state: StateCache, damage: str) -> None:
+    root = tmp_path / "mirror"
+    write_archive(root, "bookworm", [HELLO, HELLO_DOC], compression="xz")
+    first = cached_scan(root, state)
+    rel = "dists/bookworm/main/binary-amd64/Packages.xz"
+    digest = hashlib.sha256((root / rel).read_bytes()).hexdigest()
+    blob = state.listing(rel, digest)
+    assert blob is not None
+    source = io.BytesIO(blob)
+    codec, size, sha256, batches, length = marshal.load(source)
+    body = blob[source.tell() :]
+    damaged = {
+        "codec": marshal.dumps(("debian-listing/1 py3.11", size, sha256, batches, length)) + body,
+        "short": marshal.dumps((codec, size, sha256, batches, length + 1)) + body,
+        "long": marshal.dumps((codec, size, sha256, batches, length - 1)) + body,
+        "bits": blob[:-6] + bytes(b ^ 0xFF for b in blob[-6:]),
+    }[damage]
+    state.remember_listing(rel, digest, damaged)
+    assert cached_scan(root, state) == first
+    assert state.listing(rel, digest) == blob  # parsed and kept again
 
 
 def test_parses_of_packages_files_no_longer_scanned_are_forgotten(tmp_path: Path, state: StateCache) -> None:
