@@ -28,6 +28,7 @@ __all__ = ["FileTable", "FileTableBuilder", "KnownDigests"]
 
 _HEX = frozenset("0123456789abcdef")
 _OPTIONAL = ("name", "version", "arch", "description", "shards")
+_SHARDS = _OPTIONAL.index("shards")
 
 
 class _Shared:
@@ -243,6 +244,23 @@ class FileTable(_Entries):
         """The size of the file at `row` (no FileEntry is made)."""
         return self._signed[2 * row]
 
+    def total_size(self) -> int:
+        """The sum of every file's size."""
+        return sum(self._signed[0::2])
+
+    def stat_at(self, row: int) -> tuple[int, int, int, int]:
+        """(dev, inode, size, mtime_ns) of the file at `row`: its stat key (no FileEntry is made)."""
+        return self._unsigned[2 * row], self._unsigned[2 * row + 1], self._signed[2 * row], self._signed[2 * row + 1]
+
+    def expected_sha256_at(self, row: int) -> str | None:
+        """The SHA-256 the repository metadata lists for the file at `row` (no FileEntry is made)."""
+        return _digest_at(row, self._odd_digests, self._digests if self._has_digests else None)
+
+    def shards_at(self, row: int) -> tuple[str, ...]:
+        """The shards the scan found listing the file at `row` (no FileEntry is made)."""
+        shards: tuple[str, ...] = self._shared[_SHARDS].get(row)
+        return shards
+
     def row_of(self, path: str) -> int | None:
         """The row of `path`, None when the table has no such file."""
         row = bisect_left(self._paths, path)
@@ -258,7 +276,7 @@ class FileTable(_Entries):
         source = self._sources[index] if prefix_id < 0 else self._prefixes[prefix_id] + path
         signed, unsigned = self._signed, self._unsigned
         digest = _digest_at(index, self._odd_digests, self._digests if self._has_digests else None)
-        name, version, arch, description, shards = (column.get(index) for column in self._shared)
+        name, version, arch, description, shards = self._shared  # made a million times: no loop here
         return FileEntry(
             path,
             source,
@@ -267,12 +285,12 @@ class FileTable(_Entries):
             unsigned[2 * index],
             unsigned[2 * index + 1],
             digest,
-            name,
-            version,
-            arch,
-            description,
+            name.get(index),
+            version.get(index),
+            arch.get(index),
+            description.get(index),
             self._signatures.get(index),
-            shards,
+            shards.get(index),
         )
 
 

@@ -42,12 +42,14 @@ from pipeline.objects import (
 )
 from pipeline.spool import Spool, SpoolRefs
 from pipeline.storage import ObjectInfo, Storage
+from pipeline.strcolumn import StringColumn
 
 log = logging.getLogger(__name__)
 
 MANIFEST_FORMAT = "mirrorseed-manifest/2"
 MANIFEST_BATCH = 4096  # manifest lines parsed at once (reading), formatted before one write to zstd (writing)
 FAULT_ENV = "MIRRORSEED_FAULT"
+SORT_RUN = 65536  # writes sorted at once when the manifest is written (their keys held meanwhile)
 
 
 @dataclass(frozen=True)
@@ -435,46 +437,61 @@ def publish(
 
 
 class _Written:
-    """What this run wrote, in columns by write: key, ETag, size, mtime and where its SHA-256 is (a spool entry
-    number, or the digest). An ObjectInfo a key in a dict costs ~250 bytes, and at a million packages a run
-    writes two million objects."""
+    """What this run wrote, in columns by write: ETag, size, mtime and where its key and SHA-256 are (a spool
+    entry number, or the key and digest given). An ObjectInfo a key in a dict costs ~250 bytes, a key string
+    ~150, and at a million packages a run writes two million objects: spool entries keep no key here."""
 
-    __slots__ = ("_digests", "_etags", "_keys", "_modified", "_numbers", "_sizes", "_spool")
+    __slots__ = ("_etags", "_given", "_modified", "_numbers", "_sizes", "_spool")
 
     def __init__(self, spool: Spool) -> None:
         self._spool = spool
-        self._keys: list[str] = []
-        self._etags: list[str] = []
+        self._etags = StringColumn()
         self._sizes = array("q")
         self._modified = array("d")  # NaN: not known
-        self._numbers = array("q")  # spool entry, or -1: the SHA-256 is in _digests
-        self._digests: dict[int, str] = {}
+        self._numbers = array("q")  # spool entry, or -1: the key and SHA-256 are in _given
+        self._given: dict[int, tuple[str, str]] = {}  # write -> (key, SHA-256) of a write not from the spool
 
     def __len__(self) -> int:
-        return len(self._keys)
+        return len(self._numbers)
 
     def add(self, info: ObjectInfo, sha256: int | str) -> None:
-        """`info` written with these bytes: a spool entry's number, or their SHA-256."""
+        """`info` written with these bytes: a spool entry's number (whose key `info.key` is), or their SHA-256."""
         if isinstance(sha256, str):
-            self._digests[len(self._keys)] = sha256
+            self._given[len(self._numbers)] = (info.key, sha256)
             sha256 = -1
-        self._keys.append(info.key)
         self._etags.append(info.etag)
         self._sizes.append(info.size)
         self._modified.append(math.nan if info.modified is None else info.modified)
         self._numbers.append(sha256)
 
+    def _key(self, row: int) -> str:
+        number = self._numbers[row]
+        return self._spool.key(number) if number >= 0 else self._given[row][0]
+
     def by_key(self) -> Iterator[tuple[str, ObjectInfo, str]]:
-        """Each key's last write, sorted by key: the key, what the destination said of it, its SHA-256."""
-        keys = self._keys
-        order = array("q", sorted(range(len(keys)), key=keys.__getitem__))  # stable: a key's last write last
-        for position, row in enumerate(order):
-            key = keys[row]
-            if position + 1 < len(order) and keys[order[position + 1]] == key:
-                continue
-            modified, number = self._modified[row], self._numbers[row]
-            info = ObjectInfo(key, self._sizes[row], self._etags[row], None if math.isnan(modified) else modified)
-            yield key, info, self._spool.sha256(number) if number >= 0 else self._digests[row]
+        """Each key's last write, sorted by key: the key, what the destination said of it, its SHA-256.
+
+        Sorted a run of `SORT_RUN` writes at a time, then the runs merged (stable: of equal keys, the earlier
+        write first), so that only one run's keys are held at once."""
+        count = len(self._numbers)
+        runs = [
+            array("q", sorted(range(start, min(count, start + SORT_RUN)), key=self._key))
+            for start in range(0, count, SORT_RUN)
+        ]
+        keyed = [((self._key(row), row) for row in run) for run in runs]  # keys made as the merge reads
+        merged: Iterable[tuple[str, int]] = heapq.merge(*keyed) if len(keyed) > 1 else (keyed[0] if keyed else ())
+        pending: tuple[str, int] | None = None
+        for key, row in merged:
+            if pending is not None and pending[0] != key:
+                yield self._item(*pending)
+            pending = (key, row)
+        if pending is not None:
+            yield self._item(*pending)
+
+    def _item(self, key: str, row: int) -> tuple[str, ObjectInfo, str]:
+        modified, number = self._modified[row], self._numbers[row]
+        info = ObjectInfo(key, self._sizes[row], self._etags[row], None if math.isnan(modified) else modified)
+        return key, info, self._spool.sha256(number) if number >= 0 else self._given[row][1]
 
 
 def _put_all(

@@ -582,18 +582,16 @@ def _mirror_row(mirror: MirrorStatus) -> MirrorRow:
     )
 
 
-def _checked(listing: ListingInput) -> _Checked:
-    """Validate what ends up in hrefs, in the lists or in the shell recipe."""
+def _checked(listing: ListingInput, *, records: bool = True) -> _Checked:
+    """Validate what ends up in hrefs, in the lists or in the shell recipe; without `records`, the caller
+    checks each record where it makes it (`_check_record`: the browse pages make every one)."""
     format_info(listing.snapshot_format)  # a registered format, or ConfigError
     public_url = _check_http_url(listing.public_url, "public")
     webseeds = tuple(_check_http_url(w, "webseed") for w in listing.webseeds)
     fingerprint = normalize_fingerprint(listing.fingerprint)
-    for record in listing.records:
-        _check_path(record.path)
-        if record.magnet is not None:
-            magnet_href(record.magnet)
-        if record.signature is not None:
-            _check_path(record.signature.path)
+    if records:
+        for record in listing.records:
+            _check_record(record)
     for shard in listing.pointer.shards:
         _check_shard(shard)
     rows = sorted((_mirror_row(m) for m in listing.mirrors), key=lambda r: r.url)
@@ -610,6 +608,14 @@ def _checked(listing: ListingInput) -> _Checked:
         architectures=_words(listing.architectures, "architecture"),
         snapshot_time=None if listing.snapshot_time is None else rfc3339(listing.snapshot_time, "snapshot time"),
     )
+
+
+def _check_record(record: PackageRecord) -> None:
+    _check_path(record.path)
+    if record.magnet is not None:
+        magnet_href(record.magnet)
+    if record.signature is not None:
+        _check_path(record.signature.path)
 
 
 # --- the user recipe -------------------------------------------------------------------------------
@@ -992,8 +998,9 @@ def _browse_inputs(templates: str, context: Mapping[str, Any], directory: str, s
 
 
 def iter_pages(listing: ListingInput, unchanged: Callable[[str, str], bool] | None = None) -> Iterator[Page]:
-    """Every listing object as a Page; with `unchanged`, a browse page it vouches for is not rendered."""
-    checked = _checked(listing)
+    """Every listing object as a Page; with `unchanged`, a browse page it vouches for is not rendered. Each
+    record is made once, for its directory's page (and checked there), whatever the page's fate."""
+    checked = _checked(listing, records=False)
     env = make_environment(listing.templates_dir)
     where = listing.templates_dir
     records = _by_path(listing.records)
@@ -1011,7 +1018,9 @@ def iter_pages(listing: ListingInput, unchanged: Callable[[str, str], bool] | No
         "webseeds": checked.webseeds,
         "webseeds_for": listing.webseeds_for,
         "package_count": len(records),
-        "total_size": sum(r.size for r in records),
+        "total_size": records.files.total_size()
+        if isinstance(records, PackageRecords)
+        else sum(r.size for r in records),
         "has_mirrors": has_mirrors,
         # Where browse pages link an Arch `.sig` (plain HTTP, no torrent): every webseed, or else the
         # mirror the recipe fetches it from.
@@ -1049,6 +1058,8 @@ def iter_pages(listing: ListingInput, unchanged: Callable[[str, str], bool] | No
         key = browse_key(directory)
         subdirs = sorted(node.subdirs)
         packages = [records[row] for row in node.rows]
+        for record in packages:
+            _check_record(record)
         inputs = None
         if unchanged is not None:
             inputs = _browse_inputs(templates, browse_common, directory, subdirs, packages)

@@ -290,7 +290,7 @@ def digest_files(
         # A cached digest the repository's metadata contradicts is not evidence against the mirror: the file
         # may have been rewritten in place with its size and mtime restored (some sync tools do). The
         # metadata is the stronger evidence; hash such a file again before blaming the mirror.
-        expected = table[row].expected_sha256
+        expected = table.expected_sha256_at(row)
         if expected is None or cached.sha256 == expected.lower():
             known[row] = cached
     misses = table.take(known.unknown())
@@ -308,10 +308,18 @@ def digest_files(
     state.store(rows)
     if misses or state.file_count() != len(table):
         state.forget_except(paths)
-    check_expected((entry, known[row].sha256) for row, entry in enumerate(table) if entry.expected_sha256 is not None)
+    check_expected((table[row], known[row].sha256) for row in _contradicted(table, known))
     if never_announce:
         _private_infohashes(table, state, known, never_announce)
     return Digests(table, known, files_hashed=len(misses), bytes_hashed=sum(entry.size for entry in misses))
+
+
+def _contradicted(files: FileTable, known: KnownDigests) -> Iterator[int]:
+    """The rows whose SHA-256 differs from the one the repository metadata lists (`check_expected` names them)."""
+    for row in range(len(files)):
+        expected = files.expected_sha256_at(row)
+        if expected is not None and known[row].sha256 != expected.lower():
+            yield row
 
 
 def _private_infohashes(files: FileTable, state: StateCache, known: KnownDigests, patterns: Sequence[str]) -> None:
@@ -726,9 +734,12 @@ def _known_probe_files(state: StateCache) -> ProbeFiles:
 
 
 def _probe_files(digested: Digests) -> ProbeFiles:
-    from pipeline.mirrors import probe_files
+    """What the mirror stage checks of every file: path, size, SHA-256, piece size (from columns)."""
+    from pipeline.mirrors import ProbeFiles
 
-    return probe_files(digested.rows())
+    files, known = digested.files, digested.known
+    paths = files.paths
+    return ProbeFiles((paths[row], files.size_at(row), *known[row][:2]) for row in range(len(paths)))
 
 
 def _iso(when: datetime | None) -> str | None:

@@ -19,14 +19,27 @@ TOP = "."  # the flat shard of the files at the top of the tree (no directory is
 
 def shards_of(entry: FileEntry, snapshot_format: str) -> tuple[str, ...]:
     """The names of the shards that list `entry` (at least one)."""
-    if entry.shards:
-        return entry.shards
-    head, slash, rest = entry.path.partition("/")
+    return _shards(entry.path, entry.shards, snapshot_format)
+
+
+def _shards(path: str, found: tuple[str, ...], snapshot_format: str) -> tuple[str, ...]:
+    """`shards_of` a file at `path` the scan found listed in the shards `found`."""
+    if found:
+        return found
+    head, slash, rest = path.partition("/")
     if snapshot_format == "arch":
-        parts = entry.path.split("/")
+        parts = path.split("/")
         if len(parts) >= 4 and parts[1] == "os":
             return (f"{parts[0]}/{parts[2]}",)
     return (head,) if slash and rest else (TOP,)
+
+
+def _shards_by_row(files: Sequence[FileEntry], snapshot_format: str) -> Iterator[tuple[str, ...]]:
+    """`shards_of` every file, in order; of a FileTable, without making its entries."""
+    if isinstance(files, FileTable):
+        paths = files.paths
+        return (_shards(paths[row], files.shards_at(row), snapshot_format) for row in range(len(paths)))
+    return (shards_of(entry, snapshot_format) for entry in files)
 
 
 def debian_shard(suite: str, component: str, index_arch: str, package_arch: str | None) -> str:
@@ -39,8 +52,8 @@ def shard_rows(files: Sequence[FileEntry], snapshot_format: str) -> dict[str, ar
     """Shard name -> the rows of `files` it lists (ascending: in path order when `files` is sorted), names
     sorted. Rows, not records: the caller makes a shard's records as it writes the shard."""
     shards: dict[str, array[int]] = {}
-    for row, entry in enumerate(files):
-        for name in shards_of(entry, snapshot_format):
+    for row, names in enumerate(_shards_by_row(files, snapshot_format)):
+        for name in names:
             rows = shards.get(name)
             if rows is None:
                 rows = shards[name] = array("l")
@@ -64,11 +77,10 @@ def record_fingerprints(
 ) -> Mapping[str, int]:
     """path -> hash of (record, the shards listing it): what two publications are compared by. By row of
     `files` when it is a FileTable (a dict costs ~100 bytes a file)."""
-    pairs = zip(records, files, strict=True)
+    pairs = zip(records, _shards_by_row(files, snapshot_format), strict=True)
     if isinstance(files, FileTable):
-        values = array("q", (fingerprint(hash(record), shards_of(entry, snapshot_format)) for record, entry in pairs))
-        return Fingerprints(files, values)
-    return {record.path: fingerprint(hash(record), shards_of(entry, snapshot_format)) for record, entry in pairs}
+        return Fingerprints(files, array("q", (fingerprint(hash(record), names) for record, names in pairs)))
+    return {record.path: fingerprint(hash(record), names) for record, names in pairs}
 
 
 class Fingerprints(Mapping[str, int]):

@@ -3,10 +3,10 @@
 Torrents, metalinks and listing pages of a 63,000-package repository weigh a few hundred MB in
 memory; here each is appended once to one anonymous temporary file (unlinked at creation, so it
 vanishes with the process). What the run keeps of each object is one entry in the spool's columns:
-its key, offset, size, SHA-256 (32 bytes) and a small number for its headers, about 60 bytes beside the
-key, where a `SpooledArtifact` object with a hex digest costs about 260 (~1.6 GB at a million packages,
-~2.7 objects each). `SpoolRefs` are sequences of entry numbers that make a `SpooledArtifact` when one
-is read; publish reads the bytes back in batches.
+its key (in compressed blocks, `pipeline.strcolumn`), offset, size, SHA-256 (32 bytes) and a small
+number for its headers, about 90 bytes, where a `SpooledArtifact` object with a hex digest costs about
+260 (~1.6 GB at a million packages, ~2.7 objects each). `SpoolRefs` are sequences of entry numbers that
+make a `SpooledArtifact` when one is read; publish reads the bytes back in batches.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from typing import overload
 
 from pipeline.errors import PipelineError
 from pipeline.model import Artifact
+from pipeline.strcolumn import StringColumn
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,7 +92,7 @@ class Spool:
             where = directory or tempfile.gettempdir()
             raise PipelineError(f"{where}: cannot create the spool file ({exc.strerror}); set TMPDIR") from exc
         self._end = 0
-        self._keys: list[str] = []
+        self._keys = StringColumn()  # compressed blocks: ~30 bytes a key where a list costs ~150
         self._offsets = array("q")
         self._sizes = array("q")
         self._digests = bytearray()  # 32 bytes an entry

@@ -25,7 +25,7 @@ from __future__ import annotations
 import json
 import logging
 import sqlite3
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import closing, contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -126,6 +126,14 @@ class MirrorHealthRecord:
     down_runs: int = 0  # consecutive runs that found it down (0 when it is up)
     down_since: str | None = None  # RFC 3339 UTC: the first of those runs
     last_sync: str | None = None  # RFC 3339 UTC, from its last-sync file
+
+
+def _stat_key_of(files: Sequence[FileEntry]) -> Callable[[int], tuple[int, int, int, int]]:
+    def stat_at(index: int) -> tuple[int, int, int, int]:
+        entry = files[index]
+        return entry.dev, entry.inode, entry.size, entry.mtime_ns
+
+    return stat_at
 
 
 class CachedFile(NamedTuple):
@@ -242,16 +250,20 @@ class StateCache:
         One pass over the table reading only the columns needed (never the piece blobs), matched against
         a dict of the files' positions by path: per file, one row decoded by sqlite3 and four integer compares.
         """
-        # by position, not by entry: a FileTable makes an entry only for a path the table holds
-        wanted = {entry.path: index for index, entry in enumerate(files)}
+        # by position, not by entry: a FileTable's stat keys are read from its columns, no entry made
+        paths: Sequence[str]
+        stat_at: Callable[[int], tuple[int, int, int, int]]
+        if hasattr(files, "stat_at") and hasattr(files, "paths"):  # a FileTable (which imports this module)
+            stat_at, paths = files.stat_at, files.paths
+        else:
+            paths = [entry.path for entry in files]
+            stat_at = _stat_key_of(files)
+        wanted = {path: index for index, path in enumerate(paths)}
         query = "SELECT path, dev, inode, size, mtime_ns, sha256, piece_size, infohash FROM files"
         with closing(self._db.execute(query)) as cursor:
             for path, dev, inode, size, mtime_ns, sha256, piece_size, infohash in cursor:
                 index = wanted.get(path)
-                if index is None:
-                    continue
-                entry = files[index]
-                if entry.dev == dev and entry.inode == inode and entry.size == size and entry.mtime_ns == mtime_ns:
+                if index is not None and stat_at(index) == (dev, inode, size, mtime_ns):
                     yield index, CachedFile(sha256, piece_size, infohash)
 
     def pieces_many(self, paths: Sequence[str]) -> dict[str, bytes]:

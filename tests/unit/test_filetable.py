@@ -155,3 +155,18 @@ def test_size_at_and_row_of_read_the_columns() -> None:
         assert table.row_of(path) == row
         assert table.size_at(row) == by_path[path].size
     assert table.row_of("pool/a") is None and table.row_of("zzz") is None and table.row_of("") is None
+
+
+def test_column_accessors_answer_like_the_entries() -> None:
+    """stat_at, expected_sha256_at, shards_at and total_size read the columns; each agrees with the entry
+    the table makes for the row (the digest as given, odd or absent; the shards, none by default)."""
+    table = FileTable.of(_entries())
+    for row, entry in enumerate(table):
+        assert table.stat_at(row) == (entry.dev, entry.inode, entry.size, entry.mtime_ns)
+        assert table.expected_sha256_at(row) == entry.expected_sha256
+        assert table.shards_at(row) == entry.shards
+    assert table.total_size() == sum(e.size for e in _entries()) == 22
+    assert table.shards_at(table.paths.index("pool/c/c_2_all.deb")) == ("bookworm/main/all", "trixie/main/all")
+    assert table.expected_sha256_at(table.paths.index("pool/d/d.deb")) == SHA.upper()
+    assert table.expected_sha256_at(table.paths.index("pool/b/b_1_amd64.deb")) is None
+    assert FileTable.of([]).total_size() == 0

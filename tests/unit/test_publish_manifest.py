@@ -5,12 +5,14 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import random
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 import zstandard
 
+from pipeline import publish as publish_module
 from pipeline.manifest import ManifestEntry
 from pipeline.objects import MANIFEST_KEY, OLD_MANIFEST_KEYS, make_artifact
 from pipeline.publish import (
@@ -175,6 +177,31 @@ def test_what_a_run_wrote_is_read_back_by_key_its_last_write_each() -> None:
     nameless = _Written(spool)
     nameless.add(ObjectInfo("k", 1, "e", None), "2" * 64)
     assert next(nameless.by_key())[1].modified is None
+
+
+def test_writes_of_several_sort_runs_merge_sorted_with_the_last_write_of_each_key(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """by_key sorts SORT_RUN writes at a time and merges the runs: a key written in two runs (and twice in
+    one) comes once, as its last write; spool entries and given digests mix."""
+    monkeypatch.setattr(publish_module, "SORT_RUN", 7)
+    rng = random.Random(5)
+    keys = [f"{rng.choice(('torrents', 'metalinks', 'browse'))}/k{rng.randrange(40):02}" for _ in range(60)]
+    expected: dict[str, tuple[ObjectInfo, str]] = {}
+    with Spool() as spool:
+        written = _Written(spool)
+        for i, key in enumerate(keys):
+            info = ObjectInfo(key, i, f"etag-{i}", float(i) if i % 3 else None)
+            if i % 2:
+                number = spool.put(make_artifact(key, f"data {i}".encode()))
+                written.add(info, number)
+                expected[key] = (info, hashlib.sha256(f"data {i}".encode()).hexdigest())
+            else:
+                written.add(info, f"{i:064x}")
+                expected[key] = (info, f"{i:064x}")
+        got = list(written.by_key())
+    assert [key for key, _, _ in got] == sorted(expected)
+    assert {key: (info, sha256) for key, info, sha256 in got} == expected
 
 
 def test_listed_and_written_keys_merge_sorted_once_each() -> None:
