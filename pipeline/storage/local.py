@@ -7,7 +7,6 @@ import fcntl
 import itertools
 import os
 from collections.abc import Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -16,7 +15,6 @@ from pipeline.model import Artifact
 from pipeline.storage import ObjectInfo, StoredObject, check_key
 
 LOCK_NAME = ".mirrorseed.lock"
-WRITE_THREADS = 4  # put_many's writers
 _TEMP_NAMES = itertools.count()  # with the pid: a temp name no other writer uses
 
 
@@ -149,22 +147,7 @@ class LocalStorage:
             return self._write(key, data, durable=True)
 
     def put_many(self, artifacts: Sequence[Artifact]) -> list[ObjectInfo]:
-        """Unconditional puts, infos in input order; on `WRITE_THREADS` threads (a small object's write is a
-        handful of system calls, which run without the GIL: ~1.6x the rate of one thread on 2 cores). On the
-        first failure the writes not started are cancelled, those running finish, then that error is raised. A
-        key given twice: one thread, in order, so that the last write stays."""
-        if len(artifacts) < 2 * WRITE_THREADS or len({a.key for a in artifacts}) < len(artifacts):  # in order
-            return [
-                self.put(a.key, a.data, content_type=a.content_type, cache_control=a.cache_control) for a in artifacts
-            ]
-        with ThreadPoolExecutor(max_workers=WRITE_THREADS, thread_name_prefix="local-put") as pool:
-            futures = [pool.submit(self._write, a.key, a.data, durable=False) for a in artifacts]
-            try:
-                return [future.result() for future in futures]
-            except BaseException:
-                for future in futures:
-                    future.cancel()
-                raise
+        return [self.put(a.key, a.data, content_type=a.content_type, cache_control=a.cache_control) for a in artifacts]
 
     def _objects(self, prefix: str = "") -> Iterator[tuple[str, os.DirEntry[str]]]:
         """(key, directory entry) of every object under `prefix`: one scandir per directory, no stat; not the

@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import os
-import threading
 from pathlib import Path
 
 import pytest
 
-from pipeline.errors import PublishConflictError, StorageError
-from pipeline.objects import make_artifact
-from pipeline.storage import ObjectInfo, local
+from pipeline.errors import PublishConflictError
+from pipeline.storage import local
 from pipeline.storage.local import LOCK_NAME, LocalStorage
 
 
@@ -57,39 +55,3 @@ def test_directories_made_are_remembered_a_bounded_number(tmp_path: Path, monkey
         assert len(storage._made) <= 3
     assert [info.key for info in storage.list()] == sorted(keys)
     assert all((tmp_path / "dest" / key).read_bytes() == key.encode() for key in keys)
-
-
-def test_put_many_writes_on_threads_and_gives_infos_in_order(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    storage = LocalStorage(tmp_path / "dest")
-    threads: set[str] = set()
-    write = storage._write
-
-    def spy(key: str, data: bytes, *, durable: bool) -> ObjectInfo:
-        threads.add(threading.current_thread().name)
-        return write(key, data, durable=durable)
-
-    monkeypatch.setattr(storage, "_write", spy)
-    artifacts = [make_artifact(f"t/{i % 7}/{i}.torrent", f"object {i}".encode() * (i + 1)) for i in range(100)]
-    infos = storage.put_many(artifacts)
-    assert all(name.startswith("local-put") for name in threads) and len(threads) > 1
-    assert [info.key for info in infos] == [a.key for a in artifacts]
-    assert [info.size for info in infos] == [len(a.data) for a in artifacts]
-    assert infos[12] == storage.head("t/5/12.torrent")
-    assert (tmp_path / "dest/t/5/12.torrent").read_bytes() == b"object 12" * 13
-    assert sorted(p.name for p in (tmp_path / "dest/t/3").iterdir()) == sorted(f"{i}.torrent" for i in range(3, 100, 7))
-    # a key given twice in one call: written in order on one thread, the last write stays
-    threads.clear()
-    twice = [*artifacts[:20], make_artifact("t/0/0.torrent", b"the last write")]
-    assert [info.key for info in storage.put_many(twice)] == [a.key for a in twice]
-    assert (tmp_path / "dest/t/0/0.torrent").read_bytes() == b"the last write"
-    assert threads == {threading.current_thread().name}
-
-
-def test_put_many_stops_at_the_first_failure_with_its_error(tmp_path: Path) -> None:
-    storage = LocalStorage(tmp_path / "dest")
-    storage.put("blocked", b"a file where a directory is needed", content_type="text/plain", cache_control="x")
-    artifacts = [make_artifact(f"ok/{i}.torrent", b"x") for i in range(40)]
-    artifacts.insert(20, make_artifact("blocked/a.torrent", b"y"))
-    with pytest.raises(StorageError, match="blocked/a.torrent: cannot write"):
-        storage.put_many(artifacts)
-    assert not list((tmp_path / "dest").rglob("*.tmp"))  # no temp file left behind
