@@ -63,10 +63,11 @@ from email.utils import parsedate_to_datetime
 from typing import Literal, NamedTuple, overload
 
 from pipeline.config import MirrorConfig
+from pipeline.filetable import FileTable, KnownDigests
 from pipeline.http import BudgetSpent, Client, HttpError, Response
 from pipeline.index import rfc3339
-from pipeline.model import FileEntry, MirrorHealth, MirrorStatus, NullProgress, Progress
-from pipeline.state import CachedFile, MirrorFact, MirrorHealthRecord, StateCache
+from pipeline.model import MirrorHealth, MirrorStatus, NullProgress, Progress
+from pipeline.state import MirrorFact, MirrorHealthRecord, StateCache
 from pipeline.urls import join_url
 
 __all__ = [
@@ -207,9 +208,10 @@ class ProbeFiles(Sequence[ProbeFile]):
         return None
 
 
-def probe_files(rows: Iterable[tuple[FileEntry, CachedFile]]) -> ProbeFiles:
-    """The ProbeFiles of the hashing stage's (entry, cached facts) rows."""
-    return ProbeFiles((entry.path, entry.size, facts.sha256, facts.piece_size) for entry, facts in rows)
+def probe_files(files: FileTable, known: KnownDigests) -> ProbeFiles:
+    """The ProbeFiles of the hashing stage's files and what is known of each (by row), read from columns."""
+    paths = files.paths
+    return ProbeFiles((paths[row], files.size_at(row), *known[row][:2]) for row in range(len(paths)))
 
 
 class _Holders(Mapping[str, tuple[int, ...]]):

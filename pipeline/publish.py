@@ -478,8 +478,7 @@ class _Written:
             array("q", sorted(range(start, min(count, start + SORT_RUN)), key=self._key))
             for start in range(0, count, SORT_RUN)
         ]
-        keyed = [((self._key(row), row) for row in run) for run in runs]  # keys made as the merge reads
-        merged: Iterable[tuple[str, int]] = heapq.merge(*keyed) if len(keyed) > 1 else (keyed[0] if keyed else ())
+        merged = heapq.merge(*(((self._key(row), row) for row in run) for run in runs))  # keys made as read
         pending: tuple[str, int] | None = None
         for key, row in merged:
             if pending is not None and pending[0] != key:

@@ -86,7 +86,7 @@ from pipeline.publish import (
     read_destination,
 )
 from pipeline.report import RunReport
-from pipeline.shards import Fingerprints, PublishedFingerprints, members, record_fingerprints, shard_rows, shards_of
+from pipeline.shards import PublishedFingerprints, members, record_fingerprints, shard_rows, shards_of
 from pipeline.signing import Signer, verify_signed_message
 from pipeline.snapshot import ScanSpec, recheck_snapshot, scan_snapshot, snapshot_mark
 from pipeline.spool import Spool, SpoolRefs
@@ -460,10 +460,9 @@ def _changes(
     current: CurrentPublication | None, fingerprints: Mapping[str, int]
 ) -> tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...], int]:
     before = current.fingerprints if current else {}
-    if isinstance(before, PublishedFingerprints) and isinstance(fingerprints, Fingerprints):
-        by_row = before.changes(fingerprints)
-        if by_row is not None:
-            return by_row
+    by_row = before.changes(fingerprints) if isinstance(before, PublishedFingerprints) else None
+    if by_row is not None:
+        return by_row
     new = tuple(sorted(p for p in fingerprints if p not in before))
     removed = tuple(sorted(p for p in before if p not in fingerprints))
     changed = tuple(sorted(p for p, f in fingerprints.items() if p in before and before[p] != f))
@@ -734,12 +733,9 @@ def _known_probe_files(state: StateCache) -> ProbeFiles:
 
 
 def _probe_files(digested: Digests) -> ProbeFiles:
-    """What the mirror stage checks of every file: path, size, SHA-256, piece size (from columns)."""
-    from pipeline.mirrors import ProbeFiles
+    from pipeline.mirrors import probe_files
 
-    files, known = digested.files, digested.known
-    paths = files.paths
-    return ProbeFiles((paths[row], files.size_at(row), *known[row][:2]) for row in range(len(paths)))
+    return probe_files(digested.files, digested.known)
 
 
 def _iso(when: datetime | None) -> str | None:
@@ -892,11 +888,7 @@ def _build_content(
         to_build = array("l", range(len(paths)))
     else:
         published = current.fingerprints if current else {}
-        by_row = (
-            published.changed_rows(fingerprints)
-            if isinstance(published, PublishedFingerprints) and isinstance(fingerprints, Fingerprints)
-            else None
-        )
+        by_row = published.changed_rows(fingerprints) if isinstance(published, PublishedFingerprints) else None
         to_build = (
             by_row
             if by_row is not None

@@ -110,12 +110,15 @@ class Fingerprints(Mapping[str, int]):
         return _Items(self)
 
     def __eq__(self, other: object) -> bool:
-        if not isinstance(other, Mapping):
-            return NotImplemented
-        missing = object()
-        return len(self) == len(other) and all(other.get(path, missing) == value for path, value in self.items())
+        return _same_items(self, other) if isinstance(other, Mapping) else NotImplemented
 
     __hash__ = None  # type: ignore[assignment]
+
+
+def _same_items(mapping: Mapping[str, int], other: Mapping[object, object]) -> bool:
+    """Mapping equality without a dict of either side."""
+    missing = object()
+    return len(mapping) == len(other) and all(other.get(path, missing) == value for path, value in mapping.items())
 
 
 class _Items(ItemsView[str, int]):
@@ -134,7 +137,17 @@ def fingerprint(record_hash: int, shards: Iterable[str]) -> int:
     folds the names in as it meets them, in name order)."""
     chain = 0
     for name in sorted(shards):
-        chain = hash((chain, name))
+        chain = _fold(chain, name)
+    return _combine(record_hash, chain)
+
+
+def _fold(chain: int, shard: str) -> int:
+    """The shard names met so far (`chain`) and one more."""
+    return hash((chain, shard))
+
+
+def _combine(record_hash: int, chain: int) -> int:
+    """A fingerprint from its record's hash and its shards' folded names."""
     return hash((record_hash, chain))
 
 
@@ -158,18 +171,18 @@ class PublishedFingerprints(Mapping[str, int]):
         row = self._files.row_of(path) if self._files is not None else None
         if row is None:
             chain = self._others.get(path, (0, 0))[1]
-            self._others[path] = (record_hash, hash((chain, shard)))
+            self._others[path] = (record_hash, _fold(chain, shard))
             return
         self._records[row] = record_hash
-        self._chains[row] = hash((self._chains[row], shard))
+        self._chains[row] = _fold(self._chains[row], shard)
         self._listed[row] = 1
 
     def __getitem__(self, path: str) -> int:
         row = self._files.row_of(path) if self._files is not None else None
         if row is not None and self._listed[row]:
-            return hash((self._records[row], self._chains[row]))
+            return _combine(self._records[row], self._chains[row])
         if row is None and path in self._others:
-            return hash(self._others[path])
+            return _combine(*self._others[path])
         raise KeyError(path)
 
     def __iter__(self) -> Iterator[str]:
@@ -180,10 +193,10 @@ class PublishedFingerprints(Mapping[str, int]):
     def __len__(self) -> int:
         return self._listed.count(1) + len(self._others)
 
-    def changed_rows(self, after: Fingerprints) -> array[int] | None:
+    def changed_rows(self, after: Mapping[str, int]) -> array[int] | None:
         """The rows of `after`'s FileTable this publication does not list, or lists with another fingerprint
-        (ascending); None unless `after` is by row of this one's FileTable."""
-        if after._files is not self._files:
+        (ascending); None unless `after` is a Fingerprints by row of this one's FileTable."""
+        if not isinstance(after, Fingerprints) or after._files is not self._files:
             return None
         values, records, chains = after._values, self._records, self._chains
         return array(
@@ -191,17 +204,17 @@ class PublishedFingerprints(Mapping[str, int]):
             (
                 row
                 for row, listed in enumerate(self._listed)
-                if not listed or hash((records[row], chains[row])) != values[row]
+                if not listed or _combine(records[row], chains[row]) != values[row]
             ),
         )
 
-    def changes(self, after: Fingerprints) -> tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...], int] | None:
+    def changes(self, after: Mapping[str, int]) -> tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...], int] | None:
         """(new, changed, removed paths, number unchanged) going from this publication to `after`; None unless
-        `after` is by row of this one's FileTable."""
+        `after` is a Fingerprints by row of this one's FileTable."""
         rows = self.changed_rows(after)
-        if rows is None:
+        if rows is None or self._files is None:
             return None
-        paths, listed = after._files.paths, self._listed
+        paths, listed = self._files.paths, self._listed
         new = tuple(paths[row] for row in rows if not listed[row])
         changed = tuple(paths[row] for row in rows if listed[row])
         return new, changed, tuple(sorted(self._others)), len(paths) - len(rows)
@@ -209,9 +222,6 @@ class PublishedFingerprints(Mapping[str, int]):
     def __eq__(self, other: object) -> bool:
         if isinstance(other, Fingerprints) and other._files is self._files:
             return not self._others and not self.changed_rows(other)
-        if not isinstance(other, Mapping):
-            return NotImplemented
-        missing = object()
-        return len(self) == len(other) and all(other.get(path, missing) == value for path, value in self.items())
+        return _same_items(self, other) if isinstance(other, Mapping) else NotImplemented
 
     __hash__ = None  # type: ignore[assignment]

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from pipeline.config import MirrorConfig, Settings
+from pipeline.filetable import FileTable, KnownDigests
 from pipeline.mirrors import (
     MirrorReport,
     ProbeFile,
@@ -183,8 +184,10 @@ def test_flapping_rule(runs: int, hours: int, kept: bool) -> None:
 def test_limits_and_probe_files_from_pipeline_values() -> None:
     settings = Settings(mirror_timeout=3, mirror_budget=50, mirror_concurrency=2, mirror_down_runs=4)
     assert probe_limits(settings) == ProbeLimits(3.0, 50, 2, 4, timedelta(hours=6))
-    entry = FileEntry(path="pool/a.deb", source=Path("/x"), size=5, mtime_ns=1)
-    files = probe_files([(entry, CachedFile("a" * 64, 16384, None))])
+    table = FileTable.of([FileEntry(path="pool/a.deb", source="/x", size=5, mtime_ns=1)])
+    known = KnownDigests(1)
+    known[0] = CachedFile("a" * 64, 16384, None)
+    files = probe_files(table, known)
     assert list(files) == [ProbeFile("pool/a.deb", 5, "a" * 64, 16384)]
 
 
