@@ -13,10 +13,12 @@ writes the state cache).
 from __future__ import annotations
 
 import hashlib
+import itertools
 import logging
 import multiprocessing
 import os
 import stat
+from array import array
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Executor, Future, ProcessPoolExecutor, wait
 from contextlib import AbstractContextManager, contextmanager
@@ -45,6 +47,12 @@ POOL_MIN_BYTES = 64 * 1024 * 1024
 # bytes, so that a batch of tiny files costs one round trip instead of hundreds.
 BATCH_MAX_FILES = 128
 BATCH_MAX_BYTES = 16 * 1024 * 1024
+# Files of this size or more are sent first, largest first; smaller ones (their order matters little to
+# the pool's balance) go in the table's order, so that no order of a million files is sorted.
+FIRST_BYTES = READ_BUFFER_SIZE
+# Batches sent to the executor and not yet taken back: enough to keep a cluster's workers busy
+# (a Dask cluster's are not counted here), few enough that jobs and results never pile up.
+IN_FLIGHT = 64
 
 # How many sha256 mismatches one error message lists before "… and N more".
 MAX_REPORTED_MISMATCHES = 20
@@ -151,23 +159,25 @@ def hash_batch(jobs: Sequence[_Job]) -> list[_Result]:
     return [(index, *_hash_one(path, source, size, buffer)) for index, path, source, size in jobs]
 
 
-def _batches(files: Sequence[FileEntry]) -> list[list[_Job]]:
-    """Jobs grouped into batches, largest files first (the pool's tail then holds only small files)."""
-    order = sorted(range(len(files)), key=lambda i: (-files[i].size, i))
-    batches: list[list[_Job]] = []
+def _batches(files: Sequence[FileEntry]) -> Iterator[list[_Job]]:
+    """Jobs grouped into batches, made as they are sent: the files of FIRST_BYTES or more first, largest
+    first (the pool's tail then holds only small files), then the others in their order. What is held
+    meanwhile is a size a file and the large files' order, not a job a file (~300 bytes at a million)."""
+    sizes = array("q", (entry.size for entry in files))
+    large = sorted((index for index, size in enumerate(sizes) if size >= FIRST_BYTES), key=lambda i: -sizes[i])
+    small = (index for index, size in enumerate(sizes) if size < FIRST_BYTES)
     current: list[_Job] = []
     current_bytes = 0
-    for index in order:
+    for index in itertools.chain(large, small):
         entry = files[index]
         current.append((index, entry.path, os.fspath(entry.source), entry.size))
         current_bytes += entry.size
         if len(current) >= BATCH_MAX_FILES or current_bytes >= BATCH_MAX_BYTES:
-            batches.append(current)
+            yield current
             current = []
             current_bytes = 0
     if current:
-        batches.append(current)
-    return batches
+        yield current
 
 
 # workers -> a context manager giving the Executor that runs `hash_batch` (entered only when the
@@ -192,12 +202,17 @@ def local_pool(workers: int) -> Iterator[Executor]:
 def _hash_in_pool(files: Sequence[FileEntry], workers: int, executor: ExecutorFactory) -> Iterator[_Result]:
     batches = _batches(files)
     with executor(workers) as pool:
-        pending: set[Future[list[_Result]]] = {pool.submit(hash_batch, batch) for batch in batches}
+        # at most IN_FLIGHT batches sent and not yet taken back: the jobs and results held stay bounded (the
+        # others keep the workers busy while the caller takes a batch's results)
+        pending: set[Future[list[_Result]]] = {
+            pool.submit(hash_batch, batch) for batch in itertools.islice(batches, IN_FLIGHT)
+        }
         try:
             while pending:
                 done, pending = wait(pending, return_when=FIRST_COMPLETED)
                 for future in done:
                     yield from future.result()
+                pending |= {pool.submit(hash_batch, batch) for batch in itertools.islice(batches, len(done))}
         finally:
             for future in pending:
                 future.cancel()

@@ -137,7 +137,7 @@ def test_any_executor_plugs_in_and_gives_the_same_results(tmp_path: Path) -> Non
     @contextmanager
     def threads(workers: int) -> Iterator[Executor]:
         entered.append(workers)
-        with Counting(max_workers=workers) as pool:
+        with Counting(max_workers=1) as pool:  # one thread: hash_batch reuses one buffer per process
             yield pool
 
     serial = hash_files(entries, workers=1)
@@ -146,6 +146,42 @@ def test_any_executor_plugs_in_and_gives_the_same_results(tmp_path: Path) -> Non
     )
     assert entered == [3] and sum(submitted) == len(entries)
     assert via_threads == serial
+
+
+@pytest.mark.usefixtures("force_pool")
+def test_batches_are_sent_a_few_at_a_time_large_files_first(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """At most IN_FLIGHT batches are out at once (a million files' jobs are never all queued); files of
+    FIRST_BYTES or more go first, largest first, then the others in their order; the results are the same."""
+    monkeypatch.setattr(hashing, "BATCH_MAX_FILES", 2)
+    monkeypatch.setattr(hashing, "IN_FLIGHT", 3)
+    monkeypatch.setattr(hashing, "FIRST_BYTES", 50_000)
+    sizes = [10, 60_000, 0, 90_000, 20, 70_000, 30, 40, 50, 60, 70, 80, 90, 100, 110, 120, 130]
+    entries = [make_entry(tmp_path, f"pool/{i:03d}.deb", bytes([i]) * size) for i, size in enumerate(sizes)]
+    yielded: set[str] = set()
+    most_out: list[int] = []
+    sent: list[list[str]] = []
+
+    class Bounded(ThreadPoolExecutor):
+        def submit(self, fn: Any, /, *args: Any, **kwargs: Any) -> Any:
+            taken = sum(1 for batch in sent if yielded.issuperset(batch))
+            sent.append([job[1] for job in args[0]])
+            most_out.append(len(sent) - taken)  # sent and not yet wholly given back, this one included
+            return super().submit(fn, *args, **kwargs)
+
+    @contextmanager
+    def threads(workers: int) -> Iterator[Executor]:
+        with Bounded(max_workers=1) as pool:  # one thread: hash_batch reuses one buffer per process
+            yield pool
+
+    hashed = []
+    for item in hashing.iter_hashed(entries, workers=2, executor=threads):
+        hashed.append(item)
+        yielded.add(item.entry.path)
+    assert max(most_out) <= 3 and len(sent) == 9
+    order = [path for batch in sent for path in batch]
+    assert order[:3] == ["pool/003.deb", "pool/005.deb", "pool/001.deb"]  # the large ones, largest first
+    assert order[3:] == [e.path for e in entries if e.size < 50_000]  # then the rest, in their order
+    assert sorted(hashed, key=lambda h: entries.index(h.entry)) == list(hash_files(entries, workers=1))
 
 
 class Recorder:

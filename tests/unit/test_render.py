@@ -40,6 +40,7 @@ from pipeline.render import (
     MIN_RATE,
     POINTER_MAX_BYTES,
     ListingInput,
+    _Tree,
     duration,
     example_package,
     filesize,
@@ -1502,3 +1503,23 @@ def test_arch_browse_page_links_the_signature() -> None:
     unsigned = tuple(replace(r, signature=None) for r in RECORDS)
     hrefs = parse(by_key(with_mirrors("arch", records=unsigned))[page_key]).hrefs
     assert not [h for h in hrefs if h.endswith(".sig")]
+
+
+def test_the_browse_tree_names_every_directory_its_subdirs_and_its_files() -> None:
+    """`_Tree` against the obvious dict of sets, on names where a file, a sibling directory and a
+    directory's contents interleave in path order ("a-b" < "a/x" < "a.c")."""
+    paths = sorted(["a-b", "a/x", "a/y/z", "a.c/q", "b", "a/y-1", "c/d/e/f", "c/d/g"])
+    tree = _Tree(paths)
+    expected: dict[str, tuple[set[str], list[int]]] = {"": (set(), [])}
+    for row, path in enumerate(paths):
+        parent = path.rpartition("/")[0]
+        expected.setdefault(parent, (set(), []))[1].append(row)
+        while parent:
+            up = parent.rpartition("/")[0]
+            expected.setdefault(up, (set(), []))[0].add(parent)
+            parent = up
+    assert tree.dirs == sorted(expected) == ["", "a", "a.c", "a/y", "c", "c/d", "c/d/e"]
+    for number, directory in enumerate(tree.dirs):
+        subdirs, rows = expected[directory]
+        assert (tree.subdirs(number), list(tree.rows(number))) == (sorted(subdirs), rows), directory
+    assert (_Tree([]).dirs, list(_Tree([]).rows(0)), _Tree([]).subdirs(0)) == ([""], [], [])

@@ -48,6 +48,18 @@ def test_store_replaces_and_forget_drops_removed_paths(tmp_path: Path) -> None:
         assert state.pieces_many(["pool/b.deb"]) == {}
 
 
+def test_forget_walks_the_sorted_paths_beside_the_cache(tmp_path: Path) -> None:
+    """Kept paths are found by a merge (or, where SQLite's byte order and Python's differ, a bisect):
+    exactly the paths missing from the snapshot are dropped, wherever they fall."""
+    names = ["pool/a.deb", "pool/a-b.deb", "pool/a/x.deb", "pool/é.deb", "pool/z.deb", "pool/\U0001f600.deb", "zz"]
+    with StateCache.open(tmp_path / "s.sqlite", repo="r") as state:
+        state.store([row(entry(name)) for name in names])
+        keep = sorted(["pool/a-b.deb", "pool/é.deb", "pool/\U0001f600.deb", "pool/new.deb"])
+        assert state.forget_except(keep) == 4
+        assert sorted(path for path, *_ in state.file_facts()) == sorted(set(keep) - {"pool/new.deb"})
+        assert state.forget_except([]) == 3 and not list(state.file_facts())
+
+
 def test_the_last_scan_is_known_by_its_mark_until_forgotten(tmp_path: Path) -> None:
     known = KnownScan("m" * 64, "debian", 2, "2026-12-01T00:00:00+00:00", "d" * 64)
     with StateCache.open(tmp_path / "s.sqlite", repo="r") as state:
