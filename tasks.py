@@ -107,7 +107,8 @@ def _emit(report: Any, *, as_json: bool, metrics: Path | None) -> None:
             metrics.name, report.to_prometheus().encode(), content_type="text/plain", cache_control="no-cache"
         )
     if as_json:
-        print(json.dumps(report.to_json(), indent=2, sort_keys=True))
+        sys.stdout.writelines(report.json_chunks())
+        print()
     else:
         for line in report.summary_lines():
             print(line, file=sys.stderr)

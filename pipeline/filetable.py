@@ -266,6 +266,14 @@ class FileTable(_Entries):
         row = bisect_left(self._paths, path)
         return row if row < len(self._paths) and self._paths[row] == path else None
 
+    def holds_directory(self, directory: str) -> bool:
+        """Whether `directory` ("" the root, always) holds a file, directly or below."""
+        if not directory:
+            return True
+        prefix = directory + "/"
+        row = bisect_left(self._paths, prefix)
+        return row < len(self._paths) and self._paths[row].startswith(prefix)
+
     def take(self, indices: Iterable[int]) -> Sequence[FileEntry]:
         """The files at `indices` (ascending), as a sequence that makes each entry when asked."""
         return _Taken(self, array("l", indices))

@@ -105,6 +105,15 @@ def browse_key(directory: str) -> str:
     return f"{BROWSE_PREFIX}index.html" if directory == "" else f"{BROWSE_PREFIX}{directory}/index.html"
 
 
+def browse_directory(key: str) -> str | None:
+    """The directory whose browse page `key` is (`browse_key`'s inverse); None for any other key."""
+    if key == f"{BROWSE_PREFIX}index.html":
+        return ""
+    if key.startswith(BROWSE_PREFIX) and key.endswith("/index.html") and len(key) > len(BROWSE_PREFIX) + 11:
+        return key[len(BROWSE_PREFIX) : -len("/index.html")]
+    return None
+
+
 def mirror_list_key(scope: str, kind: str) -> str:
     """`mirrors/all.<kind>` or `mirrors/country/<CC>.<kind>` (kind: txt, sources.list, mirrorlist)."""
     return f"mirrors/{scope}.{kind}" if scope == "all" else f"mirrors/country/{scope}.{kind}"

@@ -15,16 +15,17 @@ from __future__ import annotations
 import hashlib
 import heapq
 import io
+import itertools
 import logging
 import math
 import os
 import signal
 from array import array
-from collections.abc import Container, Iterable, Iterator, Mapping, Set
+from collections.abc import Container, Iterable, Iterator, Mapping, Sequence, Set
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from json.encoder import encode_basestring as _json_string  # what json.dumps(ensure_ascii=False) uses
-from typing import Any
+from typing import Any, overload
 
 import zstandard
 
@@ -40,6 +41,7 @@ from pipeline.objects import (
     OLD_MANIFEST_KEYS,
     OWNED_PREFIXES,
 )
+from pipeline.pages import PageDigests
 from pipeline.spool import Spool, SpoolRefs
 from pipeline.storage import ObjectInfo, Storage
 from pipeline.strcolumn import StringColumn
@@ -69,16 +71,61 @@ class Publication:
     referenced: Container[str]
     pointer_sha256: str  # of the pointer bytes that are current once this publication is complete
     # Pages not rendered because their inputs did not change and the destination holds them as published:
-    # key -> SHA-256 of the published copy.
-    reused: Mapping[str, str] = field(default_factory=dict)
+    # each key with the SHA-256 of the published copy.
+    reused: PageDigests = field(default_factory=PageDigests)
 
 
 @dataclass(frozen=True)
 class UploadPlan:
-    put: tuple[str, ...]  # keys, in write order
+    put: Sequence[str]  # keys, in write order
     put_bytes: int
-    skip: tuple[str, ...]
+    skip: tuple[str, ...]  # compared with the destination and found equal
     delete: tuple[str, ...]
+    reused: int = 0  # pages not rendered, which the destination holds as published (not compared again)
+
+
+class PlannedKeys(Sequence[str]):
+    """The keys a plan writes, in write order: spooled objects, then the pointer, then more spooled objects.
+    Each key is read from the spool when asked; a tuple of them costs ~100 bytes a key (two and a half
+    million keys in a full build of a million packages)."""
+
+    __slots__ = ("_after", "_before", "_pointer")
+
+    def __init__(self, before: SpoolRefs, pointer: str | None, after: SpoolRefs) -> None:
+        self._before, self._after = before, after
+        self._pointer = () if pointer is None else (pointer,)
+
+    def __len__(self) -> int:
+        return len(self._before) + len(self._pointer) + len(self._after)
+
+    @overload
+    def __getitem__(self, index: int) -> str: ...
+    @overload
+    def __getitem__(self, index: slice) -> tuple[str, ...]: ...
+    def __getitem__(self, index: int | slice) -> str | tuple[str, ...]:
+        if isinstance(index, slice):
+            return tuple(self)[index]
+        at = range(len(self))[index]  # IndexError past the end; a negative index counts from it
+        if at < len(self._before):
+            return next(self._before[at : at + 1].keys())
+        at -= len(self._before)
+        if at < len(self._pointer):
+            return self._pointer[at]
+        at -= len(self._pointer)
+        return next(self._after[at : at + 1].keys())
+
+    def __iter__(self) -> Iterator[str]:
+        return itertools.chain(self._before.keys(), self._pointer, self._after.keys())
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Sequence) or isinstance(other, str | bytes):
+            return NotImplemented
+        return len(self) == len(other) and all(a == b for a, b in zip(self, other, strict=True))
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"PlannedKeys({list(self)!r})"
 
 
 @dataclass(frozen=True)
@@ -356,27 +403,30 @@ def publish(
     # the manifest holds only listed keys whose ETag and size still match; the run renders every page the
     # destination does not hold as published, so this only guards that promise
     missing = sorted(
-        key for key, sha256 in publication.reused.items() if key not in manifest or manifest[key].sha256 != sha256
+        key
+        for key, sha256 in publication.reused.digests()
+        if (entry := manifest.get(key)) is None or entry.sha256 != sha256
     )
     if missing:
         raise StorageError(f"{missing[0]}: a listing page reused unrendered is not in the destination; run again")
     listings = publication.listings
     listing_put, listing_skip = _plan_group(storage, spool, listings, listing, manifest)
-    listing_skip += sorted(publication.reused.keys() - missing)
     delete = _expired(listing, manifest, publication.referenced, (now - retention).timestamp())
     pointer = publication.pointer
     sent = content_put + index_put + listing_put
     plan = UploadPlan(
-        put=(*content_put.keys(), *index_put.keys(), *((pointer.key,) if pointer else ()), *listing_put.keys()),
+        put=PlannedKeys(content_put + index_put, pointer.key if pointer else None, listing_put),
         put_bytes=sum(ref.size for ref in sent) + (len(pointer.data) if pointer else 0),
         skip=(*content_skip, *index_skip, *listing_skip),
         delete=tuple(delete),
+        reused=len(publication.reused),
     )
     if dry_run:
         return PublishResult(plan, written=False)
 
     # key -> SHA-256 of what this run found equal without writing it: the manifest's new entries beside
-    # what it writes (whose SHA-256 the spool keeps)
+    # what it writes (whose SHA-256 the spool keeps). Reused pages are not among them: the manifest holds
+    # each with its SHA-256 (checked above), and keeps it.
     skipped = frozenset(plan.skip)
     found_equal = {
         key: spool.sha256(n)
@@ -384,7 +434,6 @@ def publish(
         for n in group.numbers
         if (key := spool.key(n)) in skipped
     }
-    found_equal.update((key, sha256) for key, sha256 in publication.reused.items() if key in skipped)
     written = _Written(spool)
     progress.start("publish", total=len(plan.put), unit="objects")
     _put_all(storage, spool, content_put, written, progress, fault="content")

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import json
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from json.encoder import encode_basestring_ascii
 from typing import Any
+
+_INDENT = 2
 
 
 @dataclass(frozen=True)
@@ -21,7 +26,7 @@ class RunReport:
     objects_put: int
     objects_skipped: int
     bytes_put: int
-    planned_keys: tuple[str, ...]
+    planned_keys: Sequence[str]  # read as asked: two and a half million keys in a million-package build
     deleted_keys: tuple[str, ...]
     pointer_expires: str
     pointer_expires_epoch: int
@@ -32,6 +37,21 @@ class RunReport:
     mirrors: tuple[tuple[str, str, str], ...] = ()  # (url, status, detail)
 
     def to_json(self) -> dict[str, Any]:
+        return self._document(list(self.planned_keys))
+
+    def json_chunks(self) -> Iterator[str]:
+        """`json.dumps(self.to_json(), indent=2, sort_keys=True)` in pieces, with the planned keys encoded one
+        at a time: as one string (or one list of them) a full build of a million packages would hold ~500 MB."""
+        placeholder = object()
+        encoder = json.JSONEncoder(indent=_INDENT, sort_keys=True, default=lambda value: "\0planned\0")
+        marker = encoder.encode("\0planned\0")
+        for chunk in encoder.iterencode(self._document(placeholder)):
+            if chunk == marker:
+                yield from _list_chunks(self.planned_keys, level=1)
+            else:
+                yield chunk
+
+    def _document(self, planned_keys: object) -> dict[str, Any]:
         return {
             "action": self.action,
             "sequence": self.sequence,
@@ -52,7 +72,7 @@ class RunReport:
                 "deleted": len(self.deleted_keys),
                 "bytes_put": self.bytes_put,
             },
-            "planned_keys": list(self.planned_keys),
+            "planned_keys": planned_keys,
             "deleted_keys": list(self.deleted_keys),
             "pointer_expires": self.pointer_expires,
             "key": {"fingerprint": self.key_fingerprint, "expires_epoch": self.key_expires_epoch},
@@ -110,3 +130,16 @@ class RunReport:
                 f"mirrorseed_{name} {value}",
             ]
         return "\n".join(out) + "\n"
+
+
+def _list_chunks(items: Sequence[str], *, level: int) -> Iterator[str]:
+    """A list of strings as `json.JSONEncoder(indent=2)` writes one as a value at indent `level`."""
+    if not items:
+        yield "[]"
+        return
+    inner = "\n" + " " * _INDENT * (level + 1)
+    separator = "[" + inner
+    for item in items:
+        yield separator + encode_basestring_ascii(item)
+        separator = "," + inner
+    yield "\n" + " " * _INDENT * level + "]"

@@ -68,6 +68,7 @@ from pipeline.objects import (
     SIGNING_KEY_ASC,
     SIGNING_KEY_GPG,
     SIGNING_KEYS,
+    browse_directory,
     delta_key,
     make_artifact,
     metalink_key,
@@ -76,6 +77,7 @@ from pipeline.objects import (
     shard_torrent_key,
     torrent_key,
 )
+from pipeline.pages import PageDigests
 from pipeline.publish import (
     Destination,
     DestinationProbe,
@@ -594,7 +596,7 @@ def _release(settings: Settings, spool: Spool, progress: Progress, now: Callable
             pointer=signed.artifact,
             pointer_etag=destination.current.etag if destination.current else None,
             listings=pages.listings,
-            referenced=_Referenced(records.files, frozenset([*pages.keys, *signed.pointer.keys, *_FIXED_KEYS])),
+            referenced=_Referenced(records.files, frozenset([*pages.others, *signed.pointer.keys, *_FIXED_KEYS])),
             pointer_sha256=signed.pointer_sha256,
             reused=pages.reused,
         )
@@ -614,7 +616,7 @@ def _release(settings: Settings, spool: Spool, progress: Progress, now: Callable
         if result.written:
             state.remember_sequence(signed.pointer.sequence)
             state.remember_publication(signed.pointer.index_id, inputs)
-            state.remember_pages(pages.rows, keep=pages.keys)
+            state.remember_pages(pages.rows, keep=publication.referenced)
             _remember_audit(settings, state, run, destination, previous=last_audit)
     return _report(run, mirrors, signed.pointer, decision.action, changes, plan=result.plan)
 
@@ -993,9 +995,9 @@ def _sign(
 @dataclass(frozen=True)
 class _Pages:
     listings: SpoolRefs  # rendered, sorted by key
-    reused: Mapping[str, str]  # browse pages not rendered (unchanged, and held): key -> SHA-256
-    keys: tuple[str, ...]  # every page of the publication
-    rows: tuple[tuple[str, str, str], ...]  # (key, inputs digest, SHA-256) of every rendered page
+    reused: PageDigests  # browse pages not rendered (unchanged, and held), with the SHA-256 of each
+    others: frozenset[str]  # the pages that are not browse pages (a browse page's key names its directory)
+    rows: PageDigests  # (key, inputs digest, SHA-256) of every rendered page
 
 
 def _render(
@@ -1032,25 +1034,31 @@ def _render(
     )
     objects = destination.whole
 
+    held: dict[str, str] = {}  # the page `unchanged` vouched for last: key -> SHA-256
+
     def unchanged(key: str, inputs: str) -> bool:
         remembered = memo.get(key)
-        return remembered is not None and remembered[0] == inputs and objects.sha256(key) == remembered[1]
+        if remembered is None or remembered[0] != inputs or objects.sha256(key) != remembered[1]:
+            return False
+        held.clear()
+        held[key] = remembered[1]
+        return True
 
-    rendered: list[int] = []  # spool entry numbers
-    reused: dict[str, str] = {}
-    rows: list[tuple[str, str, str]] = []
-    keys: list[str] = []
+    rendered = array("q")  # spool entry numbers
+    reused, rows = PageDigests(), PageDigests()
+    others: set[str] = set()
     for page in iter_pages(listing_input, unchanged=unchanged):
-        keys.append(page.key)
+        if not page.key.startswith(BROWSE_PREFIX):
+            others.add(page.key)
         if page.artifact is None:
-            reused[page.key] = memo[page.key][1]
+            reused.add(page.key, "", held[page.key])
             continue
         number = spool.put(page.artifact)
         rendered.append(number)
         # every page is remembered (so a no-change run can tell one the destination lost); pages rendered
         # on every run have no inputs digest ("")
-        rows.append((page.key, page.inputs or "", spool.sha256(number)))
-    return _Pages(spool.refs(sorted(rendered, key=spool.key)), reused, tuple(keys), tuple(rows))
+        rows.add(page.key, page.inputs or "", spool.sha256(number))
+    return _Pages(spool.refs(sorted(rendered, key=spool.key)), reused, frozenset(others), rows)
 
 
 _FIXED_KEYS = (POINTER_KEY, *SIGNING_KEYS, *CLIENT_KEYS)
@@ -1059,7 +1067,8 @@ _FIXED_KEYS = (POINTER_KEY, *SIGNING_KEYS, *CLIENT_KEYS)
 @dataclass(frozen=True)
 class _Referenced:
     """Every key the new publication reaches (retention keeps them): each file's Metalink and (non-empty
-    files) torrent, found by the file's path (no set of every key), and the `others` (pages, index, pointer)."""
+    files) torrent, found by the file's path, and each directory's browse page, found by its directory (no
+    set of every key), and the `others` (the other pages, index, pointer)."""
 
     files: FileTable
     others: frozenset[str]
@@ -1069,6 +1078,9 @@ class _Referenced:
             return False
         if key in self.others:
             return True
+        directory = browse_directory(key)
+        if directory is not None:
+            return self.files.holds_directory(directory)
         package = package_of(key)
         if package is None:
             return False
@@ -1107,7 +1119,7 @@ def _report(
         removed=removed,
         unchanged=unchanged,
         objects_put=len(plan.put) if plan else 0,
-        objects_skipped=len(plan.skip) if plan else 0,
+        objects_skipped=len(plan.skip) + plan.reused if plan else 0,
         bytes_put=plan.put_bytes if plan else 0,
         planned_keys=plan.put if plan else (),
         deleted_keys=plan.delete if plan else (),

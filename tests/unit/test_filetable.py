@@ -157,6 +157,15 @@ def test_size_at_and_row_of_read_the_columns() -> None:
     assert table.row_of("pool/a") is None and table.row_of("zzz") is None and table.row_of("") is None
 
 
+def test_a_directory_is_held_when_a_file_is_in_it_or_below() -> None:
+    table = FileTable.of([FileEntry(path, f"/r/{path}", 1, 1) for path in ("a-b", "a/x", "a.c/q", "c/d/e/f", "top")])
+    for directory in ("", "a", "a.c", "c", "c/d", "c/d/e"):
+        assert table.holds_directory(directory), directory
+    for directory in ("a-b", "a/x", "b", "c/d/e/f", "c/", "c/d/", "top", "a.", "c/d/e/f/g"):
+        assert not table.holds_directory(directory), directory
+    assert FileTable.of([]).holds_directory("") and not FileTable.of([]).holds_directory("a")
+
+
 def test_column_accessors_answer_like_the_entries() -> None:
     """stat_at, expected_sha256_at, shards_at and total_size read the columns; each agrees with the entry
     the table makes for the row (the digest as given, odd or absent; the shards, none by default)."""
