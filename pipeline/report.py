@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import secrets
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from json.encoder import encode_basestring_ascii
@@ -19,7 +20,7 @@ class RunReport:
     files: int
     bytes_hashed: int
     files_hashed: int
-    new: tuple[str, ...]
+    new: Sequence[str]  # all the files in a full build: read as asked
     changed: tuple[str, ...]
     removed: tuple[str, ...]
     unchanged: int
@@ -37,21 +38,24 @@ class RunReport:
     mirrors: tuple[tuple[str, str, str], ...] = ()  # (url, status, detail)
 
     def to_json(self) -> dict[str, Any]:
-        return self._document(list(self.planned_keys))
+        return self._document(list(self.new), list(self.planned_keys))
 
     def json_chunks(self) -> Iterator[str]:
-        """`json.dumps(self.to_json(), indent=2, sort_keys=True)` in pieces, with the planned keys encoded one
-        at a time: as one string (or one list of them) a full build of a million packages would hold ~500 MB."""
-        placeholder = object()
-        encoder = json.JSONEncoder(indent=_INDENT, sort_keys=True, default=lambda value: "\0planned\0")
-        marker = encoder.encode("\0planned\0")
-        for chunk in encoder.iterencode(self._document(placeholder)):
-            if chunk == marker:
-                yield from _list_chunks(self.planned_keys, level=1)
-            else:
+        """`json.dumps(self.to_json(), indent=2, sort_keys=True)` in pieces, with the new packages and the
+        planned keys encoded one at a time: as one string (or as lists) a full build of a million packages
+        would hold ~500 MB of them."""
+        token = secrets.token_hex(8)  # a placeholder no value of the report can spell
+        new, planned = f"\0new {token}\0", f"\0planned {token}\0"
+        encoder = json.JSONEncoder(indent=_INDENT, sort_keys=True)
+        lists = {encoder.encode(new): (self.new, 2), encoder.encode(planned): (self.planned_keys, 1)}
+        for chunk in encoder.iterencode(self._document(new, planned)):
+            found = lists.get(chunk)
+            if found is None:
                 yield chunk
+            else:
+                yield from _list_chunks(found[0], level=found[1])
 
-    def _document(self, planned_keys: object) -> dict[str, Any]:
+    def _document(self, new: object, planned_keys: object) -> dict[str, Any]:
         return {
             "action": self.action,
             "sequence": self.sequence,
@@ -61,7 +65,7 @@ class RunReport:
             "files_hashed": self.files_hashed,
             "bytes_hashed": self.bytes_hashed,
             "packages": {
-                "new": list(self.new),
+                "new": new,
                 "changed": list(self.changed),
                 "removed": list(self.removed),
                 "unchanged": self.unchanged,

@@ -88,7 +88,7 @@ from pipeline.publish import (
     read_destination,
 )
 from pipeline.report import RunReport
-from pipeline.shards import PublishedFingerprints, members, record_fingerprints, shard_rows, shards_of
+from pipeline.shards import Fingerprints, PublishedFingerprints, members, record_fingerprints, shard_rows, shards_of
 from pipeline.signing import Signer, verify_signed_message
 from pipeline.snapshot import ScanSpec, recheck_snapshot, scan_snapshot, snapshot_mark
 from pipeline.spool import Spool, SpoolRefs
@@ -458,9 +458,9 @@ def previous_shard_json(storage: Storage, shard: ShardRef) -> bytes | None:
     return text
 
 
-def _changes(
-    current: CurrentPublication | None, fingerprints: Mapping[str, int]
-) -> tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...], int]:
+def _changes(current: CurrentPublication | None, fingerprints: Mapping[str, int]) -> Changes:
+    if current is None and isinstance(fingerprints, Fingerprints):  # every file is new: the table's paths
+        return fingerprints.paths, (), (), 0
     before = current.fingerprints if current else {}
     by_row = before.changes(fingerprints) if isinstance(before, PublishedFingerprints) else None
     if by_row is not None:
@@ -1089,7 +1089,7 @@ class _Referenced:
         return row is not None and (not is_torrent or self.files.size_at(row) > 0)
 
 
-Changes = tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...], int]  # new, changed, removed, unchanged count
+Changes = tuple[Sequence[str], tuple[str, ...], tuple[str, ...], int]  # new, changed, removed, unchanged count
 
 
 def _no_changes(files: int) -> Changes:

@@ -106,6 +106,11 @@ class Fingerprints(Mapping[str, int]):
     def __len__(self) -> int:
         return len(self._values)
 
+    @property
+    def paths(self) -> Sequence[str]:
+        """Every path, sorted (the table's column: no string is made)."""
+        return self._files.paths
+
     def items(self) -> ItemsView[str, int]:
         return _Items(self)
 

@@ -9,6 +9,7 @@ from pipeline.objects import make_artifact as artifact
 from pipeline.publish import PlannedKeys
 from pipeline.report import RunReport
 from pipeline.spool import Spool
+from pipeline.strcolumn import SortedColumn
 
 REPORT = RunReport(
     action="publish",
@@ -36,12 +37,18 @@ REPORT = RunReport(
 )
 
 
-@pytest.mark.parametrize("planned", [(), ("one",), ("a", "b\u00e9\U0001f600", 'quote " and \\ and \n'), ("x",) * 50])
-def test_the_streamed_json_is_json_dumps_byte_for_byte(planned: tuple[str, ...]) -> None:
-    report = replace(REPORT, planned_keys=planned)
-    streamed = "".join(report.json_chunks())
-    assert streamed == json.dumps(report.to_json(), indent=2, sort_keys=True)
-    assert json.loads(streamed)["planned_keys"] == list(planned)
+@pytest.mark.parametrize("keys", [(), ("one",), ("a", "b\u00e9\U0001f600", 'quote " and \\ and \n'), ("x",) * 50])
+def test_the_streamed_json_is_json_dumps_byte_for_byte(keys: tuple[str, ...]) -> None:
+    for report in (
+        replace(REPORT, planned_keys=keys),
+        replace(REPORT, new=keys),
+        replace(REPORT, new=SortedColumn(sorted(keys)), planned_keys=keys[::-1]),
+    ):
+        streamed = "".join(report.json_chunks())
+        assert streamed == json.dumps(report.to_json(), indent=2, sort_keys=True)
+        document = json.loads(streamed)
+        assert document["planned_keys"] == list(report.planned_keys)
+        assert document["packages"]["new"] == list(report.new)
 
 
 def test_the_planned_keys_are_read_from_the_spool_in_write_order() -> None:

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import bisect
 import tracemalloc
 
 import pytest
 
-from pipeline.strcolumn import _CACHED, BLOCK, StringColumn
+from pipeline.strcolumn import _CACHED, BLOCK, SortedColumn, StringColumn
 
 
 @pytest.mark.parametrize("count", [0, 1, BLOCK - 1, BLOCK, BLOCK + 1, 7 * BLOCK + 3])
@@ -49,3 +50,33 @@ def test_a_key_costs_a_fraction_of_a_list_of_str() -> None:
         tracemalloc.stop()
     assert len(column) == count
     assert held / count < 40  # a list of these str: ~130 bytes a key
+
+
+@pytest.mark.parametrize("count", [0, 1, BLOCK - 1, BLOCK, BLOCK + 1, 5 * BLOCK + 7])
+def test_a_sorted_column_finds_strings_as_bisect_does(count: int) -> None:
+    """bisect_left and `in` answer like the list's, for every string, every gap, duplicates across a block
+    edge and strings before the first or after the last."""
+    texts = sorted([f"pool/main/{i % 7}/p{i // 3}" for i in range(count)] + ["pool/main/3/p1"] * (count > 0) * BLOCK)
+    column = SortedColumn(texts)
+    assert len(column) == len(texts) and list(column) == texts and column == texts and column != [*texts, "z"]
+    assert column[-1:] == texts[-1:] and [column[i] for i in range(-len(texts), len(texts))] == texts + texts
+    probes = {
+        "",
+        "a",
+        "zzz",
+        "pool/main/3/p1",
+        *texts,
+        *(text + "\0" for text in texts),
+        *(text[:-1] for text in texts),
+    }
+    for probe in sorted(probes):
+        assert column.bisect_left(probe) == bisect.bisect_left(texts, probe), probe
+        assert (probe in column) == (probe in texts), probe
+    assert 3 not in column
+
+
+def test_a_sorted_column_refuses_a_string_out_of_order() -> None:
+    column = SortedColumn(["a", "b", "b"])
+    with pytest.raises(ValueError, match="must ascend"):
+        column.append("a")
+    assert list(column) == ["a", "b", "b"]
