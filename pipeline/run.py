@@ -425,7 +425,9 @@ def build_index_objects(
     return IndexObjects(pointer, spool.refs(artifacts))
 
 
-def _delta(before: ShardRef, old_json: bytes | None, new_json: bytes, sha256: str) -> tuple[DeltaRef, Artifact] | None:
+def _delta(
+    before: ShardRef, old_json: bytes | None, new_json: bytes | bytearray, sha256: str
+) -> tuple[DeltaRef, Artifact] | None:
     """The delta from part `before` (its JSON `old_json`, None if unreadable) to the new JSON, whose compressed
     part has SHA-256 `sha256`; None when there is no base or the new JSON is too large for a delta."""
     if old_json is None or len(new_json) > DELTA_MAX_BYTES:
