@@ -163,7 +163,8 @@ class ProbeFiles(Sequence[ProbeFile]):
         self._sizes = sizes
         self._pieces = pieces
         self._digests = bytes(digests)
-        self._hint = 0  # where the last lookup ended: only ever a guess, checked before it is used
+        # where the last lookup ended, and the path found there (compared, not read from the column)
+        self._hint: tuple[int, str | None] = (0, None)
 
     def __len__(self) -> int:
         return len(self._paths)
@@ -199,14 +200,16 @@ class ProbeFiles(Sequence[ProbeFile]):
         """The index of `path`, or None. Lookups in path order (each path once or twice in a row: a torrent,
         then a metalink) cost a comparison or two each."""
         paths = self._paths
-        hint = self._hint  # a data race between threads only spoils the guess, which is checked
+        hint, hint_path = self._hint  # one tuple: threads may race to replace it, never tear it
+        if path == hint_path:
+            return hint
         for guess in (hint + 1, hint):
             if guess < len(paths) and paths[guess] == path:
-                self._hint = guess
+                self._hint = (guess, path)
                 return guess
         i = paths.bisect_left(path)
         if i < len(paths) and paths[i] == path:
-            self._hint = i
+            self._hint = (i, path)
             return i
         return None
 

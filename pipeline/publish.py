@@ -431,7 +431,7 @@ def publish(
     found_equal = {
         key: spool.sha256(n)
         for group in (publication.content, publication.immutable, listings)
-        for n in group.numbers
+        for n in (group.numbers if skipped else ())
         if (key := spool.key(n)) in skipped
     }
     written = _Written(spool)

@@ -731,8 +731,10 @@ _ALL_INSTALLED: Mapping[str, str] = {
 
 
 def _update_recipe(env: jinja2.Environment, listing: ListingInput, checked: _Checked) -> str | None:
+    if not format_info(listing.snapshot_format).update_script:
+        return None  # before the search: a format without names (flat) would make every record for nothing
     example = next((r for r in _by_path(listing.records) if r.torrent is not None and r.size > 0 and r.name), None)
-    if not format_info(listing.snapshot_format).update_script or example is None:
+    if example is None:
         return None
     context = {
         **_script_context(listing, checked, UPDATE_KEY),

@@ -21,12 +21,14 @@ _SEP = "\0"  # a block holding it (never in an object key) is kept as a tuple
 class StringColumn:
     """Strings appended in order, read by number."""
 
-    __slots__ = ("_blocks", "_cache", "_open")
+    __slots__ = ("_blocks", "_cache", "_open", "_recent")
 
     def __init__(self) -> None:
         self._blocks: list[bytes | tuple[str, ...]] = []
         self._open: list[str] = []  # the block being filled
         self._cache: dict[int, tuple[str, ...]] = {}
+        # the block read last and its strings (one tuple: threads may race to replace it, never tear it)
+        self._recent: tuple[int, tuple[str, ...]] = (-1, ())
 
     def __len__(self) -> int:
         return len(self._blocks) * BLOCK + len(self._open)
@@ -44,6 +46,9 @@ class StringColumn:
         if number < 0:
             raise IndexError(number)
         block, at = divmod(number, BLOCK)
+        recent, items = self._recent
+        if block == recent:
+            return items[at]
         return self.block(block)[at]
 
     def block(self, block: int) -> Sequence[str]:
@@ -55,6 +60,7 @@ class StringColumn:
     def _block(self, block: int) -> tuple[str, ...]:
         cached = self._cache.get(block)
         if cached is not None:
+            self._recent = (block, cached)
             return cached
         stored = self._blocks[block]
         items = (
@@ -63,8 +69,12 @@ class StringColumn:
             else tuple(zlib.decompress(stored).decode("utf-8", "surrogatepass").split(_SEP))
         )
         if len(self._cache) >= _CACHED:
-            del self._cache[next(iter(self._cache))]
+            try:
+                del self._cache[next(iter(self._cache))]
+            except (KeyError, RuntimeError, StopIteration):  # another thread (the mirror probes) evicted it
+                pass
         self._cache[block] = items
+        self._recent = (block, items)
         return items
 
     def __iter__(self) -> Iterator[str]:
@@ -104,6 +114,8 @@ class SortedColumn(Sequence[str]):
     @overload
     def __getitem__(self, index: slice) -> list[str]: ...
     def __getitem__(self, index: int | slice) -> str | list[str]:
+        if type(index) is int and index >= 0:  # the common case, read millions of times: no range made
+            return self._column[index]  # IndexError past the end
         if isinstance(index, slice):
             return [self._column[number] for number in range(len(self))[index]]
         return self._column[range(len(self))[index]]
