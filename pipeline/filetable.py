@@ -22,6 +22,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from typing import Any, overload
 
 from pipeline.model import FileEntry, SignatureRef
+from pipeline.sequences import ItemEquality
 from pipeline.state import CachedFile
 from pipeline.strcolumn import SortedColumn
 
@@ -173,7 +174,7 @@ class _Entries(Sequence[FileEntry]):
             yield entry(row)
 
 
-class FileTable(_Entries):
+class FileTable(ItemEquality, _Entries):
     """The files of a scan, sorted by path (`pipeline.filetable`)."""
 
     __slots__ = (
@@ -232,13 +233,6 @@ class FileTable(_Entries):
     def paths(self) -> Sequence[str]:
         """Every path, sorted: no FileEntry is made."""
         return self._paths
-
-    def __eq__(self, other: object) -> bool:
-        if not isinstance(other, Sequence) or isinstance(other, str | bytes):
-            return NotImplemented
-        return len(self) == len(other) and all(a == b for a, b in zip(self, other, strict=True))
-
-    __hash__ = None  # type: ignore[assignment]
 
     def __repr__(self) -> str:
         return f"FileTable({len(self._paths)} files)"

@@ -42,6 +42,7 @@ from pipeline.objects import (
     OWNED_PREFIXES,
 )
 from pipeline.pages import PageDigests
+from pipeline.sequences import ItemEquality
 from pipeline.spool import Spool, SpoolRefs
 from pipeline.storage import ObjectInfo, Storage
 from pipeline.strcolumn import StringColumn
@@ -84,7 +85,7 @@ class UploadPlan:
     reused: int = 0  # pages not rendered, which the destination holds as published (not compared again)
 
 
-class PlannedKeys(Sequence[str]):
+class PlannedKeys(ItemEquality, Sequence[str]):
     """The keys a plan writes, in write order: spooled objects, then the pointer, then more spooled objects.
     Each key is read from the spool when asked; a tuple of them costs ~100 bytes a key (two and a half
     million keys in a full build of a million packages)."""
@@ -116,13 +117,6 @@ class PlannedKeys(Sequence[str]):
 
     def __iter__(self) -> Iterator[str]:
         return itertools.chain(self._before.keys(), self._pointer, self._after.keys())
-
-    def __eq__(self, other: object) -> bool:
-        if not isinstance(other, Sequence) or isinstance(other, str | bytes):
-            return NotImplemented
-        return len(self) == len(other) and all(a == b for a, b in zip(self, other, strict=True))
-
-    __hash__ = None  # type: ignore[assignment]
 
     def __repr__(self) -> str:
         return f"PlannedKeys({list(self)!r})"

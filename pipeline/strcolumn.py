@@ -13,6 +13,8 @@ from bisect import bisect_left
 from collections.abc import Iterable, Iterator, Sequence
 from typing import overload
 
+from pipeline.sequences import ItemEquality
+
 BLOCK = 64
 _CACHED = 64  # decoded blocks kept: a merge of ~40 sorted runs reads ~40 blocks at once (publish._Written)
 _SEP = "\0"  # a block holding it (never in an object key) is kept as a tuple
@@ -83,7 +85,7 @@ class StringColumn:
         yield from list(self._open)
 
 
-class SortedColumn(Sequence[str]):
+class SortedColumn(ItemEquality, Sequence[str]):
     """Strings in ascending order in a StringColumn, found by binary search (`bisect_left`, `in`): the scan's
     paths at a million files, ~15 bytes a path where a list of str costs ~100. The first string of each
     block is kept as it is, to find a string's block without decoding any other."""
@@ -122,13 +124,6 @@ class SortedColumn(Sequence[str]):
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._column)
-
-    def __eq__(self, other: object) -> bool:
-        if not isinstance(other, Sequence) or isinstance(other, str | bytes):
-            return NotImplemented
-        return len(self) == len(other) and all(a == b for a, b in zip(self, other, strict=True))
-
-    __hash__ = None  # type: ignore[assignment]
 
     def __contains__(self, text: object) -> bool:
         if not isinstance(text, str):
