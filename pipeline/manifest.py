@@ -16,6 +16,8 @@ from bisect import bisect_left, bisect_right
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 
+from pipeline.strcolumn import copied
+
 BLOCK = 64  # entries a block
 _CACHED = 8  # decoded blocks kept
 _SEP = "\0"  # never in an object key (a path) or an ETag; a block holding one is kept as it is
@@ -168,7 +170,7 @@ class ManifestTableBuilder:
             self._blocks.append(fields)
         else:
             self._blocks.append(zlib.compress(_SEP.join(fields).encode(), 1))
-        self._firsts.append(self._keys[0])
+        self._firsts.append(copied(self._keys[0]))  # not the parsed line's string (strcolumn.copied)
         self._keys, self._etags = [], []
 
     def build(self) -> ManifestTable:

@@ -7,7 +7,7 @@ import tracemalloc
 
 import pytest
 
-from pipeline.strcolumn import _CACHED, BLOCK, SortedColumn, StringColumn
+from pipeline.strcolumn import _CACHED, BLOCK, SortedColumn, StringColumn, copied
 
 
 @pytest.mark.parametrize("count", [0, 1, BLOCK - 1, BLOCK, BLOCK + 1, 7 * BLOCK + 3])
@@ -80,3 +80,15 @@ def test_a_sorted_column_refuses_a_string_out_of_order() -> None:
     with pytest.raises(ValueError, match="must ascend"):
         column.append("a")
     assert list(column) == ["a", "b", "b"]
+
+
+def test_a_sorted_column_keeps_no_string_of_the_callers() -> None:
+    """The blocks' first strings are copies: one caller's string in 64 kept alive would keep every memory
+    arena the caller's strings shared (RSS then counts them all after they are freed)."""
+    texts = [f"pool/main/p/pkg{i:05d}.deb" for i in range(3 * BLOCK)]
+    column = SortedColumn(texts)
+    firsts = column._firsts
+    assert firsts == texts[::BLOCK]
+    assert not any(first is text for first, text in zip(firsts, texts[::BLOCK], strict=True))
+    text = texts[1]
+    assert copied(text) == text and copied(text) is not text
