@@ -230,7 +230,7 @@ class FileTable(ItemEquality, _Entries):
         return builder.build()
 
     @property
-    def paths(self) -> Sequence[str]:
+    def paths(self) -> SortedColumn:
         """Every path, sorted: no FileEntry is made."""
         return self._paths
 

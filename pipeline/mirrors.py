@@ -144,6 +144,22 @@ class ProbeFiles(Sequence[ProbeFile]):
     def __init__(self, rows: Iterable[tuple[str, int, str, int]]) -> None:
         """`rows`: (path, size, SHA-256 hex, piece size), sorted by path and unique (a scan's order)."""
         paths = SortedColumn()
+        self._fill(paths, rows, add_path=paths.append)
+
+    @classmethod
+    def over(cls, paths: SortedColumn, facts: Iterable[tuple[int, str, int]]) -> ProbeFiles:
+        """ProbeFiles over paths already in a column (a scan's table: shared, neither decoded into a second
+        column nor copied), with the (size, SHA-256 hex, piece size) of each, in the same order."""
+        files = cls.__new__(cls)
+        files._fill(paths, ((path, *fact) for path, fact in zip(paths, facts, strict=True)), add_path=None)
+        return files
+
+    def _fill(
+        self,
+        paths: SortedColumn,
+        rows: Iterable[tuple[str, int, str, int]],
+        add_path: Callable[[str], None] | None,
+    ) -> None:
         sizes = array("q")
         pieces = array("q")
         digests = bytearray()
@@ -154,7 +170,8 @@ class ProbeFiles(Sequence[ProbeFile]):
             digest = bytes.fromhex(sha256)
             if len(digest) != 32:
                 raise ValueError(f"{path}: {sha256!r} is not a SHA-256")
-            paths.append(path)
+            if add_path is not None:
+                add_path(path)
             last = path
             sizes.append(size)
             pieces.append(piece_size)
@@ -215,9 +232,9 @@ class ProbeFiles(Sequence[ProbeFile]):
 
 
 def probe_files(files: FileTable, known: KnownDigests) -> ProbeFiles:
-    """The ProbeFiles of the hashing stage's files and what is known of each (by row), read from columns."""
-    paths = files.paths
-    return ProbeFiles((paths[row], files.size_at(row), *known[row][:2]) for row in range(len(paths)))
+    """The ProbeFiles of the hashing stage's files and what is known of each (by row), read from columns:
+    over the table's own paths."""
+    return ProbeFiles.over(files.paths, ((files.size_at(row), *known[row][:2]) for row in range(len(files))))
 
 
 class _Holders(Mapping[str, tuple[int, ...]]):

@@ -422,12 +422,16 @@ def publish(
     # what it writes (whose SHA-256 the spool keeps). Reused pages are not among them: the manifest holds
     # each with its SHA-256 (checked above), and keeps it.
     skipped = frozenset(plan.skip)
-    found_equal = {
-        key: spool.sha256(n)
-        for group in (publication.content, publication.immutable, listings)
-        for n in (group.numbers if skipped else ())
-        if (key := spool.key(n)) in skipped
-    }
+    found_equal = (
+        {
+            key: spool.sha256(n)
+            for group in (publication.content, publication.immutable, listings)
+            for n in group.numbers
+            if (key := spool.key(n)) in skipped
+        }
+        if skipped
+        else {}
+    )
     written = _Written(spool)
     progress.start("publish", total=len(plan.put), unit="objects")
     _put_all(storage, spool, content_put, written, progress, fault="content")

@@ -189,6 +189,8 @@ def test_limits_and_probe_files_from_pipeline_values() -> None:
     known[0] = CachedFile("a" * 64, 16384, None)
     files = probe_files(table, known)
     assert list(files) == [ProbeFile("pool/a.deb", 5, "a" * 64, 16384)]
+    assert files.paths is table.paths  # the table's column, not a second one
+    assert files.position("pool/a.deb") == 0 and files.position("pool/b.deb") is None
 
 
 def _sha(n: int) -> str:
