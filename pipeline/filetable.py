@@ -73,6 +73,8 @@ class FileTableBuilder:
     """Collects FileEntry values in any order (`add`); `build` sorts them by path into a FileTable."""
 
     def __init__(self) -> None:
+        # The paths compressed as they come while they come in order (the flat walk's), else a list sorted by build
+        self._column: SortedColumn | None = SortedColumn()
         self._paths: list[str] = []
         self._prefix_ids = array("l")  # index into _prefixes, or -1: the whole source is in _sources
         self._prefixes: dict[str, int] = {}
@@ -86,12 +88,19 @@ class FileTableBuilder:
         self._signatures: dict[int, SignatureRef] = {}
 
     def __len__(self) -> int:
-        return len(self._paths)
+        return len(self._paths) if self._column is None else len(self._column)
 
     def add(self, entry: FileEntry) -> None:
-        count = len(self._paths)
+        count = len(self)
         path, source = entry.path, entry.source
-        self._paths.append(path)
+        if self._column is None:
+            self._paths.append(path)
+        else:
+            try:
+                self._column.append(path)
+            except ValueError:  # out of order: kept as they come from now on, and sorted by build
+                self._paths = [*self._column, path]
+                self._column = None
         if source.endswith(path) and len(source) > len(path):
             prefix = source[: len(source) - len(path)]
             self._prefix_ids.append(self._prefixes.setdefault(prefix, len(self._prefixes)))
@@ -119,7 +128,7 @@ class FileTableBuilder:
 
     def set_shards(self, index: int, shards: tuple[str, ...]) -> None:
         """The shards listing file number `index`, found after it was added (another index lists it too)."""
-        self._shared["shards"].set(index, shards, len(self._paths))
+        self._shared["shards"].set(index, shards, len(self))
 
     def _add_digest(self, digest: str | None, count: int) -> None:
         canonical = digest is not None and len(digest) == 64 and _HEX.issuperset(digest)
@@ -140,7 +149,7 @@ class FileTableBuilder:
     def build(self) -> FileTable:
         """The table, sorted by path (stable: of equal paths, the first added comes first)."""
         paths = self._paths
-        if all(earlier <= later for earlier, later in itertools.pairwise(paths)):
+        if self._column is not None or all(earlier <= later for earlier, later in itertools.pairwise(paths)):
             order = None
         else:
             order = sorted(range(len(paths)), key=paths.__getitem__)
@@ -183,7 +192,7 @@ class FileTable(ItemEquality, _Entries):
     )  # fmt: skip
 
     def __init__(self, built: FileTableBuilder, order: Sequence[int] | None) -> None:
-        paths = built._paths
+        paths = built._paths if built._column is None else built._column
         prefix_ids, signed, unsigned, digests = built._prefix_ids, built._signed, built._unsigned, built._digests
         sources, odd, signatures = built._sources, built._odd_digests, built._signatures
         if order is not None:
@@ -205,7 +214,7 @@ class FileTable(ItemEquality, _Entries):
             for shared in built._shared.values():
                 shared.reordered(order)
         else:
-            column = SortedColumn(paths)
+            column = paths if isinstance(paths, SortedColumn) else SortedColumn(paths)
         for shared in built._shared.values():
             shared.distinct = {}
         self._paths = column

@@ -3,9 +3,11 @@
 A dict of `ManifestEntry` costs ~470 bytes an object (the key, the SHA-256 as hex, the ETag, the entry and
 its float, the dict slot), and at a million packages the destination holds over two million objects. Here
 the keys are sorted and kept in blocks of `BLOCK`: each block's keys and ETags joined and zlib-compressed
-(sorted keys share long prefixes), the SHA-256s as 32 raw bytes and the numbers in arrays: ~100 bytes an
-object. A lookup bisects the blocks' first keys and decodes one block; the few blocks decoded last are
-kept, since every caller asks in key order (one or two interleaved runs of keys).
+(sorted keys share long prefixes), then its SHA-256s as 32 raw bytes and its numbers, ~100 bytes an
+object, set aside in the scratch file (`pipeline.scratch`). Memory keeps each block's first key and where
+the block is: ~2 bytes an object. A lookup bisects the blocks' first keys and reads and decodes one
+block; the few blocks decoded last are kept, since every caller asks in key order (one or two interleaved
+runs of keys).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from bisect import bisect_left, bisect_right
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 
+from pipeline.scratch import SpilledBlocks
 from pipeline.strcolumn import copied
 
 BLOCK = 64  # entries a block
@@ -39,55 +42,54 @@ class UnsortedError(ValueError):
 class ManifestTable(Mapping[str, ManifestEntry]):
     """key -> ManifestEntry, built by `ManifestTableBuilder` (keys ascending); read-only."""
 
-    __slots__ = ("_blocks", "_cache", "_digests", "_firsts", "_odd", "_referenced", "_sizes")
+    __slots__ = ("_blocks", "_cache", "_count", "_firsts", "_odd", "_odd_blocks", "_texts")
 
     def __init__(
         self,
         firsts: list[str],
-        blocks: list[bytes | tuple[str, ...]],
-        digests: bytearray,
+        blocks: SpilledBlocks,
+        texts: array[int],
+        odd_blocks: dict[int, tuple[str, ...]],
         odd: dict[int, str],
-        sizes: array[int],
-        referenced: array[float],
+        count: int,
     ) -> None:
         self._firsts = firsts
-        self._blocks = blocks
-        self._digests = digests  # 32 bytes an entry; zeros where `odd` holds the text
+        self._blocks = blocks  # each: the keys and ETags compressed, then SHA-256s, sizes, times (`_packed`)
+        self._texts = texts  # bytes of each block's compressed keys and ETags (0: in `_odd_blocks`)
+        self._odd_blocks = odd_blocks
         self._odd = odd  # entry -> a SHA-256 text that is not 64 lowercase hex digits (as read)
-        self._sizes = sizes
-        self._referenced = referenced
-        self._cache: dict[int, tuple[tuple[str, ...], tuple[str, ...]]] = {}
+        self._count = count
+        self._cache: dict[int, _Block] = {}
 
-    def _block(self, number: int) -> tuple[tuple[str, ...], tuple[str, ...]]:
-        """(keys, ETags) of block `number`."""
+    def _block(self, number: int) -> _Block:
         cached = self._cache.get(number)
         if cached is not None:
             return cached
-        stored = self._blocks[number]
-        fields = stored if isinstance(stored, tuple) else tuple(zlib.decompress(stored).decode().split(_SEP))
-        half = len(fields) // 2
-        decoded = fields[:half], fields[half:]
+        decoded = _unpacked(self._blocks[number], self._texts[number], self._odd_blocks.get(number))
         if len(self._cache) >= _CACHED:
             del self._cache[next(iter(self._cache))]
         self._cache[number] = decoded
         return decoded
 
-    def _row(self, key: str) -> tuple[int, str] | None:
-        """(entry number, ETag) of `key`, None when the manifest has no such key."""
+    def _row(self, key: str) -> tuple[int, _Block] | None:
+        """(entry number, its block) of `key`, None when the manifest has no such key."""
         number = bisect_right(self._firsts, key) - 1
         if number < 0:
             return None
-        keys, etags = self._block(number)
+        block = self._block(number)
+        keys = block[0]
         at = bisect_left(keys, key)
         if at == len(keys) or keys[at] != key:
             return None
-        return number * BLOCK + at, etags[at]
+        return number * BLOCK + at, block
 
-    def _entry(self, row: int, etag: str) -> ManifestEntry:
+    def _entry(self, row: int, block: _Block) -> ManifestEntry:
+        at = row % BLOCK
+        _, etags, digests, sizes, referenced = block
         sha256 = self._odd.get(row)
         if sha256 is None:
-            sha256 = self._digests[32 * row : 32 * row + 32].hex()
-        return ManifestEntry(sha256, etag, self._sizes[row], self._referenced[row])
+            sha256 = digests[32 * at : 32 * at + 32].hex()
+        return ManifestEntry(sha256, etags[at], sizes[at], referenced[at])
 
     def __getitem__(self, key: str) -> ManifestEntry:
         found = self._row(key)
@@ -99,7 +101,7 @@ class ManifestTable(Mapping[str, ManifestEntry]):
         return isinstance(key, str) and self._row(key) is not None
 
     def __len__(self) -> int:
-        return len(self._sizes)
+        return self._count
 
     def __iter__(self) -> Iterator[str]:
         for number in range(len(self._blocks)):
@@ -109,10 +111,35 @@ class ManifestTable(Mapping[str, ManifestEntry]):
         """(key, entry) of every key, in key order, a block decoded at a time."""
         row = 0
         for number in range(len(self._blocks)):
-            keys, etags = self._block(number)
-            for key, etag in zip(keys, etags, strict=True):
-                yield key, self._entry(row, etag)
+            block = self._block(number)
+            for key in block[0]:
+                yield key, self._entry(row, block)
                 row += 1
+
+
+# A block decoded: keys, ETags, SHA-256s (32 bytes each), sizes, last referenced.
+_Block = tuple[tuple[str, ...], tuple[str, ...], bytes, "array[int]", "array[float]"]
+
+
+def _packed(
+    keys: list[str], etags: list[str], digests: bytes, sizes: array[int], referenced: array[float]
+) -> tuple[bytes, tuple[str, ...] | None]:
+    """A block's bytes (the keys and ETags compressed, then the SHA-256s, sizes and times), and the keys and
+    ETags themselves when one holds the separator (then not in the bytes)."""
+    fields = (*keys, *etags)
+    odd = fields if any(_SEP in field for field in fields) else None
+    text = b"" if odd is not None else zlib.compress(_SEP.join(fields).encode(), 1)
+    return text + digests + sizes.tobytes() + referenced.tobytes(), odd
+
+
+def _unpacked(data: bytes, text: int, odd: tuple[str, ...] | None) -> _Block:
+    fields = odd if odd is not None else tuple(zlib.decompress(data[:text]).decode().split(_SEP))
+    count = len(fields) // 2
+    numbers = text + 32 * count
+    sizes, referenced = array("q"), array("d")
+    sizes.frombytes(data[numbers : numbers + 8 * count])
+    referenced.frombytes(data[numbers + 8 * count : numbers + 16 * count])
+    return fields[:count], fields[count:], data[text:numbers], sizes, referenced
 
 
 class ManifestTableBuilder:
@@ -121,13 +148,17 @@ class ManifestTableBuilder:
 
     def __init__(self) -> None:
         self._firsts: list[str] = []
-        self._blocks: list[bytes | tuple[str, ...]] = []
-        self._digests = bytearray()
+        self._blocks = SpilledBlocks()
+        self._texts = array("l")
+        self._odd_blocks: dict[int, tuple[str, ...]] = {}
         self._odd: dict[int, str] = {}
+        self._count = 0
+        # the block being filled
+        self._keys: list[str] = []
+        self._etags: list[str] = []
+        self._digests = bytearray()
         self._sizes = array("q")
         self._referenced = array("d")
-        self._keys: list[str] = []  # of the block being filled
-        self._etags: list[str] = []
         self._last: str | None = None
 
     def add(self, key: str, sha256: str, etag: str, size: int, referenced: float) -> None:
@@ -137,7 +168,7 @@ class ManifestTableBuilder:
                 raise UnsortedError(f"{key!r} after {last!r}")
             self._drop_last()
         self._last = key
-        row = len(self._sizes)
+        row = self._count
         if len(sha256) == 64 and _HEX.issuperset(sha256):
             self._digests += bytes.fromhex(sha256)
         else:
@@ -147,36 +178,40 @@ class ManifestTableBuilder:
         self._referenced.append(referenced)
         self._keys.append(key)
         self._etags.append(etag)
+        self._count += 1
         if len(self._keys) == BLOCK:
             self._seal()
 
     def _drop_last(self) -> None:
         """Forget the last entry (its key comes again)."""
         if not self._keys:  # it ended a sealed block: open that block again
-            stored = self._blocks.pop()
+            number = len(self._blocks) - 1
+            keys, etags, digests, sizes, referenced = _unpacked(
+                self._blocks.pop(), self._texts.pop(), self._odd_blocks.pop(number, None)
+            )
             self._firsts.pop()
-            fields = stored if isinstance(stored, tuple) else tuple(zlib.decompress(stored).decode().split(_SEP))
-            half = len(fields) // 2
-            self._keys, self._etags = list(fields[:half]), list(fields[half:])
+            self._keys, self._etags = list(keys), list(etags)
+            self._digests, self._sizes, self._referenced = bytearray(digests), sizes, referenced
         self._keys.pop()
         self._etags.pop()
-        row = len(self._sizes) - 1
-        self._odd.pop(row, None)
-        del self._digests[32 * row :], self._sizes[row], self._referenced[row]
+        self._count -= 1
+        self._odd.pop(self._count, None)
+        del self._digests[-32:], self._sizes[-1], self._referenced[-1]
 
     def _seal(self) -> None:
-        fields = (*self._keys, *self._etags)
-        if any(_SEP in field for field in fields):
-            self._blocks.append(fields)
-        else:
-            self._blocks.append(zlib.compress(_SEP.join(fields).encode(), 1))
+        data, odd = _packed(self._keys, self._etags, bytes(self._digests), self._sizes, self._referenced)
+        if odd is not None:
+            self._odd_blocks[len(self._blocks)] = odd
+        self._texts.append(0 if odd is not None else len(data) - 48 * len(self._keys))
+        self._blocks.append(data)
         self._firsts.append(copied(self._keys[0]))  # not the parsed line's string (strcolumn.copied)
         self._keys, self._etags = [], []
+        self._digests, self._sizes, self._referenced = bytearray(), array("q"), array("d")
 
     def build(self) -> ManifestTable:
         if self._keys:
             self._seal()
-        return ManifestTable(self._firsts, self._blocks, self._digests, self._odd, self._sizes, self._referenced)
+        return ManifestTable(self._firsts, self._blocks, self._texts, self._odd_blocks, self._odd, self._count)
 
 
 def manifest_table(entries: Iterable[tuple[str, ManifestEntry]]) -> ManifestTable:

@@ -2,14 +2,15 @@
 
 A full build of a million-file pool renders ~540,000 browse pages; a re-run reuses most of them. A tuple
 of (key, inputs digest, SHA-256) strings costs ~300 bytes a page, a dict entry of the reused ones ~250.
-Here the keys are in compressed blocks (`pipeline.strcolumn`) and the two digests 32 raw bytes each:
-~90 bytes a page.
+Here the keys are in compressed blocks (`pipeline.strcolumn`) and the two digests 32 raw bytes each, all
+set aside in the scratch file (`pipeline.scratch`): a few bytes a page in memory.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 
+from pipeline.scratch import FixedColumn
 from pipeline.strcolumn import StringColumn
 
 _HEX = frozenset("0123456789abcdef")
@@ -25,8 +26,8 @@ class PageDigests:
     def __init__(self) -> None:
         self._keys = StringColumn()
         self._kinds = bytearray()
-        self._inputs = bytearray()  # 32 bytes a page whose inputs are raw, none for the others
-        self._sha256 = bytearray()  # 32 bytes a page (zeros for an odd one)
+        self._inputs = FixedColumn(32)  # of each page whose inputs are raw, none for the others
+        self._sha256 = FixedColumn(32)  # of each page (zeros for an odd one)
         self._odd: dict[int, tuple[str, str]] = {}  # (inputs, SHA-256) not both lowercase hex: kept as given
 
     def __len__(self) -> int:
@@ -38,28 +39,25 @@ class PageDigests:
         if not _is_hex(sha256) or (inputs and not _is_hex(inputs)):
             self._odd[number] = (inputs, sha256)
             self._kinds.append(_ODD)
-            self._sha256 += bytes(32)
+            self._sha256.append(bytes(32))
             return
-        self._sha256 += bytes.fromhex(sha256)
+        self._sha256.append(bytes.fromhex(sha256))
         if inputs:
             self._kinds.append(_RAW)
-            self._inputs += bytes.fromhex(inputs)
+            self._inputs.append(bytes.fromhex(inputs))
         else:
             self._kinds.append(_NONE)
 
     def __iter__(self) -> Iterator[tuple[str, str, str]]:
         """(key, inputs, SHA-256) of each page, in the order added."""
-        raw = 0  # pages with raw inputs so far: where the next one's are
-        for number, (key, kind) in enumerate(zip(self._keys, self._kinds, strict=True)):
+        raw = iter(self._inputs)  # the raw inputs, in the order of their pages
+        for number, (key, kind, digest) in enumerate(zip(self._keys, self._kinds, self._sha256, strict=True)):
             if kind == _ODD:
                 yield (key, *self._odd[number])
-                continue
-            sha256 = self._sha256[32 * number : 32 * number + 32].hex()
-            if kind == _RAW:
-                yield key, self._inputs[32 * raw : 32 * raw + 32].hex(), sha256
-                raw += 1
+            elif kind == _RAW:
+                yield key, next(raw).hex(), digest.hex()
             else:
-                yield key, "", sha256
+                yield key, "", digest.hex()
 
     def digests(self) -> Iterator[tuple[str, str]]:
         """(key, SHA-256) of each page, in the order added."""

@@ -20,16 +20,19 @@ import logging
 import math
 import os
 import signal
+import struct
+import tempfile
 from array import array
 from collections.abc import Container, Iterable, Iterator, Mapping, Sequence, Set
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from json.encoder import encode_basestring as _json_string  # what json.dumps(ensure_ascii=False) uses
-from typing import Any, overload
+from typing import Any, BinaryIO, overload
 
 import zstandard
 
-from pipeline.errors import StorageError
+from pipeline.errors import PipelineError, StorageError
 from pipeline.jsondoc import loads_strict
 from pipeline.manifest import ManifestEntry, ManifestTable, ManifestTableBuilder, UnsortedError, manifest_table
 from pipeline.model import Artifact, NullProgress, Progress
@@ -42,7 +45,8 @@ from pipeline.objects import (
     OWNED_PREFIXES,
 )
 from pipeline.pages import PageDigests
-from pipeline.sequences import ItemEquality
+from pipeline.scratch import FixedColumn
+from pipeline.sequences import ItemEquality, sorted_by_key
 from pipeline.spool import Spool, SpoolRefs
 from pipeline.storage import ObjectInfo, Storage
 from pipeline.strcolumn import StringColumn
@@ -52,7 +56,6 @@ log = logging.getLogger(__name__)
 MANIFEST_FORMAT = "mirrorseed-manifest/2"
 MANIFEST_BATCH = 4096  # manifest lines parsed at once (reading), formatted before one write to zstd (writing)
 FAULT_ENV = "MIRRORSEED_FAULT"
-SORT_RUN = 65536  # writes sorted at once when the manifest is written (their keys held meanwhile)
 
 
 @dataclass(frozen=True)
@@ -143,34 +146,36 @@ def load_manifest(
     `MANIFEST_BATCH` lines at a time as one JSON array of them (a whole-document JSON of 130,000 objects
     would cost ~100 MB to parse; one parse a line costs twice the time). Kept in columns (`ManifestTable`).
     """
-    stored = storage.get(MANIFEST_KEY)
-    if stored is None:
-        return ManifestTableBuilder().build()
-    read = [0]  # entries read
-    try:
+    with _temporary_file(MANIFEST_KEY) as stored:  # ~150 MB at a million files: read from disk as parsed
+        if storage.get_file(MANIFEST_KEY, stored) is None:
+            return ManifestTableBuilder().build()
+        read = [0]  # entries read
         try:
-            builder = ManifestTableBuilder()
-            for row in _trusted(stored.data, listing, altered, read):
-                builder.add(*row)
-            trusted = builder.build()
-        except UnsortedError:  # not as this tool writes it (keys in order): sorted first
-            read = [0]
-            rows = _trusted(stored.data, listing, altered, read)
-            trusted = manifest_table((row[0], ManifestEntry(*row[1:])) for row in rows)
-    except (ValueError, TypeError, zstandard.ZstdError) as exc:
-        log.warning("%s: unreadable manifest (%s); rebuilding it from the listing", MANIFEST_KEY, exc)
-        return ManifestTableBuilder().build()
+            try:
+                builder = ManifestTableBuilder()
+                for row in _trusted(stored, listing, altered, read):
+                    builder.add(*row)
+                trusted = builder.build()
+            except UnsortedError:  # not as this tool writes it (keys in order): sorted first
+                read = [0]
+                rows = _trusted(stored, listing, altered, read)
+                trusted = manifest_table((row[0], ManifestEntry(*row[1:])) for row in rows)
+        except (ValueError, TypeError, zstandard.ZstdError) as exc:
+            log.warning("%s: unreadable manifest (%s); rebuilding it from the listing", MANIFEST_KEY, exc)
+            return ManifestTableBuilder().build()
     if len(trusted) < read[0]:
         log.info("%s: %d stale entries ignored", MANIFEST_KEY, read[0] - len(trusted))
     return trusted
 
 
 def _trusted(
-    data: bytes, listing: Mapping[str, ObjectInfo] | None, altered: set[str] | None, read: list[int]
+    stored: BinaryIO, listing: Mapping[str, ObjectInfo] | None, altered: set[str] | None, read: list[int]
 ) -> Iterator[tuple[str, str, str, int, float]]:
-    """(key, sha256, etag, size, referenced) of each entry of the manifest `data` that agrees with `listing`
-    (every entry without one), in the manifest's order; `read[0]` counts the entries read."""
-    lines = io.BufferedReader(zstandard.ZstdDecompressor().stream_reader(data))
+    """(key, sha256, etag, size, referenced) of each entry of the manifest in `stored` (read from its start)
+    that agrees with `listing` (every entry without one), in the manifest's order; `read[0]` counts the
+    entries read."""
+    stored.seek(0)
+    lines = io.BufferedReader(zstandard.ZstdDecompressor().stream_reader(stored, closefd=False))
     found = lines.readline(100).rstrip(b"\n").decode("utf-8", "replace")
     if found != MANIFEST_FORMAT:
         raise ValueError(f"format {found[:60]!r}")
@@ -483,18 +488,21 @@ def publish(
     return PublishResult(plan, written=True)
 
 
+_STAT = struct.Struct("<qd")  # a write's size and mtime
+
+
 class _Written:
     """What this run wrote, in columns by write: ETag, size, mtime and where its key and SHA-256 are (a spool
     entry number, or the key and digest given). An ObjectInfo a key in a dict costs ~250 bytes, a key string
-    ~150, and at a million packages a run writes two million objects: spool entries keep no key here."""
+    ~150, and at a million packages a run writes two million objects: spool entries keep no key here, and
+    the ETags, sizes and times are set aside in the scratch file (`pipeline.scratch`)."""
 
-    __slots__ = ("_etags", "_given", "_modified", "_numbers", "_sizes", "_spool")
+    __slots__ = ("_etags", "_given", "_numbers", "_spool", "_stats")
 
     def __init__(self, spool: Spool) -> None:
         self._spool = spool
         self._etags = StringColumn()
-        self._sizes = array("q")
-        self._modified = array("d")  # NaN: not known
+        self._stats = FixedColumn(_STAT.size)  # size and mtime (NaN: not known)
         self._numbers = array("q")  # spool entry, or -1: the key and SHA-256 are in _given
         self._given: dict[int, tuple[str, str]] = {}  # write -> (key, SHA-256) of a write not from the spool
 
@@ -507,8 +515,7 @@ class _Written:
             self._given[len(self._numbers)] = (info.key, sha256)
             sha256 = -1
         self._etags.append(info.etag)
-        self._sizes.append(info.size)
-        self._modified.append(math.nan if info.modified is None else info.modified)
+        self._stats.append(_STAT.pack(info.size, math.nan if info.modified is None else info.modified))
         self._numbers.append(sha256)
 
     def _key(self, row: int) -> str:
@@ -518,14 +525,8 @@ class _Written:
     def by_key(self) -> Iterator[tuple[str, ObjectInfo, str]]:
         """Each key's last write, sorted by key: the key, what the destination said of it, its SHA-256.
 
-        Sorted a run of `SORT_RUN` writes at a time, then the runs merged (stable: of equal keys, the earlier
-        write first), so that only one run's keys are held at once."""
-        count = len(self._numbers)
-        runs = [
-            array("q", sorted(range(start, min(count, start + SORT_RUN)), key=self._key))
-            for start in range(0, count, SORT_RUN)
-        ]
-        merged = heapq.merge(*(((self._key(row), row) for row in run) for run in runs))  # keys made as read
+        Sorted by `sequences.sorted_by_key`: only one run's keys are held at once."""
+        merged = sorted_by_key(range(len(self._numbers)), self._key)
         pending: tuple[str, int] | None = None
         for key, row in merged:
             if pending is not None and pending[0] != key:
@@ -535,8 +536,9 @@ class _Written:
             yield self._item(*pending)
 
     def _item(self, key: str, row: int) -> tuple[str, ObjectInfo, str]:
-        modified, number = self._modified[row], self._numbers[row]
-        info = ObjectInfo(key, self._sizes[row], self._etags[row], None if math.isnan(modified) else modified)
+        size, modified = _STAT.unpack(self._stats[row])
+        number = self._numbers[row]
+        info = ObjectInfo(key, size, self._etags[row], None if math.isnan(modified) else modified)
         return key, info, self._spool.sha256(number) if number >= 0 else self._given[row][1]
 
 
@@ -586,8 +588,24 @@ def _write_manifest(
     bytes (`found_equal`: key -> SHA-256), is left out (the next run compares it by same_content).
     """
     stamp = now.timestamp()
-    # Written a batch of lines at a time into a zstd stream: the manifest of ~150,000 objects is ~27 MB as text.
-    body = io.BytesIO()
+    # Written a batch of lines at a time into a zstd stream, into a temporary file: the manifest of ~150,000
+    # objects is ~27 MB as text, ~9 MB compressed; at a million files, ~150 MB compressed.
+    with _temporary_file(MANIFEST_KEY) as body:
+        _write_manifest_lines(body, listing, manifest, written, found_equal, referenced, stamp, referenced_now, gone)
+        storage.put_file(MANIFEST_KEY, body, content_type="application/zstd", cache_control=NO_CACHE)
+
+
+def _write_manifest_lines(
+    body: BinaryIO,
+    listing: Mapping[str, ObjectInfo],
+    manifest: ManifestTable,
+    written: _Written,
+    found_equal: Mapping[str, str],
+    referenced: Container[str],
+    stamp: float,
+    referenced_now: bool,
+    gone: Set[str],
+) -> None:
     stream = zstandard.ZstdCompressor(level=3).stream_writer(body, closefd=False)
     stream.write(MANIFEST_FORMAT.encode() + b"\n")
     lines: list[str] = []
@@ -621,7 +639,17 @@ def _write_manifest(
             lines.clear()
     stream.write("".join(lines).encode("utf-8"))
     stream.flush(zstandard.FLUSH_FRAME)
-    storage.put(MANIFEST_KEY, body.getvalue(), content_type="application/zstd", cache_control=NO_CACHE)
+
+
+@contextmanager
+def _temporary_file(what: str) -> Iterator[BinaryIO]:
+    try:
+        file = tempfile.TemporaryFile(prefix="mirrorseed-")
+    except OSError as exc:
+        where = tempfile.gettempdir()
+        raise PipelineError(f"{where}: cannot create a file for {what} ({exc.strerror}); set TMPDIR") from exc
+    with file:
+        yield file
 
 
 class _Cursor:

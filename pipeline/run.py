@@ -88,6 +88,7 @@ from pipeline.publish import (
     read_destination,
 )
 from pipeline.report import RunReport
+from pipeline.sequences import sorted_by_key
 from pipeline.shards import Fingerprints, PublishedFingerprints, members, record_fingerprints, shard_rows, shards_of
 from pipeline.signing import Signer, verify_signed_message
 from pipeline.snapshot import ScanSpec, recheck_snapshot, scan_snapshot, snapshot_mark
@@ -1060,7 +1061,8 @@ def _render(
         # every page is remembered (so a no-change run can tell one the destination lost); pages rendered
         # on every run have no inputs digest ("")
         rows.add(page.key, page.inputs or "", spool.sha256(number))
-    return _Pages(spool.refs(sorted(rendered, key=spool.key)), reused, frozenset(others), rows)
+    in_key_order = (number for _, number in sorted_by_key(rendered, spool.key))
+    return _Pages(spool.refs(in_key_order), reused, frozenset(others), rows)
 
 
 _FIXED_KEYS = (POINTER_KEY, *SIGNING_KEYS, *CLIENT_KEYS)

@@ -3,9 +3,10 @@
 Torrents, metalinks and listing pages of a 63,000-package repository weigh a few hundred MB in
 memory; here each is appended once to one anonymous temporary file (unlinked at creation, so it
 vanishes with the process). What the run keeps of each object is one entry in the spool's columns:
-its key (in compressed blocks, `pipeline.strcolumn`), offset, size, SHA-256 (32 bytes) and a small
-number for its headers, about 90 bytes, where a `SpooledArtifact` object with a hex digest costs about
-260 (~1.6 GB at a million packages, ~2.7 objects each). `SpoolRefs` are sequences of entry numbers that
+its key (in compressed blocks, `pipeline.strcolumn`) and SHA-256 (32 bytes), both set aside in the
+scratch file (`pipeline.scratch`), its offset (its size is the distance to the next one) and a small
+number for its headers: about 10 bytes in memory, where a `SpooledArtifact` object with a hex digest
+costs about 260 (~1.6 GB at a million packages, ~2.7 objects each). `SpoolRefs` are sequences of entry numbers that
 make a `SpooledArtifact` when one is read; publish reads the bytes back in batches.
 """
 
@@ -22,6 +23,7 @@ from typing import overload
 
 from pipeline.errors import PipelineError
 from pipeline.model import Artifact
+from pipeline.scratch import FixedColumn
 from pipeline.strcolumn import StringColumn
 
 
@@ -92,10 +94,9 @@ class Spool:
             where = directory or tempfile.gettempdir()
             raise PipelineError(f"{where}: cannot create the spool file ({exc.strerror}); set TMPDIR") from exc
         self._end = 0
-        self._keys = StringColumn()  # compressed blocks: ~30 bytes a key where a list costs ~150
-        self._offsets = array("q")
-        self._sizes = array("q")
-        self._digests = bytearray()  # 32 bytes an entry
+        self._keys = StringColumn()  # compressed blocks on disk, where a list costs ~150 bytes a key
+        self._offsets = array("q")  # an entry's bytes end where the next one's start
+        self._digests = FixedColumn(32)
         self._headers = array("H")  # an entry's (content type, cache control): a number into _kinds
         self._kinds: list[tuple[str, str]] = []
         self._kind_numbers: dict[tuple[str, str], int] = {}
@@ -132,8 +133,7 @@ class Spool:
         number = len(self._keys)
         self._keys.append(artifact.key)
         self._offsets.append(self._end)
-        self._sizes.append(len(data))
-        self._digests += hashlib.sha256(data).digest()
+        self._digests.append(hashlib.sha256(data).digest())
         self._headers.append(kind)
         self._end += len(data)
         return number
@@ -152,13 +152,18 @@ class Spool:
         return self._keys[number]
 
     def sha256(self, number: int) -> str:
-        return self._digests[number * 32 : number * 32 + 32].hex()
+        return self._digests[number].hex()
+
+    def size(self, number: int) -> int:
+        following = number + 1
+        end = self._offsets[following] if following < len(self._offsets) else self._end
+        return end - self._offsets[number]
 
     def ref(self, number: int) -> SpooledArtifact:
         content_type, cache_control = self._kinds[self._headers[number]]
         return SpooledArtifact(
             key=self._keys[number],
-            size=self._sizes[number],
+            size=self.size(number),
             sha256=self.sha256(number),
             content_type=content_type,
             cache_control=cache_control,

@@ -30,7 +30,7 @@ from collections.abc import Callable, Container, Iterable, Iterator, Mapping, Se
 from contextlib import closing, contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple, TypeVar
 
 from pipeline.errors import ConfigError
 from pipeline.model import FileEntry
@@ -193,6 +193,28 @@ class _PageMemo(Mapping[str, tuple[str, str]]):
         return int(self._db.execute("SELECT COUNT(*) FROM pages").fetchone()[0])
 
 
+_Row = TypeVar("_Row", bound=tuple[Any, ...])
+
+
+def _positions(paths: Sequence[str], rows: Iterable[_Row]) -> Iterator[tuple[int | None, _Row]]:
+    """Each of the cache's `rows` (`ORDER BY path`, the path first) with its path's position in the sorted
+    `paths` (None: not there), found by reading both in order, not by a dict of every path."""
+    count = len(paths)
+    search: Callable[[str], int] = getattr(paths, "bisect_left", None) or (lambda path: bisect_left(paths, path))
+    at = 0
+    for row in rows:
+        path = row[0]
+        while at < count and paths[at] < path:
+            at += 1
+        if at < count and paths[at] == path:
+            yield at, row
+            continue
+        # not where the merge looked: SQLite orders UTF-8 bytes, Python code points (the same order, but for
+        # lone surrogates); the snapshot's own order decides
+        found = search(path)
+        yield (found if found < count and paths[found] == path else None), row
+
+
 class StateCache:
     """One SQLite file per repo. Not shared between processes at once: a run holds it for its duration."""
 
@@ -269,24 +291,29 @@ class StateCache:
     def lookup(self, files: Sequence[FileEntry]) -> Iterator[tuple[int, CachedFile]]:
         """(position in `files`, cached facts) of every file whose (dev, inode, size, mtime_ns) is unchanged.
 
-        One pass over the table reading only the columns needed (never the piece blobs), matched against
-        a dict of the files' positions by path: per file, one row decoded by sqlite3 and four integer compares.
+        One pass over the table reading only the columns needed (never the piece blobs): per file, one row
+        decoded by sqlite3 and four integer compares. A FileTable's sorted paths are read in order beside the
+        rows (`_positions`); other files are matched against a dict of their positions by path (a dict of a
+        million paths would cost ~200 MB).
         """
         # by position, not by entry: a FileTable's stat keys are read from its columns, no entry made
-        paths: Sequence[str]
+        query = "SELECT path, dev, inode, size, mtime_ns, sha256, piece_size, infohash FROM files"
         stat_at: Callable[[int], tuple[int, int, int, int]]
         if hasattr(files, "stat_at") and hasattr(files, "paths"):  # a FileTable (which imports this module)
-            stat_at, paths = files.stat_at, files.paths
-        else:
-            paths = [entry.path for entry in files]
-            stat_at = _stat_key_of(files)
-        wanted = {path: index for index, path in enumerate(paths)}
-        query = "SELECT path, dev, inode, size, mtime_ns, sha256, piece_size, infohash FROM files"
+            stat_at = files.stat_at
+            with closing(self._db.execute(query + " ORDER BY path")) as rows:
+                matched = _positions(files.paths, rows)
+                for index, (_, dev, inode, size, mtime_ns, sha256, piece_size, infohash) in matched:
+                    if index is not None and stat_at(index) == (dev, inode, size, mtime_ns):
+                        yield index, CachedFile(sha256, piece_size, infohash)
+            return
+        stat_at = _stat_key_of(files)
+        wanted = {entry.path: index for index, entry in enumerate(files)}
         with closing(self._db.execute(query)) as cursor:
             for path, dev, inode, size, mtime_ns, sha256, piece_size, infohash in cursor:
-                index = wanted.get(path)
-                if index is not None and stat_at(index) == (dev, inode, size, mtime_ns):
-                    yield index, CachedFile(sha256, piece_size, infohash)
+                found = wanted.get(path)
+                if found is not None and stat_at(found) == (dev, inode, size, mtime_ns):
+                    yield found, CachedFile(sha256, piece_size, infohash)
 
     def pieces_many(self, paths: Sequence[str]) -> dict[str, bytes]:
         """The piece hashes of the cached paths among `paths` (absent ones are left out), a few queries."""
@@ -327,19 +354,8 @@ class StateCache:
     def forget_except(self, paths: Sequence[str]) -> int:
         """Drop rows of paths no longer in the snapshot (`paths`, sorted); returns how many were dropped.
         The cache's paths are read in order beside them: no set of a million paths is made."""
-        stale: list[tuple[str]] = []
-        at = 0
         with closing(self._db.execute("SELECT path FROM files ORDER BY path")) as cursor:
-            for (path,) in cursor:
-                while at < len(paths) and paths[at] < path:
-                    at += 1
-                if at < len(paths) and paths[at] == path:
-                    continue
-                # not where the merge looked: SQLite orders UTF-8 bytes, Python code points (the same
-                # order, but for lone surrogates); the snapshot's own order decides
-                found = bisect_left(paths, path)
-                if found == len(paths) or paths[found] != path:
-                    stale.append((path,))
+            stale = [row for index, row in _positions(paths, cursor) if index is None]
         if stale:
             with self._transaction():
                 self._db.executemany("DELETE FROM files WHERE path = ?", stale)

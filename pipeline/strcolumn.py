@@ -2,7 +2,8 @@
 
 A list of str costs ~150 bytes an object key (the str object and its slot); a run that publishes a
 million packages spools over two million objects. Here the strings are appended in order and every
-`BLOCK` of them joined and zlib-compressed (keys written in order share long prefixes): ~30 bytes a key.
+`BLOCK` of them joined and zlib-compressed (keys written in order share long prefixes, ~30 bytes a key),
+and the block set aside in the scratch file (`pipeline.scratch`): memory keeps 12 bytes a block.
 Reading one decodes its block; the few blocks decoded last are kept, since readers go in order.
 """
 
@@ -13,6 +14,7 @@ from bisect import bisect_left
 from collections.abc import Iterable, Iterator, Sequence
 from typing import overload
 
+from pipeline.scratch import SpilledBlocks
 from pipeline.sequences import ItemEquality
 
 BLOCK = 64
@@ -30,10 +32,11 @@ def copied(text: str) -> str:
 class StringColumn:
     """Strings appended in order, read by number."""
 
-    __slots__ = ("_blocks", "_cache", "_open", "_recent")
+    __slots__ = ("_blocks", "_cache", "_odd", "_open", "_recent")
 
     def __init__(self) -> None:
-        self._blocks: list[bytes | tuple[str, ...]] = []
+        self._blocks = SpilledBlocks()
+        self._odd: dict[int, tuple[str, ...]] = {}  # a block holding the separator, kept as it is (empty on disk)
         self._open: list[str] = []  # the block being filled
         self._cache: dict[int, tuple[str, ...]] = {}
         # the block read last and its strings (one tuple: threads may race to replace it, never tear it)
@@ -46,7 +49,8 @@ class StringColumn:
         self._open.append(text)
         if len(self._open) == BLOCK:
             if any(_SEP in item for item in self._open):
-                self._blocks.append(tuple(self._open))
+                self._odd[len(self._blocks)] = tuple(self._open)
+                self._blocks.append(b"")
             else:
                 self._blocks.append(zlib.compress(_SEP.join(self._open).encode("utf-8", "surrogatepass"), 1))
             self._open = []
@@ -71,11 +75,11 @@ class StringColumn:
         if cached is not None:
             self._recent = (block, cached)
             return cached
-        stored = self._blocks[block]
+        odd = self._odd.get(block)
         items = (
-            stored
-            if isinstance(stored, tuple)
-            else tuple(zlib.decompress(stored).decode("utf-8", "surrogatepass").split(_SEP))
+            odd
+            if odd is not None
+            else tuple(zlib.decompress(self._blocks[block]).decode("utf-8", "surrogatepass").split(_SEP))
         )
         if len(self._cache) >= _CACHED:
             try:

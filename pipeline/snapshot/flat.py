@@ -49,40 +49,58 @@ def scan_flat(root_real: bytes) -> FileTable:
 
 
 def _walk(root_real: bytes) -> FileTableBuilder:
+    """Every file, in path order: each directory's entries sorted by name (a directory's name with "/" after
+    it, as in its files' paths) and each subdirectory walked where it sorts, so that the table keeps the
+    paths compressed as they come, with no list of every path and no sort (`FileTableBuilder`)."""
     files = FileTableBuilder()
-    pending: list[_PendingDir] = [(root_real, "", _dir_prefix(root_real), (root_real, None))]
     append_file = files.add
-    append_dir = pending.append
+    stack = [iter(_listing((root_real, "", _dir_prefix(root_real), (root_real, None)), root_real))]
+    while stack:
+        item = next(stack[-1], None)
+        if item is None:
+            stack.pop()
+        elif isinstance(item, FileEntry):
+            append_file(item)
+        else:
+            stack.append(iter(_listing(item, root_real)))
+    return files
+
+
+def _listing(directory: _PendingDir, root_real: bytes) -> list[FileEntry | _PendingDir]:
+    """The files (stat'ed) and subdirectories of one directory, sorted as their paths sort."""
+    real, rel, directory_source, chain = directory
+    prefix = rel + "/" if rel else ""
+    try:
+        with os.scandir(real) as iterator:
+            entries = list(iterator)
+    except OSError as exc:
+        raise _listing_error(rel, root_real, exc) from None
+    found: list[tuple[str, FileEntry | _PendingDir]] = []  # (what its path sorts by here, the item)
+    append = found.append
     shared_dev = -1  # one int object for the device number every file shares (memory, not speed)
-    while pending:
-        real, rel, directory_source, chain = pending.pop()
-        prefix = rel + "/" if rel else ""
-        try:
-            with os.scandir(real) as iterator:
-                entries = list(iterator)
-        except OSError as exc:
-            raise _listing_error(rel, root_real, exc) from None
-        for entry in entries:
-            raw = entry.name
-            if raw[0] == 0x2E:  # b".": dot-files and dot-directories
-                continue
-            if entry.is_file(follow_symlinks=False):
-                # paths.is_plain_ascii, inlined: the common name costs three C-level tests, no call.
-                if raw.isascii() and (name := raw.decode("ascii")).isprintable() and "\\" not in name:
-                    component = name  # one string for the repo path and the source path
-                else:
-                    name = decode_name(raw, rel)  # refuses a bad name (one-line error)
-                    component = os.fsdecode(raw)
-                try:
-                    status = entry.stat(follow_symlinks=False)
-                except OSError as exc:
-                    raise _stat_error(prefix + name, exc) from None
-                dev = status.st_dev
-                if dev != shared_dev:
-                    shared_dev = dev
-                # Positional, in FileEntry's field order (path, source, size, mtime_ns, dev, inode): the
-                # keyword form costs a fifth more per file; tests compare every field with os.stat.
-                append_file(
+    for entry in entries:
+        raw = entry.name
+        if raw[0] == 0x2E:  # b".": dot-files and dot-directories
+            continue
+        if entry.is_file(follow_symlinks=False):
+            # paths.is_plain_ascii, inlined: the common name costs three C-level tests, no call.
+            if raw.isascii() and (name := raw.decode("ascii")).isprintable() and "\\" not in name:
+                component = name  # one string for the repo path and the source path
+            else:
+                name = decode_name(raw, rel)  # refuses a bad name (one-line error)
+                component = os.fsdecode(raw)
+            try:
+                status = entry.stat(follow_symlinks=False)
+            except OSError as exc:
+                raise _stat_error(prefix + name, exc) from None
+            dev = status.st_dev
+            if dev != shared_dev:
+                shared_dev = dev
+            # Positional, in FileEntry's field order (path, source, size, mtime_ns, dev, inode): the
+            # keyword form costs a fifth more per file; tests compare every field with os.stat.
+            append(
+                (
+                    name,
                     FileEntry(
                         prefix + name,
                         directory_source + component,
@@ -90,26 +108,35 @@ def _walk(root_real: bytes) -> FileTableBuilder:
                         status.st_mtime_ns,
                         shared_dev,
                         status.st_ino,
-                    )
+                    ),
                 )
-            elif entry.is_dir(follow_symlinks=False):
-                # Below a real directory, a directory that is not a symlink is real: its path needs no realpath.
-                if raw.isascii() and (name := raw.decode("ascii")).isprintable() and "\\" not in name:
-                    component = name
-                else:
-                    name = decode_name(raw, rel)
-                    component = os.fsdecode(raw)
-                subdir = entry.path
-                append_dir((subdir, prefix + name, directory_source + component + "/", (subdir, chain)))
-            elif entry.is_symlink():
-                _follow_link(entry.path, prefix + decode_name(raw, rel), chain, root_real, files, pending)
-            # FIFOs, sockets and devices: not published, never opened.
-    return files
+            )
+        elif entry.is_dir(follow_symlinks=False):
+            # Below a real directory, a directory that is not a symlink is real: its path needs no realpath.
+            if raw.isascii() and (name := raw.decode("ascii")).isprintable() and "\\" not in name:
+                component = name
+            else:
+                name = decode_name(raw, rel)
+                component = os.fsdecode(raw)
+            subdir = entry.path
+            append((name + "/", (subdir, prefix + name, directory_source + component + "/", (subdir, chain))))
+        elif entry.is_symlink():
+            name = decode_name(raw, rel)
+            followed = _follow_link(entry.path, prefix + name, chain, root_real)
+            if followed is not None:
+                append((name if isinstance(followed, FileEntry) else name + "/", followed))
+        # FIFOs, sockets and devices: not published, never opened.
+    found.sort(key=_first)
+    return [item for _, item in found]
 
 
-def _follow_link(
-    link: bytes, rel: str, chain: _Chain, root_real: bytes, files: FileTableBuilder, pending: list[_PendingDir]
-) -> None:
+def _first(pair: tuple[str, object]) -> str:
+    return pair[0]
+
+
+def _follow_link(link: bytes, rel: str, chain: _Chain, root_real: bytes) -> FileEntry | _PendingDir | None:
+    """What a symlink inside the root stands for: its target's file, or its target directory to walk (None:
+    neither, so not published)."""
     target = resolve_link_inside(link, root_real, rel)
     try:
         status = os.stat(target)
@@ -120,18 +147,17 @@ def _follow_link(
             raise SnapshotError(
                 f"{shown(rel)}: symlink loop (points to a directory that contains it); remove the link and run again"
             )
-        pending.append((target, rel, _dir_prefix(target), (target, chain)))
-    elif stat.S_ISREG(status.st_mode):
-        files.add(
-            FileEntry(
-                path=rel,
-                source=as_source(target),
-                size=status.st_size,
-                mtime_ns=status.st_mtime_ns,
-                dev=status.st_dev,
-                inode=status.st_ino,
-            )
+        return (target, rel, _dir_prefix(target), (target, chain))
+    if stat.S_ISREG(status.st_mode):
+        return FileEntry(
+            path=rel,
+            source=as_source(target),
+            size=status.st_size,
+            mtime_ns=status.st_mtime_ns,
+            dev=status.st_dev,
+            inode=status.st_ino,
         )
+    return None
 
 
 def _in_chain(real: bytes, chain: _Chain | None) -> bool:

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import BinaryIO, Protocol
 from urllib.parse import unquote, urlparse
 
 from pipeline.errors import ConfigError, StorageError
@@ -53,7 +54,16 @@ class Storage(Protocol):
 
     def head(self, key: str) -> ObjectInfo | None: ...
 
+    def get_file(self, key: str, file: BinaryIO) -> ObjectInfo | None:
+        """Write the object's bytes into `file` (at its position), in chunks; its info, None when missing."""
+        ...
+
     def put(self, key: str, data: bytes, *, content_type: str, cache_control: str) -> ObjectInfo: ...
+
+    def put_file(self, key: str, file: BinaryIO, *, content_type: str, cache_control: str) -> ObjectInfo:
+        """An unconditional put of everything `file` holds (from its start), read in chunks, never whole: the
+        manifest of a million-file destination is ~150 MB."""
+        ...
 
     def put_conditional(
         self, key: str, data: bytes, *, content_type: str, cache_control: str, if_match: str | None
@@ -77,6 +87,15 @@ class Storage(Protocol):
     def list(self, prefix: str = "") -> list[ObjectInfo]: ...
 
     def delete(self, key: str) -> None: ...
+
+
+def copy_chunk(file: BinaryIO, chunk: bytes) -> None:
+    """Write a chunk read from storage into a local temporary file (get_file); one line when TMPDIR is full."""
+    try:
+        file.write(chunk)
+    except OSError as exc:
+        where = tempfile.gettempdir()
+        raise StorageError(f"{where}: cannot keep a copy ({exc.strerror}); free space in TMPDIR") from exc
 
 
 def check_key(key: str) -> str:

@@ -6,13 +6,14 @@ import contextlib
 import fcntl
 import itertools
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import BinaryIO
 
 from pipeline.errors import PublishConflictError, StorageError
 from pipeline.model import Artifact
-from pipeline.storage import ObjectInfo, StoredObject, check_key
+from pipeline.storage import ObjectInfo, StoredObject, check_key, copy_chunk
 
 LOCK_NAME = ".mirrorseed.lock"
 _TEMP_NAMES = itertools.count()  # with the pid: a temp name no other writer uses
@@ -21,6 +22,7 @@ _TEMP_NAMES = itertools.count()  # with the pid: a temp name no other writer use
 # Directories remembered as made, at most: the bench's 20,000 packages put their objects in ~42,000
 # directories (torrents/, metalinks/, browse/), 4 MB of names; forgetting one costs a makedirs at most.
 MADE_MAX = 4096
+CHUNK = 1 << 20  # bytes read at a time by put_file
 
 
 def _etag(status: os.stat_result) -> str:
@@ -63,6 +65,25 @@ class LocalStorage:
             raise StorageError(f"{path}: cannot read ({exc.strerror})") from exc
         return StoredObject(ObjectInfo(key, len(data), _etag(status), status.st_mtime), data)
 
+    def get_file(self, key: str, file: BinaryIO) -> ObjectInfo | None:
+        path = self._path(key)
+        try:
+            handle = path.open("rb")
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        except OSError as exc:
+            raise StorageError(f"{path}: cannot read ({exc.strerror})") from exc
+        with handle:
+            while True:
+                try:
+                    status = os.fstat(handle.fileno())
+                    chunk = handle.read(CHUNK)
+                except OSError as exc:
+                    raise StorageError(f"{path}: cannot read ({exc.strerror})") from exc
+                if not chunk:
+                    return ObjectInfo(key, status.st_size, _etag(status), status.st_mtime)
+                copy_chunk(file, chunk)
+
     def head(self, key: str) -> ObjectInfo | None:
         try:
             status = self._path(key).stat()
@@ -79,9 +100,13 @@ class LocalStorage:
         return stored is not None and stored.info.etag == info.etag and stored.data == data
 
     def put(self, key: str, data: bytes, *, content_type: str, cache_control: str) -> ObjectInfo:
-        return self._write(key, data, durable=False)
+        return self._write(key, (data,), durable=False)
 
-    def _write(self, key: str, data: bytes, *, durable: bool) -> ObjectInfo:
+    def put_file(self, key: str, file: BinaryIO, *, content_type: str, cache_control: str) -> ObjectInfo:
+        file.seek(0)
+        return self._write(key, iter(lambda: file.read(CHUNK), b""), durable=False)
+
+    def _write(self, key: str, chunks: Iterable[bytes], *, durable: bool) -> ObjectInfo:
         """Temp file + rename: readers see the old or the new file, never a partial one. Content and
         listings are not fsynced one by one (thousands of small files: that would dominate a run); a
         durable write (index, pointer) first flushes everything written before it, then itself, so a
@@ -101,9 +126,10 @@ class LocalStorage:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
             try:
                 try:
-                    view = memoryview(data)
-                    while view:
-                        view = view[os.write(fd, view) :]
+                    for chunk in chunks:
+                        view = memoryview(chunk)
+                        while view:
+                            view = view[os.write(fd, view) :]
                     if durable:
                         os.fsync(fd)
                     os.fchmod(fd, 0o644)  # whatever the umask: the web server reads it
@@ -144,7 +170,7 @@ class LocalStorage:
                 raise PublishConflictError(
                     f"{key}: changed in {self.root} since this run started; another run published first, run again"
                 )
-            return self._write(key, data, durable=True)
+            return self._write(key, (data,), durable=True)
 
     def put_many(self, artifacts: Sequence[Artifact]) -> list[ObjectInfo]:
         return [self.put(a.key, a.data, content_type=a.content_type, cache_control=a.cache_control) for a in artifacts]

@@ -18,13 +18,13 @@ import re
 import secrets
 from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
-from typing import TYPE_CHECKING, Any, Literal, TypeVar, cast
+from typing import TYPE_CHECKING, Any, BinaryIO, Literal, TypeVar, cast
 from urllib.parse import urlparse
 
 from pipeline.errors import ConfigError, PipelineError, PublishConflictError, StorageError
 from pipeline.model import Artifact
 from pipeline.objects import PRIVATE_PREFIX
-from pipeline.storage import ObjectInfo, S3Config, StoredObject, check_key
+from pipeline.storage import ObjectInfo, S3Config, StoredObject, check_key, copy_chunk
 
 if TYPE_CHECKING:
     from types_boto3_s3 import S3Client
@@ -298,6 +298,19 @@ class S3Storage:
 
         return self._call(read, key=key, action="read it", if_missing=lambda: None)
 
+    def get_file(self, key: str, file: BinaryIO) -> ObjectInfo | None:
+        def read() -> ObjectInfo:
+            response = self.client.get_object(Bucket=self.bucket, Key=self._key(key))
+            size = 0
+            with response["Body"] as body:
+                for chunk in iter(lambda: body.read(MULTIPART_THRESHOLD), b""):
+                    copy_chunk(file, chunk)
+                    size += len(chunk)
+            modified = response.get("LastModified")
+            return ObjectInfo(key, size, response["ETag"], modified.timestamp() if modified else None)
+
+        return self._call(read, key=key, action="read it", if_missing=lambda: None)
+
     def _head_object(self, key: str) -> Any:
         """The HEAD response, or None when the key is missing (S3 answers HEAD with a bare 404, so a missing
         bucket is None too)."""
@@ -363,28 +376,48 @@ class S3Storage:
 
     # --- writes ----------------------------------------------------------------------------------------
 
-    def _put_args(self, key: str, data: bytes, content_type: str, cache_control: str) -> dict[str, Any]:
+    def _put_args(self, key: str, sha256: str, content_type: str, cache_control: str) -> dict[str, Any]:
         return {
             "Bucket": self.bucket,
             "Key": self._key(key),
             "ContentType": content_type,
             "CacheControl": cache_control,
-            "Metadata": {"sha256": hashlib.sha256(data).hexdigest()},
+            "Metadata": {"sha256": sha256},
         }
 
     def put(self, key: str, data: bytes, *, content_type: str, cache_control: str) -> ObjectInfo:
-        args = self._put_args(key, data, content_type, cache_control)
+        args = self._put_args(key, hashlib.sha256(data).hexdigest(), content_type, cache_control)
 
         def write() -> ObjectInfo:
             if len(data) >= MULTIPART_THRESHOLD:
-                return self._put_large(key, data, args)
+                return self._put_large(key, io.BytesIO(data), args)
             md5 = base64.b64encode(hashlib.md5(data, usedforsecurity=False).digest()).decode()
             response = self.client.put_object(Body=data, ContentMD5=md5, **args)
             return ObjectInfo(key, len(data), response["ETag"], None)
 
         return self._call(write, key=key, action="write it")
 
-    def _put_large(self, key: str, data: bytes, args: dict[str, Any]) -> ObjectInfo:
+    def put_file(self, key: str, file: BinaryIO, *, content_type: str, cache_control: str) -> ObjectInfo:
+        """Read once for the SHA-256 and MD5, then sent from the file: in parts past MULTIPART_THRESHOLD."""
+        sha256, md5, size = hashlib.sha256(), hashlib.md5(usedforsecurity=False), 0
+        file.seek(0)
+        for chunk in iter(lambda: file.read(MULTIPART_THRESHOLD), b""):
+            sha256.update(chunk)
+            md5.update(chunk)
+            size += len(chunk)
+        args = self._put_args(key, sha256.hexdigest(), content_type, cache_control)
+
+        def write() -> ObjectInfo:
+            file.seek(0)  # again on every attempt
+            if size >= MULTIPART_THRESHOLD:
+                return self._put_large(key, file, args)
+            content_md5 = base64.b64encode(md5.digest()).decode()
+            response = self.client.put_object(Body=file.read(), ContentMD5=content_md5, **args)
+            return ObjectInfo(key, size, response["ETag"], None)
+
+        return self._call(write, key=key, action="write it")
+
+    def _put_large(self, key: str, body: BinaryIO, args: dict[str, Any]) -> ObjectInfo:
         """Managed multipart upload (8 MiB parts); s3transfer aborts the upload if a part fails."""
         from boto3.s3.transfer import TransferConfig
 
@@ -395,7 +428,7 @@ class S3Storage:
             use_threads=True,
         )
         extra = {k: args[k] for k in ("ContentType", "CacheControl", "Metadata")}
-        self.client.upload_fileobj(io.BytesIO(data), self.bucket, args["Key"], ExtraArgs=extra, Config=transfer)
+        self.client.upload_fileobj(body, self.bucket, args["Key"], ExtraArgs=extra, Config=transfer)
         info = self.head(key)
         if info is None:
             raise StorageError(f"s3://{self.bucket}/{args['Key']}: missing right after its upload; check the store")
@@ -406,7 +439,7 @@ class S3Storage:
     ) -> str:
         """One PUT with `If-None-Match: *` (if_match None) or `If-Match: <etag>`; returns the new ETag and
         lets botocore's errors through."""
-        args = self._put_args(key, data, content_type, cache_control)
+        args = self._put_args(key, hashlib.sha256(data).hexdigest(), content_type, cache_control)
         if if_match is None:
             args["IfNoneMatch"] = "*"
         else:

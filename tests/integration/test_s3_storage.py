@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import socket
+import tempfile
 import time
 import uuid
 from collections.abc import Iterator
@@ -273,6 +274,25 @@ def test_large_object_goes_multipart_and_round_trips(s3_env: SeaweedServer, stor
     assert storage.same_content(info, data) and not storage.same_content(info, data[:-1] + b"\0")
     status, headers, _ = http(join_url(s3_env.public_url(storage.bucket, storage.prefix), info.key), method="HEAD")
     assert status == 200 and headers["Content-Type"] == "application/zstd"
+
+
+@pytest.mark.parametrize("size", [1000, MULTIPART_THRESHOLD + 5000], ids=["one-put", "multipart"])
+def test_a_file_is_put_and_got_through_a_file(s3_env: SeaweedServer, storage: S3Storage, size: int) -> None:
+    data = (hashlib.sha256(b"file").digest() * (size // 32 + 1))[:size]
+    key = ".mirrorseed/manifest.jsonl.zst"
+    with tempfile.TemporaryFile() as source:
+        source.write(data)  # read from its start, wherever it stands
+        info = storage.put_file(key, source, content_type="application/zstd", cache_control="no-cache")
+    assert info.size == size and [(i.key, i.etag) for i in storage.list(".mirrorseed/")] == [(key, info.etag)]
+    metadata = s3_env.client().head_object(Bucket=storage.bucket, Key=f"mirror/v1/{key}")["Metadata"]
+    assert metadata == {"sha256": hashlib.sha256(data).hexdigest()}
+    with tempfile.TemporaryFile() as copy:
+        got = storage.get_file(key, copy)
+        copy.seek(0)
+        assert copy.read() == data
+    assert got is not None and (got.key, got.size, got.etag) == (key, size, info.etag)
+    with tempfile.TemporaryFile() as copy:
+        assert storage.get_file("missing", copy) is None and copy.tell() == 0
 
 
 # --- bad input and faults ---------------------------------------------------------------------------------

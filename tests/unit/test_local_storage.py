@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -55,3 +56,27 @@ def test_directories_made_are_remembered_a_bounded_number(tmp_path: Path, monkey
         assert len(storage._made) <= 3
     assert [info.key for info in storage.list()] == sorted(keys)
     assert all((tmp_path / "dest" / key).read_bytes() == key.encode() for key in keys)
+
+
+def test_a_file_is_put_and_got_in_chunks_without_reading_it_whole(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(local, "CHUNK", 1000)
+    storage = LocalStorage(tmp_path / "dest")
+    data = bytes(range(256)) * 40  # 10,240 bytes: eleven chunks
+    with tempfile.TemporaryFile() as source:
+        source.write(data)  # put_file reads from the start, wherever the file stands
+        info = storage.put_file(
+            "private/manifest.zst", source, content_type="application/zstd", cache_control="no-cache"
+        )
+    assert (tmp_path / "dest/private/manifest.zst").read_bytes() == data
+    head = storage.head("private/manifest.zst")
+    assert head is not None and (info.size, info.etag) == (head.size, head.etag) == (len(data), head.etag)
+    with tempfile.TemporaryFile() as copy:
+        copy.write(b"kept: ")
+        got = storage.get_file("private/manifest.zst", copy)
+        copy.seek(0)
+        assert copy.read() == b"kept: " + data  # written at the file's position
+    assert got == head
+    with tempfile.TemporaryFile() as copy:
+        assert storage.get_file("private/missing", copy) is None and copy.tell() == 0

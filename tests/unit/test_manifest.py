@@ -106,4 +106,5 @@ def test_an_entry_costs_a_fraction_of_the_dict() -> None:
     finally:
         tracemalloc.stop()
     assert len(table) == len(expected)
-    assert held / len(expected) < 150  # a dict of ManifestEntry with these strings: ~470 bytes an entry
+    # on disk (pipeline.scratch): memory keeps a first key and a place a block. A dict: ~470 bytes an entry
+    assert held / len(expected) < 8

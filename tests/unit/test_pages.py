@@ -20,7 +20,7 @@ def test_pages_read_back_in_order_with_their_digests() -> None:
         ("browse/a/index.html", hexdigest("i2"), hexdigest("s2")),
         ("odd", "i3", "s3"),  # not hex: kept as given
         ("browse/b\u00e9/index.html", "", hexdigest("s4").upper()),
-        *((f"browse/p/{i}/index.html", hexdigest(f"i{i}"), hexdigest(f"s{i}")) for i in range(200)),
+        *((f"browse/p/{i}/index.html", hexdigest(f"i{i}"), hexdigest(f"s{i}")) for i in range(600)),  # blocks on disk
     ]
     pages = PageDigests()
     for row in rows:
@@ -30,7 +30,7 @@ def test_pages_read_back_in_order_with_their_digests() -> None:
     assert list(PageDigests()) == []
 
 
-def test_a_page_costs_under_120_bytes() -> None:
+def test_a_page_costs_a_few_bytes_in_memory() -> None:
     tracemalloc.start()
     try:
         before = tracemalloc.get_traced_memory()[0]
@@ -40,7 +40,7 @@ def test_a_page_costs_under_120_bytes() -> None:
         held = tracemalloc.get_traced_memory()[0] - before
     finally:
         tracemalloc.stop()
-    assert len(pages) == 20_000 and held / 20_000 < 120
+    assert len(pages) == 20_000 and held / 20_000 < 8  # keys and digests on disk; a tuple of strings: ~300
 
 
 def test_a_browse_key_names_its_directory_and_no_other_key_does() -> None:

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import zstandard
 
-from pipeline import publish as publish_module
+from pipeline import sequences
 from pipeline.manifest import ManifestEntry
 from pipeline.objects import MANIFEST_KEY, OLD_MANIFEST_KEYS, make_artifact
 from pipeline.publish import (
@@ -184,7 +184,7 @@ def test_writes_of_several_sort_runs_merge_sorted_with_the_last_write_of_each_ke
 ) -> None:
     """by_key sorts SORT_RUN writes at a time and merges the runs: a key written in two runs (and twice in
     one) comes once, as its last write; spool entries and given digests mix."""
-    monkeypatch.setattr(publish_module, "SORT_RUN", 7)
+    monkeypatch.setattr(sequences, "SORT_RUN", 7)
     rng = random.Random(5)
     keys = [f"{rng.choice(('torrents', 'metalinks', 'browse'))}/k{rng.randrange(40):02}" for _ in range(60)]
     expected: dict[str, tuple[ObjectInfo, str]] = {}

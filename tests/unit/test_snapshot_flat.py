@@ -9,7 +9,9 @@ from pathlib import Path
 import pytest
 
 from pipeline.errors import ConfigError, SnapshotError
-from pipeline.snapshot import ScanSpec, scan_snapshot
+from pipeline.filetable import FileTableBuilder
+from pipeline.model import FileEntry
+from pipeline.snapshot import ScanSpec, flat, scan_snapshot
 
 
 def write(path: Path, data: bytes = b"x") -> Path:
@@ -331,3 +333,27 @@ def test_names_that_break_xml_or_listings_fail_like_control_characters(
         f"pool/{ascii(name)}: {problem}; rename it (valid UTF-8, NFC, no control, invisible or bidi formatting "
         "characters, noncharacters or backslashes) and run again"
     )
+
+
+def test_the_walk_comes_in_path_order_so_the_table_needs_no_sort(tmp_path: Path) -> None:
+    """Names that sort before "/" ("a-c", "a.b"), a directory "a" between them, non-ASCII names, and links to a
+    directory and a file: the walk gives every path in order, and the table kept them compressed as they came."""
+    for path in ["a-c", "a.b", "a/b/z", "a/b-y", "a/z", "a0", "b\u00e9/x", "b/x", "z/a/b/c", "z/a-b", "Z", "\u00e9"]:
+        (tmp_path / path).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / path).write_bytes(path.encode())
+    os.symlink("z/a", tmp_path / "l")  # a directory: walked as "l/"
+    os.symlink("a.b", tmp_path / "l-file")
+    builder = flat._walk(os.fsencode(tmp_path.resolve()))
+    assert builder._column is not None, "a path came out of order: the builder fell back to a list and a sort"
+    paths = list(builder.build().paths)
+    assert paths == sorted(paths)
+    assert paths[:7] == ["Z", "a-c", "a.b", "a/b-y", "a/b/z", "a/z", "a0"]
+    assert "l/b/c" in paths and "l-file" in paths and paths.index("l-file") < paths.index("l/b/c")
+
+
+def test_a_builder_given_paths_out_of_order_sorts_them_as_before() -> None:
+    builder = FileTableBuilder()
+    for path in ["b", "c", "a", "c", "d"]:
+        builder.add(FileEntry(path, "/src/" + path, len(path), 0, 1, 2))
+    assert builder._column is None and len(builder) == 5
+    assert list(builder.build().paths) == ["a", "b", "c", "c", "d"]

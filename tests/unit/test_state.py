@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from pipeline.errors import ConfigError
+from pipeline.filetable import FileTable
 from pipeline.model import FileEntry
 from pipeline.state import CachedFile, KnownScan, StateCache, StateRow
 
@@ -58,6 +59,21 @@ def test_forget_walks_the_sorted_paths_beside_the_cache(tmp_path: Path) -> None:
         assert state.forget_except(keep) == 4
         assert sorted(path for path, *_ in state.file_facts()) == sorted(set(keep) - {"pool/new.deb"})
         assert state.forget_except([]) == 3 and not list(state.file_facts())
+
+
+def test_a_tables_files_are_looked_up_by_a_merge_wherever_they_fall(tmp_path: Path) -> None:
+    """A FileTable's sorted paths are read beside the cache's rows in order (no dict of every path): a hit at
+    every position, including names where SQLite's byte order and Python's could differ, and none for
+    cached paths the table does not hold or files whose stat changed."""
+    names = ["pool/a.deb", "pool/a-b.deb", "pool/a/x.deb", "pool/é.deb", "pool/z.deb", "pool/\U0001f600.deb", "zz"]
+    with StateCache.open(tmp_path / "s.sqlite", repo="r") as state:
+        state.store([row(entry(name), sha=f"{i:064x}") for i, name in enumerate(names)])
+        held = ["pool/a-b.deb", "pool/a/x.deb", "pool/new.deb", "pool/é.deb", "pool/\U0001f600.deb", "zz"]
+        entries = [entry(name, size=101) if name == "zz" else entry(name) for name in held]
+        files = FileTable.of([replace(e, source=str(e.source)) for e in entries])
+        hits = {files.paths[index]: cached.sha256 for index, cached in state.lookup(files)}
+        assert hits == {name: f"{names.index(name):064x}" for name in held if name not in ("pool/new.deb", "zz")}
+        assert list(state.lookup(FileTable.of([]))) == []
 
 
 def test_the_last_scan_is_known_by_its_mark_until_forgotten(tmp_path: Path) -> None:

@@ -49,7 +49,7 @@ def test_a_key_costs_a_fraction_of_a_list_of_str() -> None:
     finally:
         tracemalloc.stop()
     assert len(column) == count
-    assert held / count < 40  # a list of these str: ~130 bytes a key
+    assert held / count < 8  # blocks on disk (pipeline.scratch); a list of these str: ~130 bytes a key
 
 
 @pytest.mark.parametrize("count", [0, 1, BLOCK - 1, BLOCK, BLOCK + 1, 5 * BLOCK + 7])

@@ -1,0 +1,162 @@
+"""Scratch: what a run holds of every file or object, set aside on disk in blocks, read back by number.
+
+At a million files a run holds millions of object keys, SHA-256s and ETags. Compressed in memory they
+still cost ~100 bytes an object, ~250 MB for a whole mirror's destination. Here each sealed block goes to
+one unlinked temporary file of the process (in TMPDIR; it vanishes with the process) and memory keeps only
+where it is: 12 bytes a block. Reads are `os.pread`, which threads may share; the page cache keeps what
+is read again. A forked child reads its parent's blocks through the inherited descriptor and appends to a
+file of its own.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import threading
+from array import array
+from collections.abc import Iterator
+
+from pipeline.errors import PipelineError
+
+RECORDS = 256  # fixed-width records in a block of a FixedColumn
+
+
+class Scratch:
+    """An append-only unlinked temporary file: `put` bytes, `get` them back by (offset, size)."""
+
+    def __init__(self, directory: str | None = None) -> None:
+        try:
+            self._file = tempfile.TemporaryFile(prefix="mirrorseed-scratch-", dir=directory)
+        except OSError as exc:
+            where = directory or tempfile.gettempdir()
+            raise PipelineError(f"{where}: cannot create the scratch file ({exc.strerror}); set TMPDIR") from exc
+        self._fd = self._file.fileno()
+        self.pid = os.getpid()  # the process that appends; a forked child only reads
+        self._end = 0
+        self._lock = threading.Lock()
+
+    def put(self, data: bytes | bytearray | memoryview) -> int:
+        """Append `data`; its offset."""
+        size = len(data)
+        with self._lock:
+            offset = self._end
+            self._end += size
+        try:
+            written = os.pwrite(self._fd, data, offset)
+        except OSError as exc:
+            raise PipelineError(f"scratch file: cannot write ({exc.strerror}); free space in TMPDIR") from exc
+        if written != size:
+            raise PipelineError("scratch file: short write; free space in TMPDIR")
+        return offset
+
+    def get(self, offset: int, size: int) -> bytes:
+        data = os.pread(self._fd, size, offset)
+        if len(data) != size:
+            raise PipelineError("scratch file: a block is truncated; is TMPDIR being cleaned during the run?")
+        return data
+
+    @property
+    def size(self) -> int:
+        return self._end
+
+
+_scratch: Scratch | None = None
+_opening = threading.Lock()
+
+
+def scratch() -> Scratch:
+    """The process's scratch file, opened on first use (again in a forked child)."""
+    global _scratch
+    current = _scratch
+    if current is not None and current.pid == os.getpid():
+        return current
+    with _opening:
+        if _scratch is None or _scratch.pid != os.getpid():
+            _scratch = Scratch()
+        return _scratch
+
+
+class SpilledBlocks:
+    """Byte blocks appended in order, kept in the scratch file, read back whole by number."""
+
+    __slots__ = ("_offsets", "_scratch", "_sizes")
+
+    def __init__(self) -> None:
+        self._scratch: Scratch | None = None  # the file this sequence's blocks went to
+        self._offsets = array("q")
+        self._sizes = array("l")
+
+    def __len__(self) -> int:
+        return len(self._offsets)
+
+    def append(self, data: bytes | bytearray | memoryview) -> None:
+        if self._scratch is None:
+            self._scratch = scratch()
+        elif self._scratch.pid != os.getpid():  # a forked child would write over its parent's next blocks
+            raise PipelineError("scratch blocks made by another process cannot grow here")
+        self._offsets.append(self._scratch.put(data))
+        self._sizes.append(len(data))
+
+    def __getitem__(self, number: int) -> bytes:
+        if self._scratch is None:
+            raise IndexError(number)
+        return self._scratch.get(self._offsets[number], self._sizes[number])
+
+    def pop(self) -> bytes:
+        """Take the last block off (its bytes stay in the file, unread)."""
+        data = self[len(self._offsets) - 1]
+        self._offsets.pop()
+        self._sizes.pop()
+        return data
+
+    def read(self, number: int, start: int, size: int) -> bytes:
+        """`size` bytes of block `number` from `start` on."""
+        if self._scratch is None:
+            raise IndexError(number)
+        if start < 0 or start + size > self._sizes[number]:
+            raise IndexError(start)
+        return self._scratch.get(self._offsets[number] + start, size)
+
+
+class FixedColumn:
+    """Records of `width` bytes appended in order and read by number: the last block's in memory, the others
+    in the scratch file (`RECORDS` a block)."""
+
+    __slots__ = ("_blocks", "_open", "_width")
+
+    def __init__(self, width: int) -> None:
+        self._width = width
+        self._blocks = SpilledBlocks()
+        self._open = bytearray()
+
+    def __len__(self) -> int:
+        return len(self._blocks) * RECORDS + len(self._open) // self._width
+
+    def append(self, record: bytes) -> None:
+        if len(record) != self._width:
+            raise ValueError(f"a record of {len(record)} bytes in a column of {self._width}")
+        self._open += record
+        if len(self._open) == RECORDS * self._width:
+            self._blocks.append(self._open)
+            self._open = bytearray()
+
+    def __getitem__(self, number: int) -> bytes:
+        if number < 0:
+            raise IndexError(number)
+        block, at = divmod(number, RECORDS)
+        width = self._width
+        if block == len(self._blocks):
+            if at * width >= len(self._open):
+                raise IndexError(number)
+            return bytes(self._open[at * width : at * width + width])
+        return self._blocks.read(block, at * width, width)
+
+    def __iter__(self) -> Iterator[bytes]:
+        width = self._width
+        for block in range(len(self._blocks)):
+            data = self._blocks[block]
+            for start in range(0, len(data), width):
+                yield data[start : start + width]
+        opened = bytes(self._open)
+        for start in range(0, len(opened), width):
+            yield opened[start : start + width]

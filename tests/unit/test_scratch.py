@@ -1,0 +1,85 @@
+"""pipeline.scratch: blocks set aside on disk, read back exactly, in this process and a forked child; and
+sequences.sorted_by_key, which sorts what they hold a run at a time."""
+
+from __future__ import annotations
+
+import os
+from array import array
+
+import pytest
+
+from pipeline import sequences
+from pipeline.errors import PipelineError
+from pipeline.scratch import RECORDS, FixedColumn, SpilledBlocks, scratch
+
+
+def test_blocks_read_back_whole_and_in_part_and_the_last_comes_off() -> None:
+    blocks = SpilledBlocks()
+    written = [bytes([i % 251]) * (i * 13) for i in range(50)]
+    for data in written:
+        blocks.append(data)
+    assert len(blocks) == 50
+    assert [blocks[i] for i in range(50)] == written
+    assert blocks.read(7, 3, 10) == written[7][3:13]
+    with pytest.raises(IndexError):
+        blocks.read(7, 85, 10)  # past the block's end (91 bytes)
+    assert blocks.pop() == written[-1] and len(blocks) == 49
+    blocks.append(b"again")
+    assert blocks[49] == b"again" and blocks[48] == written[48]
+
+
+@pytest.mark.parametrize("count", [0, 1, RECORDS - 1, RECORDS, RECORDS + 1, 3 * RECORDS + 5])
+def test_fixed_records_read_back_by_number_and_in_order_at_block_edges(count: int) -> None:
+    column = FixedColumn(5)
+    records = [i.to_bytes(5, "big") for i in range(count)]
+    for record in records:
+        column.append(record)
+    assert len(column) == count
+    assert [column[i] for i in range(count)] == records
+    assert list(column) == records
+    with pytest.raises(IndexError):
+        column[count]
+    with pytest.raises(ValueError, match="4 bytes in a column of 5"):
+        column.append(b"abcd")
+
+
+def test_a_forked_child_reads_its_parents_blocks_and_writes_its_own_file() -> None:
+    blocks = SpilledBlocks()
+    blocks.append(b"parent's block")
+    before = scratch().size
+    reader, writer = os.pipe()
+    child = os.fork()
+    if child == 0:  # the child: read, refuse to grow the parent's blocks, write a file of its own
+        try:
+            ok = blocks[0] == b"parent's block"
+            try:
+                blocks.append(b"would overwrite the parent's next block")
+                ok = False
+            except PipelineError:
+                pass
+            mine = SpilledBlocks()
+            mine.append(b"child's block")
+            ok = ok and mine[0] == b"child's block" and scratch().pid == os.getpid()
+            os.write(writer, b"ok" if ok else b"no")
+        finally:
+            os._exit(0)
+    os.close(writer)
+    try:
+        answer = os.read(reader, 2)
+    finally:
+        os.close(reader)
+        os.waitpid(child, 0)
+    assert answer == b"ok"
+    assert scratch().size == before  # nothing the child wrote went to the parent's file
+    blocks.append(b"parent's next block")
+    assert blocks[0] == b"parent's block" and blocks[1] == b"parent's next block"
+
+
+def test_sorted_by_key_merges_runs_and_keeps_equal_keys_in_the_order_given(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sequences, "SORT_RUN", 4)
+    keys = ["d", "b", "a", "b", "c", "a", "e", "b", "a", "z", "b"]
+    numbers = array("q", [10, 3, 7, 1, 0, 5, 2, 9, 8, 4, 6])  # not ascending: ties follow the order given
+    name = dict(zip(numbers, keys, strict=True))
+    merged = list(sequences.sorted_by_key(numbers, name.__getitem__))
+    assert merged == sorted(zip(keys, numbers, strict=True), key=lambda pair: pair[0])
+    assert list(sequences.sorted_by_key(range(0), str)) == []
