@@ -17,11 +17,13 @@ makes a FileEntry when one is asked for: a caller that iterates and lets each en
 from __future__ import annotations
 
 import itertools
+import struct
 from array import array
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any, overload
 
 from pipeline.model import FileEntry, SignatureRef
+from pipeline.scratch import RecordArray
 from pipeline.sequences import ItemEquality
 from pipeline.state import CachedFile
 from pipeline.strcolumn import SortedColumn
@@ -321,19 +323,21 @@ class _Taken(_Entries):
         return self._table._entry(row)
 
 
+_FACTS = struct.Struct("<32s20sq")  # a KnownDigests record
+
+
 class KnownDigests:
     """What is known of the content of each file of a FileTable, by row: its SHA-256, piece size and
-    infohash (a `CachedFile`), in columns (~60 bytes a file; a dict of CachedFile by path costs ~400)."""
+    infohash (a `CachedFile`). A byte a file in memory; the facts as one 60-byte record a file in the
+    scratch file (`pipeline.scratch.RecordArray`; a dict of CachedFile by path costs ~400 bytes a file)."""
 
-    __slots__ = ("_infohashes", "_odd", "_pieces", "_sha256", "_state")
+    __slots__ = ("_facts", "_odd", "_state")
 
     _UNKNOWN, _KNOWN, _NO_INFOHASH = 0, 1, 2
 
     def __init__(self, count: int) -> None:
         self._state = bytearray(count)
-        self._sha256 = bytearray(32 * count)
-        self._infohashes = bytearray(20 * count)
-        self._pieces = array("q", bytes(8 * count))
+        self._facts = RecordArray(count, _FACTS.size)  # SHA-256, infohash (zeros: none), piece size
         self._odd: dict[int, CachedFile] = {}  # facts whose digests are not lowercase hex (kept as given)
 
     def __len__(self) -> int:
@@ -349,13 +353,9 @@ class KnownDigests:
             self._odd[row] = facts
             self._state[row] = self._KNOWN
             return
-        self._sha256[32 * row : 32 * row + 32] = bytes.fromhex(sha256)
-        self._pieces[row] = piece_size
-        if infohash is None:
-            self._state[row] = self._NO_INFOHASH
-        else:
-            self._infohashes[20 * row : 20 * row + 20] = bytes.fromhex(infohash)
-            self._state[row] = self._KNOWN
+        raw_infohash = bytes(20) if infohash is None else bytes.fromhex(infohash)
+        self._facts[row] = _FACTS.pack(bytes.fromhex(sha256), raw_infohash, piece_size)
+        self._state[row] = self._NO_INFOHASH if infohash is None else self._KNOWN
 
     def __delitem__(self, row: int) -> None:
         self._odd.pop(row, None)
@@ -368,8 +368,8 @@ class KnownDigests:
         odd = self._odd.get(row)
         if odd is not None:
             return odd
-        infohash = None if state == self._NO_INFOHASH else self._infohashes[20 * row : 20 * row + 20].hex()
-        return CachedFile(self._sha256[32 * row : 32 * row + 32].hex(), self._pieces[row], infohash)
+        sha256, infohash, piece_size = _FACTS.unpack(self._facts[row])
+        return CachedFile(sha256.hex(), piece_size, None if state == self._NO_INFOHASH else infohash.hex())
 
     def unknown(self) -> Iterator[int]:
         """The rows nothing is known of, ascending."""

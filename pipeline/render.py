@@ -23,11 +23,12 @@ from __future__ import annotations
 
 import fnmatch
 import hashlib
+import heapq
+import itertools
 import json
 import re
 import shlex
 from array import array
-from bisect import bisect_left
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -63,6 +64,7 @@ from pipeline.objects import (
 )
 from pipeline.shards import TOP as SHARD_TOP
 from pipeline.snapshot import format_info
+from pipeline.strcolumn import SortedColumn, StringColumn
 from pipeline.torrents import PackageRecords
 from pipeline.urls import join_url, quote_path
 
@@ -120,6 +122,8 @@ def give_back_seed_flags(dht_nodes: Sequence[str]) -> tuple[str, ...]:
 # idle desktop can spare. MAX_TORRENTS bounds aria2's open files and tracker announces
 # (`-j` = the number of torrents); the script refuses more than MAX_TORRENTS_LIMIT. The unit seeds
 # for 22 h so that each daily run (the timer adds up to 1 h of random delay) ends before the next.
+NAMES_RUN = 65536  # directory names sorted at once by `_sorted_names`
+
 GIVE_BACK_RATIO = "2.0"
 GIVE_BACK_MINUTES = 1440
 GIVE_BACK_UNIT_MINUTES = 1320
@@ -914,7 +918,7 @@ class _Tree:
     __slots__ = ("_child_starts", "_children", "_row_starts", "_rows", "dirs")
 
     def __init__(self, paths: Iterable[str]) -> None:
-        distinct: list[str] = []  # each file's directory, a run of files in one directory named once
+        distinct = StringColumn()  # each file's directory, a run of files in one directory named once
         slot_of_file = array("l")
         last: str | None = None
         for path in paths:
@@ -923,21 +927,14 @@ class _Tree:
                 distinct.append(parent)
                 last = parent
             slot_of_file.append(len(distinct) - 1)
-        names = {"", *distinct}
-        for name in distinct:
-            while name:  # its ancestors, up to one already named (whose own are then named too)
-                name = name.rpartition("/")[0]
-                if name in names:
-                    break
-                names.add(name)
-        self.dirs: list[str] = sorted(names)
-        del names
-        dir_of_slot = array("l", (bisect_left(self.dirs, name) for name in distinct))
+        self.dirs = _sorted_names(distinct)
+        dirs = self.dirs
+        dir_of_slot = array("l", (dirs.bisect_left(name) for name in distinct))
         del distinct
-        self._row_starts, self._rows = _grouped((dir_of_slot[slot] for slot in slot_of_file), len(self.dirs))
+        self._row_starts, self._rows = _grouped((dir_of_slot[slot] for slot in slot_of_file), len(dirs))
         del slot_of_file, dir_of_slot
-        parents = (bisect_left(self.dirs, name.rpartition("/")[0]) for name in self.dirs[1:])  # "" sorts first
-        self._child_starts, self._children = _grouped(parents, len(self.dirs), first=1)
+        parents = (dirs.bisect_left(name.rpartition("/")[0]) for name in itertools.islice(dirs, 1, None))
+        self._child_starts, self._children = _grouped(parents, len(dirs), first=1)  # "" sorts first: no parent
 
     def subdirs(self, number: int) -> list[str]:
         """The subdirectories of directory `number` (of `dirs`), sorted."""
@@ -947,6 +944,36 @@ class _Tree:
     def rows(self, number: int) -> array[int]:
         """The rows of the packages directly in directory `number`, ascending."""
         return self._rows[self._row_starts[number] : self._row_starts[number + 1]]
+
+
+def _sorted_names(directories: Iterable[str]) -> SortedColumn:
+    """The root (""), `directories` and every ancestor of one, each once, sorted. Named a run of `NAMES_RUN`
+    at a time (a set per run), each run sorted into a column set aside on disk, then the runs merged: no
+    set or list of every directory (~100 MB at a million-file pool's ~540,000)."""
+    runs: list[StringColumn] = []
+    names: set[str] = {""}
+    for directory in directories:
+        name = directory
+        while name not in names:  # its ancestors, up to one this run named already
+            names.add(name)
+            name = name.rpartition("/")[0]
+        if len(names) >= NAMES_RUN:
+            runs.append(_column(sorted(names)))
+            names = set()
+    runs.append(_column(sorted(names)))
+    del names
+    merged = SortedColumn()
+    for name in heapq.merge(*runs):
+        if not len(merged) or name != merged.last:
+            merged.append(name)
+    return merged
+
+
+def _column(texts: Iterable[str]) -> StringColumn:
+    column = StringColumn()
+    for text in texts:
+        column.append(text)
+    return column
 
 
 def _grouped(groups: Iterable[int], count: int, first: int = 0) -> tuple[array[int], array[int]]:

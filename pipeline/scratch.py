@@ -49,6 +49,26 @@ class Scratch:
             raise PipelineError("scratch file: short write; free space in TMPDIR")
         return offset
 
+    def reserve(self, size: int) -> int:
+        """Set aside `size` bytes (zeros until written, `write_at`); their offset."""
+        with self._lock:
+            offset = self._end
+            self._end += size
+            try:
+                os.ftruncate(self._fd, self._end)  # the file's size only grows: every reservation reads zeros
+            except OSError as exc:
+                raise PipelineError(f"scratch file: cannot grow ({exc.strerror}); free space in TMPDIR") from exc
+        return offset
+
+    def write_at(self, offset: int, data: bytes) -> None:
+        """Write over bytes set aside by `reserve`."""
+        try:
+            written = os.pwrite(self._fd, data, offset)
+        except OSError as exc:
+            raise PipelineError(f"scratch file: cannot write ({exc.strerror}); free space in TMPDIR") from exc
+        if written != len(data):
+            raise PipelineError("scratch file: short write; free space in TMPDIR")
+
     def get(self, offset: int, size: int) -> bytes:
         data = os.pread(self._fd, size, offset)
         if len(data) != size:
@@ -160,3 +180,43 @@ class FixedColumn:
         opened = bytes(self._open)
         for start in range(0, len(opened), width):
             yield opened[start : start + width]
+
+
+class RecordArray:
+    """`count` records of `width` bytes, zeros until written, written and read by number in any order. Reads
+    come a block of `RECORDS` at a time and the block read last is kept (one tuple: threads may race to
+    replace it, never tear it), so reading in order costs a read per block."""
+
+    __slots__ = ("_count", "_file", "_offset", "_recent", "_width")
+
+    def __init__(self, count: int, width: int) -> None:
+        self._file = scratch()
+        self._count = count
+        self._width = width
+        self._offset = self._file.reserve(count * width)
+        self._recent: tuple[int, bytes] = (-1, b"")
+
+    def __len__(self) -> int:
+        return self._count
+
+    def __setitem__(self, number: int, record: bytes) -> None:
+        if not 0 <= number < self._count:
+            raise IndexError(number)
+        if len(record) != self._width:
+            raise ValueError(f"a record of {len(record)} bytes in an array of {self._width}")
+        self._file.write_at(self._offset + number * self._width, record)
+        if self._recent[0] == number // RECORDS:
+            self._recent = (-1, b"")
+
+    def __getitem__(self, number: int) -> bytes:
+        if not 0 <= number < self._count:
+            raise IndexError(number)
+        block, at = divmod(number, RECORDS)
+        width = self._width
+        recent = self._recent
+        if recent[0] != block:
+            first = block * RECORDS
+            size = min(RECORDS, self._count - first) * width
+            recent = (block, self._file.get(self._offset + first * width, size))
+            self._recent = recent
+        return recent[1][at * width : at * width + width]

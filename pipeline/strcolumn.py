@@ -122,6 +122,11 @@ class SortedColumn(ItemEquality, Sequence[str]):
     def __len__(self) -> int:
         return len(self._column)
 
+    @property
+    def last(self) -> str | None:
+        """The string added last (None: none yet)."""
+        return self._last
+
     @overload
     def __getitem__(self, index: int) -> str: ...
     @overload

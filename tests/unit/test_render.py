@@ -20,6 +20,7 @@ import jinja2
 import jsonschema
 import pytest
 
+from pipeline import render
 from pipeline.errors import ConfigError, SnapshotError
 from pipeline.model import Artifact, DeltaRef, MirrorStatus, PackageRecord, Pointer, ShardRef, SignatureRef
 from pipeline.objects import (
@@ -1505,9 +1506,14 @@ def test_arch_browse_page_links_the_signature() -> None:
     assert not [h for h in hrefs if h.endswith(".sig")]
 
 
-def test_the_browse_tree_names_every_directory_its_subdirs_and_its_files() -> None:
+@pytest.mark.parametrize("run", [65536, 2, 1])
+def test_the_browse_tree_names_every_directory_its_subdirs_and_its_files(
+    run: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """`_Tree` against the obvious dict of sets, on names where a file, a sibling directory and a
-    directory's contents interleave in path order ("a-b" < "a/x" < "a.c")."""
+    directory's contents interleave in path order ("a-b" < "a/x" < "a.c"); its names sorted in one run
+    or merged from runs of 2 and 1 (a name and its ancestors named again in a later run)."""
+    monkeypatch.setattr(render, "NAMES_RUN", run)
     paths = sorted(["a-b", "a/x", "a/y/z", "a.c/q", "b", "a/y-1", "c/d/e/f", "c/d/g"])
     tree = _Tree(paths)
     expected: dict[str, tuple[set[str], list[int]]] = {"": (set(), [])}

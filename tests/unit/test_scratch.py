@@ -4,13 +4,14 @@ sequences.sorted_by_key, which sorts what they hold a run at a time."""
 from __future__ import annotations
 
 import os
+import random
 from array import array
 
 import pytest
 
 from pipeline import sequences
 from pipeline.errors import PipelineError
-from pipeline.scratch import RECORDS, FixedColumn, SpilledBlocks, scratch
+from pipeline.scratch import RECORDS, FixedColumn, RecordArray, SpilledBlocks, scratch
 
 
 def test_blocks_read_back_whole_and_in_part_and_the_last_comes_off() -> None:
@@ -83,3 +84,23 @@ def test_sorted_by_key_merges_runs_and_keeps_equal_keys_in_the_order_given(monke
     merged = list(sequences.sorted_by_key(numbers, name.__getitem__))
     assert merged == sorted(zip(keys, numbers, strict=True), key=lambda pair: pair[0])
     assert list(sequences.sorted_by_key(range(0), str)) == []
+
+
+def test_records_are_zeros_until_written_and_read_back_in_any_order() -> None:
+    count = 3 * RECORDS + 7
+    records = RecordArray(count, 6)
+    assert len(records) == count and records[count - 1] == bytes(6) and records[0] == bytes(6)
+    order = list(range(count))
+    random.Random(5).shuffle(order)
+    for number in order:
+        records[number] = number.to_bytes(6, "big")
+        assert records[number] == number.to_bytes(6, "big")  # a write over the block read last is seen
+    assert [records[number] for number in range(count)] == [n.to_bytes(6, "big") for n in range(count)]
+    other = RecordArray(10, 6)  # set aside after the first: neither writes over the other
+    other[9] = b"abcdef"
+    assert records[count - 1] == (count - 1).to_bytes(6, "big") and other[0] == bytes(6)
+    for bad in (-1, count):
+        with pytest.raises(IndexError):
+            records[bad]
+    with pytest.raises(ValueError, match="5 bytes in an array of 6"):
+        records[0] = b"12345"
