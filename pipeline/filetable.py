@@ -26,13 +26,14 @@ from pipeline.model import FileEntry, SignatureRef
 from pipeline.scratch import RecordArray
 from pipeline.sequences import ItemEquality
 from pipeline.state import CachedFile
-from pipeline.strcolumn import SortedColumn
+from pipeline.strcolumn import SortedColumn, StringColumn
 
 __all__ = ["FileTable", "FileTableBuilder", "KnownDigests"]
 
 _HEX = frozenset("0123456789abcdef")
 _OPTIONAL = ("name", "version", "arch", "description", "shards")
 _SHARDS = _OPTIONAL.index("shards")
+_TEXTS = frozenset(("name", "version", "description"))  # a value a package: set aside on disk by row
 
 
 class _Shared:
@@ -69,6 +70,34 @@ class _Shared:
         if self.values is not None:
             values = self.values
             self.values = [values[index] for index in order]
+
+
+class _Spilled:
+    """A column of names, versions or descriptions by row, in compressed blocks in the scratch file
+    (`strcolumn.StringColumn`), None kept as a flag: a Debian file's text, ~200 bytes a file as shared
+    strings, costs a byte in memory."""
+
+    __slots__ = ("_none", "_texts")
+
+    def __init__(self, values: Iterable[str | None]) -> None:
+        self._texts = StringColumn()
+        self._none = bytearray()
+        for value in values:
+            self._none.append(value is None)
+            self._texts.append("" if value is None else value)
+
+    def get(self, index: int) -> str | None:
+        return None if self._none[index] else self._texts[index]
+
+
+def _spilled(shared: _Shared, order: Sequence[int] | None) -> _Shared | _Spilled:
+    """`shared`'s values by row (in table order: `order`, when given) on disk; `shared` itself when every
+    value is the default (it then costs nothing)."""
+    values = shared.values
+    if values is None:
+        return shared
+    shared.values = None  # the builder's list, freed as the column is made
+    return _Spilled(values if order is None else (values[index] for index in order))
 
 
 class FileTableBuilder:
@@ -213,8 +242,9 @@ class FileTable(ItemEquality, _Entries):
                 sources = {position[old]: value for old, value in sources.items()}
                 odd = {position[old]: value for old, value in odd.items()}
                 signatures = {position[old]: value for old, value in signatures.items()}
-            for shared in built._shared.values():
-                shared.reordered(order)
+            for field, shared in built._shared.items():
+                if field not in _TEXTS:
+                    shared.reordered(order)
         else:
             column = paths if isinstance(paths, SortedColumn) else SortedColumn(paths)
         for shared in built._shared.values():
@@ -229,7 +259,9 @@ class FileTable(ItemEquality, _Entries):
         self._digests = bytes(digests) if digests is built._digests else digests  # the builder's: copied
         self._has_digests = built._has_digests
         self._odd_digests = odd
-        self._shared = tuple(built._shared[field] for field in _OPTIONAL)
+        self._shared: tuple[Any, ...] = tuple(  # each with get(row): a _Shared or a _Spilled
+            _spilled(built._shared[field], order) if field in _TEXTS else built._shared[field] for field in _OPTIONAL
+        )
         self._signatures = signatures
 
     @classmethod

@@ -185,6 +185,9 @@ def release_date(value: str | None) -> datetime | None:
 # --- the tree: containment-checked file-system access with one lstat per file -------------------
 
 
+DIRS_CACHED = 65536
+
+
 class _Tree:
     """Looks up repo paths under the real root; symlinks are followed only inside the root."""
 
@@ -193,9 +196,13 @@ class _Tree:
         self._dirs: dict[str, bytes | None] = {"": root_real}
 
     def real_dir(self, rel: str) -> bytes | None:
-        """Real path of the directory `rel`, or None when it does not exist (cached per directory)."""
+        """Real path of the directory `rel`, or None when it does not exist (cached per directory, at most
+        `DIRS_CACHED`: a million-file pool has ~540,000 directories, ~100 MB as a dict; the `Packages` list
+        a directory's files together, so recent ones suffice)."""
         if rel in self._dirs:
             return self._dirs[rel]
+        if len(self._dirs) >= DIRS_CACHED:
+            self._dirs = {"": self.root}
         parent, _, name = rel.rpartition("/")
         parent_real = self.real_dir(parent)
         found = None if parent_real is None else self._lookup(parent_real, name, rel)

@@ -303,7 +303,10 @@ def test_symlinked_pool_escaping_the_root_is_refused(tmp_path: Path) -> None:
     assert scan_error(root).startswith("pool: symlink points outside the snapshot")
 
 
-def test_symlinks_inside_the_root_are_followed(tmp_path: Path) -> None:
+@pytest.mark.parametrize("cached", [65536, 1])
+def test_symlinks_inside_the_root_are_followed(tmp_path: Path, cached: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Also with the directories' real paths forgotten after every one (`DIRS_CACHED`): found again."""
+    monkeypatch.setattr(debian, "DIRS_CACHED", cached)
     write_archive(tmp_path, "bookworm", [HELLO, HELLO_DOC])
     (tmp_path / "store").mkdir()
     real = shutil.move(tmp_path / HELLO.path, tmp_path / "store" / "hello.deb")
