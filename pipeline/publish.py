@@ -591,54 +591,40 @@ def _write_manifest(
     # Written a batch of lines at a time into a zstd stream, into a temporary file: the manifest of ~150,000
     # objects is ~27 MB as text, ~9 MB compressed; at a million files, ~150 MB compressed.
     with _temporary_file(MANIFEST_KEY) as body:
-        _write_manifest_lines(body, listing, manifest, written, found_equal, referenced, stamp, referenced_now, gone)
+        stream = zstandard.ZstdCompressor(level=3).stream_writer(body, closefd=False)
+        stream.write(MANIFEST_FORMAT.encode() + b"\n")
+        lines: list[str] = []
+        old_entries = _Cursor(manifest.entries())
+        listed = iter(listing) if isinstance(listing, _ManifestListing) else sorted(listing)  # the first: in order
+        for key, wrote in _listed_or_written(listed, written.by_key()):
+            old = old_entries.at(key)
+            if key == MANIFEST_KEY or key in OLD_MANIFEST_KEYS or key in gone:
+                continue
+            info: ObjectInfo | None = None
+            if wrote is not None:
+                info, sha256 = wrote
+                etag, size = info.etag, info.size
+            elif old is not None:  # its ETag and size are the listing's (load_manifest keeps only those)
+                sha256, etag, size = old.sha256, old.etag, old.size
+            elif key in found_equal:  # listed, not in the manifest, and the plan found it equal to our bytes
+                info = listing[key]
+                sha256, etag, size = found_equal[key], info.etag, info.size
+            else:
+                continue
+            if referenced_now and key in referenced:
+                last = stamp
+            elif old is not None:
+                last = old.referenced
+            else:
+                assert info is not None
+                last = info.modified if info.modified is not None else stamp
+            lines.append(_manifest_line(key, sha256, etag, size, last))
+            if len(lines) >= MANIFEST_BATCH:
+                stream.write("".join(lines).encode("utf-8"))
+                lines.clear()
+        stream.write("".join(lines).encode("utf-8"))
+        stream.flush(zstandard.FLUSH_FRAME)
         storage.put_file(MANIFEST_KEY, body, content_type="application/zstd", cache_control=NO_CACHE)
-
-
-def _write_manifest_lines(
-    body: BinaryIO,
-    listing: Mapping[str, ObjectInfo],
-    manifest: ManifestTable,
-    written: _Written,
-    found_equal: Mapping[str, str],
-    referenced: Container[str],
-    stamp: float,
-    referenced_now: bool,
-    gone: Set[str],
-) -> None:
-    stream = zstandard.ZstdCompressor(level=3).stream_writer(body, closefd=False)
-    stream.write(MANIFEST_FORMAT.encode() + b"\n")
-    lines: list[str] = []
-    old_entries = _Cursor(manifest.entries())
-    listed = iter(listing) if isinstance(listing, _ManifestListing) else sorted(listing)  # the first: in order
-    for key, wrote in _listed_or_written(listed, written.by_key()):
-        old = old_entries.at(key)
-        if key == MANIFEST_KEY or key in OLD_MANIFEST_KEYS or key in gone:
-            continue
-        info: ObjectInfo | None = None
-        if wrote is not None:
-            info, sha256 = wrote
-            etag, size = info.etag, info.size
-        elif old is not None:  # its ETag and size are the listing's (load_manifest keeps only those)
-            sha256, etag, size = old.sha256, old.etag, old.size
-        elif key in found_equal:  # listed, not in the manifest, and the plan found it equal to our bytes
-            info = listing[key]
-            sha256, etag, size = found_equal[key], info.etag, info.size
-        else:
-            continue
-        if referenced_now and key in referenced:
-            last = stamp
-        elif old is not None:
-            last = old.referenced
-        else:
-            assert info is not None
-            last = info.modified if info.modified is not None else stamp
-        lines.append(_manifest_line(key, sha256, etag, size, last))
-        if len(lines) >= MANIFEST_BATCH:
-            stream.write("".join(lines).encode("utf-8"))
-            lines.clear()
-    stream.write("".join(lines).encode("utf-8"))
-    stream.flush(zstandard.FLUSH_FRAME)
 
 
 @contextmanager
