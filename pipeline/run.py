@@ -88,6 +88,7 @@ from pipeline.publish import (
     read_destination,
 )
 from pipeline.report import RunReport
+from pipeline.scratch import own_scratch
 from pipeline.sequences import sorted_by_key
 from pipeline.shards import Fingerprints, PublishedFingerprints, members, record_fingerprints, shard_rows, shards_of
 from pipeline.signing import Signer, verify_signed_message
@@ -483,7 +484,7 @@ def release(
 ) -> RunReport:
     """The operator's job: publish `settings.snapshot` to `settings.dest` (or plan it, with dry_run)."""
     try:
-        with Spool() as spool:
+        with own_scratch(), Spool() as spool:
             return _release(settings, spool, progress or NullProgress(), now or (lambda: datetime.now(UTC)))
     finally:
         gc.unfreeze()

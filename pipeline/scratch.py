@@ -13,8 +13,10 @@ from __future__ import annotations
 import os
 import tempfile
 import threading
+import weakref
 from array import array
 from collections.abc import Iterator
+from contextlib import contextmanager
 
 from pipeline.errors import PipelineError
 
@@ -30,6 +32,7 @@ class Scratch:
         except OSError as exc:
             where = directory or tempfile.gettempdir()
             raise PipelineError(f"{where}: cannot create the scratch file ({exc.strerror}); set TMPDIR") from exc
+        weakref.finalize(self, self._file.close)  # closed, its space freed, with the last column using it
         self._fd = self._file.fileno()
         self.pid = os.getpid()  # the process that appends; a forked child only reads
         self._end = 0
@@ -94,6 +97,20 @@ def scratch() -> Scratch:
         if _scratch is None or _scratch.pid != os.getpid():
             _scratch = Scratch()
         return _scratch
+
+
+@contextmanager
+def own_scratch() -> Iterator[None]:
+    """A scratch file of its own for what is made inside (a run): it is closed, and its space freed, once
+    nothing made there is left, even when the process goes on to other runs."""
+    global _scratch
+    with _opening:
+        before, _scratch = _scratch, Scratch()
+    try:
+        yield
+    finally:
+        with _opening:
+            _scratch = before
 
 
 class SpilledBlocks:

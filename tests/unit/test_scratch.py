@@ -3,15 +3,17 @@ sequences.sorted_by_key, which sorts what they hold a run at a time."""
 
 from __future__ import annotations
 
+import gc
 import os
 import random
+import weakref
 from array import array
 
 import pytest
 
 from pipeline import sequences
 from pipeline.errors import PipelineError
-from pipeline.scratch import RECORDS, FixedColumn, RecordArray, SpilledBlocks, scratch
+from pipeline.scratch import RECORDS, FixedColumn, RecordArray, SpilledBlocks, own_scratch, scratch
 
 
 def test_blocks_read_back_whole_and_in_part_and_the_last_comes_off() -> None:
@@ -104,3 +106,17 @@ def test_records_are_zeros_until_written_and_read_back_in_any_order() -> None:
             records[bad]
     with pytest.raises(ValueError, match="5 bytes in an array of 6"):
         records[0] = b"12345"
+
+
+def test_a_run_has_a_scratch_file_of_its_own_freed_with_what_it_made() -> None:
+    outer = scratch()
+    with own_scratch():
+        inner = scratch()
+        blocks = SpilledBlocks()
+        blocks.append(b"made in the run")
+    assert inner is not outer and scratch() is outer
+    assert blocks[0] == b"made in the run"  # still readable after the run, from its own file
+    gone = weakref.ref(inner)
+    del inner, blocks
+    gc.collect()
+    assert gone() is None  # the file is closed: its space goes back to TMPDIR
