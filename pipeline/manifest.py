@@ -42,20 +42,18 @@ class UnsortedError(ValueError):
 class ManifestTable(Mapping[str, ManifestEntry]):
     """key -> ManifestEntry, built by `ManifestTableBuilder` (keys ascending); read-only."""
 
-    __slots__ = ("_blocks", "_cache", "_count", "_firsts", "_odd", "_odd_blocks", "_texts")
+    __slots__ = ("_blocks", "_cache", "_count", "_firsts", "_odd", "_odd_blocks")
 
     def __init__(
         self,
         firsts: list[str],
         blocks: SpilledBlocks,
-        texts: array[int],
         odd_blocks: dict[int, tuple[str, ...]],
         odd: dict[int, str],
         count: int,
     ) -> None:
         self._firsts = firsts
         self._blocks = blocks  # each: the keys and ETags compressed, then SHA-256s, sizes, times (`_packed`)
-        self._texts = texts  # bytes of each block's compressed keys and ETags (0: in `_odd_blocks`)
         self._odd_blocks = odd_blocks
         self._odd = odd  # entry -> a SHA-256 text that is not 64 lowercase hex digits (as read)
         self._count = count
@@ -65,7 +63,8 @@ class ManifestTable(Mapping[str, ManifestEntry]):
         cached = self._cache.get(number)
         if cached is not None:
             return cached
-        decoded = _unpacked(self._blocks[number], self._texts[number], self._odd_blocks.get(number))
+        entries = min(BLOCK, self._count - number * BLOCK)  # every block is full but the last
+        decoded = _unpacked(self._blocks[number], entries, self._odd_blocks.get(number))
         if len(self._cache) >= _CACHED:
             del self._cache[next(iter(self._cache))]
         self._cache[number] = decoded
@@ -118,6 +117,7 @@ class ManifestTable(Mapping[str, ManifestEntry]):
 
 
 # A block decoded: keys, ETags, SHA-256s (32 bytes each), sizes, last referenced.
+_NUMBERS = 32 + 8 + 8  # an entry's bytes after a block's text: SHA-256, size, time
 _Block = tuple[tuple[str, ...], tuple[str, ...], bytes, "array[int]", "array[float]"]
 
 
@@ -132,14 +132,14 @@ def _packed(
     return text + digests + sizes.tobytes() + referenced.tobytes(), odd
 
 
-def _unpacked(data: bytes, text: int, odd: tuple[str, ...] | None) -> _Block:
+def _unpacked(data: bytes, entries: int, odd: tuple[str, ...] | None) -> _Block:
+    text = len(data) - _NUMBERS * entries  # the compressed keys and ETags come first (none when odd)
     fields = odd if odd is not None else tuple(zlib.decompress(data[:text]).decode().split(_SEP))
-    count = len(fields) // 2
-    numbers = text + 32 * count
+    numbers = text + 32 * entries
     sizes, referenced = array("q"), array("d")
-    sizes.frombytes(data[numbers : numbers + 8 * count])
-    referenced.frombytes(data[numbers + 8 * count : numbers + 16 * count])
-    return fields[:count], fields[count:], data[text:numbers], sizes, referenced
+    sizes.frombytes(data[numbers : numbers + 8 * entries])
+    referenced.frombytes(data[numbers + 8 * entries : numbers + 16 * entries])
+    return fields[:entries], fields[entries:], data[text:numbers], sizes, referenced
 
 
 class ManifestTableBuilder:
@@ -149,7 +149,6 @@ class ManifestTableBuilder:
     def __init__(self) -> None:
         self._firsts: list[str] = []
         self._blocks = SpilledBlocks()
-        self._texts = array("l")
         self._odd_blocks: dict[int, tuple[str, ...]] = {}
         self._odd: dict[int, str] = {}
         self._count = 0
@@ -187,7 +186,7 @@ class ManifestTableBuilder:
         if not self._keys:  # it ended a sealed block: open that block again
             number = len(self._blocks) - 1
             keys, etags, digests, sizes, referenced = _unpacked(
-                self._blocks.pop(), self._texts.pop(), self._odd_blocks.pop(number, None)
+                self._blocks.pop(), BLOCK, self._odd_blocks.pop(number, None)
             )
             self._firsts.pop()
             self._keys, self._etags = list(keys), list(etags)
@@ -202,7 +201,6 @@ class ManifestTableBuilder:
         data, odd = _packed(self._keys, self._etags, bytes(self._digests), self._sizes, self._referenced)
         if odd is not None:
             self._odd_blocks[len(self._blocks)] = odd
-        self._texts.append(0 if odd is not None else len(data) - 48 * len(self._keys))
         self._blocks.append(data)
         self._firsts.append(copied(self._keys[0]))  # not the parsed line's string (strcolumn.copied)
         self._keys, self._etags = [], []
@@ -211,7 +209,7 @@ class ManifestTableBuilder:
     def build(self) -> ManifestTable:
         if self._keys:
             self._seal()
-        return ManifestTable(self._firsts, self._blocks, self._texts, self._odd_blocks, self._odd, self._count)
+        return ManifestTable(self._firsts, self._blocks, self._odd_blocks, self._odd, self._count)
 
 
 def manifest_table(entries: Iterable[tuple[str, ManifestEntry]]) -> ManifestTable:

@@ -21,10 +21,8 @@ import math
 import os
 import signal
 import struct
-import tempfile
 from array import array
 from collections.abc import Container, Iterable, Iterator, Mapping, Sequence, Set
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from json.encoder import encode_basestring as _json_string  # what json.dumps(ensure_ascii=False) uses
@@ -32,7 +30,7 @@ from typing import Any, BinaryIO, overload
 
 import zstandard
 
-from pipeline.errors import PipelineError, StorageError
+from pipeline.errors import StorageError
 from pipeline.jsondoc import loads_strict
 from pipeline.manifest import ManifestEntry, ManifestTable, ManifestTableBuilder, UnsortedError, manifest_table
 from pipeline.model import Artifact, NullProgress, Progress
@@ -45,7 +43,7 @@ from pipeline.objects import (
     OWNED_PREFIXES,
 )
 from pipeline.pages import PageDigests
-from pipeline.scratch import FixedColumn
+from pipeline.scratch import FixedColumn, temporary_file
 from pipeline.sequences import ItemEquality, sorted_by_key
 from pipeline.spool import Spool, SpoolRefs
 from pipeline.storage import ObjectInfo, Storage
@@ -146,7 +144,7 @@ def load_manifest(
     `MANIFEST_BATCH` lines at a time as one JSON array of them (a whole-document JSON of 130,000 objects
     would cost ~100 MB to parse; one parse a line costs twice the time). Kept in columns (`ManifestTable`).
     """
-    with _temporary_file(MANIFEST_KEY) as stored:  # ~150 MB at a million files: read from disk as parsed
+    with temporary_file(f"a file for {MANIFEST_KEY}") as stored:  # ~150 MB at a million files: read from disk as parsed
         if storage.get_file(MANIFEST_KEY, stored) is None:
             return ManifestTableBuilder().build()
         read = [0]  # entries read
@@ -590,7 +588,7 @@ def _write_manifest(
     stamp = now.timestamp()
     # Written a batch of lines at a time into a zstd stream, into a temporary file: the manifest of ~150,000
     # objects is ~27 MB as text, ~9 MB compressed; at a million files, ~150 MB compressed.
-    with _temporary_file(MANIFEST_KEY) as body:
+    with temporary_file(f"a file for {MANIFEST_KEY}") as body:
         stream = zstandard.ZstdCompressor(level=3).stream_writer(body, closefd=False)
         stream.write(MANIFEST_FORMAT.encode() + b"\n")
         lines: list[str] = []
@@ -625,17 +623,6 @@ def _write_manifest(
         stream.write("".join(lines).encode("utf-8"))
         stream.flush(zstandard.FLUSH_FRAME)
         storage.put_file(MANIFEST_KEY, body, content_type="application/zstd", cache_control=NO_CACHE)
-
-
-@contextmanager
-def _temporary_file(what: str) -> Iterator[BinaryIO]:
-    try:
-        file = tempfile.TemporaryFile(prefix="mirrorseed-")
-    except OSError as exc:
-        where = tempfile.gettempdir()
-        raise PipelineError(f"{where}: cannot create a file for {what} ({exc.strerror}); set TMPDIR") from exc
-    with file:
-        yield file
 
 
 class _Cursor:

@@ -950,7 +950,7 @@ def _sorted_names(directories: Iterable[str]) -> SortedColumn:
     """The root (""), `directories` and every ancestor of one, each once, sorted. Named a run of `NAMES_RUN`
     at a time (a set per run), each run sorted into a column set aside on disk, then the runs merged: no
     set or list of every directory (~100 MB at a million-file pool's ~540,000)."""
-    runs: list[StringColumn] = []
+    runs: list[SortedColumn] = []
     names: set[str] = {""}
     for directory in directories:
         name = directory
@@ -958,22 +958,15 @@ def _sorted_names(directories: Iterable[str]) -> SortedColumn:
             names.add(name)
             name = name.rpartition("/")[0]
         if len(names) >= NAMES_RUN:
-            runs.append(_column(sorted(names)))
+            runs.append(SortedColumn(sorted(names)))
             names = set()
-    runs.append(_column(sorted(names)))
+    runs.append(SortedColumn(sorted(names)))
     del names
     merged = SortedColumn()
     for name in heapq.merge(*runs):
-        if not len(merged) or name != merged.last:
+        if name != merged.last:
             merged.append(name)
     return merged
-
-
-def _column(texts: Iterable[str]) -> StringColumn:
-    column = StringColumn()
-    for text in texts:
-        column.append(text)
-    return column
 
 
 def _grouped(groups: Iterable[int], count: int, first: int = 0) -> tuple[array[int], array[int]]:

@@ -2,10 +2,10 @@
 
 At a million files a run holds millions of object keys, SHA-256s and ETags. Compressed in memory they
 still cost ~100 bytes an object, ~250 MB for a whole mirror's destination. Here each sealed block goes to
-one unlinked temporary file of the process (in TMPDIR; it vanishes with the process) and memory keeps only
-where it is: 12 bytes a block. Reads are `os.pread`, which threads may share; the page cache keeps what
-is read again. A forked child reads its parent's blocks through the inherited descriptor and appends to a
-file of its own.
+one unlinked temporary file of the run (`own_scratch`; in TMPDIR, it vanishes with what uses it) and
+memory keeps only where it is: 12 bytes a block. Reads are `os.pread`, which threads may share; the page
+cache keeps what is read again. A forked child reads its parent's blocks through the inherited descriptor
+and appends to a file of its own.
 """
 
 from __future__ import annotations
@@ -17,21 +17,28 @@ import weakref
 from array import array
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import BinaryIO
 
 from pipeline.errors import PipelineError
 
 RECORDS = 256  # fixed-width records in a block of a FixedColumn
 
 
+def temporary_file(what: str, directory: str | None = None) -> BinaryIO:
+    """An unlinked temporary file (in `directory`, else TMPDIR), open for reading and writing; one line
+    naming `what` it is for when it cannot be made."""
+    try:
+        return tempfile.TemporaryFile(prefix="mirrorseed-", dir=directory)
+    except OSError as exc:
+        where = directory or tempfile.gettempdir()
+        raise PipelineError(f"{where}: cannot create {what} ({exc.strerror}); set TMPDIR") from exc
+
+
 class Scratch:
     """An append-only unlinked temporary file: `put` bytes, `get` them back by (offset, size)."""
 
-    def __init__(self, directory: str | None = None) -> None:
-        try:
-            self._file = tempfile.TemporaryFile(prefix="mirrorseed-scratch-", dir=directory)
-        except OSError as exc:
-            where = directory or tempfile.gettempdir()
-            raise PipelineError(f"{where}: cannot create the scratch file ({exc.strerror}); set TMPDIR") from exc
+    def __init__(self) -> None:
+        self._file = temporary_file("the scratch file")
         weakref.finalize(self, self._file.close)  # closed, its space freed, with the last column using it
         self._fd = self._file.fileno()
         self.pid = os.getpid()  # the process that appends; a forked child only reads
@@ -40,16 +47,10 @@ class Scratch:
 
     def put(self, data: bytes | bytearray | memoryview) -> int:
         """Append `data`; its offset."""
-        size = len(data)
         with self._lock:
             offset = self._end
-            self._end += size
-        try:
-            written = os.pwrite(self._fd, data, offset)
-        except OSError as exc:
-            raise PipelineError(f"scratch file: cannot write ({exc.strerror}); free space in TMPDIR") from exc
-        if written != size:
-            raise PipelineError("scratch file: short write; free space in TMPDIR")
+            self._end += len(data)
+        self.write_at(offset, data)
         return offset
 
     def reserve(self, size: int) -> int:
@@ -63,8 +64,8 @@ class Scratch:
                 raise PipelineError(f"scratch file: cannot grow ({exc.strerror}); free space in TMPDIR") from exc
         return offset
 
-    def write_at(self, offset: int, data: bytes) -> None:
-        """Write over bytes set aside by `reserve`."""
+    def write_at(self, offset: int, data: bytes | bytearray | memoryview) -> None:
+        """Write `data` at `offset`: over bytes set aside by `reserve`, or appended by `put`."""
         try:
             written = os.pwrite(self._fd, data, offset)
         except OSError as exc:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
 from array import array
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -23,7 +22,7 @@ from typing import overload
 
 from pipeline.errors import PipelineError
 from pipeline.model import Artifact
-from pipeline.scratch import FixedColumn
+from pipeline.scratch import FixedColumn, temporary_file
 from pipeline.strcolumn import StringColumn
 
 
@@ -88,11 +87,7 @@ class Spool:
     their refs."""
 
     def __init__(self, directory: str | None = None) -> None:
-        try:
-            self._file = tempfile.TemporaryFile(prefix="mirrorseed-spool-", dir=directory)
-        except OSError as exc:
-            where = directory or tempfile.gettempdir()
-            raise PipelineError(f"{where}: cannot create the spool file ({exc.strerror}); set TMPDIR") from exc
+        self._file = temporary_file("the spool file", directory)
         self._end = 0
         self._keys = StringColumn()  # compressed blocks on disk, where a list costs ~150 bytes a key
         self._offsets = array("q")  # an entry's bytes end where the next one's start

@@ -74,15 +74,13 @@ class LocalStorage:
         except OSError as exc:
             raise StorageError(f"{path}: cannot read ({exc.strerror})") from exc
         with handle:
-            while True:
-                try:
-                    status = os.fstat(handle.fileno())
-                    chunk = handle.read(CHUNK)
-                except OSError as exc:
-                    raise StorageError(f"{path}: cannot read ({exc.strerror})") from exc
-                if not chunk:
-                    return ObjectInfo(key, status.st_size, _etag(status), status.st_mtime)
-                copy_chunk(file, chunk)
+            try:
+                status = os.fstat(handle.fileno())
+                for chunk in iter(lambda: handle.read(CHUNK), b""):
+                    copy_chunk(file, chunk)  # its own error when the copy cannot be written
+            except OSError as exc:
+                raise StorageError(f"{path}: cannot read ({exc.strerror})") from exc
+        return ObjectInfo(key, status.st_size, _etag(status), status.st_mtime)
 
     def head(self, key: str) -> ObjectInfo | None:
         try:
