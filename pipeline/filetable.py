@@ -34,6 +34,7 @@ _HEX = frozenset("0123456789abcdef")
 _OPTIONAL = ("name", "version", "arch", "description", "shards")
 _SHARDS = _OPTIONAL.index("shards")
 _TEXTS = frozenset(("name", "version", "description"))  # a value a package: set aside on disk by row
+_SHARED = tuple(field for field in _OPTIONAL if field not in _TEXTS)  # a value shared by many files
 
 
 class _Shared:
@@ -74,30 +75,40 @@ class _Shared:
 
 class _Spilled:
     """A column of names, versions or descriptions by row, in compressed blocks in the scratch file
-    (`strcolumn.StringColumn`), None kept as a flag: a Debian file's text, ~200 bytes a file as shared
-    strings, costs a byte in memory."""
+    (`strcolumn.StringColumn`), None kept as a flag: a Debian file's text, ~200 bytes a file as strings,
+    costs a byte in memory. A column whose every value is None costs nothing."""
 
-    __slots__ = ("_none", "_texts")
+    __slots__ = ("_count", "_none", "_texts")
 
-    def __init__(self, values: Iterable[str | None]) -> None:
-        self._texts = StringColumn()
+    def __init__(self) -> None:
+        self._count = 0  # values while every one is None
         self._none = bytearray()
-        for value in values:
-            self._none.append(value is None)
-            self._texts.append("" if value is None else value)
+        self._texts: StringColumn | None = None
+
+    def append(self, value: str | None) -> None:
+        if self._texts is None:
+            if value is None:
+                self._count += 1
+                return
+            self._texts, self._none = StringColumn(), bytearray(b"\1") * self._count
+            for _ in range(self._count):
+                self._texts.append("")
+        self._none.append(value is None)
+        self._texts.append("" if value is None else value)
 
     def get(self, index: int) -> str | None:
-        return None if self._none[index] else self._texts[index]
+        if self._texts is None or self._none[index]:
+            return None
+        return self._texts[index]
 
-
-def _spilled(shared: _Shared, order: Sequence[int] | None) -> _Shared | _Spilled:
-    """`shared`'s values by row (in table order: `order`, when given) on disk; `shared` itself when every
-    value is the default (it then costs nothing)."""
-    values = shared.values
-    if values is None:
-        return shared
-    shared.values = None  # the builder's list, freed as the column is made
-    return _Spilled(values if order is None else (values[index] for index in order))
+    def reordered(self, order: Sequence[int]) -> _Spilled:
+        """The values in `order` (by row): a new column, each value read back by row."""
+        if self._texts is None:
+            return self
+        column = _Spilled()
+        for index in order:
+            column.append(self.get(index))
+        return column
 
 
 class FileTableBuilder:
@@ -115,7 +126,8 @@ class FileTableBuilder:
         self._has_digests = False
         self._digests = bytearray()  # 32 bytes a file once any file has a lowercase-hex SHA-256
         self._odd_digests: dict[int, str | None] = {}  # a digest that is not lowercase hex; None after some
-        self._shared = {field: _Shared(() if field == "shards" else None) for field in _OPTIONAL}
+        self._shared = {field: _Shared(() if field == "shards" else None) for field in _SHARED}
+        self._texts = {field: _Spilled() for field in _TEXTS}  # by row as they come (a million differ)
         self._signatures: dict[int, SignatureRef] = {}
 
     def __len__(self) -> int:
@@ -145,6 +157,8 @@ class FileTableBuilder:
         self._add_digest(entry.expected_sha256, count)
         for field, column in self._shared.items():
             column.add(getattr(entry, field), count)
+        for field, texts in self._texts.items():
+            texts.append(getattr(entry, field))
         if entry.signature is not None:
             self._signatures[count] = entry.signature
 
@@ -242,9 +256,8 @@ class FileTable(ItemEquality, _Entries):
                 sources = {position[old]: value for old, value in sources.items()}
                 odd = {position[old]: value for old, value in odd.items()}
                 signatures = {position[old]: value for old, value in signatures.items()}
-            for field, shared in built._shared.items():
-                if field not in _TEXTS:
-                    shared.reordered(order)
+            for shared in built._shared.values():
+                shared.reordered(order)
         else:
             column = paths if isinstance(paths, SortedColumn) else SortedColumn(paths)
         for shared in built._shared.values():
@@ -259,8 +272,13 @@ class FileTable(ItemEquality, _Entries):
         self._digests = bytes(digests) if digests is built._digests else digests  # the builder's: copied
         self._has_digests = built._has_digests
         self._odd_digests = odd
+        texts = (
+            built._texts
+            if order is None
+            else {field: column.reordered(order) for field, column in built._texts.items()}
+        )
         self._shared: tuple[Any, ...] = tuple(  # each with get(row): a _Shared or a _Spilled
-            _spilled(built._shared[field], order) if field in _TEXTS else built._shared[field] for field in _OPTIONAL
+            texts[field] if field in _TEXTS else built._shared[field] for field in _OPTIONAL
         )
         self._signatures = signatures
 

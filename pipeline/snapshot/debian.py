@@ -21,6 +21,7 @@ import gc
 import gzip
 import hashlib
 import io
+import itertools
 import logging
 import lzma
 import marshal
@@ -36,14 +37,16 @@ from contextlib import closing, contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
+from operator import itemgetter
 from pathlib import Path
-from typing import BinaryIO, NamedTuple
+from typing import Any, BinaryIO, NamedTuple
 
 import zstandard
 from debian import deb822
 
 from pipeline.errors import ConfigError, SnapshotError
 from pipeline.filetable import FileTable, FileTableBuilder
+from pipeline.sequences import sorted_spilled
 from pipeline.shards import debian_shard
 from pipeline.snapshot import bounded
 from pipeline.snapshot.bounded import BoundedReader, Readable, parse_size, read_at_most, size_text
@@ -521,78 +524,70 @@ def _collect_files(
 ) -> FileTable:
     """Every listed file as found on disk, with the index shards listing it (`pipeline.shards.debian_shard`).
 
-    A file is looked up when first listed, so what is kept per file is its row in the table (never every
-    stanza): a later listing of the same path (an `all` package in each architecture's index, a suite
-    sharing the pool) must agree on Size and SHA256 and adds its shard.
+    Every stanza of every index, as a row, is sorted by path through the scratch file
+    (`pipeline.sequences.sorted_spilled`), so that the listings of one path (an `all` package in each
+    architecture's index, a suite sharing the pool) come together and the files are looked up in path
+    order: nothing is held per file but its row in the table. The listings of a path must agree on Size and
+    SHA256; each adds its shard.
     """
     release_of = {release.suite: release for release in releases}
     files = FileTableBuilder()
-    rows: dict[str, int] = {}  # path -> its row in `files`, or -1: not on disk as listed (see `unplaced`)
-    unplaced: dict[str, ListedFile] = {}
-    origins: list[str] = []  # by row: the Packages file that listed it first (one string per Packages file)
-    problems: list[tuple[str, str]] = []
+    problems: list[str] = []
     # one tuple object per distinct combination of shards (a handful), shared by every file that has it
-    combined: dict[tuple[tuple[str, ...], str], tuple[str, ...]] = {}
+    combined: dict[tuple[str, ...], tuple[str, ...]] = {}
     with _gc_paused():
-        for index in indexes:
-            # the index's two shard names, made once (a million stanzas ask)
-            own = debian_shard(index.suite, index.component, index.architecture, index.architecture)
-            common = debian_shard(index.suite, index.component, index.architecture, "all")
-            for item in _read_packages(tree, index, release_of[index.suite], signed, cache):
-                shard = common if item.arch == "all" else own
-                row = rows.get(item.path)
-                if row is None:
-                    names = combined.get(((), shard))
-                    if names is None:
-                        names = combined[((), shard)] = (shard,)
-                    rows[item.path] = row = _place(tree, item, names, files, problems)
-                    if row < 0:
-                        unplaced[item.path] = item
-                    else:
-                        origins.append(item.listed_in)
-                    continue
-                first = files.listed_at(row) if row >= 0 else unplaced[item.path][1:3]
-                if first != (item.size, item.sha256):
-                    listed_in = unplaced[item.path].listed_in if row < 0 else origins[row]
+        for _path, rows in itertools.groupby(
+            sorted_spilled(_listings(tree, indexes, release_of, signed, cache)), key=itemgetter(0)
+        ):
+            group = list(rows)
+            item = ListedFile._make(group[0][:-1])
+            shards = {row[-1] for row in group}
+            for other in group:
+                if other[1:3] != (item.size, item.sha256):
                     raise SnapshotError(
-                        f"{shown(item.path)}: listed with different Size/SHA256 in {listed_in} and "
-                        f"{item.listed_in}; {_RESYNC}"
+                        f"{shown(item.path)}: listed with different Size/SHA256 in {item.listed_in} and "
+                        f"{other[-2]}; {_RESYNC}"
                     )
-                if row < 0:
-                    continue
-                before = files.shards_at(row)
-                if shard not in before:
-                    key = (before, shard)
-                    names = combined.get(key)
-                    if names is None:
-                        names = combined[key] = tuple(sorted((*before, shard)))
-                    files.set_shards(row, names)
+            key: tuple[str, ...] = tuple(sorted(shards))
+            _place(tree, item, combined.setdefault(key, key), files, problems)
     if cache is not None:
         cache.keep_listings(index.rel for index in indexes)
     if problems:
-        raise SnapshotError(_problems_line([problem for _path, problem in sorted(problems)]))
+        raise SnapshotError(_problems_line(problems))
     return files.build()
 
 
+def _listings(
+    tree: _Tree,
+    indexes: list[PackagesIndex],
+    release_of: Mapping[str, ReleaseInfo],
+    signed: bool,
+    cache: ListingCache | None,
+) -> Iterator[tuple[Any, ...]]:
+    """Each stanza of the `indexes` in turn, as a plain tuple: its ListedFile's fields, then its shard."""
+    for index in indexes:
+        # the index's two shard names, made once (a million stanzas ask)
+        own = debian_shard(index.suite, index.component, index.architecture, index.architecture)
+        common = debian_shard(index.suite, index.component, index.architecture, "all")
+        for item in _read_packages(tree, index, release_of[index.suite], signed, cache):
+            yield (*item, common if item.arch == "all" else own)
+
+
 def _place(
-    tree: _Tree, item: ListedFile, shards: tuple[str, ...], files: FileTableBuilder, problems: list[tuple[str, str]]
-) -> int:
-    """Add the file `item` lists to `files` as found on disk and return its row; -1 with a problem noted
-    when it is missing, not a regular file or not of the listed size."""
+    tree: _Tree, item: ListedFile, shards: tuple[str, ...], files: FileTableBuilder, problems: list[str]
+) -> None:
+    """Add the file `item` lists to `files` as found on disk; a problem noted instead when it is missing,
+    not a regular file or not of the listed size."""
     path = item.path
     found = tree.locate(path)
     if found is None:
-        problems.append((path, f"{shown(path)}: missing"))
+        problems.append(f"{shown(path)}: missing")
     elif not stat.S_ISREG(found.status.st_mode):
-        problems.append((path, f"{shown(path)}: not a regular file"))
+        problems.append(f"{shown(path)}: not a regular file")
     elif found.status.st_size != item.size:
-        problems.append(
-            (path, f"{shown(path)}: size {found.status.st_size} != Packages Size {item.size} ({item.listed_in})")
-        )
+        problems.append(f"{shown(path)}: size {found.status.st_size} != Packages Size {item.size} ({item.listed_in})")
     else:
         files.add(listed_entry(item, found.source, found.status, shards=shards))
-        return len(files) - 1
-    return -1
 
 
 @contextmanager

@@ -88,6 +88,24 @@ def test_sorted_by_key_merges_runs_and_keeps_equal_keys_in_the_order_given(monke
     assert list(sequences.sorted_by_key(range(0), str)) == []
 
 
+@pytest.mark.parametrize("run", [3, 100])
+def test_sorted_spilled_merges_spilled_runs_and_keeps_equal_keys_in_the_order_given(
+    monkeypatch: pytest.MonkeyPatch, run: int
+) -> None:
+    """With more rows than a run, the runs go to the scratch file in blocks and are merged back."""
+    monkeypatch.setattr(sequences, "SPILL_RUN", run)
+    monkeypatch.setattr(sequences, "SPILL_BLOCK", 2)
+    keys = ["d", "b", "a", "b", "c", "a", "e", "b", "a", "z", "b"]
+    rows = [(key, number, None if number % 2 else f"text {number}") for number, key in enumerate(keys)]
+    before = scratch().size
+
+    merged = list(sequences.sorted_spilled(iter(rows)))
+
+    assert merged == sorted(rows, key=lambda row: row[0])
+    assert (scratch().size > before) == (run < len(rows))  # spilled only when there is more than one run
+    assert list(sequences.sorted_spilled(iter([]))) == []
+
+
 def test_records_are_zeros_until_written_and_read_back_in_any_order() -> None:
     count = 3 * RECORDS + 7
     records = RecordArray(count, 6)

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from pipeline import sequences
 from pipeline.filetable import FileTable
 from pipeline.model import FileEntry, PackageRecord
 from pipeline.shards import (
@@ -130,7 +131,10 @@ DOC = Pkg("hello-doc", "2.10-3", "all")
 FW = Pkg("fw", "1", "all", component="non-free")
 
 
-def test_debian_scan_records_each_files_shards(tmp_path: Path) -> None:
+@pytest.mark.parametrize("run", [1, 32768])
+def test_debian_scan_records_each_files_shards(tmp_path: Path, run: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Also with every stanza a run of its own in the scratch file (`sequences.sorted_spilled`)."""
+    monkeypatch.setattr(sequences, "SPILL_RUN", run)
     write_debian(
         tmp_path,
         "bookworm",

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from pipeline import sequences
 from pipeline.errors import ConfigError, SnapshotError
 from pipeline.model import FileEntry
 from pipeline.snapshot import ScanSpec, debian, recheck_snapshot, scan_snapshot
@@ -321,7 +322,9 @@ def test_symlinks_inside_the_root_are_followed(tmp_path: Path, cached: int, monk
     assert sorted(scan(tmp_path, suites=("stable",))) == sorted([HELLO.path, HELLO_DOC.path])
 
 
-def test_same_file_in_two_suites_is_listed_once(tmp_path: Path) -> None:
+@pytest.mark.parametrize("run", [1, 32768])  # every stanza a spilled run of its own, or all in one
+def test_same_file_in_two_suites_is_listed_once(tmp_path: Path, run: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sequences, "SPILL_RUN", run)
     write_archive(tmp_path, "bookworm", [HELLO, HELLO_DOC])
     write_archive(tmp_path, "trixie", [HELLO])
 
@@ -331,7 +334,11 @@ def test_same_file_in_two_suites_is_listed_once(tmp_path: Path) -> None:
     assert [entry.path for entry in snapshot.files] == [HELLO_DOC.path, HELLO.path]
 
 
-def test_same_filename_with_different_hash_in_two_suites_fails(tmp_path: Path) -> None:
+@pytest.mark.parametrize("run", [1, 32768])  # every stanza a spilled run of its own, or all in one
+def test_same_filename_with_different_hash_in_two_suites_fails(
+    tmp_path: Path, run: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sequences, "SPILL_RUN", run)
     write_archive(tmp_path, "bookworm", [HELLO])
     write_archive(tmp_path, "trixie", [Pkg("hello", "2.10-3", "amd64", data=b"other bytes")], write_pool=False)
 
