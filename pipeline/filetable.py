@@ -1,17 +1,19 @@
-"""The scan's files in columns: `FileTable`, a `Sequence[FileEntry]` that keeps ~250 bytes a file, not ~2 KB.
+"""The scan's files in columns: `FileTable`, a `Sequence[FileEntry]` that keeps ~50 bytes a file, not ~2 KB.
 
 A million FileEntry objects, each with its own path, source and hex digest strings, cost about 2 GB; the
 scan keeps them from the walk to the end of the run. The table keeps each field in a column instead and
 makes a FileEntry when one is asked for: a caller that iterates and lets each entry go holds one at a time.
+What is read a file at a time, in order, is in the scratch file (`pipeline.scratch`), as it is added.
 
-- `path`: sorted, in compressed blocks of 64 (`strcolumn.SortedColumn`, ~15 bytes a path where a list of
-  str costs ~100): they are the table's order and what every stage looks up;
+- `path`: sorted, in compressed blocks of 64 (`strcolumn.SortedColumn`, on disk; ~15 bytes a path where a
+  list of str costs ~100): they are the table's order and what every stage looks up;
 - `source`: a directory prefix (shared by every file of a directory) when the source ends with the path,
   else the whole source (a file reached through a symlink);
 - `size`, `mtime_ns`: an `array('q')` each; `dev`, `inode`: an `array('Q')` each;
-- `expected_sha256`: 32 raw bytes a file when it is lowercase hex, else kept as given;
-- `name`, `version`, `arch`, `description`, `shards`: one shared object per distinct value; a column
-  whose every value is the default costs nothing.
+- `expected_sha256`: 32 raw bytes a file when it is lowercase hex (`scratch.FixedColumn`, on disk), else
+  kept as given;
+- `name`, `version`, `description`: by file, in compressed blocks on disk; `arch`, `shards`: the number of
+  the value among the distinct ones (4 bytes). A column whose every value is the default costs nothing.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from typing import Any, overload
 
 from pipeline.model import FileEntry, SignatureRef
-from pipeline.scratch import RecordArray
+from pipeline.scratch import FixedColumn, RecordArray
 from pipeline.sequences import ItemEquality
 from pipeline.state import CachedFile
 from pipeline.strcolumn import SortedColumn, StringColumn
@@ -38,39 +40,47 @@ _SHARED = tuple(field for field in _OPTIONAL if field not in _TEXTS)  # a value 
 
 
 class _Shared:
-    """One column of values shared between files (a name, an architecture, a tuple of shard names): a
-    list of references to one object per distinct value, made only when a value is not the default."""
+    """One column of values shared between files (an architecture, a tuple of shard names): by file, the
+    number of its value among the distinct ones (4 bytes), made only when a value is not the default."""
 
-    __slots__ = ("default", "distinct", "values")
+    __slots__ = ("default", "distinct", "numbers", "values")
 
     def __init__(self, default: Any) -> None:
         self.default = default
-        self.values: list[Any] | None = None
-        self.distinct: dict[Any, Any] = {}
+        self.numbers: array[int] | None = None
+        self.values: list[Any] = [default]  # by number; the default is number 0
+        self.distinct: dict[Any, int] = {default: 0}
+
+    def _number(self, value: Any) -> int:
+        number = self.distinct.get(value)
+        if number is None:
+            number = self.distinct[value] = len(self.values)
+            self.values.append(value)
+        return number
 
     def add(self, value: Any, count: int) -> None:
         """Append `value` as the value of file number `count` (the files before it are in)."""
-        if self.values is None:
+        if self.numbers is None:
             if value == self.default:
                 return
-            self.values = [self.default] * count
-        self.values.append(self.distinct.setdefault(value, value))
+            self.numbers = array("I", bytes(4 * count))
+        self.numbers.append(self._number(value))
 
     def set(self, index: int, value: Any, count: int) -> None:
         """Make `value` the value of file number `index` (of `count` files in)."""
-        if self.values is None:
+        if self.numbers is None:
             if value == self.default:
                 return
-            self.values = [self.default] * count
-        self.values[index] = self.distinct.setdefault(value, value)
+            self.numbers = array("I", bytes(4 * count))
+        self.numbers[index] = self._number(value)
 
     def get(self, index: int) -> Any:
-        return self.default if self.values is None else self.values[index]
+        return self.default if self.numbers is None else self.values[self.numbers[index]]
 
     def reordered(self, order: Sequence[int]) -> None:
-        if self.values is not None:
-            values = self.values
-            self.values = [values[index] for index in order]
+        if self.numbers is not None:
+            numbers = self.numbers
+            self.numbers = array("I", (numbers[index] for index in order))
 
 
 class _Spilled:
@@ -118,13 +128,13 @@ class FileTableBuilder:
         # The paths compressed as they come while they come in order (the flat walk's), else a list sorted by build
         self._column: SortedColumn | None = SortedColumn()
         self._paths: list[str] = []
-        self._prefix_ids = array("l")  # index into _prefixes, or -1: the whole source is in _sources
+        self._prefix_ids = array("i")  # index into _prefixes, or -1: the whole source is in _sources
         self._prefixes: dict[str, int] = {}
         self._sources: dict[int, str] = {}
         self._signed = array("q")  # size, mtime_ns
         self._unsigned = array("Q")  # dev, inode
         self._has_digests = False
-        self._digests = bytearray()  # 32 bytes a file once any file has a lowercase-hex SHA-256
+        self._digests = FixedColumn(32)  # 32 bytes a file once any file has a lowercase-hex SHA-256
         self._odd_digests: dict[int, str | None] = {}  # a digest that is not lowercase hex; None after some
         self._shared = {field: _Shared(() if field == "shards" else None) for field in _SHARED}
         self._texts = {field: _Spilled() for field in _TEXTS}  # by row as they come (a million differ)
@@ -162,11 +172,6 @@ class FileTableBuilder:
         if entry.signature is not None:
             self._signatures[count] = entry.signature
 
-    def listed_at(self, index: int) -> tuple[int, str | None]:
-        """The size and expected SHA-256 of file number `index` (added before)."""
-        digest = _digest_at(index, self._odd_digests, self._digests if self._has_digests else None)
-        return self._signed[2 * index], digest
-
     def shards_at(self, index: int) -> tuple[str, ...]:
         shards: tuple[str, ...] = self._shared["shards"].get(index)
         return shards
@@ -180,13 +185,14 @@ class FileTableBuilder:
         if canonical and not self._has_digests:
             # the first lowercase-hex digest: the files before it had none or an odd one
             self._has_digests = True
-            self._digests = bytearray(32 * count)
+            for _ in range(count):
+                self._digests.append(bytes(32))
             self._odd_digests.update({index: None for index in range(count) if index not in self._odd_digests})
         if canonical:
             assert digest is not None
-            self._digests += bytes.fromhex(digest)
+            self._digests.append(bytes.fromhex(digest))
         elif self._has_digests:
-            self._digests += bytes(32)
+            self._digests.append(bytes(32))
             self._odd_digests[count] = digest
         elif digest is not None:
             self._odd_digests[count] = digest
@@ -242,13 +248,13 @@ class FileTable(ItemEquality, _Entries):
         sources, odd, signatures = built._sources, built._odd_digests, built._signatures
         if order is not None:
             column = SortedColumn(paths[index] for index in order)
-            prefix_ids = array("l", (prefix_ids[index] for index in order))
+            prefix_ids = array("i", (prefix_ids[index] for index in order))
             signed = array("q", (value for index in order for value in signed[2 * index : 2 * index + 2]))
             unsigned = array("Q", (value for index in order for value in unsigned[2 * index : 2 * index + 2]))
-            if built._has_digests:  # copied in place: no bytes object a file on the way
-                source, digests = memoryview(built._digests), bytearray(32 * len(order))
-                for new, index in enumerate(order):
-                    digests[32 * new : 32 * new + 32] = source[32 * index : 32 * index + 32]
+            if built._has_digests:
+                digests = FixedColumn(32)
+                for index in order:
+                    digests.append(built._digests[index])
             if sources or odd or signatures:  # few: by a row's old number, its new one (8 bytes a file)
                 position = array("l", bytes(array("l").itemsize * len(order)))
                 for new, index in enumerate(order):
@@ -261,7 +267,7 @@ class FileTable(ItemEquality, _Entries):
         else:
             column = paths if isinstance(paths, SortedColumn) else SortedColumn(paths)
         for shared in built._shared.values():
-            shared.distinct = {}
+            shared.distinct = {}  # no more values come
         self._paths = column
         self._rows = range(len(column))
         self._prefix_ids = prefix_ids
@@ -269,7 +275,7 @@ class FileTable(ItemEquality, _Entries):
         self._sources = sources
         self._signed = signed
         self._unsigned = unsigned
-        self._digests = bytes(digests) if digests is built._digests else digests  # the builder's: copied
+        self._digests = digests
         self._has_digests = built._has_digests
         self._odd_digests = odd
         texts = (
@@ -430,12 +436,12 @@ class KnownDigests:
             start = state.find(self._UNKNOWN, start + 1)
 
 
-def _digest_at(index: int, odd: dict[int, str | None], digests: bytes | bytearray | None) -> str | None:
+def _digest_at(index: int, odd: dict[int, str | None], digests: FixedColumn | None) -> str | None:
     """The expected SHA-256 of file number `index`: as given when odd, else from the raw column (None: no
     file has one)."""
     if index in odd:
         return odd[index]
-    return None if digests is None else digests[32 * index : 32 * index + 32].hex()
+    return None if digests is None else digests[index].hex()
 
 
 def _is_hex(text: str, length: int) -> bool:

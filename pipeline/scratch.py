@@ -158,14 +158,16 @@ class SpilledBlocks:
 
 class FixedColumn:
     """Records of `width` bytes appended in order and read by number: the last block's in memory, the others
-    in the scratch file (`RECORDS` a block)."""
+    in the scratch file (`RECORDS` a block); the block read last is kept (`RecordArray`'s way), so reading in
+    order costs a read per block."""
 
-    __slots__ = ("_blocks", "_open", "_width")
+    __slots__ = ("_blocks", "_open", "_recent", "_width")
 
     def __init__(self, width: int) -> None:
         self._width = width
         self._blocks = SpilledBlocks()
         self._open = bytearray()
+        self._recent: tuple[int, bytes] = (-1, b"")
 
     def __len__(self) -> int:
         return len(self._blocks) * RECORDS + len(self._open) // self._width
@@ -187,7 +189,10 @@ class FixedColumn:
             if at * width >= len(self._open):
                 raise IndexError(number)
             return bytes(self._open[at * width : at * width + width])
-        return self._blocks.read(block, at * width, width)
+        recent = self._recent
+        if recent[0] != block:
+            recent = self._recent = (block, self._blocks[block])
+        return recent[1][at * width : at * width + width]
 
     def __iter__(self) -> Iterator[bytes]:
         width = self._width
