@@ -91,10 +91,12 @@ def release(
 ) -> None:
     """Publish a snapshot: per-package torrents + metalinks, signed index and pointer, listings."""
     with _pipeline_errors(verbose):
+        from pipeline.heap import bound_heap
         from pipeline.progress import StderrProgress
         from pipeline.run import release as run_release
 
         settings = _settings(config, locals())
+        bound_heap()
         report = run_release(settings, progress=StderrProgress())
         _emit(report, as_json=json_, metrics=settings.metrics)
 

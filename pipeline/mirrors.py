@@ -66,6 +66,7 @@ from pipeline.filetable import FileTable, KnownDigests
 from pipeline.http import BudgetSpent, Client, HttpError, Response
 from pipeline.index import rfc3339
 from pipeline.model import MirrorHealth, MirrorStatus, NullProgress, Progress
+from pipeline.scratch import FixedColumn
 from pipeline.state import MirrorFact, MirrorHealthRecord, StateCache
 from pipeline.strcolumn import SortedColumn
 from pipeline.urls import join_url
@@ -134,8 +135,9 @@ class ProbeLimits:
 
 class ProbeFiles(Sequence[ProbeFile]):
     """The snapshot's files as the probes need them, sorted by path, held in columns: the paths in compressed
-    blocks (`strcolumn.SortedColumn`), a 32-byte SHA-256 and two machine integers a file (~70 bytes at
-    Debian path lengths, where a tuple of ProbeFiles and a path -> index dict cost ~450). Looked up by
+    blocks (`strcolumn.SortedColumn`) and the 32-byte SHA-256s in the scratch file (`scratch.FixedColumn`),
+    two machine integers a file in memory (16 bytes, where a tuple of ProbeFiles and a path -> index dict
+    cost ~450). Looked up by
     path with `position`, which is O(1) for lookups in path order (the order every caller asks in) and a
     binary search otherwise."""
 
@@ -162,7 +164,7 @@ class ProbeFiles(Sequence[ProbeFile]):
     ) -> None:
         sizes = array("q")
         pieces = array("q")
-        digests = bytearray()
+        digests = FixedColumn(32)
         last: str | None = None
         for path, size, sha256, piece_size in rows:
             if last is not None and path <= last:
@@ -175,11 +177,11 @@ class ProbeFiles(Sequence[ProbeFile]):
             last = path
             sizes.append(size)
             pieces.append(piece_size)
-            digests += digest
+            digests.append(digest)
         self._paths = paths
         self._sizes = sizes
         self._pieces = pieces
-        self._digests = digests  # not copied into bytes: a second 32 MB at a million files
+        self._digests = digests
         # where the last lookup ended, and the path found there (compared, not read from the column)
         self._hint: tuple[int, str | None] = (0, None)
 
@@ -211,7 +213,7 @@ class ProbeFiles(Sequence[ProbeFile]):
 
     def digest(self, i: int) -> bytes:
         """File i's SHA-256, 32 bytes (their order is that of the hex digests)."""
-        return bytes(self._digests[32 * i : 32 * i + 32])
+        return self._digests[i]
 
     def position(self, path: str) -> int | None:
         """The index of `path`, or None. Lookups in path order (each path once or twice in a row: a torrent,

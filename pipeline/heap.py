@@ -1,0 +1,43 @@
+"""glibc's malloc set up for a long run over a million files: freed buffers go back to the system.
+
+By default glibc serves a request of 128 KiB or more with its own mmap, returned when freed, but raises
+that threshold (up to 32 MiB) each time such a block is freed: after the first large array or buffer of
+a run is freed, every later one up to that size comes from the heap instead, and a freed block below a
+block still in use stays resident. At a million Debian files that kept ~60 MB more after the scan than
+what was in use (measured: 276 against 217 MB). `bound_heap` fixes the threshold at 128 KiB (and the
+trim threshold at twice that), as the environment's `MALLOC_MMAP_THRESHOLD_` would.
+
+It is called at the CLI's edge (`invoke release`), for this process only: hashing workers start from a
+fresh forkserver. Nothing is changed when the operator set any `MALLOC_*_` variable, or off glibc.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import os
+import platform
+
+MMAP_THRESHOLD = 128 * 1024  # glibc's own starting value, kept fixed
+_M_TRIM_THRESHOLD = -1  # mallopt parameters (malloc.h)
+_M_MMAP_THRESHOLD = -3
+
+
+def bound_heap(environ: dict[str, str] | None = None) -> bool:
+    """Fix glibc's mmap and trim thresholds for this process; whether it was done."""
+    environ = dict(os.environ) if environ is None else environ
+    if any(name.startswith("MALLOC_") and name.endswith("_") for name in environ):
+        return False  # the operator's own tuning wins
+    if platform.libc_ver()[0] != "glibc":
+        return False
+    name = ctypes.util.find_library("c")
+    if name is None:
+        return False
+    try:
+        libc = ctypes.CDLL(name)
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
+    mallopt.restype = ctypes.c_int
+    return bool(mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and bool(mallopt(_M_TRIM_THRESHOLD, 2 * MMAP_THRESHOLD))
