@@ -462,14 +462,26 @@ class StateCache:
 
     # --- the last parse of each metadata file (pipeline.snapshot) --------------------------------
 
-    def listing(self, name: str, digest: str) -> bytes | None:
-        """What `remember_listing` kept of the metadata file `name` when its bytes had SHA-256 `digest`."""
-        row = self._db.execute("SELECT value FROM listings WHERE name = ? AND digest = ?", (name, digest)).fetchone()
-        return None if row is None else bytes(row[0])
+    def listing(self, name: str, digest: str) -> sqlite3.Blob | None:
+        """What `remember_listing` kept of the metadata file `name` when its bytes had SHA-256 `digest`, read as
+        a file (the caller closes it)."""
+        query = "SELECT rowid FROM listings WHERE name = ? AND digest = ?"
+        row = self._db.execute(query, (name, digest)).fetchone()
+        return None if row is None else self._db.blobopen("listings", "value", row[0], readonly=True)
 
-    def remember_listing(self, name: str, digest: str, value: bytes) -> None:
-        """Keep one parse of the metadata file `name` (the last one): its bytes' SHA-256 and `value`."""
-        self._db.execute("INSERT OR REPLACE INTO listings VALUES (?, ?, ?)", (name, digest, value))
+    def remember_listing(self, name: str, digest: str, chunks: Iterable[bytes], size: int) -> None:
+        """Keep one parse of the metadata file `name` (the last one): its bytes' SHA-256 and the `size` bytes
+        of `chunks`, written a chunk at a time (never joined in memory)."""
+        with self._transaction():
+            cursor = self._db.execute(
+                "INSERT OR REPLACE INTO listings VALUES (?, ?, zeroblob(?))", (name, digest, size)
+            )
+            assert cursor.lastrowid is not None  # the row just inserted
+            with self._db.blobopen("listings", "value", cursor.lastrowid) as blob:
+                for chunk in chunks:
+                    blob.write(chunk)
+                if blob.tell() != size:
+                    raise ValueError(f"{name}: {blob.tell()} bytes of a {size}-byte parse")
 
     def keep_listings(self, names: Iterable[str]) -> None:
         """Forget the parses of metadata files other than `names` (no longer scanned)."""

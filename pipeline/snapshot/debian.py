@@ -28,6 +28,7 @@ import marshal
 import os
 import re
 import stat
+import struct
 import subprocess
 import sys
 import tempfile
@@ -39,18 +40,19 @@ from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from operator import itemgetter
 from pathlib import Path
-from typing import Any, BinaryIO, NamedTuple
+from typing import Any, BinaryIO, NamedTuple, cast
 
 import zstandard
 from debian import deb822
 
 from pipeline.errors import ConfigError, SnapshotError
 from pipeline.filetable import FileTable, FileTableBuilder
+from pipeline.scratch import temporary_file
 from pipeline.sequences import sorted_spilled
 from pipeline.shards import debian_shard
 from pipeline.snapshot import bounded
 from pipeline.snapshot.bounded import BoundedReader, Readable, parse_size, read_at_most, size_text
-from pipeline.snapshot.formats import FormatInfo, ListingCache, Scanned, ScanSpec
+from pipeline.snapshot.formats import FormatInfo, KeptListing, ListingCache, Scanned, ScanSpec
 from pipeline.snapshot.paths import (
     as_source,
     check_repo_path,
@@ -658,12 +660,16 @@ def _read_packages(
     yield from _remember(cache, index.rel, on_disk.sha256, parsed)
 
 
-# The cached parse of one Packages: the marshalled header (codec, uncompressed size and SHA-256, number of
-# batches and their marshalled bytes), then one zstd frame of the rows, `_LISTING_BATCH` at a time, each batch
-# marshalled (plain tuples: a million load in about a second). Neither writing nor reading it holds every
-# row. The codec names the Python that wrote it (marshal's format may change between versions).
-_LISTING_CODEC = f"debian-listing/2 py{sys.version_info[0]}.{sys.version_info[1]}"
+# The cached parse of one Packages: the length of the header (4 bytes, little-endian), the marshalled header
+# (codec, uncompressed size and SHA-256, number of batches and their marshalled bytes), then one zstd frame of
+# the rows, `_LISTING_BATCH` at a time, each batch marshalled (plain tuples: a million load in about a
+# second). Neither writing nor reading it holds every row, nor the whole parse (it is written to a temporary
+# file, then to the cache a chunk at a time). The codec names the Python that wrote it (marshal's format may
+# change between versions).
+_LISTING_CODEC = f"debian-listing/3 py{sys.version_info[0]}.{sys.version_info[1]}"
 _LISTING_BATCH = 4096
+_HEADER_LENGTH = struct.Struct("<I")
+_MAX_HEADER_BYTES = 4096
 
 
 def _file_sha256(tree: _Tree, rel: str) -> str:
@@ -683,30 +689,37 @@ def _cached(
     """The last parse of `rel` when its bytes had SHA-256 `digest` (None: parse it), its uncompressed size
     and SHA-256 compared with the Release first. An entry that cannot be read is a miss: its header and its
     zstd frame (with its checksum) are read through before a row is given."""
-    blob = cache.listing(rel, digest) if cache is not None else None
-    if blob is None:
+    source = cache.listing(rel, digest) if cache is not None else None
+    if source is None:
         return None
-    source = io.BytesIO(blob)
     try:
-        codec, size, sha256, batches, length = marshal.load(source)
+        (header_length,) = _HEADER_LENGTH.unpack(source.read(_HEADER_LENGTH.size))
+        if header_length > _MAX_HEADER_BYTES:
+            raise ValueError(f"a header of {header_length} bytes")
+        codec, size, sha256, batches, length = marshal.loads(source.read(header_length))
         if codec != _LISTING_CODEC:
+            source.close()
             return None
         start, found = source.tell(), 0
-        with zstandard.ZstdDecompressor().stream_reader(source, closefd=False) as frame:
+        with zstandard.ZstdDecompressor().stream_reader(cast(BinaryIO, source), closefd=False) as frame:
             while chunk := frame.read(bounded.CHUNK_BYTES):
                 found += len(chunk)
         if found != length:
             raise ValueError(f"{found} bytes of rows, not {length}")
-    except (ValueError, EOFError, TypeError, zstandard.ZstdError):
+        _check_against_release(uncompressed_name, Checksum(size=size, sha256=sha256), shown_path, release)
+    except (ValueError, EOFError, TypeError, struct.error, zstandard.ZstdError):
+        source.close()
         log.info("%s: the cached parse is unreadable; parsing the file again", rel)
         return None
-    _check_against_release(uncompressed_name, Checksum(size=size, sha256=sha256), shown_path, release)
+    except BaseException:
+        source.close()
+        raise
     source.seek(start)
     return _cached_rows(source, int(batches))
 
 
-def _cached_rows(source: BinaryIO, batches: int) -> Iterator[ListedFile]:
-    with zstandard.ZstdDecompressor().stream_reader(source, closefd=False) as frame:
+def _cached_rows(source: KeptListing, batches: int) -> Iterator[ListedFile]:
+    with closing(source), zstandard.ZstdDecompressor().stream_reader(cast(BinaryIO, source), closefd=False) as frame:
         for _ in range(batches):
             for row in marshal.load(frame):
                 yield ListedFile._make(row)
@@ -719,7 +732,13 @@ def _remember(
     if cache is None:
         yield from parsed
         return
-    body = io.BytesIO()
+    with temporary_file(f"a parse of {rel}") as body:
+        header = yield from _written(parsed, body)
+        cache.remember_listing(rel, digest, *_kept(header, body))
+
+
+def _written(parsed: Generator[ListedFile, None, Checksum], body: BinaryIO) -> Generator[ListedFile, None, bytes]:
+    """The stanzas `parsed` yields, their rows written to `body` as one zstd frame; returns the header."""
     batches = length = 0
     with zstandard.ZstdCompressor(level=1, write_checksum=True).stream_writer(body, closefd=False) as frame:
         batch: list[tuple[object, ...]] = []
@@ -737,8 +756,17 @@ def _remember(
         if batch:
             length += _write_batch(frame, batch)
             batches += 1
-    header = marshal.dumps((_LISTING_CODEC, read.size, read.sha256, batches, length))
-    cache.remember_listing(rel, digest, header + body.getvalue())
+    return marshal.dumps((_LISTING_CODEC, read.size, read.sha256, batches, length))
+
+
+def _kept(header: bytes, body: BinaryIO) -> tuple[Iterator[bytes], int]:
+    """The chunks of a cached parse and its size: the header's length, the header, then `body` from its start."""
+    size = body.tell()
+    body.seek(0)
+    chunks = itertools.chain(
+        (_HEADER_LENGTH.pack(len(header)) + header,), iter(lambda: body.read(bounded.CHUNK_BYTES), b"")
+    )
+    return chunks, _HEADER_LENGTH.size + len(header) + size
 
 
 def _write_batch(frame: BinaryIO, batch: list[tuple[object, ...]]) -> int:

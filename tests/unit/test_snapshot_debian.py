@@ -5,7 +5,6 @@ from __future__ import annotations
 import gc
 import gzip
 import hashlib
-import io
 import itertools
 import lzma
 import marshal
@@ -871,6 +870,30 @@ def cached_scan(root: Path, state: StateCache) -> tuple[FileEntry, ...]:
     return scan_snapshot(ScanSpec(root=root, listing_cache=state)).files
 
 
+def kept(state: StateCache, rel: str, digest: str) -> bytes | None:
+    """The parse the state keeps of `rel` with `digest`, read whole."""
+    blob = state.listing(rel, digest)
+    if blob is None:
+        return None
+    with blob:
+        return blob.read()
+
+
+def keep(state: StateCache, rel: str, digest: str, data: bytes) -> None:
+    state.remember_listing(rel, digest, [data[:3], data[3:]], len(data))
+
+
+def split_kept(blob: bytes) -> tuple[tuple[object, ...], bytes]:
+    """A kept parse's header (marshalled after its 4-byte length) and its body."""
+    length = int.from_bytes(blob[:4], "little")
+    return marshal.loads(blob[4 : 4 + length]), blob[4 + length :]
+
+
+def joined_kept(header: tuple[object, ...], body: bytes) -> bytes:
+    data = marshal.dumps(header)
+    return len(data).to_bytes(4, "little") + data + body
+
+
 def no_parsing(monkeypatch: pytest.MonkeyPatch) -> None:
     def refuse(*args: object) -> object:
         raise AssertionError("a Packages file was parsed again")
@@ -887,7 +910,7 @@ def test_a_packages_file_with_the_same_bytes_is_not_parsed_again(
     first = cached_scan(root, state)
     assert first == scan_snapshot(ScanSpec(root=root)).files  # the same entries as without a cache
     name = "Packages" + (f".{compression}" if compression else "")
-    assert state.listing(f"dists/bookworm/main/binary-amd64/{name}", "0" * 64) is None
+    assert kept(state, f"dists/bookworm/main/binary-amd64/{name}", "0" * 64) is None
     no_parsing(monkeypatch)
     assert cached_scan(root, state) == first
 
@@ -921,10 +944,11 @@ def test_an_unreadable_cached_parse_is_a_miss(tmp_path: Path, state: StateCache)
     first = cached_scan(root, state)
     rel = "dists/bookworm/main/binary-amd64/Packages.gz"
     digest = hashlib.sha256((root / rel).read_bytes()).hexdigest()
-    assert state.listing(rel, digest) is not None
-    state.remember_listing(rel, digest, b"not zstd at all")
-    assert cached_scan(root, state) == first
-    assert state.listing(rel, digest) != b"not zstd at all"  # parsed and kept again
+    assert kept(state, rel, digest) is not None
+    for unreadable in (b"not zstd at all", b"", (1 << 30).to_bytes(4, "little") + b"a header of a GiB?"):
+        keep(state, rel, digest, unreadable)
+        assert cached_scan(root, state) == first
+        assert kept(state, rel, digest) != unreadable  # parsed and kept again
 
 
 def test_a_cached_parse_of_several_batches_reads_back_every_stanza(
@@ -940,7 +964,7 @@ def test_a_cached_parse_of_several_batches_reads_back_every_stanza(
     digest = hashlib.sha256((root / rel).read_bytes()).hexdigest()
     for batch in (4, 7, 6, 1):
         monkeypatch.setattr(debian, "_LISTING_BATCH", batch)
-        state.remember_listing(rel, digest, b"")  # a miss: parsed and kept in batches of `batch`
+        keep(state, rel, digest, b"")  # a miss: parsed and kept in batches of `batch`
         assert cached_scan(root, state) == expected
         with monkeypatch.context() as parsing:
             no_parsing(parsing)
@@ -954,20 +978,19 @@ def test_a_cached_parse_of_another_codec_or_damaged_is_a_miss(tmp_path: Path, st
     first = cached_scan(root, state)
     rel = "dists/bookworm/main/binary-amd64/Packages.xz"
     digest = hashlib.sha256((root / rel).read_bytes()).hexdigest()
-    blob = state.listing(rel, digest)
+    blob = kept(state, rel, digest)
     assert blob is not None
-    source = io.BytesIO(blob)
-    codec, size, sha256, batches, length = marshal.load(source)
-    body = blob[source.tell() :]
+    (codec, size, sha256, batches, length), body = split_kept(blob)
+    assert isinstance(length, int)
     damaged = {
-        "codec": marshal.dumps(("debian-listing/1 py3.11", size, sha256, batches, length)) + body,
-        "short": marshal.dumps((codec, size, sha256, batches, length + 1)) + body,
-        "long": marshal.dumps((codec, size, sha256, batches, length - 1)) + body,
+        "codec": joined_kept(("debian-listing/2 py3.11", size, sha256, batches, length), body),
+        "short": joined_kept((codec, size, sha256, batches, length + 1), body),
+        "long": joined_kept((codec, size, sha256, batches, length - 1), body),
         "bits": blob[:-6] + bytes(b ^ 0xFF for b in blob[-6:]),
     }[damage]
-    state.remember_listing(rel, digest, damaged)
+    keep(state, rel, digest, damaged)
     assert cached_scan(root, state) == first
-    assert state.listing(rel, digest) == blob  # parsed and kept again
+    assert kept(state, rel, digest) == blob  # parsed and kept again
 
 
 def test_parses_of_packages_files_no_longer_scanned_are_forgotten(tmp_path: Path, state: StateCache) -> None:
@@ -976,6 +999,6 @@ def test_parses_of_packages_files_no_longer_scanned_are_forgotten(tmp_path: Path
     cached_scan(root, state)
     arm64 = "dists/bookworm/main/binary-arm64/Packages"
     digest = hashlib.sha256((root / arm64).read_bytes()).hexdigest()
-    assert state.listing(arm64, digest) is not None
+    assert kept(state, arm64, digest) is not None
     scan_snapshot(ScanSpec(root=root, architectures=("amd64",), listing_cache=state))
-    assert state.listing(arm64, digest) is None
+    assert kept(state, arm64, digest) is None
