@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import textwrap
@@ -40,8 +41,10 @@ _PROBE = textwrap.dedent(
 
 
 def _returned_mib(mode: str) -> int:
+    # without MALLOC_* variables: distributed's nanny sets some in the environment of the process it runs in
+    env = {name: value for name, value in os.environ.items() if not name.startswith("MALLOC_")}
     done = subprocess.run(
-        [sys.executable, "-c", _PROBE, mode], cwd=ROOT, capture_output=True, text=True, timeout=60, check=True
+        [sys.executable, "-c", _PROBE, mode], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60, check=True
     )
     return int(done.stdout)
 
