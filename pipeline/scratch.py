@@ -147,6 +147,10 @@ class SpilledBlocks:
         self._sizes.pop()
         return data
 
+    def size(self, number: int) -> int:
+        """The size of block `number`."""
+        return self._sizes[number]
+
     def read(self, number: int, start: int, size: int) -> bytes:
         """`size` bytes of block `number` from `start` on."""
         if self._scratch is None:

@@ -78,8 +78,12 @@ def test_a_forked_child_reads_its_parents_blocks_and_writes_its_own_file() -> No
     assert blocks[0] == b"parent's block" and blocks[1] == b"parent's next block"
 
 
-def test_sorted_by_key_merges_runs_and_keeps_equal_keys_in_the_order_given(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("window", [1, 3, 1024])  # the numbers of a sorted run read back this many at a time
+def test_sorted_by_key_merges_runs_and_keeps_equal_keys_in_the_order_given(
+    monkeypatch: pytest.MonkeyPatch, window: int
+) -> None:
     monkeypatch.setattr(sequences, "SORT_RUN", 4)
+    monkeypatch.setattr(sequences, "_RUN_WINDOW", window)
     keys = ["d", "b", "a", "b", "c", "a", "e", "b", "a", "z", "b"]
     numbers = array("q", [10, 3, 7, 1, 0, 5, 2, 9, 8, 4, 6])  # not ascending: ties follow the order given
     name = dict(zip(numbers, keys, strict=True))
