@@ -38,6 +38,9 @@ class SpooledArtifact:
     offset: int
 
 
+_NUMBER = "I"  # an entry's number in an array of refs: 4 bytes (~3 million objects at a million Debian files)
+
+
 class SpoolRefs(Sequence[SpooledArtifact]):
     """Entries of one spool, by number, in a given order: each item is made when it is read."""
 
@@ -68,8 +71,14 @@ class SpoolRefs(Sequence[SpooledArtifact]):
     def __add__(self, other: SpoolRefs) -> SpoolRefs:
         if other._spool is not self._spool:
             raise ValueError("refs of two spools cannot be joined")
-        joined = array("q", self._numbers)
-        joined.extend(other._numbers)
+        mine, theirs = self._numbers, other._numbers
+        if isinstance(mine, range) and isinstance(theirs, range) and mine.step == theirs.step == 1:
+            if mine.stop == theirs.start or not mine or not theirs:  # one run of entries: no array
+                return SpoolRefs(
+                    self._spool, range(mine.start if mine else theirs.start, theirs.stop if theirs else mine.stop)
+                )
+        joined = array(_NUMBER, mine)
+        joined.extend(theirs)
         return SpoolRefs(self._spool, joined)
 
     @property
@@ -141,7 +150,7 @@ class Spool:
 
     def refs(self, numbers: Iterable[int]) -> SpoolRefs:
         """Refs of these entries, in this order."""
-        return SpoolRefs(self, array("q", numbers))
+        return SpoolRefs(self, array(_NUMBER, numbers))
 
     def key(self, number: int) -> str:
         return self._keys[number]

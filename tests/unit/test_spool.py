@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import tracemalloc
+from array import array
 
 import pytest
 
@@ -45,6 +46,11 @@ def test_refs_are_entry_numbers_made_into_refs_when_read() -> None:
         assert joined[7].content_type == artifacts[7].content_type and len(spool.add_all(())) == 0
         with Spool() as other, pytest.raises(ValueError, match="two spools"):
             joined + other.add_all(artifacts[:1])
+        # joined runs of entries stay a range; anything else is an array of 4-byte numbers, in the order given
+        assert joined._numbers == range(10) and (spool.add_all(()) + first)._numbers == range(6)
+        mixed = second + first + backwards[:2]
+        assert [ref.key for ref in mixed] == [a.key for a in artifacts[6:] + artifacts[:6] + artifacts[:7:-1]]
+        assert isinstance(mixed._numbers, array) and mixed._numbers.itemsize == 4
 
 
 def test_an_entry_holds_a_few_bytes_in_memory() -> None:
