@@ -300,7 +300,7 @@ def _plan_group(
     listing: Mapping[str, ObjectInfo],
     manifest: Mapping[str, ManifestEntry],
 ) -> tuple[SpoolRefs, list[str]]:
-    put: list[int] = []
+    put = array("I")  # 4 bytes an entry to write (a list of ints: ~36, 90 MB for a million files' objects)
     skip: list[str] = []
     for number in refs.numbers:
         key = spool.key(number)
@@ -318,7 +318,7 @@ def _plan_group(
             skip.append(key)
         else:
             put.append(number)
-    return spool.refs(put), skip
+    return (refs if len(put) == len(refs) else spool.refs(put)), skip
 
 
 def _heads(storage: Storage, keys: Iterable[str]) -> dict[str, ObjectInfo]:
@@ -501,7 +501,7 @@ class _Written:
         self._spool = spool
         self._etags = StringColumn()
         self._stats = FixedColumn(_STAT.size)  # size and mtime (NaN: not known)
-        self._numbers = array("q")  # spool entry, or -1: the key and SHA-256 are in _given
+        self._numbers = array("i")  # spool entry, or -1: the key and SHA-256 are in _given
         self._given: dict[int, tuple[str, str]] = {}  # write -> (key, SHA-256) of a write not from the spool
 
     def __len__(self) -> int:
