@@ -66,14 +66,6 @@ class _Shared:
             self.numbers = array("I", bytes(4 * count))
         self.numbers.append(self._number(value))
 
-    def set(self, index: int, value: Any, count: int) -> None:
-        """Make `value` the value of file number `index` (of `count` files in)."""
-        if self.numbers is None:
-            if value == self.default:
-                return
-            self.numbers = array("I", bytes(4 * count))
-        self.numbers[index] = self._number(value)
-
     def get(self, index: int) -> Any:
         return self.default if self.numbers is None else self.values[self.numbers[index]]
 
@@ -171,14 +163,6 @@ class FileTableBuilder:
             texts.append(getattr(entry, field))
         if entry.signature is not None:
             self._signatures[count] = entry.signature
-
-    def shards_at(self, index: int) -> tuple[str, ...]:
-        shards: tuple[str, ...] = self._shared["shards"].get(index)
-        return shards
-
-    def set_shards(self, index: int, shards: tuple[str, ...]) -> None:
-        """The shards listing file number `index`, found after it was added (another index lists it too)."""
-        self._shared["shards"].set(index, shards, len(self))
 
     def _add_digest(self, digest: str | None, count: int) -> None:
         canonical = digest is not None and len(digest) == 64 and _HEX.issuperset(digest)

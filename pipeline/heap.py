@@ -17,15 +17,15 @@ import ctypes
 import ctypes.util
 import os
 import platform
+from collections.abc import Mapping
 
 MMAP_THRESHOLD = 128 * 1024  # glibc's own starting value, kept fixed
 _M_TRIM_THRESHOLD = -1  # mallopt parameters (malloc.h)
 _M_MMAP_THRESHOLD = -3
 
 
-def bound_heap(environ: dict[str, str] | None = None) -> bool:
+def bound_heap(environ: Mapping[str, str] = os.environ) -> bool:
     """Fix glibc's mmap and trim thresholds for this process; whether it was done."""
-    environ = dict(os.environ) if environ is None else environ
     if any(name.startswith("MALLOC_") and name.endswith("_") for name in environ):
         return False  # the operator's own tuning wins
     if platform.libc_ver()[0] != "glibc":

@@ -137,9 +137,8 @@ class ProbeFiles(Sequence[ProbeFile]):
     """The snapshot's files as the probes need them, sorted by path, held in columns: the paths in compressed
     blocks (`strcolumn.SortedColumn`) and the 32-byte SHA-256s in the scratch file (`scratch.FixedColumn`),
     two machine integers a file in memory (16 bytes, where a tuple of ProbeFiles and a path -> index dict
-    cost ~450). Looked up by
-    path with `position`, which is O(1) for lookups in path order (the order every caller asks in) and a
-    binary search otherwise."""
+    cost ~450). Looked up by path with `position`, which is O(1) for lookups in path order (the order every
+    caller asks in) and a binary search otherwise."""
 
     __slots__ = ("_digests", "_hint", "_paths", "_pieces", "_sizes")
 
