@@ -38,6 +38,7 @@ POLICY_FILE = ROOT / "infra" / "bucket-policy.json"
 HOST = "127.0.0.1"
 GRPC_OFFSET = 10000  # every service also listens on its HTTP port + 10000 (gRPC)
 SERVICES = 5  # s3, master, volume, filer, admin on base .. base+4
+MAX_VOLUMES = 1000  # one a bucket; far more than a test session makes
 START_TIMEOUT = 30.0
 STOP_TIMEOUT = 10.0
 
@@ -130,6 +131,10 @@ class SeaweedServer(ServerProcess):
             "-s3.port.iceberg=0",
             "-s3.port.lance=0",
             "-s3.autoCreateBucket=false",
+            # Each bucket takes a volume of its own. The default (0) allows free disk / 128 MB of them, so on a
+            # disk with ~10 GB free a test session ran out ("failed to find writable volumes"). Volumes are not
+            # preallocated: a fixed ceiling costs no disk and makes the suite independent of free space.
+            f"-volume.max={MAX_VOLUMES}",
             f"-s3.port={base}",
             f"-master.port={base + 1}",
             f"-volume.port={base + 2}",
