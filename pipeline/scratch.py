@@ -147,18 +147,6 @@ class SpilledBlocks:
         self._sizes.pop()
         return data
 
-    def size(self, number: int) -> int:
-        """The size of block `number`."""
-        return self._sizes[number]
-
-    def read(self, number: int, start: int, size: int) -> bytes:
-        """`size` bytes of block `number` from `start` on."""
-        if self._scratch is None:
-            raise IndexError(number)
-        if start < 0 or start + size > self._sizes[number]:
-            raise IndexError(start)
-        return self._scratch.get(self._offsets[number] + start, size)
-
 
 class FixedColumn:
     """Records of `width` bytes appended in order and read by number: the last block's in memory, the others

@@ -7,14 +7,12 @@ from __future__ import annotations
 import heapq
 import marshal
 import zlib
-from array import array
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from operator import itemgetter
 from typing import Any
 
 from pipeline.scratch import SpilledBlocks
 
-SORT_RUN = 65536  # numbers sorted at once by `sorted_by_key` (their keys held meanwhile)
 SPILL_RUN = 32768  # rows sorted at once by `sorted_spilled` (a Packages stanza's row is ~600 bytes)
 SPILL_BLOCK = 256  # rows of a spilled run read back at once: the merge holds one block of each run
 
@@ -33,29 +31,13 @@ class ItemEquality:
     __hash__ = None  # type: ignore[assignment]
 
 
-def sorted_by_key(numbers: Sequence[int], key: Callable[[int], str]) -> Iterator[tuple[str, int]]:
+def sorted_by_key(numbers: Iterable[int], key: Callable[[int], str]) -> Iterator[tuple[str, int]]:
     """(key, number) of each of `numbers`, sorted by key; of equal keys, the one given first comes first.
 
-    Sorted a run of `SORT_RUN` numbers at a time, each sorted run set aside in the scratch file, then the
-    runs merged, reading `_RUN_WINDOW` numbers of each at a time: only one run's keys are held at once (the
-    keys of a million objects would be ~80 MB of strings), and the numbers are not held either (8 bytes
-    an object: ~24 MB for the ~3 million objects of a million Debian files)."""
-    runs = SpilledBlocks()
-    for start in range(0, len(numbers), SORT_RUN):
-        runs.append(array("q", sorted(numbers[start : start + SORT_RUN], key=key)).tobytes())
-    return heapq.merge(
-        *(((key(number), number) for number in _run(runs, run)) for run in range(len(runs))), key=itemgetter(0)
-    )
-
-
-_RUN_WINDOW = 1024  # numbers of a sorted run read back at once
-
-
-def _run(runs: SpilledBlocks, run: int) -> Iterator[int]:
-    width = array("q").itemsize
-    size = runs.size(run)
-    for start in range(0, size, _RUN_WINDOW * width):
-        yield from array("q", runs.read(run, start, min(_RUN_WINDOW * width, size - start)))
+    Through `sorted_spilled`: each key is made once, in the order given (a column's keys are read in the
+    order they are stored, a block at a time), and at most one run of keys is held at once (the keys of a
+    million objects would be ~80 MB of strings)."""
+    return sorted_spilled((key(number), number) for number in numbers)
 
 
 def sorted_spilled(rows: Iterable[tuple[Any, ...]]) -> Iterator[tuple[Any, ...]]:

@@ -182,9 +182,9 @@ def test_what_a_run_wrote_is_read_back_by_key_its_last_write_each() -> None:
 def test_writes_of_several_sort_runs_merge_sorted_with_the_last_write_of_each_key(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """by_key sorts SORT_RUN writes at a time and merges the runs: a key written in two runs (and twice in
+    """by_key sorts SPILL_RUN writes at a time and merges the runs: a key written in two runs (and twice in
     one) comes once, as its last write; spool entries and given digests mix."""
-    monkeypatch.setattr(sequences, "SORT_RUN", 7)
+    monkeypatch.setattr(sequences, "SPILL_RUN", 7)
     rng = random.Random(5)
     keys = [f"{rng.choice(('torrents', 'metalinks', 'browse'))}/k{rng.randrange(40):02}" for _ in range(60)]
     expected: dict[str, tuple[ObjectInfo, str]] = {}

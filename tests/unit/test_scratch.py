@@ -1,5 +1,5 @@
 """pipeline.scratch: blocks set aside on disk, read back exactly, in this process and a forked child; and
-sequences.sorted_by_key, which sorts what they hold a run at a time."""
+the external sorts of pipeline.sequences, which set their runs aside there."""
 
 from __future__ import annotations
 
@@ -16,16 +16,13 @@ from pipeline.errors import PipelineError
 from pipeline.scratch import RECORDS, FixedColumn, RecordArray, SpilledBlocks, own_scratch, scratch
 
 
-def test_blocks_read_back_whole_and_in_part_and_the_last_comes_off() -> None:
+def test_blocks_read_back_whole_and_the_last_comes_off() -> None:
     blocks = SpilledBlocks()
     written = [bytes([i % 251]) * (i * 13) for i in range(50)]
     for data in written:
         blocks.append(data)
     assert len(blocks) == 50
     assert [blocks[i] for i in range(50)] == written
-    assert blocks.read(7, 3, 10) == written[7][3:13]
-    with pytest.raises(IndexError):
-        blocks.read(7, 85, 10)  # past the block's end (91 bytes)
     assert blocks.pop() == written[-1] and len(blocks) == 49
     blocks.append(b"again")
     assert blocks[49] == b"again" and blocks[48] == written[48]
@@ -78,17 +75,25 @@ def test_a_forked_child_reads_its_parents_blocks_and_writes_its_own_file() -> No
     assert blocks[0] == b"parent's block" and blocks[1] == b"parent's next block"
 
 
-@pytest.mark.parametrize("window", [1, 3, 1024])  # the numbers of a sorted run read back this many at a time
+@pytest.mark.parametrize("run", [4, 100])
 def test_sorted_by_key_merges_runs_and_keeps_equal_keys_in_the_order_given(
-    monkeypatch: pytest.MonkeyPatch, window: int
+    monkeypatch: pytest.MonkeyPatch, run: int
 ) -> None:
-    monkeypatch.setattr(sequences, "SORT_RUN", 4)
-    monkeypatch.setattr(sequences, "_RUN_WINDOW", window)
+    """Each key is asked for once, in the order the numbers are given, however many runs there are."""
+    monkeypatch.setattr(sequences, "SPILL_RUN", run)
+    monkeypatch.setattr(sequences, "SPILL_BLOCK", 3)
     keys = ["d", "b", "a", "b", "c", "a", "e", "b", "a", "z", "b"]
     numbers = array("q", [10, 3, 7, 1, 0, 5, 2, 9, 8, 4, 6])  # not ascending: ties follow the order given
     name = dict(zip(numbers, keys, strict=True))
-    merged = list(sequences.sorted_by_key(numbers, name.__getitem__))
+    asked: list[int] = []
+
+    def key(number: int) -> str:
+        asked.append(number)
+        return name[number]
+
+    merged = list(sequences.sorted_by_key(numbers, key))
     assert merged == sorted(zip(keys, numbers, strict=True), key=lambda pair: pair[0])
+    assert asked == list(numbers)
     assert list(sequences.sorted_by_key(range(0), str)) == []
 
 
