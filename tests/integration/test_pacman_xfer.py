@@ -113,6 +113,16 @@ def user_side(publication: ArchPublication, dest: Path, tmp_path: Path) -> User:
     return User(helper, env)
 
 
+@pytest.fixture(autouse=True)
+def stop_root_gpg_agent(tmp_path: Path) -> Iterator[None]:
+    """pacman's signature checks start a gpg-agent in the throwaway root's gpg dir: stop it with the test."""
+    yield
+    gpgdir = tmp_path / "root" / "etc" / "pacman.d" / "gnupg"
+    if gpgdir.is_dir():
+        env = {**os.environ, "GNUPGHOME": str(gpgdir)}
+        subprocess.run(["gpgconf", "--kill", "all"], env=env, capture_output=True, check=False, timeout=30)
+
+
 def pacman(config: Path, root: Path, env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         ["pacman", "--config", str(config), "--root", str(root), "--dbpath", f"{root}/var/lib/pacman",
