@@ -5,7 +5,9 @@ API (keep it small; other test modules use it):
 - ``temp_gnupghome()``: context manager yielding a fresh, short, mode-0700 GNUPGHOME under /tmp (agent
   socket paths must fit 108 bytes). The agent is told not to cache passphrases, so a test that signs
   without a passphrase really fails after another one signed with it. On exit the home's gpg daemons are
-  stopped (``gpgconf --kill all`` with that GNUPGHOME) and the directory is removed.
+  stopped (``stop_daemons``) and the directory is removed.
+- ``stop_daemons(home)``: stop the gpg daemons (agent, dirmngr…) running for GNUPGHOME ``home``, as
+  ``gpgconf --kill all`` with that GNUPGHOME does; for a gpg dir some other tool started them in.
 - ``make_key(home, *, uid, expire, passphrase, algo, expired)``: a new primary key (sign + certify) and
   its fingerprint. ``expire`` is gpg's syntax ("1y", "10d", "2w", "0"/"never"). ``expired=True``
   back-dates its creation with ``--faked-system-time`` by ``expire`` + 2 days, so the key has already
@@ -47,8 +49,13 @@ def temp_gnupghome() -> Iterator[Path]:
     try:
         yield home
     finally:
-        subprocess.run(["gpgconf", "--kill", "all"], env=_env(home), capture_output=True, check=False, timeout=30)
+        stop_daemons(home)
         shutil.rmtree(home, ignore_errors=True)
+
+
+def stop_daemons(home: Path) -> None:
+    """Stop the gpg daemons running for GNUPGHOME `home` (`gpgconf --kill all`)."""
+    subprocess.run(["gpgconf", "--kill", "all"], env=_env(home), capture_output=True, check=False, timeout=30)
 
 
 def _gpg(gnupghome: Path, args: list[str], *, passphrase: str | None) -> subprocess.CompletedProcess[str]:

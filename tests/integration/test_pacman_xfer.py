@@ -32,6 +32,7 @@ from pipeline.run import release
 from pipeline.serve import serve_directory
 from pipeline.signing import Signer
 from tests.fixtures.archrepo import ArchPkgSpec, build_arch_repo
+from tests.gpg_helpers import stop_daemons
 from tests.integration.conftest import SigningKey
 from tests.mirror_servers import request_log
 from tests.tools import require_tools
@@ -119,8 +120,7 @@ def stop_root_gpg_agent(tmp_path: Path) -> Iterator[None]:
     yield
     gpgdir = tmp_path / "root" / "etc" / "pacman.d" / "gnupg"
     if gpgdir.is_dir():
-        env = {**os.environ, "GNUPGHOME": str(gpgdir)}
-        subprocess.run(["gpgconf", "--kill", "all"], env=env, capture_output=True, check=False, timeout=30)
+        stop_daemons(gpgdir)
 
 
 def pacman(config: Path, root: Path, env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
