@@ -181,18 +181,22 @@ def shard_parts(
     shard: str,
     webseeds: Sequence[str],
     trackers: Sequence[str],
-    records: Iterable[PackageRecord],
+    packages: Iterable[str],
     dht_nodes: Sequence[str] = (),
     max_bytes: int | None = None,
 ) -> Iterator[tuple[int, bytearray]]:
     """The shard's JSON in parts of at most `max_bytes` (default PART_MAX_BYTES), one at a time: (packages,
     JSON) of each, a whole shard document (the shard's header) holding the next records that fit. One part,
-    that of `shard_json`, when the whole JSON fits; a record too large for a part alone is a part alone."""
+    that of `shard_json`, when the whole JSON fits; a record too large for a part alone is a part alone.
+
+    `packages`: each record's `package_json`, sorted by path (the caller's order is not checked: at a million
+    files each record's JSON is made once, in the build, and read here without its record)."""
     limit = PART_MAX_BYTES if max_bytes is None else max_bytes
     head, tail = _frame(_shard_header(repo, shard, webseeds, trackers, dht_nodes))
     part = bytearray(head)
     count = 0
-    for package in _package_json(records):
+    for text in packages:
+        package = text.encode("utf-8")
         if count and len(part) + 1 + len(package) + len(tail) > limit:
             part += tail
             done, part = part, bytearray(head)  # handed over, not copied: one part is alive at a time
@@ -235,6 +239,11 @@ def _canonical(value: Any) -> str:
     return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
 
+def package_json(record: PackageRecord) -> str:
+    """A record as a shard lists it: its canonical JSON."""
+    return _canonical(record.to_json())
+
+
 def _package_json(records: Iterable[PackageRecord]) -> Iterator[bytes]:
     """Each record's canonical JSON (UTF-8), checking that the paths strictly increase."""
     previous: str | None = None
@@ -244,7 +253,7 @@ def _package_json(records: Iterable[PackageRecord]) -> Iterator[bytes]:
                 raise SnapshotError(f"{record.path}: listed twice in the snapshot: remove the duplicate entry")
             raise SnapshotError(f"{record.path}: comes after {previous}: pass the records sorted by path")
         previous = record.path
-        yield _canonical(record.to_json()).encode("utf-8")
+        yield package_json(record).encode("utf-8")
 
 
 def _compress(chunks: Iterable[bytes | bytearray], size: int) -> bytes:

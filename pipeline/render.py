@@ -40,7 +40,7 @@ import jinja2
 from jinja2.runtime import Context
 
 from pipeline.errors import ConfigError, SnapshotError
-from pipeline.index import INDEX_FORMAT, POINTER_FORMAT
+from pipeline.index import INDEX_FORMAT, POINTER_FORMAT, package_json
 from pipeline.model import Artifact, MirrorStatus, PackageRecord, Pointer, ShardRef
 from pipeline.objects import (
     APT_METHOD_KEY,
@@ -62,6 +62,8 @@ from pipeline.objects import (
     make_artifact,
     mirror_list_key,
 )
+from pipeline.records import page_digest
+from pipeline.scratch import FixedColumn
 from pipeline.shards import TOP as SHARD_TOP
 from pipeline.snapshot import format_info
 from pipeline.strcolumn import SortedColumn, StringColumn
@@ -235,6 +237,9 @@ class ListingInput:
     mirrors: tuple[MirrorStatus, ...] = ()  # this run's probe results; none: no mirror listings
     # Per file, the mirrors verified to hold it (the torrent's url-list); None: every webseed for every file.
     webseeds_for: Callable[[str], Sequence[str]] | None = field(default=None, compare=False)
+    # With a PackageRecords: each record's `pipeline.records.page_digest` by row, made once by the build. A
+    # browse page is then told unchanged from these, and its records made only when it is rendered.
+    page_digests: FixedColumn | None = field(default=None, compare=False)
     dht_nodes: tuple[str, ...] = ()  # DHT bootstrap nodes HOST:PORT (the recipes' --dht-entry-point)
     suites: tuple[str, ...] = ()  # Debian suites / Arch repositories of the snapshot
     components: tuple[str, ...] = ()  # Debian components (sources.list lines; `main` when empty)
@@ -1044,22 +1049,32 @@ def templates_digest(templates_dir: Path | None) -> str:
 
 
 def _browse_inputs(templates: str, context: Mapping[str, Any], directory: str, subdirs: Sequence[str],
-                   packages: Sequence[PackageRecord]) -> str:  # fmt: skip
+                   packages: Iterable[tuple[str, bytes]]) -> str:  # fmt: skip
+    """The digest of what a browse page shows; `packages`: (path, `page_digest`) of each."""
     webseeds_for = context["webseeds_for"]
-    rows = [
-        (r.path, r.size, r.sha256, r.infohash, r.piece_size, r.torrent, r.metalink, r.magnet, r.name, r.version,
-         r.arch, None if r.signature is None else (r.signature.path, r.signature.size, r.signature.sha256),
-         r.description, None if webseeds_for is None else list(webseeds_for(r.path)))
-        for r in packages
-    ]  # fmt: skip
+    rows = [(digest.hex(), None if webseeds_for is None else list(webseeds_for(path))) for path, digest in packages]
     fixed = {key: context[key] for key in BROWSE_CONTEXT if key != "webseeds_for"}
     document = [templates, fixed, directory, list(subdirs), rows]
     return hashlib.sha256(json.dumps(document, ensure_ascii=False, default=list).encode("utf-8")).hexdigest()
 
 
+def _page_packages(
+    records: Sequence[PackageRecord], rows: Sequence[int], page_digests: FixedColumn | None
+) -> Iterator[tuple[str, bytes]]:
+    """(path, `page_digest`) of the records at `rows`: read, not made, when the build kept them."""
+    if page_digests is not None and isinstance(records, PackageRecords):
+        paths = records.files.paths
+        for row in rows:
+            yield paths[row], page_digests[row]
+        return
+    for row in rows:
+        record = records[row]
+        yield record.path, page_digest(package_json(record), record.description)
+
+
 def iter_pages(listing: ListingInput, unchanged: Callable[[str, str], bool] | None = None) -> Iterator[Page]:
-    """Every listing object as a Page; with `unchanged`, a browse page it vouches for is not rendered. Each
-    record is made once, for its directory's page (and checked there), whatever the page's fate."""
+    """Every listing object as a Page; with `unchanged`, a browse page it vouches for is not rendered. A
+    page's records are made (and checked) when it is rendered, once."""
     checked = _checked(listing, records=False)
     env = make_environment(listing.templates_dir)
     where = listing.templates_dir
@@ -1116,15 +1131,17 @@ def iter_pages(listing: ListingInput, unchanged: Callable[[str, str], bool] | No
     for number, directory in enumerate(tree.dirs):
         key = browse_key(directory)
         subdirs = tree.subdirs(number)
-        packages = [records[row] for row in tree.rows(number)]
-        for record in packages:
-            _check_record(record)
+        rows = tree.rows(number)
         inputs = None
         if unchanged is not None:
-            inputs = _browse_inputs(templates, browse_common, directory, subdirs, packages)
+            shown = _page_packages(records, rows, listing.page_digests)
+            inputs = _browse_inputs(templates, browse_common, directory, subdirs, shown)
             if unchanged(key, inputs):
                 yield Page(key, inputs, None)
                 continue
+        packages = [records[row] for row in rows]
+        for record in packages:
+            _check_record(record)
         page = {
             **browse_common,
             "page_key": key,

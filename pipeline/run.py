@@ -87,15 +87,17 @@ from pipeline.publish import (
     publish,
     read_destination,
 )
+from pipeline.records import BuiltRecords, build_records
 from pipeline.report import RunReport
 from pipeline.scratch import own_scratch
 from pipeline.sequences import sorted_by_key
-from pipeline.shards import Fingerprints, PublishedFingerprints, members, record_fingerprints, shard_rows, shards_of
+from pipeline.shards import Fingerprints, PublishedFingerprints, shards_of
 from pipeline.signing import Signer, verify_signed_message
 from pipeline.snapshot import ScanSpec, recheck_snapshot, scan_snapshot, snapshot_mark
 from pipeline.spool import Spool, SpoolRefs
 from pipeline.state import PIECES_BATCH, CachedFile, KnownScan, StateCache, StateRow
 from pipeline.storage import Storage, open_storage
+from pipeline.strcolumn import StringColumn
 from pipeline.torrents import (
     BuildSpec,
     PackageRecords,
@@ -359,9 +361,7 @@ def build_index_objects(
     sequence: int,
     generated: datetime,
     expires: datetime,
-    records: Sequence[PackageRecord],
-    files: Sequence[FileEntry],
-    snapshot_format: str,
+    shard_json: Mapping[str, StringColumn],
     previous: Callable[[str, int], ShardRef | None] = lambda name, part: None,
     previous_json: Callable[[ShardRef], bytes | None] = lambda shard: None,
 ) -> IndexObjects:
@@ -371,17 +371,16 @@ def build_index_objects(
     from it; and the pointer naming them. One part's JSON is in memory at a time; every object goes to
     `spool` as it is made.
 
-    `records` and `files` (the entries they were built from) are in the same order, sorted by path.
+    `shard_json`: each shard's records as `pipeline.index.package_json`, in path order, by name (sorted).
     """
     webseeds = [m.url for m in settings.all_mirrors]
     shards_url = join_url(public_url, "index/shards") + "/"
     shards: list[ShardRef] = []
     artifacts = array("q")  # spool entry numbers
-    paths = files.paths if isinstance(files, FileTable) else [entry.path for entry in files]
-    for name, rows in shard_rows(files, snapshot_format).items():
+    for name, column in shard_json.items():
         parts = shard_parts(
             repo=settings.repo, shard=name, webseeds=webseeds, trackers=settings.trackers,
-            records=members(records, paths, rows), dht_nodes=settings.dht_nodes,
+            packages=column, dht_nodes=settings.dht_nodes,
         )  # fmt: skip
         for part, (packages, new_json) in enumerate(parts):
             encoded = encode_json(new_json)
@@ -564,7 +563,8 @@ def _release(settings: Settings, spool: Spool, progress: Progress, now: Callable
 
         with clock.stage("build"):
             records = PackageRecords(digested.files, digested.known, spec)  # each made when read
-            fingerprints = record_fingerprints(records, records.files, snapshot.format)
+            built = build_records(records, records.files, snapshot.format)
+            fingerprints = built.fingerprints
             _settle()
         current = None
         if destination.current is not None and not facts.lost_index and decision is None:
@@ -587,10 +587,10 @@ def _release(settings: Settings, spool: Spool, progress: Progress, now: Callable
                 settings, spool, state, spec, records, fingerprints, current, facts, destination, mirrors.statuses
             )
         with clock.stage("sign"):
-            signed = _sign(settings, run, spool, records, snapshot, decision, destination)
+            signed = _sign(settings, run, spool, built, snapshot, decision, destination)
             content += signed.keys
         with clock.stage("render"):
-            pages = _render(settings, run, spool, snapshot, records, mirrors, signed.pointer, destination, memo)
+            pages = _render(settings, run, spool, snapshot, records, built, mirrors, signed.pointer, destination, memo)
         # before the pointer: the tracker knows the new torrents by the time clients see them
         _tracker_whitelist(settings, signed.pointer, digested.infohashes())
         publication = Publication(
@@ -606,7 +606,7 @@ def _release(settings: Settings, spool: Spool, progress: Progress, now: Callable
         )
         # Publishing needs only the spooled objects, the keys and the files' paths (what is referenced): drop
         # the other per-file values first so that the upload plan and manifest reuse their memory.
-        del records, fingerprints, snapshot, current, digested
+        del records, built, fingerprints, snapshot, current, digested
         last_audit = state.last_audit(run.storage.url)
         if not settings.dry_run:
             # while this run writes, no audit is remembered: one killed midway leaves the next run an audit, which
@@ -942,7 +942,7 @@ def _sign(
     settings: Settings,
     run: _Run,
     spool: Spool,
-    records: Sequence[PackageRecord],
+    built: BuiltRecords,
     snapshot: Snapshot,
     decision: Decision,
     destination: DestinationState,
@@ -967,9 +967,7 @@ def _sign(
                 sequence=decision.sequence,
                 generated=run.started,
                 expires=run.expires,
-                records=records,
-                files=snapshot.files,
-                snapshot_format=snapshot.format,
+                shard_json=built.shards,
                 previous=lambda name, part: shard_named(destination.pointer, name, part),
                 previous_json=lambda shard: previous_shard_json(run.storage, shard),
             )
@@ -1009,7 +1007,8 @@ def _render(
     run: _Run,
     spool: Spool,
     snapshot: Snapshot,
-    records: Sequence[PackageRecord],
+    records: PackageRecords,
+    built: BuiltRecords,
     mirrors: MirrorReport,
     pointer: Pointer,
     destination: DestinationState,
@@ -1026,6 +1025,7 @@ def _render(
         pointer=pointer,
         fingerprint=run.key.fingerprint,
         records=records,
+        page_digests=built.page_digests,
         webseeds=_webseeds_now(mirrors, run.spec.webseeds),
         webseeds_for=mirrors.webseeds_for if settings.all_mirrors else None,
         templates_dir=settings.templates_dir,

@@ -12,7 +12,7 @@ from array import array
 from collections.abc import ItemsView, Iterable, Iterator, Mapping, Sequence
 
 from pipeline.filetable import FileTable
-from pipeline.model import FileEntry, PackageRecord
+from pipeline.model import FileEntry
 
 TOP = "."  # the flat shard of the files at the top of the tree (no directory is named ".")
 
@@ -34,7 +34,7 @@ def _shards(path: str, found: tuple[str, ...], snapshot_format: str) -> tuple[st
     return (head,) if slash and rest else (TOP,)
 
 
-def _shards_by_row(files: Sequence[FileEntry], snapshot_format: str) -> Iterator[tuple[str, ...]]:
+def shards_by_row(files: Sequence[FileEntry], snapshot_format: str) -> Iterator[tuple[str, ...]]:
     """`shards_of` every file, in order; of a FileTable, without making its entries."""
     if isinstance(files, FileTable):
         paths = files.paths
@@ -46,41 +46,6 @@ def debian_shard(suite: str, component: str, index_arch: str, package_arch: str 
     """The Debian shard of a package listed in `dists/<suite>/<component>/binary-<index_arch>/Packages`."""
     arch = "all" if package_arch == "all" else index_arch
     return f"{suite}/{component}/{arch}"
-
-
-def shard_rows(files: Sequence[FileEntry], snapshot_format: str) -> dict[str, array[int]]:
-    """Shard name -> the rows of `files` it lists (ascending: in path order when `files` is sorted), names
-    sorted. Rows, not records: the caller makes a shard's records as it writes the shard."""
-    shards: dict[str, array[int]] = {}
-    for row, names in enumerate(_shards_by_row(files, snapshot_format)):
-        for name in names:
-            rows = shards.get(name)
-            if rows is None:
-                rows = shards[name] = array("l")
-            rows.append(row)
-    return {name: shards[name] for name in sorted(shards)}
-
-
-def members(records: Sequence[PackageRecord], paths: Sequence[str], rows: Iterable[int]) -> Iterator[PackageRecord]:
-    """The records at `rows`, each checked to be that of the file of the same row (`paths`)."""
-    if len(records) != len(paths):
-        raise ValueError(f"{len(records)} records for {len(paths)} files")
-    for row in rows:
-        record = records[row]
-        if record.path != paths[row]:
-            raise ValueError(f"{record.path}: the record of another file than {paths[row]}")
-        yield record
-
-
-def record_fingerprints(
-    records: Sequence[PackageRecord], files: Sequence[FileEntry], snapshot_format: str
-) -> Mapping[str, int]:
-    """path -> hash of (record, the shards listing it): what two publications are compared by. By row of
-    `files` when it is a FileTable (a dict costs ~100 bytes a file)."""
-    pairs = zip(records, _shards_by_row(files, snapshot_format), strict=True)
-    if isinstance(files, FileTable):
-        return Fingerprints(files, array("q", (fingerprint(hash(record), names) for record, names in pairs)))
-    return {record.path: fingerprint(hash(record), names) for record, names in pairs}
 
 
 class Fingerprints(Mapping[str, int]):

@@ -75,12 +75,7 @@ class StringColumn:
         if cached is not None:
             self._recent = (block, cached)
             return cached
-        odd = self._odd.get(block)
-        items = (
-            odd
-            if odd is not None
-            else tuple(zlib.decompress(self._blocks[block]).decode("utf-8", "surrogatepass").split(_SEP))
-        )
+        items = self._decoded(block)
         if len(self._cache) >= _CACHED:
             try:
                 del self._cache[next(iter(self._cache))]
@@ -90,9 +85,16 @@ class StringColumn:
         self._recent = (block, items)
         return items
 
+    def _decoded(self, block: int) -> tuple[str, ...]:
+        odd = self._odd.get(block)
+        if odd is not None:
+            return odd
+        return tuple(zlib.decompress(self._blocks[block]).decode("utf-8", "surrogatepass").split(_SEP))
+
     def __iter__(self) -> Iterator[str]:
+        """Every string in order, each block decoded once and not kept (a reader in order needs no cache)."""
         for block in range(len(self._blocks)):
-            yield from self._block(block)
+            yield from self._decoded(block)
         yield from list(self._open)
 
 

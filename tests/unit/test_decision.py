@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -14,7 +15,7 @@ from pipeline.errors import PipelineError
 from pipeline.index import MAX_SEQUENCE, rfc3339
 from pipeline.model import FileEntry, PackageRecord, Pointer, ShardRef
 from pipeline.objects import shard_key, shard_torrent_key
-from pipeline.shards import record_fingerprints
+from pipeline.shards import fingerprint, shards_of
 
 NOW = datetime(2026, 3, 1, 12, 0, 0, tzinfo=UTC)
 CURRENT = Facts(current_sequence=7, highest_sequence=7, unchanged=True)
@@ -83,6 +84,12 @@ def files(records: tuple[PackageRecord, ...], shards: dict[str, tuple[str, ...]]
     )
 
 
+def fingerprints(records: Sequence[PackageRecord], entries: Sequence[FileEntry]) -> dict[str, int]:
+    """path -> fingerprint, as the build makes them (pipeline.records.build_records)."""
+    pairs = zip(records, entries, strict=True)
+    return {record.path: fingerprint(hash(record), shards_of(entry, "debian")) for record, entry in pairs}
+
+
 def compare(**changes: Any) -> bool:
     args: dict[str, Any] = {
         "current_records": RECORDS,
@@ -97,8 +104,8 @@ def compare(**changes: Any) -> bool:
     args.update(changes)
     current, current_shards = args.pop("current_records"), args.pop("current_shards")
     records, shards = args.pop("records"), args.pop("shards")
-    args["current_fingerprints"] = record_fingerprints(current, files(current, current_shards), "debian")
-    args["fingerprints"] = record_fingerprints(records, files(records, shards), "debian")
+    args["current_fingerprints"] = fingerprints(current, files(current, current_shards))
+    args["fingerprints"] = fingerprints(records, files(records, shards))
     return same_content(**args)
 
 

@@ -42,6 +42,7 @@ from pipeline.index import (
     encode_pointer,
     iter_index,
     make_delta,
+    package_json,
     parse_rfc3339,
     rfc3339,
     shard_document,
@@ -349,7 +350,7 @@ def test_shard_parts_hold_one_part_at_a_time() -> None:
     tracemalloc.start()
     try:
         sizes = []
-        for _, text in shard_parts(**header_args(), records=records, max_bytes=limit):
+        for _, text in shard_parts(**header_args(), packages=map(package_json, records), max_bytes=limit):
             sizes.append(len(text))
             del text  # as the publisher does: a part is not kept while the next is made
         peak = tracemalloc.get_traced_memory()[1]
@@ -988,9 +989,11 @@ def test_a_shard_in_parts_round_trips_and_each_part_is_a_whole_shard_document() 
 
     records = tuple(record(f"pool/p{n:04d}.deb", name=f"p{n}", version="1") for n in range(300))
     whole = shard_json(**header_args(), records=records)
-    assert list(shard_parts(**header_args(), records=records)) == [(300, whole)]  # fits: one part, the same JSON
+    assert list(shard_parts(**header_args(), packages=map(package_json, records))) == [
+        (300, whole)
+    ]  # fits: one part, the same JSON
     limit = len(whole) // 4
-    parts = list(shard_parts(**header_args(), records=records, max_bytes=limit))
+    parts = list(shard_parts(**header_args(), packages=map(package_json, records), max_bytes=limit))
     assert len(parts) >= 4 and sum(count for count, _ in parts) == 300
     assert all(len(text) <= limit for _, text in parts)
     docs = [json.loads(text) for _, text in parts]
@@ -1000,9 +1003,9 @@ def test_a_shard_in_parts_round_trips_and_each_part_is_a_whole_shard_document() 
     assert [p["path"] for d in docs for p in d["packages"]] == [r.path for r in records]  # in order, once each
     assert [count for count, _ in parts] == [len(d["packages"]) for d in docs]
     # a record larger than a part is a part of its own
-    big = list(shard_parts(**header_args(), records=records[:3], max_bytes=10))
+    big = list(shard_parts(**header_args(), packages=map(package_json, records[:3]), max_bytes=10))
     assert [count for count, _ in big] == [1, 1, 1]
-    assert list(shard_parts(**header_args(), records=())) == [(0, shard_json(**header_args(), records=()))]
+    assert list(shard_parts(**header_args(), packages=())) == [(0, shard_json(**header_args(), records=()))]
 
 
 def test_a_pointer_of_format_2_is_read_as_outdated_shards_of_part_0() -> None:
