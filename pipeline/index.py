@@ -141,10 +141,12 @@ def encode_document(doc: dict[str, Any]) -> EncodedIndex:
     return encode_json(_canonical(doc).encode("utf-8"))
 
 
-def encode_json(raw: bytes | bytearray) -> EncodedIndex:
-    """A shard's JSON (`shard_json`, or a part of it from `shard_parts`) compressed: the published bytes."""
+def encode_json(raw: bytes | bytearray, raw_sha256: str | None = None) -> EncodedIndex:
+    """A shard's JSON (`shard_json`, or a part of it from `shard_parts`) compressed: the published bytes.
+    `raw_sha256`: the JSON's SHA-256, when the caller has it."""
     data = _compress([raw], len(raw))
-    return EncodedIndex(data, hashlib.sha256(data).hexdigest(), len(data), len(raw), hashlib.sha256(raw).hexdigest())
+    raw_sha256 = raw_sha256 or hashlib.sha256(raw).hexdigest()
+    return EncodedIndex(data, hashlib.sha256(data).hexdigest(), len(data), len(raw), raw_sha256)
 
 
 def _frame(header: dict[str, Any]) -> tuple[bytes, bytes]:

@@ -21,6 +21,7 @@ import logging
 import time
 from array import array
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
@@ -377,51 +378,58 @@ def build_index_objects(
     shards_url = join_url(public_url, "index/shards") + "/"
     shards: list[ShardRef] = []
     artifacts = array("q")  # spool entry numbers
-    for name, column in shard_json.items():
-        parts = shard_parts(
-            repo=settings.repo, shard=name, webseeds=webseeds, trackers=settings.trackers,
-            packages=column, dht_nodes=settings.dht_nodes,
-        )  # fmt: skip
-        for part, (packages, new_json) in enumerate(parts):
-            encoded = encode_json(new_json)
-            key = shard_key(encoded.sha256)
-            piece_size = piece_size_for(encoded.size)
-            torrent, infohash = build_torrent(
-                name=key.rpartition("/")[2],
-                files=None,
-                length=encoded.size,
-                piece_size=piece_size,
-                pieces=hash_pieces_of_bytes([encoded.data], piece_size),
-                webseeds=[shards_url],
-                trackers=settings.trackers,
-                nodes=settings.dht_node_pairs,
-            )
-            torrent_object = make_artifact(shard_torrent_key(_sha256(torrent)), torrent)
-            artifacts.append(spool.put(make_artifact(key, encoded.data)))
-            artifacts.append(spool.put(torrent_object))
-            delta = None
-            before = previous(name, part)
-            if before is not None and before.uncompressed_sha256 != encoded.uncompressed_sha256:
-                made = _delta(before, previous_json(before), new_json, encoded.sha256)
-                if made is not None:
-                    delta, delta_object = made
-                    artifacts.append(spool.put(delta_object))
-            del new_json  # up to PART_MAX_BYTES of JSON: not kept to the next part
-            shards.append(
-                ShardRef(
-                    name=name,
-                    part=part,
-                    path=key,
-                    size=encoded.size,
-                    sha256=encoded.sha256,
-                    uncompressed_size=encoded.uncompressed_size,
-                    uncompressed_sha256=encoded.uncompressed_sha256,
-                    packages=packages,
-                    torrent=torrent_object.key,
-                    infohash=infohash,
-                    delta=delta,
+    # the previous part a delta is made from is read (fetched, decompressed, checked) in another thread while the
+    # new part is compressed and hashed: zstd and hashlib let other threads run meanwhile
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="mirrorseed-delta-base") as reader:
+        for name, column in shard_json.items():
+            parts = shard_parts(
+                repo=settings.repo, shard=name, webseeds=webseeds, trackers=settings.trackers,
+                packages=column, dht_nodes=settings.dht_nodes,
+            )  # fmt: skip
+            for part, (packages, new_json) in enumerate(parts):
+                raw_sha256 = hashlib.sha256(new_json).hexdigest()
+                before = previous(name, part)
+                base = None
+                if before is not None and before.uncompressed_sha256 != raw_sha256:
+                    base = reader.submit(previous_json, before)
+                encoded = encode_json(new_json, raw_sha256)
+                key = shard_key(encoded.sha256)
+                piece_size = piece_size_for(encoded.size)
+                torrent, infohash = build_torrent(
+                    name=key.rpartition("/")[2],
+                    files=None,
+                    length=encoded.size,
+                    piece_size=piece_size,
+                    pieces=hash_pieces_of_bytes([encoded.data], piece_size),
+                    webseeds=[shards_url],
+                    trackers=settings.trackers,
+                    nodes=settings.dht_node_pairs,
                 )
-            )
+                torrent_object = make_artifact(shard_torrent_key(_sha256(torrent)), torrent)
+                artifacts.append(spool.put(make_artifact(key, encoded.data)))
+                artifacts.append(spool.put(torrent_object))
+                delta = None
+                if base is not None and before is not None:
+                    made = _delta(before, base.result(), new_json, encoded.sha256)
+                    if made is not None:
+                        delta, delta_object = made
+                        artifacts.append(spool.put(delta_object))
+                del new_json  # up to PART_MAX_BYTES of JSON: not kept to the next part
+                shards.append(
+                    ShardRef(
+                        name=name,
+                        part=part,
+                        path=key,
+                        size=encoded.size,
+                        sha256=encoded.sha256,
+                        uncompressed_size=encoded.uncompressed_size,
+                        uncompressed_sha256=encoded.uncompressed_sha256,
+                        packages=packages,
+                        torrent=torrent_object.key,
+                        infohash=infohash,
+                        delta=delta,
+                    )
+                )
     pointer = Pointer(settings.repo, sequence, rfc3339(generated), rfc3339(expires), tuple(shards))
     return IndexObjects(pointer, spool.refs(artifacts))
 
