@@ -91,14 +91,22 @@ def test_two_lan_peers_find_each_other_by_lpd_alone(
     # the recipe's aria2 options and its LPD default (MIRRORSEED_LPD unset: --bt-enable-lpd=true)
     fetch = [*aria2_flags(()), "--bt-enable-lpd=true", *quiet, "--summary-interval=0", "-d", str(user), str(torrent)]
     seed = ["--bt-enable-lpd=true", *quiet, "-V", "--seed-ratio=0.0", "-d", str(snap / "dir1"), str(torrent)]
-    seeder = subprocess.Popen(in_namespace(lan[0], "aria2c", *seed), stdout=subprocess.DEVNULL, text=True)
+    # The fetcher starts first, so the seeder's first announce reaches a peer that listens and connects out.
+    # Started the other way round, discovery rested on the seeder connecting to the fetcher it heard, and
+    # once in dozens of runs the fetcher found no peer within its --bt-stop-timeout.
+    fetcher = subprocess.Popen(
+        in_namespace(lan[1], "aria2c", *fetch), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    seeder: subprocess.Popen[str] | None = None
     try:
         time.sleep(1)
-        fetched = subprocess.run(
-            in_namespace(lan[1], "aria2c", *fetch), capture_output=True, text=True, timeout=FETCH_TIMEOUT, check=False
-        )
+        seeder = subprocess.Popen(in_namespace(lan[0], "aria2c", *seed), stdout=subprocess.DEVNULL, text=True)
+        output, _ = fetcher.communicate(timeout=FETCH_TIMEOUT)
         assert seeder.poll() is None, "the seeder exited early"
     finally:
-        stop(seeder)
-    assert fetched.returncode == 0, fetched.stdout[-2000:] + fetched.stderr[-2000:]
+        if fetcher.poll() is None:
+            stop(fetcher)
+        if seeder is not None:
+            stop(seeder)
+    assert fetcher.returncode == 0, output[-4000:]
     assert (user / "file-01.bin").read_bytes() == (snap / "dir1/file-01.bin").read_bytes()
