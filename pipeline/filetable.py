@@ -35,7 +35,6 @@ __all__ = ["FileTable", "FileTableBuilder", "KnownDigests"]
 _HEX = frozenset("0123456789abcdef")
 _OPTIONAL = ("name", "version", "arch", "description", "shards")
 _SHARDS = _OPTIONAL.index("shards")
-_DESCRIPTION = _OPTIONAL.index("description")
 _TEXTS = frozenset(("name", "version", "description"))  # a value a package: set aside on disk by row
 _SHARED = tuple(field for field in _OPTIONAL if field not in _TEXTS)  # a value shared by many files
 
@@ -309,11 +308,6 @@ class FileTable(ItemEquality, _Entries):
         """The shards the scan found listing the file at `row` (no FileEntry is made)."""
         shards: tuple[str, ...] = self._shared[_SHARDS].get(row)
         return shards
-
-    def description_at(self, row: int) -> str | None:
-        """The description of the file at `row` (no FileEntry is made)."""
-        description: str | None = self._shared[_DESCRIPTION].get(row)
-        return description
 
     def row_of(self, path: str) -> int | None:
         """The row of `path`, None when the table has no such file."""

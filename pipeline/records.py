@@ -46,11 +46,16 @@ class BuiltRecords:
 
 
 def build_records(records: Iterable[PackageRecord], files: FileTable, snapshot_format: str) -> BuiltRecords:
-    """Read `records` (those of `files`' rows, in order) once: their fingerprints, shard JSON and page digests."""
+    """Read `records` (those of `files`' rows, in order) once: their fingerprints, shard JSON and page digests.
+    ValueError when they are not as many, or a record is that of another file than its row's."""
     values = array("q")
     shards: dict[str, StringColumn] = {}
     digests = FixedColumn(PAGE_DIGEST_BYTES)
-    for record, names in zip(records, shards_by_row(files, snapshot_format), strict=True):
+    paths = files.paths
+    pairs = zip(records, shards_by_row(files, snapshot_format), strict=True)
+    for row, (record, names) in enumerate(pairs):
+        if record.path != paths[row]:
+            raise ValueError(f"{record.path}: the record of another file than {paths[row]}")
         text = package_json(record)
         for name in names:
             column = shards.get(name)

@@ -248,7 +248,7 @@ def published_records(storage: Storage, pointer: Pointer) -> tuple[PackageRecord
     return tuple(records[path] for path in sorted(records))
 
 
-def _sha256(data: bytes) -> str:
+def _sha256(data: bytes | bytearray) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
@@ -387,7 +387,7 @@ def build_index_objects(
                 packages=column, dht_nodes=settings.dht_nodes,
             )  # fmt: skip
             for part, (packages, new_json) in enumerate(parts):
-                raw_sha256 = hashlib.sha256(new_json).hexdigest()
+                raw_sha256 = _sha256(new_json)
                 before = previous(name, part)
                 base = None
                 if before is not None and before.uncompressed_sha256 != raw_sha256:

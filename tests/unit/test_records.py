@@ -29,6 +29,8 @@ def test_each_shard_column_is_the_json_its_shard_lists_and_each_row_has_its_page
 def test_records_and_files_must_pair_up() -> None:
     with pytest.raises(ValueError):
         build_records(RECORDS[:-1], file_table(FILES), "debian")
+    with pytest.raises(ValueError, match="the record of another file"):
+        build_records((RECORDS[1], RECORDS[0], *RECORDS[2:]), file_table(FILES), "debian")
 
 
 @pytest.mark.parametrize(
