@@ -4,7 +4,8 @@ A record costs ~20 µs to make (its magnet URI quotes every webseed URL), and a 
 ~2 shards: made for the fingerprints, again for each shard and again for its page, records took ~17 s of
 a 90 s 1%-changed run at 200,000 Debian files. The build makes each once and keeps, in the scratch file
 (`pipeline.scratch`):
-- its fingerprint (`pipeline.shards.fingerprint`: what two publications are compared by);
+- its fingerprint (`pipeline.shards.fingerprint`: what two publications are compared by, and what the state
+  cache remembers of the publication made from them: `pipeline.remembered`);
 - its JSON as the index lists it (`pipeline.index.package_json`), in the column of each shard listing it,
   so a shard is read back in order, its blocks decompressed once;
 - a digest of what its browse page shows of it (the JSON and the description), so a page is told
@@ -22,7 +23,7 @@ from pipeline.filetable import FileTable
 from pipeline.index import package_json
 from pipeline.model import PackageRecord
 from pipeline.scratch import FixedColumn
-from pipeline.shards import Fingerprints, fingerprint, shards_by_row
+from pipeline.shards import Fingerprints, fingerprint, record_hash, shards_by_row
 from pipeline.strcolumn import StringColumn
 
 PAGE_DIGEST_BYTES = 16
@@ -63,5 +64,5 @@ def build_records(records: Iterable[PackageRecord], files: FileTable, snapshot_f
                 column = shards[name] = StringColumn()
             column.append(text)
         digests.append(page_digest(text, record.description))
-        values.append(fingerprint(hash(record), names))
+        values.append(fingerprint(record_hash(text), names))
     return BuiltRecords(Fingerprints(files, values), {name: shards[name] for name in sorted(shards)}, digests)

@@ -28,6 +28,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from pipeline import remembered
 from pipeline.config import Settings, require_release_inputs, s3_config
 from pipeline.decision import Decision, Facts, decide, resign_due, same_content
 from pipeline.errors import ConfigError, PipelineError, StorageError
@@ -43,6 +44,7 @@ from pipeline.index import (
     encode_pointer,
     iter_index,
     make_delta,
+    package_json,
     rfc3339,
     shard_parts,
 )
@@ -92,7 +94,7 @@ from pipeline.records import BuiltRecords, build_records
 from pipeline.report import RunReport
 from pipeline.scratch import own_scratch
 from pipeline.sequences import sorted_by_key
-from pipeline.shards import Fingerprints, PublishedFingerprints, shards_of
+from pipeline.shards import Fingerprints, PublishedFingerprints, record_hash, shards_of
 from pipeline.signing import Signer, verify_signed_message
 from pipeline.snapshot import ScanSpec, recheck_snapshot, scan_snapshot, snapshot_mark
 from pipeline.spool import Spool, SpoolRefs
@@ -216,7 +218,7 @@ def read_index(storage: Storage, current: CurrentPointer, files: FileTable | Non
         try:
             for doc in index.packages():
                 record = PackageRecord.from_json(doc)
-                fingerprints.add(record.path, hash(record), shard.name)
+                fingerprints.add(record.path, record_hash(package_json(record)), shard.name)
         except (KeyError, TypeError, AttributeError) as exc:
             raise StorageError(f"{shard.path}: a package entry is malformed ({exc!r}); re-publish") from exc
         found = index.header
@@ -230,6 +232,37 @@ def read_index(storage: Storage, current: CurrentPointer, files: FileTable | Non
         fingerprints=fingerprints,
         header=header,
     )
+
+
+def _current_publication(
+    storage: Storage, state: StateCache, current: CurrentPointer, files: FileTable, *, audit: bool
+) -> CurrentPublication:
+    """What the current pointer's shards list: as the state cache remembered it when the run that published
+    (or verified) them kept it (`pipeline.remembered`), else (or in an audit) read from the shards."""
+    kept = None if audit else remembered.recall(state, current.pointer_sha256, files)
+    if kept is None:
+        return read_index(storage, current, files)
+    fingerprints, header = kept
+    return CurrentPublication(
+        pointer=current.pointer,
+        etag=current.etag,
+        pointer_sha256=current.pointer_sha256,
+        fingerprints=fingerprints,
+        header=header,
+    )
+
+
+def _remember_fingerprints(settings: Settings, state: StateCache, pointer_sha256: str, built: BuiltRecords) -> None:
+    """Keep what the publication named by the `latest.asc` of SHA-256 `pointer_sha256` lists: `built`."""
+    header = None
+    if built.shards:
+        header = remembered.shard_header(_shard_webseeds(settings), settings.trackers, settings.dht_nodes)
+    remembered.remember(state, pointer_sha256, header, built.fingerprints)
+
+
+def _shard_webseeds(settings: Settings) -> list[str]:
+    """The webseeds every shard's header lists."""
+    return [m.url for m in settings.all_mirrors]
 
 
 def read_current(storage: Storage, *, repo: str, keyring: Path, fingerprint: str) -> CurrentPublication | None:
@@ -374,7 +407,7 @@ def build_index_objects(
 
     `shard_json`: each shard's records as `pipeline.index.package_json`, in path order, by name (sorted).
     """
-    webseeds = [m.url for m in settings.all_mirrors]
+    webseeds = _shard_webseeds(settings)
     shards_url = join_url(public_url, "index/shards") + "/"
     shards: list[ShardRef] = []
     artifacts = array("q")  # spool entry numbers
@@ -577,7 +610,7 @@ def _release(settings: Settings, spool: Spool, progress: Progress, now: Callable
         current = None
         if destination.current is not None and not facts.lost_index and decision is None:
             with clock.stage("read-current"):
-                current = read_index(run.storage, destination.current, records.files)
+                current = _current_publication(run.storage, state, destination.current, records.files, audit=audit)
             facts = replace(facts, unchanged=_same_content(current, fingerprints, settings))
             decision = decide(facts)
         assert decision is not None
@@ -586,6 +619,7 @@ def _release(settings: Settings, spool: Spool, progress: Progress, now: Callable
             assert destination.current is not None
             if not settings.dry_run:
                 state.remember_publication(destination.current.pointer.index_id, inputs)
+                _remember_fingerprints(settings, state, destination.current.pointer_sha256, built)
             _remember_audit(settings, state, run, destination)
             _tracker_whitelist(settings, destination.current.pointer, digested.infohashes())
             return _report(run, mirrors, destination.pointer, "noop", changes)
@@ -599,6 +633,10 @@ def _release(settings: Settings, spool: Spool, progress: Progress, now: Callable
             content += signed.keys
         with clock.stage("render"):
             pages = _render(settings, run, spool, snapshot, records, built, mirrors, signed.pointer, destination, memo)
+        if not settings.dry_run:
+            # before publishing, by the new pointer's SHA-256: if that publication never appears, it is never read
+            with clock.stage("build"):
+                _remember_fingerprints(settings, state, signed.pointer_sha256, built)
         # before the pointer: the tracker knows the new torrents by the time clients see them
         _tracker_whitelist(settings, signed.pointer, digested.infohashes())
         publication = Publication(

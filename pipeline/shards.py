@@ -7,6 +7,8 @@ top-level directory, or `.` for a file at the top.
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import itertools
 from array import array
 from collections.abc import ItemsView, Iterable, Iterator, Mapping, Sequence
@@ -101,10 +103,18 @@ class _Items(ItemsView[str, int]):
         return zip(mapping._files.paths, mapping._values, strict=True)
 
 
+def record_hash(record_json: str) -> int:
+    """A record's hash by its JSON as the shards list it (`pipeline.index.package_json`: equal records, description
+    aside, hash equal): the same in every process, so that a publication's fingerprints can be remembered by the
+    state cache (`pipeline.remembered`) and compared with those of a later run."""
+    digest = hashlib.blake2b(record_json.encode("utf-8", "surrogatepass"), digest_size=8).digest()
+    return int.from_bytes(digest, "little", signed=True)
+
+
 def fingerprint(record_hash: int, shards: Iterable[str]) -> int:
-    """The fingerprint of a record (by its `hash()`: equal records, description aside, hash equal) listed
-    in `shards`; the same whether built or read back from published shards (`PublishedFingerprints`, which
-    folds the names in as it meets them, in name order)."""
+    """The fingerprint of a record (by its `record_hash`) listed in `shards`; the same whether built or read
+    back from published shards (`PublishedFingerprints`, which folds the names in as it meets them, in name
+    order), and in every process."""
     chain = 0
     for name in sorted(shards):
         chain = _fold(chain, name)
@@ -112,8 +122,15 @@ def fingerprint(record_hash: int, shards: Iterable[str]) -> int:
 
 
 def _fold(chain: int, shard: str) -> int:
-    """The shard names met so far (`chain`) and one more."""
-    return hash((chain, shard))
+    """The shard names met so far (`chain`) and one more (a tuple of ints hashes alike in every process)."""
+    return hash((chain, _name_hash(shard)))
+
+
+@functools.lru_cache(maxsize=4096)
+def _name_hash(shard: str) -> int:
+    """A shard name's hash, the same in every process (a str's `hash()` is not): a handful of names, asked a
+    million times."""
+    return int.from_bytes(hashlib.blake2b(shard.encode("utf-8", "surrogatepass"), digest_size=8).digest(), "little")
 
 
 def _combine(record_hash: int, chain: int) -> int:
@@ -123,21 +140,45 @@ def _combine(record_hash: int, chain: int) -> int:
 
 class PublishedFingerprints(Mapping[str, int]):
     """path -> fingerprint of every record a publication's shards list, read back a shard at a time (`add`,
-    the shards in name order). The paths of `files` (the run's FileTable) are kept by row, 17 bytes a file
-    where a dict cost ~250; the others (files gone since) in a dict."""
+    the shards in name order), or as the state cache remembered them (`remembered`). The paths of `files` (the
+    run's FileTable) are kept by row, 17 bytes a file where a dict cost ~250; the others (files gone since) in
+    a dict."""
 
     __slots__ = ("_chains", "_files", "_listed", "_others", "_records")
 
     def __init__(self, files: FileTable | None = None) -> None:
         self._files = files
         count = len(files) if files is not None else 0
-        self._records = array("q", bytes(8 * count))  # the record's hash()
-        self._chains = array("q", bytes(8 * count))  # its shards' names, folded in as met
+        self._records = array("q", bytes(8 * count))  # the record's hash (remembered: the whole fingerprint)
+        self._chains: array[int] | None = array("q", bytes(8 * count))  # its shards' names, folded in as met
         self._listed = bytearray(count)
         self._others: dict[str, tuple[int, int]] = {}
 
+    @classmethod
+    def remembered(cls, files: FileTable, pairs: Iterable[tuple[str, int]]) -> PublishedFingerprints:
+        """The fingerprints (path, fingerprint), in strictly increasing path order, that a state cache kept of
+        a publication; merged with the paths of `files` in one pass. ValueError when they are out of order."""
+        made = cls(files)
+        made._chains = None  # `_records` holds whole fingerprints
+        paths, records, listed = files.paths, made._records, made._listed
+        count, row, previous = len(paths), 0, ""
+        for path, value in pairs:
+            if path <= previous:
+                raise ValueError(f"{path}: after {previous}")
+            previous = path
+            while row < count and paths[row] < path:
+                row += 1
+            if row < count and paths[row] == path:
+                records[row], listed[row] = value, 1
+                row += 1
+            else:
+                made._others[path] = (value, 0)
+        return made
+
     def add(self, path: str, record_hash: int, shard: str) -> None:
         """`shard` lists `path` with a record of this hash (a later one replaces an earlier one's hash)."""
+        if self._chains is None:
+            raise TypeError("remembered fingerprints are read, not added to")
         row = self._files.row_of(path) if self._files is not None else None
         if row is None:
             chain = self._others.get(path, (0, 0))[1]
@@ -147,12 +188,15 @@ class PublishedFingerprints(Mapping[str, int]):
         self._chains[row] = _fold(self._chains[row], shard)
         self._listed[row] = 1
 
+    def _value(self, record: int, chain: int) -> int:
+        return record if self._chains is None else _combine(record, chain)
+
     def __getitem__(self, path: str) -> int:
         row = self._files.row_of(path) if self._files is not None else None
         if row is not None and self._listed[row]:
-            return _combine(self._records[row], self._chains[row])
+            return self._value(self._records[row], self._chains[row] if self._chains is not None else 0)
         if row is None and path in self._others:
-            return _combine(*self._others[path])
+            return self._value(*self._others[path])
         raise KeyError(path)
 
     def __iter__(self) -> Iterator[str]:
@@ -169,6 +213,9 @@ class PublishedFingerprints(Mapping[str, int]):
         if not isinstance(after, Fingerprints) or after._files is not self._files:
             return None
         values, records, chains = after._values, self._records, self._chains
+        if chains is None:
+            listed = self._listed
+            return array("l", (row for row, known in enumerate(listed) if not known or records[row] != values[row]))
         return array(
             "l",
             (

@@ -88,6 +88,10 @@ _TABLES = {
         "CREATE TABLE listings (name TEXT PRIMARY KEY, digest TEXT NOT NULL, value BLOB NOT NULL)",
         ("name", "digest", "value"),
     ),
+    "publication_files": (
+        "CREATE TABLE publication_files (path TEXT PRIMARY KEY, fingerprint INTEGER NOT NULL) WITHOUT ROWID",
+        ("path", "fingerprint"),
+    ),
     "mirror_health": (
         "CREATE TABLE mirror_health (\n"
         "    mirror TEXT PRIMARY KEY,\n"
@@ -409,6 +413,37 @@ class StateCache:
                 "DELETE FROM publications WHERE seen <= (SELECT MAX(seen) FROM publications) - ?",
                 (KEPT_PUBLICATIONS,),
             )
+
+    def published_files(self, pointer_sha256: str, recipe: str) -> tuple[Any, Iterator[tuple[str, int]]] | None:
+        """What `remember_published_files` kept of the publication whose `latest.asc` has SHA-256 `pointer_sha256`
+        with fingerprints of this `recipe`: its `about` and its (path, fingerprint) rows in path order, streamed
+        (the caller reads them to the end); None when the cache holds another publication's, or none."""
+        row = self._db.execute("SELECT value FROM meta WHERE key = 'publication_files'").fetchone()
+        try:
+            kept = json.loads(row[0]) if row is not None else None
+        except ValueError:
+            return None
+        if not isinstance(kept, dict) or kept.get("pointer_sha256") != pointer_sha256 or kept.get("recipe") != recipe:
+            return None
+        return kept.get("about"), self._published_rows()
+
+    def _published_rows(self) -> Iterator[tuple[str, int]]:
+        with closing(self._db.execute("SELECT path, fingerprint FROM publication_files ORDER BY path")) as cursor:
+            for path, value in cursor:
+                yield str(path), int(value)
+
+    def remember_published_files(
+        self, pointer_sha256: str, recipe: str, about: Any, rows: Iterable[tuple[str, int]]
+    ) -> None:
+        """Keep (path, fingerprint) of every file the publication whose `latest.asc` has SHA-256 `pointer_sha256`
+        lists, and `about` it (JSON), replacing the last publication's: a later run reads them instead of
+        every shard (`pipeline.remembered`)."""
+        about_json = json.dumps({"pointer_sha256": pointer_sha256, "recipe": recipe, "about": about})
+        with self._transaction():
+            self._db.execute("DELETE FROM meta WHERE key = 'publication_files'")
+            self._db.execute("DELETE FROM publication_files")
+            self._db.executemany("INSERT INTO publication_files VALUES (?, ?)", rows)
+            self._db.execute("INSERT INTO meta VALUES ('publication_files', ?)", (about_json,))
 
     def highest_sequence(self) -> int:
         """The highest sequence of a pointer this publisher committed for the repo (0: none remembered)."""

@@ -5,9 +5,11 @@ from __future__ import annotations
 import json
 import logging
 import os
+import sqlite3
 import subprocess
 import sys
 import textwrap
+from contextlib import closing
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -212,6 +214,50 @@ def test_no_change_run_trusts_the_state_memo_only_for_the_index_the_pointer_name
     report = release(settings(snap, dest, signing_key, state))
     assert report.action == "publish" and report.removed == ("dir0/extra.bin",)
     assert decoded == [1, 2]  # the first: the other state's run
+
+
+def test_a_changed_run_tells_the_changes_from_what_the_state_kept_of_the_publication_not_the_shards(
+    signing_key: SigningKey, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    snap, dest, state = tmp_path / "snap", tmp_path / "dest", tmp_path / "state.sqlite"
+    make_flat(snap)
+    release(settings(snap, dest, signing_key, state))
+    # the same publication made again, by a state that then loses what it kept of it: that one reads the shards
+    release(settings(snap, tmp_path / "dest2", signing_key, tmp_path / "state2.sqlite"))
+    with closing(sqlite3.connect(tmp_path / "state2.sqlite")) as db, db:
+        db.execute("DELETE FROM meta WHERE key = 'publication_files'")
+    (snap / "dir1" / "file-04.bin").write_bytes(b"changed" * 7000)
+    (snap / "dir2" / "new.bin").write_bytes(b"new" * 999)
+    (snap / "dir0" / "file-00.bin").unlink()
+    decoded: list[int] = []
+    real_read_index = pipeline.run.read_index
+
+    def spy(storage: object, current: pipeline.run.CurrentPointer, files: object = None) -> object:
+        decoded.append(current.pointer.sequence)
+        return real_read_index(storage, current, files)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(pipeline.run, "read_index", spy)
+    report = release(settings(snap, dest, signing_key, state))
+    assert decoded == []  # the first run kept every path's fingerprint, under its latest.asc's SHA-256
+    assert (report.action, list(report.new), report.changed, report.removed) == (
+        "publish",
+        ["dir2/new.bin"],
+        ("dir1/file-04.bin",),
+        ("dir0/file-00.bin",),
+    )
+    other = release(settings(snap, tmp_path / "dest2", signing_key, tmp_path / "state2.sqlite"))
+    assert decoded == [1]
+    assert (list(other.new), other.changed, other.removed, other.unchanged) == (
+        list(report.new),
+        report.changed,
+        report.removed,
+        report.unchanged,
+    )
+    assert sorted(other.planned_keys) == sorted(report.planned_keys)  # the same shards, torrents and pages
+    # an audit reads the shards, whatever the state kept
+    (snap / "dir1" / "file-04.bin").write_bytes(b"again" * 7000)
+    audited = release(replace(settings(snap, dest, signing_key, state), audit=True))
+    assert decoded == [1, 2] and audited.changed == ("dir1/file-04.bin",)
 
 
 def test_one_changed_file_rewrites_only_its_own_listing_pages(signing_key: SigningKey, tmp_path: Path) -> None:

@@ -12,10 +12,10 @@ import pytest
 
 from pipeline.decision import Decision, Facts, decide, resign_due, same_content
 from pipeline.errors import PipelineError
-from pipeline.index import MAX_SEQUENCE, rfc3339
+from pipeline.index import MAX_SEQUENCE, package_json, rfc3339
 from pipeline.model import FileEntry, PackageRecord, Pointer, ShardRef
 from pipeline.objects import shard_key, shard_torrent_key
-from pipeline.shards import fingerprint, shards_of
+from pipeline.shards import fingerprint, record_hash, shards_of
 
 NOW = datetime(2026, 3, 1, 12, 0, 0, tzinfo=UTC)
 CURRENT = Facts(current_sequence=7, highest_sequence=7, unchanged=True)
@@ -87,7 +87,7 @@ def files(records: tuple[PackageRecord, ...], shards: dict[str, tuple[str, ...]]
 def fingerprints(records: Sequence[PackageRecord], entries: Sequence[FileEntry]) -> dict[str, int]:
     """path -> fingerprint, as the build makes them (pipeline.records.build_records)."""
     pairs = zip(records, entries, strict=True)
-    return {record.path: fingerprint(hash(record), shards_of(entry, "debian")) for record, entry in pairs}
+    return {r.path: fingerprint(record_hash(package_json(r)), shards_of(entry, "debian")) for r, entry in pairs}
 
 
 def compare(**changes: Any) -> bool:

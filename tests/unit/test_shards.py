@@ -13,6 +13,7 @@ import pytest
 
 from pipeline import sequences
 from pipeline.filetable import FileTable
+from pipeline.index import package_json
 from pipeline.model import FileEntry, PackageRecord
 from pipeline.records import build_records
 from pipeline.shards import (
@@ -21,11 +22,17 @@ from pipeline.shards import (
     PublishedFingerprints,
     debian_shard,
     fingerprint,
+    record_hash,
     shards_of,
 )
 from pipeline.snapshot import ScanSpec, scan_snapshot
 from tests.unit import test_snapshot_arch as arch_fixture
 from tests.unit.test_snapshot_debian import Pkg, stanza
+
+
+def rhash(rec: PackageRecord) -> int:
+    """A record's hash as the build and read_index make it."""
+    return record_hash(package_json(rec))
 
 
 def entry(path: str, *shards: str) -> FileEntry:
@@ -270,14 +277,14 @@ def test_fingerprints_see_a_change_of_shard_membership() -> None:
 def test_fingerprints_by_path_for_flat() -> None:
     files = (entry("iso/a.iso"),)
     records = (record("iso/a.iso"),)
-    assert record_fingerprints(records, files, "flat") == {"iso/a.iso": fingerprint(hash(records[0]), ["iso"])}
+    assert record_fingerprints(records, files, "flat") == {"iso/a.iso": fingerprint(rhash(records[0]), ["iso"])}
     assert record_fingerprints(records, files, "flat") != record_fingerprints(
         records, (entry("iso/a.iso", "x"),), "flat"
     )
 
 
 def test_fingerprint_is_order_free_over_shards_and_sees_each_one() -> None:
-    h = hash(record("p"))
+    h = rhash(record("p"))
     assert fingerprint(h, ["b", "a"]) == fingerprint(h, ("a", "b")) == fingerprint(h, iter(["a", "b"]))
     others = {
         fingerprint(h, ["a"]),
@@ -288,12 +295,12 @@ def test_fingerprint_is_order_free_over_shards_and_sees_each_one() -> None:
     assert fingerprint(h, ["a", "b"]) not in others and len(others) == 4
     # built (build_records) and read back from the published shards (fingerprint) agree
     rec, file = RECORDS[1], FILES[1]
-    assert record_fingerprints((rec,), (file,), "debian")[rec.path] == fingerprint(hash(rec), reversed(file.shards))
+    assert record_fingerprints((rec,), (file,), "debian")[rec.path] == fingerprint(rhash(rec), reversed(file.shards))
 
 
 def test_fingerprints_of_a_file_table_are_a_column_that_compares_like_the_dict() -> None:
     by_row = record_fingerprints(RECORDS, FILES, "debian")
-    as_dict = {r.path: fingerprint(hash(r), f.shards) for r, f in zip(RECORDS, FILES, strict=True)}
+    as_dict = {r.path: fingerprint(rhash(r), f.shards) for r, f in zip(RECORDS, FILES, strict=True)}
     assert isinstance(by_row, Fingerprints)
     assert by_row == as_dict and as_dict == by_row and dict(by_row.items()) == as_dict
     assert list(by_row) == [f.path for f in FILES] and len(by_row) == len(FILES)
@@ -310,9 +317,9 @@ def published(
 ) -> PublishedFingerprints:
     """What read_index makes of a publication of `records` (listed as `entries` say): shard by shard, by name."""
     found = PublishedFingerprints(files)
-    listed = sorted((name, rec.path, hash(rec)) for rec, e in zip(records, entries, strict=True) for name in e.shards)
-    for name, path, record_hash in listed:
-        found.add(path, record_hash, name)
+    listed = sorted((name, rec.path, rhash(rec)) for rec, e in zip(records, entries, strict=True) for name in e.shards)
+    for name, path, value in listed:
+        found.add(path, value, name)
     return found
 
 
@@ -350,3 +357,52 @@ def test_published_fingerprints_tell_new_changed_and_removed_files_by_row() -> N
     assert read != dict(built.items())
     by_path = published(None, old_records, [*old_entries, gone_entry])
     assert by_path.changes(built) is None and dict(by_path.items()) == dict(read.items())
+
+
+def test_remembered_fingerprints_tell_the_same_changes_as_those_read_back() -> None:
+    files = file_table(FILES)
+    built = build_records(RECORDS, files, "debian").fingerprints
+    gone, gone_entry = record("pool/main/zz/gone.deb"), entry("pool/main/zz/gone.deb", "bookworm/main/all")
+    old_records = [replace(RECORDS[3], sha256="b" * 64) if r is RECORDS[3] else r for r in RECORDS[1:]] + [gone]
+    old_entries = [*FILES[1:], gone_entry]
+    read = published(files, old_records, old_entries)
+    # what the state keeps of that publication: its (path, fingerprint) pairs in path order
+    kept = PublishedFingerprints.remembered(files, sorted(dict(read.items()).items()))
+    assert kept == read and dict(kept.items()) == dict(read.items())
+    assert kept.changes(built) == read.changes(built) == ((FILES[0].path,), (FILES[3].path,), (gone.path,), 3)
+    assert list(kept.changed_rows(built) or ()) == [0, 3]
+    assert kept[FILES[1].path] == built[FILES[1].path] and kept[gone.path] == read[gone.path]
+    with pytest.raises(KeyError):
+        kept[FILES[0].path]
+    same = PublishedFingerprints.remembered(files, built.items())
+    assert same == built and same.changes(built) == ((), (), (), len(FILES))
+    with pytest.raises(TypeError):
+        same.add(FILES[0].path, 1, "bookworm/main/all")
+
+
+def test_remembered_fingerprints_out_of_path_order_are_refused() -> None:
+    files = file_table(FILES)
+    pairs = list(build_records(RECORDS, files, "debian").fingerprints.items())
+    for bad in (pairs[::-1], [pairs[0], pairs[0]]):
+        with pytest.raises(ValueError, match="after"):
+            PublishedFingerprints.remembered(files, bad)
+
+
+def test_fingerprints_are_the_same_in_every_process() -> None:
+    """The state cache keeps them from one run to the next: a str's hash() or PYTHONHASHSEED may not change them."""
+    import os
+    import subprocess
+    import sys
+
+    code = (
+        "from pipeline.shards import fingerprint, record_hash\n"
+        "print(fingerprint(record_hash('{\"path\": \"p\"}'), ['trixie/main/all', 'bookworm/main/amd64']))"
+    )
+    seen = {
+        subprocess.run(
+            [sys.executable, "-c", code], env={**os.environ, "PYTHONHASHSEED": seed}, capture_output=True,
+            text=True, check=True, timeout=60, cwd=Path(__file__).parents[2],
+        ).stdout.strip()
+        for seed in ("1", "2", "random")
+    }  # fmt: skip
+    assert seen == {str(fingerprint(record_hash('{"path": "p"}'), ["bookworm/main/amd64", "trixie/main/all"]))}

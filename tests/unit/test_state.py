@@ -88,6 +88,24 @@ def test_the_last_scan_is_known_by_its_mark_until_forgotten(tmp_path: Path) -> N
         assert state.known_scan("m" * 64) is None
 
 
+def test_the_published_files_are_kept_for_one_pointer_and_recipe(tmp_path: Path) -> None:
+    rows = [("pool/b.deb", -5), ("pool/a.deb", 2**63 - 1), ("pool/é.deb", 0)]
+    with StateCache.open(tmp_path / "s.sqlite", repo="r") as state:
+        assert state.published_files("p" * 64, "recipe/1") is None
+        state.remember_published_files("p" * 64, "recipe/1", [["https://m/"], [], []], rows)
+    with StateCache.open(tmp_path / "s.sqlite", repo="r") as state:
+        kept = state.published_files("p" * 64, "recipe/1")
+        assert kept is not None
+        about, found = kept
+        assert about == [["https://m/"], [], []] and list(found) == sorted(rows)  # in path order, as SQLite sorts
+        assert state.published_files("q" * 64, "recipe/1") is None  # another publication's
+        assert state.published_files("p" * 64, "recipe/2") is None  # made another way
+        state.remember_published_files("q" * 64, "recipe/1", None, rows[:1])  # replaces the last one's
+        assert state.published_files("p" * 64, "recipe/1") is None
+        kept = state.published_files("q" * 64, "recipe/1")
+        assert kept is not None and kept[0] is None and list(kept[1]) == rows[:1]
+
+
 def test_file_facts_come_back_in_path_order(tmp_path: Path) -> None:
     paths = ["pool/b.deb", "pool/a.deb", "pool/é.deb", "pool/z.deb", "pool/A.deb", "pool/a-1.deb"]
     with StateCache.open(tmp_path / "s.sqlite", repo="r") as state:
