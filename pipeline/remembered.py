@@ -15,7 +15,7 @@ stale cache costs the reading, never a wrong publication. The fingerprints are t
 from __future__ import annotations
 
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 from pipeline.filetable import FileTable
 from pipeline.shards import PublishedFingerprints
@@ -38,6 +38,23 @@ def remember(state: StateCache, pointer_sha256: str, header: Header | None, fing
     list, and their `header` (None: there is no shard)."""
     about = None if header is None else [list(names) for names in header]
     state.remember_published_files(pointer_sha256, RECIPE, about, fingerprints.items())
+
+
+def update(
+    state: StateCache,
+    before: str,
+    pointer_sha256: str,
+    header: Header | None,
+    fingerprints: Mapping[str, int],
+    paths: Iterable[str],
+    removed: Iterable[str],
+) -> bool:
+    """`remember`, from what the state kept of the publication `before` (a `latest.asc`'s SHA-256): the
+    fingerprints of `paths` (new or changed since) written and the `removed` paths dropped; False, and nothing
+    written, when the state holds another publication's (then `remember` them all)."""
+    about = None if header is None else [list(names) for names in header]
+    rows = ((path, fingerprints[path]) for path in paths)
+    return state.update_published_files(before, pointer_sha256, RECIPE, about, rows, removed)
 
 
 def recall(

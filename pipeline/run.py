@@ -145,6 +145,7 @@ class CurrentPublication:
     pointer_sha256: str
     fingerprints: Mapping[str, int]
     header: tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]] | None
+    remembered: bool = False  # read from the state cache (`pipeline.remembered`), not from the shards
 
     @property
     def webseeds(self) -> tuple[str, ...]:
@@ -249,14 +250,30 @@ def _current_publication(
         pointer_sha256=current.pointer_sha256,
         fingerprints=fingerprints,
         header=header,
+        remembered=True,
     )
 
 
-def _remember_fingerprints(settings: Settings, state: StateCache, pointer_sha256: str, built: BuiltRecords) -> None:
-    """Keep what the publication named by the `latest.asc` of SHA-256 `pointer_sha256` lists: `built`."""
+def _remember_fingerprints(
+    settings: Settings,
+    state: StateCache,
+    pointer_sha256: str,
+    built: BuiltRecords,
+    current: CurrentPublication | None,
+    changes: Changes,
+) -> None:
+    """Keep what the publication named by the `latest.asc` of SHA-256 `pointer_sha256` lists: `built`; when
+    the `current` publication's came from the state, only its `changes` are written."""
     header = None
     if built.shards:
         header = remembered.shard_header(_shard_webseeds(settings), settings.trackers, settings.dht_nodes)
+    if current is not None and current.remembered:
+        new, changed, removed, _ = changes
+        written = remembered.update(
+            state, current.pointer_sha256, pointer_sha256, header, built.fingerprints, (*new, *changed), removed
+        )
+        if written:
+            return
     remembered.remember(state, pointer_sha256, header, built.fingerprints)
 
 
@@ -619,7 +636,7 @@ def _release(settings: Settings, spool: Spool, progress: Progress, now: Callable
             assert destination.current is not None
             if not settings.dry_run:
                 state.remember_publication(destination.current.pointer.index_id, inputs)
-                _remember_fingerprints(settings, state, destination.current.pointer_sha256, built)
+                _remember_fingerprints(settings, state, destination.current.pointer_sha256, built, current, changes)
             _remember_audit(settings, state, run, destination)
             _tracker_whitelist(settings, destination.current.pointer, digested.infohashes())
             return _report(run, mirrors, destination.pointer, "noop", changes)
@@ -636,7 +653,7 @@ def _release(settings: Settings, spool: Spool, progress: Progress, now: Callable
         if not settings.dry_run:
             # before publishing, by the new pointer's SHA-256: if that publication never appears, it is never read
             with clock.stage("build"):
-                _remember_fingerprints(settings, state, signed.pointer_sha256, built)
+                _remember_fingerprints(settings, state, signed.pointer_sha256, built, current, changes)
         # before the pointer: the tracker knows the new torrents by the time clients see them
         _tracker_whitelist(settings, signed.pointer, digested.infohashes())
         publication = Publication(

@@ -445,6 +445,28 @@ class StateCache:
             self._db.executemany("INSERT INTO publication_files VALUES (?, ?)", rows)
             self._db.execute("INSERT INTO meta VALUES ('publication_files', ?)", (about_json,))
 
+    def update_published_files(
+        self,
+        before: str,
+        pointer_sha256: str,
+        recipe: str,
+        about: Any,
+        rows: Iterable[tuple[str, int]],
+        removed: Iterable[str],
+    ) -> bool:
+        """What `remember_published_files` does, from what it kept of the publication `before` (a `latest.asc`'s
+        SHA-256): the (path, fingerprint) `rows` added or replaced, the `removed` paths dropped (a change's
+        worth of writes, not every path's). False, and nothing changed, when it kept another publication's."""
+        with self._transaction():
+            if self.published_files(before, recipe) is None:
+                return False
+            self._db.execute("DELETE FROM meta WHERE key = 'publication_files'")
+            self._db.executemany("DELETE FROM publication_files WHERE path = ?", ((path,) for path in removed))
+            self._db.executemany("INSERT OR REPLACE INTO publication_files VALUES (?, ?)", rows)
+            about_json = json.dumps({"pointer_sha256": pointer_sha256, "recipe": recipe, "about": about})
+            self._db.execute("INSERT INTO meta VALUES ('publication_files', ?)", (about_json,))
+        return True
+
     def highest_sequence(self) -> int:
         """The highest sequence of a pointer this publisher committed for the repo (0: none remembered)."""
         row = self._db.execute("SELECT value FROM meta WHERE key = 'highest_sequence'").fetchone()

@@ -216,6 +216,11 @@ def test_no_change_run_trusts_the_state_memo_only_for_the_index_the_pointer_name
     assert decoded == [1, 2]  # the first: the other state's run
 
 
+def kept_rows(state: Path) -> list[tuple[str, int]]:
+    with closing(sqlite3.connect(state)) as db:
+        return db.execute("SELECT path, fingerprint FROM publication_files ORDER BY path").fetchall()
+
+
 def test_a_changed_run_tells_the_changes_from_what_the_state_kept_of_the_publication_not_the_shards(
     signing_key: SigningKey, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -254,6 +259,9 @@ def test_a_changed_run_tells_the_changes_from_what_the_state_kept_of_the_publica
         report.unchanged,
     )
     assert sorted(other.planned_keys) == sorted(report.planned_keys)  # the same shards, torrents and pages
+    # the first state wrote only the changes into what it kept, the other all of it anew: the same rows
+    kept = [kept_rows(path) for path in (state, tmp_path / "state2.sqlite")]
+    assert kept[0] == kept[1] and len(kept[0]) == report.unchanged + 2
     # an audit reads the shards, whatever the state kept
     (snap / "dir1" / "file-04.bin").write_bytes(b"again" * 7000)
     audited = release(replace(settings(snap, dest, signing_key, state), audit=True))

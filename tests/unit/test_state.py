@@ -106,6 +106,23 @@ def test_the_published_files_are_kept_for_one_pointer_and_recipe(tmp_path: Path)
         assert kept is not None and kept[0] is None and list(kept[1]) == rows[:1]
 
 
+def test_the_published_files_are_updated_by_a_change_only_from_the_publication_kept(tmp_path: Path) -> None:
+    rows = [("pool/a.deb", 1), ("pool/b.deb", 2), ("pool/c.deb", 3)]
+    with StateCache.open(tmp_path / "s.sqlite", repo="r") as state:
+        state.remember_published_files("p" * 64, "recipe/1", None, rows)
+        assert not state.update_published_files("x" * 64, "q" * 64, "recipe/1", None, [("pool/d.deb", 4)], [])
+        assert not state.update_published_files("p" * 64, "q" * 64, "recipe/2", None, [("pool/d.deb", 4)], [])
+        kept = state.published_files("p" * 64, "recipe/1")  # untouched by the refused updates
+        assert kept is not None and list(kept[1]) == rows
+        assert state.update_published_files(
+            "p" * 64, "q" * 64, "recipe/1", [["w"], [], []], [("pool/b.deb", 20), ("pool/d.deb", 4)], ["pool/a.deb"]
+        )
+        assert state.published_files("p" * 64, "recipe/1") is None
+        kept = state.published_files("q" * 64, "recipe/1")
+        assert kept is not None and kept[0] == [["w"], [], []]
+        assert list(kept[1]) == [("pool/b.deb", 20), ("pool/c.deb", 3), ("pool/d.deb", 4)]
+
+
 def test_file_facts_come_back_in_path_order(tmp_path: Path) -> None:
     paths = ["pool/b.deb", "pool/a.deb", "pool/é.deb", "pool/z.deb", "pool/A.deb", "pool/a-1.deb"]
     with StateCache.open(tmp_path / "s.sqlite", repo="r") as state:
