@@ -292,9 +292,13 @@ class FileTable(ItemEquality, _Entries):
         """The size of the file at `row` (no FileEntry is made)."""
         return self._signed[2 * row]
 
+    def sizes(self) -> array[int]:
+        """Every file's size, by row (no FileEntry is made)."""
+        return self._signed[0::2]
+
     def total_size(self) -> int:
         """The sum of every file's size."""
-        return sum(self._signed[0::2])
+        return sum(self.sizes())
 
     def stat_at(self, row: int) -> tuple[int, int, int, int]:
         """(dev, inode, size, mtime_ns) of the file at `row`: its stat key (no FileEntry is made)."""

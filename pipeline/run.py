@@ -1261,8 +1261,13 @@ def _lost(destination: Destination | DestinationProbe, files: Sequence[FileEntry
     fixed = (*SIGNING_KEYS, *CLIENT_KEYS)
     if isinstance(destination, DestinationProbe):
         return bool(destination.lost([*fixed, *(key for key in pages if not key.startswith(BROWSE_PREFIX))]))
+    # of a FileTable, its columns: no FileEntry is made (~1 µs each, a million a run)
+    if isinstance(files, FileTable):
+        pairs: Iterable[tuple[str, int]] = zip(files.paths, files.sizes(), strict=True)
+    else:
+        pairs = ((entry.path, entry.size) for entry in files)
     return bool(destination.lost([*fixed, *pages])) or not all(
-        _holds_package(destination, entry.path, entry.size) for entry in files
+        _holds_package(destination, path, size) for path, size in pairs
     )
 
 

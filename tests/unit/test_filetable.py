@@ -172,7 +172,7 @@ def test_a_directory_is_held_when_a_file_is_in_it_or_below() -> None:
 
 
 def test_column_accessors_answer_like_the_entries() -> None:
-    """stat_at, expected_sha256_at, shards_at and total_size read the columns; each agrees with the entry
+    """stat_at, expected_sha256_at, shards_at, sizes and total_size read the columns; each agrees with the entry
     the table makes for the row (the digest as given, odd or absent; the shards, none by default)."""
     table = FileTable.of(_entries())
     for row, entry in enumerate(table):
@@ -180,6 +180,7 @@ def test_column_accessors_answer_like_the_entries() -> None:
         assert table.expected_sha256_at(row) == entry.expected_sha256
         assert table.shards_at(row) == entry.shards
     assert table.total_size() == sum(e.size for e in _entries()) == 22
+    assert list(table.sizes()) == [entry.size for entry in table]
     assert table.shards_at(table.paths.index("pool/c/c_2_all.deb")) == ("bookworm/main/all", "trixie/main/all")
     assert table.expected_sha256_at(table.paths.index("pool/d/d.deb")) == SHA.upper()
     assert table.expected_sha256_at(table.paths.index("pool/b/b_1_amd64.deb")) is None
