@@ -17,6 +17,7 @@ Release has a parseable date). The mirror probes compare mirrors' last syncs wit
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import gzip
 import hashlib
@@ -34,6 +35,7 @@ import sys
 import tempfile
 import zlib
 from collections.abc import Generator, Iterable, Iterator, Mapping
+from concurrent.futures import Future
 from contextlib import closing, contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -566,13 +568,165 @@ def _listings(
     signed: bool,
     cache: ListingCache | None,
 ) -> Iterator[tuple[Any, ...]]:
-    """Each stanza of the `indexes` in turn, as a plain tuple: its ListedFile's fields, then its shard."""
-    for index in indexes:
-        # the index's two shard names, made once (a million stanzas ask)
-        own = debian_shard(index.suite, index.component, index.architecture, index.architecture)
-        common = debian_shard(index.suite, index.component, index.architecture, "all")
-        for item in _read_packages(tree, index, release_of[index.suite], signed, cache):
-            yield (*item, common if item.arch == "all" else own)
+    """Each stanza of the `indexes` in turn, as a plain tuple: its ListedFile's fields, then its shard.
+
+    The `Packages` files the cache does not have are parsed by worker processes (`_parse_elsewhere`) while
+    this process reads the ones before them; the stanzas come in the same order either way."""
+    with _parse_elsewhere(tree, indexes, release_of, signed, cache) as parsed:
+        for index in indexes:
+            # the index's two shard names, made once (a million stanzas ask)
+            own = debian_shard(index.suite, index.component, index.architecture, index.architecture)
+            common = debian_shard(index.suite, index.component, index.architecture, "all")
+            release = release_of[index.suite]
+            found = parsed.get(index.rel)
+            items = _worker_parse(found.result(), index, release, cache) if found is not None else None
+            if items is None:
+                items = _read_packages(tree, index, release, signed, cache)
+            for item in items:
+                yield (*item, common if item.arch == "all" else own)
+
+
+# `Packages` files (compressed, as on disk) to parse before worker processes are worth starting (~0.3 s): a
+# million-file archive's are tens of MB each; a test's, a few KB.
+PARSE_ELSEWHERE_MIN_BYTES = 4 << 20
+PARSE_WORKERS = 2
+
+
+@contextmanager
+def _parse_elsewhere(
+    tree: _Tree,
+    indexes: list[PackagesIndex],
+    release_of: Mapping[str, ReleaseInfo],
+    signed: bool,
+    cache: ListingCache | None,
+) -> Iterator[dict[str, Future[tuple[str, str, int]]]]:
+    """The parses of the `indexes` the cache does not have, started in worker processes (`_parse_to_file`), by
+    `rel`; none when they are fewer than two, smaller than PARSE_ELSEWHERE_MIN_BYTES together, or this
+    machine has one core. The parses of a million-file archive's ~12 `Packages` take ~60 % of its scan, and the
+    hashing workers are not running yet. Temporary files a parse wrote and nobody read are deleted."""
+    misses = [index for index in indexes if not _cache_has(tree, index, release_of[index.suite], cache)]
+    sizes = [_size_on_disk(tree, index.rel) for index in misses]
+    workers = min(PARSE_WORKERS, os.cpu_count() or 1, len(misses))
+    if workers < 2 or sum(sizes) < PARSE_ELSEWHERE_MIN_BYTES:
+        yield {}
+        return
+    from pipeline.hashing import local_pool  # the hashing stage's pool of local processes
+
+    with local_pool(workers) as pool:
+        futures = {
+            index.rel: pool.submit(_parse_to_file, tree.root, index, release_of[index.suite], signed)
+            for index in misses
+        }
+        try:
+            yield futures
+        finally:
+            for future in futures.values():
+                future.cancel()
+            for future in futures.values():
+                if not future.cancelled() and future.exception() is None:
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(future.result()[0])  # read already: unlinked then
+
+
+def _cache_has(tree: _Tree, index: PackagesIndex, release: ReleaseInfo, cache: ListingCache | None) -> bool:
+    """Whether `cache` holds a parse of `index`'s bytes as they are on disk now (by `_read_packages`' key)."""
+    if cache is None:
+        return False
+    try:
+        if index.rel.endswith(".gz") or index.rel.endswith(".xz"):
+            digest = hashlib.sha256(tree.read(index.rel)).hexdigest()
+        else:
+            digest = _file_sha256(tree, index.rel)
+    except SnapshotError:
+        return True  # not parsed elsewhere: `_read_packages` reports it, in its turn
+    source = cache.listing(index.rel, digest)
+    if source is None:
+        return False
+    source.close()
+    return True
+
+
+def _size_on_disk(tree: _Tree, rel: str) -> int:
+    found = tree.locate(rel)
+    return found.status.st_size if found is not None else 0
+
+
+def _parse_to_file(root_real: bytes, index: PackagesIndex, release: ReleaseInfo, signed: bool) -> tuple[str, str, int]:
+    """In a worker process: `index` parsed by `_read_packages`, as it would be in the scan, into a new temporary
+    file as the cache keeps a parse; (its name, the SHA-256 of the bytes parsed, its size). The scan reads it."""
+    kept = _FileKept()
+    with _gc_paused():
+        for _item in _read_packages(_Tree(root_real), index, release, signed, kept):
+            pass
+    assert kept.kept is not None  # a complete parse is remembered
+    return kept.kept
+
+
+class _FileKept:
+    """A ListingCache that holds nothing and writes what it is given to keep to a new temporary file."""
+
+    def __init__(self) -> None:
+        self.kept: tuple[str, str, int] | None = None
+
+    def listing(self, name: str, digest: str) -> KeptListing | None:
+        return None
+
+    def remember_listing(self, name: str, digest: str, chunks: Iterable[bytes], size: int) -> None:
+        fd, path = tempfile.mkstemp(prefix="mirrorseed-parse-")
+        try:
+            with os.fdopen(fd, "wb") as out:
+                for chunk in chunks:
+                    out.write(chunk)
+        except BaseException:
+            os.unlink(path)
+            raise
+        self.kept = (path, digest, size)
+
+    def keep_listings(self, names: Iterable[str]) -> None:
+        return None
+
+
+class _OneKept:
+    """A ListingCache holding one parse (a worker's file), for `_cached` to read."""
+
+    def __init__(self, rel: str, digest: str, source: BinaryIO) -> None:
+        self._rel, self._digest, self._source = rel, digest, source
+
+    def listing(self, name: str, digest: str) -> KeptListing | None:
+        return cast(KeptListing, self._source) if (name, digest) == (self._rel, self._digest) else None
+
+    def remember_listing(self, name: str, digest: str, chunks: Iterable[bytes], size: int) -> None:
+        raise NotImplementedError
+
+    def keep_listings(self, names: Iterable[str]) -> None:
+        return None
+
+
+def _worker_parse(
+    kept: tuple[str, str, int], index: PackagesIndex, release: ReleaseInfo, cache: ListingCache | None
+) -> Iterator[ListedFile] | None:
+    """The stanzas a worker's parse of `index` holds (`_parse_to_file`), kept in `cache` first; None when its file
+    cannot be read back (then parsed here)."""
+    path, digest, size = kept
+    try:
+        source = open(path, "rb")  # noqa: SIM115 (closed by the rows' reader or below)
+    except OSError:
+        return None
+    os.unlink(path)
+    try:
+        if cache is not None:
+            cache.remember_listing(index.rel, digest, iter(lambda: source.read(bounded.CHUNK_BYTES), b""), size)
+            source.seek(0)
+        uncompressed_name = index.rel.removeprefix(f"dists/{index.suite}/").rsplit("/", 1)[0] + "/Packages"
+        compressed = index.rel.endswith((".gz", ".xz"))
+        shown_path = f"{index.rel} (decompressed)" if compressed else index.rel
+        rows = _cached(_OneKept(index.rel, digest, source), index.rel, digest, uncompressed_name, shown_path, release)
+    except BaseException:
+        source.close()
+        raise
+    if rows is None:
+        source.close()
+    return rows
 
 
 def _place(

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import gzip
 import hashlib
+import io
 import itertools
 import lzma
 import marshal
@@ -15,8 +17,10 @@ import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
+import zstandard
 
 from pipeline import sequences
 from pipeline.errors import ConfigError, SnapshotError
@@ -1002,3 +1006,75 @@ def test_parses_of_packages_files_no_longer_scanned_are_forgotten(tmp_path: Path
     assert kept(state, arm64, digest) is not None
     scan_snapshot(ScanSpec(root=root, architectures=("amd64",), listing_cache=state))
     assert kept(state, arm64, digest) is None
+
+
+# --- parses in worker processes ----------------------------------------------------------------------------
+
+
+def kept_rows(blob: bytes | None) -> tuple[tuple[object, ...], list[object]]:
+    """A kept parse's header and rows (its bytes may differ: marshal shares repeated objects as it finds them)."""
+    assert blob is not None
+    header, body = split_kept(blob)
+    stream = io.BytesIO(zstandard.ZstdDecompressor().decompressobj().decompress(body))
+    batches = header[3]
+    assert isinstance(batches, int)
+    return header, [row for _ in range(batches) for row in marshal.load(stream)]
+
+
+def parsing_elsewhere(monkeypatch: pytest.MonkeyPatch, tmp: Path) -> list[int]:
+    """Every Packages parse that the cache does not have goes to the worker processes (whatever its size), their
+    temporary files in `tmp`; the number of parses started there, each scan."""
+    monkeypatch.setattr(debian, "PARSE_ELSEWHERE_MIN_BYTES", 0)
+    tmp.mkdir()
+    monkeypatch.setenv("TMPDIR", str(tmp))
+    monkeypatch.setattr(tempfile, "tempdir", None)
+    started: list[int] = []
+    real = debian._parse_elsewhere
+
+    @contextlib.contextmanager
+    def spy(*args: Any) -> Iterator[dict[str, object]]:
+        with real(*args) as futures:
+            started.append(len(futures))
+            yield futures
+
+    monkeypatch.setattr(debian, "_parse_elsewhere", spy)
+    return started
+
+
+@pytest.mark.parametrize("compression", ["", "xz", "gz"])
+def test_packages_parsed_by_worker_processes_give_the_same_files_and_kept_parses(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, compression: str
+) -> None:
+    packages = [Pkg(f"p{i:02}", "1.0-1", arch) for i in range(5) for arch in ("amd64", "arm64", "all")]
+    root = tmp_path / "mirror"
+    write_archive(root, "bookworm", packages, architectures=("amd64", "arm64", "all"), compression=compression)
+    here = StateCache.open(tmp_path / "here.sqlite", repo="test")
+    elsewhere = StateCache.open(tmp_path / "elsewhere.sqlite", repo="test")
+    with here, elsewhere:
+        expected = cached_scan(root, here)
+        started = parsing_elsewhere(monkeypatch, tmp_path / "tmp")
+        assert cached_scan(root, elsewhere) == expected and started == [3]
+        for arch in ("amd64", "arm64", "all"):
+            rel = f"dists/bookworm/main/binary-{arch}/Packages" + (f".{compression}" if compression else "")
+            digest = hashlib.sha256((root / rel).read_bytes()).hexdigest()
+            assert kept_rows(kept(elsewhere, rel, digest)) == kept_rows(kept(here, rel, digest))
+        assert cached_scan(root, elsewhere) == expected and started == [3, 0]  # kept: none parsed again
+    assert not list((tmp_path / "tmp").glob("mirrorseed-parse-*"))  # every worker's file read and deleted
+
+
+def test_a_damaged_packages_parsed_by_a_worker_process_is_refused_as_here(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    packages = [Pkg(f"p{i:02}", "1.0-1", arch) for i in range(3) for arch in ("amd64", "arm64")]
+    root = tmp_path / "mirror"
+    release = write_archive(root, "bookworm", packages, architectures=("amd64", "arm64"), compression="xz")
+    text = release.read_text()
+    arm64 = "\n".join(stanza(p) for p in packages if p.arch == "arm64").encode()
+    release.write_text(text.replace(hashlib.sha256(arm64).hexdigest(), "0" * 64))
+    with StateCache.open(tmp_path / "here.sqlite", repo="test") as state:
+        expected = scan_error(root, listing_cache=state)
+    assert expected.startswith("dists/bookworm/main/binary-arm64/Packages.xz (decompressed): size/SHA256")
+    started = parsing_elsewhere(monkeypatch, tmp_path / "tmp")
+    with StateCache.open(tmp_path / "elsewhere.sqlite", repo="test") as state:
+        assert scan_error(root, listing_cache=state) == expected and started == [2]
+    assert not list((tmp_path / "tmp").glob("mirrorseed-parse-*"))
