@@ -1018,7 +1018,10 @@ def kept_rows(blob: bytes | None) -> tuple[tuple[object, ...], list[object]]:
     stream = io.BytesIO(zstandard.ZstdDecompressor().decompressobj().decompress(body))
     batches = header[3]
     assert isinstance(batches, int)
-    return header, [row for _ in range(batches) for row in marshal.load(stream)]
+    rows: list[object] = []
+    for _ in range(batches):
+        rows += marshal.loads(stream.read(int.from_bytes(stream.read(4), "little")))
+    return header, rows
 
 
 def parsing_elsewhere(monkeypatch: pytest.MonkeyPatch, tmp: Path) -> list[int]:
