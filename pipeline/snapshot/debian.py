@@ -36,6 +36,7 @@ import tempfile
 import zlib
 from collections.abc import Generator, Iterable, Iterator, Mapping
 from concurrent.futures import Future
+from concurrent.futures.process import BrokenProcessPool
 from contextlib import closing, contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -578,8 +579,7 @@ def _listings(
             own = debian_shard(index.suite, index.component, index.architecture, index.architecture)
             common = debian_shard(index.suite, index.component, index.architecture, "all")
             release = release_of[index.suite]
-            found = parsed.get(index.rel)
-            items = _worker_parse(found.result(), index, release, cache) if found is not None else None
+            items = _worker_parse(parsed.get(index.rel), index, release, cache)
             if items is None:
                 items = _read_packages(tree, index, release, signed, cache)
             for item in items:
@@ -703,11 +703,17 @@ class _OneKept:
 
 
 def _worker_parse(
-    kept: tuple[str, str, int], index: PackagesIndex, release: ReleaseInfo, cache: ListingCache | None
+    found: Future[tuple[str, str, int]] | None, index: PackagesIndex, release: ReleaseInfo, cache: ListingCache | None
 ) -> Iterator[ListedFile] | None:
-    """The stanzas a worker's parse of `index` holds (`_parse_to_file`), kept in `cache` first; None when its file
-    cannot be read back (then parsed here)."""
-    path, digest, size = kept
+    """The stanzas a worker's parse of `index` holds (`_parse_to_file`), kept in `cache` first; None when no worker
+    parsed it, or its worker died, or its file cannot be read back (then it is parsed here)."""
+    if found is None:
+        return None
+    try:
+        path, digest, size = found.result()
+    except BrokenProcessPool as exc:
+        log.warning("%s: the worker parsing it stopped (%s); parsing it here", index.rel, exc)
+        return None
     try:
         source = open(path, "rb")  # noqa: SIM115 (closed by the rows' reader or below)
     except OSError:

@@ -1081,3 +1081,34 @@ def test_a_damaged_packages_parsed_by_a_worker_process_is_refused_as_here(
     with StateCache.open(tmp_path / "elsewhere.sqlite", repo="test") as state:
         assert scan_error(root, listing_cache=state) == expected and started == [2]
     assert not list((tmp_path / "tmp").glob("mirrorseed-parse-*"))
+
+
+def test_a_packages_whose_worker_died_is_parsed_here(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from concurrent.futures import Future
+    from concurrent.futures.process import BrokenProcessPool
+
+    import pipeline.hashing
+
+    class DeadPool:
+        def submit(self, *args: object) -> Future[object]:
+            future: Future[object] = Future()
+            future.set_exception(BrokenProcessPool("a worker was killed"))
+            return future
+
+    @contextlib.contextmanager
+    def dead_pool(workers: int) -> Iterator[DeadPool]:
+        yield DeadPool()
+
+    packages = [Pkg(f"p{i:02}", "1.0-1", arch) for i in range(3) for arch in ("amd64", "arm64")]
+    root = tmp_path / "mirror"
+    write_archive(root, "bookworm", packages, architectures=("amd64", "arm64"), compression="gz")
+    expected = scan_snapshot(ScanSpec(root=root)).files
+    started = parsing_elsewhere(monkeypatch, tmp_path / "tmp")
+    monkeypatch.setattr(pipeline.hashing, "local_pool", dead_pool)
+    with StateCache.open(tmp_path / "state.sqlite", repo="test") as state, caplog.at_level("WARNING"):
+        assert cached_scan(root, state) == expected and started == [2]
+    assert (
+        "binary-amd64/Packages.gz: the worker parsing it stopped (a worker was killed); parsing it here" in caplog.text
+    )
