@@ -579,7 +579,7 @@ def _listings(
             own = debian_shard(index.suite, index.component, index.architecture, index.architecture)
             common = debian_shard(index.suite, index.component, index.architecture, "all")
             release = release_of[index.suite]
-            items = _worker_parse(parsed.get(index.rel), index, release, cache)
+            items = _worker_parse(parsed.pop(index.rel, None), index, release, cache)
             if items is None:
                 items = _read_packages(tree, index, release, signed, cache)
             for item in items:
@@ -603,7 +603,8 @@ def _parse_elsewhere(
     """The parses of the `indexes` the cache does not have, started in worker processes (`_parse_to_file`), by
     `rel`; none when they are fewer than two, smaller than PARSE_ELSEWHERE_MIN_BYTES together, or this
     machine has one core. The parses of a million-file archive's ~12 `Packages` take ~60 % of its scan, and the
-    hashing workers are not running yet. Temporary files a parse wrote and nobody read are deleted."""
+    hashing workers are not running yet. The reader takes each parse out of the dict; the temporary files of
+    those left (the scan stopped first) are deleted."""
     misses = [index for index in indexes if not _cache_has(tree, index, release_of[index.suite], cache)]
     sizes = [_size_on_disk(tree, index.rel) for index in misses]
     workers = min(PARSE_WORKERS, os.cpu_count() or 1, len(misses))
@@ -625,7 +626,7 @@ def _parse_elsewhere(
             for future in futures.values():
                 if not future.cancelled() and future.exception() is None:
                     with contextlib.suppress(FileNotFoundError):
-                        os.unlink(future.result()[0])  # read already: unlinked then
+                        os.unlink(future.result()[0])
 
 
 def _cache_has(tree: _Tree, index: PackagesIndex, release: ReleaseInfo, cache: ListingCache | None) -> bool:
