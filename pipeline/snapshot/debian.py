@@ -20,8 +20,6 @@ from __future__ import annotations
 import contextlib
 import gc
 import gzip
-import hashlib
-import io
 import itertools
 import logging
 import lzma
@@ -607,8 +605,8 @@ def _parse_elsewhere(
     those left (the scan stopped first) are deleted."""
     misses = [index for index in indexes if not _cache_has(tree, index, release_of[index.suite], cache)]
     sizes = [_size_on_disk(tree, index.rel) for index in misses]
-    workers = min(PARSE_WORKERS, os.cpu_count() or 1, len(misses))
-    if workers < 2 or sum(sizes) < PARSE_ELSEWHERE_MIN_BYTES:
+    workers = min(PARSE_WORKERS, len(misses))
+    if len(misses) < 2 or (os.cpu_count() or 1) < 2 or sum(sizes) < PARSE_ELSEWHERE_MIN_BYTES:
         yield {}
         return
     from pipeline.hashing import local_pool  # the hashing stage's pool of local processes
@@ -634,10 +632,7 @@ def _cache_has(tree: _Tree, index: PackagesIndex, release: ReleaseInfo, cache: L
     if cache is None:
         return False
     try:
-        if index.rel.endswith(".gz") or index.rel.endswith(".xz"):
-            digest = hashlib.sha256(tree.read(index.rel)).hexdigest()
-        else:
-            digest = _file_sha256(tree, index.rel)
+        digest = _file_sha256(tree, index.rel)  # streamed: never held whole
     except SnapshotError:
         return True  # not parsed elsewhere: `_read_packages` reports it, in its turn
     source = cache.listing(index.rel, digest)
@@ -803,22 +798,43 @@ def _read_packages(
         reader = BoundedReader(tree.open_metadata(index.rel), index.rel, bounded.MAX_METADATA_BYTES)
         yield from _remember(cache, index.rel, digest, _parse_checked(reader, index.rel, uncompressed_name, release))
         return
-    raw = tree.read(index.rel)
-    on_disk = Checksum(size=len(raw), sha256=hashlib.sha256(raw).hexdigest())
-    checked = _check_against_release(in_release, on_disk, index.rel, release)
-    if signed and not checked and plain is None:
-        raise _not_listed(index, release)
-    hit = _cached(cache, index.rel, on_disk.sha256, uncompressed_name, f"{index.rel} (decompressed)", release)
-    if hit is not None:
-        yield from hit
-        return
-    limit, why = bounded.MAX_METADATA_BYTES, ""
-    if plain is not None and plain.size < limit:
-        limit, why = plain.size, f"the {plain.size} bytes {release.shown_path} lists for {uncompressed_name}"
-    reader = BoundedReader(_decompressor(raw, index.rel), index.rel, limit, why)
-    del raw  # the compressed bytes are the decompressor's now
-    parsed = _parse_checked(reader, index.rel, uncompressed_name, release, compressed=True)
-    yield from _remember(cache, index.rel, on_disk.sha256, parsed)
+    source, on_disk = _private_copy(tree, index.rel)
+    try:
+        checked = _check_against_release(in_release, on_disk, index.rel, release)
+        if signed and not checked and plain is None:
+            raise _not_listed(index, release)
+        hit = _cached(cache, index.rel, on_disk.sha256, uncompressed_name, f"{index.rel} (decompressed)", release)
+        if hit is not None:
+            yield from hit
+            return
+        limit, why = bounded.MAX_METADATA_BYTES, ""
+        if plain is not None and plain.size < limit:
+            limit, why = plain.size, f"the {plain.size} bytes {release.shown_path} lists for {uncompressed_name}"
+        reader = BoundedReader(_decompressor(source, index.rel), index.rel, limit, why)
+        parsed = _parse_checked(reader, index.rel, uncompressed_name, release, compressed=True)
+        yield from _remember(cache, index.rel, on_disk.sha256, parsed)
+    finally:
+        source.close()
+
+
+def _private_copy(tree: _Tree, rel: str) -> tuple[BinaryIO, Checksum]:
+    """The metadata file `rel` copied, a chunk at a time, to an unlinked temporary file of this process, rewound,
+    and the size and SHA-256 of what was copied: what is decompressed is exactly what was checked, and the
+    compressed bytes (tens of MB a `Packages` at a million files, one in each parsing process) are not held."""
+    copy = temporary_file(f"a copy of {rel}")
+    try:
+        with closing(BoundedReader(tree.open_metadata(rel), rel, bounded.MAX_METADATA_BYTES)) as reader:
+            try:
+                while chunk := reader.read(bounded.CHUNK_BYTES):
+                    copy.write(chunk)
+            except OSError as exc:
+                raise _cannot_read(rel, exc) from None
+            checksum = _read_so_far(reader)
+        copy.seek(0)
+    except BaseException:
+        copy.close()
+        raise
+    return copy, checksum
 
 
 # The cached parse of one Packages: the length of the header (4 bytes, little-endian), the marshalled header
@@ -998,9 +1014,9 @@ def _check_against_release(name: str, actual: Checksum, shown_path: str, release
     return True
 
 
-def _decompressor(raw: bytes, rel: str) -> Readable:
-    """A reader of `rel`'s uncompressed bytes, by its name (as apt picks): each read bounded by its size."""
-    source = io.BytesIO(raw)
+def _decompressor(source: BinaryIO, rel: str) -> Readable:
+    """A reader of `rel`'s uncompressed bytes (its compressed bytes `source`), by its name (as apt picks); the
+    caller closes `source`."""
     if rel.endswith(".xz"):
         return lzma.LZMAFile(source)
     if rel.endswith(".gz"):
