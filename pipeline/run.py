@@ -147,6 +147,18 @@ class CurrentPublication:
     header: tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]] | None
     remembered: bool = False  # read from the state cache (`pipeline.remembered`), not from the shards
 
+    @classmethod
+    def of(
+        cls,
+        current: CurrentPointer,
+        fingerprints: Mapping[str, int],
+        header: tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]] | None,
+        *,
+        remembered: bool = False,
+    ) -> CurrentPublication:
+        """What the verified pointer `current` names: these fingerprints and shard header."""
+        return cls(current.pointer, current.etag, current.pointer_sha256, fingerprints, header, remembered)
+
     @property
     def webseeds(self) -> tuple[str, ...]:
         return self.header[0] if self.header else ()
@@ -226,13 +238,7 @@ def read_index(storage: Storage, current: CurrentPointer, files: FileTable | Non
         if found["shard"] != shard.name or found["repo"] != current.pointer.repo:
             raise StorageError(f"{shard.path}: not the shard {shard.name!r} of {current.pointer.repo!r}; re-publish")
         header = (tuple(found["webseeds"]), tuple(found["trackers"]), tuple(found.get("dht_nodes", ())))
-    return CurrentPublication(
-        pointer=current.pointer,
-        etag=current.etag,
-        pointer_sha256=current.pointer_sha256,
-        fingerprints=fingerprints,
-        header=header,
-    )
+    return CurrentPublication.of(current, fingerprints, header)
 
 
 def _current_publication(
@@ -244,14 +250,7 @@ def _current_publication(
     if kept is None:
         return read_index(storage, current, files)
     fingerprints, header = kept
-    return CurrentPublication(
-        pointer=current.pointer,
-        etag=current.etag,
-        pointer_sha256=current.pointer_sha256,
-        fingerprints=fingerprints,
-        header=header,
-        remembered=True,
-    )
+    return CurrentPublication.of(current, fingerprints, header, remembered=True)
 
 
 def _remember_fingerprints(
