@@ -603,12 +603,14 @@ def _parse_elsewhere(
     machine has one core. The parses of a million-file archive's ~12 `Packages` take ~60 % of its scan, and the
     hashing workers are not running yet. The reader takes each parse out of the dict; the temporary files of
     those left (the scan stopped first) are deleted."""
-    misses = [index for index in indexes if not _cache_has(tree, index, release_of[index.suite], cache)]
-    sizes = [_size_on_disk(tree, index.rel) for index in misses]
-    workers = min(PARSE_WORKERS, len(misses))
-    if len(misses) < 2 or (os.cpu_count() or 1) < 2 or sum(sizes) < PARSE_ELSEWHERE_MIN_BYTES:
+    sizes = {index.rel: _size_on_disk(tree, index.rel) for index in indexes}
+    misses: list[PackagesIndex] = []
+    if (os.cpu_count() or 1) >= 2 and sum(sizes.values()) >= PARSE_ELSEWHERE_MIN_BYTES:  # else nothing is hashed
+        misses = [index for index in indexes if not _cache_has(tree, index, release_of[index.suite], cache)]
+    if len(misses) < 2 or sum(sizes[index.rel] for index in misses) < PARSE_ELSEWHERE_MIN_BYTES:
         yield {}
         return
+    workers = min(PARSE_WORKERS, len(misses))
     from pipeline.hashing import local_pool  # the hashing stage's pool of local processes
 
     with local_pool(workers) as pool:
@@ -632,7 +634,7 @@ def _cache_has(tree: _Tree, index: PackagesIndex, release: ReleaseInfo, cache: L
     if cache is None:
         return False
     try:
-        digest = _file_sha256(tree, index.rel)  # streamed: never held whole
+        digest = _file_checksum(tree, index.rel).sha256  # streamed: never held whole
     except SnapshotError:
         return True  # not parsed elsewhere: `_read_packages` reports it, in its turn
     source = cache.listing(index.rel, digest)
@@ -719,9 +721,8 @@ def _worker_parse(
         if cache is not None:
             cache.remember_listing(index.rel, digest, iter(lambda: source.read(bounded.CHUNK_BYTES), b""), size)
             source.seek(0)
-        uncompressed_name = index.rel.removeprefix(f"dists/{index.suite}/").rsplit("/", 1)[0] + "/Packages"
-        compressed = index.rel.endswith((".gz", ".xz"))
-        shown_path = f"{index.rel} (decompressed)" if compressed else index.rel
+        in_release, uncompressed_name = _release_names(index)
+        shown_path = index.rel if in_release == uncompressed_name else f"{index.rel} (decompressed)"
         rows = _cached(_OneKept(index.rel, digest, source), index.rel, digest, uncompressed_name, shown_path, release)
     except BaseException:
         source.close()
@@ -784,13 +785,12 @@ def _read_packages(
     Release first, as a parse would (~15× faster than decompressing and parsing). Neither way holds the
     file's stanzas at once: at a million files one Packages file lists ~300,000.
     """
-    in_release = index.rel.removeprefix(f"dists/{index.suite}/")
-    uncompressed_name = in_release.rsplit("/", 1)[0] + "/Packages"
+    in_release, uncompressed_name = _release_names(index)
     plain = release.checksums.get(uncompressed_name)
     if in_release == uncompressed_name:
         if signed and plain is None:
             raise _not_listed(index, release)
-        digest = _file_sha256(tree, index.rel) if cache is not None else ""
+        digest = _file_checksum(tree, index.rel).sha256 if cache is not None else ""
         hit = _cached(cache, index.rel, digest, uncompressed_name, index.rel, release)
         if hit is not None:
             yield from hit
@@ -798,15 +798,18 @@ def _read_packages(
         reader = BoundedReader(tree.open_metadata(index.rel), index.rel, bounded.MAX_METADATA_BYTES)
         yield from _remember(cache, index.rel, digest, _parse_checked(reader, index.rel, uncompressed_name, release))
         return
-    source, on_disk = _private_copy(tree, index.rel)
+    on_disk = _file_checksum(tree, index.rel)
+    checked = _check_against_release(in_release, on_disk, index.rel, release)
+    if signed and not checked and plain is None:
+        raise _not_listed(index, release)
+    hit = _cached(cache, index.rel, on_disk.sha256, uncompressed_name, f"{index.rel} (decompressed)", release)
+    if hit is not None:
+        yield from hit
+        return
+    source, copied = _private_copy(tree, index.rel)
     try:
-        checked = _check_against_release(in_release, on_disk, index.rel, release)
-        if signed and not checked and plain is None:
-            raise _not_listed(index, release)
-        hit = _cached(cache, index.rel, on_disk.sha256, uncompressed_name, f"{index.rel} (decompressed)", release)
-        if hit is not None:
-            yield from hit
-            return
+        if copied != on_disk:
+            raise SnapshotError(f"{index.rel}: changed while it was read; {_RESYNC}")
         limit, why = bounded.MAX_METADATA_BYTES, ""
         if plain is not None and plain.size < limit:
             limit, why = plain.size, f"the {plain.size} bytes {release.shown_path} lists for {uncompressed_name}"
@@ -823,18 +826,18 @@ def _private_copy(tree: _Tree, rel: str) -> tuple[BinaryIO, Checksum]:
     compressed bytes (tens of MB a `Packages` at a million files, one in each parsing process) are not held."""
     copy = temporary_file(f"a copy of {rel}")
     try:
-        with closing(BoundedReader(tree.open_metadata(rel), rel, bounded.MAX_METADATA_BYTES)) as reader:
-            try:
-                while chunk := reader.read(bounded.CHUNK_BYTES):
-                    copy.write(chunk)
-            except OSError as exc:
-                raise _cannot_read(rel, exc) from None
-            checksum = _read_so_far(reader)
+        checksum = _file_checksum(tree, rel, copy)
         copy.seek(0)
     except BaseException:
         copy.close()
         raise
     return copy, checksum
+
+
+def _release_names(index: PackagesIndex) -> tuple[str, str]:
+    """The names the Release lists `index` and its uncompressed `Packages` by (equal when it is not compressed)."""
+    in_release = index.rel.removeprefix(f"dists/{index.suite}/")
+    return in_release, in_release.rsplit("/", 1)[0] + "/Packages"
 
 
 # The cached parse of one Packages: the length of the header (4 bytes, little-endian), the marshalled header
@@ -850,15 +853,17 @@ _HEADER_LENGTH = struct.Struct("<I")
 _MAX_HEADER_BYTES = 4096
 
 
-def _file_sha256(tree: _Tree, rel: str) -> str:
-    """The SHA-256 of the (metadata) file `rel`, read through the `BoundedReader` a parse reads it with."""
+def _file_checksum(tree: _Tree, rel: str, copy: BinaryIO | None = None) -> Checksum:
+    """The size and SHA-256 of the (metadata) file `rel`, read through the `BoundedReader` a parse reads it with;
+    with `copy`, each chunk is written there too."""
     with closing(BoundedReader(tree.open_metadata(rel), rel, bounded.MAX_METADATA_BYTES)) as reader:
         try:
-            while reader.read(bounded.CHUNK_BYTES):
-                pass
+            while chunk := reader.read(bounded.CHUNK_BYTES):
+                if copy is not None:
+                    copy.write(chunk)
         except OSError as exc:
             raise _cannot_read(rel, exc) from None
-        return reader.sha256()
+        return _read_so_far(reader)
 
 
 def _cached(
