@@ -36,8 +36,7 @@ def shard_header(webseeds: Sequence[str], trackers: Sequence[str], dht_nodes: Se
 def remember(state: StateCache, pointer_sha256: str, header: Header | None, fingerprints: Mapping[str, int]) -> None:
     """Keep the `fingerprints` of every path the shards named by the `latest.asc` of SHA-256 `pointer_sha256`
     list, and their `header` (None: there is no shard)."""
-    about = None if header is None else [list(names) for names in header]
-    state.remember_published_files(pointer_sha256, RECIPE, about, fingerprints.items())
+    state.remember_published_files(pointer_sha256, RECIPE, _about(header), fingerprints.items())
 
 
 def update(
@@ -52,9 +51,13 @@ def update(
     """`remember`, from what the state kept of the publication `before` (a `latest.asc`'s SHA-256): the
     fingerprints of `paths` (new or changed since) written and the `removed` paths dropped; False, and nothing
     written, when the state holds another publication's (then `remember` them all)."""
-    about = None if header is None else [list(names) for names in header]
     rows = ((path, fingerprints[path]) for path in paths)
-    return state.update_published_files(before, pointer_sha256, RECIPE, about, rows, removed)
+    return state.update_published_files(before, pointer_sha256, RECIPE, _about(header), rows, removed)
+
+
+def _about(header: Header | None) -> list[list[str]] | None:
+    """The header as the state keeps it (JSON)."""
+    return None if header is None else [list(names) for names in header]
 
 
 def recall(

@@ -438,12 +438,10 @@ class StateCache:
         """Keep (path, fingerprint) of every file the publication whose `latest.asc` has SHA-256 `pointer_sha256`
         lists, and `about` it (JSON), replacing the last publication's: a later run reads them instead of
         every shard (`pipeline.remembered`)."""
-        about_json = json.dumps({"pointer_sha256": pointer_sha256, "recipe": recipe, "about": about})
         with self._transaction():
-            self._db.execute("DELETE FROM meta WHERE key = 'publication_files'")
             self._db.execute("DELETE FROM publication_files")
             self._db.executemany("INSERT INTO publication_files VALUES (?, ?)", rows)
-            self._db.execute("INSERT INTO meta VALUES ('publication_files', ?)", (about_json,))
+            self._published_about(pointer_sha256, recipe, about)
 
     def update_published_files(
         self,
@@ -460,12 +458,15 @@ class StateCache:
         with self._transaction():
             if self.published_files(before, recipe) is None:
                 return False
-            self._db.execute("DELETE FROM meta WHERE key = 'publication_files'")
             self._db.executemany("DELETE FROM publication_files WHERE path = ?", ((path,) for path in removed))
             self._db.executemany("INSERT OR REPLACE INTO publication_files VALUES (?, ?)", rows)
-            about_json = json.dumps({"pointer_sha256": pointer_sha256, "recipe": recipe, "about": about})
-            self._db.execute("INSERT INTO meta VALUES ('publication_files', ?)", (about_json,))
+            self._published_about(pointer_sha256, recipe, about)
         return True
+
+    def _published_about(self, pointer_sha256: str, recipe: str, about: Any) -> None:
+        """Name the publication the `publication_files` rows are of (inside the transaction that wrote them)."""
+        about_json = json.dumps({"pointer_sha256": pointer_sha256, "recipe": recipe, "about": about})
+        self._db.execute("INSERT OR REPLACE INTO meta VALUES ('publication_files', ?)", (about_json,))
 
     def highest_sequence(self) -> int:
         """The highest sequence of a pointer this publisher committed for the repo (0: none remembered)."""

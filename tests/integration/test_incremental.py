@@ -189,12 +189,8 @@ def test_lost_cache_costs_hashing_never_a_republish_and_output_is_identical(
     assert artifacts(tmp_path / "a") and artifacts(tmp_path / "a") == artifacts(tmp_path / "b")
 
 
-def test_no_change_run_trusts_the_state_memo_only_for_the_index_the_pointer_names(
-    signing_key: SigningKey, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    snap, dest, state = tmp_path / "snap", tmp_path / "dest", tmp_path / "state.sqlite"
-    make_flat(snap)
-    release(settings(snap, dest, signing_key, state))
+def indexes_read(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The sequence of each index whose shards a run reads back (`read_index`), as they are read."""
     decoded: list[int] = []
     real_read_index = pipeline.run.read_index
 
@@ -203,6 +199,16 @@ def test_no_change_run_trusts_the_state_memo_only_for_the_index_the_pointer_name
         return real_read_index(storage, current, files)  # type: ignore[arg-type]
 
     monkeypatch.setattr(pipeline.run, "read_index", spy)
+    return decoded
+
+
+def test_no_change_run_trusts_the_state_memo_only_for_the_index_the_pointer_names(
+    signing_key: SigningKey, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    snap, dest, state = tmp_path / "snap", tmp_path / "dest", tmp_path / "state.sqlite"
+    make_flat(snap)
+    release(settings(snap, dest, signing_key, state))
+    decoded = indexes_read(monkeypatch)
     assert release(settings(snap, dest, signing_key, state)).action == "noop"
     assert decoded == []  # the state cache vouched for the published index: nothing decoded, nothing built
 
@@ -234,14 +240,7 @@ def test_a_changed_run_tells_the_changes_from_what_the_state_kept_of_the_publica
     (snap / "dir1" / "file-04.bin").write_bytes(b"changed" * 7000)
     (snap / "dir2" / "new.bin").write_bytes(b"new" * 999)
     (snap / "dir0" / "file-00.bin").unlink()
-    decoded: list[int] = []
-    real_read_index = pipeline.run.read_index
-
-    def spy(storage: object, current: pipeline.run.CurrentPointer, files: object = None) -> object:
-        decoded.append(current.pointer.sequence)
-        return real_read_index(storage, current, files)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(pipeline.run, "read_index", spy)
+    decoded = indexes_read(monkeypatch)
     report = release(settings(snap, dest, signing_key, state))
     assert decoded == []  # the first run kept every path's fingerprint, under its latest.asc's SHA-256
     assert (report.action, list(report.new), report.changed, report.removed) == (
