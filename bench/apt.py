@@ -62,6 +62,7 @@ from bench.harness import (
     machine_facts,
     mirrorseed_revision,
     plan_corpus,
+    run_env,
     wait_for_quiet,
     warm,
 )
@@ -205,7 +206,7 @@ class _Variant:
 
 def _apt_env(apt: AptRoot, extra: dict[str, str] | None = None) -> dict[str, str]:
     """AptRoot.apt_get's environment (its own apt.conf, non-interactive, C locale), for a timed process."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MIRRORSEED_")}
+    env = run_env()
     return {**env, "APT_CONFIG": str(apt.config), "DEBIAN_FRONTEND": "noninteractive", "LC_ALL": "C", **(extra or {})}
 
 

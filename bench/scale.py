@@ -81,6 +81,7 @@ from bench.harness import (
     _write_all,
     bench_paths,
     build_once,
+    compile_package,
     distribution_path,
     ensure_corpus,
     load_distribution,
@@ -89,6 +90,7 @@ from bench.harness import (
     mirrorseed_revision,
     plan_corpus,
     restore_corpus,
+    run_env,
     stage_table_lines,
     target_table_lines,
 )
@@ -586,12 +588,13 @@ def run_scale_bench(options: ScaleOptions, *, announce: Announce = _quiet) -> Be
     distribution = load_distribution(distribution_path(options.repo_root))
     plans = [ScalePlan(distribution, options.files, form, seed) for form in options.formats]
     archives = [ensure_archive(cache_dir, plan, seed=seed, announce=announce) for plan in plans]
+    compile_package(options.repo_root, announce)
 
     work = cache_dir / "scale-work"
     _fresh(work)
     scratch, trash = work / "scratch", work / "trash"
     scratch.mkdir()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MIRRORSEED_")}
+    env = run_env()
     rows: list[Row] = []
     archive_info: dict[str, dict[str, Any]] = {}
     index_info: dict[str, dict[str, Any]] = {}

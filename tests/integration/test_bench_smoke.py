@@ -67,9 +67,12 @@ def test_bench_quick_smoke(tmp_path: Path) -> None:
     for name in ("core_stages_over_ceiling_2", "speedup_vs_torf_api", "noop_wall_s", "changed_limit_s", "peak_rss_mb"):
         assert isinstance(ratios[name], float) and ratios[name] > 0, name
     assert "noop_per_file_over_walk" in ratios  # None when the walk's difference is below timer noise
-    assert len(doc["targets"]) == 8  # issue 3's seven, and the apt row's (n/a: --quick skips it)
+    assert len(doc["targets"]) == 9  # issue 3's seven, issue 14's full build, the apt row's (n/a: --quick skips it)
     assert all(t["result"] in ("PASS", "MISS", "n/a") for t in doc["targets"])
-    assert sum(t["result"] != "n/a" for t in doc["targets"]) >= 6
+    assert sum(t["result"] != "n/a" for t in doc["targets"]) >= 7
+    full = next(t for t in doc["targets"] if "issue 14" in t["name"])
+    limit = 1.3 * rows["ceiling-2"]["median_wall_s"] + 0.5
+    assert full["result"] == ("PASS" if rows["mirrorseed-full"]["median_wall_s"] <= limit else "MISS"), full
 
     # the corpus is left as built (the 1%-changed run's edits are undone)
     corpus = Path(doc["corpus"]["path"])
