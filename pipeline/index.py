@@ -108,6 +108,11 @@ def shard_document(
     }
 
 
+def distinct(values: Iterable[str]) -> list[str]:
+    """Each value once, the first occurrence kept: how a shard's header lists webseeds, trackers and DHT nodes."""
+    return list(dict.fromkeys(values))
+
+
 def _shard_header(
     repo: str, shard: str, webseeds: Sequence[str], trackers: Sequence[str], dht_nodes: Sequence[str]
 ) -> dict[str, Any]:
@@ -115,9 +120,9 @@ def _shard_header(
         "format": INDEX_FORMAT,
         "repo": repo,
         "shard": shard,
-        "webseeds": list(dict.fromkeys(webseeds)),  # de-duplicated, first occurrence kept
-        "trackers": list(dict.fromkeys(trackers)),
-    } | ({"dht_nodes": list(dict.fromkeys(dht_nodes))} if dht_nodes else {})
+        "webseeds": distinct(webseeds),
+        "trackers": distinct(trackers),
+    } | ({"dht_nodes": distinct(dht_nodes)} if dht_nodes else {})
 
 
 @dataclass(frozen=True)

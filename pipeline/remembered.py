@@ -18,6 +18,7 @@ import sys
 from collections.abc import Iterable, Mapping, Sequence
 
 from pipeline.filetable import FileTable
+from pipeline.index import distinct
 from pipeline.shards import PublishedFingerprints
 from pipeline.state import StateCache
 
@@ -30,7 +31,7 @@ Header = tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]  # the shards'
 
 def shard_header(webseeds: Sequence[str], trackers: Sequence[str], dht_nodes: Sequence[str]) -> Header:
     """The header every shard of a publication lists, as `run.read_index` reads it back (each de-duplicated)."""
-    return tuple(dict.fromkeys(webseeds)), tuple(dict.fromkeys(trackers)), tuple(dict.fromkeys(dht_nodes))
+    return tuple(distinct(webseeds)), tuple(distinct(trackers)), tuple(distinct(dht_nodes))
 
 
 def remember(state: StateCache, pointer_sha256: str, header: Header | None, fingerprints: Mapping[str, int]) -> None:

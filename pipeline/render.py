@@ -490,6 +490,7 @@ def make_environment(templates_dir: Path | None = None) -> jinja2.Environment:
         undefined=jinja2.StrictUndefined,
         trim_blocks=True,
         lstrip_blocks=True,
+        auto_reload=False,  # templates do not change during a run: no stat of each template for every page
     )
     env.filters.update(
         href=_href_filter,
