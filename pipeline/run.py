@@ -103,6 +103,7 @@ from pipeline.storage import Storage, open_storage
 from pipeline.strcolumn import StringColumn
 from pipeline.torrents import (
     BuildSpec,
+    ObjectFacts,
     PackageRecords,
     build_torrent,
     digest_of,
@@ -982,11 +983,11 @@ def _build_content(
     )
     if not settings.allow_peer_only:
         _refuse_unserved(((paths[row], files.size_at(row)) for row in whole), spec, statuses)
-    content = spool.add_all(iter_package_artifacts(_with_pieces(state, records.at(whole)), spec))
+    content = spool.add_all(iter_package_artifacts(_with_pieces(state, records.objects_at(whole)), spec))
     if refresh:
         for row in whole:
             building[row] = 1
-        others = records.at(row for row in range(len(paths)) if not building[row])
+        others = records.objects_at(row for row in range(len(paths)) if not building[row])
         content += spool.add_all(iter_package_artifacts(_with_pieces(state, others), spec, metalinks_only=True))
     return content
 
@@ -1360,8 +1361,8 @@ def _published_mirror_summary(storage: Storage) -> list[tuple[str, str, bool]]:
         return [("unreadable", "", False)]
 
 
-def _with_pieces(state: StateCache, records: Iterable[PackageRecord]) -> Iterator[tuple[PackageRecord, bytes]]:
-    """Each record with its piece hashes from the state cache (b"" for an empty file), one query per batch."""
+def _with_pieces(state: StateCache, records: Iterable[ObjectFacts]) -> Iterator[tuple[ObjectFacts, bytes]]:
+    """Each package's facts with its piece hashes from the state cache (b"" for an empty file), one query per batch."""
     records = iter(records)
     while batch := list(itertools.islice(records, PIECES_BATCH)):
         pieces = state.pieces_many([r.path for r in batch if r.size > 0])

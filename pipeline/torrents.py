@@ -16,7 +16,7 @@ import hashlib
 import math
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, overload
+from typing import TYPE_CHECKING, NamedTuple, Protocol, overload
 from urllib.parse import quote, urlsplit
 
 from pipeline import bencode
@@ -409,6 +409,38 @@ def _record(urls: _Urls, entry: FileEntry, sha256: str, piece_size: int, infohas
     )
 
 
+class PackageObjects(Protocol):
+    """What a package's `.torrent` and `.meta4` are made from: a PackageRecord has it, and so has the lighter
+    `ObjectFacts` (`PackageRecords.objects_at`), which skips what only the index shows (the magnet URI)."""
+
+    @property
+    def path(self) -> str: ...
+    @property
+    def size(self) -> int: ...
+    @property
+    def sha256(self) -> str: ...
+    @property
+    def piece_size(self) -> int | None: ...
+    @property
+    def infohash(self) -> str | None: ...
+    @property
+    def torrent(self) -> str | None: ...
+    @property
+    def metalink(self) -> str: ...
+
+
+class ObjectFacts(NamedTuple):
+    """A package's PackageObjects without its record: what the content build reads of a million files."""
+
+    path: str
+    size: int
+    sha256: str
+    piece_size: int | None
+    infohash: str | None
+    torrent: str | None
+    metalink: str
+
+
 class PackageRecords(Sequence[PackageRecord]):
     """Every file's PackageRecord by row of `files` (a FileTable: sorted by path), made when read from the
     facts known of its content. Nothing per file is kept but the inputs: a million records held at once
@@ -446,9 +478,21 @@ class PackageRecords(Sequence[PackageRecord]):
         for row in rows:
             yield _record(urls, files[row], *known[row])
 
+    def objects_at(self, rows: Iterable[int]) -> Iterator[ObjectFacts]:
+        """What the objects of `rows` are made from, one at a time: as `at` gives, without the records' magnet
+        URIs (each quotes every webseed URL: ~40 % of a record's cost) or the file's other metadata."""
+        paths, size_at, known = self.files.paths, self.files.size_at, self._known
+        for row in rows:
+            path, size = paths[row], size_at(row)
+            sha256, piece_size, infohash = known[row]
+            if size > 0:
+                yield ObjectFacts(path, size, sha256, piece_size, infohash, torrent_key(path), metalink_key(path))
+            else:
+                yield ObjectFacts(path, size, sha256, None, None, None, metalink_key(path))
+
 
 def package_artifacts(
-    items: Iterable[tuple[PackageRecord, bytes]], spec: BuildSpec, *, metalinks_only: bool = False
+    items: Iterable[tuple[PackageObjects, bytes]], spec: BuildSpec, *, metalinks_only: bool = False
 ) -> tuple[Artifact, ...]:
     """The `.torrent` (non-empty files) and `.meta4` of each (record, piece hashes), in the given order.
 
@@ -458,7 +502,7 @@ def package_artifacts(
 
 
 def iter_package_artifacts(
-    items: Iterable[tuple[PackageRecord, bytes]], spec: BuildSpec, *, metalinks_only: bool = False
+    items: Iterable[tuple[PackageObjects, bytes]], spec: BuildSpec, *, metalinks_only: bool = False
 ) -> Iterator[Artifact]:
     """`package_artifacts`, one object at a time (the caller spools them instead of holding them)."""
     urls = _urls(spec)

@@ -555,6 +555,14 @@ def test_package_records_made_by_row_equal_the_records_built_at_once(hashed: tup
         lazy[len(lazy)]
     empty = next(r for r in lazy if r.size == 0)
     assert empty.torrent is None and empty.magnet is None and empty.infohash is None
+    # what the objects are made from: each record's, field by field, and the same .torrent and .meta4 bytes
+    fields = ("path", "size", "sha256", "piece_size", "infohash", "torrent", "metalink")
+    facts = list(lazy.objects_at(range(len(lazy))))
+    assert [tuple(f) for f in facts] == [tuple(getattr(r, name) for name in fields) for r in expected]
+    pieces = {h.entry.path: h.pieces for h in hashed}
+    from_facts = list(iter_package_artifacts(((f, pieces[f.path]) for f in facts), SPEC))
+    from_records = list(iter_package_artifacts(((r, pieces[r.path]) for r in expected), SPEC))
+    assert from_facts == from_records and len(from_facts) == 2 * len(expected) - 1  # no torrent of the empty file
 
 
 def test_package_records_refuse_a_path_listed_twice(tmp_path: Path) -> None:
