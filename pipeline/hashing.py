@@ -192,6 +192,9 @@ def local_pool(workers: int) -> Iterator[Executor]:
     # may hold threads or locks (fork), and start faster than spawn (~45 ms for two). Like spawn, it
     # re-imports the entry script as __mp_main__ in the workers: scripts need the __main__ guard.
     context = multiprocessing.get_context("forkserver")
+    # the server imports this module once, so each worker it forks has it (its first batch came ~40 ms later
+    # when every worker imported it on its own); __main__ is the server's default preload
+    context.set_forkserver_preload(["__main__", __name__])
     try:
         with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
             yield pool
