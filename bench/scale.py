@@ -613,9 +613,23 @@ def run_scale_bench(options: ScaleOptions, *, announce: Announce = _quiet) -> Be
                 rows += _dask_rows(cache_dir, distribution, seed, context)
             else:
                 rows += _skipped_dask_rows("--scale-no-dask")
+        # the results first: at a million files, deleting the runs' destinations takes half an hour here
+        result = _scale_result(options, rows, index_info, archive_info, out, started)
+        announce(f"bench: scale results in {out}; deleting the runs' work directory {work}")
     finally:
         shutil.rmtree(work, ignore_errors=True)
+    return result
 
+
+def _scale_result(
+    options: ScaleOptions,
+    rows: list[Row],
+    index_info: dict[str, dict[str, Any]],
+    archive_info: dict[str, dict[str, Any]],
+    out: Path,
+    started: float,
+) -> BenchResult:
+    """The rows' ratios, targets and table, written to `out` as JSON."""
     ratios, targets = evaluate_scale({r.key: r for r in rows}, options.formats)
     targets += index_targets(index_info)
     for form, facts in index_info.items():
