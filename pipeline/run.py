@@ -1361,10 +1361,10 @@ def _published_mirror_summary(storage: Storage) -> list[tuple[str, str, bool]]:
         return [("unreadable", "", False)]
 
 
-def _with_pieces(state: StateCache, records: Iterable[ObjectFacts]) -> Iterator[tuple[ObjectFacts, bytes]]:
+def _with_pieces(state: StateCache, facts: Iterable[ObjectFacts]) -> Iterator[tuple[ObjectFacts, bytes]]:
     """Each package's facts with its piece hashes from the state cache (b"" for an empty file), one query per batch."""
-    records = iter(records)
-    while batch := list(itertools.islice(records, PIECES_BATCH)):
-        pieces = state.pieces_many([r.path for r in batch if r.size > 0])
-        for record in batch:
-            yield record, pieces[record.path] if record.size > 0 else b""
+    rest = iter(facts)
+    while batch := list(itertools.islice(rest, PIECES_BATCH)):
+        pieces = state.pieces_many([f.path for f in batch if f.size > 0])
+        for fact in batch:
+            yield fact, pieces[fact.path] if fact.size > 0 else b""
