@@ -379,27 +379,26 @@ def _check_order(previous: str, path: str) -> None:
 
 def _record(urls: _Urls, entry: FileEntry, sha256: str, piece_size: int, infohash: str | None) -> PackageRecord:
     path = entry.path
-    key: str | None = None
+    facts = _object_facts(path, entry.size, sha256, piece_size, infohash)
     magnet: str | None = None
-    if entry.size > 0:
-        assert infohash is not None
-        key = torrent_key(path)
+    if facts.torrent is not None:
+        assert facts.infohash is not None
         magnet = magnet_uri(
-            infohash=infohash,
+            infohash=facts.infohash,
             name=path.rpartition("/")[2],
             size=entry.size,
             trackers=() if never_announced(urls.never_announce, path) else urls.trackers,
             webseeds=_url_list(urls, path),
-            torrent_url=join_url(urls.public_url, key),
+            torrent_url=join_url(urls.public_url, facts.torrent),
         )
     return PackageRecord(
         path=path,
         size=entry.size,
         sha256=sha256,
-        infohash=infohash if entry.size > 0 else None,
-        piece_size=piece_size if entry.size > 0 else None,
-        torrent=key,
-        metalink=metalink_key(path),
+        infohash=facts.infohash,
+        piece_size=facts.piece_size,
+        torrent=facts.torrent,
+        metalink=facts.metalink,
         magnet=magnet,
         name=entry.name,
         version=entry.version,
@@ -407,6 +406,15 @@ def _record(urls: _Urls, entry: FileEntry, sha256: str, piece_size: int, infohas
         signature=entry.signature,
         description=entry.description,
     )
+
+
+def _object_facts(path: str, size: int, sha256: str, piece_size: int, infohash: str | None) -> ObjectFacts:
+    """A package's ObjectFacts from what is known of its content: an empty file has no torrent (nothing to
+    share), so no infohash or piece size either; every file has a Metalink."""
+    if size > 0:
+        assert infohash is not None
+        return ObjectFacts(path, size, sha256, piece_size, infohash, torrent_key(path), metalink_key(path))
+    return ObjectFacts(path, size, sha256, None, None, None, metalink_key(path))
 
 
 class PackageObjects(Protocol):
@@ -483,12 +491,7 @@ class PackageRecords(Sequence[PackageRecord]):
         URIs (each quotes every webseed URL: ~40 % of a record's cost) or the file's other metadata."""
         paths, size_at, known = self.files.paths, self.files.size_at, self._known
         for row in rows:
-            path, size = paths[row], size_at(row)
-            sha256, piece_size, infohash = known[row]
-            if size > 0:
-                yield ObjectFacts(path, size, sha256, piece_size, infohash, torrent_key(path), metalink_key(path))
-            else:
-                yield ObjectFacts(path, size, sha256, None, None, None, metalink_key(path))
+            yield _object_facts(paths[row], size_at(row), *known[row])
 
 
 def package_artifacts(
