@@ -48,12 +48,25 @@ class StringColumn:
     def append(self, text: str) -> None:
         self._open.append(text)
         if len(self._open) == BLOCK:
-            if any(_SEP in item for item in self._open):
-                self._odd[len(self._blocks)] = tuple(self._open)
-                self._blocks.append(b"")
-            else:
-                self._blocks.append(zlib.compress(_SEP.join(self._open).encode("utf-8", "surrogatepass"), 1))
-            self._open = []
+            self._close_block()
+
+    def extend(self, texts: Sequence[str]) -> None:
+        """`append` each of `texts`, a block's worth at a time."""
+        at = 0
+        while at < len(texts):
+            room = BLOCK - len(self._open)
+            self._open += texts[at : at + room]
+            at += room
+            if len(self._open) == BLOCK:
+                self._close_block()
+
+    def _close_block(self) -> None:
+        if any(_SEP in item for item in self._open):
+            self._odd[len(self._blocks)] = tuple(self._open)
+            self._blocks.append(b"")
+        else:
+            self._blocks.append(zlib.compress(_SEP.join(self._open).encode("utf-8", "surrogatepass"), 1))
+        self._open = []
 
     def __getitem__(self, number: int) -> str:
         if number < 0:
@@ -120,6 +133,20 @@ class SortedColumn(ItemEquality, Sequence[str]):
             self._firsts.append(copied(text))
         self._column.append(text)
         self._last = text
+
+    def extend(self, texts: Sequence[str]) -> None:
+        """`append` each of `texts`; ValueError, with none of them added, when they do not ascend from the last."""
+        if not texts:
+            return
+        last = self._last
+        for text in texts:
+            if last is not None and text < last:
+                raise ValueError(f"{text!r} sorts before {last!r}: the strings must ascend")
+            last = text
+        count = len(self._column)
+        self._firsts += [copied(texts[at]) for at in range(-count % BLOCK, len(texts), BLOCK)]
+        self._column.extend(texts)
+        self._last = last
 
     def __len__(self) -> int:
         return len(self._column)

@@ -185,3 +185,36 @@ def test_column_accessors_answer_like_the_entries() -> None:
     assert table.expected_sha256_at(table.paths.index("pool/d/d.deb")) == SHA.upper()
     assert table.expected_sha256_at(table.paths.index("pool/b/b_1_amd64.deb")) is None
     assert FileTable.of([]).total_size() == 0
+
+
+def _stat_row(entry: FileEntry) -> tuple[str, str, int, int, int, int]:
+    return (entry.path, entry.source, entry.size, entry.mtime_ns, entry.dev, entry.inode)
+
+
+@pytest.mark.parametrize("first", [0, 1, 3, 6])
+def test_stat_rows_make_the_table_add_makes(first: int) -> None:
+    """Files added as stat rows (the flat walk's) and as FileEntry values, mixed in any order, before and after
+    files with digests, package texts, shards and signatures: the same table as `add` of each, sorted."""
+    plain = [FileEntry(f"pool/z/{i:03d}.deb", f"/srv/snap/pool/z/{i:03d}.deb", i, i + 1, 1, 100 + i) for i in range(70)]
+    plain.append(FileEntry("pool/y/link.deb", "/srv/snap/real/target.deb", 5, 6, 7, 8))  # through a symlink
+    facts = _entries()
+    by_add, by_rows = FileTableBuilder(), FileTableBuilder()
+    for entry in [*facts[:first], *plain, *facts[first:]]:
+        by_add.add(entry)
+    for entry in facts[:first]:
+        by_rows.add(entry)
+    by_rows.add_stat_rows([_stat_row(entry) for entry in plain[:40]])
+    by_rows.add_stat_rows([])
+    by_rows.add_stat_rows([_stat_row(entry) for entry in plain[40:]])
+    for entry in facts[first:]:
+        by_rows.add(entry)
+    expected = sorted([*facts, *plain], key=lambda entry: entry.path)
+    assert list(by_rows.build()) == list(by_add.build()) == expected
+
+
+def test_stat_rows_out_of_order_are_sorted_by_build() -> None:
+    entries = [FileEntry(f"p/{name}", f"/r/p/{name}", 1, 2, 3, 4) for name in ("b", "c", "a", "d")]
+    builder = FileTableBuilder()
+    builder.add_stat_rows([_stat_row(entry) for entry in entries[:2]])
+    builder.add_stat_rows([_stat_row(entry) for entry in entries[2:]])
+    assert list(builder.build()) == sorted(entries, key=lambda entry: entry.path)

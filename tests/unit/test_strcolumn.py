@@ -92,3 +92,26 @@ def test_a_sorted_column_keeps_no_string_of_the_callers() -> None:
     assert not any(first is text for first, text in zip(firsts, texts[::BLOCK], strict=True))
     text = texts[1]
     assert copied(text) == text and copied(text) is not text
+
+
+@pytest.mark.parametrize("split", [0, 1, BLOCK - 1, BLOCK, BLOCK + 3])
+def test_extend_is_append_of_each_across_block_edges(split: int) -> None:
+    """Strings appended one by one, then in batches of every size across block edges: the same column, the
+    same blocks' first strings; a batch that does not ascend from the last string adds nothing."""
+    texts = [f"pool/main/p/pkg{i:05d}.deb" for i in range(3 * BLOCK + 5)]
+    one_by_one, batched = SortedColumn(), SortedColumn()
+    for text in texts:
+        one_by_one.append(text)
+    batched.extend(texts[:split])
+    for at in range(split, len(texts), BLOCK - 1):
+        batched.extend(texts[at : at + BLOCK - 1])
+    assert list(batched) == texts and batched._firsts == one_by_one._firsts == texts[::BLOCK]
+    assert [batched[i] for i in range(len(texts))] == texts and batched.last == texts[-1]
+    with pytest.raises(ValueError, match="must ascend"):
+        batched.extend(["zzz", "a"])
+    with pytest.raises(ValueError, match="must ascend"):
+        batched.extend(["a"])
+    assert list(batched) == texts and batched.last == texts[-1]
+    plain = StringColumn()
+    plain.extend(texts)
+    assert list(plain) == texts and plain[BLOCK] == texts[BLOCK]
