@@ -130,8 +130,9 @@ class LocalStorage:
                             view = view[os.write(fd, view) :]
                     if durable:
                         os.fsync(fd)
-                    os.fchmod(fd, 0o644)  # whatever the umask: the web server reads it
                     status = os.fstat(fd)  # the rename keeps inode and mtime: this is the object's ETag
+                    if status.st_mode & 0o777 != 0o644:
+                        os.fchmod(fd, 0o644)  # whatever the umask: the web server reads it (mtime is kept)
                 finally:
                     os.close(fd)
                 os.replace(tmp, path)

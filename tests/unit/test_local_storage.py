@@ -80,3 +80,25 @@ def test_a_file_is_put_and_got_in_chunks_without_reading_it_whole(
     assert got == head
     with tempfile.TemporaryFile() as copy:
         assert storage.get_file("private/missing", copy) is None and copy.tell() == 0
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077, 0o002, 0o000])
+def test_every_object_is_readable_by_the_web_server_whatever_the_umask(tmp_path: Path, umask: int) -> None:
+    """Mode 0644 on every object written (plain, from a file, conditional), and the ETag the put returned is
+    the stored file's: the mode is set before the stat when it must be set at all."""
+    storage = LocalStorage(tmp_path)
+    before = os.umask(umask)
+    try:
+        infos = [
+            storage.put("a/b.torrent", b"one", content_type="x", cache_control="y"),
+            storage.put_conditional("latest.asc", b"two", content_type="x", cache_control="y", if_match=None),
+        ]
+        with tempfile.TemporaryFile() as file:
+            file.write(b"three")
+            infos.append(storage.put_file("c/d.html", file, content_type="x", cache_control="y"))
+    finally:
+        os.umask(before)
+    for info in infos:
+        assert os.stat(tmp_path / info.key).st_mode & 0o777 == 0o644
+        head = storage.head(info.key)
+        assert head is not None and head.etag == info.etag

@@ -73,3 +73,20 @@ def test_an_entry_holds_a_few_bytes_in_memory() -> None:
             assert refs[number].size == len(data) == spool.size(number)
             assert spool.sha256(number) == hashlib.sha256(data).hexdigest()
             assert spool.load(refs[number]) == artifacts[number]
+
+
+def test_bytes_put_before_and_after_a_flush_read_back_with_reads_between_puts() -> None:
+    """The spool writes its file a megabyte at a time: an entry still in memory, one across the flush and
+    one on disk all read back exactly, whether read before the next put or after the last."""
+    from pipeline.spool import _FLUSH_AT
+
+    artifacts = [make_artifact(f"torrents/p/{i}.torrent", bytes([i]) * (_FLUSH_AT // 3 + i)) for i in range(8)]
+    with Spool() as spool:
+        for number, artifact in enumerate(artifacts):
+            assert spool.load(spool.ref(spool.put(artifact))) == artifact
+            assert spool.load(spool.ref(number // 2)) == artifacts[number // 2]
+        assert spool.load_many(spool.refs(range(8))) == artifacts
+    with Spool() as spool:
+        refs = spool.add_all(artifacts)
+        assert 0 < spool._flushed < spool.bytes_written == sum(len(a.data) for a in artifacts)  # some in memory
+        assert spool.load_many(reversed(refs)) == artifacts[::-1]
