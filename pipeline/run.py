@@ -561,7 +561,8 @@ def _release(settings: Settings, spool: Spool, progress: Progress, now: Callable
     with StateCache.open(settings.state_path, repo=settings.repo) as state:
         scan_spec = _scan_spec(settings, state)
         with clock.stage("scan"):
-            mark = snapshot_mark(scan_spec, _mark_context(settings))
+            marked = snapshot_mark(scan_spec, _mark_context(settings))
+            mark = marked.digest if marked is not None else None
             known = state.known_scan(mark) if mark is not None else None
         audit = _audit_due(settings, state, run.storage, run.started)
         probed: _Probed | None = None  # the mirrors and the destination, once probed by the unchanged tree's path
@@ -572,7 +573,8 @@ def _release(settings: Settings, spool: Spool, progress: Progress, now: Callable
             probed = unchanged
         state.forget_scan()  # the files table may change now: no mark vouches for it until the scan is remembered
         with clock.stage("scan"):
-            snapshot = scan_snapshot(scan_spec)
+            snapshot = scan_snapshot(scan_spec, marked)  # a flat tree: the mark's walk made its table
+            del marked
         with clock.stage("hash"):
             digested = digest_files(
                 snapshot.files, state, workers=settings.workers, progress=progress, executor=run.executor,

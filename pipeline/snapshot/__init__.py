@@ -24,10 +24,19 @@ from pipeline.model import FileEntry, Snapshot
 from pipeline.snapshot.arch import ARCH
 from pipeline.snapshot.debian import DEBIAN
 from pipeline.snapshot.flat import FLAT
-from pipeline.snapshot.formats import FormatAdapter, FormatInfo, ScanSpec
-from pipeline.snapshot.mark import tree_mark
+from pipeline.snapshot.formats import FormatAdapter, FormatInfo, Scanned, ScanSpec
+from pipeline.snapshot.mark import TreeMark, marked_walk
 
-__all__ = ["ADAPTERS", "FORMAT_NAMES", "ScanSpec", "format_info", "recheck_snapshot", "scan_snapshot", "snapshot_mark"]
+__all__ = [
+    "ADAPTERS",
+    "FORMAT_NAMES",
+    "ScanSpec",
+    "TreeMark",
+    "format_info",
+    "recheck_snapshot",
+    "scan_snapshot",
+    "snapshot_mark",
+]
 
 log = logging.getLogger(__name__)
 
@@ -49,11 +58,16 @@ def format_info(name: str) -> FormatInfo:
     return adapter.info
 
 
-def scan_snapshot(spec: ScanSpec) -> Snapshot:
-    """Scan the snapshot `spec` describes; SnapshotError for bad input, ConfigError for a bad spec."""
+def scan_snapshot(spec: ScanSpec, marked: TreeMark | None = None) -> Snapshot:
+    """Scan the snapshot `spec` describes; SnapshotError for bad input, ConfigError for a bad spec. `marked`:
+    the tree's mark as `snapshot_mark(spec)` made it; the flat table of that walk, when it made one, is taken
+    as the scan's (the tree is not walked again)."""
     root_real = _checked_root(spec)
     adapter = _resolve_format(root_real, spec.format)
-    found = adapter.scan(root_real, spec)
+    if marked is not None and marked.files is not None and adapter is FLAT:
+        found = Scanned(marked.files)
+    else:
+        found = adapter.scan(root_real, spec)
     return _snapshot(
         root_real,
         adapter.info.name,
@@ -65,11 +79,12 @@ def scan_snapshot(spec: ScanSpec) -> Snapshot:
     )
 
 
-def snapshot_mark(spec: ScanSpec, context: Sequence[str] = ()) -> str | None:
+def snapshot_mark(spec: ScanSpec, context: Sequence[str] = ()) -> TreeMark | None:
     """The mark of the tree `spec` describes (`pipeline.snapshot.mark`), with the scan's settings, the upstream
     keyring's bytes and `context` (what else the caller derives from the scan) folded in: equal marks, equal
     scans. The spec and the sync lock are checked first, as `scan_snapshot` does. None: no mark (an unreadable
-    directory or keyring), so the scan runs and says what is wrong."""
+    directory or keyring), so the scan runs and says what is wrong. For `--format flat` the walk also makes the
+    scan's table when it can (`mark.marked_walk`), for `scan_snapshot` to take."""
     root_real = _checked_root(spec)
     keyring = None
     if spec.upstream_keyring is not None:
@@ -78,7 +93,7 @@ def snapshot_mark(spec: ScanSpec, context: Sequence[str] = ()) -> str | None:
         except OSError:
             return None
     settings = [str(root_real), spec.format, spec.suites, spec.components, spec.architectures, keyring, *context]
-    return tree_mark(root_real, json.dumps(settings))
+    return marked_walk(root_real, json.dumps(settings), flat_files=spec.format == FLAT.info.name)
 
 
 def recheck_snapshot(spec: ScanSpec, snapshot_format: str) -> None:

@@ -9,47 +9,147 @@ dot files too, without following symlinks:
 
 ctime cannot be set from user space, so a file rewritten in place changes the mark even with its size
 and mtime put back. The mark is stricter than the state cache's own test (device, inode, size, mtime).
+
+Directories are walked in path order, the flat scan's (each directory's entries sorted by name, a
+directory's name with "/" after it, each subdirectory walked where it sorts). So the same walk can also
+give the flat scan's table (`marked_walk(..., flat_files=True)`): a flat tree whose mark changed is then
+not walked a second time. That table is given only when it is exactly what `scan_flat` would find there:
+no symlink (the scan follows those inside the root) and no name other than printable ASCII (the scan's
+checks of other names are its own) outside dot-directories; else the scan walks again.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
-from operator import attrgetter
+import stat
+from dataclasses import dataclass
 from pathlib import Path
 
-MARK_RECIPE = "1"  # bump when what the mark covers changes: an older state's mark then matches nothing
+from pipeline.filetable import FileTable, FileTableBuilder, StatRow
+from pipeline.snapshot.paths import as_source
 
-_by_name = attrgetter("name")
+MARK_RECIPE = "2"  # bump when what the mark covers changes: an older state's mark then matches nothing
+# 2: directories in path order (was: the order of a stack), so that one walk can also make the flat scan's table
+
+_BATCH = 4096  # stat rows handed to the table at a time
+
+
+@dataclass(frozen=True)
+class TreeMark:
+    """A tree's mark and, when asked for and the tree allows it, the flat scan's table of the same walk."""
+
+    digest: str
+    files: FileTable | None = None
+
+
+# A directory still to walk: its path below the root (b"" or b"/a/b"), and the repo path before its entries'
+# names ("a/b/"; None: its files are not the flat scan's, a dot-directory or one the table was given up for).
+_Pending = tuple[bytes, str | None]
 
 
 def tree_mark(root_real: Path, context: str) -> str | None:
     """The mark of the tree under `root_real`, with `context` (what else the scan's result depends on)
     folded in; None when some directory cannot be listed or some entry cannot be stat'ed (the scan then
     says what is wrong)."""
+    marked = marked_walk(root_real, context)
+    return marked.digest if marked is not None else None
+
+
+def marked_walk(root_real: Path, context: str, *, flat_files: bool = False) -> TreeMark | None:
+    """`tree_mark`'s walk; with `flat_files`, also the table `scan_flat(root_real)` would make of the tree as
+    this walk saw it (None in the TreeMark when the tree has what only the scan handles)."""
     root = os.fsencode(root_real)
     digest = hashlib.blake2b(f"{MARK_RECIPE}\n{context}\n".encode("utf-8", "surrogateescape"), digest_size=32)
-    stack = [b""]
+    walk = _Walk(root, as_source(root).rstrip("/") + "/") if flat_files else None
+    batch: list[StatRow] = []  # the flat scan's files, handed to `walk` `_BATCH` at a time
     try:
+        stack = [iter(_listing(root, (b"", "" if flat_files else None), digest, walk))]
         while stack:
-            rel = stack.pop()
-            with os.scandir(root + rel) as listing:
-                entries = sorted(listing, key=_by_name)
-            # NUL-separated tokens (no name or link target holds a NUL): a kind token, then that kind's fields;
-            # an empty token ends the directory
-            tokens = [rel]
-            for entry in entries:
-                if entry.is_dir(follow_symlinks=False):
-                    stack.append(rel + b"/" + entry.name)
-                    tokens += (b"d", entry.name)
-                    continue
-                st = entry.stat(follow_symlinks=False)
-                if entry.is_symlink():
-                    tokens += (b"l", entry.name, os.readlink(entry.path), b"%d" % st.st_ctime_ns)
-                else:
-                    facts = (st.st_mode, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
-                    tokens += (b"f", entry.name, b"%o %d %d %d %d %d" % facts)
-            digest.update(b"\0".join(tokens) + b"\0\0")
+            item = next(stack[-1], None)
+            if item is None:
+                stack.pop()
+            elif len(item) == 6:
+                batch.append(item)  # a StatRow: six fields, where a _Pending has two
+                if len(batch) == _BATCH:
+                    assert walk is not None
+                    walk.add(batch)
+                    batch = []
+            else:
+                stack.append(iter(_listing(root, item, digest, walk)))  # a _Pending
     except OSError:
         return None
-    return digest.hexdigest()
+    if walk is None:
+        return TreeMark(digest.hexdigest())
+    walk.add(batch)
+    return TreeMark(digest.hexdigest(), walk.table())
+
+
+class _Walk:
+    """The flat scan's table as the marked walk finds its files, until something only the scan handles."""
+
+    def __init__(self, root: bytes, source_prefix: str) -> None:
+        self.root = root
+        self.source_prefix = source_prefix  # the root's path string with one "/" at the end
+        self.given_up = False
+        self._builder = FileTableBuilder()
+
+    def add(self, rows: list[StatRow]) -> None:
+        if not self.given_up:
+            self._builder.add_stat_rows(rows)
+
+    def give_up(self) -> None:
+        self.given_up = True
+        self._builder = FileTableBuilder()
+
+    def table(self) -> FileTable | None:
+        return None if self.given_up else self._builder.build()
+
+
+def _sort_name(entry: os.DirEntry[bytes]) -> bytes:
+    """What an entry sorts by among its directory's: its name, with "/" after a directory's."""
+    return entry.name + b"/" if entry.is_dir(follow_symlinks=False) else entry.name
+
+
+def _listing(root: bytes, directory: _Pending, digest: hashlib.blake2b, walk: _Walk | None) -> list[StatRow | _Pending]:
+    """Fold one directory's entries into the mark; its subdirectories to walk and (with `walk`) the flat scan's
+    files, in path order."""
+    rel, prefix = directory
+    with os.scandir(root + rel) as listing:
+        entries = sorted(listing, key=_sort_name)
+    if walk is not None and walk.given_up:
+        prefix = None
+    # NUL-separated tokens (no name or link target holds a NUL): a kind token, then that kind's fields;
+    # an empty token ends the directory
+    tokens = [rel]
+    found: list[StatRow | _Pending] = []
+    for entry in entries:
+        raw = entry.name
+        name: str | None = None
+        if prefix is not None and raw[0] != 0x2E:  # b".": dot entries are not the flat scan's
+            if raw.isascii() and (plain := raw.decode("ascii")).isprintable() and "\\" not in plain:
+                name = plain
+            else:
+                assert walk is not None
+                walk.give_up()
+                prefix = None
+        if entry.is_dir(follow_symlinks=False):
+            tokens += (b"d", raw)
+            found.append((rel + b"/" + raw, None if prefix is None or name is None else prefix + name + "/"))
+            continue
+        st = entry.stat(follow_symlinks=False)
+        if entry.is_symlink():
+            tokens += (b"l", raw, os.readlink(entry.path), b"%d" % st.st_ctime_ns)
+            if name is not None:
+                assert walk is not None
+                walk.give_up()  # the scan follows it
+                prefix = None
+            continue
+        facts = (st.st_mode, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+        tokens += (b"f", raw, b"%o %d %d %d %d %d" % facts)
+        if name is not None and prefix is not None and stat.S_ISREG(st.st_mode):
+            assert walk is not None
+            path = prefix + name
+            found.append((path, walk.source_prefix + path, st.st_size, st.st_mtime_ns, st.st_dev, st.st_ino))
+    digest.update(b"\0".join(tokens) + b"\0\0")
+    return found

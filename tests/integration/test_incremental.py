@@ -18,8 +18,11 @@ import pytest
 
 import pipeline.hashing
 import pipeline.run
+import pipeline.snapshot.flat
 from pipeline.config import Settings
+from pipeline.model import Snapshot
 from pipeline.run import release
+from pipeline.snapshot import ScanSpec, TreeMark
 from pipeline.state import StateCache
 from tests.integration.conftest import SigningKey, run_cli, tree_state
 
@@ -90,7 +93,12 @@ def test_an_unchanged_tree_is_neither_scanned_nor_looked_up(
 
     scans: list[object] = []
     real_scan = pipeline.run.scan_snapshot
-    monkeypatch.setattr(pipeline.run, "scan_snapshot", lambda spec: scans.append(spec) or real_scan(spec))
+
+    def counted_scan(spec: ScanSpec, *marked: TreeMark | None) -> Snapshot:
+        scans.append(spec)
+        return real_scan(spec, *marked)
+
+    monkeypatch.setattr(pipeline.run, "scan_snapshot", counted_scan)
     forbid_reading_and_building(monkeypatch)
     monkeypatch.setattr(StateCache, "page_memo", no_memo)  # the pages' keys are streamed, never all held
     with caplog.at_level(logging.INFO, logger="pipeline.run"):
@@ -103,10 +111,14 @@ def test_an_unchanged_tree_is_neither_scanned_nor_looked_up(
     # touched (same bytes, new mtime): scanned and looked up again, hashed, still nothing to publish
     (snap / "dir1" / "file-04.bin").write_bytes((snap / "dir1" / "file-04.bin").read_bytes())
     monkeypatch.undo()
+    walks: list[bytes] = []
+    real_walk = pipeline.snapshot.flat.scan_flat
+    monkeypatch.setattr(pipeline.snapshot.flat, "scan_flat", lambda root: walks.append(root) or real_walk(root))
     touched = release(settings(snap, dest, signing_key, state))
     assert touched.action == "noop" and touched.files_hashed == 1
+    assert walks == []  # the mark's walk made the flat scan's table: the changed tree was walked once
     assert tree_state(dest) == before
-    monkeypatch.setattr(pipeline.run, "scan_snapshot", lambda spec: scans.append(spec) or real_scan(spec))
+    monkeypatch.setattr(pipeline.run, "scan_snapshot", counted_scan)
     assert release(settings(snap, dest, signing_key, state)).action == "noop" and scans == []
 
     # a page lost from the destination: the probe of the pages' keys finds it, and the whole run puts it back

@@ -82,16 +82,21 @@ def test_the_snapshot_mark_folds_in_the_scan_settings_and_the_keyring_bytes(tmp_
     root = tree(tmp_path / "snap")
     keyring = tmp_path / "upstream.gpg"
     keyring.write_bytes(b"key one")
-    flat = snapshot_mark(ScanSpec(root=root, format="flat"))
-    assert flat is not None
-    assert snapshot_mark(ScanSpec(root=root, format="flat")) == flat
-    assert snapshot_mark(ScanSpec(root=root, format="flat"), ["never-announced/*"]) != flat
+
+    def digest(spec: ScanSpec, context: list[str] | None = None) -> str:
+        marked = snapshot_mark(spec, context or [])
+        assert marked is not None
+        return marked.digest
+
+    flat = digest(ScanSpec(root=root, format="flat"))
+    assert digest(ScanSpec(root=root, format="flat")) == flat
+    assert digest(ScanSpec(root=root, format="flat"), ["never-announced/*"]) != flat
     debian = ScanSpec(root=root, format="debian", suites=("bookworm",), upstream_keyring=keyring)
-    marked = snapshot_mark(debian)
-    assert marked not in (None, flat)
-    assert snapshot_mark(ScanSpec(root=root, format="debian", suites=("trixie",), upstream_keyring=keyring)) != marked
+    marked = digest(debian)
+    assert marked != flat
+    assert digest(ScanSpec(root=root, format="debian", suites=("trixie",), upstream_keyring=keyring)) != marked
     keyring.write_bytes(b"key two")
-    assert snapshot_mark(debian) != marked
+    assert digest(debian) != marked
 
 
 def test_the_snapshot_mark_checks_the_spec_and_the_sync_lock_first(tmp_path: Path) -> None:
@@ -103,3 +108,60 @@ def test_the_snapshot_mark_checks_the_spec_and_the_sync_lock_first(tmp_path: Pat
     (root / "Archive-Update-in-Progress-host").write_bytes(b"")
     with pytest.raises(SnapshotError, match="sync is in progress"):
         snapshot_mark(ScanSpec(root=root, format="flat", sync_lock=(Path("Archive-Update-in-Progress-*"),)))
+
+
+def flat_tree(root: Path) -> Path:
+    """Names that sort around a directory's "/" (lib-x, lib.deb, lib/, lib0), dot entries and a FIFO (not
+    published), an empty directory, and a deep one."""
+    for rel in ("lib-x.deb", "lib.deb", "lib/a.deb", "lib/sub/b.deb", "lib0.deb", "z/y/x/w.deb", ".tmp/c.deb", ".d"):
+        path = root / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(rel.encode())
+    (root / "empty").mkdir()
+    os.mkfifo(root / "lib" / "fifo")
+    return root
+
+
+def test_the_marked_walk_makes_the_flat_scans_table_and_the_same_mark(tmp_path: Path) -> None:
+    from pipeline.snapshot import scan_snapshot
+    from pipeline.snapshot.flat import scan_flat
+    from pipeline.snapshot.mark import marked_walk
+
+    root = flat_tree(tmp_path / "snap")
+    marked = marked_walk(root, "ctx", flat_files=True)
+    assert marked is not None and marked.files is not None
+    expected = list(scan_flat(os.fsencode(root)))
+    assert [entry.path for entry in expected] == [
+        "lib-x.deb", "lib.deb", "lib/a.deb", "lib/sub/b.deb", "lib0.deb", "z/y/x/w.deb",
+    ]  # fmt: skip
+    assert list(marked.files) == expected
+    assert marked.digest == tree_mark(root, "ctx")
+    spec = ScanSpec(root=root, format="flat")
+    from_mark = snapshot_mark(spec)
+    assert from_mark is not None and from_mark.files is not None
+    assert list(scan_snapshot(spec, from_mark).files) == list(scan_snapshot(spec).files) == expected
+    # only for the flat format: another format's scan is its own
+    assert snapshot_mark(ScanSpec(root=root, format="debian", suites=("bookworm",))).files is None  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize(
+    ("where", "given"),
+    [("lib/link", False), (".tmp/link", True), ("lib/café.deb", False), (".tmp/café.deb", True)],
+)
+def test_the_marked_walk_leaves_symlinks_and_other_names_to_the_scan(tmp_path: Path, where: str, given: bool) -> None:
+    """A symlink (the scan follows it) or a name other than printable ASCII (the scan checks it) outside
+    dot-directories: no table, the scan walks again; inside one, neither is the scan's and the table stands.
+    The mark is the same either way."""
+    from pipeline.snapshot.flat import scan_flat
+    from pipeline.snapshot.mark import marked_walk
+
+    root = flat_tree(tmp_path / "snap")
+    if where.endswith("link"):
+        (root / where).symlink_to(root / "lib.deb")
+    else:
+        (root / where).write_bytes(b"x")
+    marked = marked_walk(root, "", flat_files=True)
+    assert marked is not None and marked.digest == tree_mark(root, "")
+    assert (marked.files is not None) == given
+    if marked.files is not None:
+        assert list(marked.files) == list(scan_flat(os.fsencode(root)))
