@@ -61,7 +61,7 @@ def marked_walk(root_real: Path, context: str, *, flat_files: bool = False) -> T
     this walk saw it (None in the TreeMark when the tree has what only the scan handles)."""
     root = os.fsencode(root_real)
     digest = hashlib.blake2b(f"{MARK_RECIPE}\n{context}\n".encode("utf-8", "surrogateescape"), digest_size=32)
-    walk = _Walk(root, as_source(root).rstrip("/") + "/") if flat_files else None
+    walk = _Walk(as_source(root).rstrip("/") + "/") if flat_files else None
     batch: list[StatRow] = []  # the flat scan's files, handed to `walk` `_BATCH` at a time
     try:
         stack = [iter(_listing(root, (b"", "" if flat_files else None), digest, walk))]
@@ -88,8 +88,7 @@ def marked_walk(root_real: Path, context: str, *, flat_files: bool = False) -> T
 class _Walk:
     """The flat scan's table as the marked walk finds its files, until something only the scan handles."""
 
-    def __init__(self, root: bytes, source_prefix: str) -> None:
-        self.root = root
+    def __init__(self, source_prefix: str) -> None:
         self.source_prefix = source_prefix  # the root's path string with one "/" at the end
         self.given_up = False
         self._builder = FileTableBuilder()
