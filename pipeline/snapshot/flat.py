@@ -20,8 +20,9 @@ from __future__ import annotations
 import logging
 import os
 import stat
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from pipeline.errors import ConfigError, SnapshotError
 from pipeline.filetable import FileTable, FileTableBuilder, StatRow
@@ -35,11 +36,12 @@ _Chain = tuple[bytes, Any]
 # A directory still to list: its real path, its repo path, its path string ending in "/", and the chain of
 # real dirs above it.
 _PendingDir = tuple[bytes, str, str, _Chain]
-_STAT_ROW = 6  # the length of a StatRow, where a _PendingDir has four
+_STAT_ROW = 6  # the length of a StatRow, where a directory still to list has fewer fields
 _BATCH = 4096  # stat rows handed to the table at a time
+_Dir = TypeVar("_Dir", bound=tuple[Any, ...])  # a directory still to list, as a walk's `listing` takes it
 
 
-def _dir_prefix(real: bytes) -> str:
+def dir_prefix(real: bytes) -> str:
     """A directory's path string with one "/" at the end: a file's source is this plus its name."""
     return as_source(real).rstrip("/") + "/"
 
@@ -52,26 +54,36 @@ def scan_flat(root_real: bytes) -> FileTable:
 
 
 def _walk(root_real: bytes) -> FileTableBuilder:
-    """Every file, in path order: each directory's entries sorted by name (a directory's name with "/" after
-    it, as in its files' paths) and each subdirectory walked where it sorts, so that the table keeps the
-    paths compressed as they come, with no list of every path and no sort (`FileTableBuilder`). The files
-    go to the table as stat rows, `_BATCH` at a time."""
+    """Every publishable file under the root, in path order, in a builder (`walk_in_path_order`)."""
     files = FileTableBuilder()
+    first = _listing((root_real, "", dir_prefix(root_real), (root_real, None)), root_real)
+    walk_in_path_order(first, lambda directory: _listing(directory, root_real), files.add_stat_rows)
+    return files
+
+
+def walk_in_path_order(
+    first: Sequence[StatRow | _Dir],
+    listing: Callable[[_Dir], Sequence[StatRow | _Dir]],
+    add_rows: Callable[[list[StatRow]], None],
+) -> None:
+    """Every file, in path order, from `first` (the root's listing: its files' stat rows and its directories,
+    sorted as their paths sort, a directory's name with "/" after it) and the `listing` of each directory,
+    walked where it sorts; the rows go to `add_rows` `_BATCH` at a time. So a FileTableBuilder keeps the paths
+    compressed as they come, with no list of every path and no sort (the flat scan's walk and the mark's)."""
     batch: list[StatRow] = []
-    stack = [iter(_listing((root_real, "", _dir_prefix(root_real), (root_real, None)), root_real))]
+    stack = [iter(first)]
     while stack:
         item = next(stack[-1], None)
         if item is None:
             stack.pop()
         elif len(item) == _STAT_ROW:
-            batch.append(item)  # type: ignore[arg-type]  # a StatRow: six fields, where a directory has four
+            batch.append(item)  # a StatRow: six fields, where a directory has fewer
             if len(batch) == _BATCH:
-                files.add_stat_rows(batch)
+                add_rows(batch)
                 batch = []
         else:
-            stack.append(iter(_listing(item, root_real)))  # type: ignore[arg-type]  # a _PendingDir
-    files.add_stat_rows(batch)
-    return files
+            stack.append(iter(listing(item)))  # type: ignore[arg-type]  # a directory
+    add_rows(batch)
 
 
 def _listing(directory: _PendingDir, root_real: bytes) -> list[StatRow | _PendingDir]:
@@ -151,7 +163,7 @@ def _follow_link(link: bytes, rel: str, chain: _Chain, root_real: bytes) -> Stat
             raise SnapshotError(
                 f"{shown(rel)}: symlink loop (points to a directory that contains it); remove the link and run again"
             )
-        return (target, rel, _dir_prefix(target), (target, chain))
+        return (target, rel, dir_prefix(target), (target, chain))
     if stat.S_ISREG(status.st_mode):
         return (rel, as_source(target), status.st_size, status.st_mtime_ns, status.st_dev, status.st_ino)
     return None

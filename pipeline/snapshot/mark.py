@@ -27,12 +27,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline.filetable import FileTable, FileTableBuilder, StatRow
-from pipeline.snapshot.paths import as_source
+from pipeline.snapshot.flat import dir_prefix, walk_in_path_order
 
 MARK_RECIPE = "2"  # bump when what the mark covers changes: an older state's mark then matches nothing
 # 2: directories in path order (was: the order of a stack), so that one walk can also make the flat scan's table
-
-_BATCH = 4096  # stat rows handed to the table at a time
 
 
 @dataclass(frozen=True)
@@ -61,36 +59,22 @@ def marked_walk(root_real: Path, context: str, *, flat_files: bool = False) -> T
     this walk saw it (None in the TreeMark when the tree has what only the scan handles)."""
     root = os.fsencode(root_real)
     digest = hashlib.blake2b(f"{MARK_RECIPE}\n{context}\n".encode("utf-8", "surrogateescape"), digest_size=32)
-    walk = _Walk(as_source(root).rstrip("/") + "/") if flat_files else None
-    batch: list[StatRow] = []  # the flat scan's files, handed to `walk` `_BATCH` at a time
+    walk = _Walk(dir_prefix(root), wanted=flat_files)
     try:
-        stack = [iter(_listing(root, (b"", "" if flat_files else None), digest, walk))]
-        while stack:
-            item = next(stack[-1], None)
-            if item is None:
-                stack.pop()
-            elif len(item) == 6:
-                batch.append(item)  # a StatRow: six fields, where a _Pending has two
-                if len(batch) == _BATCH:
-                    assert walk is not None
-                    walk.add(batch)
-                    batch = []
-            else:
-                stack.append(iter(_listing(root, item, digest, walk)))  # a _Pending
+        first = _listing(root, (b"", ""), digest, walk)
+        walk_in_path_order(first, lambda directory: _listing(root, directory, digest, walk), walk.add)
     except OSError:
         return None
-    if walk is None:
-        return TreeMark(digest.hexdigest())
-    walk.add(batch)
     return TreeMark(digest.hexdigest(), walk.table())
 
 
 class _Walk:
-    """The flat scan's table as the marked walk finds its files, until something only the scan handles."""
+    """The flat scan's table as the marked walk finds its files, until something only the scan handles (given
+    up from the start when not wanted: then no file is collected)."""
 
-    def __init__(self, source_prefix: str) -> None:
+    def __init__(self, source_prefix: str, *, wanted: bool) -> None:
         self.source_prefix = source_prefix  # the root's path string with one "/" at the end
-        self.given_up = False
+        self.given_up = not wanted
         self._builder = FileTableBuilder()
 
     def add(self, rows: list[StatRow]) -> None:
@@ -110,13 +94,13 @@ def _sort_name(entry: os.DirEntry[bytes]) -> bytes:
     return entry.name + b"/" if entry.is_dir(follow_symlinks=False) else entry.name
 
 
-def _listing(root: bytes, directory: _Pending, digest: hashlib.blake2b, walk: _Walk | None) -> list[StatRow | _Pending]:
-    """Fold one directory's entries into the mark; its subdirectories to walk and (with `walk`) the flat scan's
-    files, in path order."""
+def _listing(root: bytes, directory: _Pending, digest: hashlib.blake2b, walk: _Walk) -> list[StatRow | _Pending]:
+    """Fold one directory's entries into the mark; its subdirectories to walk and (unless `walk` gave up) the
+    flat scan's files, in path order."""
     rel, prefix = directory
     with os.scandir(root + rel) as listing:
         entries = sorted(listing, key=_sort_name)
-    if walk is not None and walk.given_up:
+    if walk.given_up:
         prefix = None
     # NUL-separated tokens (no name or link target holds a NUL): a kind token, then that kind's fields;
     # an empty token ends the directory
@@ -126,10 +110,10 @@ def _listing(root: bytes, directory: _Pending, digest: hashlib.blake2b, walk: _W
         raw = entry.name
         name: str | None = None
         if prefix is not None and raw[0] != 0x2E:  # b".": dot entries are not the flat scan's
+            # paths.is_plain_ascii, inlined as in the flat scan: the other names are the scan's to check
             if raw.isascii() and (plain := raw.decode("ascii")).isprintable() and "\\" not in plain:
                 name = plain
             else:
-                assert walk is not None
                 walk.give_up()
                 prefix = None
         if entry.is_dir(follow_symlinks=False):
@@ -140,14 +124,12 @@ def _listing(root: bytes, directory: _Pending, digest: hashlib.blake2b, walk: _W
         if entry.is_symlink():
             tokens += (b"l", raw, os.readlink(entry.path), b"%d" % st.st_ctime_ns)
             if name is not None:
-                assert walk is not None
                 walk.give_up()  # the scan follows it
                 prefix = None
             continue
         facts = (st.st_mode, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
         tokens += (b"f", raw, b"%o %d %d %d %d %d" % facts)
         if name is not None and prefix is not None and stat.S_ISREG(st.st_mode):
-            assert walk is not None
             path = prefix + name
             found.append((path, walk.source_prefix + path, st.st_size, st.st_mtime_ns, st.st_dev, st.st_ino))
     digest.update(b"\0".join(tokens) + b"\0\0")
