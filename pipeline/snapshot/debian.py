@@ -571,7 +571,7 @@ def _listings(
 
     The `Packages` files the cache does not have are parsed by worker processes (`_parse_elsewhere`) while
     this process reads the ones before them; the stanzas come in the same order either way."""
-    with _parse_elsewhere(tree, indexes, release_of, signed, cache) as parsed:
+    with _parse_elsewhere(tree, indexes, release_of, signed, cache) as (parsed, read):
         for index in indexes:
             # the index's two shard names, made once (a million stanzas ask)
             own = debian_shard(index.suite, index.component, index.architecture, index.architecture)
@@ -579,7 +579,7 @@ def _listings(
             release = release_of[index.suite]
             items = _worker_parse(parsed.pop(index.rel, None), index, release, cache)
             if items is None:
-                items = _read_packages(tree, index, release, signed, cache)
+                items = _read_packages(tree, index, release, signed, cache, read.get(index.rel))
             for item in items:
                 yield (*item, common if item.arch == "all" else own)
 
@@ -597,18 +597,25 @@ def _parse_elsewhere(
     release_of: Mapping[str, ReleaseInfo],
     signed: bool,
     cache: ListingCache | None,
-) -> Iterator[dict[str, Future[tuple[str, str, int]]]]:
+) -> Iterator[tuple[dict[str, Future[tuple[str, str, int]]], Mapping[str, Checksum]]]:
     """The parses of the `indexes` the cache does not have, started in worker processes (`_parse_to_file`), by
     `rel`; none when they are fewer than two, smaller than PARSE_ELSEWHERE_MIN_BYTES together, or this
     machine has one core. The parses of a million-file archive's ~12 `Packages` take ~60 % of its scan, and the
     hashing workers are not running yet. The reader takes each parse out of the dict; the temporary files of
-    those left (the scan stopped first) are deleted."""
+    those left (the scan stopped first) are deleted. Beside them, by `rel`, the size and SHA-256 of each file
+    the cache was asked about, so that `_read_packages` does not read and hash it again (~100 MB at a million)."""
     sizes = {index.rel: _size_on_disk(tree, index.rel) for index in indexes}
+    read: dict[str, Checksum] = {}
     misses: list[PackagesIndex] = []
     if (os.cpu_count() or 1) >= 2 and sum(sizes.values()) >= PARSE_ELSEWHERE_MIN_BYTES:  # else nothing is hashed
-        misses = [index for index in indexes if not _cache_has(tree, index, release_of[index.suite], cache)]
+        for index in indexes:
+            on_disk = _on_disk_if_cached(tree, index, cache)
+            if on_disk is not None:
+                read[index.rel] = on_disk
+            if on_disk is None or cache is None or not _cache_has(cache, index, on_disk):
+                misses.append(index)
     if len(misses) < 2 or sum(sizes[index.rel] for index in misses) < PARSE_ELSEWHERE_MIN_BYTES:
-        yield {}
+        yield {}, read
         return
     workers = min(PARSE_WORKERS, len(misses))
     from pipeline.hashing import local_pool  # the hashing stage's pool of local processes
@@ -619,7 +626,7 @@ def _parse_elsewhere(
             for index in misses
         }
         try:
-            yield futures
+            yield futures, read
         finally:
             for future in futures.values():
                 future.cancel()
@@ -629,15 +636,20 @@ def _parse_elsewhere(
                         os.unlink(future.result()[0])
 
 
-def _cache_has(tree: _Tree, index: PackagesIndex, release: ReleaseInfo, cache: ListingCache | None) -> bool:
-    """Whether `cache` holds a parse of `index`'s bytes as they are on disk now (by `_read_packages`' key)."""
+def _on_disk_if_cached(tree: _Tree, index: PackagesIndex, cache: ListingCache | None) -> Checksum | None:
+    """The size and SHA-256 of `index` as on disk now, when there is a `cache` to look it up in (its key); None
+    without one, or when it cannot be read (`_read_packages` reports that, in its turn)."""
     if cache is None:
-        return False
+        return None
     try:
-        digest = _file_checksum(tree, index.rel).sha256  # streamed: never held whole
+        return _file_checksum(tree, index.rel)  # streamed: never held whole
     except SnapshotError:
-        return True  # not parsed elsewhere: `_read_packages` reports it, in its turn
-    source = cache.listing(index.rel, digest)
+        return None
+
+
+def _cache_has(cache: ListingCache, index: PackagesIndex, on_disk: Checksum) -> bool:
+    """Whether `cache` holds a parse of `index`'s bytes `on_disk` (by `_read_packages`' key)."""
+    source = cache.listing(index.rel, on_disk.sha256)
     if source is None:
         return False
     source.close()
@@ -767,7 +779,12 @@ def _gc_paused() -> Iterator[None]:
 
 
 def _read_packages(
-    tree: _Tree, index: PackagesIndex, release: ReleaseInfo, signed: bool, cache: ListingCache | None = None
+    tree: _Tree,
+    index: PackagesIndex,
+    release: ReleaseInfo,
+    signed: bool,
+    cache: ListingCache | None = None,
+    on_disk: Checksum | None = None,
 ) -> Iterator[ListedFile]:
     """The stanzas of one Packages file, as they are read; nothing is decompressed before the file on disk
     is checked.
@@ -784,13 +801,15 @@ def _read_packages(
     the parse and the uncompressed size and SHA-256 are read back, and the latter compared with the
     Release first, as a parse would (~15× faster than decompressing and parsing). Neither way holds the
     file's stanzas at once: at a million files one Packages file lists ~300,000.
+
+    `on_disk`: the file's size and SHA-256, when this scan has just read it (to look it up in the cache).
     """
     in_release, uncompressed_name = _release_names(index)
     plain = release.checksums.get(uncompressed_name)
     if in_release == uncompressed_name:
         if signed and plain is None:
             raise _not_listed(index, release)
-        digest = _file_checksum(tree, index.rel).sha256 if cache is not None else ""
+        digest = (on_disk or _file_checksum(tree, index.rel)).sha256 if cache is not None else ""
         hit = _cached(cache, index.rel, digest, uncompressed_name, index.rel, release)
         if hit is not None:
             yield from hit
@@ -798,7 +817,7 @@ def _read_packages(
         reader = BoundedReader(tree.open_metadata(index.rel), index.rel, bounded.MAX_METADATA_BYTES)
         yield from _remember(cache, index.rel, digest, _parse_checked(reader, index.rel, uncompressed_name, release))
         return
-    on_disk = _file_checksum(tree, index.rel)
+    on_disk = on_disk or _file_checksum(tree, index.rel)
     checked = _check_against_release(in_release, on_disk, index.rel, release)
     if signed and not checked and plain is None:
         raise _not_listed(index, release)

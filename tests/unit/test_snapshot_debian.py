@@ -1035,10 +1035,10 @@ def parsing_elsewhere(monkeypatch: pytest.MonkeyPatch, tmp: Path) -> list[int]:
     real = debian._parse_elsewhere
 
     @contextlib.contextmanager
-    def spy(*args: Any) -> Iterator[dict[str, object]]:
-        with real(*args) as futures:
+    def spy(*args: Any) -> Iterator[tuple[dict[str, object], object]]:
+        with real(*args) as (futures, read):
             started.append(len(futures))
-            yield futures
+            yield futures, read
 
     monkeypatch.setattr(debian, "_parse_elsewhere", spy)
     return started
@@ -1061,7 +1061,13 @@ def test_packages_parsed_by_worker_processes_give_the_same_files_and_kept_parses
             rel = f"dists/bookworm/main/binary-{arch}/Packages" + (f".{compression}" if compression else "")
             digest = hashlib.sha256((root / rel).read_bytes()).hexdigest()
             assert kept_rows(kept(elsewhere, rel, digest)) == kept_rows(kept(here, rel, digest))
+        read: list[str] = []
+        real_checksum = debian._file_checksum
+        monkeypatch.setattr(
+            debian, "_file_checksum", lambda tree, rel, *copy: read.append(rel) or real_checksum(tree, rel, *copy)
+        )
         assert cached_scan(root, elsewhere) == expected and started == [3, 0]  # kept: none parsed again
+        assert sorted(read) == sorted(set(read)) and len(read) == 3  # each read once: to look it up, not again
     assert not list((tmp_path / "tmp").glob("mirrorseed-parse-*"))  # every worker's file read and deleted
 
 
