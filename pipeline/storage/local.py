@@ -114,7 +114,7 @@ class LocalStorage:
         parent, _, name = path.rpartition("/")
         try:
             if parent not in self._made:  # one mkdir per directory per run, not per object
-                os.makedirs(parent, exist_ok=True)
+                _make_dirs(parent)
                 if len(self._made) >= MADE_MAX:  # objects come directory by directory: recent ones suffice
                     self._made.clear()
                 self._made.add(parent)
@@ -219,3 +219,16 @@ class LocalStorage:
             self._path(key).unlink(missing_ok=True)
         except OSError as exc:
             raise StorageError(f"{self._path(key)}: cannot delete ({exc.strerror})") from exc
+
+
+def _make_dirs(directory: str) -> None:
+    """`os.makedirs(directory, exist_ok=True)` that tries the mkdir first: a run makes a directory for every
+    directory of the snapshot in three trees (torrents/, metalinks/, browse/), and `makedirs` stats each one's
+    parent first (~1 s a 100,000 directories)."""
+    try:
+        os.mkdir(directory)
+    except FileExistsError:
+        if not os.path.isdir(directory):
+            raise
+    except FileNotFoundError:
+        os.makedirs(directory, exist_ok=True)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.errors import PublishConflictError
+from pipeline.errors import PublishConflictError, StorageError
 from pipeline.storage import local
 from pipeline.storage.local import LOCK_NAME, LocalStorage
 
@@ -102,3 +102,15 @@ def test_every_object_is_readable_by_the_web_server_whatever_the_umask(tmp_path:
         assert os.stat(tmp_path / info.key).st_mode & 0o777 == 0o644
         head = storage.head(info.key)
         assert head is not None and head.etag == info.etag
+
+
+def test_a_put_makes_missing_directories_and_names_a_file_in_the_way(tmp_path: Path) -> None:
+    storage = LocalStorage(tmp_path / "dest")
+    storage.put("torrents/a/b/c/d.torrent", b"1", content_type="x", cache_control="x")
+    storage.put("torrents/a/b/e/f.torrent", b"2", content_type="x", cache_control="x")  # parent there, dir not
+    assert (tmp_path / "dest/torrents/a/b/c/d.torrent").read_bytes() == b"1"
+    assert (tmp_path / "dest/torrents/a/b/e/f.torrent").read_bytes() == b"2"
+    (tmp_path / "dest/metalinks").write_text("a file where a directory must be")
+    for key in ("metalinks/x.meta4", "metalinks/y/z.meta4"):
+        with pytest.raises(StorageError, match=f"{tmp_path}/dest/{key}: cannot write"):
+            storage.put(key, b"3", content_type="x", cache_control="x")

@@ -51,6 +51,14 @@ def test_the_streamed_json_is_json_dumps_byte_for_byte(keys: tuple[str, ...]) ->
         assert document["packages"]["new"] == list(report.new)
 
 
+def test_the_streamed_json_comes_in_pieces_of_about_64_kib_not_a_write_a_key() -> None:
+    keys = tuple(f"torrents/pool/main/p/p{i:06}/p{i:06}_1.0_all.deb.torrent" for i in range(20_000))
+    report = replace(REPORT, planned_keys=keys, new=SortedColumn(sorted(keys)))
+    chunks = list(report.json_chunks())
+    assert "".join(chunks) == json.dumps(report.to_json(), indent=2, sort_keys=True)
+    assert 20 < len(chunks) < 50 and all(len(chunk) < 2 * 65536 for chunk in chunks)
+
+
 def test_the_planned_keys_are_read_from_the_spool_in_write_order() -> None:
     with Spool() as spool:
         content = spool.add_all([artifact("torrents/b.torrent", b"1"), artifact("metalinks/b.meta4", b"2")])
