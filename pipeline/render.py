@@ -325,6 +325,8 @@ def relative_href(page_key: str, target_key: str) -> str:
     """The href from the page at `page_key` to the object at `target_key`, both relative to the
     destination root; each segment percent-encoded (`+`, space, `#`, `?`, `%` and UTF-8 safe)."""
     page_dir = page_key.split("/")[:-1]
+    if page_dir and not target_key.startswith(page_dir[0] + "/"):  # another tree (a browse page's torrent links)
+        return "../" * len(page_dir) + quote_path(target_key)
     target = target_key.split("/")
     common = 0
     while common < len(page_dir) and common < len(target) - 1 and page_dir[common] == target[common]:
@@ -1034,7 +1036,7 @@ BROWSE_CONTEXT = (
     "repo", "snapshot_format", "format_label", "public_url", "fingerprint", "webseeds", "webseeds_for",
     "has_mirrors", "signature_bases",
 )  # fmt: skip
-RENDER_RECIPE = "1"  # bump when the browse context or its filters change
+RENDER_RECIPE = "2"  # bump when the browse context, its filters or `_BrowseInputs` change
 
 
 def templates_digest(templates_dir: Path | None) -> str:
@@ -1049,14 +1051,30 @@ def templates_digest(templates_dir: Path | None) -> str:
     return digest.hexdigest()
 
 
-def _browse_inputs(templates: str, context: Mapping[str, Any], directory: str, subdirs: Sequence[str],
-                   packages: Iterable[tuple[str, bytes]]) -> str:  # fmt: skip
-    """The digest of what a browse page shows; `packages`: (path, `page_digest`) of each."""
-    webseeds_for = context["webseeds_for"]
-    rows = [(digest.hex(), None if webseeds_for is None else list(webseeds_for(path))) for path, digest in packages]
-    fixed = {key: context[key] for key in BROWSE_CONTEXT if key != "webseeds_for"}
-    document = [templates, fixed, directory, list(subdirs), rows]
-    return hashlib.sha256(json.dumps(document, ensure_ascii=False, default=list).encode("utf-8")).hexdigest()
+class _BrowseInputs:
+    """The digest of what a browse page shows: the templates' digest and the browse context (the same for every
+    page: hashed once a run), then the page's directory and subdirectories (JSON), then each package's
+    `page_digest` (a fixed size) and, when mirrors are chosen a file at a time, its webseeds (JSON)."""
+
+    def __init__(self, templates: str, context: Mapping[str, Any]) -> None:
+        self._webseeds_for = context["webseeds_for"]
+        fixed = {key: context[key] for key in BROWSE_CONTEXT if key != "webseeds_for"}
+        self._prefix = hashlib.sha256(_json_bytes([templates, fixed]))
+
+    def __call__(self, directory: str, subdirs: Sequence[str], packages: Iterable[tuple[str, bytes]]) -> str:
+        """`packages`: (path, `page_digest`) of each."""
+        digest = self._prefix.copy()
+        digest.update(_json_bytes([directory, list(subdirs)]))
+        webseeds_for = self._webseeds_for
+        for path, shown in packages:
+            digest.update(shown)
+            if webseeds_for is not None:
+                digest.update(_json_bytes(list(webseeds_for(path))))
+        return digest.hexdigest()
+
+
+def _json_bytes(document: object) -> bytes:
+    return json.dumps(document, ensure_ascii=False, default=list).encode("utf-8")
 
 
 def _page_packages(
@@ -1127,16 +1145,15 @@ def iter_pages(listing: ListingInput, unchanged: Callable[[str, str], bool] | No
     yield from map(_whole, _give_back(env, listing, checked))
 
     browse_common = {key: common[key] for key in BROWSE_CONTEXT}
-    templates = templates_digest(listing.templates_dir) if unchanged is not None else ""
+    inputs_of = _BrowseInputs(templates_digest(listing.templates_dir), browse_common) if unchanged is not None else None
     tree = _Tree(records.files.paths if isinstance(records, PackageRecords) else (r.path for r in records))
     for number, directory in enumerate(tree.dirs):
         key = browse_key(directory)
         subdirs = tree.subdirs(number)
         rows = tree.rows(number)
         inputs = None
-        if unchanged is not None:
-            shown = _page_packages(records, rows, listing.page_digests)
-            inputs = _browse_inputs(templates, browse_common, directory, subdirs, shown)
+        if unchanged is not None and inputs_of is not None:
+            inputs = inputs_of(directory, subdirs, _page_packages(records, rows, listing.page_digests))
             if unchanged(key, inputs):
                 yield Page(key, inputs, None)
                 continue

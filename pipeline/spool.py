@@ -27,6 +27,7 @@ from pipeline.scratch import FixedColumn, temporary_file
 from pipeline.strcolumn import StringColumn
 
 _FLUSH_AT = 1 << 20  # bytes put before the spool writes them to its file
+_READ_RUN = 8 << 20  # most bytes `load_many` reads at once
 
 
 @dataclass(frozen=True, slots=True)
@@ -195,11 +196,15 @@ class Spool:
             self._pending = bytearray()
 
     def read(self, ref: SpooledArtifact) -> bytes:
-        if ref.offset + ref.size > self._flushed:
+        return self._read(ref.offset, ref.size, ref.key)
+
+    def _read(self, offset: int, size: int, key: str) -> bytes:
+        """`size` bytes at `offset` of the file (`key`: the last artifact they hold, for the error)."""
+        if offset + size > self._flushed:
             self._flush(self._keys[len(self._keys) - 1])
-        data = os.pread(self._file.fileno(), ref.size, ref.offset)
-        if len(data) != ref.size:
-            raise PipelineError(f"spool: {ref.key} is truncated in the spool file")
+        data = os.pread(self._file.fileno(), size, offset)
+        if len(data) != size:
+            raise PipelineError(f"spool: {key} is truncated in the spool file")
         return data
 
     def load(self, ref: SpooledArtifact) -> Artifact:
@@ -208,4 +213,33 @@ class Spool:
         )
 
     def load_many(self, refs: Iterable[SpooledArtifact]) -> list[Artifact]:
-        return [self.load(ref) for ref in refs]
+        """`load` of each, in their order; entries that follow each other in the file are read together, up to
+        `_READ_RUN` bytes at once (a batch of content objects is one read, not a read of ~5 µs an object)."""
+        loaded: list[Artifact] = []
+        run: list[SpooledArtifact] = []
+        end = 0
+        for ref in refs:
+            if run and (ref.offset != end or end - run[0].offset + ref.size > _READ_RUN):
+                loaded += self._load_run(run)
+                run = []
+            run.append(ref)
+            end = ref.offset + ref.size
+        if run:
+            loaded += self._load_run(run)
+        return loaded
+
+    def _load_run(self, run: Sequence[SpooledArtifact]) -> Iterator[Artifact]:
+        """The artifacts of `run`, entries that follow each other in the file, read at once."""
+        if len(run) == 1:
+            return iter((self.load(run[0]),))
+        start = run[0].offset
+        data = self._read(start, run[-1].offset + run[-1].size - start, run[-1].key)
+        return (
+            Artifact(
+                key=ref.key,
+                data=data[ref.offset - start : ref.offset - start + ref.size],
+                content_type=ref.content_type,
+                cache_control=ref.cache_control,
+            )
+            for ref in run
+        )

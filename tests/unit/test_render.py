@@ -523,6 +523,9 @@ def test_relative_href() -> None:
     assert relative_href("browse/torrents/index.html", "torrents/torrents/x+y.torrent") == (
         "../../torrents/torrents/x%2By.torrent"
     )
+    assert relative_href("browse/a/index.html", "browsex/y") == "../../browsex/y"  # a prefix, not a segment
+    assert relative_href("browse/a/index.html", "browse") == "../../browse"
+    assert relative_href("browse/a/index.html", "browse/a") == "../a"
 
 
 def test_filters() -> None:
@@ -1529,3 +1532,26 @@ def test_the_browse_tree_names_every_directory_its_subdirs_and_its_files(
         subdirs, rows = expected[directory]
         assert (tree.subdirs(number), list(tree.rows(number))) == (sorted(subdirs), rows), directory
     assert (_Tree([]).dirs, list(_Tree([]).rows(0)), _Tree([]).subdirs(0)) == ([""], [], [])
+
+
+def test_browse_inputs_change_with_everything_a_browse_page_shows_and_nothing_else() -> None:
+    from pipeline.render import BROWSE_CONTEXT, _BrowseInputs
+
+    held = {"a/x.deb": ["http://m1/"], "a/y.deb": ["http://m1/", "http://m2/"]}
+    context: dict[str, object] = {key: f"value of {key}" for key in BROWSE_CONTEXT}
+    context["webseeds_for"] = lambda path: held[path]
+    rows = [("a/x.deb", b"1" * 16), ("a/y.deb", b"2" * 16)]
+    base = _BrowseInputs("templates", context)("a", ["a/b"], rows)
+    assert base == _BrowseInputs("templates", dict(context))("a", ["a/b"], iter(rows))
+    others = {
+        _BrowseInputs("other templates", context)("a", ["a/b"], rows),
+        _BrowseInputs("templates", {**context, "repo": "other"})("a", ["a/b"], rows),
+        _BrowseInputs("templates", context)("b", ["a/b"], rows),
+        _BrowseInputs("templates", context)("a", ["a/c"], rows),
+        _BrowseInputs("templates", context)("a", [], rows),
+        _BrowseInputs("templates", context)("a", ["a/b"], rows[:1]),
+        _BrowseInputs("templates", context)("a", ["a/b"], [rows[0], ("a/y.deb", b"3" * 16)]),
+        _BrowseInputs("templates", {**context, "webseeds_for": None})("a", ["a/b"], rows),
+        _BrowseInputs("templates", {**context, "webseeds_for": lambda path: held[path][:1]})("a", ["a/b"], rows),
+    }
+    assert base not in others and len(others) == 9

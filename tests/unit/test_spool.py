@@ -90,3 +90,28 @@ def test_bytes_put_before_and_after_a_flush_read_back_with_reads_between_puts() 
         refs = spool.add_all(artifacts)
         assert 0 < spool._flushed < spool.bytes_written == sum(len(a.data) for a in artifacts)  # some in memory
         assert spool.load_many(reversed(refs)) == artifacts[::-1]
+
+
+@pytest.mark.parametrize("read_run", [1, 150, 8 << 20])
+def test_load_many_reads_each_run_of_entries_that_follow_in_the_file_at_once(
+    monkeypatch: pytest.MonkeyPatch, read_run: int
+) -> None:
+    from pipeline import spool as spool_module
+
+    monkeypatch.setattr(spool_module, "_READ_RUN", read_run)
+    artifacts = [make_artifact(f"torrents/p/{i}.torrent", bytes([i]) * (100 + i)) for i in range(10)]
+    order = [0, 1, 2, 5, 6, 3, 4, 9, 8, 7]  # runs: 0-2, 5-6, 3-4, then three of one
+    reads: list[int] = []
+    real = spool_module.os.pread
+    with Spool() as spool:
+        refs = spool.add_all(artifacts)
+        spool.load(refs[0])  # flushed: the reads below are those of load_many
+        monkeypatch.setattr(spool_module.os, "pread", lambda fd, n, at: reads.append(n) or real(fd, n, at))
+        assert spool.load_many(refs[i] for i in order) == [artifacts[i] for i in order]
+    sizes = [len(a.data) for a in artifacts]
+    expected = {
+        1: [sizes[i] for i in order],  # no run fits: one read an entry
+        150: [sizes[i] for i in order],  # two entries are over 200 bytes: still one an entry
+        8 << 20: [sum(sizes[0:3]), sum(sizes[5:7]), sum(sizes[3:5]), sizes[9], sizes[8], sizes[7]],
+    }[read_run]
+    assert reads == expected
