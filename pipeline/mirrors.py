@@ -288,6 +288,9 @@ class _HolderItems(ItemsView[str, tuple[int, ...]]):
         return ((holders._files.path(i), holders._held(i)) for i in holders._positions())
 
 
+_WEBSEED_SETS = 4096  # sets of holders whose webseeds a MirrorReport remembers
+
+
 @dataclass(frozen=True)
 class MirrorReport:
     """What the probes found: one status per configured mirror and, per file, who holds it.
@@ -303,9 +306,20 @@ class MirrorReport:
     url_list: tuple[bool, ...] = ()
     metalink: tuple[bool, ...] = ()
 
+    # webseeds_for's answer by holders: few sets of mirrors hold the files, and each file is asked ~4 times
+    _webseeds_of: dict[tuple[int, ...], tuple[str, ...]] = field(
+        default_factory=dict, init=False, compare=False, repr=False
+    )
+
     def webseeds_for(self, path: str) -> tuple[str, ...]:
         """Base URLs for the url-list of `path`'s torrent, sorted (aria2 sorts them anyway)."""
-        return tuple(sorted({self.statuses[i].url for i in self.holders.get(path, ()) if self.url_list[i]}))
+        held = self.holders.get(path, ())
+        found = self._webseeds_of.get(held)
+        if found is None:
+            found = tuple(sorted({self.statuses[i].url for i in held if self.url_list[i]}))
+            if len(self._webseeds_of) < _WEBSEED_SETS:
+                self._webseeds_of[held] = found
+        return found
 
     def metalink_urls_for(self, path: str) -> tuple[tuple[str, int, str | None], ...]:
         """(base URL, priority, country) for `path`'s metalink, by priority then URL; current status only."""

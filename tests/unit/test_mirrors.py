@@ -156,6 +156,13 @@ def test_selection_order_and_exclusions() -> None:
     assert report.webseeds_for("pool/b.deb") == ("http://a.example/debian",)
     assert report.webseeds_for("pool/unknown.deb") == () and report.metalink_urls_for("pool/unknown.deb") == ()
     assert MirrorReport().webseeds_for("x") == ()
+    # asked again (answered from what it remembers by holders), the same; a report of other statuses differs
+    assert (
+        report.webseeds_for("pool/b.deb") == ("http://a.example/debian",)
+        and len(report.webseeds_for("pool/a.deb")) == 5
+    )
+    other = MirrorReport(statuses, report.holders, url_list=(True, False, False, False, False, False))
+    assert other.webseeds_for("pool/b.deb") == () and other.webseeds_for("pool/a.deb") == ("http://z.example/debian",)
 
 
 def test_same_url_twice_is_named_once_with_its_best_priority() -> None:
