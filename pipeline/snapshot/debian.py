@@ -609,10 +609,15 @@ def _parse_elsewhere(
     misses: list[PackagesIndex] = []
     if (os.cpu_count() or 1) >= 2 and sum(sizes.values()) >= PARSE_ELSEWHERE_MIN_BYTES:  # else nothing is hashed
         for index in indexes:
-            on_disk = _on_disk_if_cached(tree, index, cache)
-            if on_disk is not None:
-                read[index.rel] = on_disk
-            if on_disk is None or cache is None or not _cache_has(cache, index, on_disk):
+            if cache is None:
+                misses.append(index)
+                continue
+            try:
+                on_disk = _file_checksum(tree, index.rel)  # streamed: never held whole
+            except SnapshotError:
+                continue  # not parsed elsewhere: `_read_packages` reports it, in its turn
+            read[index.rel] = on_disk
+            if not _cache_has(cache, index, on_disk):
                 misses.append(index)
     if len(misses) < 2 or sum(sizes[index.rel] for index in misses) < PARSE_ELSEWHERE_MIN_BYTES:
         yield {}, read
@@ -634,17 +639,6 @@ def _parse_elsewhere(
                 if not future.cancelled() and future.exception() is None:
                     with contextlib.suppress(FileNotFoundError):
                         os.unlink(future.result()[0])
-
-
-def _on_disk_if_cached(tree: _Tree, index: PackagesIndex, cache: ListingCache | None) -> Checksum | None:
-    """The size and SHA-256 of `index` as on disk now, when there is a `cache` to look it up in (its key); None
-    without one, or when it cannot be read (`_read_packages` reports that, in its turn)."""
-    if cache is None:
-        return None
-    try:
-        return _file_checksum(tree, index.rel)  # streamed: never held whole
-    except SnapshotError:
-        return None
 
 
 def _cache_has(cache: ListingCache, index: PackagesIndex, on_disk: Checksum) -> bool:

@@ -25,7 +25,7 @@ import zstandard
 from pipeline import sequences
 from pipeline.errors import ConfigError, SnapshotError
 from pipeline.model import FileEntry
-from pipeline.snapshot import ScanSpec, debian, recheck_snapshot, scan_snapshot
+from pipeline.snapshot import ScanSpec, bounded, debian, recheck_snapshot, scan_snapshot
 from pipeline.snapshot.debian import _PLAIN_REPO_PATH, signature_problem
 from pipeline.snapshot.paths import check_repo_path
 from pipeline.state import StateCache
@@ -1118,3 +1118,20 @@ def test_a_packages_whose_worker_died_is_parsed_here(
     assert (
         "binary-amd64/Packages.gz: the worker parsing it stopped (a worker was killed); parsing it here" in caplog.text
     )
+
+
+def test_a_packages_that_cannot_be_read_is_not_sent_to_a_worker_process(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    packages = [Pkg(f"p{i:02}", "1.0-1", arch) for i in range(3) for arch in ("amd64", "arm64", "all")]
+    root = tmp_path / "mirror"
+    write_archive(root, "bookworm", packages, architectures=("amd64", "arm64", "all"))
+    (root / "dists/bookworm/main/binary-arm64/Packages").write_bytes(b"x" * 100_000)
+    monkeypatch.setattr(bounded, "MAX_METADATA_BYTES", 50_000)  # refused unread, here (not in workers)
+    here = StateCache.open(tmp_path / "here.sqlite", repo="test")
+    elsewhere = StateCache.open(tmp_path / "elsewhere.sqlite", repo="test")
+    with here, elsewhere:
+        expected = scan_error(root, listing_cache=here)
+        started = parsing_elsewhere(monkeypatch, tmp_path / "tmp")
+        assert scan_error(root, listing_cache=elsewhere) == expected and started == [2]  # amd64 and all only
+    assert expected.startswith("dists/bookworm/main/binary-arm64/Packages")
