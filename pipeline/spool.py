@@ -208,9 +208,7 @@ class Spool:
         return data
 
     def load(self, ref: SpooledArtifact) -> Artifact:
-        return Artifact(
-            key=ref.key, data=self.read(ref), content_type=ref.content_type, cache_control=ref.cache_control
-        )
+        return self._load_run((ref,))[0]
 
     def load_many(self, refs: Iterable[SpooledArtifact]) -> list[Artifact]:
         """`load` of each, in their order; entries that follow each other in the file are read together, up to
@@ -228,13 +226,12 @@ class Spool:
             loaded += self._load_run(run)
         return loaded
 
-    def _load_run(self, run: Sequence[SpooledArtifact]) -> Iterator[Artifact]:
-        """The artifacts of `run`, entries that follow each other in the file, read at once."""
-        if len(run) == 1:
-            return iter((self.load(run[0]),))
+    def _load_run(self, run: Sequence[SpooledArtifact]) -> list[Artifact]:
+        """The artifacts of `run`, entries that follow each other in the file, read at once (one entry's bytes
+        are the read's own: slicing all of a bytes object copies nothing)."""
         start = run[0].offset
         data = self._read(start, run[-1].offset + run[-1].size - start, run[-1].key)
-        return (
+        return [
             Artifact(
                 key=ref.key,
                 data=data[ref.offset - start : ref.offset - start + ref.size],
@@ -242,4 +239,4 @@ class Spool:
                 cache_control=ref.cache_control,
             )
             for ref in run
-        )
+        ]
