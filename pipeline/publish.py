@@ -437,8 +437,10 @@ def publish(
     )
     written = _Written(spool)
     progress.start("publish", total=len(plan.put), unit="objects")
+    # No manifest between the content and the index: a run killed after it leaves the next run an audit (see
+    # run.py), which compares what this one wrote by `same_content` (S3: the ETag; local: the bytes read back),
+    # and a manifest is a pass over every object the destination holds (~10 s a million objects).
     _put_all(storage, spool, content_put, written, progress, fault="content")
-    _write_manifest(storage, listing, manifest, written, found_equal, publication.referenced, now, referenced_now=False)
 
     fault_point("index")
     for number, ref in zip(index_put.numbers, index_put, strict=True):
@@ -473,9 +475,7 @@ def publish(
     for key in delete:
         storage.delete(key)
         gone.add(key)
-    _write_manifest(
-        storage, listing, manifest, written, found_equal, publication.referenced, now, referenced_now=True, gone=gone
-    )
+    _write_manifest(storage, listing, manifest, written, found_equal, publication.referenced, now, gone=gone)
     for key in OLD_MANIFEST_KEYS:
         if key in listing and key not in gone:
             storage.delete(key)
@@ -577,10 +577,10 @@ def _write_manifest(
     referenced: Container[str],
     now: datetime,
     *,
-    referenced_now: bool,
     gone: Set[str] = frozenset(),  # deleted by this run
 ) -> None:
-    """Record key -> SHA-256 of what the destination holds; `referenced_now` once the pointer is committed.
+    """Record key -> SHA-256 of what the destination holds, once the pointer is committed: each key the
+    publication reaches, referenced now.
 
     A listed key that the manifest does not know, and that this run neither wrote nor found equal to its
     bytes (`found_equal`: key -> SHA-256), is left out (the next run compares it by same_content).
@@ -609,7 +609,7 @@ def _write_manifest(
                 sha256, etag, size = found_equal[key], info.etag, info.size
             else:
                 continue
-            if referenced_now and key in referenced:
+            if key in referenced:
                 last = stamp
             elif old is not None:
                 last = old.referenced

@@ -161,3 +161,35 @@ def test_rerun_after_a_crash_before_the_pointer_reuses_the_orphan_shards(
         return path.read_bytes() if path.is_file() else None
 
     assert client_view(fetch, signing_key) == 1
+
+
+def test_objects_a_killed_run_left_partly_written_are_written_again(
+    debian_repo: Path, signing_key: SigningKey, tmp_path: Path
+) -> None:
+    """A new key is created in place on local disk: a run killed while writing one leaves it partly written.
+    The next run (an audit: the killed run recorded none) finds it unlike its bytes and writes it whole."""
+    dest = tmp_path / "dest"
+    env = {"GNUPGHOME": str(signing_key.gnupghome)}
+    assert run_cli(*release_args(debian_repo, str(dest), signing_key), env=env).returncode == 0
+    build_debian_repo(debian_repo, (*PACKAGES, DebSpec(name="added-one", version="1.0-1", description="new")))
+    killed = run_cli(*release_args(debian_repo, str(dest), signing_key), env={**env, "MIRRORSEED_FAULT": "index"})
+    assert killed.returncode in (-signal.SIGKILL, 128 + signal.SIGKILL), killed.stderr
+    partial = sorted(p for p in dest.rglob("added-one_*") if p.parent.name == "added-one")
+    assert [p.suffix for p in partial] == [".meta4", ".torrent"], partial
+    whole = {p: p.read_bytes() for p in partial}
+    for path in partial:
+        path.write_bytes(whole[path][: len(whole[path]) // 2])  # as a kill in the middle of its write leaves it
+
+    rerun = run_cli(*release_args(debian_repo, str(dest), signing_key), env=env)
+    assert rerun.returncode == 0, rerun.stderr
+    planned = json.loads(rerun.stdout)["planned_keys"]
+    assert sorted(str(p.relative_to(dest)) for p in partial) == sorted(
+        k for k in planned if k.startswith(("torrents/", "metalinks/"))
+    )
+    assert {p: p.read_bytes() for p in partial} == whole
+
+    def fetch(key: str) -> bytes | None:
+        path = dest / key
+        return path.read_bytes() if path.is_file() else None
+
+    assert client_view(fetch, signing_key) == 2

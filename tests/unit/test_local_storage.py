@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 import tempfile
 from pathlib import Path
@@ -114,3 +115,57 @@ def test_a_put_makes_missing_directories_and_names_a_file_in_the_way(tmp_path: P
     for key in ("metalinks/x.meta4", "metalinks/y/z.meta4"):
         with pytest.raises(StorageError, match=f"{tmp_path}/dest/{key}: cannot write"):
             storage.put(key, b"3", content_type="x", cache_control="x")
+
+
+def test_a_new_key_is_created_in_place_and_a_held_one_replaced_whole(tmp_path: Path) -> None:
+    """A new key is written under its own name (no temp file, no rename); a key that holds a file gets a new
+    file renamed over it, so a reader of the old one keeps reading the old bytes."""
+    storage = LocalStorage(tmp_path)
+    renames: list[str] = []
+    real_replace = os.replace
+
+    def counted(src: str, dst: str) -> None:
+        renames.append(dst)
+        real_replace(src, dst)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(local.os, "replace", counted)
+        first = storage.put("torrents/a.torrent", b"one", content_type="x", cache_control="y")
+        assert renames == []
+        with open(tmp_path / "torrents/a.torrent", "rb") as reader:
+            second = storage.put("torrents/a.torrent", b"two!", content_type="x", cache_control="y")
+            assert reader.read() == b"one"
+        assert renames == [f"{tmp_path}/torrents/a.torrent"]
+    assert (tmp_path / "torrents/a.torrent").read_bytes() == b"two!"
+    assert first.etag != second.etag and [p.name for p in (tmp_path / "torrents").iterdir()] == ["a.torrent"]
+
+
+def test_a_write_that_fails_leaves_a_new_key_absent_and_a_held_one_as_it_was(tmp_path: Path) -> None:
+    storage = LocalStorage(tmp_path)
+    storage.put("browse/index.html", b"old page", content_type="x", cache_control="y")
+
+    class Broken(io.BytesIO):
+        def read(self, size: int | None = -1) -> bytes:
+            if self.tell():
+                raise OSError(5, "Input/output error")
+            return super().read(3)
+
+    for key in ("browse/index.html", "browse/new/index.html"):
+        with pytest.raises(StorageError, match=f"{key}: cannot write"):
+            storage.put_file(key, Broken(b"new bytes"), content_type="x", cache_control="y")
+    assert (tmp_path / "browse/index.html").read_bytes() == b"old page"
+    assert not (tmp_path / "browse/new/index.html").exists()
+    assert sorted(p.name for p in (tmp_path / "browse").rglob("*")) == ["index.html", "new"]  # no temp file
+
+
+def test_a_symlink_at_a_key_is_replaced_never_written_through(tmp_path: Path) -> None:
+    storage = LocalStorage(tmp_path / "dest")
+    (tmp_path / "dest/metalinks").mkdir(parents=True)
+    target = tmp_path / "outside.txt"
+    target.write_bytes(b"not ours")
+    (tmp_path / "dest/metalinks/a.meta4").symlink_to(target)
+    (tmp_path / "dest/metalinks/dangling.meta4").symlink_to(tmp_path / "nowhere")
+    for key in ("metalinks/a.meta4", "metalinks/dangling.meta4"):
+        storage.put(key, b"ours", content_type="x", cache_control="y")
+        assert not (tmp_path / "dest" / key).is_symlink() and (tmp_path / "dest" / key).read_bytes() == b"ours"
+    assert target.read_bytes() == b"not ours" and not (tmp_path / "nowhere").exists()
