@@ -15,6 +15,7 @@ import re
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from json.encoder import encode_basestring as _json_text  # what json.dumps(ensure_ascii=False) writes of a str
 from typing import Any
 
 import zstandard
@@ -247,8 +248,35 @@ def _canonical(value: Any) -> str:
 
 
 def package_json(record: PackageRecord) -> str:
-    """A record as a shard lists it: its canonical JSON."""
-    return _canonical(record.to_json())
+    """A record as a shard lists it: its canonical JSON, `_canonical(record.to_json())` byte for byte, written
+    field by field in sorted key order (a third of the time: a run makes it twice for each of a million
+    records)."""
+    text, optional = _json_text, _json_optional
+    signature = record.signature
+    return "".join(
+        (
+            "{" if record.arch is None else '{"arch":' + text(record.arch) + ",",
+            '"infohash":', optional(record.infohash),
+            ',"magnet":', optional(record.magnet),
+            ',"metalink":', text(record.metalink),
+            "" if record.name is None else ',"name":' + text(record.name),
+            ',"path":', text(record.path),
+            ',"piece_size":', "null" if record.piece_size is None else str(int(record.piece_size)),
+            ',"sha256":', text(record.sha256),
+            ',"signature":',
+            "null"
+            if signature is None
+            else '{"path":' + text(signature.path) + ',"sha256":' + text(signature.sha256) + ',"size":'
+            + str(int(signature.size)) + "}",
+            ',"size":', str(int(record.size)),
+            ',"torrent":', optional(record.torrent),
+            "}" if record.version is None else ',"version":' + text(record.version) + "}",
+        )
+    )  # fmt: skip
+
+
+def _json_optional(value: str | None) -> str:
+    return "null" if value is None else _json_text(value)
 
 
 def _package_json(records: Iterable[PackageRecord]) -> Iterator[bytes]:

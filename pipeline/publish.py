@@ -555,9 +555,10 @@ def _put_all(
     step = 1 if fault is not None and os.environ.get(FAULT_ENV) else size
     for start in range(0, len(refs), step):
         batch = refs[start : start + step]
-        for number, info in zip(batch.numbers, storage.put_many(spool.load_many(batch)), strict=True):
+        artifacts = spool.load_many(batch)
+        for number, info in zip(batch.numbers, storage.put_many(artifacts), strict=True):
             written.add(info, number)
-        progress.advance(len(batch), sum(ref.size for ref in batch))
+        progress.advance(len(batch), sum(len(artifact.data) for artifact in artifacts))
         if fault is not None:
             fault_point(fault, len(written))
 

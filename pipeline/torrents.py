@@ -17,14 +17,14 @@ import math
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, NamedTuple, Protocol, overload
-from urllib.parse import quote, urlsplit
+from urllib.parse import urlsplit
 
 from pipeline import bencode
 from pipeline.errors import ConfigError, SnapshotError
 from pipeline.filetable import FileTable, KnownDigests
 from pipeline.model import Artifact, BuiltPackages, FileDigest, FileEntry, HashedFile, PackageRecord
 from pipeline.objects import make_artifact, metalink_key, torrent_key
-from pipeline.urls import join_url, magnet_uri, webseed_dir_url
+from pipeline.urls import join_url, magnet_uri, quote_value, webseed_dir_url
 
 if TYPE_CHECKING:  # torf's stubs name the metainfo TypedDicts; they do not exist at run time
     from torf._torrent import _FilesDict, _InfoDict
@@ -327,7 +327,7 @@ def _url_list(urls: _Urls, path: str) -> list[str]:
 
 
 def _metalink_urls(urls: _Urls, path: str, url_list: Sequence[str]) -> list[str | tuple[str, int, str | None]]:
-    name = quote(path.rpartition("/")[2], safe="")
+    name = quote_value(path.rpartition("/")[2])
     if urls.metalink_urls_for is None:
         return [url + name for url in url_list]
     return [

@@ -10,6 +10,7 @@ from urllib.parse import quote
 _UNRESERVED = r"\-A-Za-z0-9_.~"  # RFC 3986 unreserved characters (a regex class body): what `quote` never encodes
 # A path of unreserved characters and '/' only: most package paths; nothing to encode.
 _PLAIN_PATH = re.compile(f"[{_UNRESERVED}/]*").fullmatch
+_QUOTED_PATH = re.compile(f"[{_UNRESERVED}/%]*").fullmatch  # ... or one percent-encoded already
 _UNSAFE = re.compile(f"[^{_UNRESERVED}]")  # what `quote(..., safe="")` encodes in an ASCII string
 _UNSAFE_IN_PATH = re.compile(f"[^{_UNRESERVED}/]")  # ... and with safe="/"
 
@@ -55,8 +56,8 @@ def quote_value(value: str) -> str:
     """`quote(value, safe="")` (a query value: '/' encoded too), the same bytes without `quote`'s call per
     character: an ASCII value is one regex substitution, and a URL's `scheme://host/` is encoded once per run
     (cached). `quote` encodes each UTF-8 byte on its own (an unsafe one as %XX), so parts encode apart."""
-    if _PLAIN_PATH(value):
-        return value.replace("/", "%2F")
+    if _QUOTED_PATH(value):  # what `quote_path` makes: '%' and '/' are all there is to encode
+        return value.replace("%", "%25").replace("/", "%2F")
     scheme, sep, rest = value.partition("://")
     if sep:
         host, slash, path = rest.partition("/")

@@ -1374,3 +1374,35 @@ def test_index_schema_zero_length_file_must_have_nulls() -> None:
     assert not list(validator("index.schema.json").iter_errors(doc))
     zero["infohash"] = IH
     assert list(validator("index.schema.json").iter_errors(doc))
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_package_json_is_the_canonical_json_of_the_record(seed: int) -> None:
+    """Written field by field, it gives json.dumps's bytes (sorted keys, no spaces, UTF-8 kept) for every
+    combination of the optional fields and for strings JSON must escape."""
+    rng = random.Random(seed)
+    texts = ["a", "ü", 'q"uote', "back\\slash", "tab\tnew\nline", "\x00\x1f\x7f", "\u2028", "😀", "</script>"]
+    for _ in range(300):
+
+        def maybe(value: Any) -> Any:
+            return value if rng.random() < 0.6 else None
+
+        word = rng.choice(texts)
+        empty = rng.random() < 0.2
+        record = PackageRecord(
+            path=f"pool/{word}/{rng.choice(texts)}.deb",
+            size=0 if empty else rng.randrange(1, 10**13),
+            sha256=f"{rng.getrandbits(256):064x}",
+            infohash=None if empty else f"{rng.getrandbits(160):040x}",
+            piece_size=None if empty else 1 << rng.randrange(14, 25),
+            torrent=None if empty else f"torrents/{word}.torrent",
+            metalink=f"metalinks/{word}.meta4",
+            magnet=None if empty else f"magnet:?xt=urn:btih:{word}",
+            name=maybe(rng.choice(texts)),
+            version=maybe(rng.choice(texts)),
+            arch=maybe(rng.choice(texts)),
+            signature=maybe(SignatureRef(f"{word}.sig", rng.randrange(0, 10**4), f"{rng.getrandbits(256):064x}")),
+            description=maybe(rng.choice(texts)),
+        )
+        expected = json.dumps(record.to_json(), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+        assert package_json(record) == expected

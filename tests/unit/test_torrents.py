@@ -514,6 +514,8 @@ def test_metalink_text_is_byte_identical_to_elementtree_output() -> None:
         "hello+1 ü.deb",
         "https://example.org/debian/torrents/pool/main/h/hello/hello_2.10-3_amd64.deb.torrent",
         "https://example.org:8443/pub/a%20b/c+d.torrent",
+        "https://example.org/pub/torrents/pool/main/g/gcc-12/g%2B%2B-12_12.2.0-14_amd64.deb.torrent",
+        "torrents/%/a%2F%%b.torrent",
         "http://[::1]:6969/announce?x=1&y=2",
         "https://example.org",
         "~user/.x_-",
