@@ -1051,6 +1051,9 @@ def templates_digest(templates_dir: Path | None) -> str:
     return digest.hexdigest()
 
 
+_WEBSEED_SETS = 4096  # webseed sets whose JSON a run keeps for the browse pages' inputs
+
+
 class _BrowseInputs:
     """The digest of what a browse page shows: the templates' digest and the browse context (the same for every
     page: hashed once a run), then the page's directory and subdirectories (JSON), then each package's
@@ -1060,16 +1063,23 @@ class _BrowseInputs:
         self._webseeds_for = context["webseeds_for"]
         fixed = {key: context[key] for key in BROWSE_CONTEXT if key != "webseeds_for"}
         self._prefix = hashlib.sha256(_json_bytes([templates, fixed]))
+        self._seeds: dict[tuple[str, ...], bytes] = {}  # a set of webseeds -> its JSON: a few sets, a million files
 
     def __call__(self, directory: str, subdirs: Sequence[str], packages: Iterable[tuple[str, bytes]]) -> str:
         """`packages`: (path, `page_digest`) of each."""
         digest = self._prefix.copy()
         digest.update(_json_bytes([directory, list(subdirs)]))
-        webseeds_for = self._webseeds_for
+        webseeds_for, seeds = self._webseeds_for, self._seeds
         for path, shown in packages:
             digest.update(shown)
             if webseeds_for is not None:
-                digest.update(_json_bytes(list(webseeds_for(path))))
+                bases = tuple(webseeds_for(path))  # the same tuple when it is one
+                text = seeds.get(bases)
+                if text is None:
+                    if len(seeds) >= _WEBSEED_SETS:
+                        seeds.clear()
+                    text = seeds[bases] = _json_bytes(list(bases))
+                digest.update(text)
         return digest.hexdigest()
 
 
