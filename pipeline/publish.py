@@ -413,7 +413,7 @@ def publish(
     sent = content_put + index_put + listing_put
     plan = UploadPlan(
         put=PlannedKeys(content_put + index_put, pointer.key if pointer else None, listing_put),
-        put_bytes=sum(ref.size for ref in sent) + (len(pointer.data) if pointer else 0),
+        put_bytes=sum(map(spool.size, sent.numbers)) + (len(pointer.data) if pointer else 0),  # no ref made
         skip=(*content_skip, *index_skip, *listing_skip),
         delete=tuple(delete),
         reused=len(publication.reused),

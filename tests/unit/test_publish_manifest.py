@@ -45,6 +45,7 @@ def test_manifest_round_trip_and_unchanged_objects_are_skipped(tmp_path: Path) -
     with Spool() as spool:
         first = publish(storage, publication(spool, pages), now=NOW)
     assert len(first.plan.put) == 100 and first.plan.skip == ()
+    assert first.plan.put_bytes == 2 * sum(map(len, pages.values()))  # a torrent and a page of each
     manifest = load_manifest(storage, {info.key: info for info in storage.list()})
     assert manifest["torrents/p7.torrent"].sha256 == hashlib.sha256(pages["p7"]).hexdigest()
     assert len(manifest) >= 100
@@ -53,6 +54,7 @@ def test_manifest_round_trip_and_unchanged_objects_are_skipped(tmp_path: Path) -
     with Spool() as spool:
         second = publish(storage, publication(spool, pages), now=NOW)
     assert sorted(second.plan.put) == ["browse/p3/index.html", "torrents/p3.torrent"]
+    assert second.plan.put_bytes == 2 * len(b"changed")
     assert (tmp_path / "torrents/p3.torrent").read_bytes() == b"changed"
 
 
