@@ -15,7 +15,7 @@ import re
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from json.encoder import encode_basestring as _json_text  # what json.dumps(ensure_ascii=False) writes of a str
+from json.encoder import encode_basestring as _json_string  # what json.dumps(ensure_ascii=False) uses
 from typing import Any
 
 import zstandard
@@ -251,7 +251,7 @@ def package_json(record: PackageRecord) -> str:
     """A record as a shard lists it: its canonical JSON, `_canonical(record.to_json())` byte for byte, written
     field by field in sorted key order (a third of the time: a run makes it twice for each of a million
     records)."""
-    text, optional = _json_text, _json_optional
+    text, optional = _json_string, _json_optional
     signature = record.signature
     return "".join(
         (
@@ -276,7 +276,7 @@ def package_json(record: PackageRecord) -> str:
 
 
 def _json_optional(value: str | None) -> str:
-    return "null" if value is None else _json_text(value)
+    return "null" if value is None else _json_string(value)
 
 
 def _package_json(records: Iterable[PackageRecord]) -> Iterator[bytes]:

@@ -32,6 +32,7 @@ from array import array
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlsplit
@@ -1051,9 +1052,6 @@ def templates_digest(templates_dir: Path | None) -> str:
     return digest.hexdigest()
 
 
-_WEBSEED_SETS = 4096  # webseed sets whose JSON a run keeps for the browse pages' inputs
-
-
 class _BrowseInputs:
     """The digest of what a browse page shows: the templates' digest and the browse context (the same for every
     page: hashed once a run), then the page's directory and subdirectories (JSON), then each package's
@@ -1063,24 +1061,23 @@ class _BrowseInputs:
         self._webseeds_for = context["webseeds_for"]
         fixed = {key: context[key] for key in BROWSE_CONTEXT if key != "webseeds_for"}
         self._prefix = hashlib.sha256(_json_bytes([templates, fixed]))
-        self._seeds: dict[tuple[str, ...], bytes] = {}  # a set of webseeds -> its JSON: a few sets, a million files
 
     def __call__(self, directory: str, subdirs: Sequence[str], packages: Iterable[tuple[str, bytes]]) -> str:
         """`packages`: (path, `page_digest`) of each."""
         digest = self._prefix.copy()
         digest.update(_json_bytes([directory, list(subdirs)]))
-        webseeds_for, seeds = self._webseeds_for, self._seeds
+        webseeds_for = self._webseeds_for
         for path, shown in packages:
             digest.update(shown)
             if webseeds_for is not None:
-                bases = tuple(webseeds_for(path))  # the same tuple when it is one
-                text = seeds.get(bases)
-                if text is None:
-                    if len(seeds) >= _WEBSEED_SETS:
-                        seeds.clear()
-                    text = seeds[bases] = _json_bytes(list(bases))
-                digest.update(text)
+                digest.update(_webseeds_json(tuple(webseeds_for(path))))  # tuple(): the same tuple when it is one
         return digest.hexdigest()
+
+
+@lru_cache(maxsize=4096)
+def _webseeds_json(bases: tuple[str, ...]) -> bytes:
+    """`_json_bytes(list(bases))` of a set of webseeds: a few sets, a million files."""
+    return _json_bytes(list(bases))
 
 
 def _json_bytes(document: object) -> bytes:
