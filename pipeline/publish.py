@@ -23,6 +23,7 @@ import signal
 import struct
 from array import array
 from collections.abc import Container, Iterable, Iterator, Mapping, Sequence, Set
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from json.encoder import encode_basestring as _json_string  # what json.dumps(ensure_ascii=False) uses
@@ -47,6 +48,7 @@ from pipeline.scratch import FixedColumn, temporary_file
 from pipeline.sequences import ItemEquality, sorted_by_key
 from pipeline.spool import Spool, SpoolRefs
 from pipeline.storage import ObjectInfo, Storage
+from pipeline.storage.background import BackgroundWrite, WritesInBackground
 from pipeline.strcolumn import StringColumn
 
 log = logging.getLogger(__name__)
@@ -54,6 +56,9 @@ log = logging.getLogger(__name__)
 MANIFEST_FORMAT = "mirrorseed-manifest/2"
 MANIFEST_BATCH = 4096  # manifest lines parsed at once (reading), formatted before one write to zstd (writing)
 FAULT_ENV = "MIRRORSEED_FAULT"
+# New content objects worth a child process that writes them while the run renders (it starts in ~70 ms;
+# a new object takes ~30 us on tmpfs, ~60 us on ext4)
+EARLY_MIN = 2000
 
 
 @dataclass(frozen=True)
@@ -365,6 +370,62 @@ def fault_point(name: str, count: int = 0) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
+@dataclass(frozen=True)
+class EarlyContent:
+    """New content objects (spool entries `numbers`) that a child process writes while the run renders its
+    pages; `publish` takes what it wrote."""
+
+    numbers: range | array[int]
+    writer: BackgroundWrite
+
+
+@contextmanager
+def write_new_content(
+    storage: Storage,
+    spool: Spool,
+    content: SpoolRefs,
+    destination: Destination,
+    *,
+    dry_run: bool,
+    minimum: int = EARLY_MIN,
+) -> Iterator[EarlyContent | None]:
+    """Start writing the content objects whose keys the destination does not hold, in a child process, when the
+    storage can (a local folder) and they are `minimum` or more: no publication reaches a new key before the
+    pointer this run commits, so they may be written at any time before the index. An object that replaces
+    another waits for `publish`, so a run that fails before it (a template error, say) changes nothing a
+    publication reaches. Nothing starts in a dry run, or with a fault point armed (the tests' kill points count
+    one process's writes). The child is stopped (by its pid) when the block ends."""
+    if dry_run or os.environ.get(FAULT_ENV) or not isinstance(storage, WritesInBackground):
+        yield None
+        return
+    listing = destination.listing
+    numbers: range | array[int] = (
+        array("I", (number for number in content.numbers if spool.key(number) not in listing))
+        if len(listing)
+        else content.numbers  # an empty destination (a first build): every object is new
+    )
+    if len(numbers) < minimum:
+        yield None
+        return
+    jobs = ((spool.key(number), *spool.extent(number)) for number in numbers)
+    with storage.write_in_background(spool.shared_fd(), jobs) as writer:
+        yield EarlyContent(numbers, writer)
+
+
+def _without(spool: Spool, refs: SpoolRefs, taken: range | array[int]) -> SpoolRefs:
+    """`refs` but the entries `taken` (some of them, in their order)."""
+    kept = array("I")
+    at = 0
+    for number in refs.numbers:
+        if at < len(taken) and taken[at] == number:
+            at += 1
+        else:
+            kept.append(number)
+    if at != len(taken):
+        raise AssertionError("content written early that the upload plan does not put")
+    return spool.refs(kept)
+
+
 def publish(
     storage: Storage,
     publication: Publication,
@@ -375,9 +436,11 @@ def publish(
     retention: timedelta = timedelta(days=14),
     use_cas: bool = True,
     destination: Destination | None = None,
+    early: EarlyContent | None = None,
 ) -> PublishResult:
     """Write `publication` in order (or, with dry_run, only plan it). `destination`: what the run read
-    of the destination when it started (read here when not given)."""
+    of the destination when it started (read here when not given); `early`: the new content objects a child
+    process writes (`write_new_content`), whose writes are taken here, before the other content."""
     progress = progress or NullProgress()
     now = now or datetime.now(UTC)
     destination = destination or read_destination(storage)
@@ -440,6 +503,12 @@ def publish(
     # No manifest between the content and the index: a run killed after it leaves the next run an audit (see
     # run.py), which compares what this one wrote by `same_content` (S3: the ETag; local: the bytes read back),
     # and a manifest is a pass over every object the destination holds (~10 s a million objects).
+    if early is not None:
+        numbers = early.numbers
+        for number, (size, etag, modified) in zip(numbers, early.writer.results(), strict=True):
+            written.add(ObjectInfo(spool.key(number), size, etag, modified), number)
+        progress.advance(len(numbers), sum(map(spool.size, numbers)))
+        content_put = _without(spool, content_put, numbers)
     _put_all(storage, spool, content_put, written, progress, fault="content")
 
     fault_point("index")

@@ -22,7 +22,7 @@ import time
 from array import array
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -89,6 +89,7 @@ from pipeline.publish import (
     is_complete,
     publish,
     read_destination,
+    write_new_content,
 )
 from pipeline.records import BuiltRecords, build_records
 from pipeline.report import RunReport
@@ -650,43 +651,51 @@ def _release(settings: Settings, spool: Spool, progress: Progress, now: Callable
         with clock.stage("sign"):
             signed = _sign(settings, run, spool, built, snapshot, decision, destination)
             content += signed.keys
-        with clock.stage("render"):
-            pages = _render(settings, run, spool, snapshot, records, built, mirrors, signed.pointer, destination, memo)
-        if not settings.dry_run:
-            # before publishing, by the new pointer's SHA-256: if that publication never appears, it is never read
-            with clock.stage("build"):
-                _remember_fingerprints(settings, state, signed.pointer_sha256, built, current, changes)
-        # before the pointer: the tracker knows the new torrents by the time clients see them
-        _tracker_whitelist(settings, signed.pointer, digested.infohashes())
-        publication = Publication(
-            spool=spool,
-            content=content,
-            immutable=signed.index_objects,
-            pointer=signed.artifact,
-            pointer_etag=destination.current.etag if destination.current else None,
-            listings=pages.listings,
-            referenced=_Referenced(records.files, frozenset([*pages.others, *signed.pointer.keys, *_FIXED_KEYS])),
-            pointer_sha256=signed.pointer_sha256,
-            reused=pages.reused,
-        )
-        # Publishing needs only the spooled objects, the keys and the files' paths (what is referenced): drop
-        # the other per-file values first so that the upload plan and manifest reuse their memory.
-        del records, built, fingerprints, snapshot, current, digested
         last_audit = state.last_audit(run.storage.url)
         if not settings.dry_run:
             # while this run writes, no audit is remembered: one killed midway leaves the next run an audit, which
             # lists what it wrote after its last manifest
             state.forget_audit(run.storage.url)
-        with clock.stage("publish"):
-            result = publish(
-                run.storage, publication, dry_run=settings.dry_run, progress=progress, now=run.started,
-                retention=settings.retention, use_cas=not settings.no_cas, destination=destination.whole,
-            )  # fmt: skip
-        if result.written:
-            state.remember_sequence(signed.pointer.sequence)
-            state.remember_publication(signed.pointer.index_id, inputs)
-            state.remember_pages(pages.rows, keep=publication.referenced)
-            _remember_audit(settings, state, run, destination, previous=last_audit)
+        with ExitStack() as writing:
+            with clock.stage("publish"):  # new content objects: written by a child while the pages are rendered
+                early = writing.enter_context(
+                    write_new_content(run.storage, spool, content, destination.whole, dry_run=settings.dry_run)
+                )
+            with clock.stage("render"):
+                pages = _render(
+                    settings, run, spool, snapshot, records, built, mirrors, signed.pointer, destination, memo
+                )
+            if not settings.dry_run:
+                # before publishing, by the new pointer's SHA-256: if that publication never appears, it is never read
+                with clock.stage("build"):
+                    _remember_fingerprints(settings, state, signed.pointer_sha256, built, current, changes)
+            # before the pointer: the tracker knows the new torrents by the time clients see them
+            _tracker_whitelist(settings, signed.pointer, digested.infohashes())
+            publication = Publication(
+                spool=spool,
+                content=content,
+                immutable=signed.index_objects,
+                pointer=signed.artifact,
+                pointer_etag=destination.current.etag if destination.current else None,
+                listings=pages.listings,
+                referenced=_Referenced(records.files, frozenset([*pages.others, *signed.pointer.keys, *_FIXED_KEYS])),
+                pointer_sha256=signed.pointer_sha256,
+                reused=pages.reused,
+            )
+            # Publishing needs only the spooled objects, the keys and the files' paths (what is referenced): drop
+            # the other per-file values first so that the upload plan and manifest reuse their memory.
+            del records, built, fingerprints, snapshot, current, digested
+            with clock.stage("publish"):
+                result = publish(
+                    run.storage, publication, dry_run=settings.dry_run, progress=progress, now=run.started,
+                    retention=settings.retention, use_cas=not settings.no_cas, destination=destination.whole,
+                    early=early,
+                )  # fmt: skip
+            if result.written:
+                state.remember_sequence(signed.pointer.sequence)
+                state.remember_publication(signed.pointer.index_id, inputs)
+                state.remember_pages(pages.rows, keep=publication.referenced)
+                _remember_audit(settings, state, run, destination, previous=last_audit)
     return _report(run, mirrors, signed.pointer, decision.action, changes, plan=result.plan)
 
 

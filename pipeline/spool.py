@@ -170,6 +170,16 @@ class Spool:
         end = self._offsets[following] if following < len(self._offsets) else self._end
         return end - self._offsets[number]
 
+    def extent(self, number: int) -> tuple[int, int]:
+        """Where the entry's bytes are in the spool file: offset and size."""
+        return self._offsets[number], self.size(number)
+
+    def shared_fd(self) -> int:
+        """The spool file's descriptor, for a child process to read what was put so far (all of it written)."""
+        if self._keys:
+            self._flush(self._keys[len(self._keys) - 1])
+        return self._file.fileno()
+
     def ref(self, number: int) -> SpooledArtifact:
         content_type, cache_control = self._kinds[self._headers[number]]
         return SpooledArtifact(

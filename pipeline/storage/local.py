@@ -8,13 +8,14 @@ import fcntl
 import itertools
 import os
 from collections.abc import Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import BinaryIO
 
 from pipeline.errors import PublishConflictError, StorageError
 from pipeline.model import Artifact
 from pipeline.storage import ObjectInfo, StoredObject, check_key, copy_chunk
+from pipeline.storage.background import BackgroundWrite, background_writes
 
 LOCK_NAME = ".mirrorseed.lock"
 _TEMP_NAMES = itertools.count()  # with the pid: a temp name no other writer uses
@@ -190,6 +191,12 @@ class LocalStorage:
                     f"{key}: changed in {self.root} since this run started; another run published first, run again"
                 )
             return self._write(key, (data,), durable=True)
+
+    def write_in_background(
+        self, spool_fd: int, jobs: Iterable[tuple[str, int, int]]
+    ) -> AbstractContextManager[BackgroundWrite]:
+        """New objects written by a child process (`pipeline.storage.background`) while this one goes on."""
+        return background_writes(self.root, spool_fd, jobs)
 
     def put_many(self, artifacts: Sequence[Artifact]) -> list[ObjectInfo]:
         return [self.put(a.key, a.data, content_type=a.content_type, cache_control=a.cache_control) for a in artifacts]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -9,10 +10,12 @@ import sqlite3
 import subprocess
 import sys
 import textwrap
+from collections.abc import Iterable
 from contextlib import closing
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -21,9 +24,11 @@ import pipeline.run
 import pipeline.snapshot.flat
 from pipeline.config import Settings
 from pipeline.model import Snapshot
+from pipeline.publish import FAULT_ENV, load_manifest
 from pipeline.run import release
 from pipeline.snapshot import ScanSpec, TreeMark
 from pipeline.state import StateCache
+from pipeline.storage.local import LocalStorage
 from tests.integration.conftest import SigningKey, run_cli, tree_state
 
 pytestmark = pytest.mark.integration
@@ -388,3 +393,42 @@ def test_a_no_change_run_imports_neither_torf_nor_jinja2_nor_boto3_nor_distribut
     )  # fmt: skip
     result = json.loads(done.stdout)
     assert result == {"action": "noop", "heavy": []}
+
+
+def test_a_full_build_whose_new_objects_a_child_writes_publishes_what_one_process_does(
+    signing_key: SigningKey, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    snap, state = tmp_path / "snap", tmp_path / "state.sqlite"
+    for i in range(1_100):  # 2,200 new torrents and metalinks: more than EARLY_MIN
+        path = snap / f"d{i % 20}" / f"f {i}.bin"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(bytes([i % 251]) * (10 + i))
+    started: list[int] = []
+    write_in_background = LocalStorage.write_in_background
+
+    def spy(storage: LocalStorage, spool_fd: int, jobs: Iterable[tuple[str, int, int]]) -> Any:
+        listed = list(jobs)
+        started.append(len(listed))
+        return write_in_background(storage, spool_fd, listed)
+
+    monkeypatch.setattr(LocalStorage, "write_in_background", spy)
+    early = release(settings(snap, tmp_path / "early", signing_key, state))
+    assert len(started) == 1 and started[0] >= 2_200  # and the signing keys, the client helpers
+    monkeypatch.setenv(FAULT_ENV, "none")  # a fault point armed: every write from this process
+    serial = release(settings(snap, tmp_path / "serial", signing_key, state))
+    assert len(started) == 1 and early.action == serial.action == "publish"
+
+    def objects(root: Path) -> dict[str, bytes]:
+        return {
+            str(p.relative_to(root)): p.read_bytes()
+            for p in root.rglob("*")
+            if p.is_file() and str(p.relative_to(root)).startswith(("torrents/", "metalinks/", "browse/"))
+        }
+
+    assert len(objects(tmp_path / "early")) == 2_200 + 21
+    assert objects(tmp_path / "early") == objects(tmp_path / "serial")
+    storage = LocalStorage(tmp_path / "early")
+    listing = {info.key: info for info in storage.list()}
+    manifest = load_manifest(storage, listing)
+    for key, data in objects(tmp_path / "early").items():  # the child's writes are in the manifest, ETags and all
+        assert manifest[key].sha256 == hashlib.sha256(data).hexdigest() and manifest[key].etag == listing[key].etag

@@ -24,6 +24,8 @@ from pipeline.publish import (
     _Written,
     load_manifest,
     publish,
+    read_destination,
+    write_new_content,
 )
 from pipeline.spool import Spool
 from pipeline.storage import ObjectInfo
@@ -211,3 +213,71 @@ def test_listed_and_written_keys_merge_sorted_once_each() -> None:
     merged = list(_listed_or_written(["a", "b", "d"], [("b", info, "s"), ("c", info, "t")]))
     assert merged == [("a", None), ("b", (info, "s")), ("c", (info, "t")), ("d", None)]
     assert list(_listed_or_written([], [])) == []
+
+
+def _objects(root: Path) -> dict[str, bytes]:
+    return {
+        str(path.relative_to(root)): path.read_bytes()
+        for path in sorted(root.rglob("*"))
+        if path.is_file() and not str(path.relative_to(root)).startswith(".mirrorseed")  # manifest: other ETags
+    }
+
+
+def _manifest_rows(storage: LocalStorage) -> list[tuple[str, str, int, str]]:
+    manifest = load_manifest(storage, {info.key: info for info in storage.list()})
+    return sorted((key, entry.sha256, entry.size, entry.etag) for key, entry in manifest.items())
+
+
+def test_new_content_written_early_by_a_child_publishes_what_one_process_does(tmp_path: Path) -> None:
+    pages = {f"tools/café/p{i} #1": f"page {i} ü".encode() * (i + 1) for i in range(40)}
+    serial, early_root = tmp_path / "serial", tmp_path / "early"
+    for root, minimum in ((serial, None), (early_root, 1)):
+        storage = LocalStorage(root)
+        with Spool() as spool:
+            release = publication(spool, pages)
+            destination = read_destination(storage)
+            if minimum is None:
+                publish(storage, release, now=NOW, destination=destination)
+                continue
+            with write_new_content(storage, spool, release.content, destination, dry_run=False, minimum=1) as early:
+                assert early is not None and len(early.numbers) == 40
+                # the child writes while this process goes on: the torrents appear before publish is called
+                assert list(early.writer.results())[0][0] == len(pages["tools/café/p0 #1"])
+                assert (root / "torrents/tools/café/p0 #1.torrent").read_bytes() == pages["tools/café/p0 #1"]
+                assert not (root / "browse").exists() and not (root / MANIFEST_KEY).exists()
+                result = publish(storage, release, now=NOW, destination=destination, early=early)
+            assert len(result.plan.put) == 80 and result.plan.put_bytes == 2 * sum(map(len, pages.values()))
+    assert _objects(early_root) == _objects(serial)
+    early_rows = _manifest_rows(LocalStorage(early_root))
+    assert [row[:3] for row in early_rows] == [row[:3] for row in _manifest_rows(LocalStorage(serial))]
+    etags = {info.key: info.etag for info in LocalStorage(early_root).list()}
+    assert all(etags[key] == etag for key, _, _, etag in early_rows)  # the child's ETags are the files'
+
+
+def test_only_new_keys_are_written_early_and_a_replaced_object_waits_for_publish(tmp_path: Path) -> None:
+    storage = LocalStorage(tmp_path)
+    with Spool() as spool:
+        publish(storage, publication(spool, {"a": b"one", "b": b"two"}), now=NOW)
+    changed = {"a": b"ONE", "b": b"two", "c": b"three"}
+    with Spool() as spool:
+        release = publication(spool, changed)
+        destination = read_destination(storage)
+        with write_new_content(storage, spool, release.content, destination, dry_run=False, minimum=1) as early:
+            assert early is not None and [spool.key(n) for n in early.numbers] == ["torrents/c.torrent"]
+            list(early.writer.results())
+            assert (tmp_path / "torrents/a.torrent").read_bytes() == b"one"  # not before publish
+            result = publish(storage, release, now=NOW, destination=destination, early=early)
+        assert sorted(result.plan.put) == ["browse/a/index.html", "browse/c/index.html", "torrents/a.torrent",
+                                           "torrents/c.torrent"]  # fmt: skip
+    assert (tmp_path / "torrents/a.torrent").read_bytes() == b"ONE"
+    assert (tmp_path / "torrents/c.torrent").read_bytes() == b"three"
+    empty = LocalStorage(tmp_path / "empty")
+    with Spool() as spool:
+        release = publication(spool, changed)  # three new torrents there
+        for dry_run, minimum, starts in ((True, 1, False), (False, 4, False), (False, 3, True)):
+            with write_new_content(
+                empty, spool, release.content, read_destination(empty), dry_run=dry_run, minimum=minimum
+            ) as early:
+                assert (early is not None) == starts  # not in a dry run, nor for fewer new objects than `minimum`
+                if early is not None:
+                    assert early.writer.count == 3 and len(list(early.writer.results())) == 3

@@ -1,0 +1,195 @@
+"""A local destination's new objects written by a child process while the run renders its pages.
+
+A full build's content (a `.torrent` and a `.meta4` a package) is two million small files at a million
+packages, and creating them costs the kernel about as much as rendering the pages costs Python (~60 us an
+object on ext4, ~0.1 ms a page). Keys that no publication names yet can be written at any time before the
+index: this child (`main`: the parent's pid, the root, then the spool, jobs and results files' descriptors)
+creates them from the spool file while the parent renders, and dies with the parent. An object that
+replaces one the destination holds (a flat snapshot's changed file) still waits for the parent's publish,
+after the pages: a run that fails while rendering changes nothing a publication reaches.
+
+Jobs and results are fixed-size records in unlinked temporary files (no pipe a stalled reader could fill):
+a job is the spool offset and size and the key; a result is the written object's size, mtime and ETag.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import math
+import os
+import signal
+import struct
+import subprocess
+import sys
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager
+from pathlib import Path
+from typing import BinaryIO, Protocol, runtime_checkable
+
+from pipeline.errors import StorageError
+from pipeline.scratch import temporary_file
+
+_JOB = struct.Struct("<qqI")  # spool offset, size, key length; the key follows (UTF-8, surrogates passed)
+_RESULT = struct.Struct("<qdI")  # size, mtime, ETag length; the ETag follows (ASCII)
+_READ_RUN = 8 << 20  # most spool bytes read at once
+_BATCH = 1024  # jobs read at once
+_PACKAGE_ROOT = str(Path(__file__).resolve().parents[2])
+_CHILD = (
+    "import sys; sys.path.insert(0, sys.argv[1]); from pipeline.storage.background import main; "
+    "sys.exit(main(sys.argv[2:]))"
+)
+_PR_SET_PDEATHSIG = 1
+
+
+Written = tuple[int, str, float | None]  # an object's size, ETag and mtime
+
+
+class BackgroundWrite:
+    """The child writing `count` objects; `results` waits for it and gives what each write made, in job order
+    (no keys: the caller has them, and a million of them held here would cost ~100 MB)."""
+
+    def __init__(self, process: subprocess.Popen[bytes], count: int, results: BinaryIO, errors: BinaryIO) -> None:
+        self._process = process
+        self.count = count
+        self._results = results
+        self._errors = errors
+
+    @property
+    def pid(self) -> int:
+        return self._process.pid
+
+    def results(self) -> Iterator[Written]:
+        """Each object's size, ETag and mtime once the child has written them all; StorageError (one line) if it
+        did not."""
+        code = self._process.wait()
+        if code < 0:
+            pid = self._process.pid
+            raise StorageError(f"the background writer (pid {pid}) was killed by signal {-code}; run again")
+        if code != 0:
+            self._errors.seek(0)
+            lines = self._errors.read().decode("utf-8", "replace").strip().splitlines()
+            raise StorageError(lines[-1] if lines else f"the background writer exited with status {code}; run again")
+        self._results.seek(0)
+        read = self._results.read
+        for _ in range(self.count):
+            size, modified, length = _RESULT.unpack(read(_RESULT.size))
+            yield size, read(length).decode("ascii"), None if math.isnan(modified) else modified
+
+    def stop(self) -> None:
+        """Kill the child (by its pid) if it still runs, and reap it."""
+        if self._process.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self._process.pid, signal.SIGKILL)
+            self._process.wait()
+
+
+@runtime_checkable
+class WritesInBackground(Protocol):
+    """A storage whose new objects a child process can write from the spool file (a local folder)."""
+
+    def write_in_background(
+        self, spool_fd: int, jobs: Iterable[tuple[str, int, int]]
+    ) -> AbstractContextManager[BackgroundWrite]:
+        """`background_writes` into this storage."""
+        ...
+
+
+@contextmanager
+def background_writes(root: Path, spool_fd: int, jobs: Iterable[tuple[str, int, int]]) -> Iterator[BackgroundWrite]:
+    """Start the child on `jobs` ((key, offset, size) in the spool file open as `spool_fd`, which holds them all
+    already); stopped when the block ends, whether or not its results were read."""
+    count = 0
+    with (
+        temporary_file("the background writer's jobs") as job_file,
+        temporary_file("the background writer's results") as results,
+        temporary_file("the background writer's errors") as errors,
+    ):
+        for key, offset, size in jobs:
+            name = key.encode("utf-8", "surrogatepass")
+            job_file.write(_JOB.pack(offset, size, len(name)) + name)
+            count += 1
+        job_file.flush()
+        job_file.seek(0)
+        fds = (spool_fd, job_file.fileno(), results.fileno())
+        try:
+            process = subprocess.Popen(
+                # this module from the package the run imported (not whichever `pipeline` the child would find)
+                [sys.executable, "-c", _CHILD, _PACKAGE_ROOT, str(os.getpid()), str(root), *map(str, fds)],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=errors.fileno(),
+                pass_fds=fds,
+            )
+        except OSError as exc:
+            raise StorageError(f"{sys.executable}: cannot start the background writer ({exc.strerror})") from exc
+        writer = BackgroundWrite(process, count, results, errors)
+        try:
+            yield writer
+        finally:
+            writer.stop()
+
+
+def _jobs(handle: BinaryIO) -> Iterator[list[tuple[int, int, str]]]:
+    while True:
+        batch: list[tuple[int, int, str]] = []
+        while len(batch) < _BATCH:
+            head = handle.read(_JOB.size)
+            if not head:
+                break
+            offset, size, length = _JOB.unpack(head)
+            batch.append((offset, size, handle.read(length).decode("utf-8", "surrogatepass")))
+        if not batch:
+            return
+        yield batch
+
+
+def _runs(spool_fd: int, batch: list[tuple[int, int, str]]) -> Iterator[tuple[str, bytes]]:
+    """(key, bytes) of each job; jobs whose bytes follow each other in the spool are read at once."""
+    at = 0
+    while at < len(batch):
+        start = batch[at][0]
+        end = at + 1
+        while end < len(batch) and batch[end][0] == batch[end - 1][0] + batch[end - 1][1]:
+            if batch[end][0] + batch[end][1] - start > _READ_RUN:
+                break
+            end += 1
+        last = batch[end - 1]
+        data = os.pread(spool_fd, last[0] + last[1] - start, start)
+        if len(data) != last[0] + last[1] - start:
+            raise StorageError(f"spool: {last[2]} is truncated in the spool file")
+        for offset, size, key in batch[at:end]:
+            yield key, data[offset - start : offset - start + size]
+        at = end
+
+
+def _die_with(parent: int) -> None:
+    """Have the kernel kill this process when its parent dies (a killed run leaves no writer behind)."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != parent:  # the parent died before the request took effect
+        os._exit(1)
+
+
+def main(argv: Sequence[str]) -> int:
+    """The child: `PARENT_PID ROOT SPOOL_FD JOBS_FD RESULTS_FD`."""
+    parent, root, spool_fd, jobs_fd, results_fd = argv
+    _die_with(int(parent))
+    from pipeline.storage.local import LocalStorage
+
+    storage = LocalStorage(Path(root))
+    spool = int(spool_fd)
+    try:
+        with open(int(jobs_fd), "rb") as jobs, open(int(results_fd), "wb") as results:
+            for batch in _jobs(jobs):
+                out = bytearray()
+                for key, data in _runs(spool, batch):
+                    info = storage.put(key, data, content_type="", cache_control="")
+                    etag = info.etag.encode("ascii")
+                    modified = math.nan if info.modified is None else info.modified
+                    out += _RESULT.pack(info.size, modified, len(etag)) + etag
+                results.write(out)
+    except StorageError as exc:
+        sys.stderr.write(" ".join(str(exc).split()) + "\n")  # the one line the parent raises
+        return 1
+    return 0
