@@ -16,10 +16,10 @@ import hashlib
 import os
 import threading
 from array import array
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from types import TracebackType
-from typing import overload
+from typing import Protocol, TypeVar, overload
 
 from pipeline.errors import PipelineError
 from pipeline.model import Artifact
@@ -27,7 +27,52 @@ from pipeline.scratch import FixedColumn, temporary_file
 from pipeline.strcolumn import StringColumn
 
 _FLUSH_AT = 1 << 20  # bytes put before the spool writes them to its file
-_READ_RUN = 8 << 20  # most bytes `load_many` reads at once
+_READ_RUN = 8 << 20  # most bytes `read_runs` reads at once
+
+
+class Extent(Protocol):
+    """Where an entry's bytes are in the spool file (`key`: for the error when they are not all there)."""
+
+    @property
+    def offset(self) -> int: ...
+    @property
+    def size(self) -> int: ...
+    @property
+    def key(self) -> str: ...
+
+
+E = TypeVar("E", bound=Extent)
+
+
+def read_exact(fd: int, offset: int, size: int, key: str) -> bytes:
+    """`size` bytes at `offset` of the spool file open as `fd` (`key`: the last artifact they hold)."""
+    data = os.pread(fd, size, offset)
+    if len(data) != size:
+        raise PipelineError(f"spool: {key} is truncated in the spool file")
+    return data
+
+
+def read_runs(read: Callable[[int, int, str], bytes], entries: Iterable[E]) -> Iterator[tuple[E, bytes]]:
+    """Each of `entries` with its bytes, in their order, read by `read(offset, size, key)`: entries that follow
+    each other in the file are read together, up to `_READ_RUN` bytes at once (a batch of content objects is
+    one read, not a read of ~5 µs an object)."""
+    run: list[E] = []
+    end = 0
+    for entry in entries:
+        if run and (entry.offset != end or end - run[0].offset + entry.size > _READ_RUN):
+            yield from _read_run(read, run)
+            run = []
+        run.append(entry)
+        end = entry.offset + entry.size
+    if run:
+        yield from _read_run(read, run)
+
+
+def _read_run(read: Callable[[int, int, str], bytes], run: Sequence[E]) -> Iterator[tuple[E, bytes]]:
+    start, last = run[0].offset, run[-1]
+    data = read(start, last.offset + last.size - start, last.key)
+    for entry in run:
+        yield entry, data[entry.offset - start : entry.offset - start + entry.size]
 
 
 @dataclass(frozen=True, slots=True)
@@ -212,41 +257,15 @@ class Spool:
         """`size` bytes at `offset` of the file (`key`: the last artifact they hold, for the error)."""
         if offset + size > self._flushed:
             self._flush(self._keys[len(self._keys) - 1])
-        data = os.pread(self._file.fileno(), size, offset)
-        if len(data) != size:
-            raise PipelineError(f"spool: {key} is truncated in the spool file")
-        return data
+        return read_exact(self._file.fileno(), offset, size, key)
 
     def load(self, ref: SpooledArtifact) -> Artifact:
-        return self._load_run((ref,))[0]
+        return self.load_many((ref,))[0]
 
     def load_many(self, refs: Iterable[SpooledArtifact]) -> list[Artifact]:
-        """`load` of each, in their order; entries that follow each other in the file are read together, up to
-        `_READ_RUN` bytes at once (a batch of content objects is one read, not a read of ~5 µs an object)."""
-        loaded: list[Artifact] = []
-        run: list[SpooledArtifact] = []
-        end = 0
-        for ref in refs:
-            if run and (ref.offset != end or end - run[0].offset + ref.size > _READ_RUN):
-                loaded += self._load_run(run)
-                run = []
-            run.append(ref)
-            end = ref.offset + ref.size
-        if run:
-            loaded += self._load_run(run)
-        return loaded
-
-    def _load_run(self, run: Sequence[SpooledArtifact]) -> list[Artifact]:
-        """The artifacts of `run`, entries that follow each other in the file, read at once (one entry's bytes
-        are the read's own: slicing all of a bytes object copies nothing)."""
-        start = run[0].offset
-        data = self._read(start, run[-1].offset + run[-1].size - start, run[-1].key)
+        """`load` of each, in their order, entries that follow each other in the file read together
+        (`read_runs`)."""
         return [
-            Artifact(
-                key=ref.key,
-                data=data[ref.offset - start : ref.offset - start + ref.size],
-                content_type=ref.content_type,
-                cache_control=ref.cache_control,
-            )
-            for ref in run
+            Artifact(key=ref.key, data=data, content_type=ref.content_type, cache_control=ref.cache_control)
+            for ref, data in read_runs(self._read, refs)
         ]

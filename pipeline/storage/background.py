@@ -24,16 +24,16 @@ import subprocess
 import sys
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
+from functools import partial
 from pathlib import Path
-from typing import BinaryIO, Protocol, runtime_checkable
+from typing import BinaryIO, NamedTuple, Protocol, runtime_checkable
 
-from pipeline.errors import StorageError
+from pipeline.errors import PipelineError, StorageError
 from pipeline.scratch import temporary_file
+from pipeline.spool import read_exact, read_runs
 
 _JOB = struct.Struct("<qqI")  # spool offset, size, key length; the key follows (UTF-8, surrogates passed)
 _RESULT = struct.Struct("<qdI")  # size, mtime, ETag length; the ETag follows (ASCII)
-_READ_RUN = 8 << 20  # most spool bytes read at once
-_BATCH = 1024  # jobs read at once
 _PACKAGE_ROOT = str(Path(__file__).resolve().parents[2])
 _CHILD = (
     "import sys; sys.path.insert(0, sys.argv[1]); from pipeline.storage.background import main; "
@@ -130,37 +130,16 @@ def background_writes(root: Path, spool_fd: int, jobs: Iterable[tuple[str, int, 
             writer.stop()
 
 
-def _jobs(handle: BinaryIO) -> Iterator[list[tuple[int, int, str]]]:
-    while True:
-        batch: list[tuple[int, int, str]] = []
-        while len(batch) < _BATCH:
-            head = handle.read(_JOB.size)
-            if not head:
-                break
-            offset, size, length = _JOB.unpack(head)
-            batch.append((offset, size, handle.read(length).decode("utf-8", "surrogatepass")))
-        if not batch:
-            return
-        yield batch
+class _Job(NamedTuple):
+    offset: int
+    size: int
+    key: str
 
 
-def _runs(spool_fd: int, batch: list[tuple[int, int, str]]) -> Iterator[tuple[str, bytes]]:
-    """(key, bytes) of each job; jobs whose bytes follow each other in the spool are read at once."""
-    at = 0
-    while at < len(batch):
-        start = batch[at][0]
-        end = at + 1
-        while end < len(batch) and batch[end][0] == batch[end - 1][0] + batch[end - 1][1]:
-            if batch[end][0] + batch[end][1] - start > _READ_RUN:
-                break
-            end += 1
-        last = batch[end - 1]
-        data = os.pread(spool_fd, last[0] + last[1] - start, start)
-        if len(data) != last[0] + last[1] - start:
-            raise StorageError(f"spool: {last[2]} is truncated in the spool file")
-        for offset, size, key in batch[at:end]:
-            yield key, data[offset - start : offset - start + size]
-        at = end
+def _jobs(handle: BinaryIO) -> Iterator[_Job]:
+    while head := handle.read(_JOB.size):
+        offset, size, length = _JOB.unpack(head)
+        yield _Job(offset, size, handle.read(length).decode("utf-8", "surrogatepass"))
 
 
 def _die_with(parent: int) -> None:
@@ -180,16 +159,13 @@ def main(argv: Sequence[str]) -> int:
     storage = LocalStorage(Path(root))
     spool = int(spool_fd)
     try:
-        with open(int(jobs_fd), "rb") as jobs, open(int(results_fd), "wb") as results:
-            for batch in _jobs(jobs):
-                out = bytearray()
-                for key, data in _runs(spool, batch):
-                    info = storage.put(key, data, content_type="", cache_control="")
-                    etag = info.etag.encode("ascii")
-                    modified = math.nan if info.modified is None else info.modified
-                    out += _RESULT.pack(info.size, modified, len(etag)) + etag
-                results.write(out)
-    except StorageError as exc:
+        with open(int(jobs_fd), "rb") as jobs, open(int(results_fd), "wb", buffering=1 << 16) as results:
+            for job, data in read_runs(partial(read_exact, spool), _jobs(jobs)):
+                info = storage.put(job.key, data, content_type="", cache_control="")
+                etag = info.etag.encode("ascii")
+                modified = math.nan if info.modified is None else info.modified
+                results.write(_RESULT.pack(info.size, modified, len(etag)) + etag)
+    except PipelineError as exc:  # a write, or the spool file
         sys.stderr.write(" ".join(str(exc).split()) + "\n")  # the one line the parent raises
         return 1
     return 0

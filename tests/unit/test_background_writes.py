@@ -115,3 +115,15 @@ def _alive(pid: int) -> bool:
             return stat.read().split(") ")[-1][0] != "Z"  # a zombie (not yet reaped by init) is dead
     except FileNotFoundError:
         return False
+
+
+def test_a_spool_entry_the_child_cannot_read_whole_is_one_line(tmp_path: Path) -> None:
+    storage = LocalStorage(tmp_path / "dest")
+    with Spool() as spool:
+        spool.add_all(make_artifact(key, b"x") for key in KEYS)
+        jobs = [*_jobs(spool)[:2], ("torrents/past/the/end.torrent", 10_000, 5)]
+        with storage.write_in_background(spool.shared_fd(), jobs) as writer:
+            with pytest.raises(
+                StorageError, match=r"^spool: torrents/past/the/end.torrent is truncated in the spool file$"
+            ):
+                list(writer.results())
