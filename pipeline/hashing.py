@@ -1,8 +1,14 @@
 """Hash every file of the snapshot once: v1 piece SHA-1s and the whole-file SHA-256 in the same read.
 
-Each file is read exactly once into a reused buffer; the SHA-256 of the whole file and the SHA-1 of
-each BitTorrent v1 piece are computed from the same bytes. Files are spread over workers, largest
-first, in batches so that per-file dispatch overhead stays small.
+Each file is read exactly once; the SHA-256 of the whole file and the SHA-1 of each BitTorrent v1 piece
+are computed from the same bytes. Files are spread over workers, largest first, in batches so that
+per-file dispatch overhead stays small.
+
+How a file is read: into a reused buffer, or, in a worker process and for a file of MAP_MIN_BYTES or
+more, mapped a window at a time (the hashes read the page cache in place, without the copy a read makes:
+~7 % less CPU over the bench corpus). A file truncated while it is mapped kills the worker that maps it
+(SIGBUS), never the run: the pool reports the dead worker, and the run names the file that changed in one
+line. The run's own process (`workers=1`, or inputs too small for a pool) always reads.
 
 Where the workers run is a seam: any `concurrent.futures.Executor` (made by an `ExecutorFactory`,
 chosen where the run starts: pipeline/executors.py) receives `hash_batch` calls; the default is a
@@ -15,13 +21,16 @@ from __future__ import annotations
 import hashlib
 import itertools
 import logging
+import mmap
 import multiprocessing
 import os
 import stat
 from array import array
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Executor, Future, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from contextlib import AbstractContextManager, contextmanager
+from io import FileIO
 
 from pipeline.errors import SnapshotError
 from pipeline.model import FileEntry, HashedFile, NullProgress, Progress
@@ -36,6 +45,12 @@ MAX_PIECES = 1024
 # 256 KiB 707 MB/s, 1 MiB 711 MB/s, 4 MiB 676 MB/s. Every piece size up to 1 MiB divides it; larger
 # pieces are hashed incrementally across reads.
 READ_BUFFER_SIZE = 1024 * 1024
+
+# A worker maps a file of this size or more instead of reading it (smaller ones: one read costs less than a
+# map and an unmap), MAP_WINDOW bytes at a time (or one piece, when pieces are larger): a window's pages
+# count in the worker's RSS while it is mapped. A window holds whole pieces (piece sizes are powers of two).
+MAP_MIN_BYTES = 1024 * 1024
+MAP_WINDOW = 8 * 1024 * 1024
 
 # Below these, hash in-process: starting the pool costs ~45-80 ms (forkserver + 2 workers), and
 # in-process hashing runs ~650 MB/s / ~13,000 small files/s on one core. Measured break-even: about
@@ -80,8 +95,9 @@ def _identity(st: os.stat_result) -> tuple[int, int, int, int]:
     return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns
 
 
-def _hash_one(path: str, source: str, size: int, buffer: bytearray) -> tuple[str, bytes]:
-    """Read `source` once; return (sha256 hex, piece SHA-1s). Raises SnapshotError if it changed."""
+def _hash_one(path: str, source: str, size: int, buffer: bytearray, *, mapped: bool = False) -> tuple[str, bytes]:
+    """Read `source` once; return (sha256 hex, piece SHA-1s). Raises SnapshotError if it changed. `mapped`:
+    map it instead when it is MAP_MIN_BYTES or more (worker processes only: see the module's text)."""
     piece_size = piece_size_for(size)
     try:
         raw = open(source, "rb", buffering=0)
@@ -99,36 +115,10 @@ def _hash_one(path: str, source: str, size: int, buffer: bytearray) -> tuple[str
                     f"{path}: size is {before.st_size}, expected {size}: the file changed since the scan; "
                     "wait for the mirror sync to finish and re-run"
                 )
-            whole = hashlib.sha256()
-            digests: list[bytes] = []
-            piece = hashlib.sha1()
-            filled = 0
-            total = 0
-            view = memoryview(buffer)
-            sha1 = hashlib.sha1
-            limit = size + 1  # read at most one byte past the expected size: growth is detected
-            while total < limit:
-                n = raw.readinto(view[: min(len(view), limit - total)])
-                if not n:
-                    break
-                total += n
-                chunk = view[:n]
-                whole.update(chunk)
-                offset = 0
-                while offset < n:
-                    take = min(piece_size - filled, n - offset)
-                    if filled == 0 and take == piece_size:
-                        digests.append(sha1(chunk[offset : offset + take]).digest())
-                    else:
-                        piece.update(chunk[offset : offset + take])
-                        filled += take
-                        if filled == piece_size:
-                            digests.append(piece.digest())
-                            piece = sha1()
-                            filled = 0
-                    offset += take
-            if filled:
-                digests.append(piece.digest())
+            if mapped and size >= MAP_MIN_BYTES:
+                total, sha256, pieces = _hash_mapped(path, raw.fileno(), size, piece_size)
+            else:
+                total, sha256, pieces = _hash_read(raw, size, piece_size, buffer)
             after = os.fstat(raw.fileno())
             # rsync replaces a file by renaming a new one over it: our descriptor still reads the old
             # inode, so compare it with what the path names now.
@@ -147,7 +137,70 @@ def _hash_one(path: str, source: str, size: int, buffer: bytearray) -> tuple[str
             f"{path}: read {found} bytes, expected {size}: the file changed since the scan; "
             "wait for the mirror sync to finish and re-run"
         )
-    return whole.hexdigest(), b"".join(digests)
+    return sha256, pieces
+
+
+def _hash_read(raw: FileIO, size: int, piece_size: int, buffer: bytearray) -> tuple[int, str, bytes]:
+    """(bytes read, sha256 hex, piece SHA-1s) of `raw` read through `buffer`, at most one byte past `size` (so
+    that growth is seen)."""
+    whole = hashlib.sha256()
+    digests: list[bytes] = []
+    piece = hashlib.sha1()
+    filled = 0
+    total = 0
+    view = memoryview(buffer)
+    sha1 = hashlib.sha1
+    limit = size + 1
+    while total < limit:
+        n = raw.readinto(view[: min(len(view), limit - total)])
+        if not n:
+            break
+        total += n
+        chunk = view[:n]
+        whole.update(chunk)
+        offset = 0
+        while offset < n:
+            take = min(piece_size - filled, n - offset)
+            if filled == 0 and take == piece_size:
+                digests.append(sha1(chunk[offset : offset + take]).digest())
+            else:
+                piece.update(chunk[offset : offset + take])
+                filled += take
+                if filled == piece_size:
+                    digests.append(piece.digest())
+                    piece = sha1()
+                    filled = 0
+            offset += take
+    if filled:
+        digests.append(piece.digest())
+    return total, whole.hexdigest(), b"".join(digests)
+
+
+def _hash_mapped(path: str, fd: int, size: int, piece_size: int) -> tuple[int, str, bytes]:
+    """(size, sha256 hex, piece SHA-1s) of the file `fd`, mapped a window at a time. Growth is seen by the
+    caller's fstat (the size is part of a file's identity); a file already shorter than a window's end is
+    refused when mapped, one cut while mapped by the kernel (SIGBUS)."""
+    whole = hashlib.sha256()
+    sha1 = hashlib.sha1
+    digests: list[bytes] = []
+    window = max(MAP_WINDOW, piece_size)
+    for start in range(0, size, window):
+        length = min(window, size - start)
+        try:
+            # MAP_POPULATE: the window's pages are mapped in one call, not one fault per 64 KiB
+            mapping = mmap.mmap(
+                fd, length, flags=mmap.MAP_SHARED | mmap.MAP_POPULATE, prot=mmap.PROT_READ, offset=start
+            )
+        except ValueError as err:  # the file ends before the window does
+            raise SnapshotError(
+                f"{path}: changed while it was hashed ({err}); wait for the mirror sync to finish and re-run"
+            ) from err
+        with mapping, memoryview(mapping) as view:
+            whole.update(view)
+            for offset in range(0, length, piece_size):
+                with view[offset : offset + piece_size] as piece:
+                    digests.append(sha1(piece).digest())
+    return size, whole.hexdigest(), b"".join(digests)
 
 
 def hash_batch(jobs: Sequence[_Job]) -> list[_Result]:
@@ -156,7 +209,7 @@ def hash_batch(jobs: Sequence[_Job]) -> list[_Result]:
     if _worker_buffer is None:
         _worker_buffer = bytearray(READ_BUFFER_SIZE)
     buffer = _worker_buffer
-    return [(index, *_hash_one(path, source, size, buffer)) for index, path, source, size in jobs]
+    return [(index, *_hash_one(path, source, size, buffer, mapped=True)) for index, path, source, size in jobs]
 
 
 def _batches(files: Sequence[FileEntry]) -> Iterator[list[_Job]]:
@@ -207,18 +260,51 @@ def _hash_in_pool(files: Sequence[FileEntry], workers: int, executor: ExecutorFa
     with executor(workers) as pool:
         # at most IN_FLIGHT batches sent and not yet taken back: the jobs and results held stay bounded (the
         # others keep the workers busy while the caller takes a batch's results)
-        pending: set[Future[list[_Result]]] = {
-            pool.submit(hash_batch, batch) for batch in itertools.islice(batches, IN_FLIGHT)
-        }
+        sent: dict[Future[list[_Result]], list[_Job]] = {}
+
+        def send(count: int) -> None:
+            for batch in itertools.islice(batches, count):
+                sent[pool.submit(hash_batch, batch)] = batch
+
+        send(IN_FLIGHT)
         try:
-            while pending:
-                done, pending = wait(pending, return_when=FIRST_COMPLETED)
+            while sent:
+                done, _ = wait(sent, return_when=FIRST_COMPLETED)
                 for future in done:
-                    yield from future.result()
-                pending |= {pool.submit(hash_batch, batch) for batch in itertools.islice(batches, len(done))}
+                    batch = sent.pop(future)
+                    try:
+                        results = future.result()
+                    except BrokenProcessPool as err:
+                        raise _worker_died(files, [batch, *sent.values()]) from err
+                    yield from results
+                send(len(done))
         finally:
-            for future in pending:
+            for future in sent:
                 future.cancel()
+
+
+def _worker_died(files: Sequence[FileEntry], in_flight: Iterable[Sequence[_Job]]) -> SnapshotError:
+    """The one line for a hashing worker that died: killed, out of memory, or SIGBUS (a file truncated while
+    the worker had it mapped). A file of the batches in flight that is no longer as scanned is named."""
+    jobs = [job for batch in in_flight for job in batch]
+    for index, path, source, size in jobs:
+        try:
+            st = os.stat(source)
+        except OSError as err:
+            return SnapshotError(
+                f"{path}: cannot stat {source} ({err.strerror or err}) after a hashing worker died; "
+                "check the snapshot and re-run"
+            )
+        if st.st_size != size or st.st_mtime_ns != files[index].mtime_ns:
+            return SnapshotError(
+                f"{path}: changed while it was hashed (now {st.st_size} bytes, {size} when scanned) and the "
+                "hashing worker reading it died; wait for the mirror sync to finish and re-run"
+            )
+    first = jobs[0][1] if jobs else "?"
+    return SnapshotError(
+        f"{first}: a hashing worker process died (killed, or out of memory?) while the pool hashed this file and "
+        f"{max(len(jobs) - 1, 0)} others, all still as scanned; re-run"
+    )
 
 
 def _stop_process_helpers() -> None:

@@ -320,3 +320,135 @@ def test_directory_is_refused(tmp_path: Path) -> None:
 
 def test_empty_input() -> None:
     assert hash_files([], workers=2) == ()
+
+
+MAPPED_SIZES = [0, 1, 40 * KiB, 64 * KiB, 64 * KiB + 1, 200 * KiB + 5, 3 * MiB + 17, 16 * MiB + 1]
+
+
+def test_a_worker_maps_large_files_with_the_same_results(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A worker's batch (`hash_batch`, run here) maps files of MAP_MIN_BYTES or more a window at a time; the
+    results are those of reading. Small windows make pieces and windows meet in every way."""
+    monkeypatch.setattr(hashing, "MAP_MIN_BYTES", 40 * KiB)
+    monkeypatch.setattr(hashing, "MAP_WINDOW", 64 * KiB)
+    maps: list[int] = []
+    real_mmap = hashing.mmap.mmap
+
+    def counting(fd: int, length: int, **kwargs: Any) -> Any:
+        maps.append(length)
+        return real_mmap(fd, length, **kwargs)
+
+    monkeypatch.setattr(hashing.mmap, "mmap", counting)
+    rng = random.Random(5)
+    entries = [make_entry(tmp_path, f"pool/m{size}.deb", rng.randbytes(size)) for size in MAPPED_SIZES]
+    jobs = [(i, e.path, os.fspath(e.source), e.size) for i, e in enumerate(entries)]
+    mapped = hashing.hash_batch(jobs)
+    assert maps  # the large files were mapped...
+    assert sum(maps) == sum(size for size in MAPPED_SIZES if size >= 40 * KiB)
+    assert max(maps) == 64 * KiB  # ...a window at a time (16 MiB + 1: 32 KiB pieces, two a window)
+    maps.clear()
+    read = hash_files(entries, workers=1)  # the run's own process reads
+    assert maps == []
+    for (index, sha256, pieces), h, entry in zip(mapped, read, entries, strict=True):
+        assert (sha256, pieces) == (h.sha256, h.pieces) == (reference(entry.source.read_bytes())[0], h.pieces)
+        assert pieces == reference(entry.source.read_bytes())[2], entry.path
+        assert index == entries.index(entry)
+
+
+def test_a_mapped_file_that_grows_or_is_replaced_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(hashing, "MAP_MIN_BYTES", 1)
+    entry = make_entry(tmp_path, "pool/growing.deb", b"x" * 50_000)
+    real_fstat = os.fstat
+
+    def fstat_then_append(fd: int) -> os.stat_result:
+        result = real_fstat(fd)
+        with open(entry.source, "ab") as f:  # after the first fstat, before the map
+            f.write(b"more")
+        monkeypatch.setattr(os, "fstat", real_fstat)
+        return result
+
+    monkeypatch.setattr(os, "fstat", fstat_then_append)
+    with pytest.raises(SnapshotError, match=r"^pool/growing\.deb: changed while it was hashed"):
+        hashing.hash_batch([(0, entry.path, os.fspath(entry.source), entry.size)])
+
+
+def test_a_file_cut_before_it_is_mapped_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(hashing, "MAP_MIN_BYTES", 1)
+    entry = make_entry(tmp_path, "pool/cut.deb", b"x" * 50_000)
+    real_fstat = os.fstat
+
+    def fstat_then_truncate(fd: int) -> os.stat_result:
+        result = real_fstat(fd)
+        os.truncate(entry.source, 1000)  # after the first fstat, before the map
+        monkeypatch.setattr(os, "fstat", real_fstat)
+        return result
+
+    monkeypatch.setattr(os, "fstat", fstat_then_truncate)
+    with pytest.raises(SnapshotError, match=r"^pool/cut\.deb: changed while it was hashed \(mmap length"):
+        hashing.hash_batch([(0, entry.path, os.fspath(entry.source), entry.size)])
+
+
+@contextmanager
+def forked_pool(workers: int) -> Iterator[Executor]:
+    """A pool forked from this process: its workers keep this test's monkeypatches (and do not print pytest's
+    faulthandler dump when one dies of a signal)."""
+    import faulthandler
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    context = multiprocessing.get_context("fork")
+    with ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=faulthandler.disable) as pool:
+        yield pool
+
+
+@pytest.mark.usefixtures("force_pool")
+def test_a_file_truncated_while_mapped_kills_its_worker_not_the_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A real SIGBUS: the worker maps the file, then it is cut to 10 KiB, so the worker touches pages past
+    its end. The run names the file in one line."""
+    monkeypatch.setattr(hashing, "MAP_MIN_BYTES", 64 * KiB)
+    entries = [make_entry(tmp_path, f"pool/{i:02d}.deb", b"s" * 100) for i in range(20)]
+    victim = make_entry(tmp_path, "pool/cut.deb", b"c" * 300 * KiB)
+    real_mmap = hashing.mmap.mmap
+
+    def map_then_truncate(fd: int, length: int, **kwargs: Any) -> Any:
+        mapping = real_mmap(fd, length, **kwargs)
+        os.truncate(victim.source, 10 * KiB)
+        return mapping
+
+    monkeypatch.setattr(hashing.mmap, "mmap", map_then_truncate)
+    with pytest.raises(SnapshotError) as caught:
+        hash_files([*entries, victim], workers=2, executor=forked_pool)
+    message = str(caught.value)
+    assert "\n" not in message
+    assert message.startswith("pool/cut.deb: changed while it was hashed (now 10240 bytes, 307200 when scanned)")
+    assert message.endswith("wait for the mirror sync to finish and re-run")
+
+
+def _die(jobs: Sequence[Any]) -> list[Any]:
+    os.kill(os.getpid(), 9)
+    return []
+
+
+@pytest.mark.usefixtures("force_pool")
+def test_a_worker_killed_is_one_line(tmp_path: Path) -> None:
+    entries = [make_entry(tmp_path, f"pool/{i:02d}.deb", b"k" * 100) for i in range(10)]
+
+    @contextmanager
+    def killing(workers: int) -> Iterator[Executor]:
+        class Dying(Executor):
+            def __init__(self, inner: Executor) -> None:
+                self.inner = inner
+
+            def submit(self, fn: Any, /, *args: Any, **kwargs: Any) -> Any:
+                return self.inner.submit(_die, *args, **kwargs)
+
+        with forked_pool(workers) as pool:
+            yield Dying(pool)
+
+    with pytest.raises(SnapshotError) as caught:
+        hash_files(entries, workers=2, executor=killing)
+    assert str(caught.value) == (
+        "pool/00.deb: a hashing worker process died (killed, or out of memory?) while the pool hashed this file "
+        "and 9 others, all still as scanned; re-run"
+    )
