@@ -505,9 +505,8 @@ def publish(
     # and a manifest is a pass over every object the destination holds (~10 s a million objects).
     if early is not None:
         numbers = early.numbers
-        for number, (size, etag, modified) in zip(numbers, early.writer.results(), strict=True):
+        for number, (size, etag, modified) in zip(numbers, early.writer.results(progress.advance), strict=True):
             written.add(ObjectInfo(spool.key(number), size, etag, modified), number)
-        progress.advance(len(numbers), sum(map(spool.size, numbers)))
         content_put = _without(spool, content_put, numbers)
     _put_all(storage, spool, content_put, written, progress, fault="content")
 

@@ -22,7 +22,7 @@ import signal
 import struct
 import subprocess
 import sys
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from functools import partial
 from pathlib import Path
@@ -40,6 +40,7 @@ _CHILD = (
     "sys.exit(main(sys.argv[2:]))"
 )
 _PR_SET_PDEATHSIG = 1
+POLL_S = 0.5  # how often `BackgroundWrite.results` tells what the child has written, while it waits
 
 
 Written = tuple[int, str, float | None]  # an object's size, ETag and mtime
@@ -59,10 +60,19 @@ class BackgroundWrite:
     def pid(self) -> int:
         return self._process.pid
 
-    def results(self) -> Iterator[Written]:
+    def results(self, written: Callable[[int, int], None] | None = None) -> Iterator[Written]:
         """Each object's size, ETag and mtime once the child has written them all; StorageError (one line) if it
-        did not."""
+        did not. `written(objects, bytes)`: told what the child has written as it goes (every POLL_S while it
+        runs, then the rest), so that a long wait shows progress."""
+        if written is not None:
+            counted = _Counter(self._results.fileno())
+            while self._process.poll() is None:
+                written(*counted.more())
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    self._process.wait(POLL_S)
         code = self._process.wait()
+        if written is not None and code == 0:
+            written(*counted.more())
         if code < 0:
             pid = self._process.pid
             raise StorageError(f"the background writer (pid {pid}) was killed by signal {-code}; run again")
@@ -82,6 +92,33 @@ class BackgroundWrite:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(self._process.pid, signal.SIGKILL)
             self._process.wait()
+
+
+class _Counter:
+    """Counts the results the child has written so far (its buffer goes out 64 KiB at a time: a record may be
+    cut), by reading the results file at its descriptor from where the last count ended."""
+
+    def __init__(self, fd: int) -> None:
+        self._fd = fd
+        self._at = 0
+        self._tail = b""
+
+    def more(self) -> tuple[int, int]:
+        """The objects and bytes written since the last call (read 1 MiB at a time)."""
+        objects = size_sum = 0
+        while chunk := os.pread(self._fd, 1 << 20, self._at):
+            self._at += len(chunk)
+            data = self._tail + chunk
+            at = 0
+            while at + _RESULT.size <= len(data):
+                size, _, length = _RESULT.unpack_from(data, at)
+                if at + _RESULT.size + length > len(data):
+                    break
+                objects += 1
+                size_sum += size
+                at += _RESULT.size + length
+            self._tail = data[at:]
+        return objects, size_sum
 
 
 @runtime_checkable

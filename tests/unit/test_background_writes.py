@@ -127,3 +127,42 @@ def test_a_spool_entry_the_child_cannot_read_whole_is_one_line(tmp_path: Path) -
                 StorageError, match=r"^spool: torrents/past/the/end.torrent is truncated in the spool file$"
             ):
                 list(writer.results())
+
+
+def test_the_wait_tells_what_the_child_has_written(tmp_path: Path) -> None:
+    storage = LocalStorage(tmp_path / "dest")
+    keys = [f"metalinks/d{i % 7}/{i}.meta4" for i in range(3000)]
+    told: list[tuple[int, int]] = []
+    with Spool() as spool:
+        spool.add_all(make_artifact(key, b"m" * (i % 50 + 1)) for i, key in enumerate(keys))
+        jobs = [(spool.key(number), *spool.extent(number)) for number in range(len(keys))]
+        with storage.write_in_background(spool.shared_fd(), jobs) as writer:
+            results = list(writer.results(lambda objects, nbytes: told.append((objects, nbytes))))
+    assert len(results) == len(keys)
+    assert told and all(objects >= 0 and nbytes >= 0 for objects, nbytes in told)
+    assert sum(objects for objects, _ in told) == len(keys)
+    assert sum(nbytes for _, nbytes in told) == sum(i % 50 + 1 for i in range(len(keys)))
+
+
+def test_results_are_counted_across_cut_records(tmp_path: Path) -> None:
+    """The child's buffer goes out 64 KiB at a time: a count reads whole records and keeps a cut one's head."""
+    from pipeline.storage.background import _RESULT, _Counter
+
+    records = [
+        _RESULT.pack(size, 1.5, len(etag)) + etag for size, etag in [(10, b'"ab"'), (200, b'"' + b"e" * 40 + b'"')] * 5
+    ]
+    data = b"".join(records)
+    path = tmp_path / "results"
+    path.write_bytes(b"")
+    fd = os.open(path, os.O_RDWR)
+    try:
+        counter = _Counter(fd)
+        seen = []
+        for cut in (0, 7, 20, 21, 70, 71, 150, len(data)):
+            os.pwrite(fd, data[:cut], 0)
+            seen.append(counter.more())
+    finally:
+        os.close(fd)
+    assert sum(objects for objects, _ in seen) == 10 and sum(nbytes for _, nbytes in seen) == 5 * 210
+    # records of 24 and 62 bytes (a 20-byte head, then the ETag) end at 24, 86, 110, 172 …
+    assert seen == [(0, 0), (0, 0), (0, 0), (0, 0), (1, 10), (0, 0), (2, 210), (7, 830)]

@@ -228,6 +228,21 @@ def _manifest_rows(storage: LocalStorage) -> list[tuple[str, str, int, str]]:
     return sorted((key, entry.sha256, entry.size, entry.etag) for key, entry in manifest.items())
 
 
+class _Told:
+    def __init__(self) -> None:
+        self.objects = self.nbytes = 0
+
+    def start(self, stage: str, total: int, unit: str = "files") -> None:
+        return None
+
+    def advance(self, count: int = 1, nbytes: int = 0) -> None:
+        self.objects += count
+        self.nbytes += nbytes
+
+    def finish(self) -> None:
+        return None
+
+
 def test_new_content_written_early_by_a_child_publishes_what_one_process_does(tmp_path: Path) -> None:
     pages = {f"tools/café/p{i} #1": f"page {i} ü".encode() * (i + 1) for i in range(40)}
     serial, early_root = tmp_path / "serial", tmp_path / "early"
@@ -245,7 +260,10 @@ def test_new_content_written_early_by_a_child_publishes_what_one_process_does(tm
                 assert list(early.writer.results())[0][0] == len(pages["tools/café/p0 #1"])
                 assert (root / "torrents/tools/café/p0 #1.torrent").read_bytes() == pages["tools/café/p0 #1"]
                 assert not (root / "browse").exists() and not (root / MANIFEST_KEY).exists()
-                result = publish(storage, release, now=NOW, destination=destination, early=early)
+                told = _Told()
+                result = publish(storage, release, now=NOW, destination=destination, early=early, progress=told)
+                # the child's writes are told as they are taken, then the others': each once
+                assert (told.objects, told.nbytes) == (len(result.plan.put), result.plan.put_bytes)
             assert len(result.plan.put) == 80 and result.plan.put_bytes == 2 * sum(map(len, pages.values()))
     assert _objects(early_root) == _objects(serial)
     early_rows = _manifest_rows(LocalStorage(early_root))
