@@ -8,6 +8,7 @@ import sqlite3
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -214,6 +215,44 @@ def test_probe_files_keep_every_value_and_find_paths_in_any_order() -> None:
     assert files.position("pool/050.deb") == 50 and files.position("pool/051.deb") == 51
     assert files.position("pool/000.debx") is None and files.position("") is None and files.position("z") is None
     assert files.digest(5) == bytes.fromhex(_sha(994)) and files.size(5) == 35 and files.piece_size(5) == 16384 << 2
+
+
+def test_a_plan_reads_each_chosen_file_once_in_path_order(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Chosen by SHA-256, the files are read (path and digest, from compressed blocks) once each, in path order;
+    the probes keep the chosen order, each with its piece's expected SHA-1."""
+    from pipeline import mirrors
+
+    rows = [ProbeFile(f"pool/{n:03d}.deb", 40_000 + n, _sha((n * 37) % 300), 16384) for n in range(300)]
+    files = ProbeFiles(rows)
+    read: list[int] = []
+    real = ProbeFiles.__getitem__
+
+    def counting(self: ProbeFiles, i: Any) -> Any:
+        read.append(i)
+        return real(self, i)
+
+    monkeypatch.setattr(ProbeFiles, "__getitem__", counting)
+    by_digest = sorted(range(300), key=lambda n: (n * 37) % 300)
+    picks = {
+        "a": mirrors._Pick(tuple((i, 0) for i in by_digest[:120])),
+        "b": mirrors._Pick(tuple((i, 1) for i in by_digest[60:200])),
+    }
+    asked: list[list[str]] = []
+
+    def pieces_of(paths: Any) -> dict[str, bytes]:
+        asked.append(list(paths))
+        return {path: bytes([n % 256]) * 20 * 3 for n, path in enumerate(r.path for r in rows) if path in paths}
+
+    config_of = {"a": [MirrorConfig(url="http://127.0.0.1:9/a")], "b": [MirrorConfig(url="http://127.0.0.1:9/b")]}
+    plans = mirrors._plans(config_of, files, picks, pieces_of)
+    assert read == sorted(set(by_digest[:200]))  # once each, ascending
+    assert len(asked) == 1 and sorted(asked[0]) == sorted(rows[i].path for i in set(by_digest[:200]))
+    for key, pick in picks.items():
+        probes = plans[key].probes
+        assert [p.path for p in probes] == [rows[i].path for i, _ in pick.chosen]
+        for probe, (i, checks) in zip(probes, pick.chosen, strict=True):
+            piece = choose_piece(rows[i].sha256, 3, checks)
+            assert (probe.piece, probe.expected, probe.size) == (piece, bytes([i % 256]) * 20, rows[i].size)
 
 
 @pytest.mark.parametrize(
