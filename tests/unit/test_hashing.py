@@ -354,36 +354,32 @@ def test_a_worker_maps_large_files_with_the_same_results(tmp_path: Path, monkeyp
         assert index == entries.index(entry)
 
 
-def test_a_mapped_file_that_grows_or_is_replaced_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ("grown", r"changed while it was hashed; wait for the mirror sync"),  # the size in the file's identity
+        ("cut", r"changed while it was hashed \(mmap length is greater than file size\)"),  # refused by mmap
+    ],
+)
+def test_a_file_changed_before_it_is_mapped_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, change: str, message: str
+) -> None:
     monkeypatch.setattr(hashing, "MAP_MIN_BYTES", 1)
-    entry = make_entry(tmp_path, "pool/growing.deb", b"x" * 50_000)
+    entry = make_entry(tmp_path, f"pool/{change}.deb", b"x" * 50_000)
     real_fstat = os.fstat
 
-    def fstat_then_append(fd: int) -> os.stat_result:
+    def fstat_then_change(fd: int) -> os.stat_result:
         result = real_fstat(fd)
-        with open(entry.source, "ab") as f:  # after the first fstat, before the map
-            f.write(b"more")
+        if change == "grown":  # after the first fstat, before the map
+            with open(entry.source, "ab") as f:
+                f.write(b"more")
+        else:
+            os.truncate(entry.source, 1000)
         monkeypatch.setattr(os, "fstat", real_fstat)
         return result
 
-    monkeypatch.setattr(os, "fstat", fstat_then_append)
-    with pytest.raises(SnapshotError, match=r"^pool/growing\.deb: changed while it was hashed"):
-        hashing.hash_batch([(0, entry.path, os.fspath(entry.source), entry.size)])
-
-
-def test_a_file_cut_before_it_is_mapped_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(hashing, "MAP_MIN_BYTES", 1)
-    entry = make_entry(tmp_path, "pool/cut.deb", b"x" * 50_000)
-    real_fstat = os.fstat
-
-    def fstat_then_truncate(fd: int) -> os.stat_result:
-        result = real_fstat(fd)
-        os.truncate(entry.source, 1000)  # after the first fstat, before the map
-        monkeypatch.setattr(os, "fstat", real_fstat)
-        return result
-
-    monkeypatch.setattr(os, "fstat", fstat_then_truncate)
-    with pytest.raises(SnapshotError, match=r"^pool/cut\.deb: changed while it was hashed \(mmap length"):
+    monkeypatch.setattr(os, "fstat", fstat_then_change)
+    with pytest.raises(SnapshotError, match=rf"^pool/{change}\.deb: {message}"):
         hashing.hash_batch([(0, entry.path, os.fspath(entry.source), entry.size)])
 
 
