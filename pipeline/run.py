@@ -663,7 +663,7 @@ def _release(settings: Settings, spool: Spool, progress: Progress, now: Callable
                 )
             with clock.stage("render"):
                 pages = _render(
-                    settings, run, spool, snapshot, records, built, mirrors, signed.pointer, destination, memo
+                    settings, run, spool, state, snapshot, records, built, mirrors, signed.pointer, destination, memo
                 )
             if not settings.dry_run:
                 # before publishing, by the new pointer's SHA-256: if that publication never appears, it is never read
@@ -1080,6 +1080,7 @@ def _render(
     settings: Settings,
     run: _Run,
     spool: Spool,
+    state: StateCache,
     snapshot: Snapshot,
     records: PackageRecords,
     built: BuiltRecords,
@@ -1109,6 +1110,7 @@ def _render(
         components=snapshot.components,
         architectures=snapshot.architectures,
         snapshot_time=rfc3339(snapshot.timestamp) if snapshot.timestamp else None,
+        compiled=state,
     )
     objects = destination.whole
 

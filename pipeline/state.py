@@ -92,6 +92,10 @@ _TABLES = {
         "CREATE TABLE publication_files (path TEXT PRIMARY KEY, fingerprint INTEGER NOT NULL) WITHOUT ROWID",
         ("path", "fingerprint"),
     ),
+    "templates": (
+        "CREATE TABLE templates (key TEXT PRIMARY KEY, code BLOB NOT NULL)",
+        ("key", "code"),
+    ),
     "mirror_health": (
         "CREATE TABLE mirror_health (\n"
         "    mirror TEXT PRIMARY KEY,\n"
@@ -517,6 +521,18 @@ class StateCache:
             self._db.executemany("INSERT OR REPLACE INTO pages VALUES (?, ?, ?)", rows)
             stale = [(k,) for (k,) in self._db.execute("SELECT key FROM pages") if k not in keep]
             self._db.executemany("DELETE FROM pages WHERE key = ?", stale)
+
+    # --- compiled listing templates (pipeline.render) ---------------------------------------------
+
+    def template_code(self, key: str) -> bytes | None:
+        """The compiled template `dump_template_code` kept under `key` (jinja2's bytecode, which carries the
+        Python version and the template source's checksum and is not used when either differs)."""
+        row = self._db.execute("SELECT code FROM templates WHERE key = ?", (key,)).fetchone()
+        return None if row is None else bytes(row[0])
+
+    def dump_template_code(self, key: str, code: bytes) -> None:
+        """Keep a template's compiled form: a later run renders without compiling it (~80 ms for all)."""
+        self._db.execute("INSERT OR REPLACE INTO templates VALUES (?, ?)", (key, code))
 
     # --- the last parse of each metadata file (pipeline.snapshot) --------------------------------
 

@@ -461,6 +461,55 @@ def test_operator_templates_override_the_front_page(tmp_path: Path) -> None:
     }
 
 
+class KeptTemplates:
+    """A CompiledTemplates in memory: the state cache's two methods over a dict."""
+
+    def __init__(self) -> None:
+        self.code: dict[str, bytes] = {}
+        self.dumped = 0
+
+    def template_code(self, key: str) -> bytes | None:
+        return self.code.get(key)
+
+    def dump_template_code(self, key: str, code: bytes) -> None:
+        self.code[key] = code
+        self.dumped += 1
+
+
+def test_templates_compiled_by_one_run_are_not_compiled_by_the_next(monkeypatch: pytest.MonkeyPatch) -> None:
+    kept = KeptTemplates()
+    first = render_listings(listing(compiled=kept))
+    assert first == render_listings(listing())
+    assert len(kept.code) >= 3  # at least base, front and browse pages
+    assert all(code for code in kept.code.values())
+
+    def compile_again(*args: object, **kwargs: object) -> None:
+        raise AssertionError("a kept template was compiled again")
+
+    monkeypatch.setattr(jinja2.Environment, "compile", compile_again)
+    assert render_listings(listing(compiled=kept)) == first
+    assert kept.dumped == len(kept.code)  # nothing compiled or written the second time
+    with pytest.raises(AssertionError, match="compiled again"):
+        render_listings(listing())  # without the kept code, the same run would compile
+
+
+def test_an_operator_template_changed_since_it_was_compiled_is_compiled_again(tmp_path: Path) -> None:
+    kept = KeptTemplates()
+    front = tmp_path / "front.html.j2"
+    front.write_text("<p>first {{ repo }}</p>")
+
+    def front_page() -> bytes:
+        pages = render_listings(listing(templates_dir=tmp_path, compiled=kept))
+        return next(a.data for a in pages if a.key == "index.html")
+
+    assert front_page() == b"<p>first demo</p>\n"
+    dumped = kept.dumped
+    front.write_text("<p>second {{ repo }}</p>")
+    assert front_page() == b"<p>second demo</p>\n"
+    assert kept.dumped == dumped + 1  # only the changed template compiled, and kept in its place
+    assert front_page() == b"<p>second demo</p>\n" and kept.dumped == dumped + 1
+
+
 def test_operator_templates_autoescape_too(tmp_path: Path) -> None:
     (tmp_path / "front.html.j2").write_text("<p>{{ repo }}</p>")
     front = next(a for a in render_listings(listing(templates_dir=tmp_path, repo="<i>x</i>")) if a.key == "index.html")

@@ -246,3 +246,16 @@ def test_pages_memo_and_keys_say_the_same(tmp_path: Path) -> None:
         state.remember_pages(rows, keep=["a.html", "b.html", "c/d.html"])
         assert list(state.page_keys()) == ["a.html", "b.html", "c/d.html"]
         assert state.page_memo() == {"a.html": ("i2", "s2"), "b.html": ("i1", "s1"), "c/d.html": ("i3", "s3")}
+
+
+def test_compiled_templates_are_kept_from_one_run_to_the_next(tmp_path: Path) -> None:
+    path = tmp_path / "state.sqlite"
+    with StateCache.open(path, repo="r") as state:
+        assert state.template_code("k1") is None
+        state.dump_template_code("k1", b"\x00code one")
+        state.dump_template_code("k2", b"code two")
+        state.dump_template_code("k1", b"code one, again")
+    with StateCache.open(path, repo="r") as state:
+        assert state.template_code("k1") == b"code one, again"
+        assert state.template_code("k2") == b"code two"
+        assert state.template_code("k3") is None
