@@ -10,7 +10,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
-SnapshotFormat = str  # a registered format's name (pipeline.snapshot.ADAPTERS)
+SnapshotFormat = str  # a registered format's name (pipeline.snapshot._ADAPTERS)
 
 
 class Progress(Protocol):

@@ -1,6 +1,6 @@
 """The scan stage: a snapshot directory -> `Snapshot` (the files to publish, sorted by path, unique).
 
-`scan_snapshot(ScanSpec(root=...))` picks the format adapter (`ADAPTERS`: debian, arch, flat; the seam
+`scan_snapshot(ScanSpec(root=...))` picks the format adapter (`_ADAPTERS`: debian, arch, flat; the seam
 is `pipeline.snapshot.formats`), refuses to run while a configured sync lock exists, and only stats
 files: hashing is a later stage.
 """
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import glob
 import hashlib
+import importlib
 import itertools
 import json
 import logging
@@ -21,15 +22,13 @@ from pathlib import Path
 from pipeline.errors import ConfigError, SnapshotError
 from pipeline.filetable import FileTable
 from pipeline.model import FileEntry, Snapshot
-from pipeline.snapshot.arch import ARCH
-from pipeline.snapshot.debian import DEBIAN
 from pipeline.snapshot.flat import FLAT
 from pipeline.snapshot.formats import FormatAdapter, FormatInfo, Scanned, ScanSpec
 from pipeline.snapshot.mark import TreeMark, marked_walk
 
 __all__ = [
-    "ADAPTERS",
     "FORMAT_NAMES",
+    "adapters",
     "ScanSpec",
     "TreeMark",
     "format_info",
@@ -40,10 +39,28 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-# Every format, in the order `--format auto` tries them (a new format: its module, and a line here).
-ADAPTERS: tuple[FormatAdapter, ...] = (DEBIAN, ARCH, FLAT)
-_BY_NAME = {adapter.info.name: adapter for adapter in ADAPTERS}
-FORMAT_NAMES = ("auto", *_BY_NAME)
+# Every format, in the order `--format auto` tries them (a new format: its module, and a line here): name ->
+# (module, adapter). A module is imported when a run first needs its format: a flat run does not load the
+# Debian and Arch parsers (~25 ms of its start).
+_ADAPTERS = {
+    "debian": ("pipeline.snapshot.debian", "DEBIAN"),
+    "arch": ("pipeline.snapshot.arch", "ARCH"),
+    "flat": ("pipeline.snapshot.flat", "FLAT"),
+}
+FORMAT_NAMES = ("auto", *_ADAPTERS)
+
+
+def adapters() -> tuple[FormatAdapter, ...]:
+    """Every registered format's adapter, in the order `--format auto` tries them (each module imported)."""
+    return tuple(_adapter(name) for name in _ADAPTERS)
+
+
+def _adapter(name: str) -> FormatAdapter:
+    module, attribute = _ADAPTERS[name]
+    adapter: FormatAdapter = getattr(importlib.import_module(module), attribute)
+    assert adapter.info.name == name, f"{module}.{attribute} is the adapter of {adapter.info.name!r}"
+    return adapter
+
 
 _ARCHITECTURE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 _UNSAFE_SETTING_CHARS = re.compile(r"[\x00-\x1f\x7f\\]")
@@ -52,10 +69,9 @@ _GLOB_CHARS = re.compile(r"[*?\[]")
 
 def format_info(name: str) -> FormatInfo:
     """The labels and client lists of a registered format; ConfigError for an unknown one."""
-    adapter = _BY_NAME.get(name)
-    if adapter is None:
-        raise ConfigError(f"{name!r}: unknown snapshot format; use {', '.join(_BY_NAME)}")
-    return adapter.info
+    if name not in _ADAPTERS:
+        raise ConfigError(f"{name!r}: unknown snapshot format; use {', '.join(_ADAPTERS)}")
+    return _adapter(name).info
 
 
 def scan_snapshot(spec: ScanSpec, marked: TreeMark | None = None) -> Snapshot:
@@ -99,7 +115,7 @@ def snapshot_mark(spec: ScanSpec, context: Sequence[str] = ()) -> TreeMark | Non
 def recheck_snapshot(spec: ScanSpec, snapshot_format: str) -> None:
     """The time-dependent checks of a scan of `snapshot_format` (`FormatAdapter.recheck`), for a tree whose
     mark is that of an earlier scan; SnapshotError as the scan would raise it."""
-    _BY_NAME[snapshot_format].recheck(_real_root(spec.root), spec)
+    _adapter(snapshot_format).recheck(_real_root(spec.root), spec)
 
 
 def _snapshot(
@@ -141,8 +157,8 @@ def _check_spec(spec: ScanSpec) -> None:
     for arch in spec.architectures:
         if not _ARCHITECTURE.fullmatch(arch):
             raise ConfigError(f"architectures: {arch!r} is not an architecture name such as amd64")
-    if spec.format in _BY_NAME:
-        _BY_NAME[spec.format].check(spec)
+    if spec.format in _ADAPTERS:
+        _adapter(spec.format).check(spec)
     if spec.upstream_keyring is not None and not spec.upstream_keyring.is_file():
         raise ConfigError(
             f"{spec.upstream_keyring}: upstream_keyring file does not exist; pass an existing keyring file"
@@ -191,8 +207,9 @@ def _existing(path: Path) -> list[str]:
 
 def _resolve_format(root_real: Path, requested: str) -> FormatAdapter:
     if requested != "auto":
-        return _BY_NAME[requested]
-    for adapter in ADAPTERS:
+        return _adapter(requested)
+    for name in _ADAPTERS:
+        adapter = _adapter(name)
         if adapter.detect(root_real):
             return adapter
     raise SnapshotError(

@@ -2,7 +2,7 @@
 
 A format is one module with an adapter (detect, check the scan settings, scan -> Scanned) and a
 `FormatInfo` (display labels, which client list it publishes, what its recipes do), registered in
-`pipeline.snapshot.ADAPTERS`, plus its template partials under `templates/formats/<name>/` (a part a
+`pipeline.snapshot._ADAPTERS`, plus its template partials under `templates/formats/<name>/` (a part a
 format does not have is simply absent).
 """
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -12,6 +14,8 @@ from pipeline.errors import ConfigError, SnapshotError
 from pipeline.filetable import FileTableBuilder
 from pipeline.model import FileEntry
 from pipeline.snapshot import ScanSpec, flat, scan_snapshot
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def write(path: Path, data: bytes = b"x") -> Path:
@@ -357,3 +361,23 @@ def test_a_builder_given_paths_out_of_order_sorts_them_as_before() -> None:
         builder.add(FileEntry(path, "/src/" + path, len(path), 0, 1, 2))
     assert builder._column is None and len(builder) == 5
     assert list(builder.build().paths) == ["a", "b", "c", "c", "d"]
+
+
+def test_a_flat_scan_loads_neither_the_debian_nor_the_arch_parser(tmp_path: Path) -> None:
+    (tmp_path / "pool").mkdir()
+    (tmp_path / "pool" / "a.deb").write_bytes(b"a")
+    script = (
+        "import sys; from pathlib import Path; from pipeline.snapshot import ScanSpec, scan_snapshot, format_info\n"
+        f"found = scan_snapshot(ScanSpec(root=Path({str(tmp_path)!r}), format='flat'))\n"
+        "loaded = lambda: sorted(m for m in ('pipeline.snapshot.debian', 'pipeline.snapshot.arch', 'debian') "
+        "if m in sys.modules)\n"
+        "print(found.files.paths[0], loaded())\n"
+        "print(format_info('debian').name, loaded())\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=True, cwd=ROOT
+    )
+    assert done.stdout.splitlines() == [
+        "pool/a.deb []",
+        "debian ['debian', 'pipeline.snapshot.debian']",  # loaded when asked for
+    ]
