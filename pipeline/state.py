@@ -527,12 +527,20 @@ class StateCache:
     def template_code(self, key: str) -> bytes | None:
         """The compiled template `dump_template_code` kept under `key` (jinja2's bytecode, which carries the
         Python version and the template source's checksum and is not used when either differs)."""
-        row = self._db.execute("SELECT code FROM templates WHERE key = ?", (key,)).fetchone()
+        try:
+            row = self._db.execute("SELECT code FROM templates WHERE key = ?", (key,)).fetchone()
+        except sqlite3.Error as exc:  # a cache only: the template is compiled instead
+            log.debug("%s: no compiled template read (%s)", self.path, exc)
+            return None
         return None if row is None else bytes(row[0])
 
     def dump_template_code(self, key: str, code: bytes) -> None:
-        """Keep a template's compiled form: a later run renders without compiling it (~80 ms for all)."""
-        self._db.execute("INSERT OR REPLACE INTO templates VALUES (?, ?)", (key, code))
+        """Keep a template's compiled form: a later run renders without compiling it (~80 ms for all). A cache
+        only: a state that cannot take it (locked by another process, say) costs the next run a compile."""
+        try:
+            self._db.execute("INSERT OR REPLACE INTO templates VALUES (?, ?)", (key, code))
+        except sqlite3.Error as exc:
+            log.debug("%s: compiled template not kept (%s)", self.path, exc)
 
     # --- the last parse of each metadata file (pipeline.snapshot) --------------------------------
 

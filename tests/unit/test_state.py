@@ -259,3 +259,11 @@ def test_compiled_templates_are_kept_from_one_run_to_the_next(tmp_path: Path) ->
         assert state.template_code("k1") == b"code one, again"
         assert state.template_code("k2") == b"code two"
         assert state.template_code("k3") is None
+
+
+def test_compiled_templates_are_only_a_cache(tmp_path: Path) -> None:
+    with StateCache.open(tmp_path / "state.sqlite", repo="r") as state:
+        state.dump_template_code("k1", b"code")
+        state._db.execute("DROP TABLE templates")  # as if the table could not be read or written
+        state.dump_template_code("k1", b"code")  # nothing kept, nothing raised
+        assert state.template_code("k1") is None
