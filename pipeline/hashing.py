@@ -238,9 +238,7 @@ def _batches(files: Sequence[FileEntry]) -> Iterator[list[_Job]]:
 ExecutorFactory = Callable[[int], AbstractContextManager[Executor]]
 
 
-@contextmanager
-def local_pool(workers: int) -> Iterator[Executor]:
-    """The default executor: `workers` local processes."""
+def _forkserver() -> multiprocessing.context.ForkServerContext:
     # forkserver: workers are forked from a clean single-threaded server, never from a parent that
     # may hold threads or locks (fork), and start faster than spawn (~45 ms for two). Like spawn, it
     # re-imports the entry script as __mp_main__ in the workers: scripts need the __main__ guard.
@@ -248,11 +246,29 @@ def local_pool(workers: int) -> Iterator[Executor]:
     # the server imports this module once, so each worker it forks has it (its first batch came ~40 ms later
     # when every worker imported it on its own); __main__ is the server's default preload
     context.set_forkserver_preload(["__main__", __name__])
+    return context
+
+
+@contextmanager
+def local_pool(workers: int) -> Iterator[Executor]:
+    """The default executor: `workers` local processes."""
+    context = _forkserver()
     try:
         with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
             yield pool
     finally:
         _stop_process_helpers()
+
+
+def start_local_pool_early() -> None:
+    """Start the server the local pool forks its workers from, and return without waiting for it: it starts
+    Python and imports what the workers need (~0.1 s, the entry script's imports included) while this process
+    goes on. A run that will hash every file calls it before it walks the tree; the pool then finds the
+    server ready, and stops it when it is done (`_stop_process_helpers`)."""
+    from multiprocessing import forkserver
+
+    _forkserver()
+    forkserver.ensure_running()
 
 
 def _hash_in_pool(files: Sequence[FileEntry], workers: int, executor: ExecutorFactory) -> Iterator[_Result]:

@@ -34,7 +34,14 @@ from pipeline.decision import Decision, Facts, decide, resign_due, same_content
 from pipeline.errors import ConfigError, PipelineError, StorageError
 from pipeline.executors import open_executor
 from pipeline.filetable import FileTable, KnownDigests
-from pipeline.hashing import ExecutorFactory, check_expected, iter_hashed, local_pool, piece_size_for
+from pipeline.hashing import (
+    ExecutorFactory,
+    check_expected,
+    iter_hashed,
+    local_pool,
+    piece_size_for,
+    start_local_pool_early,
+)
 from pipeline.index import (
     DELTA_MAX_BYTES,
     decode_index,
@@ -560,6 +567,11 @@ def _release(settings: Settings, spool: Spool, progress: Progress, now: Callable
     run = _begin(settings, now)
     clock = run.clock
     with StateCache.open(settings.state_path, repo=settings.repo) as state:
+        if run.executor is local_pool and settings.workers > 1 and state.knows_no_file():
+            # nothing known: every file will be hashed. The workers' server starts while the tree is walked (the
+            # pool stops it; a tree too small for a pool leaves it to end with this process, as multiprocessing
+            # does: stopping it would wait for it to finish starting)
+            start_local_pool_early()
         scan_spec = _scan_spec(settings, state)
         with clock.stage("scan"):
             marked = snapshot_mark(scan_spec, _mark_context(settings))

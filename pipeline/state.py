@@ -355,6 +355,10 @@ class StateCache:
                 ),
             )
 
+    def knows_no_file(self) -> bool:
+        """Whether the cache holds no file at all (a first run, or a lost state): every file will be hashed."""
+        return self._db.execute("SELECT 1 FROM files LIMIT 1").fetchone() is None
+
     def file_count(self) -> int:
         """How many files the cache holds (equal to the snapshot's when every file hit: nothing to forget)."""
         return int(self._db.execute("SELECT COUNT(*) FROM files").fetchone()[0])

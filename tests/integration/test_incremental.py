@@ -432,3 +432,27 @@ def test_a_full_build_whose_new_objects_a_child_writes_publishes_what_one_proces
     manifest = load_manifest(storage, listing)
     for key, data in objects(tmp_path / "early").items():  # the child's writes are in the manifest, ETags and all
         assert manifest[key].sha256 == hashlib.sha256(data).hexdigest() and manifest[key].etag == listing[key].etag
+
+
+def test_a_run_that_knows_no_file_starts_the_hashing_server_before_it_walks_the_tree(
+    signing_key: SigningKey, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    snap, state, dest = tmp_path / "snap", tmp_path / "state.sqlite", tmp_path / "dest"
+    (snap / "d").mkdir(parents=True)
+    (snap / "d" / "a.bin").write_bytes(b"a")
+    events: list[str] = []
+    mark = pipeline.run.snapshot_mark
+
+    def walk(*args: Any, **kwargs: Any) -> Any:
+        events.append("walk")
+        return mark(*args, **kwargs)
+
+    monkeypatch.setattr(pipeline.run, "start_local_pool_early", lambda: events.append("server"))
+    monkeypatch.setattr(pipeline.run, "snapshot_mark", walk)
+    assert release(settings(snap, dest, signing_key, state)).action == "publish"
+    assert events == ["server", "walk"]
+    (snap / "d" / "b.bin").write_bytes(b"b")  # a changed tree, and a state that knows files: no early server
+    assert release(settings(snap, dest, signing_key, state)).action == "publish"
+    assert events == ["server", "walk", "walk"]
+    assert release(replace(settings(snap, dest, signing_key, tmp_path / "new.sqlite"), workers=1)).action == "noop"
+    assert events == ["server", "walk", "walk", "walk"]  # one worker: no pool, no server

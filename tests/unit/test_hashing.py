@@ -448,3 +448,16 @@ def test_a_worker_killed_is_one_line(tmp_path: Path) -> None:
         "pool/00.deb: a hashing worker process died (killed, or out of memory?) while the pool hashed this file "
         "and 9 others, all still as scanned; re-run"
     )
+
+
+def test_a_pool_server_started_early_is_the_one_the_pool_forks_from_and_stops() -> None:
+    from multiprocessing import forkserver
+
+    server = forkserver._forkserver  # type: ignore[attr-defined]
+    hashing.start_local_pool_early()
+    started = server._forkserver_pid
+    assert started is not None and os.waitpid(started, os.WNOHANG) == (0, 0)  # running, not waited for
+    with hashing.local_pool(2) as pool:
+        assert pool.submit(len, "four").result(timeout=60) == 4
+        assert server._forkserver_pid == started  # the same server: nothing started twice
+    assert server._forkserver_pid is None  # stopped with the pool

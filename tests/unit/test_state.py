@@ -267,3 +267,10 @@ def test_compiled_templates_are_only_a_cache(tmp_path: Path) -> None:
         state._db.execute("DROP TABLE templates")  # as if the table could not be read or written
         state.dump_template_code("k1", b"code")  # nothing kept, nothing raised
         assert state.template_code("k1") is None
+
+
+def test_a_state_that_knows_no_file_says_so(tmp_path: Path) -> None:
+    with StateCache.open(tmp_path / "state.sqlite", repo="r") as state:
+        assert state.knows_no_file()
+        state.store([row(entry())])
+        assert not state.knows_no_file()
