@@ -22,8 +22,8 @@ import os
 import signal
 import struct
 from array import array
-from collections.abc import Container, Iterable, Iterator, Mapping, Sequence, Set
-from contextlib import contextmanager
+from collections.abc import Callable, Container, Iterable, Iterator, Mapping, Sequence, Set
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from json.encoder import encode_basestring as _json_string  # what json.dumps(ensure_ascii=False) uses
@@ -372,44 +372,96 @@ def fault_point(name: str, count: int = 0) -> None:
 
 @dataclass(frozen=True)
 class EarlyContent:
-    """New content objects (spool entries `numbers`) that a child process writes while the run renders its
-    pages; `publish` takes what it wrote."""
+    """New content objects (spool entries `numbers`) that a child process writes while the run builds and
+    renders; `publish` takes what it wrote."""
 
     numbers: range | array[int]
     writer: BackgroundWrite
+
+
+_SEND_EVERY = 512  # content objects spooled between two sends to the child
+
+
+class NewContent:
+    """Spools the run's content objects and has a child process write the new ones (keys the destination does
+    not hold) as they are built, once they are `minimum` or more (`write_new_content`)."""
+
+    def __init__(
+        self,
+        spool: Spool,
+        listing: Container[str] | None,
+        start: Callable[[], BackgroundWrite] | None,
+        minimum: int,
+    ) -> None:
+        self._spool = spool
+        self._listing = listing  # None: an empty destination, every key is new
+        self._start = start  # None: nothing is written early
+        self._minimum = minimum
+        self._numbers = array("I")  # new, not sent yet while no child runs
+        self._sent = 0
+        self._writer: BackgroundWrite | None = None
+
+    def spool_all(self, artifacts: Iterable[Artifact]) -> SpoolRefs:
+        """`Spool.add_all`; the new objects among them go to the child every `_SEND_EVERY`."""
+        spool = self._spool
+        if self._start is None:
+            return spool.add_all(artifacts)
+        first = len(spool)
+        it = iter(artifacts)
+        while batch := spool.add_all(itertools.islice(it, _SEND_EVERY)):
+            listing = self._listing
+            numbers = batch.numbers
+            self._numbers.extend(numbers if listing is None else (n for n in numbers if spool.key(n) not in listing))
+            self._send()
+        return spool.refs(range(first, len(spool)))
+
+    def _send(self) -> None:
+        if self._writer is None:
+            if self._start is None or len(self._numbers) < self._minimum:
+                return
+            self._writer = self._start()
+        spool, unsent = self._spool, self._numbers[self._sent :]
+        if not unsent:
+            return
+        spool.shared_fd()  # their bytes in the spool file first
+        self._writer.send((spool.key(number), *spool.extent(number)) for number in unsent)
+        self._sent = len(self._numbers)
+
+    def written_early(self) -> EarlyContent | None:
+        """What the child writes (no more is sent once this is read); None: no child was started."""
+        if self._writer is None:
+            return None
+        self._start = None
+        self._writer.end()
+        return EarlyContent(self._numbers, self._writer)
 
 
 @contextmanager
 def write_new_content(
     storage: Storage,
     spool: Spool,
-    content: SpoolRefs,
     destination: Destination,
     *,
     dry_run: bool,
     minimum: int = EARLY_MIN,
-) -> Iterator[EarlyContent | None]:
-    """Start writing the content objects whose keys the destination does not hold, in a child process, when the
-    storage can (a local folder) and they are `minimum` or more: no publication reaches a new key before the
-    pointer this run commits, so they may be written at any time before the index. An object that replaces
-    another waits for `publish`, so a run that fails before it (a template error, say) changes nothing a
-    publication reaches. Nothing starts in a dry run, or with a fault point armed (the tests' kill points count
-    one process's writes). The child is stopped (by its pid) when the block ends."""
+) -> Iterator[NewContent]:
+    """Spool the content through the `NewContent` yielded, which has a child process write the objects whose
+    keys the destination does not hold as they are built, when the storage can (a local folder) and they are
+    `minimum` or more: no publication reaches a new key before the pointer this run commits, so they may be
+    written at any time before the index. An object that replaces another waits for `publish`, so a run that
+    fails before it (a template error, say) changes nothing a publication reaches. Nothing starts in a dry
+    run, or with a fault point armed (the tests' kill points count one process's writes). The child is
+    stopped (by its pid) when the block ends."""
     if dry_run or os.environ.get(FAULT_ENV) or not isinstance(storage, WritesInBackground):
-        yield None
+        yield NewContent(spool, None, None, minimum)
         return
     listing = destination.listing
-    numbers: range | array[int] = (
-        array("I", (number for number in content.numbers if spool.key(number) not in listing))
-        if len(listing)
-        else content.numbers  # an empty destination (a first build): every object is new
-    )
-    if len(numbers) < minimum:
-        yield None
-        return
-    jobs = ((spool.key(number), *spool.extent(number)) for number in numbers)
-    with storage.write_in_background(spool.shared_fd(), jobs) as writer:
-        yield EarlyContent(numbers, writer)
+    with ExitStack() as stack:
+
+        def start() -> BackgroundWrite:
+            return stack.enter_context(storage.write_in_background(spool.shared_fd()))
+
+        yield NewContent(spool, listing if len(listing) else None, start, minimum)
 
 
 def _without(spool: Spool, refs: SpoolRefs, taken: range | array[int]) -> SpoolRefs:

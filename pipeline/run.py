@@ -91,6 +91,7 @@ from pipeline.pages import PageDigests
 from pipeline.publish import (
     Destination,
     DestinationProbe,
+    NewContent,
     Publication,
     UploadPlan,
     is_complete,
@@ -656,23 +657,25 @@ def _release(settings: Settings, spool: Spool, progress: Progress, now: Callable
             _tracker_whitelist(settings, destination.current.pointer, digested.infohashes())
             return _report(run, mirrors, destination.pointer, "noop", changes)
 
-        with clock.stage("build"):
-            content = _build_content(
-                settings, spool, state, spec, records, fingerprints, current, facts, destination, mirrors.statuses
-            )
-        with clock.stage("sign"):
-            signed = _sign(settings, run, spool, built, snapshot, decision, destination)
-            content += signed.keys
-        last_audit = state.last_audit(run.storage.url)
-        if not settings.dry_run:
-            # while this run writes, no audit is remembered: one killed midway leaves the next run an audit, which
-            # lists what it wrote after its last manifest
-            state.forget_audit(run.storage.url)
         with ExitStack() as writing:
-            with clock.stage("publish"):  # new content objects: written by a child while the pages are rendered
-                early = writing.enter_context(
-                    write_new_content(run.storage, spool, content, destination.whole, dry_run=settings.dry_run)
+            with clock.stage("build"):
+                # new content objects: written by a child as they are built, and while the pages are rendered
+                new_content = writing.enter_context(
+                    write_new_content(run.storage, spool, destination.whole, dry_run=settings.dry_run)
                 )
+                content = _build_content(
+                    settings, new_content, state, spec, records, fingerprints, current, facts, destination,
+                    mirrors.statuses,
+                )  # fmt: skip
+                early = new_content.written_early()
+            with clock.stage("sign"):
+                signed = _sign(settings, run, spool, built, snapshot, decision, destination)
+                content += signed.keys
+            last_audit = state.last_audit(run.storage.url)
+            if not settings.dry_run:
+                # while this run writes, no audit is remembered: one killed midway leaves the next run an audit,
+                # which lists what it wrote after its last manifest
+                state.forget_audit(run.storage.url)
             with clock.stage("render"):
                 pages = _render(
                     settings, run, spool, state, snapshot, records, built, mirrors, signed.pointer, destination, memo
@@ -958,7 +961,7 @@ def _nodes_changed(current: CurrentPublication, settings: Settings) -> bool:
 
 def _build_content(
     settings: Settings,
-    spool: Spool,
+    new_content: NewContent,
     state: StateCache,
     spec: BuildSpec,
     records: PackageRecords,
@@ -1006,12 +1009,12 @@ def _build_content(
     )
     if not settings.allow_peer_only:
         _refuse_unserved(((paths[row], files.size_at(row)) for row in whole), spec, statuses)
-    content = spool.add_all(iter_package_artifacts(_with_pieces(state, records.objects_at(whole)), spec))
+    content = new_content.spool_all(iter_package_artifacts(_with_pieces(state, records.objects_at(whole)), spec))
     if refresh:
         for row in whole:
             building[row] = 1
         others = records.objects_at(row for row in range(len(paths)) if not building[row])
-        content += spool.add_all(iter_package_artifacts(_with_pieces(state, others), spec, metalinks_only=True))
+        content += new_content.spool_all(iter_package_artifacts(_with_pieces(state, others), spec, metalinks_only=True))
     return content
 
 

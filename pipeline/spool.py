@@ -170,6 +170,10 @@ class Spool:
     def close(self) -> None:
         self._file.close()
 
+    def __len__(self) -> int:
+        """Entries put so far."""
+        return len(self._keys)
+
     @property
     def bytes_written(self) -> int:
         return self._end

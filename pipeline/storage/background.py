@@ -1,15 +1,19 @@
-"""A local destination's new objects written by a child process while the run renders its pages.
+"""A local destination's new objects written by a child process while the run builds and renders.
 
 A full build's content (a `.torrent` and a `.meta4` a package) is two million small files at a million
 packages, and creating them costs the kernel about as much as rendering the pages costs Python (~60 us an
 object on ext4, ~0.1 ms a page). Keys that no publication names yet can be written at any time before the
-index: this child (`main`: the parent's pid, the root, then the spool, jobs and results files' descriptors)
-creates them from the spool file while the parent renders, and dies with the parent. An object that
-replaces one the destination holds (a flat snapshot's changed file) still waits for the parent's publish,
-after the pages: a run that fails while rendering changes nothing a publication reaches.
+index: this child (`main`: the parent's pid, the root, then the spool, jobs, wake-up and results files'
+descriptors) creates them from the spool file as the parent builds them, and dies with the parent. An object
+that replaces one the destination holds (a flat snapshot's changed file) still waits for the parent's
+publish, after the pages: a run that fails before it changes nothing a publication reaches.
 
 Jobs and results are fixed-size records in unlinked temporary files (no pipe a stalled reader could fill):
-a job is the spool offset and size and the key; a result is the written object's size, mtime and ETag.
+a job is the spool offset and size and the key; a result is the written object's size, mtime and ETag. The
+parent appends jobs as it builds (`BackgroundWrite.send`) and then writes a byte to a pipe the child waits on
+when it has done every job so far (a full pipe is left full: one byte wakes the child); closing the pipe
+(`BackgroundWrite.end`) tells it that no job follows. Both read and write the jobs file at offsets of their
+own (the descriptor, and its offset, are shared).
 """
 
 from __future__ import annotations
@@ -47,12 +51,18 @@ Written = tuple[int, str, float | None]  # an object's size, ETag and mtime
 
 
 class BackgroundWrite:
-    """The child writing `count` objects; `results` waits for it and gives what each write made, in job order
-    (no keys: the caller has them, and a million of them held here would cost ~100 MB)."""
+    """The child writing the objects `send` gives it (`count` so far); `results` waits for it and gives what
+    each write made, in job order (no keys: the caller has them, and a million of them held here would cost
+    ~100 MB)."""
 
-    def __init__(self, process: subprocess.Popen[bytes], count: int, results: BinaryIO, errors: BinaryIO) -> None:
+    def __init__(
+        self, process: subprocess.Popen[bytes], jobs: int, wake: int, results: BinaryIO, errors: BinaryIO
+    ) -> None:
         self._process = process
-        self.count = count
+        self.count = 0
+        self._jobs = jobs
+        self._jobs_end = 0
+        self._wake: int | None = wake
         self._results = results
         self._errors = errors
 
@@ -60,10 +70,38 @@ class BackgroundWrite:
     def pid(self) -> int:
         return self._process.pid
 
+    def send(self, jobs: Iterable[tuple[str, int, int]]) -> None:
+        """More jobs: (key, offset, size) in the spool file, whose bytes are written there already."""
+        if self._wake is None:
+            raise ValueError("the background writer was told that no job follows")
+        records = bytearray()
+        for key, offset, size in jobs:
+            name = key.encode("utf-8", "surrogatepass")
+            records += _JOB.pack(offset, size, len(name)) + name
+            self.count += 1
+        if not records:
+            return
+        try:
+            _pwrite_all(self._jobs, records, self._jobs_end)
+        except OSError as exc:
+            raise StorageError(
+                f"the background writer's jobs: cannot write ({exc.strerror}); free space in TMPDIR"
+            ) from exc
+        self._jobs_end += len(records)
+        with contextlib.suppress(BlockingIOError, BrokenPipeError):  # full: a wake-up is pending; gone: it died
+            os.write(self._wake, b"j")
+
+    def end(self) -> None:
+        """No job follows: the child ends when it has done those sent."""
+        if self._wake is not None:
+            os.close(self._wake)
+            self._wake = None
+
     def results(self, written: Callable[[int, int], None] | None = None) -> Iterator[Written]:
-        """Each object's size, ETag and mtime once the child has written them all; StorageError (one line) if it
-        did not. `written(objects, bytes)`: told what the child has written as it goes (every POLL_S while it
-        runs, then the rest), so that a long wait shows progress."""
+        """Each object's size, ETag and mtime once the child has written them all (no job follows once this is
+        called); StorageError (one line) if it did not. `written(objects, bytes)`: told what the child has
+        written as it goes (every POLL_S while it runs, then the rest), so that a long wait shows progress."""
+        self.end()
         if written is not None:
             counted = _Counter(self._results.fileno())
             while self._process.poll() is None:
@@ -88,6 +126,7 @@ class BackgroundWrite:
 
     def stop(self) -> None:
         """Kill the child (by its pid) if it still runs, and reap it."""
+        self.end()
         if self._process.poll() is None:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(self._process.pid, signal.SIGKILL)
@@ -125,46 +164,50 @@ class _Counter:
 class WritesInBackground(Protocol):
     """A storage whose new objects a child process can write from the spool file (a local folder)."""
 
-    def write_in_background(
-        self, spool_fd: int, jobs: Iterable[tuple[str, int, int]]
-    ) -> AbstractContextManager[BackgroundWrite]:
+    def write_in_background(self, spool_fd: int) -> AbstractContextManager[BackgroundWrite]:
         """`background_writes` into this storage."""
         ...
 
 
 @contextmanager
-def background_writes(root: Path, spool_fd: int, jobs: Iterable[tuple[str, int, int]]) -> Iterator[BackgroundWrite]:
-    """Start the child on `jobs` ((key, offset, size) in the spool file open as `spool_fd`, which holds them all
-    already); stopped when the block ends, whether or not its results were read."""
-    count = 0
+def background_writes(root: Path, spool_fd: int) -> Iterator[BackgroundWrite]:
+    """Start the child on the spool file open as `spool_fd`; it writes the jobs `send` gives it as they come.
+    Stopped when the block ends, whether or not its results were read."""
     with (
-        temporary_file("the background writer's jobs") as job_file,
+        temporary_file("the background writer's jobs") as jobs,
         temporary_file("the background writer's results") as results,
         temporary_file("the background writer's errors") as errors,
     ):
-        for key, offset, size in jobs:
-            name = key.encode("utf-8", "surrogatepass")
-            job_file.write(_JOB.pack(offset, size, len(name)) + name)
-            count += 1
-        job_file.flush()
-        job_file.seek(0)
-        fds = (spool_fd, job_file.fileno(), results.fileno())
+        wait, wake = os.pipe2(os.O_CLOEXEC)
         try:
-            process = subprocess.Popen(
-                # this module from the package the run imported (not whichever `pipeline` the child would find)
-                [sys.executable, "-c", _CHILD, _PACKAGE_ROOT, str(os.getpid()), str(root), *map(str, fds)],
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL,
-                stderr=errors.fileno(),
-                pass_fds=fds,
-            )
-        except OSError as exc:
-            raise StorageError(f"{sys.executable}: cannot start the background writer ({exc.strerror})") from exc
-        writer = BackgroundWrite(process, count, results, errors)
+            os.set_blocking(wake, False)
+            fds = (spool_fd, jobs.fileno(), wait, results.fileno())
+            try:
+                process = subprocess.Popen(
+                    # this module from the package the run imported (not whichever `pipeline` the child would find)
+                    [sys.executable, "-c", _CHILD, _PACKAGE_ROOT, str(os.getpid()), str(root), *map(str, fds)],
+                    stdin=subprocess.DEVNULL,
+                    stdout=subprocess.DEVNULL,
+                    stderr=errors.fileno(),
+                    pass_fds=fds,
+                )
+            except OSError as exc:
+                os.close(wake)
+                raise StorageError(f"{sys.executable}: cannot start the background writer ({exc.strerror})") from exc
+        finally:
+            os.close(wait)
+        writer = BackgroundWrite(process, jobs.fileno(), wake, results, errors)
         try:
             yield writer
         finally:
             writer.stop()
+
+
+def _pwrite_all(fd: int, data: bytes | bytearray, offset: int) -> None:
+    view = memoryview(data)
+    while view:
+        written = os.pwrite(fd, view, offset)
+        view, offset = view[written:], offset + written
 
 
 class _Job(NamedTuple):
@@ -173,10 +216,33 @@ class _Job(NamedTuple):
     key: str
 
 
-def _jobs(handle: BinaryIO) -> Iterator[_Job]:
-    while head := handle.read(_JOB.size):
-        offset, size, length = _JOB.unpack(head)
-        yield _Job(offset, size, handle.read(length).decode("utf-8", "surrogatepass"))
+def _job_batches(jobs: int, wait: int) -> Iterator[list[_Job]]:
+    """The jobs the parent has sent, a read of the jobs file at a time; between reads that find nothing new,
+    wait for a byte on the pipe `wait`, until the parent closes it (and nothing new is left)."""
+    at, tail, ended = 0, b"", False
+    while True:
+        chunk = os.pread(jobs, 1 << 20, at)
+        if not chunk:
+            if ended:
+                if tail:
+                    raise PipelineError("the background writer's jobs end in a cut record; run again")
+                return
+            ended = not os.read(wait, 4096)  # b"": the parent said no job follows (or died)
+            continue
+        at += len(chunk)
+        data = tail + chunk
+        batch: list[_Job] = []
+        start = 0
+        while start + _JOB.size <= len(data):
+            offset, size, length = _JOB.unpack_from(data, start)
+            end = start + _JOB.size + length
+            if end > len(data):
+                break
+            batch.append(_Job(offset, size, data[start + _JOB.size : end].decode("utf-8", "surrogatepass")))
+            start = end
+        tail = data[start:]
+        if batch:
+            yield batch
 
 
 def _die_with(parent: int) -> None:
@@ -188,20 +254,21 @@ def _die_with(parent: int) -> None:
 
 
 def main(argv: Sequence[str]) -> int:
-    """The child: `PARENT_PID ROOT SPOOL_FD JOBS_FD RESULTS_FD`."""
-    parent, root, spool_fd, jobs_fd, results_fd = argv
+    """The child: `PARENT_PID ROOT SPOOL_FD JOBS_FD WAKE_FD RESULTS_FD`."""
+    parent, root, spool_fd, jobs_fd, wake_fd, results_fd = argv
     _die_with(int(parent))
     from pipeline.storage.local import LocalStorage
 
     storage = LocalStorage(Path(root))
     spool = int(spool_fd)
     try:
-        with open(int(jobs_fd), "rb") as jobs, open(int(results_fd), "wb", buffering=1 << 16) as results:
-            for job, data in read_runs(partial(read_exact, spool), _jobs(jobs)):
-                info = storage.put(job.key, data, content_type="", cache_control="")
-                etag = info.etag.encode("ascii")
-                modified = math.nan if info.modified is None else info.modified
-                results.write(_RESULT.pack(info.size, modified, len(etag)) + etag)
+        with open(int(results_fd), "wb", buffering=1 << 16) as results:
+            for batch in _job_batches(int(jobs_fd), int(wake_fd)):
+                for job, data in read_runs(partial(read_exact, spool), batch):
+                    info = storage.put(job.key, data, content_type="", cache_control="")
+                    etag = info.etag.encode("ascii")
+                    modified = math.nan if info.modified is None else info.modified
+                    results.write(_RESULT.pack(info.size, modified, len(etag)) + etag)
     except PipelineError as exc:  # a write, or the spool file
         sys.stderr.write(" ".join(str(exc).split()) + "\n")  # the one line the parent raises
         return 1

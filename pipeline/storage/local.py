@@ -192,11 +192,9 @@ class LocalStorage:
                 )
             return self._write(key, (data,), durable=True)
 
-    def write_in_background(
-        self, spool_fd: int, jobs: Iterable[tuple[str, int, int]]
-    ) -> AbstractContextManager[BackgroundWrite]:
+    def write_in_background(self, spool_fd: int) -> AbstractContextManager[BackgroundWrite]:
         """New objects written by a child process (`pipeline.storage.background`) while this one goes on."""
-        return background_writes(self.root, spool_fd, jobs)
+        return background_writes(self.root, spool_fd)
 
     def put_many(self, artifacts: Sequence[Artifact]) -> list[ObjectInfo]:
         return [self.put(a.key, a.data, content_type=a.content_type, cache_control=a.cache_control) for a in artifacts]

@@ -28,6 +28,7 @@ from pipeline.publish import FAULT_ENV, load_manifest
 from pipeline.run import release
 from pipeline.snapshot import ScanSpec, TreeMark
 from pipeline.state import StateCache
+from pipeline.storage.background import BackgroundWrite
 from pipeline.storage.local import LocalStorage
 from tests.integration.conftest import SigningKey, run_cli, tree_state
 
@@ -404,16 +405,24 @@ def test_a_full_build_whose_new_objects_a_child_writes_publishes_what_one_proces
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(bytes([i % 251]) * (10 + i))
     started: list[int] = []
-    write_in_background = LocalStorage.write_in_background
+    sent: list[str] = []
+    write_in_background, send = LocalStorage.write_in_background, BackgroundWrite.send
 
-    def spy(storage: LocalStorage, spool_fd: int, jobs: Iterable[tuple[str, int, int]]) -> Any:
+    def spy(storage: LocalStorage, spool_fd: int) -> Any:
+        started.append(spool_fd)
+        return write_in_background(storage, spool_fd)
+
+    def spy_send(writer: BackgroundWrite, jobs: Iterable[tuple[str, int, int]]) -> None:
         listed = list(jobs)
-        started.append(len(listed))
-        return write_in_background(storage, spool_fd, listed)
+        sent.extend(key for key, _, _ in listed)
+        send(writer, listed)
 
     monkeypatch.setattr(LocalStorage, "write_in_background", spy)
+    monkeypatch.setattr(BackgroundWrite, "send", spy_send)
     early = release(settings(snap, tmp_path / "early", signing_key, state))
-    assert len(started) == 1 and started[0] >= 2_200  # and the signing keys, the client helpers
+    # one child, sent every torrent and metalink as they were built (not the signing keys, made later)
+    assert len(started) == 1 and len(sent) == len(set(sent)) == 2_200
+    assert all(key.startswith(("torrents/", "metalinks/")) for key in sent)
     monkeypatch.setenv(FAULT_ENV, "none")  # a fault point armed: every write from this process
     serial = release(settings(snap, tmp_path / "serial", signing_key, state))
     assert len(started) == 1 and early.action == serial.action == "publish"

@@ -29,7 +29,8 @@ def test_the_child_writes_each_object_from_the_spool_and_reports_its_etag(tmp_pa
     assert isinstance(storage, WritesInBackground)
     with Spool() as spool:
         spool.add_all(make_artifact(key, key.encode() * (i + 1)) for i, key in enumerate(KEYS))
-        with storage.write_in_background(spool.shared_fd(), _jobs(spool)) as writer:
+        with storage.write_in_background(spool.shared_fd()) as writer:
+            writer.send(_jobs(spool))
             results = list(writer.results())
     for i, (key, (size, etag, modified)) in enumerate(zip(KEYS, results, strict=True)):
         assert (tmp_path / "dest" / key).read_bytes() == key.encode() * (i + 1)
@@ -43,7 +44,8 @@ def test_a_write_the_child_cannot_make_is_one_line_naming_the_path(tmp_path: Pat
     storage = LocalStorage(tmp_path / "dest")
     with Spool() as spool:
         spool.add_all(make_artifact(key, b"x") for key in KEYS)
-        with storage.write_in_background(spool.shared_fd(), _jobs(spool)) as writer:
+        with storage.write_in_background(spool.shared_fd()) as writer:
+            writer.send(_jobs(spool))
             with pytest.raises(StorageError) as raised:
                 list(writer.results())
     message = str(raised.value)
@@ -54,11 +56,13 @@ def test_a_killed_child_is_one_line_and_one_still_running_is_stopped_by_its_pid(
     storage = LocalStorage(tmp_path / "dest")
     with Spool() as spool:
         spool.add_all(make_artifact(key, b"x") for key in KEYS)
-        with storage.write_in_background(spool.shared_fd(), _jobs(spool)) as writer:
+        with storage.write_in_background(spool.shared_fd()) as writer:
+            writer.send(_jobs(spool))
             os.kill(writer.pid, signal.SIGKILL)
             with pytest.raises(StorageError, match=r"^the background writer \(pid \d+\) was killed by signal 9; run"):
                 list(writer.results())
-        with storage.write_in_background(spool.shared_fd(), _jobs(spool)) as writer:
+        with storage.write_in_background(spool.shared_fd()) as writer:
+            writer.send(_jobs(spool))
             pid = writer.pid
         # left unread: the block's end killed and reaped it
         deadline = time.monotonic() + 10
@@ -82,7 +86,8 @@ storage = LocalStorage(Path(sys.argv[1]))
 with Spool() as spool:
     spool.add_all(make_artifact(f"torrents/d{i % 100}/f{i}.torrent", b"x") for i in range(50_000))
     jobs = [(spool.key(n), *spool.extent(n)) for n in range(50_000)]
-    with storage.write_in_background(spool.shared_fd(), jobs) as writer:
+    with storage.write_in_background(spool.shared_fd()) as writer:
+        writer.send(jobs)
         print(writer.pid, flush=True)
         time.sleep(60)
 """
@@ -122,7 +127,8 @@ def test_a_spool_entry_the_child_cannot_read_whole_is_one_line(tmp_path: Path) -
     with Spool() as spool:
         spool.add_all(make_artifact(key, b"x") for key in KEYS)
         jobs = [*_jobs(spool)[:2], ("torrents/past/the/end.torrent", 10_000, 5)]
-        with storage.write_in_background(spool.shared_fd(), jobs) as writer:
+        with storage.write_in_background(spool.shared_fd()) as writer:
+            writer.send(jobs)
             with pytest.raises(
                 StorageError, match=r"^spool: torrents/past/the/end.torrent is truncated in the spool file$"
             ):
@@ -136,7 +142,8 @@ def test_the_wait_tells_what_the_child_has_written(tmp_path: Path) -> None:
     with Spool() as spool:
         spool.add_all(make_artifact(key, b"m" * (i % 50 + 1)) for i, key in enumerate(keys))
         jobs = [(spool.key(number), *spool.extent(number)) for number in range(len(keys))]
-        with storage.write_in_background(spool.shared_fd(), jobs) as writer:
+        with storage.write_in_background(spool.shared_fd()) as writer:
+            writer.send(jobs)
             results = list(writer.results(lambda objects, nbytes: told.append((objects, nbytes))))
     assert len(results) == len(keys)
     assert told and all(objects >= 0 and nbytes >= 0 for objects, nbytes in told)
@@ -166,3 +173,29 @@ def test_results_are_counted_across_cut_records(tmp_path: Path) -> None:
     assert sum(objects for objects, _ in seen) == 10 and sum(nbytes for _, nbytes in seen) == 5 * 210
     # records of 24 and 62 bytes (a 20-byte head, then the ETag) end at 24, 86, 110, 172 …
     assert seen == [(0, 0), (0, 0), (0, 0), (0, 0), (1, 10), (0, 0), (2, 210), (7, 830)]
+
+
+def test_the_child_writes_jobs_as_they_are_sent_and_ends_only_when_told(tmp_path: Path) -> None:
+    storage = LocalStorage(tmp_path / "dest")
+    with Spool() as spool:
+        spool.add_all(make_artifact(key, key.encode()) for key in KEYS)
+        jobs = _jobs(spool)
+        with storage.write_in_background(spool.shared_fd()) as writer:
+            writer.send(jobs[:1])
+            first = tmp_path / "dest" / KEYS[0]
+            deadline = time.monotonic() + 10
+            while not first.exists() and time.monotonic() < deadline:
+                time.sleep(0.01)
+            assert first.read_bytes() == KEYS[0].encode()  # written before the other jobs are sent
+            time.sleep(0.2)
+            assert writer.pid and _alive(writer.pid)  # waiting for more, not finished
+            assert not (tmp_path / "dest" / KEYS[1]).exists()
+            writer.send(jobs[1:])
+            results = list(writer.results())  # no job follows: the child ends
+            with pytest.raises(ValueError, match="no job follows"):
+                writer.send(jobs[:1])
+    assert writer.count == len(KEYS) == len(results)
+    for key, (size, etag, _) in zip(KEYS, results, strict=True):
+        info = storage.head(key)
+        assert info is not None and (size, etag) == (info.size, info.etag)
+        assert (tmp_path / "dest" / key).read_bytes() == key.encode()

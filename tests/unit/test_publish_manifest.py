@@ -6,6 +6,8 @@ import hashlib
 import json
 import logging
 import random
+import time
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -14,10 +16,13 @@ import zstandard
 
 from pipeline import sequences
 from pipeline.manifest import ManifestEntry
+from pipeline.model import Artifact
 from pipeline.objects import MANIFEST_KEY, OLD_MANIFEST_KEYS, make_artifact
 from pipeline.publish import (
+    _SEND_EVERY,
     MANIFEST_BATCH,
     MANIFEST_FORMAT,
+    NewContent,
     Publication,
     _listed_or_written,
     _manifest_line,
@@ -34,8 +39,9 @@ from pipeline.storage.local import LocalStorage
 NOW = datetime(2026, 11, 23, 12, 0, 0, tzinfo=UTC)
 
 
-def publication(spool: Spool, pages: dict[str, bytes]) -> Publication:
-    content = spool.add_all(make_artifact(f"torrents/{k}.torrent", v) for k, v in pages.items())
+def publication(spool: Spool, pages: dict[str, bytes], new_content: NewContent | None = None) -> Publication:
+    torrents = (make_artifact(f"torrents/{k}.torrent", v) for k, v in pages.items())
+    content = spool.add_all(torrents) if new_content is None else new_content.spool_all(torrents)
     listings = spool.add_all(make_artifact(f"browse/{k}/index.html", v) for k, v in pages.items())
     keys = frozenset(ref.key for ref in (*content, *listings))
     return Publication(spool, content, spool.add_all(()), None, None, listings, keys, "0" * 64)
@@ -249,12 +255,13 @@ def test_new_content_written_early_by_a_child_publishes_what_one_process_does(tm
     for root, minimum in ((serial, None), (early_root, 1)):
         storage = LocalStorage(root)
         with Spool() as spool:
-            release = publication(spool, pages)
             destination = read_destination(storage)
             if minimum is None:
-                publish(storage, release, now=NOW, destination=destination)
+                publish(storage, publication(spool, pages), now=NOW, destination=destination)
                 continue
-            with write_new_content(storage, spool, release.content, destination, dry_run=False, minimum=1) as early:
+            with write_new_content(storage, spool, destination, dry_run=False, minimum=1) as new_content:
+                release = publication(spool, pages, new_content)
+                early = new_content.written_early()
                 assert early is not None and len(early.numbers) == 40
                 # the child writes while this process goes on: the torrents appear before publish is called
                 assert list(early.writer.results())[0][0] == len(pages["tools/café/p0 #1"])
@@ -272,15 +279,43 @@ def test_new_content_written_early_by_a_child_publishes_what_one_process_does(tm
     assert all(etags[key] == etag for key, _, _, etag in early_rows)  # the child's ETags are the files'
 
 
+def test_new_content_is_written_while_the_rest_is_still_being_built(tmp_path: Path) -> None:
+    storage = LocalStorage(tmp_path / "dest")
+    first = tmp_path / "dest/torrents/d0/t0.torrent"
+    seen_while_building: list[bool] = []
+
+    def torrents() -> Iterator[Artifact]:
+        for i in range(3 * _SEND_EVERY):
+            if i == 2 * _SEND_EVERY:  # two batches were sent: the child writes them while this one is made
+                deadline = time.monotonic() + 10
+                while not first.exists() and time.monotonic() < deadline:
+                    time.sleep(0.01)
+                seen_while_building.append(first.exists())
+            yield make_artifact(f"torrents/d{i % 9}/t{i}.torrent", b"t%d" % i)
+
+    with (
+        Spool() as spool,
+        write_new_content(storage, spool, read_destination(storage), dry_run=False, minimum=_SEND_EVERY) as new,
+    ):
+        refs = new.spool_all(torrents())
+        early = new.written_early()
+        assert early is not None and list(early.numbers) == list(refs.numbers)
+        results = list(early.writer.results())
+    assert seen_while_building == [True]
+    assert len(results) == 3 * _SEND_EVERY
+    assert (tmp_path / "dest/torrents/d5/t1535.torrent").read_bytes() == b"t1535"
+
+
 def test_only_new_keys_are_written_early_and_a_replaced_object_waits_for_publish(tmp_path: Path) -> None:
     storage = LocalStorage(tmp_path)
     with Spool() as spool:
         publish(storage, publication(spool, {"a": b"one", "b": b"two"}), now=NOW)
     changed = {"a": b"ONE", "b": b"two", "c": b"three"}
     with Spool() as spool:
-        release = publication(spool, changed)
         destination = read_destination(storage)
-        with write_new_content(storage, spool, release.content, destination, dry_run=False, minimum=1) as early:
+        with write_new_content(storage, spool, destination, dry_run=False, minimum=1) as new_content:
+            release = publication(spool, changed, new_content)
+            early = new_content.written_early()
             assert early is not None and [spool.key(n) for n in early.numbers] == ["torrents/c.torrent"]
             list(early.writer.results())
             assert (tmp_path / "torrents/a.torrent").read_bytes() == b"one"  # not before publish
@@ -290,12 +325,12 @@ def test_only_new_keys_are_written_early_and_a_replaced_object_waits_for_publish
     assert (tmp_path / "torrents/a.torrent").read_bytes() == b"ONE"
     assert (tmp_path / "torrents/c.torrent").read_bytes() == b"three"
     empty = LocalStorage(tmp_path / "empty")
-    with Spool() as spool:
-        release = publication(spool, changed)  # three new torrents there
-        for dry_run, minimum, starts in ((True, 1, False), (False, 4, False), (False, 3, True)):
-            with write_new_content(
-                empty, spool, release.content, read_destination(empty), dry_run=dry_run, minimum=minimum
-            ) as early:
+    for dry_run, minimum, starts in ((True, 1, False), (False, 4, False), (False, 3, True)):
+        with Spool() as spool:
+            with write_new_content(empty, spool, read_destination(empty), dry_run=dry_run, minimum=minimum) as new:
+                release = publication(spool, changed, new)  # three new torrents there
+                assert len(release.content) == 3
+                early = new.written_early()
                 assert (early is not None) == starts  # not in a dry run, nor for fewer new objects than `minimum`
                 if early is not None:
                     assert early.writer.count == 3 and len(list(early.writer.results())) == 3
