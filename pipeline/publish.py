@@ -23,7 +23,7 @@ import signal
 import struct
 from array import array
 from collections.abc import Callable, Container, Iterable, Iterator, Mapping, Sequence, Set
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack, contextmanager, nullcontext
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from json.encoder import encode_basestring as _json_string  # what json.dumps(ensure_ascii=False) uses
@@ -428,11 +428,11 @@ class NewContent:
         self._sent = len(self._numbers)
 
     def written_early(self) -> EarlyContent | None:
-        """What the child writes (no more is sent once this is read); None: no child was started."""
+        """What the child writes (no more content is sent once this is read: `publish` sends it the listing
+        pages after the pointer); None: no child was started."""
         if self._writer is None:
             return None
         self._start = None
-        self._writer.end()
         return EarlyContent(self._numbers, self._writer)
 
 
@@ -496,9 +496,8 @@ def publish(
     progress = progress or NullProgress()
     now = now or datetime.now(UTC)
     destination = destination or read_destination(storage)
-    # read, never copied (two dicts of every object at a million files); deleted keys are left out by `gone`
+    # read, never copied (two dicts of every object at a million files); deleted keys are left out of the manifest
     listing, manifest = destination.listing, destination.manifest
-    gone: set[str] = set()
 
     spool = publication.spool
     content_put, content_skip = _plan_group(storage, spool, publication.content, listing, manifest)
@@ -557,7 +556,9 @@ def publish(
     # and a manifest is a pass over every object the destination holds (~10 s a million objects).
     if early is not None:
         numbers = early.numbers
-        for number, (size, etag, modified) in zip(numbers, early.writer.results(progress.advance), strict=True):
+        for number, (size, etag, modified) in zip(
+            numbers, early.writer.take(len(numbers), progress.advance), strict=True
+        ):
             written.add(ObjectInfo(spool.key(number), size, etag, modified), number)
         content_put = _without(spool, content_put, numbers)
     _put_all(storage, spool, content_put, written, progress, fault="content")
@@ -589,13 +590,28 @@ def publish(
         log.info("committed %s", pointer.key)
 
     fault_point("listings")
-    _put_all(storage, spool, listing_put, written, progress)
+    later: _Later | None = None
+    if early is not None and listing_put:
+        # the child writes the listing pages while this process makes the manifest's other lines
+        spool.shared_fd()  # every page's bytes in the spool file
+        in_order = _in_key_order(spool, listing_put)
+        early.writer.send((spool.key(n), *spool.extent(n)) for n in in_order)
+        later = _Later(spool, in_order, early.writer, progress)
+    else:
+        _put_all(storage, spool, listing_put, written, progress)
+    if early is not None:
+        early.writer.end()
 
-    fault_point("delete")
-    for key in delete:
-        storage.delete(key)
-        gone.add(key)
-    _write_manifest(storage, listing, manifest, written, found_equal, publication.referenced, now, gone=gone)
+    def delete_expired() -> None:  # after the listings, before the manifest
+        fault_point("delete")
+        for key in delete:
+            storage.delete(key)
+
+    gone = frozenset(delete)
+    _write_manifest(
+        storage, listing, manifest, written, found_equal, publication.referenced, now, gone=gone, later=later,
+        before_writing=delete_expired,
+    )  # fmt: skip
     for key in OLD_MANIFEST_KEYS:
         if key in listing and key not in gone:
             storage.delete(key)
@@ -689,6 +705,34 @@ def _manifest_line(key: str, sha256: str, etag: str, size: int, last: float) -> 
     return f"[{_json_string(key)}, {_json_string(sha256)}, {_json_string(etag)}, {int(size)}, {float(last)!r}]\n"
 
 
+class _Later:
+    """Listing pages (spool entries `numbers`, in key order) that the child writes while the manifest's other
+    lines are made: their keys and SHA-256 are known now, their ETags and sizes once they are written."""
+
+    def __init__(self, spool: Spool, numbers: Sequence[int], writer: BackgroundWrite, progress: Progress) -> None:
+        self._spool = spool
+        self._numbers = numbers
+        self._writer = writer
+        self._progress = progress
+
+    def keys(self) -> Iterator[str]:
+        key = self._spool.key
+        return (key(number) for number in self._numbers)
+
+    def lines(self, last: float) -> Iterator[str]:
+        """Each page's manifest line, in key order, as the child writes the pages."""
+        spool, numbers = self._spool, self._numbers
+        for number, (size, etag, _) in zip(
+            numbers, self._writer.take(len(numbers), self._progress.advance), strict=True
+        ):
+            yield _manifest_line(spool.key(number), spool.sha256(number), etag, size, last)
+        self._writer.wait()
+
+
+def _in_key_order(spool: Spool, refs: SpoolRefs) -> array[int]:
+    return array("I", (number for _, number in sorted_by_key(refs.numbers, spool.key)))
+
+
 def _write_manifest(
     storage: Storage,
     listing: Mapping[str, ObjectInfo],
@@ -698,26 +742,56 @@ def _write_manifest(
     referenced: Container[str],
     now: datetime,
     *,
-    gone: Set[str] = frozenset(),  # deleted by this run
+    gone: Set[str] = frozenset(),  # deleted by this run (before the manifest is put)
+    later: _Later | None = None,
+    before_writing: Callable[[], None] = lambda: None,
 ) -> None:
     """Record key -> SHA-256 of what the destination holds, once the pointer is committed: each key the
     publication reaches, referenced now.
 
     A listed key that the manifest does not know, and that this run neither wrote nor found equal to its
     bytes (`found_equal`: key -> SHA-256), is left out (the next run compares it by same_content).
+
+    `later`: writes still in flight (a child's), whose lines go in at their place once they are done; until
+    then the other lines wait in a spill file, with the offsets where those go. `before_writing()` runs once
+    every write is done, before the manifest is put.
     """
     stamp = now.timestamp()
     # Written a batch of lines at a time into a zstd stream, into a temporary file: the manifest of ~150,000
     # objects is ~27 MB as text, ~9 MB compressed; at a million files, ~150 MB compressed.
-    with temporary_file(f"a file for {MANIFEST_KEY}") as body:
+    with (
+        temporary_file(f"a file for {MANIFEST_KEY}") as body,
+        temporary_file(f"the lines of {MANIFEST_KEY}") if later is not None else nullcontext(None) as spill,
+    ):
         stream = zstandard.ZstdCompressor(level=3).stream_writer(body, closefd=False)
         stream.write(MANIFEST_FORMAT.encode() + b"\n")
+        sink: BinaryIO = stream if spill is None else spill
+        marks = array("q")  # offsets in the spill where a line of `later` goes, in their order
+        spilled = 0
         lines: list[str] = []
+
+        def put_lines() -> None:
+            nonlocal spilled
+            data = "".join(lines).encode("utf-8")
+            sink.write(data)
+            spilled += len(data)
+            lines.clear()
+
+        pending = later.keys() if later is not None else iter(())
+        next_pending = next(pending, None)
         old_entries = _Cursor(manifest.entries())
         listed = iter(listing) if isinstance(listing, _ManifestListing) else sorted(listing)  # the first: in order
         for key, wrote in _listed_or_written(listed, written.by_key()):
+            while next_pending is not None and next_pending <= key:
+                put_lines()
+                marks.append(spilled)
+                written_later, next_pending = next_pending == key, next(pending, None)
+                if written_later:
+                    break
+            else:
+                written_later = False
             old = old_entries.at(key)
-            if key == MANIFEST_KEY or key in OLD_MANIFEST_KEYS or key in gone:
+            if written_later or key == MANIFEST_KEY or key in OLD_MANIFEST_KEYS or key in gone:
                 continue
             info: ObjectInfo | None = None
             if wrote is not None:
@@ -739,11 +813,34 @@ def _write_manifest(
                 last = info.modified if info.modified is not None else stamp
             lines.append(_manifest_line(key, sha256, etag, size, last))
             if len(lines) >= MANIFEST_BATCH:
-                stream.write("".join(lines).encode("utf-8"))
-                lines.clear()
-        stream.write("".join(lines).encode("utf-8"))
+                put_lines()
+        while next_pending is not None:
+            put_lines()
+            marks.append(spilled)
+            next_pending = next(pending, None)
+        put_lines()
+        if spill is not None and later is not None:
+            _merge_spill(spill, marks, later.lines(stamp), stream)
         stream.flush(zstandard.FLUSH_FRAME)
+        before_writing()
         storage.put_file(MANIFEST_KEY, body, content_type="application/zstd", cache_control=NO_CACHE)
+
+
+def _merge_spill(spill: BinaryIO, marks: Sequence[int], lines: Iterable[str], out: BinaryIO) -> None:
+    """The spill's bytes into `out`, each of `lines` at its mark (an offset in the spill), in order."""
+    spill.flush()
+    spill.seek(0)
+    at = 0
+    pending = bytearray()
+    for mark, line in zip(marks, lines, strict=True):
+        pending += spill.read(mark - at)
+        pending += line.encode("utf-8")
+        at = mark
+        if len(pending) >= 1 << 20:
+            out.write(pending)
+            pending = bytearray()
+    pending += spill.read()
+    out.write(pending)
 
 
 class _Cursor:

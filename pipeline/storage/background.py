@@ -30,7 +30,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from functools import partial
 from pathlib import Path
-from typing import BinaryIO, NamedTuple, Protocol, runtime_checkable
+from typing import BinaryIO, NamedTuple, NoReturn, Protocol, runtime_checkable
 
 from pipeline.errors import PipelineError, StorageError
 from pipeline.scratch import temporary_file
@@ -44,7 +44,8 @@ _CHILD = (
     "sys.exit(main(sys.argv[2:]))"
 )
 _PR_SET_PDEATHSIG = 1
-POLL_S = 0.5  # how often `BackgroundWrite.results` tells what the child has written, while it waits
+WAIT_S = 0.005  # how often `BackgroundWrite.take` looks for results (and at the child) while it waits
+_READY_MAX = 1 << 14  # results read ahead of those taken
 
 
 Written = tuple[int, str, float | None]  # an object's size, ETag and mtime
@@ -64,6 +65,7 @@ class BackgroundWrite:
         self._jobs_end = 0
         self._wake: int | None = wake
         self._results = results
+        self._counter = _Results(results.fileno())
         self._errors = errors
 
     @property
@@ -97,20 +99,40 @@ class BackgroundWrite:
             os.close(self._wake)
             self._wake = None
 
-    def results(self, written: Callable[[int, int], None] | None = None) -> Iterator[Written]:
-        """Each object's size, ETag and mtime once the child has written them all (no job follows once this is
-        called); StorageError (one line) if it did not. `written(objects, bytes)`: told what the child has
-        written as it goes (every POLL_S while it runs, then the rest), so that a long wait shows progress."""
-        self.end()
-        if written is not None:
-            counted = _Counter(self._results.fileno())
-            while self._process.poll() is None:
-                written(*counted.more())
+    def take(self, count: int, written: Callable[[int, int], None] | None = None) -> Iterator[Written]:
+        """The size, ETag and mtime of each of the next `count` objects, in job order, as the child writes them
+        (each waited for, looking every WAIT_S); StorageError (one line) if the child ends without writing them.
+        `written(objects, bytes)`: told as they come, so that a long wait shows progress."""
+        while count > 0:
+            batch = self._counter.records(count)
+            if batch:
+                count -= len(batch)
+                if written is not None:
+                    written(len(batch), sum(size for size, _, _ in batch))
+                yield from batch
+                continue
+            code = self._process.poll()
+            if code is None:
                 with contextlib.suppress(subprocess.TimeoutExpired):
-                    self._process.wait(POLL_S)
+                    self._process.wait(WAIT_S)
+            elif not self._counter.available():  # it ended, and wrote no more
+                self._fail(code)
+
+    def results(self, written: Callable[[int, int], None] | None = None) -> Iterator[Written]:
+        """`take` of every object not taken yet, once no job follows (said here); then the child's end."""
+        self.end()
+        yield from self.take(self.count - self._counter.taken, written)
         code = self._process.wait()
-        if written is not None and code == 0:
-            written(*counted.more())
+        if code != 0:
+            self._fail(code)
+
+    def wait(self) -> None:
+        """No job follows; the child's end, once every result is taken (StorageError if it failed)."""
+        for _ in self.results():
+            raise ValueError("the background writer's results were not all taken")
+
+    def _fail(self, code: int) -> NoReturn:
+        """StorageError (one line) for a child that ended with `code` before writing what it was sent."""
         if code < 0:
             pid = self._process.pid
             raise StorageError(f"the background writer (pid {pid}) was killed by signal {-code}; run again")
@@ -118,11 +140,7 @@ class BackgroundWrite:
             self._errors.seek(0)
             lines = self._errors.read().decode("utf-8", "replace").strip().splitlines()
             raise StorageError(lines[-1] if lines else f"the background writer exited with status {code}; run again")
-        self._results.seek(0)
-        read = self._results.read
-        for _ in range(self.count):
-            size, modified, length = _RESULT.unpack(read(_RESULT.size))
-            yield size, read(length).decode("ascii"), None if math.isnan(modified) else modified
+        raise StorageError("the background writer ended before writing every object it was sent; run again")
 
     def stop(self) -> None:
         """Kill the child (by its pid) if it still runs, and reap it."""
@@ -133,31 +151,43 @@ class BackgroundWrite:
             self._process.wait()
 
 
-class _Counter:
-    """Counts the results the child has written so far (its buffer goes out 64 KiB at a time: a record may be
-    cut), by reading the results file at its descriptor from where the last count ended."""
+class _Results:
+    """The results the child has written so far (its buffer goes out 64 KiB at a time, and before it waits
+    for jobs: a record may be cut), read from the results file at its descriptor where the last read ended."""
 
     def __init__(self, fd: int) -> None:
         self._fd = fd
         self._at = 0
         self._tail = b""
+        self._ready: list[Written] = []
+        self.taken = 0
 
-    def more(self) -> tuple[int, int]:
-        """The objects and bytes written since the last call (read 1 MiB at a time)."""
-        objects = size_sum = 0
+    def available(self) -> int:
+        """Results written and not taken yet (read 1 MiB at a time)."""
         while chunk := os.pread(self._fd, 1 << 20, self._at):
             self._at += len(chunk)
             data = self._tail + chunk
             at = 0
             while at + _RESULT.size <= len(data):
-                size, _, length = _RESULT.unpack_from(data, at)
-                if at + _RESULT.size + length > len(data):
+                size, modified, length = _RESULT.unpack_from(data, at)
+                end = at + _RESULT.size + length
+                if end > len(data):
                     break
-                objects += 1
-                size_sum += size
-                at += _RESULT.size + length
+                etag = data[at + _RESULT.size : end].decode("ascii")
+                self._ready.append((size, etag, None if math.isnan(modified) else modified))
+                at = end
             self._tail = data[at:]
-        return objects, size_sum
+            if len(self._ready) >= _READY_MAX:
+                break
+        return len(self._ready)
+
+    def records(self, most: int) -> list[Written]:
+        """Up to `most` results written and not taken yet (none: none is written yet)."""
+        if not self._ready:
+            self.available()
+        batch, self._ready = self._ready[:most], self._ready[most:]
+        self.taken += len(batch)
+        return batch
 
 
 @runtime_checkable
@@ -216,9 +246,9 @@ class _Job(NamedTuple):
     key: str
 
 
-def _job_batches(jobs: int, wait: int) -> Iterator[list[_Job]]:
+def _job_batches(jobs: int, wait: int, idle: Callable[[], None]) -> Iterator[list[_Job]]:
     """The jobs the parent has sent, a read of the jobs file at a time; between reads that find nothing new,
-    wait for a byte on the pipe `wait`, until the parent closes it (and nothing new is left)."""
+    `idle()`, then wait for a byte on the pipe `wait`, until the parent closes it (and nothing new is left)."""
     at, tail, ended = 0, b"", False
     while True:
         chunk = os.pread(jobs, 1 << 20, at)
@@ -227,6 +257,7 @@ def _job_batches(jobs: int, wait: int) -> Iterator[list[_Job]]:
                 if tail:
                     raise PipelineError("the background writer's jobs end in a cut record; run again")
                 return
+            idle()
             ended = not os.read(wait, 4096)  # b"": the parent said no job follows (or died)
             continue
         at += len(chunk)
@@ -263,7 +294,7 @@ def main(argv: Sequence[str]) -> int:
     spool = int(spool_fd)
     try:
         with open(int(results_fd), "wb", buffering=1 << 16) as results:
-            for batch in _job_batches(int(jobs_fd), int(wake_fd)):
+            for batch in _job_batches(int(jobs_fd), int(wake_fd), results.flush):  # the parent may wait for them
                 for job, data in read_runs(partial(read_exact, spool), batch):
                     info = storage.put(job.key, data, content_type="", cache_control="")
                     etag = info.etag.encode("ascii")

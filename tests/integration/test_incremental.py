@@ -420,9 +420,13 @@ def test_a_full_build_whose_new_objects_a_child_writes_publishes_what_one_proces
     monkeypatch.setattr(LocalStorage, "write_in_background", spy)
     monkeypatch.setattr(BackgroundWrite, "send", spy_send)
     early = release(settings(snap, tmp_path / "early", signing_key, state))
-    # one child, sent every torrent and metalink as they were built (not the signing keys, made later)
-    assert len(started) == 1 and len(sent) == len(set(sent)) == 2_200
-    assert all(key.startswith(("torrents/", "metalinks/")) for key in sent)
+    # one child, sent every torrent and metalink as they were built (not the signing keys, made later), then
+    # after the pointer the listing pages, in key order
+    assert len(started) == 1 and len(sent) == len(set(sent))
+    content, pages = sent[:2_200], sent[2_200:]
+    assert all(key.startswith(("torrents/", "metalinks/")) for key in content)
+    assert pages == sorted(pages) and "index.html" in pages and "browse/d7/index.html" in pages
+    assert not any(key.startswith(("torrents/", "metalinks/")) for key in pages)
     monkeypatch.setenv(FAULT_ENV, "none")  # a fault point armed: every write from this process
     serial = release(settings(snap, tmp_path / "serial", signing_key, state))
     assert len(started) == 1 and early.action == serial.action == "publish"

@@ -151,28 +151,28 @@ def test_the_wait_tells_what_the_child_has_written(tmp_path: Path) -> None:
     assert sum(nbytes for _, nbytes in told) == sum(i % 50 + 1 for i in range(len(keys)))
 
 
-def test_results_are_counted_across_cut_records(tmp_path: Path) -> None:
-    """The child's buffer goes out 64 KiB at a time: a count reads whole records and keeps a cut one's head."""
-    from pipeline.storage.background import _RESULT, _Counter
+def test_results_are_read_across_cut_records(tmp_path: Path) -> None:
+    """The child's buffer goes out 64 KiB at a time: whole records are read, and a cut one's head is kept."""
+    from pipeline.storage.background import _RESULT, _Results
 
-    records = [
-        _RESULT.pack(size, 1.5, len(etag)) + etag for size, etag in [(10, b'"ab"'), (200, b'"' + b"e" * 40 + b'"')] * 5
-    ]
-    data = b"".join(records)
+    pairs = [(10, '"ab"'), (200, '"' + "e" * 40 + '"')] * 5
+    data = b"".join(_RESULT.pack(size, 1.5, len(etag)) + etag.encode() for size, etag in pairs)
     path = tmp_path / "results"
     path.write_bytes(b"")
     fd = os.open(path, os.O_RDWR)
     try:
-        counter = _Counter(fd)
+        results = _Results(fd)
         seen = []
         for cut in (0, 7, 20, 21, 70, 71, 150, len(data)):
             os.pwrite(fd, data[:cut], 0)
-            seen.append(counter.more())
+            seen.append(results.records(3))
+        seen.append(results.records(10))
     finally:
         os.close(fd)
-    assert sum(objects for objects, _ in seen) == 10 and sum(nbytes for _, nbytes in seen) == 5 * 210
-    # records of 24 and 62 bytes (a 20-byte head, then the ETag) end at 24, 86, 110, 172 …
-    assert seen == [(0, 0), (0, 0), (0, 0), (0, 0), (1, 10), (0, 0), (2, 210), (7, 830)]
+    # records of 24 and 62 bytes (a 20-byte head, then the ETag) end at 24, 86, 110, 172 …; 3 taken at most
+    assert [len(batch) for batch in seen] == [0, 0, 0, 0, 1, 0, 2, 3, 4]
+    assert [record for batch in seen for record in batch] == [(size, etag, 1.5) for size, etag in pairs]
+    assert results.taken == 10
 
 
 def test_the_child_writes_jobs_as_they_are_sent_and_ends_only_when_told(tmp_path: Path) -> None:

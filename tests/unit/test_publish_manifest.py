@@ -264,13 +264,17 @@ def test_new_content_written_early_by_a_child_publishes_what_one_process_does(tm
                 early = new_content.written_early()
                 assert early is not None and len(early.numbers) == 40
                 # the child writes while this process goes on: the torrents appear before publish is called
-                assert list(early.writer.results())[0][0] == len(pages["tools/café/p0 #1"])
+                last = root / "torrents/tools/café/p39 #1.torrent"
+                deadline = time.monotonic() + 10
+                while not last.exists() and time.monotonic() < deadline:
+                    time.sleep(0.01)
                 assert (root / "torrents/tools/café/p0 #1.torrent").read_bytes() == pages["tools/café/p0 #1"]
                 assert not (root / "browse").exists() and not (root / MANIFEST_KEY).exists()
                 told = _Told()
                 result = publish(storage, release, now=NOW, destination=destination, early=early, progress=told)
                 # the child's writes are told as they are taken, then the others': each once
                 assert (told.objects, told.nbytes) == (len(result.plan.put), result.plan.put_bytes)
+                assert early.writer.count == 80  # the pages too, sent after the pointer
             assert len(result.plan.put) == 80 and result.plan.put_bytes == 2 * sum(map(len, pages.values()))
     assert _objects(early_root) == _objects(serial)
     early_rows = _manifest_rows(LocalStorage(early_root))
@@ -317,7 +321,10 @@ def test_only_new_keys_are_written_early_and_a_replaced_object_waits_for_publish
             release = publication(spool, changed, new_content)
             early = new_content.written_early()
             assert early is not None and [spool.key(n) for n in early.numbers] == ["torrents/c.torrent"]
-            list(early.writer.results())
+            deadline = time.monotonic() + 10
+            while not (tmp_path / "torrents/c.torrent").exists() and time.monotonic() < deadline:
+                time.sleep(0.01)
+            assert (tmp_path / "torrents/c.torrent").read_bytes() == b"three"  # written by the child
             assert (tmp_path / "torrents/a.torrent").read_bytes() == b"one"  # not before publish
             result = publish(storage, release, now=NOW, destination=destination, early=early)
         assert sorted(result.plan.put) == ["browse/a/index.html", "browse/c/index.html", "torrents/a.torrent",
@@ -334,3 +341,35 @@ def test_only_new_keys_are_written_early_and_a_replaced_object_waits_for_publish
                 assert (early is not None) == starts  # not in a dry run, nor for fewer new objects than `minimum`
                 if early is not None:
                     assert early.writer.count == 3 and len(list(early.writer.results())) == 3
+
+
+def test_pages_the_child_writes_after_the_pointer_enter_the_manifest_at_their_place(tmp_path: Path) -> None:
+    """A second publication: pages rewritten, kept and new, keys that sort before, among and after the others;
+    the child writes the new torrents, then the pages while the manifest's other lines are made."""
+    first = {"m/é": b"one", "b": b"two", "z/last": b"three", "k": b"kept"}
+    second = {"m/é": b"ONE", "b": b"two", "z/last": b"THREE", "k": b"kept", "a": b"new", "zz": b"new too"}
+    roots = {"serial": tmp_path / "serial", "child": tmp_path / "child"}
+    for name, root in roots.items():
+        storage = LocalStorage(root)
+        with Spool() as spool:
+            publish(storage, publication(spool, first), now=NOW)
+        with Spool() as spool:
+            destination = read_destination(storage)
+            if name == "serial":
+                publish(storage, publication(spool, second), now=NOW, destination=destination)
+                continue
+            with write_new_content(storage, spool, destination, dry_run=False, minimum=1) as new_content:
+                release = publication(spool, second, new_content)
+                early = new_content.written_early()
+                assert early is not None and len(early.numbers) == 2  # the two new torrents
+                result = publish(storage, release, now=NOW, destination=destination, early=early)
+                assert early.writer.count == 2 + 4  # and the pages of a, m/é, z/last, zz (b and k kept)
+        assert sorted(result.plan.put)[:4] == ["browse/a/index.html", "browse/m/é/index.html",
+                                               "browse/z/last/index.html", "browse/zz/index.html"]  # fmt: skip
+    assert _objects(roots["child"]) == _objects(roots["serial"])
+    rows = _manifest_rows(LocalStorage(roots["child"]))
+    assert [row[:3] for row in rows] == [row[:3] for row in _manifest_rows(LocalStorage(roots["serial"]))]
+    assert [row[0] for row in rows] == sorted(row[0] for row in rows)
+    etags = {info.key: info.etag for info in LocalStorage(roots["child"]).list()}
+    assert all(etags[key] == etag for key, _, _, etag in rows)  # the child's ETags are the files'
+    assert {key for key, *_ in rows} >= {f"browse/{k}/index.html" for k in second}
