@@ -489,10 +489,13 @@ def publish(
     use_cas: bool = True,
     destination: Destination | None = None,
     early: EarlyContent | None = None,
+    alongside: Callable[[], None] = lambda: None,
 ) -> PublishResult:
     """Write `publication` in order (or, with dry_run, only plan it). `destination`: what the run read
     of the destination when it started (read here when not given); `early`: the new content objects a child
-    process writes (`write_new_content`), whose writes are taken here, before the other content."""
+    process writes (`write_new_content`), whose writes are taken here, before the other content, and which
+    writes the listing pages after the pointer; `alongside()`: the caller's work once the pointer is committed
+    and the pages are being written (nothing in a dry run)."""
     progress = progress or NullProgress()
     now = now or datetime.now(UTC)
     destination = destination or read_destination(storage)
@@ -601,6 +604,7 @@ def publish(
         _put_all(storage, spool, listing_put, written, progress)
     if early is not None:
         early.writer.end()
+    alongside()
 
     def delete_expired() -> None:  # after the listings, before the manifest
         fault_point("delete")

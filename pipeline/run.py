@@ -705,11 +705,12 @@ def _release(settings: Settings, spool: Spool, progress: Progress, now: Callable
                     run.storage, publication, dry_run=settings.dry_run, progress=progress, now=run.started,
                     retention=settings.retention, use_cas=not settings.no_cas, destination=destination.whole,
                     early=early,
+                    # while the pages are written: a page remembered is reused only as the destination holds it
+                    alongside=lambda: state.remember_pages(pages.rows, keep=publication.referenced),
                 )  # fmt: skip
             if result.written:
                 state.remember_sequence(signed.pointer.sequence)
                 state.remember_publication(signed.pointer.index_id, inputs)
-                state.remember_pages(pages.rows, keep=publication.referenced)
                 _remember_audit(settings, state, run, destination, previous=last_audit)
     return _report(run, mirrors, signed.pointer, decision.action, changes, plan=result.plan)
 

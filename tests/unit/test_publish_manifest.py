@@ -9,6 +9,7 @@ import random
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -362,8 +363,16 @@ def test_pages_the_child_writes_after_the_pointer_enter_the_manifest_at_their_pl
                 release = publication(spool, second, new_content)
                 early = new_content.written_early()
                 assert early is not None and len(early.numbers) == 2  # the two new torrents
-                result = publish(storage, release, now=NOW, destination=destination, early=early)
+                manifest_file = root / MANIFEST_KEY
+                first_manifest, seen = manifest_file.read_bytes(), []
+                result = publish(
+                    storage, release, now=NOW, destination=destination, early=early,
+                    alongside=partial(lambda file, old, seen: seen.append(file.read_bytes() == old),
+                                      manifest_file, first_manifest, seen),
+                )  # fmt: skip
                 assert early.writer.count == 2 + 4  # and the pages of a, m/é, z/last, zz (b and k kept)
+                assert seen == [True]  # the caller's work, once, before the new manifest
+                assert manifest_file.read_bytes() != first_manifest
         assert sorted(result.plan.put)[:4] == ["browse/a/index.html", "browse/m/é/index.html",
                                                "browse/z/last/index.html", "browse/zz/index.html"]  # fmt: skip
     assert _objects(roots["child"]) == _objects(roots["serial"])
