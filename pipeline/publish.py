@@ -397,8 +397,8 @@ class NewContent:
         self._listing = listing  # None: an empty destination, every key is new
         self._start = start  # None: nothing is written early
         self._minimum = minimum
-        self._numbers = array("I")  # new, not sent yet while no child runs
-        self._sent = 0
+        self._numbers = array("I")  # the new ones, in spool order
+        self._sent = 0  # how many of them the child was sent (none while it has not started)
         self._writer: BackgroundWrite | None = None
 
     def spool_all(self, artifacts: Iterable[Artifact]) -> SpoolRefs:
@@ -413,7 +413,7 @@ class NewContent:
             numbers = batch.numbers
             self._numbers.extend(numbers if listing is None else (n for n in numbers if spool.key(n) not in listing))
             self._send()
-        return spool.refs(range(first, len(spool)))
+        return SpoolRefs(spool, range(first, len(spool)))  # a range: no array of every entry
 
     def _send(self) -> None:
         if self._writer is None:

@@ -52,9 +52,9 @@ Written = tuple[int, str, float | None]  # an object's size, ETag and mtime
 
 
 class BackgroundWrite:
-    """The child writing the objects `send` gives it (`count` so far); `results` waits for it and gives what
-    each write made, in job order (no keys: the caller has them, and a million of them held here would cost
-    ~100 MB)."""
+    """The child writing the objects `send` gives it (`count` so far); `take` and `results` give what each
+    write made as the child reports it, in job order (no keys: the caller has them, and a million of them
+    held here would cost ~100 MB)."""
 
     def __init__(
         self, process: subprocess.Popen[bytes], jobs: int, wake: int, results: BinaryIO, errors: BinaryIO
