@@ -30,7 +30,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from functools import partial
 from pathlib import Path
-from typing import BinaryIO, NamedTuple, NoReturn, Protocol, runtime_checkable
+from typing import Any, BinaryIO, NamedTuple, NoReturn, Protocol, runtime_checkable
 
 from pipeline.errors import PipelineError, StorageError
 from pipeline.scratch import temporary_file
@@ -64,7 +64,6 @@ class BackgroundWrite:
         self._jobs = jobs
         self._jobs_end = 0
         self._wake: int | None = wake
-        self._results = results
         self._counter = _Results(results.fileno())
         self._errors = errors
 
@@ -166,17 +165,11 @@ class _Results:
         """Results written and not taken yet (read 1 MiB at a time)."""
         while chunk := os.pread(self._fd, 1 << 20, self._at):
             self._at += len(chunk)
-            data = self._tail + chunk
-            at = 0
-            while at + _RESULT.size <= len(data):
-                size, modified, length = _RESULT.unpack_from(data, at)
-                end = at + _RESULT.size + length
-                if end > len(data):
-                    break
-                etag = data[at + _RESULT.size : end].decode("ascii")
-                self._ready.append((size, etag, None if math.isnan(modified) else modified))
-                at = end
-            self._tail = data[at:]
+            records, self._tail = _whole_records(_RESULT, self._tail + chunk)
+            self._ready.extend(
+                (size, etag.decode("ascii"), None if math.isnan(modified) else modified)
+                for (size, modified, _), etag in records
+            )
             if len(self._ready) >= _READY_MAX:
                 break
         return len(self._ready)
@@ -246,6 +239,21 @@ class _Job(NamedTuple):
     key: str
 
 
+def _whole_records(head: struct.Struct, data: bytes) -> tuple[list[tuple[tuple[Any, ...], bytes]], bytes]:
+    """The whole records at the start of `data` (each a `head` whose last field is the length of the bytes that
+    follow it): each head's fields and those bytes; and the rest of `data`, a cut record's start."""
+    records = []
+    at = 0
+    while at + head.size <= len(data):
+        fields = head.unpack_from(data, at)
+        end = at + head.size + fields[-1]
+        if end > len(data):
+            break
+        records.append((fields, data[at + head.size : end]))
+        at = end
+    return records, data[at:]
+
+
 def _job_batches(jobs: int, wait: int, idle: Callable[[], None]) -> Iterator[list[_Job]]:
     """The jobs the parent has sent, a read of the jobs file at a time; between reads that find nothing new,
     `idle()`, then wait for a byte on the pipe `wait`, until the parent closes it (and nothing new is left)."""
@@ -261,17 +269,8 @@ def _job_batches(jobs: int, wait: int, idle: Callable[[], None]) -> Iterator[lis
             ended = not os.read(wait, 4096)  # b"": the parent said no job follows (or died)
             continue
         at += len(chunk)
-        data = tail + chunk
-        batch: list[_Job] = []
-        start = 0
-        while start + _JOB.size <= len(data):
-            offset, size, length = _JOB.unpack_from(data, start)
-            end = start + _JOB.size + length
-            if end > len(data):
-                break
-            batch.append(_Job(offset, size, data[start + _JOB.size : end].decode("utf-8", "surrogatepass")))
-            start = end
-        tail = data[start:]
+        records, tail = _whole_records(_JOB, tail + chunk)
+        batch = [_Job(offset, size, key.decode("utf-8", "surrogatepass")) for (offset, size, _), key in records]
         if batch:
             yield batch
 
