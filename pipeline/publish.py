@@ -830,20 +830,30 @@ def _write_manifest(
         storage.put_file(MANIFEST_KEY, body, content_type="application/zstd", cache_control=NO_CACHE)
 
 
+_MERGE_CHUNK = 1 << 20  # bytes of the spill read, and of the merged lines written, at once
+
+
 def _merge_spill(spill: BinaryIO, marks: Sequence[int], lines: Iterable[str], out: BinaryIO) -> None:
-    """The spill's bytes into `out`, each of `lines` at its mark (an offset in the spill), in order."""
+    """The spill's bytes into `out`, each of `lines` at its mark (an offset in the spill), in order; a chunk
+    at a time (what lies between two marks, or after the last, is most of the manifest at times: a
+    million-file build's pages come before its two million torrents and metalinks)."""
     spill.flush()
     spill.seek(0)
     at = 0
     pending = bytearray()
-    for mark, line in zip(marks, lines, strict=True):
-        pending += spill.read(mark - at)
+    for mark, line in itertools.chain(zip(marks, lines, strict=True), [(-1, "")]):
+        while at != mark:
+            data = spill.read(_MERGE_CHUNK if mark < 0 else min(mark - at, _MERGE_CHUNK))
+            if not data:
+                if mark < 0:
+                    break
+                raise AssertionError(f"the spill of {MANIFEST_KEY} ends before offset {mark}")
+            pending += data
+            at += len(data)
+            if len(pending) >= _MERGE_CHUNK:
+                out.write(pending)
+                pending = bytearray()
         pending += line.encode("utf-8")
-        at = mark
-        if len(pending) >= 1 << 20:
-            out.write(pending)
-            pending = bytearray()
-    pending += spill.read()
     out.write(pending)
 
 

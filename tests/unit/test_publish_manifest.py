@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import logging
 import random
@@ -15,6 +16,7 @@ from pathlib import Path
 import pytest
 import zstandard
 
+import pipeline.publish as publishing
 from pipeline import sequences
 from pipeline.manifest import ManifestEntry
 from pipeline.model import Artifact
@@ -382,3 +384,38 @@ def test_pages_the_child_writes_after_the_pointer_enter_the_manifest_at_their_pl
     etags = {info.key: info.etag for info in LocalStorage(roots["child"]).list()}
     assert all(etags[key] == etag for key, _, _, etag in rows)  # the child's ETags are the files'
     assert {key for key, *_ in rows} >= {f"browse/{k}/index.html" for k in second}
+
+
+class _ReadSizes(io.BytesIO):
+    """A spill that records the size of every read."""
+
+    def __init__(self, data: bytes) -> None:
+        super().__init__(data)
+        self.reads: list[int] = []
+
+    def read(self, size: int | None = -1, /) -> bytes:
+        data = super().read(size)
+        self.reads.append(len(data))
+        return data
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_the_manifest_spill_is_merged_a_chunk_at_a_time(seed: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(publishing, "_MERGE_CHUNK", 64)
+    rng = random.Random(seed)
+    other = [f"line {n}\n".encode() for n in range(rng.randint(0, 300))]
+    marks = sorted(rng.sample(range(len(other) + 1), rng.randint(0, len(other) + 1)))
+    later = [f"later {n}\n" for n in range(len(marks))]
+    if marks and seed % 2:
+        marks = [0] * len(marks)  # every later line before the first other one; the rest is one long tail
+    spill = _ReadSizes(b"".join(other))
+    offsets = [sum(len(line) for line in other[:at]) for at in marks]
+    expected = bytearray()
+    for at, line in enumerate(other):
+        expected += b"".join(later[n].encode() for n, mark in enumerate(marks) if mark == at)
+        expected += line
+    expected += b"".join(later[n].encode() for n, mark in enumerate(marks) if mark == len(other))
+    out = io.BytesIO()
+    publishing._merge_spill(spill, offsets, later, out)
+    assert out.getvalue() == bytes(expected)
+    assert max(spill.reads, default=0) <= 64  # never the rest of the spill at once
