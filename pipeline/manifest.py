@@ -2,7 +2,7 @@
 
 A dict of `ManifestEntry` costs ~470 bytes an object (the key, the SHA-256 as hex, the ETag, the entry and
 its float, the dict slot), and at a million packages the destination holds over two million objects. Here
-the keys are sorted and kept in blocks of `BLOCK`: each block's keys and ETags joined and zlib-compressed
+the keys are sorted and kept in blocks of `BLOCK`: each block's keys and ETags joined and compressed (`scratch.pack`)
 (sorted keys share long prefixes), then its SHA-256s as 32 raw bytes and its numbers, ~100 bytes an
 object, set aside in the scratch file (`pipeline.scratch`). Memory keeps each block's first key and where
 the block is: ~2 bytes an object. A lookup bisects the blocks' first keys and reads and decodes one
@@ -12,13 +12,12 @@ runs of keys).
 
 from __future__ import annotations
 
-import zlib
 from array import array
 from bisect import bisect_left, bisect_right
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 
-from pipeline.scratch import SpilledBlocks
+from pipeline.scratch import SpilledBlocks, pack, unpack
 from pipeline.strcolumn import copied
 
 BLOCK = 64  # entries a block
@@ -128,13 +127,13 @@ def _packed(
     ETags themselves when one holds the separator (then not in the bytes)."""
     fields = (*keys, *etags)
     odd = fields if any(_SEP in field for field in fields) else None
-    text = b"" if odd is not None else zlib.compress(_SEP.join(fields).encode(), 1)
+    text = b"" if odd is not None else pack(_SEP.join(fields).encode())
     return text + digests + sizes.tobytes() + referenced.tobytes(), odd
 
 
 def _unpacked(data: bytes, entries: int, odd: tuple[str, ...] | None) -> _Block:
     text = len(data) - _NUMBERS * entries  # the compressed keys and ETags come first (none when odd)
-    fields = odd if odd is not None else tuple(zlib.decompress(data[:text]).decode().split(_SEP))
+    fields = odd if odd is not None else tuple(unpack(data[:text]).decode().split(_SEP))
     numbers = text + 32 * entries
     sizes, referenced = array("q"), array("d")
     sizes.frombytes(data[numbers : numbers + 8 * entries])

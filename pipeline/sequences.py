@@ -6,12 +6,11 @@ from __future__ import annotations
 
 import heapq
 import marshal
-import zlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from operator import itemgetter
 from typing import Any
 
-from pipeline.scratch import SpilledBlocks
+from pipeline.scratch import SpilledBlocks, pack, unpack
 
 SPILL_RUN = 32768  # rows sorted at once by `sorted_spilled` (a Packages stanza's row is ~600 bytes)
 SPILL_BLOCK = 256  # rows of a spilled run read back at once: the merge holds one block of each run
@@ -69,11 +68,11 @@ def sorted_spilled(rows: Iterable[tuple[Any, ...]]) -> Iterator[tuple[Any, ...]]
 def _spilled_run(rows: list[tuple[Any, ...]]) -> SpilledBlocks:
     blocks = SpilledBlocks()
     for start in range(0, len(rows), SPILL_BLOCK):
-        blocks.append(zlib.compress(marshal.dumps(rows[start : start + SPILL_BLOCK]), 1))
+        blocks.append(pack(marshal.dumps(rows[start : start + SPILL_BLOCK])))
     return blocks
 
 
 def _run_rows(blocks: SpilledBlocks) -> Iterator[tuple[Any, ...]]:
     for number in range(len(blocks)):
-        rows: list[tuple[Any, ...]] = marshal.loads(zlib.decompress(blocks[number]))
+        rows: list[tuple[Any, ...]] = marshal.loads(unpack(blocks[number]))
         yield from rows

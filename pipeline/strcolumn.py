@@ -2,19 +2,18 @@
 
 A list of str costs ~150 bytes an object key (the str object and its slot); a run that publishes a
 million packages spools over two million objects. Here the strings are appended in order and every
-`BLOCK` of them joined and zlib-compressed (keys written in order share long prefixes, ~30 bytes a key),
+`BLOCK` of them joined and compressed (`scratch.pack`) (keys written in order share long prefixes, ~30 bytes a key),
 and the block set aside in the scratch file (`pipeline.scratch`): memory keeps 12 bytes a block.
 Reading one decodes its block; the few blocks decoded last are kept, since readers go in order.
 """
 
 from __future__ import annotations
 
-import zlib
 from bisect import bisect_left
 from collections.abc import Iterable, Iterator, Sequence
 from typing import overload
 
-from pipeline.scratch import SpilledBlocks
+from pipeline.scratch import SpilledBlocks, pack, unpack
 from pipeline.sequences import ItemEquality
 
 BLOCK = 64
@@ -65,7 +64,7 @@ class StringColumn:
             self._odd[len(self._blocks)] = tuple(self._open)
             self._blocks.append(b"")
         else:
-            self._blocks.append(zlib.compress(_SEP.join(self._open).encode("utf-8", "surrogatepass"), 1))
+            self._blocks.append(pack(_SEP.join(self._open).encode("utf-8", "surrogatepass")))
         self._open = []
 
     def __getitem__(self, number: int) -> str:
@@ -102,7 +101,7 @@ class StringColumn:
         odd = self._odd.get(block)
         if odd is not None:
             return odd
-        return tuple(zlib.decompress(self._blocks[block]).decode("utf-8", "surrogatepass").split(_SEP))
+        return tuple(unpack(self._blocks[block]).decode("utf-8", "surrogatepass").split(_SEP))
 
     def __iter__(self) -> Iterator[str]:
         """Every string in order, each block decoded once and not kept (a reader in order needs no cache)."""

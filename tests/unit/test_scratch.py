@@ -8,12 +8,13 @@ import os
 import random
 import weakref
 from array import array
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
 from pipeline import sequences
 from pipeline.errors import PipelineError
-from pipeline.scratch import RECORDS, FixedColumn, RecordArray, SpilledBlocks, own_scratch, scratch
+from pipeline.scratch import RECORDS, FixedColumn, RecordArray, SpilledBlocks, own_scratch, pack, scratch, unpack
 
 
 def test_blocks_read_back_whole_and_the_last_comes_off() -> None:
@@ -147,3 +148,16 @@ def test_a_run_has_a_scratch_file_of_its_own_freed_with_what_it_made() -> None:
     del inner, blocks
     gc.collect()
     assert gone() is None  # the file is closed: its space goes back to TMPDIR
+
+
+def test_packed_blocks_come_back_whole_in_threads_packing_at_once() -> None:
+    blocks = [b"", b"\x00", *(f"pool/main/p/pkg{n}/pkg{n}_1.{n}_amd64.deb".encode() * (n % 50 + 1) for n in range(400))]
+
+    def round_trip(start: int) -> list[bytes]:
+        return [unpack(pack(block)) for block in blocks[start:] + blocks[:start]]
+
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(round_trip, range(0, 400, 25)))
+    for start, result in zip(range(0, 400, 25), results, strict=True):
+        assert result == blocks[start:] + blocks[:start]
+    assert len(pack(blocks[-1])) < len(blocks[-1]) // 4  # compressed
