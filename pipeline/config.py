@@ -50,6 +50,12 @@ class MirrorConfig:
     priority: int = 100  # metalink <url priority>: lower first; the operator's own mirror gets 1
 
 
+def user_cache_dir() -> Path:
+    """~/.cache/mirrorseed (XDG_CACHE_HOME honoured): the default state file's directory, and compiled templates'."""
+    cache_home = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(cache_home) / "mirrorseed"
+
+
 def _setting(default: Any, help: str, *, flag: str | None = None, minimum: int = 1) -> Any:
     """A Settings field with its help text (the invoke flag's help), when the task parameter is named
     otherwise that name (`--webseed` fills `webseeds`), and for whole numbers their minimum."""
@@ -192,8 +198,7 @@ class Settings:
         """The SQLite state cache: `state` if set, else ~/.cache/mirrorseed/<repo>.sqlite (XDG_CACHE_HOME honoured)."""
         if self.state is not None:
             return self.state
-        cache_home = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-        return Path(cache_home) / "mirrorseed" / f"{self.repo}.sqlite"
+        return user_cache_dir() / f"{self.repo}.sqlite"
 
     @property
     def effective_resign_before(self) -> timedelta:

@@ -26,8 +26,10 @@ import hashlib
 import heapq
 import itertools
 import json
+import os
 import re
 import shlex
+import stat
 from array import array
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -483,11 +485,71 @@ def _signature_links_filter(ctx: Context, path: str) -> list[MirrorLink]:
 
 
 class CompiledTemplates(Protocol):
-    """Where compiled templates are kept from one run to the next (the state cache)."""
+    """Where compiled templates are kept from one run to the next (the state cache, this user's cache directory)."""
 
     def template_code(self, key: str) -> bytes | None: ...
 
     def dump_template_code(self, key: str, code: bytes) -> None: ...
+
+
+class TemplateCodeFiles:
+    """Compiled templates kept as files in one of this user's directories (`user_cache_dir()/templates`), as
+    Python keeps a module's bytecode beside it: a run with a new state file renders without compiling them.
+    Kept code is executable, so a directory that another user owns, or may write to, is not used; and a
+    cache only: what cannot be read or written is compiled again."""
+
+    def __init__(self, directory: Path) -> None:
+        self._directory = directory
+        self._usable: bool | None = None
+
+    def template_code(self, key: str) -> bytes | None:
+        if not self._ready():
+            return None
+        try:
+            return (self._directory / f"{key}.code").read_bytes()
+        except OSError:
+            return None
+
+    def dump_template_code(self, key: str, code: bytes) -> None:
+        if not self._ready():
+            return
+        path = self._directory / f"{key}.code"
+        temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        try:
+            temporary.write_bytes(code)
+            os.replace(temporary, path)  # a reader sees the old code or the new, never a part
+        except OSError:
+            temporary.unlink(missing_ok=True)
+
+    def _ready(self) -> bool:
+        if self._usable is None:
+            try:
+                self._directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+                held = self._directory.lstat()
+                self._usable = stat.S_ISDIR(held.st_mode) and held.st_uid == os.geteuid() and not held.st_mode & 0o022
+            except OSError:
+                self._usable = False
+        return self._usable
+
+
+class KeptInEither:
+    """Compiled templates kept in two places, `first` (the state cache) read first: code found only in
+    `second` is copied into `first`, and new code goes to both."""
+
+    def __init__(self, first: CompiledTemplates, second: CompiledTemplates) -> None:
+        self._first, self._second = first, second
+
+    def template_code(self, key: str) -> bytes | None:
+        code = self._first.template_code(key)
+        if code is None:
+            code = self._second.template_code(key)
+            if code is not None:  # stale code is compiled again by jinja2, and replaced in both
+                self._first.dump_template_code(key, code)
+        return code
+
+    def dump_template_code(self, key: str, code: bytes) -> None:
+        self._first.dump_template_code(key, code)
+        self._second.dump_template_code(key, code)
 
 
 class _KeptBytecode(jinja2.BytecodeCache):

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from pipeline import remembered
-from pipeline.config import Settings, require_release_inputs, s3_config
+from pipeline.config import Settings, require_release_inputs, s3_config, user_cache_dir
 from pipeline.decision import Decision, Facts, decide, resign_due, same_content
 from pipeline.errors import ConfigError, PipelineError, StorageError
 from pipeline.executors import open_executor
@@ -1107,7 +1107,12 @@ def _render(
 ) -> _Pages:
     """Every listing page. A browse page whose inputs are those of the page published last time, and which
     the destination still holds as published, is not rendered again."""
-    from pipeline.render import ListingInput, iter_pages  # lazy: jinja2 only when needed
+    from pipeline.render import (
+        KeptInEither,
+        ListingInput,
+        TemplateCodeFiles,
+        iter_pages,
+    )  # lazy: jinja2 only when needed
 
     listing_input = ListingInput(
         repo=settings.repo,
@@ -1126,7 +1131,7 @@ def _render(
         components=snapshot.components,
         architectures=snapshot.architectures,
         snapshot_time=rfc3339(snapshot.timestamp) if snapshot.timestamp else None,
-        compiled=state,
+        compiled=KeptInEither(state, TemplateCodeFiles(user_cache_dir() / "templates")),
     )
     objects = destination.whole
 

@@ -510,6 +510,38 @@ def test_an_operator_template_changed_since_it_was_compiled_is_compiled_again(tm
     assert front_page() == b"<p>second demo</p>\n" and kept.dumped == dumped + 1
 
 
+def test_a_new_state_takes_compiled_templates_from_the_users_cache_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    directory = tmp_path / "cache" / "templates"
+    first_state = KeptTemplates()
+    first = render_listings(listing(compiled=render.KeptInEither(first_state, render.TemplateCodeFiles(directory))))
+    assert sorted(p.name for p in directory.iterdir()) == sorted(f"{key}.code" for key in first_state.code)
+    assert directory.stat().st_mode & 0o777 == 0o700
+
+    def compile_again(*args: object, **kwargs: object) -> None:
+        raise AssertionError("a kept template was compiled again")
+
+    monkeypatch.setattr(jinja2.Environment, "compile", compile_again)
+    new_state = KeptTemplates()  # a run with a new state file
+    kept = render.KeptInEither(new_state, render.TemplateCodeFiles(directory))
+    assert render_listings(listing(compiled=kept)) == first
+    assert new_state.code == first_state.code  # copied into the state as read
+
+
+def test_compiled_templates_in_a_directory_others_may_write_are_not_used(tmp_path: Path) -> None:
+    directory = tmp_path / "shared"
+    directory.mkdir()
+    directory.chmod(0o777)
+    files = render.TemplateCodeFiles(directory)
+    files.dump_template_code("k", b"code")
+    assert files.template_code("k") is None and not list(directory.iterdir())
+    directory.chmod(0o700)
+    fresh = render.TemplateCodeFiles(directory)
+    fresh.dump_template_code("k", b"code")
+    assert fresh.template_code("k") == b"code" and [p.name for p in directory.iterdir()] == ["k.code"]
+
+
 def test_operator_templates_autoescape_too(tmp_path: Path) -> None:
     (tmp_path / "front.html.j2").write_text("<p>{{ repo }}</p>")
     front = next(a for a in render_listings(listing(templates_dir=tmp_path, repo="<i>x</i>")) if a.key == "index.html")
