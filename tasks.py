@@ -103,13 +103,14 @@ def release(
 ) -> None:
     """Publish a snapshot: per-package torrents + metalinks, signed index and pointer, listings."""
     with _pipeline_errors(verbose):
-        from pipeline.heap import bound_heap
+        from pipeline.heap import bound_heap, leave_to_exit
         from pipeline.run import release as run_release
 
         settings = _settings(config, locals())
         bound_heap()
         report = run_release(settings, progress=_progress())
         _emit(report, as_json=json_, metrics=settings.metrics)
+        leave_to_exit()
 
 
 def _emit(report: Any, *, as_json: bool, metrics: Path | None) -> None:

@@ -57,3 +57,30 @@ def test_freed_buffers_go_back_to_the_system_once_bounded() -> None:
 @pytest.mark.parametrize("name", ["MALLOC_MMAP_THRESHOLD_", "MALLOC_ARENA_MAX_"])
 def test_the_operators_own_malloc_tuning_wins(name: str) -> None:
     assert bound_heap({name: "65536"}) is False
+
+
+def test_what_is_left_to_exit_is_out_of_the_collectors_reach_and_still_finalized(tmp_path: Path) -> None:
+    # in a process of its own: freezing is for good
+    marker = tmp_path / "cleaned"
+    script = textwrap.dedent(
+        f"""
+        import atexit, gc, weakref
+        from pipeline.heap import leave_to_exit
+
+        class Node:
+            pass
+
+        a, b = Node(), Node()
+        a.other, b.other = b, a  # a cycle, which only the collector frees
+        weakref.finalize(a, open, {str(marker)!r}, "w")  # run at exit, as TemporaryDirectory's cleanup is
+        tracked = len(gc.get_objects())
+        leave_to_exit()
+        assert gc.get_freeze_count() >= tracked, (gc.get_freeze_count(), tracked)
+        assert len(gc.get_objects()) < 50  # what the collector would still walk
+        print("frozen")
+        """
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "frozen\n"
+    assert marker.exists()
