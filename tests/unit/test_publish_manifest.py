@@ -387,16 +387,21 @@ def test_pages_the_child_writes_after_the_pointer_enter_the_manifest_at_their_pl
 
 
 class _ReadSizes(io.BytesIO):
-    """A spill that records the size of every read."""
+    """A spill that records the size of every read, and of every write when it is the output."""
 
-    def __init__(self, data: bytes) -> None:
+    def __init__(self, data: bytes = b"") -> None:
         super().__init__(data)
         self.reads: list[int] = []
+        self.writes: list[int] = []
 
     def read(self, size: int | None = -1, /) -> bytes:
         data = super().read(size)
         self.reads.append(len(data))
         return data
+
+    def write(self, data: bytes | bytearray | memoryview, /) -> int:  # type: ignore[override]
+        self.writes.append(len(memoryview(data)))
+        return super().write(data)
 
 
 @pytest.mark.parametrize("seed", range(5))
@@ -415,7 +420,9 @@ def test_the_manifest_spill_is_merged_a_chunk_at_a_time(seed: int, monkeypatch: 
         expected += b"".join(later[n].encode() for n, mark in enumerate(marks) if mark == at)
         expected += line
     expected += b"".join(later[n].encode() for n, mark in enumerate(marks) if mark == len(other))
-    out = io.BytesIO()
+    out = _ReadSizes()
     publishing._merge_spill(spill, offsets, later, out)
     assert out.getvalue() == bytes(expected)
     assert max(spill.reads, default=0) <= 64  # never the rest of the spill at once
+    longest = max(len(line) for line in [*other, *later, ""])
+    assert max(out.writes) < 64 + max(64, longest)  # nor every later line at one mark at once
