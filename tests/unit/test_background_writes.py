@@ -184,7 +184,8 @@ def test_the_child_writes_jobs_as_they_are_sent_and_ends_only_when_told(tmp_path
             writer.send(jobs[:1])
             first = tmp_path / "dest" / KEYS[0]
             deadline = time.monotonic() + 10
-            while not first.exists() and time.monotonic() < deadline:
+            # created in place: the file exists before its bytes are in
+            while not (first.exists() and first.read_bytes() == KEYS[0].encode()) and time.monotonic() < deadline:
                 time.sleep(0.01)
             assert first.read_bytes() == KEYS[0].encode()  # written before the other jobs are sent
             time.sleep(0.2)

@@ -324,10 +324,11 @@ def test_only_new_keys_are_written_early_and_a_replaced_object_waits_for_publish
             release = publication(spool, changed, new_content)
             early = new_content.written_early()
             assert early is not None and [spool.key(n) for n in early.numbers] == ["torrents/c.torrent"]
+            written = tmp_path / "torrents/c.torrent"  # created in place: it exists before its bytes are in
             deadline = time.monotonic() + 10
-            while not (tmp_path / "torrents/c.torrent").exists() and time.monotonic() < deadline:
+            while not (written.exists() and written.read_bytes() == b"three") and time.monotonic() < deadline:
                 time.sleep(0.01)
-            assert (tmp_path / "torrents/c.torrent").read_bytes() == b"three"  # written by the child
+            assert written.read_bytes() == b"three"  # written by the child
             assert (tmp_path / "torrents/a.torrent").read_bytes() == b"one"  # not before publish
             result = publish(storage, release, now=NOW, destination=destination, early=early)
         assert sorted(result.plan.put) == ["browse/a/index.html", "browse/c/index.html", "torrents/a.torrent",
