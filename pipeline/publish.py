@@ -850,7 +850,7 @@ def _merge_spill(spill: BinaryIO, marks: Sequence[int], lines: Iterable[str], ou
             pending = bytearray()
 
     for mark, line in itertools.chain(zip(marks, lines, strict=True), [(-1, "")]):
-        while at != mark:  # a full build's ~540,000 pages at a million files all go in at one mark
+        while at != mark:
             data = spill.read(_MERGE_CHUNK if mark < 0 else min(mark - at, _MERGE_CHUNK))
             if not data:
                 if mark < 0:
@@ -858,7 +858,7 @@ def _merge_spill(spill: BinaryIO, marks: Sequence[int], lines: Iterable[str], ou
                 raise AssertionError(f"the spill of {MANIFEST_KEY} ends before offset {mark}")
             add(data)
             at += len(data)
-        add(line.encode("utf-8"))
+        add(line.encode("utf-8"))  # a full build's page lines all go in at one mark: checked here too
     out.write(pending)
 
 
