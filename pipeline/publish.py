@@ -19,6 +19,7 @@ import itertools
 import logging
 import math
 import os
+import shutil
 import signal
 import struct
 from array import array
@@ -849,17 +850,16 @@ def _merge_spill(spill: BinaryIO, marks: Sequence[int], lines: Iterable[str], ou
             out.write(pending)
             pending = bytearray()
 
-    for mark, line in itertools.chain(zip(marks, lines, strict=True), [(-1, "")]):
-        while at != mark:
-            data = spill.read(_MERGE_CHUNK if mark < 0 else min(mark - at, _MERGE_CHUNK))
+    for mark, line in zip(marks, lines, strict=True):
+        while at < mark:
+            data = spill.read(min(mark - at, _MERGE_CHUNK))
             if not data:
-                if mark < 0:
-                    break
                 raise AssertionError(f"the spill of {MANIFEST_KEY} ends before offset {mark}")
             add(data)
             at += len(data)
         add(line.encode("utf-8"))  # a full build's page lines all go in at one mark: checked here too
     out.write(pending)
+    shutil.copyfileobj(spill, out, _MERGE_CHUNK)  # what follows the last mark
 
 
 class _Cursor:
