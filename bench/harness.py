@@ -49,6 +49,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from pipeline.config import user_cache_dir
 from pipeline.errors import ConfigError, PipelineError
 from pipeline.hashing import piece_size_for
 
@@ -391,8 +392,7 @@ def default_cache_dir() -> Path:
     override = os.environ.get(CACHE_ENV)
     if override:
         return Path(override)
-    cache_home = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(cache_home) / "mirrorseed" / "bench"
+    return user_cache_dir() / "bench"
 
 
 def bench_paths(cache_dir: Path | None, repo_root: Path, out: Path | None, name: str) -> tuple[Path, Path]:

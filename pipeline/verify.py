@@ -52,7 +52,7 @@ from urllib.parse import quote, urlsplit
 import zstandard
 
 from pipeline import bencode
-from pipeline.config import Settings
+from pipeline.config import Settings, user_cache_dir
 from pipeline.errors import ConfigError, SigningError, StorageError
 from pipeline.hashing import piece_size_for
 from pipeline.http import Client, HttpError, Response
@@ -170,8 +170,7 @@ def default_state_file(public_url: str) -> Path:
         port = None
     label = host if port is None else f"{host}_{port}"
     label = re.sub(r"[^A-Za-z0-9._-]", "_", label)
-    cache_home = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(cache_home) / "mirrorseed" / f"verify-{label}.json"
+    return user_cache_dir() / f"verify-{label}.json"
 
 
 def verify_spec(settings: Settings) -> VerifySpec:
