@@ -51,6 +51,7 @@ from typing import TYPE_CHECKING, Any
 
 from pipeline.config import user_cache_dir
 from pipeline.errors import ConfigError, PipelineError
+from pipeline.forked import CHILD_NAME
 from pipeline.hashing import piece_size_for
 
 if TYPE_CHECKING:
@@ -642,6 +643,27 @@ def _cmdline(pid: int) -> bytes | None:
         return None
 
 
+def _comm(pid: int) -> bytes | None:
+    try:
+        with open(f"/proc/{pid}/comm", "rb") as handle:
+            return handle.read().rstrip(b"\n")
+    except OSError:
+        return None
+
+
+def _private_bytes(pid: int) -> int:
+    """The memory only `pid` holds (Private_Clean + Private_Dirty: its RSS less the pages it shares)."""
+    total = 0
+    try:
+        with open(f"/proc/{pid}/smaps_rollup", "rb") as handle:
+            for line in handle:
+                if line.startswith((b"Private_Clean:", b"Private_Dirty:")):
+                    total += int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return 0
+    return total
+
+
 class _TreeSampler(threading.Thread):
     """Polls /proc every SAMPLE_INTERVAL_S: the RSS summed over `root` and all its descendants; keeps the peak.
 
@@ -671,7 +693,9 @@ class _TreeSampler(threading.Thread):
     def _before_exec(self, pid: int) -> bool:
         """Whether the root's child `pid` is still the root's copy between fork and exec (subprocess starting
         gpg: Python's vfork shares the root's memory outright, a fork shares it copy-on-write). Its RSS is
-        the root's, already counted; summed twice, one 330 MB release read as 600 MB (found at 60,000 files)."""
+        the root's, already counted; summed twice, one 330 MB release read as 600 MB (found at 60,000 files).
+        A copy that stays one (the forked helper that makes records, named `CHILD_NAME`) counts what it
+        alone holds."""
         if self._root_cmdline is None:
             self._root_cmdline = _cmdline(self.root)
         return self._root_cmdline is not None and _cmdline(pid) == self._root_cmdline
@@ -702,7 +726,10 @@ class _TreeSampler(threading.Thread):
                 self._parents[pid] = parent  # re-parented: it left the tree
                 continue
             if parent == self.root and self._before_exec(pid):
-                continue
+                if _comm(pid) != CHILD_NAME:
+                    continue
+                # the run's forked helper (`pipeline.forked`): what it shares with the run is counted there
+                rss = _private_bytes(pid)
             total += rss
             stack.extend(children.get(pid, ()))
         self.samples += 1

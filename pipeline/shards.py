@@ -39,9 +39,13 @@ def _shards(path: str, found: tuple[str, ...], snapshot_format: str) -> tuple[st
 def shards_by_row(files: Sequence[FileEntry], snapshot_format: str) -> Iterator[tuple[str, ...]]:
     """`shards_of` every file, in order; of a FileTable, without making its entries."""
     if isinstance(files, FileTable):
-        paths = files.paths
-        return (_shards(paths[row], files.shards_at(row), snapshot_format) for row in range(len(paths)))
+        return (shards_of_row(files, row, snapshot_format) for row in range(len(files)))
     return (shards_of(entry, snapshot_format) for entry in files)
+
+
+def shards_of_row(files: FileTable, row: int, snapshot_format: str) -> tuple[str, ...]:
+    """`shards_of` the file at `row`, without making its entry."""
+    return _shards(files.paths[row], files.shards_at(row), snapshot_format)
 
 
 def debian_shard(suite: str, component: str, index_arch: str, package_arch: str | None) -> str:

@@ -27,7 +27,9 @@ from pipeline.scratch import FixedColumn, temporary_file
 from pipeline.strcolumn import StringColumn
 
 _FLUSH_AT = 1 << 20  # bytes put before the spool writes them to its file
-_READ_RUN = 8 << 20  # most bytes `read_runs` reads at once
+# most bytes `read_runs` reads at once: a megabyte is a few hundred objects (the background writer held a run and
+# its last object's copy: 8 MiB runs cost it ~15 MB)
+_READ_RUN = 1 << 20
 
 
 class Extent(Protocol):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from typing import Any
 
 import pytest
 
@@ -20,3 +21,23 @@ def require_root(why: str) -> None:
     """Fail unless running as root (CI runs the suite as root)."""
     if os.geteuid() != 0:
         pytest.fail(f"run the tests as root, as CI does: {why}")
+
+
+def forks_seen(monkeypatch: pytest.MonkeyPatch) -> list[bool]:
+    """Each fork `pipeline.forked` tries from now on (True: a child started). Threads earlier tests left in this
+    process (their servers) are taken as harmless: else they would keep every item in the process."""
+    import threading
+
+    from pipeline import forked
+
+    started: list[bool] = []
+    real = forked._fork
+
+    def spy(*args: Any) -> Any:
+        child = real(*args)
+        started.append(child is not None)
+        return child
+
+    monkeypatch.setattr(forked, "_fork", spy)
+    monkeypatch.setattr(forked, "_HARMLESS", forked._HARMLESS | {t.name for t in threading.enumerate()})
+    return started

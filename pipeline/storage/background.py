@@ -46,6 +46,7 @@ _CHILD = (
 _PR_SET_PDEATHSIG = 1
 WAIT_S = 0.005  # how often `BackgroundWrite.take` looks for results (and at the child) while it waits
 _READY_MAX = 1 << 14  # results read ahead of those taken
+_JOBS_CHUNK = 1 << 20  # job records appended at once
 
 
 Written = tuple[int, str, float | None]  # an object's size, ETag and mtime
@@ -80,8 +81,15 @@ class BackgroundWrite:
             name = key.encode("utf-8", "surrogatepass")
             records += _JOB.pack(offset, size, len(name)) + name
             self.count += 1
-        if not records:
-            return
+            if len(records) >= _JOBS_CHUNK:  # a million-file run's pages at once would be ~40 MB of records
+                self._append(records)
+                records = bytearray()
+        if records:
+            self._append(records)
+
+    def _append(self, records: bytearray) -> None:
+        """Append job records to the jobs file, then wake the child."""
+        assert self._wake is not None
         try:
             _pwrite_all(self._jobs, records, self._jobs_end)
         except OSError as exc:

@@ -142,25 +142,31 @@ def test_bench_apt_smoke(tmp_path: Path) -> None:
 
 def test_peak_rss_counts_a_child_between_fork_and_exec_once(tmp_path: Path) -> None:
     """The tree's peak RSS: a forked copy of the measured process that has not exec'd yet (subprocess starting
-    gpg) shares its memory and is not counted again; a child that exec'd is counted."""
+    gpg) shares its memory and is not counted again; a child that exec'd is counted; a forked helper that
+    stays a copy (`pipeline.forked`, named by its comm) is counted for the memory it alone holds."""
     from bench.harness import _run_process
 
     script = (
         "import os, subprocess, sys, time\n"
         "ballast = bytearray(200 * 1024 * 1024)\n"  # touched below: 200 MB resident
         "for i in range(0, len(ballast), 4096): ballast[i] = 1\n"
-        "if sys.argv[1] == 'fork':\n"
+        "if sys.argv[1] in ('fork', 'helper'):\n"
         "    pid = os.fork()\n"
         "    if pid == 0:\n"
+        "        if sys.argv[1] == 'helper':\n"  # named as pipeline.forked names it, 100 MB of its own
+        "            import ctypes; ctypes.CDLL(None).prctl(15, ctypes.c_char_p(b'mirrorseed-fork'), 0, 0, 0)\n"
+        "            own = bytearray(100 * 1024 * 1024)\n"
+        "            for i in range(0, len(own), 4096): own[i] = 1\n"
         "        time.sleep(1.0); os._exit(0)\n"  # a copy that never execs: shares the ballast
         "    os.waitpid(pid, 0)\n"
         "else:\n"
         "    subprocess.run([sys.executable, '-c', 'b = bytearray(100 * 1024 * 1024); import time; time.sleep(1.0)'])\n"
     )
     runs = {}
-    for mode in ("fork", "exec"):
+    for mode in ("fork", "exec", "helper"):
         done = _run_process([sys.executable, "-c", script, mode], env=dict(os.environ), cwd=tmp_path, scratch=tmp_path)
         assert done.exit_code == 0, done.stderr_tail
         runs[mode] = done.peak_rss_bytes / 1e6
     assert 200 <= runs["fork"] < 300, runs  # the parent alone, not twice
     assert runs["exec"] >= 300, runs  # the parent and the exec'd child's own 100 MB
+    assert 300 <= runs["helper"] < 400, runs  # the parent and the helper's own 100 MB, not the ballast again

@@ -22,6 +22,7 @@ import pytest
 import pipeline.hashing
 import pipeline.run
 import pipeline.snapshot.flat
+from pipeline import forked
 from pipeline.config import Settings
 from pipeline.model import Snapshot
 from pipeline.publish import FAULT_ENV, load_manifest
@@ -31,6 +32,7 @@ from pipeline.state import StateCache
 from pipeline.storage.background import BackgroundWrite
 from pipeline.storage.local import LocalStorage
 from tests.integration.conftest import SigningKey, run_cli, tree_state
+from tests.tools import forks_seen
 
 pytestmark = pytest.mark.integration
 
@@ -469,3 +471,30 @@ def test_a_run_that_knows_no_file_starts_the_hashing_server_before_it_walks_the_
     assert events == ["server", "walk", "walk"]
     assert release(replace(settings(snap, dest, signing_key, tmp_path / "new.sqlite"), workers=1)).action == "noop"
     assert events == ["server", "walk", "walk", "walk"]  # one worker: no pool, no server
+
+
+def test_records_made_with_a_forked_helper_publish_what_one_process_does(
+    signing_key: SigningKey, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A run of 300 files makes every other record in a forked child (`pipeline.forked`); the same snapshot
+    published by a run that makes them all itself gives the same torrents, metalinks, index shards and pages:
+    only what names the run's time differs."""
+    snap = tmp_path / "snap"
+    for i in range(300):
+        path = snap / "pool" / f"p{i:03d}" / f"p{i:03d}.bin"
+        path.parent.mkdir(parents=True)
+        path.write_bytes(bytes([i % 256]) * (100 + i))
+    started = forks_seen(monkeypatch)
+    release(settings(snap, tmp_path / "forked", signing_key, tmp_path / "forked.sqlite"))
+    assert started == [True]
+    monkeypatch.setattr(forked, "MIN_ITEMS", 1_000_000)
+    release(settings(snap, tmp_path / "alone", signing_key, tmp_path / "alone.sqlite"))
+    assert started == [True]
+
+    forked_tree, alone_tree = (
+        {path: data for path, (data, _) in tree_state(tmp_path / name).items()} for name in ("forked", "alone")
+    )
+    differ = {path for path in forked_tree.keys() | alone_tree.keys() if forked_tree.get(path) != alone_tree.get(path)}
+    times = {".mirrorseed/complete", ".mirrorseed/manifest.jsonl.zst", "index.html", "latest.asc", "mirrors/index.html"}
+    assert differ == times
+    assert sum(1 for path in forked_tree if path.startswith(("torrents/", "metalinks/", "index/"))) > 600

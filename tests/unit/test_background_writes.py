@@ -200,3 +200,26 @@ def test_the_child_writes_jobs_as_they_are_sent_and_ends_only_when_told(tmp_path
         info = storage.head(key)
         assert info is not None and (size, etag) == (info.size, info.etag)
         assert (tmp_path / "dest" / key).read_bytes() == key.encode()
+
+
+def test_many_jobs_are_appended_a_chunk_at_a_time(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The job records of one `send` are written out a chunk at a time (a million-file run sends ~540,000 pages
+    at once: ~40 MB of records held whole), and the child writes every object."""
+    from pipeline.storage import background
+
+    monkeypatch.setattr(background, "_JOBS_CHUNK", 100)
+    appended: list[int] = []
+    real = background._pwrite_all
+    monkeypatch.setattr(
+        background, "_pwrite_all", lambda fd, data, at: appended.append(len(data)) or real(fd, data, at)
+    )
+    keys = [f"browse/d{i:03d}/index.html" for i in range(40)]
+    storage = LocalStorage(tmp_path / "dest")
+    with Spool() as spool:
+        spool.add_all(make_artifact(key, key.encode()) for key in keys)
+        with storage.write_in_background(spool.shared_fd()) as writer:
+            writer.send((spool.key(number), *spool.extent(number)) for number in range(len(keys)))
+            results = list(writer.results())
+    assert len(results) == len(keys) and all((tmp_path / "dest" / key).read_bytes() == key.encode() for key in keys)
+    record = background._JOB.size + len(keys[0])
+    assert len(appended) > 1 and max(appended) < 100 + record

@@ -6,8 +6,10 @@ from dataclasses import replace
 
 import pytest
 
+from pipeline import forked
 from pipeline.index import package_json, shard_json
 from pipeline.records import PAGE_DIGEST_BYTES, build_records, page_digest
+from tests.tools import forks_seen
 from tests.unit.test_shards import FILES, RECORDS, entry, file_table, record
 
 
@@ -54,3 +56,28 @@ def test_a_flat_tree_has_a_column_per_top_directory() -> None:
     files = (entry("README"), entry("iso/a.iso"), entry("iso/b.iso"))
     built = build_records(tuple(record(f.path) for f in files), file_table(files), "flat")
     assert {name: len(list(column)) for name, column in built.shards.items()} == {".": 1, "iso": 2}
+
+
+def test_records_built_with_a_forked_child_are_those_built_alone(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Records read by row are made every other one by a forked child (`pipeline.forked`): the same columns,
+    digests and fingerprints, and the same error for a record of another file."""
+    files = tuple(entry(f"pool/{c}/p{i}.deb", f"s/{c}", "s/all") for c in "abc" for i in range(4))
+    records = tuple(record(f.path) for f in files)
+    alone = build_records(list(records), file_table(files), "debian")
+    started = forks_seen(monkeypatch)
+    monkeypatch.setattr(forked, "MIN_ITEMS", 1)
+
+    shared = build_records(records, file_table(files), "debian")
+
+    assert started == [True]
+    assert {name: list(column) for name, column in shared.shards.items()} == {
+        name: list(column) for name, column in alone.shards.items()
+    }
+    assert [shared.page_digests[row] for row in range(len(files))] == [
+        alone.page_digests[row] for row in range(len(files))
+    ]
+    assert dict(shared.fingerprints) == dict(alone.fingerprints)
+    swapped = (*records[:5], records[6], records[5], *records[7:])  # row 5 is the child's
+    with pytest.raises(ValueError, match="the record of another file"):
+        build_records(swapped, file_table(files), "debian")
+    assert started == [True, True]
