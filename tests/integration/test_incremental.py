@@ -495,6 +495,7 @@ def test_records_made_with_a_forked_helper_publish_what_one_process_does(
         {path: data for path, (data, _) in tree_state(tmp_path / name).items()} for name in ("forked", "alone")
     )
     differ = {path for path in forked_tree.keys() | alone_tree.keys() if forked_tree.get(path) != alone_tree.get(path)}
+    # only what names the run's time may differ (a page checked within the same second as the other is equal)
     times = {".mirrorseed/complete", ".mirrorseed/manifest.jsonl.zst", "index.html", "latest.asc", "mirrors/index.html"}
-    assert differ == times
+    assert differ <= times
     assert sum(1 for path in forked_tree if path.startswith(("torrents/", "metalinks/", "index/"))) > 600
