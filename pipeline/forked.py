@@ -30,7 +30,7 @@ import signal
 import struct
 import threading
 from collections.abc import Callable, Iterator
-from typing import TypeVar
+from typing import BinaryIO, TypeVar
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
@@ -41,8 +41,9 @@ CHILD_NAME = b"mirrorseed-fork"  # the child's name (comm): the bench counts its
 _LENGTH = struct.Struct("<I")
 _PIPE_BYTES = 1 << 20  # the pipe's capacity asked for: the child runs up to ~1 MB ahead
 _OUT_BYTES = 1 << 16  # the child writes its items in chunks of about this much
-# Threads a fork may leave behind: the HTTP client's deadline watchdog (`pipeline.http`, alive once a request
-# was made: the mirror probes) only shuts down sockets, and holds no lock the child takes
+# Threads a fork may leave behind: the HTTP client's deadline watchdog (`pipeline.http.WATCHDOG_THREAD`, alive
+# once a request was made: the mirror probes) only shuts down sockets, and holds no lock the child takes. Its
+# name, not the constant: importing the HTTP client (ssl) only for it would slow every build.
 _HARMLESS = frozenset({"http-deadlines"})
 _F_SETPIPE_SZ = 1031
 _PR_SET_NAME = 15
@@ -108,7 +109,7 @@ def _worth_a_child(count: int) -> bool:
     return True
 
 
-def _fork(make: Callable[[int], T], start: int, stop: int, encode: Callable[[T], bytes]) -> tuple[int, _Reader] | None:
+def _fork(make: Callable[[int], T], start: int, stop: int, encode: Callable[[T], bytes]) -> tuple[int, BinaryIO] | None:
     """The child's PID and the reading end of its pipe; None when no child could be started."""
     try:
         read_end, write_end = os.pipe()
@@ -134,7 +135,7 @@ def _fork(make: Callable[[int], T], start: int, stop: int, encode: Callable[[T],
             os._exit(1)  # only reached when the child failed before it began: the parent makes every item
     os.close(write_end)
     log.debug("items %d to %d: every other one made by a forked child (pid %d)", start, stop - 1, pid)
-    return pid, _Reader(read_end)
+    return pid, os.fdopen(read_end, "rb", buffering=_OUT_BYTES)
 
 
 def _child(make: Callable[[int], T], numbers: range, encode: Callable[[T], bytes], out: int) -> None:
@@ -172,7 +173,14 @@ def _name_and_tie(parent: int, libc: ctypes.CDLL | None) -> None:
     if libc is not None:
         with contextlib.suppress(AttributeError):
             libc.prctl(_PR_SET_NAME, ctypes.c_char_p(CHILD_NAME), 0, 0, 0)
-            libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    die_with_parent(parent, libc)
+
+
+def die_with_parent(parent: int, libc: ctypes.CDLL | None = None) -> None:
+    """Have the kernel kill this process (a child of `parent`) when its parent dies: a killed run leaves no
+    child behind. `libc`: the C library's symbols, when loaded already."""
+    with contextlib.suppress(OSError, AttributeError):
+        (libc or ctypes.CDLL(None, use_errno=True)).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
     if os.getppid() != parent:  # the parent died before the request took effect
         os._exit(1)
 
@@ -183,20 +191,7 @@ def _write_all(fd: int, data: bytes | bytearray) -> None:
         view = view[os.write(fd, view) :]
 
 
-class _Reader:
-    """The reading end of the child's pipe, buffered."""
-
-    def __init__(self, fd: int) -> None:
-        self._file = os.fdopen(fd, "rb", buffering=_OUT_BYTES)
-
-    def read(self, size: int) -> bytes:
-        return self._file.read(size)
-
-    def close(self) -> None:
-        self._file.close()
-
-
-def _read_item(source: _Reader) -> bytes | None:
+def _read_item(source: BinaryIO) -> bytes | None:
     """The child's next item; None when it stopped before writing it whole."""
     head = source.read(_LENGTH.size)
     if len(head) < _LENGTH.size:

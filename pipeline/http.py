@@ -212,6 +212,9 @@ class _Alarm:
         self.fired = False
 
 
+WATCHDOG_THREAD = "http-deadlines"  # a fork leaves it behind safely (`pipeline.forked`)
+
+
 class _Watchdog:
     """One daemon thread that shuts down the socket of every request still running at its deadline."""
 
@@ -226,7 +229,7 @@ class _Watchdog:
         with self._cond:
             heapq.heappush(self._heap, (when, next(self._order), alarm))
             if self._thread is None:
-                self._thread = threading.Thread(target=self._run, name="http-deadlines", daemon=True)
+                self._thread = threading.Thread(target=self._run, name=WATCHDOG_THREAD, daemon=True)
                 self._thread.start()
             self._cond.notify()
         return alarm

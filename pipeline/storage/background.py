@@ -19,7 +19,6 @@ own (the descriptor, and its offset, are shared).
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import math
 import os
 import signal
@@ -33,6 +32,7 @@ from pathlib import Path
 from typing import Any, BinaryIO, NamedTuple, NoReturn, Protocol, runtime_checkable
 
 from pipeline.errors import PipelineError, StorageError
+from pipeline.forked import die_with_parent
 from pipeline.scratch import temporary_file
 from pipeline.spool import read_exact, read_runs
 
@@ -43,7 +43,6 @@ _CHILD = (
     "import sys; sys.path.insert(0, sys.argv[1]); from pipeline.storage.background import main; "
     "sys.exit(main(sys.argv[2:]))"
 )
-_PR_SET_PDEATHSIG = 1
 WAIT_S = 0.005  # how often `BackgroundWrite.take` looks for results (and at the child) while it waits
 _READY_MAX = 1 << 14  # results read ahead of those taken
 _JOBS_CHUNK = 1 << 20  # job records appended at once
@@ -283,18 +282,10 @@ def _job_batches(jobs: int, wait: int, idle: Callable[[], None]) -> Iterator[lis
             yield batch
 
 
-def _die_with(parent: int) -> None:
-    """Have the kernel kill this process when its parent dies (a killed run leaves no writer behind)."""
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-    if os.getppid() != parent:  # the parent died before the request took effect
-        os._exit(1)
-
-
 def main(argv: Sequence[str]) -> int:
     """The child: `PARENT_PID ROOT SPOOL_FD JOBS_FD WAKE_FD RESULTS_FD`."""
     parent, root, spool_fd, jobs_fd, wake_fd, results_fd = argv
-    _die_with(int(parent))
+    die_with_parent(int(parent))  # a killed run leaves no writer behind
     from pipeline.storage.local import LocalStorage
 
     storage = LocalStorage(Path(root))

@@ -109,6 +109,12 @@ def test_no_child_while_another_thread_runs_but_the_http_deadline_watchdog(name:
     assert [number for number, _ in items] == list(range(COUNT))
 
 
+def test_the_http_deadline_watchdog_is_the_thread_named_harmless() -> None:
+    from pipeline.http import WATCHDOG_THREAD
+
+    assert WATCHDOG_THREAD in forked._HARMLESS
+
+
 def test_no_child_for_few_items() -> None:
     items = list(made_in_order(by_whom, forked.MIN_ITEMS - 1, encode, decode))
     assert items == [(number, os.getpid()) for number in range(forked.MIN_ITEMS - 1)]
