@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -41,3 +43,39 @@ def forks_seen(monkeypatch: pytest.MonkeyPatch) -> list[bool]:
     monkeypatch.setattr(forked, "_fork", spy)
     monkeypatch.setattr(forked, "_HARMLESS", forked._HARMLESS | {t.name for t in threading.enumerate()})
     return started
+
+
+def descendants(pid: int) -> list[int]:
+    """Every live process below `pid` (children, grandchildren…), read from /proc."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue  # exited meanwhile
+            parent = int(stat.rsplit(")", 1)[1].split()[1])
+            children.setdefault(parent, []).append(int(entry.name))
+    found: list[int] = []
+    todo = [pid]
+    while todo:
+        below = children.get(todo.pop(), [])
+        found += below
+        todo += below
+    return found
+
+
+def kill_tree(pid: int) -> None:
+    """SIGKILL `pid`'s process group and the group of every process below it, even those that started a session
+    of their own (a benchmark's measured runs do): nothing the test started is left behind."""
+    groups = {pid}
+    for below in descendants(pid):
+        try:
+            groups.add(os.getpgid(below))
+        except ProcessLookupError:
+            continue
+    for group in groups:
+        try:
+            os.killpg(group, signal.SIGKILL)
+        except ProcessLookupError:
+            continue

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from bench.harness import distribution_path
+from tests.tools import kill_tree
 
 pytestmark = pytest.mark.integration
 
@@ -31,10 +32,18 @@ def run_bench(tmp_path: Path, *args: str, cwd: Path, timeout: float) -> subproce
     env = {k: v for k, v in os.environ.items() if not k.startswith("MIRRORSEED_")}
     env.pop("GNUPGHOME", None)
     env["MIRRORSEED_BENCH_CACHE"] = str(tmp_path / "cache")
-    return subprocess.run(
-        [sys.executable, "-m", "invoke", "--search-root", str(ROOT), "bench", *args],
-        cwd=cwd, env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=timeout, check=False,
-    )  # fmt: skip
+    argv = [sys.executable, "-m", "invoke", "--search-root", str(ROOT), "bench", *args]
+    with subprocess.Popen(
+        argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        start_new_session=True,
+    ) as process:  # fmt: skip
+        try:
+            stdout, stderr = process.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            kill_tree(process.pid)  # the bench and what it runs in sessions of their own (bash, mktorrent, releases)
+            process.communicate(timeout=30)
+            pytest.fail(f"invoke bench {' '.join(args)} took over {timeout:.0f} s; it and its processes were killed")
+    return subprocess.CompletedProcess(argv, process.returncode, stdout, stderr)
 
 
 def test_bench_quick_smoke(tmp_path: Path) -> None:
