@@ -290,8 +290,28 @@ def test_holders_view_names_held_files_in_path_order(tmp_path: Path) -> None:
     assert list(report.holders.items()) == [("pool/1.deb", (0, 1)), ("pool/4.deb", (0,))]
     assert len(report.holders) == 2 and list(report.holders) == ["pool/1.deb", "pool/4.deb"]
     assert report.holders.get("pool/3.deb", ()) == () and report.holders.get("pool/x.deb") is None
+    assert report.holders.get("pool/1.deb") == (0, 1) and report.holders.get("pool/4.deb", ()) == (0,)
     assert report.holders["pool/4.deb"] == (0,) and "pool/0.deb" not in report.holders
     assert [s.verified_files for s in report.statuses] == [2, 1]
+
+
+def test_holders_view_when_no_mirror_holds_anything(tmp_path: Path) -> None:
+    files = [ProbeFile(f"pool/{n}.deb", 0, _sha(n), 16384) for n in range(3)]
+    with StateCache.open(tmp_path / "s.sqlite", repo="r") as state:
+        report = check_mirrors(
+            [MirrorConfig(url="http://127.0.0.1:9/a")],
+            files,
+            pieces_of=lambda paths: {},
+            state=state,
+            snapshot_time=None,
+            now=T,
+            limits=ProbeLimits(timeout=0.2, budget=0, stage_timeout=1),
+        )
+    assert len(report.holders) == 0 and list(report.holders.items()) == []
+    assert report.holders.get("pool/1.deb") is None and report.holders.get("pool/1.deb", ()) == ()
+    assert "pool/1.deb" not in report.holders and report.webseeds_for("pool/1.deb") == ()
+    with pytest.raises(KeyError):
+        report.holders["pool/1.deb"]
 
 
 def test_no_mirrors_and_naive_times(tmp_path: Path) -> None:

@@ -32,6 +32,7 @@ from pipeline.objects import (
     PACMAN_XFER_KEY,
     RECIPE_KEY,
     UPDATE_KEY,
+    browse_key,
     content_type_for,
 )
 from pipeline.render import (
@@ -41,6 +42,7 @@ from pipeline.render import (
     MIN_RATE,
     POINTER_MAX_BYTES,
     ListingInput,
+    _crumbs,
     _Tree,
     duration,
     example_package,
@@ -52,8 +54,10 @@ from pipeline.render import (
     relative_href,
     render_listings,
     rfc3339,
+    root_href,
     update_recipe,
     user_recipe,
+    words,
 )
 from tests.tools import require_tools
 
@@ -607,6 +611,23 @@ def test_relative_href() -> None:
     assert relative_href("browse/a/index.html", "browsex/y") == "../../browsex/y"  # a prefix, not a segment
     assert relative_href("browse/a/index.html", "browse") == "../../browse"
     assert relative_href("browse/a/index.html", "browse/a") == "../a"
+
+
+@pytest.mark.parametrize("directory", ["", "pool", "pool/main/a/abc", "c d/x+y"])
+def test_crumbs_and_root_link_where_relative_href_does(directory: str) -> None:
+    """A crumb's href and the fixed links (`root` + key) name what `relative_href` names from that page."""
+    page = browse_key(directory)
+    crumbs = _crumbs("repo", directory)
+    assert [c.dir for c in crumbs] == [""] + ["/".join(directory.split("/")[: i + 1]) for i in range(len(crumbs) - 1)]
+    for crumb in crumbs:
+        assert crumb.href == relative_href(page, browse_key(crumb.dir))
+    for key in ("style.css", "index.html", "latest.asc", "browse/index.html", "mirrors/index.html"):
+        assert resolve(page, root_href(page) + key) == resolve(page, relative_href(page, key)) == key
+    assert root_href("index.html") == "" and root_href("mirrors/index.html") == "../"
+
+
+def test_words_joins_what_is_there() -> None:
+    assert words(["abc", None, "amd64"]) == "abc amd64" and words([None, None]) is None and words(["", None]) == ""
 
 
 def test_filters() -> None:
