@@ -430,10 +430,13 @@ class NewContent:
 
     def written_early(self) -> EarlyContent | None:
         """What the child writes (no more content is sent once this is read: `publish` sends it the listing
-        pages after the pointer); None: no child was started."""
+        pages after the pointer); None: no child was started. The child flushes the content to the disk once
+        written, while this run signs and renders: the pointer's durable write, which flushes everything written
+        before it, then waits seconds less (~2 s at 60,000 files)."""
         if self._writer is None:
             return None
         self._start = None
+        self._writer.flush()
         return EarlyContent(self._numbers, self._writer)
 
 

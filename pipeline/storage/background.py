@@ -13,7 +13,9 @@ a job is the spool offset and size and the key; a result is the written object's
 parent appends jobs as it builds (`BackgroundWrite.send`) and then writes a byte to a pipe the child waits on
 when it has done every job so far (a full pipe is left full: one byte wakes the child); closing the pipe
 (`BackgroundWrite.end`) tells it that no job follows. Both read and write the jobs file at offsets of their
-own (the descriptor, and its offset, are shared).
+own (the descriptor, and its offset, are shared). A job at offset -1 (`BackgroundWrite.flush`, sent once the
+content is all sent) has the child flush what it wrote to the disk while the parent signs and renders, and
+makes no result.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from pipeline.scratch import temporary_file
 from pipeline.spool import read_exact, read_runs
 
 _JOB = struct.Struct("<qqI")  # spool offset, size, key length; the key follows (UTF-8, surrogates passed)
+_FLUSH = -1  # a job's offset that asks the child to flush to the disk what it wrote (`BackgroundWrite.flush`)
 _RESULT = struct.Struct("<qdI")  # size, mtime, ETag length; the ETag follows (ASCII)
 _PACKAGE_ROOT = str(Path(__file__).resolve().parents[2])
 _CHILD = (
@@ -98,6 +101,12 @@ class BackgroundWrite:
         self._jobs_end += len(records)
         with contextlib.suppress(BlockingIOError, BrokenPipeError):  # full: a wake-up is pending; gone: it died
             os.write(self._wake, b"j")
+
+    def flush(self) -> None:
+        """Have the child flush what it has written to the disk (`os.sync`) once it has written every job sent so
+        far, while this process goes on: a durable write after it (the index, the pointer) then finds little
+        left to flush. No result is made for it."""
+        self._append(bytearray(_JOB.pack(_FLUSH, 0, 0)))
 
     def end(self) -> None:
         """No job follows: the child ends when it has done those sent."""
@@ -261,9 +270,10 @@ def _whole_records(head: struct.Struct, data: bytes) -> tuple[list[tuple[tuple[A
     return records, data[at:]
 
 
-def _job_batches(jobs: int, wait: int, idle: Callable[[], None]) -> Iterator[list[_Job]]:
-    """The jobs the parent has sent, a read of the jobs file at a time; between reads that find nothing new,
-    `idle()`, then wait for a byte on the pipe `wait`, until the parent closes it (and nothing new is left)."""
+def _job_batches(jobs: int, wait: int, idle: Callable[[], None]) -> Iterator[list[_Job] | None]:
+    """The jobs the parent has sent, a read of the jobs file at a time (None where it asked for a flush, between
+    the jobs before and after it); between reads that find nothing new, `idle()`, then wait for a byte on the
+    pipe `wait`, until the parent closes it (and nothing new is left)."""
     at, tail, ended = 0, b"", False
     while True:
         chunk = os.pread(jobs, 1 << 20, at)
@@ -277,7 +287,15 @@ def _job_batches(jobs: int, wait: int, idle: Callable[[], None]) -> Iterator[lis
             continue
         at += len(chunk)
         records, tail = _whole_records(_JOB, tail + chunk)
-        batch = [_Job(offset, size, key.decode("utf-8", "surrogatepass")) for (offset, size, _), key in records]
+        batch: list[_Job] = []
+        for (offset, size, _), key in records:
+            if offset == _FLUSH:
+                if batch:
+                    yield batch
+                    batch = []
+                yield None
+            else:
+                batch.append(_Job(offset, size, key.decode("utf-8", "surrogatepass")))
         if batch:
             yield batch
 
@@ -293,6 +311,10 @@ def main(argv: Sequence[str]) -> int:
     try:
         with open(int(results_fd), "wb", buffering=1 << 16) as results:
             for batch in _job_batches(int(jobs_fd), int(wake_fd), results.flush):  # the parent may wait for them
+                if batch is None:
+                    results.flush()
+                    os.sync()  # the parent goes on meanwhile; its durable writes' own sync is then short
+                    continue
                 for job, data in read_runs(partial(read_exact, spool), batch):
                     info = storage.put(job.key, data, content_type="", cache_control="")
                     etag = info.etag.encode("ascii")

@@ -223,3 +223,44 @@ def test_many_jobs_are_appended_a_chunk_at_a_time(tmp_path: Path, monkeypatch: p
     assert len(results) == len(keys) and all((tmp_path / "dest" / key).read_bytes() == key.encode() for key in keys)
     record = background._JOB.size + len(keys[0])
     assert len(appended) > 1 and max(appended) < 100 + record
+
+
+def test_a_flush_between_jobs_makes_no_result_and_the_writes_go_on(tmp_path: Path) -> None:
+    storage = LocalStorage(tmp_path / "dest")
+    with Spool() as spool:
+        spool.add_all(make_artifact(key, key.encode()) for key in KEYS)
+        jobs = _jobs(spool)
+        with storage.write_in_background(spool.shared_fd()) as writer:
+            writer.send(jobs[:1])
+            writer.flush()
+            writer.send(jobs[1:])
+            writer.flush()
+            results = list(writer.results())
+    assert writer.count == len(KEYS) == len(results)
+    for key, (size, etag, _) in zip(KEYS, results, strict=True):
+        info = storage.head(key)
+        assert info is not None and (size, etag) == (info.size, info.etag)
+        assert (tmp_path / "dest" / key).read_bytes() == key.encode()
+
+
+def test_the_child_reads_a_flush_where_it_was_asked(tmp_path: Path) -> None:
+    """A flush comes between the jobs sent before it and those after, in one read of the jobs file or across two."""
+    from pipeline.storage.background import _FLUSH, _JOB, _Job, _job_batches
+
+    def job(offset: int, key: str) -> bytes:
+        return _JOB.pack(offset, 3, len(key)) + key.encode()
+
+    records = job(0, "a") + job(3, "b") + _JOB.pack(_FLUSH, 0, 0) + job(6, "c") + _JOB.pack(_FLUSH, 0, 0)
+    path = tmp_path / "jobs"
+    path.write_bytes(records)
+    fd = os.open(path, os.O_RDONLY)
+    wait, wake = os.pipe()
+    os.close(wake)  # no job follows
+    idles: list[int] = []
+    try:
+        batches = list(_job_batches(fd, wait, lambda: idles.append(1)))
+    finally:
+        os.close(fd)
+        os.close(wait)
+    assert batches == [[_Job(0, 3, "a"), _Job(3, 3, "b")], None, [_Job(6, 3, "c")], None]
+    assert idles == [1]
