@@ -1193,8 +1193,11 @@ def _webseeds_json(bases: tuple[str, ...]) -> bytes:
     return _json_bytes(list(bases))
 
 
+_JSON = json.JSONEncoder(ensure_ascii=False, default=list)  # one encoder: json.dumps with options makes one a call
+
+
 def _json_bytes(document: object) -> bytes:
-    return json.dumps(document, ensure_ascii=False, default=list).encode("utf-8")
+    return _JSON.encode(document).encode("utf-8")
 
 
 def _page_packages(
