@@ -268,6 +268,19 @@ def test_probe_files_refuse_unsorted_paths_and_bad_digests(rows: list[ProbeFile]
         ProbeFiles(rows)
 
 
+def _unprobed_report(mirrors: list[MirrorConfig], files: list[ProbeFile], state: StateCache) -> MirrorReport:
+    """What the state says of `mirrors` (no probe budget: nothing is fetched)."""
+    return check_mirrors(
+        mirrors,
+        files,
+        pieces_of=lambda paths: {},
+        state=state,
+        snapshot_time=None,
+        now=T,
+        limits=ProbeLimits(timeout=0.2, budget=0, stage_timeout=1),
+    )
+
+
 def test_holders_view_names_held_files_in_path_order(tmp_path: Path) -> None:
     """The report's holders: what the state says each mirror verified, for the current SHA-256 only."""
     files = [ProbeFile(f"pool/{n}.deb", 0, _sha(n), 16384) for n in range(6)]
@@ -278,15 +291,7 @@ def test_holders_view_names_held_files_in_path_order(tmp_path: Path) -> None:
         )
         facts_b = [MirrorFact("pool/1.deb", _sha(1), "t", 1), MirrorFact("pool/3.deb", _sha(9), "t", 1)]
         state.update_mirror_facts("http://127.0.0.1:9/b", facts_b, [])
-        report = check_mirrors(
-            mirrors,
-            files,
-            pieces_of=lambda paths: {},
-            state=state,
-            snapshot_time=None,
-            now=T,
-            limits=ProbeLimits(timeout=0.2, budget=0, stage_timeout=1),
-        )
+        report = _unprobed_report(mirrors, files, state)
     assert list(report.holders.items()) == [("pool/1.deb", (0, 1)), ("pool/4.deb", (0,))]
     assert len(report.holders) == 2 and list(report.holders) == ["pool/1.deb", "pool/4.deb"]
     assert report.holders.get("pool/3.deb", ()) == () and report.holders.get("pool/x.deb") is None
@@ -298,15 +303,7 @@ def test_holders_view_names_held_files_in_path_order(tmp_path: Path) -> None:
 def test_holders_view_when_no_mirror_holds_anything(tmp_path: Path) -> None:
     files = [ProbeFile(f"pool/{n}.deb", 0, _sha(n), 16384) for n in range(3)]
     with StateCache.open(tmp_path / "s.sqlite", repo="r") as state:
-        report = check_mirrors(
-            [MirrorConfig(url="http://127.0.0.1:9/a")],
-            files,
-            pieces_of=lambda paths: {},
-            state=state,
-            snapshot_time=None,
-            now=T,
-            limits=ProbeLimits(timeout=0.2, budget=0, stage_timeout=1),
-        )
+        report = _unprobed_report([MirrorConfig(url="http://127.0.0.1:9/a")], files, state)
     assert len(report.holders) == 0 and list(report.holders.items()) == []
     assert report.holders.get("pool/1.deb") is None and report.holders.get("pool/1.deb", ()) == ()
     assert "pool/1.deb" not in report.holders and report.webseeds_for("pool/1.deb") == ()
