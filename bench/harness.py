@@ -1032,6 +1032,16 @@ def mirrorseed_revision(repo_root: Path) -> str:
     return commit + ("+dirty" if status else "")
 
 
+def filesystem_fill(path: Path) -> dict[str, float]:
+    """How full the file system holding `path` is, as fractions of its inodes and its space. Taken before the
+    runs: a destination's small files are created far more slowly on a file system whose inodes are nearly
+    all used (here, at 87-92 %, a 60,000-file `publish` took 10-58 s against 3-6 s at ~65 %)."""
+    room = os.statvfs(path)
+    inodes = 1 - room.f_ffree / room.f_files if room.f_files else 0.0
+    space = 1 - room.f_bfree / room.f_blocks if room.f_blocks else 0.0
+    return {"inodes_used": round(inodes, 4), "space_used": round(space, 4)}
+
+
 def machine_facts() -> dict[str, Any]:
     cpu_model = ""
     flags: set[str] = set()
@@ -1168,6 +1178,7 @@ def run_bench(options: BenchOptions, *, announce: Announce = _quiet) -> BenchRes
         )
         tools["torf"] = _torf_cli(install=True, announce=announce)
 
+    fill = filesystem_fill(cache_dir)
     work = cache_dir / "work"
     _fresh(work)
     scratch = work / "scratch"
@@ -1367,6 +1378,7 @@ def run_bench(options: BenchOptions, *, announce: Announce = _quiet) -> BenchRes
     targets.append(apt_target(apt_ratio, apt_packages, options.apt.mirror_mib_s if options.apt else MIRROR_MIB_S))
     machine = machine_facts()
     machine["tools"] = {name: tool.version or tool.reason for name, tool in tools.items()}
+    machine["work_fs"] = fill
     sizes = sorted(e.size for e in corpus.files)
     corpus_info = {
         "path": str(corpus.directory),
@@ -1565,10 +1577,17 @@ def machine_line(machine: Mapping[str, Any], revision: str = "") -> str:
     if cpu_bits:
         cpu += f" ({', '.join(cpu_bits)})"
     ram = machine.get("ram_bytes", 0) / 2**30
+    fill = machine.get("work_fs")
+    disk = (
+        f" The work directory's file system, before the runs: {fill['inodes_used']:.0%} of its inodes and "
+        f"{fill['space_used']:.0%} of its space used."
+        if fill
+        else ""
+    )
     return (
         f"**Machine:** {cpu}, {machine.get('usable_cpus')} CPUs, {ram:.1f} GiB RAM; Debian {machine.get('debian')}, "
         f"Linux {machine.get('kernel')}; Python {machine.get('python')}, {machine.get('openssl')}; "
-        f"{machine.get('date')}." + (f" mirrorseed {revision}." if revision else "")
+        f"{machine.get('date')}." + (f" mirrorseed {revision}." if revision else "") + disk
     )
 
 

@@ -84,6 +84,7 @@ from bench.harness import (
     compile_package,
     distribution_path,
     ensure_corpus,
+    filesystem_fill,
     load_distribution,
     machine_facts,
     machine_line,
@@ -590,6 +591,7 @@ def run_scale_bench(options: ScaleOptions, *, announce: Announce = _quiet) -> Be
     archives = [ensure_archive(cache_dir, plan, seed=seed, announce=announce) for plan in plans]
     compile_package(options.repo_root, announce)
 
+    fill = filesystem_fill(cache_dir)
     work = cache_dir / "scale-work"
     _fresh(work)
     scratch, trash = work / "scratch", work / "trash"
@@ -614,7 +616,7 @@ def run_scale_bench(options: ScaleOptions, *, announce: Announce = _quiet) -> Be
             else:
                 rows += _skipped_dask_rows("--scale-no-dask")
         # the results first: at a million files, deleting the runs' destinations takes half an hour here
-        result = _scale_result(options, rows, index_info, archive_info, out, started)
+        result = _scale_result(options, rows, index_info, archive_info, out, started, fill)
         announce(f"bench: scale results in {out}; deleting the runs' work directory {work}")
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -628,13 +630,14 @@ def _scale_result(
     archive_info: dict[str, dict[str, Any]],
     out: Path,
     started: float,
+    fill: Mapping[str, float],
 ) -> BenchResult:
-    """The rows' ratios, targets and table, written to `out` as JSON."""
+    """The rows' ratios, targets and table, written to `out` as JSON (`fill`: `filesystem_fill` before the runs)."""
     ratios, targets = evaluate_scale({r.key: r for r in rows}, options.formats)
     targets += index_targets(index_info)
     for form, facts in index_info.items():
         archive_info[form]["index"] = facts
-    machine = machine_facts()
+    machine = {**machine_facts(), "work_fs": dict(fill)}
     opts = {
         "files": options.files,
         "formats": list(options.formats),

@@ -58,6 +58,8 @@ def test_bench_quick_smoke(tmp_path: Path) -> None:
 
     assert doc["corpus"]["files"] == 50 and 0 < doc["corpus"]["bytes"] <= 50_000_000
     assert doc["machine"]["nproc"] >= 1 and doc["machine"]["python"]
+    assert 0 < doc["machine"]["work_fs"]["inodes_used"] < 1 and 0 < doc["machine"]["work_fs"]["space_used"] < 1
+    assert "The work directory's file system, before the runs: " in doc["table"]
     for key in ("ceiling-1", "ceiling-2", "walk", "walk-1", "torf-api", *MIRRORSEED_ROWS):
         row = rows[key]
         assert row["status"] == "ok", (key, row["reason"])

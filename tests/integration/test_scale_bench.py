@@ -88,6 +88,9 @@ def test_rows_report_the_expected_actions(bench_run: tuple[dict[str, Any], str, 
     assert [t["result"] for name, t in targets.items() if name.startswith("dask")] == ["n/a"]
 
     assert doc["table"] in stdout and "| target (issue 14) | measured | limit | result |" in stdout
+    fill = doc["machine"]["work_fs"]  # how full the file system was before the runs (it slows `publish`)
+    assert 0 < fill["inodes_used"] < 1 and 0 < fill["space_used"] < 1
+    assert f"{fill['inodes_used']:.0%} of its inodes and {fill['space_used']:.0%} of its space used" in doc["table"]
     for form in FORMS:
         assert f"| {form}: no-change re-run |" in stdout and f"| {form}: full build |" in stdout
     assert {form: info["files"] for form, info in doc["corpus"]["archives"].items()} == dict.fromkeys(FORMS, FILES)
