@@ -258,9 +258,8 @@ class _Holders(Mapping[str, tuple[int, ...]]):
         return tuple(k for k, column in enumerate(self._columns) if column[i])
 
     def __getitem__(self, path: str) -> tuple[int, ...]:
-        i = self._files.position(path)
-        held = () if i is None else self._held(i)
-        if not held:
+        held = self.get(path)
+        if held is None:
             raise KeyError(path)
         return held
 

@@ -46,16 +46,15 @@ def forks_seen(monkeypatch: pytest.MonkeyPatch) -> list[bool]:
 
 
 def descendants(pid: int) -> list[int]:
-    """Every live process below `pid` (children, grandchildren…), read from /proc."""
+    """Every live process below `pid` (children, grandchildren…), read from /proc as the bench's sampler reads it."""
+    from bench.harness import _read_stat
+
     children: dict[int, list[int]] = {}
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
-            try:
-                stat = (entry / "stat").read_text()
-            except OSError:
-                continue  # exited meanwhile
-            parent = int(stat.rsplit(")", 1)[1].split()[1])
-            children.setdefault(parent, []).append(int(entry.name))
+            status = _read_stat(int(entry.name))
+            if status is not None:  # else it exited meanwhile
+                children.setdefault(status[0], []).append(int(entry.name))
     found: list[int] = []
     todo = [pid]
     while todo:
