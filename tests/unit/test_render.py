@@ -630,6 +630,35 @@ def test_words_joins_what_is_there() -> None:
     assert words(["abc", None, "amd64"]) == "abc amd64" and words([None, None]) is None and words(["", None]) == ""
 
 
+# 3 pieces a row and 1 after: 10 pieces; exactly one batch; two batches; four
+@pytest.mark.parametrize("items", [3, (render._PAGE_PIECES - 1) // 3, render._PAGE_PIECES // 2, render._PAGE_PIECES])
+def test_a_page_of_many_pieces_is_joined_a_batch_at_a_time_to_the_same_bytes(tmp_path: Path, items: int) -> None:
+    """`_page` gives what the whole render gives, trailing newlines made one, below, at and above one batch."""
+    (tmp_path / "big.j2").write_text("{% for i in items %}<li>{{ i }} é</li>\n{% endfor %}\n\n\n")
+    env = make_environment(tmp_path)
+    context = {"items": [f"<{n}>" for n in range(items)]}
+    whole = render._render(env, "big.j2", context, tmp_path)
+    page = render._page(env, "big.j2", context, tmp_path)
+    assert page == (whole.rstrip("\n") + "\n").encode("utf-8")
+    assert page.count(b"<li>") == items and page.endswith(b"</li>\n") and b"&lt;0&gt; \xc3\xa9" in page
+
+
+def test_a_template_error_after_the_first_batch_names_the_template(tmp_path: Path) -> None:
+    (tmp_path / "big.j2").write_text("{% for i in items %}{{ i }}{% endfor %}{{ no_such_variable }}")
+    env = make_environment(tmp_path)
+    with pytest.raises(ConfigError, match=r"^big\.j2: UndefinedError: .*fix the template") as caught:
+        render._page(env, "big.j2", {"items": range(3 * render._PAGE_PIECES)}, tmp_path)
+    assert isinstance(caught.value.__cause__, jinja2.UndefinedError)
+
+
+def test_subdirectories_are_made_as_the_template_reads_them() -> None:
+    dirs = ["pool/main/r/r-a", "pool/main/r/r-b", "pool/main/r/r-c"]
+    subdirs = render._Subdirs(dirs)
+    made = [render.Subdir(d.rpartition("/")[2], d) for d in dirs]
+    assert list(subdirs) == made and len(subdirs) == 3 and subdirs[-1] == made[-1] and subdirs[1:] == made[1:]
+    assert not render._Subdirs([]) and list(render._Subdirs([])) == []
+
+
 def test_filters() -> None:
     assert [filesize(n) for n in (0, 1023, 1024, 1536, 20 * 2**20, 2**40 - 1)] == [
         "0 B",
