@@ -272,7 +272,7 @@ class Subdir:
 
 class _Subdirs(Sequence[Subdir]):
     """A browse page's subdirectories (full directory names, sorted), each made a Subdir as the template reads it:
-    the million-file bench's pool/main/r has ~75,000, which as a list of Subdirs took ~18 MB at once."""
+    the million-file bench's pool/main/r has ~75,000, which as a list of Subdirs took ~12 MB at once."""
 
     __slots__ = ("_dirs",)
 
@@ -1373,8 +1373,8 @@ def _whole(artifact: Artifact) -> Page:
 
 
 # A page is joined and encoded this many template pieces at a time. The million-file bench's pool/main/r lists
-# ~75,000 subdirectories: ~7 MB of HTML from ~370,000 pieces, which joined at once (the pieces, the text, its
-# copies) took ~30 MB beside the run, the peak of its memory.
+# ~75,000 subdirectories: ~5.6 MB of HTML from ~370,000 pieces, which joined at once (the pieces, the text, its
+# copies) took ~27 MB beside the run, the peak of its memory.
 _PAGE_PIECES = 4096
 
 
