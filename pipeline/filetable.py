@@ -33,6 +33,8 @@ from pipeline.strcolumn import SortedColumn, StringColumn
 __all__ = ["FileTable", "FileTableBuilder", "KnownDigests", "StatRow"]
 
 _HEX = frozenset("0123456789abcdef")
+# (path, size, name, version, arch, description, signature) of a file: what its record shows (`FileTable.shown_at`)
+Shown = tuple[str, int, str | None, str | None, str | None, str | None, SignatureRef | None]
 _OPTIONAL = ("name", "version", "arch", "description", "shards")
 _SHARDS = _OPTIONAL.index("shards")
 _TEXTS = frozenset(("name", "version", "description"))  # a value a package: set aside on disk by row
@@ -360,6 +362,20 @@ class FileTable(ItemEquality, _Entries):
     def expected_sha256_at(self, row: int) -> str | None:
         """The SHA-256 the repository metadata lists for the file at `row` (no FileEntry is made)."""
         return _digest_at(row, self._odd_digests, self._digests if self._has_digests else None)
+
+    def shown_at(self, row: int) -> Shown:
+        """(path, size, name, version, arch, description, signature) of the file at `row`: what its record shows
+        of it, without the FileEntry's other fields (a record is made ~3 times a file in a build)."""
+        name, version, arch, description, _ = self._shared
+        return (
+            self._paths[row],
+            self._signed[2 * row],
+            name.get(row),
+            version.get(row),
+            arch.get(row),
+            description.get(row),
+            self._signatures.get(row),
+        )
 
     def shards_at(self, row: int) -> tuple[str, ...]:
         """The shards the scan found listing the file at `row` (no FileEntry is made)."""

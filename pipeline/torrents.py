@@ -21,7 +21,7 @@ from urllib.parse import urlsplit
 
 from pipeline import bencode
 from pipeline.errors import ConfigError, SnapshotError
-from pipeline.filetable import FileTable, KnownDigests
+from pipeline.filetable import FileTable, KnownDigests, Shown
 from pipeline.model import Artifact, BuiltPackages, FileDigest, FileEntry, HashedFile, PackageRecord
 from pipeline.objects import make_artifact, metalink_key, torrent_key
 from pipeline.urls import join_url, magnet_uri, quote_value, webseed_dir_url
@@ -378,33 +378,39 @@ def _check_order(previous: str, path: str) -> None:
 
 
 def _record(urls: _Urls, entry: FileEntry, sha256: str, piece_size: int, infohash: str | None) -> PackageRecord:
-    path = entry.path
-    facts = _object_facts(path, entry.size, sha256, piece_size, infohash)
+    shown = (entry.path, entry.size, entry.name, entry.version, entry.arch, entry.description, entry.signature)
+    return _record_of(urls, shown, sha256, piece_size, infohash)
+
+
+def _record_of(urls: _Urls, shown: Shown, sha256: str, piece_size: int, infohash: str | None) -> PackageRecord:
+    """The record of a file from what it shows of it (`FileTable.shown_at`) and what is known of its content."""
+    path, size, name, version, arch, description, signature = shown
+    facts = _object_facts(path, size, sha256, piece_size, infohash)
     magnet: str | None = None
     if facts.torrent is not None:
         assert facts.infohash is not None
         magnet = magnet_uri(
             infohash=facts.infohash,
             name=path.rpartition("/")[2],
-            size=entry.size,
+            size=size,
             trackers=() if never_announced(urls.never_announce, path) else urls.trackers,
             webseeds=_url_list(urls, path),
             torrent_url=join_url(urls.public_url, facts.torrent),
         )
     return PackageRecord(
         path=path,
-        size=entry.size,
+        size=size,
         sha256=sha256,
         infohash=facts.infohash,
         piece_size=facts.piece_size,
         torrent=facts.torrent,
         metalink=facts.metalink,
         magnet=magnet,
-        name=entry.name,
-        version=entry.version,
-        arch=entry.arch,
-        signature=entry.signature,
-        description=entry.description,
+        name=name,
+        version=version,
+        arch=arch,
+        signature=signature,
+        description=description,
     )
 
 
@@ -475,16 +481,16 @@ class PackageRecords(Sequence[PackageRecord]):
         if isinstance(row, slice):
             return tuple(self.at(range(len(self))[row]))
         row = range(len(self))[row]  # a negative row counts from the end; IndexError past either end
-        return _record(self._urls, self.files[row], *self._known[row])
+        return _record_of(self._urls, self.files.shown_at(row), *self._known[row])
 
     def __iter__(self) -> Iterator[PackageRecord]:
         return self.at(range(len(self)))
 
     def at(self, rows: Iterable[int]) -> Iterator[PackageRecord]:
         """The records of `rows`, one at a time."""
-        files, known, urls = self.files, self._known, self._urls
+        shown_at, known, urls = self.files.shown_at, self._known, self._urls
         for row in rows:
-            yield _record(urls, files[row], *known[row])
+            yield _record_of(urls, shown_at(row), *known[row])
 
     def objects_at(self, rows: Iterable[int]) -> Iterator[ObjectFacts]:
         """What the objects of `rows` are made from, one at a time: as `at` gives, without the records' magnet

@@ -81,7 +81,7 @@ def magnet_uri(
     if size is not None:
         parts.append(f"xl={size}")
     parts.extend("tr=" + _quote_value(t) for t in trackers)
-    parts.extend("ws=" + _quote_value(w) for w in webseeds)
+    parts.extend("ws=" + quote_value(w) for w in webseeds)  # a directory's URL: not cached, one per directory
     if torrent_url is not None:
         parts.append("xs=" + quote_value(torrent_url))
     return "magnet:?" + "&".join(parts)

@@ -172,11 +172,13 @@ def test_a_directory_is_held_when_a_file_is_in_it_or_below() -> None:
 
 
 def test_column_accessors_answer_like_the_entries() -> None:
-    """stat_at, expected_sha256_at, shards_at, sizes and total_size read the columns; each agrees with the entry
-    the table makes for the row (the digest as given, odd or absent; the shards, none by default)."""
+    """stat_at, expected_sha256_at, shards_at, shown_at, sizes and total_size read the columns; each agrees with the
+    entry the table makes for the row (the digest as given, odd or absent; the shards, none by default)."""
     table = FileTable.of(_entries())
     for row, entry in enumerate(table):
         assert table.stat_at(row) == (entry.dev, entry.inode, entry.size, entry.mtime_ns)
+        shown = (entry.path, entry.size, entry.name, entry.version, entry.arch, entry.description, entry.signature)
+        assert table.shown_at(row) == shown
         assert table.expected_sha256_at(row) == entry.expected_sha256
         assert table.shards_at(row) == entry.shards
     assert table.total_size() == sum(e.size for e in _entries()) == 22
@@ -184,6 +186,9 @@ def test_column_accessors_answer_like_the_entries() -> None:
     assert table.shards_at(table.paths.index("pool/c/c_2_all.deb")) == ("bookworm/main/all", "trixie/main/all")
     assert table.expected_sha256_at(table.paths.index("pool/d/d.deb")) == SHA.upper()
     assert table.expected_sha256_at(table.paths.index("pool/b/b_1_amd64.deb")) is None
+    signed = table.shown_at(table.paths.index("core/os/x86_64/e-1-1-x86_64.pkg.tar.zst"))
+    assert signed[-1] == SignatureRef("core/os/x86_64/e-1-1-x86_64.pkg.tar.zst.sig", 119, SHA)
+    assert table.shown_at(table.paths.index("pool/c/c_2_all.deb"))[2:6] == ("c", "2", "all", "C pkg")
     assert FileTable.of([]).total_size() == 0
 
 
