@@ -7,12 +7,9 @@ inherited descriptor) and needs none of it sent: it makes every other item and w
 pipe; this process makes the others and reads the child's in turn, so the caller gets the same items in
 the same order as from one process.
 
-The listing pages of a run's first render (`pipeline.render.iter_pages`, `forked`) are shared too: while
-they render, the background writer keeps the other core busy only until the new content is written, and the
-render goes on alone after that (~10 s of a 200,000-file Debian build's). A child rendering pages holds more
-of its own than one making records (jinja's objects, the records it makes), so it is given a smaller segment
-(`pipeline.render.PAGES_SEGMENT`). A later run's render, which looks its pages up in the state, is not shared:
-a forked copy must not use the parent's database connection.
+Not used for the listing pages: while they render, the background writer already keeps the other core
+busy, and a child rendering pages came to hold ~40 MB of its own at a million files (what it writes of
+the pages it shares with the run), against the 300 MB bound.
 
 Whatever the child did not make (it failed on an item, was killed, or could not start) is made here, in
 order: an error is raised here exactly as it would be without the child. The child is named
@@ -58,20 +55,17 @@ def made_in_order(
     count: int,
     encode: Callable[[T], bytes],
     decode: Callable[[bytes], T],
-    segment: int | None = None,
 ) -> Iterator[T]:
     """`make(0)`, …, `make(count - 1)`, in that order; the odd ones made by a forked child when one helps
-    (`encode` and `decode` carry an item across), the others here. A child makes at most `segment` items'
-    share (default `SEGMENT`), then a new one is forked: a child's own memory grows with each page of the
-    parent's it writes to (a fresh object in a freed slot, a reference count), and a new child starts again from
-    none."""
-    segment = SEGMENT if segment is None else segment
+    (`encode` and `decode` carry an item across), the others here. A child makes at most `SEGMENT` items'
+    share, then a new one is forked: a child's own memory grows with each page of the parent's it writes
+    to (a fresh object in a freed slot, a reference count), and a new child starts again from none."""
     if not _worth_a_child(count):
         yield from map(make, range(count))
         return
     start = 0
     while start < count:
-        stop = start + segment
+        stop = start + SEGMENT
         if count - stop < MIN_ITEMS:
             stop = count  # a short tail joins this share
         yield from _made_with_a_child(make, start, stop, encode, decode)

@@ -30,7 +30,6 @@ import os
 import re
 import shlex
 import stat
-import struct
 from array import array
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -45,7 +44,6 @@ from jinja2.bccache import Bucket
 from jinja2.runtime import Context
 
 from pipeline.errors import ConfigError, SnapshotError
-from pipeline.forked import made_in_order
 from pipeline.index import INDEX_FORMAT, POINTER_FORMAT, package_json
 from pipeline.model import Artifact, MirrorStatus, PackageRecord, Pointer, ShardRef
 from pipeline.objects import (
@@ -1247,40 +1245,9 @@ def _page_packages(
         yield record.path, page_digest(package_json(record), record.description)
 
 
-# browse pages a forked child shares in (`pipeline.forked.made_in_order`): fewer than its records' share, as a
-# child's own memory grows with what it renders (jinja's objects, the records) and with the parent's pages it
-# touches
-PAGES_SEGMENT = 4096
-_PAGE_HEAD = struct.Struct("<IIB")  # the key's and the inputs' lengths (UTF-8), then flags
-
-
-def _encoded_page(page: Page) -> bytes:
-    key, inputs = page.key.encode("utf-8", "surrogatepass"), (page.inputs or "").encode("utf-8", "surrogatepass")
-    flags = (page.inputs is not None) | (page.artifact is not None) << 1
-    data = page.artifact.data if page.artifact is not None else b""
-    return b"".join((_PAGE_HEAD.pack(len(key), len(inputs), flags), key, inputs, data))
-
-
-def _decoded_page(data: bytes) -> Page:
-    key_size, inputs_size, flags = _PAGE_HEAD.unpack_from(data)
-    start = _PAGE_HEAD.size
-    key = data[start : start + key_size].decode("utf-8", "surrogatepass")
-    inputs = data[start + key_size : start + key_size + inputs_size].decode("utf-8", "surrogatepass")
-    body = data[start + key_size + inputs_size :]
-    return Page(key, inputs if flags & 1 else None, make_artifact(key, body) if flags & 2 else None)
-
-
-def iter_pages(
-    listing: ListingInput, unchanged: Callable[[str, str], bool] | None = None, *, forked: bool = False
-) -> Iterator[Page]:
+def iter_pages(listing: ListingInput, unchanged: Callable[[str, str], bool] | None = None) -> Iterator[Page]:
     """Every listing object as a Page; with `unchanged`, a browse page it vouches for is not rendered. A
-    page's records are made (and checked) when it is rendered, once.
-
-    `forked`: the browse pages may be made two at a time, every other one by a forked copy of this process
-    (`pipeline.forked`), in the same order and bytes. Only for an `unchanged` that answers from its arguments
-    alone (it is asked in the copy, and what it does there is lost): the run's first render, which recalls no
-    page. Then the other core is mostly idle once the background writer has written the new content: ~10 s
-    of a 200,000-file Debian build's render, measured."""
+    page's records are made (and checked) when it is rendered, once."""
     checked = _checked(listing, records=False)
     env = make_environment(listing.templates_dir, listing.compiled)
     where = listing.templates_dir
@@ -1335,9 +1302,7 @@ def iter_pages(
     browse_common = {key: common[key] for key in BROWSE_CONTEXT}
     inputs_of = _BrowseInputs(templates_digest(listing.templates_dir), browse_common) if unchanged is not None else None
     tree = _Tree(records.files.paths if isinstance(records, PackageRecords) else (r.path for r in records))
-
-    def browse(number: int) -> Page:
-        directory = tree.dirs[number]
+    for number, directory in enumerate(tree.dirs):
         key = browse_key(directory)
         subdirs = tree.subdirs(number)
         rows = tree.rows(number)
@@ -1345,7 +1310,8 @@ def iter_pages(
         if unchanged is not None and inputs_of is not None:
             inputs = inputs_of(directory, subdirs, _page_packages(records, rows, listing.page_digests))
             if unchanged(key, inputs):
-                return Page(key, inputs, None)
+                yield Page(key, inputs, None)
+                continue
         packages = list(records.at(rows)) if isinstance(records, PackageRecords) else [records[row] for row in rows]
         for record in packages:
             _check_record(record)
@@ -1358,17 +1324,7 @@ def iter_pages(
             "subdirs": _Subdirs(subdirs),
             "packages": packages,
         }
-        return Page(key, inputs, make_artifact(key, _page(env, BROWSE_TEMPLATE, page, where)))
-
-    # the root's page here first: its template is loaded (and compiled, or read from the cache) before any fork
-    count = len(tree.dirs)
-    yield browse(0)
-    if forked:
-        yield from made_in_order(
-            lambda number: browse(number + 1), count - 1, _encoded_page, _decoded_page, PAGES_SEGMENT
-        )
-    else:
-        yield from map(browse, range(1, count))
+        yield Page(key, inputs, make_artifact(key, _page(env, BROWSE_TEMPLATE, page, where)))
 
     if has_mirrors:
         lists, list_artifacts = _mirror_lists(listing, checked)

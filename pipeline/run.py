@@ -1144,8 +1144,7 @@ def _render(
     rendered = array("q")  # spool entry numbers
     reused, rows = PageDigests(), PageDigests()
     others: set[str] = set()
-    # nothing recalled: `unchanged` answers False from its arguments alone, so a forked copy may ask it
-    for page in iter_pages(listing_input, unchanged=unchanged, forked=not recalled):
+    for page in iter_pages(listing_input, unchanged=unchanged):
         if not page.key.startswith(BROWSE_PREFIX):
             others.add(page.key)
         if page.artifact is None:

@@ -34,7 +34,6 @@ from pipeline.objects import (
     UPDATE_KEY,
     browse_key,
     content_type_for,
-    make_artifact,
 )
 from pipeline.render import (
     ARIA2_FLAGS,
@@ -60,7 +59,7 @@ from pipeline.render import (
     user_recipe,
     words,
 )
-from tests.tools import forks_seen, require_tools
+from tests.tools import require_tools
 
 GIVE_BACK_KEYS = {GIVE_BACK_KEY, GIVE_BACK_SERVICE_KEY, GIVE_BACK_TIMER_KEY}
 SCRIPT_KEYS = {RECIPE_KEY, UPDATE_KEY}  # the user scripts (update.sh: formats with package names)
@@ -658,32 +657,6 @@ def test_subdirectories_are_made_as_the_template_reads_them() -> None:
     made = [render.Subdir(d.rpartition("/")[2], d) for d in dirs]
     assert list(subdirs) == made and len(subdirs) == 3 and subdirs[-1] == made[-1] and subdirs[1:] == made[1:]
     assert not render._Subdirs([]) and list(render._Subdirs([])) == []
-
-
-def test_browse_pages_made_with_forked_children_are_the_pages_made_here_alone(monkeypatch: pytest.MonkeyPatch) -> None:
-    """iter_pages(forked=True): every other browse page is made by a forked copy of the process (several copies:
-    a small segment), and the pages come back the same, in the same order, as made by this process alone."""
-    many = tuple(record(f"pool/main/p/pkg{n:04d}/pkg{n:04d}_1_all.deb", 100 + n) for n in range(600))
-    data = listing(records=many)
-    monkeypatch.setattr(render, "PAGES_SEGMENT", 64)
-
-    def never(key: str, inputs: str) -> bool:
-        return False
-
-    started = forks_seen(monkeypatch)
-    alone = list(render.iter_pages(data, unchanged=never))
-    assert started == []
-    shared = list(render.iter_pages(data, unchanged=never, forked=True))
-    assert len(alone) > 600 and all(page.inputs and page.artifact for page in alone if page.key.startswith("browse/"))
-    assert shared == alone
-    assert len(started) >= 4 and all(started)  # 601 pages after the root's, 64 a share, a short tail joined
-
-
-@pytest.mark.parametrize(("inputs", "data"), [(None, b"<p>x</p>"), ("ab" * 32, b""), ("", b"\xff"), ("cd", None)])
-def test_a_page_crosses_from_a_forked_child_as_it_was(inputs: str | None, data: bytes | None) -> None:
-    key = browse_key("pool/main/é/x y")
-    page = render.Page(key, inputs, None if data is None else make_artifact(key, data))
-    assert render._decoded_page(render._encoded_page(page)) == page
 
 
 def test_filters() -> None:
