@@ -365,7 +365,8 @@ class FileTable(ItemEquality, _Entries):
 
     def shown_at(self, row: int) -> Shown:
         """(path, size, name, version, arch, description, signature) of the file at `row`: what its record shows
-        of it, without the FileEntry's other fields (a record is made ~3 times a file in a build)."""
+        of it, without the FileEntry's other fields (read ~3 times a file in a build: its record for the index and
+        for its page, and the publication's inputs digest)."""
         name, version, arch, description, _ = self._shared
         return (
             self._paths[row],
