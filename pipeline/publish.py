@@ -49,7 +49,7 @@ from pipeline.scratch import FixedColumn, temporary_file
 from pipeline.sequences import ItemEquality, sorted_by_key
 from pipeline.spool import Spool, SpoolRefs
 from pipeline.storage import ObjectInfo, Storage
-from pipeline.storage.background import BackgroundWrite, WritesInBackground
+from pipeline.storage.background import BackgroundWrite, WritesInBackground, Written
 from pipeline.strcolumn import StringColumn
 
 log = logging.getLogger(__name__)
@@ -563,10 +563,7 @@ def publish(
     # and a manifest is a pass over every object the destination holds (~10 s a million objects).
     if early is not None:
         numbers = early.numbers
-        for number, (size, etag, modified) in zip(
-            numbers, early.writer.take(len(numbers), progress.advance), strict=True
-        ):
-            written.add(ObjectInfo(spool.key(number), size, etag, modified), number)
+        written.add_spooled(numbers, early.writer.take(len(numbers), progress.advance))
         content_put = _without(spool, content_put, numbers)
     _put_all(storage, spool, content_put, written, progress, fault="content")
 
@@ -633,6 +630,9 @@ def publish(
 _STAT = struct.Struct("<qd")  # a write's size and mtime
 
 
+_Wrote = tuple[int, str, float | None, str]  # what a write made (size, ETag, mtime), and the bytes' SHA-256
+
+
 class _Written:
     """What this run wrote, in columns by write: ETag, size, mtime and where its key and SHA-256 are (a spool
     entry number, or the key and digest given). An ObjectInfo a key in a dict costs ~250 bytes, a key string
@@ -660,12 +660,25 @@ class _Written:
         self._stats.append(_STAT.pack(info.size, math.nan if info.modified is None else info.modified))
         self._numbers.append(sha256)
 
+    def add_spooled(self, numbers: Sequence[int], results: Iterable[Written]) -> None:
+        """`add` of each spool entry of `numbers` as the background writer wrote it (`results`, in that order):
+        no ObjectInfo made, no key read (~1.7 us an object less, at two million objects)."""
+        etags, stats, pack, nan = self._etags, self._stats, _STAT.pack, math.nan
+        count = 0
+        for size, etag, modified in results:
+            etags.append(etag)
+            stats.append(pack(size, nan if modified is None else modified))
+            count += 1
+        if count != len(numbers):
+            raise ValueError(f"{count} writes reported for {len(numbers)} objects")
+        self._numbers.extend(iter(numbers))  # an iterator: `numbers` may be an array of another type
+
     def _key(self, row: int) -> str:
         number = self._numbers[row]
         return self._spool.key(number) if number >= 0 else self._given[row][0]
 
-    def by_key(self) -> Iterator[tuple[str, ObjectInfo, str]]:
-        """Each key's last write, sorted by key: the key, what the destination said of it, its SHA-256.
+    def by_key(self) -> Iterator[tuple[str, _Wrote]]:
+        """Each key's last write, sorted by key: the key, then what the destination said of it and its SHA-256.
 
         Sorted by `sequences.sorted_by_key`: only one run's keys are held at once."""
         merged = sorted_by_key(range(len(self._numbers)), self._key)
@@ -677,11 +690,11 @@ class _Written:
         if pending is not None:
             yield self._item(*pending)
 
-    def _item(self, key: str, row: int) -> tuple[str, ObjectInfo, str]:
+    def _item(self, key: str, row: int) -> tuple[str, _Wrote]:
         size, modified = _STAT.unpack(self._stats[row])
         number = self._numbers[row]
-        info = ObjectInfo(key, size, self._etags[row], None if math.isnan(modified) else modified)
-        return key, info, self._spool.sha256(number) if number >= 0 else self._given[row][1]
+        sha256 = self._spool.sha256(number) if number >= 0 else self._given[row][1]
+        return key, (size, self._etags[row], None if math.isnan(modified) else modified, sha256)
 
 
 def _put_all(
@@ -801,15 +814,14 @@ def _write_manifest(
             old = old_entries.at(key)
             if written_later or key == MANIFEST_KEY or key in OLD_MANIFEST_KEYS or key in gone:
                 continue
-            info: ObjectInfo | None = None
+            modified: float | None = None
             if wrote is not None:
-                info, sha256 = wrote
-                etag, size = info.etag, info.size
+                size, etag, modified, sha256 = wrote
             elif old is not None:  # its ETag and size are the listing's (load_manifest keeps only those)
                 sha256, etag, size = old.sha256, old.etag, old.size
             elif key in found_equal:  # listed, not in the manifest, and the plan found it equal to our bytes
                 info = listing[key]
-                sha256, etag, size = found_equal[key], info.etag, info.size
+                sha256, etag, size, modified = found_equal[key], info.etag, info.size, info.modified
             else:
                 continue
             if key in referenced:
@@ -817,8 +829,7 @@ def _write_manifest(
             elif old is not None:
                 last = old.referenced
             else:
-                assert info is not None
-                last = info.modified if info.modified is not None else stamp
+                last = modified if modified is not None else stamp
             lines.append(_manifest_line(key, sha256, etag, size, last))
             if len(lines) >= MANIFEST_BATCH:
                 put_lines()
@@ -882,12 +893,17 @@ class _Cursor:
 
 
 def _listed_or_written(
-    listed: Iterable[str], written: Iterable[tuple[str, ObjectInfo, str]]
-) -> Iterator[tuple[str, tuple[ObjectInfo, str] | None]]:
+    listed: Iterable[str], written: Iterable[tuple[str, _Wrote]]
+) -> Iterator[tuple[str, _Wrote | None]]:
     """Every key of the two (each sorted, each key once), sorted and once, with what this run wrote of it
-    (its info and SHA-256; None: nothing)."""
+    (None: nothing). Nothing listed (a first publication): the written, as they come."""
+    listed = iter(listed)
+    first = next(listed, None)
+    if first is None:
+        yield from written
+        return
     tagged = heapq.merge(
-        ((key, 0, (info, sha256)) for key, info, sha256 in written), ((key, 1, None) for key in listed)
+        ((key, 0, wrote) for key, wrote in written), ((key, 1, None) for key in itertools.chain((first,), listed))
     )  # a key written and listed comes first as written
     previous: str | None = None
     for key, _, wrote in tagged:

@@ -1137,14 +1137,23 @@ def _grouped(groups: Iterable[int], count: int, first: int = 0) -> tuple[array[i
 
 def _crumbs(repo: str, directory: str) -> list[Crumb]:
     """The root, then each directory down to `directory`; each an ancestor's page, so its href only goes up
-    (`relative_href` from this page gives the same: no segment to encode)."""
-    parts = directory.split("/") if directory else []
-    depth = len(parts)
-    crumbs = [Crumb(repo, "", "../" * depth + "index.html")]
-    crumbs.extend(
+    (`relative_href` from this page gives the same: no segment to encode). Pages come directory by directory
+    in sorted order, so siblings follow one another: the crumbs before the last are their parent's, made once."""
+    if not directory:
+        return [Crumb(repo, "", "index.html")]
+    parent, _, name = directory.rpartition("/")
+    return [*_crumbs_below(repo, parent), Crumb(name, directory, "index.html")]
+
+
+@lru_cache(maxsize=64)
+def _crumbs_below(repo: str, parent: str) -> tuple[Crumb, ...]:
+    """The crumbs that a page of a subdirectory of `parent` shows before its own."""
+    parts = parent.split("/") if parent else []
+    depth = len(parts) + 1  # the subdirectory's
+    ancestors = (
         Crumb(part, "/".join(parts[: i + 1]), "../" * (depth - i - 1) + "index.html") for i, part in enumerate(parts)
     )
-    return crumbs
+    return (Crumb(repo, "", "../" * depth + "index.html"), *ancestors)
 
 
 def _table_order(row: MirrorRow) -> tuple[bool, str, int, int, str]:

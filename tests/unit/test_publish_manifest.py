@@ -183,13 +183,30 @@ def test_what_a_run_wrote_is_read_back_by_key_its_last_write_each() -> None:
         got = list(written.by_key())
     assert len(written) == 4
     assert got == [
-        ("a", ObjectInfo("a", 2, "e3", 7.5), "0" * 64),
-        ("latest.asc", ObjectInfo("latest.asc", 4, "e4", 9.0), "1" * 64),
-        ("torrents/b.torrent", ObjectInfo("torrents/b.torrent", 1, "e1", 5.0), hashlib.sha256(b"b").hexdigest()),
+        ("a", (2, "e3", 7.5, "0" * 64)),
+        ("latest.asc", (4, "e4", 9.0, "1" * 64)),
+        ("torrents/b.torrent", (1, "e1", 5.0, hashlib.sha256(b"b").hexdigest())),
     ]
     nameless = _Written(spool)
     nameless.add(ObjectInfo("k", 1, "e", None), "2" * 64)
-    assert next(nameless.by_key())[1].modified is None
+    assert next(nameless.by_key())[1][2] is None
+
+
+def test_writes_the_background_writer_reports_are_read_back_as_added_one_by_one() -> None:
+    """`add_spooled` (the background writer's results, in job order) keeps what `add` of each would: the
+    same items by key; a count of results other than the entries' is an error, never a shifted manifest."""
+    with Spool() as spool:
+        numbers = [spool.put(make_artifact(f"torrents/{name}.torrent", name.encode())) for name in "cab"]
+        results = [(1, "e-c", 3.0), (1, "e-a", None), (1, "e-b", 5.5)]
+        bulk, one_by_one = _Written(spool), _Written(spool)
+        bulk.add_spooled(numbers, iter(results))
+        for number, (size, etag, modified) in zip(numbers, results, strict=True):
+            one_by_one.add(ObjectInfo(spool.key(number), size, etag, modified), number)
+        assert list(bulk.by_key()) == list(one_by_one.by_key())
+        assert [key for key, _ in bulk.by_key()] == ["torrents/a.torrent", "torrents/b.torrent", "torrents/c.torrent"]
+        assert next(bulk.by_key())[1] == (1, "e-a", None, hashlib.sha256(b"a").hexdigest())
+        with pytest.raises(ValueError, match="2 writes reported for 3 objects"):
+            _Written(spool).add_spooled(numbers, iter(results[:2]))
 
 
 def test_writes_of_several_sort_runs_merge_sorted_with_the_last_write_of_each_key(
@@ -200,7 +217,7 @@ def test_writes_of_several_sort_runs_merge_sorted_with_the_last_write_of_each_ke
     monkeypatch.setattr(sequences, "SPILL_RUN", 7)
     rng = random.Random(5)
     keys = [f"{rng.choice(('torrents', 'metalinks', 'browse'))}/k{rng.randrange(40):02}" for _ in range(60)]
-    expected: dict[str, tuple[ObjectInfo, str]] = {}
+    expected: dict[str, tuple[int, str, float | None, str]] = {}
     with Spool() as spool:
         written = _Written(spool)
         for i, key in enumerate(keys):
@@ -208,19 +225,21 @@ def test_writes_of_several_sort_runs_merge_sorted_with_the_last_write_of_each_ke
             if i % 2:
                 number = spool.put(make_artifact(key, f"data {i}".encode()))
                 written.add(info, number)
-                expected[key] = (info, hashlib.sha256(f"data {i}".encode()).hexdigest())
+                expected[key] = (i, info.etag, info.modified, hashlib.sha256(f"data {i}".encode()).hexdigest())
             else:
                 written.add(info, f"{i:064x}")
-                expected[key] = (info, f"{i:064x}")
+                expected[key] = (i, info.etag, info.modified, f"{i:064x}")
         got = list(written.by_key())
-    assert [key for key, _, _ in got] == sorted(expected)
-    assert {key: (info, sha256) for key, info, sha256 in got} == expected
+    assert [key for key, _ in got] == sorted(expected)
+    assert dict(got) == expected
 
 
 def test_listed_and_written_keys_merge_sorted_once_each() -> None:
-    info = ObjectInfo("b", 1, "e", None)
-    merged = list(_listed_or_written(["a", "b", "d"], [("b", info, "s"), ("c", info, "t")]))
-    assert merged == [("a", None), ("b", (info, "s")), ("c", (info, "t")), ("d", None)]
+    b, c = (1, "e", None, "s"), (1, "e", 2.0, "t")
+    merged = list(_listed_or_written(["a", "b", "d"], [("b", b), ("c", c)]))
+    assert merged == [("a", None), ("b", b), ("c", c), ("d", None)]
+    assert list(_listed_or_written([], [("b", b), ("c", c)])) == [("b", b), ("c", c)]  # a first publication
+    assert list(_listed_or_written(["a"], [])) == [("a", None)]
     assert list(_listed_or_written([], [])) == []
 
 

@@ -619,6 +619,8 @@ def test_crumbs_and_root_link_where_relative_href_does(directory: str) -> None:
     page = browse_key(directory)
     crumbs = _crumbs("repo", directory)
     assert [c.dir for c in crumbs] == [""] + ["/".join(directory.split("/")[: i + 1]) for i in range(len(crumbs) - 1)]
+    assert [c.label for c in crumbs] == ["repo", *(directory.split("/") if directory else [])]
+    assert _crumbs("other", directory)[0].label == "other"  # the parents' crumbs are made once per repository
     for crumb in crumbs:
         assert crumb.href == relative_href(page, browse_key(crumb.dir))
     for key in ("style.css", "index.html", "latest.asc", "browse/index.html", "mirrors/index.html"):
