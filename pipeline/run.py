@@ -563,14 +563,16 @@ def _release(settings: Settings, spool: Spool, progress: Progress, now: Callable
     run = _begin(settings, now)
     clock = run.clock
     with StateCache.open(settings.state_path, repo=settings.repo) as state:
-        if run.executor is local_pool and settings.workers > 1 and state.knows_no_file():
-            # nothing known: every file will be hashed. The workers' server starts while the tree is walked (the
-            # pool stops it; a tree too small for a pool leaves it to end with this process, as multiprocessing
-            # does: stopping it would wait for it to finish starting)
+        first = state.knows_no_file()  # nothing known: every file will be scanned and hashed
+        if run.executor is local_pool and settings.workers > 1 and first:
+            # The workers' server starts while the tree is walked (the pool stops it; a tree too small for a pool
+            # leaves it to end with this process, as multiprocessing does: stopping it would wait for it to finish
+            # starting)
             start_local_pool_early()
         scan_spec = _scan_spec(settings, state)
         with clock.stage("scan"):
-            marked = snapshot_mark(scan_spec, _mark_context(settings))
+            # the mark cannot match a scan then: the files its walk stats are kept, for the scan to look up
+            marked = snapshot_mark(scan_spec, _mark_context(settings), seen=first)
             mark = marked.digest if marked is not None else None
             known = state.known_scan(mark) if mark is not None else None
         audit = _audit_due(settings, state, run.storage, run.started)

@@ -196,6 +196,20 @@ class FixedColumn:
             self._blocks.append(self._open)
             self._open = bytearray()
 
+    def extend(self, records: bytes) -> None:
+        """`append` of each record in `records` (their bytes joined), a block's worth at a time."""
+        if len(records) % self._width:
+            raise ValueError(f"{len(records)} bytes of records in a column of {self._width}")
+        block = RECORDS * self._width
+        at = 0
+        while at < len(records):
+            room = block - len(self._open)
+            self._open += records[at : at + room]
+            at += room
+            if len(self._open) == block:
+                self._blocks.append(self._open)
+                self._open = bytearray()
+
     def __getitem__(self, number: int) -> bytes:
         if number < 0:
             raise IndexError(number)

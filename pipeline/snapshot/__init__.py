@@ -83,7 +83,7 @@ def scan_snapshot(spec: ScanSpec, marked: TreeMark | None = None) -> Snapshot:
     if marked is not None and marked.files is not None and adapter is FLAT:
         found = Scanned(marked.files)
     else:
-        found = adapter.scan(root_real, spec)
+        found = adapter.scan(root_real, spec, seen=marked.seen if marked is not None else None)
     return _snapshot(
         root_real,
         adapter.info.name,
@@ -95,12 +95,13 @@ def scan_snapshot(spec: ScanSpec, marked: TreeMark | None = None) -> Snapshot:
     )
 
 
-def snapshot_mark(spec: ScanSpec, context: Sequence[str] = ()) -> TreeMark | None:
+def snapshot_mark(spec: ScanSpec, context: Sequence[str] = (), *, seen: bool = False) -> TreeMark | None:
     """The mark of the tree `spec` describes (`pipeline.snapshot.mark`), with the scan's settings, the upstream
     keyring's bytes and `context` (what else the caller derives from the scan) folded in: equal marks, equal
     scans. The spec and the sync lock are checked first, as `scan_snapshot` does. None: no mark (an unreadable
     directory or keyring), so the scan runs and says what is wrong. For `--format flat` the walk also makes the
-    scan's table when it can (`mark.marked_walk`), for `scan_snapshot` to take."""
+    scan's table when it can (`mark.marked_walk`), for `scan_snapshot` to take; for another format, with `seen`
+    (the caller knows no earlier scan the mark could match), the files it stat'ed, for the scan to look up."""
     root_real = _checked_root(spec)
     keyring = None
     if spec.upstream_keyring is not None:
@@ -109,7 +110,8 @@ def snapshot_mark(spec: ScanSpec, context: Sequence[str] = ()) -> TreeMark | Non
         except OSError:
             return None
     settings = [str(root_real), spec.format, spec.suites, spec.components, spec.architectures, keyring, *context]
-    return marked_walk(root_real, json.dumps(settings), flat_files=spec.format == FLAT.info.name)
+    flat = spec.format == FLAT.info.name
+    return marked_walk(root_real, json.dumps(settings), flat_files=flat, seen_files=seen and not flat)
 
 
 def recheck_snapshot(spec: ScanSpec, snapshot_format: str) -> None:

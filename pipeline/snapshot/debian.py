@@ -55,6 +55,7 @@ from pipeline.snapshot import bounded
 from pipeline.snapshot.bounded import BoundedReader, Readable, parse_size, read_at_most, size_text
 from pipeline.snapshot.formats import FormatInfo, KeptListing, ListingCache, Scanned, ScanSpec
 from pipeline.snapshot.paths import (
+    StatFacts,
     as_source,
     check_repo_path,
     decode_name,
@@ -62,6 +63,7 @@ from pipeline.snapshot.paths import (
     resolve_link_inside,
     shown,
 )
+from pipeline.snapshot.seen import SeenCursor, SeenFiles
 from pipeline.snapshot.stanzas import decode_utf8, read_stanzas
 
 log = logging.getLogger(__name__)
@@ -133,6 +135,9 @@ class ListedFile(NamedTuple):
     listed_in: str
 
 
+_ARCH_FIELD = ListedFile._fields.index("arch")  # a stanza row's architecture
+
+
 @dataclass(frozen=True)
 class _Located:
     real: bytes
@@ -140,8 +145,8 @@ class _Located:
     source: str  # the same path as `real`
 
 
-def scan_debian(root_real: bytes, selection: DebianSelection) -> Scanned:
-    """Read the selected Packages indexes and stat every file they list.
+def scan_debian(root_real: bytes, selection: DebianSelection, seen: SeenFiles | None = None) -> Scanned:
+    """Read the selected Packages indexes and stat every file they list (or take its stat from `seen`).
 
     `components` and `architectures` are those of the `Packages` files used (`all` only when it is the
     only one: it is not an architecture a client selects); `timestamp` is the newest Release `Date:`.
@@ -150,7 +155,8 @@ def scan_debian(root_real: bytes, selection: DebianSelection) -> Scanned:
     suite_names = _select_suites(tree, selection.suites)
     releases = [_read_release(tree, suite, selection.upstream_keyring) for suite in suite_names]
     indexes = _select_indexes(tree, releases, selection)
-    files = _collect_files(tree, releases, indexes, selection.upstream_keyring is not None, selection.listing_cache)
+    signed = selection.upstream_keyring is not None
+    files = _collect_files(tree, releases, indexes, signed, selection.listing_cache, seen)
     log.info("debian scan: %d suites, %d Packages files, %d package files", len(releases), len(indexes), len(files))
     dates = [release.date for release in releases if release.date is not None]
     return Scanned(
@@ -200,6 +206,11 @@ class _Tree:
     def __init__(self, root_real: bytes) -> None:
         self.root = root_real
         self._dirs: dict[str, bytes | None] = {"": root_real}
+        self._source_prefix = as_source(root_real) + "/"
+
+    def source_of(self, rel: str) -> str:
+        """The source of the file at `rel` when no symlink is on its way (`locate` gives the same)."""
+        return self._source_prefix + rel
 
     def real_dir(self, rel: str) -> bytes | None:
         """Real path of the directory `rel`, or None when it does not exist (cached per directory, at most
@@ -524,8 +535,10 @@ def _collect_files(
     indexes: list[PackagesIndex],
     signed: bool,
     cache: ListingCache | None = None,
+    seen: SeenFiles | None = None,
 ) -> FileTable:
-    """Every listed file as found on disk, with the index shards listing it (`pipeline.shards.debian_shard`).
+    """Every listed file as found on disk, with the index shards listing it (`pipeline.shards.debian_shard`):
+    as `seen` saw it when it is there (a file of the tree the run's marked walk just stat'ed), else looked up.
 
     Every stanza of every index, as a row, is sorted by path through the scratch file
     (`pipeline.sequences.sorted_spilled`), so that the listings of one path (an `all` package in each
@@ -538,6 +551,7 @@ def _collect_files(
     problems: list[str] = []
     # one tuple object per distinct combination of shards (a handful), shared by every file that has it
     combined: dict[tuple[str, ...], tuple[str, ...]] = {}
+    found = seen.cursor() if seen is not None else None
     with _gc_paused():
         for _path, rows in itertools.groupby(
             sorted_spilled(_listings(tree, indexes, release_of, signed, cache)), key=itemgetter(0)
@@ -552,7 +566,7 @@ def _collect_files(
                         f"{other[-2]}; {_RESYNC}"
                     )
             key: tuple[str, ...] = tuple(sorted(shards))
-            _place(tree, item, combined.setdefault(key, key), files, problems)
+            _place(tree, item, combined.setdefault(key, key), files, problems, found)
     if cache is not None:
         cache.keep_listings(index.rel for index in indexes)
     if problems:
@@ -577,11 +591,11 @@ def _listings(
             own = debian_shard(index.suite, index.component, index.architecture, index.architecture)
             common = debian_shard(index.suite, index.component, index.architecture, "all")
             release = release_of[index.suite]
-            items = _worker_parse(parsed.pop(index.rel, None), index, release, cache)
+            items: Iterable[tuple[Any, ...]] | None = _worker_parse(parsed.pop(index.rel, None), index, release, cache)
             if items is None:
                 items = _read_packages(tree, index, release, signed, cache, read.get(index.rel))
             for item in items:
-                yield (*item, common if item.arch == "all" else own)
+                yield (*item, common if item[_ARCH_FIELD] == "all" else own)
 
 
 # `Packages` files (compressed, as on disk) to parse before worker processes are worth starting (~0.3 s): a
@@ -708,9 +722,10 @@ class _OneKept:
 
 def _worker_parse(
     found: Future[tuple[str, str, int]] | None, index: PackagesIndex, release: ReleaseInfo, cache: ListingCache | None
-) -> Iterator[ListedFile] | None:
-    """The stanzas a worker's parse of `index` holds (`_parse_to_file`), kept in `cache` first; None when no worker
-    parsed it, or its worker died, or its file cannot be read back (then it is parsed here)."""
+) -> Iterator[tuple[Any, ...]] | None:
+    """The stanzas a worker's parse of `index` holds (`_parse_to_file`), as plain tuples in ListedFile's field
+    order, kept in `cache` first; None when no worker parsed it, or its worker died, or its file cannot be read
+    back (then it is parsed here)."""
     if found is None:
         return None
     try:
@@ -723,36 +738,55 @@ def _worker_parse(
     except OSError:
         return None
     os.unlink(path)
+    if os.fstat(source.fileno()).st_size != size:
+        source.close()
+        log.warning("%s: the parse a worker process wrote is not of the size it told; parsing it here", index.rel)
+        return None
     try:
         if cache is not None:
             cache.remember_listing(index.rel, digest, iter(lambda: source.read(bounded.CHUNK_BYTES), b""), size)
             source.seek(0)
         in_release, uncompressed_name = _release_names(index)
         shown_path = index.rel if in_release == uncompressed_name else f"{index.rel} (decompressed)"
-        rows = _cached(_OneKept(index.rel, digest, source), index.rel, digest, uncompressed_name, shown_path, release)
+        kept = _OneKept(index.rel, digest, source)
+        parse = _kept_parse(kept, index.rel, digest, uncompressed_name, shown_path, release, whole=False)
     except BaseException:
         source.close()
         raise
-    if rows is None:
+    if parse is None:
         source.close()
-    return rows
+        return None
+    return _worker_rows(*parse, index.rel)
 
 
 def _place(
-    tree: _Tree, item: ListedFile, shards: tuple[str, ...], files: FileTableBuilder, problems: list[str]
+    tree: _Tree,
+    item: ListedFile,
+    shards: tuple[str, ...],
+    files: FileTableBuilder,
+    problems: list[str],
+    seen: SeenCursor | None = None,
 ) -> None:
-    """Add the file `item` lists to `files` as found on disk; a problem noted instead when it is missing,
-    not a regular file or not of the listed size."""
+    """Add the file `item` lists to `files` as found on disk (as `seen` saw it, a regular file, when it is
+    there); a problem noted instead when it is missing, not a regular file or not of the listed size."""
     path = item.path
-    found = tree.locate(path)
-    if found is None:
-        problems.append(f"{shown(path)}: missing")
-    elif not stat.S_ISREG(found.status.st_mode):
-        problems.append(f"{shown(path)}: not a regular file")
-    elif found.status.st_size != item.size:
-        problems.append(f"{shown(path)}: size {found.status.st_size} != Packages Size {item.size} ({item.listed_in})")
+    seen_stat = seen.stat(path) if seen is not None else None
+    status: StatFacts
+    if seen_stat is not None:
+        source, status = tree.source_of(path), seen_stat
     else:
-        files.add(listed_entry(item, found.source, found.status, shards=shards))
+        found = tree.locate(path)
+        if found is None:
+            problems.append(f"{shown(path)}: missing")
+            return
+        if not stat.S_ISREG(found.status.st_mode):
+            problems.append(f"{shown(path)}: not a regular file")
+            return
+        source, status = found.source, found.status
+    if status.st_size != item.size:
+        problems.append(f"{shown(path)}: size {status.st_size} != Packages Size {item.size} ({item.listed_in})")
+    else:
+        files.add(listed_entry(item, source, status, shards=shards))
 
 
 @contextmanager
@@ -885,6 +919,25 @@ def _cached(
     """The last parse of `rel` when its bytes had SHA-256 `digest` (None: parse it), its uncompressed size
     and SHA-256 compared with the Release first. An entry that cannot be read is a miss: its header and its
     zstd frame (with its checksum) are read through before a row is given."""
+    found = _kept_parse(cache, rel, digest, uncompressed_name, shown_path, release, whole=True)
+    if found is None:
+        return None
+    source, batches = found
+    return (ListedFile._make(row) for row in _kept_rows(source, batches))
+
+
+def _kept_parse(
+    cache: ListingCache | None,
+    rel: str,
+    digest: str,
+    uncompressed_name: str,
+    shown_path: str,
+    release: ReleaseInfo,
+    *,
+    whole: bool,
+) -> tuple[KeptListing, int] | None:
+    """`_cached`'s parse, open where its rows start, and the number of batches they come in; with `whole`, its
+    zstd frame is read through first (its length and checksum checked: a cache entry may be damaged)."""
     source = cache.listing(rel, digest) if cache is not None else None
     if source is None:
         return None
@@ -897,11 +950,12 @@ def _cached(
             source.close()
             return None
         start, found = source.tell(), 0
-        with zstandard.ZstdDecompressor().stream_reader(cast(BinaryIO, source), closefd=False) as frame:
-            while chunk := frame.read(bounded.CHUNK_BYTES):
-                found += len(chunk)
-        if found != length:
-            raise ValueError(f"{found} bytes of rows, not {length}")
+        if whole:
+            with zstandard.ZstdDecompressor().stream_reader(cast(BinaryIO, source), closefd=False) as frame:
+                while chunk := frame.read(bounded.CHUNK_BYTES):
+                    found += len(chunk)
+            if found != length:
+                raise ValueError(f"{found} bytes of rows, not {length}")
         _check_against_release(uncompressed_name, Checksum(size=size, sha256=sha256), shown_path, release)
     except (ValueError, EOFError, TypeError, struct.error, zstandard.ZstdError):
         source.close()
@@ -911,14 +965,23 @@ def _cached(
         source.close()
         raise
     source.seek(start)
-    return _cached_rows(source, int(batches))
+    return source, int(batches)
 
 
-def _cached_rows(source: KeptListing, batches: int) -> Iterator[ListedFile]:
+def _kept_rows(source: KeptListing, batches: int) -> Iterator[tuple[Any, ...]]:
+    """The rows of a kept parse (`_kept_parse`), as plain tuples in ListedFile's field order."""
     with closing(source), zstandard.ZstdDecompressor().stream_reader(cast(BinaryIO, source), closefd=False) as frame:
         for _ in range(batches):
-            for row in marshal.loads(_read_exactly(frame, _BATCH_LENGTH.unpack(_read_exactly(frame, 4))[0])):
-                yield ListedFile._make(row)
+            yield from marshal.loads(_read_exactly(frame, _BATCH_LENGTH.unpack(_read_exactly(frame, 4))[0]))
+
+
+def _worker_rows(source: KeptListing, batches: int, rel: str) -> Iterator[tuple[Any, ...]]:
+    """`_kept_rows` of a file a worker process of this run wrote moments ago (not read through first, as a cache
+    entry is); one line if it cannot be read after all."""
+    try:
+        yield from _kept_rows(source, batches)
+    except (ValueError, EOFError, TypeError, zstandard.ZstdError) as exc:
+        raise SnapshotError(f"{rel}: the parse a worker process wrote is unreadable ({exc}); run again") from None
 
 
 def _remember(
@@ -1116,7 +1179,7 @@ class DebianFormat:
     def check(self, spec: ScanSpec) -> None:
         return None
 
-    def scan(self, root_real: Path, spec: ScanSpec) -> Scanned:
+    def scan(self, root_real: Path, spec: ScanSpec, seen: SeenFiles | None = None) -> Scanned:
         selection = DebianSelection(
             suites=spec.suites,
             components=spec.components,
@@ -1124,7 +1187,7 @@ class DebianFormat:
             upstream_keyring=spec.upstream_keyring,
             listing_cache=spec.listing_cache,
         )
-        return scan_debian(os.fsencode(root_real), selection)
+        return scan_debian(os.fsencode(root_real), selection, seen)
 
     def recheck(self, root_real: Path, spec: ScanSpec) -> None:
         """Verify each selected suite's Release signature again (the upstream key may have expired)."""

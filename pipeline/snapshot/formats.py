@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Protocol
 
 from pipeline.model import FileEntry
+from pipeline.snapshot.seen import SeenFiles
 
 
 class KeptListing(Protocol):
@@ -91,8 +92,9 @@ class FormatAdapter(Protocol):
         """ConfigError for settings that do not apply to this format."""
         ...
 
-    def scan(self, root_real: Path, spec: ScanSpec) -> Scanned:
-        """Stat every file the format's metadata (or the tree) lists; SnapshotError for bad input."""
+    def scan(self, root_real: Path, spec: ScanSpec, seen: SeenFiles | None = None) -> Scanned:
+        """Stat every file the format's metadata (or the tree) lists (or take its stat from `seen`, what a walk
+        of the tree just stat'ed); SnapshotError for bad input."""
         ...
 
     def recheck(self, root_real: Path, spec: ScanSpec) -> None:

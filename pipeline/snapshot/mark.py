@@ -28,6 +28,7 @@ from pathlib import Path
 
 from pipeline.filetable import FileTable, FileTableBuilder, StatRow
 from pipeline.snapshot.flat import dir_prefix, walk_in_path_order
+from pipeline.snapshot.seen import SeenFiles
 
 MARK_RECIPE = "2"  # bump when what the mark covers changes: an older state's mark then matches nothing
 # 2: directories in path order (was: the order of a stack), so that one walk can also make the flat scan's table
@@ -35,10 +36,12 @@ MARK_RECIPE = "2"  # bump when what the mark covers changes: an older state's ma
 
 @dataclass(frozen=True)
 class TreeMark:
-    """A tree's mark and, when asked for and the tree allows it, the flat scan's table of the same walk."""
+    """A tree's mark and, when asked for and the tree allows it, the flat scan's table of the same walk; or, when
+    asked for, the regular files it saw (`pipeline.snapshot.seen`)."""
 
     digest: str
     files: FileTable | None = None
+    seen: SeenFiles | None = None
 
 
 # A directory still to walk: its path below the root (b"" or b"/a/b"), and the repo path before its entries'
@@ -54,39 +57,53 @@ def tree_mark(root_real: Path, context: str) -> str | None:
     return marked.digest if marked is not None else None
 
 
-def marked_walk(root_real: Path, context: str, *, flat_files: bool = False) -> TreeMark | None:
+def marked_walk(
+    root_real: Path, context: str, *, flat_files: bool = False, seen_files: bool = False
+) -> TreeMark | None:
     """`tree_mark`'s walk; with `flat_files`, also the table `scan_flat(root_real)` would make of the tree as
-    this walk saw it (None in the TreeMark when the tree has what only the scan handles)."""
+    this walk saw it (None in the TreeMark when the tree has what only the scan handles); with `seen_files` (and
+    not `flat_files`), the regular files it saw that a scan may take as found (`SeenFiles`)."""
     root = os.fsencode(root_real)
     digest = hashlib.blake2b(f"{MARK_RECIPE}\n{context}\n".encode("utf-8", "surrogateescape"), digest_size=32)
-    walk = _Walk(dir_prefix(root), wanted=flat_files)
+    walk = _Walk(dir_prefix(root), wanted=flat_files, seen=seen_files and not flat_files)
     try:
         first = _listing(root, (b"", ""), digest, walk)
         walk_in_path_order(first, lambda directory: _listing(root, directory, digest, walk), walk.add)
     except OSError:
         return None
-    return TreeMark(digest.hexdigest(), walk.table())
+    return TreeMark(digest.hexdigest(), walk.table(), walk.seen)
 
 
 class _Walk:
     """The flat scan's table as the marked walk finds its files, until something only the scan handles (given
-    up from the start when not wanted: then no file is collected)."""
+    up from the start when not wanted: then no file is collected). With `seen`, the files are collected as
+    `SeenFiles` instead, and what only the scan handles is passed over, not given up for."""
 
-    def __init__(self, source_prefix: str, *, wanted: bool) -> None:
+    def __init__(self, source_prefix: str, *, wanted: bool, seen: bool = False) -> None:
         self.source_prefix = source_prefix  # the root's path string with one "/" at the end
-        self.given_up = not wanted
+        self.seen = SeenFiles() if seen else None
+        self.given_up = not wanted and not seen
         self._builder = FileTableBuilder()
 
     def add(self, rows: list[StatRow]) -> None:
-        if not self.given_up:
+        if self.seen is not None:
+            self.seen.add_rows(rows)
+        elif not self.given_up:
             self._builder.add_stat_rows(rows)
+
+    def passes_over(self) -> bool:
+        """Something only the scan handles was met: whether to go on (`seen`) rather than give up."""
+        if self.seen is not None:
+            return True
+        self.give_up()
+        return False
 
     def give_up(self) -> None:
         self.given_up = True
         self._builder = FileTableBuilder()
 
     def table(self) -> FileTable | None:
-        return None if self.given_up else self._builder.build()
+        return None if self.given_up or self.seen is not None else self._builder.build()
 
 
 def _sort_name(entry: os.DirEntry[bytes]) -> bytes:
@@ -113,8 +130,7 @@ def _listing(root: bytes, directory: _Pending, digest: hashlib.blake2b, walk: _W
             # paths.is_plain_ascii, inlined as in the flat scan: the other names are the scan's to check
             if raw.isascii() and (plain := raw.decode("ascii")).isprintable() and "\\" not in plain:
                 name = plain
-            else:
-                walk.give_up()
+            elif not walk.passes_over():  # else this entry alone is not collected (nor, a directory, below it)
                 prefix = None
         if entry.is_dir(follow_symlinks=False):
             tokens += (b"d", raw)
@@ -123,8 +139,7 @@ def _listing(root: bytes, directory: _Pending, digest: hashlib.blake2b, walk: _W
         st = entry.stat(follow_symlinks=False)
         if entry.is_symlink():
             tokens += (b"l", raw, os.readlink(entry.path), b"%d" % st.st_ctime_ns)
-            if name is not None:
-                walk.give_up()  # the scan follows it
+            if name is not None and not walk.passes_over():  # the scan follows it
                 prefix = None
             continue
         facts = (st.st_mode, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)

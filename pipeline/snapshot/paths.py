@@ -192,10 +192,23 @@ class Listed(Protocol):
     def description(self) -> str | None: ...
 
 
+class StatFacts(Protocol):
+    """What a file's entry takes of its stat: an `os.stat_result`, or what a walk saw (`seen.SeenStat`)."""
+
+    @property
+    def st_size(self) -> int: ...
+    @property
+    def st_mtime_ns(self) -> int: ...
+    @property
+    def st_dev(self) -> int: ...
+    @property
+    def st_ino(self) -> int: ...
+
+
 def listed_entry(
     item: Listed,
     source: str,
-    status: os.stat_result,
+    status: StatFacts,
     signature: SignatureRef | None = None,
     shards: tuple[str, ...] = (),
 ) -> FileEntry:

@@ -42,6 +42,14 @@ def test_fixed_records_read_back_by_number_and_in_order_at_block_edges(count: in
         column[count]
     with pytest.raises(ValueError, match="4 bytes in a column of 5"):
         column.append(b"abcd")
+    extended = FixedColumn(5)
+    if records:
+        extended.append(records[0])  # an open block not empty: the first extend fills it up first
+    for start in range(min(1, count), count, 7):  # 7 records at a time, across the blocks' edges
+        extended.extend(b"".join(records[start : start + 7]))
+    assert len(extended) == count and list(extended) == records == [extended[i] for i in range(count)]
+    with pytest.raises(ValueError, match="9 bytes of records in a column of 5"):
+        extended.extend(b"123456789")
 
 
 def test_a_forked_child_reads_its_parents_blocks_and_writes_its_own_file() -> None:

@@ -25,7 +25,7 @@ import zstandard
 from pipeline import sequences
 from pipeline.errors import ConfigError, SnapshotError
 from pipeline.model import FileEntry
-from pipeline.snapshot import ScanSpec, bounded, debian, recheck_snapshot, scan_snapshot
+from pipeline.snapshot import ScanSpec, bounded, debian, recheck_snapshot, scan_snapshot, snapshot_mark
 from pipeline.snapshot.debian import _PLAIN_REPO_PATH, signature_problem
 from pipeline.snapshot.paths import check_repo_path
 from pipeline.state import StateCache
@@ -1135,3 +1135,90 @@ def test_a_packages_that_cannot_be_read_is_not_sent_to_a_worker_process(
         started = parsing_elsewhere(monkeypatch, tmp_path / "tmp")
         assert scan_error(root, listing_cache=elsewhere) == expected and started == [2]  # amd64 and all only
     assert expected.startswith("dists/bookworm/main/binary-arm64/Packages")
+
+
+@pytest.mark.parametrize("damage", ["cut", "overwritten"])
+def test_a_workers_parse_damaged_before_it_is_read_is_parsed_here_or_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, damage: str
+) -> None:
+    """A worker's file is read once, as its rows (not read through first, as a kept parse is). Cut short, it is
+    parsed here instead; overwritten, the scan stops with one line naming the Packages file, and the copy kept
+    of it is a miss the next time, parsed again."""
+    packages = [Pkg(f"p{i:02}", "1.0-1", arch) for i in range(40) for arch in ("amd64", "arm64")]
+    root = tmp_path / "mirror"
+    write_archive(root, "bookworm", packages, architectures=("amd64", "arm64"), compression="xz")
+    with StateCache.open(tmp_path / "here.sqlite", repo="test") as state:
+        expected = cached_scan(root, state)
+    started = parsing_elsewhere(monkeypatch, tmp_path / "tmp")
+    real = debian._parse_elsewhere
+
+    @contextlib.contextmanager
+    def cut(*args: Any) -> Iterator[tuple[dict[str, Any], object]]:
+        with real(*args) as (futures, read):
+            for future in futures.values():
+                path, _, size = future.result()
+                if damage == "cut":
+                    os.truncate(path, size // 2)
+                else:
+                    with open(path, "r+b") as file:
+                        file.seek(size // 2)
+                        file.write(bytes(64))
+            yield futures, read
+
+    monkeypatch.setattr(debian, "_parse_elsewhere", cut)
+    with StateCache.open(tmp_path / "elsewhere.sqlite", repo="test") as state:
+        if damage == "cut":
+            assert cached_scan(root, state) == expected and started == [2]
+            return
+        message = scan_error(root, listing_cache=state)
+        assert started == [2]
+        assert message.startswith("dists/bookworm/main/binary-amd64/Packages.xz: the parse a worker process wrote is ")
+        assert message.endswith("; run again")
+        monkeypatch.setattr(debian, "_parse_elsewhere", real)
+        monkeypatch.setattr(debian, "PARSE_ELSEWHERE_MIN_BYTES", 1 << 40)  # parsed here now
+        assert cached_scan(root, state) == expected
+
+
+def test_files_the_marked_walk_saw_are_taken_as_found_and_only_the_others_looked_up(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A first run's marked walk keeps the regular files it stat'ed (`snapshot_mark(seen=True)`): the scan takes
+    their stat from it and looks up only the others (a symlinked file, a file below a symlinked directory, a
+    name other than printable ASCII), and finds what a scan that looks every file up finds: the same entries,
+    and, when files are missing, of the wrong size or not files, the same line."""
+    packages = [Pkg(f"p{i:02}", "1.0-1", arch) for i in range(6) for arch in ("amd64", "all")]
+    odd = Pkg("qé", "1.0-1", "amd64")
+    write_archive(tmp_path, "bookworm", [*packages, odd])
+    (tmp_path / "store").mkdir()
+    linked_file = packages[0].path
+    (tmp_path / linked_file).symlink_to(shutil.move(tmp_path / linked_file, tmp_path / "store" / "p00.deb"))
+    linked_dir = tmp_path / "pool" / "main" / "p" / "p01"
+    linked_dir.symlink_to(shutil.move(linked_dir, tmp_path / "store" / "p01"))
+    spec = ScanSpec(root=tmp_path)
+    looked_up: list[str] = []
+    real_locate = debian._Tree.locate
+
+    def locate(tree: Any, rel: str) -> Any:
+        if rel.startswith("pool/"):
+            looked_up.append(rel)
+        return real_locate(tree, rel)
+
+    monkeypatch.setattr(debian._Tree, "locate", locate)
+    expected = scan_snapshot(spec).files
+    assert len(looked_up) == len(expected) == 13
+    looked_up.clear()
+    marked = snapshot_mark(spec, seen=True)
+    assert marked is not None and marked.seen is not None and marked.files is None
+    assert marked.digest == (snapshot_mark(spec) or marked).digest != ""  # what it keeps changes no mark
+    assert scan_snapshot(spec, marked).files == expected
+    assert sorted(looked_up) == sorted([linked_file, *(p.path for p in packages[2:4]), odd.path])
+
+    (tmp_path / packages[6].path).write_bytes(b"shorter")
+    (tmp_path / packages[8].path).unlink()
+    (tmp_path / packages[10].path).unlink()
+    (tmp_path / packages[10].path).mkdir()
+    error = scan_error(tmp_path)
+    assert "size 7 != Packages Size" in error and ": missing" in error and "not a regular file" in error
+    with pytest.raises(SnapshotError) as caught:
+        scan_snapshot(spec, snapshot_mark(spec, seen=True))
+    assert str(caught.value) == error
