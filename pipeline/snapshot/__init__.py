@@ -16,6 +16,7 @@ import logging
 import os
 import re
 from collections.abc import Sequence
+from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
 
@@ -83,7 +84,8 @@ def scan_snapshot(spec: ScanSpec, marked: TreeMark | None = None) -> Snapshot:
     if marked is not None and marked.files is not None and adapter is FLAT:
         found = Scanned(marked.files)
     else:
-        found = adapter.scan(root_real, spec, seen=marked.seen if marked is not None else None)
+        seen = marked.seen if marked is not None else None
+        found = adapter.scan(root_real, replace(spec, seen=seen) if seen is not None else spec)
     return _snapshot(
         root_real,
         adapter.info.name,

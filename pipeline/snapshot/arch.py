@@ -60,7 +60,6 @@ from pipeline.snapshot.paths import (
     resolve_link_inside,
     shown,
 )
-from pipeline.snapshot.seen import SeenFiles
 
 __all__ = ["MAX_DESC_BYTES", "MAX_SIGNATURE_BYTES", "ArchSelection", "parse_lastsync", "scan_arch"]
 
@@ -495,7 +494,7 @@ class ArchFormat:
     def check(self, spec: ScanSpec) -> None:
         return None
 
-    def scan(self, root_real: Path, spec: ScanSpec, seen: SeenFiles | None = None) -> Scanned:
+    def scan(self, root_real: Path, spec: ScanSpec) -> Scanned:
         if spec.components or spec.upstream_keyring:
             raise ConfigError(
                 f"{root_real}: an Arch snapshot; components and upstream_keyring apply to Debian snapshots only, "

@@ -1179,7 +1179,7 @@ class DebianFormat:
     def check(self, spec: ScanSpec) -> None:
         return None
 
-    def scan(self, root_real: Path, spec: ScanSpec, seen: SeenFiles | None = None) -> Scanned:
+    def scan(self, root_real: Path, spec: ScanSpec) -> Scanned:
         selection = DebianSelection(
             suites=spec.suites,
             components=spec.components,
@@ -1187,7 +1187,7 @@ class DebianFormat:
             upstream_keyring=spec.upstream_keyring,
             listing_cache=spec.listing_cache,
         )
-        return scan_debian(os.fsencode(root_real), selection, seen)
+        return scan_debian(os.fsencode(root_real), selection, spec.seen)
 
     def recheck(self, root_real: Path, spec: ScanSpec) -> None:
         """Verify each selected suite's Release signature again (the upstream key may have expired)."""

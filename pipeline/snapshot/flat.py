@@ -28,7 +28,6 @@ from pipeline.errors import ConfigError, SnapshotError
 from pipeline.filetable import FileTable, FileTableBuilder, StatRow
 from pipeline.snapshot.formats import FormatInfo, Scanned, ScanSpec
 from pipeline.snapshot.paths import as_source, decode_name, resolve_link_inside, shown
-from pipeline.snapshot.seen import SeenFiles
 
 log = logging.getLogger(__name__)
 
@@ -208,8 +207,8 @@ class FlatFormat:
                 "snapshots only; remove them or use --format debian"
             )
 
-    def scan(self, root_real: Path, spec: ScanSpec, seen: SeenFiles | None = None) -> Scanned:
-        return Scanned(scan_flat(os.fsencode(root_real)))  # `seen`: the marked walk gives the whole table instead
+    def scan(self, root_real: Path, spec: ScanSpec) -> Scanned:
+        return Scanned(scan_flat(os.fsencode(root_real)))
 
     def recheck(self, root_real: Path, spec: ScanSpec) -> None:
         return None  # nothing signed

@@ -53,6 +53,9 @@ class ScanSpec:
     upstream_keyring: Path | None = None
     sync_lock: tuple[Path, ...] = ()  # relative paths resolve against root; glob patterns allowed
     listing_cache: ListingCache | None = field(default=None, compare=False)
+    # what the run's marked walk stat'ed just before (`scan_snapshot` sets it): an adapter may take a file's stat
+    # from there (`SeenFiles.cursor`, in path order) instead of its own
+    seen: SeenFiles | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True)
@@ -92,9 +95,9 @@ class FormatAdapter(Protocol):
         """ConfigError for settings that do not apply to this format."""
         ...
 
-    def scan(self, root_real: Path, spec: ScanSpec, seen: SeenFiles | None = None) -> Scanned:
-        """Stat every file the format's metadata (or the tree) lists (or take its stat from `seen`, what a walk
-        of the tree just stat'ed); SnapshotError for bad input."""
+    def scan(self, root_real: Path, spec: ScanSpec) -> Scanned:
+        """Stat every file the format's metadata (or the tree) lists (or take its stat from `spec.seen`);
+        SnapshotError for bad input."""
         ...
 
     def recheck(self, root_real: Path, spec: ScanSpec) -> None:
