@@ -591,7 +591,7 @@ def _listings(
             own = debian_shard(index.suite, index.component, index.architecture, index.architecture)
             common = debian_shard(index.suite, index.component, index.architecture, "all")
             release = release_of[index.suite]
-            items: Iterable[tuple[Any, ...]] | None = _worker_parse(parsed.pop(index.rel, None), index, release, cache)
+            items = _worker_parse(parsed.pop(index.rel, None), index, release, cache)
             if items is None:
                 items = _read_packages(tree, index, release, signed, cache, read.get(index.rel))
             for item in items:
@@ -813,8 +813,9 @@ def _read_packages(
     signed: bool,
     cache: ListingCache | None = None,
     on_disk: Checksum | None = None,
-) -> Iterator[ListedFile]:
-    """The stanzas of one Packages file, as they are read; nothing is decompressed before the file on disk
+) -> Iterator[tuple[Any, ...]]:
+    """The stanzas of one Packages file, as they are read (tuples in ListedFile's field order: ListedFiles when
+    parsed, plain tuples when read back from the cache); nothing is decompressed before the file on disk
     is checked.
 
     A compressed file as on disk is compared (size, SHA-256) with its Release line first, so a
@@ -915,15 +916,13 @@ def _file_checksum(tree: _Tree, rel: str, copy: BinaryIO | None = None) -> Check
 
 def _cached(
     cache: ListingCache | None, rel: str, digest: str, uncompressed_name: str, shown_path: str, release: ReleaseInfo
-) -> Iterator[ListedFile] | None:
-    """The last parse of `rel` when its bytes had SHA-256 `digest` (None: parse it), its uncompressed size
-    and SHA-256 compared with the Release first. An entry that cannot be read is a miss: its header and its
-    zstd frame (with its checksum) are read through before a row is given."""
+) -> Iterator[tuple[Any, ...]] | None:
+    """The last parse of `rel` when its bytes had SHA-256 `digest` (None: parse it), as plain tuples in
+    ListedFile's field order, its uncompressed size and SHA-256 compared with the Release first. An entry that
+    cannot be read is a miss: its header and its zstd frame (with its checksum) are read through before a row
+    is given."""
     found = _kept_parse(cache, rel, digest, uncompressed_name, shown_path, release, whole=True)
-    if found is None:
-        return None
-    source, batches = found
-    return (ListedFile._make(row) for row in _kept_rows(source, batches))
+    return _kept_rows(*found) if found is not None else None
 
 
 def _kept_parse(
