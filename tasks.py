@@ -103,8 +103,11 @@ def release(
 ) -> None:
     """Publish a snapshot: per-package torrents + metalinks, signed index and pointer, listings."""
     with _pipeline_errors(verbose):
+        from pipeline.hashing import skip_main_script_in_workers
         from pipeline.heap import bound_heap, leave_to_exit
         from pipeline.run import release as run_release
+
+        skip_main_script_in_workers()  # this script: invoke's; the workers need nothing of it
 
         settings = _settings(config, locals())
         bound_heap()

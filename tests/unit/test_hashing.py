@@ -4,6 +4,8 @@ import hashlib
 import json
 import os
 import random
+import subprocess
+import sys
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Executor, ThreadPoolExecutor
 from contextlib import contextmanager
@@ -461,3 +463,30 @@ def test_a_pool_server_started_early_is_the_one_the_pool_forks_from_and_stops() 
         assert pool.submit(len, "four").result(timeout=60) == 4
         assert server._forkserver_pid == started  # the same server: nothing started twice
     assert server._forkserver_pid is None  # stopped with the pool
+
+
+@pytest.mark.parametrize("skip", [False, True])
+def test_a_main_script_marked_is_imported_by_no_pool_process(tmp_path: Path, skip: bool) -> None:
+    imported = tmp_path / "imported"
+    imported.mkdir()
+    script = tmp_path / "entry.py"
+    script.write_text(
+        "import os, sys\n"
+        "from pathlib import Path\n"
+        "if __name__ != '__main__':  # imported into a process of the pool\n"
+        f"    Path({str(imported)!r}, str(os.getpid())).write_text(__name__)\n"
+        "from pipeline import hashing\n"
+        "if __name__ == '__main__':\n"
+        "    if sys.argv[1] == 'skip':\n"
+        "        hashing.skip_main_script_in_workers()\n"
+        "    with hashing.local_pool(2) as pool:\n"
+        "        print(sum(pool.map(len, ['a', 'bb', 'ccc'])))\n"
+    )
+    root = Path(__file__).resolve().parents[2]
+    done = subprocess.run(
+        [sys.executable, str(script), "skip" if skip else "keep"],
+        capture_output=True, text=True, timeout=120, cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(root)},
+    )  # fmt: skip
+    assert (done.returncode, done.stdout) == (0, "6\n"), done.stderr
+    names = {path.read_text() for path in imported.iterdir()}
+    assert names == (set() if skip else {"__mp_main__"})
