@@ -416,6 +416,11 @@ class NewContent:
             self._send()
         return SpoolRefs(spool, range(first, len(spool)))  # a range: no array of every entry
 
+    def start(self) -> None:
+        """Start the child now (it then takes every new object, however few)."""
+        if self._writer is None and self._start is not None:
+            self._writer = self._start()
+
     def _send(self) -> None:
         if self._writer is None:
             if self._start is None or len(self._numbers) < self._minimum:
@@ -448,13 +453,16 @@ def write_new_content(
     *,
     dry_run: bool,
     minimum: int = EARLY_MIN,
+    expected: int = 0,
 ) -> Iterator[NewContent]:
     """Spool the content through the `NewContent` yielded, which has a child process write the objects whose
     keys the destination does not hold as they are built, when the storage can (a local folder) and they are
     `minimum` or more: no publication reaches a new key before the pointer this run commits, so they may be
     written at any time before the index. An object that replaces another waits for `publish`, so a run that
-    fails before it (a template error, say) changes nothing a publication reaches. Nothing starts in a dry
-    run, or with a fault point armed (the tests' kill points count one process's writes). The child is
+    fails before it (a template error, say) changes nothing a publication reaches. Into an empty destination,
+    where all of the `expected` objects will be new, the child starts at once (its Python start, ~0.08 s of the
+    other core, then overlaps the first objects' building) when they are `minimum` or more. Nothing starts in a
+    dry run, or with a fault point armed (the tests' kill points count one process's writes). The child is
     stopped (by its pid) when the block ends."""
     if dry_run or os.environ.get(FAULT_ENV) or not isinstance(storage, WritesInBackground):
         yield NewContent(spool, None, None, minimum)
@@ -465,7 +473,10 @@ def write_new_content(
         def start() -> BackgroundWrite:
             return stack.enter_context(storage.write_in_background(spool.shared_fd()))
 
-        yield NewContent(spool, listing if len(listing) else None, start, minimum)
+        new = NewContent(spool, listing if len(listing) else None, start, minimum)
+        if not len(listing) and expected >= minimum:
+            new.start()
+        yield new
 
 
 def _without(spool: Spool, refs: SpoolRefs, taken: range | array[int]) -> SpoolRefs:

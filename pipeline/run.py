@@ -658,7 +658,9 @@ def _release(settings: Settings, spool: Spool, progress: Progress, now: Callable
             with clock.stage("build"):
                 # new content objects: written by a child as they are built, and while the pages are rendered
                 new_content = writing.enter_context(
-                    write_new_content(run.storage, spool, destination.whole, dry_run=settings.dry_run)
+                    write_new_content(
+                        run.storage, spool, destination.whole, dry_run=settings.dry_run, expected=2 * files
+                    )
                 )
                 content = _build_content(
                     settings, new_content, state, spec, records, fingerprints, current, facts, destination,

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
 import logging
+import os
 import random
 import time
 from collections.abc import Iterator
@@ -364,6 +366,38 @@ def test_only_new_keys_are_written_early_and_a_replaced_object_waits_for_publish
                 assert (early is not None) == starts  # not in a dry run, nor for fewer new objects than `minimum`
                 if early is not None:
                     assert early.writer.count == 3 and len(list(early.writer.results())) == 3
+
+
+def test_into_an_empty_destination_the_child_starts_at_once_when_enough_objects_are_expected(tmp_path: Path) -> None:
+    objects = {"a": b"one", "b": b"two", "c": b"three"}
+    held = LocalStorage(tmp_path / "held")
+    with Spool() as spool:
+        publish(held, publication(spool, {"z": b"old"}), now=NOW)
+    for root, expected, starts in (("empty", 4, True), ("empty-few", 3, False), ("held", 4, False)):
+        storage = LocalStorage(tmp_path / root)
+        with (
+            Spool() as spool,
+            write_new_content(
+                storage, spool, read_destination(storage), dry_run=False, minimum=4, expected=expected
+            ) as new,
+        ):
+            assert _writers() == (1 if starts else 0), root  # before anything is built
+            release = publication(spool, objects, new)  # three new torrents: fewer than `minimum`
+            early = new.written_early()
+            assert (early is not None) == starts, root
+            if early is not None:  # started: it takes every new object
+                assert early.writer.count == 3 and len(list(early.writer.results())) == 3
+                assert len(release.content) == 3
+
+
+def _writers() -> int:
+    """How many background writers this process has running (its children running that module)."""
+    count = 0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, ValueError):
+            parent = int(stat.read_text().rpartition(")")[2].split()[1])
+            count += parent == os.getpid() and b"pipeline.storage.background" in (stat.parent / "cmdline").read_bytes()
+    return count
 
 
 def test_pages_the_child_writes_after_the_pointer_enter_the_manifest_at_their_place(tmp_path: Path) -> None:
