@@ -779,7 +779,8 @@ def _write_manifest(
     before_writing: Callable[[], None] = lambda: None,
 ) -> None:
     """Record key -> SHA-256 of what the destination holds, once the pointer is committed: each key the
-    publication reaches, referenced now.
+    publication reaches, referenced now. Each key this run wrote is one of them: `referenced` is asked only of
+    the others (~3 us a key at two million objects).
 
     A listed key that the manifest does not know, and that this run neither wrote nor found equal to its
     bytes (`found_equal`: key -> SHA-256), is left out (the next run compares it by same_content).
@@ -835,7 +836,7 @@ def _write_manifest(
                 sha256, etag, size, modified = found_equal[key], info.etag, info.size, info.modified
             else:
                 continue
-            if key in referenced:
+            if wrote is not None or key in referenced:  # what this run wrote is its publication's (as the pages)
                 last = stamp
             elif old is not None:
                 last = old.referenced

@@ -10,8 +10,10 @@ import logging
 import os
 import random
 import time
+from collections import Counter
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
 from functools import partial
 from pathlib import Path
 
@@ -480,3 +482,34 @@ def test_the_manifest_spill_is_merged_a_chunk_at_a_time(seed: int, monkeypatch: 
     assert max(spill.reads, default=0) <= 64  # never the rest of the spill at once
     longest = max(len(line) for line in [*other, *later, ""])
     assert max(out.writes) < 64 + max(64, longest)  # nor every later line at one mark at once
+
+
+class _Asked(frozenset[str]):
+    """The keys a publication reaches, noting each key the manifest asks about."""
+
+    asked: list[str]
+
+    def __contains__(self, key: object) -> bool:
+        self.asked.append(str(key))
+        return super().__contains__(key)
+
+
+def test_the_manifest_asks_what_is_referenced_only_of_keys_the_run_did_not_write(tmp_path: Path) -> None:
+    storage = LocalStorage(tmp_path)
+    with Spool() as spool:
+        publish(storage, publication(spool, {"a": b"one", "b": b"two"}), now=NOW)
+    later = NOW + timedelta(days=1)
+    with Spool() as spool:
+        second = publication(spool, {"a": b"one", "b": b"TWO"})  # a: kept as it is; b: written again
+        referenced = _Asked(second.referenced)
+        referenced.asked = []
+        publish(storage, replace(second, referenced=referenced), now=later)
+    # each listed key once for the deletions' plan, then by the manifest only those it held and did not write
+    assert Counter(key for key in referenced.asked if "/" in key and not key.startswith(".")) == {
+        "browse/a/index.html": 2, "torrents/a.torrent": 2, "browse/b/index.html": 1, "torrents/b.torrent": 1,
+    }  # fmt: skip
+    manifest = load_manifest(storage, {info.key: info for info in storage.list()})
+    assert {key: entry.referenced for key, entry in manifest.items() if "/" in key} == dict.fromkeys(
+        ["browse/a/index.html", "browse/b/index.html", "torrents/a.torrent", "torrents/b.torrent"],
+        later.timestamp(),
+    )  # every key of the publication: referenced now, asked or not
