@@ -473,8 +473,9 @@ def write_new_content(
         def start() -> BackgroundWrite:
             return stack.enter_context(storage.write_in_background(spool.shared_fd()))
 
-        new = NewContent(spool, listing if len(listing) else None, start, minimum)
-        if not len(listing) and expected >= minimum:
+        empty = not len(listing)
+        new = NewContent(spool, None if empty else listing, start, minimum)
+        if empty and expected >= minimum:
             new.start()
         yield new
 
