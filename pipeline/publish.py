@@ -25,7 +25,7 @@ import struct
 from array import array
 from collections.abc import Callable, Container, Iterable, Iterator, Mapping, Sequence, Set
 from contextlib import ExitStack, contextmanager, nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from json.encoder import encode_basestring as _json_string  # what json.dumps(ensure_ascii=False) uses
 from typing import Any, BinaryIO, overload
@@ -374,10 +374,12 @@ def fault_point(name: str, count: int = 0) -> None:
 @dataclass(frozen=True)
 class EarlyContent:
     """New content objects (spool entries `numbers`) that a child process writes while the run builds and
+    renders, then the new browse pages (`pages`, in the order they were rendered) it writes while the run
     renders; `publish` takes what it wrote."""
 
     numbers: range | array[int]
     writer: BackgroundWrite
+    pages: array[int] = field(default_factory=lambda: array("I"))
 
 
 _SEND_EVERY = 512  # content objects spooled between two sends to the child
@@ -401,6 +403,8 @@ class NewContent:
         self._numbers = array("I")  # the new ones, in spool order
         self._sent = 0  # how many of them the child was sent (none while it has not started)
         self._writer: BackgroundWrite | None = None
+        self._pages = array("I")  # the new browse pages, in the order they were rendered
+        self._pages_sent = 0
 
     def spool_all(self, artifacts: Iterable[Artifact]) -> SpoolRefs:
         """`Spool.add_all`; the new objects among them go to the child every `_SEND_EVERY`."""
@@ -432,6 +436,38 @@ class NewContent:
         spool.shared_fd()  # their bytes in the spool file first
         self._writer.send((spool.key(number), *spool.extent(number)) for number in unsent)
         self._sent = len(self._numbers)
+
+    def add_page(self, number: int) -> None:
+        """A browse page just spooled (spool entry `number`): the child writes it once the content is written,
+        while the run renders the other pages, when its key is new (`publish` writes the others after the
+        pointer). No publication reaches a new browse page before its pointer: the page that links to it is
+        its parent directory's, which the destination holds (then written after the pointer) or which is new
+        too. Nothing is sent when no child writes the content."""
+        if self._writer is None:
+            return
+        listing = self._listing
+        if listing is not None and self._spool.key(number) in listing:
+            return
+        self._pages.append(number)
+        if len(self._pages) - self._pages_sent >= _SEND_EVERY:
+            self._send_pages()
+
+    def _send_pages(self) -> None:
+        assert self._writer is not None
+        spool, unsent = self._spool, self._pages[self._pages_sent :]
+        spool.shared_fd()  # their bytes in the spool file first
+        self._writer.send((spool.key(number), *spool.extent(number)) for number in unsent)
+        self._pages_sent = len(self._pages)
+
+    def pages_written_early(self, early: EarlyContent | None) -> EarlyContent | None:
+        """`early` with the browse pages sent to the child (`add_page`), once every page is rendered; the child
+        then flushes them to the disk while the run goes on to publish."""
+        if early is None or not self._pages:
+            return early
+        if self._pages_sent < len(self._pages):
+            self._send_pages()
+        early.writer.flush()
+        return replace(early, pages=self._pages)
 
     def written_early(self) -> EarlyContent | None:
         """What the child writes (no more content is sent once this is read: `publish` sends it the listing
@@ -491,6 +527,17 @@ def _without(spool: Spool, refs: SpoolRefs, taken: range | array[int]) -> SpoolR
             kept.append(number)
     if at != len(taken):
         raise AssertionError("content written early that the upload plan does not put")
+    return spool.refs(kept)
+
+
+def _without_any(spool: Spool, refs: SpoolRefs, taken: Sequence[int]) -> SpoolRefs:
+    """`refs` but the entries `taken` (some of them, in any order)."""
+    marked = bytearray(len(spool))
+    for number in taken:
+        marked[number] = 1
+    kept = array("I", (number for number in refs.numbers if not marked[number]))
+    if len(kept) + len(taken) != len(refs):
+        raise AssertionError("pages written early that the upload plan does not put")
     return spool.refs(kept)
 
 
@@ -607,6 +654,8 @@ def publish(
 
     fault_point("listings")
     later: _Later | None = None
+    if early is not None and early.pages:
+        listing_put = _without_any(spool, listing_put, early.pages)
     if early is not None and listing_put:
         # the child writes the listing pages while this process makes the manifest's other lines
         spool.shared_fd()  # every page's bytes in the spool file
@@ -618,6 +667,9 @@ def publish(
     if early is not None:
         early.writer.end()
     alongside()
+    if early is not None and early.pages:
+        # written before the pages sent above: their results come first
+        written.add_spooled(early.pages, early.writer.take(len(early.pages), progress.advance))
 
     def delete_expired() -> None:  # after the listings, before the manifest
         fault_point("delete")

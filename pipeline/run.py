@@ -20,8 +20,9 @@ import json
 import logging
 import time
 from array import array
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
@@ -44,6 +45,7 @@ from pipeline.hashing import (
 )
 from pipeline.index import (
     DELTA_MAX_BYTES,
+    EncodedIndex,
     decode_index,
     decode_pointer,
     decompress_index,
@@ -408,6 +410,24 @@ class IndexObjects:
     artifacts: SpoolRefs  # spooled as made: at a million files the compressed shards are ~190 MB
 
 
+SHARD_THREADS = 2  # index parts compressed at once (zstd runs outside the GIL: ~1.7x one thread's pace on 2 cores)
+
+
+@dataclass(frozen=True)
+class _PreparedPart:
+    """An index part's JSON compressed, its torrent's pieces, and the read of the previous part (when a delta
+    is to be made from it)."""
+
+    encoded: EncodedIndex
+    piece_size: int
+    pieces: bytes
+    base: Future[bytes | None] | None
+
+
+# an index part while it is compressed: its shard's name, its number, its packages, JSON and previous part
+_Pending = tuple[str, int, int, bytearray, ShardRef | None, Future[_PreparedPart]]
+
+
 def build_index_objects(
     *,
     spool: Spool,
@@ -423,8 +443,8 @@ def build_index_objects(
     """The index's shards (docs/sharded-index.md), each in parts of at most PART_MAX_BYTES of JSON, each
     part with its torrent and, when `previous(name, part)` names the previous
     publication's part of that name and number, its JSON changed and `previous_json` reads it, the delta
-    from it; and the pointer naming them. One part's JSON is in memory at a time; every object goes to
-    `spool` as it is made.
+    from it; and the pointer naming them. At most SHARD_THREADS parts' JSON is in memory at a time; every
+    object goes to `spool` as it is made.
 
     `shard_json`: each shard's records as `pipeline.index.package_json`, in path order, by name (sorted).
     """
@@ -432,58 +452,79 @@ def build_index_objects(
     shards_url = join_url(public_url, "index/shards") + "/"
     shards: list[ShardRef] = []
     artifacts = array("q")  # spool entry numbers
-    # the previous part a delta is made from is read (fetched, decompressed, checked) in another thread while the
-    # new part is compressed and hashed: zstd and hashlib let other threads run meanwhile
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="mirrorseed-delta-base") as reader:
+
+    def prepared(new_json: bytearray, before: ShardRef | None) -> _PreparedPart:
+        # in a thread: zstd and hashlib let the others run meanwhile
+        raw_sha256 = _sha256(new_json)
+        base = None
+        if before is not None and before.uncompressed_sha256 != raw_sha256:
+            base = reader.submit(previous_json, before)
+        encoded = encode_json(new_json, raw_sha256)
+        piece_size = piece_size_for(encoded.size)
+        return _PreparedPart(encoded, piece_size, hash_pieces_of_bytes([encoded.data], piece_size), base)
+
+    def add(entry: _Pending) -> None:
+        name, part, packages, new_json, before, future = entry
+        made = future.result()
+        encoded = made.encoded
+        key = shard_key(encoded.sha256)
+        torrent, infohash = build_torrent(
+            name=key.rpartition("/")[2],
+            files=None,
+            length=encoded.size,
+            piece_size=made.piece_size,
+            pieces=made.pieces,
+            webseeds=[shards_url],
+            trackers=settings.trackers,
+            nodes=settings.dht_node_pairs,
+        )
+        torrent_object = make_artifact(shard_torrent_key(_sha256(torrent)), torrent)
+        artifacts.append(spool.put(make_artifact(key, encoded.data)))
+        artifacts.append(spool.put(torrent_object))
+        delta = None
+        if made.base is not None and before is not None:
+            delta_made = _delta(before, made.base.result(), new_json, encoded.sha256)
+            if delta_made is not None:
+                delta, delta_object = delta_made
+                artifacts.append(spool.put(delta_object))
+        shards.append(
+            ShardRef(
+                name=name,
+                part=part,
+                path=key,
+                size=encoded.size,
+                sha256=encoded.sha256,
+                uncompressed_size=encoded.uncompressed_size,
+                uncompressed_sha256=encoded.uncompressed_sha256,
+                packages=packages,
+                torrent=torrent_object.key,
+                infohash=infohash,
+                delta=delta,
+            )
+        )
+
+    # Parts are compressed SHARD_THREADS at a time, in threads, while the next one's JSON is put together here,
+    # and added in order: the same bytes as one at a time. The previous part a delta is made from is read
+    # (fetched, decompressed, checked) in another thread meanwhile; deltas are made here, one at a time (each
+    # holds both JSONs and zstd's tables: ~60 MB at PART_MAX_BYTES).
+    pending: deque[_Pending] = deque()
+    with (
+        ThreadPoolExecutor(max_workers=1, thread_name_prefix="mirrorseed-delta-base") as reader,
+        ThreadPoolExecutor(max_workers=SHARD_THREADS, thread_name_prefix="mirrorseed-shard") as compressing,
+    ):
         for name, column in shard_json.items():
             parts = shard_parts(
                 repo=settings.repo, shard=name, webseeds=webseeds, trackers=settings.trackers,
                 packages=column, dht_nodes=settings.dht_nodes,
             )  # fmt: skip
             for part, (packages, new_json) in enumerate(parts):
-                raw_sha256 = _sha256(new_json)
                 before = previous(name, part)
-                base = None
-                if before is not None and before.uncompressed_sha256 != raw_sha256:
-                    base = reader.submit(previous_json, before)
-                encoded = encode_json(new_json, raw_sha256)
-                key = shard_key(encoded.sha256)
-                piece_size = piece_size_for(encoded.size)
-                torrent, infohash = build_torrent(
-                    name=key.rpartition("/")[2],
-                    files=None,
-                    length=encoded.size,
-                    piece_size=piece_size,
-                    pieces=hash_pieces_of_bytes([encoded.data], piece_size),
-                    webseeds=[shards_url],
-                    trackers=settings.trackers,
-                    nodes=settings.dht_node_pairs,
-                )
-                torrent_object = make_artifact(shard_torrent_key(_sha256(torrent)), torrent)
-                artifacts.append(spool.put(make_artifact(key, encoded.data)))
-                artifacts.append(spool.put(torrent_object))
-                delta = None
-                if base is not None and before is not None:
-                    made = _delta(before, base.result(), new_json, encoded.sha256)
-                    if made is not None:
-                        delta, delta_object = made
-                        artifacts.append(spool.put(delta_object))
-                del new_json  # up to PART_MAX_BYTES of JSON: not kept to the next part
-                shards.append(
-                    ShardRef(
-                        name=name,
-                        part=part,
-                        path=key,
-                        size=encoded.size,
-                        sha256=encoded.sha256,
-                        uncompressed_size=encoded.uncompressed_size,
-                        uncompressed_sha256=encoded.uncompressed_sha256,
-                        packages=packages,
-                        torrent=torrent_object.key,
-                        infohash=infohash,
-                        delta=delta,
-                    )
-                )
+                pending.append((name, part, packages, new_json, before, compressing.submit(prepared, new_json, before)))
+                del new_json  # up to PART_MAX_BYTES of JSON: kept only while its part is pending
+                while len(pending) >= SHARD_THREADS:
+                    add(pending.popleft())
+        while pending:
+            add(pending.popleft())
     pointer = Pointer(settings.repo, sequence, rfc3339(generated), rfc3339(expires), tuple(shards))
     return IndexObjects(pointer, spool.refs(artifacts))
 
@@ -677,8 +718,10 @@ def _release(settings: Settings, spool: Spool, progress: Progress, now: Callable
                 state.forget_audit(run.storage.url)
             with clock.stage("render"):
                 pages = _render(
-                    settings, run, spool, state, snapshot, records, built, mirrors, signed.pointer, destination, memo
-                )
+                    settings, run, spool, state, snapshot, records, built, mirrors, signed.pointer, destination, memo,
+                    new_content,
+                )  # fmt: skip
+                early = new_content.pages_written_early(early)
             if not settings.dry_run:
                 # before publishing, by the new pointer's SHA-256: if that publication never appears, it is never read
                 with clock.stage("build"):
@@ -1103,9 +1146,11 @@ def _render(
     pointer: Pointer,
     destination: DestinationState,
     memo: Mapping[str, tuple[str, str]],
+    new_content: NewContent,
 ) -> _Pages:
     """Every listing page. A browse page whose inputs are those of the page published last time, and which
-    the destination still holds as published, is not rendered again."""
+    the destination still holds as published, is not rendered again. A new browse page goes to the child
+    writing the new content as it is rendered (`NewContent.add_page`)."""
     from pipeline.render import (
         KeptInEither,
         ListingInput,
@@ -1149,13 +1194,16 @@ def _render(
     reused, rows = PageDigests(), PageDigests()
     others: set[str] = set()
     for page in iter_pages(listing_input, unchanged=unchanged):
-        if not page.key.startswith(BROWSE_PREFIX):
+        browse = page.key.startswith(BROWSE_PREFIX)
+        if not browse:
             others.add(page.key)
         if page.artifact is None:
             reused.add(page.key, "", held[page.key])
             continue
         number = spool.put(page.artifact)
         rendered.append(number)
+        if browse:
+            new_content.add_page(number)
         # every page is remembered (so a no-change run can tell one the destination lost); pages rendered
         # on every run have no inputs digest ("")
         rows.add(page.key, page.inputs or "", spool.sha256(number))

@@ -10,6 +10,7 @@ import logging
 import os
 import random
 import time
+from array import array
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import replace
@@ -513,3 +514,53 @@ def test_the_manifest_asks_what_is_referenced_only_of_keys_the_run_did_not_write
         ["browse/a/index.html", "browse/b/index.html", "torrents/a.torrent", "torrents/b.torrent"],
         later.timestamp(),
     )  # every key of the publication: referenced now, asked or not
+
+
+def test_new_browse_pages_go_to_the_child_as_rendered_and_a_rewritten_page_waits_for_the_pointer(
+    tmp_path: Path,
+) -> None:
+    """Pages rendered in another order than their keys' (a directory's page before its parent's); the new ones
+    are written before publish is called, a rewritten one only after the pointer; the manifest as one process
+    makes it."""
+    first = {"m/é": b"one", "b": b"two", "k": b"kept"}
+    second = {"m/é": b"ONE", "b": b"two", "k": b"kept", "a": b"new", "zz/y": b"new too", "c/d": b"new 3"}
+    roots = {"serial": tmp_path / "serial", "child": tmp_path / "child"}
+    for name, root in roots.items():
+        storage = LocalStorage(root)
+        with Spool() as spool:
+            publish(storage, publication(spool, first), now=NOW)
+        with Spool() as spool:
+            destination = read_destination(storage)
+            if name == "serial":
+                publish(storage, publication(spool, second), now=NOW, destination=destination)
+                continue
+            with write_new_content(storage, spool, destination, dry_run=False, minimum=1) as new_content:
+                content = new_content.spool_all(make_artifact(f"torrents/{k}.torrent", v) for k, v in second.items())
+                early = new_content.written_early()
+                rendered = [spool.put(make_artifact(f"browse/{k}/index.html", v)) for k, v in reversed(second.items())]
+                for number in rendered:
+                    new_content.add_page(number)
+                early = new_content.pages_written_early(early)
+                assert early is not None
+                assert [spool.key(n) for n in early.pages] == [
+                    "browse/c/d/index.html", "browse/zz/y/index.html", "browse/a/index.html"
+                ], "the new pages, as rendered"  # fmt: skip
+                new_page, rewritten = root / "browse/c/d/index.html", root / "browse/m/é/index.html"
+                deadline = time.monotonic() + 10
+                while not (new_page.exists() and new_page.read_bytes() == b"new 3") and time.monotonic() < deadline:
+                    time.sleep(0.01)
+                assert new_page.read_bytes() == b"new 3"  # written by the child before publish
+                assert rewritten.read_bytes() == b"one"  # not before the pointer
+                listings = spool.refs(array("I", sorted(rendered, key=spool.key)))
+                keys = frozenset(ref.key for ref in (*content, *listings))
+                release = Publication(spool, content, spool.add_all(()), None, None, listings, keys, "0" * 64)
+                told = _Told()
+                result = publish(storage, release, now=NOW, destination=destination, early=early, progress=told)
+                assert (told.objects, told.nbytes) == (len(result.plan.put), result.plan.put_bytes)
+                assert early.writer.count == 3 + 3 + 1  # new torrents, new pages, then m/é's page after the pointer
+            assert rewritten.read_bytes() == b"ONE"
+    assert _objects(roots["child"]) == _objects(roots["serial"])
+    rows = _manifest_rows(LocalStorage(roots["child"]))
+    assert [row[:3] for row in rows] == [row[:3] for row in _manifest_rows(LocalStorage(roots["serial"]))]
+    etags = {info.key: info.etag for info in LocalStorage(roots["child"]).list()}
+    assert all(etags[key] == etag for key, _, _, etag in rows)
